@@ -1,0 +1,429 @@
+//! The command line. Parsing and rendering only: the work is in the library modules.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::cache::{Lock, Store};
+use crate::context::{default_cache_dir, BuildContext};
+use crate::error::{Error, Result};
+use crate::graph::plan::{plan, Decision};
+use crate::manifest::Manifest;
+use crate::scheduler::{self, RunOptions, RunReport, Status};
+use crate::toolchain::{Pins, Toolchain};
+use crate::util::human_bytes;
+
+#[derive(Parser)]
+#[command(name = "facebuild", version, about = "Build, validate and gate face-model deployment artifacts from YAML pipelines")]
+pub struct Cli {
+    /// Cache directory (default: ./cache, or $FACEBUILD_CACHE)
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<Utf8PathBuf>,
+    /// More log output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: every step not already cached, in dependency order
+    Run {
+        file: Utf8PathBuf,
+        #[command(flatten)]
+        sel: Selection,
+        /// Steps to run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        /// After a failure, keep running every step that does not depend on it
+        #[arg(long)]
+        keep_going: bool,
+        /// Rebuild every selected step, ignoring cached results
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the order and, for each step, whether it is cached or will run and why
+    Plan {
+        file: Utf8PathBuf,
+        #[command(flatten)]
+        sel: Selection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each step's state against the lockfile and the cache
+    Status {
+        file: Utf8PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and maintain the cache
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Show or install the Python toolchain (onnx, onnxruntime, onnxsim, openvino, nncf)
+    #[command(subcommand)]
+    Toolchain(ToolchainCmd),
+    /// Write a built-in model to a file (for benchmarks and experiments)
+    Builtin {
+        /// iresnet-mini, iresnet18 or iresnet50
+        name: String,
+        #[arg(short, long)]
+        output: Utf8PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Selection {
+    /// Only this step and what it needs (repeatable)
+    #[arg(long = "target", short = 't', value_name = "STEP")]
+    targets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List cached step results
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every blob and report corrupt ones
+    Verify {
+        /// Remove corrupt blobs and the records that use them, so the next run rebuilds them
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete everything the given lockfiles (default: pipelines/*.lock and ./*.lock) do not reference
+    Gc {
+        /// Lockfiles or manifests whose results to keep
+        files: Vec<Utf8PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolchainCmd {
+    /// Versions and paths of the toolchain a manifest uses (default pins without one)
+    Show {
+        file: Option<Utf8PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install the toolchain now (run does this on first use)
+    Install {
+        file: Option<Utf8PathBuf>,
+        /// Remove and reinstall
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FACEBUILD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("facebuild={level},ort=error")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        // First Ctrl-C: stop launching steps and finish cleanly. Second: leave now.
+        let _ = ctrlc::set_handler(move || {
+            if c.swap(true, Ordering::SeqCst) {
+                eprintln!("\nfacebuild: interrupted again, exiting");
+                std::process::exit(130);
+            }
+            eprintln!("\nfacebuild: interrupt received; finishing running steps (Ctrl-C again to exit now)");
+        });
+    }
+    match dispatch(cli, &cancel) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
+    let cache_dir = default_cache_dir(cli.cache_dir.as_deref());
+    match cli.command {
+        Command::Run { file, sel, jobs, keep_going, no_cache, json } => {
+            let mut ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
+            let opts = RunOptions { targets: sel.targets, jobs, keep_going, no_cache };
+            let report = scheduler::run(&mut ctx, &opts, cancel)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+            } else {
+                print_run(&report, &ctx);
+            }
+            if report.interrupted {
+                return Err(Error::Interrupted);
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
+        Command::Plan { file, sel, json } => {
+            let ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
+            let selected = ctx.dag.select(&sel.targets)?;
+            let p = plan(&ctx, &selected, false)?;
+            if json {
+                let v = json!({"pipeline": ctx.manifest.name, "toolchain": ctx.pins.id(), "toolchain_installed": ctx.toolchain.is_some(), "steps": p});
+                println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+            } else {
+                println!("plan for `{}` ({}), toolchain {}", ctx.manifest.name, ctx.manifest.file, ctx.pins.id());
+                let w = p.iter().map(|s| s.step.len()).max().unwrap_or(0);
+                for (i, s) in p.iter().enumerate() {
+                    let what = match &s.decision {
+                        Decision::Cached { .. } => "cached".to_string(),
+                        Decision::Run { reasons, .. } => format!("will run: {}", reasons.join("; ")),
+                        Decision::Waits { on } => format!("will run if `{}` changes its outputs", on.join("`, `")),
+                    };
+                    println!("{:>3}. {:<w$}  {:<9} {}", i + 1, s.step, s.kind, what);
+                }
+                let n = p.iter().filter(|s| !matches!(s.decision, Decision::Cached { .. })).count();
+                println!("{n} of {} steps to run", p.len());
+            }
+            Ok(0)
+        }
+        Command::Status { file, json } => status(&Manifest::load(&file)?, cache_dir, json),
+        Command::Cache(c) => cache_cmd(c, &cache_dir),
+        Command::Toolchain(t) => toolchain_cmd(t, &cache_dir),
+        Command::Builtin { name, output } => {
+            let b = crate::onnx::builtin::BuiltinModel::from_name(&name)
+                .ok_or_else(|| Error::usage(format!("unknown built-in model `{name}`")).with_hint(format!("choose one of {}", crate::onnx::builtin::BuiltinModel::names().join(", "))))?;
+            let bytes = b.bytes();
+            crate::cache::store::write_atomic(&output, &bytes)?;
+            println!("wrote {} ({}) to {output}", b.name(), human_bytes(bytes.len() as u64));
+            Ok(0)
+        }
+    }
+}
+
+fn summary_line(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k} {s}"),
+                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => format!("{k} {:.6}", n.as_f64().unwrap_or_default()),
+                serde_json::Value::Array(a) => format!("{k} {}", a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", ")),
+                other => format!("{k} {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => String::new(),
+    }
+}
+
+fn print_run(r: &RunReport, ctx: &BuildContext) {
+    let count = |s: Status| r.steps.iter().filter(|x| x.status == s).count();
+    println!(
+        "{}: {} steps: {} built, {} cached, {} failed, {} skipped, {} not run ({:.2}s)",
+        r.pipeline,
+        r.steps.len(),
+        count(Status::Built),
+        count(Status::Cached),
+        count(Status::Failed),
+        count(Status::Skipped),
+        count(Status::NotRun),
+        r.duration_ms as f64 / 1000.0
+    );
+    let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
+    for s in &r.steps {
+        let status = format!("{:?}", s.status).to_lowercase();
+        let detail = match (&s.error, s.status) {
+            (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
+            (None, Status::Built) => format!("{:.1}s  {}", s.duration_ms as f64 / 1000.0, summary_line(&s.summary)),
+            _ => summary_line(&s.summary),
+        };
+        println!("  {:<w$}  {:<8} {}", s.step, status.replace('_', " "), detail);
+    }
+    println!("source {} | outputs in {} | lockfile {}", r.source, ctx.manifest.output_dir, ctx.manifest.lock_path());
+}
+
+fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
+    let ctx = BuildContext::open(m.clone(), cache_dir)?;
+    let selected = ctx.dag.select(&[])?;
+    let p = plan(&ctx, &selected, false)?;
+    let mut rows = Vec::new();
+    for s in &p {
+        let lock = ctx.lock.steps.get(&s.step);
+        let (state, detail) = match &s.decision {
+            Decision::Cached { key } => {
+                let rec = ctx.store.read_action(key);
+                ("up-to-date", json!({"key": key, "summary": rec.map(|r| r.summary).unwrap_or_default()}))
+            }
+            Decision::Run { reasons, .. } if lock.is_none() => ("not-built", json!({"reasons": reasons})),
+            Decision::Run { reasons, .. } => ("stale", json!({"reasons": reasons})),
+            Decision::Waits { on } => ("stale-upstream", json!({"upstream": on})),
+        };
+        let outputs: Vec<String> = lock.map(|l| l.outputs.keys().map(|k| ctx.step_out_dir(&s.step).join(k).to_string()).collect()).unwrap_or_default();
+        rows.push(json!({"step": s.step, "kind": s.kind, "state": state, "detail": detail, "outputs": outputs}));
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows})).map_err(anyhow::Error::from)?);
+        return Ok(0);
+    }
+    println!("{} ({}), lockfile {}", ctx.manifest.name, ctx.manifest.file, ctx.manifest.lock_path());
+    let w = rows.iter().map(|r| r["step"].as_str().unwrap_or("").len()).max().unwrap_or(0);
+    for r in &rows {
+        let detail = match r["state"].as_str() {
+            Some("up-to-date") => summary_line(&r["detail"]["summary"]),
+            Some("stale-upstream") => format!("upstream {} will rebuild", r["detail"]["upstream"]),
+            _ => r["detail"]["reasons"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default(),
+        };
+        println!("  {:<w$}  {:<15} {}", r["step"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), detail);
+    }
+    Ok(0)
+}
+
+fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
+    let store = Store::open(cache_dir)?;
+    match c {
+        CacheCmd::Ls { json } => {
+            let recs = store.actions()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?);
+                return Ok(0);
+            }
+            println!("cache {cache_dir}: {} step results", recs.len());
+            for r in &recs {
+                let size: u64 = r.outputs.values().map(|b| b.size).sum();
+                println!("  {}  {:<14} {:<10} {:<9} {:>10}  {}", &r.key[..12], r.pipeline, r.step, r.kind, human_bytes(size), r.outputs.keys().cloned().collect::<Vec<_>>().join(", "));
+            }
+            let total: u64 = store.blobs()?.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+            println!("blobs: {}", human_bytes(total));
+            Ok(0)
+        }
+        CacheCmd::Verify { repair, json } => {
+            let total: u64 = store.blobs()?.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+            let pb = crate::report::progress::bytes_bar(total, "verifying blobs");
+            let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
+            pb.finish_and_clear();
+            store.memo.save()?;
+            if json {
+                println!("{}", json!({"corrupt": corrupt, "repaired": repair}));
+            } else if corrupt.is_empty() {
+                println!("cache {cache_dir}: all {} blobs intact ({})", store.blobs()?.len(), human_bytes(total));
+            } else {
+                for d in &corrupt {
+                    println!("corrupt: {d}{}", if repair { " (removed)" } else { "" });
+                }
+                if !repair {
+                    println!("hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps");
+                }
+            }
+            Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
+        }
+        CacheCmd::Gc { files, dry_run } => {
+            let files = if files.is_empty() { default_lockfiles() } else { files };
+            let mut keep = BTreeSet::new();
+            for f in &files {
+                let lock_path = if f.extension() == Some("lock") { f.clone() } else { f.with_extension("lock") };
+                if !lock_path.exists() {
+                    return Err(Error::usage(format!("no lockfile {lock_path}")).with_hint("name lockfiles (or manifests) whose results to keep"));
+                }
+                keep.extend(Lock::load(&lock_path).steps.values().map(|e| e.key.clone()));
+            }
+            let stats = store.gc(&keep, dry_run)?;
+            store.memo.save()?;
+            println!(
+                "{}kept {} step results ({}) referenced by {} lockfile(s); removed {} results, {} blobs, {}",
+                if dry_run { "dry run: " } else { "" },
+                stats.kept_actions,
+                human_bytes(stats.kept_bytes),
+                files.len(),
+                stats.removed_actions,
+                stats.removed_blobs,
+                human_bytes(stats.removed_bytes)
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn default_lockfiles() -> Vec<Utf8PathBuf> {
+    let mut v = Vec::new();
+    for dir in ["pipelines", "."] {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) {
+                    if p.extension() == Some("lock") {
+                        v.push(p);
+                    }
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {
+    Ok(match file {
+        Some(f) => Pins::resolve(&Manifest::load(f)?.toolchain),
+        None => Pins::resolve(&Default::default()),
+    })
+}
+
+fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
+    match t {
+        ToolchainCmd::Show { file, json } => {
+            let pins = pins_for(file.as_deref())?;
+            let tc = Toolchain::find(cache_dir, &pins);
+            let dir = crate::toolchain::env_dir(cache_dir, &pins);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info)})).map_err(anyhow::Error::from)?);
+                return Ok(0);
+            }
+            println!("toolchain {} at {dir}", pins.id());
+            println!("  interpreter {}", pins.interpreter);
+            match &tc {
+                None => {
+                    println!("  not installed (`facebuild toolchain install`, or any `run`, installs it)");
+                    for (k, v) in &pins.packages {
+                        println!("  {k:<12} {v} (pinned)");
+                    }
+                }
+                Some(t) => {
+                    println!("  python       {} ({})", t.info.python_version, t.info.platform);
+                    for k in pins.packages.keys() {
+                        println!("  {k:<12} {}", t.version(k).unwrap_or("missing"));
+                    }
+                    println!("  libonnxruntime {}", t.info.onnxruntime_library.as_ref().map(|p| p.as_str()).unwrap_or("missing"));
+                    println!("  libopenvino_c  {}", t.info.openvino_c_library.as_ref().map(|p| p.as_str()).unwrap_or("missing"));
+                }
+            }
+            println!("  tensorrt     not provisioned here (TensorRT needs an NVIDIA GPU machine; see docs)");
+            Ok(0)
+        }
+        ToolchainCmd::Install { file, force } => {
+            let pins = pins_for(file.as_deref())?;
+            if force {
+                let dir = crate::toolchain::env_dir(cache_dir, &pins);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                }
+            }
+            let t = Toolchain::ensure(cache_dir, &pins)?;
+            println!("toolchain {} ready at {}", pins.id(), t.dir);
+            Ok(0)
+        }
+    }
+}

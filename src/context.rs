@@ -1,0 +1,212 @@
+//! The build context shared by plan, status and run: the manifest, the cache, the toolchain,
+//! the lockfile, and how a step's action key is computed from its inputs.
+
+use std::collections::BTreeMap;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::json;
+
+use crate::cache::{cache_key, CacheKey, CacheKeyHasher, Lock, Store};
+use crate::error::{Error, IoContext, Result};
+use crate::graph::Dag;
+use crate::manifest::{Manifest, Step};
+use crate::onnx::builtin::{BuiltinModel, GENERATOR_VERSION};
+use crate::steps;
+use crate::toolchain::{Pins, Toolchain};
+
+pub struct BuildContext {
+    pub manifest: Manifest,
+    pub dag: Dag,
+    pub store: Store,
+    pub cache_dir: Utf8PathBuf,
+    pub pins: Pins,
+    pub toolchain: Option<Toolchain>,
+    pub lock: Lock,
+}
+
+/// The resolved source model: where it is and what it hashes to.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: Utf8PathBuf,
+    pub digest: String,
+    pub size: u64,
+    /// How the manifest named it: a path, or `builtin:<name>`.
+    pub label: String,
+}
+
+/// Everything that goes into a step's action key, kept so `plan` can say what changed.
+#[derive(Debug, Clone)]
+pub struct KeyParts {
+    pub kind: String,
+    pub impl_version: u32,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, String>,
+    pub toolchain: BTreeMap<String, String>,
+}
+
+impl CacheKey for KeyParts {
+    fn cache_key(&self, s: &mut CacheKeyHasher) {
+        self.kind.cache_key(s);
+        self.impl_version.cache_key(s);
+        self.params.cache_key(s);
+        self.inputs.cache_key(s);
+        self.toolchain.cache_key(s);
+    }
+}
+
+impl KeyParts {
+    pub fn key(&self) -> String {
+        cache_key(self)
+    }
+}
+
+impl BuildContext {
+    pub fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
+        let dag = Dag::build(&manifest)?;
+        let store = Store::open(&cache_dir)?;
+        let pins = Pins::resolve(&manifest.toolchain);
+        let toolchain = Toolchain::find(&cache_dir, &pins);
+        let lock = Lock::load(&manifest.lock_path());
+        Ok(BuildContext { manifest, dag, store, cache_dir, pins, toolchain, lock })
+    }
+
+    /// Install the toolchain if needed (run does this; plan and status only look).
+    pub fn ensure_toolchain(&mut self) -> Result<&Toolchain> {
+        if self.toolchain.is_none() {
+            self.toolchain = Some(Toolchain::ensure(&self.cache_dir, &self.pins)?);
+        }
+        Ok(self.toolchain.as_ref().expect("just set"))
+    }
+
+    /// Resolve the source model: the file the manifest names, or a generated built-in.
+    /// A sha256 pin is checked here, before any step runs.
+    pub fn source(&self) -> Result<Source> {
+        let m = &self.manifest;
+        let (path, label) = match &m.model.path {
+            Some(p) => {
+                let path = m.resolve(p);
+                if !path.exists() {
+                    return Err(Error::Model { path: path.clone(), message: "model file not found".into(), hint: Some(format!("`model.path` in {} is relative to the manifest's folder", m.file)) });
+                }
+                (path, p.to_string())
+            }
+            None => {
+                let b = m.model.builtin.as_deref().map(|n| BuiltinModel::from_name(n).expect("validated")).unwrap_or(BuiltinModel::DEFAULT);
+                (self.builtin_model(b)?, format!("builtin:{}", b.name()))
+            }
+        };
+        let d = self.store.memo.blake3(&path)?;
+        if let Some(pin) = &m.model.sha256 {
+            let actual = self.store.memo.sha256(&path)?;
+            if !actual.eq_ignore_ascii_case(pin) {
+                return Err(Error::manifest(m.model_location.clone(), format!("model {path} has sha256 {actual}, but `model.sha256` pins {pin}"))
+                    .with_hint("the model changed: update the pin if the change is intended, or restore the pinned file"));
+            }
+        }
+        Ok(Source { path, digest: d.blake3, size: d.size, label })
+    }
+
+    /// Generate a built-in model once per generator version, into the cache.
+    pub fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
+        let path = self.cache_dir.join("builtin").join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()));
+        if !path.exists() {
+            crate::cache::store::write_atomic(&path, &b.bytes())?;
+        }
+        Ok(path)
+    }
+
+    /// Digest of a dataset folder: every file's relative path and blake3, sorted.
+    pub fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
+        let spec = &self.manifest.datasets[name];
+        let dir = self.manifest.resolve(&spec.path);
+        if !dir.is_dir() {
+            return Err(Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(format!("`datasets.{name}.path` is relative to {}", self.manifest.dir)));
+        }
+        let mut files = Vec::new();
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).fs_context(&d)? {
+                let e = e.fs_context(&d)?;
+                let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) else { continue };
+                if p.is_dir() { stack.push(p) } else { files.push(p) }
+            }
+        }
+        files.sort();
+        let mut entries = Vec::with_capacity(files.len());
+        for f in &files {
+            let rel = f.strip_prefix(&dir).unwrap_or(f).to_string();
+            entries.push((rel, self.store.memo.blake3(f)?.blake3));
+        }
+        // count/seed select a subset: they are part of the dataset's identity.
+        let id = (entries, (spec.count.map(|c| c as u64), spec.seed));
+        Ok((dir, cache_key(&DatasetId(&id))))
+    }
+
+    /// Key parts for a step, given the digest of its model input.
+    pub fn key_parts(&self, step: &Step, model_digest: &str) -> Result<KeyParts> {
+        let tc = self.toolchain.as_ref().ok_or_else(|| Error::toolchain("not installed"))?;
+        let mut inputs = BTreeMap::new();
+        inputs.insert("model".to_string(), model_digest.to_string());
+        for d in steps::datasets_used(&step.spec.params) {
+            inputs.insert(format!("dataset:{d}"), self.dataset_digest(&d)?.1);
+        }
+        // The manifest's model declaration is a param of every step: check compares
+        // against it and simplify freezes it.
+        let params = json!({"step": step.spec.params, "model": {"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing}});
+        Ok(KeyParts {
+            kind: step.spec.kind.to_string(),
+            impl_version: steps::impl_version(step.spec.kind),
+            params,
+            inputs,
+            toolchain: tc.fingerprint(&steps::toolchain_pieces(&step.spec.params)),
+        })
+    }
+
+    /// Where a step's outputs are copied for people to read: `<output>/<step>/`.
+    pub fn step_out_dir(&self, step: &str) -> Utf8PathBuf {
+        self.manifest.output_dir.join(step)
+    }
+
+    /// Copy a step's outputs out of the store, unless the copy there is already identical
+    /// (checked by the stat memo, so a no-op run reads nothing).
+    pub fn materialize(&self, step: &str, outputs: &BTreeMap<String, crate::cache::BlobRef>) -> Result<()> {
+        let dir = self.step_out_dir(step);
+        std::fs::create_dir_all(&dir).fs_context(&dir)?;
+        for (name, blob) in outputs {
+            let dest = dir.join(name);
+            if dest.exists() && self.store.memo.blake3(&dest).map(|d| d.blake3 == blob.digest).unwrap_or(false) {
+                continue;
+            }
+            let src = self.store.blob_path(&blob.digest);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::copy(&src, &tmp).fs_context(&src)?;
+            // Store blobs are read-only; the user's copy is not.
+            let mut perms = std::fs::metadata(&tmp).fs_context(&tmp)?.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&tmp, perms).fs_context(&tmp)?;
+            std::fs::rename(&tmp, &dest).fs_context(&dest)?;
+        }
+        Ok(())
+    }
+}
+
+struct DatasetId<'a>(&'a (Vec<(String, String)>, (Option<u64>, u64)));
+impl CacheKey for DatasetId<'_> {
+    fn cache_key(&self, s: &mut CacheKeyHasher) {
+        s.write_tag(b'D');
+        self.0 .0.cache_key(s);
+        self.0 .1 .0.cache_key(s);
+        self.0 .1 .1.cache_key(s);
+    }
+}
+
+pub fn default_cache_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
+    if let Some(f) = flag {
+        return f.to_owned();
+    }
+    match std::env::var("FACEBUILD_CACHE") {
+        Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
+        _ => Utf8PathBuf::from("cache"),
+    }
+}

@@ -1,0 +1,200 @@
+//! Manifest loading and validation: YAML -> typed pipeline, with every error located.
+
+pub mod schema;
+pub mod step;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use indexmap::IndexMap;
+
+pub use schema::*;
+pub use step::{StepKind, StepParams, StepSpec};
+
+use crate::error::{Error, Location, Result};
+
+/// A validated step: its name, spec and where it is written.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub spec: StepSpec,
+    pub location: Location,
+}
+
+impl Step {
+    /// The upstream steps this one depends on: `needs` plus `from`.
+    pub fn deps(&self) -> impl Iterator<Item = &serde_saphyr::Spanned<String>> {
+        self.spec.needs.iter().chain(self.spec.from.iter())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: Utf8PathBuf,
+    pub dir: Utf8PathBuf,
+    pub name: String,
+    pub output_dir: Utf8PathBuf,
+    pub model: ModelSpec,
+    pub model_location: Location,
+    pub datasets: IndexMap<String, DatasetSpec>,
+    pub toolchain: ToolchainSpec,
+    pub steps: IndexMap<String, Step>,
+    /// blake3 of the manifest bytes (recorded in reports).
+    pub digest: String,
+}
+
+impl Manifest {
+    pub fn load(file: &Utf8Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                Some("check the path; pipelines live in `pipelines/`, e.g. `facebuild run pipelines/recognition.yaml`")
+            } else {
+                None
+            };
+            let err = Error::usage(format!("cannot read manifest {file}: {e}"));
+            match hint {
+                Some(h) => err.with_hint(h),
+                None => err,
+            }
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Utf8Path, text: &str) -> Result<Manifest> {
+        let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        let loc = |l: &serde_saphyr::Location| Location { file: file.to_owned(), line: l.line(), column: l.column() };
+
+        if raw.schema.value != SCHEMA_VERSION {
+            return Err(Error::manifest(
+                loc(&raw.schema.referenced),
+                format!("unsupported schema version {}; this facebuild reads schema {SCHEMA_VERSION}", raw.schema.value),
+            )
+            .with_hint(format!("set `schema: {SCHEMA_VERSION}` and check docs/manifest.md for the format")));
+        }
+        let dir = file.parent().map(|p| if p.as_str().is_empty() { Utf8Path::new(".") } else { p }).unwrap_or(Utf8Path::new(".")).to_owned();
+        let name = raw.name.clone().unwrap_or_else(|| file.file_stem().unwrap_or("pipeline").to_string());
+        validate_name(&name).map_err(|m| Error::manifest(Location { file: file.to_owned(), line: 0, column: 0 }, m))?;
+
+        let model_location = loc(&raw.model.referenced);
+        let model = raw.model.value;
+        validate_model(&model).map_err(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h))?;
+
+        let datasets: IndexMap<String, DatasetSpec> = raw.datasets.into_iter().map(|(k, v)| (k, v.value)).collect();
+
+        let mut steps = IndexMap::new();
+        for (name, spanned) in raw.steps {
+            let location = loc(&spanned.referenced);
+            validate_name(&name).map_err(|m| Error::manifest(location.clone(), m))?;
+            steps.insert(name.clone(), Step { name, spec: spanned.value, location });
+        }
+        if steps.is_empty() {
+            return Err(Error::manifest(Location { file: file.to_owned(), line: 0, column: 0 }, "`steps:` is empty; a pipeline needs at least one step"));
+        }
+        // Every `needs`/`from` must name a step; located at the reference itself.
+        for step in steps.values() {
+            for dep in step.deps() {
+                if !steps.contains_key(&dep.value) {
+                    let l = if dep.referenced.line() > 0 { loc(&dep.referenced) } else { step.location.clone() };
+                    let known: Vec<&str> = steps.keys().map(|s| s.as_str()).collect();
+                    return Err(Error::manifest(l, format!("step `{}` needs `{}`, which is not a step in this pipeline", step.name, dep.value))
+                        .with_hint(format!("known steps: {}", known.join(", "))));
+                }
+                if dep.value == step.name {
+                    return Err(Error::manifest(loc(&dep.referenced), format!("step `{}` depends on itself", step.name)));
+                }
+            }
+            if let Some(f) = &step.spec.from {
+                let up = &steps[&f.value];
+                if !crate::steps::produces_model(up.spec.kind) {
+                    return Err(Error::manifest(loc(&f.referenced), format!("step `{}` takes `from: {}`, but a `{}` step produces no model", step.name, f.value, up.spec.kind))
+                        .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
+                }
+            }
+            crate::steps::validate(step, &datasets).map_err(|(m, h)| {
+                let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
+                match h {
+                    Some(h) => e.with_hint(h),
+                    None => e,
+                }
+            })?;
+        }
+
+        let output_dir = match raw.output {
+            Some(o) => dir.join(o),
+            None => dir.join("out").join(&name),
+        };
+        let digest = blake3::hash(text.as_bytes()).to_hex().to_string();
+        let m = Manifest { file: file.to_owned(), dir, name, output_dir, model, model_location, datasets, toolchain: raw.toolchain, steps, digest };
+        // Cycles are found when the graph is built; do it here so `load` is a full validation.
+        crate::graph::Dag::build(&m)?;
+        Ok(m)
+    }
+
+    pub fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
+        if rel.is_absolute() { rel.to_owned() } else { self.dir.join(rel) }
+    }
+
+    /// The lockfile sits next to the manifest: `recognition.yaml` -> `recognition.lock`.
+    pub fn lock_path(&self) -> Utf8PathBuf {
+        self.file.with_extension("lock")
+    }
+
+    pub fn step(&self, name: &str) -> &Step {
+        &self.steps[name]
+    }
+}
+
+fn validate_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if ok { Ok(()) } else { Err(format!("invalid name `{name}`: use letters, digits, `_`, `-` and `.` only")) }
+}
+
+fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
+    if m.path.is_some() && m.builtin.is_some() {
+        return Err(("`model` has both `path` and `builtin`".into(), "keep one: `path` for your ONNX file, `builtin` for a generated model".into()));
+    }
+    if let Some(b) = &m.builtin {
+        if crate::onnx::builtin::BuiltinModel::from_name(b).is_none() {
+            return Err((format!("unknown built-in model `{b}`"), format!("built-in models: {}", crate::onnx::builtin::BuiltinModel::names().join(", "))));
+        }
+    }
+    if let Some(s) = &m.sha256 {
+        if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err((format!("`sha256` must be 64 hex characters, got `{s}`"), "compute it with `sha256sum model.onnx`".into()));
+        }
+    }
+    if m.input.shape.is_empty() {
+        return Err(("`model.input.shape` is empty".into(), "declare the input shape, e.g. `shape: [1, 3, 112, 112]`".into()));
+    }
+    if m.input.shape.len() != 4 && matches!(m.task, Task::Recognition | Task::Detection | Task::Landmarks) {
+        return Err((
+            format!("`model.input.shape` has {} dims; image models take 4 ({:?})", m.input.shape.len(), m.input.layout),
+            "declare all four dims, e.g. `shape: [1, 3, 112, 112]` for NCHW".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Turn serde-saphyr's error into a located manifest error. It renders a snippet of the
+/// offending lines, which we keep (with the real file name) because it shows the fix.
+fn yaml_error(file: &Utf8Path, e: &serde_saphyr::Error) -> Error {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let rendered = e.to_string().replace("<input>", file.as_str());
+    // The first line reads "error: line L column C: <message>"; keep just the message.
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or_default();
+    let message = first.trim_start_matches("error: ");
+    let message = match message.split_once(": ") {
+        Some((pos, rest)) if pos.starts_with("line ") => rest,
+        _ => message,
+    };
+    let snippet: Vec<&str> = lines.collect();
+    let mut msg = message.to_string();
+    if !snippet.is_empty() {
+        msg.push('\n');
+        msg.push_str(&snippet.join("\n"));
+    }
+    Error::manifest(Location { file: file.to_owned(), line, column }, msg)
+}
+
+pub fn relpath(p: &Utf8Path) -> String {
+    p.as_str().to_string()
+}

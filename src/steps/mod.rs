@@ -1,0 +1,100 @@
+//! Step kinds. Each kind lives in one module with its params, its validation, the toolchain
+//! pieces it depends on (for its cache key), and its `run`. This file is the registry.
+
+pub mod check;
+pub mod simplify;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use indexmap::IndexMap;
+
+use crate::error::Result;
+use crate::manifest::{DatasetSpec, Manifest, Step, StepKind, StepParams};
+use crate::toolchain::Toolchain;
+
+/// Everything a running step may use. Steps write their outputs into `workdir`.
+pub struct StepContext<'a> {
+    pub manifest: &'a Manifest,
+    pub step: &'a Step,
+    /// The model this step works on: the source model or the `model` output of `from`.
+    pub model: &'a Utf8Path,
+    /// Named datasets the step uses, resolved to folders.
+    pub datasets: BTreeMap<String, Utf8PathBuf>,
+    pub toolchain: &'a Toolchain,
+    pub workdir: &'a Utf8Path,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a indicatif::ProgressBar,
+}
+
+impl StepContext<'_> {
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) { Err(crate::error::Error::Interrupted) } else { Ok(()) }
+    }
+}
+
+/// What a successful step produced: named output files (in its workdir) and a summary.
+pub struct StepOutcome {
+    pub outputs: BTreeMap<String, Utf8PathBuf>,
+    pub summary: serde_json::Value,
+}
+
+/// Implementation version per kind: bump it when a change to a step's code changes what it
+/// produces, and every cached result of that kind is rebuilt.
+pub fn impl_version(kind: StepKind) -> u32 {
+    match kind {
+        StepKind::Check => check::IMPL_VERSION,
+        StepKind::Simplify => simplify::IMPL_VERSION,
+    }
+}
+
+/// The toolchain pieces whose versions enter this step's cache key.
+pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
+    match params {
+        StepParams::Check(_) => check::TOOLCHAIN.to_vec(),
+        StepParams::Simplify(p) => p.toolchain_pieces(),
+    }
+}
+
+/// Whether a kind produces a `model` output that a later step can take `from`.
+pub fn produces_model(kind: StepKind) -> bool {
+    matches!(kind, StepKind::Simplify)
+}
+
+/// Datasets a step reads (names from the manifest's `datasets:`).
+pub fn datasets_used(params: &StepParams) -> Vec<String> {
+    match params {
+        StepParams::Check(_) => vec![],
+        StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
+    }
+}
+
+/// Static validation at load time: (message, hint) on error.
+pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::result::Result<(), (String, Option<String>)> {
+    for d in datasets_used(&step.spec.params) {
+        if !datasets.contains_key(&d) {
+            let known: Vec<&str> = datasets.keys().map(String::as_str).collect();
+            return Err((format!("uses dataset `{d}`, which is not declared under `datasets:`"), Some(format!("declared datasets: [{}]", known.join(", ")))));
+        }
+    }
+    match &step.spec.params {
+        StepParams::Check(_) => Ok(()),
+        StepParams::Simplify(p) => p.validate(),
+    }
+}
+
+pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
+    match &ctx.step.spec.params {
+        StepParams::Check(p) => check::run(ctx, p),
+        StepParams::Simplify(p) => simplify::run(ctx, p),
+    }
+}
+
+/// Write a JSON report into the workdir and return its path.
+pub fn write_report(workdir: &Utf8Path, name: &str, value: &serde_json::Value) -> Result<Utf8PathBuf> {
+    let p = workdir.join(name);
+    let bytes = serde_json::to_vec_pretty(value).map_err(anyhow::Error::from)?;
+    std::fs::write(&p, bytes).map_err(|e| crate::error::Error::io(&p, e))?;
+    Ok(p)
+}

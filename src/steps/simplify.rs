@@ -1,0 +1,214 @@
+//! `simplify`: freeze declared static shapes (or keep named dims dynamic), simplify with
+//! onnxsim/onnxslim from the toolchain, then prove the result equivalent: original and
+//! simplified run in ONNX Runtime on seeded inputs (and dataset images when declared), and
+//! the step fails unless every output's cosine similarity (and, if set, max abs error)
+//! meets the gate. The evidence is in report.json either way.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{StepContext, StepOutcome};
+use crate::error::{Error, Result};
+use crate::manifest::Dim;
+use crate::metrics;
+use crate::runtime::{onnxruntime::OnnxRuntime, NamedTensor, Runtime};
+
+pub const IMPL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tool {
+    Onnxsim,
+    Onnxslim,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimplifyParams {
+    pub tool: Tool,
+    /// Input name -> shape to freeze. Integers freeze a dim, names keep it dynamic.
+    /// Default: the manifest's declared input shape.
+    pub freeze: Option<IndexMap<String, Vec<Dim>>>,
+    /// Concrete sizes for dims left dynamic, used only for the equivalence check (default 1).
+    pub test_dims: BTreeMap<String, u64>,
+    /// Seeded random input samples for the equivalence check.
+    pub samples: u32,
+    pub seed: u64,
+    /// A dataset of images to compare on as well (uses `model.preprocessing`).
+    pub dataset: Option<String>,
+    /// Gate: every output's minimum cosine similarity, original vs simplified.
+    pub cosine_min: f64,
+    /// Gate: largest absolute difference allowed on any output element (not gated if absent).
+    pub max_abs_error: Option<f64>,
+}
+
+impl Default for SimplifyParams {
+    fn default() -> Self {
+        SimplifyParams { tool: Tool::Onnxsim, freeze: None, test_dims: BTreeMap::new(), samples: 8, seed: 0, dataset: None, cosine_min: 0.9999, max_abs_error: None }
+    }
+}
+
+impl SimplifyParams {
+    pub fn toolchain_pieces(&self) -> Vec<&'static str> {
+        match self.tool {
+            Tool::Onnxsim => vec!["onnx", "onnxruntime", "onnxsim"],
+            Tool::Onnxslim => vec!["onnx", "onnxruntime", "onnxslim"],
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+        if !(self.cosine_min > -1.0 && self.cosine_min <= 1.0) {
+            return Err((format!("`cosine_min` must be in (-1, 1], got {}", self.cosine_min), Some("the default is 0.9999".into())));
+        }
+        if self.samples == 0 && self.dataset.is_none() {
+            return Err(("`samples: 0` and no `dataset`: nothing to prove equivalence on".into(), Some("keep `samples` >= 1 or name a dataset".into())));
+        }
+        if matches!(self.max_abs_error, Some(x) if x < 0.0) {
+            return Err(("`max_abs_error` must be >= 0".into(), None));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
+    let decl = &ctx.manifest.model.input;
+    let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| [(decl.name.clone(), decl.shape.clone())].into_iter().collect());
+    let out_model = ctx.workdir.join("model.onnx");
+    let spec = json!({
+        "tool": p.tool,
+        "shapes": shapes,
+    });
+    ctx.progress.set_message(format!("{} simplifying", tool_name(p.tool)));
+    let sim = ctx.toolchain.run_script(include_str!("../toolchain/python/simplify.py"), &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()], "simplify")?;
+    if let Some(err) = sim.get("error").and_then(|e| e.as_str()) {
+        return Err(Error::Step { step: ctx.step.name.clone(), message: err.to_string(), hint: Some("check `params.freeze` against the graph's inputs (`facebuild run --target check`)".into()) });
+    }
+
+    ctx.check_cancelled()?;
+    ctx.progress.set_message("proving equivalence in ONNX Runtime");
+    let rt = OnnxRuntime::new(ctx.toolchain, None)?;
+    let mut original = rt.load(ctx.model)?;
+    let mut simplified = rt.load(&out_model)?;
+
+    let concrete = |name: &str, ort_shape: &[i64]| -> Vec<usize> {
+        match shapes.get(name) {
+            Some(dims) => dims.iter().map(|d| match d {
+                Dim::Fixed(n) => *n as usize,
+                Dim::Named(s) => *p.test_dims.get(s).unwrap_or(&1) as usize,
+            }).collect(),
+            None => ort_shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect(),
+        }
+    };
+    let inputs = simplified.inputs();
+    let mut samples: Vec<(String, Vec<NamedTensor>)> = Vec::new();
+    let mut rng = crate::util::SplitMix64::new(p.seed);
+    for i in 0..p.samples {
+        let feed = inputs
+            .iter()
+            .map(|(name, s)| {
+                let shape = concrete(name, s);
+                let n: usize = shape.iter().product();
+                // Normalised-image range: what a preprocessed face crop looks like to the model.
+                let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+                (name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"))
+            })
+            .collect();
+        samples.push((format!("random#{i}"), feed));
+    }
+    if let Some(ds) = &p.dataset {
+        let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("dataset `{ds}` needs `model.preprocessing` to turn images into tensors"),
+            hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
+        })?;
+        let spec = &ctx.manifest.datasets[ds];
+        let files = crate::preprocess::list_images(&ctx.datasets[ds], spec.count, spec.seed)?;
+        for f in files {
+            let t = crate::preprocess::load_tensor(&f, pre, decl.layout)?;
+            samples.push((format!("image:{}", f.file_name().unwrap_or_default()), vec![(decl.name.clone(), t.into_dyn())]));
+        }
+    }
+
+    let mut per_output: BTreeMap<String, (Vec<f64>, f64, f64, usize, Vec<usize>)> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, (label, feed)) in samples.iter().enumerate() {
+        ctx.check_cancelled()?;
+        ctx.progress.set_message(format!("equivalence sample {}/{}", i + 1, samples.len()));
+        let a = original.run(feed)?;
+        let b = simplified.run(feed)?;
+        for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
+            if na != nb || va.shape() != vb.shape() {
+                problems.push(format!("{label}: output `{na}` {:?} vs simplified `{nb}` {:?}", va.shape(), vb.shape()));
+                continue;
+            }
+            let (xa, xb) = (va.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| va.iter().copied().collect()), vb.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| vb.iter().copied().collect()));
+            let e = per_output.entry(na.clone()).or_insert_with(|| (Vec::new(), 0.0, 0.0, 0, va.shape().to_vec()));
+            e.0.push(metrics::cosine(&xa, &xb));
+            e.1 = e.1.max(metrics::max_abs_diff(&xa, &xb));
+            e.2 += metrics::mean_abs_diff(&xa, &xb);
+            e.3 += 1;
+        }
+        if a.len() != b.len() {
+            problems.push(format!("original has {} outputs, simplified has {}", a.len(), b.len()));
+        }
+    }
+
+    let mut outputs_json = Vec::new();
+    let mut worst_cos = 1.0f64;
+    let mut worst_abs = 0.0f64;
+    for (name, (cos, max_abs, mean_abs_sum, n, shape)) in &per_output {
+        let s = metrics::Summary::of(cos);
+        worst_cos = worst_cos.min(s.min);
+        worst_abs = worst_abs.max(*max_abs);
+        if s.min < p.cosine_min || s.min.is_nan() {
+            problems.push(format!("output `{name}`: min cosine {:.6} < cosine_min {}", s.min, p.cosine_min));
+        }
+        if let Some(lim) = p.max_abs_error {
+            if *max_abs > lim {
+                problems.push(format!("output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"));
+            }
+        }
+        outputs_json.push(json!({"name": name, "shape": shape, "cosine": s, "max_abs_error": max_abs, "mean_abs_error": mean_abs_sum / *n as f64, "samples": n}));
+    }
+    let passed = problems.is_empty();
+    let report = json!({
+        "step": ctx.step.name,
+        "kind": "simplify",
+        "passed": passed,
+        "tool": sim,
+        "frozen_shapes": spec["shapes"],
+        "gate": {"cosine_min": p.cosine_min, "max_abs_error": p.max_abs_error},
+        "samples": {"random": p.samples, "seed": p.seed, "images": samples.len() - p.samples as usize, "dataset": p.dataset},
+        "outputs": outputs_json,
+        "problems": problems,
+        "execution": original.execution(),
+        "toolchain": ctx.toolchain.fingerprint(&p.toolchain_pieces()),
+    });
+    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
+    if !passed {
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("equivalence gate failed: {}", problems.join("; ")),
+            hint: Some("the simplified model does not match the original; try `tool: onnxslim`, or inspect report.json".into()),
+        });
+    }
+    let summary = json!({
+        "tool": format!("{} {}", tool_name(p.tool), sim["tool_version"].as_str().unwrap_or("")),
+        "nodes": format!("{} -> {}", sim["nodes_before"], sim["nodes_after"]),
+        "cosine_min": worst_cos,
+        "max_abs_error": worst_abs,
+        "samples": samples.len(),
+    });
+    Ok(StepOutcome { outputs: [("model.onnx".to_string(), out_model), ("report.json".to_string(), report_path)].into(), summary })
+}
+
+fn tool_name(t: Tool) -> &'static str {
+    match t {
+        Tool::Onnxsim => "onnxsim",
+        Tool::Onnxslim => "onnxslim",
+    }
+}
