@@ -221,7 +221,8 @@ fn summary_line(v: &serde_json::Value) -> String {
             .iter()
             .map(|(k, v)| match v {
                 serde_json::Value::String(s) => format!("{k} {s}"),
-                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => format!("{k} {:.6}", n.as_f64().unwrap_or_default()),
+                // Six decimals are enough to read a cosine; trailing zeros are noise.
+                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => format!("{k} {}", (n.as_f64().unwrap_or_default() * 1e6).round() / 1e6),
                 serde_json::Value::Array(a) => format!("{k} {}", a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", ")),
                 other => format!("{k} {other}"),
             })

@@ -98,8 +98,9 @@ impl BuildContext {
         let d = self.store.memo.blake3(&path)?;
         if let Some(pin) = &m.model.sha256 {
             let actual = self.store.memo.sha256(&path)?;
-            if !actual.eq_ignore_ascii_case(pin) {
-                return Err(Error::manifest(m.model_location.clone(), format!("model {path} has sha256 {actual}, but `model.sha256` pins {pin}"))
+            if !actual.eq_ignore_ascii_case(&pin.value) {
+                let at = crate::error::Location { file: m.file.clone(), line: pin.referenced.line(), column: pin.referenced.column() };
+                return Err(Error::manifest(at, format!("model {path} has sha256 {actual}, but `model.sha256` pins {}", pin.value))
                     .with_hint("the model changed: update the pin if the change is intended, or restore the pinned file"));
             }
         }

@@ -31,7 +31,10 @@ impl Dag {
             }
         }
         if let Err(cycle) = petgraph::algo::toposort(&graph, None) {
-            let path = cycle_path(&graph, cycle.node_id());
+            let mut path = cycle_path(&graph, cycle.node_id());
+            // Start at the step written first, so the message is the same on every run.
+            let first_pos = path.iter().enumerate().min_by_key(|(_, n)| n.index()).map(|(i, _)| i).unwrap_or(0);
+            path.rotate_left(first_pos);
             let first = &m.steps[graph[path[0]].as_str()];
             let names: Vec<&str> = path.iter().chain(path.first()).map(|n| graph[*n].as_str()).collect();
             return Err(Error::manifest(first.location.clone(), format!("dependency cycle: {}", names.join(" -> ")))

@@ -156,7 +156,7 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
             return Err((format!("unknown built-in model `{b}`"), format!("built-in models: {}", crate::onnx::builtin::BuiltinModel::names().join(", "))));
         }
     }
-    if let Some(s) = &m.sha256 {
+    if let Some(s) = m.sha256.as_ref().map(|s| &s.value) {
         if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err((format!("`sha256` must be 64 hex characters, got `{s}`"), "compute it with `sha256sum model.onnx`".into()));
         }

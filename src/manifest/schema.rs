@@ -46,7 +46,7 @@ pub struct ModelSpec {
     pub builtin: Option<String>,
     /// Optional sha256 pin of the model file; a mismatch stops the run before any step.
     #[serde(default)]
-    pub sha256: Option<String>,
+    pub sha256: Option<Spanned<String>>,
     pub task: Task,
     pub input: InputSpec,
     #[serde(default)]

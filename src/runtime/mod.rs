@@ -5,6 +5,7 @@
 pub mod onnxruntime;
 
 use camino::Utf8Path;
+
 use ndarray::ArrayD;
 use serde::Serialize;
 
@@ -19,6 +20,8 @@ pub struct ExecutionInfo {
     pub threads: usize,
     /// The precision the runtime actually computed in (e.g. "f32", "bf16").
     pub precision: String,
+    /// Other settings that can change numbers (graph optimization level, hints...).
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 pub type NamedTensor = (String, ArrayD<f32>);

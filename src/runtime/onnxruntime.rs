@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use ort::session::Session;
+use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{Tensor, ValueType};
 
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
@@ -19,6 +19,7 @@ static ENV: OnceLock<std::result::Result<(Utf8PathBuf, ort::environment::Environ
 pub struct OnnxRuntime {
     version: String,
     threads: usize,
+    graph_optimizations: bool,
 }
 
 impl OnnxRuntime {
@@ -38,7 +39,14 @@ impl OnnxRuntime {
             _ => {}
         }
         let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        Ok(OnnxRuntime { version: toolchain.version("onnxruntime").unwrap_or("unknown").to_string(), threads })
+        Ok(OnnxRuntime { version: toolchain.version("onnxruntime").unwrap_or("unknown").to_string(), threads, graph_optimizations: true })
+    }
+
+    /// Run graphs exactly as written: equivalence checks use this so that ORT's own
+    /// fusions, applied alike to both graphs, cannot hide what a rewrite changed.
+    pub fn without_graph_optimizations(mut self) -> Self {
+        self.graph_optimizations = false;
+        self
     }
 
     fn env() -> &'static ort::environment::Environment {
@@ -57,11 +65,20 @@ impl Runtime for OnnxRuntime {
             .map_err(fail)?
             .with_intra_threads(self.threads)
             .map_err(|e| fail(e.into()))?
+            .with_optimization_level(if self.graph_optimizations { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable })
+            .map_err(|e| fail(e.into()))?
             .commit_from_file(artifact.as_std_path())
             .map_err(fail)?;
         Ok(Box::new(OrtModel {
             session,
-            info: ExecutionInfo { runtime: "onnxruntime".into(), version: self.version.clone(), device: "CPU".into(), threads: self.threads, precision: "f32".into() },
+            info: ExecutionInfo {
+                runtime: "onnxruntime".into(),
+                version: self.version.clone(),
+                device: "CPU".into(),
+                threads: self.threads,
+                precision: "f32".into(),
+                settings: [("graph_optimization_level".to_string(), if self.graph_optimizations { "all" } else { "disabled" }.to_string())].into(),
+            },
         }))
     }
 }

@@ -143,6 +143,11 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                             continue;
                         }
                     }
+                    // Launch only into a free slot: a queued step would still start after a
+                    // failure that should have stopped the run.
+                    if running >= opts.jobs.max(1) {
+                        continue;
+                    }
                     let why = if opts.no_cache { vec!["--no-cache".to_string()] } else { reasons(ctx, name, &parts) };
                     progress::println_err(&format!("  run     {name}: {}", why.join("; ")));
                     let model_path = match &step.spec.from {
@@ -204,8 +209,14 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
         let r = match results.remove(name) {
             Some(r) => r,
             None => {
-                let (status, error) = match &state[name] {
-                    State::Skipped(why) => (Status::Skipped, Some(why.clone())),
+                // Topological order: a step's upstream states are final by now.
+                let failed_dep = ctx.dag.deps(name).into_iter().find(|d| matches!(state.get(*d), Some(State::Failed | State::Skipped(_)))).map(String::from);
+                let (status, error) = match (&state[name], failed_dep) {
+                    (State::Skipped(why), _) => (Status::Skipped, Some(why.clone())),
+                    (_, Some(d)) => {
+                        state.insert(name.clone(), State::Skipped(format!("upstream `{d}` did not build")));
+                        (Status::Skipped, Some(format!("upstream `{d}` did not build")))
+                    }
                     _ => (Status::NotRun, None),
                 };
                 result_of(ctx, name, status, None, vec![], 0, &BTreeMap::new(), serde_json::Value::Null, error)
