@@ -247,13 +247,13 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
     );
     let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
     for s in &r.steps {
-        let status = format!("{:?}", s.status).to_lowercase();
+        let status = serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(|x| x.replace('_', " "))).unwrap_or_default();
         let detail = match (&s.error, s.status) {
             (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
             (None, Status::Built) => format!("{:.1}s  {}", s.duration_ms as f64 / 1000.0, summary_line(&s.summary)),
             _ => summary_line(&s.summary),
         };
-        println!("  {:<w$}  {:<8} {}", s.step, status.replace('_', " "), detail);
+        println!("  {:<w$}  {:<8} {}", s.step, status, detail);
     }
     println!("source {} | outputs in {} | lockfile {}", r.source, ctx.manifest.output_dir, ctx.manifest.lock_path());
 }

@@ -104,3 +104,23 @@ fn failed_gate_stops_dependants_keeps_report_and_keep_going_runs_the_rest() {
     assert_eq!(status_of(&r, "simplify"), "failed");
     assert_eq!(status_of(&r, "check"), "cached");
 }
+
+#[test]
+fn gc_keeps_what_the_lockfile_references() {
+    let p = Project::new();
+    p.write("p.yaml", &builtin_manifest(STEPS));
+    assert_eq!(p.run_json("p.yaml", &[]).0, 0);
+    // A second version of simplify's result, which the lockfile then no longer references.
+    p.write("p.yaml", &builtin_manifest(&STEPS.replace("samples: 2", "samples: 3")));
+    assert_eq!(p.run_json("p.yaml", &[]).0, 0);
+    let out = p.run(&["cache", "ls", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len(), 4);
+
+    let out = p.run(&["cache", "gc", "p.lock"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 results"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = p.run(&["cache", "ls", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len(), 3);
+    let (_, r) = p.run_json("p.yaml", &[]);
+    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+}

@@ -184,6 +184,23 @@ mod tests {
     }
 
     #[test]
+    fn external_data_may_not_escape_the_model_folder() {
+        use crate::onnx::proto::{StringStringEntryProto, TensorProto};
+        let mut m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini").unwrap().build();
+        let t = &mut m.graph.as_mut().unwrap().initializer[0];
+        *t = TensorProto {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            data_type: 1,
+            data_location: 1,
+            external_data: vec![StringStringEntryProto { key: "location".into(), value: "../../etc/passwd".into() }],
+            ..Default::default()
+        };
+        let e = inspect(&m, "models/m.onnx".into()).unwrap_err().to_string();
+        assert!(e.contains("outside the model's folder"), "{e}");
+    }
+
+    #[test]
     fn builtin_inspects_as_declared() {
         let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini").unwrap().build();
         let info = inspect(&m, "m.onnx".into()).unwrap();
