@@ -364,11 +364,10 @@ fn default_lockfiles() -> Vec<Utf8PathBuf> {
     for dir in ["pipelines", "."] {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
-                if let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) {
-                    if p.extension() == Some("lock") {
+                if let Ok(p) = Utf8PathBuf::from_path_buf(e.path())
+                    && p.extension() == Some("lock") {
                         v.push(p);
                     }
-                }
             }
         }
     }

@@ -139,8 +139,12 @@ impl BuildContext {
             entries.push((rel, self.store.memo.blake3(f)?.blake3));
         }
         // count/seed select a subset: they are part of the dataset's identity.
-        let id = (entries, (spec.count.map(|c| c as u64), spec.seed));
-        Ok((dir, cache_key(&DatasetId(&id))))
+        let mut h = CacheKeyHasher::new();
+        h.write_tag(b'D');
+        entries.cache_key(&mut h);
+        spec.count.map(|c| c as u64).cache_key(&mut h);
+        spec.seed.cache_key(&mut h);
+        Ok((dir, h.finish()))
     }
 
     /// Key parts for a step, given the digest of its model input.
@@ -189,16 +193,6 @@ impl BuildContext {
             std::fs::rename(&tmp, &dest).fs_context(&dest)?;
         }
         Ok(())
-    }
-}
-
-struct DatasetId<'a>(&'a (Vec<(String, String)>, (Option<u64>, u64)));
-impl CacheKey for DatasetId<'_> {
-    fn cache_key(&self, s: &mut CacheKeyHasher) {
-        s.write_tag(b'D');
-        self.0 .0.cache_key(s);
-        self.0 .1 .0.cache_key(s);
-        self.0 .1 .1.cache_key(s);
     }
 }
 

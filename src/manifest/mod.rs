@@ -151,16 +151,14 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
     if m.path.is_some() && m.builtin.is_some() {
         return Err(("`model` has both `path` and `builtin`".into(), "keep one: `path` for your ONNX file, `builtin` for a generated model".into()));
     }
-    if let Some(b) = &m.builtin {
-        if crate::onnx::builtin::BuiltinModel::from_name(b).is_none() {
+    if let Some(b) = &m.builtin
+        && crate::onnx::builtin::BuiltinModel::from_name(b).is_none() {
             return Err((format!("unknown built-in model `{b}`"), format!("built-in models: {}", crate::onnx::builtin::BuiltinModel::names().join(", "))));
         }
-    }
-    if let Some(s) = m.sha256.as_ref().map(|s| &s.value) {
-        if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+    if let Some(s) = m.sha256.as_ref().map(|s| &s.value)
+        && (s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
             return Err((format!("`sha256` must be 64 hex characters, got `{s}`"), "compute it with `sha256sum model.onnx`".into()));
         }
-    }
     if m.input.shape.is_empty() {
         return Err(("`model.input.shape` is empty".into(), "declare the input shape, e.g. `shape: [1, 3, 112, 112]`".into()));
     }

@@ -132,8 +132,8 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     let model_digest = model_input_digest(step, &source.digest, &upstream).expect("validated: `from` names a model-producing step that is done");
                     let parts = ctx.key_parts(step, &model_digest)?;
                     let key = parts.key();
-                    if !opts.no_cache {
-                        if let Some(rec) = ctx.store.lookup(&key)? {
+                    if !opts.no_cache
+                        && let Some(rec) = ctx.store.lookup(&key)? {
                             ctx.materialize(name, &rec.outputs)?;
                             results.insert(name.clone(), result_of(ctx, name, Status::Cached, Some(key), vec![], 0, &rec.outputs, rec.summary.clone(), None));
                             progress::println_err(&format!("  cached  {name}"));
@@ -142,7 +142,6 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                             changed = true;
                             continue;
                         }
-                    }
                     // Launch only into a free slot: a queued step would still start after a
                     // failure that should have stopped the run.
                     if running >= opts.jobs.max(1) {

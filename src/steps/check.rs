@@ -61,12 +61,11 @@ pub fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
         }
     }
     let c = decl.layout.channel_axis();
-    if let Some(DimInfo::Static(ch)) = shape.get(c) {
-        if *ch != 1 && *ch != 3 {
+    if let Some(DimInfo::Static(ch)) = shape.get(c)
+        && *ch != 1 && *ch != 3 {
             let other = if decl.layout == Layout::NCHW { "NHWC" } else { "NCHW" };
             problems.push(format!("layout {:?} puts channels at dim {c}, which is {ch} in the graph; is the layout {other}?", decl.layout));
         }
-    }
     problems
 }
 

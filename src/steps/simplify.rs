@@ -133,7 +133,7 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         }
     }
 
-    let mut per_output: BTreeMap<String, (Vec<f64>, f64, f64, usize, Vec<usize>)> = BTreeMap::new();
+    let mut per_output: BTreeMap<String, OutputStats> = BTreeMap::new();
     let mut problems = Vec::new();
     for (i, (label, feed)) in samples.iter().enumerate() {
         ctx.check_cancelled()?;
@@ -146,11 +146,10 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
                 continue;
             }
             let (xa, xb) = (va.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| va.iter().copied().collect()), vb.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| vb.iter().copied().collect()));
-            let e = per_output.entry(na.clone()).or_insert_with(|| (Vec::new(), 0.0, 0.0, 0, va.shape().to_vec()));
-            e.0.push(metrics::cosine(&xa, &xb));
-            e.1 = e.1.max(metrics::max_abs_diff(&xa, &xb));
-            e.2 += metrics::mean_abs_diff(&xa, &xb);
-            e.3 += 1;
+            let e = per_output.entry(na.clone()).or_insert_with(|| OutputStats { shape: va.shape().to_vec(), ..Default::default() });
+            e.cosines.push(metrics::cosine(&xa, &xb));
+            e.max_abs = e.max_abs.max(metrics::max_abs_diff(&xa, &xb));
+            e.mean_abs_sum += metrics::mean_abs_diff(&xa, &xb);
         }
         if a.len() != b.len() {
             problems.push(format!("original has {} outputs, simplified has {}", a.len(), b.len()));
@@ -160,19 +159,19 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let mut outputs_json = Vec::new();
     let mut worst_cos = 1.0f64;
     let mut worst_abs = 0.0f64;
-    for (name, (cos, max_abs, mean_abs_sum, n, shape)) in &per_output {
-        let s = metrics::Summary::of(cos);
+    for (name, o) in &per_output {
+        let (max_abs, n) = (&o.max_abs, o.cosines.len());
+        let s = metrics::Summary::of(&o.cosines);
         worst_cos = worst_cos.min(s.min);
         worst_abs = worst_abs.max(*max_abs);
         if s.min < p.cosine_min || s.min.is_nan() {
             problems.push(format!("output `{name}`: min cosine {:.6} < cosine_min {}", s.min, p.cosine_min));
         }
-        if let Some(lim) = p.max_abs_error {
-            if *max_abs > lim {
+        if let Some(lim) = p.max_abs_error
+            && *max_abs > lim {
                 problems.push(format!("output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"));
             }
-        }
-        outputs_json.push(json!({"name": name, "shape": shape, "cosine": s, "max_abs_error": max_abs, "mean_abs_error": mean_abs_sum / *n as f64, "samples": n}));
+        outputs_json.push(json!({"name": name, "shape": o.shape, "cosine": s, "max_abs_error": max_abs, "mean_abs_error": o.mean_abs_sum / n as f64, "samples": n}));
     }
     let passed = problems.is_empty();
     let report = json!({
@@ -204,6 +203,15 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         "samples": samples.len(),
     });
     Ok(StepOutcome { outputs: [("model.onnx".to_string(), out_model), ("report.json".to_string(), report_path)].into(), summary })
+}
+
+/// Per-output comparison accumulated over all samples.
+#[derive(Default)]
+struct OutputStats {
+    shape: Vec<usize>,
+    cosines: Vec<f64>,
+    max_abs: f64,
+    mean_abs_sum: f64,
 }
 
 fn tool_name(t: Tool) -> &'static str {
