@@ -123,16 +123,7 @@ impl BuildContext {
         if !dir.is_dir() {
             return Err(Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(format!("`datasets.{name}.path` is relative to {}", self.manifest.dir)));
         }
-        let mut files = Vec::new();
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).fs_context(&d)? {
-                let e = e.fs_context(&d)?;
-                let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) else { continue };
-                if p.is_dir() { stack.push(p) } else { files.push(p) }
-            }
-        }
-        files.sort();
+        let files = crate::util::files_under(&dir)?;
         let mut entries = Vec::with_capacity(files.len());
         for f in &files {
             let rel = f.strip_prefix(&dir).unwrap_or(f).to_string();

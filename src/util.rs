@@ -32,3 +32,19 @@ pub fn human_bytes(n: u64) -> String {
     }
     if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
 }
+
+/// Every file below `dir`, recursively, sorted by path (stable across filesystems).
+pub fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8PathBuf>> {
+    use crate::error::IoContext;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).fs_context(&d)? {
+            let e = e.fs_context(&d)?;
+            let Ok(p) = camino::Utf8PathBuf::from_path_buf(e.path()) else { continue };
+            if p.is_dir() { stack.push(p) } else { files.push(p) }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -5,27 +5,17 @@
 use camino::{Utf8Path, Utf8PathBuf};
 use ndarray::Array4;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::manifest::{ColorOrder, Layout, Preprocessing};
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
 /// Images in `dir` (recursively), sorted by path, then a seeded shuffle and the first `count`.
 pub fn list_images(dir: &Utf8Path, count: Option<usize>, seed: u64) -> Result<Vec<Utf8PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).fs_context(&d)? {
-            let e = e.fs_context(&d)?;
-            let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) else { continue };
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())) {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let mut files: Vec<Utf8PathBuf> = crate::util::files_under(dir)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())))
+        .collect();
     if files.is_empty() {
         return Err(Error::usage(format!("dataset folder {dir} has no images ({})", EXTENSIONS.join(", "))));
     }

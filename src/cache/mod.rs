@@ -1,0 +1,11 @@
+//! The cache: content-addressed blobs, action records (run-cache), the stat-keyed digest
+//! memo, the lockfile, and action keys.
+
+pub mod key;
+pub mod lock;
+pub mod memo;
+pub mod store;
+
+pub use key::{cache_key, CacheKey, CacheKeyHasher};
+pub use lock::{Lock, LockEntry};
+pub use store::{ActionRecord, BlobRef, Store};

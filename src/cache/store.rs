@@ -1,0 +1,277 @@
+//! The content-addressed store: blobs named by their blake3 digest, action records mapping
+//! an action key to the blobs a step produced. Every write is temp + rename; blobs are
+//! read-only; a blob whose digest no longer matches is treated as missing and rebuilt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+
+use super::memo::{hash_file, DigestMemo};
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What a finished step left in the cache: the run-cache entry of DVC, keyed by action key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub key: String,
+    pub pipeline: String,
+    pub step: String,
+    pub kind: String,
+    pub impl_version: u32,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, String>,
+    pub toolchain: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, BlobRef>,
+    /// A short machine-readable result of the step (gate figures etc.), shown by status.
+    #[serde(default)]
+    pub summary: serde_json::Value,
+    pub created_unix: u64,
+    pub duration_ms: u64,
+}
+
+pub struct Store {
+    pub root: Utf8PathBuf,
+    pub memo: DigestMemo,
+}
+
+pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Utf8Path::new("."));
+    std::fs::create_dir_all(dir).fs_context(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).fs_context(dir)?;
+    tmp.write_all(bytes).fs_context(path)?;
+    tmp.as_file().sync_data().fs_context(path)?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+impl Store {
+    pub fn open(root: &Utf8Path) -> Result<Store> {
+        for d in ["cas", "actions", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).fs_context(root.join(d))?;
+        }
+        let memo = DigestMemo::load(root.join("memo.json"));
+        Ok(Store { root: root.to_owned(), memo })
+    }
+
+    pub fn blob_path(&self, digest: &str) -> Utf8PathBuf {
+        self.root.join("cas").join(&digest[..2]).join(&digest[2..])
+    }
+
+    fn action_path(&self, key: &str) -> Utf8PathBuf {
+        self.root.join("actions").join(&key[..2]).join(format!("{}.json", &key[2..]))
+    }
+
+    /// A fresh scratch folder for a running step, on the same filesystem as the store so
+    /// outputs can be moved in with a rename.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.root.join("tmp");
+        tempfile::Builder::new().prefix("step-").tempdir_in(&tmp).fs_context(tmp)
+    }
+
+    /// Move (or copy) a file into the store; returns its digest.
+    pub fn ingest(&self, file: &Utf8Path) -> Result<BlobRef> {
+        let digest = hash_file(file)?;
+        let size = std::fs::metadata(file).fs_context(file)?.len();
+        let dest = self.blob_path(&digest);
+        if self.verify_blob(&digest)? {
+            return Ok(BlobRef { digest, size });
+        }
+        let dir = dest.parent().expect("blob paths have a parent");
+        std::fs::create_dir_all(dir).fs_context(dir)?;
+        // Copy to a temp name in the destination folder, then rename: readers never see
+        // a half-written blob, and a crash leaves only a temp file for gc.
+        let tmp = tempfile::NamedTempFile::new_in(dir).fs_context(dir)?;
+        std::fs::copy(file, tmp.path()).fs_context(file)?;
+        let mut perms = std::fs::metadata(tmp.path()).fs_context(file)?.permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(tmp.path(), perms).fs_context(&dest)?;
+        tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        Ok(BlobRef { digest, size })
+    }
+
+    /// True when the blob exists and its content matches its name. Uses the stat memo, so
+    /// an untouched blob is not re-read; a blob touched since it was verified is re-hashed.
+    pub fn verify_blob(&self, digest: &str) -> Result<bool> {
+        let p = self.blob_path(digest);
+        if !p.exists() {
+            return Ok(false);
+        }
+        let d = self.memo.blake3(&p)?;
+        if d.blake3 == digest {
+            return Ok(true);
+        }
+        tracing::warn!("cache blob {digest} is corrupt (content hashes to {}); removing it", d.blake3);
+        self.remove_blob(digest);
+        Ok(false)
+    }
+
+    fn remove_blob(&self, digest: &str) {
+        let p = self.blob_path(digest);
+        self.memo.forget(&p);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    pub fn read_action(&self, key: &str) -> Option<ActionRecord> {
+        let bytes = std::fs::read(self.action_path(key)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// An action record whose every output blob is present and intact; otherwise None
+    /// (and the broken record is dropped so the step is rebuilt).
+    pub fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
+        let Some(rec) = self.read_action(key) else { return Ok(None) };
+        for (name, blob) in &rec.outputs {
+            if !self.verify_blob(&blob.digest)? {
+                tracing::warn!("cached output `{name}` of step `{}` is missing or corrupt; the step will be rebuilt", rec.step);
+                let _ = std::fs::remove_file(self.action_path(key));
+                return Ok(None);
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    pub fn write_action(&self, rec: &ActionRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(rec).map_err(anyhow::Error::from)?;
+        write_atomic(&self.action_path(&rec.key), &bytes)
+    }
+
+    pub fn actions(&self) -> Result<Vec<ActionRecord>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("actions");
+        for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
+            let sub = sub.fs_context(&dir)?;
+            let Ok(entries) = std::fs::read_dir(sub.path()) else { continue };
+            for e in entries.flatten() {
+                if let Ok(b) = std::fs::read(e.path())
+                    && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b) {
+                        out.push(r);
+                    }
+            }
+        }
+        out.sort_by(|a, b| (a.pipeline.as_str(), a.step.as_str(), a.created_unix).cmp(&(b.pipeline.as_str(), b.step.as_str(), b.created_unix)));
+        Ok(out)
+    }
+
+    pub fn blobs(&self) -> Result<Vec<(String, Utf8PathBuf)>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("cas");
+        for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
+            let sub = sub.fs_context(&dir)?;
+            let prefix = sub.file_name().to_string_lossy().to_string();
+            let Ok(entries) = std::fs::read_dir(sub.path()) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(".tmp") {
+                    continue;
+                }
+                if let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) {
+                    out.push((format!("{prefix}{name}"), p));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Re-hash every blob (ignoring the memo). Returns the corrupt ones; with `repair`, removes
+    /// them and the action records that point at them, so the next run rebuilds those steps.
+    pub fn verify_all(&self, repair: bool, mut progress: impl FnMut(u64)) -> Result<Vec<String>> {
+        let mut corrupt = Vec::new();
+        for (digest, path) in self.blobs()? {
+            let actual = hash_file(&path)?;
+            progress(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+            if actual != digest {
+                corrupt.push(digest);
+            }
+        }
+        if repair && !corrupt.is_empty() {
+            let bad: BTreeSet<&String> = corrupt.iter().collect();
+            for rec in self.actions()? {
+                if rec.outputs.values().any(|b| bad.contains(&b.digest)) {
+                    let _ = std::fs::remove_file(self.action_path(&rec.key));
+                }
+            }
+            for d in &corrupt {
+                self.remove_blob(d);
+            }
+        }
+        Ok(corrupt)
+    }
+
+    /// Remove action records not in `keep` and blobs no kept record references.
+    pub fn gc(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<GcStats> {
+        let mut stats = GcStats::default();
+        let mut live = BTreeSet::new();
+        for rec in self.actions()? {
+            if keep.contains(&rec.key) {
+                live.extend(rec.outputs.values().map(|b| b.digest.clone()));
+                stats.kept_actions += 1;
+            } else {
+                stats.removed_actions += 1;
+                if !dry_run {
+                    let _ = std::fs::remove_file(self.action_path(&rec.key));
+                }
+            }
+        }
+        for (digest, path) in self.blobs()? {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if live.contains(&digest) {
+                stats.kept_bytes += size;
+            } else {
+                stats.removed_blobs += 1;
+                stats.removed_bytes += size;
+                if !dry_run {
+                    self.remove_blob(&digest);
+                }
+            }
+        }
+        // Scratch folders of interrupted runs.
+        if !dry_run
+            && let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        Ok(stats)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GcStats {
+    pub kept_actions: usize,
+    pub removed_actions: usize,
+    pub removed_blobs: usize,
+    pub removed_bytes: u64,
+    pub kept_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_verify_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Utf8PathBuf::from_path_buf(dir.path().to_owned()).unwrap();
+        let store = Store::open(&root.join("c")).unwrap();
+        let f = root.join("x.txt");
+        std::fs::write(&f, b"hello").unwrap();
+        let b = store.ingest(&f).unwrap();
+        assert!(store.verify_blob(&b.digest).unwrap());
+        let p = store.blob_path(&b.digest);
+        let mut perms = std::fs::metadata(&p).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&p, perms).unwrap();
+        std::fs::write(&p, b"jello").unwrap();
+        assert!(!store.verify_blob(&b.digest).unwrap());
+        assert!(!p.exists());
+    }
+}
