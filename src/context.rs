@@ -119,7 +119,10 @@ impl BuildContext {
     /// Digest of a dataset folder: every file's relative path and blake3, sorted.
     pub fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
         let spec = &self.manifest.datasets[name];
-        let dir = self.manifest.resolve(&spec.path);
+        let dir = match (&spec.path, &spec.builtin) {
+            (Some(p), _) => self.manifest.resolve(p),
+            (None, _) => crate::preprocess::synthetic::ensure(&self.cache_dir)?,
+        };
         if !dir.is_dir() {
             return Err(Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(format!("`datasets.{name}.path` is relative to {}", self.manifest.dir)));
         }
@@ -138,11 +141,18 @@ impl BuildContext {
         Ok((dir, h.finish()))
     }
 
-    /// Key parts for a step, given the digest of its model input.
-    pub fn key_parts(&self, step: &Step, model_digest: &str) -> Result<KeyParts> {
+    /// Key parts for a step, given the digest of its model input and the outputs of the
+    /// steps its params reference (a calibration set, compare candidates).
+    pub fn key_parts(&self, step: &Step, model_digest: &str, upstream: &dyn Fn(&str) -> Option<BTreeMap<String, crate::cache::BlobRef>>) -> Result<KeyParts> {
         let tc = self.toolchain.as_ref().ok_or_else(|| Error::toolchain("not installed"))?;
         let mut inputs = BTreeMap::new();
         inputs.insert("model".to_string(), model_digest.to_string());
+        for r in steps::referenced_steps(&step.spec.params) {
+            let outs = upstream(&r).ok_or_else(|| anyhow::anyhow!("outputs of `{r}` are not known yet"))?;
+            for (name, blob) in outs {
+                inputs.insert(format!("{r}/{name}"), blob.digest);
+            }
+        }
         for d in steps::datasets_used(&step.spec.params) {
             inputs.insert(format!("dataset:{d}"), self.dataset_digest(&d)?.1);
         }

@@ -23,9 +23,9 @@ impl Dag {
         let idx: Vec<NodeIndex> = m.steps.keys().map(|k| graph.add_node(k.clone())).collect();
         for (i, step) in m.steps.values().enumerate() {
             let mut seen = HashSet::new();
-            for dep in step.deps() {
-                if seen.insert(dep.value.clone()) {
-                    let j = m.steps.get_index_of(&dep.value).expect("validated by the manifest loader");
+            for (dep, _) in step.deps() {
+                if seen.insert(dep.clone()) {
+                    let j = m.steps.get_index_of(&dep).expect("validated by the manifest loader");
                     graph.add_edge(idx[j], idx[i], ());
                 }
             }

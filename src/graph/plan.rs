@@ -100,8 +100,8 @@ pub fn short(d: &str) -> &str {
 pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<Vec<StepPlan>> {
     let source = ctx.source()?;
     let mut out: Vec<StepPlan> = Vec::new();
-    // Upstream `model.onnx` digests known from cache hits.
-    let mut known: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    // Outputs of upstream steps known from cache hits.
+    let mut known: std::collections::HashMap<String, std::collections::BTreeMap<String, crate::cache::BlobRef>> = std::collections::HashMap::new();
     for name in selected {
         let step = ctx.manifest.step(name);
         let needs: Vec<String> = ctx.dag.deps(name).into_iter().map(String::from).collect();
@@ -111,9 +111,9 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
         } else if ctx.toolchain.is_none() {
             Decision::Run { key: None, reasons: vec![format!("toolchain {} is not installed yet (run installs it)", ctx.pins.id())] }
         } else {
-            let upstream = |s: &str| known.get(s).cloned().flatten();
-            let digest = model_input_digest(step, &source.digest, &upstream).unwrap_or_default();
-            let parts = ctx.key_parts(step, &digest)?;
+            let model = |s: &str| known.get(s).and_then(|o| o.get("model.onnx")).map(|b| b.digest.clone());
+            let digest = model_input_digest(step, &source.digest, &model).unwrap_or_default();
+            let parts = ctx.key_parts(step, &digest, &|s| known.get(s).cloned())?;
             let key = parts.key();
             if !no_cache && ctx.store.lookup(&key)?.is_some() {
                 Decision::Cached { key }
@@ -125,7 +125,7 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
         };
         if let Decision::Cached { key } = &decision {
             let rec = ctx.store.read_action(key);
-            known.insert(name.clone(), rec.and_then(|r| r.outputs.get("model.onnx").map(|b| b.digest.clone())));
+            known.insert(name.clone(), rec.map(|r| r.outputs).unwrap_or_default());
         }
         out.push(StepPlan { step: name.clone(), kind: step.spec.kind.to_string(), needs, decision });
     }

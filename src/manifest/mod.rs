@@ -20,9 +20,12 @@ pub struct Step {
 }
 
 impl Step {
-    /// The upstream steps this one depends on: `needs` plus `from`.
-    pub fn deps(&self) -> impl Iterator<Item = &serde_saphyr::Spanned<String>> {
-        self.spec.needs.iter().chain(self.spec.from.iter())
+    /// The upstream steps this one depends on: `needs`, `from`, and steps its params name
+    /// (a calibration set, compare candidates), each with its (line, column) when known.
+    pub fn deps(&self) -> Vec<(String, Option<(u64, u64)>)> {
+        let spanned = self.spec.needs.iter().chain(self.spec.from.iter()).map(|d| (d.value.clone(), Some((d.referenced.line(), d.referenced.column())).filter(|(l, _)| *l > 0)));
+        let from_params = crate::steps::referenced_steps(&self.spec.params).into_iter().map(|n| (n, None));
+        spanned.chain(from_params).collect()
     }
 }
 
@@ -77,7 +80,20 @@ impl Manifest {
         let model = raw.model.value;
         validate_model(&model).map_err(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h))?;
 
-        let datasets: IndexMap<String, DatasetSpec> = raw.datasets.into_iter().map(|(k, v)| (k, v.value)).collect();
+        let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
+        for (k, v) in raw.datasets {
+            let l = loc(&v.referenced);
+            match (&v.value.path, &v.value.builtin) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(Error::manifest(l, format!("dataset `{k}` needs exactly one of `path` and `builtin`")).with_hint(format!("built-in datasets: {}", crate::preprocess::synthetic::names().join(", "))));
+                }
+                (None, Some(b)) if !crate::preprocess::synthetic::names().contains(&b.as_str()) => {
+                    return Err(Error::manifest(l, format!("dataset `{k}`: unknown built-in dataset `{b}`")).with_hint(format!("built-in datasets: {}", crate::preprocess::synthetic::names().join(", "))));
+                }
+                _ => {}
+            }
+            datasets.insert(k, v.value);
+        }
 
         let mut steps = IndexMap::new();
         for (name, spanned) in raw.steps {
@@ -90,15 +106,15 @@ impl Manifest {
         }
         // Every `needs`/`from` must name a step; located at the reference itself.
         for step in steps.values() {
-            for dep in step.deps() {
-                if !steps.contains_key(&dep.value) {
-                    let l = if dep.referenced.line() > 0 { loc(&dep.referenced) } else { step.location.clone() };
+            for (dep, at) in step.deps() {
+                let l = at.map(|(line, column)| Location { file: file.to_owned(), line, column }).unwrap_or_else(|| step.location.clone());
+                if !steps.contains_key(&dep) {
                     let known: Vec<&str> = steps.keys().map(|s| s.as_str()).collect();
-                    return Err(Error::manifest(l, format!("step `{}` needs `{}`, which is not a step in this pipeline", step.name, dep.value))
+                    return Err(Error::manifest(l, format!("step `{}` needs `{dep}`, which is not a step in this pipeline", step.name))
                         .with_hint(format!("known steps: {}", known.join(", "))));
                 }
-                if dep.value == step.name {
-                    return Err(Error::manifest(loc(&dep.referenced), format!("step `{}` depends on itself", step.name)));
+                if dep == step.name {
+                    return Err(Error::manifest(l, format!("step `{}` depends on itself", step.name)));
                 }
             }
             if let Some(f) = &step.spec.from {
@@ -107,6 +123,15 @@ impl Manifest {
                     return Err(Error::manifest(loc(&f.referenced), format!("step `{}` takes `from: {}`, but a `{}` step produces no model", step.name, f.value, up.spec.kind))
                         .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
                 }
+            }
+            for r in crate::steps::referenced_steps(&step.spec.params) {
+                crate::steps::check_reference(&step.spec.params, &r, steps[&r].spec.kind).map_err(|(m, h)| {
+                    let e = Error::manifest(step.location.clone(), format!("step `{}` {m}", step.name));
+                    match h {
+                        Some(h) => e.with_hint(h),
+                        None => e,
+                    }
+                })?;
             }
             crate::steps::validate(step, &datasets).map_err(|(m, h)| {
                 let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));

@@ -135,8 +135,16 @@ fn default_std() -> [f32; 3] {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
-    /// A folder of images, relative to the manifest.
-    pub path: Utf8PathBuf,
+    /// A folder of images, relative to the manifest (searched recursively; a folder per
+    /// person gives identities).
+    #[serde(default)]
+    pub path: Option<Utf8PathBuf>,
+    /// A built-in dataset instead of `path`: `synthetic-faces`.
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// A verification pairs CSV (`file_x,file_y,Decision`), relative to the dataset folder.
+    #[serde(default)]
+    pub pairs: Option<Utf8PathBuf>,
     /// Use at most this many images (after a seeded shuffle); all when absent.
     #[serde(default)]
     pub count: Option<usize>,

@@ -9,13 +9,16 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{check::CheckParams, simplify::SimplifyParams};
+use crate::steps::{calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, simplify::SimplifyParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     Check,
     Simplify,
+    Calibrate,
+    Convert,
+    Compare,
 }
 
 impl StepKind {
@@ -23,6 +26,9 @@ impl StepKind {
         match self {
             StepKind::Check => "check",
             StepKind::Simplify => "simplify",
+            StepKind::Calibrate => "calibrate",
+            StepKind::Convert => "convert",
+            StepKind::Compare => "compare",
         }
     }
 }
@@ -38,6 +44,9 @@ impl fmt::Display for StepKind {
 pub enum StepParams {
     Check(CheckParams),
     Simplify(SimplifyParams),
+    Calibrate(CalibrateParams),
+    Convert(ConvertParams),
+    Compare(CompareParams),
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +103,9 @@ impl<'de> Visitor<'de> for StepVisitor {
                     params = Some(match k {
                         StepKind::Check => StepParams::Check(map.next_value()?),
                         StepKind::Simplify => StepParams::Simplify(map.next_value()?),
+                        StepKind::Calibrate => StepParams::Calibrate(map.next_value()?),
+                        StepKind::Convert => StepParams::Convert(map.next_value()?),
+                        StepKind::Compare => StepParams::Compare(map.next_value()?),
                     });
                 }
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
@@ -102,15 +114,17 @@ impl<'de> Visitor<'de> for StepVisitor {
         let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
         let params = match params {
             Some(p) => p,
-            None => default_params(kind),
+            None => default_params(kind).ok_or_else(|| de::Error::custom(format!("a `{kind}` step needs `params:` (see docs/manifest.md)")))?,
         };
         Ok(StepSpec { kind, needs: needs.unwrap_or_default(), from, params, description })
     }
 }
 
-fn default_params(kind: StepKind) -> StepParams {
+/// Params of kinds that need none; None for kinds with required params.
+fn default_params(kind: StepKind) -> Option<StepParams> {
     match kind {
-        StepKind::Check => StepParams::Check(CheckParams::default()),
-        StepKind::Simplify => StepParams::Simplify(SimplifyParams::default()),
+        StepKind::Check => Some(StepParams::Check(CheckParams::default())),
+        StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
+        StepKind::Calibrate | StepKind::Convert | StepKind::Compare => None,
     }
 }

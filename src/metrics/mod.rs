@@ -1,5 +1,7 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
+pub mod verification;
+
 use serde::Serialize;
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

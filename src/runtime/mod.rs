@@ -3,6 +3,7 @@
 //! ONNX Runtime is here; OpenVINO and TensorRT plug in behind the same trait.
 
 pub mod onnxruntime;
+pub mod openvino;
 
 use camino::Utf8Path;
 

@@ -130,7 +130,11 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                         _ => None,
                     };
                     let model_digest = model_input_digest(step, &source.digest, &upstream).expect("validated: `from` names a model-producing step that is done");
-                    let parts = ctx.key_parts(step, &model_digest)?;
+                    let outputs_of = |s: &str| match state.get(s) {
+                        Some(State::Done(o)) => Some(o.clone()),
+                        _ => None,
+                    };
+                    let parts = ctx.key_parts(step, &model_digest, &outputs_of)?;
                     let key = parts.key();
                     if !opts.no_cache
                         && let Some(rec) = ctx.store.lookup(&key)? {
@@ -159,13 +163,21 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     results.insert(name.clone(), result_of(ctx, name, Status::NotRun, Some(key.clone()), why, 0, &BTreeMap::new(), serde_json::Value::Null, None));
                     state.insert(name.clone(), State::Running);
                     running += 1;
+                    // Every upstream step's outputs, as files in the store.
+                    let upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>> = deps
+                        .iter()
+                        .filter_map(|d| match state.get(*d) {
+                            Some(State::Done(o)) => Some((d.to_string(), o.iter().map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest))).collect())),
+                            _ => None,
+                        })
+                        .collect();
                     let tx = tx.clone();
                     let name = name.clone();
                     let parts_c = parts.clone();
                     parts_of.insert(name.clone(), parts);
                     scope.spawn(move |_| {
                         let t = Instant::now();
-                        let result = execute(ctx, &name, &model_path, &key, &parts_c, toolchain, cancel);
+                        let result = execute(ctx, &name, &model_path, upstream, &key, &parts_c, toolchain, cancel);
                         let _ = tx.send(Finished { name, result, duration_ms: t.elapsed().as_millis() as u64 });
                     });
                 }
@@ -257,7 +269,8 @@ fn result_of(ctx: &BuildContext, name: &str, status: Status, key: Option<String>
 
 /// Run one step in a scratch folder; on success move its outputs into the store and write
 /// the action record; on failure keep its report in the output folder as evidence.
-fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, key: &str, parts: &KeyParts, toolchain: &crate::toolchain::Toolchain, cancel: &AtomicBool) -> Result<(BTreeMap<String, BlobRef>, serde_json::Value)> {
+#[allow(clippy::too_many_arguments)]
+fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>, key: &str, parts: &KeyParts, toolchain: &crate::toolchain::Toolchain, cancel: &AtomicBool) -> Result<(BTreeMap<String, BlobRef>, serde_json::Value)> {
     let step = ctx.manifest.step(name);
     let scratch = ctx.store.scratch()?;
     let workdir = camino::Utf8Path::from_path(scratch.path()).ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?.to_owned();
@@ -267,25 +280,26 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, key: &str, 
     for d in steps::datasets_used(&step.spec.params) {
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
-    let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, workdir: &workdir, cancel, progress: &pb };
+    let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, store: &ctx.store, upstream, workdir: &workdir, cancel, progress: &pb };
     let started = Instant::now();
     let outcome = steps::run(&sctx);
     pb.finish_and_clear();
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            let evidence = workdir.join("report.json");
-            if evidence.exists() {
-                let dir = ctx.step_out_dir(name);
-                let _ = std::fs::create_dir_all(&dir);
-                if std::fs::copy(&evidence, dir.join("report.json")).is_ok() {
-                    return Err(match e {
-                        Error::Step { step, message, hint } => Error::Step { step, message: format!("{message}\n  report kept at {}", dir.join("report.json")), hint },
-                        other => other,
-                    });
+            // Keep the evidence: every report the step wrote before failing.
+            let dir = ctx.step_out_dir(name);
+            let mut kept = false;
+            for r in ["report.json", "report.md"] {
+                if workdir.join(r).exists() {
+                    let _ = std::fs::create_dir_all(&dir);
+                    kept |= std::fs::copy(workdir.join(r), dir.join(r)).is_ok();
                 }
             }
-            return Err(e);
+            return Err(match e {
+                Error::Step { step, message, hint } if kept => Error::Step { step, message: format!("{message}\n  report kept at {}", dir.join("report.json")), hint },
+                other => other,
+            });
         }
     };
     let mut outputs = BTreeMap::new();

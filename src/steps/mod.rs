@@ -1,7 +1,10 @@
 //! Step kinds. Each kind lives in one module with its params, its validation, the toolchain
 //! pieces it depends on (for its cache key), and its `run`. This file is the registry.
 
+pub mod calibrate;
 pub mod check;
+pub mod compare;
+pub mod convert;
 pub mod simplify;
 
 use std::collections::BTreeMap;
@@ -23,6 +26,10 @@ pub struct StepContext<'a> {
     /// Named datasets the step uses, resolved to folders.
     pub datasets: BTreeMap<String, Utf8PathBuf>,
     pub toolchain: &'a Toolchain,
+    /// The cache, for memoized intermediate data (prepared image tensors).
+    pub store: &'a crate::cache::Store,
+    /// Outputs of the steps this one depends on: step -> output name -> file in the store.
+    pub upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
     pub workdir: &'a Utf8Path,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
@@ -46,6 +53,9 @@ pub fn impl_version(kind: StepKind) -> u32 {
     match kind {
         StepKind::Check => check::IMPL_VERSION,
         StepKind::Simplify => simplify::IMPL_VERSION,
+        StepKind::Calibrate => calibrate::IMPL_VERSION,
+        StepKind::Convert => convert::IMPL_VERSION,
+        StepKind::Compare => compare::IMPL_VERSION,
     }
 }
 
@@ -54,6 +64,9 @@ pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
     match params {
         StepParams::Check(_) => check::TOOLCHAIN.to_vec(),
         StepParams::Simplify(p) => p.toolchain_pieces(),
+        StepParams::Calibrate(_) => calibrate::TOOLCHAIN.to_vec(),
+        StepParams::Convert(p) => p.toolchain_pieces(),
+        StepParams::Compare(_) => compare::TOOLCHAIN.to_vec(),
     }
 }
 
@@ -65,8 +78,34 @@ pub fn produces_model(kind: StepKind) -> bool {
 /// Datasets a step reads (names from the manifest's `datasets:`).
 pub fn datasets_used(params: &StepParams) -> Vec<String> {
     match params {
-        StepParams::Check(_) => vec![],
+        StepParams::Check(_) | StepParams::Convert(_) => vec![],
         StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
+        StepParams::Calibrate(p) => vec![p.dataset.clone()],
+        StepParams::Compare(p) => vec![p.dataset.clone()],
+    }
+}
+
+/// Steps named in params (beyond `needs`/`from`): their outputs are this step's inputs.
+pub fn referenced_steps(params: &StepParams) -> Vec<String> {
+    match params {
+        StepParams::Convert(p) => p.calibration.iter().cloned().collect(),
+        StepParams::Compare(p) => p.candidates.iter().map(|c| c.step().to_string()).collect(),
+        _ => vec![],
+    }
+}
+
+/// Which kinds a referenced step must be, per referencing kind.
+pub fn check_reference(params: &StepParams, target: &str, target_kind: StepKind) -> std::result::Result<(), (String, Option<String>)> {
+    let ok = match params {
+        StepParams::Convert(_) => target_kind == StepKind::Calibrate,
+        StepParams::Compare(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let want = if matches!(params, StepParams::Convert(_)) { "a `calibrate` step" } else { "a `convert` or `simplify` step" };
+        Err((format!("names `{target}`, a `{target_kind}` step, where {want} is expected"), None))
     }
 }
 
@@ -79,8 +118,10 @@ pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::r
         }
     }
     match &step.spec.params {
-        StepParams::Check(_) => Ok(()),
+        StepParams::Check(_) | StepParams::Calibrate(_) => Ok(()),
         StepParams::Simplify(p) => p.validate(),
+        StepParams::Convert(p) => p.validate(),
+        StepParams::Compare(p) => p.validate(),
     }
 }
 
@@ -88,6 +129,9 @@ pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
     match &ctx.step.spec.params {
         StepParams::Check(p) => check::run(ctx, p),
         StepParams::Simplify(p) => simplify::run(ctx, p),
+        StepParams::Calibrate(p) => calibrate::run(ctx, p),
+        StepParams::Convert(p) => convert::run(ctx, p),
+        StepParams::Compare(p) => compare::run(ctx, p),
     }
 }
 

@@ -1,0 +1,169 @@
+//! OpenVINO in-process through the `openvino` crate, with `libopenvino_c.so` loaded at run time
+//! from the toolchain's openvino wheel. The CPU plugin's precision is a setting that changes
+//! numbers (on AMX CPUs it executes bf16 unless told otherwise), so it is set explicitly and
+//! the precision the compiled model reports is what every result records.
+
+use std::sync::Mutex;
+
+use camino::Utf8Path;
+use ndarray::{ArrayD, IxDyn};
+use openvino::{Core, DeviceType, ElementType, PartialShape, PropertyKey, RwPropertyKey, Shape, Tensor};
+
+use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
+use crate::error::{Error, Result};
+use crate::toolchain::Toolchain;
+
+/// One process loads one libopenvino_c; remember which.
+static LOADED: Mutex<Option<String>> = Mutex::new(None);
+
+#[derive(Debug, Clone)]
+pub struct OpenVinoSettings {
+    pub device: String,
+    /// INFERENCE_PRECISION_HINT: "f32", "bf16", "f16"; None leaves the plugin's default.
+    pub precision_hint: Option<String>,
+    pub threads: Option<usize>,
+}
+
+impl Default for OpenVinoSettings {
+    fn default() -> Self {
+        // f32 is the default for accuracy gates: a gate measures the conversion, not the
+        // plugin's choice of bf16 on this CPU.
+        OpenVinoSettings { device: "CPU".into(), precision_hint: Some("f32".into()), threads: None }
+    }
+}
+
+pub struct OpenVino {
+    version: String,
+    settings: OpenVinoSettings,
+    /// Batch size to reshape models to before compiling (IRs are exported with batch 1).
+    batch: Option<i64>,
+}
+
+impl OpenVino {
+    pub fn new(toolchain: &Toolchain, settings: OpenVinoSettings) -> Result<OpenVino> {
+        let lib = toolchain.info.openvino_c_library.clone().ok_or_else(|| Error::toolchain("the toolchain has no libopenvino_c.so").with_hint("reinstall it with `facebuild toolchain install --force`"))?;
+        let mut loaded = LOADED.lock().unwrap();
+        match loaded.as_deref() {
+            Some(l) if l != lib.as_str() => return Err(Error::toolchain(format!("OpenVINO was already loaded from {l}; cannot also load {lib} in one process"))),
+            Some(_) => {}
+            None => {
+                openvino_sys::library::load_from(lib.as_std_path()).map_err(|e| Error::toolchain(format!("loading {lib}: {e}")).with_hint("reinstall the toolchain with `facebuild toolchain install --force`"))?;
+                *loaded = Some(lib.to_string());
+            }
+        }
+        Ok(OpenVino { version: toolchain.version("openvino").unwrap_or("unknown").to_string(), settings, batch: None })
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = Some(batch as i64);
+        self
+    }
+}
+
+fn ov_err(what: &str) -> impl Fn(openvino::InferenceError) -> Error + '_ {
+    move |e| anyhow::anyhow!("OpenVINO {what}: {e}").into()
+}
+
+impl Runtime for OpenVino {
+    fn name(&self) -> &'static str {
+        "openvino"
+    }
+
+    /// `artifact` is the IR's .xml; its weights are the .bin beside it, or `<xml>.bin` when
+    /// the store keeps them under their digests (see `load_ir`).
+    fn load(&self, artifact: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
+        self.load_ir(artifact, &artifact.with_extension("bin"))
+    }
+}
+
+impl OpenVino {
+    pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
+        let mut core = Core::new().map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
+        let device = DeviceType::from(self.settings.device.as_str());
+        if let Some(p) = &self.settings.precision_hint {
+            core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p).map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
+        }
+        if let Some(t) = self.settings.threads {
+            core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string()).map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
+        }
+        let mut model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
+        let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
+        if let Some(b) = self.batch {
+            let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
+            // A dynamic rank cannot be reshaped by batch; leave such models alone.
+            let mut new: Vec<i64> = if ps.get_rank().is_dynamic() { vec![] } else { ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect() };
+            if !new.is_empty() && new[1..].iter().all(|&d| d > 0) && new[0] != b {
+                new[0] = b;
+                let shape = PartialShape::new_static(new.len() as i64, &new).map_err(ov_err("building a shape"))?;
+                model.reshape_single_input(&shape).map_err(ov_err("reshaping to the batch size"))?;
+            }
+        }
+        let mut outputs = Vec::new();
+        for i in 0..model.get_outputs_len().map_err(ov_err("counting outputs"))? {
+            outputs.push(model.get_output_by_index(i).and_then(|n| n.get_name()).map_err(ov_err("reading output names"))?);
+        }
+        let mut compiled = core.compile_model(&model, device).map_err(ov_err("compiling the model"))?;
+        let precision = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map(|c| c.to_string()).unwrap_or_else(|_| "unknown".into());
+        let threads = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::InferenceNumThreads)).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let request = compiled.create_infer_request().map_err(ov_err("creating an infer request"))?;
+        let mut settings = std::collections::BTreeMap::new();
+        settings.insert("precision_hint".to_string(), self.settings.precision_hint.clone().unwrap_or_else(|| "plugin default".into()));
+        Ok(Box::new(OvModel {
+            _compiled: compiled,
+            request,
+            input_name,
+            outputs,
+            info: ExecutionInfo { runtime: "openvino".into(), version: self.version.clone(), device: self.settings.device.clone(), threads, precision, settings },
+        }))
+    }
+}
+
+struct OvModel {
+    _compiled: openvino::CompiledModel,
+    request: openvino::InferRequest,
+    input_name: String,
+    outputs: Vec<String>,
+    info: ExecutionInfo,
+}
+
+// SAFETY: an OvModel is used by one thread at a time (it moves into a step's worker);
+// OpenVINO's compiled models and infer requests may be used from any thread.
+unsafe impl Send for OvModel {}
+
+impl LoadedModel for OvModel {
+    fn inputs(&self) -> Vec<(String, Vec<i64>)> {
+        vec![(self.input_name.clone(), vec![])]
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        self.outputs.clone()
+    }
+
+    fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
+        for (name, arr) in inputs {
+            let dims: Vec<i64> = arr.shape().iter().map(|&d| d as i64).collect();
+            let mut t = Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(ov_err("shape"))?).map_err(ov_err("allocating a tensor"))?;
+            let dst = t.get_data_mut::<f32>().map_err(ov_err("tensor data"))?;
+            match arr.as_slice() {
+                Some(s) => dst.copy_from_slice(s),
+                None => dst.iter_mut().zip(arr.iter()).for_each(|(d, s)| *d = *s),
+            }
+            let n = if name.is_empty() { self.input_name.as_str() } else { name.as_str() };
+            self.request.set_tensor(n, &t).map_err(ov_err("setting the input"))?;
+        }
+        self.request.infer().map_err(ov_err("inference"))?;
+        let mut out = Vec::with_capacity(self.outputs.len());
+        for (i, name) in self.outputs.iter().enumerate() {
+            let t = self.request.get_output_tensor_by_index(i).map_err(ov_err("reading an output"))?;
+            let shape: Vec<usize> = t.get_shape().map_err(ov_err("output shape"))?.get_dimensions().iter().map(|&d| d as usize).collect();
+            let data = t.get_data::<f32>().map_err(ov_err("output data"))?.to_vec();
+            out.push((name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(anyhow::Error::from)?));
+        }
+        Ok(out)
+    }
+
+    fn execution(&self) -> ExecutionInfo {
+        self.info.clone()
+    }
+}

@@ -1,0 +1,369 @@
+//! `compare` (recognition): every candidate artifact against the ONNX original on a validation
+//! set. Images are decoded and prepared once (and memoized across runs); the reference runs in
+//! ONNX Runtime fp32, each candidate in its own runtime, batched. Per candidate: cosine
+//! similarity (min, p01, mean), embedding-norm shift, max abs error and, when the dataset has
+//! identities, TAR at FAR 1e-2/1e-3, EER and decision flips at the reference's operating
+//! threshold. Gates fail the step naming the artifact and the metric; the report is kept.
+//! Reports hold no timings, so two runs give identical reports (timings are in the summary).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ndarray::{s, Array4, Axis};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{StepContext, StepOutcome};
+use crate::error::{Error, Result};
+use crate::manifest::Preprocessing;
+use crate::metrics::{self, verification, Summary};
+use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, ExecutionInfo, LoadedModel, Runtime};
+
+pub const IMPL_VERSION: u32 = 2;
+pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CandidateSpec {
+    Step(String),
+    Detailed(CandidateDetail),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateDetail {
+    pub step: String,
+    /// Report name (default: the step name).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// How the deployment feeds this artifact, when it differs from `model.preprocessing`.
+    #[serde(default)]
+    pub preprocessing: Option<Preprocessing>,
+    /// OpenVINO INFERENCE_PRECISION_HINT for this candidate (default: the step's).
+    #[serde(default)]
+    pub precision_hint: Option<String>,
+}
+
+impl CandidateSpec {
+    pub fn step(&self) -> &str {
+        match self {
+            CandidateSpec::Step(s) => s,
+            CandidateSpec::Detailed(d) => &d.step,
+        }
+    }
+    fn label(&self) -> String {
+        match self {
+            CandidateSpec::Step(s) => s.clone(),
+            CandidateSpec::Detailed(d) => d.label.clone().unwrap_or_else(|| d.step.clone()),
+        }
+    }
+    fn detail(&self) -> Option<&CandidateDetail> {
+        match self {
+            CandidateSpec::Detailed(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    #[serde(default)]
+    pub cosine_min: Option<f64>,
+    #[serde(default)]
+    pub tar_drop_max: Option<f64>,
+    #[serde(default)]
+    pub flips_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareParams {
+    /// The validation set (a dataset from `datasets:`).
+    pub dataset: String,
+    /// Steps whose artifacts to compare (`model.onnx` or OpenVINO `model.xml`/`.bin`).
+    pub candidates: Vec<CandidateSpec>,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// OpenVINO INFERENCE_PRECISION_HINT for candidates (default f32: a gate should measure the
+    /// conversion, not the plugin's bf16 default on AMX CPUs). `default` keeps the plugin's.
+    #[serde(default = "default_hint")]
+    pub precision_hint: String,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// FAR at which the reference's operating threshold is set (for flips and TAR drop).
+    #[serde(default = "default_far")]
+    pub operating_far: f64,
+    /// Gate for every candidate: minimum per-image cosine similarity (default 0.99).
+    #[serde(default)]
+    pub cosine_min: Option<f64>,
+    /// Gate: largest allowed drop of TAR at `operating_far` (needs identities).
+    #[serde(default)]
+    pub tar_drop_max: Option<f64>,
+    /// Gate: most accept/reject decisions allowed to flip at the reference's threshold.
+    #[serde(default)]
+    pub flips_max: Option<u64>,
+    /// Per-candidate gate overrides, by candidate label.
+    #[serde(default)]
+    pub candidate_gates: BTreeMap<String, Gates>,
+}
+
+fn default_batch() -> usize {
+    8
+}
+fn default_hint() -> String {
+    "f32".into()
+}
+fn default_far() -> f64 {
+    1e-3
+}
+
+impl CompareParams {
+    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+        if self.candidates.is_empty() {
+            return Err(("`candidates` is empty: nothing to compare".into(), Some("list convert/simplify steps, e.g. `candidates: [openvino_fp32]`".into())));
+        }
+        if self.batch == 0 {
+            return Err(("`batch` must be at least 1".into(), None));
+        }
+        if !(self.operating_far > 0.0 && self.operating_far < 1.0) {
+            return Err(("`operating_far` must be in (0, 1)".into(), None));
+        }
+        let labels: Vec<String> = self.candidates.iter().map(CandidateSpec::label).collect();
+        for k in self.candidate_gates.keys() {
+            if !labels.contains(k) {
+                return Err((format!("`candidate_gates` names `{k}`, which is not a candidate"), Some(format!("candidates: {}", labels.join(", ")))));
+            }
+        }
+        Ok(())
+    }
+
+    fn gates_for(&self, label: &str) -> Gates {
+        let o = self.candidate_gates.get(label).cloned().unwrap_or_default();
+        Gates {
+            cosine_min: o.cosine_min.or(self.cosine_min).or(Some(0.99)),
+            tar_drop_max: o.tar_drop_max.or(self.tar_drop_max),
+            flips_max: o.flips_max.or(self.flips_max),
+        }
+    }
+}
+
+/// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
+/// batch). Returns one flattened first output per image, and the inference time.
+fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize) -> Result<(Vec<Vec<f32>>, u64)> {
+    let n = t.shape()[0];
+    let mut out = Vec::with_capacity(n);
+    let mut ms = 0u64;
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let mut b = Array4::<f32>::zeros((batch, t.shape()[1], t.shape()[2], t.shape()[3]));
+        b.slice_mut(s![0..end - start, .., .., ..]).assign(&t.slice(s![start..end, .., .., ..]));
+        let t0 = Instant::now();
+        let r = model.run(&[(input.to_string(), b.into_dyn())])?;
+        ms += t0.elapsed().as_millis() as u64;
+        let y = &r[0].1;
+        if y.shape().first() != Some(&batch) {
+            return Err(anyhow::anyhow!("output `{}` has shape {:?}; expected batch {batch} first", r[0].0, y.shape()).into());
+        }
+        for i in 0..end - start {
+            out.push(y.index_axis(Axis(0), i).iter().copied().collect());
+        }
+        start = end;
+    }
+    Ok((out, ms))
+}
+
+/// The batch a model can take: `want` when its batch dim is dynamic, else its fixed size.
+fn batch_for(model: &dyn LoadedModel, want: usize) -> usize {
+    match model.inputs().first().and_then(|(_, s)| s.first().copied()) {
+        Some(d) if d > 0 => d as usize,
+        _ => want,
+    }
+}
+
+fn norms(e: &[Vec<f32>]) -> Vec<f64> {
+    e.iter().map(|v| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()).collect()
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let m = x.iter().sum::<f64>() / x.len().max(1) as f64;
+    let v = x.iter().map(|a| (a - m).powi(2)).sum::<f64>() / x.len().max(1) as f64;
+    (m, v.sqrt())
+}
+
+fn pair_scores(e: &[Vec<f32>], pairs: &[verification::Pair]) -> Vec<f64> {
+    pairs.iter().map(|p| metrics::cosine(&e[p.a], &e[p.b])).collect()
+}
+
+pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
+    let t_total = Instant::now();
+    let step = &ctx.step.name;
+    let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
+        step: step.clone(),
+        message: "compare needs `model.preprocessing` to turn images into tensors".into(),
+        hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
+    })?;
+    let layout = ctx.manifest.model.input.layout;
+    let input = ctx.manifest.model.input.name.clone();
+    let spec = &ctx.manifest.datasets[&p.dataset];
+    let dir = &ctx.datasets[&p.dataset];
+    let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
+    let pairs = verification::pairs_for(&files, dir, spec.pairs.as_ref().map(|f| dir.join(f)).as_deref())?;
+    ctx.progress.set_message(format!("preparing {} images", files.len()));
+    let prepared = crate::preprocess::prepare(ctx.store, &files, pre, layout)?;
+    let mut timing = BTreeMap::new();
+    timing.insert("prepare_ms".to_string(), json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}));
+
+    // Reference: the ONNX original in ONNX Runtime, fp32.
+    ctx.check_cancelled()?;
+    ctx.progress.set_message("reference: ONNX Runtime fp32");
+    let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
+    let mut reference = ort.load(ctx.model)?;
+    let ref_batch = batch_for(reference.as_ref(), p.batch);
+    let (ref_emb, ms) = embed(reference.as_mut(), &input, &prepared.tensor, ref_batch)?;
+    timing.insert("reference".to_string(), json!({"ms": ms, "batch": ref_batch}));
+    let ref_norms = norms(&ref_emb);
+    let ref_scores = pairs.as_ref().map(|(ps, _)| pair_scores(&ref_emb, ps));
+    let ref_ver = pairs.as_ref().zip(ref_scores.as_ref()).map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
+
+    let mut cands_json = Vec::new();
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    for cand in &p.candidates {
+        ctx.check_cancelled()?;
+        let label = cand.label();
+        let outputs = &ctx.upstream[cand.step()];
+        let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
+        ctx.progress.set_message(format!("candidate {label}"));
+        let (mut model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
+            let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
+            (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
+        } else if let Some(onnx) = outputs.get("model.onnx") {
+            (ort.load(onnx)?, "onnx")
+        } else {
+            return Err(Error::Step { step: step.clone(), message: format!("candidate `{}` has no model output (model.onnx or model.xml)", cand.step()), hint: Some("candidates are convert or simplify steps".into()) });
+        };
+        let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
+        let own = match own_pre {
+            Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, pp, layout)?),
+            None => None,
+        };
+        let tensor = own.as_ref().map(|o| &o.tensor).unwrap_or(&prepared.tensor);
+        let batch = if artifact == "openvino-ir" { p.batch } else { batch_for(model.as_ref(), p.batch) };
+        let (emb, ms) = embed(model.as_mut(), &input, tensor, batch)?;
+        let exec: ExecutionInfo = model.execution();
+        timing.insert(label.clone(), json!({"ms": ms, "batch": batch}));
+        if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
+            return Err(Error::Step { step: step.clone(), message: format!("candidate `{label}` gives {}-d outputs, the reference {}-d", emb[0].len(), ref_emb[0].len()), hint: None });
+        }
+
+        let cos: Vec<f64> = ref_emb.iter().zip(&emb).map(|(a, b)| metrics::cosine(a, b)).collect();
+        let cs = Summary::of(&cos);
+        let max_abs = ref_emb.iter().zip(&emb).map(|(a, b)| metrics::max_abs_diff(a, b)).fold(0.0, f64::max);
+        let (rm, rs) = mean_std(&ref_norms);
+        let (cm, csd) = mean_std(&norms(&emb));
+        let mut ver_json = serde_json::Value::Null;
+        let (mut tar_drop, mut flips) = (None, None);
+        if let (Some((ps, _)), Some(rsc), Some(rv)) = (&pairs, &ref_scores, &ref_ver) {
+            let csc = pair_scores(&emb, ps);
+            let cv = verification::verification(ps, &csc, p.operating_far);
+            let (rg, ri) = verification::split(ps, rsc);
+            let (cg, ci) = verification::split(ps, &csc);
+            let ref_tar = verification::accept_rate(&rg, verification::threshold_at_far(&rg, &ri, p.operating_far));
+            let cand_tar = verification::accept_rate(&cg, verification::threshold_at_far(&cg, &ci, p.operating_far));
+            let f = verification::flips(rsc, &csc, rv.threshold_at_operating_far);
+            tar_drop = Some(ref_tar - cand_tar);
+            flips = Some(f as u64);
+            ver_json = json!({"candidate": cv, "tar_at_operating_far": {"reference": ref_tar, "candidate": cand_tar, "drop": ref_tar - cand_tar}, "flips_at_reference_threshold": f});
+        }
+
+        let g = p.gates_for(&label);
+        // (metric, measured, limit, passed)
+        let mut checks: Vec<(&str, f64, f64, bool)> = Vec::new();
+        if let Some(l) = g.cosine_min {
+            checks.push(("cosine_min", cs.min, l, cs.min >= l));
+        }
+        match (g.tar_drop_max, tar_drop) {
+            (Some(l), Some(d)) => checks.push(("tar_drop", d, l, d <= l)),
+            (Some(_), None) => failures.push(format!("candidate `{label}`: tar_drop_max is set but dataset `{}` has no identities (add `pairs:` or a folder per person)", p.dataset)),
+            _ => {}
+        }
+        match (g.flips_max, flips) {
+            (Some(l), Some(f)) => checks.push(("flips", f as f64, l as f64, f <= l)),
+            (Some(_), None) => failures.push(format!("candidate `{label}`: flips_max is set but dataset `{}` has no identities", p.dataset)),
+            _ => {}
+        }
+        for (metric, value, limit, ok) in &checks {
+            if !ok {
+                failures.push(format!("candidate `{label}` ({artifact}, executed {}): {metric} {value:.6} violates limit {limit}", exec.precision));
+            }
+        }
+        let gates: Vec<serde_json::Value> = checks.iter().map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok})).collect();
+        let passed = gates.iter().all(|x| x["passed"] == true);
+        table.push(format!(
+            "| {label} | {artifact} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
+            exec.precision,
+            cs.min,
+            cs.p01,
+            cs.mean,
+            cm / rm - 1.0,
+            max_abs,
+            ver_json["tar_at_operating_far"]["candidate"].as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
+            flips.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+            if passed { "pass" } else { "**FAIL**" }
+        ));
+        cands_json.push(json!({
+            "label": label, "step": cand.step(), "artifact": artifact, "execution": exec,
+            "preprocessing": if own_pre.is_some() { "candidate's own" } else { "model.preprocessing" },
+            "cosine": cs, "max_abs_error": max_abs,
+            "norm": {"reference_mean": rm, "reference_std": rs, "mean": cm, "std": csd, "relative_shift": cm / rm - 1.0},
+            "verification": ver_json, "gates": gates, "passed": passed,
+        }));
+    }
+
+    let passed = failures.is_empty();
+    let report = json!({
+        "step": step,
+        "kind": "compare",
+        "passed": passed,
+        "dataset": {"name": p.dataset, "images": files.len(), "fit": prepared.fit_counts(), "pairs": pairs.as_ref().map(|(_, s)| s)},
+        "reference": {"model": "ONNX original", "execution": reference.execution(), "norm": {"mean": mean_std(&ref_norms).0, "std": mean_std(&ref_norms).1}, "verification": ref_ver, "operating_far": p.operating_far},
+        "candidates": cands_json,
+        "failures": failures,
+        "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
+    });
+    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
+    let md = markdown(ctx, p, &report, &table, prepared.fit_counts());
+    let md_path = ctx.workdir.join("report.md");
+    std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
+    if !passed {
+        return Err(Error::Step { step: step.clone(), message: format!("fidelity gate failed: {}", failures.join("; ")), hint: Some("see report.md beside report.json for every candidate's figures".into()) });
+    }
+    timing.insert("total_ms".to_string(), json!(t_total.elapsed().as_millis() as u64));
+    let worst = cands_json.iter().map(|c| c["cosine"]["min"].as_f64().unwrap_or(f64::NAN)).fold(1.0, f64::min);
+    let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
+    Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
+}
+
+fn markdown(ctx: &StepContext, p: &CompareParams, r: &serde_json::Value, rows: &[String], fit: serde_json::Value) -> String {
+    let mut s = format!("# compare `{}` — pipeline `{}`\n\n", ctx.step.name, ctx.manifest.name);
+    s += &format!("Validation set `{}`: {} images ({}); pairs: {}.\n\n", p.dataset, r["dataset"]["images"], fit, r["dataset"]["pairs"].get("kind").and_then(|k| k.as_str()).map(|k| format!("{k}, {} genuine / {} impostor", r["dataset"]["pairs"]["genuine"], r["dataset"]["pairs"]["impostor"])).unwrap_or_else(|| "none (no identities)".into()));
+    s += &format!("Reference: ONNX original in ONNX Runtime {} ({}).", r["reference"]["execution"]["version"].as_str().unwrap_or(""), r["reference"]["execution"]["precision"].as_str().unwrap_or(""));
+    if let Some(v) = r["reference"]["verification"].as_object() {
+        s += &format!(" Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.", v["tar_at_far_1e3"].as_f64().unwrap_or(f64::NAN), v["tar_at_far_1e2"].as_f64().unwrap_or(f64::NAN), v["eer"].as_f64().unwrap_or(f64::NAN));
+    }
+    s += "\n\n| candidate | artifact | executed | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for row in rows {
+        s += row;
+        s.push('\n');
+    }
+    if let Some(f) = r["failures"].as_array().filter(|f| !f.is_empty()) {
+        s += "\nFailed gates:\n";
+        for x in f {
+            s += &format!("- {}\n", x.as_str().unwrap_or(""));
+        }
+    }
+    s
+}
+

@@ -1,0 +1,154 @@
+//! `convert`: ONNX -> deployment artifact. Backend `openvino`: IR (XML + BIN) with `ovc` from
+//! the toolchain for fp32 (`--compress_to_fp16=False`) and fp16 (`--compress_to_fp16=True`),
+//! and NNCF post-training quantization on the `calibrate` artifact for int8. Every IR is then
+//! loaded and run in-process once, beside ONNX Runtime on the same input, as a smoke check;
+//! the fidelity gate proper is `compare`.
+
+use std::process::{Command, Stdio};
+
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{StepContext, StepOutcome};
+use crate::error::{Error, Result};
+use crate::manifest::Dim;
+use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, Runtime};
+
+pub const IMPL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Openvino,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Symmetric quantization of weights and activations: fastest.
+    Performance,
+    /// Asymmetric activations: better for non-ReLU activations such as PReLU.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertParams {
+    pub backend: Backend,
+    pub precision: Precision,
+    /// The `calibrate` step whose tensor drives INT8 quantization (required for int8).
+    #[serde(default)]
+    pub calibration: Option<String>,
+    /// Input shape to convert with; default: the manifest's `model.input.shape`.
+    #[serde(default)]
+    pub input_shape: Option<Vec<Dim>>,
+    #[serde(default = "default_preset")]
+    pub preset: Preset,
+    /// Calibration items NNCF uses at most (default 300, its own default).
+    #[serde(default = "default_subset")]
+    pub subset_size: usize,
+}
+
+fn default_preset() -> Preset {
+    Preset::Mixed
+}
+fn default_subset() -> usize {
+    300
+}
+
+impl ConvertParams {
+    pub fn toolchain_pieces(&self) -> Vec<&'static str> {
+        match self.precision {
+            Precision::Int8 => vec!["openvino", "nncf", "onnxruntime"],
+            _ => vec!["openvino", "onnxruntime"],
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+        match (self.precision, &self.calibration) {
+            (Precision::Int8, None) => Err(("`precision: int8` needs `calibration: <calibrate step>`".into(), Some("add a `kind: calibrate` step and name it here".into()))),
+            (Precision::Fp32 | Precision::Fp16, Some(_)) => Err(("`calibration` is only used with `precision: int8`".into(), None)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn ovc_input(name: &str, shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| match d { Dim::Fixed(n) => n.to_string(), Dim::Named(_) => "?".into() }).collect();
+    format!("{name}[{}]", dims.join(","))
+}
+
+pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
+    let decl = &ctx.manifest.model.input;
+    let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
+    let xml = ctx.workdir.join("model.xml");
+    let tool = match p.precision {
+        Precision::Fp32 | Precision::Fp16 => {
+            let ovc = ctx.toolchain.info.bin_dir.join("ovc");
+            let compress = if p.precision == Precision::Fp16 { "True" } else { "False" };
+            let args = vec![ctx.model.to_string(), "--output_model".into(), xml.to_string(), "--input".into(), ovc_input(&decl.name, &shape), format!("--compress_to_fp16={compress}")];
+            ctx.progress.set_message(format!("ovc {:?}", p.precision).to_lowercase());
+            let out = Command::new(&ovc).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {ovc}: {e}")).with_hint("reinstall the toolchain: `facebuild toolchain install --force`"))?;
+            if !out.status.success() || !xml.exists() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = err.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(Error::Step { step: ctx.step.name.clone(), message: format!("ovc failed ({}):\n{}", out.status, tail.join("\n")), hint: None });
+            }
+            json!({"tool": "ovc", "args": args[1..], "openvino_version": ctx.toolchain.version("openvino")})
+        }
+        Precision::Int8 => {
+            let calib_step = p.calibration.as_deref().expect("validated");
+            let calib = &ctx.upstream[calib_step]["calibration.npy"];
+            ctx.progress.set_message("NNCF post-training quantization");
+            let shape_json = serde_json::to_string(&shape).map_err(anyhow::Error::from)?;
+            let preset = serde_json::to_value(p.preset).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let r = ctx.toolchain.run_script(include_str!("../toolchain/python/quantize.py"), &[ctx.model.as_str(), xml.as_str(), calib.as_str(), &decl.name, &shape_json, &preset, &p.subset_size.to_string()], "NNCF quantization")?;
+            json!({"tool": "nncf.quantize", "result": r, "calibration": calib_step})
+        }
+    };
+    let bin = xml.with_extension("bin");
+
+    // Smoke check: the IR loads and runs in-process, and agrees roughly with ONNX Runtime.
+    ctx.check_cancelled()?;
+    ctx.progress.set_message("loading the IR in OpenVINO");
+    let dims: Vec<usize> = shape.iter().map(|d| match d { Dim::Fixed(n) => *n as usize, Dim::Named(_) => 1 }).collect();
+    let mut rng = crate::util::SplitMix64::new(0);
+    let input = ArrayD::from_shape_vec(IxDyn(&dims), (0..dims.iter().product::<usize>()).map(|_| rng.unit()).collect()).map_err(anyhow::Error::from)?;
+    let feed = vec![(decl.name.clone(), input)];
+    let mut ir = OpenVino::new(ctx.toolchain, OpenVinoSettings::default())?.load_ir(&xml, &bin)?;
+    let ov_out = ir.run(&feed)?;
+    let mut onnx = OnnxRuntime::new(ctx.toolchain, None)?.load(ctx.model)?;
+    let ort_out = onnx.run(&feed)?;
+    let (a, b) = (&ov_out[0].1, &ort_out[0].1);
+    let smoke_cos = if a.len() == b.len() { crate::metrics::cosine(&a.iter().copied().collect::<Vec<_>>(), &b.iter().copied().collect::<Vec<_>>()) } else { f64::NAN };
+
+    let digest = |f: &camino::Utf8Path| crate::cache::memo::hash_file(f);
+    let size = |f: &camino::Utf8Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+    let report = json!({
+        "step": ctx.step.name,
+        "kind": "convert",
+        "backend": p.backend,
+        "precision": p.precision,
+        "input": {"name": decl.name, "shape": shape},
+        "conversion": tool,
+        "ir": {"xml": {"blake3": digest(&xml)?, "bytes": size(&xml)}, "bin": {"blake3": digest(&bin)?, "bytes": size(&bin)}},
+        "smoke": {"output": ov_out[0].0, "shape": a.shape(), "cosine_vs_onnxruntime": smoke_cos, "execution": ir.execution()},
+        "toolchain": ctx.toolchain.fingerprint(&p.toolchain_pieces()),
+    });
+    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
+    let summary = json!({
+        "ir": format!("{:?} {}", p.precision, crate::util::human_bytes(size(&bin))).to_lowercase(),
+        "smoke_cosine": smoke_cos,
+        "executed": ir.execution().precision,
+    });
+    Ok(StepOutcome { outputs: [("model.xml".to_string(), xml), ("model.bin".to_string(), bin), ("report.json".to_string(), report_path)].into(), summary })
+}
