@@ -21,9 +21,9 @@ use crate::cache::{CacheKey, CacheKeyHasher, Store};
 use crate::error::{Error, Result};
 use crate::manifest::{ColorOrder, Layout, Preprocessing};
 
-const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change.
-const PREPARE_VERSION: u64 = 1;
+const PREPARE_VERSION: u64 = 2;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,9 @@ pub fn load_tensor(path: &Utf8Path, pre: &Preprocessing, layout: Layout) -> Resu
 }
 
 fn load_with_fit(path: &Utf8Path, pre: &Preprocessing, layout: Layout) -> Result<(Array4<f32>, Fit)> {
-    let img = image::open(path).map_err(|e| Error::usage(format!("cannot decode image {path}: {e}")))?.to_rgb8();
+    // By content, not extension: real datasets hold WebP files named .jpg.
+    let decode = || -> std::result::Result<image::DynamicImage, String> { image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string()) };
+    let img = decode().map_err(|e| Error::usage(format!("cannot decode image {path}: {e}")).with_hint("facebuild reads JPEG, PNG and WebP; remove or convert this file"))?.to_rgb8();
     let [h, w] = pre.size;
     let (iw, ih) = img.dimensions();
     let (img, fit) = if (iw, ih) == (w, h) {

@@ -35,7 +35,7 @@ impl Default for OpenVinoSettings {
 pub struct OpenVino {
     version: String,
     settings: OpenVinoSettings,
-    /// Batch size to reshape models to before compiling (IRs are exported with batch 1).
+    /// Batch size for models whose batch dim is dynamic (set before compiling).
     batch: Option<i64>,
 }
 
@@ -93,12 +93,18 @@ impl OpenVino {
             let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
             // A dynamic rank cannot be reshaped by batch; leave such models alone.
             let mut new: Vec<i64> = if ps.get_rank().is_dynamic() { vec![] } else { ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect() };
-            if !new.is_empty() && new[1..].iter().all(|&d| d > 0) && new[0] != b {
+            // Only a dynamic batch dim is set: a static one may be baked into the graph
+            // (e.g. a Reshape to [1, -1]), and reshaping it would silently mix images.
+            if !new.is_empty() && new[0] < 0 && new[1..].iter().all(|&d| d > 0) {
                 new[0] = b;
                 let shape = PartialShape::new_static(new.len() as i64, &new).map_err(ov_err("building a shape"))?;
                 model.reshape_single_input(&shape).map_err(ov_err("reshaping to the batch size"))?;
             }
         }
+        let input_shape: Vec<i64> = match model.get_input_by_index(0).and_then(|n| n.get_partial_shape()) {
+            Ok(ps) if !ps.get_rank().is_dynamic() => ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect(),
+            _ => vec![],
+        };
         let mut outputs = Vec::new();
         for i in 0..model.get_outputs_len().map_err(ov_err("counting outputs"))? {
             outputs.push(model.get_output_by_index(i).and_then(|n| n.get_name()).map_err(ov_err("reading output names"))?);
@@ -113,6 +119,7 @@ impl OpenVino {
             _compiled: compiled,
             request,
             input_name,
+            input_shape,
             outputs,
             info: ExecutionInfo { runtime: "openvino".into(), version: self.version.clone(), device: self.settings.device.clone(), threads, precision, settings },
         }))
@@ -123,6 +130,7 @@ struct OvModel {
     _compiled: openvino::CompiledModel,
     request: openvino::InferRequest,
     input_name: String,
+    input_shape: Vec<i64>,
     outputs: Vec<String>,
     info: ExecutionInfo,
 }
@@ -133,7 +141,7 @@ unsafe impl Send for OvModel {}
 
 impl LoadedModel for OvModel {
     fn inputs(&self) -> Vec<(String, Vec<i64>)> {
-        vec![(self.input_name.clone(), vec![])]
+        vec![(self.input_name.clone(), self.input_shape.clone())]
     }
 
     fn outputs(&self) -> Vec<String> {

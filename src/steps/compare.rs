@@ -83,6 +83,7 @@ pub struct CompareParams {
     pub dataset: String,
     /// Steps whose artifacts to compare (`model.onnx` or OpenVINO `model.xml`/`.bin`).
     pub candidates: Vec<CandidateSpec>,
+    /// Batch size where a model's batch dim is dynamic; a static batch is used as it is.
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// OpenVINO INFERENCE_PRECISION_HINT for candidates (default f32: a gate should measure the
@@ -244,13 +245,16 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         } else {
             return Err(Error::Step { step: step.clone(), message: format!("candidate `{}` has no model output (model.onnx or model.xml)", cand.step()), hint: Some("candidates are convert or simplify steps".into()) });
         };
+        // The artifact's own precision (fp32/fp16/int8), from its convert report: an INT8 IR
+        // runs quantized ops in int8 whatever the hint says for the rest.
+        let weights = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
         let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
         let own = match own_pre {
             Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, pp, layout)?),
             None => None,
         };
         let tensor = own.as_ref().map(|o| &o.tensor).unwrap_or(&prepared.tensor);
-        let batch = if artifact == "openvino-ir" { p.batch } else { batch_for(model.as_ref(), p.batch) };
+        let batch = batch_for(model.as_ref(), p.batch);
         let (emb, ms) = embed(model.as_mut(), &input, tensor, batch)?;
         let exec: ExecutionInfo = model.execution();
         timing.insert(label.clone(), json!({"ms": ms, "batch": batch}));
@@ -296,13 +300,13 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         }
         for (metric, value, limit, ok) in &checks {
             if !ok {
-                failures.push(format!("candidate `{label}` ({artifact}, executed {}): {metric} {value:.6} violates limit {limit}", exec.precision));
+                failures.push(format!("candidate `{label}` ({artifact} {weights}, executed {}): {metric} {value:.6} violates limit {limit}", exec.precision));
             }
         }
         let gates: Vec<serde_json::Value> = checks.iter().map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok})).collect();
         let passed = gates.iter().all(|x| x["passed"] == true);
         table.push(format!(
-            "| {label} | {artifact} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
+            "| {label} | {artifact} {weights} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
             exec.precision,
             cs.min,
             cs.p01,
@@ -314,7 +318,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             if passed { "pass" } else { "**FAIL**" }
         ));
         cands_json.push(json!({
-            "label": label, "step": cand.step(), "artifact": artifact, "execution": exec,
+            "label": label, "step": cand.step(), "artifact": artifact, "artifact_precision": weights, "execution": exec,
             "preprocessing": if own_pre.is_some() { "candidate's own" } else { "model.preprocessing" },
             "cosine": cs, "max_abs_error": max_abs,
             "norm": {"reference_mean": rm, "reference_std": rs, "mean": cm, "std": csd, "relative_shift": cm / rm - 1.0},
@@ -353,7 +357,7 @@ fn markdown(ctx: &StepContext, p: &CompareParams, r: &serde_json::Value, rows: &
     if let Some(v) = r["reference"]["verification"].as_object() {
         s += &format!(" Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.", v["tar_at_far_1e3"].as_f64().unwrap_or(f64::NAN), v["tar_at_far_1e2"].as_f64().unwrap_or(f64::NAN), v["eer"].as_f64().unwrap_or(f64::NAN));
     }
-    s += "\n\n| candidate | artifact | executed | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "\n\n| candidate | artifact | executed (hint) | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for row in rows {
         s += row;
         s.push('\n');
