@@ -219,11 +219,13 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     // Reference: the ONNX original in ONNX Runtime, fp32.
     ctx.check_cancelled()?;
     ctx.progress.set_message("reference: ONNX Runtime fp32");
+    let t_load = Instant::now();
     let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
     let mut reference = ort.load(ctx.model)?;
+    let load_ms = t_load.elapsed().as_millis() as u64;
     let ref_batch = batch_for(reference.as_ref(), p.batch);
     let (ref_emb, ms) = embed(reference.as_mut(), &input, &prepared.tensor, ref_batch)?;
-    timing.insert("reference".to_string(), json!({"ms": ms, "batch": ref_batch}));
+    timing.insert("reference".to_string(), json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}));
     let ref_norms = norms(&ref_emb);
     let ref_scores = pairs.as_ref().map(|(ps, _)| pair_scores(&ref_emb, ps));
     let ref_ver = pairs.as_ref().zip(ref_scores.as_ref()).map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
@@ -237,6 +239,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let outputs = &ctx.upstream[cand.step()];
         let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
         ctx.progress.set_message(format!("candidate {label}"));
+        let t_load = Instant::now();
         let (mut model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
             let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
             (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
@@ -248,6 +251,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         // The artifact's own precision (fp32/fp16/int8), from its convert report: an INT8 IR
         // runs quantized ops in int8 whatever the hint says for the rest.
         let weights = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+        let load_ms = t_load.elapsed().as_millis() as u64;
         let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
         let own = match own_pre {
             Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, pp, layout)?),
@@ -257,7 +261,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let batch = batch_for(model.as_ref(), p.batch);
         let (emb, ms) = embed(model.as_mut(), &input, tensor, batch)?;
         let exec: ExecutionInfo = model.execution();
-        timing.insert(label.clone(), json!({"ms": ms, "batch": batch}));
+        timing.insert(label.clone(), json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint}));
         if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
             return Err(Error::Step { step: step.clone(), message: format!("candidate `{label}` gives {}-d outputs, the reference {}-d", emb[0].len(), ref_emb[0].len()), hint: None });
         }
