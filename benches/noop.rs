@@ -21,8 +21,9 @@ fn main() {
     };
     fb(&["builtin", "iresnet50", "-o", "model.onnx"]);
     let size = std::fs::metadata(d.join("model.onnx")).unwrap().len();
-    let manifest = std::fs::read_to_string(root.join("pipelines/recognition.yaml")).unwrap().replace("  builtin: iresnet-mini\n", "  path: model.onnx\n")
-        + "  check_simplified:\n    kind: check\n    from: simplify\n";
+    // Three stages, as in the DVC comparison: validate, simplify, validate the result.
+    let manifest = "schema: 1\nname: noop\nmodel:\n  path: model.onnx\n  task: recognition\n  input: {name: input.1, layout: NCHW, shape: [1, 3, 112, 112]}\n\
+steps:\n  check:\n    kind: check\n  simplify:\n    kind: simplify\n    needs: [check]\n  check_simplified:\n    kind: check\n    from: simplify\n";
     std::fs::write(d.join("p.yaml"), manifest).unwrap();
 
     let t = Instant::now();

@@ -219,6 +219,8 @@ fn summary_line(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Object(o) => o
             .iter()
+            // Nested objects (timings) are for machines: `--json` has them.
+            .filter(|(_, v)| !v.is_object())
             .map(|(k, v)| match v {
                 serde_json::Value::String(s) => format!("{k} {s}"),
                 // Six decimals are enough to read a cosine; trailing zeros are noise.

@@ -154,7 +154,8 @@ impl CompareParams {
 fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize) -> Result<(Vec<Vec<f32>>, u64)> {
     let n = t.shape()[0];
     let mut out = Vec::with_capacity(n);
-    let mut ms = 0u64;
+    // Summed as a Duration: per-batch milliseconds would truncate fast batches to zero.
+    let mut spent = std::time::Duration::ZERO;
     let mut start = 0;
     while start < n {
         let end = (start + batch).min(n);
@@ -162,7 +163,7 @@ fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize
         b.slice_mut(s![0..end - start, .., .., ..]).assign(&t.slice(s![start..end, .., .., ..]));
         let t0 = Instant::now();
         let r = model.run(&[(input.to_string(), b.into_dyn())])?;
-        ms += t0.elapsed().as_millis() as u64;
+        spent += t0.elapsed();
         let y = &r[0].1;
         if y.shape().first() != Some(&batch) {
             return Err(anyhow::anyhow!("output `{}` has shape {:?}; expected batch {batch} first", r[0].0, y.shape()).into());
@@ -172,7 +173,7 @@ fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize
         }
         start = end;
     }
-    Ok((out, ms))
+    Ok((out, spent.as_millis() as u64))
 }
 
 /// The batch a model can take: `want` when its batch dim is dynamic, else its fixed size.
