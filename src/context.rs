@@ -138,6 +138,18 @@ impl BuildContext {
         entries.cache_key(&mut h);
         spec.count.map(|c| c as u64).cache_key(&mut h);
         spec.seed.cache_key(&mut h);
+        // Alignment changes every crop: its settings and its detector are part of the data.
+        match &spec.align {
+            Some(a) => {
+                let model = self.manifest.resolve(&a.model);
+                if !model.is_file() {
+                    return Err(Error::usage(format!("dataset `{name}`: alignment detector {model} does not exist")).with_hint(format!("`datasets.{name}.align.model` is relative to {}", self.manifest.dir)));
+                }
+                serde_json::to_value(a).map_err(anyhow::Error::from)?.cache_key(&mut h);
+                self.store.memo.blake3(&model)?.blake3.cache_key(&mut h);
+            }
+            None => h.write_tag(b'N'),
+        }
         Ok((dir, h.finish()))
     }
 

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod cli;
 pub mod context;
+pub mod detect;
 pub mod error;
 pub mod graph;
 pub mod manifest;

@@ -92,6 +92,9 @@ impl Manifest {
                 }
                 _ => {}
             }
+            if let Some(a) = &v.value.align {
+                validate_detector(&a.detector).map_err(|e| Error::manifest(l.clone(), format!("dataset `{k}`: `align.detector`: {e}")))?;
+            }
             datasets.insert(k, v.value);
         }
 
@@ -162,6 +165,23 @@ impl Manifest {
         self.file.with_extension("lock")
     }
 
+    /// A concrete shape for `shape` (the model input's): named dims at their declared `opt`,
+    /// else, for the H/W positions of an image model, `model.preprocessing.size`, else 1.
+    pub fn concrete_shape(&self, shape: &[Dim]) -> Vec<usize> {
+        let layout = self.model.input.layout;
+        let (hi, wi) = match layout { Layout::NCHW => (2, 3), Layout::NHWC => (1, 2) };
+        let size = self.model.preprocessing.as_ref().map(|p| p.size);
+        shape.iter().enumerate().map(|(i, d)| match d {
+            Dim::Fixed(n) => *n as usize,
+            Dim::Named(s) => match (self.model.input.dims.get(s), size) {
+                (Some(r), _) => r.opt as usize,
+                (None, Some(sz)) if shape.len() == 4 && i == hi => sz[0] as usize,
+                (None, Some(sz)) if shape.len() == 4 && i == wi => sz[1] as usize,
+                _ => 1,
+            },
+        }).collect()
+    }
+
     pub fn step(&self, name: &str) -> &Step {
         &self.steps[name]
     }
@@ -193,7 +213,45 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
             "declare all four dims, e.g. `shape: [1, 3, 112, 112]` for NCHW".into(),
         ));
     }
+    let named: Vec<&str> = m.input.shape.iter().filter_map(|d| match d { Dim::Named(n) => Some(n.as_str()), _ => None }).collect();
+    for (k, r) in &m.input.dims {
+        if !named.contains(&k.as_str()) {
+            return Err((format!("`model.input.dims` declares `{k}`, which is not a named dim of `model.input.shape` {}", fmt_shape(&m.input.shape)), format!("named dims: [{}]; write e.g. `shape: [1, 3, H, W]`", named.join(", "))));
+        }
+        if !(1 <= r.min && r.min <= r.opt && r.opt <= r.max) {
+            return Err((format!("`model.input.dims.{k}` needs 1 <= min <= opt <= max, got min {} opt {} max {}", r.min, r.opt, r.max), "e.g. `H: {min: 320, opt: 640, max: 640}`".into()));
+        }
+    }
+    if let Some(d) = &m.detector {
+        validate_detector(d).map_err(|e| (format!("`model.detector`: {e}"), "see docs/manifest.md, `model.detector`".to_string()))?;
+    }
     Ok(())
+}
+
+pub fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
+    if !(0.0..=1.0).contains(&d.score_threshold) || !(0.0..=1.0).contains(&d.nms_iou) {
+        return Err("`score_threshold` and `nms_iou` must be in [0, 1]".into());
+    }
+    if let (Some(s), Some(m)) = (&d.strides, &d.min_sizes)
+        && s.len() != m.len() {
+            return Err(format!("{} strides but {} `min_sizes` rows: one row per stride", s.len(), m.len()));
+        }
+    if d.family == DetectorFamily::Scrfd && (d.min_sizes.is_some() || d.variance.is_some()) {
+        return Err("`min_sizes` and `variance` are RetinaFace settings; SCRFD decodes from anchor centres".into());
+    }
+    Ok(())
+}
+
+impl Preprocessing {
+    /// The resize mode in force: the declared one, else letterbox for detectors.
+    pub fn resize_for(&self, task: Task) -> Resize {
+        self.resize.unwrap_or(if task == Task::Detection { Resize::Letterbox } else { Resize::CenterCrop })
+    }
+
+    /// SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.
+    pub fn scrfd(size: [u32; 2]) -> Preprocessing {
+        Preprocessing { color: ColorOrder::RGB, mean: [127.5; 3], std: [128.0; 3], size, resize: Some(Resize::Letterbox) }
+    }
 }
 
 /// Turn serde-saphyr's error into a located manifest error. It renders a snippet of the

@@ -51,6 +51,46 @@ pub struct ModelSpec {
     pub input: InputSpec,
     #[serde(default)]
     pub preprocessing: Option<Preprocessing>,
+    /// How a detector's raw outputs become boxes (required by detection `compare`).
+    #[serde(default)]
+    pub detector: Option<DetectorSpec>,
+}
+
+/// A detector family and its post-processing: decoding, score threshold, NMS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    pub family: DetectorFamily,
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// IoU above which NMS suppresses the lower-scoring box.
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f32,
+    /// Feature strides; default: SCRFD 8/16/32 (8..128 for 5-level heads), RetinaFace 8/16/32.
+    #[serde(default)]
+    pub strides: Option<Vec<u32>>,
+    /// RetinaFace prior sizes per stride (default [[16, 32], [64, 128], [256, 512]]).
+    #[serde(default)]
+    pub min_sizes: Option<Vec<Vec<f32>>>,
+    /// RetinaFace box variances (default [0.1, 0.2]).
+    #[serde(default)]
+    pub variance: Option<[f32; 2]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorFamily {
+    /// InsightFace SCRFD: per-stride scores, box and keypoint distances from anchor centres.
+    Scrfd,
+    /// RetinaFace (Pytorch_Retinaface layout): prior boxes with variances, softmax scores.
+    Retinaface,
+}
+
+fn default_score_threshold() -> f32 {
+    0.5
+}
+fn default_nms_iou() -> f32 {
+    0.4
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +137,30 @@ pub struct InputSpec {
     #[serde(default = "default_layout")]
     pub layout: Layout,
     pub shape: Vec<Dim>,
+    /// Realistic ranges of the named (dynamic) dims: OpenVINO conversion bounds them,
+    /// TensorRT profiles are built from them, and `opt` is the size used where one concrete
+    /// size is needed (equivalence checks, smoke runs).
+    #[serde(default)]
+    pub dims: IndexMap<String, DimRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimRange {
+    pub min: u64,
+    pub opt: u64,
+    pub max: u64,
+}
+
+impl InputSpec {
+    /// The declared shape with every named dim at its `opt` size; None for a named dim
+    /// with no declared range.
+    pub fn opt_shape(&self) -> Vec<Option<u64>> {
+        self.shape.iter().map(|d| match d {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Named(s) => self.dims.get(s).map(|r| r.opt),
+        }).collect()
+    }
 }
 
 fn default_layout() -> Layout {
@@ -120,6 +184,18 @@ pub struct Preprocessing {
     pub std: [f32; 3],
     /// [height, width] the image is resized to.
     pub size: [u32; 2],
+    /// How a whole image is brought to `size`: `center_crop` (crop to the aspect ratio, then
+    /// resize) or `letterbox` (keep the aspect ratio, pad bottom/right, as SCRFD expects).
+    /// Default: letterbox for detection models, center_crop otherwise.
+    #[serde(default)]
+    pub resize: Option<Resize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    CenterCrop,
+    Letterbox,
 }
 
 fn default_color() -> ColorOrder {
@@ -150,6 +226,22 @@ pub struct DatasetSpec {
     pub count: Option<usize>,
     #[serde(default)]
     pub seed: u64,
+    /// Detect and align faces before use: whole photos become ArcFace-aligned crops.
+    #[serde(default)]
+    pub align: Option<AlignSpec>,
+}
+
+/// Alignment of whole photos to the ArcFace 112x112 five-point template, with a detector's
+/// landmarks (a 5-point similarity transform, Umeyama).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignSpec {
+    /// The detector ONNX model, relative to the manifest.
+    pub model: Utf8PathBuf,
+    pub detector: DetectorSpec,
+    /// How the detector is fed (default: SCRFD's RGB, (x - 127.5) / 128, letterbox 640x640).
+    #[serde(default)]
+    pub preprocessing: Option<Preprocessing>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

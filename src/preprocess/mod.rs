@@ -10,6 +10,7 @@
 //! prepared tensors are memoized in the cache, keyed by the images' digests and the
 //! preprocessing: a dataset is decoded once, not once per step or per run.
 
+pub mod align;
 pub mod synthetic;
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -19,11 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CacheKeyHasher, Store};
 use crate::error::{Error, Result};
-use crate::manifest::{ColorOrder, Layout, Preprocessing};
+use crate::manifest::{ColorOrder, Layout, Preprocessing, Resize};
+use image::RgbImage;
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change.
-const PREPARE_VERSION: u64 = 2;
+const PREPARE_VERSION: u64 = 3;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,22 @@ pub enum Fit {
     AsIs,
     /// Centre-cropped to the model's aspect ratio, then resized (bilinear).
     CenterCropResize,
+    /// Resized keeping the aspect ratio, padded bottom/right with black (detectors).
+    Letterbox,
+    /// A detected face warped onto the ArcFace template (`align:` datasets).
+    Aligned,
+    /// `align:` found no face: centre-cropped instead (reported, so it is never silent).
+    NoFaceCenterCrop,
+}
+
+/// How images are fed: the model's preprocessing, layout, resize mode and, for datasets of
+/// whole photos with `align:`, the detector that aligns them.
+#[derive(Clone, Copy)]
+pub struct Feed<'a> {
+    pub pre: &'a Preprocessing,
+    pub layout: Layout,
+    pub resize: Resize,
+    pub align: Option<&'a align::Aligner>,
 }
 
 /// Images in `dir` (recursively), sorted by path, then a seeded shuffle and the first `count`.
@@ -58,24 +76,39 @@ pub fn list_images(dir: &Utf8Path, count: Option<usize>, seed: u64) -> Result<Ve
 }
 
 /// Decode and prepare one image; a batch of one in the model's layout.
-pub fn load_tensor(path: &Utf8Path, pre: &Preprocessing, layout: Layout) -> Result<Array4<f32>> {
-    Ok(load_with_fit(path, pre, layout)?.0)
+pub fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
+    Ok(load_with_fit(path, feed)?.0)
 }
 
-fn load_with_fit(path: &Utf8Path, pre: &Preprocessing, layout: Layout) -> Result<(Array4<f32>, Fit)> {
+pub fn decode_image(path: &Utf8Path) -> Result<RgbImage> {
     // By content, not extension: real datasets hold WebP files named .jpg.
     let decode = || -> std::result::Result<image::DynamicImage, String> { image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string()) };
-    let img = decode().map_err(|e| Error::usage(format!("cannot decode image {path}: {e}")).with_hint("facebuild reads JPEG, PNG and WebP; remove or convert this file"))?.to_rgb8();
-    let [h, w] = pre.size;
+    Ok(decode().map_err(|e| Error::usage(format!("cannot decode image {path}: {e}")).with_hint("facebuild reads JPEG, PNG and WebP; remove or convert this file"))?.to_rgb8())
+}
+
+/// Keep the aspect ratio, fit inside `size` ([h, w]), pad bottom/right with black, as
+/// InsightFace's SCRFD does. Returns the image and the scale (input px per original px).
+pub fn letterbox(img: &RgbImage, [h, w]: [u32; 2]) -> (RgbImage, f32) {
     let (iw, ih) = img.dimensions();
-    let (img, fit) = if (iw, ih) == (w, h) {
-        (img, Fit::AsIs)
-    } else {
-        // Largest centred window with the target's aspect ratio.
-        let (cw, ch) = if iw as u64 * h as u64 > ih as u64 * w as u64 { ((ih as u64 * w as u64 / h as u64) as u32, ih) } else { (iw, (iw as u64 * h as u64 / w as u64) as u32) };
-        let crop = image::imageops::crop_imm(&img, (iw - cw) / 2, (ih - ch) / 2, cw, ch).to_image();
-        (image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle), Fit::CenterCropResize)
-    };
+    let (nw, nh) = if ih as u64 * w as u64 > h as u64 * iw as u64 { (((h as u64 * iw as u64) / ih as u64).max(1) as u32, h) } else { (w, ((w as u64 * ih as u64) / iw as u64).max(1) as u32) };
+    let scale = nh as f32 / ih as f32;
+    let resized = if (nw, nh) == (iw, ih) { img.clone() } else { image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle) };
+    let mut out = RgbImage::new(w, h);
+    image::imageops::replace(&mut out, &resized, 0, 0);
+    (out, scale)
+}
+
+fn center_crop_resize(img: &RgbImage, [h, w]: [u32; 2]) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    // Largest centred window with the target's aspect ratio.
+    let (cw, ch) = if iw as u64 * h as u64 > ih as u64 * w as u64 { ((ih as u64 * w as u64 / h as u64) as u32, ih) } else { (iw, (iw as u64 * h as u64 / w as u64) as u32) };
+    let crop = image::imageops::crop_imm(img, (iw - cw) / 2, (ih - ch) / 2, cw, ch).to_image();
+    image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle)
+}
+
+/// Pixels -> normalised tensor (colour order, mean, std, layout): a batch of one.
+pub fn to_tensor(img: &RgbImage, pre: &Preprocessing, layout: Layout) -> Array4<f32> {
+    let (w, h) = img.dimensions();
     let (h, w) = (h as usize, w as usize);
     let order = match pre.color {
         ColorOrder::RGB => [0, 1, 2],
@@ -94,7 +127,31 @@ fn load_with_fit(path: &Utf8Path, pre: &Preprocessing, layout: Layout) -> Result
             }
         }
     }
-    Ok((t, fit))
+    t
+}
+
+/// One image: (tensor, how it was fitted, scale from original to input pixels).
+fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)> {
+    let img = decode_image(path)?;
+    let size = feed.pre.size;
+    let (iw, ih) = img.dimensions();
+    let (img, fit, scale) = if (iw, ih) == (size[1], size[0]) {
+        (img, Fit::AsIs, 1.0)
+    } else if let Some(a) = feed.align {
+        match a.align(&img, size).map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))? {
+            Some(crop) => (crop, Fit::Aligned, 1.0),
+            None => (center_crop_resize(&img, size), Fit::NoFaceCenterCrop, 1.0),
+        }
+    } else {
+        match feed.resize {
+            Resize::Letterbox => {
+                let (out, s) = letterbox(&img, size);
+                (out, Fit::Letterbox, s)
+            }
+            Resize::CenterCrop => (center_crop_resize(&img, size), Fit::CenterCropResize, 1.0),
+        }
+    };
+    Ok((to_tensor(&img, feed.pre, feed.layout), fit, scale))
 }
 
 /// A prepared image set: one tensor of all images, in `files` order.
@@ -102,6 +159,8 @@ pub struct Prepared {
     pub tensor: Array4<f32>,
     pub files: Vec<Utf8PathBuf>,
     pub fits: Vec<Fit>,
+    /// Per image: input pixels per original pixel (letterbox), 1 otherwise.
+    pub scales: Vec<f32>,
     /// True when it came from the cache (no image was decoded).
     pub cached: bool,
     pub prepare_ms: u64,
@@ -109,50 +168,54 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn fit_counts(&self) -> serde_json::Value {
-        let as_is = self.fits.iter().filter(|f| **f == Fit::AsIs).count();
-        serde_json::json!({"as_is": as_is, "center_crop_resize": self.fits.len() - as_is})
+        let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+        for f in &self.fits {
+            *m.entry(serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).or_default() += 1;
+        }
+        serde_json::json!(m)
     }
 }
 
 struct PrepKey<'a> {
     digests: &'a [String],
-    pre: &'a Preprocessing,
-    layout: Layout,
+    feed: &'a Feed<'a>,
 }
 
 impl CacheKey for PrepKey<'_> {
     fn cache_key(&self, s: &mut CacheKeyHasher) {
         PREPARE_VERSION.cache_key(s);
         self.digests.cache_key(s);
-        serde_json::to_value(self.pre).unwrap_or_default().cache_key(s);
-        serde_json::to_value(self.layout).unwrap_or_default().cache_key(s);
+        serde_json::to_value(self.feed.pre).unwrap_or_default().cache_key(s);
+        serde_json::to_value(self.feed.layout).unwrap_or_default().cache_key(s);
+        serde_json::to_value(self.feed.resize).unwrap_or_default().cache_key(s);
+        self.feed.align.map(|a| a.identity.as_str()).cache_key(s);
     }
 }
 
 /// Prepare `files` (decoded in parallel), memoized in the cache's `prepared/` folder.
-pub fn prepare(store: &Store, files: &[Utf8PathBuf], pre: &Preprocessing, layout: Layout) -> Result<Prepared> {
+pub fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prepared> {
     let t0 = std::time::Instant::now();
     let digests: Vec<String> = files.iter().map(|f| store.memo.blake3(f).map(|d| d.blake3)).collect::<Result<_>>()?;
-    let key = crate::cache::cache_key(&PrepKey { digests: &digests, pre, layout });
+    let key = crate::cache::cache_key(&PrepKey { digests: &digests, feed });
     let dir = store.root.join("prepared");
     let (npy, fits_path) = (dir.join(format!("{key}.npy")), dir.join(format!("{key}.json")));
-    if let (Ok(t), Ok(fits)) = (ndarray_npy::read_npy::<_, Array4<f32>>(&npy), std::fs::read(&fits_path).map_err(|_| ()).and_then(|b| serde_json::from_slice::<Vec<Fit>>(&b).map_err(|_| ()))) {
-        if t.shape()[0] == files.len() && fits.len() == files.len() {
-            return Ok(Prepared { tensor: t, files: files.to_vec(), fits, cached: true, prepare_ms: t0.elapsed().as_millis() as u64 });
+    if let (Ok(t), Ok((fits, scales))) = (ndarray_npy::read_npy::<_, Array4<f32>>(&npy), std::fs::read(&fits_path).map_err(|_| ()).and_then(|b| serde_json::from_slice::<(Vec<Fit>, Vec<f32>)>(&b).map_err(|_| ())))
+        && t.shape()[0] == files.len() && fits.len() == files.len() {
+            return Ok(Prepared { tensor: t, files: files.to_vec(), fits, scales, cached: true, prepare_ms: t0.elapsed().as_millis() as u64 });
         }
-    }
-    let loaded: Vec<(Array4<f32>, Fit)> = files.par_iter().map(|f| load_with_fit(f, pre, layout)).collect::<Result<_>>()?;
-    let per = loaded.first().map(|(t, _)| t.shape().to_vec()).unwrap_or_default();
+    let loaded: Vec<(Array4<f32>, Fit, f32)> = files.par_iter().map(|f| load_with_fit(f, feed)).collect::<Result<_>>()?;
+    let per = loaded.first().map(|(t, _, _)| t.shape().to_vec()).unwrap_or_default();
     let mut tensor = Array4::<f32>::zeros((files.len(), per[1], per[2], per[3]));
-    for (i, (t, _)) in loaded.iter().enumerate() {
+    for (i, (t, _, _)) in loaded.iter().enumerate() {
         tensor.slice_mut(s![i..i + 1, .., .., ..]).assign(t);
     }
-    let fits: Vec<Fit> = loaded.iter().map(|(_, f)| *f).collect();
+    let fits: Vec<Fit> = loaded.iter().map(|(_, f, _)| *f).collect();
+    let scales: Vec<f32> = loaded.iter().map(|(_, _, s)| *s).collect();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // Write to temp names and rename: a concurrent reader never sees half a tensor.
     let tmp = dir.join(format!(".{key}.npy.tmp"));
     ndarray_npy::write_npy(&tmp, &tensor).map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
     std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
-    crate::cache::store::write_atomic(&fits_path, &serde_json::to_vec(&fits).map_err(anyhow::Error::from)?)?;
-    Ok(Prepared { tensor, files: files.to_vec(), fits, cached: false, prepare_ms: t0.elapsed().as_millis() as u64 })
+    crate::cache::store::write_atomic(&fits_path, &serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?)?;
+    Ok(Prepared { tensor, files: files.to_vec(), fits, scales, cached: false, prepare_ms: t0.elapsed().as_millis() as u64 })
 }

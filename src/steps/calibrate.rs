@@ -35,7 +35,8 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
     let dir = &ctx.datasets[&p.dataset];
     let files = crate::preprocess::list_images(dir, p.count.or(spec.count), p.seed.unwrap_or(spec.seed))?;
     ctx.progress.set_message(format!("preparing {} images", files.len()));
-    let prepared = crate::preprocess::prepare(ctx.store, &files, pre, ctx.manifest.model.input.layout)?;
+    let aligner = ctx.aligner(&p.dataset)?;
+    let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
     let out = ctx.workdir.join("calibration.npy");
     ndarray_npy::write_npy(&out, &prepared.tensor).map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
     let t = &prepared.tensor;
@@ -49,7 +50,7 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
         "shape": t.shape(),
         "preprocessing": pre,
         "layout": ctx.manifest.model.input.layout,
-        // Whole photos are centre-cropped until detector-based alignment exists.
+        // How whole photos were fitted: aligned (dataset `align:`), letterboxed or centre-cropped.
         "fit": prepared.fit_counts(),
         "pixel_stats": {"mean": mean, "std": std},
     });

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Dim;
 use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, Runtime};
 
-pub const IMPL_VERSION: u32 = 1;
+pub const IMPL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +82,13 @@ impl ConvertParams {
     }
 }
 
-fn ovc_input(name: &str, shape: &[Dim]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| match d { Dim::Fixed(n) => n.to_string(), Dim::Named(_) => "?".into() }).collect();
+/// ovc's `--input` value: fixed dims as they are, a declared range as `min..max` (OpenVINO
+/// then compiles for that range), an undeclared named dim as `?` (fully dynamic).
+fn ovc_input(name: &str, shape: &[Dim], ranges: &indexmap::IndexMap<String, crate::manifest::DimRange>) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| match d {
+        Dim::Fixed(n) => n.to_string(),
+        Dim::Named(s) => ranges.get(s).map(|r| if r.min == r.max { r.min.to_string() } else { format!("{}..{}", r.min, r.max) }).unwrap_or_else(|| "?".into()),
+    }).collect();
     format!("{name}[{}]", dims.join(","))
 }
 
@@ -95,7 +100,7 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         Precision::Fp32 | Precision::Fp16 => {
             let ovc = ctx.toolchain.info.bin_dir.join("ovc");
             let compress = if p.precision == Precision::Fp16 { "True" } else { "False" };
-            let args = vec![ctx.model.to_string(), "--output_model".into(), xml.to_string(), "--input".into(), ovc_input(&decl.name, &shape), format!("--compress_to_fp16={compress}")];
+            let args = vec![ctx.model.to_string(), "--output_model".into(), xml.to_string(), "--input".into(), ovc_input(&decl.name, &shape, &decl.dims), format!("--compress_to_fp16={compress}")];
             ctx.progress.set_message(format!("ovc {:?}", p.precision).to_lowercase());
             let out = Command::new(&ovc).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {ovc}: {e}")).with_hint("reinstall the toolchain: `facebuild toolchain install --force`"))?;
             if !out.status.success() || !xml.exists() {
@@ -109,6 +114,7 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
             let calib_step = p.calibration.as_deref().expect("validated");
             let calib = &ctx.upstream[calib_step]["calibration.npy"];
             ctx.progress.set_message("NNCF post-training quantization");
+            // Named dims stay dynamic (-1) in the quantized IR; ranges are not needed by NNCF.
             let shape_json = serde_json::to_string(&shape).map_err(anyhow::Error::from)?;
             let preset = serde_json::to_value(p.preset).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             let r = ctx.toolchain.run_script(include_str!("../toolchain/python/quantize.py"), &[ctx.model.as_str(), xml.as_str(), calib.as_str(), &decl.name, &shape_json, &preset, &p.subset_size.to_string()], "NNCF quantization")?;
@@ -120,7 +126,7 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     // Smoke check: the IR loads and runs in-process, and agrees roughly with ONNX Runtime.
     ctx.check_cancelled()?;
     ctx.progress.set_message("loading the IR in OpenVINO");
-    let dims: Vec<usize> = shape.iter().map(|d| match d { Dim::Fixed(n) => *n as usize, Dim::Named(_) => 1 }).collect();
+    let dims = ctx.manifest.concrete_shape(&shape);
     let mut rng = crate::util::SplitMix64::new(0);
     let input = ArrayD::from_shape_vec(IxDyn(&dims), (0..dims.iter().product::<usize>()).map(|_| rng.unit()).collect()).map_err(anyhow::Error::from)?;
     let feed = vec![(decl.name.clone(), input)];

@@ -36,6 +36,19 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// The aligner of a dataset declared with `align:` (its detector loaded), else None.
+    pub fn aligner(&self, dataset: &str) -> Result<Option<crate::preprocess::align::Aligner>> {
+        let Some(a) = &self.manifest.datasets[dataset].align else { return Ok(None) };
+        let path = self.manifest.resolve(&a.model);
+        let digest = self.store.memo.blake3(&path)?.blake3;
+        Ok(Some(crate::preprocess::align::Aligner::new(self.toolchain, &path, &digest, a)?))
+    }
+
+    /// How this pipeline's model is fed images with `pre`.
+    pub fn feed<'b>(&'b self, pre: &'b crate::manifest::Preprocessing, align: Option<&'b crate::preprocess::align::Aligner>) -> crate::preprocess::Feed<'b> {
+        crate::preprocess::Feed { pre, layout: self.manifest.model.input.layout, resize: pre.resize_for(self.manifest.model.task), align }
+    }
+
     pub fn check_cancelled(&self) -> Result<()> {
         if self.cancel.load(std::sync::atomic::Ordering::Relaxed) { Err(crate::error::Error::Interrupted) } else { Ok(()) }
     }

@@ -94,12 +94,16 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let mut original = rt.load(ctx.model)?;
     let mut simplified = rt.load(&out_model)?;
 
+    // Dynamic dims are tested at `test_dims`, else their declared `opt` (see concrete_shape).
     let concrete = |name: &str, ort_shape: &[i64]| -> Vec<usize> {
         match shapes.get(name) {
-            Some(dims) => dims.iter().map(|d| match d {
-                Dim::Fixed(n) => *n as usize,
-                Dim::Named(s) => *p.test_dims.get(s).unwrap_or(&1) as usize,
-            }).collect(),
+            Some(dims) => {
+                let fallback = ctx.manifest.concrete_shape(dims);
+                dims.iter().zip(fallback).map(|(d, f)| match d {
+                    Dim::Fixed(n) => *n as usize,
+                    Dim::Named(s) => p.test_dims.get(s).map(|v| *v as usize).unwrap_or(f),
+                }).collect()
+            }
             None => ort_shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect(),
         }
     };
@@ -127,8 +131,10 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         })?;
         let spec = &ctx.manifest.datasets[ds];
         let files = crate::preprocess::list_images(&ctx.datasets[ds], spec.count, spec.seed)?;
+        let aligner = ctx.aligner(ds)?;
+        let feed = ctx.feed(pre, aligner.as_ref());
         for f in files {
-            let t = crate::preprocess::load_tensor(&f, pre, decl.layout)?;
+            let t = crate::preprocess::load_tensor(&f, &feed)?;
             samples.push((format!("image:{}", f.file_name().unwrap_or_default()), vec![(decl.name.clone(), t.into_dyn())]));
         }
     }

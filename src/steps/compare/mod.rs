@@ -13,13 +13,15 @@ use ndarray::{s, Array4, Axis};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod detection;
+
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::{self, verification, Summary};
 use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, ExecutionInfo, LoadedModel, Runtime};
 
-pub const IMPL_VERSION: u32 = 2;
+pub const IMPL_VERSION: u32 = 3;
 pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,13 +53,13 @@ impl CandidateSpec {
             CandidateSpec::Detailed(d) => &d.step,
         }
     }
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             CandidateSpec::Step(s) => s.clone(),
             CandidateSpec::Detailed(d) => d.label.clone().unwrap_or_else(|| d.step.clone()),
         }
     }
-    fn detail(&self) -> Option<&CandidateDetail> {
+    pub(crate) fn detail(&self) -> Option<&CandidateDetail> {
         match self {
             CandidateSpec::Detailed(d) => Some(d),
             _ => None,
@@ -74,6 +76,16 @@ pub struct Gates {
     pub tar_drop_max: Option<f64>,
     #[serde(default)]
     pub flips_max: Option<u64>,
+    #[serde(default)]
+    pub recall_min: Option<f64>,
+    #[serde(default)]
+    pub fp_per_image_max: Option<f64>,
+    #[serde(default)]
+    pub landmark_nme_max: Option<f64>,
+    #[serde(default)]
+    pub score_drift_max: Option<f64>,
+    #[serde(default)]
+    pub nms_parity_min: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +119,32 @@ pub struct CompareParams {
     /// Per-candidate gate overrides, by candidate label.
     #[serde(default)]
     pub candidate_gates: BTreeMap<String, Gates>,
+    /// Detectors: input sizes ([h, w]) to compare at; a model with dynamic H/W runs every
+    /// size from one compiled artifact. Default: `model.preprocessing.size`.
+    #[serde(default)]
+    pub input_sizes: Option<Vec<[u32; 2]>>,
+    /// Detectors: IoU at which a candidate box matches a reference box.
+    #[serde(default = "default_match_iou")]
+    pub match_iou: f32,
+    /// Detection gate: matched reference boxes / reference boxes.
+    #[serde(default)]
+    pub recall_min: Option<f64>,
+    /// Detection gate: unmatched candidate boxes per image.
+    #[serde(default)]
+    pub fp_per_image_max: Option<f64>,
+    /// Detection gate: largest mean landmark error of a matched box, over sqrt(box area).
+    #[serde(default)]
+    pub landmark_nme_max: Option<f64>,
+    /// Detection gate: largest |score difference| of a matched box.
+    #[serde(default)]
+    pub score_drift_max: Option<f64>,
+    /// Detection gate: fraction of images whose kept set after NMS is the reference's.
+    #[serde(default)]
+    pub nms_parity_min: Option<f64>,
+}
+
+fn default_match_iou() -> f32 {
+    0.5
 }
 
 fn default_batch() -> usize {
@@ -127,6 +165,13 @@ impl CompareParams {
         if self.batch == 0 {
             return Err(("`batch` must be at least 1".into(), None));
         }
+        if let Some(sz) = &self.input_sizes
+            && (sz.is_empty() || sz.iter().any(|s| s[0] == 0 || s[1] == 0)) {
+                return Err(("`input_sizes` needs at least one [height, width] with both > 0".into(), Some("e.g. `input_sizes: [[640, 640], [480, 640]]`".into())));
+            }
+        if !(self.match_iou > 0.0 && self.match_iou <= 1.0) {
+            return Err(("`match_iou` must be in (0, 1]".into(), None));
+        }
         if !(self.operating_far > 0.0 && self.operating_far < 1.0) {
             return Err(("`operating_far` must be in (0, 1)".into(), None));
         }
@@ -145,7 +190,22 @@ impl CompareParams {
             cosine_min: o.cosine_min.or(self.cosine_min).or(Some(0.99)),
             tar_drop_max: o.tar_drop_max.or(self.tar_drop_max),
             flips_max: o.flips_max.or(self.flips_max),
+            recall_min: o.recall_min.or(self.recall_min),
+            fp_per_image_max: o.fp_per_image_max.or(self.fp_per_image_max),
+            landmark_nme_max: o.landmark_nme_max.or(self.landmark_nme_max),
+            score_drift_max: o.score_drift_max.or(self.score_drift_max),
+            nms_parity_min: o.nms_parity_min.or(self.nms_parity_min),
         }
+    }
+
+    fn has_detection_gates(&self) -> bool {
+        let g = |x: &Gates| x.recall_min.is_some() || x.fp_per_image_max.is_some() || x.landmark_nme_max.is_some() || x.score_drift_max.is_some() || x.nms_parity_min.is_some();
+        g(&self.gates_for("")) || self.candidate_gates.values().any(g)
+    }
+
+    fn has_recognition_gates(&self) -> bool {
+        let g = |x: &Gates| x.cosine_min.is_some() || x.tar_drop_max.is_some() || x.flips_max.is_some();
+        self.cosine_min.is_some() || self.tar_drop_max.is_some() || self.flips_max.is_some() || self.candidate_gates.values().any(g)
     }
 }
 
@@ -198,6 +258,33 @@ fn pair_scores(e: &[Vec<f32>], pairs: &[verification::Pair]) -> Vec<f64> {
     pairs.iter().map(|p| metrics::cosine(&e[p.a], &e[p.b])).collect()
 }
 
+/// A candidate loaded in its runtime, with what describes it in reports.
+pub(crate) struct Loaded {
+    pub model: Box<dyn LoadedModel>,
+    pub artifact: &'static str,
+    /// The artifact's own precision (fp32/fp16/int8), from its convert report.
+    pub weights: String,
+    pub hint: String,
+    pub load_ms: u64,
+}
+
+pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &CandidateSpec, ort: &OnnxRuntime) -> Result<Loaded> {
+    let outputs = &ctx.upstream[cand.step()];
+    let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
+    let t_load = Instant::now();
+    let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
+        let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
+        (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
+    } else if let Some(onnx) = outputs.get("model.onnx") {
+        (ort.load(onnx)?, "onnx")
+    } else {
+        return Err(Error::Step { step: ctx.step.name.clone(), message: format!("candidate `{}` has no model output (model.onnx or model.xml)", cand.step()), hint: Some("candidates are convert or simplify steps".into()) });
+    };
+    // An INT8 IR runs quantized ops in int8 whatever the hint says for the rest.
+    let weights = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+    Ok(Loaded { model, artifact, weights, hint, load_ms: t_load.elapsed().as_millis() as u64 })
+}
+
 pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
@@ -206,14 +293,20 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         message: "compare needs `model.preprocessing` to turn images into tensors".into(),
         hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
     })?;
-    let layout = ctx.manifest.model.input.layout;
+    if ctx.manifest.model.task == crate::manifest::Task::Detection {
+        return detection::run(ctx, p, pre);
+    }
+    if p.has_detection_gates() {
+        return Err(Error::Step { step: step.clone(), message: "detection gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
+    }
     let input = ctx.manifest.model.input.name.clone();
     let spec = &ctx.manifest.datasets[&p.dataset];
     let dir = &ctx.datasets[&p.dataset];
     let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
     let pairs = verification::pairs_for(&files, dir, spec.pairs.as_ref().map(|f| dir.join(f)).as_deref())?;
     ctx.progress.set_message(format!("preparing {} images", files.len()));
-    let prepared = crate::preprocess::prepare(ctx.store, &files, pre, layout)?;
+    let aligner = ctx.aligner(&p.dataset)?;
+    let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
     let mut timing = BTreeMap::new();
     timing.insert("prepare_ms".to_string(), json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}));
 
@@ -237,25 +330,11 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     for cand in &p.candidates {
         ctx.check_cancelled()?;
         let label = cand.label();
-        let outputs = &ctx.upstream[cand.step()];
-        let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
         ctx.progress.set_message(format!("candidate {label}"));
-        let t_load = Instant::now();
-        let (mut model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
-            let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
-            (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
-        } else if let Some(onnx) = outputs.get("model.onnx") {
-            (ort.load(onnx)?, "onnx")
-        } else {
-            return Err(Error::Step { step: step.clone(), message: format!("candidate `{}` has no model output (model.onnx or model.xml)", cand.step()), hint: Some("candidates are convert or simplify steps".into()) });
-        };
-        // The artifact's own precision (fp32/fp16/int8), from its convert report: an INT8 IR
-        // runs quantized ops in int8 whatever the hint says for the rest.
-        let weights = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
-        let load_ms = t_load.elapsed().as_millis() as u64;
+        let Loaded { mut model, artifact, weights, hint, load_ms } = load_candidate(ctx, p, cand, &ort)?;
         let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
         let own = match own_pre {
-            Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, pp, layout)?),
+            Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pp, aligner.as_ref()))?),
             None => None,
         };
         let tensor = own.as_ref().map(|o| &o.tensor).unwrap_or(&prepared.tensor);
