@@ -121,7 +121,7 @@ impl BuildContext {
         let spec = &self.manifest.datasets[name];
         let dir = match (&spec.path, &spec.builtin) {
             (Some(p), _) => self.manifest.resolve(p),
-            (None, _) => crate::preprocess::synthetic::ensure(&self.cache_dir)?,
+            (None, b) => crate::preprocess::synthetic::ensure(&self.cache_dir, b.as_deref().unwrap_or("synthetic-faces"))?,
         };
         if !dir.is_dir() {
             return Err(Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(format!("`datasets.{name}.path` is relative to {}", self.manifest.dir)));

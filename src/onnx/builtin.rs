@@ -20,13 +20,16 @@ pub enum BuiltinModel {
     Iresnet18,
     /// ~174 MB: iresnet50 ([3,4,14,3]), the size of InsightFace's w600k_r50.
     Iresnet50,
+    /// ~0.3 MB: an SCRFD-layout face detector (dynamic H/W, strides 8/16/32, 2 anchors,
+    /// scores/boxes/keypoints as InsightFace's det_* exports emit them).
+    ScrfdMini,
 }
 
 impl BuiltinModel {
     pub const DEFAULT: BuiltinModel = BuiltinModel::IresnetMini;
 
     pub fn names() -> Vec<&'static str> {
-        vec!["iresnet-mini", "iresnet18", "iresnet50"]
+        vec!["iresnet-mini", "iresnet18", "iresnet50", "scrfd-mini"]
     }
 
     pub fn from_name(s: &str) -> Option<BuiltinModel> {
@@ -34,6 +37,7 @@ impl BuiltinModel {
             "iresnet-mini" => Some(BuiltinModel::IresnetMini),
             "iresnet18" => Some(BuiltinModel::Iresnet18),
             "iresnet50" => Some(BuiltinModel::Iresnet50),
+            "scrfd-mini" => Some(BuiltinModel::ScrfdMini),
             _ => None,
         }
     }
@@ -43,6 +47,7 @@ impl BuiltinModel {
             BuiltinModel::IresnetMini => "iresnet-mini",
             BuiltinModel::Iresnet18 => "iresnet18",
             BuiltinModel::Iresnet50 => "iresnet50",
+            BuiltinModel::ScrfdMini => "scrfd-mini",
         }
     }
 
@@ -50,11 +55,14 @@ impl BuiltinModel {
         match self {
             BuiltinModel::IresnetMini => ([16, 32, 64, 128], [1, 1, 1, 1]),
             BuiltinModel::Iresnet18 => ([64, 128, 256, 512], [2, 2, 2, 2]),
-            BuiltinModel::Iresnet50 => ([64, 128, 256, 512], [3, 4, 14, 3]),
+            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
         }
     }
 
     pub fn build(self) -> ModelProto {
+        if self == BuiltinModel::ScrfdMini {
+            return self.scrfd();
+        }
         let (widths, blocks) = self.config();
         let mut b = Builder { g: GraphProto { name: format!("facebuild_{}", self.name()), ..Default::default() }, rng: SplitMix64::new(0x5EED_FACE ^ self as u64), n: 0 };
         b.g.input.push(value_info("input.1", &[Dim::P("batch"), Dim::V(3), Dim::V(112), Dim::V(112)]));
@@ -82,6 +90,63 @@ impl BuiltinModel {
         last.output[0] = "embedding".into();
         let _ = feat;
         b.g.output.push(value_info("embedding", &[Dim::P("batch"), Dim::V(512)]));
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+            producer_name: "facebuild".into(),
+            producer_version: format!("builtin-v{GENERATOR_VERSION}"),
+            graph: Some(b.g),
+            metadata_props: vec![StringStringEntryProto { key: "facebuild.builtin".into(), value: self.name().into() }],
+            ..Default::default()
+        }
+    }
+
+    /// SCRFD's output contract on a small random backbone: per stride, a Sigmoid score
+    /// (N x 1), box distances (N x 4, kept positive) and keypoint distances (N x 10), each
+    /// transposed to (row, col, anchor) order and flattened as the real exports do.
+    fn scrfd(self) -> ModelProto {
+        let mut b = Builder { g: GraphProto { name: "facebuild_scrfd_mini".into(), ..Default::default() }, rng: SplitMix64::new(0x5C8F_D000), n: 0 };
+        b.g.input.push(value_info("input.1", &[Dim::V(1), Dim::V(3), Dim::P("H"), Dim::P("W")]));
+        let mut x = b.conv("input.1", 3, 16, 3, 2);
+        x = b.bn(&x, 16, 1.0);
+        x = b.node("Relu", &[&x], vec![]);
+        x = b.conv(&x, 16, 32, 3, 2);
+        x = b.node("Relu", &[&x], vec![]);
+        let mut feats = Vec::new();
+        let mut c = 32;
+        for (i, c_out) in [32i64, 48, 64].into_iter().enumerate() {
+            x = b.conv(&x, c, c_out, 3, 2);
+            x = b.node("Relu", &[&x], vec![]);
+            c = c_out;
+            feats.push((x.clone(), c, [8, 16, 32][i]));
+        }
+        let mut heads: [Vec<String>; 3] = Default::default();
+        for (f, c, stride) in &feats {
+            // Scores: a negative bias keeps detections sparse on random weights.
+            let score_bias = b.init_const(&[2], -1.2);
+            let w = b.init(&[2, *c, 3, 3], (6.0 / (*c * 9) as f32).sqrt());
+            let sc = b.node("Conv", &[f, &w, &score_bias], vec![attr_ints("kernel_shape", vec![3, 3]), attr_ints("pads", vec![1, 1, 1, 1])]);
+            let sc = b.node("Sigmoid", &[&sc], vec![]);
+            let bx = b.conv(f, *c, 8, 3, 1);
+            let bx = b.node("Relu", &[&bx], vec![]);
+            let one = b.init_const(&[1], 1.0);
+            let bx = b.node("Add", &[&bx, &one], vec![]);
+            let kp = b.conv(f, *c, 20, 3, 1);
+            for (k, (t, width)) in [(sc, 1i64), (bx, 4), (kp, 10)].into_iter().enumerate() {
+                let tr = b.node("Transpose", &[&t], vec![attr_ints("perm", vec![0, 2, 3, 1])]);
+                let shape = b.tensor_i64(&[2], &[-1, width]);
+                let out = b.node("Reshape", &[&tr, &shape], vec![]);
+                let name = format!("{}_{stride}", ["score", "bbox", "kps"][k]);
+                b.g.node.last_mut().expect("just added").output[0] = name.clone();
+                let _ = out;
+                heads[k].push(name);
+            }
+        }
+        for (k, names) in heads.iter().enumerate() {
+            for n in names {
+                b.g.output.push(value_info(n, &[Dim::P("anchors"), Dim::V([1, 4, 10][k])]));
+            }
+        }
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
@@ -144,6 +209,13 @@ impl Builder {
         let name = self.fresh("w");
         let raw: Vec<u8> = values.flat_map(f32::to_le_bytes).collect();
         self.g.initializer.push(TensorProto { dims: dims.to_vec(), data_type: 1, name: name.clone(), raw_data: raw, ..Default::default() });
+        name
+    }
+
+    fn tensor_i64(&mut self, dims: &[i64], values: &[i64]) -> String {
+        let name = self.fresh("shape");
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.g.initializer.push(TensorProto { dims: dims.to_vec(), data_type: 7, name: name.clone(), raw_data: raw, ..Default::default() });
         name
     }
 

@@ -14,25 +14,37 @@ pub const VERSION: u32 = 1;
 pub const IDENTITIES: usize = 12;
 pub const PER_IDENTITY: usize = 5;
 
+/// Built-in datasets: `synthetic-faces` (aligned 112x112 crops, a folder per identity) and
+/// `synthetic-scenes` (whole pictures of several sizes and aspect ratios with 1-5 such faces
+/// at different scales, for detectors).
 pub fn names() -> &'static [&'static str] {
-    &["synthetic-faces"]
+    &["synthetic-faces", "synthetic-scenes"]
 }
 
+pub const SCENES: usize = 8;
+
 /// Write the set under `dir` (if not already complete) and return the folder.
-pub fn ensure(cache_dir: &Utf8Path) -> Result<Utf8PathBuf> {
-    let dir = cache_dir.join("builtin").join(format!("synthetic-faces-g{VERSION}"));
+pub fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
+    let dir = cache_dir.join("builtin").join(format!("{name}-g{VERSION}"));
     let done = dir.join(".complete");
     if done.exists() {
         return Ok(dir);
     }
-    let tmp = cache_dir.join("builtin").join(format!(".synthetic-faces-g{VERSION}.tmp{}", std::process::id()));
+    let tmp = cache_dir.join("builtin").join(format!(".{name}-g{VERSION}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    for id in 0..IDENTITIES {
-        let sub = tmp.join(format!("id{id:02}"));
-        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-        for k in 0..PER_IDENTITY {
-            let p = sub.join(format!("{k}.png"));
-            face(id as u64, k as u64).save(&p).map_err(|e| anyhow::anyhow!("writing {p}: {e}"))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let save = |img: RgbImage, p: Utf8PathBuf| img.save(&p).map_err(|e| anyhow::anyhow!("writing {p}: {e}"));
+    if name == "synthetic-scenes" {
+        for i in 0..SCENES {
+            save(scene(i as u64), tmp.join(format!("scene{i}.png")))?;
+        }
+    } else {
+        for id in 0..IDENTITIES {
+            let sub = tmp.join(format!("id{id:02}"));
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+            for k in 0..PER_IDENTITY {
+                save(face(id as u64, k as u64), sub.join(format!("{k}.png")))?;
+            }
         }
     }
     std::fs::write(tmp.join(".complete"), b"").map_err(|e| Error::io(&tmp, e))?;
@@ -41,6 +53,27 @@ pub fn ensure(cache_dir: &Utf8Path) -> Result<Utf8PathBuf> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(dir)
+}
+
+/// A picture with a few faces: a noisy gradient background, sizes and aspect ratios varied
+/// (landscape, portrait, square) so letterboxing is exercised.
+fn scene(i: u64) -> RgbImage {
+    let mut g = SplitMix64::new(0x5CE_0000 + i);
+    let (w, h) = [(640, 480), (480, 640), (800, 600), (512, 512)][i as usize % 4];
+    let (c0, c1) = ([unit01(&mut g) * 255.0, unit01(&mut g) * 255.0, unit01(&mut g) * 255.0], [unit01(&mut g) * 255.0, unit01(&mut g) * 255.0, unit01(&mut g) * 255.0]);
+    let mut img = RgbImage::from_fn(w, h, |x, y| {
+        let t = (x + y) as f32 / (w + h) as f32;
+        let n = 10.0 * g.unit();
+        Rgb([0, 1, 2].map(|c| (c0[c] * (1.0 - t) + c1[c] * t + n).clamp(0.0, 255.0) as u8))
+    });
+    let faces = 1 + (g.next_u64() % 5) as u32;
+    for k in 0..faces {
+        let size = 40 + (g.next_u64() % 160) as u32;
+        let crop = image::imageops::resize(&face((i * 7 + k as u64) % IDENTITIES as u64, k as u64), size, size, image::imageops::FilterType::Triangle);
+        let (x, y) = ((g.next_u64() % (w - size) as u64) as i64, (g.next_u64() % (h - size) as u64) as i64);
+        image::imageops::replace(&mut img, &crop, x, y);
+    }
+    img
 }
 
 fn unit01(r: &mut SplitMix64) -> f32 {
