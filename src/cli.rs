@@ -193,10 +193,11 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
                         Decision::Cached { .. } => "cached".to_string(),
                         Decision::Run { reasons, .. } => format!("will run: {}", reasons.join("; ")),
                         Decision::Waits { on } => format!("will run if `{}` changes its outputs", on.join("`, `")),
+                        Decision::Unavailable { reason } => format!("unavailable: {reason}"),
                     };
                     println!("{:>3}. {:<w$}  {:<9} {}", i + 1, s.step, s.kind, what);
                 }
-                let n = p.iter().filter(|s| !matches!(s.decision, Decision::Cached { .. })).count();
+                let n = p.iter().filter(|s| !matches!(s.decision, Decision::Cached { .. } | Decision::Unavailable { .. })).count();
                 println!("{n} of {} steps to run", p.len());
             }
             Ok(0)
@@ -237,7 +238,7 @@ fn summary_line(v: &serde_json::Value) -> String {
 fn print_run(r: &RunReport, ctx: &BuildContext) {
     let count = |s: Status| r.steps.iter().filter(|x| x.status == s).count();
     println!(
-        "{}: {} steps: {} built, {} cached, {} failed, {} skipped, {} not run ({:.2}s)",
+        "{}: {} steps: {} built, {} cached, {} failed, {} skipped, {} not run{} ({:.2}s)",
         r.pipeline,
         r.steps.len(),
         count(Status::Built),
@@ -245,6 +246,10 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
         count(Status::Failed),
         count(Status::Skipped),
         count(Status::NotRun),
+        match count(Status::Unavailable) {
+            0 => String::new(),
+            n => format!(", {n} unavailable"),
+        },
         r.duration_ms as f64 / 1000.0
     );
     let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
@@ -275,6 +280,7 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
             Decision::Run { reasons, .. } if lock.is_none() => ("not-built", json!({"reasons": reasons})),
             Decision::Run { reasons, .. } => ("stale", json!({"reasons": reasons})),
             Decision::Waits { on } => ("stale-upstream", json!({"upstream": on})),
+            Decision::Unavailable { reason } => ("unavailable", json!({"reasons": [reason]})),
         };
         let outputs: Vec<String> = lock.map(|l| l.outputs.keys().map(|k| ctx.step_out_dir(&s.step).join(k).to_string()).collect()).unwrap_or_default();
         rows.push(json!({"step": s.step, "kind": s.kind, "state": state, "detail": detail, "outputs": outputs}));
@@ -384,14 +390,30 @@ fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {
     })
 }
 
+/// TensorRT as a manifest (or, without one, the environment) would find it.
+fn tensorrt_for(file: Option<&Utf8Path>, cache_dir: &Utf8Path) -> Result<crate::toolchain::tensorrt::Discovery> {
+    Ok(match file {
+        Some(f) => {
+            let m = Manifest::load(f)?;
+            crate::toolchain::tensorrt::discover(m.toolchain.tensorrt.as_ref(), &m.dir, cache_dir)
+        }
+        None => crate::toolchain::tensorrt::discover(None, Utf8Path::new("."), cache_dir),
+    })
+}
+
 fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
     match t {
         ToolchainCmd::Show { file, json } => {
             let pins = pins_for(file.as_deref())?;
             let tc = Toolchain::find(cache_dir, &pins);
             let dir = crate::toolchain::env_dir(cache_dir, &pins);
+            let trt = tensorrt_for(file.as_deref(), cache_dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info)})).map_err(anyhow::Error::from)?);
+                let trt_json = match &trt {
+                    Ok(t) => json!({"available": true, "found": t, "fingerprint": t.fingerprint()}),
+                    Err(e) => json!({"available": false, "missing": e}),
+                };
+                println!("{}", serde_json::to_string_pretty(&json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info), "tensorrt": trt_json})).map_err(anyhow::Error::from)?);
                 return Ok(0);
             }
             println!("toolchain {} at {dir}", pins.id());
@@ -412,7 +434,10 @@ fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
                     println!("  libopenvino_c  {}", t.info.openvino_c_library.as_ref().map(|p| p.as_str()).unwrap_or("missing"));
                 }
             }
-            println!("  tensorrt     not provisioned here (TensorRT needs an NVIDIA GPU machine; see docs)");
+            match &trt {
+                Ok(t) => println!("  tensorrt     {} ({})", t.describe(), t.trtexec),
+                Err(e) => println!("  tensorrt     unavailable: {e}"),
+            }
             Ok(0)
         }
         ToolchainCmd::Install { file, force } => {

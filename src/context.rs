@@ -22,6 +22,8 @@ pub struct BuildContext {
     pub pins: Pins,
     pub toolchain: Option<Toolchain>,
     pub lock: Lock,
+    /// TensorRT, looked for on first use only (a pipeline without TensorRT steps never does).
+    tensorrt: std::sync::OnceLock<crate::toolchain::tensorrt::Discovery>,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -67,7 +69,20 @@ impl BuildContext {
         let pins = Pins::resolve(&manifest.toolchain);
         let toolchain = Toolchain::find(&cache_dir, &pins);
         let lock = Lock::load(&manifest.lock_path());
-        Ok(BuildContext { manifest, dag, store, cache_dir, pins, toolchain, lock })
+        Ok(BuildContext { manifest, dag, store, cache_dir, pins, toolchain, lock, tensorrt: std::sync::OnceLock::new() })
+    }
+
+    /// TensorRT as found for this manifest, or what is missing.
+    pub fn tensorrt(&self) -> &crate::toolchain::tensorrt::Discovery {
+        self.tensorrt.get_or_init(|| crate::toolchain::tensorrt::discover(self.manifest.toolchain.tensorrt.as_ref(), &self.manifest.dir, &self.cache_dir))
+    }
+
+    /// Why a step cannot run on this machine (its backend is not installed), if so.
+    pub fn unavailable(&self, step: &Step) -> Option<String> {
+        if steps::uses_tensorrt(&step.spec.params) {
+            return self.tensorrt().as_ref().err().cloned();
+        }
+        None
     }
 
     /// Install the toolchain if needed (run does this; plan and status only look).
@@ -168,16 +183,23 @@ impl BuildContext {
         for d in steps::datasets_used(&step.spec.params) {
             inputs.insert(format!("dataset:{d}"), self.dataset_digest(&d)?.1);
         }
+        for f in steps::extra_files(&step.spec.params) {
+            let path = self.manifest.resolve(&f);
+            if !path.is_file() {
+                return Err(Error::usage(format!("step `{}`: {path} does not exist", step.name)).with_hint(format!("paths in params are relative to {}", self.manifest.dir)));
+            }
+            inputs.insert(format!("file:{f}"), self.store.memo.blake3(&path)?.blake3);
+        }
         // The manifest's model declaration is a param of every step: check compares
         // against it and simplify freezes it.
         let params = json!({"step": step.spec.params, "model": {"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing}});
-        Ok(KeyParts {
-            kind: step.spec.kind.to_string(),
-            impl_version: steps::impl_version(step.spec.kind),
-            params,
-            inputs,
-            toolchain: tc.fingerprint(&steps::toolchain_pieces(&step.spec.params)),
-        })
+        let mut toolchain = tc.fingerprint(&steps::toolchain_pieces(&step.spec.params));
+        // An engine is specific to its TensorRT version and GPU: all of it is in the key.
+        if steps::uses_tensorrt(&step.spec.params) {
+            let trt = self.tensorrt().as_ref().map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
+            toolchain.extend(trt.fingerprint());
+        }
+        Ok(KeyParts { kind: step.spec.kind.to_string(), impl_version: steps::impl_version(step.spec.kind), params, inputs, toolchain })
     }
 
     /// Where a step's outputs are copied for people to read: `<output>/<step>/`.

@@ -53,6 +53,7 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
 }
 
+#[allow(clippy::too_many_arguments)]
 fn detector_pipeline(shared: &std::path::Path, model: &str, input: &str, shape: &str, extra_model: &str, feed: &str, detector: &str, sizes: &str) -> String {
     format!(
         r#"schema: 1

@@ -22,7 +22,7 @@ struct Level<'a> {
 fn group(outputs: &[NamedTensor], c: usize) -> Vec<(usize, Vec<f32>)> {
     let mut g: Vec<(usize, Vec<f32>)> = outputs.iter().map(|(_, t)| rows(t)).filter(|(_, cc, _)| *cc == c).map(|(n, _, v)| (n, v)).collect();
     // Stable: equal sizes keep the model's order.
-    g.sort_by(|a, b| b.0.cmp(&a.0));
+    g.sort_by_key(|x| std::cmp::Reverse(x.0));
     g
 }
 
@@ -45,7 +45,7 @@ pub fn decode(outputs: &[NamedTensor], (h, w): (usize, usize), strides: Option<&
         let s = s as usize;
         let n = scores[i].0;
         // InsightFace feeds multiples of 32 (floor = ceil); a padded export rounds up.
-        let (fw, fh) = [(w / s, h / s), (w.div_ceil(s), h.div_ceil(s))].into_iter().find(|(fw, fh)| fw * fh > 0 && n % (fw * fh) == 0).ok_or_else(|| anyhow::anyhow!("SCRFD stride {s}: {n} rows do not fit a {}x{} feature map of a {w}x{h} input", w / s, h / s))?;
+        let (fw, fh) = [(w / s, h / s), (w.div_ceil(s), h.div_ceil(s))].into_iter().find(|(fw, fh)| fw * fh > 0 && n.is_multiple_of(fw * fh)).ok_or_else(|| anyhow::anyhow!("SCRFD stride {s}: {n} rows do not fit a {}x{} feature map of a {w}x{h} input", w / s, h / s))?;
         if boxes[i].0 != n || kps.get(i).is_some_and(|k| k.0 != n) {
             return Err(anyhow::anyhow!("SCRFD stride {s}: score, box and keypoint outputs disagree on the number of anchors").into());
         }

@@ -17,6 +17,8 @@ pub enum Decision {
     Run { key: Option<String>, reasons: Vec<String> },
     /// Depends on a step that will run; decided when that finishes (it may still hit).
     Waits { on: Vec<String> },
+    /// Cannot run on this machine: its backend (TensorRT) is not installed.
+    Unavailable { reason: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,15 +107,25 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
     for name in selected {
         let step = ctx.manifest.step(name);
         let needs: Vec<String> = ctx.dag.deps(name).into_iter().map(String::from).collect();
-        let waits: Vec<String> = needs.iter().filter(|d| !matches!(out.iter().find(|p| &p.step == *d).map(|p| &p.decision), Some(Decision::Cached { .. }) | None)).cloned().collect();
-        let decision = if !waits.is_empty() {
+        let decision_of = |d: &str| out.iter().find(|p| p.step == d).map(|p| &p.decision);
+        let waits: Vec<String> = needs.iter().filter(|d| !matches!(decision_of(d), Some(Decision::Cached { .. } | Decision::Unavailable { .. }) | None)).cloned().collect();
+        let from_missing = step.spec.from.as_ref().and_then(|f| match decision_of(&f.value) {
+            Some(Decision::Unavailable { reason }) => Some(format!("its model comes from `{}`, which is unavailable ({reason})", f.value)),
+            _ => None,
+        });
+        let decision = if let Some(reason) = from_missing.or_else(|| ctx.unavailable(step)) {
+            Decision::Unavailable { reason }
+        } else if !waits.is_empty() {
             Decision::Waits { on: waits }
         } else if ctx.toolchain.is_none() {
             Decision::Run { key: None, reasons: vec![format!("toolchain {} is not installed yet (run installs it)", ctx.pins.id())] }
         } else {
             let model = |s: &str| known.get(s).and_then(|o| o.get("model.onnx")).map(|b| b.digest.clone());
             let digest = model_input_digest(step, &source.digest, &model).unwrap_or_default();
-            let parts = ctx.key_parts(step, &digest, &|s| known.get(s).cloned())?;
+            let parts = ctx.key_parts(step, &digest, &|s| match decision_of(s) {
+                Some(Decision::Unavailable { .. }) => Some([("unavailable".to_string(), crate::cache::BlobRef { digest: "unavailable".into(), size: 0 })].into()),
+                _ => known.get(s).cloned(),
+            })?;
             let key = parts.key();
             if !no_cache && ctx.store.lookup(&key)?.is_some() {
                 Decision::Cached { key }

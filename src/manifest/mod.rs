@@ -127,6 +127,16 @@ impl Manifest {
                         .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
                 }
             }
+            if let crate::manifest::StepParams::Convert(p) = &step.spec.params {
+                let from_kind = step.spec.from.as_ref().map(|f| steps[&f.value].spec.kind);
+                p.check_from(from_kind).map_err(|(m, h)| {
+                    let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
+                    match h {
+                        Some(h) => e.with_hint(h),
+                        None => e,
+                    }
+                })?;
+            }
             for r in crate::steps::referenced_steps(&step.spec.params) {
                 crate::steps::check_reference(&step.spec.params, &r, steps[&r].spec.kind).map_err(|(m, h)| {
                     let e = Error::manifest(step.location.clone(), format!("step `{}` {m}", step.name));

@@ -253,4 +253,7 @@ pub struct ToolchainSpec {
     /// The Python interpreter used to create the environment (default `python3`).
     #[serde(default)]
     pub interpreter: Option<String>,
+    /// Where TensorRT is (it cannot be installed from PyPI): see docs/tensorrt.md.
+    #[serde(default)]
+    pub tensorrt: Option<crate::toolchain::tensorrt::TensorRtSpec>,
 }

@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, simplify::SimplifyParams};
+use crate::steps::{calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,6 +18,7 @@ pub enum StepKind {
     Simplify,
     Calibrate,
     Convert,
+    Quantize,
     Compare,
 }
 
@@ -28,6 +29,7 @@ impl StepKind {
             StepKind::Simplify => "simplify",
             StepKind::Calibrate => "calibrate",
             StepKind::Convert => "convert",
+            StepKind::Quantize => "quantize",
             StepKind::Compare => "compare",
         }
     }
@@ -46,6 +48,7 @@ pub enum StepParams {
     Simplify(SimplifyParams),
     Calibrate(CalibrateParams),
     Convert(ConvertParams),
+    Quantize(QuantizeParams),
     Compare(CompareParams),
 }
 
@@ -105,6 +108,7 @@ impl<'de> Visitor<'de> for StepVisitor {
                         StepKind::Simplify => StepParams::Simplify(map.next_value()?),
                         StepKind::Calibrate => StepParams::Calibrate(map.next_value()?),
                         StepKind::Convert => StepParams::Convert(map.next_value()?),
+                        StepKind::Quantize => StepParams::Quantize(map.next_value()?),
                         StepKind::Compare => StepParams::Compare(map.next_value()?),
                     });
                 }
@@ -125,6 +129,6 @@ fn default_params(kind: StepKind) -> Option<StepParams> {
     match kind {
         StepKind::Check => Some(StepParams::Check(CheckParams::default())),
         StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
-        StepKind::Calibrate | StepKind::Convert | StepKind::Compare => None,
+        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare => None,
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod onnxruntime;
 pub mod openvino;
+pub mod tensorrt;
 
 use camino::Utf8Path;
 

@@ -36,6 +36,9 @@ pub enum Status {
     Skipped,
     /// Not started: the run stopped (first failure without --keep-going, or Ctrl-C).
     NotRun,
+    /// Its backend is not installed here (TensorRT): never cached, never a pass; fails the
+    /// run only when the step is `required: true`.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +80,7 @@ enum State {
     Done(BTreeMap<String, BlobRef>),
     Failed,
     Skipped(String),
+    Unavailable(String),
 }
 
 struct Finished {
@@ -121,10 +125,26 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                         changed = true;
                         continue;
                     }
-                    if !deps.iter().all(|d| matches!(state.get(*d), Some(State::Done(_)))) {
+                    if !deps.iter().all(|d| matches!(state.get(*d), Some(State::Done(_) | State::Unavailable(_)))) {
                         continue;
                     }
                     let step = ctx.manifest.step(name);
+                    // Unavailable here: its backend is missing, or the model it converts is.
+                    let from_missing = step.spec.from.as_ref().and_then(|f| match state.get(&f.value) {
+                        Some(State::Unavailable(why)) => Some(format!("its model comes from `{}`, which is unavailable ({why})", f.value)),
+                        _ => None,
+                    });
+                    if let Some(why) = from_missing.or_else(|| ctx.unavailable(step)) {
+                        progress::println_err(&format!("  unavailable  {name}: {why}"));
+                        let mut r = result_of(ctx, name, Status::Unavailable, None, vec![], 0, &BTreeMap::new(), serde_json::Value::Null, Some(format!("unavailable: {why}")));
+                        if steps::required(&step.spec.params) {
+                            r.error = Some(format!("unavailable, and the step is `required: true`: {why}"));
+                        }
+                        results.insert(name.clone(), r);
+                        state.insert(name.clone(), State::Unavailable(why));
+                        changed = true;
+                        continue;
+                    }
                     let upstream = |s: &str| match state.get(s) {
                         Some(State::Done(o)) => o.get("model.onnx").map(|b| b.digest.clone()),
                         _ => None,
@@ -132,6 +152,9 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     let model_digest = model_input_digest(step, &source.digest, &upstream).expect("validated: `from` names a model-producing step that is done");
                     let outputs_of = |s: &str| match state.get(s) {
                         Some(State::Done(o)) => Some(o.clone()),
+                        // A dependant's key records that this input was absent: when it
+                        // becomes available the key changes and the dependant reruns.
+                        Some(State::Unavailable(_)) => Some([("unavailable".to_string(), BlobRef { digest: "unavailable".into(), size: 0 })].into()),
                         _ => None,
                     };
                     let parts = ctx.key_parts(step, &model_digest, &outputs_of)?;
@@ -238,7 +261,8 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     update_lock(ctx, &state, &parts_of)?;
     ctx.store.memo.save()?;
     let interrupted = cancel.load(Ordering::Relaxed);
-    let ok = !interrupted && steps_out.iter().all(|r| matches!(r.status, Status::Cached | Status::Built));
+    let required_missing = steps_out.iter().any(|r| r.status == Status::Unavailable && steps::required(&ctx.manifest.step(&r.step).spec.params));
+    let ok = !interrupted && !required_missing && steps_out.iter().all(|r| matches!(r.status, Status::Cached | Status::Built | Status::Unavailable));
     Ok(RunReport {
         pipeline: ctx.manifest.name.clone(),
         manifest: ctx.manifest.file.clone(),
@@ -280,7 +304,8 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: B
     for d in steps::datasets_used(&step.spec.params) {
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
-    let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, store: &ctx.store, upstream, workdir: &workdir, cancel, progress: &pb };
+    let tensorrt = if steps::uses_tensorrt(&step.spec.params) { ctx.tensorrt().as_ref().ok() } else { None };
+    let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, tensorrt, store: &ctx.store, upstream, workdir: &workdir, cancel, progress: &pb };
     let started = Instant::now();
     let outcome = steps::run(&sctx);
     pb.finish_and_clear();

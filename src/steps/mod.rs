@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod check;
 pub mod compare;
 pub mod convert;
+pub mod quantize;
 pub mod simplify;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub struct StepContext<'a> {
     /// Named datasets the step uses, resolved to folders.
     pub datasets: BTreeMap<String, Utf8PathBuf>,
     pub toolchain: &'a Toolchain,
+    /// TensorRT, for the steps that use it (found before they are scheduled).
+    pub tensorrt: Option<&'a crate::toolchain::tensorrt::TensorRt>,
     /// The cache, for memoized intermediate data (prepared image tensors).
     pub store: &'a crate::cache::Store,
     /// Outputs of the steps this one depends on: step -> output name -> file in the store.
@@ -68,6 +71,7 @@ pub fn impl_version(kind: StepKind) -> u32 {
         StepKind::Simplify => simplify::IMPL_VERSION,
         StepKind::Calibrate => calibrate::IMPL_VERSION,
         StepKind::Convert => convert::IMPL_VERSION,
+        StepKind::Quantize => quantize::IMPL_VERSION,
         StepKind::Compare => compare::IMPL_VERSION,
     }
 }
@@ -79,19 +83,39 @@ pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
         StepParams::Simplify(p) => p.toolchain_pieces(),
         StepParams::Calibrate(_) => calibrate::TOOLCHAIN.to_vec(),
         StepParams::Convert(p) => p.toolchain_pieces(),
+        StepParams::Quantize(_) => quantize::TOOLCHAIN.to_vec(),
         StepParams::Compare(_) => compare::TOOLCHAIN.to_vec(),
     }
 }
 
 /// Whether a kind produces a `model` output that a later step can take `from`.
 pub fn produces_model(kind: StepKind) -> bool {
-    matches!(kind, StepKind::Simplify)
+    matches!(kind, StepKind::Simplify | StepKind::Quantize)
+}
+
+/// Whether a step needs TensorRT (then its versions enter the key, and it is `unavailable`
+/// where TensorRT is not installed).
+pub fn uses_tensorrt(params: &StepParams) -> bool {
+    matches!(params, StepParams::Convert(p) if p.backend == convert::Backend::Tensorrt)
+}
+
+/// Whether the step says it must run (`required: true`): unavailable then fails the run.
+pub fn required(params: &StepParams) -> bool {
+    matches!(params, StepParams::Convert(p) if p.required)
+}
+
+/// Files named in params that are inputs (a legacy TensorRT calibration cache).
+pub fn extra_files(params: &StepParams) -> Vec<camino::Utf8PathBuf> {
+    match params {
+        StepParams::Convert(p) => p.calib_cache.iter().cloned().collect(),
+        _ => vec![],
+    }
 }
 
 /// Datasets a step reads (names from the manifest's `datasets:`).
 pub fn datasets_used(params: &StepParams) -> Vec<String> {
     match params {
-        StepParams::Check(_) | StepParams::Convert(_) => vec![],
+        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) => vec![],
         StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
         StepParams::Calibrate(p) => vec![p.dataset.clone()],
         StepParams::Compare(p) => vec![p.dataset.clone()],
@@ -102,6 +126,7 @@ pub fn datasets_used(params: &StepParams) -> Vec<String> {
 pub fn referenced_steps(params: &StepParams) -> Vec<String> {
     match params {
         StepParams::Convert(p) => p.calibration.iter().cloned().collect(),
+        StepParams::Quantize(p) => vec![p.calibration.clone()],
         StepParams::Compare(p) => p.candidates.iter().map(|c| c.step().to_string()).collect(),
         _ => vec![],
     }
@@ -110,14 +135,14 @@ pub fn referenced_steps(params: &StepParams) -> Vec<String> {
 /// Which kinds a referenced step must be, per referencing kind.
 pub fn check_reference(params: &StepParams, target: &str, target_kind: StepKind) -> std::result::Result<(), (String, Option<String>)> {
     let ok = match params {
-        StepParams::Convert(_) => target_kind == StepKind::Calibrate,
-        StepParams::Compare(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify),
+        StepParams::Convert(_) | StepParams::Quantize(_) => target_kind == StepKind::Calibrate,
+        StepParams::Compare(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize),
         _ => true,
     };
     if ok {
         Ok(())
     } else {
-        let want = if matches!(params, StepParams::Convert(_)) { "a `calibrate` step" } else { "a `convert` or `simplify` step" };
+        let want = if matches!(params, StepParams::Convert(_) | StepParams::Quantize(_)) { "a `calibrate` step" } else { "a `convert`, `quantize` or `simplify` step" };
         Err((format!("names `{target}`, a `{target_kind}` step, where {want} is expected"), None))
     }
 }
@@ -131,7 +156,7 @@ pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::r
         }
     }
     match &step.spec.params {
-        StepParams::Check(_) | StepParams::Calibrate(_) => Ok(()),
+        StepParams::Check(_) | StepParams::Calibrate(_) | StepParams::Quantize(_) => Ok(()),
         StepParams::Simplify(p) => p.validate(),
         StepParams::Convert(p) => p.validate(),
         StepParams::Compare(p) => p.validate(),
@@ -144,6 +169,7 @@ pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
         StepParams::Simplify(p) => simplify::run(ctx, p),
         StepParams::Calibrate(p) => calibrate::run(ctx, p),
         StepParams::Convert(p) => convert::run(ctx, p),
+        StepParams::Quantize(p) => quantize::run(ctx, p),
         StepParams::Compare(p) => compare::run(ctx, p),
     }
 }

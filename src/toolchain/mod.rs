@@ -4,6 +4,8 @@
 //! every version a step uses. The installed versions are written to `toolchain.json`
 //! once, and read from there afterwards: a no-op run never starts Python.
 
+pub mod tensorrt;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -268,21 +268,38 @@ pub(crate) struct Loaded {
     pub load_ms: u64,
 }
 
-pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &CandidateSpec, ort: &OnnxRuntime) -> Result<Loaded> {
-    let outputs = &ctx.upstream[cand.step()];
+/// A candidate that cannot be compared here: its step was unavailable (TensorRT absent), or
+/// its engine cannot run on this machine. Reported as such, never as a pass.
+pub(crate) type Unavailable = String;
+
+pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &CandidateSpec, ort: &OnnxRuntime) -> Result<std::result::Result<Loaded, Unavailable>> {
+    let Some(outputs) = ctx.upstream.get(cand.step()) else {
+        return Ok(Err(format!("step `{}` is unavailable on this machine", cand.step())));
+    };
     let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
+    let report: Option<serde_json::Value> = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice(&b).ok());
     let t_load = Instant::now();
     let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
         let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
         (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
+    } else if let Some(engine) = outputs.get("model.engine") {
+        if report.as_ref().is_some_and(|r| r["standin"] == true) {
+            return Ok(Err("its engine was made by facebuild's test stand-in for trtexec, not by TensorRT: nothing to run".into()));
+        }
+        // The Python with TensorRT and cuda-python: the manifest's, else the toolchain's.
+        let python = ctx.manifest.toolchain.tensorrt.as_ref().and_then(|t| t.python.clone()).map(|p| ctx.manifest.resolve(&p)).unwrap_or_else(|| ctx.toolchain.python());
+        if let Err(e) = crate::toolchain::tensorrt::check_python(&python) {
+            return Ok(Err(format!("cannot run TensorRT engines here: {e} (set `toolchain.tensorrt.python` to a Python with tensorrt and cuda-python)")));
+        }
+        (crate::runtime::tensorrt::TensorRtRuntime { python, standin: false }.load(engine)?, "tensorrt-engine")
     } else if let Some(onnx) = outputs.get("model.onnx") {
         (ort.load(onnx)?, "onnx")
     } else {
-        return Err(Error::Step { step: ctx.step.name.clone(), message: format!("candidate `{}` has no model output (model.onnx or model.xml)", cand.step()), hint: Some("candidates are convert or simplify steps".into()) });
+        return Err(Error::Step { step: ctx.step.name.clone(), message: format!("candidate `{}` has no model output (model.onnx, model.xml or model.engine)", cand.step()), hint: Some("candidates are convert, quantize or simplify steps".into()) });
     };
-    // An INT8 IR runs quantized ops in int8 whatever the hint says for the rest.
-    let weights = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
-    Ok(Loaded { model, artifact, weights, hint, load_ms: t_load.elapsed().as_millis() as u64 })
+    // An INT8 artifact runs its quantized ops in int8 whatever the hint says for the rest.
+    let weights = report.as_ref().and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+    Ok(Ok(Loaded { model, artifact, weights, hint, load_ms: t_load.elapsed().as_millis() as u64 }))
 }
 
 pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
@@ -331,7 +348,14 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         ctx.check_cancelled()?;
         let label = cand.label();
         ctx.progress.set_message(format!("candidate {label}"));
-        let Loaded { mut model, artifact, weights, hint, load_ms } = load_candidate(ctx, p, cand, &ort)?;
+        let Loaded { mut model, artifact, weights, hint, load_ms } = match load_candidate(ctx, p, cand, &ort)? {
+            Ok(l) => l,
+            Err(why) => {
+                table.push(format!("| {label} | - | unavailable: {why} | - | - | - | - | - | - | - | not compared |"));
+                cands_json.push(json!({"label": label, "step": cand.step(), "available": false, "unavailable": why, "passed": null}));
+                continue;
+            }
+        };
         let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
         let own = match own_pre {
             Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pp, aligner.as_ref()))?),
@@ -429,8 +453,12 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         return Err(Error::Step { step: step.clone(), message: format!("fidelity gate failed: {}", failures.join("; ")), hint: Some("see report.md beside report.json for every candidate's figures".into()) });
     }
     timing.insert("total_ms".to_string(), json!(t_total.elapsed().as_millis() as u64));
-    let worst = cands_json.iter().map(|c| c["cosine"]["min"].as_f64().unwrap_or(f64::NAN)).fold(1.0, f64::min);
-    let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
+    let worst = cands_json.iter().filter_map(|c| c["cosine"]["min"].as_f64()).fold(1.0, f64::min);
+    let unavailable = cands_json.iter().filter(|c| c["available"] == false).count();
+    let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
+    if unavailable > 0 {
+        summary["unavailable"] = json!(unavailable);
+    }
     Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
 }
 

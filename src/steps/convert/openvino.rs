@@ -1,86 +1,19 @@
-//! `convert`: ONNX -> deployment artifact. Backend `openvino`: IR (XML + BIN) with `ovc` from
-//! the toolchain for fp32 (`--compress_to_fp16=False`) and fp16 (`--compress_to_fp16=True`),
-//! and NNCF post-training quantization on the `calibrate` artifact for int8. Every IR is then
-//! loaded and run in-process once, beside ONNX Runtime on the same input, as a smoke check;
-//! the fidelity gate proper is `compare`.
+//! `convert` with `backend: openvino`: IR (XML + BIN) with `ovc` from the toolchain for fp32
+//! (`--compress_to_fp16=False`) and fp16 (`--compress_to_fp16=True`), NNCF post-training
+//! quantization on the `calibrate` artifact for int8. Every IR is then loaded and run
+//! in-process once, beside ONNX Runtime on the same input, as a smoke check; the fidelity
+//! gate proper is `compare`.
 
 use std::process::{Command, Stdio};
 
 use ndarray::{ArrayD, IxDyn};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{StepContext, StepOutcome};
+use super::{ConvertParams, Precision, Preset};
 use crate::error::{Error, Result};
 use crate::manifest::Dim;
 use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, Runtime};
-
-pub const IMPL_VERSION: u32 = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Openvino,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp32,
-    Fp16,
-    Int8,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// Symmetric quantization of weights and activations: fastest.
-    Performance,
-    /// Asymmetric activations: better for non-ReLU activations such as PReLU.
-    Mixed,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConvertParams {
-    pub backend: Backend,
-    pub precision: Precision,
-    /// The `calibrate` step whose tensor drives INT8 quantization (required for int8).
-    #[serde(default)]
-    pub calibration: Option<String>,
-    /// Input shape to convert with; default: the manifest's `model.input.shape`.
-    #[serde(default)]
-    pub input_shape: Option<Vec<Dim>>,
-    #[serde(default = "default_preset")]
-    pub preset: Preset,
-    /// Calibration items NNCF uses at most (default 300, its own default).
-    #[serde(default = "default_subset")]
-    pub subset_size: usize,
-}
-
-fn default_preset() -> Preset {
-    Preset::Mixed
-}
-fn default_subset() -> usize {
-    300
-}
-
-impl ConvertParams {
-    pub fn toolchain_pieces(&self) -> Vec<&'static str> {
-        match self.precision {
-            Precision::Int8 => vec!["openvino", "nncf", "onnxruntime"],
-            _ => vec!["openvino", "onnxruntime"],
-        }
-    }
-
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
-        match (self.precision, &self.calibration) {
-            (Precision::Int8, None) => Err(("`precision: int8` needs `calibration: <calibrate step>`".into(), Some("add a `kind: calibrate` step and name it here".into()))),
-            (Precision::Fp32 | Precision::Fp16, Some(_)) => Err(("`calibration` is only used with `precision: int8`".into(), None)),
-            _ => Ok(()),
-        }
-    }
-}
+use crate::steps::{StepContext, StepOutcome};
 
 /// ovc's `--input` value: fixed dims as they are, a declared range as `min..max` (OpenVINO
 /// then compiles for that range), an undeclared named dim as `?` (fully dynamic).
@@ -116,8 +49,9 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
             ctx.progress.set_message("NNCF post-training quantization");
             // Named dims stay dynamic (-1) in the quantized IR; ranges are not needed by NNCF.
             let shape_json = serde_json::to_string(&shape).map_err(anyhow::Error::from)?;
-            let preset = serde_json::to_value(p.preset).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            let r = ctx.toolchain.run_script(include_str!("../toolchain/python/quantize.py"), &[ctx.model.as_str(), xml.as_str(), calib.as_str(), &decl.name, &shape_json, &preset, &p.subset_size.to_string()], "NNCF quantization")?;
+            let preset = serde_json::to_value(p.preset.unwrap_or(Preset::Mixed)).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let subset = p.subset_size.unwrap_or(300);
+            let r = ctx.toolchain.run_script(include_str!("../../toolchain/python/quantize.py"), &[ctx.model.as_str(), xml.as_str(), calib.as_str(), &decl.name, &shape_json, &preset, &subset.to_string()], "NNCF quantization")?;
             json!({"tool": "nncf.quantize", "result": r, "calibration": calib_step})
         }
     };
@@ -150,7 +84,7 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "smoke": {"output": ov_out[0].0, "shape": a.shape(), "cosine_vs_onnxruntime": smoke_cos, "execution": ir.execution()},
         "toolchain": ctx.toolchain.fingerprint(&p.toolchain_pieces()),
     });
-    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
+    let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({
         "ir": format!("{:?} {}", p.precision, crate::util::human_bytes(size(&bin))).to_lowercase(),
         "smoke_cosine": smoke_cos,

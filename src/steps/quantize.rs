@@ -1,0 +1,64 @@
+//! `quantize`: explicit INT8 quantization of the ONNX model as Q/DQ (QuantizeLinear /
+//! DequantizeLinear pairs), from the `calibrate` artifact, with onnxruntime.quantization.
+//! Modern TensorRT builds INT8 engines from such a model (explicit quantization) rather than
+//! calibrating itself; the Q/DQ model is also an ONNX model that ONNX Runtime runs on the
+//! CPU, so `compare` gates it here, for real, before any GPU builds an engine from it.
+//! Output `model.onnx` (a `from:` source for `convert` with `backend: tensorrt`), `report.json`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{StepContext, StepOutcome};
+use crate::error::Result;
+
+pub const IMPL_VERSION: u32 = 1;
+pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    MinMax,
+    Entropy,
+    Percentile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeParams {
+    /// The `calibrate` step whose tensor sets the activation ranges.
+    pub calibration: String,
+    /// Range estimation: minmax (default; what TensorRT's own max calibration does), entropy, percentile.
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// Per-channel weight scales (default true; TensorRT supports them on Conv/Gemm).
+    #[serde(default = "yes")]
+    pub per_channel: bool,
+}
+
+fn default_method() -> Method {
+    Method::MinMax
+}
+fn yes() -> bool {
+    true
+}
+
+pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
+    let calib = &ctx.upstream[&p.calibration]["calibration.npy"];
+    let out = ctx.workdir.join("model.onnx");
+    ctx.progress.set_message("onnxruntime.quantization: static Q/DQ INT8");
+    let method = serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let r = ctx.toolchain.run_script(include_str!("../toolchain/python/qdq.py"), &[ctx.model.as_str(), out.as_str(), calib.as_str(), &ctx.manifest.model.input.name, &method, if p.per_channel { "1" } else { "0" }], "Q/DQ quantization")?;
+    let report = json!({
+        "step": ctx.step.name,
+        "kind": "quantize",
+        "precision": "int8",
+        "format": "onnx-qdq",
+        "calibration": p.calibration,
+        "result": r,
+        "model": {"blake3": crate::cache::memo::hash_file(&out)?, "bytes": std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)},
+        "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
+    });
+    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
+    let summary = json!({"qdq_pairs": r["quantize_linear"], "method": method, "per_channel": p.per_channel, "calibration_items": r["calibration_items"]});
+    Ok(StepOutcome { outputs: [("model.onnx".to_string(), out), ("report.json".to_string(), report_path)].into(), summary })
+}

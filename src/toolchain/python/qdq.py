@@ -1,0 +1,52 @@
+# facebuild helper: explicit (Q/DQ) INT8 quantization of an ONNX model with
+# onnxruntime.quantization, in the form TensorRT's explicit-quantization mode consumes:
+# QDQ format, signed int8, symmetric activations and weights, per-channel weights, a
+# dedicated Q/DQ pair per consumer, bias left in float.
+# argv: src dst calibration.npy input_name method per_channel(0|1); prints one JSON line.
+import json, os, sys, tempfile
+import numpy as np
+import onnx
+import onnxruntime
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+src, dst, calib_path, input_name, method, per_channel = sys.argv[1:7]
+calib = np.load(calib_path).astype(np.float32)
+
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.items = iter([{input_name: calib[i : i + 1]} for i in range(calib.shape[0])])
+    def get_next(self):
+        return next(self.items, None)
+
+upgraded_from = None
+with tempfile.TemporaryDirectory() as tmp:
+    # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13, and so
+    # does TensorRT's explicit quantization: older exports are converted first.
+    model = onnx.load(src)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        from onnx import version_converter
+        upgraded_from = opset
+        model = version_converter.convert_version(model, 13)
+        src = os.path.join(tmp, "opset13.onnx")
+        onnx.save(model, src)
+    pre = os.path.join(tmp, "pre.onnx")
+    # Shape inference and constant folding first, as onnxruntime recommends before quantizing.
+    quant_pre_process(src, pre, skip_optimization=False)
+    quantize_static(
+        pre, dst, Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel == "1",
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False},
+    )
+m = onnx.load(dst)
+ops = {}
+for n in m.graph.node:
+    ops[n.op_type] = ops.get(n.op_type, 0) + 1
+print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(calib.shape[0]),
+                  "method": method, "per_channel": per_channel == "1", "opset_upgraded_from": upgraded_from, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
+                  "settings": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric", "bias": "float", "dedicated_qdq_pair": True}}))
