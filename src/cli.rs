@@ -253,14 +253,17 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
         r.duration_ms as f64 / 1000.0
     );
     let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
+    let status_of = |s: &crate::scheduler::StepResult| serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(|x| x.replace('_', " "))).unwrap_or_default();
+    let sw = r.steps.iter().map(|s| status_of(s).len()).max().unwrap_or(0).max(8);
     for s in &r.steps {
-        let status = serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(|x| x.replace('_', " "))).unwrap_or_default();
+        let status = status_of(s);
         let detail = match (&s.error, s.status) {
+            (Some(e), Status::Unavailable) => e.trim_start_matches("unavailable: ").lines().next().unwrap_or_default().to_string(),
             (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
             (None, Status::Built) => format!("{:.1}s  {}", s.duration_ms as f64 / 1000.0, summary_line(&s.summary)),
             _ => summary_line(&s.summary),
         };
-        println!("  {:<w$}  {:<8} {}", s.step, status, detail);
+        println!("  {:<w$}  {:<sw$} {}", s.step, status, detail);
     }
     println!("source {} | outputs in {} | lockfile {}", r.source, ctx.manifest.output_dir, ctx.manifest.lock_path());
 }

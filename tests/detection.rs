@@ -32,7 +32,7 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     p.write("pipelines/detection.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/detection.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
-    assert!(statuses(&r).iter().all(|(_, s)| s == "built"), "{r:#}");
+    assert!(statuses(&r).iter().all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
     let rep = report(&p, "pipelines/out/detection/compare/report.json");
     assert_eq!(rep["task"], "detection");
     let fp32 = candidate(&rep, "openvino_fp32");
@@ -50,7 +50,7 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     let args = conv["conversion"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert!(args.contains(&"input.1[1,3,320..640,320..640]".to_string()), "{args:?}");
     let (_, r) = p.run_json("pipelines/detection.yaml", &[]);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+    assert!(statuses(&r).iter().all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
 }
 
 #[allow(clippy::too_many_arguments)]

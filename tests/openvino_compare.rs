@@ -128,12 +128,14 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     p.write("pipelines/recognition.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
-    assert!(statuses(&r).iter().all(|(_, s)| s == "built"), "{r:#}");
-    for f in ["openvino_fp32/model.xml", "openvino_fp16/model.bin", "openvino_int8/model.xml", "calibrate/calibration.npy", "compare/report.md"] {
+    // TensorRT is not installed on these machines: its steps say so, everything else builds.
+    assert!(statuses(&r).iter().all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
+    for f in ["openvino_fp32/model.xml", "quantize/model.onnx", "openvino_fp16/model.bin", "openvino_int8/model.xml", "calibrate/calibration.npy", "compare/report.md"] {
         assert!(p.path(&format!("pipelines/out/recognition/{f}")).exists(), "{f}");
     }
     let rep = report(&p, "pipelines/out/recognition/compare/report.json");
     assert_eq!(rep["dataset"]["pairs"]["kind"], "folder per identity (12 identities)");
-    let (_, r) = p.run_json("pipelines/recognition.yaml", &[]);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+    let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
+    assert_eq!(code, 0);
+    assert!(statuses(&r).iter().all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
 }

@@ -221,3 +221,24 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
         q["verification"]["candidate"]["eer"].as_f64().unwrap(), q["verification"]["flips_at_reference_threshold"]
     ));
 }
+
+/// The engine worker's framed protocol end to end, through the real Python worker in its
+/// stand-in mode (no TensorRT here: it doubles its input).
+#[test]
+fn engine_worker_protocol_round_trips_tensors() {
+    use facebuild::runtime::{tensorrt::TensorRtRuntime, Runtime};
+    let cache = camino::Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
+    let tc = facebuild::toolchain::Toolchain::ensure(&cache, &facebuild::toolchain::Pins::resolve(&Default::default())).unwrap();
+    let rt = TensorRtRuntime { python: tc.python(), standin: true };
+    let mut m = rt.load(camino::Utf8Path::new("no-engine")).unwrap();
+    assert_eq!(m.execution().settings["worker"], "test stand-in (not TensorRT)");
+    for n in [1usize, 7, 3 * 112 * 112] {
+        let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, n]), (0..n).map(|i| i as f32 * 0.25 - 3.0).collect()).unwrap();
+        let y = m.run(&[("x".into(), x.clone())]).unwrap();
+        assert_eq!(y.len(), 1);
+        assert_eq!(y[0].1, x.mapv(|v| v * 2.0));
+    }
+    // Without the stand-in flag the worker needs TensorRT, which is not installed here.
+    let err = TensorRtRuntime { python: tc.python(), standin: false }.load(camino::Utf8Path::new("no-engine")).err().unwrap().to_string();
+    assert!(err.contains("TensorRT cannot load this engine") && err.contains("tensorrt"), "{err}");
+}

@@ -78,6 +78,10 @@ impl Runtime for TensorRtRuntime {
     fn load(&self, engine: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
         let mut cmd = Command::new(&self.python);
         cmd.arg("-u").arg("-c").arg(WORKER).arg(if self.standin { "standin" } else { "tensorrt" }).arg(engine.as_str());
+        if self.standin {
+            // Only tests construct a stand-in runtime; no manifest setting leads here.
+            cmd.env(crate::toolchain::tensorrt::ALLOW_STANDIN_ENV, "1");
+        }
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| Error::toolchain(format!("cannot start the TensorRT worker with {}: {e}", self.python)))?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
