@@ -69,6 +69,9 @@ enum Command {
     /// Show or install the Python toolchain (onnx, onnxruntime, onnxsim, openvino, nncf)
     #[command(subcommand)]
     Toolchain(ToolchainCmd),
+    /// Measure one benchmark target in this process (started by the `benchmark` step)
+    #[command(hide = true)]
+    BenchTarget { spec: Utf8PathBuf },
     /// Write a built-in model to a file (for benchmarks and experiments)
     Builtin {
         /// iresnet-mini, iresnet18 or iresnet50
@@ -205,6 +208,13 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
         Command::Status { file, json } => status(&Manifest::load(&file)?, cache_dir, json),
         Command::Cache(c) => cache_cmd(c, &cache_dir),
         Command::Toolchain(t) => toolchain_cmd(t, &cache_dir),
+        Command::BenchTarget { spec } => {
+            let bytes = std::fs::read(&spec).map_err(|e| Error::io(&spec, e))?;
+            let spec: crate::runtime::bench::BenchSpec = serde_json::from_slice(&bytes).map_err(|e| Error::usage(format!("bench-target: {e}")))?;
+            let v = crate::runtime::bench::run_child(&spec)?;
+            println!("{v}");
+            Ok(0)
+        }
         Command::Builtin { name, output } => {
             let b = crate::onnx::builtin::BuiltinModel::from_name(&name)
                 .ok_or_else(|| Error::usage(format!("unknown built-in model `{name}`")).with_hint(format!("choose one of {}", crate::onnx::builtin::BuiltinModel::names().join(", "))))?;

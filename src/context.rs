@@ -199,6 +199,10 @@ impl BuildContext {
             let trt = self.tensorrt().as_ref().map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
             toolchain.extend(trt.fingerprint());
         }
+        // Measurements belong to the machine that made them.
+        if step.spec.kind == crate::manifest::StepKind::Benchmark {
+            toolchain.insert("machine".into(), steps::benchmark::machine_fingerprint());
+        }
         Ok(KeyParts { kind: step.spec.kind.to_string(), impl_version: steps::impl_version(step.spec.kind), params, inputs, toolchain })
     }
 

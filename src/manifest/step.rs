@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
+use crate::steps::{benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +20,7 @@ pub enum StepKind {
     Convert,
     Quantize,
     Compare,
+    Benchmark,
 }
 
 impl StepKind {
@@ -30,6 +31,7 @@ impl StepKind {
             StepKind::Calibrate => "calibrate",
             StepKind::Convert => "convert",
             StepKind::Quantize => "quantize",
+            StepKind::Benchmark => "benchmark",
             StepKind::Compare => "compare",
         }
     }
@@ -50,6 +52,7 @@ pub enum StepParams {
     Convert(ConvertParams),
     Quantize(QuantizeParams),
     Compare(CompareParams),
+    Benchmark(BenchmarkParams),
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +112,7 @@ impl<'de> Visitor<'de> for StepVisitor {
                         StepKind::Calibrate => StepParams::Calibrate(map.next_value()?),
                         StepKind::Convert => StepParams::Convert(map.next_value()?),
                         StepKind::Quantize => StepParams::Quantize(map.next_value()?),
+                        StepKind::Benchmark => StepParams::Benchmark(map.next_value()?),
                         StepKind::Compare => StepParams::Compare(map.next_value()?),
                     });
                 }
@@ -129,6 +133,6 @@ fn default_params(kind: StepKind) -> Option<StepParams> {
     match kind {
         StepKind::Check => Some(StepParams::Check(CheckParams::default())),
         StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
-        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare => None,
+        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare | StepKind::Benchmark => None,
     }
 }

@@ -2,6 +2,7 @@
 //! executed (runtime, version, device, threads, precision) — that is part of every result.
 //! ONNX Runtime is here; OpenVINO and TensorRT plug in behind the same trait.
 
+pub mod bench;
 pub mod onnxruntime;
 pub mod openvino;
 pub mod tensorrt;

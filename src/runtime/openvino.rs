@@ -175,3 +175,105 @@ impl LoadedModel for OvModel {
         self.info.clone()
     }
 }
+
+/// A model compiled for benchmarking: a performance hint, a fixed input shape, and as many
+/// infer requests as the plugin finds optimal (OPTIMAL_NUMBER_OF_INFER_REQUESTS).
+pub struct OvBench {
+    compiled: openvino::CompiledModel,
+    input_name: String,
+    shape: Vec<i64>,
+    pub read_ms: f64,
+    pub compile_ms: f64,
+    pub requests: usize,
+    pub precision: String,
+    pub streams: String,
+}
+
+// SAFETY: as for OvModel; a benchmark uses it from one thread.
+unsafe impl Send for OvBench {}
+
+impl OpenVino {
+    /// Read and compile the IR with PERFORMANCE_HINT `hint` ("LATENCY" or "THROUGHPUT") at
+    /// input `shape` (reshaping the model when it differs; an error if the graph forbids it).
+    pub fn compile_for_bench(&self, xml: &Utf8Path, bin: &Utf8Path, hint: &str, shape: &[i64]) -> Result<OvBench> {
+        let t0 = std::time::Instant::now();
+        let mut core = Core::new().map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
+        let device = DeviceType::from(self.settings.device.as_str());
+        core.set_property(&device, &RwPropertyKey::HintPerformanceMode, hint).map_err(ov_err("setting PERFORMANCE_HINT"))?;
+        if let Some(p) = &self.settings.precision_hint {
+            core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p).map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
+        }
+        if let Some(t) = self.settings.threads {
+            core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string()).map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
+        }
+        let mut model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
+        let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
+        let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
+        let current: Vec<i64> = if ps.get_rank().is_dynamic() { vec![] } else { ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect() };
+        if current != shape {
+            let s = PartialShape::new_static(shape.len() as i64, shape).map_err(ov_err("building a shape"))?;
+            model.reshape_single_input(&s).map_err(|e| anyhow::anyhow!("this IR cannot run at input shape {shape:?} (its graph fixes {current:?}): {e}"))?;
+        }
+        let read_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = std::time::Instant::now();
+        let mut compiled = core.compile_model(&model, device).map_err(ov_err("compiling the model"))?;
+        let compile_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let get = |c: &mut openvino::CompiledModel, k: PropertyKey| c.get_property(&k).map(|v| v.to_string()).unwrap_or_default();
+        let requests = get(&mut compiled, PropertyKey::OptimalNumberOfInferRequests).parse().unwrap_or(1usize).max(1);
+        let precision = get(&mut compiled, PropertyKey::Rw(RwPropertyKey::HintInferencePrecision));
+        let streams = get(&mut compiled, PropertyKey::Rw(RwPropertyKey::NumStreams));
+        Ok(OvBench { compiled, input_name, shape: shape.to_vec(), read_ms, compile_ms, requests, precision, streams })
+    }
+}
+
+impl OvBench {
+    /// Keep `requests` infer requests in flight (async) until `iterations` inferences have
+    /// finished or `budget` has passed (whichever first, after at least one each). Returns
+    /// the wall time and each inference's latency (start to completion), in ms.
+    pub fn run(&mut self, requests: usize, iterations: usize, budget: Option<std::time::Duration>) -> Result<(f64, Vec<f64>)> {
+        let mut rng = crate::util::SplitMix64::new(1);
+        let shape = Shape::new(&self.shape).map_err(ov_err("shape"))?;
+        let mut reqs = Vec::with_capacity(requests);
+        for _ in 0..requests.max(1) {
+            let mut r = self.compiled.create_infer_request().map_err(ov_err("creating an infer request"))?;
+            let mut t = Tensor::new(ElementType::F32, &shape).map_err(ov_err("allocating a tensor"))?;
+            for v in t.get_data_mut::<f32>().map_err(ov_err("tensor data"))? {
+                *v = rng.unit();
+            }
+            r.set_tensor(&self.input_name, &t).map_err(ov_err("setting the input"))?;
+            reqs.push((r, t, std::time::Instant::now()));
+        }
+        let start = std::time::Instant::now();
+        let mut lat = Vec::with_capacity(iterations);
+        let mut started = 0usize;
+        let mut busy = vec![false; reqs.len()];
+        for (k, (r, _, t0)) in reqs.iter_mut().enumerate() {
+            if started < iterations.max(1) {
+                *t0 = std::time::Instant::now();
+                r.infer_async().map_err(ov_err("starting inference"))?;
+                busy[k] = true;
+                started += 1;
+            }
+        }
+        // Requests finish in about the order they started: wait on them round-robin.
+        let mut k = 0usize;
+        while busy.iter().any(|b| *b) {
+            if busy[k] {
+                let (r, _, t0) = &mut reqs[k];
+                r.wait(600_000).map_err(ov_err("waiting for inference"))?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                let over = budget.is_some_and(|b| start.elapsed() >= b);
+                if started < iterations && !over {
+                    *t0 = std::time::Instant::now();
+                    r.infer_async().map_err(ov_err("starting inference"))?;
+                    started += 1;
+                } else {
+                    busy[k] = false;
+                }
+            }
+            k = (k + 1) % reqs.len();
+        }
+        Ok((start.elapsed().as_secs_f64() * 1e3, lat))
+    }
+}

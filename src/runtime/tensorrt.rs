@@ -174,17 +174,7 @@ impl Drop for Worker {
     }
 }
 
-/// Latency statistics in milliseconds, as every runtime's benchmark reports them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatencyMs {
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub median: Option<f64>,
-    pub p90: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-}
+pub use crate::metrics::LatencyMs;
 
 /// trtexec's `=== Performance summary ===`, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Step kinds. Each kind lives in one module with its params, its validation, the toolchain
 //! pieces it depends on (for its cache key), and its `run`. This file is the registry.
 
+pub mod benchmark;
 pub mod calibrate;
 pub mod check;
 pub mod compare;
@@ -73,6 +74,7 @@ pub fn impl_version(kind: StepKind) -> u32 {
         StepKind::Convert => convert::IMPL_VERSION,
         StepKind::Quantize => quantize::IMPL_VERSION,
         StepKind::Compare => compare::IMPL_VERSION,
+        StepKind::Benchmark => benchmark::IMPL_VERSION,
     }
 }
 
@@ -85,6 +87,7 @@ pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
         StepParams::Convert(p) => p.toolchain_pieces(),
         StepParams::Quantize(_) => quantize::TOOLCHAIN.to_vec(),
         StepParams::Compare(_) => compare::TOOLCHAIN.to_vec(),
+        StepParams::Benchmark(_) => benchmark::TOOLCHAIN.to_vec(),
     }
 }
 
@@ -115,7 +118,7 @@ pub fn extra_files(params: &StepParams) -> Vec<camino::Utf8PathBuf> {
 /// Datasets a step reads (names from the manifest's `datasets:`).
 pub fn datasets_used(params: &StepParams) -> Vec<String> {
     match params {
-        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) => vec![],
+        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) | StepParams::Benchmark(_) => vec![],
         StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
         StepParams::Calibrate(p) => vec![p.dataset.clone()],
         StepParams::Compare(p) => vec![p.dataset.clone()],
@@ -128,6 +131,7 @@ pub fn referenced_steps(params: &StepParams) -> Vec<String> {
         StepParams::Convert(p) => p.calibration.iter().cloned().collect(),
         StepParams::Quantize(p) => vec![p.calibration.clone()],
         StepParams::Compare(p) => p.candidates.iter().map(|c| c.step().to_string()).collect(),
+        StepParams::Benchmark(p) => p.targets.iter().map(|c| c.step().to_string()).collect(),
         _ => vec![],
     }
 }
@@ -136,7 +140,7 @@ pub fn referenced_steps(params: &StepParams) -> Vec<String> {
 pub fn check_reference(params: &StepParams, target: &str, target_kind: StepKind) -> std::result::Result<(), (String, Option<String>)> {
     let ok = match params {
         StepParams::Convert(_) | StepParams::Quantize(_) => target_kind == StepKind::Calibrate,
-        StepParams::Compare(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize),
+        StepParams::Compare(_) | StepParams::Benchmark(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize),
         _ => true,
     };
     if ok {
@@ -160,6 +164,7 @@ pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::r
         StepParams::Simplify(p) => p.validate(),
         StepParams::Convert(p) => p.validate(),
         StepParams::Compare(p) => p.validate(),
+        StepParams::Benchmark(p) => p.validate(),
     }
 }
 
@@ -171,6 +176,7 @@ pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
         StepParams::Convert(p) => convert::run(ctx, p),
         StepParams::Quantize(p) => quantize::run(ctx, p),
         StepParams::Compare(p) => compare::run(ctx, p),
+        StepParams::Benchmark(p) => benchmark::run(ctx, p),
     }
 }
 

@@ -30,7 +30,7 @@ pub const DEFAULT_PINS: &[(&str, &str)] = &[
 /// Bumped when the install procedure or the helper scripts change what an env contains.
 const LAYOUT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pins {
     pub interpreter: String,
     pub packages: BTreeMap<String, String>,
@@ -97,6 +97,14 @@ impl Toolchain {
         let bytes = std::fs::read(dir.join("toolchain.json")).ok()?;
         let info: ToolchainInfo = serde_json::from_slice(&bytes).ok()?;
         Some(Toolchain { pins: pins.clone(), dir, info })
+    }
+
+    /// The installed toolchain in `dir` (for child processes handed its folder).
+    pub fn at(dir: &Utf8Path) -> Result<Toolchain> {
+        let read = |f: &str| std::fs::read(dir.join(f)).fs_context(dir.join(f));
+        let info: ToolchainInfo = serde_json::from_slice(&read("toolchain.json")?).map_err(|e| Error::toolchain(format!("{dir}/toolchain.json: {e}")))?;
+        let pins: Pins = serde_json::from_slice(&read("pins.json")?).map_err(|e| Error::toolchain(format!("{dir}/pins.json: {e}")))?;
+        Ok(Toolchain { pins, dir: dir.to_owned(), info })
     }
 
     /// Find or install. Installation is serialized by a file lock so parallel runs (or
