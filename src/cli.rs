@@ -69,6 +69,9 @@ enum Command {
     /// Show or install the Python toolchain (onnx, onnxruntime, onnxsim, openvino, nncf)
     #[command(subcommand)]
     Toolchain(ToolchainCmd),
+    /// List releases, or roll a pipeline back to an earlier release
+    #[command(subcommand)]
+    Release(ReleaseCmd),
     /// Measure one benchmark target in this process (started by the `benchmark` step)
     #[command(hide = true)]
     BenchTarget { spec: Utf8PathBuf },
@@ -109,6 +112,27 @@ enum CacheCmd {
         files: Vec<Utf8PathBuf>,
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Every pipeline's releases, oldest first, and which is current
+    List {
+        /// The releases folder (default: $FACEBUILD_RELEASES, else ./releases)
+        #[arg(long)]
+        dir: Option<Utf8PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier release current again, byte for byte (sha256 checked)
+    Rollback {
+        pipeline: String,
+        version: String,
+        #[arg(long)]
+        dir: Option<Utf8PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -171,10 +195,15 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let mut ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
             let opts = RunOptions { targets: sel.targets, jobs, keep_going, no_cache };
             let report = scheduler::run(&mut ctx, &opts, cancel)?;
+            let written = crate::report::run::write(&report, &ctx);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
             } else {
                 print_run(&report, &ctx);
+                match &written {
+                    Ok((h, j)) => println!("run report {h} | junit {j}"),
+                    Err(e) => eprintln!("warning: could not write the run report: {e}"),
+                }
             }
             if report.interrupted {
                 return Err(Error::Interrupted);
@@ -208,6 +237,32 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
         Command::Status { file, json } => status(&Manifest::load(&file)?, cache_dir, json),
         Command::Cache(c) => cache_cmd(c, &cache_dir),
         Command::Toolchain(t) => toolchain_cmd(t, &cache_dir),
+        Command::Release(ReleaseCmd::List { dir, json }) => {
+            let root = crate::steps::release::releases_root(dir.as_deref());
+            let all = crate::steps::release::list(&root)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all).map_err(anyhow::Error::from)?);
+            } else if all.is_empty() {
+                println!("no releases in {root}");
+            } else {
+                println!("releases in {root}:");
+                for r in &all {
+                    println!("  {} {:<16} {} {}", if r["current"] == true { "*" } else { " " }, r["pipeline"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or(""), r["artifacts"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+                }
+                println!("(* = current)");
+            }
+            Ok(0)
+        }
+        Command::Release(ReleaseCmd::Rollback { pipeline, version, dir, json }) => {
+            let root = crate::steps::release::releases_root(dir.as_deref());
+            let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
+            if json {
+                println!("{r}");
+            } else {
+                println!("{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}", r["previous_current"].as_str().unwrap_or("none"), r["verified_files"], r["current_dir"].as_str().unwrap_or(""));
+            }
+            Ok(0)
+        }
         Command::BenchTarget { spec } => {
             let bytes = std::fs::read(&spec).map_err(|e| Error::io(&spec, e))?;
             let spec: crate::runtime::bench::BenchSpec = serde_json::from_slice(&bytes).map_err(|e| Error::usage(format!("bench-target: {e}")))?;

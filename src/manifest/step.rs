@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
+use crate::steps::{release::ReleaseParams, benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +21,7 @@ pub enum StepKind {
     Quantize,
     Compare,
     Benchmark,
+    Release,
 }
 
 impl StepKind {
@@ -32,6 +33,7 @@ impl StepKind {
             StepKind::Convert => "convert",
             StepKind::Quantize => "quantize",
             StepKind::Benchmark => "benchmark",
+            StepKind::Release => "release",
             StepKind::Compare => "compare",
         }
     }
@@ -53,6 +55,7 @@ pub enum StepParams {
     Quantize(QuantizeParams),
     Compare(CompareParams),
     Benchmark(BenchmarkParams),
+    Release(ReleaseParams),
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +116,7 @@ impl<'de> Visitor<'de> for StepVisitor {
                         StepKind::Convert => StepParams::Convert(map.next_value()?),
                         StepKind::Quantize => StepParams::Quantize(map.next_value()?),
                         StepKind::Benchmark => StepParams::Benchmark(map.next_value()?),
+                        StepKind::Release => StepParams::Release(map.next_value()?),
                         StepKind::Compare => StepParams::Compare(map.next_value()?),
                     });
                 }
@@ -133,6 +137,6 @@ fn default_params(kind: StepKind) -> Option<StepParams> {
     match kind {
         StepKind::Check => Some(StepParams::Check(CheckParams::default())),
         StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
-        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare | StepKind::Benchmark => None,
+        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare | StepKind::Benchmark | StepKind::Release => None,
     }
 }

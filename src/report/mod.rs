@@ -2,3 +2,4 @@
 //! (plain text for people, `--json` for machines).
 
 pub mod progress;
+pub mod run;

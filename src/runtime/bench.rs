@@ -126,6 +126,7 @@ fn onnxruntime(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Re
         "cold_start": cold,
         "latency_batch1_ms": LatencyMs::of(&lat),
         "latency_samples": lat.len(),
+        "latency_batch1_samples_ms": lat.iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "throughput": tput,
         "peak_rss_mib": peak_rss_mib(),
     }))
@@ -170,6 +171,7 @@ fn openvino(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Resul
         "cold_start": cold,
         "latency_batch1_ms": LatencyMs::of(&lat),
         "latency_samples": lat.len(),
+        "latency_batch1_samples_ms": lat.iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<_>>(),
         "throughput": tput,
         "peak_rss_mib": peak_rss_mib(),
     }))

@@ -7,6 +7,7 @@ pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod quantize;
+pub mod release;
 pub mod simplify;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,7 @@ pub fn impl_version(kind: StepKind) -> u32 {
         StepKind::Quantize => quantize::IMPL_VERSION,
         StepKind::Compare => compare::IMPL_VERSION,
         StepKind::Benchmark => benchmark::IMPL_VERSION,
+        StepKind::Release => release::IMPL_VERSION,
     }
 }
 
@@ -88,6 +90,7 @@ pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
         StepParams::Quantize(_) => quantize::TOOLCHAIN.to_vec(),
         StepParams::Compare(_) => compare::TOOLCHAIN.to_vec(),
         StepParams::Benchmark(_) => benchmark::TOOLCHAIN.to_vec(),
+        StepParams::Release(_) => release::TOOLCHAIN.to_vec(),
     }
 }
 
@@ -118,7 +121,7 @@ pub fn extra_files(params: &StepParams) -> Vec<camino::Utf8PathBuf> {
 /// Datasets a step reads (names from the manifest's `datasets:`).
 pub fn datasets_used(params: &StepParams) -> Vec<String> {
     match params {
-        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) | StepParams::Benchmark(_) => vec![],
+        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) | StepParams::Benchmark(_) | StepParams::Release(_) => vec![],
         StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
         StepParams::Calibrate(p) => vec![p.dataset.clone()],
         StepParams::Compare(p) => vec![p.dataset.clone()],
@@ -132,6 +135,7 @@ pub fn referenced_steps(params: &StepParams) -> Vec<String> {
         StepParams::Quantize(p) => vec![p.calibration.clone()],
         StepParams::Compare(p) => p.candidates.iter().map(|c| c.step().to_string()).collect(),
         StepParams::Benchmark(p) => p.targets.iter().map(|c| c.step().to_string()).collect(),
+        StepParams::Release(p) => p.referenced(),
         _ => vec![],
     }
 }
@@ -141,6 +145,19 @@ pub fn check_reference(params: &StepParams, target: &str, target_kind: StepKind)
     let ok = match params {
         StepParams::Convert(_) | StepParams::Quantize(_) => target_kind == StepKind::Calibrate,
         StepParams::Compare(_) | StepParams::Benchmark(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize),
+        StepParams::Release(p) => {
+            let want = if p.compare.as_deref() == Some(target) {
+                (target_kind == StepKind::Compare, "a `compare` step")
+            } else if p.benchmark.as_deref() == Some(target) {
+                (target_kind == StepKind::Benchmark, "a `benchmark` step")
+            } else {
+                (matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize), "a `convert`, `quantize` or `simplify` step")
+            };
+            if want.0 {
+                return Ok(());
+            }
+            return Err((format!("names `{target}`, a `{target_kind}` step, where {} is expected", want.1), None));
+        }
         _ => true,
     };
     if ok {
@@ -165,6 +182,7 @@ pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::r
         StepParams::Convert(p) => p.validate(),
         StepParams::Compare(p) => p.validate(),
         StepParams::Benchmark(p) => p.validate(),
+        StepParams::Release(p) => p.validate(),
     }
 }
 
@@ -177,6 +195,7 @@ pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
         StepParams::Quantize(p) => quantize::run(ctx, p),
         StepParams::Compare(p) => compare::run(ctx, p),
         StepParams::Benchmark(p) => benchmark::run(ctx, p),
+        StepParams::Release(p) => release::run(ctx, p),
     }
 }
 

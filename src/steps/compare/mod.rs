@@ -429,6 +429,8 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             "label": label, "step": cand.step(), "artifact": artifact, "artifact_precision": weights, "execution": exec,
             "preprocessing": if own_pre.is_some() { "candidate's own" } else { "model.preprocessing" },
             "cosine": cs, "max_abs_error": max_abs,
+            // Per image, for the run report's histograms (rounded: the report is diffed).
+            "cosine_per_image": cos.iter().map(|c| (c * 1e6).round() / 1e6).collect::<Vec<_>>(),
             "norm": {"reference_mean": rm, "reference_std": rs, "mean": cm, "std": csd, "relative_shift": cm / rm - 1.0},
             "verification": ver_json, "gates": gates, "passed": passed,
         }));
