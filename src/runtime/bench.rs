@@ -79,7 +79,7 @@ fn timed_loop(warmup: usize, iterations: usize, budget: Option<Duration>, mut f:
     }
     let start = Instant::now();
     let mut lat = Vec::with_capacity(iterations);
-    while lat.is_empty() || (lat.len() < iterations && !budget.is_some_and(|b| start.elapsed() >= b)) {
+    while lat.is_empty() || (lat.len() < iterations && budget.is_none_or(|b| start.elapsed() < b)) {
         let t = Instant::now();
         f()?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);

@@ -171,7 +171,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         let g = p.gates.merged(p.artifact_gates.get(a));
         let mut checks: Vec<Check> = Vec::new();
         let mut missing = Vec::new();
-        if ctx.upstream.get(a).is_none() {
+        if !ctx.upstream.contains_key(a) {
             missing.push(format!("step `{a}` is unavailable on this machine"));
         }
         let cand = compare.as_ref().and_then(|c| c["candidates"].as_array().and_then(|cs| cs.iter().find(|x| x["step"] == a.as_str() && x["label"] == a.as_str()).or_else(|| cs.iter().find(|x| x["step"] == a.as_str()))).cloned());
