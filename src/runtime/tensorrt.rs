@@ -190,6 +190,32 @@ pub struct TrtexecPerf {
     pub total_gpu_compute_s: Option<f64>,
 }
 
+/// trtexec's arguments to benchmark a built engine at one input shape: `warmup_ms` of
+/// warm-up, then at least `iterations` inferences (TensorRT 10 flags).
+pub fn bench_args(engine: &Utf8Path, input: &str, shape: &[i64], warmup_ms: u64, iterations: usize, duration_s: u64) -> Vec<String> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    vec![
+        format!("--loadEngine={engine}"),
+        format!("--shapes={input}:{}", dims.join("x")),
+        format!("--warmUp={warmup_ms}"),
+        format!("--iterations={iterations}"),
+        format!("--duration={duration_s}"),
+        "--percentile=90,95,99".into(),
+    ]
+}
+
+/// A trtexec summary in the benchmark schema every runtime shares (batch = the shape's).
+pub fn perf_to_schema(p: &TrtexecPerf, batch: usize, version: &str, gpu: &str) -> serde_json::Value {
+    json!({
+        "execution": {"runtime": "tensorrt", "version": version, "device": gpu, "precision": "as built", "threads": null, "hint": null, "requests": 1, "settings": {"tool": "trtexec"}},
+        "latency_batch1_ms": if batch == 1 { serde_json::to_value(&p.latency_ms).unwrap_or_default() } else { json!(null) },
+        "throughput": [{"batch": batch, "images_per_s": p.throughput_qps.map(|q| q * batch as f64), "requests_in_flight": 1, "latency_ms": p.latency_ms}],
+        "gpu_compute_ms": p.gpu_compute_ms, "h2d_ms": p.h2d_ms, "d2h_ms": p.d2h_ms, "enqueue_ms": p.enqueue_ms,
+        "total_host_walltime_s": p.total_host_walltime_s, "total_gpu_compute_s": p.total_gpu_compute_s,
+        "peak_rss_mib": null,
+    })
+}
+
 /// Parse "min = 2.05 ms, max = 2.59 ms, mean = ..., median = ..., percentile(90%) = ... ms"
 /// (TensorRT 8.4+ prints 90/95/99; older ones only 99).
 fn parse_stats(s: &str) -> LatencyMs {
@@ -279,6 +305,17 @@ mod tests {
         assert_eq!(p.latency_ms.p99, Some(47.6256));
         assert_eq!(p.latency_ms.p90, None);
         assert!(parse_trtexec_perf("[I] Engine built in 12.3 sec.").is_none());
+    }
+
+    #[test]
+    fn benchmark_command_and_schema() {
+        let a = bench_args(Utf8Path::new("m.engine"), "input.1", &[1, 3, 112, 112], 200, 500, 3);
+        assert_eq!(a, ["--loadEngine=m.engine", "--shapes=input.1:1x3x112x112", "--warmUp=200", "--iterations=500", "--duration=3", "--percentile=90,95,99"]);
+        let v = perf_to_schema(&parse_trtexec_perf(LOG).unwrap(), 1, "10.3.0", "NVIDIA L4");
+        assert_eq!(v["throughput"][0]["images_per_s"], 476.66);
+        assert_eq!(v["latency_batch1_ms"]["p99"], 2.58971);
+        assert_eq!(v["gpu_compute_ms"]["median"], 2.08276);
+        assert_eq!(v["execution"]["runtime"], "tensorrt");
     }
 
     #[test]

@@ -304,7 +304,8 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: B
     for d in steps::datasets_used(&step.spec.params) {
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
-    let tensorrt = if steps::uses_tensorrt(&step.spec.params) { ctx.tensorrt().as_ref().ok() } else { None };
+    // TensorRT steps need it; a benchmark uses it for engines when it is there.
+    let tensorrt = if steps::uses_tensorrt(&step.spec.params) || step.spec.kind == crate::manifest::StepKind::Benchmark { ctx.tensorrt().as_ref().ok() } else { None };
     let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, tensorrt, store: &ctx.store, upstream, workdir: &workdir, cancel, progress: &pb };
     let started = Instant::now();
     let outcome = steps::run(&sctx);

@@ -194,6 +194,44 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<se
     Ok(json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": num("Median:"), "count": num("Count:"), "first_inference_ms": num("First inference took")}))
 }
 
+/// An engine measured by trtexec: a one-inference run for the process-level cold start
+/// (deserializing the engine included), then the measured run, parsed into the shared schema.
+fn trtexec_bench(ctx: &StepContext, spec: &BenchSpec, p: &BenchmarkParams) -> Result<(serde_json::Value, f64)> {
+    let trt = ctx.tensorrt.ok_or_else(|| anyhow::anyhow!("TensorRT is not available"))?;
+    let run = |args: Vec<String>| -> Result<(String, f64)> {
+        let t = std::time::Instant::now();
+        let out = Command::new(&trt.trtexec).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {}: {e}", trt.trtexec)))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(anyhow::anyhow!("trtexec {} failed: {}", args.join(" "), text.lines().filter(|l| l.contains("[E]")).collect::<Vec<_>>().join("\n")).into());
+        }
+        Ok((text, t.elapsed().as_secs_f64() * 1e3))
+    };
+    let (_, cold) = run(crate::runtime::tensorrt::bench_args(&spec.artifact, &spec.input_name, &spec.input_shape, 0, 1, 0))?;
+    let mut throughput = Vec::new();
+    let mut first = None;
+    for &b in &p.batch_sizes {
+        let mut shape = spec.input_shape.clone();
+        shape[0] = b as i64;
+        let secs = p.time_budget_s.map(|t| t.ceil() as u64).unwrap_or(3);
+        match run(crate::runtime::tensorrt::bench_args(&spec.artifact, &spec.input_name, &shape, 200, p.iterations, secs)) {
+            Ok((text, _)) => {
+                let perf = crate::runtime::tensorrt::parse_trtexec_perf(&text).ok_or_else(|| anyhow::anyhow!("trtexec printed no performance summary"))?;
+                let v = crate::runtime::tensorrt::perf_to_schema(&perf, b, &trt.version, &trt.gpu);
+                throughput.push(v["throughput"][0].clone());
+                if b == 1 || first.is_none() {
+                    first = Some(v);
+                }
+            }
+            Err(e) => throughput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()})),
+        }
+    }
+    let mut v = first.ok_or_else(|| anyhow::anyhow!("trtexec could not run the engine at any batch size"))?;
+    v["throughput"] = json!(throughput);
+    v["cold_start"] = json!({"spawn_to_first_output_ms": cold, "load_ms": null, "compile_ms": null, "first_inference_ms": null, "note": "one trtexec process: deserialize + 1 inference"});
+    Ok((v, cold))
+}
+
 pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let decl = &ctx.manifest.model.input;
@@ -233,9 +271,17 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         } else if let Some(onnx) = outputs.get("model.onnx") {
             let spec = BenchSpec { runtime: "onnxruntime".into(), artifact: onnx.clone(), ..base.clone() };
             configs.push(Config { label, step: t.step().into(), artifact: "onnx", weights, spec: Some(spec), unavailable: None });
-        } else if outputs.contains_key("model.engine") {
-            let why = if report.as_ref().is_some_and(|r| r["standin"] == true) { "its engine was made by facebuild's test stand-in for trtexec, not by TensorRT".to_string() } else { "benchmarking TensorRT engines (trtexec --loadEngine) is not wired yet".to_string() };
-            configs.push(Config { label, step: t.step().into(), artifact: "tensorrt-engine", weights, spec: None, unavailable: Some(why) });
+        } else if let Some(engine) = outputs.get("model.engine") {
+            let why = if report.as_ref().is_some_and(|r| r["standin"] == true) {
+                Some("its engine was made by facebuild's test stand-in for trtexec, not by TensorRT".to_string())
+            } else if ctx.tensorrt.is_none() {
+                Some("TensorRT is not installed here: engines are benchmarked on the GPU machine that built them".to_string())
+            } else {
+                None
+            };
+            // The engine's benchmark is trtexec's own: the spec carries what it needs.
+            let spec = why.is_none().then(|| BenchSpec { runtime: "tensorrt".into(), artifact: engine.clone(), ..base.clone() });
+            configs.push(Config { label, step: t.step().into(), artifact: "tensorrt-engine", weights, spec, unavailable: why });
         } else {
             return Err(Error::Step { step: step.clone(), message: format!("target `{}` has no model output", t.step()), hint: Some("targets are convert, quantize or simplify steps".into()) });
         }
@@ -255,7 +301,7 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         };
         k += 1;
         ctx.progress.set_message(format!("[{k}/{total}] {}: cold start, {} warm-up + {} iterations{}", c.label, p.warmup, p.iterations, p.time_budget_s.map(|t| format!(" (or {t} s)")).unwrap_or_default()));
-        let (mut v, wall) = run_child(spec, ctx.workdir, k)?;
+        let (mut v, wall) = if spec.runtime == "tensorrt" { trtexec_bench(ctx, spec, p)? } else { run_child(spec, ctx.workdir, k)? };
         v["child_wall_ms"] = json!(wall);
         if p.reference == Some(Reference::BenchmarkApp) && spec.runtime == "openvino" {
             ctx.progress.set_message(format!("[{k}/{total}] {}: benchmark_app for {} s", c.label, p.reference_seconds));
