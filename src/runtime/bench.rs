@@ -121,15 +121,7 @@ fn onnxruntime(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Re
         tput.push(json!({"batch": b, "images_per_s": (l.len() * b) as f64 / (wall / 1e3), "requests_in_flight": 1, "inferences": l.len(), "wall_ms": wall, "latency_ms": LatencyMs::of(&l)}));
     }
     let exec = m.execution();
-    Ok(json!({
-        "execution": {"runtime": exec.runtime, "version": exec.version, "device": exec.device, "precision": exec.precision, "threads": exec.threads, "hint": null, "requests": 1, "settings": exec.settings},
-        "cold_start": cold,
-        "latency_batch1_ms": LatencyMs::of(&lat),
-        "latency_samples": lat.len(),
-        "latency_batch1_samples_ms": lat.iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<_>>(),
-        "throughput": tput,
-        "peak_rss_mib": peak_rss_mib(),
-    }))
+    Ok(result(json!({"runtime": exec.runtime, "version": exec.version, "device": exec.device, "precision": exec.precision, "threads": exec.threads, "hint": null, "requests": 1, "settings": exec.settings}), cold, &lat, tput))
 }
 
 fn openvino(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Result<serde_json::Value> {
@@ -165,14 +157,20 @@ fn openvino(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Resul
         let (wall, l) = model.run(n, spec.iterations.max(n), budget)?;
         tput.push(json!({"batch": b, "images_per_s": (l.len() * b) as f64 / (wall / 1e3), "requests_in_flight": n, "inferences": l.len(), "wall_ms": wall, "latency_ms": LatencyMs::of(&l)}));
     }
-    Ok(json!({
-        "execution": {"runtime": "openvino", "version": tc.version("openvino").unwrap_or("unknown"), "device": "CPU", "precision": precision, "threads": spec.threads, "hint": hint, "requests": requests, "streams": streams,
-                      "settings": {"precision_hint": spec.precision_hint.clone().unwrap_or_else(|| "plugin default".into()), "performance_hint": hint}},
+    let execution = json!({"runtime": "openvino", "version": tc.version("openvino").unwrap_or("unknown"), "device": "CPU", "precision": precision, "threads": spec.threads, "hint": hint, "requests": requests, "streams": streams,
+                           "settings": {"precision_hint": spec.precision_hint.clone().unwrap_or_else(|| "plugin default".into()), "performance_hint": hint}});
+    Ok(result(execution, cold, &lat, tput))
+}
+
+/// The child's answer, in the schema every runtime shares.
+fn result(execution: serde_json::Value, cold: serde_json::Value, lat: &[f64], throughput: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({
+        "execution": execution,
         "cold_start": cold,
-        "latency_batch1_ms": LatencyMs::of(&lat),
+        "latency_batch1_ms": LatencyMs::of(lat),
         "latency_samples": lat.len(),
         "latency_batch1_samples_ms": lat.iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<_>>(),
-        "throughput": tput,
+        "throughput": throughput,
         "peak_rss_mib": peak_rss_mib(),
-    }))
+    })
 }

@@ -77,16 +77,25 @@ impl Runtime for OpenVino {
 }
 
 impl OpenVino {
-    pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
+    /// A core configured with these settings (and a PERFORMANCE_HINT, if given), and the IR.
+    fn core_and_model(&self, xml: &Utf8Path, bin: &Utf8Path, performance_hint: Option<&str>) -> Result<(Core, openvino::Model, DeviceType<'static>)> {
         let mut core = Core::new().map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
-        let device = DeviceType::from(self.settings.device.as_str());
+        let device = DeviceType::from(self.settings.device.as_str()).to_owned();
+        if let Some(h) = performance_hint {
+            core.set_property(&device, &RwPropertyKey::HintPerformanceMode, h).map_err(ov_err("setting PERFORMANCE_HINT"))?;
+        }
         if let Some(p) = &self.settings.precision_hint {
             core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p).map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
         }
         if let Some(t) = self.settings.threads {
             core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string()).map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
         }
-        let mut model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        let model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        Ok((core, model, device))
+    }
+
+    pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
+        let (mut core, mut model, device) = self.core_and_model(xml, bin, None)?;
         let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
         let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
         if let Some(b) = self.batch {
@@ -197,16 +206,7 @@ impl OpenVino {
     /// input `shape` (reshaping the model when it differs; an error if the graph forbids it).
     pub fn compile_for_bench(&self, xml: &Utf8Path, bin: &Utf8Path, hint: &str, shape: &[i64]) -> Result<OvBench> {
         let t0 = std::time::Instant::now();
-        let mut core = Core::new().map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
-        let device = DeviceType::from(self.settings.device.as_str());
-        core.set_property(&device, &RwPropertyKey::HintPerformanceMode, hint).map_err(ov_err("setting PERFORMANCE_HINT"))?;
-        if let Some(p) = &self.settings.precision_hint {
-            core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p).map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
-        }
-        if let Some(t) = self.settings.threads {
-            core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string()).map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
-        }
-        let mut model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        let (mut core, mut model, device) = self.core_and_model(xml, bin, Some(hint))?;
         let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
         let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
         let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
