@@ -188,10 +188,21 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<se
     let out = Command::new(&exe).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {exe}: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let num = |key: &str| text.lines().find(|l| l.contains(key)).and_then(|l| l.split(key).nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok());
+    // Durations come as "1.43 ms" or, below a millisecond in some versions, "658.66 us".
+    let ms = |key: &str| {
+        let rest = text.lines().find(|l| l.contains(key))?.split(key).nth(1)?.to_string();
+        let mut it = rest.split_whitespace();
+        let v: f64 = it.next()?.parse().ok()?;
+        Some(match it.next() {
+            Some("us") => v / 1e3,
+            Some("s") => v * 1e3,
+            _ => v,
+        })
+    };
     if !out.status.success() {
         return Err(anyhow::anyhow!("benchmark_app failed ({}): {}", out.status, text.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")).into());
     }
-    Ok(json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": num("Median:"), "count": num("Count:"), "first_inference_ms": num("First inference took")}))
+    Ok(json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": ms("Median:"), "count": num("Count:"), "first_inference_ms": ms("First inference took")}))
 }
 
 /// An engine measured by trtexec: a one-inference run for the process-level cold start
