@@ -90,15 +90,7 @@ impl BuiltinModel {
         last.output[0] = "embedding".into();
         let _ = feat;
         b.g.output.push(value_info("embedding", &[Dim::P("batch"), Dim::V(512)]));
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
-            producer_name: "facebuild".into(),
-            producer_version: format!("builtin-v{GENERATOR_VERSION}"),
-            graph: Some(b.g),
-            metadata_props: vec![StringStringEntryProto { key: "facebuild.builtin".into(), value: self.name().into() }],
-            ..Default::default()
-        }
+        self.wrap(b.g)
     }
 
     /// SCRFD's output contract on a small random backbone: per stride, a Sigmoid score
@@ -147,12 +139,17 @@ impl BuiltinModel {
                 b.g.output.push(value_info(n, &[Dim::P("anchors"), Dim::V([1, 4, 10][k])]));
             }
         }
+        self.wrap(b.g)
+    }
+
+    /// The graph as a model: IR 8, opset 17, named as facebuild's built-in.
+    fn wrap(self, graph: GraphProto) -> ModelProto {
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
             producer_name: "facebuild".into(),
             producer_version: format!("builtin-v{GENERATOR_VERSION}"),
-            graph: Some(b.g),
+            graph: Some(graph),
             metadata_props: vec![StringStringEntryProto { key: "facebuild.builtin".into(), value: self.name().into() }],
             ..Default::default()
         }
