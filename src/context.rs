@@ -77,12 +77,23 @@ impl BuildContext {
         self.tensorrt.get_or_init(|| crate::toolchain::tensorrt::discover(self.manifest.toolchain.tensorrt.as_ref(), &self.manifest.dir, &self.cache_dir))
     }
 
-    /// Why a step cannot run on this machine (its backend is not installed), if so.
-    pub fn unavailable(&self, step: &Step) -> Option<String> {
+    /// Why a step cannot run on this machine, if so: the model it takes `from` is unavailable
+    /// (`unavailable_dep` gives an upstream step's reason), or its backend is not installed.
+    pub fn unavailable(&self, step: &Step, unavailable_dep: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+        if let Some(f) = &step.spec.from
+            && let Some(why) = unavailable_dep(&f.value) {
+                return Some(format!("its model comes from `{}`, which is unavailable ({why})", f.value));
+            }
         if steps::uses_tensorrt(&step.spec.params) {
             return self.tensorrt().as_ref().err().cloned();
         }
         None
+    }
+
+    /// What a dependant's key records for an unavailable upstream step: when the step
+    /// becomes available its real outputs change the key, and the dependant reruns.
+    pub fn absent_outputs() -> BTreeMap<String, crate::cache::BlobRef> {
+        [("unavailable".to_string(), crate::cache::BlobRef { digest: "unavailable".into(), size: 0 })].into()
     }
 
     /// Install the toolchain if needed (run does this; plan and status only look).

@@ -109,11 +109,11 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
         let needs: Vec<String> = ctx.dag.deps(name).into_iter().map(String::from).collect();
         let decision_of = |d: &str| out.iter().find(|p| p.step == d).map(|p| &p.decision);
         let waits: Vec<String> = needs.iter().filter(|d| !matches!(decision_of(d), Some(Decision::Cached { .. } | Decision::Unavailable { .. }) | None)).cloned().collect();
-        let from_missing = step.spec.from.as_ref().and_then(|f| match decision_of(&f.value) {
-            Some(Decision::Unavailable { reason }) => Some(format!("its model comes from `{}`, which is unavailable ({reason})", f.value)),
+        let unavailable_dep = |d: &str| match decision_of(d) {
+            Some(Decision::Unavailable { reason }) => Some(reason.clone()),
             _ => None,
-        });
-        let decision = if let Some(reason) = from_missing.or_else(|| ctx.unavailable(step)) {
+        };
+        let decision = if let Some(reason) = ctx.unavailable(step, &unavailable_dep) {
             Decision::Unavailable { reason }
         } else if !waits.is_empty() {
             Decision::Waits { on: waits }
@@ -123,7 +123,7 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
             let model = |s: &str| known.get(s).and_then(|o| o.get("model.onnx")).map(|b| b.digest.clone());
             let digest = model_input_digest(step, &source.digest, &model).unwrap_or_default();
             let parts = ctx.key_parts(step, &digest, &|s| match decision_of(s) {
-                Some(Decision::Unavailable { .. }) => Some([("unavailable".to_string(), crate::cache::BlobRef { digest: "unavailable".into(), size: 0 })].into()),
+                Some(Decision::Unavailable { .. }) => Some(BuildContext::absent_outputs()),
                 _ => known.get(s).cloned(),
             })?;
             let key = parts.key();

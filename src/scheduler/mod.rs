@@ -129,12 +129,11 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                         continue;
                     }
                     let step = ctx.manifest.step(name);
-                    // Unavailable here: its backend is missing, or the model it converts is.
-                    let from_missing = step.spec.from.as_ref().and_then(|f| match state.get(&f.value) {
-                        Some(State::Unavailable(why)) => Some(format!("its model comes from `{}`, which is unavailable ({why})", f.value)),
+                    let unavailable_dep = |d: &str| match state.get(d) {
+                        Some(State::Unavailable(why)) => Some(why.clone()),
                         _ => None,
-                    });
-                    if let Some(why) = from_missing.or_else(|| ctx.unavailable(step)) {
+                    };
+                    if let Some(why) = ctx.unavailable(step, &unavailable_dep) {
                         progress::println_err(&format!("  unavailable  {name}: {why}"));
                         let mut r = result_of(ctx, name, Status::Unavailable, None, vec![], 0, &BTreeMap::new(), serde_json::Value::Null, Some(format!("unavailable: {why}")));
                         if steps::required(&step.spec.params) {
@@ -152,9 +151,7 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     let model_digest = model_input_digest(step, &source.digest, &upstream).expect("validated: `from` names a model-producing step that is done");
                     let outputs_of = |s: &str| match state.get(s) {
                         Some(State::Done(o)) => Some(o.clone()),
-                        // A dependant's key records that this input was absent: when it
-                        // becomes available the key changes and the dependant reruns.
-                        Some(State::Unavailable(_)) => Some([("unavailable".to_string(), BlobRef { digest: "unavailable".into(), size: 0 })].into()),
+                        Some(State::Unavailable(_)) => Some(BuildContext::absent_outputs()),
                         _ => None,
                     };
                     let parts = ctx.key_parts(step, &model_digest, &outputs_of)?;

@@ -199,6 +199,30 @@ pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
     }
 }
 
+/// What an artifact step's own report.json says about the artifact, for the steps that use
+/// it (compare, benchmark, release).
+pub struct ArtifactInfo {
+    pub report: Option<serde_json::Value>,
+    /// fp32 / fp16 / int8: the artifact's precision (fp32 when its report does not say).
+    pub precision: String,
+    /// Made by the test stand-in for trtexec: never run, never passed off as TensorRT's.
+    pub standin: bool,
+}
+
+pub fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
+    let report: Option<serde_json::Value> = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice(&b).ok());
+    let precision = report.as_ref().and_then(|r| r["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+    let standin = report.as_ref().is_some_and(|r| r["standin"] == true);
+    ArtifactInfo { report, precision, standin }
+}
+
+pub const STANDIN_ENGINE: &str = "its engine was made by facebuild's test stand-in for trtexec, not by TensorRT";
+
+/// Why an upstream artifact is missing from `ctx.upstream`: its step was unavailable.
+pub fn unavailable_upstream(step: &str) -> String {
+    format!("step `{step}` is unavailable on this machine")
+}
+
 /// Write a JSON report into the workdir and return its path.
 pub fn write_report(workdir: &Utf8Path, name: &str, value: &serde_json::Value) -> Result<Utf8PathBuf> {
     let p = workdir.join(name);

@@ -172,7 +172,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         let mut checks: Vec<Check> = Vec::new();
         let mut missing = Vec::new();
         if !ctx.upstream.contains_key(a) {
-            missing.push(format!("step `{a}` is unavailable on this machine"));
+            missing.push(super::unavailable_upstream(a));
         }
         let cand = compare.as_ref().and_then(|c| c["candidates"].as_array().and_then(|cs| cs.iter().find(|x| x["step"] == a.as_str() && x["label"] == a.as_str()).or_else(|| cs.iter().find(|x| x["step"] == a.as_str()))).cloned());
         let cv = |path: &[&str]| -> Option<f64> { let mut v = cand.as_ref()?; for k in path { v = v.get(*k)?; } v.as_f64() };
@@ -239,9 +239,10 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
                     names.push(name.clone());
                 }
             }
-            let rep = outs.get("report.json").map(|r| read_json(r)).transpose()?.unwrap_or(json!({}));
+            let info = super::artifact_info(outs);
+            let rep = info.report.unwrap_or(json!({}));
             artifacts_meta.push(json!({
-                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": rep["precision"].as_str().unwrap_or("fp32"), "backend": rep["backend"].clone(),
+                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": rep["backend"].clone(),
                 "conversion": rep.get("conversion").or(rep.get("flags")).cloned(), "profiles": rep.get("profiles").cloned(), "tensorrt": rep.get("tensorrt").cloned(),
                 "execution_compare": compare.as_ref().and_then(|c| c["candidates"].as_array().and_then(|x| x.iter().find(|y| y["step"] == a.as_str()).map(|y| y["execution"].clone()))),
                 "execution_benchmark": bench.as_ref().and_then(|b| b["results"].as_array().map(|x| x.iter().filter(|y| y["step"] == a.as_str()).map(|y| json!({"label": y["label"], "execution": y["execution"]})).collect::<Vec<_>>())),

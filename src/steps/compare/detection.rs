@@ -127,8 +127,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<
         let Loaded { mut model, artifact, weights, hint, load_ms } = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
-                table.push(format!("| {label} | - | unavailable: {why} | - | - | - | - | - | - | - | - | - | not compared |"));
-                cands_json.push(json!({"label": label, "step": cand.step(), "available": false, "unavailable": why, "passed": null}));
+                super::record_unavailable(&label, cand.step(), &why, 13, &mut table, &mut cands_json);
                 continue;
             }
         };
@@ -232,12 +231,9 @@ pub fn run(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<
     }
     timing.insert("total_ms".into(), json!(t_total.elapsed().as_millis() as u64));
     let worst_recall = report["candidates"].as_array().map(|c| c.iter().filter_map(|x| x["total"]["recall"].as_f64()).fold(1.0, f64::min)).unwrap_or(1.0);
-    let unavailable = report["candidates"].as_array().map(|c| c.iter().filter(|x| x["available"] == false).count()).unwrap_or(0);
     let ref_boxes: usize = per_size.iter().map(|(_, _, d)| d.iter().map(Vec::len).sum::<usize>()).sum();
     let mut summary = json!({"images": files.len(), "sizes": sizes.len(), "reference_boxes": ref_boxes, "candidates": p.candidates.len(), "worst_recall": worst_recall, "timing": timing});
-    if unavailable > 0 {
-        summary["unavailable"] = json!(unavailable);
-    }
+    super::note_unavailable(&mut summary, report["candidates"].as_array().map(Vec::as_slice).unwrap_or_default());
     Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
 }
 

@@ -272,19 +272,34 @@ pub(crate) struct Loaded {
 /// its engine cannot run on this machine. Reported as such, never as a pass.
 pub(crate) type Unavailable = String;
 
+/// Record a candidate that could not be compared: a table row of `columns` cells, and its
+/// report entry, neither passed nor failed.
+pub(crate) fn record_unavailable(label: &str, step: &str, why: &str, columns: usize, table: &mut Vec<String>, cands_json: &mut Vec<serde_json::Value>) {
+    table.push(format!("| {label} | - | unavailable: {why} |{} not compared |", " - |".repeat(columns - 4)));
+    cands_json.push(json!({"label": label, "step": step, "available": false, "unavailable": why, "passed": null}));
+}
+
+/// How many candidates were unavailable: added to the summary when any were.
+pub(crate) fn note_unavailable(summary: &mut serde_json::Value, cands_json: &[serde_json::Value]) {
+    let n = cands_json.iter().filter(|c| c["available"] == false).count();
+    if n > 0 {
+        summary["unavailable"] = json!(n);
+    }
+}
+
 pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &CandidateSpec, ort: &OnnxRuntime) -> Result<std::result::Result<Loaded, Unavailable>> {
     let Some(outputs) = ctx.upstream.get(cand.step()) else {
-        return Ok(Err(format!("step `{}` is unavailable on this machine", cand.step())));
+        return Ok(Err(super::unavailable_upstream(cand.step())));
     };
     let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
-    let report: Option<serde_json::Value> = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice(&b).ok());
+    let info = super::artifact_info(outputs);
     let t_load = Instant::now();
     let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
         let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
         (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
     } else if let Some(engine) = outputs.get("model.engine") {
-        if report.as_ref().is_some_and(|r| r["standin"] == true) {
-            return Ok(Err("its engine was made by facebuild's test stand-in for trtexec, not by TensorRT: nothing to run".into()));
+        if info.standin {
+            return Ok(Err(format!("{}: nothing to run", super::STANDIN_ENGINE)));
         }
         // The Python with TensorRT and cuda-python: the manifest's, else the toolchain's.
         let python = ctx.manifest.toolchain.tensorrt.as_ref().and_then(|t| t.python.clone()).map(|p| ctx.manifest.resolve(&p)).unwrap_or_else(|| ctx.toolchain.python());
@@ -298,8 +313,7 @@ pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &Candid
         return Err(Error::Step { step: ctx.step.name.clone(), message: format!("candidate `{}` has no model output (model.onnx, model.xml or model.engine)", cand.step()), hint: Some("candidates are convert, quantize or simplify steps".into()) });
     };
     // An INT8 artifact runs its quantized ops in int8 whatever the hint says for the rest.
-    let weights = report.as_ref().and_then(|v| v["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
-    Ok(Ok(Loaded { model, artifact, weights, hint, load_ms: t_load.elapsed().as_millis() as u64 }))
+    Ok(Ok(Loaded { model, artifact, weights: info.precision, hint, load_ms: t_load.elapsed().as_millis() as u64 }))
 }
 
 pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
@@ -351,8 +365,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let Loaded { mut model, artifact, weights, hint, load_ms } = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
-                table.push(format!("| {label} | - | unavailable: {why} | - | - | - | - | - | - | - | not compared |"));
-                cands_json.push(json!({"label": label, "step": cand.step(), "available": false, "unavailable": why, "passed": null}));
+                record_unavailable(&label, cand.step(), &why, 11, &mut table, &mut cands_json);
                 continue;
             }
         };
@@ -456,11 +469,8 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     }
     timing.insert("total_ms".to_string(), json!(t_total.elapsed().as_millis() as u64));
     let worst = cands_json.iter().filter_map(|c| c["cosine"]["min"].as_f64()).fold(1.0, f64::min);
-    let unavailable = cands_json.iter().filter(|c| c["available"] == false).count();
     let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
-    if unavailable > 0 {
-        summary["unavailable"] = json!(unavailable);
-    }
+    note_unavailable(&mut summary, &cands_json);
     Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
 }
 
