@@ -281,22 +281,28 @@ pub fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, Value)]) ->
 
 /// Write report.html and junit.xml into the pipeline's output folder (only when changed).
 pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
-    let mut reports = Vec::new();
-    for s in &run.steps {
-        if matches!(s.kind.as_str(), "compare" | "benchmark" | "release")
-            && let Some(v) = read(&ctx.step_out_dir(&s.step).join("report.json")) {
-                reports.push((s.step.clone(), v));
-            }
-    }
     let dir = &ctx.manifest.output_dir;
-    std::fs::create_dir_all(dir).fs_context(dir)?;
     let (h, j) = (dir.join("report.html"), dir.join("junit.xml"));
-    // What the report shows: step statuses and errors, and the reports' contents.
-    let key = blake3::hash(format!("{:?}{}", run.steps.iter().map(|s| (&s.step, s.status, &s.error)).collect::<Vec<_>>(), serde_json::to_string(&reports).unwrap_or_default()).as_bytes()).to_hex().to_string();
+    let shown = |s: &crate::scheduler::StepResult| matches!(s.kind.as_str(), "compare" | "benchmark" | "release");
+    // What the report shows: step statuses and errors, and the reports' contents: their
+    // digests when the step succeeded, the file itself when it failed (kept, not stored).
+    let mut basis = format!("{:?}", run.steps.iter().map(|s| (&s.step, s.status, &s.error, s.outputs.get("report.json").map(|o| &o.digest))).collect::<Vec<_>>());
+    for s in run.steps.iter().filter(|s| shown(s) && !s.outputs.contains_key("report.json")) {
+        basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step).join("report.json")).unwrap_or_default();
+    }
+    let key = blake3::hash(basis.as_bytes()).to_hex().to_string();
     let key_path = dir.join(".report.key");
+    // A no-op run reads no report: the key says nothing changed.
     if std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str()) && h.exists() && j.exists() {
         return Ok((h, j));
     }
+    let mut reports = Vec::new();
+    for s in run.steps.iter().filter(|s| shown(s)) {
+        if let Some(v) = read(&ctx.step_out_dir(&s.step).join("report.json")) {
+            reports.push((s.step.clone(), v));
+        }
+    }
+    std::fs::create_dir_all(dir).fs_context(dir)?;
     for (path, text) in [(&h, html(run, ctx, &reports)), (&j, junit(run, &reports))] {
         crate::cache::store::write_atomic(path, text.as_bytes())?;
         // Atomic writes create private temp files; these are for people and CI to read.

@@ -116,8 +116,14 @@ impl BenchmarkParams {
     }
 }
 
-/// What the machine is: part of every benchmark's result and of its cache key.
+/// What the machine is: part of every benchmark's result and of its cache key. Read once per
+/// process (plan and run key every benchmark step with it).
 pub fn machine() -> serde_json::Value {
+    static MACHINE: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    MACHINE.get_or_init(describe_machine).clone()
+}
+
+fn describe_machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |k: &str| cpuinfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
     let flags = field("flags").unwrap_or_default();
@@ -269,11 +275,11 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         let label = t.label();
         let hint = t.detail().and_then(|d| d.precision_hint.clone()).or_else(|| p.precision_hint.clone()).filter(|h| h != "default");
         let Some(outputs) = ctx.upstream.get(t.step()) else {
-            configs.push(Config { label, step: t.step().into(), artifact: "-", weights: "-".into(), spec: None, unavailable: Some(format!("step `{}` is unavailable on this machine", t.step())) });
+            configs.push(Config { label, step: t.step().into(), artifact: "-", weights: "-".into(), spec: None, unavailable: Some(super::unavailable_upstream(t.step())) });
             continue;
         };
-        let report: Option<serde_json::Value> = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice(&b).ok());
-        let weights = report.as_ref().and_then(|r| r["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+        let info = super::artifact_info(outputs);
+        let weights = info.precision.clone();
         if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
             for h in &p.openvino_hints {
                 let spec = BenchSpec { runtime: "openvino".into(), artifact: xml.clone(), weights: Some(bin.clone()), precision_hint: hint.clone(), hint: Some(h.ov().into()), ..base.clone() };
@@ -283,8 +289,8 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
             let spec = BenchSpec { runtime: "onnxruntime".into(), artifact: onnx.clone(), ..base.clone() };
             configs.push(Config { label, step: t.step().into(), artifact: "onnx", weights, spec: Some(spec), unavailable: None });
         } else if let Some(engine) = outputs.get("model.engine") {
-            let why = if report.as_ref().is_some_and(|r| r["standin"] == true) {
-                Some("its engine was made by facebuild's test stand-in for trtexec, not by TensorRT".to_string())
+            let why = if info.standin {
+                Some(super::STANDIN_ENGINE.to_string())
             } else if ctx.tensorrt.is_none() {
                 Some("TensorRT is not installed here: engines are benchmarked on the GPU machine that built them".to_string())
             } else {
