@@ -21,7 +21,8 @@ use ndarray::{ArrayD, IxDyn};
 fn main() {
     let exe = env!("CARGO_BIN_EXE_facebuild");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let toolchains = std::env::var("FACEBUILD_TOOLCHAIN_DIR").unwrap_or_else(|_| root.join("cache/toolchains").display().to_string());
+    let toolchains = std::env::var("FACEBUILD_TOOLCHAIN_DIR")
+        .unwrap_or_else(|_| root.join("cache/toolchains").display().to_string());
     // SAFETY: set before any thread starts; the library's toolchain lookup reads it.
     unsafe { std::env::set_var("FACEBUILD_TOOLCHAIN_DIR", &toolchains) };
     let dir = tempfile::tempdir().unwrap();
@@ -36,55 +37,124 @@ fn main() {
             s.join("faces/pairs").display()
         )
     } else {
-        std::fs::read_to_string(root.join("pipelines/recognition.yaml")).unwrap().replace("      cosine_min: 0.99\n", "      cosine_min: GATE\n")
+        std::fs::read_to_string(root.join("pipelines/recognition.yaml"))
+            .unwrap()
+            .replace("      cosine_min: 0.99\n", "      cosine_min: GATE\n")
     };
     let fb = |args: &[&str]| {
-        let out = Command::new(exe).args(args).current_dir(d).env("FACEBUILD_CACHE", d.join("cache")).env("FACEBUILD_TOOLCHAIN_DIR", &toolchains).output().unwrap();
-        assert!(out.status.success(), "facebuild {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(exe)
+            .args(args)
+            .current_dir(d)
+            .env("FACEBUILD_CACHE", d.join("cache"))
+            .env("FACEBUILD_TOOLCHAIN_DIR", &toolchains)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "facebuild {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let compare_of = |r: &serde_json::Value| r["steps"].as_array().unwrap().iter().find(|s| s["step"] == "compare").unwrap().clone();
+    let compare_of = |r: &serde_json::Value| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "compare")
+            .unwrap()
+            .clone()
+    };
     std::fs::write(d.join("p.yaml"), manifest.replace("GATE", "0.9")).unwrap();
     let first = compare_of(&fb(&["run", "p.yaml", "--json"]));
-    let cold_prepare_ms = first["summary"]["timing"]["prepare_ms"]["ms"].as_u64().unwrap();
+    let cold_prepare_ms = first["summary"]["timing"]["prepare_ms"]["ms"]
+        .as_u64()
+        .unwrap();
 
-    let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let mut samples = Vec::new();
     for i in 0..runs {
-        std::fs::write(d.join("p.yaml"), manifest.replace("GATE", &format!("0.9{}", i + 1))).unwrap();
+        std::fs::write(
+            d.join("p.yaml"),
+            manifest.replace("GATE", &format!("0.9{}", i + 1)),
+        )
+        .unwrap();
         let c = compare_of(&fb(&["run", "p.yaml", "--json"]));
         assert_eq!(c["status"], "built");
         samples.push(c);
     }
     let t = &samples[samples.len() / 2]["summary"]["timing"];
     let images = samples[0]["summary"]["images"].as_u64().unwrap() as f64;
-    let models: Vec<(String, serde_json::Value)> = t.as_object().unwrap().iter().filter(|(_, v)| v.get("load_ms").is_some()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let models: Vec<(String, serde_json::Value)> = t
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.get("load_ms").is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let median = |key: &str| {
-        let mut v: Vec<f64> = samples.iter().map(|s| s["summary"]["timing"][key].as_f64().unwrap_or_default()).collect();
+        let mut v: Vec<f64> = samples
+            .iter()
+            .map(|s| s["summary"]["timing"][key].as_f64().unwrap_or_default())
+            .collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
     let total_ms = median("total_ms");
-    let load_ms: f64 = models.iter().map(|(_, v)| v["load_ms"].as_f64().unwrap()).sum();
+    let load_ms: f64 = models
+        .iter()
+        .map(|(_, v)| v["load_ms"].as_f64().unwrap())
+        .sum();
     let data_path_ms = total_ms - load_ms;
     let passes = images * models.len() as f64;
 
     // The runtimes alone: the same artifacts and batches, inference only.
     let pins = facebuild::toolchain::Pins::resolve(&Default::default());
-    let tc = facebuild::toolchain::Toolchain::find(Utf8PathBuf::from_path_buf(d.join("cache")).unwrap().as_path(), &pins).expect("toolchain installed by the first run");
+    let tc = facebuild::toolchain::Toolchain::find(
+        Utf8PathBuf::from_path_buf(d.join("cache"))
+            .unwrap()
+            .as_path(),
+        &pins,
+    )
+    .expect("toolchain installed by the first run");
     let pipeline = if real { "b" } else { "recognition" };
     let ort = OnnxRuntime::new(&tc, None).unwrap();
     let mut alone_ms = 0.0;
     for (label, v) in &models {
         let batch = v["batch"].as_u64().unwrap() as usize;
         let mut m: Box<dyn LoadedModel> = if label == "reference" {
-            let src = if real { shared.join("models/mobilefacenet.onnx").canonicalize().unwrap() } else { d.join("cache/builtin/iresnet-mini-g1.onnx") };
+            let src = if real {
+                shared
+                    .join("models/mobilefacenet.onnx")
+                    .canonicalize()
+                    .unwrap()
+            } else {
+                d.join("cache/builtin/iresnet-mini-g1.onnx")
+            };
             ort.load(&Utf8PathBuf::from_path_buf(src).unwrap()).unwrap()
         } else {
-            let ir = Utf8PathBuf::from_path_buf(d.join(format!("out/{pipeline}/{}/model.xml", v["step"].as_str().unwrap()))).unwrap();
+            let ir = Utf8PathBuf::from_path_buf(d.join(format!(
+                "out/{pipeline}/{}/model.xml",
+                v["step"].as_str().unwrap()
+            )))
+            .unwrap();
             let hint = v["precision_hint"].as_str().unwrap_or("f32");
-            let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.to_string()) }, ..Default::default() };
-            OpenVino::new(&tc, settings).unwrap().with_batch(batch).load(&ir).unwrap()
+            let settings = OpenVinoSettings {
+                precision_hint: if hint == "default" {
+                    None
+                } else {
+                    Some(hint.to_string())
+                },
+                ..Default::default()
+            };
+            OpenVino::new(&tc, settings)
+                .unwrap()
+                .with_batch(batch)
+                .load(&ir)
+                .unwrap()
         };
         let name = m.inputs()[0].0.clone();
         let x = ArrayD::<f32>::from_elem(IxDyn(&[batch, 3, 112, 112]), 0.1);
@@ -115,12 +185,23 @@ fn main() {
     });
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();
-    std::fs::write(out_dir.join("compare.json"), serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    std::fs::write(
+        out_dir.join("compare.json"),
+        serde_json::to_string_pretty(&result).unwrap(),
+    )
+    .unwrap();
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
 }
 
 fn median_prepare(samples: &[serde_json::Value]) -> f64 {
-    let mut v: Vec<f64> = samples.iter().map(|s| s["summary"]["timing"]["prepare_ms"]["ms"].as_f64().unwrap_or_default()).collect();
+    let mut v: Vec<f64> = samples
+        .iter()
+        .map(|s| {
+            s["summary"]["timing"]["prepare_ms"]["ms"]
+                .as_f64()
+                .unwrap_or_default()
+        })
+        .collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

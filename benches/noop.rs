@@ -11,12 +11,23 @@ use std::time::Instant;
 fn main() {
     let exe = env!("CARGO_BIN_EXE_facebuild");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let toolchains = std::env::var("FACEBUILD_TOOLCHAIN_DIR").unwrap_or_else(|_| root.join("cache/toolchains").display().to_string());
+    let toolchains = std::env::var("FACEBUILD_TOOLCHAIN_DIR")
+        .unwrap_or_else(|_| root.join("cache/toolchains").display().to_string());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let fb = |args: &[&str]| {
-        let out = Command::new(exe).args(args).current_dir(d).env("FACEBUILD_CACHE", d.join("cache")).env("FACEBUILD_TOOLCHAIN_DIR", &toolchains).output().unwrap();
-        assert!(out.status.success(), "facebuild {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(exe)
+            .args(args)
+            .current_dir(d)
+            .env("FACEBUILD_CACHE", d.join("cache"))
+            .env("FACEBUILD_TOOLCHAIN_DIR", &toolchains)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "facebuild {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     };
     fb(&["builtin", "iresnet50", "-o", "model.onnx"]);
@@ -33,9 +44,15 @@ steps:\n  check:\n    kind: check\n  simplify:\n    kind: simplify\n    needs: [
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let steps = report["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
-    assert!(steps.iter().all(|s| s["status"] == "cached"), "the benchmark must measure a no-op: {report:#}");
+    assert!(
+        steps.iter().all(|s| s["status"] == "cached"),
+        "the benchmark must measure a no-op: {report:#}"
+    );
 
-    let runs: usize = std::env::var("NOOP_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("NOOP_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let mut ms: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -59,6 +76,10 @@ steps:\n  check:\n    kind: check\n  simplify:\n    kind: simplify\n    needs: [
     });
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir).unwrap();
-    std::fs::write(out_dir.join("noop.json"), serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    std::fs::write(
+        out_dir.join("noop.json"),
+        serde_json::to_string_pretty(&result).unwrap(),
+    )
+    .unwrap();
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
 }

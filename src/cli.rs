@@ -1,24 +1,28 @@
 //! The command line. Parsing and rendering only: the work is in the library modules.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::cache::{Lock, Store};
-use crate::context::{default_cache_dir, BuildContext};
+use crate::context::{BuildContext, default_cache_dir};
 use crate::error::{Error, Result};
-use crate::graph::plan::{plan, Decision};
+use crate::graph::plan::{Decision, plan};
 use crate::manifest::Manifest;
 use crate::scheduler::{self, RunOptions, RunReport, Status};
 use crate::toolchain::{Pins, Toolchain};
 use crate::util::human_bytes;
 
 #[derive(Parser)]
-#[command(name = "facebuild", version, about = "Build, validate and gate face-model deployment artifacts from YAML pipelines")]
+#[command(
+    name = "facebuild",
+    version,
+    about = "Build, validate and gate face-model deployment artifacts from YAML pipelines"
+)]
 pub struct Cli {
     /// Cache directory (default: ./cache, or $FACEBUILD_CACHE)
     #[arg(long, global = true, value_name = "DIR")]
@@ -154,7 +158,9 @@ enum ToolchainCmd {
 }
 
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn main() -> i32 {
@@ -164,8 +170,16 @@ pub fn main() -> i32 {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FACEBUILD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("facebuild={level},ort=error")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FACEBUILD_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("facebuild={level},ort=error"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
 
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -176,7 +190,9 @@ pub fn main() -> i32 {
                 eprintln!("\nfacebuild: interrupted again, exiting");
                 std::process::exit(130);
             }
-            eprintln!("\nfacebuild: interrupt received; finishing running steps (Ctrl-C again to exit now)");
+            eprintln!(
+                "\nfacebuild: interrupt received; finishing running steps (Ctrl-C again to exit now)"
+            );
         });
     }
     match dispatch(cli, &cancel) {
@@ -191,13 +207,28 @@ pub fn main() -> i32 {
 fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
     let cache_dir = default_cache_dir(cli.cache_dir.as_deref());
     match cli.command {
-        Command::Run { file, sel, jobs, keep_going, no_cache, json } => {
+        Command::Run {
+            file,
+            sel,
+            jobs,
+            keep_going,
+            no_cache,
+            json,
+        } => {
             let mut ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
-            let opts = RunOptions { targets: sel.targets, jobs, keep_going, no_cache };
+            let opts = RunOptions {
+                targets: sel.targets,
+                jobs,
+                keep_going,
+                no_cache,
+            };
             let report = scheduler::run(&mut ctx, &opts, cancel)?;
             let written = crate::report::run::write(&report, &ctx);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
+                );
             } else {
                 print_run(&report, &ctx);
                 match &written {
@@ -216,20 +247,40 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let p = plan(&ctx, &selected, false)?;
             if json {
                 let v = json!({"pipeline": ctx.manifest.name, "toolchain": ctx.pins.id(), "toolchain_installed": ctx.toolchain.is_some(), "steps": p});
-                println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
+                );
             } else {
-                println!("plan for `{}` ({}), toolchain {}", ctx.manifest.name, ctx.manifest.file, ctx.pins.id());
+                println!(
+                    "plan for `{}` ({}), toolchain {}",
+                    ctx.manifest.name,
+                    ctx.manifest.file,
+                    ctx.pins.id()
+                );
                 let w = p.iter().map(|s| s.step.len()).max().unwrap_or(0);
                 for (i, s) in p.iter().enumerate() {
                     let what = match &s.decision {
                         Decision::Cached { .. } => "cached".to_string(),
-                        Decision::Run { reasons, .. } => format!("will run: {}", reasons.join("; ")),
-                        Decision::Waits { on } => format!("will run if `{}` changes its outputs", on.join("`, `")),
+                        Decision::Run { reasons, .. } => {
+                            format!("will run: {}", reasons.join("; "))
+                        }
+                        Decision::Waits { on } => {
+                            format!("will run if `{}` changes its outputs", on.join("`, `"))
+                        }
                         Decision::Unavailable { reason } => format!("unavailable: {reason}"),
                     };
                     println!("{:>3}. {:<w$}  {:<9} {}", i + 1, s.step, s.kind, what);
                 }
-                let n = p.iter().filter(|s| !matches!(s.decision, Decision::Cached { .. } | Decision::Unavailable { .. })).count();
+                let n = p
+                    .iter()
+                    .filter(|s| {
+                        !matches!(
+                            s.decision,
+                            Decision::Cached { .. } | Decision::Unavailable { .. }
+                        )
+                    })
+                    .count();
                 println!("{n} of {} steps to run", p.len());
             }
             Ok(0)
@@ -241,41 +292,76 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let root = crate::steps::release::releases_root(dir.as_deref());
             let all = crate::steps::release::list(&root)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&all).map_err(anyhow::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all).map_err(anyhow::Error::from)?
+                );
             } else if all.is_empty() {
                 println!("no releases in {root}");
             } else {
                 println!("releases in {root}:");
                 for r in &all {
-                    println!("  {} {:<16} {} {}", if r["current"] == true { "*" } else { " " }, r["pipeline"].as_str().unwrap_or(""), r["version"].as_str().unwrap_or(""), r["artifacts"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+                    println!(
+                        "  {} {:<16} {} {}",
+                        if r["current"] == true { "*" } else { " " },
+                        r["pipeline"].as_str().unwrap_or(""),
+                        r["version"].as_str().unwrap_or(""),
+                        r["artifacts"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default()
+                    );
                 }
                 println!("(* = current)");
             }
             Ok(0)
         }
-        Command::Release(ReleaseCmd::Rollback { pipeline, version, dir, json }) => {
+        Command::Release(ReleaseCmd::Rollback {
+            pipeline,
+            version,
+            dir,
+            json,
+        }) => {
             let root = crate::steps::release::releases_root(dir.as_deref());
             let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
             if json {
                 println!("{r}");
             } else {
-                println!("{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}", r["previous_current"].as_str().unwrap_or("none"), r["verified_files"], r["current_dir"].as_str().unwrap_or(""));
+                println!(
+                    "{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}",
+                    r["previous_current"].as_str().unwrap_or("none"),
+                    r["verified_files"],
+                    r["current_dir"].as_str().unwrap_or("")
+                );
             }
             Ok(0)
         }
         Command::BenchTarget { spec } => {
             let bytes = std::fs::read(&spec).map_err(|e| Error::io(&spec, e))?;
-            let spec: crate::runtime::bench::BenchSpec = serde_json::from_slice(&bytes).map_err(|e| Error::usage(format!("bench-target: {e}")))?;
+            let spec: crate::runtime::bench::BenchSpec = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::usage(format!("bench-target: {e}")))?;
             let v = crate::runtime::bench::run_child(&spec)?;
             println!("{v}");
             Ok(0)
         }
         Command::Builtin { name, output } => {
-            let b = crate::onnx::builtin::BuiltinModel::from_name(&name)
-                .ok_or_else(|| Error::usage(format!("unknown built-in model `{name}`")).with_hint(format!("choose one of {}", crate::onnx::builtin::BuiltinModel::names().join(", "))))?;
+            let b = crate::onnx::builtin::BuiltinModel::from_name(&name).ok_or_else(|| {
+                Error::usage(format!("unknown built-in model `{name}`")).with_hint(format!(
+                    "choose one of {}",
+                    crate::onnx::builtin::BuiltinModel::names().join(", ")
+                ))
+            })?;
             let bytes = b.bytes();
             crate::cache::store::write_atomic(&output, &bytes)?;
-            println!("wrote {} ({}) to {output}", b.name(), human_bytes(bytes.len() as u64));
+            println!(
+                "wrote {} ({}) to {output}",
+                b.name(),
+                human_bytes(bytes.len() as u64)
+            );
             Ok(0)
         }
     }
@@ -290,8 +376,22 @@ fn summary_line(v: &serde_json::Value) -> String {
             .map(|(k, v)| match v {
                 serde_json::Value::String(s) => format!("{k} {s}"),
                 // Six decimals are enough to read a cosine; trailing zeros are noise.
-                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => format!("{k} {}", (n.as_f64().unwrap_or_default() * 1e6).round() / 1e6),
-                serde_json::Value::Array(a) => format!("{k} {}", a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", ")),
+                serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+                    format!(
+                        "{k} {}",
+                        (n.as_f64().unwrap_or_default() * 1e6).round() / 1e6
+                    )
+                }
+                serde_json::Value::Array(a) => format!(
+                    "{k} {}",
+                    a.iter()
+                        .map(|x| x
+                            .as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 other => format!("{k} {other}"),
             })
             .collect::<Vec<_>>()
@@ -318,19 +418,44 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
         r.duration_ms as f64 / 1000.0
     );
     let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
-    let status_of = |s: &crate::scheduler::StepResult| serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(|x| x.replace('_', " "))).unwrap_or_default();
-    let sw = r.steps.iter().map(|s| status_of(s).len()).max().unwrap_or(0).max(8);
+    let status_of = |s: &crate::scheduler::StepResult| {
+        serde_json::to_value(s.status)
+            .ok()
+            .and_then(|v| v.as_str().map(|x| x.replace('_', " ")))
+            .unwrap_or_default()
+    };
+    let sw = r
+        .steps
+        .iter()
+        .map(|s| status_of(s).len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     for s in &r.steps {
         let status = status_of(s);
         let detail = match (&s.error, s.status) {
-            (Some(e), Status::Unavailable) => e.trim_start_matches("unavailable: ").lines().next().unwrap_or_default().to_string(),
+            (Some(e), Status::Unavailable) => e
+                .trim_start_matches("unavailable: ")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
-            (None, Status::Built) => format!("{:.1}s  {}", s.duration_ms as f64 / 1000.0, summary_line(&s.summary)),
+            (None, Status::Built) => format!(
+                "{:.1}s  {}",
+                s.duration_ms as f64 / 1000.0,
+                summary_line(&s.summary)
+            ),
             _ => summary_line(&s.summary),
         };
         println!("  {:<w$}  {:<sw$} {}", s.step, status, detail);
     }
-    println!("source {} | outputs in {} | lockfile {}", r.source, ctx.manifest.output_dir, ctx.manifest.lock_path());
+    println!(
+        "source {} | outputs in {} | lockfile {}",
+        r.source,
+        ctx.manifest.output_dir,
+        ctx.manifest.lock_path()
+    );
 }
 
 fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
@@ -343,29 +468,63 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
         let (state, detail) = match &s.decision {
             Decision::Cached { key } => {
                 let rec = ctx.store.read_action(key);
-                ("up-to-date", json!({"key": key, "summary": rec.map(|r| r.summary).unwrap_or_default()}))
+                (
+                    "up-to-date",
+                    json!({"key": key, "summary": rec.map(|r| r.summary).unwrap_or_default()}),
+                )
             }
-            Decision::Run { reasons, .. } if lock.is_none() => ("not-built", json!({"reasons": reasons})),
+            Decision::Run { reasons, .. } if lock.is_none() => {
+                ("not-built", json!({"reasons": reasons}))
+            }
             Decision::Run { reasons, .. } => ("stale", json!({"reasons": reasons})),
             Decision::Waits { on } => ("stale-upstream", json!({"upstream": on})),
             Decision::Unavailable { reason } => ("unavailable", json!({"reasons": [reason]})),
         };
-        let outputs: Vec<String> = lock.map(|l| l.outputs.keys().map(|k| ctx.step_out_dir(&s.step).join(k).to_string()).collect()).unwrap_or_default();
+        let outputs: Vec<String> = lock
+            .map(|l| {
+                l.outputs
+                    .keys()
+                    .map(|k| ctx.step_out_dir(&s.step).join(k).to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         rows.push(json!({"step": s.step, "kind": s.kind, "state": state, "detail": detail, "outputs": outputs}));
     }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows})).map_err(anyhow::Error::from)?);
         return Ok(0);
     }
-    println!("{} ({}), lockfile {}", ctx.manifest.name, ctx.manifest.file, ctx.manifest.lock_path());
-    let w = rows.iter().map(|r| r["step"].as_str().unwrap_or("").len()).max().unwrap_or(0);
+    println!(
+        "{} ({}), lockfile {}",
+        ctx.manifest.name,
+        ctx.manifest.file,
+        ctx.manifest.lock_path()
+    );
+    let w = rows
+        .iter()
+        .map(|r| r["step"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(0);
     for r in &rows {
         let detail = match r["state"].as_str() {
             Some("up-to-date") => summary_line(&r["detail"]["summary"]),
             Some("stale-upstream") => format!("upstream {} will rebuild", r["detail"]["upstream"]),
-            _ => r["detail"]["reasons"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default(),
+            _ => r["detail"]["reasons"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default(),
         };
-        println!("  {:<w$}  {:<15} {}", r["step"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), detail);
+        println!(
+            "  {:<w$}  {:<15} {}",
+            r["step"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            detail
+        );
     }
     Ok(0)
 }
@@ -376,20 +535,41 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
         CacheCmd::Ls { json } => {
             let recs = store.actions()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?
+                );
                 return Ok(0);
             }
             println!("cache {cache_dir}: {} step results", recs.len());
             for r in &recs {
                 let size: u64 = r.outputs.values().map(|b| b.size).sum();
-                println!("  {}  {:<14} {:<10} {:<9} {:>10}  {}", &r.key[..12], r.pipeline, r.step, r.kind, human_bytes(size), r.outputs.keys().cloned().collect::<Vec<_>>().join(", "));
+                println!(
+                    "  {}  {:<14} {:<10} {:<9} {:>10}  {}",
+                    &r.key[..12],
+                    r.pipeline,
+                    r.step,
+                    r.kind,
+                    human_bytes(size),
+                    r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             }
-            let total: u64 = store.blobs()?.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+            let total: u64 = store
+                .blobs()?
+                .iter()
+                .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
             println!("blobs: {}", human_bytes(total));
             Ok(0)
         }
         CacheCmd::Verify { repair, json } => {
-            let total: u64 = store.blobs()?.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+            let total: u64 = store
+                .blobs()?
+                .iter()
+                .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
             let pb = crate::report::progress::bytes_bar(total, "verifying blobs");
             let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
             pb.finish_and_clear();
@@ -397,24 +577,39 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
             if json {
                 println!("{}", json!({"corrupt": corrupt, "repaired": repair}));
             } else if corrupt.is_empty() {
-                println!("cache {cache_dir}: all {} blobs intact ({})", store.blobs()?.len(), human_bytes(total));
+                println!(
+                    "cache {cache_dir}: all {} blobs intact ({})",
+                    store.blobs()?.len(),
+                    human_bytes(total)
+                );
             } else {
                 for d in &corrupt {
                     println!("corrupt: {d}{}", if repair { " (removed)" } else { "" });
                 }
                 if !repair {
-                    println!("hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps");
+                    println!(
+                        "hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps"
+                    );
                 }
             }
             Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
         }
         CacheCmd::Gc { files, dry_run } => {
-            let files = if files.is_empty() { default_lockfiles() } else { files };
+            let files = if files.is_empty() {
+                default_lockfiles()
+            } else {
+                files
+            };
             let mut keep = BTreeSet::new();
             for f in &files {
-                let lock_path = if f.extension() == Some("lock") { f.clone() } else { f.with_extension("lock") };
+                let lock_path = if f.extension() == Some("lock") {
+                    f.clone()
+                } else {
+                    f.with_extension("lock")
+                };
                 if !lock_path.exists() {
-                    return Err(Error::usage(format!("no lockfile {lock_path}")).with_hint("name lockfiles (or manifests) whose results to keep"));
+                    return Err(Error::usage(format!("no lockfile {lock_path}"))
+                        .with_hint("name lockfiles (or manifests) whose results to keep"));
                 }
                 keep.extend(Lock::load(&lock_path).steps.values().map(|e| e.key.clone()));
             }
@@ -441,9 +636,10 @@ fn default_lockfiles() -> Vec<Utf8PathBuf> {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 if let Ok(p) = Utf8PathBuf::from_path_buf(e.path())
-                    && p.extension() == Some("lock") {
-                        v.push(p);
-                    }
+                    && p.extension() == Some("lock")
+                {
+                    v.push(p);
+                }
             }
         }
     }
@@ -459,7 +655,10 @@ fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {
 }
 
 /// TensorRT as a manifest (or, without one, the environment) would find it.
-fn tensorrt_for(file: Option<&Utf8Path>, cache_dir: &Utf8Path) -> Result<crate::toolchain::tensorrt::Discovery> {
+fn tensorrt_for(
+    file: Option<&Utf8Path>,
+    cache_dir: &Utf8Path,
+) -> Result<crate::toolchain::tensorrt::Discovery> {
     Ok(match file {
         Some(f) => {
             let m = Manifest::load(f)?;
@@ -488,18 +687,37 @@ fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
             println!("  interpreter {}", pins.interpreter);
             match &tc {
                 None => {
-                    println!("  not installed (`facebuild toolchain install`, or any `run`, installs it)");
+                    println!(
+                        "  not installed (`facebuild toolchain install`, or any `run`, installs it)"
+                    );
                     for (k, v) in &pins.packages {
                         println!("  {k:<12} {v} (pinned)");
                     }
                 }
                 Some(t) => {
-                    println!("  python       {} ({})", t.info.python_version, t.info.platform);
+                    println!(
+                        "  python       {} ({})",
+                        t.info.python_version, t.info.platform
+                    );
                     for k in pins.packages.keys() {
                         println!("  {k:<12} {}", t.version(k).unwrap_or("missing"));
                     }
-                    println!("  libonnxruntime {}", t.info.onnxruntime_library.as_ref().map(|p| p.as_str()).unwrap_or("missing"));
-                    println!("  libopenvino_c  {}", t.info.openvino_c_library.as_ref().map(|p| p.as_str()).unwrap_or("missing"));
+                    println!(
+                        "  libonnxruntime {}",
+                        t.info
+                            .onnxruntime_library
+                            .as_ref()
+                            .map(|p| p.as_str())
+                            .unwrap_or("missing")
+                    );
+                    println!(
+                        "  libopenvino_c  {}",
+                        t.info
+                            .openvino_c_library
+                            .as_ref()
+                            .map(|p| p.as_str())
+                            .unwrap_or("missing")
+                    );
                 }
             }
             match &trt {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::json;
 
-use crate::cache::{cache_key, CacheKey, CacheKeyHasher, Lock, Store};
+use crate::cache::{CacheKey, CacheKeyHasher, Lock, Store, cache_key};
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Dag;
 use crate::manifest::{Manifest, Step};
@@ -69,21 +69,44 @@ impl BuildContext {
         let pins = Pins::resolve(&manifest.toolchain);
         let toolchain = Toolchain::find(&cache_dir, &pins);
         let lock = Lock::load(&manifest.lock_path());
-        Ok(BuildContext { manifest, dag, store, cache_dir, pins, toolchain, lock, tensorrt: std::sync::OnceLock::new() })
+        Ok(BuildContext {
+            manifest,
+            dag,
+            store,
+            cache_dir,
+            pins,
+            toolchain,
+            lock,
+            tensorrt: std::sync::OnceLock::new(),
+        })
     }
 
     /// TensorRT as found for this manifest, or what is missing.
     pub fn tensorrt(&self) -> &crate::toolchain::tensorrt::Discovery {
-        self.tensorrt.get_or_init(|| crate::toolchain::tensorrt::discover(self.manifest.toolchain.tensorrt.as_ref(), &self.manifest.dir, &self.cache_dir))
+        self.tensorrt.get_or_init(|| {
+            crate::toolchain::tensorrt::discover(
+                self.manifest.toolchain.tensorrt.as_ref(),
+                &self.manifest.dir,
+                &self.cache_dir,
+            )
+        })
     }
 
     /// Why a step cannot run on this machine, if so: the model it takes `from` is unavailable
     /// (`unavailable_dep` gives an upstream step's reason), or its backend is not installed.
-    pub fn unavailable(&self, step: &Step, unavailable_dep: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    pub fn unavailable(
+        &self,
+        step: &Step,
+        unavailable_dep: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
         if let Some(f) = &step.spec.from
-            && let Some(why) = unavailable_dep(&f.value) {
-                return Some(format!("its model comes from `{}`, which is unavailable ({why})", f.value));
-            }
+            && let Some(why) = unavailable_dep(&f.value)
+        {
+            return Some(format!(
+                "its model comes from `{}`, which is unavailable ({why})",
+                f.value
+            ));
+        }
         if steps::uses_tensorrt(&step.spec.params) {
             return self.tensorrt().as_ref().err().cloned();
         }
@@ -93,7 +116,14 @@ impl BuildContext {
     /// What a dependant's key records for an unavailable upstream step: when the step
     /// becomes available its real outputs change the key, and the dependant reruns.
     pub fn absent_outputs() -> BTreeMap<String, crate::cache::BlobRef> {
-        [("unavailable".to_string(), crate::cache::BlobRef { digest: "unavailable".into(), size: 0 })].into()
+        [(
+            "unavailable".to_string(),
+            crate::cache::BlobRef {
+                digest: "unavailable".into(),
+                size: 0,
+            },
+        )]
+        .into()
     }
 
     /// Install the toolchain if needed (run does this; plan and status only look).
@@ -112,12 +142,24 @@ impl BuildContext {
             Some(p) => {
                 let path = m.resolve(p);
                 if !path.exists() {
-                    return Err(Error::Model { path: path.clone(), message: "model file not found".into(), hint: Some(format!("`model.path` in {} is relative to the manifest's folder", m.file)) });
+                    return Err(Error::Model {
+                        path: path.clone(),
+                        message: "model file not found".into(),
+                        hint: Some(format!(
+                            "`model.path` in {} is relative to the manifest's folder",
+                            m.file
+                        )),
+                    });
                 }
                 (path, p.to_string())
             }
             None => {
-                let b = m.model.builtin.as_deref().map(|n| BuiltinModel::from_name(n).expect("validated")).unwrap_or(BuiltinModel::DEFAULT);
+                let b = m
+                    .model
+                    .builtin
+                    .as_deref()
+                    .map(|n| BuiltinModel::from_name(n).expect("validated"))
+                    .unwrap_or(BuiltinModel::DEFAULT);
                 (self.builtin_model(b)?, format!("builtin:{}", b.name()))
             }
         };
@@ -125,17 +167,29 @@ impl BuildContext {
         if let Some(pin) = &m.model.sha256 {
             let actual = self.store.memo.sha256(&path)?;
             if !actual.eq_ignore_ascii_case(&pin.value) {
-                let at = crate::error::Location { file: m.file.clone(), line: pin.referenced.line(), column: pin.referenced.column() };
+                let at = crate::error::Location {
+                    file: m.file.clone(),
+                    line: pin.referenced.line(),
+                    column: pin.referenced.column(),
+                };
                 return Err(Error::manifest(at, format!("model {path} has sha256 {actual}, but `model.sha256` pins {}", pin.value))
                     .with_hint("the model changed: update the pin if the change is intended, or restore the pinned file"));
             }
         }
-        Ok(Source { path, digest: d.blake3, size: d.size, label })
+        Ok(Source {
+            path,
+            digest: d.blake3,
+            size: d.size,
+            label,
+        })
     }
 
     /// Generate a built-in model once per generator version, into the cache.
     pub fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
-        let path = self.cache_dir.join("builtin").join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()));
+        let path = self
+            .cache_dir
+            .join("builtin")
+            .join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()));
         if !path.exists() {
             crate::cache::store::write_atomic(&path, &b.bytes())?;
         }
@@ -147,10 +201,20 @@ impl BuildContext {
         let spec = &self.manifest.datasets[name];
         let dir = match (&spec.path, &spec.builtin) {
             (Some(p), _) => self.manifest.resolve(p),
-            (None, b) => crate::preprocess::synthetic::ensure(&self.cache_dir, b.as_deref().unwrap_or("synthetic-faces"))?,
+            (None, b) => crate::preprocess::synthetic::ensure(
+                &self.cache_dir,
+                b.as_deref().unwrap_or("synthetic-faces"),
+            )?,
         };
         if !dir.is_dir() {
-            return Err(Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(format!("`datasets.{name}.path` is relative to {}", self.manifest.dir)));
+            return Err(
+                Error::usage(format!("dataset `{name}`: folder {dir} does not exist")).with_hint(
+                    format!(
+                        "`datasets.{name}.path` is relative to {}",
+                        self.manifest.dir
+                    ),
+                ),
+            );
         }
         let files = crate::util::files_under(&dir)?;
         let mut entries = Vec::with_capacity(files.len());
@@ -169,9 +233,17 @@ impl BuildContext {
             Some(a) => {
                 let model = self.manifest.resolve(&a.model);
                 if !model.is_file() {
-                    return Err(Error::usage(format!("dataset `{name}`: alignment detector {model} does not exist")).with_hint(format!("`datasets.{name}.align.model` is relative to {}", self.manifest.dir)));
+                    return Err(Error::usage(format!(
+                        "dataset `{name}`: alignment detector {model} does not exist"
+                    ))
+                    .with_hint(format!(
+                        "`datasets.{name}.align.model` is relative to {}",
+                        self.manifest.dir
+                    )));
                 }
-                serde_json::to_value(a).map_err(anyhow::Error::from)?.cache_key(&mut h);
+                serde_json::to_value(a)
+                    .map_err(anyhow::Error::from)?
+                    .cache_key(&mut h);
                 self.store.memo.blake3(&model)?.blake3.cache_key(&mut h);
             }
             None => h.write_tag(b'N'),
@@ -181,12 +253,21 @@ impl BuildContext {
 
     /// Key parts for a step, given the digest of its model input and the outputs of the
     /// steps its params reference (a calibration set, compare candidates).
-    pub fn key_parts(&self, step: &Step, model_digest: &str, upstream: &dyn Fn(&str) -> Option<BTreeMap<String, crate::cache::BlobRef>>) -> Result<KeyParts> {
-        let tc = self.toolchain.as_ref().ok_or_else(|| Error::toolchain("not installed"))?;
+    pub fn key_parts(
+        &self,
+        step: &Step,
+        model_digest: &str,
+        upstream: &dyn Fn(&str) -> Option<BTreeMap<String, crate::cache::BlobRef>>,
+    ) -> Result<KeyParts> {
+        let tc = self
+            .toolchain
+            .as_ref()
+            .ok_or_else(|| Error::toolchain("not installed"))?;
         let mut inputs = BTreeMap::new();
         inputs.insert("model".to_string(), model_digest.to_string());
         for r in steps::referenced_steps(&step.spec.params) {
-            let outs = upstream(&r).ok_or_else(|| anyhow::anyhow!("outputs of `{r}` are not known yet"))?;
+            let outs = upstream(&r)
+                .ok_or_else(|| anyhow::anyhow!("outputs of `{r}` are not known yet"))?;
             for (name, blob) in outs {
                 inputs.insert(format!("{r}/{name}"), blob.digest);
             }
@@ -197,7 +278,11 @@ impl BuildContext {
         for f in steps::extra_files(&step.spec.params) {
             let path = self.manifest.resolve(&f);
             if !path.is_file() {
-                return Err(Error::usage(format!("step `{}`: {path} does not exist", step.name)).with_hint(format!("paths in params are relative to {}", self.manifest.dir)));
+                return Err(
+                    Error::usage(format!("step `{}`: {path} does not exist", step.name)).with_hint(
+                        format!("paths in params are relative to {}", self.manifest.dir),
+                    ),
+                );
             }
             inputs.insert(format!("file:{f}"), self.store.memo.blake3(&path)?.blake3);
         }
@@ -207,14 +292,23 @@ impl BuildContext {
         let mut toolchain = tc.fingerprint(&steps::toolchain_pieces(&step.spec.params));
         // An engine is specific to its TensorRT version and GPU: all of it is in the key.
         if steps::uses_tensorrt(&step.spec.params) {
-            let trt = self.tensorrt().as_ref().map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
+            let trt = self
+                .tensorrt()
+                .as_ref()
+                .map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
             toolchain.extend(trt.fingerprint());
         }
         // Measurements belong to the machine that made them.
         if step.spec.kind == crate::manifest::StepKind::Benchmark {
             toolchain.insert("machine".into(), steps::benchmark::machine_fingerprint());
         }
-        Ok(KeyParts { kind: step.spec.kind.to_string(), impl_version: steps::impl_version(step.spec.kind), params, inputs, toolchain })
+        Ok(KeyParts {
+            kind: step.spec.kind.to_string(),
+            impl_version: steps::impl_version(step.spec.kind),
+            params,
+            inputs,
+            toolchain,
+        })
     }
 
     /// Where a step's outputs are copied for people to read: `<output>/<step>/`.
@@ -224,12 +318,23 @@ impl BuildContext {
 
     /// Copy a step's outputs out of the store, unless the copy there is already identical
     /// (checked by the stat memo, so a no-op run reads nothing).
-    pub fn materialize(&self, step: &str, outputs: &BTreeMap<String, crate::cache::BlobRef>) -> Result<()> {
+    pub fn materialize(
+        &self,
+        step: &str,
+        outputs: &BTreeMap<String, crate::cache::BlobRef>,
+    ) -> Result<()> {
         let dir = self.step_out_dir(step);
         std::fs::create_dir_all(&dir).fs_context(&dir)?;
         for (name, blob) in outputs {
             let dest = dir.join(name);
-            if dest.exists() && self.store.memo.blake3(&dest).map(|d| d.blake3 == blob.digest).unwrap_or(false) {
+            if dest.exists()
+                && self
+                    .store
+                    .memo
+                    .blake3(&dest)
+                    .map(|d| d.blake3 == blob.digest)
+                    .unwrap_or(false)
+            {
                 continue;
             }
             let src = self.store.blob_path(&blob.digest);

@@ -29,26 +29,48 @@ impl fmt::Display for Location {
 pub enum Error {
     /// The manifest is not valid: bad YAML, unknown key, wrong type, unknown step, cycle...
     #[error("{location}: {message}{}", hint_suffix(.hint))]
-    Manifest { location: Location, message: String, hint: Option<String> },
+    Manifest {
+        location: Location,
+        message: String,
+        hint: Option<String>,
+    },
 
     /// A step ran and failed (including a failed gate). The report, if any, is kept.
     #[error("step `{step}` failed: {message}{}", hint_suffix(.hint))]
-    Step { step: String, message: String, hint: Option<String> },
+    Step {
+        step: String,
+        message: String,
+        hint: Option<String>,
+    },
 
     /// The Python toolchain or a native runtime library could not be provisioned/loaded.
     #[error("toolchain: {message}{}", hint_suffix(.hint))]
-    Toolchain { message: String, hint: Option<String> },
+    Toolchain {
+        message: String,
+        hint: Option<String>,
+    },
 
     /// The model file itself is unreadable or not an ONNX ModelProto.
     #[error("model {path}: {message}{}", hint_suffix(.hint))]
-    Model { path: Utf8PathBuf, message: String, hint: Option<String> },
+    Model {
+        path: Utf8PathBuf,
+        message: String,
+        hint: Option<String>,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: Utf8PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: Utf8PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// The user asked for something that does not exist (a --target, a release...).
     #[error("{message}{}", hint_suffix(.hint))]
-    Usage { message: String, hint: Option<String> },
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
 
     /// The run was interrupted (Ctrl-C).
     #[error("interrupted")]
@@ -71,11 +93,18 @@ fn hint_suffix(hint: &Option<String>) -> String {
 
 impl Error {
     pub fn io(path: impl Into<Utf8PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn manifest(location: Location, message: impl Into<String>) -> Self {
-        Error::Manifest { location, message: message.into(), hint: None }
+        Error::Manifest {
+            location,
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn with_hint(mut self, h: impl Into<String>) -> Self {
@@ -91,11 +120,17 @@ impl Error {
     }
 
     pub fn toolchain(message: impl Into<String>) -> Self {
-        Error::Toolchain { message: message.into(), hint: None }
+        Error::Toolchain {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
-        Error::Usage { message: message.into(), hint: None }
+        Error::Usage {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     /// Process exit code: 2 for bad usage or manifest, 130 for Ctrl-C, 1 otherwise.

@@ -30,7 +30,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 /// Every file below `dir`, recursively, sorted by path (stable across filesystems).
@@ -41,8 +45,14 @@ pub fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8Path
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).fs_context(&d)? {
             let e = e.fs_context(&d)?;
-            let Ok(p) = camino::Utf8PathBuf::from_path_buf(e.path()) else { continue };
-            if p.is_dir() { stack.push(p) } else { files.push(p) }
+            let Ok(p) = camino::Utf8PathBuf::from_path_buf(e.path()) else {
+                continue;
+            };
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p)
+            }
         }
     }
     files.sort();

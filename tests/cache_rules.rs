@@ -11,9 +11,16 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     p.write("p.yaml", &builtin_manifest(STEPS));
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
-    assert_eq!(statuses(&r).iter().filter(|(_, s)| s == "built").count(), 3, "{r:#}");
+    assert_eq!(
+        statuses(&r).iter().filter(|(_, s)| s == "built").count(),
+        3,
+        "{r:#}"
+    );
     assert!(p.path("p.lock").exists(), "lockfile next to the manifest");
-    assert!(p.path("out/t/simplify/model.onnx").exists(), "outputs materialized");
+    assert!(
+        p.path("out/t/simplify/model.onnx").exists(),
+        "outputs materialized"
+    );
 
     // Nothing changed: everything cached, nothing runs.
     let (code, r) = p.run_json("p.yaml", &[]);
@@ -21,12 +28,21 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
 
     // A param that changes simplify's output: simplify and its dependant rerun, check does not.
-    p.write("p.yaml", &builtin_manifest(&STEPS.replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n")));
+    p.write(
+        "p.yaml",
+        &builtin_manifest(&STEPS.replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n")),
+    );
     let plan = p.plan_json("p.yaml");
     let steps = plan["steps"].as_array().unwrap();
     assert_eq!(steps[0]["decision"], "cached");
     assert_eq!(steps[1]["decision"], "run");
-    assert!(steps[1]["reasons"][0].as_str().unwrap().contains("param `tool` changed"), "{plan:#}");
+    assert!(
+        steps[1]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("param `tool` changed"),
+        "{plan:#}"
+    );
     assert_eq!(steps[2]["decision"], "waits");
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
@@ -36,16 +52,35 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
 
     // A gate-only param: simplify reruns; its output bytes are identical, so the dependant
     // keyed on that content stays cached (early cutoff).
-    p.write("p.yaml", &builtin_manifest(&STEPS.replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n").replace("0.9999", "0.999")));
+    p.write(
+        "p.yaml",
+        &builtin_manifest(
+            &STEPS
+                .replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n")
+                .replace("0.9999", "0.999"),
+        ),
+    );
     let plan = p.plan_json("p.yaml");
-    assert!(plan["steps"][1]["reasons"][0].as_str().unwrap().contains("param `cosine_min` changed: 0.9999 -> 0.999"), "{plan:#}");
+    assert!(
+        plan["steps"][1]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("param `cosine_min` changed: 0.9999 -> 0.999"),
+        "{plan:#}"
+    );
     let (_, r) = p.run_json("p.yaml", &[]);
     assert_eq!(status_of(&r, "simplify"), "built");
     assert_eq!(status_of(&r, "check_simplified"), "cached");
 
     // --no-cache rebuilds everything selected; --target selects a step and its needs only.
     let (_, r) = p.run_json("p.yaml", &["--no-cache", "--target", "simplify"]);
-    assert_eq!(statuses(&r), vec![("check".into(), "built".into()), ("simplify".into(), "built".into())]);
+    assert_eq!(
+        statuses(&r),
+        vec![
+            ("check".into(), "built".into()),
+            ("simplify".into(), "built".into())
+        ]
+    );
 }
 
 #[test]
@@ -54,7 +89,10 @@ fn corrupted_blob_is_detected_and_rebuilt() {
     p.write("p.yaml", &builtin_manifest(STEPS));
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
-    let digest = r["steps"][1]["outputs"]["model.onnx"]["digest"].as_str().unwrap().to_string();
+    let digest = r["steps"][1]["outputs"]["model.onnx"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob = p.path(&format!("cache/cas/{}/{}", &digest[..2], &digest[2..]));
     let mut bytes = std::fs::read(&blob).unwrap();
     let n = bytes.len();
@@ -72,10 +110,22 @@ fn corrupted_blob_is_detected_and_rebuilt() {
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(status_of(&r, "check"), "cached");
-    assert_eq!(status_of(&r, "simplify"), "built", "corrupt output must be rebuilt: {r:#}");
-    assert_eq!(r["steps"][1]["outputs"]["model.onnx"]["digest"], digest.as_str(), "rebuild is reproducible");
+    assert_eq!(
+        status_of(&r, "simplify"),
+        "built",
+        "corrupt output must be rebuilt: {r:#}"
+    );
+    assert_eq!(
+        r["steps"][1]["outputs"]["model.onnx"]["digest"],
+        digest.as_str(),
+        "rebuild is reproducible"
+    );
     let out = p.run(&["cache", "verify"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -88,10 +138,19 @@ fn failed_gate_stops_dependants_keeps_report_and_keep_going_runs_the_rest() {
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(status_of(&r, "simplify"), "failed");
     assert_eq!(status_of(&r, "check_simplified"), "skipped");
-    assert_eq!(status_of(&r, "check"), "not_run", "without --keep-going nothing new starts after a failure");
+    assert_eq!(
+        status_of(&r, "check"),
+        "not_run",
+        "without --keep-going nothing new starts after a failure"
+    );
     let err = r["steps"][0]["error"].as_str().unwrap();
-    assert!(err.contains("max abs error") && err.contains("report kept at"), "{err}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p.path("out/t/simplify/report.json")).unwrap()).unwrap();
+    assert!(
+        err.contains("max abs error") && err.contains("report kept at"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path("out/t/simplify/report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["passed"], false);
     assert!(report["outputs"][0]["max_abs_error"].as_f64().unwrap() > 0.0);
 
@@ -111,16 +170,41 @@ fn gc_keeps_what_the_lockfile_references() {
     p.write("p.yaml", &builtin_manifest(STEPS));
     assert_eq!(p.run_json("p.yaml", &[]).0, 0);
     // A second version of simplify's result, which the lockfile then no longer references.
-    p.write("p.yaml", &builtin_manifest(&STEPS.replace("samples: 2", "samples: 3")));
+    p.write(
+        "p.yaml",
+        &builtin_manifest(&STEPS.replace("samples: 2", "samples: 3")),
+    );
     assert_eq!(p.run_json("p.yaml", &[]).0, 0);
     let out = p.run(&["cache", "ls", "--json"]);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len(), 4);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     let out = p.run(&["cache", "gc", "p.lock"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 results"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 results"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = p.run(&["cache", "ls", "--json"]);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len(), 3);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     let (_, r) = p.run_json("p.yaml", &[]);
     assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
 }

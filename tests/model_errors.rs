@@ -4,7 +4,9 @@ mod common;
 use common::*;
 
 fn manifest_for(path: &str, input: &str, shape: &str) -> String {
-    format!("schema: 1\nname: t\nmodel:\n  path: {path}\n  task: recognition\n  input:\n    name: {input}\n    shape: {shape}\nsteps:\n  check:\n    kind: check\n")
+    format!(
+        "schema: 1\nname: t\nmodel:\n  path: {path}\n  task: recognition\n  input:\n    name: {input}\n    shape: {shape}\nsteps:\n  check:\n    kind: check\n"
+    )
 }
 
 fn builtin_bytes(p: &Project) -> Vec<u8> {
@@ -18,11 +20,17 @@ fn truncated_onnx_is_a_clear_error() {
     let p = Project::new();
     let bytes = builtin_bytes(&p);
     std::fs::write(p.path("trunc.onnx"), &bytes[..bytes.len() / 3]).unwrap();
-    p.write("p.yaml", &manifest_for("trunc.onnx", "input.1", "[1, 3, 112, 112]"));
+    p.write(
+        "p.yaml",
+        &manifest_for("trunc.onnx", "input.1", "[1, 3, 112, 112]"),
+    );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
     let err = r["steps"][0]["error"].as_str().unwrap();
-    assert!(err.contains("trunc.onnx") && err.contains("not a valid ONNX ModelProto"), "{err}");
+    assert!(
+        err.contains("trunc.onnx") && err.contains("not a valid ONNX ModelProto"),
+        "{err}"
+    );
     assert!(err.contains("hint:"), "{err}");
 }
 
@@ -30,18 +38,31 @@ fn truncated_onnx_is_a_clear_error() {
 fn declared_input_mismatch_fails_check_with_the_fix() {
     let p = Project::new();
     builtin_bytes(&p);
-    p.write("p.yaml", &manifest_for("m.onnx", "data", "[1, 3, 112, 112]"));
+    p.write(
+        "p.yaml",
+        &manifest_for("m.onnx", "data", "[1, 3, 112, 112]"),
+    );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
     let err = r["steps"][0]["error"].as_str().unwrap();
-    assert!(err.contains("declares input `data`") && err.contains("input.1"), "{err}");
+    assert!(
+        err.contains("declares input `data`") && err.contains("input.1"),
+        "{err}"
+    );
 
-    p.write("p.yaml", &manifest_for("m.onnx", "input.1", "[1, 3, 224, 224]"));
+    p.write(
+        "p.yaml",
+        &manifest_for("m.onnx", "input.1", "[1, 3, 224, 224]"),
+    );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
     let err = r["steps"][0]["error"].as_str().unwrap();
-    assert!(err.contains("dim 2 is 112 in the graph but the manifest declares 224"), "{err}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p.path("out/t/check/report.json")).unwrap()).unwrap();
+    assert!(
+        err.contains("dim 2 is 112 in the graph but the manifest declares 224"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path("out/t/check/report.json")).unwrap()).unwrap();
     assert_eq!(report["passed"], false);
 }
 
@@ -49,18 +70,25 @@ fn declared_input_mismatch_fails_check_with_the_fix() {
 fn sha256_pin_mismatch_stops_before_any_step() {
     let p = Project::new();
     builtin_bytes(&p);
-    let m = manifest_for("m.onnx", "input.1", "[1, 3, 112, 112]").replace("  task:", &format!("  sha256: {}\n  task:", "0".repeat(64)));
+    let m = manifest_for("m.onnx", "input.1", "[1, 3, 112, 112]")
+        .replace("  task:", &format!("  sha256: {}\n  task:", "0".repeat(64)));
     p.write("p.yaml", &m);
     let out = p.run(&["run", "p.yaml"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("pins 0000") && stderr.contains("p.yaml:5:11"), "{stderr}");
+    assert!(
+        stderr.contains("pins 0000") && stderr.contains("p.yaml:5:11"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn missing_model_file_names_the_path() {
     let p = Project::new();
-    p.write("p.yaml", &manifest_for("nowhere.onnx", "input.1", "[1, 3, 112, 112]"));
+    p.write(
+        "p.yaml",
+        &manifest_for("nowhere.onnx", "input.1", "[1, 3, 112, 112]"),
+    );
     let out = p.run(&["plan", "p.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.onnx: model file not found"));

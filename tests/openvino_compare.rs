@@ -53,15 +53,36 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
     let rep = report(&p, "out/mfn/compare/report.json");
-    assert_eq!(rep["dataset"]["pairs"]["genuine"], 38, "{:#}", rep["dataset"]);
+    assert_eq!(
+        rep["dataset"]["pairs"]["genuine"], 38,
+        "{:#}",
+        rep["dataset"]
+    );
     // shared/README says 261 different pairs; pairs.csv holds 262 (300 rows, CRLF).
     assert_eq!(rep["dataset"]["pairs"]["impostor"], 262);
-    let c = |label: &str| rep["candidates"].as_array().unwrap().iter().find(|c| c["label"] == label).unwrap().clone();
+    let c = |label: &str| {
+        rep["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == label)
+            .unwrap()
+            .clone()
+    };
     let (fp32, fp16, int8) = (c("ov_fp32"), c("ov_fp16"), c("ov_int8"));
-    assert_eq!(fp32["execution"]["precision"], "f32", "accuracy gates run OpenVINO with the f32 hint");
-    assert!(fp32["cosine"]["min"].as_f64().unwrap() >= 0.9999, "{fp32:#}");
+    assert_eq!(
+        fp32["execution"]["precision"], "f32",
+        "accuracy gates run OpenVINO with the f32 hint"
+    );
+    assert!(
+        fp32["cosine"]["min"].as_f64().unwrap() >= 0.9999,
+        "{fp32:#}"
+    );
     assert!(fp16["cosine"]["min"].as_f64().unwrap() >= 0.999, "{fp16:#}");
-    assert!(int8["verification"]["tar_at_operating_far"]["candidate"].is_number(), "{int8:#}");
+    assert!(
+        int8["verification"]["tar_at_operating_far"]["candidate"].is_number(),
+        "{int8:#}"
+    );
     assert!(int8["verification"]["flips_at_reference_threshold"].is_number());
     for x in [&fp32, &fp16, &int8] {
         say(&format!(
@@ -71,28 +92,55 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
             x["cosine"]["min"].as_f64().unwrap(),
             x["cosine"]["p01"].as_f64().unwrap(),
             x["cosine"]["mean"].as_f64().unwrap(),
-            x["verification"]["tar_at_operating_far"]["candidate"].as_f64().unwrap(),
-            x["verification"]["tar_at_operating_far"]["reference"].as_f64().unwrap(),
+            x["verification"]["tar_at_operating_far"]["candidate"]
+                .as_f64()
+                .unwrap(),
+            x["verification"]["tar_at_operating_far"]["reference"]
+                .as_f64()
+                .unwrap(),
             x["verification"]["candidate"]["eer"].as_f64().unwrap(),
             x["verification"]["flips_at_reference_threshold"]
         ));
     }
-    say(&format!("mobilefacenet reference: {}", rep["reference"]["verification"]));
+    say(&format!(
+        "mobilefacenet reference: {}",
+        rep["reference"]["verification"]
+    ));
 
     // Same inputs, same outputs: the report is reproducible byte for byte.
     let first = std::fs::read(p.path("out/mfn/compare/report.json")).unwrap();
     let (_, _) = p.run_json("m.yaml", &["--no-cache", "--target", "compare"]);
-    assert_eq!(first, std::fs::read(p.path("out/mfn/compare/report.json")).unwrap(), "compare reports must be identical across runs");
+    assert_eq!(
+        first,
+        std::fs::read(p.path("out/mfn/compare/report.json")).unwrap(),
+        "compare reports must be identical across runs"
+    );
 
     // Changing only the calibration set reruns calibrate and the INT8 branch, nothing else.
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 2, ""));
     let plan = p.plan_json("m.yaml");
-    let reasons: Vec<String> = plan["steps"].as_array().unwrap().iter().filter(|s| s["decision"] == "run").map(|s| format!("{}: {}", s["step"], s["reasons"])).collect();
+    let reasons: Vec<String> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["decision"] == "run")
+        .map(|s| format!("{}: {}", s["step"], s["reasons"]))
+        .collect();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(reasons[0].contains("calibrate") && reasons[0].contains("input `dataset:calib` changed"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("calibrate") && reasons[0].contains("input `dataset:calib` changed"),
+        "{reasons:?}"
+    );
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
-    for (step, want) in [("simplify", "cached"), ("ov_fp32", "cached"), ("ov_fp16", "cached"), ("calibrate", "built"), ("ov_int8", "built"), ("compare", "built")] {
+    for (step, want) in [
+        ("simplify", "cached"),
+        ("ov_fp32", "cached"),
+        ("ov_fp16", "cached"),
+        ("calibrate", "built"),
+        ("ov_int8", "built"),
+        ("compare", "built"),
+    ] {
         assert_eq!(status_of(&r, step), want, "{step}: {r:#}");
     }
 }
@@ -112,30 +160,77 @@ fn a_candidate_fed_with_the_wrong_normalisation_fails_the_gate() {
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 1, broken));
     let (code, r) = p.run_json("m.yaml", &["--keep-going"]);
     assert_eq!(code, 1, "{r:#}");
-    assert_eq!(status_of(&r, "compare"), "built", "the correct candidates still pass");
+    assert_eq!(
+        status_of(&r, "compare"),
+        "built",
+        "the correct candidates still pass"
+    );
     assert_eq!(status_of(&r, "compare_broken"), "failed");
-    let err = r["steps"].as_array().unwrap().iter().find(|s| s["step"] == "compare_broken").unwrap()["error"].as_str().unwrap().to_string();
-    assert!(err.contains("candidate `fp32_wrong_mean_std`") && err.contains("cosine_min") && err.contains("violates limit 0.99"), "{err}");
+    let err = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "compare_broken")
+        .unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("candidate `fp32_wrong_mean_std`")
+            && err.contains("cosine_min")
+            && err.contains("violates limit 0.99"),
+        "{err}"
+    );
     let md = std::fs::read_to_string(p.path("out/mfn/compare_broken/report.md")).unwrap();
     assert!(md.contains("**FAIL**"), "{md}");
-    say(&format!("broken candidate: {}", err.lines().next().unwrap()));
+    say(&format!(
+        "broken candidate: {}",
+        err.lines().next().unwrap()
+    ));
 }
 
 #[test]
 fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     let p = Project::new();
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/recognition.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/recognition.yaml"
+    ))
+    .unwrap();
     p.write("pipelines/recognition.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
     // TensorRT is not installed on these machines: its steps say so, everything else builds.
-    assert!(statuses(&r).iter().all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
-    for f in ["openvino_fp32/model.xml", "quantize/model.onnx", "openvino_fp16/model.bin", "openvino_int8/model.xml", "calibrate/calibration.npy", "compare/report.md"] {
-        assert!(p.path(&format!("pipelines/out/recognition/{f}")).exists(), "{f}");
+    assert!(
+        statuses(&r)
+            .iter()
+            .all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")),
+        "{r:#}"
+    );
+    for f in [
+        "openvino_fp32/model.xml",
+        "quantize/model.onnx",
+        "openvino_fp16/model.bin",
+        "openvino_int8/model.xml",
+        "calibrate/calibration.npy",
+        "compare/report.md",
+    ] {
+        assert!(
+            p.path(&format!("pipelines/out/recognition/{f}")).exists(),
+            "{f}"
+        );
     }
     let rep = report(&p, "pipelines/out/recognition/compare/report.json");
-    assert_eq!(rep["dataset"]["pairs"]["kind"], "folder per identity (12 identities)");
+    assert_eq!(
+        rep["dataset"]["pairs"]["kind"],
+        "folder per identity (12 identities)"
+    );
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
     assert_eq!(code, 0);
-    assert!(statuses(&r).iter().all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")), "{r:#}");
+    assert!(
+        statuses(&r)
+            .iter()
+            .all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")),
+        "{r:#}"
+    );
 }

@@ -14,7 +14,8 @@ fn say(line: &str) {
 }
 
 fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
 }
 
 fn pipeline(release_params: &str) -> String {
@@ -36,14 +37,25 @@ fn pipeline(release_params: &str) -> String {
 }
 
 fn release_err(r: &serde_json::Value) -> String {
-    r["steps"].as_array().unwrap().iter().find(|s| s["step"] == "release").unwrap()["error"].as_str().unwrap_or("").to_string()
+    r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "release")
+        .unwrap()["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
 fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     let p = Project::new();
     let rel = p.path("rel");
-    let common = format!("compare: compare, benchmark: benchmark, releases_dir: {}", rel.display());
+    let common = format!(
+        "compare: compare, benchmark: benchmark, releases_dir: {}",
+        rel.display()
+    );
     // 1. A release that passes: loose gates, both kinds.
     p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp16], {common}, version: v1, gates: {{cosine_min: 0.99, p99_ms_max: 10000, throughput_min: 0.001, rss_mib_max: 100000, cold_start_ms_max: 600000}}, keep_fp32_for_audit: true, audit_artifacts: [ov_fp32]}}")));
     let (code, r) = p.run_json("r.yaml", &[]);
@@ -52,25 +64,53 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     // The benchmark: one schema for every runtime, machine described, each target measured.
     let b = json(&p.path("out/t/benchmark/report.json"));
     assert_eq!(b["schema"], "facebuild.benchmark/1");
-    assert!(b["machine"]["cpu"].is_string() && b["machine"]["isa"].is_array() && b["machine"]["logical_cores"].as_u64().unwrap() >= 1);
+    assert!(
+        b["machine"]["cpu"].is_string()
+            && b["machine"]["isa"].is_array()
+            && b["machine"]["logical_cores"].as_u64().unwrap() >= 1
+    );
     let results = b["results"].as_array().unwrap();
-    assert_eq!(results.len(), 5, "simplify in ONNX Runtime, two IRs x two OpenVINO hints: {b:#}");
+    assert_eq!(
+        results.len(),
+        5,
+        "simplify in ONNX Runtime, two IRs x two OpenVINO hints: {b:#}"
+    );
     for x in results {
         for k in ["spawn_to_first_output_ms", "load_ms", "first_inference_ms"] {
             assert!(x["cold_start"][k].as_f64().unwrap() > 0.0, "{k}: {x:#}");
         }
         for k in ["median", "p90", "p99", "max"] {
-            assert!(x["latency_batch1_ms"][k].as_f64().unwrap() > 0.0, "{k}: {x:#}");
+            assert!(
+                x["latency_batch1_ms"][k].as_f64().unwrap() > 0.0,
+                "{k}: {x:#}"
+            );
         }
         assert!(x["peak_rss_mib"].as_f64().unwrap() > 10.0);
         assert!(x["execution"]["precision"].is_string());
         let t = x["throughput"].as_array().unwrap();
         assert_eq!(t.len(), 2);
         assert!(t[0]["images_per_s"].as_f64().unwrap() > 0.0);
-        say(&format!("bench {}: executed {} cold {:.0} ms p50 {:.3} ms p99 {:.3} ms rss {:.0} MiB throughput {}", x["label"], x["execution"]["precision"], x["cold_start"]["spawn_to_first_output_ms"].as_f64().unwrap(), x["latency_batch1_ms"]["median"].as_f64().unwrap(), x["latency_batch1_ms"]["p99"].as_f64().unwrap(), x["peak_rss_mib"].as_f64().unwrap(), x["throughput"]));
+        say(&format!(
+            "bench {}: executed {} cold {:.0} ms p50 {:.3} ms p99 {:.3} ms rss {:.0} MiB throughput {}",
+            x["label"],
+            x["execution"]["precision"],
+            x["cold_start"]["spawn_to_first_output_ms"]
+                .as_f64()
+                .unwrap(),
+            x["latency_batch1_ms"]["median"].as_f64().unwrap(),
+            x["latency_batch1_ms"]["p99"].as_f64().unwrap(),
+            x["peak_rss_mib"].as_f64().unwrap(),
+            x["throughput"]
+        ));
     }
-    let hints: Vec<&str> = results.iter().filter_map(|x| x["execution"]["hint"].as_str()).collect();
-    assert!(hints.contains(&"LATENCY") && hints.contains(&"THROUGHPUT"), "{hints:?}");
+    let hints: Vec<&str> = results
+        .iter()
+        .filter_map(|x| x["execution"]["hint"].as_str())
+        .collect();
+    assert!(
+        hints.contains(&"LATENCY") && hints.contains(&"THROUGHPUT"),
+        "{hints:?}"
+    );
     // The simplified ONNX has a static batch of 1: batch 4 is reported unsupported, not faked.
     let ort = results.iter().find(|x| x["label"] == "simplify").unwrap();
     assert!(ort["throughput"][1]["unsupported"].is_string(), "{ort:#}");
@@ -84,23 +124,55 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     assert!(meta["toolchain"]["python_packages"]["openvino"].is_string());
     assert_eq!(meta["facebuild_version"], env!("CARGO_PKG_VERSION"));
     let arts = meta["artifacts"].as_array().unwrap();
-    assert!(arts.iter().any(|a| a["name"] == "ov_fp16" && a["precision"] == "fp16" && a["audit_only"] == false));
-    assert!(arts.iter().any(|a| a["name"] == "ov_fp32" && a["audit_only"] == true), "FP32 kept for audit");
+    assert!(
+        arts.iter().any(|a| a["name"] == "ov_fp16"
+            && a["precision"] == "fp16"
+            && a["audit_only"] == false)
+    );
+    assert!(
+        arts.iter()
+            .any(|a| a["name"] == "ov_fp32" && a["audit_only"] == true),
+        "FP32 kept for audit"
+    );
     assert!(v1.join("ov_fp16/model.xml").exists() && v1.join("audit/ov_fp32/model.bin").exists());
     let gates = meta["gates"][0]["gates"].as_array().unwrap();
     assert_eq!(gates.len(), 5);
-    assert!(gates.iter().all(|g| g["passed"] == true && g["value"].is_number()), "{gates:#?}");
+    assert!(
+        gates
+            .iter()
+            .all(|g| g["passed"] == true && g["value"].is_number()),
+        "{gates:#?}"
+    );
     let sums = std::fs::read_to_string(v1.join("SHA256SUMS")).unwrap();
     assert!(sums.contains("  ov_fp16/model.bin") && sums.contains("  metadata.json"));
-    assert!(std::fs::read_to_string(v1.join("ROLLBACK.md")).unwrap().contains("first release"));
-    assert_eq!(std::fs::read_to_string(rel.join("t/current/RELEASE")).unwrap().trim(), "v1");
+    assert!(
+        std::fs::read_to_string(v1.join("ROLLBACK.md"))
+            .unwrap()
+            .contains("first release")
+    );
+    assert_eq!(
+        std::fs::read_to_string(rel.join("t/current/RELEASE"))
+            .unwrap()
+            .trim(),
+        "v1"
+    );
 
     // 2. Refused by a latency gate, with the measured value and the limit.
-    p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp16], {common}, version: v2, gates: {{p99_ms_max: 0.000001}}}}")));
+    p.write(
+        "r.yaml",
+        &pipeline(&format!(
+            "{{artifacts: [ov_fp16], {common}, version: v2, gates: {{p99_ms_max: 0.000001}}}}"
+        )),
+    );
     let (code, r) = p.run_json("r.yaml", &[]);
     assert_eq!(code, 1);
     let e = release_err(&r);
-    assert!(e.contains("release refused") && e.contains("p99_ms_max: measured") && e.contains("vs limit 0.000001"), "{e}");
+    assert!(
+        e.contains("release refused")
+            && e.contains("p99_ms_max: measured")
+            && e.contains("vs limit 0.000001"),
+        "{e}"
+    );
     say(&format!("latency gate: {}", e.lines().next().unwrap()));
 
     // 3. Refused by an accuracy gate.
@@ -108,43 +180,124 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     let (code, r) = p.run_json("r.yaml", &[]);
     assert_eq!(code, 1);
     let e = release_err(&r);
-    assert!(e.contains("cosine_min: measured") && e.contains("vs limit 1.5") && e.contains("compare `compare`"), "{e}");
+    assert!(
+        e.contains("cosine_min: measured")
+            && e.contains("vs limit 1.5")
+            && e.contains("compare `compare`"),
+        "{e}"
+    );
     say(&format!("accuracy gate: {}", e.lines().next().unwrap()));
-    assert!(!rel.join("t/v2").exists(), "a refused release promotes nothing");
+    assert!(
+        !rel.join("t/v2").exists(),
+        "a refused release promotes nothing"
+    );
 
     // 4. A second release; its ROLLBACK.md names v1 and how to restore it.
-    p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp32, ov_fp16], {common}, version: v2, gates: {{cosine_min: 0.99}}}}")));
+    p.write(
+        "r.yaml",
+        &pipeline(&format!(
+            "{{artifacts: [ov_fp32, ov_fp16], {common}, version: v2, gates: {{cosine_min: 0.99}}}}"
+        )),
+    );
     let (code, r) = p.run_json("r.yaml", &[]);
     assert_eq!(code, 0, "{r:#}");
     let rb = std::fs::read_to_string(rel.join("t/v2/ROLLBACK.md")).unwrap();
-    assert!(rb.contains("**v1**") && rb.contains(&format!("facebuild release rollback t v1 --dir {}", rel.display())), "{rb}");
-    let v1_bin = sums.lines().find(|l| l.ends_with("  ov_fp16/model.bin")).unwrap().split("  ").next().unwrap();
+    assert!(
+        rb.contains("**v1**")
+            && rb.contains(&format!(
+                "facebuild release rollback t v1 --dir {}",
+                rel.display()
+            )),
+        "{rb}"
+    );
+    let v1_bin = sums
+        .lines()
+        .find(|l| l.ends_with("  ov_fp16/model.bin"))
+        .unwrap()
+        .split("  ")
+        .next()
+        .unwrap();
     assert!(rb.contains(v1_bin), "names v1's digests");
-    assert_eq!(std::fs::read_to_string(rel.join("t/current/RELEASE")).unwrap().trim(), "v2");
+    assert_eq!(
+        std::fs::read_to_string(rel.join("t/current/RELEASE"))
+            .unwrap()
+            .trim(),
+        "v2"
+    );
     let list = p.run(&["release", "list", "--dir", rel.to_str().unwrap(), "--json"]);
     let l: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(l.as_array().unwrap().iter().map(|x| (x["version"].as_str().unwrap(), x["current"].as_bool().unwrap())).collect::<Vec<_>>(), [("v1", false), ("v2", true)]);
+    assert_eq!(
+        l.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (
+                x["version"].as_str().unwrap(),
+                x["current"].as_bool().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [("v1", false), ("v2", true)]
+    );
 
     // 5. Roll back: current is v1 again, byte for byte.
-    let out = p.run(&["release", "rollback", "t", "v1", "--dir", rel.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p.run(&[
+        "release",
+        "rollback",
+        "t",
+        "v1",
+        "--dir",
+        rel.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("current is now v1 (was v2)"));
     for line in sums.lines() {
         let (_, f) = line.split_once("  ").unwrap();
-        assert_eq!(std::fs::read(v1.join(f)).unwrap(), std::fs::read(rel.join("t/current").join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(v1.join(f)).unwrap(),
+            std::fs::read(rel.join("t/current").join(f)).unwrap(),
+            "{f}"
+        );
     }
-    assert!(!rel.join("t/current/ov_fp32/model.xml").exists(), "nothing of v2 is left in current");
-    let bad = p.run(&["release", "rollback", "t", "v9", "--dir", rel.to_str().unwrap()]);
+    assert!(
+        !rel.join("t/current/ov_fp32/model.xml").exists(),
+        "nothing of v2 is left in current"
+    );
+    let bad = p.run(&[
+        "release",
+        "rollback",
+        "t",
+        "v9",
+        "--dir",
+        rel.to_str().unwrap(),
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("releases of `t`: v1, v2"));
 
     // The run report: self-contained HTML with the plots, JUnit with steps and gates.
     let html = std::fs::read_to_string(p.path("out/t/report.html")).unwrap();
-    assert!(html.matches("<svg").count() >= 7, "2 cosine histograms, 5 latency histograms, a throughput plot");
-    assert!(html.contains("cosine similarity") && html.contains("throughput vs batch size") && html.contains("batch-1 latency"));
-    assert!(!html.contains("<script") && !html.contains("src=\"http"), "self-contained");
+    assert!(
+        html.matches("<svg").count() >= 7,
+        "2 cosine histograms, 5 latency histograms, a throughput plot"
+    );
+    assert!(
+        html.contains("cosine similarity")
+            && html.contains("throughput vs batch size")
+            && html.contains("batch-1 latency")
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("src=\"http"),
+        "self-contained"
+    );
     let junit = std::fs::read_to_string(p.path("out/t/junit.xml")).unwrap();
-    assert!(junit.contains("<testsuite name=\"steps\"") && junit.contains("<testsuite name=\"gates.compare\"") && junit.contains("<testsuite name=\"gates.release\""), "{junit}");
+    assert!(
+        junit.contains("<testsuite name=\"steps\"")
+            && junit.contains("<testsuite name=\"gates.compare\"")
+            && junit.contains("<testsuite name=\"gates.release\""),
+        "{junit}"
+    );
 }
 
 /// Benchmark JSON for the real recognition model in every runtime configuration the issue
@@ -169,6 +322,14 @@ fn real_model_benchmark_with_benchmark_app_reference() {
         if x["artifact"] == "openvino-ir" {
             assert!(ratio.as_f64().is_some(), "{x:#}");
         }
-        say(&format!("mobilefacenet {}: executed {}, p50 {:.3} ms, throughput b1 {:.0}/s, benchmark_app {} /s, ratio {}", x["label"], x["execution"]["precision"], x["latency_batch1_ms"]["median"].as_f64().unwrap(), x["throughput"][0]["images_per_s"].as_f64().unwrap(), x["reference"]["throughput_fps"], ratio));
+        say(&format!(
+            "mobilefacenet {}: executed {}, p50 {:.3} ms, throughput b1 {:.0}/s, benchmark_app {} /s, ratio {}",
+            x["label"],
+            x["execution"]["precision"],
+            x["latency_batch1_ms"]["median"].as_f64().unwrap(),
+            x["throughput"][0]["images_per_s"].as_f64().unwrap(),
+            x["reference"]["throughput_fps"],
+            ratio
+        ));
     }
 }

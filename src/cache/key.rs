@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn length_prefix_prevents_concatenation_collisions() {
-        assert_ne!(cache_key(&("ab".to_string(), "c".to_string())), cache_key(&("a".to_string(), "bc".to_string())));
+        assert_ne!(
+            cache_key(&("ab".to_string(), "c".to_string())),
+            cache_key(&("a".to_string(), "bc".to_string()))
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use camino::Utf8Path;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::store::{write_atomic, BlobRef};
+use super::store::{BlobRef, write_atomic};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,8 +47,10 @@ impl Lock {
     }
 
     pub fn save(&self, path: &Utf8Path) -> Result<()> {
-        let text = serde_saphyr::to_string(self).map_err(|e| anyhow::anyhow!("serializing lockfile: {e}"))?;
-        let header = "# Written by facebuild; do not edit. Commit it to see what changed between runs.\n";
+        let text = serde_saphyr::to_string(self)
+            .map_err(|e| anyhow::anyhow!("serializing lockfile: {e}"))?;
+        let header =
+            "# Written by facebuild; do not edit. Commit it to see what changed between runs.\n";
         write_atomic(path, format!("{header}{text}").as_bytes())
     }
 }

@@ -57,13 +57,22 @@ pub struct FileDigest {
 impl DigestMemo {
     pub fn load(path: Utf8PathBuf) -> DigestMemo {
         // A memo that cannot be read is simply empty: it only saves time, never changes results.
-        let file = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        DigestMemo { path, inner: Mutex::new((file, false)) }
+        let file = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        DigestMemo {
+            path,
+            inner: Mutex::new((file, false)),
+        }
     }
 
     fn lookup(&self, path: &Utf8Path, stamp: &Stamp) -> Option<Entry> {
         let g = self.inner.lock().unwrap();
-        g.0.entries.get(path.as_str()).filter(|e| &e.stamp == stamp).cloned()
+        g.0.entries
+            .get(path.as_str())
+            .filter(|e| &e.stamp == stamp)
+            .cloned()
     }
 
     fn store(&self, path: &Utf8Path, entry: Entry) {
@@ -77,11 +86,24 @@ impl DigestMemo {
         let md = std::fs::metadata(path).fs_context(path)?;
         let stamp = Stamp::of(&md);
         if let Some(e) = self.lookup(path, &stamp) {
-            return Ok(FileDigest { blake3: e.blake3, size: stamp.size });
+            return Ok(FileDigest {
+                blake3: e.blake3,
+                size: stamp.size,
+            });
         }
         let digest = hash_file(path)?;
-        self.store(path, Entry { stamp: stamp.clone(), blake3: digest.clone(), sha256: None });
-        Ok(FileDigest { blake3: digest, size: stamp.size })
+        self.store(
+            path,
+            Entry {
+                stamp: stamp.clone(),
+                blake3: digest.clone(),
+                sha256: None,
+            },
+        );
+        Ok(FileDigest {
+            blake3: digest,
+            size: stamp.size,
+        })
     }
 
     /// sha256 of `path` (for users' pins), memoized the same way.
@@ -89,9 +111,10 @@ impl DigestMemo {
         let md = std::fs::metadata(path).fs_context(path)?;
         let stamp = Stamp::of(&md);
         if let Some(e) = self.lookup(path, &stamp)
-            && let Some(s) = e.sha256 {
-                return Ok(s);
-            }
+            && let Some(s) = e.sha256
+        {
+            return Ok(s);
+        }
         use sha2::Digest;
         let mut f = std::fs::File::open(path).fs_context(path)?;
         let mut h = sha2::Sha256::new();
@@ -101,7 +124,14 @@ impl DigestMemo {
             Some(e) => e.blake3,
             None => hash_file(path)?,
         };
-        self.store(path, Entry { stamp, blake3: b3, sha256: Some(sha.clone()) });
+        self.store(
+            path,
+            Entry {
+                stamp,
+                blake3: b3,
+                sha256: Some(sha.clone()),
+            },
+        );
         Ok(sha)
     }
 

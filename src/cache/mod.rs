@@ -6,6 +6,6 @@ pub mod lock;
 pub mod memo;
 pub mod store;
 
-pub use key::{cache_key, CacheKey, CacheKeyHasher};
+pub use key::{CacheKey, CacheKeyHasher, cache_key};
 pub use lock::{Lock, LockEntry};
 pub use store::{ActionRecord, BlobRef, Store};

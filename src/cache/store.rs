@@ -8,7 +8,7 @@ use std::io::Write;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use super::memo::{hash_file, DigestMemo};
+use super::memo::{DigestMemo, hash_file};
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +57,10 @@ impl Store {
             std::fs::create_dir_all(root.join(d)).fs_context(root.join(d))?;
         }
         let memo = DigestMemo::load(root.join("memo.json"));
-        Ok(Store { root: root.to_owned(), memo })
+        Ok(Store {
+            root: root.to_owned(),
+            memo,
+        })
     }
 
     pub fn blob_path(&self, digest: &str) -> Utf8PathBuf {
@@ -65,14 +68,20 @@ impl Store {
     }
 
     fn action_path(&self, key: &str) -> Utf8PathBuf {
-        self.root.join("actions").join(&key[..2]).join(format!("{}.json", &key[2..]))
+        self.root
+            .join("actions")
+            .join(&key[..2])
+            .join(format!("{}.json", &key[2..]))
     }
 
     /// A fresh scratch folder for a running step, on the same filesystem as the store so
     /// outputs can be moved in with a rename.
     pub fn scratch(&self) -> Result<tempfile::TempDir> {
         let tmp = self.root.join("tmp");
-        tempfile::Builder::new().prefix("step-").tempdir_in(&tmp).fs_context(tmp)
+        tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&tmp)
+            .fs_context(tmp)
     }
 
     /// Move (or copy) a file into the store; returns its digest.
@@ -89,7 +98,9 @@ impl Store {
         // a half-written blob, and a crash leaves only a temp file for gc.
         let tmp = tempfile::NamedTempFile::new_in(dir).fs_context(dir)?;
         std::fs::copy(file, tmp.path()).fs_context(file)?;
-        let mut perms = std::fs::metadata(tmp.path()).fs_context(file)?.permissions();
+        let mut perms = std::fs::metadata(tmp.path())
+            .fs_context(file)?
+            .permissions();
         perms.set_readonly(true);
         std::fs::set_permissions(tmp.path(), perms).fs_context(&dest)?;
         tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
@@ -107,7 +118,10 @@ impl Store {
         if d.blake3 == digest {
             return Ok(true);
         }
-        tracing::warn!("cache blob {digest} is corrupt (content hashes to {}); removing it", d.blake3);
+        tracing::warn!(
+            "cache blob {digest} is corrupt (content hashes to {}); removing it",
+            d.blake3
+        );
         self.remove_blob(digest);
         Ok(false)
     }
@@ -126,10 +140,15 @@ impl Store {
     /// An action record whose every output blob is present and intact; otherwise None
     /// (and the broken record is dropped so the step is rebuilt).
     pub fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
-        let Some(rec) = self.read_action(key) else { return Ok(None) };
+        let Some(rec) = self.read_action(key) else {
+            return Ok(None);
+        };
         for (name, blob) in &rec.outputs {
             if !self.verify_blob(&blob.digest)? {
-                tracing::warn!("cached output `{name}` of step `{}` is missing or corrupt; the step will be rebuilt", rec.step);
+                tracing::warn!(
+                    "cached output `{name}` of step `{}` is missing or corrupt; the step will be rebuilt",
+                    rec.step
+                );
                 let _ = std::fs::remove_file(self.action_path(key));
                 return Ok(None);
             }
@@ -147,15 +166,24 @@ impl Store {
         let dir = self.root.join("actions");
         for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
             let sub = sub.fs_context(&dir)?;
-            let Ok(entries) = std::fs::read_dir(sub.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if let Ok(b) = std::fs::read(e.path())
-                    && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b) {
-                        out.push(r);
-                    }
+                    && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b)
+                {
+                    out.push(r);
+                }
             }
         }
-        out.sort_by(|a, b| (a.pipeline.as_str(), a.step.as_str(), a.created_unix).cmp(&(b.pipeline.as_str(), b.step.as_str(), b.created_unix)));
+        out.sort_by(|a, b| {
+            (a.pipeline.as_str(), a.step.as_str(), a.created_unix).cmp(&(
+                b.pipeline.as_str(),
+                b.step.as_str(),
+                b.created_unix,
+            ))
+        });
         Ok(out)
     }
 
@@ -165,7 +193,9 @@ impl Store {
         for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
             let sub = sub.fs_context(&dir)?;
             let prefix = sub.file_name().to_string_lossy().to_string();
-            let Ok(entries) = std::fs::read_dir(sub.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(".tmp") {
@@ -233,12 +263,11 @@ impl Store {
             }
         }
         // Scratch folders of interrupted runs.
-        if !dry_run
-            && let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
-                for e in rd.flatten() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        if !dry_run && let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
             }
+        }
         Ok(stats)
     }
 }

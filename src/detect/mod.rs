@@ -31,7 +31,11 @@ impl Detection {
 
     /// Divide every coordinate by `s` (input pixels -> original pixels for a letterbox scale).
     pub fn scaled(&self, s: f32) -> Detection {
-        Detection { bbox: self.bbox.map(|v| v / s), score: self.score, kps: self.kps.map(|k| k.map(|p| [p[0] / s, p[1] / s])) }
+        Detection {
+            bbox: self.bbox.map(|v| v / s),
+            score: self.score,
+            kps: self.kps.map(|k| k.map(|p| [p[0] / s, p[1] / s])),
+        }
     }
 }
 
@@ -60,9 +64,15 @@ pub fn nms(mut dets: Vec<Detection>, thresh: f32) -> Vec<Detection> {
 
 /// Decode raw outputs of one image (batch 1) at network input size `hw`, then threshold
 /// and NMS, per the detector spec.
-pub fn decode(spec: &DetectorSpec, outputs: &[NamedTensor], hw: (usize, usize)) -> Result<Vec<Detection>> {
+pub fn decode(
+    spec: &DetectorSpec,
+    outputs: &[NamedTensor],
+    hw: (usize, usize),
+) -> Result<Vec<Detection>> {
     let raw = match spec.family {
-        DetectorFamily::Scrfd => scrfd::decode(outputs, hw, spec.strides.as_deref(), spec.score_threshold)?,
+        DetectorFamily::Scrfd => {
+            scrfd::decode(outputs, hw, spec.strides.as_deref(), spec.score_threshold)?
+        }
         DetectorFamily::Retinaface => retinaface::decode(outputs, hw, spec)?,
     };
     Ok(nms(raw, spec.nms_iou))
@@ -97,21 +107,42 @@ impl Matching {
 /// Greedy one-to-one matching, reference boxes by descending score, each to the unmatched
 /// candidate box with the highest IoU >= `min_iou`. Landmark error is the mean point distance
 /// normalised by the reference box's size (sqrt(w * h)).
-pub fn match_detections(reference: &[Detection], candidate: &[Detection], min_iou: f32) -> Matching {
+pub fn match_detections(
+    reference: &[Detection],
+    candidate: &[Detection],
+    min_iou: f32,
+) -> Matching {
     let mut used = vec![false; candidate.len()];
     let mut order: Vec<usize> = (0..reference.len()).collect();
     order.sort_by(|&a, &b| reference[b].score.total_cmp(&reference[a].score));
-    let mut m = Matching { reference: reference.len(), candidate: candidate.len(), ..Default::default() };
+    let mut m = Matching {
+        reference: reference.len(),
+        candidate: candidate.len(),
+        ..Default::default()
+    };
     for i in order {
         let r = &reference[i];
-        let best = candidate.iter().enumerate().filter(|(j, _)| !used[*j]).map(|(j, c)| (j, iou(&r.bbox, &c.bbox))).filter(|(_, v)| *v >= min_iou).max_by(|a, b| a.1.total_cmp(&b.1));
+        let best = candidate
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !used[*j])
+            .map(|(j, c)| (j, iou(&r.bbox, &c.bbox)))
+            .filter(|(_, v)| *v >= min_iou)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((j, v)) = best {
             used[j] = true;
             let c = &candidate[j];
             let nme = match (r.kps, c.kps) {
                 (Some(a), Some(b)) => {
                     let size = r.area().sqrt().max(1e-6);
-                    Some(a.iter().zip(b.iter()).map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt()).sum::<f32>() / 5.0 / size)
+                    Some(
+                        a.iter()
+                            .zip(b.iter())
+                            .map(|(p, q)| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt())
+                            .sum::<f32>()
+                            / 5.0
+                            / size,
+                    )
                 }
                 _ => None,
             };
@@ -127,19 +158,32 @@ mod tests {
     use super::*;
 
     fn det(x: f32, y: f32, s: f32, score: f32) -> Detection {
-        Detection { bbox: [x, y, x + s, y + s], score, kps: Some([[x + 1.0, y + 1.0]; 5]) }
+        Detection {
+            bbox: [x, y, x + s, y + s],
+            score,
+            kps: Some([[x + 1.0, y + 1.0]; 5]),
+        }
     }
 
     #[test]
     fn iou_of_known_boxes() {
         assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0]), 1.0);
-        assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 50.0 / 150.0).abs() < 1e-6);
+        assert!(
+            (iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 50.0 / 150.0).abs() < 1e-6
+        );
         assert_eq!(iou(&[0.0, 0.0, 1.0, 1.0], &[2.0, 2.0, 3.0, 3.0]), 0.0);
     }
 
     #[test]
     fn nms_keeps_the_best_of_overlapping_boxes() {
-        let kept = nms(vec![det(0.0, 0.0, 10.0, 0.6), det(1.0, 0.0, 10.0, 0.9), det(50.0, 50.0, 10.0, 0.7)], 0.4);
+        let kept = nms(
+            vec![
+                det(0.0, 0.0, 10.0, 0.6),
+                det(1.0, 0.0, 10.0, 0.9),
+                det(50.0, 50.0, 10.0, 0.7),
+            ],
+            0.4,
+        );
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].score, 0.7);

@@ -3,7 +3,7 @@
 //! variances, softmax scores (the face class is column 1), landmark offsets. Outputs are
 //! recognised by their last dim: 4 boxes, 2 scores, 10 landmarks.
 
-use super::{rows, Detection};
+use super::{Detection, rows};
 use crate::error::Result;
 use crate::manifest::DetectorSpec;
 use crate::runtime::NamedTensor;
@@ -17,7 +17,12 @@ pub fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<
         for i in 0..fh {
             for j in 0..fw {
                 for &m in &min_sizes[k] {
-                    p.push([(j as f32 + 0.5) * s as f32 / w as f32, (i as f32 + 0.5) * s as f32 / h as f32, m / w as f32, m / h as f32]);
+                    p.push([
+                        (j as f32 + 0.5) * s as f32 / w as f32,
+                        (i as f32 + 0.5) * s as f32 / h as f32,
+                        m / w as f32,
+                        m / h as f32,
+                    ]);
                 }
             }
         }
@@ -25,15 +30,34 @@ pub fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<
     p
 }
 
-pub fn decode(outputs: &[NamedTensor], (h, w): (usize, usize), spec: &DetectorSpec) -> Result<Vec<Detection>> {
-    let find = |c: usize| outputs.iter().map(|(_, t)| rows(t)).find(|(_, cc, _)| *cc == c);
+pub fn decode(
+    outputs: &[NamedTensor],
+    (h, w): (usize, usize),
+    spec: &DetectorSpec,
+) -> Result<Vec<Detection>> {
+    let find = |c: usize| {
+        outputs
+            .iter()
+            .map(|(_, t)| rows(t))
+            .find(|(_, cc, _)| *cc == c)
+    };
     let (Some(loc), Some(conf)) = (find(4), find(2)) else {
-        let shapes: Vec<String> = outputs.iter().map(|(n, t)| format!("{n} {:?}", t.shape())).collect();
-        return Err(anyhow::anyhow!("not a RetinaFace output set: expected boxes (N x 4) and scores (N x 2); got {}", shapes.join(", ")).into());
+        let shapes: Vec<String> = outputs
+            .iter()
+            .map(|(n, t)| format!("{n} {:?}", t.shape()))
+            .collect();
+        return Err(anyhow::anyhow!(
+            "not a RetinaFace output set: expected boxes (N x 4) and scores (N x 2); got {}",
+            shapes.join(", ")
+        )
+        .into());
     };
     let landms = find(10);
     let steps = spec.strides.clone().unwrap_or_else(|| vec![8, 16, 32]);
-    let min_sizes = spec.min_sizes.clone().unwrap_or_else(|| vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]]);
+    let min_sizes = spec
+        .min_sizes
+        .clone()
+        .unwrap_or_else(|| vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]]);
     let [v0, v1] = spec.variance.unwrap_or([0.1, 0.2]);
     let pr = priors(h, w, &steps, &min_sizes);
     if pr.len() != loc.0 || conf.0 != loc.0 || landms.as_ref().is_some_and(|l| l.0 != loc.0) {
@@ -51,10 +75,20 @@ pub fn decode(outputs: &[NamedTensor], (h, w): (usize, usize), spec: &DetectorSp
         let l = &loc.2[i * 4..i * 4 + 4];
         let (cx, cy) = (p[0] + l[0] * v0 * p[2], p[1] + l[1] * v0 * p[3]);
         let (bw, bh) = (p[2] * (l[2] * v1).exp(), p[3] * (l[3] * v1).exp());
-        let bbox = [(cx - bw / 2.0) * wf, (cy - bh / 2.0) * hf, (cx + bw / 2.0) * wf, (cy + bh / 2.0) * hf];
+        let bbox = [
+            (cx - bw / 2.0) * wf,
+            (cy - bh / 2.0) * hf,
+            (cx + bw / 2.0) * wf,
+            (cy + bh / 2.0) * hf,
+        ];
         let kps = landms.as_ref().map(|lm| {
             let d = &lm.2[i * 10..i * 10 + 10];
-            std::array::from_fn(|k| [(p[0] + d[2 * k] * v0 * p[2]) * wf, (p[1] + d[2 * k + 1] * v0 * p[3]) * hf])
+            std::array::from_fn(|k| {
+                [
+                    (p[0] + d[2 * k] * v0 * p[2]) * wf,
+                    (p[1] + d[2 * k + 1] * v0 * p[3]) * hf,
+                ]
+            })
         });
         out.push(Detection { bbox, score, kps });
     }
@@ -68,7 +102,12 @@ mod tests {
     #[test]
     fn prior_count_matches_the_640_export() {
         // retinaface_mnet_640: 80*80*2 + 40*40*2 + 20*20*2 = 16800 priors.
-        let p = priors(640, 640, &[8, 16, 32], &[vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]]);
+        let p = priors(
+            640,
+            640,
+            &[8, 16, 32],
+            &[vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]],
+        );
         assert_eq!(p.len(), 16800);
         assert_eq!(p[0], [4.0 / 640.0, 4.0 / 640.0, 16.0 / 640.0, 16.0 / 640.0]);
     }

@@ -5,7 +5,7 @@
 //! keypoints) and by N (most rows = finest stride), so the decoder does not depend on the
 //! exporter's output order. Anchors per location are derived from N, not assumed.
 
-use super::{rows, Detection};
+use super::{Detection, rows};
 use crate::error::Result;
 use crate::runtime::NamedTensor;
 
@@ -20,36 +20,73 @@ struct Level<'a> {
 }
 
 fn group(outputs: &[NamedTensor], c: usize) -> Vec<(usize, Vec<f32>)> {
-    let mut g: Vec<(usize, Vec<f32>)> = outputs.iter().map(|(_, t)| rows(t)).filter(|(_, cc, _)| *cc == c).map(|(n, _, v)| (n, v)).collect();
+    let mut g: Vec<(usize, Vec<f32>)> = outputs
+        .iter()
+        .map(|(_, t)| rows(t))
+        .filter(|(_, cc, _)| *cc == c)
+        .map(|(n, _, v)| (n, v))
+        .collect();
     // Stable: equal sizes keep the model's order.
     g.sort_by_key(|x| std::cmp::Reverse(x.0));
     g
 }
 
-pub fn decode(outputs: &[NamedTensor], (h, w): (usize, usize), strides: Option<&[u32]>, threshold: f32) -> Result<Vec<Detection>> {
+pub fn decode(
+    outputs: &[NamedTensor],
+    (h, w): (usize, usize),
+    strides: Option<&[u32]>,
+    threshold: f32,
+) -> Result<Vec<Detection>> {
     let scores = group(outputs, 1);
     let boxes = group(outputs, 4);
     let kps = group(outputs, 10);
     let levels = scores.len();
     if levels == 0 || boxes.len() != levels || !(kps.is_empty() || kps.len() == levels) {
-        let shapes: Vec<String> = outputs.iter().map(|(n, t)| format!("{n} {:?}", t.shape())).collect();
+        let shapes: Vec<String> = outputs
+            .iter()
+            .map(|(n, t)| format!("{n} {:?}", t.shape()))
+            .collect();
         return Err(anyhow::anyhow!("not an SCRFD output set: expected per stride a score (N x 1), box (N x 4) and optional keypoint (N x 10) output; got {}", shapes.join(", ")).into());
     }
-    let default: Vec<u32> = if levels == 5 { vec![8, 16, 32, 64, 128] } else { vec![8, 16, 32] };
+    let default: Vec<u32> = if levels == 5 {
+        vec![8, 16, 32, 64, 128]
+    } else {
+        vec![8, 16, 32]
+    };
     let strides = strides.unwrap_or(&default);
     if strides.len() != levels {
-        return Err(anyhow::anyhow!("SCRFD outputs have {levels} levels but {} strides are configured ({strides:?})", strides.len()).into());
+        return Err(anyhow::anyhow!(
+            "SCRFD outputs have {levels} levels but {} strides are configured ({strides:?})",
+            strides.len()
+        )
+        .into());
     }
     let mut lv = Vec::with_capacity(levels);
     for (i, &s) in strides.iter().enumerate() {
         let s = s as usize;
         let n = scores[i].0;
         // InsightFace feeds multiples of 32 (floor = ceil); a padded export rounds up.
-        let (fw, fh) = [(w / s, h / s), (w.div_ceil(s), h.div_ceil(s))].into_iter().find(|(fw, fh)| fw * fh > 0 && n.is_multiple_of(fw * fh)).ok_or_else(|| anyhow::anyhow!("SCRFD stride {s}: {n} rows do not fit a {}x{} feature map of a {w}x{h} input", w / s, h / s))?;
+        let (fw, fh) = [(w / s, h / s), (w.div_ceil(s), h.div_ceil(s))]
+            .into_iter()
+            .find(|(fw, fh)| fw * fh > 0 && n.is_multiple_of(fw * fh))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "SCRFD stride {s}: {n} rows do not fit a {}x{} feature map of a {w}x{h} input",
+                    w / s,
+                    h / s
+                )
+            })?;
         if boxes[i].0 != n || kps.get(i).is_some_and(|k| k.0 != n) {
             return Err(anyhow::anyhow!("SCRFD stride {s}: score, box and keypoint outputs disagree on the number of anchors").into());
         }
-        lv.push(Level { stride: s, scores: &scores[i].1, boxes: &boxes[i].1, kps: kps.get(i).map(|k| k.1.as_slice()), width: fw, anchors: n / (fw * fh) });
+        lv.push(Level {
+            stride: s,
+            scores: &scores[i].1,
+            boxes: &boxes[i].1,
+            kps: kps.get(i).map(|k| k.1.as_slice()),
+            width: fw,
+            anchors: n / (fw * fh),
+        });
     }
     let mut out = Vec::new();
     for l in &lv {
@@ -58,7 +95,10 @@ pub fn decode(outputs: &[NamedTensor], (h, w): (usize, usize), strides: Option<&
                 continue;
             }
             let loc = idx / l.anchors;
-            let (cx, cy) = (((loc % l.width) * l.stride) as f32, ((loc / l.width) * l.stride) as f32);
+            let (cx, cy) = (
+                ((loc % l.width) * l.stride) as f32,
+                ((loc / l.width) * l.stride) as f32,
+            );
             let s = l.stride as f32;
             let d = &l.boxes[idx * 4..idx * 4 + 4];
             let bbox = [cx - d[0] * s, cy - d[1] * s, cx + d[2] * s, cy + d[3] * s];
@@ -97,9 +137,18 @@ mod tests {
                 b[idx * 4..idx * 4 + 4].copy_from_slice(&[1.0, 1.0, 2.0, 2.0]);
                 k[idx * 10] = -1.0;
             }
-            scores.push(("s".to_string(), ArrayD::from_shape_vec(IxDyn(&[1, n, 1]), sc).unwrap()));
-            boxes.push(("b".to_string(), ArrayD::from_shape_vec(IxDyn(&[n, 4]), b).unwrap()));
-            kps.push(("k".to_string(), ArrayD::from_shape_vec(IxDyn(&[n, 10]), k).unwrap()));
+            scores.push((
+                "s".to_string(),
+                ArrayD::from_shape_vec(IxDyn(&[1, n, 1]), sc).unwrap(),
+            ));
+            boxes.push((
+                "b".to_string(),
+                ArrayD::from_shape_vec(IxDyn(&[n, 4]), b).unwrap(),
+            ));
+            kps.push((
+                "k".to_string(),
+                ArrayD::from_shape_vec(IxDyn(&[n, 10]), k).unwrap(),
+            ));
         }
         outs.extend(scores);
         outs.extend(boxes);
@@ -116,6 +165,11 @@ mod tests {
     #[test]
     fn rejects_outputs_of_another_family() {
         let t = ("x".to_string(), ArrayD::zeros(IxDyn(&[1, 100, 2])));
-        assert!(decode(&[t], (64, 64), None, 0.5).unwrap_err().to_string().contains("not an SCRFD output set"));
+        assert!(
+            decode(&[t], (64, 64), None, 0.5)
+                .unwrap_err()
+                .to_string()
+                .contains("not an SCRFD output set")
+        );
     }
 }

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -25,7 +25,10 @@ impl Dag {
             let mut seen = HashSet::new();
             for (dep, _) in step.deps() {
                 if seen.insert(dep.clone()) {
-                    let j = m.steps.get_index_of(&dep).expect("validated by the manifest loader");
+                    let j = m
+                        .steps
+                        .get_index_of(&dep)
+                        .expect("validated by the manifest loader");
                     graph.add_edge(idx[j], idx[i], ());
                 }
             }
@@ -33,15 +36,32 @@ impl Dag {
         if let Err(cycle) = petgraph::algo::toposort(&graph, None) {
             let mut path = cycle_path(&graph, cycle.node_id());
             // Start at the step written first, so the message is the same on every run.
-            let first_pos = path.iter().enumerate().min_by_key(|(_, n)| n.index()).map(|(i, _)| i).unwrap_or(0);
+            let first_pos = path
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, n)| n.index())
+                .map(|(i, _)| i)
+                .unwrap_or(0);
             path.rotate_left(first_pos);
             let first = &m.steps[graph[path[0]].as_str()];
-            let names: Vec<&str> = path.iter().chain(path.first()).map(|n| graph[*n].as_str()).collect();
-            return Err(Error::manifest(first.location.clone(), format!("dependency cycle: {}", names.join(" -> ")))
-                .with_hint("a step cannot (indirectly) need itself; remove one of these `needs`/`from` edges"));
+            let names: Vec<&str> = path
+                .iter()
+                .chain(path.first())
+                .map(|n| graph[*n].as_str())
+                .collect();
+            return Err(Error::manifest(
+                first.location.clone(),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            )
+            .with_hint(
+                "a step cannot (indirectly) need itself; remove one of these `needs`/`from` edges",
+            ));
         }
         // Kahn's algorithm with a min-heap on manifest position: deterministic and readable.
-        let mut indeg: Vec<usize> = graph.node_indices().map(|n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+        let mut indeg: Vec<usize> = graph
+            .node_indices()
+            .map(|n| graph.neighbors_directed(n, Direction::Incoming).count())
+            .collect();
         let mut ready: BTreeSet<usize> = (0..indeg.len()).filter(|&i| indeg[i] == 0).collect();
         let mut order = Vec::with_capacity(indeg.len());
         while let Some(i) = ready.pop_first() {
@@ -66,16 +86,26 @@ impl Dag {
 
     /// Direct upstream steps, in manifest order.
     pub fn deps(&self, name: &str) -> Vec<&str> {
-        let Some(n) = self.node(name) else { return vec![] };
-        let mut v: Vec<NodeIndex> = self.graph.neighbors_directed(n, Direction::Incoming).collect();
+        let Some(n) = self.node(name) else {
+            return vec![];
+        };
+        let mut v: Vec<NodeIndex> = self
+            .graph
+            .neighbors_directed(n, Direction::Incoming)
+            .collect();
         v.sort();
         v.into_iter().map(|n| self.graph[n].as_str()).collect()
     }
 
     /// Direct downstream steps.
     pub fn dependants(&self, name: &str) -> Vec<&str> {
-        let Some(n) = self.node(name) else { return vec![] };
-        let mut v: Vec<NodeIndex> = self.graph.neighbors_directed(n, Direction::Outgoing).collect();
+        let Some(n) = self.node(name) else {
+            return vec![];
+        };
+        let mut v: Vec<NodeIndex> = self
+            .graph
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect();
         v.sort();
         v.into_iter().map(|n| self.graph[n].as_str()).collect()
     }
@@ -91,7 +121,8 @@ impl Dag {
         for t in targets {
             let n = self.node(t).ok_or_else(|| {
                 let known: Vec<&str> = self.order().collect();
-                Error::usage(format!("--target `{t}` is not a step of this pipeline")).with_hint(format!("steps: {}", known.join(", ")))
+                Error::usage(format!("--target `{t}` is not a step of this pipeline"))
+                    .with_hint(format!("steps: {}", known.join(", ")))
             })?;
             stack.push(n);
         }
@@ -100,13 +131,24 @@ impl Dag {
                 stack.extend(self.graph.neighbors_directed(n, Direction::Incoming));
             }
         }
-        Ok(self.order.iter().filter(|n| keep.contains(n)).map(|n| self.graph[*n].clone()).collect())
+        Ok(self
+            .order
+            .iter()
+            .filter(|n| keep.contains(n))
+            .map(|n| self.graph[*n].clone())
+            .collect())
     }
 }
 
 /// A cycle through `start`: DFS from `start` until an edge leads back to it.
 fn cycle_path(g: &DiGraph<String, ()>, start: NodeIndex) -> Vec<NodeIndex> {
-    fn dfs(g: &DiGraph<String, ()>, n: NodeIndex, start: NodeIndex, path: &mut Vec<NodeIndex>, seen: &mut HashSet<NodeIndex>) -> bool {
+    fn dfs(
+        g: &DiGraph<String, ()>,
+        n: NodeIndex,
+        start: NodeIndex,
+        path: &mut Vec<NodeIndex>,
+        seen: &mut HashSet<NodeIndex>,
+    ) -> bool {
         path.push(n);
         let mut next: Vec<NodeIndex> = g.neighbors_directed(n, Direction::Outgoing).collect();
         next.sort();
@@ -123,7 +165,11 @@ fn cycle_path(g: &DiGraph<String, ()>, start: NodeIndex) -> Vec<NodeIndex> {
     }
     let mut path = Vec::new();
     let mut seen = HashSet::new();
-    if dfs(g, start, start, &mut path, &mut seen) { path } else { vec![start] }
+    if dfs(g, start, start, &mut path, &mut seen) {
+        path
+    } else {
+        vec![start]
+    }
 }
 
 #[cfg(test)]
@@ -134,15 +180,21 @@ mod tests {
 
     #[test]
     fn cycle_is_reported_with_path_and_location() {
-        let y = format!("{HEAD}  a:\n    kind: check\n    needs: [c]\n  b:\n    kind: check\n    needs: [a]\n  c:\n    kind: check\n    needs: [b]\n");
-        let e = Manifest::parse("p.yaml".into(), &y).unwrap_err().to_string();
+        let y = format!(
+            "{HEAD}  a:\n    kind: check\n    needs: [c]\n  b:\n    kind: check\n    needs: [a]\n  c:\n    kind: check\n    needs: [b]\n"
+        );
+        let e = Manifest::parse("p.yaml".into(), &y)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("dependency cycle: a -> b -> c -> a"), "{e}");
         assert!(e.starts_with("p.yaml:7:5"), "{e}");
     }
 
     #[test]
     fn order_is_topological_and_stable() {
-        let y = format!("{HEAD}  z:\n    kind: check\n    needs: [b]\n  a:\n    kind: check\n  b:\n    kind: check\n    needs: [a]\n");
+        let y = format!(
+            "{HEAD}  z:\n    kind: check\n    needs: [b]\n  a:\n    kind: check\n  b:\n    kind: check\n    needs: [a]\n"
+        );
         let m = Manifest::parse("p.yaml".into(), &y).unwrap();
         let d = super::Dag::build(&m).unwrap();
         assert_eq!(d.order().collect::<Vec<_>>(), ["a", "b", "z"]);

@@ -23,8 +23,20 @@ impl Step {
     /// The upstream steps this one depends on: `needs`, `from`, and steps its params name
     /// (a calibration set, compare candidates), each with its (line, column) when known.
     pub fn deps(&self) -> Vec<(String, Option<(u64, u64)>)> {
-        let spanned = self.spec.needs.iter().chain(self.spec.from.iter()).map(|d| (d.value.clone(), Some((d.referenced.line(), d.referenced.column())).filter(|(l, _)| *l > 0)));
-        let from_params = crate::steps::referenced_steps(&self.spec.params).into_iter().map(|n| (n, None));
+        let spanned = self
+            .spec
+            .needs
+            .iter()
+            .chain(self.spec.from.iter())
+            .map(|d| {
+                (
+                    d.value.clone(),
+                    Some((d.referenced.line(), d.referenced.column())).filter(|(l, _)| *l > 0),
+                )
+            });
+        let from_params = crate::steps::referenced_steps(&self.spec.params)
+            .into_iter()
+            .map(|n| (n, None));
         spanned.chain(from_params).collect()
     }
 }
@@ -63,37 +75,85 @@ impl Manifest {
 
     pub fn parse(file: &Utf8Path, text: &str) -> Result<Manifest> {
         let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
-        let loc = |l: &serde_saphyr::Location| Location { file: file.to_owned(), line: l.line(), column: l.column() };
+        let loc = |l: &serde_saphyr::Location| Location {
+            file: file.to_owned(),
+            line: l.line(),
+            column: l.column(),
+        };
 
         if raw.schema.value != SCHEMA_VERSION {
             return Err(Error::manifest(
                 loc(&raw.schema.referenced),
-                format!("unsupported schema version {}; this facebuild reads schema {SCHEMA_VERSION}", raw.schema.value),
+                format!(
+                    "unsupported schema version {}; this facebuild reads schema {SCHEMA_VERSION}",
+                    raw.schema.value
+                ),
             )
-            .with_hint(format!("set `schema: {SCHEMA_VERSION}` and check docs/manifest.md for the format")));
+            .with_hint(format!(
+                "set `schema: {SCHEMA_VERSION}` and check docs/manifest.md for the format"
+            )));
         }
-        let dir = file.parent().map(|p| if p.as_str().is_empty() { Utf8Path::new(".") } else { p }).unwrap_or(Utf8Path::new(".")).to_owned();
-        let name = raw.name.clone().unwrap_or_else(|| file.file_stem().unwrap_or("pipeline").to_string());
-        validate_name(&name).map_err(|m| Error::manifest(Location { file: file.to_owned(), line: 0, column: 0 }, m))?;
+        let dir = file
+            .parent()
+            .map(|p| {
+                if p.as_str().is_empty() {
+                    Utf8Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Utf8Path::new("."))
+            .to_owned();
+        let name = raw
+            .name
+            .clone()
+            .unwrap_or_else(|| file.file_stem().unwrap_or("pipeline").to_string());
+        validate_name(&name).map_err(|m| {
+            Error::manifest(
+                Location {
+                    file: file.to_owned(),
+                    line: 0,
+                    column: 0,
+                },
+                m,
+            )
+        })?;
 
         let model_location = loc(&raw.model.referenced);
         let model = raw.model.value;
-        validate_model(&model).map_err(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h))?;
+        validate_model(&model)
+            .map_err(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h))?;
 
         let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
         for (k, v) in raw.datasets {
             let l = loc(&v.referenced);
             match (&v.value.path, &v.value.builtin) {
                 (Some(_), Some(_)) | (None, None) => {
-                    return Err(Error::manifest(l, format!("dataset `{k}` needs exactly one of `path` and `builtin`")).with_hint(format!("built-in datasets: {}", crate::preprocess::synthetic::names().join(", "))));
+                    return Err(Error::manifest(
+                        l,
+                        format!("dataset `{k}` needs exactly one of `path` and `builtin`"),
+                    )
+                    .with_hint(format!(
+                        "built-in datasets: {}",
+                        crate::preprocess::synthetic::names().join(", ")
+                    )));
                 }
                 (None, Some(b)) if !crate::preprocess::synthetic::names().contains(&b.as_str()) => {
-                    return Err(Error::manifest(l, format!("dataset `{k}`: unknown built-in dataset `{b}`")).with_hint(format!("built-in datasets: {}", crate::preprocess::synthetic::names().join(", "))));
+                    return Err(Error::manifest(
+                        l,
+                        format!("dataset `{k}`: unknown built-in dataset `{b}`"),
+                    )
+                    .with_hint(format!(
+                        "built-in datasets: {}",
+                        crate::preprocess::synthetic::names().join(", ")
+                    )));
                 }
                 _ => {}
             }
             if let Some(a) = &v.value.align {
-                validate_detector(&a.detector).map_err(|e| Error::manifest(l.clone(), format!("dataset `{k}`: `align.detector`: {e}")))?;
+                validate_detector(&a.detector).map_err(|e| {
+                    Error::manifest(l.clone(), format!("dataset `{k}`: `align.detector`: {e}"))
+                })?;
             }
             datasets.insert(k, v.value);
         }
@@ -102,22 +162,51 @@ impl Manifest {
         for (name, spanned) in raw.steps {
             let location = loc(&spanned.referenced);
             validate_name(&name).map_err(|m| Error::manifest(location.clone(), m))?;
-            steps.insert(name.clone(), Step { name, spec: spanned.value, location });
+            steps.insert(
+                name.clone(),
+                Step {
+                    name,
+                    spec: spanned.value,
+                    location,
+                },
+            );
         }
         if steps.is_empty() {
-            return Err(Error::manifest(Location { file: file.to_owned(), line: 0, column: 0 }, "`steps:` is empty; a pipeline needs at least one step"));
+            return Err(Error::manifest(
+                Location {
+                    file: file.to_owned(),
+                    line: 0,
+                    column: 0,
+                },
+                "`steps:` is empty; a pipeline needs at least one step",
+            ));
         }
         // Every `needs`/`from` must name a step; located at the reference itself.
         for step in steps.values() {
             for (dep, at) in step.deps() {
-                let l = at.map(|(line, column)| Location { file: file.to_owned(), line, column }).unwrap_or_else(|| step.location.clone());
+                let l = at
+                    .map(|(line, column)| Location {
+                        file: file.to_owned(),
+                        line,
+                        column,
+                    })
+                    .unwrap_or_else(|| step.location.clone());
                 if !steps.contains_key(&dep) {
                     let known: Vec<&str> = steps.keys().map(|s| s.as_str()).collect();
-                    return Err(Error::manifest(l, format!("step `{}` needs `{dep}`, which is not a step in this pipeline", step.name))
-                        .with_hint(format!("known steps: {}", known.join(", "))));
+                    return Err(Error::manifest(
+                        l,
+                        format!(
+                            "step `{}` needs `{dep}`, which is not a step in this pipeline",
+                            step.name
+                        ),
+                    )
+                    .with_hint(format!("known steps: {}", known.join(", "))));
                 }
                 if dep == step.name {
-                    return Err(Error::manifest(l, format!("step `{}` depends on itself", step.name)));
+                    return Err(Error::manifest(
+                        l,
+                        format!("step `{}` depends on itself", step.name),
+                    ));
                 }
             }
             if let Some(f) = &step.spec.from {
@@ -130,7 +219,10 @@ impl Manifest {
             if let crate::manifest::StepParams::Convert(p) = &step.spec.params {
                 let from_kind = step.spec.from.as_ref().map(|f| steps[&f.value].spec.kind);
                 p.check_from(from_kind).map_err(|(m, h)| {
-                    let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
+                    let e = Error::manifest(
+                        step.location.clone(),
+                        format!("step `{}`: {m}", step.name),
+                    );
                     match h {
                         Some(h) => e.with_hint(h),
                         None => e,
@@ -138,16 +230,22 @@ impl Manifest {
                 })?;
             }
             for r in crate::steps::referenced_steps(&step.spec.params) {
-                crate::steps::check_reference(&step.spec.params, &r, steps[&r].spec.kind).map_err(|(m, h)| {
-                    let e = Error::manifest(step.location.clone(), format!("step `{}` {m}", step.name));
-                    match h {
-                        Some(h) => e.with_hint(h),
-                        None => e,
-                    }
-                })?;
+                crate::steps::check_reference(&step.spec.params, &r, steps[&r].spec.kind).map_err(
+                    |(m, h)| {
+                        let e = Error::manifest(
+                            step.location.clone(),
+                            format!("step `{}` {m}", step.name),
+                        );
+                        match h {
+                            Some(h) => e.with_hint(h),
+                            None => e,
+                        }
+                    },
+                )?;
             }
             crate::steps::validate(step, &datasets).map_err(|(m, h)| {
-                let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
+                let e =
+                    Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
                 match h {
                     Some(h) => e.with_hint(h),
                     None => e,
@@ -160,14 +258,29 @@ impl Manifest {
             None => dir.join("out").join(&name),
         };
         let digest = blake3::hash(text.as_bytes()).to_hex().to_string();
-        let m = Manifest { file: file.to_owned(), dir, name, output_dir, model, model_location, datasets, toolchain: raw.toolchain, steps, digest };
+        let m = Manifest {
+            file: file.to_owned(),
+            dir,
+            name,
+            output_dir,
+            model,
+            model_location,
+            datasets,
+            toolchain: raw.toolchain,
+            steps,
+            digest,
+        };
         // Cycles are found when the graph is built; do it here so `load` is a full validation.
         crate::graph::Dag::build(&m)?;
         Ok(m)
     }
 
     pub fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
-        if rel.is_absolute() { rel.to_owned() } else { self.dir.join(rel) }
+        if rel.is_absolute() {
+            rel.to_owned()
+        } else {
+            self.dir.join(rel)
+        }
     }
 
     /// The lockfile sits next to the manifest: `recognition.yaml` -> `recognition.lock`.
@@ -179,17 +292,24 @@ impl Manifest {
     /// else, for the H/W positions of an image model, `model.preprocessing.size`, else 1.
     pub fn concrete_shape(&self, shape: &[Dim]) -> Vec<usize> {
         let layout = self.model.input.layout;
-        let (hi, wi) = match layout { Layout::NCHW => (2, 3), Layout::NHWC => (1, 2) };
+        let (hi, wi) = match layout {
+            Layout::NCHW => (2, 3),
+            Layout::NHWC => (1, 2),
+        };
         let size = self.model.preprocessing.as_ref().map(|p| p.size);
-        shape.iter().enumerate().map(|(i, d)| match d {
-            Dim::Fixed(n) => *n as usize,
-            Dim::Named(s) => match (self.model.input.dims.get(s), size) {
-                (Some(r), _) => r.opt as usize,
-                (None, Some(sz)) if shape.len() == 4 && i == hi => sz[0] as usize,
-                (None, Some(sz)) if shape.len() == 4 && i == wi => sz[1] as usize,
-                _ => 1,
-            },
-        }).collect()
+        shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Fixed(n) => *n as usize,
+                Dim::Named(s) => match (self.model.input.dims.get(s), size) {
+                    (Some(r), _) => r.opt as usize,
+                    (None, Some(sz)) if shape.len() == 4 && i == hi => sz[0] as usize,
+                    (None, Some(sz)) if shape.len() == 4 && i == wi => sz[1] as usize,
+                    _ => 1,
+                },
+            })
+            .collect()
     }
 
     pub fn step(&self, name: &str) -> &Step {
@@ -198,42 +318,105 @@ impl Manifest {
 }
 
 fn validate_name(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-    if ok { Ok(()) } else { Err(format!("invalid name `{name}`: use letters, digits, `_`, `-` and `.` only")) }
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: use letters, digits, `_`, `-` and `.` only"
+        ))
+    }
 }
 
 fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
     if m.path.is_some() && m.builtin.is_some() {
-        return Err(("`model` has both `path` and `builtin`".into(), "keep one: `path` for your ONNX file, `builtin` for a generated model".into()));
+        return Err((
+            "`model` has both `path` and `builtin`".into(),
+            "keep one: `path` for your ONNX file, `builtin` for a generated model".into(),
+        ));
     }
     if let Some(b) = &m.builtin
-        && crate::onnx::builtin::BuiltinModel::from_name(b).is_none() {
-            return Err((format!("unknown built-in model `{b}`"), format!("built-in models: {}", crate::onnx::builtin::BuiltinModel::names().join(", "))));
-        }
-    if let Some(s) = m.sha256.as_ref().map(|s| &s.value)
-        && (s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
-            return Err((format!("`sha256` must be 64 hex characters, got `{s}`"), "compute it with `sha256sum model.onnx`".into()));
-        }
-    if m.input.shape.is_empty() {
-        return Err(("`model.input.shape` is empty".into(), "declare the input shape, e.g. `shape: [1, 3, 112, 112]`".into()));
-    }
-    if m.input.shape.len() != 4 && matches!(m.task, Task::Recognition | Task::Detection | Task::Landmarks) {
+        && crate::onnx::builtin::BuiltinModel::from_name(b).is_none()
+    {
         return Err((
-            format!("`model.input.shape` has {} dims; image models take 4 ({:?})", m.input.shape.len(), m.input.layout),
+            format!("unknown built-in model `{b}`"),
+            format!(
+                "built-in models: {}",
+                crate::onnx::builtin::BuiltinModel::names().join(", ")
+            ),
+        ));
+    }
+    if let Some(s) = m.sha256.as_ref().map(|s| &s.value)
+        && (s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err((
+            format!("`sha256` must be 64 hex characters, got `{s}`"),
+            "compute it with `sha256sum model.onnx`".into(),
+        ));
+    }
+    if m.input.shape.is_empty() {
+        return Err((
+            "`model.input.shape` is empty".into(),
+            "declare the input shape, e.g. `shape: [1, 3, 112, 112]`".into(),
+        ));
+    }
+    if m.input.shape.len() != 4
+        && matches!(
+            m.task,
+            Task::Recognition | Task::Detection | Task::Landmarks
+        )
+    {
+        return Err((
+            format!(
+                "`model.input.shape` has {} dims; image models take 4 ({:?})",
+                m.input.shape.len(),
+                m.input.layout
+            ),
             "declare all four dims, e.g. `shape: [1, 3, 112, 112]` for NCHW".into(),
         ));
     }
-    let named: Vec<&str> = m.input.shape.iter().filter_map(|d| match d { Dim::Named(n) => Some(n.as_str()), _ => None }).collect();
+    let named: Vec<&str> = m
+        .input
+        .shape
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Named(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
     for (k, r) in &m.input.dims {
         if !named.contains(&k.as_str()) {
-            return Err((format!("`model.input.dims` declares `{k}`, which is not a named dim of `model.input.shape` {}", fmt_shape(&m.input.shape)), format!("named dims: [{}]; write e.g. `shape: [1, 3, H, W]`", named.join(", "))));
+            return Err((
+                format!(
+                    "`model.input.dims` declares `{k}`, which is not a named dim of `model.input.shape` {}",
+                    fmt_shape(&m.input.shape)
+                ),
+                format!(
+                    "named dims: [{}]; write e.g. `shape: [1, 3, H, W]`",
+                    named.join(", ")
+                ),
+            ));
         }
         if !(1 <= r.min && r.min <= r.opt && r.opt <= r.max) {
-            return Err((format!("`model.input.dims.{k}` needs 1 <= min <= opt <= max, got min {} opt {} max {}", r.min, r.opt, r.max), "e.g. `H: {min: 320, opt: 640, max: 640}`".into()));
+            return Err((
+                format!(
+                    "`model.input.dims.{k}` needs 1 <= min <= opt <= max, got min {} opt {} max {}",
+                    r.min, r.opt, r.max
+                ),
+                "e.g. `H: {min: 320, opt: 640, max: 640}`".into(),
+            ));
         }
     }
     if let Some(d) = &m.detector {
-        validate_detector(d).map_err(|e| (format!("`model.detector`: {e}"), "see docs/manifest.md, `model.detector`".to_string()))?;
+        validate_detector(d).map_err(|e| {
+            (
+                format!("`model.detector`: {e}"),
+                "see docs/manifest.md, `model.detector`".to_string(),
+            )
+        })?;
     }
     Ok(())
 }
@@ -243,11 +426,19 @@ pub fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
         return Err("`score_threshold` and `nms_iou` must be in [0, 1]".into());
     }
     if let (Some(s), Some(m)) = (&d.strides, &d.min_sizes)
-        && s.len() != m.len() {
-            return Err(format!("{} strides but {} `min_sizes` rows: one row per stride", s.len(), m.len()));
-        }
+        && s.len() != m.len()
+    {
+        return Err(format!(
+            "{} strides but {} `min_sizes` rows: one row per stride",
+            s.len(),
+            m.len()
+        ));
+    }
     if d.family == DetectorFamily::Scrfd && (d.min_sizes.is_some() || d.variance.is_some()) {
-        return Err("`min_sizes` and `variance` are RetinaFace settings; SCRFD decodes from anchor centres".into());
+        return Err(
+            "`min_sizes` and `variance` are RetinaFace settings; SCRFD decodes from anchor centres"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -255,19 +446,32 @@ pub fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
 impl Preprocessing {
     /// The resize mode in force: the declared one, else letterbox for detectors.
     pub fn resize_for(&self, task: Task) -> Resize {
-        self.resize.unwrap_or(if task == Task::Detection { Resize::Letterbox } else { Resize::CenterCrop })
+        self.resize.unwrap_or(if task == Task::Detection {
+            Resize::Letterbox
+        } else {
+            Resize::CenterCrop
+        })
     }
 
     /// SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.
     pub fn scrfd(size: [u32; 2]) -> Preprocessing {
-        Preprocessing { color: ColorOrder::RGB, mean: [127.5; 3], std: [128.0; 3], size, resize: Some(Resize::Letterbox) }
+        Preprocessing {
+            color: ColorOrder::RGB,
+            mean: [127.5; 3],
+            std: [128.0; 3],
+            size,
+            resize: Some(Resize::Letterbox),
+        }
     }
 }
 
 /// Turn serde-saphyr's error into a located manifest error. It renders a snippet of the
 /// offending lines, which we keep (with the real file name) because it shows the fix.
 fn yaml_error(file: &Utf8Path, e: &serde_saphyr::Error) -> Error {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
     let rendered = e.to_string().replace("<input>", file.as_str());
     // The first line reads "error: line L column C: <message>"; keep just the message.
     let mut lines = rendered.lines();
@@ -283,7 +487,14 @@ fn yaml_error(file: &Utf8Path, e: &serde_saphyr::Error) -> Error {
         msg.push('\n');
         msg.push_str(&snippet.join("\n"));
     }
-    Error::manifest(Location { file: file.to_owned(), line, column }, msg)
+    Error::manifest(
+        Location {
+            file: file.to_owned(),
+            line,
+            column,
+        },
+        msg,
+    )
 }
 
 pub fn relpath(p: &Utf8Path) -> String {

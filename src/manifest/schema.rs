@@ -156,10 +156,13 @@ impl InputSpec {
     /// The declared shape with every named dim at its `opt` size; None for a named dim
     /// with no declared range.
     pub fn opt_shape(&self) -> Vec<Option<u64>> {
-        self.shape.iter().map(|d| match d {
-            Dim::Fixed(n) => Some(*n),
-            Dim::Named(s) => self.dims.get(s).map(|r| r.opt),
-        }).collect()
+        self.shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => Some(*n),
+                Dim::Named(s) => self.dims.get(s).map(|r| r.opt),
+            })
+            .collect()
     }
 }
 

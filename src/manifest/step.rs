@@ -9,7 +9,11 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{release::ReleaseParams, benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams, compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams, simplify::SimplifyParams};
+use crate::steps::{
+    benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams,
+    compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams,
+    release::ReleaseParams, simplify::SimplifyParams,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,9 +130,19 @@ impl<'de> Visitor<'de> for StepVisitor {
         let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
         let params = match params {
             Some(p) => p,
-            None => default_params(kind).ok_or_else(|| de::Error::custom(format!("a `{kind}` step needs `params:` (see docs/manifest.md)")))?,
+            None => default_params(kind).ok_or_else(|| {
+                de::Error::custom(format!(
+                    "a `{kind}` step needs `params:` (see docs/manifest.md)"
+                ))
+            })?,
         };
-        Ok(StepSpec { kind, needs: needs.unwrap_or_default(), from, params, description })
+        Ok(StepSpec {
+            kind,
+            needs: needs.unwrap_or_default(),
+            from,
+            params,
+            description,
+        })
     }
 }
 
@@ -137,6 +151,11 @@ fn default_params(kind: StepKind) -> Option<StepParams> {
     match kind {
         StepKind::Check => Some(StepParams::Check(CheckParams::default())),
         StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
-        StepKind::Calibrate | StepKind::Convert | StepKind::Quantize | StepKind::Compare | StepKind::Benchmark | StepKind::Release => None,
+        StepKind::Calibrate
+        | StepKind::Convert
+        | StepKind::Quantize
+        | StepKind::Compare
+        | StepKind::Benchmark
+        | StepKind::Release => None,
     }
 }

@@ -19,14 +19,21 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.is_empty() {
         return 0.0;
     }
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 /// min / p01 / mean / max of a sample; p01 by nearest rank.
@@ -42,12 +49,24 @@ pub struct Summary {
 impl Summary {
     pub fn of(xs: &[f64]) -> Summary {
         if xs.is_empty() {
-            return Summary { min: f64::NAN, p01: f64::NAN, mean: f64::NAN, max: f64::NAN, n: 0 };
+            return Summary {
+                min: f64::NAN,
+                p01: f64::NAN,
+                mean: f64::NAN,
+                max: f64::NAN,
+                n: 0,
+            };
         }
         let mut v = xs.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         let rank = ((0.01 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-        Summary { min: v[0], p01: v[rank], mean: v.iter().sum::<f64>() / v.len() as f64, max: v[v.len() - 1], n: v.len() }
+        Summary {
+            min: v[0],
+            p01: v[rank],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            max: v[v.len() - 1],
+            n: v.len(),
+        }
     }
 }
 
@@ -72,7 +91,15 @@ impl LatencyMs {
         let mut v = xs.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         let q = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        LatencyMs { min: Some(v[0]), max: Some(v[v.len() - 1]), mean: Some(v.iter().sum::<f64>() / v.len() as f64), median: Some(q(0.5)), p90: Some(q(0.9)), p95: Some(q(0.95)), p99: Some(q(0.99)) }
+        LatencyMs {
+            min: Some(v[0]),
+            max: Some(v[v.len() - 1]),
+            mean: Some(v.iter().sum::<f64>() / v.len() as f64),
+            median: Some(q(0.5)),
+            p90: Some(q(0.9)),
+            p95: Some(q(0.95)),
+            p99: Some(q(0.99)),
+        }
     }
 }
 
@@ -84,7 +111,10 @@ mod tests {
     fn latency_percentiles_by_nearest_rank() {
         let xs: Vec<f64> = (1..=100).rev().map(f64::from).collect();
         let l = LatencyMs::of(&xs);
-        assert_eq!((l.min, l.median, l.p90, l.p99, l.max), (Some(1.0), Some(50.0), Some(90.0), Some(99.0), Some(100.0)));
+        assert_eq!(
+            (l.min, l.median, l.p90, l.p99, l.max),
+            (Some(1.0), Some(50.0), Some(90.0), Some(99.0), Some(100.0))
+        );
         assert_eq!(LatencyMs::of(&[]), LatencyMs::default());
     }
 

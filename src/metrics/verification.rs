@@ -27,24 +27,45 @@ pub struct PairSource {
 /// Pairs over `files` (indices): from a CSV (`file_x,file_y,Decision`, Decision Yes/No,
 /// paths relative to `root`), or, when images sit in one folder per identity, every
 /// same-identity pair and every cross-identity pair. None when there are no identities.
-pub fn pairs_for(files: &[Utf8PathBuf], root: &Utf8Path, pairs_csv: Option<&Utf8Path>) -> Result<Option<(Vec<Pair>, PairSource)>> {
-    let index: HashMap<String, usize> = files.iter().enumerate().map(|(i, f)| (f.strip_prefix(root).unwrap_or(f).to_string(), i)).collect();
+pub fn pairs_for(
+    files: &[Utf8PathBuf],
+    root: &Utf8Path,
+    pairs_csv: Option<&Utf8Path>,
+) -> Result<Option<(Vec<Pair>, PairSource)>> {
+    let index: HashMap<String, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.strip_prefix(root).unwrap_or(f).to_string(), i))
+        .collect();
     let mut pairs = Vec::new();
     let kind;
     if let Some(csv) = pairs_csv {
         let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
         for (n, line) in text.lines().enumerate() {
             let cols: Vec<&str> = line.split(',').map(str::trim).collect();
-            if n == 0 && cols.first().is_some_and(|c| c.eq_ignore_ascii_case("file_x")) || line.trim().is_empty() {
+            if n == 0
+                && cols
+                    .first()
+                    .is_some_and(|c| c.eq_ignore_ascii_case("file_x"))
+                || line.trim().is_empty()
+            {
                 continue;
             }
             if cols.len() < 3 {
-                return Err(Error::usage(format!("{csv}:{}: expected `file_x,file_y,Decision`, got `{line}`", n + 1)));
+                return Err(Error::usage(format!(
+                    "{csv}:{}: expected `file_x,file_y,Decision`, got `{line}`",
+                    n + 1
+                )));
             }
             let same = match cols[2].to_ascii_lowercase().as_str() {
                 "yes" | "1" | "true" | "same" => true,
                 "no" | "0" | "false" | "different" => false,
-                other => return Err(Error::usage(format!("{csv}:{}: Decision `{other}` is not Yes/No", n + 1))),
+                other => {
+                    return Err(Error::usage(format!(
+                        "{csv}:{}: Decision `{other}` is not Yes/No",
+                        n + 1
+                    )));
+                }
             };
             // Pairs naming images outside the selected subset are skipped, not errors.
             if let (Some(&a), Some(&b)) = (index.get(cols[0]), index.get(cols[1])) {
@@ -53,14 +74,27 @@ pub fn pairs_for(files: &[Utf8PathBuf], root: &Utf8Path, pairs_csv: Option<&Utf8
         }
         kind = format!("pairs file {}", csv.file_name().unwrap_or_default());
     } else {
-        let ids: Vec<Option<String>> = files.iter().map(|f| f.strip_prefix(root).ok().and_then(|r| r.parent()).map(|p| p.to_string()).filter(|p| !p.is_empty())).collect();
+        let ids: Vec<Option<String>> = files
+            .iter()
+            .map(|f| {
+                f.strip_prefix(root)
+                    .ok()
+                    .and_then(|r| r.parent())
+                    .map(|p| p.to_string())
+                    .filter(|p| !p.is_empty())
+            })
+            .collect();
         let distinct: std::collections::BTreeSet<&String> = ids.iter().flatten().collect();
         if distinct.len() < 2 || ids.iter().any(Option::is_none) {
             return Ok(None);
         }
         for i in 0..files.len() {
             for j in i + 1..files.len() {
-                pairs.push(Pair { a: i, b: j, same: ids[i] == ids[j] });
+                pairs.push(Pair {
+                    a: i,
+                    b: j,
+                    same: ids[i] == ids[j],
+                });
             }
         }
         kind = format!("folder per identity ({} identities)", distinct.len());
@@ -69,7 +103,14 @@ pub fn pairs_for(files: &[Utf8PathBuf], root: &Utf8Path, pairs_csv: Option<&Utf8
     if genuine == 0 || genuine == pairs.len() {
         return Ok(None);
     }
-    Ok(Some((pairs.clone(), PairSource { kind, genuine, impostor: pairs.len() - genuine })))
+    Ok(Some((
+        pairs.clone(),
+        PairSource {
+            kind,
+            genuine,
+            impostor: pairs.len() - genuine,
+        },
+    )))
 }
 
 /// Threshold at which at most `far` of impostors are accepted (score > threshold). Placed
@@ -83,8 +124,17 @@ pub fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
         return f64::NEG_INFINITY;
     }
     let base = s[allowed];
-    let next = genuine.iter().chain(impostor).copied().filter(|&x| x > base).fold(f64::INFINITY, f64::min);
-    if next.is_finite() { (base + next) / 2.0 } else { base }
+    let next = genuine
+        .iter()
+        .chain(impostor)
+        .copied()
+        .filter(|&x| x > base)
+        .fold(f64::INFINITY, f64::min);
+    if next.is_finite() {
+        (base + next) / 2.0
+    } else {
+        base
+    }
 }
 
 pub fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
@@ -129,14 +179,27 @@ pub fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verif
 }
 
 pub fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
-    let g = pairs.iter().zip(scores).filter(|(p, _)| p.same).map(|(_, s)| *s).collect();
-    let i = pairs.iter().zip(scores).filter(|(p, _)| !p.same).map(|(_, s)| *s).collect();
+    let g = pairs
+        .iter()
+        .zip(scores)
+        .filter(|(p, _)| p.same)
+        .map(|(_, s)| *s)
+        .collect();
+    let i = pairs
+        .iter()
+        .zip(scores)
+        .filter(|(p, _)| !p.same)
+        .map(|(_, s)| *s)
+        .collect();
     (g, i)
 }
 
 /// Pairs whose accept/reject decision at `threshold` differs between two score sets.
 pub fn flips(a: &[f64], b: &[f64], threshold: f64) -> usize {
-    a.iter().zip(b).filter(|(x, y)| (**x > threshold) != (**y > threshold)).count()
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| (**x > threshold) != (**y > threshold))
+        .count()
 }
 
 #[cfg(test)]

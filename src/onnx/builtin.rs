@@ -55,7 +55,9 @@ impl BuiltinModel {
         match self {
             BuiltinModel::IresnetMini => ([16, 32, 64, 128], [1, 1, 1, 1]),
             BuiltinModel::Iresnet18 => ([64, 128, 256, 512], [2, 2, 2, 2]),
-            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
+            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini => {
+                ([64, 128, 256, 512], [3, 4, 14, 3])
+            }
         }
     }
 
@@ -64,8 +66,18 @@ impl BuiltinModel {
             return self.scrfd();
         }
         let (widths, blocks) = self.config();
-        let mut b = Builder { g: GraphProto { name: format!("facebuild_{}", self.name()), ..Default::default() }, rng: SplitMix64::new(0x5EED_FACE ^ self as u64), n: 0 };
-        b.g.input.push(value_info("input.1", &[Dim::P("batch"), Dim::V(3), Dim::V(112), Dim::V(112)]));
+        let mut b = Builder {
+            g: GraphProto {
+                name: format!("facebuild_{}", self.name()),
+                ..Default::default()
+            },
+            rng: SplitMix64::new(0x5EED_FACE ^ self as u64),
+            n: 0,
+        };
+        b.g.input.push(value_info(
+            "input.1",
+            &[Dim::P("batch"), Dim::V(3), Dim::V(112), Dim::V(112)],
+        ));
         let stem = widths[0];
         let mut x = b.conv("input.1", 3, stem, 3, 1);
         x = b.bn(&x, stem, 1.0);
@@ -89,7 +101,8 @@ impl BuiltinModel {
         let last = b.g.node.last_mut().expect("graph has nodes");
         last.output[0] = "embedding".into();
         let _ = feat;
-        b.g.output.push(value_info("embedding", &[Dim::P("batch"), Dim::V(512)]));
+        b.g.output
+            .push(value_info("embedding", &[Dim::P("batch"), Dim::V(512)]));
         self.wrap(b.g)
     }
 
@@ -97,8 +110,18 @@ impl BuiltinModel {
     /// (N x 1), box distances (N x 4, kept positive) and keypoint distances (N x 10), each
     /// transposed to (row, col, anchor) order and flattened as the real exports do.
     fn scrfd(self) -> ModelProto {
-        let mut b = Builder { g: GraphProto { name: "facebuild_scrfd_mini".into(), ..Default::default() }, rng: SplitMix64::new(0x5C8F_D000), n: 0 };
-        b.g.input.push(value_info("input.1", &[Dim::V(1), Dim::V(3), Dim::P("H"), Dim::P("W")]));
+        let mut b = Builder {
+            g: GraphProto {
+                name: "facebuild_scrfd_mini".into(),
+                ..Default::default()
+            },
+            rng: SplitMix64::new(0x5C8F_D000),
+            n: 0,
+        };
+        b.g.input.push(value_info(
+            "input.1",
+            &[Dim::V(1), Dim::V(3), Dim::P("H"), Dim::P("W")],
+        ));
         let mut x = b.conv("input.1", 3, 16, 3, 2);
         x = b.bn(&x, 16, 1.0);
         x = b.node("Relu", &[&x], vec![]);
@@ -117,7 +140,14 @@ impl BuiltinModel {
             // Scores: a negative bias keeps detections sparse on random weights.
             let score_bias = b.init_const(&[2], -1.2);
             let w = b.init(&[2, *c, 3, 3], (6.0 / (*c * 9) as f32).sqrt());
-            let sc = b.node("Conv", &[f, &w, &score_bias], vec![attr_ints("kernel_shape", vec![3, 3]), attr_ints("pads", vec![1, 1, 1, 1])]);
+            let sc = b.node(
+                "Conv",
+                &[f, &w, &score_bias],
+                vec![
+                    attr_ints("kernel_shape", vec![3, 3]),
+                    attr_ints("pads", vec![1, 1, 1, 1]),
+                ],
+            );
             let sc = b.node("Sigmoid", &[&sc], vec![]);
             let bx = b.conv(f, *c, 8, 3, 1);
             let bx = b.node("Relu", &[&bx], vec![]);
@@ -125,7 +155,11 @@ impl BuiltinModel {
             let bx = b.node("Add", &[&bx, &one], vec![]);
             let kp = b.conv(f, *c, 20, 3, 1);
             for (k, (t, width)) in [(sc, 1i64), (bx, 4), (kp, 10)].into_iter().enumerate() {
-                let tr = b.node("Transpose", &[&t], vec![attr_ints("perm", vec![0, 2, 3, 1])]);
+                let tr = b.node(
+                    "Transpose",
+                    &[&t],
+                    vec![attr_ints("perm", vec![0, 2, 3, 1])],
+                );
                 let shape = b.tensor_i64(&[2], &[-1, width]);
                 let out = b.node("Reshape", &[&tr, &shape], vec![]);
                 let name = format!("{}_{stride}", ["score", "bbox", "kps"][k]);
@@ -136,7 +170,8 @@ impl BuiltinModel {
         }
         for (k, names) in heads.iter().enumerate() {
             for n in names {
-                b.g.output.push(value_info(n, &[Dim::P("anchors"), Dim::V([1, 4, 10][k])]));
+                b.g.output
+                    .push(value_info(n, &[Dim::P("anchors"), Dim::V([1, 4, 10][k])]));
             }
         }
         self.wrap(b.g)
@@ -146,11 +181,17 @@ impl BuiltinModel {
     fn wrap(self, graph: GraphProto) -> ModelProto {
         ModelProto {
             ir_version: 8,
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
             producer_name: "facebuild".into(),
             producer_version: format!("builtin-v{GENERATOR_VERSION}"),
             graph: Some(graph),
-            metadata_props: vec![StringStringEntryProto { key: "facebuild.builtin".into(), value: self.name().into() }],
+            metadata_props: vec![StringStringEntryProto {
+                key: "facebuild.builtin".into(),
+                value: self.name().into(),
+            }],
             ..Default::default()
         }
     }
@@ -170,24 +211,50 @@ fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| match d {
-            Dim::V(v) => Dimension { dim_value: Some(*v), dim_param: None },
-            Dim::P(p) => Dimension { dim_value: None, dim_param: Some(p.to_string()) },
+            Dim::V(v) => Dimension {
+                dim_value: Some(*v),
+                dim_param: None,
+            },
+            Dim::P(p) => Dimension {
+                dim_value: None,
+                dim_param: Some(p.to_string()),
+            },
         })
         .collect();
     ValueInfoProto {
         name: name.into(),
-        r#type: Some(TypeProto { tensor_type: Some(TypeTensor { elem_type: 1, shape: Some(TensorShapeProto { dim }) }) }),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeTensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
     }
 }
 
 fn attr_int(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i,
+        ..Default::default()
+    }
 }
 fn attr_ints(name: &str, ints: Vec<i64>) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 7, ints, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints,
+        ..Default::default()
+    }
 }
 fn attr_float(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: 1, f, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: 1,
+        f,
+        ..Default::default()
+    }
 }
 
 struct Builder {
@@ -205,14 +272,26 @@ impl Builder {
     fn tensor(&mut self, dims: &[i64], values: impl Iterator<Item = f32>) -> String {
         let name = self.fresh("w");
         let raw: Vec<u8> = values.flat_map(f32::to_le_bytes).collect();
-        self.g.initializer.push(TensorProto { dims: dims.to_vec(), data_type: 1, name: name.clone(), raw_data: raw, ..Default::default() });
+        self.g.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: 1,
+            name: name.clone(),
+            raw_data: raw,
+            ..Default::default()
+        });
         name
     }
 
     fn tensor_i64(&mut self, dims: &[i64], values: &[i64]) -> String {
         let name = self.fresh("shape");
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.g.initializer.push(TensorProto { dims: dims.to_vec(), data_type: 7, name: name.clone(), raw_data: raw, ..Default::default() });
+        self.g.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: 7,
+            name: name.clone(),
+            raw_data: raw,
+            ..Default::default()
+        });
         name
     }
 
@@ -246,11 +325,21 @@ impl Builder {
         let bound = (6.0 / (c_in * k * k) as f32).sqrt();
         let w = self.init(&[c_out, c_in, k, k], bound);
         let p = k / 2;
-        self.node("Conv", &[x, &w], vec![attr_ints("kernel_shape", vec![k, k]), attr_ints("pads", vec![p, p, p, p]), attr_ints("strides", vec![stride, stride])])
+        self.node(
+            "Conv",
+            &[x, &w],
+            vec![
+                attr_ints("kernel_shape", vec![k, k]),
+                attr_ints("pads", vec![p, p, p, p]),
+                attr_ints("strides", vec![stride, stride]),
+            ],
+        )
     }
 
     fn bn(&mut self, x: &str, c: i64, gamma: f32) -> String {
-        let scale: Vec<f32> = (0..c).map(|_| gamma * (1.0 + 0.1 * self.rng.unit())).collect();
+        let scale: Vec<f32> = (0..c)
+            .map(|_| gamma * (1.0 + 0.1 * self.rng.unit()))
+            .collect();
         let bias: Vec<f32> = (0..c).map(|_| 0.05 * self.rng.unit()).collect();
         let mean: Vec<f32> = (0..c).map(|_| 0.05 * self.rng.unit()).collect();
         let var: Vec<f32> = (0..c).map(|_| 1.0 + 0.1 * self.rng.unit().abs()).collect();
@@ -258,7 +347,11 @@ impl Builder {
         let b = self.tensor(&[c], bias.into_iter());
         let m = self.tensor(&[c], mean.into_iter());
         let v = self.tensor(&[c], var.into_iter());
-        self.node("BatchNormalization", &[x, &s, &b, &m, &v], vec![attr_float("epsilon", 1e-5)])
+        self.node(
+            "BatchNormalization",
+            &[x, &s, &b, &m, &v],
+            vec![attr_float("epsilon", 1e-5)],
+        )
     }
 
     fn prelu(&mut self, x: &str, c: i64) -> String {

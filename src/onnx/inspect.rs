@@ -5,7 +5,7 @@ use camino::{Utf8Component, Utf8Path};
 use prost::Message;
 use serde::Serialize;
 
-use super::proto::{elem_bits, elem_type_name, ModelProto, TensorProto, ValueInfoProto};
+use super::proto::{ModelProto, TensorProto, ValueInfoProto, elem_bits, elem_type_name};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -25,7 +25,9 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn is_dynamic(&self) -> bool {
-        self.shape.as_ref().is_none_or(|s| s.iter().any(|d| matches!(d, DimInfo::Symbolic(_))))
+        self.shape
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|d| matches!(d, DimInfo::Symbolic(_))))
     }
 }
 
@@ -75,18 +77,31 @@ fn tensor_info(v: &ValueInfoProto) -> TensorInfo {
                     .collect()
             }),
         },
-        None => TensorInfo { name: v.name.clone(), elem_type: "non-tensor".into(), shape: None },
+        None => TensorInfo {
+            name: v.name.clone(),
+            elem_type: "non-tensor".into(),
+            shape: None,
+        },
     }
 }
 
 fn tensor_bytes(t: &TensorProto) -> u64 {
     if t.data_location == 1 {
-        return t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse().ok()).unwrap_or(0);
+        return t
+            .external_data
+            .iter()
+            .find(|e| e.key == "length")
+            .and_then(|e| e.value.parse().ok())
+            .unwrap_or(0);
     }
     if !t.raw_data.is_empty() {
         return t.raw_data.len() as u64;
     }
-    let n = t.float_data.len() + t.int32_data.len() + t.int64_data.len() + t.double_data.len() + t.uint64_data.len();
+    let n = t.float_data.len()
+        + t.int32_data.len()
+        + t.int64_data.len()
+        + t.double_data.len()
+        + t.uint64_data.len();
     if n > 0 {
         // Typed fields hold the element count (int32_data also carries 8/16-bit types).
         let count: u64 = t.dims.iter().map(|d| (*d).max(0) as u64).product();
@@ -97,7 +112,11 @@ fn tensor_bytes(t: &TensorProto) -> u64 {
 
 /// Read and decode a model file. A truncated or non-ONNX file is an error naming the file.
 pub fn load_model(path: &Utf8Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Model { path: path.to_owned(), message: format!("cannot read: {e}"), hint: None })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Model {
+        path: path.to_owned(),
+        message: format!("cannot read: {e}"),
+        hint: None,
+    })?;
     decode_model(path, &bytes)
 }
 
@@ -110,7 +129,15 @@ pub fn decode_model(path: &Utf8Path, bytes: &[u8]) -> Result<ModelProto> {
     if model.graph.is_none() || model.ir_version <= 0 {
         return Err(Error::Model {
             path: path.to_owned(),
-            message: format!("decodes as protobuf but is not an ONNX model (ir_version {}, graph {})", model.ir_version, if model.graph.is_some() { "present" } else { "missing" }),
+            message: format!(
+                "decodes as protobuf but is not an ONNX model (ir_version {}, graph {})",
+                model.ir_version,
+                if model.graph.is_some() {
+                    "present"
+                } else {
+                    "missing"
+                }
+            ),
             hint: Some("the file is truncated or not ONNX; re-export or re-download it".into()),
         });
     }
@@ -121,21 +148,43 @@ pub fn decode_model(path: &Utf8Path, bytes: &[u8]) -> Result<ModelProto> {
 /// are resolved; a path that is absolute or climbs out of it is rejected.
 pub fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<ModelInfo> {
     let g = model.graph.as_ref().expect("decode_model checks the graph");
-    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inits: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut op_types = std::collections::BTreeMap::new();
     for n in &g.node {
-        *op_types.entry(if n.domain.is_empty() { n.op_type.clone() } else { format!("{}:{}", n.domain, n.op_type) }).or_insert(0) += 1;
+        *op_types
+            .entry(if n.domain.is_empty() {
+                n.op_type.clone()
+            } else {
+                format!("{}:{}", n.domain, n.op_type)
+            })
+            .or_insert(0) += 1;
     }
     let mut external = Vec::new();
     let dir = model_path.parent().unwrap_or(Utf8Path::new("."));
-    let constant_tensors = g.node.iter().flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
+    let constant_tensors = g
+        .node
+        .iter()
+        .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
     for t in g.initializer.iter().chain(constant_tensors) {
         if t.data_location != 1 {
             continue;
         }
-        let location = t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone()).unwrap_or_default();
+        let location = t
+            .external_data
+            .iter()
+            .find(|e| e.key == "location")
+            .map(|e| e.value.clone())
+            .unwrap_or_default();
         let rel = Utf8Path::new(&location);
-        let escapes = location.is_empty() || rel.is_absolute() || rel.components().any(|c| matches!(c, Utf8Component::ParentDir | Utf8Component::RootDir | Utf8Component::Prefix(_)));
+        let escapes = location.is_empty()
+            || rel.is_absolute()
+            || rel.components().any(|c| {
+                matches!(
+                    c,
+                    Utf8Component::ParentDir | Utf8Component::RootDir | Utf8Component::Prefix(_)
+                )
+            });
         if escapes {
             return Err(Error::Model {
                 path: model_path.to_owned(),
@@ -146,22 +195,47 @@ pub fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<ModelInfo> {
         if !dir.join(rel).exists() {
             return Err(Error::Model {
                 path: model_path.to_owned(),
-                message: format!("tensor `{}` refers to external data `{location}`, which does not exist next to the model", t.name),
+                message: format!(
+                    "tensor `{}` refers to external data `{location}`, which does not exist next to the model",
+                    t.name
+                ),
                 hint: Some("copy the external data file beside the .onnx file".into()),
             });
         }
         external.push(ExternalRef {
             tensor: t.name.clone(),
             location,
-            length: t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse().ok()),
+            length: t
+                .external_data
+                .iter()
+                .find(|e| e.key == "length")
+                .and_then(|e| e.value.parse().ok()),
         });
     }
     Ok(ModelInfo {
         ir_version: model.ir_version,
-        opsets: model.opset_import.iter().map(|o| Opset { domain: if o.domain.is_empty() { "ai.onnx".into() } else { o.domain.clone() }, version: o.version }).collect(),
-        producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+        opsets: model
+            .opset_import
+            .iter()
+            .map(|o| Opset {
+                domain: if o.domain.is_empty() {
+                    "ai.onnx".into()
+                } else {
+                    o.domain.clone()
+                },
+                version: o.version,
+            })
+            .collect(),
+        producer: format!("{} {}", model.producer_name, model.producer_version)
+            .trim()
+            .to_string(),
         graph_name: g.name.clone(),
-        inputs: g.input.iter().filter(|v| !inits.contains(v.name.as_str())).map(tensor_info).collect(),
+        inputs: g
+            .input
+            .iter()
+            .filter(|v| !inits.contains(v.name.as_str()))
+            .map(tensor_info)
+            .collect(),
         outputs: g.output.iter().map(tensor_info).collect(),
         node_count: g.node.len(),
         op_types,
@@ -177,23 +251,35 @@ mod tests {
 
     #[test]
     fn truncated_model_is_a_clear_error() {
-        let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini").unwrap().build();
+        let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
+            .unwrap()
+            .build();
         let bytes = prost::Message::encode_to_vec(&m);
-        let e = decode_model("m.onnx".into(), &bytes[..bytes.len() / 2]).unwrap_err().to_string();
-        assert!(e.contains("m.onnx") && (e.contains("not a valid ONNX") || e.contains("not an ONNX")), "{e}");
+        let e = decode_model("m.onnx".into(), &bytes[..bytes.len() / 2])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.onnx") && (e.contains("not a valid ONNX") || e.contains("not an ONNX")),
+            "{e}"
+        );
     }
 
     #[test]
     fn external_data_may_not_escape_the_model_folder() {
         use crate::onnx::proto::{StringStringEntryProto, TensorProto};
-        let mut m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini").unwrap().build();
+        let mut m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
+            .unwrap()
+            .build();
         let t = &mut m.graph.as_mut().unwrap().initializer[0];
         *t = TensorProto {
             name: t.name.clone(),
             dims: t.dims.clone(),
             data_type: 1,
             data_location: 1,
-            external_data: vec![StringStringEntryProto { key: "location".into(), value: "../../etc/passwd".into() }],
+            external_data: vec![StringStringEntryProto {
+                key: "location".into(),
+                value: "../../etc/passwd".into(),
+            }],
             ..Default::default()
         };
         let e = inspect(&m, "models/m.onnx".into()).unwrap_err().to_string();
@@ -202,12 +288,20 @@ mod tests {
 
     #[test]
     fn builtin_inspects_as_declared() {
-        let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini").unwrap().build();
+        let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
+            .unwrap()
+            .build();
         let info = inspect(&m, "m.onnx".into()).unwrap();
         assert_eq!(info.inputs.len(), 1);
         assert_eq!(info.inputs[0].name, "input.1");
-        assert_eq!(info.inputs[0].shape.as_ref().unwrap()[0], DimInfo::Symbolic("batch".into()));
-        assert_eq!(info.outputs[0].shape.as_ref().unwrap()[1], DimInfo::Static(512));
+        assert_eq!(
+            info.inputs[0].shape.as_ref().unwrap()[0],
+            DimInfo::Symbolic("batch".into())
+        );
+        assert_eq!(
+            info.outputs[0].shape.as_ref().unwrap()[1],
+            DimInfo::Static(512)
+        );
         assert!(info.op_types.contains_key("PRelu"));
     }
 }

@@ -12,16 +12,27 @@ use image::RgbImage;
 use crate::detect::Detection;
 use crate::error::Result;
 use crate::manifest::{AlignSpec, DetectorSpec, Layout, Preprocessing};
-use crate::runtime::{onnxruntime::OnnxRuntime, LoadedModel, Runtime};
+use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::toolchain::Toolchain;
 
 /// InsightFace's ArcFace template for 112x112 crops: eyes, nose tip, mouth corners.
-pub const ARCFACE_112: [[f32; 2]; 5] = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
+pub const ARCFACE_112: [[f32; 2]; 5] = [
+    [38.2946, 51.6963],
+    [73.5318, 51.5014],
+    [56.0252, 71.7366],
+    [41.5493, 92.3655],
+    [70.7299, 92.2041],
+];
 
 /// The 2x3 similarity transform mapping `src` points onto `dst` with least squared error.
 pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
     let n = src.len() as f64;
-    let mean = |p: &[[f32; 2]; 5]| (p.iter().map(|q| q[0] as f64).sum::<f64>() / n, p.iter().map(|q| q[1] as f64).sum::<f64>() / n);
+    let mean = |p: &[[f32; 2]; 5]| {
+        (
+            p.iter().map(|q| q[0] as f64).sum::<f64>() / n,
+            p.iter().map(|q| q[1] as f64).sum::<f64>() / n,
+        )
+    };
     let (sx, sy) = mean(src);
     let (dx, dy) = mean(dst);
     // With centred points as complex numbers s_i, d_i, the optimal z = a + ib in d = z s
@@ -34,8 +45,15 @@ pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
         im += ax * by - ay * bx;
         norm += ax * ax + ay * ay;
     }
-    let (a, b) = if norm > 0.0 { (re / norm, im / norm) } else { (1.0, 0.0) };
-    [[a, -b, dx - (a * sx - b * sy)], [b, a, dy - (b * sx + a * sy)]]
+    let (a, b) = if norm > 0.0 {
+        (re / norm, im / norm)
+    } else {
+        (1.0, 0.0)
+    };
+    [
+        [a, -b, dx - (a * sx - b * sy)],
+        [b, a, dy - (b * sx + a * sy)],
+    ]
 }
 
 /// Warp `img` with `m` (source -> output coordinates) into a `w` x `h` image, sampling
@@ -43,16 +61,31 @@ pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
 pub fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     // Inverse of the linear part, applied to (x - tx, y - ty).
-    let inv = [[m[1][1] / det, -m[0][1] / det], [-m[1][0] / det, m[0][0] / det]];
+    let inv = [
+        [m[1][1] / det, -m[0][1] / det],
+        [-m[1][0] / det, m[0][0] / det],
+    ];
     let (iw, ih) = img.dimensions();
-    let px = |x: i64, y: i64, c: usize| -> f64 { if x < 0 || y < 0 || x >= iw as i64 || y >= ih as i64 { 0.0 } else { img.get_pixel(x as u32, y as u32)[c] as f64 } };
+    let px = |x: i64, y: i64, c: usize| -> f64 {
+        if x < 0 || y < 0 || x >= iw as i64 || y >= ih as i64 {
+            0.0
+        } else {
+            img.get_pixel(x as u32, y as u32)[c] as f64
+        }
+    };
     RgbImage::from_fn(w, h, |x, y| {
         let (ox, oy) = (x as f64 - m[0][2], y as f64 - m[1][2]);
-        let (sx, sy) = (inv[0][0] * ox + inv[0][1] * oy, inv[1][0] * ox + inv[1][1] * oy);
+        let (sx, sy) = (
+            inv[0][0] * ox + inv[0][1] * oy,
+            inv[1][0] * ox + inv[1][1] * oy,
+        );
         let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
         let (fx, fy) = (sx - x0 as f64, sy - y0 as f64);
         image::Rgb(std::array::from_fn(|c| {
-            let v = px(x0, y0, c) * (1.0 - fx) * (1.0 - fy) + px(x0 + 1, y0, c) * fx * (1.0 - fy) + px(x0, y0 + 1, c) * (1.0 - fx) * fy + px(x0 + 1, y0 + 1, c) * fx * fy;
+            let v = px(x0, y0, c) * (1.0 - fx) * (1.0 - fy)
+                + px(x0 + 1, y0, c) * fx * (1.0 - fy)
+                + px(x0, y0 + 1, c) * (1.0 - fx) * fy
+                + px(x0 + 1, y0 + 1, c) * fx * fy;
             v.round().clamp(0.0, 255.0) as u8
         }))
     })
@@ -70,12 +103,32 @@ pub struct Aligner {
 }
 
 impl Aligner {
-    pub fn new(toolchain: &Toolchain, model_path: &Utf8Path, model_digest: &str, spec: &AlignSpec) -> Result<Aligner> {
+    pub fn new(
+        toolchain: &Toolchain,
+        model_path: &Utf8Path,
+        model_digest: &str,
+        spec: &AlignSpec,
+    ) -> Result<Aligner> {
         let model = OnnxRuntime::new(toolchain, None)?.load(model_path)?;
-        let input = model.inputs().first().map(|(n, _)| n.clone()).unwrap_or_default();
-        let feed = spec.preprocessing.clone().unwrap_or_else(|| Preprocessing::scrfd([640, 640]));
-        let identity = crate::cache::cache_key(&serde_json::json!({"detector": model_digest, "spec": spec.detector, "feed": feed}));
-        Ok(Aligner { model: Mutex::new(model), input, detector: spec.detector.clone(), feed, identity })
+        let input = model
+            .inputs()
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default();
+        let feed = spec
+            .preprocessing
+            .clone()
+            .unwrap_or_else(|| Preprocessing::scrfd([640, 640]));
+        let identity = crate::cache::cache_key(
+            &serde_json::json!({"detector": model_digest, "spec": spec.detector, "feed": feed}),
+        );
+        Ok(Aligner {
+            model: Mutex::new(model),
+            input,
+            detector: spec.detector.clone(),
+            feed,
+            identity,
+        })
     }
 
     /// The most prominent face (largest box) in `img`, in the photo's pixel coordinates.
@@ -83,15 +136,25 @@ impl Aligner {
         let (fitted, scale) = super::letterbox(img, self.feed.size);
         let t = super::to_tensor(&fitted, &self.feed, Layout::NCHW);
         let [h, w] = self.feed.size;
-        let out = self.model.lock().map_err(|_| anyhow::anyhow!("alignment detector poisoned by an earlier panic"))?.run(&[(self.input.clone(), t.into_dyn())])?;
+        let out = self
+            .model
+            .lock()
+            .map_err(|_| anyhow::anyhow!("alignment detector poisoned by an earlier panic"))?
+            .run(&[(self.input.clone(), t.into_dyn())])?;
         let dets = crate::detect::decode(&self.detector, &out, (h as usize, w as usize))?;
-        Ok(dets.into_iter().filter(|d| d.kps.is_some()).max_by(|a, b| a.area().total_cmp(&b.area())).map(|d| d.scaled(scale)))
+        Ok(dets
+            .into_iter()
+            .filter(|d| d.kps.is_some())
+            .max_by(|a, b| a.area().total_cmp(&b.area()))
+            .map(|d| d.scaled(scale)))
     }
 
     /// The aligned crop at `size` ([h, w]; the template scales with the width), or None when
     /// no face with landmarks is found.
     pub fn align(&self, img: &RgbImage, size: [u32; 2]) -> Result<Option<RgbImage>> {
-        let Some(d) = self.detect(img)? else { return Ok(None) };
+        let Some(d) = self.detect(img)? else {
+            return Ok(None);
+        };
         let r = size[1] as f32 / 112.0;
         let dst = ARCFACE_112.map(|p| [p[0] * r, p[1] * r]);
         let m = similarity(&d.kps.expect("filtered on kps"), &dst);
@@ -106,12 +169,21 @@ mod tests {
     #[test]
     fn similarity_recovers_a_known_transform() {
         // Rotate 30 degrees, scale 2, translate (5, -3).
-        let (c, s) = (2.0 * 30f32.to_radians().cos(), 2.0 * 30f32.to_radians().sin());
+        let (c, s) = (
+            2.0 * 30f32.to_radians().cos(),
+            2.0 * 30f32.to_radians().sin(),
+        );
         let src = ARCFACE_112;
         let dst = src.map(|p| [c * p[0] - s * p[1] + 5.0, s * p[0] + c * p[1] - 3.0]);
         let m = similarity(&src, &dst);
-        assert!((m[0][0] - c as f64).abs() < 1e-4 && (m[1][0] - s as f64).abs() < 1e-4, "{m:?}");
-        assert!((m[0][2] - 5.0).abs() < 1e-3 && (m[1][2] + 3.0).abs() < 1e-3, "{m:?}");
+        assert!(
+            (m[0][0] - c as f64).abs() < 1e-4 && (m[1][0] - s as f64).abs() < 1e-4,
+            "{m:?}"
+        );
+        assert!(
+            (m[0][2] - 5.0).abs() < 1e-3 && (m[1][2] + 3.0).abs() < 1e-3,
+            "{m:?}"
+        );
     }
 
     #[test]

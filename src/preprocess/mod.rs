@@ -14,7 +14,7 @@ pub mod align;
 pub mod synthetic;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use ndarray::{s, Array4};
+use ndarray::{Array4, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -57,10 +57,16 @@ pub struct Feed<'a> {
 pub fn list_images(dir: &Utf8Path, count: Option<usize>, seed: u64) -> Result<Vec<Utf8PathBuf>> {
     let mut files: Vec<Utf8PathBuf> = crate::util::files_under(dir)?
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        })
         .collect();
     if files.is_empty() {
-        return Err(Error::usage(format!("dataset folder {dir} has no images ({})", EXTENSIONS.join(", "))));
+        return Err(Error::usage(format!(
+            "dataset folder {dir} has no images ({})",
+            EXTENSIONS.join(", ")
+        )));
     }
     if let Some(n) = count {
         // Fisher-Yates with a fixed generator: the same subset on every machine.
@@ -82,17 +88,37 @@ pub fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
 
 pub fn decode_image(path: &Utf8Path) -> Result<RgbImage> {
     // By content, not extension: real datasets hold WebP files named .jpg.
-    let decode = || -> std::result::Result<image::DynamicImage, String> { image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string()) };
-    Ok(decode().map_err(|e| Error::usage(format!("cannot decode image {path}: {e}")).with_hint("facebuild reads JPEG, PNG and WebP; remove or convert this file"))?.to_rgb8())
+    let decode = || -> std::result::Result<image::DynamicImage, String> {
+        image::ImageReader::open(path)
+            .map_err(|e| e.to_string())?
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?
+            .decode()
+            .map_err(|e| e.to_string())
+    };
+    Ok(decode()
+        .map_err(|e| {
+            Error::usage(format!("cannot decode image {path}: {e}"))
+                .with_hint("facebuild reads JPEG, PNG and WebP; remove or convert this file")
+        })?
+        .to_rgb8())
 }
 
 /// Keep the aspect ratio, fit inside `size` ([h, w]), pad bottom/right with black, as
 /// InsightFace's SCRFD does. Returns the image and the scale (input px per original px).
 pub fn letterbox(img: &RgbImage, [h, w]: [u32; 2]) -> (RgbImage, f32) {
     let (iw, ih) = img.dimensions();
-    let (nw, nh) = if ih as u64 * w as u64 > h as u64 * iw as u64 { (((h as u64 * iw as u64) / ih as u64).max(1) as u32, h) } else { (w, ((w as u64 * ih as u64) / iw as u64).max(1) as u32) };
+    let (nw, nh) = if ih as u64 * w as u64 > h as u64 * iw as u64 {
+        (((h as u64 * iw as u64) / ih as u64).max(1) as u32, h)
+    } else {
+        (w, ((w as u64 * ih as u64) / iw as u64).max(1) as u32)
+    };
     let scale = nh as f32 / ih as f32;
-    let resized = if (nw, nh) == (iw, ih) { img.clone() } else { image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle) };
+    let resized = if (nw, nh) == (iw, ih) {
+        img.clone()
+    } else {
+        image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+    };
     let mut out = RgbImage::new(w, h);
     image::imageops::replace(&mut out, &resized, 0, 0);
     (out, scale)
@@ -101,7 +127,11 @@ pub fn letterbox(img: &RgbImage, [h, w]: [u32; 2]) -> (RgbImage, f32) {
 fn center_crop_resize(img: &RgbImage, [h, w]: [u32; 2]) -> RgbImage {
     let (iw, ih) = img.dimensions();
     // Largest centred window with the target's aspect ratio.
-    let (cw, ch) = if iw as u64 * h as u64 > ih as u64 * w as u64 { ((ih as u64 * w as u64 / h as u64) as u32, ih) } else { (iw, (iw as u64 * h as u64 / w as u64) as u32) };
+    let (cw, ch) = if iw as u64 * h as u64 > ih as u64 * w as u64 {
+        ((ih as u64 * w as u64 / h as u64) as u32, ih)
+    } else {
+        (iw, (iw as u64 * h as u64 / w as u64) as u32)
+    };
     let crop = image::imageops::crop_imm(img, (iw - cw) / 2, (ih - ch) / 2, cw, ch).to_image();
     image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle)
 }
@@ -138,7 +168,10 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)
     let (img, fit, scale) = if (iw, ih) == (size[1], size[0]) {
         (img, Fit::AsIs, 1.0)
     } else if let Some(a) = feed.align {
-        match a.align(&img, size).map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))? {
+        match a
+            .align(&img, size)
+            .map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))?
+        {
             Some(crop) => (crop, Fit::Aligned, 1.0),
             None => (center_crop_resize(&img, size), Fit::NoFaceCenterCrop, 1.0),
         }
@@ -170,7 +203,13 @@ impl Prepared {
     pub fn fit_counts(&self) -> serde_json::Value {
         let mut m: std::collections::BTreeMap<String, u64> = Default::default();
         for f in &self.fits {
-            *m.entry(serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).or_default() += 1;
+            *m.entry(
+                serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
         }
         serde_json::json!(m)
     }
@@ -185,9 +224,15 @@ impl CacheKey for PrepKey<'_> {
     fn cache_key(&self, s: &mut CacheKeyHasher) {
         PREPARE_VERSION.cache_key(s);
         self.digests.cache_key(s);
-        serde_json::to_value(self.feed.pre).unwrap_or_default().cache_key(s);
-        serde_json::to_value(self.feed.layout).unwrap_or_default().cache_key(s);
-        serde_json::to_value(self.feed.resize).unwrap_or_default().cache_key(s);
+        serde_json::to_value(self.feed.pre)
+            .unwrap_or_default()
+            .cache_key(s);
+        serde_json::to_value(self.feed.layout)
+            .unwrap_or_default()
+            .cache_key(s);
+        serde_json::to_value(self.feed.resize)
+            .unwrap_or_default()
+            .cache_key(s);
         self.feed.align.map(|a| a.identity.as_str()).cache_key(s);
     }
 }
@@ -195,16 +240,44 @@ impl CacheKey for PrepKey<'_> {
 /// Prepare `files` (decoded in parallel), memoized in the cache's `prepared/` folder.
 pub fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prepared> {
     let t0 = std::time::Instant::now();
-    let digests: Vec<String> = files.iter().map(|f| store.memo.blake3(f).map(|d| d.blake3)).collect::<Result<_>>()?;
-    let key = crate::cache::cache_key(&PrepKey { digests: &digests, feed });
+    let digests: Vec<String> = files
+        .iter()
+        .map(|f| store.memo.blake3(f).map(|d| d.blake3))
+        .collect::<Result<_>>()?;
+    let key = crate::cache::cache_key(&PrepKey {
+        digests: &digests,
+        feed,
+    });
     let dir = store.root.join("prepared");
-    let (npy, fits_path) = (dir.join(format!("{key}.npy")), dir.join(format!("{key}.json")));
-    if let (Ok(t), Ok((fits, scales))) = (ndarray_npy::read_npy::<_, Array4<f32>>(&npy), std::fs::read(&fits_path).map_err(|_| ()).and_then(|b| serde_json::from_slice::<(Vec<Fit>, Vec<f32>)>(&b).map_err(|_| ())))
-        && t.shape()[0] == files.len() && fits.len() == files.len() {
-            return Ok(Prepared { tensor: t, files: files.to_vec(), fits, scales, cached: true, prepare_ms: t0.elapsed().as_millis() as u64 });
-        }
-    let loaded: Vec<(Array4<f32>, Fit, f32)> = files.par_iter().map(|f| load_with_fit(f, feed)).collect::<Result<_>>()?;
-    let per = loaded.first().map(|(t, _, _)| t.shape().to_vec()).unwrap_or_default();
+    let (npy, fits_path) = (
+        dir.join(format!("{key}.npy")),
+        dir.join(format!("{key}.json")),
+    );
+    if let (Ok(t), Ok((fits, scales))) = (
+        ndarray_npy::read_npy::<_, Array4<f32>>(&npy),
+        std::fs::read(&fits_path)
+            .map_err(|_| ())
+            .and_then(|b| serde_json::from_slice::<(Vec<Fit>, Vec<f32>)>(&b).map_err(|_| ())),
+    ) && t.shape()[0] == files.len()
+        && fits.len() == files.len()
+    {
+        return Ok(Prepared {
+            tensor: t,
+            files: files.to_vec(),
+            fits,
+            scales,
+            cached: true,
+            prepare_ms: t0.elapsed().as_millis() as u64,
+        });
+    }
+    let loaded: Vec<(Array4<f32>, Fit, f32)> = files
+        .par_iter()
+        .map(|f| load_with_fit(f, feed))
+        .collect::<Result<_>>()?;
+    let per = loaded
+        .first()
+        .map(|(t, _, _)| t.shape().to_vec())
+        .unwrap_or_default();
     let mut tensor = Array4::<f32>::zeros((files.len(), per[1], per[2], per[3]));
     for (i, (t, _, _)) in loaded.iter().enumerate() {
         tensor.slice_mut(s![i..i + 1, .., .., ..]).assign(t);
@@ -216,6 +289,16 @@ pub fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prep
     let tmp = dir.join(format!(".{key}.npy.tmp"));
     ndarray_npy::write_npy(&tmp, &tensor).map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
     std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
-    crate::cache::store::write_atomic(&fits_path, &serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?)?;
-    Ok(Prepared { tensor, files: files.to_vec(), fits, scales, cached: false, prepare_ms: t0.elapsed().as_millis() as u64 })
+    crate::cache::store::write_atomic(
+        &fits_path,
+        &serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?,
+    )?;
+    Ok(Prepared {
+        tensor,
+        files: files.to_vec(),
+        fits,
+        scales,
+        cached: false,
+        prepare_ms: t0.elapsed().as_millis() as u64,
+    })
 }

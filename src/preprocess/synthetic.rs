@@ -30,10 +30,15 @@ pub fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
     if done.exists() {
         return Ok(dir);
     }
-    let tmp = cache_dir.join("builtin").join(format!(".{name}-g{VERSION}.tmp{}", std::process::id()));
+    let tmp = cache_dir
+        .join("builtin")
+        .join(format!(".{name}-g{VERSION}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let save = |img: RgbImage, p: Utf8PathBuf| img.save(&p).map_err(|e| anyhow::anyhow!("writing {p}: {e}"));
+    let save = |img: RgbImage, p: Utf8PathBuf| {
+        img.save(&p)
+            .map_err(|e| anyhow::anyhow!("writing {p}: {e}"))
+    };
     if name == "synthetic-scenes" {
         for i in 0..SCENES {
             save(scene(i as u64), tmp.join(format!("scene{i}.png")))?;
@@ -60,7 +65,18 @@ pub fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
 fn scene(i: u64) -> RgbImage {
     let mut g = SplitMix64::new(0x5CE_0000 + i);
     let (w, h) = [(640, 480), (480, 640), (800, 600), (512, 512)][i as usize % 4];
-    let (c0, c1) = ([unit01(&mut g) * 255.0, unit01(&mut g) * 255.0, unit01(&mut g) * 255.0], [unit01(&mut g) * 255.0, unit01(&mut g) * 255.0, unit01(&mut g) * 255.0]);
+    let (c0, c1) = (
+        [
+            unit01(&mut g) * 255.0,
+            unit01(&mut g) * 255.0,
+            unit01(&mut g) * 255.0,
+        ],
+        [
+            unit01(&mut g) * 255.0,
+            unit01(&mut g) * 255.0,
+            unit01(&mut g) * 255.0,
+        ],
+    );
     let mut img = RgbImage::from_fn(w, h, |x, y| {
         let t = (x + y) as f32 / (w + h) as f32;
         let n = 10.0 * g.unit();
@@ -69,8 +85,16 @@ fn scene(i: u64) -> RgbImage {
     let faces = 1 + (g.next_u64() % 5) as u32;
     for k in 0..faces {
         let size = 40 + (g.next_u64() % 160) as u32;
-        let crop = image::imageops::resize(&face((i * 7 + k as u64) % IDENTITIES as u64, k as u64), size, size, image::imageops::FilterType::Triangle);
-        let (x, y) = ((g.next_u64() % (w - size) as u64) as i64, (g.next_u64() % (h - size) as u64) as i64);
+        let crop = image::imageops::resize(
+            &face((i * 7 + k as u64) % IDENTITIES as u64, k as u64),
+            size,
+            size,
+            image::imageops::FilterType::Triangle,
+        );
+        let (x, y) = (
+            (g.next_u64() % (w - size) as u64) as i64,
+            (g.next_u64() % (h - size) as u64) as i64,
+        );
         image::imageops::replace(&mut img, &crop, x, y);
     }
     img
@@ -83,9 +107,21 @@ fn unit01(r: &mut SplitMix64) -> f32 {
 fn face(id: u64, k: u64) -> RgbImage {
     let mut g = SplitMix64::new(0xFACE_0000 + id);
     // Identity: geometry and colours.
-    let skin = [150.0 + 90.0 * unit01(&mut g), 110.0 + 80.0 * unit01(&mut g), 80.0 + 70.0 * unit01(&mut g)];
-    let hair = [40.0 * unit01(&mut g), 30.0 * unit01(&mut g), 20.0 + 60.0 * unit01(&mut g)];
-    let bg = [60.0 + 150.0 * unit01(&mut g), 60.0 + 150.0 * unit01(&mut g), 60.0 + 150.0 * unit01(&mut g)];
+    let skin = [
+        150.0 + 90.0 * unit01(&mut g),
+        110.0 + 80.0 * unit01(&mut g),
+        80.0 + 70.0 * unit01(&mut g),
+    ];
+    let hair = [
+        40.0 * unit01(&mut g),
+        30.0 * unit01(&mut g),
+        20.0 + 60.0 * unit01(&mut g),
+    ];
+    let bg = [
+        60.0 + 150.0 * unit01(&mut g),
+        60.0 + 150.0 * unit01(&mut g),
+        60.0 + 150.0 * unit01(&mut g),
+    ];
     let (rx, ry) = (30.0 + 10.0 * unit01(&mut g), 40.0 + 10.0 * unit01(&mut g));
     let eye_dx = 14.0 + 6.0 * unit01(&mut g);
     let eye_y = -8.0 - 6.0 * unit01(&mut g);

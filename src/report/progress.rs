@@ -15,14 +15,21 @@ pub fn is_tty() -> bool {
 
 fn multi() -> &'static MultiProgress {
     MULTI.get_or_init(|| {
-        let target = if is_tty() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target = if is_tty() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         MultiProgress::with_draw_target(target)
     })
 }
 
 pub fn spinner(msg: impl Into<String>) -> ProgressBar {
     let pb = multi().add(ProgressBar::new_spinner());
-    pb.set_style(ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}").expect("valid template"));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}")
+            .expect("valid template"),
+    );
     pb.set_message(msg.into());
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
@@ -30,7 +37,10 @@ pub fn spinner(msg: impl Into<String>) -> ProgressBar {
 
 pub fn bytes_bar(total: u64, msg: impl Into<String>) -> ProgressBar {
     let pb = multi().add(ProgressBar::new(total));
-    pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {bytes}/{total_bytes} {wide_msg}").expect("valid template"));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {bytes}/{total_bytes} {wide_msg}")
+            .expect("valid template"),
+    );
     pb.set_message(msg.into());
     pb
 }

@@ -17,7 +17,10 @@ use crate::error::{IoContext, Result};
 use crate::scheduler::{RunReport, Status};
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn read(p: &Utf8Path) -> Option<Value> {
@@ -30,7 +33,11 @@ pub fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) ->
     if values.is_empty() {
         return buf;
     }
-    let (mut lo, mut hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (mut lo, mut hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
     if hi - lo < 1e-12 {
         let pad = lo.abs().max(1e-6) * 1e-3;
         lo -= pad;
@@ -45,9 +52,25 @@ pub fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) ->
     {
         let root = SVGBackend::with_string(&mut buf, (440, 240)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        if let Ok(mut chart) = ChartBuilder::on(&root).caption(title, ("sans-serif", 14)).margin(8).x_label_area_size(32).y_label_area_size(40).build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1) {
-            let _ = chart.configure_mesh().x_desc(x_label).y_desc("count").x_labels(5).draw();
-            let _ = chart.draw_series(counts.iter().enumerate().map(|(i, c)| Rectangle::new([(lo + i as f64 * w, 0), (lo + (i + 1) as f64 * w, *c)], BLUE.mix(0.55).filled())));
+        if let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(40)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+        {
+            let _ = chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc("count")
+                .x_labels(5)
+                .draw();
+            let _ = chart.draw_series(counts.iter().enumerate().map(|(i, c)| {
+                Rectangle::new(
+                    [(lo + i as f64 * w, 0), (lo + (i + 1) as f64 * w, *c)],
+                    BLUE.mix(0.55).filled(),
+                )
+            }));
         }
         let _ = root.present();
     }
@@ -66,16 +89,35 @@ pub fn throughput_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Stri
     {
         let root = SVGBackend::with_string(&mut buf, (520, 280)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        if let Ok(mut chart) = ChartBuilder::on(&root).caption(title, ("sans-serif", 14)).margin(8).x_label_area_size(32).y_label_area_size(56).build_cartesian_2d(0.5..xmax + 0.5, 0.0..ymax) {
-            let _ = chart.configure_mesh().x_desc("batch size").y_desc("images/s").draw();
+        if let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.5..xmax + 0.5, 0.0..ymax)
+        {
+            let _ = chart
+                .configure_mesh()
+                .x_desc("batch size")
+                .y_desc("images/s")
+                .draw();
             for (i, (label, s)) in series.iter().enumerate() {
                 let color = Palette99::pick(i).to_rgba();
-                if let Ok(a) = chart.draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2))) {
-                    a.label(label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                if let Ok(a) =
+                    chart.draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))
+                {
+                    a.label(label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
                 }
                 let _ = chart.draw_series(s.iter().map(|p| Circle::new(*p, 3, color.filled())));
             }
-            let _ = chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw();
+            let _ = chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw();
         }
         let _ = root.present();
     }
@@ -91,7 +133,13 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     for r in rows {
         s += "<tr>";
         for c in r {
-            let class = if c == "pass" { " class=pass" } else if c.starts_with("FAIL") { " class=fail" } else { "" };
+            let class = if c == "pass" {
+                " class=pass"
+            } else if c.starts_with("FAIL") {
+                " class=fail"
+            } else {
+                ""
+            };
             let _ = write!(s, "<td{class}>{}</td>", esc(c));
         }
         s += "</tr>";
@@ -100,7 +148,9 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn num(v: &Value, prec: usize) -> String {
-    v.as_f64().map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.prec$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn compare_section(name: &str, r: &Value) -> String {
@@ -112,17 +162,98 @@ fn compare_section(name: &str, r: &Value) -> String {
         None => format!("unavailable: {}", c["unavailable"].as_str().unwrap_or("")),
     };
     if r["task"] == "detection" {
-        let rows: Vec<Vec<String>> = cands.iter().map(|c| vec![c["label"].as_str().unwrap_or("").into(), format!("{} {}", c["artifact"].as_str().unwrap_or("-"), c["artifact_precision"].as_str().unwrap_or("")), c["execution"]["precision"].as_str().unwrap_or("-").into(), num(&c["total"]["recall"], 4), num(&c["total"]["fp_per_image"], 3), num(&c["total"]["score_drift"]["max"], 4), num(&c["total"]["landmark_nme"]["max"], 5), num(&c["total"]["nms_parity"], 3), pass(c)]).collect();
-        s += &table(&["candidate", "artifact", "executed", "recall", "FP/img", "score drift max", "landmark NME max", "NMS parity", "gate"], &rows);
+        let rows: Vec<Vec<String>> = cands
+            .iter()
+            .map(|c| {
+                vec![
+                    c["label"].as_str().unwrap_or("").into(),
+                    format!(
+                        "{} {}",
+                        c["artifact"].as_str().unwrap_or("-"),
+                        c["artifact_precision"].as_str().unwrap_or("")
+                    ),
+                    c["execution"]["precision"].as_str().unwrap_or("-").into(),
+                    num(&c["total"]["recall"], 4),
+                    num(&c["total"]["fp_per_image"], 3),
+                    num(&c["total"]["score_drift"]["max"], 4),
+                    num(&c["total"]["landmark_nme"]["max"], 5),
+                    num(&c["total"]["nms_parity"], 3),
+                    pass(c),
+                ]
+            })
+            .collect();
+        s += &table(
+            &[
+                "candidate",
+                "artifact",
+                "executed",
+                "recall",
+                "FP/img",
+                "score drift max",
+                "landmark NME max",
+                "NMS parity",
+                "gate",
+            ],
+            &rows,
+        );
         return s;
     }
-    let rows: Vec<Vec<String>> = cands.iter().map(|c| vec![c["label"].as_str().unwrap_or("").into(), format!("{} {}", c["artifact"].as_str().unwrap_or("-"), c["artifact_precision"].as_str().unwrap_or("")), c["execution"]["precision"].as_str().unwrap_or("-").into(), num(&c["cosine"]["min"], 6), num(&c["cosine"]["p01"], 6), num(&c["cosine"]["mean"], 6), num(&c["verification"]["tar_at_operating_far"]["candidate"], 4), c["verification"]["flips_at_reference_threshold"].as_u64().map(|f| f.to_string()).unwrap_or_else(|| "-".into()), pass(c)]).collect();
-    s += &table(&["candidate", "artifact", "executed", "cos min", "cos p01", "cos mean", "TAR@op FAR", "flips", "gate"], &rows);
+    let rows: Vec<Vec<String>> = cands
+        .iter()
+        .map(|c| {
+            vec![
+                c["label"].as_str().unwrap_or("").into(),
+                format!(
+                    "{} {}",
+                    c["artifact"].as_str().unwrap_or("-"),
+                    c["artifact_precision"].as_str().unwrap_or("")
+                ),
+                c["execution"]["precision"].as_str().unwrap_or("-").into(),
+                num(&c["cosine"]["min"], 6),
+                num(&c["cosine"]["p01"], 6),
+                num(&c["cosine"]["mean"], 6),
+                num(&c["verification"]["tar_at_operating_far"]["candidate"], 4),
+                c["verification"]["flips_at_reference_threshold"]
+                    .as_u64()
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                pass(c),
+            ]
+        })
+        .collect();
+    s += &table(
+        &[
+            "candidate",
+            "artifact",
+            "executed",
+            "cos min",
+            "cos p01",
+            "cos mean",
+            "TAR@op FAR",
+            "flips",
+            "gate",
+        ],
+        &rows,
+    );
     s += "<div class=plots>";
     for c in &cands {
-        let v: Vec<f64> = c["cosine_per_image"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+        let v: Vec<f64> = c["cosine_per_image"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
         if !v.is_empty() {
-            s += &format!("<figure>{}</figure>", histogram_svg(&format!("{}: cosine vs ONNX, per image", c["label"].as_str().unwrap_or("")), &v, "cosine similarity", 20));
+            s += &format!(
+                "<figure>{}</figure>",
+                histogram_svg(
+                    &format!(
+                        "{}: cosine vs ONNX, per image",
+                        c["label"].as_str().unwrap_or("")
+                    ),
+                    &v,
+                    "cosine similarity",
+                    20
+                )
+            );
         }
     }
     s + "</div>"
@@ -135,7 +266,14 @@ fn benchmark_section(name: &str, r: &Value) -> String {
         esc(name),
         esc(m["cpu"].as_str().unwrap_or("")),
         m["logical_cores"],
-        esc(&m["isa"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default()),
+        esc(&m["isa"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default()),
         esc(m["gpu"].as_str().unwrap_or("none"))
     );
     let results = r["results"].as_array().cloned().unwrap_or_default();
@@ -143,48 +281,155 @@ fn benchmark_section(name: &str, r: &Value) -> String {
         .iter()
         .map(|x| {
             if x["available"] == false {
-                return vec![x["label"].as_str().unwrap_or("").into(), format!("unavailable: {}", x["unavailable"].as_str().unwrap_or("")), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()];
+                return vec![
+                    x["label"].as_str().unwrap_or("").into(),
+                    format!("unavailable: {}", x["unavailable"].as_str().unwrap_or("")),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ];
             }
             vec![
                 x["label"].as_str().unwrap_or("").into(),
-                format!("{} {} ({})", x["artifact"].as_str().unwrap_or(""), x["artifact_precision"].as_str().unwrap_or(""), x["execution"]["precision"].as_str().unwrap_or("")),
+                format!(
+                    "{} {} ({})",
+                    x["artifact"].as_str().unwrap_or(""),
+                    x["artifact_precision"].as_str().unwrap_or(""),
+                    x["execution"]["precision"].as_str().unwrap_or("")
+                ),
                 num(&x["cold_start"]["spawn_to_first_output_ms"], 1),
                 num(&x["latency_batch1_ms"]["median"], 3),
                 num(&x["latency_batch1_ms"]["p99"], 3),
-                x["throughput"].as_array().map(|t| t.iter().map(|b| format!("b{} {}", b["batch"], b["images_per_s"].as_f64().map(|v| format!("{v:.0}/s")).unwrap_or_else(|| "unsupported".into()))).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                x["throughput"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .map(|b| {
+                                format!(
+                                    "b{} {}",
+                                    b["batch"],
+                                    b["images_per_s"]
+                                        .as_f64()
+                                        .map(|v| format!("{v:.0}/s"))
+                                        .unwrap_or_else(|| "unsupported".into())
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
                 num(&x["peak_rss_mib"], 1),
-                x["reference"]["throughput_ratio"].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
+                x["reference"]["throughput_ratio"]
+                    .as_f64()
+                    .map(|v| format!("{v:.3}"))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    s += &table(&["target", "artifact (executed)", "cold start ms", "p50 ms", "p99 ms", "throughput", "peak RSS MiB", "vs benchmark_app"], &rows);
+    s += &table(
+        &[
+            "target",
+            "artifact (executed)",
+            "cold start ms",
+            "p50 ms",
+            "p99 ms",
+            "throughput",
+            "peak RSS MiB",
+            "vs benchmark_app",
+        ],
+        &rows,
+    );
     s += "<div class=plots>";
     for x in results.iter().filter(|x| x["available"] == true) {
-        let v: Vec<f64> = x["latency_batch1_samples_ms"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-        s += &format!("<figure>{}</figure>", histogram_svg(&format!("{}: batch-1 latency", x["label"].as_str().unwrap_or("")), &v, "ms", 24));
+        let v: Vec<f64> = x["latency_batch1_samples_ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        s += &format!(
+            "<figure>{}</figure>",
+            histogram_svg(
+                &format!("{}: batch-1 latency", x["label"].as_str().unwrap_or("")),
+                &v,
+                "ms",
+                24
+            )
+        );
     }
     let series: Vec<(String, Vec<(f64, f64)>)> = results
         .iter()
         .filter(|x| x["available"] == true)
-        .map(|x| (x["label"].as_str().unwrap_or("").to_string(), x["throughput"].as_array().map(|t| t.iter().filter_map(|b| Some((b["batch"].as_f64()?, b["images_per_s"].as_f64()?))).collect()).unwrap_or_default()))
+        .map(|x| {
+            (
+                x["label"].as_str().unwrap_or("").to_string(),
+                x["throughput"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|b| {
+                                Some((b["batch"].as_f64()?, b["images_per_s"].as_f64()?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
         .filter(|(_, p): &(String, Vec<(f64, f64)>)| !p.is_empty())
         .collect();
-    s += &format!("<figure class=wide>{}</figure>", throughput_svg("throughput vs batch size", &series));
+    s += &format!(
+        "<figure class=wide>{}</figure>",
+        throughput_svg("throughput vs batch size", &series)
+    );
     s + "</div>"
 }
 
 fn release_section(name: &str, r: &Value) -> String {
-    let s = format!("<h2>release <code>{}</code></h2><p>version <b>{}</b> in <code>{}</code></p>", esc(name), esc(r["version"].as_str().unwrap_or("(none: refused)")), esc(r["release_dir"].as_str().unwrap_or("-")));
+    let s = format!(
+        "<h2>release <code>{}</code></h2><p>version <b>{}</b> in <code>{}</code></p>",
+        esc(name),
+        esc(r["version"].as_str().unwrap_or("(none: refused)")),
+        esc(r["release_dir"].as_str().unwrap_or("-"))
+    );
     let mut rows = Vec::new();
     for v in r["verdicts"].as_array().cloned().unwrap_or_default() {
         for g in v["gates"].as_array().cloned().unwrap_or_default() {
-            rows.push(vec![v["artifact"].as_str().unwrap_or("").into(), g["metric"].as_str().unwrap_or("").into(), num(&g["value"], 4), num(&g["limit"], 4), g["source"].as_str().unwrap_or("").into(), if g["passed"] == true { "pass".into() } else { "FAIL".into() }]);
+            rows.push(vec![
+                v["artifact"].as_str().unwrap_or("").into(),
+                g["metric"].as_str().unwrap_or("").into(),
+                num(&g["value"], 4),
+                num(&g["limit"], 4),
+                g["source"].as_str().unwrap_or("").into(),
+                if g["passed"] == true {
+                    "pass".into()
+                } else {
+                    "FAIL".into()
+                },
+            ]);
         }
-        for why in v["refused_because"].as_array().cloned().unwrap_or_default().iter().filter_map(|x| x.as_str()).filter(|w| w.contains("unavailable")) {
-            rows.push(vec![v["artifact"].as_str().unwrap_or("").into(), "available".into(), "-".into(), "-".into(), why.into(), "FAIL".into()]);
+        for why in v["refused_because"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.as_str())
+            .filter(|w| w.contains("unavailable"))
+        {
+            rows.push(vec![
+                v["artifact"].as_str().unwrap_or("").into(),
+                "available".into(),
+                "-".into(),
+                "-".into(),
+                why.into(),
+                "FAIL".into(),
+            ]);
         }
     }
-    s + &table(&["artifact", "gate", "measured", "limit", "source", "result"], &rows)
+    s + &table(
+        &["artifact", "gate", "measured", "limit", "source", "result"],
+        &rows,
+    )
 }
 
 /// Gate test cases: (suite, case, failure message if failed).
@@ -195,7 +440,18 @@ fn gate_cases(step: &str, r: &Value) -> Vec<(String, String, Option<String>)> {
             for c in r["candidates"].as_array().cloned().unwrap_or_default() {
                 for g in c["gates"].as_array().cloned().unwrap_or_default() {
                     let failed = g["passed"] == false;
-                    out.push((format!("{step}.{}", c["label"].as_str().unwrap_or("")), g["metric"].as_str().unwrap_or("").to_string(), failed.then(|| format!("{} {} violates limit {}", g["metric"].as_str().unwrap_or(""), g["value"], g["limit"]))));
+                    out.push((
+                        format!("{step}.{}", c["label"].as_str().unwrap_or("")),
+                        g["metric"].as_str().unwrap_or("").to_string(),
+                        failed.then(|| {
+                            format!(
+                                "{} {} violates limit {}",
+                                g["metric"].as_str().unwrap_or(""),
+                                g["value"],
+                                g["limit"]
+                            )
+                        }),
+                    ));
                 }
             }
         }
@@ -203,7 +459,18 @@ fn gate_cases(step: &str, r: &Value) -> Vec<(String, String, Option<String>)> {
             for v in r["verdicts"].as_array().cloned().unwrap_or_default() {
                 for g in v["gates"].as_array().cloned().unwrap_or_default() {
                     let failed = g["passed"] == false;
-                    out.push((format!("{step}.{}", v["artifact"].as_str().unwrap_or("")), g["metric"].as_str().unwrap_or("").to_string(), failed.then(|| format!("measured {} vs limit {} ({})", g["value"], g["limit"], g["source"].as_str().unwrap_or("")))));
+                    out.push((
+                        format!("{step}.{}", v["artifact"].as_str().unwrap_or("")),
+                        g["metric"].as_str().unwrap_or("").to_string(),
+                        failed.then(|| {
+                            format!(
+                                "measured {} vs limit {} ({})",
+                                g["value"],
+                                g["limit"],
+                                g["source"].as_str().unwrap_or("")
+                            )
+                        }),
+                    ));
                 }
             }
         }
@@ -220,15 +487,26 @@ pub fn junit(run: &RunReport, reports: &[(String, Value)]) -> String {
         let body = match s.status {
             Status::Failed => {
                 failures += 1;
-                format!("<failure message=\"{}\"/>", esc(s.error.as_deref().unwrap_or("failed")))
+                format!(
+                    "<failure message=\"{}\"/>",
+                    esc(s.error.as_deref().unwrap_or("failed"))
+                )
             }
             Status::Skipped | Status::NotRun | Status::Unavailable => {
                 skipped += 1;
-                format!("<skipped message=\"{}\"/>", esc(s.error.as_deref().unwrap_or("not run")))
+                format!(
+                    "<skipped message=\"{}\"/>",
+                    esc(s.error.as_deref().unwrap_or("not run"))
+                )
             }
             _ => String::new(),
         };
-        steps.push(format!("<testcase classname=\"{}.steps\" name=\"{}\" time=\"{:.3}\">{body}</testcase>", esc(&run.pipeline), esc(&s.step), s.duration_ms as f64 / 1000.0));
+        steps.push(format!(
+            "<testcase classname=\"{}.steps\" name=\"{}\" time=\"{:.3}\">{body}</testcase>",
+            esc(&run.pipeline),
+            esc(&s.step),
+            s.duration_ms as f64 / 1000.0
+        ));
     }
     suites.push(("steps".into(), steps, failures, skipped));
     for (step, r) in reports {
@@ -237,14 +515,35 @@ pub fn junit(run: &RunReport, reports: &[(String, Value)]) -> String {
             continue;
         }
         let f = cases.iter().filter(|c| c.2.is_some()).count();
-        let xml = cases.iter().map(|(cls, name, fail)| format!("<testcase classname=\"{}.{}\" name=\"{}\">{}</testcase>", esc(&run.pipeline), esc(cls), esc(name), fail.as_ref().map(|m| format!("<failure message=\"{}\"/>", esc(m))).unwrap_or_default())).collect();
+        let xml = cases
+            .iter()
+            .map(|(cls, name, fail)| {
+                format!(
+                    "<testcase classname=\"{}.{}\" name=\"{}\">{}</testcase>",
+                    esc(&run.pipeline),
+                    esc(cls),
+                    esc(name),
+                    fail.as_ref()
+                        .map(|m| format!("<failure message=\"{}\"/>", esc(m)))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
         suites.push((format!("gates.{step}"), xml, f, 0));
     }
     let total: usize = suites.iter().map(|s| s.1.len()).sum();
     let tf: usize = suites.iter().map(|s| s.2).sum();
-    let mut x = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"facebuild {}\" tests=\"{total}\" failures=\"{tf}\">\n", esc(&run.pipeline));
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"facebuild {}\" tests=\"{total}\" failures=\"{tf}\">\n",
+        esc(&run.pipeline)
+    );
     for (name, cases, f, sk) in &suites {
-        let _ = writeln!(x, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\">", esc(name), cases.len());
+        let _ = writeln!(
+            x,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{f}\" skipped=\"{sk}\">",
+            esc(name),
+            cases.len()
+        );
         for c in cases {
             let _ = writeln!(x, "    {c}");
         }
@@ -261,9 +560,33 @@ pub fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, Value)]) ->
         &ctx.manifest.digest[..12],
         esc(&run.source),
         esc(&run.toolchain),
-        if run.ok { "<b class=pass>run ok</b>" } else { "<b class=fail>run failed</b>" }
+        if run.ok {
+            "<b class=pass>run ok</b>"
+        } else {
+            "<b class=fail>run failed</b>"
+        }
     );
-    let rows: Vec<Vec<String>> = run.steps.iter().map(|s| vec![s.step.clone(), s.kind.clone(), serde_json::to_value(s.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), s.error.clone().unwrap_or_default().lines().next().unwrap_or("").to_string()]).collect();
+    let rows: Vec<Vec<String>> = run
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.step.clone(),
+                s.kind.clone(),
+                serde_json::to_value(s.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                s.error
+                    .clone()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            ]
+        })
+        .collect();
     body += &table(&["step", "kind", "status", "error / reason"], &rows);
     for (step, r) in reports {
         body += &match r["kind"].as_str() {
@@ -283,17 +606,38 @@ pub fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, Value)]) ->
 pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
     let dir = &ctx.manifest.output_dir;
     let (h, j) = (dir.join("report.html"), dir.join("junit.xml"));
-    let shown = |s: &crate::scheduler::StepResult| matches!(s.kind.as_str(), "compare" | "benchmark" | "release");
+    let shown = |s: &crate::scheduler::StepResult| {
+        matches!(s.kind.as_str(), "compare" | "benchmark" | "release")
+    };
     // What the report shows: step statuses and errors, and the reports' contents: their
     // digests when the step succeeded, the file itself when it failed (kept, not stored).
-    let mut basis = format!("{:?}", run.steps.iter().map(|s| (&s.step, s.status, &s.error, s.outputs.get("report.json").map(|o| &o.digest))).collect::<Vec<_>>());
-    for s in run.steps.iter().filter(|s| shown(s) && !s.outputs.contains_key("report.json")) {
-        basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step).join("report.json")).unwrap_or_default();
+    let mut basis = format!(
+        "{:?}",
+        run.steps
+            .iter()
+            .map(|s| (
+                &s.step,
+                s.status,
+                &s.error,
+                s.outputs.get("report.json").map(|o| &o.digest)
+            ))
+            .collect::<Vec<_>>()
+    );
+    for s in run
+        .steps
+        .iter()
+        .filter(|s| shown(s) && !s.outputs.contains_key("report.json"))
+    {
+        basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step).join("report.json"))
+            .unwrap_or_default();
     }
     let key = blake3::hash(basis.as_bytes()).to_hex().to_string();
     let key_path = dir.join(".report.key");
     // A no-op run reads no report: the key says nothing changed.
-    if std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str()) && h.exists() && j.exists() {
+    if std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str())
+        && h.exists()
+        && j.exists()
+    {
         return Ok((h, j));
     }
     let mut reports = Vec::new();
@@ -320,7 +664,10 @@ mod tests {
     #[test]
     fn plots_are_svg_with_bars_and_lines() {
         let h = histogram_svg("t", &[0.99, 0.995, 0.999, 1.0, 1.0], "cosine", 10);
-        assert!(h.starts_with("<svg") && h.matches("<rect").count() > 5, "{h}");
+        assert!(
+            h.starts_with("<svg") && h.matches("<rect").count() > 5,
+            "{h}"
+        );
         let t = throughput_svg("tp", &[("a".into(), vec![(1.0, 100.0), (8.0, 400.0)])]);
         assert!(t.contains("<polyline") || t.contains("<path"), "{t}");
         assert_eq!(histogram_svg("empty", &[], "x", 10), "");

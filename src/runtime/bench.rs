@@ -11,7 +11,11 @@ use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, LoadedModel, Runtime};
+use super::{
+    LoadedModel, Runtime,
+    onnxruntime::OnnxRuntime,
+    openvino::{OpenVino, OpenVinoSettings},
+};
 use crate::error::Result;
 use crate::metrics::LatencyMs;
 use crate::toolchain::Toolchain;
@@ -42,7 +46,10 @@ pub struct BenchSpec {
 }
 
 fn now_ns() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 pub fn spawn_time() -> u128 {
@@ -68,12 +75,23 @@ fn with_batch(shape: &[i64], b: usize) -> Vec<i64> {
 fn random_input(shape: &[i64]) -> ArrayD<f32> {
     let dims: Vec<usize> = shape.iter().map(|&d| d.max(1) as usize).collect();
     let mut rng = crate::util::SplitMix64::new(7);
-    ArrayD::from_shape_vec(IxDyn(&dims), (0..dims.iter().product::<usize>()).map(|_| rng.unit()).collect()).expect("sized to shape")
+    ArrayD::from_shape_vec(
+        IxDyn(&dims),
+        (0..dims.iter().product::<usize>())
+            .map(|_| rng.unit())
+            .collect(),
+    )
+    .expect("sized to shape")
 }
 
 /// Run `f` `warmup` times, then until `iterations` runs or the time budget (at least one);
 /// returns the per-run latencies (ms) and the wall time.
-fn timed_loop(warmup: usize, iterations: usize, budget: Option<Duration>, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<f64>, f64)> {
+fn timed_loop(
+    warmup: usize,
+    iterations: usize,
+    budget: Option<Duration>,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, f64)> {
     for _ in 0..warmup {
         f()?;
     }
@@ -97,7 +115,11 @@ pub fn run_child(spec: &BenchSpec) -> Result<serde_json::Value> {
     }
 }
 
-fn onnxruntime(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Result<serde_json::Value> {
+fn onnxruntime(
+    spec: &BenchSpec,
+    tc: &Toolchain,
+    budget: Option<Duration>,
+) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let rt = OnnxRuntime::new(tc, spec.threads)?;
     let mut m: Box<dyn LoadedModel> = rt.load(&spec.artifact)?;
@@ -107,7 +129,9 @@ fn onnxruntime(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Re
     m.run(&[(spec.input_name.clone(), x1.clone())])?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
     let cold = json!({"spawn_to_first_output_ms": (now_ns().saturating_sub(spec.spawned_at_unix_ns)) as f64 / 1e6, "load_ms": load_ms, "compile_ms": null, "first_inference_ms": first_ms});
-    let (lat, _) = timed_loop(spec.warmup, spec.iterations, budget, || m.run(&[(spec.input_name.clone(), x1.clone())]).map(|_| ()))?;
+    let (lat, _) = timed_loop(spec.warmup, spec.iterations, budget, || {
+        m.run(&[(spec.input_name.clone(), x1.clone())]).map(|_| ())
+    })?;
     let mut tput = Vec::new();
     for &b in &spec.batch_sizes {
         let shape = with_batch(&spec.input_shape, b);
@@ -117,18 +141,39 @@ fn onnxruntime(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Re
             tput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()}));
             continue;
         }
-        let (l, wall) = timed_loop(spec.warmup.min(3), spec.iterations, budget, || m.run(&[(spec.input_name.clone(), x.clone())]).map(|_| ()))?;
+        let (l, wall) = timed_loop(spec.warmup.min(3), spec.iterations, budget, || {
+            m.run(&[(spec.input_name.clone(), x.clone())]).map(|_| ())
+        })?;
         tput.push(json!({"batch": b, "images_per_s": (l.len() * b) as f64 / (wall / 1e3), "requests_in_flight": 1, "inferences": l.len(), "wall_ms": wall, "latency_ms": LatencyMs::of(&l)}));
     }
     let exec = m.execution();
-    Ok(result(json!({"runtime": exec.runtime, "version": exec.version, "device": exec.device, "precision": exec.precision, "threads": exec.threads, "hint": null, "requests": 1, "settings": exec.settings}), cold, &lat, tput))
+    Ok(result(
+        json!({"runtime": exec.runtime, "version": exec.version, "device": exec.device, "precision": exec.precision, "threads": exec.threads, "hint": null, "requests": 1, "settings": exec.settings}),
+        cold,
+        &lat,
+        tput,
+    ))
 }
 
-fn openvino(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Result<serde_json::Value> {
+fn openvino(
+    spec: &BenchSpec,
+    tc: &Toolchain,
+    budget: Option<Duration>,
+) -> Result<serde_json::Value> {
     let hint = spec.hint.clone().unwrap_or_else(|| "LATENCY".into());
-    let ov = OpenVino::new(tc, OpenVinoSettings { device: "CPU".into(), precision_hint: spec.precision_hint.clone(), threads: spec.threads })?;
+    let ov = OpenVino::new(
+        tc,
+        OpenVinoSettings {
+            device: "CPU".into(),
+            precision_hint: spec.precision_hint.clone(),
+            threads: spec.threads,
+        },
+    )?;
     let xml = &spec.artifact;
-    let bin = spec.weights.clone().unwrap_or_else(|| xml.with_extension("bin"));
+    let bin = spec
+        .weights
+        .clone()
+        .unwrap_or_else(|| xml.with_extension("bin"));
     let mut m = ov.compile_for_bench(xml, &bin, &hint, &spec.input_shape)?;
     let t1 = Instant::now();
     m.run(1, 1, None)?;
@@ -163,7 +208,12 @@ fn openvino(spec: &BenchSpec, tc: &Toolchain, budget: Option<Duration>) -> Resul
 }
 
 /// The child's answer, in the schema every runtime shares.
-fn result(execution: serde_json::Value, cold: serde_json::Value, lat: &[f64], throughput: Vec<serde_json::Value>) -> serde_json::Value {
+fn result(
+    execution: serde_json::Value,
+    cold: serde_json::Value,
+    lat: &[f64],
+    throughput: Vec<serde_json::Value>,
+) -> serde_json::Value {
     json!({
         "execution": execution,
         "cold_start": cold,

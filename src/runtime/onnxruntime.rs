@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::session::{Session, builder::GraphOptimizationLevel};
 use ort::value::{Tensor, ValueType};
 
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
@@ -14,7 +14,8 @@ use crate::toolchain::Toolchain;
 
 /// ort's library is process-global: the first toolchain to initialize it wins, and a
 /// different library later is an error rather than a silent mix.
-static ENV: OnceLock<std::result::Result<(Utf8PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static ENV: OnceLock<std::result::Result<(Utf8PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
 
 pub struct OnnxRuntime {
     version: String,
@@ -25,21 +26,44 @@ pub struct OnnxRuntime {
 impl OnnxRuntime {
     pub fn new(toolchain: &Toolchain, threads: Option<usize>) -> Result<OnnxRuntime> {
         let lib = toolchain.info.onnxruntime_library.clone().ok_or_else(|| {
-            Error::toolchain("the toolchain has no libonnxruntime.so").with_hint("reinstall it with `facebuild toolchain install --force`")
+            Error::toolchain("the toolchain has no libonnxruntime.so")
+                .with_hint("reinstall it with `facebuild toolchain install --force`")
         })?;
         let entry = ENV.get_or_init(|| {
-            let env = ort::init_from(lib.as_std_path()).map_err(|e| format!("loading {lib}: {e}"))?.with_name("facebuild").with_telemetry(false).build().map_err(|e| format!("creating the ONNX Runtime environment from {lib}: {e}"))?;
+            let env = ort::init_from(lib.as_std_path())
+                .map_err(|e| format!("loading {lib}: {e}"))?
+                .with_name("facebuild")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| format!("creating the ONNX Runtime environment from {lib}: {e}"))?;
             Ok((lib.clone(), env))
         });
         match entry {
             Ok((loaded, _)) if *loaded != lib => {
-                return Err(Error::toolchain(format!("ONNX Runtime was already loaded from {loaded}; cannot also load {lib} in one process")));
+                return Err(Error::toolchain(format!(
+                    "ONNX Runtime was already loaded from {loaded}; cannot also load {lib} in one process"
+                )));
             }
-            Err(e) => return Err(Error::toolchain(e.clone()).with_hint("reinstall the toolchain with `facebuild toolchain install --force`")),
+            Err(e) => {
+                return Err(Error::toolchain(e.clone()).with_hint(
+                    "reinstall the toolchain with `facebuild toolchain install --force`",
+                ));
+            }
             _ => {}
         }
-        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        Ok(OnnxRuntime { version: toolchain.version("onnxruntime").unwrap_or("unknown").to_string(), threads, graph_optimizations: true })
+        let threads = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Ok(OnnxRuntime {
+            version: toolchain
+                .version("onnxruntime")
+                .unwrap_or("unknown")
+                .to_string(),
+            threads,
+            graph_optimizations: true,
+        })
     }
 
     /// Run graphs exactly as written: equivalence checks use this so that ORT's own
@@ -50,7 +74,10 @@ impl OnnxRuntime {
     }
 
     fn env() -> &'static ort::environment::Environment {
-        &ENV.get().and_then(|r| r.as_ref().ok()).expect("OnnxRuntime::new initializes the environment").1
+        &ENV.get()
+            .and_then(|r| r.as_ref().ok())
+            .expect("OnnxRuntime::new initializes the environment")
+            .1
     }
 }
 
@@ -60,12 +87,20 @@ impl Runtime for OnnxRuntime {
     }
 
     fn load(&self, artifact: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
-        let fail = |e: ort::Error| Error::Model { path: artifact.to_owned(), message: format!("ONNX Runtime cannot load it: {e}"), hint: None };
+        let fail = |e: ort::Error| Error::Model {
+            path: artifact.to_owned(),
+            message: format!("ONNX Runtime cannot load it: {e}"),
+            hint: None,
+        };
         let session = Session::builder(Self::env())
             .map_err(fail)?
             .with_intra_threads(self.threads)
             .map_err(|e| fail(e.into()))?
-            .with_optimization_level(if self.graph_optimizations { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable })
+            .with_optimization_level(if self.graph_optimizations {
+                GraphOptimizationLevel::All
+            } else {
+                GraphOptimizationLevel::Disable
+            })
             .map_err(|e| fail(e.into()))?
             .commit_from_file(artifact.as_std_path())
             .map_err(fail)?;
@@ -77,7 +112,16 @@ impl Runtime for OnnxRuntime {
                 device: "CPU".into(),
                 threads: self.threads,
                 precision: "f32".into(),
-                settings: [("graph_optimization_level".to_string(), if self.graph_optimizations { "all" } else { "disabled" }.to_string())].into(),
+                settings: [(
+                    "graph_optimization_level".to_string(),
+                    if self.graph_optimizations {
+                        "all"
+                    } else {
+                        "disabled"
+                    }
+                    .to_string(),
+                )]
+                .into(),
             },
         }))
     }
@@ -97,24 +141,38 @@ fn shape_of(t: &ValueType) -> Vec<i64> {
 
 impl LoadedModel for OrtModel {
     fn inputs(&self) -> Vec<(String, Vec<i64>)> {
-        self.session.inputs().iter().map(|o| (o.name().to_string(), shape_of(o.dtype()))).collect()
+        self.session
+            .inputs()
+            .iter()
+            .map(|o| (o.name().to_string(), shape_of(o.dtype())))
+            .collect()
     }
 
     fn outputs(&self) -> Vec<String> {
-        self.session.outputs().iter().map(|o| o.name().to_string()).collect()
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
     }
 
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
         let mut feed = Vec::with_capacity(inputs.len());
         for (name, arr) in inputs {
-            let t = Tensor::from_array(arr.clone()).map_err(|e| anyhow::anyhow!("input `{name}`: {e}"))?;
+            let t = Tensor::from_array(arr.clone())
+                .map_err(|e| anyhow::anyhow!("input `{name}`: {e}"))?;
             feed.push((name.clone(), t));
         }
         let names = self.outputs();
-        let out = self.session.run(feed).map_err(|e| anyhow::anyhow!("ONNX Runtime inference failed: {e}"))?;
+        let out = self
+            .session
+            .run(feed)
+            .map_err(|e| anyhow::anyhow!("ONNX Runtime inference failed: {e}"))?;
         let mut res = Vec::with_capacity(names.len());
         for name in names {
-            let v = out[name.as_str()].try_extract_array::<f32>().map_err(|e| anyhow::anyhow!("output `{name}` is not f32: {e}"))?;
+            let v = out[name.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(|e| anyhow::anyhow!("output `{name}` is not f32: {e}"))?;
             res.push((name, v.to_owned()));
         }
         Ok(res)

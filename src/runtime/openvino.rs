@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use camino::Utf8Path;
 use ndarray::{ArrayD, IxDyn};
-use openvino::{Core, DeviceType, ElementType, PartialShape, PropertyKey, RwPropertyKey, Shape, Tensor};
+use openvino::{
+    Core, DeviceType, ElementType, PartialShape, PropertyKey, RwPropertyKey, Shape, Tensor,
+};
 
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
 use crate::error::{Error, Result};
@@ -28,7 +30,11 @@ impl Default for OpenVinoSettings {
     fn default() -> Self {
         // f32 is the default for accuracy gates: a gate measures the conversion, not the
         // plugin's choice of bf16 on this CPU.
-        OpenVinoSettings { device: "CPU".into(), precision_hint: Some("f32".into()), threads: None }
+        OpenVinoSettings {
+            device: "CPU".into(),
+            precision_hint: Some("f32".into()),
+            threads: None,
+        }
     }
 }
 
@@ -41,17 +47,35 @@ pub struct OpenVino {
 
 impl OpenVino {
     pub fn new(toolchain: &Toolchain, settings: OpenVinoSettings) -> Result<OpenVino> {
-        let lib = toolchain.info.openvino_c_library.clone().ok_or_else(|| Error::toolchain("the toolchain has no libopenvino_c.so").with_hint("reinstall it with `facebuild toolchain install --force`"))?;
+        let lib = toolchain.info.openvino_c_library.clone().ok_or_else(|| {
+            Error::toolchain("the toolchain has no libopenvino_c.so")
+                .with_hint("reinstall it with `facebuild toolchain install --force`")
+        })?;
         let mut loaded = LOADED.lock().unwrap();
         match loaded.as_deref() {
-            Some(l) if l != lib.as_str() => return Err(Error::toolchain(format!("OpenVINO was already loaded from {l}; cannot also load {lib} in one process"))),
+            Some(l) if l != lib.as_str() => {
+                return Err(Error::toolchain(format!(
+                    "OpenVINO was already loaded from {l}; cannot also load {lib} in one process"
+                )));
+            }
             Some(_) => {}
             None => {
-                openvino_sys::library::load_from(lib.as_std_path()).map_err(|e| Error::toolchain(format!("loading {lib}: {e}")).with_hint("reinstall the toolchain with `facebuild toolchain install --force`"))?;
+                openvino_sys::library::load_from(lib.as_std_path()).map_err(|e| {
+                    Error::toolchain(format!("loading {lib}: {e}")).with_hint(
+                        "reinstall the toolchain with `facebuild toolchain install --force`",
+                    )
+                })?;
                 *loaded = Some(lib.to_string());
             }
         }
-        Ok(OpenVino { version: toolchain.version("openvino").unwrap_or("unknown").to_string(), settings, batch: None })
+        Ok(OpenVino {
+            version: toolchain
+                .version("openvino")
+                .unwrap_or("unknown")
+                .to_string(),
+            settings,
+            batch: None,
+        })
     }
 
     pub fn with_batch(mut self, batch: usize) -> Self {
@@ -78,59 +102,127 @@ impl Runtime for OpenVino {
 
 impl OpenVino {
     /// A core configured with these settings (and a PERFORMANCE_HINT, if given), and the IR.
-    fn core_and_model(&self, xml: &Utf8Path, bin: &Utf8Path, performance_hint: Option<&str>) -> Result<(Core, openvino::Model, DeviceType<'static>)> {
-        let mut core = Core::new().map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
+    fn core_and_model(
+        &self,
+        xml: &Utf8Path,
+        bin: &Utf8Path,
+        performance_hint: Option<&str>,
+    ) -> Result<(Core, openvino::Model, DeviceType<'static>)> {
+        let mut core = Core::new()
+            .map_err(|e| Error::toolchain(format!("creating the OpenVINO core: {e}")))?;
         let device = DeviceType::from(self.settings.device.as_str()).to_owned();
         if let Some(h) = performance_hint {
-            core.set_property(&device, &RwPropertyKey::HintPerformanceMode, h).map_err(ov_err("setting PERFORMANCE_HINT"))?;
+            core.set_property(&device, &RwPropertyKey::HintPerformanceMode, h)
+                .map_err(ov_err("setting PERFORMANCE_HINT"))?;
         }
         if let Some(p) = &self.settings.precision_hint {
-            core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p).map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
+            core.set_property(&device, &RwPropertyKey::HintInferencePrecision, p)
+                .map_err(ov_err("setting INFERENCE_PRECISION_HINT"))?;
         }
         if let Some(t) = self.settings.threads {
-            core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string()).map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
+            core.set_property(&device, &RwPropertyKey::InferenceNumThreads, &t.to_string())
+                .map_err(ov_err("setting INFERENCE_NUM_THREADS"))?;
         }
-        let model = core.read_model_from_file(xml.as_str(), bin.as_str()).map_err(|e| Error::Model { path: xml.to_owned(), message: format!("OpenVINO cannot read this IR: {e}"), hint: None })?;
+        let model = core
+            .read_model_from_file(xml.as_str(), bin.as_str())
+            .map_err(|e| Error::Model {
+                path: xml.to_owned(),
+                message: format!("OpenVINO cannot read this IR: {e}"),
+                hint: None,
+            })?;
         Ok((core, model, device))
     }
 
     pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
         let (mut core, mut model, device) = self.core_and_model(xml, bin, None)?;
-        let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
+        let input = model
+            .get_input_by_index(0)
+            .map_err(ov_err("reading the model's input"))?;
         let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
         if let Some(b) = self.batch {
-            let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
+            let ps = input
+                .get_partial_shape()
+                .map_err(ov_err("reading the input shape"))?;
             // A dynamic rank cannot be reshaped by batch; leave such models alone.
-            let mut new: Vec<i64> = if ps.get_rank().is_dynamic() { vec![] } else { ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect() };
+            let mut new: Vec<i64> = if ps.get_rank().is_dynamic() {
+                vec![]
+            } else {
+                ps.get_dimensions()
+                    .iter()
+                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                    .collect()
+            };
             // Only a dynamic batch dim is set: a static one may be baked into the graph
             // (e.g. a Reshape to [1, -1]), and reshaping it would silently mix images.
             if !new.is_empty() && new[0] < 0 && new[1..].iter().all(|&d| d > 0) {
                 new[0] = b;
-                let shape = PartialShape::new_static(new.len() as i64, &new).map_err(ov_err("building a shape"))?;
-                model.reshape_single_input(&shape).map_err(ov_err("reshaping to the batch size"))?;
+                let shape = PartialShape::new_static(new.len() as i64, &new)
+                    .map_err(ov_err("building a shape"))?;
+                model
+                    .reshape_single_input(&shape)
+                    .map_err(ov_err("reshaping to the batch size"))?;
             }
         }
-        let input_shape: Vec<i64> = match model.get_input_by_index(0).and_then(|n| n.get_partial_shape()) {
-            Ok(ps) if !ps.get_rank().is_dynamic() => ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect(),
+        let input_shape: Vec<i64> = match model
+            .get_input_by_index(0)
+            .and_then(|n| n.get_partial_shape())
+        {
+            Ok(ps) if !ps.get_rank().is_dynamic() => ps
+                .get_dimensions()
+                .iter()
+                .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                .collect(),
             _ => vec![],
         };
         let mut outputs = Vec::new();
-        for i in 0..model.get_outputs_len().map_err(ov_err("counting outputs"))? {
-            outputs.push(model.get_output_by_index(i).and_then(|n| n.get_name()).map_err(ov_err("reading output names"))?);
+        for i in 0..model
+            .get_outputs_len()
+            .map_err(ov_err("counting outputs"))?
+        {
+            outputs.push(
+                model
+                    .get_output_by_index(i)
+                    .and_then(|n| n.get_name())
+                    .map_err(ov_err("reading output names"))?,
+            );
         }
-        let mut compiled = core.compile_model(&model, device).map_err(ov_err("compiling the model"))?;
-        let precision = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map(|c| c.to_string()).unwrap_or_else(|_| "unknown".into());
-        let threads = compiled.get_property(&PropertyKey::Rw(RwPropertyKey::InferenceNumThreads)).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
-        let request = compiled.create_infer_request().map_err(ov_err("creating an infer request"))?;
+        let mut compiled = core
+            .compile_model(&model, device)
+            .map_err(ov_err("compiling the model"))?;
+        let precision = compiled
+            .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
+            .map(|c| c.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let threads = compiled
+            .get_property(&PropertyKey::Rw(RwPropertyKey::InferenceNumThreads))
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let request = compiled
+            .create_infer_request()
+            .map_err(ov_err("creating an infer request"))?;
         let mut settings = std::collections::BTreeMap::new();
-        settings.insert("precision_hint".to_string(), self.settings.precision_hint.clone().unwrap_or_else(|| "plugin default".into()));
+        settings.insert(
+            "precision_hint".to_string(),
+            self.settings
+                .precision_hint
+                .clone()
+                .unwrap_or_else(|| "plugin default".into()),
+        );
         Ok(Box::new(OvModel {
             _compiled: compiled,
             request,
             input_name,
             input_shape,
             outputs,
-            info: ExecutionInfo { runtime: "openvino".into(), version: self.version.clone(), device: self.settings.device.clone(), threads, precision, settings },
+            info: ExecutionInfo {
+                runtime: "openvino".into(),
+                version: self.version.clone(),
+                device: self.settings.device.clone(),
+                threads,
+                precision,
+                settings,
+            },
         }))
     }
 }
@@ -160,22 +252,44 @@ impl LoadedModel for OvModel {
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
         for (name, arr) in inputs {
             let dims: Vec<i64> = arr.shape().iter().map(|&d| d as i64).collect();
-            let mut t = Tensor::new(ElementType::F32, &Shape::new(&dims).map_err(ov_err("shape"))?).map_err(ov_err("allocating a tensor"))?;
+            let mut t = Tensor::new(
+                ElementType::F32,
+                &Shape::new(&dims).map_err(ov_err("shape"))?,
+            )
+            .map_err(ov_err("allocating a tensor"))?;
             let dst = t.get_data_mut::<f32>().map_err(ov_err("tensor data"))?;
             match arr.as_slice() {
                 Some(s) => dst.copy_from_slice(s),
                 None => dst.iter_mut().zip(arr.iter()).for_each(|(d, s)| *d = *s),
             }
-            let n = if name.is_empty() { self.input_name.as_str() } else { name.as_str() };
-            self.request.set_tensor(n, &t).map_err(ov_err("setting the input"))?;
+            let n = if name.is_empty() {
+                self.input_name.as_str()
+            } else {
+                name.as_str()
+            };
+            self.request
+                .set_tensor(n, &t)
+                .map_err(ov_err("setting the input"))?;
         }
         self.request.infer().map_err(ov_err("inference"))?;
         let mut out = Vec::with_capacity(self.outputs.len());
         for (i, name) in self.outputs.iter().enumerate() {
-            let t = self.request.get_output_tensor_by_index(i).map_err(ov_err("reading an output"))?;
-            let shape: Vec<usize> = t.get_shape().map_err(ov_err("output shape"))?.get_dimensions().iter().map(|&d| d as usize).collect();
+            let t = self
+                .request
+                .get_output_tensor_by_index(i)
+                .map_err(ov_err("reading an output"))?;
+            let shape: Vec<usize> = t
+                .get_shape()
+                .map_err(ov_err("output shape"))?
+                .get_dimensions()
+                .iter()
+                .map(|&d| d as usize)
+                .collect();
             let data = t.get_data::<f32>().map_err(ov_err("output data"))?.to_vec();
-            out.push((name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(anyhow::Error::from)?));
+            out.push((
+                name.clone(),
+                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(anyhow::Error::from)?,
+            ));
         }
         Ok(out)
     }
@@ -204,26 +318,69 @@ unsafe impl Send for OvBench {}
 impl OpenVino {
     /// Read and compile the IR with PERFORMANCE_HINT `hint` ("LATENCY" or "THROUGHPUT") at
     /// input `shape` (reshaping the model when it differs; an error if the graph forbids it).
-    pub fn compile_for_bench(&self, xml: &Utf8Path, bin: &Utf8Path, hint: &str, shape: &[i64]) -> Result<OvBench> {
+    pub fn compile_for_bench(
+        &self,
+        xml: &Utf8Path,
+        bin: &Utf8Path,
+        hint: &str,
+        shape: &[i64],
+    ) -> Result<OvBench> {
         let t0 = std::time::Instant::now();
         let (mut core, mut model, device) = self.core_and_model(xml, bin, Some(hint))?;
-        let input = model.get_input_by_index(0).map_err(ov_err("reading the model's input"))?;
+        let input = model
+            .get_input_by_index(0)
+            .map_err(ov_err("reading the model's input"))?;
         let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
-        let ps = input.get_partial_shape().map_err(ov_err("reading the input shape"))?;
-        let current: Vec<i64> = if ps.get_rank().is_dynamic() { vec![] } else { ps.get_dimensions().iter().map(|d| if d.is_dynamic() { -1 } else { d.get_min() }).collect() };
+        let ps = input
+            .get_partial_shape()
+            .map_err(ov_err("reading the input shape"))?;
+        let current: Vec<i64> = if ps.get_rank().is_dynamic() {
+            vec![]
+        } else {
+            ps.get_dimensions()
+                .iter()
+                .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                .collect()
+        };
         if current != shape {
-            let s = PartialShape::new_static(shape.len() as i64, shape).map_err(ov_err("building a shape"))?;
-            model.reshape_single_input(&s).map_err(|e| anyhow::anyhow!("this IR cannot run at input shape {shape:?} (its graph fixes {current:?}): {e}"))?;
+            let s = PartialShape::new_static(shape.len() as i64, shape)
+                .map_err(ov_err("building a shape"))?;
+            model.reshape_single_input(&s).map_err(|e| {
+                anyhow::anyhow!(
+                    "this IR cannot run at input shape {shape:?} (its graph fixes {current:?}): {e}"
+                )
+            })?;
         }
         let read_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = std::time::Instant::now();
-        let mut compiled = core.compile_model(&model, device).map_err(ov_err("compiling the model"))?;
+        let mut compiled = core
+            .compile_model(&model, device)
+            .map_err(ov_err("compiling the model"))?;
         let compile_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let get = |c: &mut openvino::CompiledModel, k: PropertyKey| c.get_property(&k).map(|v| v.to_string()).unwrap_or_default();
-        let requests = get(&mut compiled, PropertyKey::OptimalNumberOfInferRequests).parse().unwrap_or(1usize).max(1);
-        let precision = get(&mut compiled, PropertyKey::Rw(RwPropertyKey::HintInferencePrecision));
+        let get = |c: &mut openvino::CompiledModel, k: PropertyKey| {
+            c.get_property(&k)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        let requests = get(&mut compiled, PropertyKey::OptimalNumberOfInferRequests)
+            .parse()
+            .unwrap_or(1usize)
+            .max(1);
+        let precision = get(
+            &mut compiled,
+            PropertyKey::Rw(RwPropertyKey::HintInferencePrecision),
+        );
         let streams = get(&mut compiled, PropertyKey::Rw(RwPropertyKey::NumStreams));
-        Ok(OvBench { compiled, input_name, shape: shape.to_vec(), read_ms, compile_ms, requests, precision, streams })
+        Ok(OvBench {
+            compiled,
+            input_name,
+            shape: shape.to_vec(),
+            read_ms,
+            compile_ms,
+            requests,
+            precision,
+            streams,
+        })
     }
 }
 
@@ -231,17 +388,27 @@ impl OvBench {
     /// Keep `requests` infer requests in flight (async) until `iterations` inferences have
     /// finished or `budget` has passed (whichever first, after at least one each). Returns
     /// the wall time and each inference's latency (start to completion), in ms.
-    pub fn run(&mut self, requests: usize, iterations: usize, budget: Option<std::time::Duration>) -> Result<(f64, Vec<f64>)> {
+    pub fn run(
+        &mut self,
+        requests: usize,
+        iterations: usize,
+        budget: Option<std::time::Duration>,
+    ) -> Result<(f64, Vec<f64>)> {
         let mut rng = crate::util::SplitMix64::new(1);
         let shape = Shape::new(&self.shape).map_err(ov_err("shape"))?;
         let mut reqs = Vec::with_capacity(requests);
         for _ in 0..requests.max(1) {
-            let mut r = self.compiled.create_infer_request().map_err(ov_err("creating an infer request"))?;
-            let mut t = Tensor::new(ElementType::F32, &shape).map_err(ov_err("allocating a tensor"))?;
+            let mut r = self
+                .compiled
+                .create_infer_request()
+                .map_err(ov_err("creating an infer request"))?;
+            let mut t =
+                Tensor::new(ElementType::F32, &shape).map_err(ov_err("allocating a tensor"))?;
             for v in t.get_data_mut::<f32>().map_err(ov_err("tensor data"))? {
                 *v = rng.unit();
             }
-            r.set_tensor(&self.input_name, &t).map_err(ov_err("setting the input"))?;
+            r.set_tensor(&self.input_name, &t)
+                .map_err(ov_err("setting the input"))?;
             reqs.push((r, t, std::time::Instant::now()));
         }
         let start = std::time::Instant::now();

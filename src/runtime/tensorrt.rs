@@ -24,7 +24,11 @@ use crate::error::{Error, Result};
 pub const WORKER: &str = include_str!("../toolchain/python/trt_worker.py");
 
 /// Write one frame: length-prefixed JSON header, then each tensor's f32 data.
-pub fn write_frame(w: &mut impl Write, header: &serde_json::Value, tensors: &[&ArrayD<f32>]) -> std::io::Result<()> {
+pub fn write_frame(
+    w: &mut impl Write,
+    header: &serde_json::Value,
+    tensors: &[&ArrayD<f32>],
+) -> std::io::Result<()> {
     let h = serde_json::to_vec(header)?;
     w.write_all(&(h.len() as u32).to_le_bytes())?;
     w.write_all(&h)?;
@@ -45,20 +49,28 @@ struct TensorMeta {
 }
 
 /// Read one frame: the header, and the tensors listed under `key` in it.
-pub fn read_frame(r: &mut impl Read, key: &str) -> std::io::Result<(serde_json::Value, Vec<NamedTensor>)> {
+pub fn read_frame(
+    r: &mut impl Read,
+    key: &str,
+) -> std::io::Result<(serde_json::Value, Vec<NamedTensor>)> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let mut h = vec![0u8; u32::from_le_bytes(len) as usize];
     r.read_exact(&mut h)?;
     let header: serde_json::Value = serde_json::from_slice(&h)?;
-    let metas: Vec<TensorMeta> = serde_json::from_value(header.get(key).cloned().unwrap_or(json!([])))?;
+    let metas: Vec<TensorMeta> =
+        serde_json::from_value(header.get(key).cloned().unwrap_or(json!([])))?;
     let mut out = Vec::with_capacity(metas.len());
     for m in metas {
         let n: usize = m.shape.iter().product();
         let mut bytes = vec![0u8; n * 4];
         r.read_exact(&mut bytes)?;
-        let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let arr = ArrayD::from_shape_vec(IxDyn(&m.shape), data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let data: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let arr = ArrayD::from_shape_vec(IxDyn(&m.shape), data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         out.push((m.name, arr));
     }
     Ok((header, out))
@@ -77,12 +89,26 @@ impl Runtime for TensorRtRuntime {
 
     fn load(&self, engine: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
         let mut cmd = Command::new(&self.python);
-        cmd.arg("-u").arg("-c").arg(WORKER).arg(if self.standin { "standin" } else { "tensorrt" }).arg(engine.as_str());
+        cmd.arg("-u")
+            .arg("-c")
+            .arg(WORKER)
+            .arg(if self.standin { "standin" } else { "tensorrt" })
+            .arg(engine.as_str());
         if self.standin {
             // Only tests construct a stand-in runtime; no manifest setting leads here.
             cmd.env(crate::toolchain::tensorrt::ALLOW_STANDIN_ENV, "1");
         }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| Error::toolchain(format!("cannot start the TensorRT worker with {}: {e}", self.python)))?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::toolchain(format!(
+                    "cannot start the TensorRT worker with {}: {e}",
+                    self.python
+                ))
+            })?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let stderr = child.stderr.take().expect("piped");
@@ -97,14 +123,36 @@ impl Runtime for TensorRtRuntime {
             Err(e) => {
                 let _ = child.wait();
                 let log = err_log.join().unwrap_or_default();
-                return Err(Error::Model { path: engine.to_owned(), message: format!("the TensorRT worker did not start ({e}): {}", log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")), hint: None });
+                return Err(Error::Model {
+                    path: engine.to_owned(),
+                    message: format!(
+                        "the TensorRT worker did not start ({e}): {}",
+                        log.lines()
+                            .rev()
+                            .take(8)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ),
+                    hint: None,
+                });
             }
         };
         if let Some(e) = h.get("error").and_then(|e| e.as_str()) {
             let _ = child.wait();
-            return Err(Error::Model { path: engine.to_owned(), message: format!("TensorRT cannot load this engine: {e}"), hint: Some("engines are specific to the TensorRT version and GPU they were built with".into()) });
+            return Err(Error::Model {
+                path: engine.to_owned(),
+                message: format!("TensorRT cannot load this engine: {e}"),
+                hint: Some(
+                    "engines are specific to the TensorRT version and GPU they were built with"
+                        .into(),
+                ),
+            });
         }
-        let inputs: Vec<(String, Vec<i64>)> = serde_json::from_value(h["inputs"].clone()).unwrap_or_default();
+        let inputs: Vec<(String, Vec<i64>)> =
+            serde_json::from_value(h["inputs"].clone()).unwrap_or_default();
         let outputs: Vec<String> = serde_json::from_value(h["outputs"].clone()).unwrap_or_default();
         let info = ExecutionInfo {
             runtime: "tensorrt".into(),
@@ -112,9 +160,26 @@ impl Runtime for TensorRtRuntime {
             device: h["device"].as_str().unwrap_or("unknown").to_string(),
             threads: 1,
             precision: h["precision"].as_str().unwrap_or("as built").to_string(),
-            settings: [("worker".to_string(), if self.standin { "test stand-in (not TensorRT)" } else { "tensorrt python api" }.to_string())].into(),
+            settings: [(
+                "worker".to_string(),
+                if self.standin {
+                    "test stand-in (not TensorRT)"
+                } else {
+                    "tensorrt python api"
+                }
+                .to_string(),
+            )]
+            .into(),
         };
-        Ok(Box::new(Worker { child, stdin, stdout, err_log: Some(err_log), inputs, outputs, info }))
+        Ok(Box::new(Worker {
+            child,
+            stdin,
+            stdout,
+            err_log: Some(err_log),
+            inputs,
+            outputs,
+            info,
+        }))
     }
 }
 
@@ -132,8 +197,23 @@ impl Worker {
     fn failure(&mut self, what: String) -> Error {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let log = self.err_log.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        anyhow::anyhow!("TensorRT worker: {what}\n{}", log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")).into()
+        let log = self
+            .err_log
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "TensorRT worker: {what}\n{}",
+            log.lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+        .into()
     }
 }
 
@@ -147,9 +227,16 @@ impl LoadedModel for Worker {
     }
 
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
-        let metas: Vec<serde_json::Value> = inputs.iter().map(|(n, a)| json!({"name": n, "shape": a.shape()})).collect();
+        let metas: Vec<serde_json::Value> = inputs
+            .iter()
+            .map(|(n, a)| json!({"name": n, "shape": a.shape()}))
+            .collect();
         let arrays: Vec<&ArrayD<f32>> = inputs.iter().map(|(_, a)| a).collect();
-        if let Err(e) = write_frame(&mut self.stdin, &json!({"op": "run", "inputs": metas}), &arrays) {
+        if let Err(e) = write_frame(
+            &mut self.stdin,
+            &json!({"op": "run", "inputs": metas}),
+            &arrays,
+        ) {
             return Err(self.failure(format!("sending inputs: {e}")));
         }
         match read_frame(&mut self.stdout, "outputs") {
@@ -192,7 +279,14 @@ pub struct TrtexecPerf {
 
 /// trtexec's arguments to benchmark a built engine at one input shape: `warmup_ms` of
 /// warm-up, then at least `iterations` inferences (TensorRT 10 flags).
-pub fn bench_args(engine: &Utf8Path, input: &str, shape: &[i64], warmup_ms: u64, iterations: usize, duration_s: u64) -> Vec<String> {
+pub fn bench_args(
+    engine: &Utf8Path,
+    input: &str,
+    shape: &[i64],
+    warmup_ms: u64,
+    iterations: usize,
+    duration_s: u64,
+) -> Vec<String> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     vec![
         format!("--loadEngine={engine}"),
@@ -205,7 +299,12 @@ pub fn bench_args(engine: &Utf8Path, input: &str, shape: &[i64], warmup_ms: u64,
 }
 
 /// A trtexec summary in the benchmark schema every runtime shares (batch = the shape's).
-pub fn perf_to_schema(p: &TrtexecPerf, batch: usize, version: &str, gpu: &str) -> serde_json::Value {
+pub fn perf_to_schema(
+    p: &TrtexecPerf,
+    batch: usize,
+    version: &str,
+    gpu: &str,
+) -> serde_json::Value {
     json!({
         "execution": {"runtime": "tensorrt", "version": version, "device": gpu, "precision": "as built", "threads": null, "hint": null, "requests": 1, "settings": {"tool": "trtexec"}},
         "latency_batch1_ms": if batch == 1 { serde_json::to_value(&p.latency_ms).unwrap_or_default() } else { json!(null) },
@@ -221,7 +320,9 @@ pub fn perf_to_schema(p: &TrtexecPerf, batch: usize, version: &str, gpu: &str) -
 fn parse_stats(s: &str) -> LatencyMs {
     let mut l = LatencyMs::default();
     for part in s.split(',') {
-        let Some((k, v)) = part.split_once('=') else { continue };
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
         let num = v.trim().trim_end_matches("ms").trim().parse::<f64>().ok();
         match k.trim() {
             "min" => l.min = num,
@@ -248,7 +349,9 @@ pub fn parse_trtexec_perf(log: &str) -> Option<TrtexecPerf> {
             Some(i) if line.trim_start().starts_with('[') => &line[i + 2..],
             _ => line.trim(),
         };
-        let Some((key, rest)) = body.split_once(':') else { continue };
+        let Some((key, rest)) = body.split_once(':') else {
+            continue;
+        };
         let rest = rest.trim();
         let secs = || rest.trim_end_matches('s').trim().parse::<f64>().ok();
         match key.trim() {
@@ -309,8 +412,25 @@ mod tests {
 
     #[test]
     fn benchmark_command_and_schema() {
-        let a = bench_args(Utf8Path::new("m.engine"), "input.1", &[1, 3, 112, 112], 200, 500, 3);
-        assert_eq!(a, ["--loadEngine=m.engine", "--shapes=input.1:1x3x112x112", "--warmUp=200", "--iterations=500", "--duration=3", "--percentile=90,95,99"]);
+        let a = bench_args(
+            Utf8Path::new("m.engine"),
+            "input.1",
+            &[1, 3, 112, 112],
+            200,
+            500,
+            3,
+        );
+        assert_eq!(
+            a,
+            [
+                "--loadEngine=m.engine",
+                "--shapes=input.1:1x3x112x112",
+                "--warmUp=200",
+                "--iterations=500",
+                "--duration=3",
+                "--percentile=90,95,99"
+            ]
+        );
         let v = perf_to_schema(&parse_trtexec_perf(LOG).unwrap(), 1, "10.3.0", "NVIDIA L4");
         assert_eq!(v["throughput"][0]["images_per_s"], 476.66);
         assert_eq!(v["latency_batch1_ms"]["p99"], 2.58971);
@@ -320,9 +440,15 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let a = ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), (0..6).map(|x| x as f32 * 0.5).collect()).unwrap();
+        let a = ArrayD::from_shape_vec(IxDyn(&[1, 2, 3]), (0..6).map(|x| x as f32 * 0.5).collect())
+            .unwrap();
         let mut buf = Vec::new();
-        write_frame(&mut buf, &json!({"outputs": [{"name": "y", "shape": [1, 2, 3]}]}), &[&a]).unwrap();
+        write_frame(
+            &mut buf,
+            &json!({"outputs": [{"name": "y", "shape": [1, 2, 3]}]}),
+            &[&a],
+        )
+        .unwrap();
         let (h, t) = read_frame(&mut buf.as_slice(), "outputs").unwrap();
         assert_eq!(h["outputs"][0]["name"], "y");
         assert_eq!(t[0].1, a);

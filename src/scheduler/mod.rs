@@ -97,11 +97,18 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     let source = ctx.source()?;
     let toolchain = ctx.toolchain.as_ref().expect("ensured above");
 
-    let mut state: HashMap<String, State> = selected.iter().map(|s| (s.clone(), State::Pending)).collect();
+    let mut state: HashMap<String, State> = selected
+        .iter()
+        .map(|s| (s.clone(), State::Pending))
+        .collect();
     let mut results: HashMap<String, StepResult> = HashMap::new();
     let mut parts_of: HashMap<String, KeyParts> = HashMap::new();
     let mut stop = false;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.jobs.max(1)).thread_name(|i| format!("facebuild-step-{i}")).build().map_err(anyhow::Error::from)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .thread_name(|i| format!("facebuild-step-{i}"))
+        .build()
+        .map_err(anyhow::Error::from)?;
     let (tx, rx) = mpsc::channel::<Finished>();
 
     pool.in_place_scope(|scope| -> Result<()> {
@@ -120,12 +127,20 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                         continue;
                     }
                     let deps = ctx.dag.deps(name);
-                    if let Some(bad) = deps.iter().find(|d| matches!(state.get(**d), Some(State::Failed | State::Skipped(_)))) {
-                        state.insert(name.clone(), State::Skipped(format!("upstream `{bad}` did not build")));
+                    if let Some(bad) = deps
+                        .iter()
+                        .find(|d| matches!(state.get(**d), Some(State::Failed | State::Skipped(_))))
+                    {
+                        state.insert(
+                            name.clone(),
+                            State::Skipped(format!("upstream `{bad}` did not build")),
+                        );
                         changed = true;
                         continue;
                     }
-                    if !deps.iter().all(|d| matches!(state.get(*d), Some(State::Done(_) | State::Unavailable(_)))) {
+                    if !deps.iter().all(|d| {
+                        matches!(state.get(*d), Some(State::Done(_) | State::Unavailable(_)))
+                    }) {
                         continue;
                     }
                     let step = ctx.manifest.step(name);
@@ -135,9 +150,21 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     };
                     if let Some(why) = ctx.unavailable(step, &unavailable_dep) {
                         progress::println_err(&format!("  unavailable  {name}: {why}"));
-                        let mut r = result_of(ctx, name, Status::Unavailable, None, vec![], 0, &BTreeMap::new(), serde_json::Value::Null, Some(format!("unavailable: {why}")));
+                        let mut r = result_of(
+                            ctx,
+                            name,
+                            Status::Unavailable,
+                            None,
+                            vec![],
+                            0,
+                            &BTreeMap::new(),
+                            serde_json::Value::Null,
+                            Some(format!("unavailable: {why}")),
+                        );
                         if steps::required(&step.spec.params) {
-                            r.error = Some(format!("unavailable, and the step is `required: true`: {why}"));
+                            r.error = Some(format!(
+                                "unavailable, and the step is `required: true`: {why}"
+                            ));
                         }
                         results.insert(name.clone(), r);
                         state.insert(name.clone(), State::Unavailable(why));
@@ -148,7 +175,8 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                         Some(State::Done(o)) => o.get("model.onnx").map(|b| b.digest.clone()),
                         _ => None,
                     };
-                    let model_digest = model_input_digest(step, &source.digest, &upstream).expect("validated: `from` names a model-producing step that is done");
+                    let model_digest = model_input_digest(step, &source.digest, &upstream)
+                        .expect("validated: `from` names a model-producing step that is done");
                     let outputs_of = |s: &str| match state.get(s) {
                         Some(State::Done(o)) => Some(o.clone()),
                         Some(State::Unavailable(_)) => Some(BuildContext::absent_outputs()),
@@ -157,21 +185,39 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     let parts = ctx.key_parts(step, &model_digest, &outputs_of)?;
                     let key = parts.key();
                     if !opts.no_cache
-                        && let Some(rec) = ctx.store.lookup(&key)? {
-                            ctx.materialize(name, &rec.outputs)?;
-                            results.insert(name.clone(), result_of(ctx, name, Status::Cached, Some(key), vec![], 0, &rec.outputs, rec.summary.clone(), None));
-                            progress::println_err(&format!("  cached  {name}"));
-                            state.insert(name.clone(), State::Done(rec.outputs));
-                            parts_of.insert(name.clone(), parts);
-                            changed = true;
-                            continue;
-                        }
+                        && let Some(rec) = ctx.store.lookup(&key)?
+                    {
+                        ctx.materialize(name, &rec.outputs)?;
+                        results.insert(
+                            name.clone(),
+                            result_of(
+                                ctx,
+                                name,
+                                Status::Cached,
+                                Some(key),
+                                vec![],
+                                0,
+                                &rec.outputs,
+                                rec.summary.clone(),
+                                None,
+                            ),
+                        );
+                        progress::println_err(&format!("  cached  {name}"));
+                        state.insert(name.clone(), State::Done(rec.outputs));
+                        parts_of.insert(name.clone(), parts);
+                        changed = true;
+                        continue;
+                    }
                     // Launch only into a free slot: a queued step would still start after a
                     // failure that should have stopped the run.
                     if running >= opts.jobs.max(1) {
                         continue;
                     }
-                    let why = if opts.no_cache { vec!["--no-cache".to_string()] } else { reasons(ctx, name, &parts) };
+                    let why = if opts.no_cache {
+                        vec!["--no-cache".to_string()]
+                    } else {
+                        reasons(ctx, name, &parts)
+                    };
                     progress::println_err(&format!("  run     {name}: {}", why.join("; ")));
                     let model_path = match &step.spec.from {
                         None => source.path.clone(),
@@ -180,14 +226,32 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                             _ => unreachable!("deps are done"),
                         },
                     };
-                    results.insert(name.clone(), result_of(ctx, name, Status::NotRun, Some(key.clone()), why, 0, &BTreeMap::new(), serde_json::Value::Null, None));
+                    results.insert(
+                        name.clone(),
+                        result_of(
+                            ctx,
+                            name,
+                            Status::NotRun,
+                            Some(key.clone()),
+                            why,
+                            0,
+                            &BTreeMap::new(),
+                            serde_json::Value::Null,
+                            None,
+                        ),
+                    );
                     state.insert(name.clone(), State::Running);
                     running += 1;
                     // Every upstream step's outputs, as files in the store.
                     let upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>> = deps
                         .iter()
                         .filter_map(|d| match state.get(*d) {
-                            Some(State::Done(o)) => Some((d.to_string(), o.iter().map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest))).collect())),
+                            Some(State::Done(o)) => Some((
+                                d.to_string(),
+                                o.iter()
+                                    .map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest)))
+                                    .collect(),
+                            )),
                             _ => None,
                         })
                         .collect();
@@ -197,8 +261,21 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     parts_of.insert(name.clone(), parts);
                     scope.spawn(move |_| {
                         let t = Instant::now();
-                        let result = execute(ctx, &name, &model_path, upstream, &key, &parts_c, toolchain, cancel);
-                        let _ = tx.send(Finished { name, result, duration_ms: t.elapsed().as_millis() as u64 });
+                        let result = execute(
+                            ctx,
+                            &name,
+                            &model_path,
+                            upstream,
+                            &key,
+                            &parts_c,
+                            toolchain,
+                            cancel,
+                        );
+                        let _ = tx.send(Finished {
+                            name,
+                            result,
+                            duration_ms: t.elapsed().as_millis() as u64,
+                        });
                     });
                 }
             }
@@ -212,8 +289,22 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
             match f.result {
                 Ok((outputs, summary)) => {
                     ctx.materialize(&f.name, &outputs)?;
-                    progress::println_err(&format!("  built   {} in {:.1}s", f.name, f.duration_ms as f64 / 1000.0));
-                    *r = result_of(ctx, &f.name, Status::Built, r.key.clone(), r.reasons.clone(), f.duration_ms, &outputs, summary, None);
+                    progress::println_err(&format!(
+                        "  built   {} in {:.1}s",
+                        f.name,
+                        f.duration_ms as f64 / 1000.0
+                    ));
+                    *r = result_of(
+                        ctx,
+                        &f.name,
+                        Status::Built,
+                        r.key.clone(),
+                        r.reasons.clone(),
+                        f.duration_ms,
+                        &outputs,
+                        summary,
+                        None,
+                    );
                     state.insert(f.name, State::Done(outputs));
                 }
                 Err(e) => {
@@ -222,7 +313,11 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
                     if !interrupted {
                         progress::println_err(&format!("  FAILED  {}: {msg}", f.name));
                     }
-                    r.status = if interrupted { Status::NotRun } else { Status::Failed };
+                    r.status = if interrupted {
+                        Status::NotRun
+                    } else {
+                        Status::Failed
+                    };
                     r.error = Some(msg);
                     state.insert(f.name, State::Failed);
                     if !opts.keep_going {
@@ -241,16 +336,37 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
             Some(r) => r,
             None => {
                 // Topological order: a step's upstream states are final by now.
-                let failed_dep = ctx.dag.deps(name).into_iter().find(|d| matches!(state.get(*d), Some(State::Failed | State::Skipped(_)))).map(String::from);
+                let failed_dep = ctx
+                    .dag
+                    .deps(name)
+                    .into_iter()
+                    .find(|d| matches!(state.get(*d), Some(State::Failed | State::Skipped(_))))
+                    .map(String::from);
                 let (status, error) = match (&state[name], failed_dep) {
                     (State::Skipped(why), _) => (Status::Skipped, Some(why.clone())),
                     (_, Some(d)) => {
-                        state.insert(name.clone(), State::Skipped(format!("upstream `{d}` did not build")));
-                        (Status::Skipped, Some(format!("upstream `{d}` did not build")))
+                        state.insert(
+                            name.clone(),
+                            State::Skipped(format!("upstream `{d}` did not build")),
+                        );
+                        (
+                            Status::Skipped,
+                            Some(format!("upstream `{d}` did not build")),
+                        )
                     }
                     _ => (Status::NotRun, None),
                 };
-                result_of(ctx, name, status, None, vec![], 0, &BTreeMap::new(), serde_json::Value::Null, error)
+                result_of(
+                    ctx,
+                    name,
+                    status,
+                    None,
+                    vec![],
+                    0,
+                    &BTreeMap::new(),
+                    serde_json::Value::Null,
+                    error,
+                )
             }
         };
         steps_out.push(r);
@@ -258,8 +374,17 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     update_lock(ctx, &state, &parts_of)?;
     ctx.store.memo.save()?;
     let interrupted = cancel.load(Ordering::Relaxed);
-    let required_missing = steps_out.iter().any(|r| r.status == Status::Unavailable && steps::required(&ctx.manifest.step(&r.step).spec.params));
-    let ok = !interrupted && !required_missing && steps_out.iter().all(|r| matches!(r.status, Status::Cached | Status::Built | Status::Unavailable));
+    let required_missing = steps_out.iter().any(|r| {
+        r.status == Status::Unavailable && steps::required(&ctx.manifest.step(&r.step).spec.params)
+    });
+    let ok = !interrupted
+        && !required_missing
+        && steps_out.iter().all(|r| {
+            matches!(
+                r.status,
+                Status::Cached | Status::Built | Status::Unavailable
+            )
+        });
     Ok(RunReport {
         pipeline: ctx.manifest.name.clone(),
         manifest: ctx.manifest.file.clone(),
@@ -273,7 +398,17 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
 }
 
 #[allow(clippy::too_many_arguments)]
-fn result_of(ctx: &BuildContext, name: &str, status: Status, key: Option<String>, reasons: Vec<String>, duration_ms: u64, outputs: &BTreeMap<String, BlobRef>, summary: serde_json::Value, error: Option<String>) -> StepResult {
+fn result_of(
+    ctx: &BuildContext,
+    name: &str,
+    status: Status,
+    key: Option<String>,
+    reasons: Vec<String>,
+    duration_ms: u64,
+    outputs: &BTreeMap<String, BlobRef>,
+    summary: serde_json::Value,
+    error: Option<String>,
+) -> StepResult {
     let dir = ctx.step_out_dir(name);
     StepResult {
         step: name.to_string(),
@@ -282,7 +417,19 @@ fn result_of(ctx: &BuildContext, name: &str, status: Status, key: Option<String>
         key,
         reasons,
         duration_ms,
-        outputs: outputs.iter().map(|(k, b)| (k.clone(), OutputInfo { digest: b.digest.clone(), size: b.size, path: dir.join(k) })).collect(),
+        outputs: outputs
+            .iter()
+            .map(|(k, b)| {
+                (
+                    k.clone(),
+                    OutputInfo {
+                        digest: b.digest.clone(),
+                        size: b.size,
+                        path: dir.join(k),
+                    },
+                )
+            })
+            .collect(),
         summary,
         error,
     }
@@ -291,10 +438,21 @@ fn result_of(ctx: &BuildContext, name: &str, status: Status, key: Option<String>
 /// Run one step in a scratch folder; on success move its outputs into the store and write
 /// the action record; on failure keep its report in the output folder as evidence.
 #[allow(clippy::too_many_arguments)]
-fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>, key: &str, parts: &KeyParts, toolchain: &crate::toolchain::Toolchain, cancel: &AtomicBool) -> Result<(BTreeMap<String, BlobRef>, serde_json::Value)> {
+fn execute(
+    ctx: &BuildContext,
+    name: &str,
+    model: &camino::Utf8Path,
+    upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
+    key: &str,
+    parts: &KeyParts,
+    toolchain: &crate::toolchain::Toolchain,
+    cancel: &AtomicBool,
+) -> Result<(BTreeMap<String, BlobRef>, serde_json::Value)> {
     let step = ctx.manifest.step(name);
     let scratch = ctx.store.scratch()?;
-    let workdir = camino::Utf8Path::from_path(scratch.path()).ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?.to_owned();
+    let workdir = camino::Utf8Path::from_path(scratch.path())
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?
+        .to_owned();
     let pb = progress::spinner("starting");
     pb.set_prefix(name.to_string());
     let mut datasets = BTreeMap::new();
@@ -302,8 +460,26 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: B
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
     // TensorRT steps need it; a benchmark uses it for engines when it is there.
-    let tensorrt = if steps::uses_tensorrt(&step.spec.params) || step.spec.kind == crate::manifest::StepKind::Benchmark { ctx.tensorrt().as_ref().ok() } else { None };
-    let sctx = StepContext { manifest: &ctx.manifest, step, model, datasets, toolchain, tensorrt, store: &ctx.store, upstream, workdir: &workdir, cancel, progress: &pb };
+    let tensorrt = if steps::uses_tensorrt(&step.spec.params)
+        || step.spec.kind == crate::manifest::StepKind::Benchmark
+    {
+        ctx.tensorrt().as_ref().ok()
+    } else {
+        None
+    };
+    let sctx = StepContext {
+        manifest: &ctx.manifest,
+        step,
+        model,
+        datasets,
+        toolchain,
+        tensorrt,
+        store: &ctx.store,
+        upstream,
+        workdir: &workdir,
+        cancel,
+        progress: &pb,
+    };
     let started = Instant::now();
     let outcome = steps::run(&sctx);
     pb.finish_and_clear();
@@ -320,7 +496,15 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: B
                 }
             }
             return Err(match e {
-                Error::Step { step, message, hint } if kept => Error::Step { step, message: format!("{message}\n  report kept at {}", dir.join("report.json")), hint },
+                Error::Step {
+                    step,
+                    message,
+                    hint,
+                } if kept => Error::Step {
+                    step,
+                    message: format!("{message}\n  report kept at {}", dir.join("report.json")),
+                    hint,
+                },
                 other => other,
             });
         }
@@ -340,14 +524,21 @@ fn execute(ctx: &BuildContext, name: &str, model: &camino::Utf8Path, upstream: B
         toolchain: parts.toolchain.clone(),
         outputs: outputs.clone(),
         summary: outcome.summary.clone(),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         duration_ms: started.elapsed().as_millis() as u64,
     };
     ctx.store.write_action(&rec)?;
     Ok((outputs, outcome.summary))
 }
 
-fn update_lock(ctx: &BuildContext, state: &HashMap<String, State>, parts_of: &HashMap<String, KeyParts>) -> Result<()> {
+fn update_lock(
+    ctx: &BuildContext,
+    state: &HashMap<String, State>,
+    parts_of: &HashMap<String, KeyParts>,
+) -> Result<()> {
     let mut lock = ctx.lock.clone();
     let before = (lock.pipeline.clone(), lock.steps.clone());
     lock.schema = 1;

@@ -101,16 +101,32 @@ fn default_reference_seconds() -> u64 {
 impl BenchmarkParams {
     pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if self.targets.is_empty() {
-            return Err(("`targets` is empty: nothing to measure".into(), Some("list convert/quantize/simplify steps".into())));
+            return Err((
+                "`targets` is empty: nothing to measure".into(),
+                Some("list convert/quantize/simplify steps".into()),
+            ));
         }
         if self.batch_sizes.is_empty() || self.batch_sizes.contains(&0) {
-            return Err(("`batch_sizes` needs at least one size, each >= 1".into(), None));
+            return Err((
+                "`batch_sizes` needs at least one size, each >= 1".into(),
+                None,
+            ));
         }
         if self.iterations == 0 || self.time_budget_s.is_some_and(|t| t <= 0.0) {
-            return Err(("`iterations` and `time_budget_s` must be positive".into(), None));
+            return Err((
+                "`iterations` and `time_budget_s` must be positive".into(),
+                None,
+            ));
         }
-        if self.targets.iter().any(|t| t.detail().is_some_and(|d| d.preprocessing.is_some())) {
-            return Err(("a benchmark target takes no `preprocessing` (inputs are random tensors)".into(), None));
+        if self
+            .targets
+            .iter()
+            .any(|t| t.detail().is_some_and(|d| d.preprocessing.is_some()))
+        {
+            return Err((
+                "a benchmark target takes no `preprocessing` (inputs are random tensors)".into(),
+                None,
+            ));
         }
         Ok(())
     }
@@ -125,11 +141,44 @@ pub fn machine() -> serde_json::Value {
 
 fn describe_machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |k: &str| cpuinfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
+    let field = |k: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
     let flags = field("flags").unwrap_or_default();
-    let isa: Vec<&str> = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni"].into_iter().filter(|f| flags.split_whitespace().any(|x| x == *f)).collect();
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok())).map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
-    let gpu = Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).stdin(Stdio::null()).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let isa: Vec<&str> = [
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+        "avx_vnni",
+    ]
+    .into_iter()
+    .filter(|f| flags.split_whitespace().any(|x| x == *f))
+    .collect();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0);
+    let gpu = Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     json!({
         "cpu": field("model name").unwrap_or_else(|| "unknown".into()),
         "logical_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -144,7 +193,20 @@ fn describe_machine() -> serde_json::Value {
 /// The part of the machine description that changes figures: the cache key's `machine`.
 pub fn machine_fingerprint() -> String {
     let m = machine();
-    format!("{} | {} cores | {} | gpu {}", m["cpu"].as_str().unwrap_or(""), m["logical_cores"], m["isa"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(), m["gpu"].as_str().unwrap_or("none"))
+    format!(
+        "{} | {} cores | {} | gpu {}",
+        m["cpu"].as_str().unwrap_or(""),
+        m["logical_cores"],
+        m["isa"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        m["gpu"].as_str().unwrap_or("none")
+    )
 }
 
 /// One measurement to make: a target in one runtime configuration.
@@ -157,19 +219,40 @@ struct Config {
     unavailable: Option<String>,
 }
 
-fn run_child(spec: &BenchSpec, workdir: &camino::Utf8Path, n: usize) -> Result<(serde_json::Value, f64)> {
+fn run_child(
+    spec: &BenchSpec,
+    workdir: &camino::Utf8Path,
+    n: usize,
+) -> Result<(serde_json::Value, f64)> {
     let spec_path = workdir.join(format!("bench-spec-{n}.json"));
     let mut spec = spec.clone();
-    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find facebuild's own executable: {e}"))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find facebuild's own executable: {e}"))?;
     let t = std::time::Instant::now();
     spec.spawned_at_unix_ns = crate::runtime::bench::spawn_time();
-    std::fs::write(&spec_path, serde_json::to_vec(&spec).map_err(anyhow::Error::from)?).map_err(|e| Error::io(&spec_path, e))?;
-    let out = Command::new(exe).arg("bench-target").arg(&spec_path).stdin(Stdio::null()).output().map_err(|e| anyhow::anyhow!("starting the benchmark child: {e}"))?;
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec(&spec).map_err(anyhow::Error::from)?,
+    )
+    .map_err(|e| Error::io(&spec_path, e))?;
+    let out = Command::new(exe)
+        .arg("bench-target")
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("starting the benchmark child: {e}"))?;
     let wall = t.elapsed().as_secs_f64() * 1e3;
     if !out.status.success() {
-        return Err(anyhow::anyhow!("benchmark of {} in {} failed: {}", spec.artifact, spec.runtime, String::from_utf8_lossy(&out.stderr).trim()).into());
+        return Err(anyhow::anyhow!(
+            "benchmark of {} in {} failed: {}",
+            spec.artifact,
+            spec.runtime,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("benchmark child output: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("benchmark child output: {e}"))?;
     Ok((v, wall))
 }
 
@@ -182,21 +265,62 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<se
     let _ = std::fs::remove_file(xml.with_extension("bin"));
     let abs = |p: &camino::Utf8Path| p.canonicalize_utf8().map_err(|e| Error::io(p, e));
     std::os::unix::fs::symlink(abs(&spec.artifact)?, &xml).map_err(|e| Error::io(&xml, e))?;
-    std::os::unix::fs::symlink(abs(&spec.weights.clone().unwrap_or_else(|| spec.artifact.with_extension("bin")))?, xml.with_extension("bin")).map_err(|e| Error::io(&xml, e))?;
-    let shape = format!("[{}]", spec.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","));
-    let mut args = vec!["-m".to_string(), xml.to_string(), "-d".into(), "CPU".into(), "-hint".into(), spec.hint.clone().unwrap_or_default().to_lowercase(), "-t".into(), seconds.to_string(), "-shape".into(), format!("{}{shape}", spec.input_name)];
+    std::os::unix::fs::symlink(
+        abs(&spec
+            .weights
+            .clone()
+            .unwrap_or_else(|| spec.artifact.with_extension("bin")))?,
+        xml.with_extension("bin"),
+    )
+    .map_err(|e| Error::io(&xml, e))?;
+    let shape = format!(
+        "[{}]",
+        spec.input_shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut args = vec![
+        "-m".to_string(),
+        xml.to_string(),
+        "-d".into(),
+        "CPU".into(),
+        "-hint".into(),
+        spec.hint.clone().unwrap_or_default().to_lowercase(),
+        "-t".into(),
+        seconds.to_string(),
+        "-shape".into(),
+        format!("{}{shape}", spec.input_name),
+    ];
     if let Some(p) = &spec.precision_hint {
         args.extend(["-infer_precision".to_string(), p.clone()]);
     }
     if let Some(t) = spec.threads {
         args.extend(["-nthreads".to_string(), t.to_string()]);
     }
-    let out = Command::new(&exe).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {exe}: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let num = |key: &str| text.lines().find(|l| l.contains(key)).and_then(|l| l.split(key).nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok());
+    let out = Command::new(&exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::toolchain(format!("cannot run {exe}: {e}")))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let num = |key: &str| {
+        text.lines()
+            .find(|l| l.contains(key))
+            .and_then(|l| l.split(key).nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
     // Durations come as "1.43 ms" or, below a millisecond in some versions, "658.66 us".
     let ms = |key: &str| {
-        let rest = text.lines().find(|l| l.contains(key))?.split(key).nth(1)?.to_string();
+        let rest = text
+            .lines()
+            .find(|l| l.contains(key))?
+            .split(key)
+            .nth(1)?
+            .to_string();
         let mut it = rest.split_whitespace();
         let v: f64 = it.next()?.parse().ok()?;
         Some(match it.next() {
@@ -206,25 +330,65 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<se
         })
     };
     if !out.status.success() {
-        return Err(anyhow::anyhow!("benchmark_app failed ({}): {}", out.status, text.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")).into());
+        return Err(anyhow::anyhow!(
+            "benchmark_app failed ({}): {}",
+            out.status,
+            text.lines()
+                .rev()
+                .take(6)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+        .into());
     }
-    Ok(json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": ms("Median:"), "count": num("Count:"), "first_inference_ms": ms("First inference took")}))
+    Ok(
+        json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": ms("Median:"), "count": num("Count:"), "first_inference_ms": ms("First inference took")}),
+    )
 }
 
 /// An engine measured by trtexec: a one-inference run for the process-level cold start
 /// (deserializing the engine included), then the measured run, parsed into the shared schema.
-fn trtexec_bench(ctx: &StepContext, spec: &BenchSpec, p: &BenchmarkParams) -> Result<(serde_json::Value, f64)> {
-    let trt = ctx.tensorrt.ok_or_else(|| anyhow::anyhow!("TensorRT is not available"))?;
+fn trtexec_bench(
+    ctx: &StepContext,
+    spec: &BenchSpec,
+    p: &BenchmarkParams,
+) -> Result<(serde_json::Value, f64)> {
+    let trt = ctx
+        .tensorrt
+        .ok_or_else(|| anyhow::anyhow!("TensorRT is not available"))?;
     let run = |args: Vec<String>| -> Result<(String, f64)> {
         let t = std::time::Instant::now();
-        let out = Command::new(&trt.trtexec).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {}: {e}", trt.trtexec)))?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let out = Command::new(&trt.trtexec)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::toolchain(format!("cannot run {}: {e}", trt.trtexec)))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            return Err(anyhow::anyhow!("trtexec {} failed: {}", args.join(" "), text.lines().filter(|l| l.contains("[E]")).collect::<Vec<_>>().join("\n")).into());
+            return Err(anyhow::anyhow!(
+                "trtexec {} failed: {}",
+                args.join(" "),
+                text.lines()
+                    .filter(|l| l.contains("[E]"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+            .into());
         }
         Ok((text, t.elapsed().as_secs_f64() * 1e3))
     };
-    let (_, cold) = run(crate::runtime::tensorrt::bench_args(&spec.artifact, &spec.input_name, &spec.input_shape, 0, 1, 0))?;
+    let (_, cold) = run(crate::runtime::tensorrt::bench_args(
+        &spec.artifact,
+        &spec.input_name,
+        &spec.input_shape,
+        0,
+        1,
+        0,
+    ))?;
     let mut throughput = Vec::new();
     let mut first = None;
     for &b in &p.batch_sizes {
@@ -243,7 +407,8 @@ fn trtexec_bench(ctx: &StepContext, spec: &BenchSpec, p: &BenchmarkParams) -> Re
             Err(e) => throughput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()})),
         }
     }
-    let mut v = first.ok_or_else(|| anyhow::anyhow!("trtexec could not run the engine at any batch size"))?;
+    let mut v = first
+        .ok_or_else(|| anyhow::anyhow!("trtexec could not run the engine at any batch size"))?;
     v["throughput"] = json!(throughput);
     v["cold_start"] = json!({"spawn_to_first_output_ms": cold, "load_ms": null, "compile_ms": null, "first_inference_ms": null, "note": "one trtexec process: deserialize + 1 inference"});
     Ok((v, cold))
@@ -252,7 +417,13 @@ fn trtexec_bench(ctx: &StepContext, spec: &BenchSpec, p: &BenchmarkParams) -> Re
 pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let decl = &ctx.manifest.model.input;
-    let shape: Vec<i64> = ctx.manifest.concrete_shape(&decl.shape).into_iter().enumerate().map(|(i, d)| if i == 0 { 1 } else { d as i64 }).collect();
+    let shape: Vec<i64> = ctx
+        .manifest
+        .concrete_shape(&decl.shape)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| if i == 0 { 1 } else { d as i64 })
+        .collect();
     let base = BenchSpec {
         toolchain_dir: ctx.toolchain.dir.clone(),
         runtime: String::new(),
@@ -273,21 +444,57 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     let mut configs = Vec::new();
     for t in &p.targets {
         let label = t.label();
-        let hint = t.detail().and_then(|d| d.precision_hint.clone()).or_else(|| p.precision_hint.clone()).filter(|h| h != "default");
+        let hint = t
+            .detail()
+            .and_then(|d| d.precision_hint.clone())
+            .or_else(|| p.precision_hint.clone())
+            .filter(|h| h != "default");
         let Some(outputs) = ctx.upstream.get(t.step()) else {
-            configs.push(Config { label, step: t.step().into(), artifact: "-", weights: "-".into(), spec: None, unavailable: Some(super::unavailable_upstream(t.step())) });
+            configs.push(Config {
+                label,
+                step: t.step().into(),
+                artifact: "-",
+                weights: "-".into(),
+                spec: None,
+                unavailable: Some(super::unavailable_upstream(t.step())),
+            });
             continue;
         };
         let info = super::artifact_info(outputs);
         let weights = info.precision.clone();
         if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
             for h in &p.openvino_hints {
-                let spec = BenchSpec { runtime: "openvino".into(), artifact: xml.clone(), weights: Some(bin.clone()), precision_hint: hint.clone(), hint: Some(h.ov().into()), ..base.clone() };
-                configs.push(Config { label: format!("{label} [{}]", h.ov().to_lowercase()), step: t.step().into(), artifact: "openvino-ir", weights: weights.clone(), spec: Some(spec), unavailable: None });
+                let spec = BenchSpec {
+                    runtime: "openvino".into(),
+                    artifact: xml.clone(),
+                    weights: Some(bin.clone()),
+                    precision_hint: hint.clone(),
+                    hint: Some(h.ov().into()),
+                    ..base.clone()
+                };
+                configs.push(Config {
+                    label: format!("{label} [{}]", h.ov().to_lowercase()),
+                    step: t.step().into(),
+                    artifact: "openvino-ir",
+                    weights: weights.clone(),
+                    spec: Some(spec),
+                    unavailable: None,
+                });
             }
         } else if let Some(onnx) = outputs.get("model.onnx") {
-            let spec = BenchSpec { runtime: "onnxruntime".into(), artifact: onnx.clone(), ..base.clone() };
-            configs.push(Config { label, step: t.step().into(), artifact: "onnx", weights, spec: Some(spec), unavailable: None });
+            let spec = BenchSpec {
+                runtime: "onnxruntime".into(),
+                artifact: onnx.clone(),
+                ..base.clone()
+            };
+            configs.push(Config {
+                label,
+                step: t.step().into(),
+                artifact: "onnx",
+                weights,
+                spec: Some(spec),
+                unavailable: None,
+            });
         } else if let Some(engine) = outputs.get("model.engine") {
             let why = if info.standin {
                 Some(super::STANDIN_ENGINE.to_string())
@@ -297,10 +504,25 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
                 None
             };
             // The engine's benchmark is trtexec's own: the spec carries what it needs.
-            let spec = why.is_none().then(|| BenchSpec { runtime: "tensorrt".into(), artifact: engine.clone(), ..base.clone() });
-            configs.push(Config { label, step: t.step().into(), artifact: "tensorrt-engine", weights, spec, unavailable: why });
+            let spec = why.is_none().then(|| BenchSpec {
+                runtime: "tensorrt".into(),
+                artifact: engine.clone(),
+                ..base.clone()
+            });
+            configs.push(Config {
+                label,
+                step: t.step().into(),
+                artifact: "tensorrt-engine",
+                weights,
+                spec,
+                unavailable: why,
+            });
         } else {
-            return Err(Error::Step { step: step.clone(), message: format!("target `{}` has no model output", t.step()), hint: Some("targets are convert, quantize or simplify steps".into()) });
+            return Err(Error::Step {
+                step: step.clone(),
+                message: format!("target `{}` has no model output", t.step()),
+                hint: Some("targets are convert, quantize or simplify steps".into()),
+            });
         }
     }
 
@@ -312,34 +534,92 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     for c in &configs {
         ctx.check_cancelled()?;
         let Some(spec) = &c.spec else {
-            rows.push(format!("| {} | {} | unavailable: {} | - | - | - | - | - | - | - | - |", c.label, c.artifact, c.unavailable.clone().unwrap_or_default()));
+            rows.push(format!(
+                "| {} | {} | unavailable: {} | - | - | - | - | - | - | - | - |",
+                c.label,
+                c.artifact,
+                c.unavailable.clone().unwrap_or_default()
+            ));
             results.push(json!({"label": c.label, "step": c.step, "artifact": c.artifact, "available": false, "unavailable": c.unavailable}));
             continue;
         };
         k += 1;
-        ctx.progress.set_message(format!("[{k}/{total}] {}: cold start, {} warm-up + {} iterations{}", c.label, p.warmup, p.iterations, p.time_budget_s.map(|t| format!(" (or {t} s)")).unwrap_or_default()));
-        let (mut v, wall) = if spec.runtime == "tensorrt" { trtexec_bench(ctx, spec, p)? } else { run_child(spec, ctx.workdir, k)? };
+        ctx.progress.set_message(format!(
+            "[{k}/{total}] {}: cold start, {} warm-up + {} iterations{}",
+            c.label,
+            p.warmup,
+            p.iterations,
+            p.time_budget_s
+                .map(|t| format!(" (or {t} s)"))
+                .unwrap_or_default()
+        ));
+        let (mut v, wall) = if spec.runtime == "tensorrt" {
+            trtexec_bench(ctx, spec, p)?
+        } else {
+            run_child(spec, ctx.workdir, k)?
+        };
         v["child_wall_ms"] = json!(wall);
         if p.reference == Some(Reference::BenchmarkApp) && spec.runtime == "openvino" {
-            ctx.progress.set_message(format!("[{k}/{total}] {}: benchmark_app for {} s", c.label, p.reference_seconds));
+            ctx.progress.set_message(format!(
+                "[{k}/{total}] {}: benchmark_app for {} s",
+                c.label, p.reference_seconds
+            ));
             let mut r = benchmark_app(ctx, spec, p.reference_seconds)?;
-            let ours_fps = v["throughput"].as_array().and_then(|a| a.iter().find(|x| x["batch"] == 1)).and_then(|x| x["images_per_s"].as_f64());
-            r["throughput_ratio"] = json!(ours_fps.zip(r["throughput_fps"].as_f64()).map(|(a, b)| a / b));
-            let ours_median = v["throughput"].as_array().and_then(|a| a.iter().find(|x| x["batch"] == 1)).and_then(|x| x["latency_ms"]["median"].as_f64());
-            r["median_latency_ratio"] = json!(ours_median.zip(r["median_ms"].as_f64()).map(|(a, b)| a / b));
+            let ours_fps = v["throughput"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["batch"] == 1))
+                .and_then(|x| x["images_per_s"].as_f64());
+            r["throughput_ratio"] = json!(
+                ours_fps
+                    .zip(r["throughput_fps"].as_f64())
+                    .map(|(a, b)| a / b)
+            );
+            let ours_median = v["throughput"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["batch"] == 1))
+                .and_then(|x| x["latency_ms"]["median"].as_f64());
+            r["median_latency_ratio"] =
+                json!(ours_median.zip(r["median_ms"].as_f64()).map(|(a, b)| a / b));
             v["reference"] = r;
         }
-        let f = |x: &serde_json::Value| x.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
-        let tput: Vec<String> = v["throughput"].as_array().cloned().unwrap_or_default().iter().map(|t| match t["images_per_s"].as_f64() {
-            Some(ips) => format!("b{}: {ips:.0}/s", t["batch"]),
-            None => format!("b{}: unsupported", t["batch"]),
-        }).collect();
+        let f = |x: &serde_json::Value| {
+            x.as_f64()
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let tput: Vec<String> = v["throughput"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| match t["images_per_s"].as_f64() {
+                Some(ips) => format!("b{}: {ips:.0}/s", t["batch"]),
+                None => format!("b{}: unsupported", t["batch"]),
+            })
+            .collect();
         rows.push(format!(
             "| {} | {} {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.label, c.artifact, c.weights, v["execution"]["runtime"].as_str().unwrap_or(""), v["execution"]["precision"].as_str().unwrap_or(""),
-            f(&v["cold_start"]["spawn_to_first_output_ms"]), f(&v["latency_batch1_ms"]["median"]), f(&v["latency_batch1_ms"]["p90"]), f(&v["latency_batch1_ms"]["p99"]), f(&v["latency_batch1_ms"]["max"]),
-            tput.join(", "), f(&v["peak_rss_mib"]),
-            v["reference"]["throughput_ratio"].as_f64().map(|r| format!("{r:.3} ({:.0}/s)", v["reference"]["throughput_fps"].as_f64().unwrap_or(f64::NAN))).unwrap_or_else(|| "-".into()),
+            c.label,
+            c.artifact,
+            c.weights,
+            v["execution"]["runtime"].as_str().unwrap_or(""),
+            v["execution"]["precision"].as_str().unwrap_or(""),
+            f(&v["cold_start"]["spawn_to_first_output_ms"]),
+            f(&v["latency_batch1_ms"]["median"]),
+            f(&v["latency_batch1_ms"]["p90"]),
+            f(&v["latency_batch1_ms"]["p99"]),
+            f(&v["latency_batch1_ms"]["max"]),
+            tput.join(", "),
+            f(&v["peak_rss_mib"]),
+            v["reference"]["throughput_ratio"]
+                .as_f64()
+                .map(|r| format!(
+                    "{r:.3} ({:.0}/s)",
+                    v["reference"]["throughput_fps"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                ))
+                .unwrap_or_else(|| "-".into()),
         ));
         let mut entry = json!({"label": c.label, "step": c.step, "artifact": c.artifact, "artifact_precision": c.weights, "available": true});
         if let (Some(e), Some(o)) = (entry.as_object_mut(), v.as_object()) {
@@ -358,7 +638,26 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let mut md = format!("# benchmark `{step}` — pipeline `{}`\n\nMachine: {} ({} logical cores; {}{}). Input {} {:?} (batch 1 for latency). Each row is its own fresh process.\n\n", ctx.manifest.name, report["machine"]["cpu"].as_str().unwrap_or(""), report["machine"]["logical_cores"], report["machine"]["isa"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")).unwrap_or_default(), report["machine"]["gpu"].as_str().map(|g| format!("; GPU {g}")).unwrap_or_default(), decl.name, shape);
+    let mut md = format!(
+        "# benchmark `{step}` — pipeline `{}`\n\nMachine: {} ({} logical cores; {}{}). Input {} {:?} (batch 1 for latency). Each row is its own fresh process.\n\n",
+        ctx.manifest.name,
+        report["machine"]["cpu"].as_str().unwrap_or(""),
+        report["machine"]["logical_cores"],
+        report["machine"]["isa"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default(),
+        report["machine"]["gpu"]
+            .as_str()
+            .map(|g| format!("; GPU {g}"))
+            .unwrap_or_default(),
+        decl.name,
+        shape
+    );
     md += "| target | artifact | executed | cold start ms | p50 ms | p90 ms | p99 ms | max ms | throughput | peak RSS MiB | vs benchmark_app (b1 throughput) |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in &rows {
         md += r;
@@ -366,7 +665,21 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     }
     let md_path = ctx.workdir.join("report.md");
     std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
-    let best = results.iter().filter_map(|r| r["latency_batch1_ms"]["median"].as_f64().map(|m| (m, r["label"].as_str().unwrap_or("").to_string()))).min_by(|a, b| a.0.total_cmp(&b.0));
+    let best = results
+        .iter()
+        .filter_map(|r| {
+            r["latency_batch1_ms"]["median"]
+                .as_f64()
+                .map(|m| (m, r["label"].as_str().unwrap_or("").to_string()))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0));
     let summary = json!({"targets": configs.len(), "measured": total, "fastest_p50": best.map(|(m, l)| format!("{l} {m:.2} ms")).unwrap_or_default()});
-    Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("report.json".to_string(), report_path),
+            ("report.md".to_string(), md_path),
+        ]
+        .into(),
+        summary,
+    })
 }

@@ -33,12 +33,15 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
     })?;
     let spec = &ctx.manifest.datasets[&p.dataset];
     let dir = &ctx.datasets[&p.dataset];
-    let files = crate::preprocess::list_images(dir, p.count.or(spec.count), p.seed.unwrap_or(spec.seed))?;
-    ctx.progress.set_message(format!("preparing {} images", files.len()));
+    let files =
+        crate::preprocess::list_images(dir, p.count.or(spec.count), p.seed.unwrap_or(spec.seed))?;
+    ctx.progress
+        .set_message(format!("preparing {} images", files.len()));
     let aligner = ctx.aligner(&p.dataset)?;
     let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
     let out = ctx.workdir.join("calibration.npy");
-    ndarray_npy::write_npy(&out, &prepared.tensor).map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
+    ndarray_npy::write_npy(&out, &prepared.tensor)
+        .map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
     let t = &prepared.tensor;
     let mean = t.mean().unwrap_or(0.0) as f64;
     let std = t.std(0.0) as f64;
@@ -56,5 +59,12 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": prepared.fit_counts().to_string()});
-    Ok(StepOutcome { outputs: [("calibration.npy".to_string(), out), ("report.json".to_string(), report_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("calibration.npy".to_string(), out),
+            ("report.json".to_string(), report_path),
+        ]
+        .into(),
+        summary,
+    })
 }

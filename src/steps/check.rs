@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
-use crate::manifest::{fmt_shape, Dim, Layout, Manifest};
-use crate::onnx::inspect::{inspect, load_model, DimInfo, ModelInfo};
-use crate::runtime::{onnxruntime::OnnxRuntime, Runtime};
+use crate::manifest::{Dim, Layout, Manifest, fmt_shape};
+use crate::onnx::inspect::{DimInfo, ModelInfo, inspect, load_model};
+use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
 pub const IMPL_VERSION: u32 = 1;
 pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
@@ -25,7 +25,10 @@ pub struct CheckParams {
 
 impl Default for CheckParams {
     fn default() -> Self {
-        CheckParams { full_check: true, ort_load: true }
+        CheckParams {
+            full_check: true,
+            ort_load: true,
+        }
     }
 }
 
@@ -39,13 +42,23 @@ pub fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
         return problems;
     };
     if actual.elem_type != "float32" {
-        problems.push(format!("input `{}` is {}, facebuild feeds float32", actual.name, actual.elem_type));
+        problems.push(format!(
+            "input `{}` is {}, facebuild feeds float32",
+            actual.name, actual.elem_type
+        ));
     }
     let Some(shape) = &actual.shape else {
         return problems;
     };
     if shape.len() != decl.shape.len() {
-        problems.push(format!("input `{}` has rank {} in the graph ({}) but the manifest declares {} dims {}", actual.name, shape.len(), fmt_dims(shape), decl.shape.len(), fmt_shape(&decl.shape)));
+        problems.push(format!(
+            "input `{}` has rank {} in the graph ({}) but the manifest declares {} dims {}",
+            actual.name,
+            shape.len(),
+            fmt_dims(shape),
+            decl.shape.len(),
+            fmt_shape(&decl.shape)
+        ));
         return problems;
     }
     for (i, (d, g)) in decl.shape.iter().zip(shape).enumerate() {
@@ -62,18 +75,27 @@ pub fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
     }
     let c = decl.layout.channel_axis();
     if let Some(DimInfo::Static(ch)) = shape.get(c)
-        && *ch != 1 && *ch != 3 {
-            let other = if decl.layout == Layout::NCHW { "NHWC" } else { "NCHW" };
-            problems.push(format!("layout {:?} puts channels at dim {c}, which is {ch} in the graph; is the layout {other}?", decl.layout));
-        }
+        && *ch != 1
+        && *ch != 3
+    {
+        let other = if decl.layout == Layout::NCHW {
+            "NHWC"
+        } else {
+            "NCHW"
+        };
+        problems.push(format!("layout {:?} puts channels at dim {c}, which is {ch} in the graph; is the layout {other}?", decl.layout));
+    }
     problems
 }
 
 fn fmt_dims(s: &[DimInfo]) -> String {
-    let v: Vec<String> = s.iter().map(|d| match d {
-        DimInfo::Static(n) => n.to_string(),
-        DimInfo::Symbolic(p) => p.clone(),
-    }).collect();
+    let v: Vec<String> = s
+        .iter()
+        .map(|d| match d {
+            DimInfo::Static(n) => n.to_string(),
+            DimInfo::Symbolic(p) => p.clone(),
+        })
+        .collect();
     format!("[{}]", v.join(", "))
 }
 
@@ -86,14 +108,20 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
 
     ctx.check_cancelled()?;
     ctx.progress.set_message("running the ONNX checker");
-    let checker = ctx.toolchain.run_script(include_str!("../toolchain/python/check.py"), &[ctx.model.as_str(), if p.full_check { "1" } else { "0" }], "onnx checker")?;
+    let checker = ctx.toolchain.run_script(
+        include_str!("../toolchain/python/check.py"),
+        &[ctx.model.as_str(), if p.full_check { "1" } else { "0" }],
+        "onnx checker",
+    )?;
 
     ctx.check_cancelled()?;
     let ort = if p.ort_load {
         ctx.progress.set_message("loading in ONNX Runtime");
         let rt = OnnxRuntime::new(ctx.toolchain, None)?;
         match rt.load(ctx.model) {
-            Ok(m) => json!({"loaded": true, "inputs": m.inputs(), "outputs": m.outputs(), "execution": m.execution()}),
+            Ok(m) => {
+                json!({"loaded": true, "inputs": m.inputs(), "outputs": m.outputs(), "execution": m.execution()})
+            }
             Err(e) => json!({"loaded": false, "error": e.to_string()}),
         }
     } else {
@@ -118,12 +146,24 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
     if !passed {
         let mut reasons = problems.clone();
         if !checker_ok {
-            reasons.push(format!("onnx checker: {}", checker["error"].as_str().unwrap_or("failed")));
+            reasons.push(format!(
+                "onnx checker: {}",
+                checker["error"].as_str().unwrap_or("failed")
+            ));
         }
         if !ort_ok {
-            reasons.push(format!("ONNX Runtime: {}", ort["error"].as_str().unwrap_or("cannot load")));
+            reasons.push(format!(
+                "ONNX Runtime: {}",
+                ort["error"].as_str().unwrap_or("cannot load")
+            ));
         }
-        return Err(Error::Step { step: ctx.step.name.clone(), message: reasons.join("; "), hint: Some("fix `model.input` in the manifest to match the graph, or fix the model".into()) });
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: reasons.join("; "),
+            hint: Some(
+                "fix `model.input` in the manifest to match the graph, or fix the model".into(),
+            ),
+        });
     }
     let summary = json!({
         "ir_version": info.ir_version,
@@ -133,5 +173,8 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
         "nodes": info.node_count,
         "initializer_mib": (info.initializer_bytes as f64 / 1048576.0 * 10.0).round() / 10.0,
     });
-    Ok(StepOutcome { outputs: [("report.json".to_string(), path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [("report.json".to_string(), path)].into(),
+        summary,
+    })
 }

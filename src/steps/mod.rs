@@ -43,19 +43,39 @@ pub struct StepContext<'a> {
 impl StepContext<'_> {
     /// The aligner of a dataset declared with `align:` (its detector loaded), else None.
     pub fn aligner(&self, dataset: &str) -> Result<Option<crate::preprocess::align::Aligner>> {
-        let Some(a) = &self.manifest.datasets[dataset].align else { return Ok(None) };
+        let Some(a) = &self.manifest.datasets[dataset].align else {
+            return Ok(None);
+        };
         let path = self.manifest.resolve(&a.model);
         let digest = self.store.memo.blake3(&path)?.blake3;
-        Ok(Some(crate::preprocess::align::Aligner::new(self.toolchain, &path, &digest, a)?))
+        Ok(Some(crate::preprocess::align::Aligner::new(
+            self.toolchain,
+            &path,
+            &digest,
+            a,
+        )?))
     }
 
     /// How this pipeline's model is fed images with `pre`.
-    pub fn feed<'b>(&'b self, pre: &'b crate::manifest::Preprocessing, align: Option<&'b crate::preprocess::align::Aligner>) -> crate::preprocess::Feed<'b> {
-        crate::preprocess::Feed { pre, layout: self.manifest.model.input.layout, resize: pre.resize_for(self.manifest.model.task), align }
+    pub fn feed<'b>(
+        &'b self,
+        pre: &'b crate::manifest::Preprocessing,
+        align: Option<&'b crate::preprocess::align::Aligner>,
+    ) -> crate::preprocess::Feed<'b> {
+        crate::preprocess::Feed {
+            pre,
+            layout: self.manifest.model.input.layout,
+            resize: pre.resize_for(self.manifest.model.task),
+            align,
+        }
     }
 
     pub fn check_cancelled(&self) -> Result<()> {
-        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) { Err(crate::error::Error::Interrupted) } else { Ok(()) }
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(crate::error::Error::Interrupted)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -121,7 +141,11 @@ pub fn extra_files(params: &StepParams) -> Vec<camino::Utf8PathBuf> {
 /// Datasets a step reads (names from the manifest's `datasets:`).
 pub fn datasets_used(params: &StepParams) -> Vec<String> {
     match params {
-        StepParams::Check(_) | StepParams::Convert(_) | StepParams::Quantize(_) | StepParams::Benchmark(_) | StepParams::Release(_) => vec![],
+        StepParams::Check(_)
+        | StepParams::Convert(_)
+        | StepParams::Quantize(_)
+        | StepParams::Benchmark(_)
+        | StepParams::Release(_) => vec![],
         StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
         StepParams::Calibrate(p) => vec![p.dataset.clone()],
         StepParams::Compare(p) => vec![p.dataset.clone()],
@@ -141,39 +165,71 @@ pub fn referenced_steps(params: &StepParams) -> Vec<String> {
 }
 
 /// Which kinds a referenced step must be, per referencing kind.
-pub fn check_reference(params: &StepParams, target: &str, target_kind: StepKind) -> std::result::Result<(), (String, Option<String>)> {
+pub fn check_reference(
+    params: &StepParams,
+    target: &str,
+    target_kind: StepKind,
+) -> std::result::Result<(), (String, Option<String>)> {
     let ok = match params {
         StepParams::Convert(_) | StepParams::Quantize(_) => target_kind == StepKind::Calibrate,
-        StepParams::Compare(_) | StepParams::Benchmark(_) => matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize),
+        StepParams::Compare(_) | StepParams::Benchmark(_) => matches!(
+            target_kind,
+            StepKind::Convert | StepKind::Simplify | StepKind::Quantize
+        ),
         StepParams::Release(p) => {
             let want = if p.compare.as_deref() == Some(target) {
                 (target_kind == StepKind::Compare, "a `compare` step")
             } else if p.benchmark.as_deref() == Some(target) {
                 (target_kind == StepKind::Benchmark, "a `benchmark` step")
             } else {
-                (matches!(target_kind, StepKind::Convert | StepKind::Simplify | StepKind::Quantize), "a `convert`, `quantize` or `simplify` step")
+                (
+                    matches!(
+                        target_kind,
+                        StepKind::Convert | StepKind::Simplify | StepKind::Quantize
+                    ),
+                    "a `convert`, `quantize` or `simplify` step",
+                )
             };
             if want.0 {
                 return Ok(());
             }
-            return Err((format!("names `{target}`, a `{target_kind}` step, where {} is expected", want.1), None));
+            return Err((
+                format!(
+                    "names `{target}`, a `{target_kind}` step, where {} is expected",
+                    want.1
+                ),
+                None,
+            ));
         }
         _ => true,
     };
     if ok {
         Ok(())
     } else {
-        let want = if matches!(params, StepParams::Convert(_) | StepParams::Quantize(_)) { "a `calibrate` step" } else { "a `convert`, `quantize` or `simplify` step" };
-        Err((format!("names `{target}`, a `{target_kind}` step, where {want} is expected"), None))
+        let want = if matches!(params, StepParams::Convert(_) | StepParams::Quantize(_)) {
+            "a `calibrate` step"
+        } else {
+            "a `convert`, `quantize` or `simplify` step"
+        };
+        Err((
+            format!("names `{target}`, a `{target_kind}` step, where {want} is expected"),
+            None,
+        ))
     }
 }
 
 /// Static validation at load time: (message, hint) on error.
-pub fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> std::result::Result<(), (String, Option<String>)> {
+pub fn validate(
+    step: &Step,
+    datasets: &IndexMap<String, DatasetSpec>,
+) -> std::result::Result<(), (String, Option<String>)> {
     for d in datasets_used(&step.spec.params) {
         if !datasets.contains_key(&d) {
             let known: Vec<&str> = datasets.keys().map(String::as_str).collect();
-            return Err((format!("uses dataset `{d}`, which is not declared under `datasets:`"), Some(format!("declared datasets: [{}]", known.join(", ")))));
+            return Err((
+                format!("uses dataset `{d}`, which is not declared under `datasets:`"),
+                Some(format!("declared datasets: [{}]", known.join(", "))),
+            ));
         }
     }
     match &step.spec.params {
@@ -210,13 +266,24 @@ pub struct ArtifactInfo {
 }
 
 pub fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
-    let report: Option<serde_json::Value> = outputs.get("report.json").and_then(|r| std::fs::read(r).ok()).and_then(|b| serde_json::from_slice(&b).ok());
-    let precision = report.as_ref().and_then(|r| r["precision"].as_str().map(String::from)).unwrap_or_else(|| "fp32".into());
+    let report: Option<serde_json::Value> = outputs
+        .get("report.json")
+        .and_then(|r| std::fs::read(r).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let precision = report
+        .as_ref()
+        .and_then(|r| r["precision"].as_str().map(String::from))
+        .unwrap_or_else(|| "fp32".into());
     let standin = report.as_ref().is_some_and(|r| r["standin"] == true);
-    ArtifactInfo { report, precision, standin }
+    ArtifactInfo {
+        report,
+        precision,
+        standin,
+    }
 }
 
-pub const STANDIN_ENGINE: &str = "its engine was made by facebuild's test stand-in for trtexec, not by TensorRT";
+pub const STANDIN_ENGINE: &str =
+    "its engine was made by facebuild's test stand-in for trtexec, not by TensorRT";
 
 /// Why an upstream artifact is missing from `ctx.upstream`: its step was unavailable.
 pub fn unavailable_upstream(step: &str) -> String {
@@ -224,7 +291,11 @@ pub fn unavailable_upstream(step: &str) -> String {
 }
 
 /// Write a JSON report into the workdir and return its path.
-pub fn write_report(workdir: &Utf8Path, name: &str, value: &serde_json::Value) -> Result<Utf8PathBuf> {
+pub fn write_report(
+    workdir: &Utf8Path,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<Utf8PathBuf> {
     let p = workdir.join(name);
     let bytes = serde_json::to_vec_pretty(value).map_err(anyhow::Error::from)?;
     std::fs::write(&p, bytes).map_err(|e| crate::error::Error::io(&p, e))?;

@@ -45,9 +45,24 @@ fn yes() -> bool {
 pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
     let calib = &ctx.upstream[&p.calibration]["calibration.npy"];
     let out = ctx.workdir.join("model.onnx");
-    ctx.progress.set_message("onnxruntime.quantization: static Q/DQ INT8");
-    let method = serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    let r = ctx.toolchain.run_script(include_str!("../toolchain/python/qdq.py"), &[ctx.model.as_str(), out.as_str(), calib.as_str(), &ctx.manifest.model.input.name, &method, if p.per_channel { "1" } else { "0" }], "Q/DQ quantization")?;
+    ctx.progress
+        .set_message("onnxruntime.quantization: static Q/DQ INT8");
+    let method = serde_json::to_value(p.method)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let r = ctx.toolchain.run_script(
+        include_str!("../toolchain/python/qdq.py"),
+        &[
+            ctx.model.as_str(),
+            out.as_str(),
+            calib.as_str(),
+            &ctx.manifest.model.input.name,
+            &method,
+            if p.per_channel { "1" } else { "0" },
+        ],
+        "Q/DQ quantization",
+    )?;
     let report = json!({
         "step": ctx.step.name,
         "kind": "quantize",
@@ -60,5 +75,12 @@ pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({"qdq_pairs": r["quantize_linear"], "method": method, "per_channel": p.per_channel, "calibration_items": r["calibration_items"]});
-    Ok(StepOutcome { outputs: [("model.onnx".to_string(), out), ("report.json".to_string(), report_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("model.onnx".to_string(), out),
+            ("report.json".to_string(), report_path),
+        ]
+        .into(),
+        summary,
+    })
 }

@@ -15,7 +15,7 @@ use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Dim;
 use crate::metrics;
-use crate::runtime::{onnxruntime::OnnxRuntime, NamedTensor, Runtime};
+use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 
 pub const IMPL_VERSION: u32 = 2;
 
@@ -48,7 +48,16 @@ pub struct SimplifyParams {
 
 impl Default for SimplifyParams {
     fn default() -> Self {
-        SimplifyParams { tool: Tool::Onnxsim, freeze: None, test_dims: BTreeMap::new(), samples: 8, seed: 0, dataset: None, cosine_min: 0.9999, max_abs_error: None }
+        SimplifyParams {
+            tool: Tool::Onnxsim,
+            freeze: None,
+            test_dims: BTreeMap::new(),
+            samples: 8,
+            seed: 0,
+            dataset: None,
+            cosine_min: 0.9999,
+            max_abs_error: None,
+        }
     }
 }
 
@@ -62,10 +71,16 @@ impl SimplifyParams {
 
     pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if !(self.cosine_min > -1.0 && self.cosine_min <= 1.0) {
-            return Err((format!("`cosine_min` must be in (-1, 1], got {}", self.cosine_min), Some("the default is 0.9999".into())));
+            return Err((
+                format!("`cosine_min` must be in (-1, 1], got {}", self.cosine_min),
+                Some("the default is 0.9999".into()),
+            ));
         }
         if self.samples == 0 && self.dataset.is_none() {
-            return Err(("`samples: 0` and no `dataset`: nothing to prove equivalence on".into(), Some("keep `samples` >= 1 or name a dataset".into())));
+            return Err((
+                "`samples: 0` and no `dataset`: nothing to prove equivalence on".into(),
+                Some("keep `samples` >= 1 or name a dataset".into()),
+            ));
         }
         if matches!(self.max_abs_error, Some(x) if x < 0.0) {
             return Err(("`max_abs_error` must be >= 0".into(), None));
@@ -76,20 +91,37 @@ impl SimplifyParams {
 
 pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
-    let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| [(decl.name.clone(), decl.shape.clone())].into_iter().collect());
+    let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| {
+        [(decl.name.clone(), decl.shape.clone())]
+            .into_iter()
+            .collect()
+    });
     let out_model = ctx.workdir.join("model.onnx");
     let spec = json!({
         "tool": p.tool,
         "shapes": shapes,
     });
-    ctx.progress.set_message(format!("{} simplifying", tool_name(p.tool)));
-    let sim = ctx.toolchain.run_script(include_str!("../toolchain/python/simplify.py"), &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()], "simplify")?;
+    ctx.progress
+        .set_message(format!("{} simplifying", tool_name(p.tool)));
+    let sim = ctx.toolchain.run_script(
+        include_str!("../toolchain/python/simplify.py"),
+        &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
+        "simplify",
+    )?;
     if let Some(err) = sim.get("error").and_then(|e| e.as_str()) {
-        return Err(Error::Step { step: ctx.step.name.clone(), message: err.to_string(), hint: Some("check `params.freeze` against the graph's inputs (`facebuild run --target check`)".into()) });
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: err.to_string(),
+            hint: Some(
+                "check `params.freeze` against the graph's inputs (`facebuild run --target check`)"
+                    .into(),
+            ),
+        });
     }
 
     ctx.check_cancelled()?;
-    ctx.progress.set_message("proving equivalence in ONNX Runtime");
+    ctx.progress
+        .set_message("proving equivalence in ONNX Runtime");
     let rt = OnnxRuntime::new(ctx.toolchain, None)?.without_graph_optimizations();
     let mut original = rt.load(ctx.model)?;
     let mut simplified = rt.load(&out_model)?;
@@ -99,12 +131,18 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         match shapes.get(name) {
             Some(dims) => {
                 let fallback = ctx.manifest.concrete_shape(dims);
-                dims.iter().zip(fallback).map(|(d, f)| match d {
-                    Dim::Fixed(n) => *n as usize,
-                    Dim::Named(s) => p.test_dims.get(s).map(|v| *v as usize).unwrap_or(f),
-                }).collect()
+                dims.iter()
+                    .zip(fallback)
+                    .map(|(d, f)| match d {
+                        Dim::Fixed(n) => *n as usize,
+                        Dim::Named(s) => p.test_dims.get(s).map(|v| *v as usize).unwrap_or(f),
+                    })
+                    .collect()
             }
-            None => ort_shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect(),
+            None => ort_shape
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d as usize })
+                .collect(),
         }
     };
     let inputs = simplified.inputs();
@@ -118,7 +156,10 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
                 let n: usize = shape.iter().product();
                 // Normalised-image range: what a preprocessed face crop looks like to the model.
                 let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-                (name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"))
+                (
+                    name.clone(),
+                    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"),
+                )
             })
             .collect();
         samples.push((format!("random#{i}"), feed));
@@ -135,7 +176,10 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         let feed = ctx.feed(pre, aligner.as_ref());
         for f in files {
             let t = crate::preprocess::load_tensor(&f, &feed)?;
-            samples.push((format!("image:{}", f.file_name().unwrap_or_default()), vec![(decl.name.clone(), t.into_dyn())]));
+            samples.push((
+                format!("image:{}", f.file_name().unwrap_or_default()),
+                vec![(decl.name.clone(), t.into_dyn())],
+            ));
         }
     }
 
@@ -143,22 +187,41 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let mut problems = Vec::new();
     for (i, (label, feed)) in samples.iter().enumerate() {
         ctx.check_cancelled()?;
-        ctx.progress.set_message(format!("equivalence sample {}/{}", i + 1, samples.len()));
+        ctx.progress
+            .set_message(format!("equivalence sample {}/{}", i + 1, samples.len()));
         let a = original.run(feed)?;
         let b = simplified.run(feed)?;
         for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
             if na != nb || va.shape() != vb.shape() {
-                problems.push(format!("{label}: output `{na}` {:?} vs simplified `{nb}` {:?}", va.shape(), vb.shape()));
+                problems.push(format!(
+                    "{label}: output `{na}` {:?} vs simplified `{nb}` {:?}",
+                    va.shape(),
+                    vb.shape()
+                ));
                 continue;
             }
-            let (xa, xb) = (va.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| va.iter().copied().collect()), vb.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| vb.iter().copied().collect()));
-            let e = per_output.entry(na.clone()).or_insert_with(|| OutputStats { shape: va.shape().to_vec(), ..Default::default() });
+            let (xa, xb) = (
+                va.as_slice()
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_else(|| va.iter().copied().collect()),
+                vb.as_slice()
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_else(|| vb.iter().copied().collect()),
+            );
+            let e = per_output.entry(na.clone()).or_insert_with(|| OutputStats {
+                shape: va.shape().to_vec(),
+                ..Default::default()
+            });
             e.cosines.push(metrics::cosine(&xa, &xb));
             e.max_abs = e.max_abs.max(metrics::max_abs_diff(&xa, &xb));
             e.mean_abs_sum += metrics::mean_abs_diff(&xa, &xb);
         }
         if a.len() != b.len() {
-            problems.push(format!("original has {} outputs, simplified has {}", a.len(), b.len()));
+            problems.push(format!(
+                "original has {} outputs, simplified has {}",
+                a.len(),
+                b.len()
+            ));
         }
     }
 
@@ -171,12 +234,18 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         worst_cos = worst_cos.min(s.min);
         worst_abs = worst_abs.max(*max_abs);
         if s.min < p.cosine_min || s.min.is_nan() {
-            problems.push(format!("output `{name}`: min cosine {:.6} < cosine_min {}", s.min, p.cosine_min));
+            problems.push(format!(
+                "output `{name}`: min cosine {:.6} < cosine_min {}",
+                s.min, p.cosine_min
+            ));
         }
         if let Some(lim) = p.max_abs_error
-            && *max_abs > lim {
-                problems.push(format!("output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"));
-            }
+            && *max_abs > lim
+        {
+            problems.push(format!(
+                "output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"
+            ));
+        }
         outputs_json.push(json!({"name": name, "shape": o.shape, "cosine": s, "max_abs_error": max_abs, "mean_abs_error": o.mean_abs_sum / n as f64, "samples": n}));
     }
     let passed = problems.is_empty();
@@ -208,7 +277,14 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         "max_abs_error": worst_abs,
         "samples": samples.len(),
     });
-    Ok(StepOutcome { outputs: [("model.onnx".to_string(), out_model), ("report.json".to_string(), report_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("model.onnx".to_string(), out_model),
+            ("report.json".to_string(), report_path),
+        ]
+        .into(),
+        summary,
+    })
 }
 
 /// Per-output comparison accumulated over all samples.

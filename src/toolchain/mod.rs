@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{cache_key, CacheKey, CacheKeyHasher};
+use crate::cache::{CacheKey, CacheKeyHasher, cache_key};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::ToolchainSpec;
 
@@ -46,12 +46,22 @@ impl CacheKey for Pins {
 
 impl Pins {
     pub fn resolve(spec: &ToolchainSpec) -> Pins {
-        let mut packages: BTreeMap<String, String> = DEFAULT_PINS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut packages: BTreeMap<String, String> = DEFAULT_PINS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for (k, v) in &spec.python {
             packages.insert(k.clone(), v.clone());
         }
-        let interpreter = spec.interpreter.clone().or_else(|| std::env::var("FACEBUILD_PYTHON").ok()).unwrap_or_else(|| "python3".into());
-        Pins { interpreter, packages }
+        let interpreter = spec
+            .interpreter
+            .clone()
+            .or_else(|| std::env::var("FACEBUILD_PYTHON").ok())
+            .unwrap_or_else(|| "python3".into());
+        Pins {
+            interpreter,
+            packages,
+        }
     }
 
     pub fn id(&self) -> String {
@@ -96,15 +106,25 @@ impl Toolchain {
         let dir = env_dir(cache_dir, pins);
         let bytes = std::fs::read(dir.join("toolchain.json")).ok()?;
         let info: ToolchainInfo = serde_json::from_slice(&bytes).ok()?;
-        Some(Toolchain { pins: pins.clone(), dir, info })
+        Some(Toolchain {
+            pins: pins.clone(),
+            dir,
+            info,
+        })
     }
 
     /// The installed toolchain in `dir` (for child processes handed its folder).
     pub fn at(dir: &Utf8Path) -> Result<Toolchain> {
         let read = |f: &str| std::fs::read(dir.join(f)).fs_context(dir.join(f));
-        let info: ToolchainInfo = serde_json::from_slice(&read("toolchain.json")?).map_err(|e| Error::toolchain(format!("{dir}/toolchain.json: {e}")))?;
-        let pins: Pins = serde_json::from_slice(&read("pins.json")?).map_err(|e| Error::toolchain(format!("{dir}/pins.json: {e}")))?;
-        Ok(Toolchain { pins, dir: dir.to_owned(), info })
+        let info: ToolchainInfo = serde_json::from_slice(&read("toolchain.json")?)
+            .map_err(|e| Error::toolchain(format!("{dir}/toolchain.json: {e}")))?;
+        let pins: Pins = serde_json::from_slice(&read("pins.json")?)
+            .map_err(|e| Error::toolchain(format!("{dir}/pins.json: {e}")))?;
+        Ok(Toolchain {
+            pins,
+            dir: dir.to_owned(),
+            info,
+        })
     }
 
     /// Find or install. Installation is serialized by a file lock so parallel runs (or
@@ -124,7 +144,8 @@ impl Toolchain {
         let result = install(&env_dir(cache_dir, pins), pins);
         let _ = lock.unlock();
         result?;
-        Self::find(cache_dir, pins).ok_or_else(|| Error::toolchain("installation finished but toolchain.json is missing"))
+        Self::find(cache_dir, pins)
+            .ok_or_else(|| Error::toolchain("installation finished but toolchain.json is missing"))
     }
 
     pub fn python(&self) -> Utf8PathBuf {
@@ -142,7 +163,10 @@ impl Toolchain {
         m.insert("python".into(), self.info.python_version.clone());
         m.insert("platform".into(), self.info.platform.clone());
         for p in pieces {
-            m.insert((*p).to_string(), self.version(p).unwrap_or("missing").to_string());
+            m.insert(
+                (*p).to_string(),
+                self.version(p).unwrap_or("missing").to_string(),
+            );
         }
         m
     }
@@ -157,15 +181,33 @@ impl Toolchain {
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| Error::toolchain(format!("cannot start {}: {e}", self.python())).with_hint("run `facebuild toolchain install` to (re)create the environment"))?;
+            .map_err(|e| {
+                Error::toolchain(format!("cannot start {}: {e}", self.python()))
+                    .with_hint("run `facebuild toolchain install` to (re)create the environment")
+            })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-            return Err(anyhow::anyhow!("{what} failed ({}):\n{}", out.status, tail.join("\n")).into());
+            let tail: Vec<&str> = stderr
+                .lines()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(
+                anyhow::anyhow!("{what} failed ({}):\n{}", out.status, tail.join("\n")).into(),
+            );
         }
-        let last = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-        serde_json::from_str(last).map_err(|e| anyhow::anyhow!("{what}: unreadable helper output ({e}): {}", stdout.trim()).into())
+        let last = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or("");
+        serde_json::from_str(last).map_err(|e| {
+            anyhow::anyhow!("{what}: unreadable helper output ({e}): {}", stdout.trim()).into()
+        })
     }
 }
 
@@ -175,7 +217,10 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     let partial = dir.to_owned();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).fs_context(dir)?;
-    let pb = crate::report::progress::spinner(format!("toolchain {}: creating Python environment", pins.id()));
+    let pb = crate::report::progress::spinner(format!(
+        "toolchain {}: creating Python environment",
+        pins.id()
+    ));
     let venv = partial.join("venv");
     let status = Command::new(&pins.interpreter)
         .args(["-m", "venv"])
@@ -186,12 +231,32 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
             Error::toolchain(format!("cannot run `{}`: {e}", pins.interpreter)).with_hint("install Python 3.11 (python3 with venv), or set FACEBUILD_PYTHON / `toolchain.interpreter`")
         })?;
     if !status.success() {
-        return Err(Error::toolchain(format!("`{} -m venv {venv}` failed ({status})", pins.interpreter)).with_hint("install the venv module (Debian: apt-get install python3-venv)"));
+        return Err(Error::toolchain(format!(
+            "`{} -m venv {venv}` failed ({status})",
+            pins.interpreter
+        ))
+        .with_hint("install the venv module (Debian: apt-get install python3-venv)"));
     }
-    let reqs: Vec<String> = pins.packages.iter().map(|(k, v)| format!("{k}=={v}")).collect();
-    pb.set_message(format!("toolchain {}: pip install {}", pins.id(), reqs.join(" ")));
+    let reqs: Vec<String> = pins
+        .packages
+        .iter()
+        .map(|(k, v)| format!("{k}=={v}"))
+        .collect();
+    pb.set_message(format!(
+        "toolchain {}: pip install {}",
+        pins.id(),
+        reqs.join(" ")
+    ));
     let mut child = Command::new(venv.join("bin/python"))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ])
         .args(&reqs)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -207,27 +272,54 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
         }
         s
     });
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(|l| l.ok()) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(|l| l.ok())
+    {
         let l = line.trim();
-        if l.starts_with("Collecting") || l.starts_with("Installing") || l.starts_with("Successfully") {
+        if l.starts_with("Collecting")
+            || l.starts_with("Installing")
+            || l.starts_with("Successfully")
+        {
             crate::report::progress::note(&pb, &format!("toolchain: {l}"));
             pb.set_message(format!("toolchain {}: {l}", pins.id()));
         }
     }
-    let status = child.wait().map_err(|e| Error::toolchain(format!("pip: {e}")))?;
+    let status = child
+        .wait()
+        .map_err(|e| Error::toolchain(format!("pip: {e}")))?;
     let err = err_thread.join().unwrap_or_default();
     if !status.success() {
-        let tail: Vec<&str> = err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(Error::toolchain(format!("pip install failed ({status}):\n{}", tail.join("\n")))
             .with_hint("check that PyPI is reachable and the pinned versions exist (`pip index versions NAME`); pins live under `toolchain.python` in the manifest"));
     }
     pb.set_message("toolchain: recording versions");
-    let out = Command::new(venv.join("bin/python")).arg("-c").arg(include_str!("python/describe.py")).output().map_err(|e| Error::toolchain(format!("describe: {e}")))?;
+    let out = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(include_str!("python/describe.py"))
+        .output()
+        .map_err(|e| Error::toolchain(format!("describe: {e}")))?;
     if !out.status.success() {
-        return Err(Error::toolchain(format!("toolchain self-description failed: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(Error::toolchain(format!(
+            "toolchain self-description failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
-    let info: ToolchainInfo = serde_json::from_slice(&out.stdout).map_err(|e| Error::toolchain(format!("describe output: {e}")))?;
-    std::fs::write(partial.join("pins.json"), serde_json::to_vec_pretty(pins).map_err(anyhow::Error::from)?).fs_context(&partial)?;
+    let info: ToolchainInfo = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::toolchain(format!("describe output: {e}")))?;
+    std::fs::write(
+        partial.join("pins.json"),
+        serde_json::to_vec_pretty(pins).map_err(anyhow::Error::from)?,
+    )
+    .fs_context(&partial)?;
     let json = serde_json::to_vec_pretty(&info).map_err(anyhow::Error::from)?;
     crate::cache::store::write_atomic(&partial.join("toolchain.json"), &json)?;
     pb.finish_and_clear();

@@ -12,27 +12,37 @@ pub struct Project {
 }
 
 pub fn toolchain_dir() -> PathBuf {
-    std::env::var_os("FACEBUILD_TOOLCHAIN_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache/toolchains"))
+    std::env::var_os("FACEBUILD_TOOLCHAIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache/toolchains"))
 }
 
 /// `../shared` (or $FACEBUILD_SHARED) with the real models and faces, when present.
 /// Tests that need it print a clear SKIP line and return when it is absent.
 pub fn shared() -> Option<PathBuf> {
-    let p = std::env::var_os("FACEBUILD_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let p = std::env::var_os("FACEBUILD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     if p.join("models").is_dir() {
         Some(p.canonicalize().unwrap())
     } else {
         // Written to stderr directly: the test harness captures `eprintln!`, and a skip
         // must be visible in CI logs.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIP: {} not found: real-model tests need ../shared (or FACEBUILD_SHARED)", p.display());
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: {} not found: real-model tests need ../shared (or FACEBUILD_SHARED)",
+            p.display()
+        );
         None
     }
 }
 
 impl Project {
     pub fn new() -> Project {
-        Project { dir: tempfile::tempdir().unwrap() }
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -66,25 +76,47 @@ impl Project {
         args.extend_from_slice(extra);
         let out = self.run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "facebuild panicked:\n{stderr}");
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}); stderr:\n{stderr}"));
+        assert!(
+            !stderr.contains("panicked"),
+            "facebuild panicked:\n{stderr}"
+        );
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr:\n{stderr}"));
         (out.status.code().unwrap_or(-1), v)
     }
 
     pub fn plan_json(&self, file: &str) -> serde_json::Value {
         let out = self.run(&["plan", file, "--json"]);
-        assert!(out.status.success(), "plan failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "plan failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
 
 /// step name -> status, from a run report.
 pub fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn status_of(report: &serde_json::Value, step: &str) -> String {
-    statuses(report).into_iter().find(|(n, _)| n == step).map(|(_, s)| s).unwrap_or_else(|| panic!("no step {step} in report"))
+    statuses(report)
+        .into_iter()
+        .find(|(n, _)| n == step)
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("no step {step} in report"))
 }
 
 /// A recognition manifest on the built-in model with the given steps section.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ndarray::{s, Array4, Axis};
+use ndarray::{Array4, Axis, s};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -18,8 +18,12 @@ mod detection;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
-use crate::metrics::{self, verification, Summary};
-use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, ExecutionInfo, LoadedModel, Runtime};
+use crate::metrics::{self, Summary, verification};
+use crate::runtime::{
+    ExecutionInfo, LoadedModel, Runtime,
+    onnxruntime::OnnxRuntime,
+    openvino::{OpenVino, OpenVinoSettings},
+};
 
 pub const IMPL_VERSION: u32 = 3;
 pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
@@ -160,15 +164,22 @@ fn default_far() -> f64 {
 impl CompareParams {
     pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if self.candidates.is_empty() {
-            return Err(("`candidates` is empty: nothing to compare".into(), Some("list convert/simplify steps, e.g. `candidates: [openvino_fp32]`".into())));
+            return Err((
+                "`candidates` is empty: nothing to compare".into(),
+                Some("list convert/simplify steps, e.g. `candidates: [openvino_fp32]`".into()),
+            ));
         }
         if self.batch == 0 {
             return Err(("`batch` must be at least 1".into(), None));
         }
         if let Some(sz) = &self.input_sizes
-            && (sz.is_empty() || sz.iter().any(|s| s[0] == 0 || s[1] == 0)) {
-                return Err(("`input_sizes` needs at least one [height, width] with both > 0".into(), Some("e.g. `input_sizes: [[640, 640], [480, 640]]`".into())));
-            }
+            && (sz.is_empty() || sz.iter().any(|s| s[0] == 0 || s[1] == 0))
+        {
+            return Err((
+                "`input_sizes` needs at least one [height, width] with both > 0".into(),
+                Some("e.g. `input_sizes: [[640, 640], [480, 640]]`".into()),
+            ));
+        }
         if !(self.match_iou > 0.0 && self.match_iou <= 1.0) {
             return Err(("`match_iou` must be in (0, 1]".into(), None));
         }
@@ -178,7 +189,10 @@ impl CompareParams {
         let labels: Vec<String> = self.candidates.iter().map(CandidateSpec::label).collect();
         for k in self.candidate_gates.keys() {
             if !labels.contains(k) {
-                return Err((format!("`candidate_gates` names `{k}`, which is not a candidate"), Some(format!("candidates: {}", labels.join(", ")))));
+                return Err((
+                    format!("`candidate_gates` names `{k}`, which is not a candidate"),
+                    Some(format!("candidates: {}", labels.join(", "))),
+                ));
             }
         }
         Ok(())
@@ -199,19 +213,34 @@ impl CompareParams {
     }
 
     fn has_detection_gates(&self) -> bool {
-        let g = |x: &Gates| x.recall_min.is_some() || x.fp_per_image_max.is_some() || x.landmark_nme_max.is_some() || x.score_drift_max.is_some() || x.nms_parity_min.is_some();
+        let g = |x: &Gates| {
+            x.recall_min.is_some()
+                || x.fp_per_image_max.is_some()
+                || x.landmark_nme_max.is_some()
+                || x.score_drift_max.is_some()
+                || x.nms_parity_min.is_some()
+        };
         g(&self.gates_for("")) || self.candidate_gates.values().any(g)
     }
 
     fn has_recognition_gates(&self) -> bool {
-        let g = |x: &Gates| x.cosine_min.is_some() || x.tar_drop_max.is_some() || x.flips_max.is_some();
-        self.cosine_min.is_some() || self.tar_drop_max.is_some() || self.flips_max.is_some() || self.candidate_gates.values().any(g)
+        let g =
+            |x: &Gates| x.cosine_min.is_some() || x.tar_drop_max.is_some() || x.flips_max.is_some();
+        self.cosine_min.is_some()
+            || self.tar_drop_max.is_some()
+            || self.flips_max.is_some()
+            || self.candidate_gates.values().any(g)
     }
 }
 
 /// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
 /// batch). Returns one flattened first output per image, and the inference time.
-fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize) -> Result<(Vec<Vec<f32>>, u64)> {
+fn embed(
+    model: &mut dyn LoadedModel,
+    input: &str,
+    t: &Array4<f32>,
+    batch: usize,
+) -> Result<(Vec<Vec<f32>>, u64)> {
     let n = t.shape()[0];
     let mut out = Vec::with_capacity(n);
     // Summed as a Duration: per-batch milliseconds would truncate fast batches to zero.
@@ -220,13 +249,19 @@ fn embed(model: &mut dyn LoadedModel, input: &str, t: &Array4<f32>, batch: usize
     while start < n {
         let end = (start + batch).min(n);
         let mut b = Array4::<f32>::zeros((batch, t.shape()[1], t.shape()[2], t.shape()[3]));
-        b.slice_mut(s![0..end - start, .., .., ..]).assign(&t.slice(s![start..end, .., .., ..]));
+        b.slice_mut(s![0..end - start, .., .., ..])
+            .assign(&t.slice(s![start..end, .., .., ..]));
         let t0 = Instant::now();
         let r = model.run(&[(input.to_string(), b.into_dyn())])?;
         spent += t0.elapsed();
         let y = &r[0].1;
         if y.shape().first() != Some(&batch) {
-            return Err(anyhow::anyhow!("output `{}` has shape {:?}; expected batch {batch} first", r[0].0, y.shape()).into());
+            return Err(anyhow::anyhow!(
+                "output `{}` has shape {:?}; expected batch {batch} first",
+                r[0].0,
+                y.shape()
+            )
+            .into());
         }
         for i in 0..end - start {
             out.push(y.index_axis(Axis(0), i).iter().copied().collect());
@@ -245,7 +280,9 @@ fn batch_for(model: &dyn LoadedModel, want: usize) -> usize {
 }
 
 fn norms(e: &[Vec<f32>]) -> Vec<f64> {
-    e.iter().map(|v| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()).collect()
+    e.iter()
+        .map(|v| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt())
+        .collect()
 }
 
 fn mean_std(x: &[f64]) -> (f64, f64) {
@@ -255,7 +292,10 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
 }
 
 fn pair_scores(e: &[Vec<f32>], pairs: &[verification::Pair]) -> Vec<f64> {
-    pairs.iter().map(|p| metrics::cosine(&e[p.a], &e[p.b])).collect()
+    pairs
+        .iter()
+        .map(|p| metrics::cosine(&e[p.a], &e[p.b]))
+        .collect()
 }
 
 /// A candidate loaded in its runtime, with what describes it in reports.
@@ -274,46 +314,111 @@ pub(crate) type Unavailable = String;
 
 /// Record a candidate that could not be compared: a table row of `columns` cells, and its
 /// report entry, neither passed nor failed.
-pub(crate) fn record_unavailable(label: &str, step: &str, why: &str, columns: usize, table: &mut Vec<String>, cands_json: &mut Vec<serde_json::Value>) {
-    table.push(format!("| {label} | - | unavailable: {why} |{} not compared |", " - |".repeat(columns - 4)));
+pub(crate) fn record_unavailable(
+    label: &str,
+    step: &str,
+    why: &str,
+    columns: usize,
+    table: &mut Vec<String>,
+    cands_json: &mut Vec<serde_json::Value>,
+) {
+    table.push(format!(
+        "| {label} | - | unavailable: {why} |{} not compared |",
+        " - |".repeat(columns - 4)
+    ));
     cands_json.push(json!({"label": label, "step": step, "available": false, "unavailable": why, "passed": null}));
 }
 
 /// How many candidates were unavailable: added to the summary when any were.
 pub(crate) fn note_unavailable(summary: &mut serde_json::Value, cands_json: &[serde_json::Value]) {
-    let n = cands_json.iter().filter(|c| c["available"] == false).count();
+    let n = cands_json
+        .iter()
+        .filter(|c| c["available"] == false)
+        .count();
     if n > 0 {
         summary["unavailable"] = json!(n);
     }
 }
 
-pub(crate) fn load_candidate(ctx: &StepContext, p: &CompareParams, cand: &CandidateSpec, ort: &OnnxRuntime) -> Result<std::result::Result<Loaded, Unavailable>> {
+pub(crate) fn load_candidate(
+    ctx: &StepContext,
+    p: &CompareParams,
+    cand: &CandidateSpec,
+    ort: &OnnxRuntime,
+) -> Result<std::result::Result<Loaded, Unavailable>> {
     let Some(outputs) = ctx.upstream.get(cand.step()) else {
         return Ok(Err(super::unavailable_upstream(cand.step())));
     };
-    let hint = cand.detail().and_then(|d| d.precision_hint.clone()).unwrap_or_else(|| p.precision_hint.clone());
+    let hint = cand
+        .detail()
+        .and_then(|d| d.precision_hint.clone())
+        .unwrap_or_else(|| p.precision_hint.clone());
     let info = super::artifact_info(outputs);
     let t_load = Instant::now();
-    let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
-        let settings = OpenVinoSettings { precision_hint: if hint == "default" { None } else { Some(hint.clone()) }, threads: p.threads, ..Default::default() };
-        (OpenVino::new(ctx.toolchain, settings)?.with_batch(p.batch).load_ir(xml, bin)?, "openvino-ir")
+    let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) =
+        (outputs.get("model.xml"), outputs.get("model.bin"))
+    {
+        let settings = OpenVinoSettings {
+            precision_hint: if hint == "default" {
+                None
+            } else {
+                Some(hint.clone())
+            },
+            threads: p.threads,
+            ..Default::default()
+        };
+        (
+            OpenVino::new(ctx.toolchain, settings)?
+                .with_batch(p.batch)
+                .load_ir(xml, bin)?,
+            "openvino-ir",
+        )
     } else if let Some(engine) = outputs.get("model.engine") {
         if info.standin {
             return Ok(Err(format!("{}: nothing to run", super::STANDIN_ENGINE)));
         }
         // The Python with TensorRT and cuda-python: the manifest's, else the toolchain's.
-        let python = ctx.manifest.toolchain.tensorrt.as_ref().and_then(|t| t.python.clone()).map(|p| ctx.manifest.resolve(&p)).unwrap_or_else(|| ctx.toolchain.python());
+        let python = ctx
+            .manifest
+            .toolchain
+            .tensorrt
+            .as_ref()
+            .and_then(|t| t.python.clone())
+            .map(|p| ctx.manifest.resolve(&p))
+            .unwrap_or_else(|| ctx.toolchain.python());
         if let Err(e) = crate::toolchain::tensorrt::check_python(&python) {
-            return Ok(Err(format!("cannot run TensorRT engines here: {e} (set `toolchain.tensorrt.python` to a Python with tensorrt and cuda-python)")));
+            return Ok(Err(format!(
+                "cannot run TensorRT engines here: {e} (set `toolchain.tensorrt.python` to a Python with tensorrt and cuda-python)"
+            )));
         }
-        (crate::runtime::tensorrt::TensorRtRuntime { python, standin: false }.load(engine)?, "tensorrt-engine")
+        (
+            crate::runtime::tensorrt::TensorRtRuntime {
+                python,
+                standin: false,
+            }
+            .load(engine)?,
+            "tensorrt-engine",
+        )
     } else if let Some(onnx) = outputs.get("model.onnx") {
         (ort.load(onnx)?, "onnx")
     } else {
-        return Err(Error::Step { step: ctx.step.name.clone(), message: format!("candidate `{}` has no model output (model.onnx, model.xml or model.engine)", cand.step()), hint: Some("candidates are convert, quantize or simplify steps".into()) });
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!(
+                "candidate `{}` has no model output (model.onnx, model.xml or model.engine)",
+                cand.step()
+            ),
+            hint: Some("candidates are convert, quantize or simplify steps".into()),
+        });
     };
     // An INT8 artifact runs its quantized ops in int8 whatever the hint says for the rest.
-    Ok(Ok(Loaded { model, artifact, weights: info.precision, hint, load_ms: t_load.elapsed().as_millis() as u64 }))
+    Ok(Ok(Loaded {
+        model,
+        artifact,
+        weights: info.precision,
+        hint,
+        load_ms: t_load.elapsed().as_millis() as u64,
+    }))
 }
 
 pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
@@ -334,12 +439,20 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let spec = &ctx.manifest.datasets[&p.dataset];
     let dir = &ctx.datasets[&p.dataset];
     let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
-    let pairs = verification::pairs_for(&files, dir, spec.pairs.as_ref().map(|f| dir.join(f)).as_deref())?;
-    ctx.progress.set_message(format!("preparing {} images", files.len()));
+    let pairs = verification::pairs_for(
+        &files,
+        dir,
+        spec.pairs.as_ref().map(|f| dir.join(f)).as_deref(),
+    )?;
+    ctx.progress
+        .set_message(format!("preparing {} images", files.len()));
     let aligner = ctx.aligner(&p.dataset)?;
     let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
     let mut timing = BTreeMap::new();
-    timing.insert("prepare_ms".to_string(), json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}));
+    timing.insert(
+        "prepare_ms".to_string(),
+        json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}),
+    );
 
     // Reference: the ONNX original in ONNX Runtime, fp32.
     ctx.check_cancelled()?;
@@ -350,10 +463,16 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let load_ms = t_load.elapsed().as_millis() as u64;
     let ref_batch = batch_for(reference.as_ref(), p.batch);
     let (ref_emb, ms) = embed(reference.as_mut(), &input, &prepared.tensor, ref_batch)?;
-    timing.insert("reference".to_string(), json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}));
+    timing.insert(
+        "reference".to_string(),
+        json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}),
+    );
     let ref_norms = norms(&ref_emb);
     let ref_scores = pairs.as_ref().map(|(ps, _)| pair_scores(&ref_emb, ps));
-    let ref_ver = pairs.as_ref().zip(ref_scores.as_ref()).map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
+    let ref_ver = pairs
+        .as_ref()
+        .zip(ref_scores.as_ref())
+        .map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
 
     let mut cands_json = Vec::new();
     let mut failures = Vec::new();
@@ -362,7 +481,13 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         ctx.check_cancelled()?;
         let label = cand.label();
         ctx.progress.set_message(format!("candidate {label}"));
-        let Loaded { mut model, artifact, weights, hint, load_ms } = match load_candidate(ctx, p, cand, &ort)? {
+        let Loaded {
+            mut model,
+            artifact,
+            weights,
+            hint,
+            load_ms,
+        } = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
                 record_unavailable(&label, cand.step(), &why, 11, &mut table, &mut cands_json);
@@ -371,7 +496,11 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         };
         let own_pre = cand.detail().and_then(|d| d.preprocessing.as_ref());
         let own = match own_pre {
-            Some(pp) => Some(crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pp, aligner.as_ref()))?),
+            Some(pp) => Some(crate::preprocess::prepare(
+                ctx.store,
+                &files,
+                &ctx.feed(pp, aligner.as_ref()),
+            )?),
             None => None,
         };
         let tensor = own.as_ref().map(|o| &o.tensor).unwrap_or(&prepared.tensor);
@@ -380,12 +509,28 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let exec: ExecutionInfo = model.execution();
         timing.insert(label.clone(), json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint}));
         if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
-            return Err(Error::Step { step: step.clone(), message: format!("candidate `{label}` gives {}-d outputs, the reference {}-d", emb[0].len(), ref_emb[0].len()), hint: None });
+            return Err(Error::Step {
+                step: step.clone(),
+                message: format!(
+                    "candidate `{label}` gives {}-d outputs, the reference {}-d",
+                    emb[0].len(),
+                    ref_emb[0].len()
+                ),
+                hint: None,
+            });
         }
 
-        let cos: Vec<f64> = ref_emb.iter().zip(&emb).map(|(a, b)| metrics::cosine(a, b)).collect();
+        let cos: Vec<f64> = ref_emb
+            .iter()
+            .zip(&emb)
+            .map(|(a, b)| metrics::cosine(a, b))
+            .collect();
         let cs = Summary::of(&cos);
-        let max_abs = ref_emb.iter().zip(&emb).map(|(a, b)| metrics::max_abs_diff(a, b)).fold(0.0, f64::max);
+        let max_abs = ref_emb
+            .iter()
+            .zip(&emb)
+            .map(|(a, b)| metrics::max_abs_diff(a, b))
+            .fold(0.0, f64::max);
         let (rm, rs) = mean_std(&ref_norms);
         let (cm, csd) = mean_std(&norms(&emb));
         let mut ver_json = serde_json::Value::Null;
@@ -395,8 +540,14 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             let cv = verification::verification(ps, &csc, p.operating_far);
             let (rg, ri) = verification::split(ps, rsc);
             let (cg, ci) = verification::split(ps, &csc);
-            let ref_tar = verification::accept_rate(&rg, verification::threshold_at_far(&rg, &ri, p.operating_far));
-            let cand_tar = verification::accept_rate(&cg, verification::threshold_at_far(&cg, &ci, p.operating_far));
+            let ref_tar = verification::accept_rate(
+                &rg,
+                verification::threshold_at_far(&rg, &ri, p.operating_far),
+            );
+            let cand_tar = verification::accept_rate(
+                &cg,
+                verification::threshold_at_far(&cg, &ci, p.operating_far),
+            );
             let f = verification::flips(rsc, &csc, rv.threshold_at_operating_far);
             tar_drop = Some(ref_tar - cand_tar);
             flips = Some(f as u64);
@@ -416,7 +567,10 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         }
         match (g.flips_max, flips) {
             (Some(l), Some(f)) => checks.push(("flips", f as f64, l as f64, f <= l)),
-            (Some(_), None) => failures.push(format!("candidate `{label}`: flips_max is set but dataset `{}` has no identities", p.dataset)),
+            (Some(_), None) => failures.push(format!(
+                "candidate `{label}`: flips_max is set but dataset `{}` has no identities",
+                p.dataset
+            )),
             _ => {}
         }
         for (metric, value, limit, ok) in &checks {
@@ -424,7 +578,10 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 failures.push(format!("candidate `{label}` ({artifact} {weights}, executed {}): {metric} {value:.6} violates limit {limit}", exec.precision));
             }
         }
-        let gates: Vec<serde_json::Value> = checks.iter().map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok})).collect();
+        let gates: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok}))
+            .collect();
         let passed = gates.iter().all(|x| x["passed"] == true);
         table.push(format!(
             "| {label} | {artifact} {weights} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
@@ -465,21 +622,73 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let md_path = ctx.workdir.join("report.md");
     std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
     if !passed {
-        return Err(Error::Step { step: step.clone(), message: format!("fidelity gate failed: {}", failures.join("; ")), hint: Some("see report.md beside report.json for every candidate's figures".into()) });
+        return Err(Error::Step {
+            step: step.clone(),
+            message: format!("fidelity gate failed: {}", failures.join("; ")),
+            hint: Some("see report.md beside report.json for every candidate's figures".into()),
+        });
     }
-    timing.insert("total_ms".to_string(), json!(t_total.elapsed().as_millis() as u64));
-    let worst = cands_json.iter().filter_map(|c| c["cosine"]["min"].as_f64()).fold(1.0, f64::min);
+    timing.insert(
+        "total_ms".to_string(),
+        json!(t_total.elapsed().as_millis() as u64),
+    );
+    let worst = cands_json
+        .iter()
+        .filter_map(|c| c["cosine"]["min"].as_f64())
+        .fold(1.0, f64::min);
     let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
     note_unavailable(&mut summary, &cands_json);
-    Ok(StepOutcome { outputs: [("report.json".to_string(), report_path), ("report.md".to_string(), md_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("report.json".to_string(), report_path),
+            ("report.md".to_string(), md_path),
+        ]
+        .into(),
+        summary,
+    })
 }
 
-fn markdown(ctx: &StepContext, p: &CompareParams, r: &serde_json::Value, rows: &[String], fit: serde_json::Value) -> String {
-    let mut s = format!("# compare `{}` — pipeline `{}`\n\n", ctx.step.name, ctx.manifest.name);
-    s += &format!("Validation set `{}`: {} images ({}); pairs: {}.\n\n", p.dataset, r["dataset"]["images"], fit, r["dataset"]["pairs"].get("kind").and_then(|k| k.as_str()).map(|k| format!("{k}, {} genuine / {} impostor", r["dataset"]["pairs"]["genuine"], r["dataset"]["pairs"]["impostor"])).unwrap_or_else(|| "none (no identities)".into()));
-    s += &format!("Reference: ONNX original in ONNX Runtime {} ({}).", r["reference"]["execution"]["version"].as_str().unwrap_or(""), r["reference"]["execution"]["precision"].as_str().unwrap_or(""));
+fn markdown(
+    ctx: &StepContext,
+    p: &CompareParams,
+    r: &serde_json::Value,
+    rows: &[String],
+    fit: serde_json::Value,
+) -> String {
+    let mut s = format!(
+        "# compare `{}` — pipeline `{}`\n\n",
+        ctx.step.name, ctx.manifest.name
+    );
+    s += &format!(
+        "Validation set `{}`: {} images ({}); pairs: {}.\n\n",
+        p.dataset,
+        r["dataset"]["images"],
+        fit,
+        r["dataset"]["pairs"]
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(|k| format!(
+                "{k}, {} genuine / {} impostor",
+                r["dataset"]["pairs"]["genuine"], r["dataset"]["pairs"]["impostor"]
+            ))
+            .unwrap_or_else(|| "none (no identities)".into())
+    );
+    s += &format!(
+        "Reference: ONNX original in ONNX Runtime {} ({}).",
+        r["reference"]["execution"]["version"]
+            .as_str()
+            .unwrap_or(""),
+        r["reference"]["execution"]["precision"]
+            .as_str()
+            .unwrap_or("")
+    );
     if let Some(v) = r["reference"]["verification"].as_object() {
-        s += &format!(" Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.", v["tar_at_far_1e3"].as_f64().unwrap_or(f64::NAN), v["tar_at_far_1e2"].as_f64().unwrap_or(f64::NAN), v["eer"].as_f64().unwrap_or(f64::NAN));
+        s += &format!(
+            " Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.",
+            v["tar_at_far_1e3"].as_f64().unwrap_or(f64::NAN),
+            v["tar_at_far_1e2"].as_f64().unwrap_or(f64::NAN),
+            v["eer"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     s += "\n\n| candidate | artifact | executed (hint) | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for row in rows {
@@ -494,4 +703,3 @@ fn markdown(ctx: &StepContext, p: &CompareParams, r: &serde_json::Value, rows: &
     }
     s
 }
-

@@ -99,22 +99,48 @@ impl ConvertParams {
     pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         match self.backend {
             Backend::Openvino => {
-                let trt_only = [("workspace_mib", self.workspace_mib.is_some()), ("version_compatible", self.version_compatible), ("hardware_compatibility_level", self.hardware_compatibility_level.is_some()), ("builder_optimization_level", self.builder_optimization_level.is_some()), ("calib_cache", self.calib_cache.is_some()), ("required", self.required)];
+                let trt_only = [
+                    ("workspace_mib", self.workspace_mib.is_some()),
+                    ("version_compatible", self.version_compatible),
+                    (
+                        "hardware_compatibility_level",
+                        self.hardware_compatibility_level.is_some(),
+                    ),
+                    (
+                        "builder_optimization_level",
+                        self.builder_optimization_level.is_some(),
+                    ),
+                    ("calib_cache", self.calib_cache.is_some()),
+                    ("required", self.required),
+                ];
                 if let Some((k, _)) = trt_only.iter().find(|(_, set)| *set) {
-                    return Err((format!("`{k}` is a TensorRT setting; this step's backend is openvino"), None));
+                    return Err((
+                        format!("`{k}` is a TensorRT setting; this step's backend is openvino"),
+                        None,
+                    ));
                 }
                 match (self.precision, &self.calibration) {
-                    (Precision::Int8, None) => Err(("`precision: int8` needs `calibration: <calibrate step>`".into(), Some("add a `kind: calibrate` step and name it here".into()))),
-                    (Precision::Fp32 | Precision::Fp16, Some(_)) => Err(("`calibration` is only used with `precision: int8`".into(), None)),
+                    (Precision::Int8, None) => Err((
+                        "`precision: int8` needs `calibration: <calibrate step>`".into(),
+                        Some("add a `kind: calibrate` step and name it here".into()),
+                    )),
+                    (Precision::Fp32 | Precision::Fp16, Some(_)) => Err((
+                        "`calibration` is only used with `precision: int8`".into(),
+                        None,
+                    )),
                     _ => Ok(()),
                 }
             }
             Backend::Tensorrt => {
-                if self.calibration.is_some() || self.preset.is_some() || self.subset_size.is_some() {
+                if self.calibration.is_some() || self.preset.is_some() || self.subset_size.is_some()
+                {
                     return Err(("`calibration`, `preset` and `subset_size` are OpenVINO/NNCF settings".into(), Some("TensorRT INT8 is built from a Q/DQ model: add a `kind: quantize` step and take `from:` it".into())));
                 }
                 if self.calib_cache.is_some() && self.precision != Precision::Int8 {
-                    return Err(("`calib_cache` is only used with `precision: int8`".into(), None));
+                    return Err((
+                        "`calib_cache` is only used with `precision: int8`".into(),
+                        None,
+                    ));
                 }
                 if matches!(self.builder_optimization_level, Some(l) if l > 5) {
                     return Err(("`builder_optimization_level` is 0-5".into(), None));
@@ -129,8 +155,15 @@ impl ConvertParams {
 
     /// TensorRT INT8 needs explicit quantization: a Q/DQ model from a `quantize` step (or a
     /// legacy calibration cache). `from` is the kind of the step this one converts.
-    pub fn check_from(&self, from: Option<StepKind>) -> std::result::Result<(), (String, Option<String>)> {
-        if self.backend == Backend::Tensorrt && self.precision == Precision::Int8 && self.calib_cache.is_none() && from != Some(StepKind::Quantize) {
+    pub fn check_from(
+        &self,
+        from: Option<StepKind>,
+    ) -> std::result::Result<(), (String, Option<String>)> {
+        if self.backend == Backend::Tensorrt
+            && self.precision == Precision::Int8
+            && self.calib_cache.is_none()
+            && from != Some(StepKind::Quantize)
+        {
             return Err((
                 "TensorRT INT8 needs an explicitly quantized (Q/DQ) model, and this step does not take `from:` a `quantize` step".into(),
                 Some("add `quantize: {kind: quantize, from: simplify, params: {calibration: calibrate}}` and set `from: quantize` here (or give a legacy `calib_cache`)".into()),

@@ -12,16 +12,36 @@ use serde_json::json;
 use super::{ConvertParams, Precision, Preset};
 use crate::error::{Error, Result};
 use crate::manifest::Dim;
-use crate::runtime::{onnxruntime::OnnxRuntime, openvino::{OpenVino, OpenVinoSettings}, Runtime};
+use crate::runtime::{
+    Runtime,
+    onnxruntime::OnnxRuntime,
+    openvino::{OpenVino, OpenVinoSettings},
+};
 use crate::steps::{StepContext, StepOutcome};
 
 /// ovc's `--input` value: fixed dims as they are, a declared range as `min..max` (OpenVINO
 /// then compiles for that range), an undeclared named dim as `?` (fully dynamic).
-fn ovc_input(name: &str, shape: &[Dim], ranges: &indexmap::IndexMap<String, crate::manifest::DimRange>) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| match d {
-        Dim::Fixed(n) => n.to_string(),
-        Dim::Named(s) => ranges.get(s).map(|r| if r.min == r.max { r.min.to_string() } else { format!("{}..{}", r.min, r.max) }).unwrap_or_else(|| "?".into()),
-    }).collect();
+fn ovc_input(
+    name: &str,
+    shape: &[Dim],
+    ranges: &indexmap::IndexMap<String, crate::manifest::DimRange>,
+) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Named(s) => ranges
+                .get(s)
+                .map(|r| {
+                    if r.min == r.max {
+                        r.min.to_string()
+                    } else {
+                        format!("{}..{}", r.min, r.max)
+                    }
+                })
+                .unwrap_or_else(|| "?".into()),
+        })
+        .collect();
     format!("{name}[{}]", dims.join(","))
 }
 
@@ -32,14 +52,44 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let tool = match p.precision {
         Precision::Fp32 | Precision::Fp16 => {
             let ovc = ctx.toolchain.info.bin_dir.join("ovc");
-            let compress = if p.precision == Precision::Fp16 { "True" } else { "False" };
-            let args = vec![ctx.model.to_string(), "--output_model".into(), xml.to_string(), "--input".into(), ovc_input(&decl.name, &shape, &decl.dims), format!("--compress_to_fp16={compress}")];
-            ctx.progress.set_message(format!("ovc {:?}", p.precision).to_lowercase());
-            let out = Command::new(&ovc).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {ovc}: {e}")).with_hint("reinstall the toolchain: `facebuild toolchain install --force`"))?;
+            let compress = if p.precision == Precision::Fp16 {
+                "True"
+            } else {
+                "False"
+            };
+            let args = vec![
+                ctx.model.to_string(),
+                "--output_model".into(),
+                xml.to_string(),
+                "--input".into(),
+                ovc_input(&decl.name, &shape, &decl.dims),
+                format!("--compress_to_fp16={compress}"),
+            ];
+            ctx.progress
+                .set_message(format!("ovc {:?}", p.precision).to_lowercase());
+            let out = Command::new(&ovc)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| {
+                    Error::toolchain(format!("cannot run {ovc}: {e}"))
+                        .with_hint("reinstall the toolchain: `facebuild toolchain install --force`")
+                })?;
             if !out.status.success() || !xml.exists() {
                 let err = String::from_utf8_lossy(&out.stderr);
-                let tail: Vec<&str> = err.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(Error::Step { step: ctx.step.name.clone(), message: format!("ovc failed ({}):\n{}", out.status, tail.join("\n")), hint: None });
+                let tail: Vec<&str> = err
+                    .lines()
+                    .rev()
+                    .take(10)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(Error::Step {
+                    step: ctx.step.name.clone(),
+                    message: format!("ovc failed ({}):\n{}", out.status, tail.join("\n")),
+                    hint: None,
+                });
             }
             json!({"tool": "ovc", "args": args[1..], "openvino_version": ctx.toolchain.version("openvino")})
         }
@@ -49,9 +99,24 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
             ctx.progress.set_message("NNCF post-training quantization");
             // Named dims stay dynamic (-1) in the quantized IR; ranges are not needed by NNCF.
             let shape_json = serde_json::to_string(&shape).map_err(anyhow::Error::from)?;
-            let preset = serde_json::to_value(p.preset.unwrap_or(Preset::Mixed)).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let preset = serde_json::to_value(p.preset.unwrap_or(Preset::Mixed))
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             let subset = p.subset_size.unwrap_or(300);
-            let r = ctx.toolchain.run_script(include_str!("../../toolchain/python/quantize.py"), &[ctx.model.as_str(), xml.as_str(), calib.as_str(), &decl.name, &shape_json, &preset, &subset.to_string()], "NNCF quantization")?;
+            let r = ctx.toolchain.run_script(
+                include_str!("../../toolchain/python/quantize.py"),
+                &[
+                    ctx.model.as_str(),
+                    xml.as_str(),
+                    calib.as_str(),
+                    &decl.name,
+                    &shape_json,
+                    &preset,
+                    &subset.to_string(),
+                ],
+                "NNCF quantization",
+            )?;
             json!({"tool": "nncf.quantize", "result": r, "calibration": calib_step})
         }
     };
@@ -62,14 +127,27 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     ctx.progress.set_message("loading the IR in OpenVINO");
     let dims = ctx.manifest.concrete_shape(&shape);
     let mut rng = crate::util::SplitMix64::new(0);
-    let input = ArrayD::from_shape_vec(IxDyn(&dims), (0..dims.iter().product::<usize>()).map(|_| rng.unit()).collect()).map_err(anyhow::Error::from)?;
+    let input = ArrayD::from_shape_vec(
+        IxDyn(&dims),
+        (0..dims.iter().product::<usize>())
+            .map(|_| rng.unit())
+            .collect(),
+    )
+    .map_err(anyhow::Error::from)?;
     let feed = vec![(decl.name.clone(), input)];
     let mut ir = OpenVino::new(ctx.toolchain, OpenVinoSettings::default())?.load_ir(&xml, &bin)?;
     let ov_out = ir.run(&feed)?;
     let mut onnx = OnnxRuntime::new(ctx.toolchain, None)?.load(ctx.model)?;
     let ort_out = onnx.run(&feed)?;
     let (a, b) = (&ov_out[0].1, &ort_out[0].1);
-    let smoke_cos = if a.len() == b.len() { crate::metrics::cosine(&a.iter().copied().collect::<Vec<_>>(), &b.iter().copied().collect::<Vec<_>>()) } else { f64::NAN };
+    let smoke_cos = if a.len() == b.len() {
+        crate::metrics::cosine(
+            &a.iter().copied().collect::<Vec<_>>(),
+            &b.iter().copied().collect::<Vec<_>>(),
+        )
+    } else {
+        f64::NAN
+    };
 
     let digest = |f: &camino::Utf8Path| crate::cache::memo::hash_file(f);
     let size = |f: &camino::Utf8Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
@@ -90,5 +168,13 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "smoke_cosine": smoke_cos,
         "executed": ir.execution().precision,
     });
-    Ok(StepOutcome { outputs: [("model.xml".to_string(), xml), ("model.bin".to_string(), bin), ("report.json".to_string(), report_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("model.xml".to_string(), xml),
+            ("model.bin".to_string(), bin),
+            ("report.json".to_string(), report_path),
+        ]
+        .into(),
+        summary,
+    })
 }

@@ -51,11 +51,23 @@ pub fn profile(input: &InputSpec, shape: &[Dim]) -> std::result::Result<Option<P
         dims[2].push(c.to_string());
     }
     let f = |v: &Vec<String>| format!("{}:{}", input.name, v.join("x"));
-    Ok(Some(Profile { input: input.name.clone(), min: f(&dims[0]), opt: f(&dims[1]), max: f(&dims[2]) }))
+    Ok(Some(Profile {
+        input: input.name.clone(),
+        min: f(&dims[0]),
+        opt: f(&dims[1]),
+        max: f(&dims[2]),
+    }))
 }
 
 /// trtexec's arguments for a build.
-pub fn build_args(onnx: &Utf8Path, engine: &Utf8Path, timing_cache: &Utf8Path, p: &ConvertParams, profile: Option<&Profile>, calib_cache: Option<&Utf8Path>) -> Vec<String> {
+pub fn build_args(
+    onnx: &Utf8Path,
+    engine: &Utf8Path,
+    timing_cache: &Utf8Path,
+    p: &ConvertParams,
+    profile: Option<&Profile>,
+    calib_cache: Option<&Utf8Path>,
+) -> Vec<String> {
     let mut a = vec![format!("--onnx={onnx}"), format!("--saveEngine={engine}")];
     match p.precision {
         Precision::Fp32 => {}
@@ -71,14 +83,19 @@ pub fn build_args(onnx: &Utf8Path, engine: &Utf8Path, timing_cache: &Utf8Path, p
         a.push(format!("--optShapes={}", pr.opt));
         a.push(format!("--maxShapes={}", pr.max));
     }
-    a.push(format!("--memPoolSize=workspace:{}M", p.workspace_mib.unwrap_or(DEFAULT_WORKSPACE_MIB)));
+    a.push(format!(
+        "--memPoolSize=workspace:{}M",
+        p.workspace_mib.unwrap_or(DEFAULT_WORKSPACE_MIB)
+    ));
     a.push(format!("--timingCacheFile={timing_cache}"));
     if p.version_compatible {
         a.push("--versionCompatible".into());
     }
     match p.hardware_compatibility_level {
         Some(HwCompat::AmperePlus) => a.push("--hardwareCompatibilityLevel=ampere+".into()),
-        Some(HwCompat::SameComputeCapability) => a.push("--hardwareCompatibilityLevel=sameComputeCapability".into()),
+        Some(HwCompat::SameComputeCapability) => {
+            a.push("--hardwareCompatibilityLevel=sameComputeCapability".into())
+        }
         None => {}
     }
     if let Some(l) = p.builder_optimization_level {
@@ -92,32 +109,68 @@ pub fn build_args(onnx: &Utf8Path, engine: &Utf8Path, timing_cache: &Utf8Path, p
 /// that fingerprint, never by another (a cache from another GPU would mislead the builder).
 pub fn timing_cache_path(cache_root: &Utf8Path, trt: &TensorRt) -> Utf8PathBuf {
     let fp = crate::cache::cache_key(&trt.fingerprint());
-    cache_root.join("tensorrt").join("timing").join(format!("{}.cache", &fp[..16]))
+    cache_root
+        .join("tensorrt")
+        .join("timing")
+        .join(format!("{}.cache", &fp[..16]))
 }
 
 pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
-    let trt = ctx.tensorrt.ok_or_else(|| Error::Step { step: step.clone(), message: "TensorRT is not available".into(), hint: None })?;
+    let trt = ctx.tensorrt.ok_or_else(|| Error::Step {
+        step: step.clone(),
+        message: "TensorRT is not available".into(),
+        hint: None,
+    })?;
     let decl = &ctx.manifest.model.input;
     let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
-    let profile = profile(decl, &shape).map_err(|m| Error::Step { step: step.clone(), message: m, hint: Some("declare e.g. `model.input.dims: {H: {min: 320, opt: 640, max: 640}}`".into()) })?;
+    let profile = profile(decl, &shape).map_err(|m| Error::Step {
+        step: step.clone(),
+        message: m,
+        hint: Some("declare e.g. `model.input.dims: {H: {min: 320, opt: 640, max: 640}}`".into()),
+    })?;
     let engine = ctx.workdir.join("model.engine");
     let log_path = ctx.workdir.join("build.log");
     let timing = timing_cache_path(&ctx.store.root, trt);
-    std::fs::create_dir_all(timing.parent().expect("has a parent")).map_err(|e| Error::io(&timing, e))?;
+    std::fs::create_dir_all(timing.parent().expect("has a parent"))
+        .map_err(|e| Error::io(&timing, e))?;
     let calib = p.calib_cache.as_ref().map(|c| ctx.manifest.resolve(c));
-    let args = build_args(ctx.model, &engine, &timing, p, profile.as_ref(), calib.as_deref());
+    let args = build_args(
+        ctx.model,
+        &engine,
+        &timing,
+        p,
+        profile.as_ref(),
+        calib.as_deref(),
+    );
 
     // One build at a time per GPU fingerprint: parallel builds would share the timing cache
     // file and skew each other's kernel timings.
     let lock_path = timing.with_extension("lock");
     let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-    ctx.progress.set_message(format!("waiting for the TensorRT builder lock ({lock_path})"));
+    ctx.progress.set_message(format!(
+        "waiting for the TensorRT builder lock ({lock_path})"
+    ));
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     let timing_reused = timing.exists();
-    ctx.progress.set_message(format!("trtexec building {:?} engine{}", p.precision, if timing_reused { " (timing cache warm)" } else { "" }).to_lowercase());
+    ctx.progress.set_message(
+        format!(
+            "trtexec building {:?} engine{}",
+            p.precision,
+            if timing_reused {
+                " (timing cache warm)"
+            } else {
+                ""
+            }
+        )
+        .to_lowercase(),
+    );
     let t0 = Instant::now();
-    let out = Command::new(&trt.trtexec).args(&args).stdin(Stdio::null()).output().map_err(|e| Error::toolchain(format!("cannot run {}: {e}", trt.trtexec)))?;
+    let out = Command::new(&trt.trtexec)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::toolchain(format!("cannot run {}: {e}", trt.trtexec)))?;
     let build_s = t0.elapsed().as_secs_f64();
     let _ = lock.unlock();
     let mut log = out.stdout.clone();
@@ -125,11 +178,34 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     std::fs::write(&log_path, &log).map_err(|e| Error::io(&log_path, e))?;
     let text = String::from_utf8_lossy(&log);
     if !out.status.success() || !engine.exists() {
-        let tail: Vec<&str> = text.lines().filter(|l| l.contains("[E]") || l.contains("Error") || l.contains("FAILED")).take(12).collect();
+        let tail: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[E]") || l.contains("Error") || l.contains("FAILED"))
+            .take(12)
+            .collect();
         return Err(Error::Step {
             step: step.clone(),
-            message: format!("trtexec failed ({}):\n{}", out.status, if tail.is_empty() { text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n") } else { tail.join("\n") }),
-            hint: Some(format!("the whole build log: {log_path} (kept in the output folder as build.log); command: {} {}", trt.trtexec, args.join(" "))),
+            message: format!(
+                "trtexec failed ({}):\n{}",
+                out.status,
+                if tail.is_empty() {
+                    text.lines()
+                        .rev()
+                        .take(10)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                } else {
+                    tail.join("\n")
+                }
+            ),
+            hint: Some(format!(
+                "the whole build log: {log_path} (kept in the output folder as build.log); command: {} {}",
+                trt.trtexec,
+                args.join(" ")
+            )),
         });
     }
     let digest = crate::cache::memo::hash_file(&engine)?;
@@ -162,7 +238,15 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "profile": profile.as_ref().map(|p| format!("{} .. {} .. {}", p.min, p.opt, p.max)).unwrap_or_else(|| "static".into()),
         "timing_cache": if timing_reused { "reused" } else { "new" },
     });
-    Ok(StepOutcome { outputs: [("model.engine".to_string(), engine), ("report.json".to_string(), report_path), ("build.log".to_string(), log_path)].into(), summary })
+    Ok(StepOutcome {
+        outputs: [
+            ("model.engine".to_string(), engine),
+            ("report.json".to_string(), report_path),
+            ("build.log".to_string(), log_path),
+        ]
+        .into(),
+        summary,
+    })
 }
 
 #[cfg(test)]
@@ -171,15 +255,50 @@ mod tests {
     use crate::manifest::DimRange;
 
     fn params(precision: &str, extra: &str) -> ConvertParams {
-        serde_saphyr::from_str(&format!("{{backend: tensorrt, precision: {precision}{extra}}}")).unwrap()
+        serde_saphyr::from_str(&format!(
+            "{{backend: tensorrt, precision: {precision}{extra}}}"
+        ))
+        .unwrap()
     }
 
     fn detector_input() -> InputSpec {
         InputSpec {
             name: "input.1".into(),
             layout: crate::manifest::Layout::NCHW,
-            shape: vec![Dim::Named("N".into()), Dim::Fixed(3), Dim::Named("H".into()), Dim::Named("W".into())],
-            dims: [("N".to_string(), DimRange { min: 1, opt: 4, max: 8 }), ("H".to_string(), DimRange { min: 320, opt: 640, max: 640 }), ("W".to_string(), DimRange { min: 320, opt: 640, max: 960 })].into_iter().collect(),
+            shape: vec![
+                Dim::Named("N".into()),
+                Dim::Fixed(3),
+                Dim::Named("H".into()),
+                Dim::Named("W".into()),
+            ],
+            dims: [
+                (
+                    "N".to_string(),
+                    DimRange {
+                        min: 1,
+                        opt: 4,
+                        max: 8,
+                    },
+                ),
+                (
+                    "H".to_string(),
+                    DimRange {
+                        min: 320,
+                        opt: 640,
+                        max: 640,
+                    },
+                ),
+                (
+                    "W".to_string(),
+                    DimRange {
+                        min: 320,
+                        opt: 640,
+                        max: 960,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -191,7 +310,19 @@ mod tests {
         assert_eq!(p.opt, "input.1:4x3x640x640");
         assert_eq!(p.max, "input.1:8x3x640x960");
         // Fixed shapes build a static engine, with no shape flags.
-        assert_eq!(profile(&i, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(112), Dim::Fixed(112)]).unwrap(), None);
+        assert_eq!(
+            profile(
+                &i,
+                &[
+                    Dim::Fixed(1),
+                    Dim::Fixed(3),
+                    Dim::Fixed(112),
+                    Dim::Fixed(112)
+                ]
+            )
+            .unwrap(),
+            None
+        );
         // A dynamic dim without a range cannot make a profile.
         let mut j = i.clone();
         j.dims.shift_remove("W");
@@ -200,16 +331,50 @@ mod tests {
 
     #[test]
     fn flags_per_precision_use_tensorrt_10_spellings() {
-        let (onnx, eng, tc) = (Utf8Path::new("m.onnx"), Utf8Path::new("m.engine"), Utf8Path::new("t.cache"));
+        let (onnx, eng, tc) = (
+            Utf8Path::new("m.onnx"),
+            Utf8Path::new("m.engine"),
+            Utf8Path::new("t.cache"),
+        );
         let fp16 = build_args(onnx, eng, tc, &params("fp16", ""), None, None);
-        assert_eq!(fp16, ["--onnx=m.onnx", "--saveEngine=m.engine", "--fp16", "--memPoolSize=workspace:1024M", "--timingCacheFile=t.cache", "--skipInference"]);
-        assert!(!fp16.iter().any(|a| a.starts_with("--workspace")), "--workspace was removed in TensorRT 10");
-        let fp32 = build_args(onnx, eng, tc, &params("fp32", ", workspace_mib: 4096"), None, None);
+        assert_eq!(
+            fp16,
+            [
+                "--onnx=m.onnx",
+                "--saveEngine=m.engine",
+                "--fp16",
+                "--memPoolSize=workspace:1024M",
+                "--timingCacheFile=t.cache",
+                "--skipInference"
+            ]
+        );
+        assert!(
+            !fp16.iter().any(|a| a.starts_with("--workspace")),
+            "--workspace was removed in TensorRT 10"
+        );
+        let fp32 = build_args(
+            onnx,
+            eng,
+            tc,
+            &params("fp32", ", workspace_mib: 4096"),
+            None,
+            None,
+        );
         assert!(!fp32.iter().any(|a| a == "--fp16" || a == "--int8"));
         assert!(fp32.contains(&"--memPoolSize=workspace:4096M".to_string()));
         let int8 = build_args(onnx, eng, tc, &params("int8", ""), None, None);
-        assert!(int8.contains(&"--int8".to_string()) && int8.contains(&"--fp16".to_string()), "Q/DQ INT8 with FP16 fallback");
-        let legacy = build_args(onnx, eng, tc, &params("int8", ", calib_cache: calib.cache"), None, Some(Utf8Path::new("/abs/calib.cache")));
+        assert!(
+            int8.contains(&"--int8".to_string()) && int8.contains(&"--fp16".to_string()),
+            "Q/DQ INT8 with FP16 fallback"
+        );
+        let legacy = build_args(
+            onnx,
+            eng,
+            tc,
+            &params("int8", ", calib_cache: calib.cache"),
+            None,
+            Some(Utf8Path::new("/abs/calib.cache")),
+        );
         assert!(legacy.contains(&"--calib=/abs/calib.cache".to_string()));
     }
 
@@ -217,22 +382,63 @@ mod tests {
     fn version_specific_and_profile_flags() {
         let i = detector_input();
         let pr = profile(&i, &i.shape).unwrap();
-        let a = build_args(Utf8Path::new("m.onnx"), Utf8Path::new("e"), Utf8Path::new("t"), &params("fp16", ", version_compatible: true, hardware_compatibility_level: ampere+, builder_optimization_level: 5"), pr.as_ref(), None);
-        for f in ["--minShapes=input.1:1x3x320x320", "--optShapes=input.1:4x3x640x640", "--maxShapes=input.1:8x3x640x960", "--versionCompatible", "--hardwareCompatibilityLevel=ampere+", "--builderOptimizationLevel=5"] {
+        let a = build_args(
+            Utf8Path::new("m.onnx"),
+            Utf8Path::new("e"),
+            Utf8Path::new("t"),
+            &params(
+                "fp16",
+                ", version_compatible: true, hardware_compatibility_level: ampere+, builder_optimization_level: 5",
+            ),
+            pr.as_ref(),
+            None,
+        );
+        for f in [
+            "--minShapes=input.1:1x3x320x320",
+            "--optShapes=input.1:4x3x640x640",
+            "--maxShapes=input.1:8x3x640x960",
+            "--versionCompatible",
+            "--hardwareCompatibilityLevel=ampere+",
+            "--builderOptimizationLevel=5",
+        ] {
             assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
         }
-        let s = build_args(Utf8Path::new("m.onnx"), Utf8Path::new("e"), Utf8Path::new("t"), &params("fp16", ", hardware_compatibility_level: same_compute_capability"), None, None);
+        let s = build_args(
+            Utf8Path::new("m.onnx"),
+            Utf8Path::new("e"),
+            Utf8Path::new("t"),
+            &params(
+                "fp16",
+                ", hardware_compatibility_level: same_compute_capability",
+            ),
+            None,
+            None,
+        );
         assert!(s.contains(&"--hardwareCompatibilityLevel=sameComputeCapability".to_string()));
     }
 
     #[test]
     fn int8_without_explicit_quantization_is_refused_at_load() {
         let p = params("int8", "");
-        assert!(p.check_from(Some(crate::manifest::StepKind::Simplify)).is_err());
+        assert!(
+            p.check_from(Some(crate::manifest::StepKind::Simplify))
+                .is_err()
+        );
         assert!(p.check_from(None).is_err());
-        assert!(p.check_from(Some(crate::manifest::StepKind::Quantize)).is_ok());
-        assert!(params("int8", ", calib_cache: c.cache").check_from(None).is_ok());
+        assert!(
+            p.check_from(Some(crate::manifest::StepKind::Quantize))
+                .is_ok()
+        );
+        assert!(
+            params("int8", ", calib_cache: c.cache")
+                .check_from(None)
+                .is_ok()
+        );
         assert!(params("fp16", "").check_from(None).is_ok());
-        assert!(params("fp16", ", calibration: calibrate").validate().is_err());
+        assert!(
+            params("fp16", ", calibration: calibrate")
+                .validate()
+                .is_err()
+        );
     }
 }
