@@ -418,7 +418,7 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
         r.duration_ms as f64 / 1000.0
     );
     let w = r.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
-    let status_of = |s: &crate::scheduler::StepResult| {
+    let status_of = |s: &scheduler::StepResult| {
         serde_json::to_value(s.status)
             .ok()
             .and_then(|v| v.as_str().map(|x| x.replace('_', " ")))

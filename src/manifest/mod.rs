@@ -216,7 +216,7 @@ impl Manifest {
                         .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
                 }
             }
-            if let crate::manifest::StepParams::Convert(p) = &step.spec.params {
+            if let StepParams::Convert(p) = &step.spec.params {
                 let from_kind = step.spec.from.as_ref().map(|f| steps[&f.value].spec.kind);
                 p.check_from(from_kind).map_err(|(m, h)| {
                     let e = Error::manifest(

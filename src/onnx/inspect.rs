@@ -254,7 +254,7 @@ mod tests {
         let m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
             .unwrap()
             .build();
-        let bytes = prost::Message::encode_to_vec(&m);
+        let bytes = Message::encode_to_vec(&m);
         let e = decode_model("m.onnx".into(), &bytes[..bytes.len() / 2])
             .unwrap_err()
             .to_string();

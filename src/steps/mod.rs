@@ -131,7 +131,7 @@ pub fn required(params: &StepParams) -> bool {
 }
 
 /// Files named in params that are inputs (a legacy TensorRT calibration cache).
-pub fn extra_files(params: &StepParams) -> Vec<camino::Utf8PathBuf> {
+pub fn extra_files(params: &StepParams) -> Vec<Utf8PathBuf> {
     match params {
         StepParams::Convert(p) => p.calib_cache.iter().cloned().collect(),
         _ => vec![],

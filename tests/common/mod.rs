@@ -7,11 +7,11 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
-pub struct Project {
+pub(crate) struct Project {
     pub dir: tempfile::TempDir,
 }
 
-pub fn toolchain_dir() -> PathBuf {
+pub(crate) fn toolchain_dir() -> PathBuf {
     std::env::var_os("FACEBUILD_TOOLCHAIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache/toolchains"))
@@ -19,7 +19,7 @@ pub fn toolchain_dir() -> PathBuf {
 
 /// `../shared` (or $FACEBUILD_SHARED) with the real models and faces, when present.
 /// Tests that need it print a clear SKIP line and return when it is absent.
-pub fn shared() -> Option<PathBuf> {
+pub(crate) fn shared() -> Option<PathBuf> {
     let p = std::env::var_os("FACEBUILD_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
@@ -39,24 +39,24 @@ pub fn shared() -> Option<PathBuf> {
 }
 
 impl Project {
-    pub fn new() -> Project {
+    pub(crate) fn new() -> Project {
         Project {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, rel: &str, text: &str) -> PathBuf {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, text).unwrap();
         p
     }
 
-    pub fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("facebuild").unwrap();
         c.current_dir(self.dir.path())
             .env("FACEBUILD_CACHE", self.path("cache"))
@@ -66,12 +66,12 @@ impl Project {
     }
 
     /// Run facebuild with args; return the output without asserting on the status.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 
     /// `facebuild run FILE --json` -> (exit code, parsed report).
-    pub fn run_json(&self, file: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    pub(crate) fn run_json(&self, file: &str, extra: &[&str]) -> (i32, serde_json::Value) {
         let mut args = vec!["run", file, "--json"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
@@ -85,7 +85,7 @@ impl Project {
         (out.status.code().unwrap_or(-1), v)
     }
 
-    pub fn plan_json(&self, file: &str) -> serde_json::Value {
+    pub(crate) fn plan_json(&self, file: &str) -> serde_json::Value {
         let out = self.run(&["plan", file, "--json"]);
         assert!(
             out.status.success(),
@@ -97,7 +97,7 @@ impl Project {
 }
 
 /// step name -> status, from a run report.
-pub fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
+pub(crate) fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
     report["steps"]
         .as_array()
         .unwrap()
@@ -111,7 +111,7 @@ pub fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn status_of(report: &serde_json::Value, step: &str) -> String {
+pub(crate) fn status_of(report: &serde_json::Value, step: &str) -> String {
     statuses(report)
         .into_iter()
         .find(|(n, _)| n == step)
@@ -120,7 +120,7 @@ pub fn status_of(report: &serde_json::Value, step: &str) -> String {
 }
 
 /// A recognition manifest on the built-in model with the given steps section.
-pub fn builtin_manifest(steps: &str) -> String {
+pub(crate) fn builtin_manifest(steps: &str) -> String {
     format!(
         "schema: 1\nname: t\nmodel:\n  task: recognition\n  input:\n    name: input.1\n    layout: NCHW\n    shape: [1, 3, 112, 112]\nsteps:\n{steps}"
     )

@@ -96,7 +96,11 @@ fn round2(d: &Detection) -> serde_json::Value {
     json!({"bbox": d.bbox.map(r), "score": (d.score * 1e4).round() / 1e4, "kps": d.kps.map(|k| k.map(|p| p.map(r)))})
 }
 
-pub fn run(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<StepOutcome> {
+pub(super) fn run(
+    ctx: &StepContext,
+    p: &CompareParams,
+    pre: &Preprocessing,
+) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
     let spec = ctx.manifest.model.detector.as_ref().ok_or_else(|| Error::Step {

@@ -45,7 +45,7 @@ fn ovc_input(
     format!("{name}[{}]", dims.join(","))
 }
 
-pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
+pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
     let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
     let xml = ctx.workdir.join("model.xml");
