@@ -1,5 +1,6 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
+pub mod gate;
 pub mod verification;
 
 use serde::Serialize;
@@ -37,7 +38,7 @@ pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// min / p01 / mean / max of a sample; p01 by nearest rank.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub min: f64,
     pub p01: f64,

@@ -17,7 +17,7 @@ pub struct Pair {
 }
 
 /// Where the pairs came from, for the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PairSource {
     pub kind: String,
     pub genuine: usize,
@@ -160,7 +160,7 @@ pub fn eer(genuine: &[f64], impostor: &[f64]) -> f64 {
     best.1
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verification {
     pub tar_at_far_1e2: f64,
     pub tar_at_far_1e3: f64,

@@ -200,7 +200,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn fit_counts(&self) -> serde_json::Value {
+    pub fn fit_counts(&self) -> std::collections::BTreeMap<String, u64> {
         let mut m: std::collections::BTreeMap<String, u64> = Default::default();
         for f in &self.fits {
             *m.entry(
@@ -211,7 +211,7 @@ impl Prepared {
             )
             .or_default() += 1;
         }
-        serde_json::json!(m)
+        m
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::Result;
 
 /// The settings that change numbers, recorded with every result.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ExecutionInfo {
     pub runtime: String,
     pub version: String,

@@ -58,7 +58,7 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
         "pixel_stats": {"mean": mean, "std": std},
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": prepared.fit_counts().to_string()});
+    let summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": serde_json::to_string(&prepared.fit_counts()).unwrap_or_default()});
     Ok(StepOutcome {
         outputs: [
             ("calibration.npy".to_string(), out),

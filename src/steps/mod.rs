@@ -290,14 +290,28 @@ pub fn unavailable_upstream(step: &str) -> String {
     format!("step `{step}` is unavailable on this machine")
 }
 
-/// Write a JSON report into the workdir and return its path.
-pub fn write_report(
+/// Write a report into the workdir as pretty JSON and return its path. It goes through
+/// `serde_json::Value` so that typed reports print exactly as the `json!` ones did (f32
+/// fields widened to f64).
+pub fn write_report<T: serde::Serialize>(
     workdir: &Utf8Path,
     name: &str,
-    value: &serde_json::Value,
+    report: &T,
 ) -> Result<Utf8PathBuf> {
     let p = workdir.join(name);
-    let bytes = serde_json::to_vec_pretty(value).map_err(anyhow::Error::from)?;
+    let value = serde_json::to_value(report).map_err(anyhow::Error::from)?;
+    let bytes = serde_json::to_vec_pretty(&value).map_err(anyhow::Error::from)?;
     std::fs::write(&p, bytes).map_err(|e| crate::error::Error::io(&p, e))?;
     Ok(p)
+}
+
+/// Read a step's typed report (report.json) from the store. A report that does not parse as
+/// `T` is an error naming the file: a renamed field is found here, not read as "nothing".
+pub fn read_report<T: serde::de::DeserializeOwned>(path: &Utf8Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| crate::error::Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        crate::error::Error::from(anyhow::anyhow!(
+            "{path}: not a report this facebuild can read ({e})"
+        ))
+    })
 }

@@ -11,7 +11,12 @@ use std::time::Instant;
 use ndarray::s;
 use serde_json::json;
 
+use super::report::{
+    self, CandidateReport, CompareReport, DatasetSummary, DetectionTotals, MeanMax, MeanMin,
+    ReferenceImage, ReferenceSummary, RoundedDetection, SizeMetrics,
+};
 use super::{CompareParams, Loaded, load_candidate};
+use crate::metrics::gate::{self, Measurement, Naming};
 use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
@@ -56,7 +61,7 @@ impl Tally {
         self.m.pairs.extend(m.pairs);
     }
 
-    fn json(&self) -> serde_json::Value {
+    fn totals(&self) -> DetectionTotals {
         let m = &self.m;
         let recall = if m.reference == 0 {
             1.0
@@ -67,33 +72,39 @@ impl Tally {
         let ious: Vec<f64> = m.pairs.iter().map(|p| p.0 as f64).collect();
         let drift: Vec<f64> = m.pairs.iter().map(|p| p.1 as f64).collect();
         let nme: Vec<f64> = m.pairs.iter().filter_map(|p| p.2.map(f64::from)).collect();
-        let mean = |v: &[f64]| {
-            if v.is_empty() {
-                serde_json::Value::Null
-            } else {
-                json!(v.iter().sum::<f64>() / v.len() as f64)
-            }
-        };
-        let max = |v: &[f64]| {
-            v.iter()
-                .copied()
-                .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
-        };
-        json!({
-            "images": self.images,
-            "reference_boxes": m.reference, "candidate_boxes": m.candidate, "matched": m.matched,
-            "recall": recall, "fp_per_image": fp,
-            "iou": {"mean": mean(&ious), "min": ious.iter().copied().fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))))},
-            "score_drift": {"mean": mean(&drift), "max": max(&drift)},
-            "landmark_nme": {"mean": mean(&nme), "max": max(&nme)},
-            "nms_parity": self.parity as f64 / self.images.max(1) as f64,
-        })
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
+        DetectionTotals {
+            images: self.images,
+            reference_boxes: m.reference,
+            candidate_boxes: m.candidate,
+            matched: m.matched,
+            recall,
+            fp_per_image: fp,
+            iou: MeanMin {
+                mean: mean(&ious),
+                min: ious.iter().copied().reduce(f64::min),
+            },
+            score_drift: MeanMax {
+                mean: mean(&drift),
+                max: max(&drift),
+            },
+            landmark_nme: MeanMax {
+                mean: mean(&nme),
+                max: max(&nme),
+            },
+            nms_parity: self.parity as f64 / self.images.max(1) as f64,
+        }
     }
 }
 
-fn round2(d: &Detection) -> serde_json::Value {
+fn round2(d: &Detection) -> RoundedDetection {
     let r = |v: f32| (v * 100.0).round() / 100.0;
-    json!({"bbox": d.bbox.map(r), "score": (d.score * 1e4).round() / 1e4, "kps": d.kps.map(|k| k.map(|p| p.map(r)))})
+    RoundedDetection {
+        bbox: d.bbox.map(r),
+        score: (d.score * 1e4).round() / 1e4,
+        kps: d.kps.map(|k| k.map(|p| p.map(r))),
+    }
 }
 
 pub(super) fn run(
@@ -108,7 +119,7 @@ pub(super) fn run(
         message: "comparing a detector needs `model.detector` to decode its outputs".into(),
         hint: Some("declare e.g. `model.detector: {family: scrfd, score_threshold: 0.5, nms_iou: 0.4}`".into()),
     })?;
-    if p.has_recognition_gates() {
+    if p.has_gates(gate::RECOGNITION) {
         return Err(Error::Step { step: step.clone(), message: "embedding gates (cosine_min, tar_drop_max, flips_max) are set on a detection model".into(), hint: Some("use recall_min, fp_per_image_max, landmark_nme_max, score_drift_max and nms_parity_min".into()) });
     }
     let input = ctx.manifest.model.input.name.clone();
@@ -162,7 +173,7 @@ pub(super) fn run(
     }
 
     let mut failures = Vec::new();
-    let mut cands_json = Vec::new();
+    let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut table = Vec::new();
     for cand in &p.candidates {
         ctx.check_cancelled()?;
@@ -192,14 +203,14 @@ pub(super) fn run(
                     &why,
                     13,
                     &mut table,
-                    &mut cands_json,
+                    &mut candidates,
                 );
                 continue;
             }
         };
         let exec = model.execution();
         let mut total = Tally::default();
-        let mut sizes_json = Vec::new();
+        let mut size_metrics = Vec::new();
         let first_row = table.len();
         for (size, prepared, ref_dets) in &per_size {
             let (dets, ms) = detect_all(model.as_mut(), &input, &prepared.tensor, spec)?;
@@ -213,93 +224,109 @@ pub(super) fn run(
                 t.add(m.clone());
                 total.add(m);
             }
-            let j = t.json();
+            let j = t.totals();
             table.push(format!(
                 "| {label} | {artifact} {weights} | {} | {}x{} | {} | {} | {:.4} | {:.3} | {} | {} | {} | {:.3} |",
-                exec.precision, size[0], size[1], j["reference_boxes"], j["candidate_boxes"], j["recall"].as_f64().unwrap_or(f64::NAN), j["fp_per_image"].as_f64().unwrap_or(f64::NAN),
-                fmt_opt(&j["score_drift"]["max"], 4), fmt_opt(&j["iou"]["min"], 4), fmt_opt(&j["landmark_nme"]["max"], 5), j["nms_parity"].as_f64().unwrap_or(f64::NAN)
+                exec.precision,
+                size[0],
+                size[1],
+                j.reference_boxes,
+                j.candidate_boxes,
+                j.recall,
+                j.fp_per_image,
+                fmt_opt(j.score_drift.max, 4),
+                fmt_opt(j.iou.min, 4),
+                fmt_opt(j.landmark_nme.max, 5),
+                j.nms_parity
             ));
-            sizes_json.push(json!({"input_size": size, "metrics": j}));
+            size_metrics.push(SizeMetrics {
+                input_size: *size,
+                metrics: j,
+            });
         }
-        let tj = total.json();
-        let g = p.gates_for(&label);
-        let val = |k: &str, sub: Option<&str>| -> Option<f64> {
-            sub.map_or(&tj[k], |s| &tj[k][s]).as_f64()
-        };
-        // (metric, measured, limit, passed); a metric with nothing to measure (no landmarks,
-        // no matches) passes vacuously and says so with a null value.
-        let mut checks: Vec<(&str, Option<f64>, f64, bool)> = Vec::new();
-        let mut gate = |name: &'static str, limit: Option<f64>, v: Option<f64>, at_least: bool| {
-            if let Some(l) = limit {
-                checks.push((
-                    name,
-                    v,
-                    l,
-                    v.is_none_or(|x| if at_least { x >= l } else { x <= l }),
-                ));
-            }
-        };
-        gate("recall", g.recall_min, val("recall", None), true);
-        gate(
-            "fp_per_image",
-            g.fp_per_image_max,
-            val("fp_per_image", None),
-            false,
-        );
-        gate(
-            "landmark_nme",
-            g.landmark_nme_max,
-            val("landmark_nme", Some("max")),
-            false,
-        );
-        gate(
-            "score_drift",
-            g.score_drift_max,
-            val("score_drift", Some("max")),
-            false,
-        );
-        gate(
-            "nms_parity",
-            g.nms_parity_min,
-            val("nms_parity", None),
-            true,
-        );
-        for (metric, value, limit, ok) in &checks {
-            if !ok {
-                failures.push(format!("candidate `{label}` ({artifact} {weights}, executed {}): {metric} {:.6} violates limit {limit}", exec.precision, value.unwrap_or(f64::NAN)));
-            }
+        let tj = total.totals();
+        let gates = p
+            .gates_for(&label)
+            .check(gate::DETECTION, Naming::Figure, |m| {
+                let v = match m.key {
+                    "recall_min" => Some(tj.recall),
+                    "fp_per_image_max" => Some(tj.fp_per_image),
+                    "landmark_nme_max" => tj.landmark_nme.max,
+                    "score_drift_max" => tj.score_drift.max,
+                    _ => Some(tj.nms_parity),
+                };
+                let why = "no matched boxes (or no landmarks) to measure it on";
+                (Measurement::from_option(v, why), None)
+            });
+        for g in gates.iter().filter(|g| !g.passed) {
+            failures.push(format!(
+                "candidate `{label}` ({artifact} {weights}, executed {}): {}",
+                exec.precision,
+                g.describe()
+            ));
         }
-        let gates: Vec<serde_json::Value> = checks
-            .iter()
-            .map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok}))
-            .collect();
-        let passed = checks.iter().all(|c| c.3);
+        let passed = gates.iter().all(|g| g.passed);
         for row in &mut table[first_row..] {
             row.push_str(if passed { " pass |" } else { " **FAIL** |" });
         }
-        cands_json.push(json!({"label": label, "step": cand.step(), "artifact": artifact, "artifact_precision": weights, "execution": exec, "sizes": sizes_json, "total": tj, "gates": gates, "passed": passed}));
+        candidates.push(CandidateReport {
+            label: label.clone(),
+            step: cand.step().into(),
+            artifact: Some(artifact.into()),
+            artifact_precision: Some(weights),
+            execution: Some(exec),
+            sizes: Some(size_metrics),
+            total: Some(tj),
+            gates: Some(gates),
+            passed: Some(passed),
+            ..Default::default()
+        });
     }
 
     let passed = failures.is_empty();
-    let images: Vec<serde_json::Value> = per_size
+    let images: Vec<ReferenceImage> = per_size
         .iter()
         .flat_map(|(size, prepared, dets)| {
-            prepared.files.iter().zip(dets).zip(&prepared.scales).map(move |((f, d), sc)| json!({"file": f.file_name(), "input_size": size, "scale": sc, "detections": d.iter().map(round2).collect::<Vec<_>>()}))
+            prepared
+                .files
+                .iter()
+                .zip(dets)
+                .zip(&prepared.scales)
+                .map(move |((f, d), sc)| ReferenceImage {
+                    file: f.file_name().map(String::from),
+                    input_size: *size,
+                    scale: *sc,
+                    detections: d.iter().map(round2).collect(),
+                })
         })
         .collect();
-    let report = json!({
-        "step": step,
-        "kind": "compare",
-        "task": "detection",
-        "passed": passed,
-        "detector": spec,
-        "match_iou": p.match_iou,
-        "dataset": {"name": p.dataset, "images": files.len(), "input_sizes": sizes},
-        "reference": {"model": "ONNX original", "execution": reference.execution(), "images": images},
-        "candidates": cands_json,
-        "failures": failures,
-        "toolchain": ctx.toolchain.fingerprint(super::TOOLCHAIN),
-    });
+    let report = CompareReport {
+        schema: report::SCHEMA.into(),
+        step: step.clone(),
+        kind: "compare".into(),
+        task: Some("detection".into()),
+        passed,
+        detector: Some(spec.clone()),
+        match_iou: Some(p.match_iou),
+        dataset: DatasetSummary {
+            name: p.dataset.clone(),
+            images: files.len(),
+            fit: None,
+            pairs: None,
+            input_sizes: Some(sizes.clone()),
+        },
+        reference: ReferenceSummary {
+            model: "ONNX original".into(),
+            execution: reference.execution(),
+            norm: None,
+            verification: None,
+            operating_far: None,
+            images: Some(images),
+        },
+        candidates,
+        failures,
+        toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
+    };
     let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
     let mut md = format!(
         "# compare `{step}` — pipeline `{}` (detector, {:?})\n\n",
@@ -326,8 +353,8 @@ pub(super) fn run(
     }
     if !passed {
         md += "\nFailed gates:\n";
-        for f in &report["failures"].as_array().cloned().unwrap_or_default() {
-            md += &format!("- {}\n", f.as_str().unwrap_or(""));
+        for f in &report.failures {
+            md += &format!("- {f}\n");
         }
     }
     let md_path = ctx.workdir.join("report.md");
@@ -337,14 +364,7 @@ pub(super) fn run(
             step: step.clone(),
             message: format!(
                 "detection gate failed: {}",
-                report["failures"]
-                    .as_array()
-                    .map(|f| f
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                    .unwrap_or_default()
+                report.failures.join("; ")
             ),
             hint: Some("see report.md beside report.json for every candidate's figures".into()),
         });
@@ -353,26 +373,17 @@ pub(super) fn run(
         "total_ms".into(),
         json!(t_total.elapsed().as_millis() as u64),
     );
-    let worst_recall = report["candidates"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|x| x["total"]["recall"].as_f64())
-                .fold(1.0, f64::min)
-        })
-        .unwrap_or(1.0);
+    let worst_recall = report
+        .candidates
+        .iter()
+        .filter_map(|c| c.total.as_ref().map(|t| t.recall))
+        .fold(1.0, f64::min);
     let ref_boxes: usize = per_size
         .iter()
         .map(|(_, _, d)| d.iter().map(Vec::len).sum::<usize>())
         .sum();
     let mut summary = json!({"images": files.len(), "sizes": sizes.len(), "reference_boxes": ref_boxes, "candidates": p.candidates.len(), "worst_recall": worst_recall, "timing": timing});
-    super::note_unavailable(
-        &mut summary,
-        report["candidates"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default(),
-    );
+    super::note_unavailable(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),
@@ -383,8 +394,7 @@ pub(super) fn run(
     })
 }
 
-fn fmt_opt(v: &serde_json::Value, prec: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.prec$}"))
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
         .unwrap_or_else(|| "-".into())
 }

@@ -14,10 +14,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod detection;
+pub mod report;
+
+pub use report::{CandidateReport, CompareReport};
+use report::{
+    CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary,
+    TarAtOperatingFar,
+};
 
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
+use crate::metrics::gate::{self, Gates, Measurement, Naming};
 use crate::metrics::{self, Summary, verification};
 use crate::runtime::{
     ExecutionInfo, LoadedModel, Runtime,
@@ -71,29 +79,8 @@ impl CandidateSpec {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Gates {
-    #[serde(default)]
-    pub cosine_min: Option<f64>,
-    #[serde(default)]
-    pub tar_drop_max: Option<f64>,
-    #[serde(default)]
-    pub flips_max: Option<u64>,
-    #[serde(default)]
-    pub recall_min: Option<f64>,
-    #[serde(default)]
-    pub fp_per_image_max: Option<f64>,
-    #[serde(default)]
-    pub landmark_nme_max: Option<f64>,
-    #[serde(default)]
-    pub score_drift_max: Option<f64>,
-    #[serde(default)]
-    pub nms_parity_min: Option<f64>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CompareParams {
     /// The validation set (a dataset from `datasets:`).
     pub dataset: String,
@@ -111,15 +98,10 @@ pub struct CompareParams {
     /// FAR at which the reference's operating threshold is set (for flips and TAR drop).
     #[serde(default = "default_far")]
     pub operating_far: f64,
-    /// Gate for every candidate: minimum per-image cosine similarity (default 0.99).
-    #[serde(default)]
-    pub cosine_min: Option<f64>,
-    /// Gate: largest allowed drop of TAR at `operating_far` (needs identities).
-    #[serde(default)]
-    pub tar_drop_max: Option<f64>,
-    /// Gate: most accept/reject decisions allowed to flip at the reference's threshold.
-    #[serde(default)]
-    pub flips_max: Option<u64>,
+    /// Gates for every candidate (`cosine_min` defaults to 0.99), written flat in params
+    /// as users always have: `cosine_min: 0.99`, `recall_min: 0.95`...
+    #[serde(flatten)]
+    pub gates: Gates,
     /// Per-candidate gate overrides, by candidate label.
     #[serde(default)]
     pub candidate_gates: BTreeMap<String, Gates>,
@@ -130,21 +112,10 @@ pub struct CompareParams {
     /// Detectors: IoU at which a candidate box matches a reference box.
     #[serde(default = "default_match_iou")]
     pub match_iou: f32,
-    /// Detection gate: matched reference boxes / reference boxes.
-    #[serde(default)]
-    pub recall_min: Option<f64>,
-    /// Detection gate: unmatched candidate boxes per image.
-    #[serde(default)]
-    pub fp_per_image_max: Option<f64>,
-    /// Detection gate: largest mean landmark error of a matched box, over sqrt(box area).
-    #[serde(default)]
-    pub landmark_nme_max: Option<f64>,
-    /// Detection gate: largest |score difference| of a matched box.
-    #[serde(default)]
-    pub score_drift_max: Option<f64>,
-    /// Detection gate: fraction of images whose kept set after NMS is the reference's.
-    #[serde(default)]
-    pub nms_parity_min: Option<f64>,
+    /// Keys that are not params: collected so validation can name them (serde's flatten
+    /// cannot be combined with `deny_unknown_fields`).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 fn default_match_iou() -> f32 {
@@ -163,6 +134,23 @@ fn default_far() -> f64 {
 
 impl CompareParams {
     pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+        if let Some(k) = self.unknown.keys().next() {
+            let keys: Vec<&str> = COMPARE_KEYS
+                .iter()
+                .copied()
+                .chain(Gates::METRICS.iter().map(|m| m.key))
+                .collect();
+            return Err((
+                format!("unknown field `{k}` in compare params"),
+                Some(format!("expected one of {}", keys.join(", "))),
+            ));
+        }
+        if let Some(perf) = self.gates.set_among(gate::PERFORMANCE).first() {
+            return Err((
+                format!("`{perf}` is a release gate: compare measures accuracy"),
+                Some("set performance gates on the `release` step".into()),
+            ));
+        }
         if self.candidates.is_empty() {
             return Err((
                 "`candidates` is empty: nothing to compare".into(),
@@ -198,40 +186,35 @@ impl CompareParams {
         Ok(())
     }
 
+    /// The gates for one candidate: its overrides over the step's; `cosine_min` is 0.99
+    /// unless set.
     fn gates_for(&self, label: &str) -> Gates {
-        let o = self.candidate_gates.get(label).cloned().unwrap_or_default();
-        Gates {
-            cosine_min: o.cosine_min.or(self.cosine_min).or(Some(0.99)),
-            tar_drop_max: o.tar_drop_max.or(self.tar_drop_max),
-            flips_max: o.flips_max.or(self.flips_max),
-            recall_min: o.recall_min.or(self.recall_min),
-            fp_per_image_max: o.fp_per_image_max.or(self.fp_per_image_max),
-            landmark_nme_max: o.landmark_nme_max.or(self.landmark_nme_max),
-            score_drift_max: o.score_drift_max.or(self.score_drift_max),
-            nms_parity_min: o.nms_parity_min.or(self.nms_parity_min),
-        }
+        let mut g = self.gates.overridden_by(self.candidate_gates.get(label));
+        g.cosine_min = g.cosine_min.or(Some(0.99));
+        g
     }
 
-    fn has_detection_gates(&self) -> bool {
-        let g = |x: &Gates| {
-            x.recall_min.is_some()
-                || x.fp_per_image_max.is_some()
-                || x.landmark_nme_max.is_some()
-                || x.score_drift_max.is_some()
-                || x.nms_parity_min.is_some()
-        };
-        g(&self.gates_for("")) || self.candidate_gates.values().any(g)
-    }
-
-    fn has_recognition_gates(&self) -> bool {
-        let g =
-            |x: &Gates| x.cosine_min.is_some() || x.tar_drop_max.is_some() || x.flips_max.is_some();
-        self.cosine_min.is_some()
-            || self.tar_drop_max.is_some()
-            || self.flips_max.is_some()
-            || self.candidate_gates.values().any(g)
+    fn has_gates(&self, keys: &[&str]) -> bool {
+        !self.gates.set_among(keys).is_empty()
+            || self
+                .candidate_gates
+                .values()
+                .any(|g| !g.set_among(keys).is_empty())
     }
 }
+
+/// The params compare takes besides gates (for the unknown-key message).
+const COMPARE_KEYS: &[&str] = &[
+    "dataset",
+    "candidates",
+    "batch",
+    "precision_hint",
+    "threads",
+    "operating_far",
+    "candidate_gates",
+    "input_sizes",
+    "match_iou",
+];
 
 /// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
 /// batch). Returns one flattened first output per image, and the inference time.
@@ -320,20 +303,26 @@ pub(crate) fn record_unavailable(
     why: &str,
     columns: usize,
     table: &mut Vec<String>,
-    cands_json: &mut Vec<serde_json::Value>,
+    candidates: &mut Vec<CandidateReport>,
 ) {
     table.push(format!(
         "| {label} | - | unavailable: {why} |{} not compared |",
         " - |".repeat(columns - 4)
     ));
-    cands_json.push(json!({"label": label, "step": step, "available": false, "unavailable": why, "passed": null}));
+    candidates.push(CandidateReport {
+        label: label.into(),
+        step: step.into(),
+        available: Some(false),
+        unavailable: Some(why.into()),
+        ..Default::default()
+    });
 }
 
 /// How many candidates were unavailable: added to the summary when any were.
-pub(crate) fn note_unavailable(summary: &mut serde_json::Value, cands_json: &[serde_json::Value]) {
-    let n = cands_json
+pub(crate) fn note_unavailable(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
+    let n = candidates
         .iter()
-        .filter(|c| c["available"] == false)
+        .filter(|c| c.available == Some(false))
         .count();
     if n > 0 {
         summary["unavailable"] = json!(n);
@@ -432,7 +421,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     if ctx.manifest.model.task == crate::manifest::Task::Detection {
         return detection::run(ctx, p, pre);
     }
-    if p.has_detection_gates() {
+    if p.has_gates(gate::DETECTION) {
         return Err(Error::Step { step: step.clone(), message: "detection gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
     }
     let input = ctx.manifest.model.input.name.clone();
@@ -474,7 +463,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         .zip(ref_scores.as_ref())
         .map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
 
-    let mut cands_json = Vec::new();
+    let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut failures = Vec::new();
     let mut table = Vec::new();
     for cand in &p.candidates {
@@ -490,7 +479,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         } = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
-                record_unavailable(&label, cand.step(), &why, 11, &mut table, &mut cands_json);
+                record_unavailable(&label, cand.step(), &why, 11, &mut table, &mut candidates);
                 continue;
             }
         };
@@ -507,7 +496,10 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let batch = batch_for(model.as_ref(), p.batch);
         let (emb, ms) = embed(model.as_mut(), &input, tensor, batch)?;
         let exec: ExecutionInfo = model.execution();
-        timing.insert(label.clone(), json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint}));
+        timing.insert(
+            label.clone(),
+            json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint}),
+        );
         if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
             return Err(Error::Step {
                 step: step.clone(),
@@ -533,8 +525,7 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             .fold(0.0, f64::max);
         let (rm, rs) = mean_std(&ref_norms);
         let (cm, csd) = mean_std(&norms(&emb));
-        let mut ver_json = serde_json::Value::Null;
-        let (mut tar_drop, mut flips) = (None, None);
+        let mut verification = None;
         if let (Some((ps, _)), Some(rsc), Some(rv)) = (&pairs, &ref_scores, &ref_ver) {
             let csc = pair_scores(&emb, ps);
             let cv = verification::verification(ps, &csc, p.operating_far);
@@ -549,40 +540,43 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 verification::threshold_at_far(&cg, &ci, p.operating_far),
             );
             let f = verification::flips(rsc, &csc, rv.threshold_at_operating_far);
-            tar_drop = Some(ref_tar - cand_tar);
-            flips = Some(f as u64);
-            ver_json = json!({"candidate": cv, "tar_at_operating_far": {"reference": ref_tar, "candidate": cand_tar, "drop": ref_tar - cand_tar}, "flips_at_reference_threshold": f});
+            verification = Some(CandidateVerification {
+                candidate: cv,
+                tar_at_operating_far: TarAtOperatingFar {
+                    reference: ref_tar,
+                    candidate: cand_tar,
+                    drop: ref_tar - cand_tar,
+                },
+                flips_at_reference_threshold: f as u64,
+            });
         }
 
-        let g = p.gates_for(&label);
-        // (metric, measured, limit, passed)
-        let mut checks: Vec<(&str, f64, f64, bool)> = Vec::new();
-        if let Some(l) = g.cosine_min {
-            checks.push(("cosine_min", cs.min, l, cs.min >= l));
-        }
-        match (g.tar_drop_max, tar_drop) {
-            (Some(l), Some(d)) => checks.push(("tar_drop", d, l, d <= l)),
-            (Some(_), None) => failures.push(format!("candidate `{label}`: tar_drop_max is set but dataset `{}` has no identities (add `pairs:` or a folder per person)", p.dataset)),
-            _ => {}
-        }
-        match (g.flips_max, flips) {
-            (Some(l), Some(f)) => checks.push(("flips", f as f64, l as f64, f <= l)),
-            (Some(_), None) => failures.push(format!(
-                "candidate `{label}`: flips_max is set but dataset `{}` has no identities",
+        let no_ids = || {
+            format!(
+                "dataset `{}` has no identities (add `pairs:` or a folder per person)",
                 p.dataset
-            )),
-            _ => {}
+            )
+        };
+        let gates = p
+            .gates_for(&label)
+            .check(gate::RECOGNITION, Naming::Figure, |m| {
+                let v = match m.key {
+                    "cosine_min" => Some(cs.min),
+                    "tar_drop_max" => verification.as_ref().map(|v| v.tar_at_operating_far.drop),
+                    _ => verification
+                        .as_ref()
+                        .map(|v| v.flips_at_reference_threshold as f64),
+                };
+                (Measurement::from_option(v, no_ids()), None)
+            });
+        for g in gates.iter().filter(|g| !g.passed) {
+            failures.push(format!(
+                "candidate `{label}` ({artifact} {weights}, executed {}): {}",
+                exec.precision,
+                g.describe()
+            ));
         }
-        for (metric, value, limit, ok) in &checks {
-            if !ok {
-                failures.push(format!("candidate `{label}` ({artifact} {weights}, executed {}): {metric} {value:.6} violates limit {limit}", exec.precision));
-            }
-        }
-        let gates: Vec<serde_json::Value> = checks
-            .iter()
-            .map(|(m, v, l, ok)| json!({"metric": m, "value": v, "limit": l, "passed": ok}))
-            .collect();
-        let passed = gates.iter().all(|x| x["passed"] == true);
+        let passed = gates.iter().all(|g| g.passed);
         table.push(format!(
             "| {label} | {artifact} {weights} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
             exec.precision,
@@ -591,40 +585,87 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             cs.mean,
             cm / rm - 1.0,
             max_abs,
-            ver_json["tar_at_operating_far"]["candidate"].as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
-            flips.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+            verification
+                .as_ref()
+                .map(|v| format!("{:.4}", v.tar_at_operating_far.candidate))
+                .unwrap_or_else(|| "-".into()),
+            verification
+                .as_ref()
+                .map(|v| v.flips_at_reference_threshold.to_string())
+                .unwrap_or_else(|| "-".into()),
             if passed { "pass" } else { "**FAIL**" }
         ));
-        cands_json.push(json!({
-            "label": label, "step": cand.step(), "artifact": artifact, "artifact_precision": weights, "execution": exec,
-            "preprocessing": if own_pre.is_some() { "candidate's own" } else { "model.preprocessing" },
-            "cosine": cs, "max_abs_error": max_abs,
-            // Per image, for the run report's histograms (rounded: the report is diffed).
-            "cosine_per_image": cos.iter().map(|c| (c * 1e6).round() / 1e6).collect::<Vec<_>>(),
-            "norm": {"reference_mean": rm, "reference_std": rs, "mean": cm, "std": csd, "relative_shift": cm / rm - 1.0},
-            "verification": ver_json, "gates": gates, "passed": passed,
-        }));
+        candidates.push(CandidateReport {
+            label: label.clone(),
+            step: cand.step().into(),
+            artifact: Some(artifact.into()),
+            artifact_precision: Some(weights),
+            execution: Some(exec),
+            preprocessing: Some(
+                if own_pre.is_some() {
+                    "candidate's own"
+                } else {
+                    "model.preprocessing"
+                }
+                .into(),
+            ),
+            cosine: Some(cs),
+            max_abs_error: Some(max_abs),
+            cosine_per_image: Some(cos.iter().map(|c| (c * 1e6).round() / 1e6).collect()),
+            norm: Some(NormShift {
+                reference_mean: rm,
+                reference_std: rs,
+                mean: cm,
+                std: csd,
+                relative_shift: cm / rm - 1.0,
+            }),
+            verification,
+            gates: Some(gates),
+            passed: Some(passed),
+            ..Default::default()
+        });
     }
 
     let passed = failures.is_empty();
-    let report = json!({
-        "step": step,
-        "kind": "compare",
-        "passed": passed,
-        "dataset": {"name": p.dataset, "images": files.len(), "fit": prepared.fit_counts(), "pairs": pairs.as_ref().map(|(_, s)| s)},
-        "reference": {"model": "ONNX original", "execution": reference.execution(), "norm": {"mean": mean_std(&ref_norms).0, "std": mean_std(&ref_norms).1}, "verification": ref_ver, "operating_far": p.operating_far},
-        "candidates": cands_json,
-        "failures": failures,
-        "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
-    });
+    let (ref_mean, ref_std) = mean_std(&ref_norms);
+    let report = CompareReport {
+        schema: report::SCHEMA.into(),
+        step: step.clone(),
+        kind: "compare".into(),
+        task: None,
+        passed,
+        detector: None,
+        match_iou: None,
+        dataset: DatasetSummary {
+            name: p.dataset.clone(),
+            images: files.len(),
+            fit: Some(prepared.fit_counts()),
+            pairs: pairs.as_ref().map(|(_, s)| s.clone()),
+            input_sizes: None,
+        },
+        reference: ReferenceSummary {
+            model: "ONNX original".into(),
+            execution: reference.execution(),
+            norm: Some(MeanStd {
+                mean: ref_mean,
+                std: ref_std,
+            }),
+            verification: ref_ver,
+            operating_far: Some(p.operating_far),
+            images: None,
+        },
+        candidates,
+        failures,
+        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    };
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let md = markdown(ctx, p, &report, &table, prepared.fit_counts());
+    let md = markdown(ctx, &report, &table);
     let md_path = ctx.workdir.join("report.md");
     std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
     if !passed {
         return Err(Error::Step {
             step: step.clone(),
-            message: format!("fidelity gate failed: {}", failures.join("; ")),
+            message: format!("fidelity gate failed: {}", report.failures.join("; ")),
             hint: Some("see report.md beside report.json for every candidate's figures".into()),
         });
     }
@@ -632,12 +673,13 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         "total_ms".to_string(),
         json!(t_total.elapsed().as_millis() as u64),
     );
-    let worst = cands_json
+    let worst = report
+        .candidates
         .iter()
-        .filter_map(|c| c["cosine"]["min"].as_f64())
+        .filter_map(|c| c.cosine.map(|s| s.min))
         .fold(1.0, f64::min);
     let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
-    note_unavailable(&mut summary, &cands_json);
+    note_unavailable(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),
@@ -648,46 +690,33 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     })
 }
 
-fn markdown(
-    ctx: &StepContext,
-    p: &CompareParams,
-    r: &serde_json::Value,
-    rows: &[String],
-    fit: serde_json::Value,
-) -> String {
+fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
     let mut s = format!(
         "# compare `{}` — pipeline `{}`\n\n",
         ctx.step.name, ctx.manifest.name
     );
+    let fit = serde_json::to_string(&r.dataset.fit).unwrap_or_default();
     s += &format!(
-        "Validation set `{}`: {} images ({}); pairs: {}.\n\n",
-        p.dataset,
-        r["dataset"]["images"],
-        fit,
-        r["dataset"]["pairs"]
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .map(|k| format!(
-                "{k}, {} genuine / {} impostor",
-                r["dataset"]["pairs"]["genuine"], r["dataset"]["pairs"]["impostor"]
+        "Validation set `{}`: {} images ({fit}); pairs: {}.\n\n",
+        r.dataset.name,
+        r.dataset.images,
+        r.dataset
+            .pairs
+            .as_ref()
+            .map(|ps| format!(
+                "{}, {} genuine / {} impostor",
+                ps.kind, ps.genuine, ps.impostor
             ))
             .unwrap_or_else(|| "none (no identities)".into())
     );
     s += &format!(
         "Reference: ONNX original in ONNX Runtime {} ({}).",
-        r["reference"]["execution"]["version"]
-            .as_str()
-            .unwrap_or(""),
-        r["reference"]["execution"]["precision"]
-            .as_str()
-            .unwrap_or("")
+        r.reference.execution.version, r.reference.execution.precision
     );
-    if let Some(v) = r["reference"]["verification"].as_object() {
+    if let Some(v) = &r.reference.verification {
         s += &format!(
             " Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.",
-            v["tar_at_far_1e3"].as_f64().unwrap_or(f64::NAN),
-            v["tar_at_far_1e2"].as_f64().unwrap_or(f64::NAN),
-            v["eer"].as_f64().unwrap_or(f64::NAN)
+            v.tar_at_far_1e3, v.tar_at_far_1e2, v.eer
         );
     }
     s += "\n\n| candidate | artifact | executed (hint) | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -695,10 +724,10 @@ fn markdown(
         s += row;
         s.push('\n');
     }
-    if let Some(f) = r["failures"].as_array().filter(|f| !f.is_empty()) {
+    if !r.failures.is_empty() {
         s += "\nFailed gates:\n";
-        for x in f {
-            s += &format!("- {}\n", x.as_str().unwrap_or(""));
+        for x in &r.failures {
+            s += &format!("- {x}\n");
         }
     }
     s
