@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use camino::Utf8PathBuf;
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{
-    LoadedModel, Runtime,
+    BenchExecution, BenchMeasurement, ColdStart, LoadedModel, Runtime, ThroughputPoint,
     onnxruntime::OnnxRuntime,
     openvino::{OpenVino, OpenVinoSettings},
 };
@@ -105,7 +104,7 @@ fn timed_loop(
     Ok((lat, start.elapsed().as_secs_f64() * 1e3))
 }
 
-pub fn run_child(spec: &BenchSpec) -> Result<serde_json::Value> {
+pub fn run_child(spec: &BenchSpec) -> Result<BenchMeasurement> {
     let tc = Toolchain::at(&spec.toolchain_dir)?;
     let budget = spec.time_budget_ms.map(Duration::from_millis);
     match spec.runtime.as_str() {
@@ -115,11 +114,33 @@ pub fn run_child(spec: &BenchSpec) -> Result<serde_json::Value> {
     }
 }
 
+fn cold_start(spec: &BenchSpec, load_ms: f64, compile_ms: Option<f64>, first: f64) -> ColdStart {
+    ColdStart {
+        spawn_to_first_output_ms: (now_ns().saturating_sub(spec.spawned_at_unix_ns)) as f64 / 1e6,
+        load_ms: Some(load_ms),
+        compile_ms,
+        first_inference_ms: Some(first),
+        note: None,
+    }
+}
+
+fn point(batch: usize, requests: usize, lat: &[f64], wall: f64) -> ThroughputPoint {
+    ThroughputPoint {
+        batch,
+        images_per_s: Some((lat.len() * batch) as f64 / (wall / 1e3)),
+        requests_in_flight: Some(requests),
+        inferences: Some(lat.len()),
+        wall_ms: Some(wall),
+        latency_ms: Some(LatencyMs::of(lat)),
+        unsupported: None,
+    }
+}
+
 fn onnxruntime(
     spec: &BenchSpec,
     tc: &Toolchain,
     budget: Option<Duration>,
-) -> Result<serde_json::Value> {
+) -> Result<BenchMeasurement> {
     let t0 = Instant::now();
     let rt = OnnxRuntime::new(tc, spec.threads)?;
     let mut m: Box<dyn LoadedModel> = rt.load(&spec.artifact)?;
@@ -128,7 +149,7 @@ fn onnxruntime(
     let t1 = Instant::now();
     m.run(&[(spec.input_name.clone(), x1.clone())])?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let cold = json!({"spawn_to_first_output_ms": (now_ns().saturating_sub(spec.spawned_at_unix_ns)) as f64 / 1e6, "load_ms": load_ms, "compile_ms": null, "first_inference_ms": first_ms});
+    let cold = cold_start(spec, load_ms, None, first_ms);
     let (lat, _) = timed_loop(spec.warmup, spec.iterations, budget, || {
         m.run(&[(spec.input_name.clone(), x1.clone())]).map(|_| ())
     })?;
@@ -138,28 +159,34 @@ fn onnxruntime(
         let x = random_input(&shape);
         // A static batch dim refuses other sizes: reported, not hidden.
         if let Err(e) = m.run(&[(spec.input_name.clone(), x.clone())]) {
-            tput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()}));
+            tput.push(ThroughputPoint::unsupported(b, &e.to_string()));
             continue;
         }
         let (l, wall) = timed_loop(spec.warmup.min(3), spec.iterations, budget, || {
             m.run(&[(spec.input_name.clone(), x.clone())]).map(|_| ())
         })?;
-        tput.push(json!({"batch": b, "images_per_s": (l.len() * b) as f64 / (wall / 1e3), "requests_in_flight": 1, "inferences": l.len(), "wall_ms": wall, "latency_ms": LatencyMs::of(&l)}));
+        tput.push(point(b, 1, &l, wall));
     }
     let exec = m.execution();
-    Ok(result(
-        json!({"runtime": exec.runtime, "version": exec.version, "device": exec.device, "precision": exec.precision, "threads": exec.threads, "hint": null, "requests": 1, "settings": exec.settings}),
-        cold,
-        &lat,
-        tput,
-    ))
+    let execution = BenchExecution {
+        runtime: exec.runtime,
+        version: exec.version,
+        device: exec.device,
+        precision: exec.precision,
+        threads: Some(exec.threads),
+        hint: None,
+        requests: 1,
+        streams: None,
+        settings: exec.settings,
+    };
+    Ok(result(execution, cold, &lat, tput))
 }
 
 fn openvino(
     spec: &BenchSpec,
     tc: &Toolchain,
     budget: Option<Duration>,
-) -> Result<serde_json::Value> {
+) -> Result<BenchMeasurement> {
     let hint = spec.hint.clone().unwrap_or_else(|| "LATENCY".into());
     let ov = OpenVino::new(
         tc,
@@ -178,7 +205,7 @@ fn openvino(
     let t1 = Instant::now();
     m.run(1, 1, None)?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let cold = json!({"spawn_to_first_output_ms": (now_ns().saturating_sub(spec.spawned_at_unix_ns)) as f64 / 1e6, "load_ms": m.read_ms, "compile_ms": m.compile_ms, "first_inference_ms": first_ms});
+    let cold = cold_start(spec, m.read_ms, Some(m.compile_ms), first_ms);
     // Latency: one request at a time, batch 1.
     m.run(1, spec.warmup, None)?;
     let (_, lat) = m.run(1, spec.iterations, budget)?;
@@ -191,7 +218,7 @@ fn openvino(
             match ov.compile_for_bench(xml, &bin, &hint, &with_batch(&spec.input_shape, b)) {
                 Ok(x) => Some(x),
                 Err(e) => {
-                    tput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()}));
+                    tput.push(ThroughputPoint::unsupported(b, &e.to_string()));
                     continue;
                 }
             }
@@ -200,27 +227,49 @@ fn openvino(
         let n = model.requests;
         model.run(n, spec.warmup.max(n), None)?;
         let (wall, l) = model.run(n, spec.iterations.max(n), budget)?;
-        tput.push(json!({"batch": b, "images_per_s": (l.len() * b) as f64 / (wall / 1e3), "requests_in_flight": n, "inferences": l.len(), "wall_ms": wall, "latency_ms": LatencyMs::of(&l)}));
+        tput.push(point(b, n, &l, wall));
     }
-    let execution = json!({"runtime": "openvino", "version": tc.version("openvino").unwrap_or("unknown"), "device": "CPU", "precision": precision, "threads": spec.threads, "hint": hint, "requests": requests, "streams": streams,
-                           "settings": {"precision_hint": spec.precision_hint.clone().unwrap_or_else(|| "plugin default".into()), "performance_hint": hint}});
+    let settings = [
+        (
+            "precision_hint".to_string(),
+            spec.precision_hint
+                .clone()
+                .unwrap_or_else(|| "plugin default".into()),
+        ),
+        ("performance_hint".to_string(), hint.clone()),
+    ]
+    .into();
+    let execution = BenchExecution {
+        runtime: "openvino".into(),
+        version: tc.version("openvino").unwrap_or("unknown").into(),
+        device: "CPU".into(),
+        precision,
+        threads: spec.threads,
+        hint: Some(hint),
+        requests,
+        streams: Some(streams),
+        settings,
+    };
     Ok(result(execution, cold, &lat, tput))
 }
 
 /// The child's answer, in the schema every runtime shares.
 fn result(
-    execution: serde_json::Value,
-    cold: serde_json::Value,
+    execution: BenchExecution,
+    cold: ColdStart,
     lat: &[f64],
-    throughput: Vec<serde_json::Value>,
-) -> serde_json::Value {
-    json!({
-        "execution": execution,
-        "cold_start": cold,
-        "latency_batch1_ms": LatencyMs::of(lat),
-        "latency_samples": lat.len(),
-        "latency_batch1_samples_ms": lat.iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<_>>(),
-        "throughput": throughput,
-        "peak_rss_mib": peak_rss_mib(),
-    })
+    throughput: Vec<ThroughputPoint>,
+) -> BenchMeasurement {
+    BenchMeasurement {
+        execution,
+        cold_start: Some(cold),
+        latency_batch1_ms: Some(LatencyMs::of(lat)),
+        latency_samples: Some(lat.len()),
+        latency_batch1_samples_ms: Some(lat.iter().map(|x| (x * 1e4).round() / 1e4).collect()),
+        throughput,
+        tensorrt: None,
+        peak_rss_mib: peak_rss_mib(),
+        child_wall_ms: None,
+        reference: None,
+    }
 }

@@ -3,9 +3,14 @@
 //! ONNX Runtime is here; OpenVINO and TensorRT plug in behind the same trait.
 
 pub mod bench;
+mod bench_result;
 pub mod onnxruntime;
 pub mod openvino;
 pub mod tensorrt;
+
+pub use bench_result::{
+    BenchExecution, BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint, TrtTimings,
+};
 
 use camino::Utf8Path;
 

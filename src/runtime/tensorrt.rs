@@ -304,15 +304,42 @@ pub fn perf_to_schema(
     batch: usize,
     version: &str,
     gpu: &str,
-) -> serde_json::Value {
-    json!({
-        "execution": {"runtime": "tensorrt", "version": version, "device": gpu, "precision": "as built", "threads": null, "hint": null, "requests": 1, "settings": {"tool": "trtexec"}},
-        "latency_batch1_ms": if batch == 1 { serde_json::to_value(&p.latency_ms).unwrap_or_default() } else { json!(null) },
-        "throughput": [{"batch": batch, "images_per_s": p.throughput_qps.map(|q| q * batch as f64), "requests_in_flight": 1, "latency_ms": p.latency_ms}],
-        "gpu_compute_ms": p.gpu_compute_ms, "h2d_ms": p.h2d_ms, "d2h_ms": p.d2h_ms, "enqueue_ms": p.enqueue_ms,
-        "total_host_walltime_s": p.total_host_walltime_s, "total_gpu_compute_s": p.total_gpu_compute_s,
-        "peak_rss_mib": null,
-    })
+) -> super::BenchMeasurement {
+    super::BenchMeasurement {
+        execution: super::BenchExecution {
+            runtime: "tensorrt".into(),
+            version: version.into(),
+            device: gpu.into(),
+            precision: "as built".into(),
+            threads: None,
+            hint: None,
+            requests: 1,
+            streams: None,
+            settings: [("tool".to_string(), "trtexec".to_string())].into(),
+        },
+        cold_start: None,
+        latency_batch1_ms: (batch == 1).then(|| p.latency_ms.clone()),
+        latency_samples: None,
+        latency_batch1_samples_ms: None,
+        throughput: vec![super::ThroughputPoint {
+            batch,
+            images_per_s: p.throughput_qps.map(|q| q * batch as f64),
+            requests_in_flight: Some(1),
+            latency_ms: Some(p.latency_ms.clone()),
+            ..Default::default()
+        }],
+        tensorrt: Some(super::TrtTimings {
+            gpu_compute_ms: p.gpu_compute_ms.clone(),
+            h2d_ms: p.h2d_ms.clone(),
+            d2h_ms: p.d2h_ms.clone(),
+            enqueue_ms: p.enqueue_ms.clone(),
+            total_host_walltime_s: p.total_host_walltime_s,
+            total_gpu_compute_s: p.total_gpu_compute_s,
+        }),
+        peak_rss_mib: None,
+        child_wall_ms: None,
+        reference: None,
+    }
 }
 
 /// Parse "min = 2.05 ms, max = 2.59 ms, mean = ..., median = ..., percentile(90%) = ... ms"
@@ -432,10 +459,10 @@ mod tests {
             ]
         );
         let v = perf_to_schema(&parse_trtexec_perf(LOG).unwrap(), 1, "10.3.0", "NVIDIA L4");
-        assert_eq!(v["throughput"][0]["images_per_s"], 476.66);
-        assert_eq!(v["latency_batch1_ms"]["p99"], 2.58971);
-        assert_eq!(v["gpu_compute_ms"]["median"], 2.08276);
-        assert_eq!(v["execution"]["runtime"], "tensorrt");
+        assert_eq!(v.throughput[0].images_per_s, Some(476.66));
+        assert_eq!(v.latency_batch1_ms.unwrap().p99, Some(2.58971));
+        assert_eq!(v.tensorrt.unwrap().gpu_compute_ms.median, Some(2.08276));
+        assert_eq!(v.execution.runtime, "tensorrt");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! Benchmarks depend on the machine: its description is part of this step's cache key, so a
 //! cache shared across machines never hands one machine's figures to another.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use super::compare::CandidateSpec;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::runtime::bench::BenchSpec;
+use crate::runtime::{BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint};
 
 pub const IMPL_VERSION: u32 = 1;
 pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
@@ -132,14 +134,26 @@ impl BenchmarkParams {
     }
 }
 
-/// What the machine is: part of every benchmark's result and of its cache key. Read once per
-/// process (plan and run key every benchmark step with it).
-pub fn machine() -> serde_json::Value {
-    static MACHINE: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+/// What the machine is: part of every benchmark's result and of its cache key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cores: usize,
+    /// The ISA flags that change inference speed (AVX-512, VNNI, AMX...).
+    pub isa: Vec<String>,
+    pub memory_gib: Option<f64>,
+    pub gpu: Option<String>,
+    pub os: String,
+    pub arch: String,
+}
+
+/// This machine, read once per process (plan and run key every benchmark step with it).
+pub fn machine() -> Machine {
+    static MACHINE: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
     MACHINE.get_or_init(describe_machine).clone()
 }
 
-fn describe_machine() -> serde_json::Value {
+fn describe_machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |k: &str| {
         cpuinfo
@@ -149,7 +163,7 @@ fn describe_machine() -> serde_json::Value {
             .map(|(_, v)| v.trim().to_string())
     };
     let flags = field("flags").unwrap_or_default();
-    let isa: Vec<&str> = [
+    let isa: Vec<String> = [
         "avx2",
         "avx512f",
         "avx512_vnni",
@@ -162,6 +176,7 @@ fn describe_machine() -> serde_json::Value {
     ]
     .into_iter()
     .filter(|f| flags.split_whitespace().any(|x| x == *f))
+    .map(String::from)
     .collect();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -179,15 +194,17 @@ fn describe_machine() -> serde_json::Value {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    json!({
-        "cpu": field("model name").unwrap_or_else(|| "unknown".into()),
-        "logical_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "isa": isa,
-        "memory_gib": mem,
-        "gpu": gpu,
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-    })
+    Machine {
+        cpu: field("model name").unwrap_or_else(|| "unknown".into()),
+        logical_cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        isa,
+        memory_gib: mem,
+        gpu,
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+    }
 }
 
 /// The part of the machine description that changes figures: the cache key's `machine`.
@@ -195,18 +212,71 @@ pub fn machine_fingerprint() -> String {
     let m = machine();
     format!(
         "{} | {} cores | {} | gpu {}",
-        m["cpu"].as_str().unwrap_or(""),
-        m["logical_cores"],
-        m["isa"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default(),
-        m["gpu"].as_str().unwrap_or("none")
+        m.cpu,
+        m.logical_cores,
+        m.isa.join(","),
+        m.gpu.as_deref().unwrap_or("none")
     )
+}
+
+/// `benchmark`'s report.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchmarkReport {
+    pub schema: String,
+    pub step: String,
+    pub kind: String,
+    pub machine: Machine,
+    pub input: BenchInput,
+    pub params: BenchParamsEcho,
+    pub results: Vec<BenchEntry>,
+    pub toolchain: BTreeMap<String, String>,
+}
+
+impl BenchmarkReport {
+    /// The measured configurations of one artifact step.
+    pub fn measured_for<'a>(
+        &'a self,
+        step: &'a str,
+    ) -> impl Iterator<Item = (&'a BenchEntry, &'a BenchMeasurement)> + 'a {
+        self.results
+            .iter()
+            .filter(move |r| r.step == step && r.available)
+            .filter_map(|r| r.measured.as_ref().map(|m| (r, m)))
+    }
+}
+
+/// The input the benchmark fed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchInput {
+    pub name: String,
+    pub shape_batch1: Vec<i64>,
+}
+
+/// The params that shaped the figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchParamsEcho {
+    pub batch_sizes: Vec<usize>,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub time_budget_s: Option<f64>,
+    pub threads: Option<usize>,
+    pub openvino_hints: Vec<Hint>,
+    pub precision_hint: Option<String>,
+}
+
+/// One target in one configuration: measured, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchEntry {
+    pub label: String,
+    pub step: String,
+    pub artifact: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_precision: Option<String>,
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    #[serde(flatten)]
+    pub measured: Option<BenchMeasurement>,
 }
 
 /// One measurement to make: a target in one runtime configuration.
@@ -223,7 +293,7 @@ fn run_child(
     spec: &BenchSpec,
     workdir: &camino::Utf8Path,
     n: usize,
-) -> Result<(serde_json::Value, f64)> {
+) -> Result<(BenchMeasurement, f64)> {
     let spec_path = workdir.join(format!("bench-spec-{n}.json"));
     let mut spec = spec.clone();
     let exe = std::env::current_exe()
@@ -251,13 +321,13 @@ fn run_child(
         )
         .into());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let v: BenchMeasurement = serde_json::from_slice(&out.stdout)
         .map_err(|e| anyhow::anyhow!("benchmark child output: {e}"))?;
     Ok((v, wall))
 }
 
 /// benchmark_app on the same IR, shape, hint and precision: (throughput FPS, median ms).
-fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<serde_json::Value> {
+fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<BenchmarkApp> {
     let exe = ctx.toolchain.info.bin_dir.join("benchmark_app");
     // benchmark_app finds the weights and the format by file name; store blobs have neither.
     let xml = ctx.workdir.join("benchmark_app-model.xml");
@@ -344,9 +414,16 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<se
         )
         .into());
     }
-    Ok(
-        json!({"tool": "benchmark_app", "args": args, "throughput_fps": num("Throughput:"), "median_ms": ms("Median:"), "count": num("Count:"), "first_inference_ms": ms("First inference took")}),
-    )
+    Ok(BenchmarkApp {
+        tool: "benchmark_app".into(),
+        throughput_fps: num("Throughput:"),
+        median_ms: ms("Median:"),
+        count: num("Count:"),
+        first_inference_ms: ms("First inference took"),
+        args,
+        throughput_ratio: None,
+        median_latency_ratio: None,
+    })
 }
 
 /// An engine measured by trtexec: a one-inference run for the process-level cold start
@@ -355,7 +432,7 @@ fn trtexec_bench(
     ctx: &StepContext,
     spec: &BenchSpec,
     p: &BenchmarkParams,
-) -> Result<(serde_json::Value, f64)> {
+) -> Result<(BenchMeasurement, f64)> {
     let trt = ctx
         .tensorrt
         .ok_or_else(|| anyhow::anyhow!("TensorRT is not available"))?;
@@ -399,18 +476,24 @@ fn trtexec_bench(
             Ok((text, _)) => {
                 let perf = crate::runtime::tensorrt::parse_trtexec_perf(&text).ok_or_else(|| anyhow::anyhow!("trtexec printed no performance summary"))?;
                 let v = crate::runtime::tensorrt::perf_to_schema(&perf, b, &trt.version, &trt.gpu);
-                throughput.push(v["throughput"][0].clone());
+                throughput.extend(v.throughput.first().cloned());
                 if b == 1 || first.is_none() {
                     first = Some(v);
                 }
             }
-            Err(e) => throughput.push(json!({"batch": b, "unsupported": e.to_string().lines().next().unwrap_or_default()})),
+            Err(e) => throughput.push(ThroughputPoint::unsupported(b, &e.to_string())),
         }
     }
     let mut v = first
         .ok_or_else(|| anyhow::anyhow!("trtexec could not run the engine at any batch size"))?;
-    v["throughput"] = json!(throughput);
-    v["cold_start"] = json!({"spawn_to_first_output_ms": cold, "load_ms": null, "compile_ms": null, "first_inference_ms": null, "note": "one trtexec process: deserialize + 1 inference"});
+    v.throughput = throughput;
+    v.cold_start = Some(ColdStart {
+        spawn_to_first_output_ms: cold,
+        load_ms: None,
+        compile_ms: None,
+        first_inference_ms: None,
+        note: Some("one trtexec process: deserialize + 1 inference".into()),
+    });
     Ok((v, cold))
 }
 
@@ -540,7 +623,15 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
                 c.artifact,
                 c.unavailable.clone().unwrap_or_default()
             ));
-            results.push(json!({"label": c.label, "step": c.step, "artifact": c.artifact, "available": false, "unavailable": c.unavailable}));
+            results.push(BenchEntry {
+                label: c.label.clone(),
+                step: c.step.clone(),
+                artifact: c.artifact.into(),
+                artifact_precision: None,
+                available: false,
+                unavailable: c.unavailable.clone(),
+                measured: None,
+            });
             continue;
         };
         k += 1;
@@ -558,101 +649,96 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         } else {
             run_child(spec, ctx.workdir, k)?
         };
-        v["child_wall_ms"] = json!(wall);
+        v.child_wall_ms = Some(wall);
         if p.reference == Some(Reference::BenchmarkApp) && spec.runtime == "openvino" {
             ctx.progress.set_message(format!(
                 "[{k}/{total}] {}: benchmark_app for {} s",
                 c.label, p.reference_seconds
             ));
             let mut r = benchmark_app(ctx, spec, p.reference_seconds)?;
-            let ours_fps = v["throughput"]
-                .as_array()
-                .and_then(|a| a.iter().find(|x| x["batch"] == 1))
-                .and_then(|x| x["images_per_s"].as_f64());
-            r["throughput_ratio"] = json!(
-                ours_fps
-                    .zip(r["throughput_fps"].as_f64())
-                    .map(|(a, b)| a / b)
-            );
-            let ours_median = v["throughput"]
-                .as_array()
-                .and_then(|a| a.iter().find(|x| x["batch"] == 1))
-                .and_then(|x| x["latency_ms"]["median"].as_f64());
-            r["median_latency_ratio"] =
-                json!(ours_median.zip(r["median_ms"].as_f64()).map(|(a, b)| a / b));
-            v["reference"] = r;
+            let b1 = v.batch1();
+            r.throughput_ratio = b1
+                .and_then(|x| x.images_per_s)
+                .zip(r.throughput_fps)
+                .map(|(a, b)| a / b);
+            r.median_latency_ratio = b1
+                .and_then(|x| x.latency_ms.as_ref()?.median)
+                .zip(r.median_ms)
+                .map(|(a, b)| a / b);
+            v.reference = Some(r);
         }
-        let f = |x: &serde_json::Value| {
-            x.as_f64()
-                .map(|x| format!("{x:.2}"))
-                .unwrap_or_else(|| "-".into())
-        };
-        let tput: Vec<String> = v["throughput"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let f = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        let tput: Vec<String> = v
+            .throughput
             .iter()
-            .map(|t| match t["images_per_s"].as_f64() {
-                Some(ips) => format!("b{}: {ips:.0}/s", t["batch"]),
-                None => format!("b{}: unsupported", t["batch"]),
+            .map(|t| match t.images_per_s {
+                Some(ips) => format!("b{}: {ips:.0}/s", t.batch),
+                None => format!("b{}: unsupported", t.batch),
             })
             .collect();
+        let lat = v.latency_batch1_ms.clone().unwrap_or_default();
         rows.push(format!(
             "| {} | {} {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.label,
             c.artifact,
             c.weights,
-            v["execution"]["runtime"].as_str().unwrap_or(""),
-            v["execution"]["precision"].as_str().unwrap_or(""),
-            f(&v["cold_start"]["spawn_to_first_output_ms"]),
-            f(&v["latency_batch1_ms"]["median"]),
-            f(&v["latency_batch1_ms"]["p90"]),
-            f(&v["latency_batch1_ms"]["p99"]),
-            f(&v["latency_batch1_ms"]["max"]),
+            v.execution.runtime,
+            v.execution.precision,
+            f(v.cold_start.as_ref().map(|c| c.spawn_to_first_output_ms)),
+            f(lat.median),
+            f(lat.p90),
+            f(lat.p99),
+            f(lat.max),
             tput.join(", "),
-            f(&v["peak_rss_mib"]),
-            v["reference"]["throughput_ratio"]
-                .as_f64()
-                .map(|r| format!(
-                    "{r:.3} ({:.0}/s)",
-                    v["reference"]["throughput_fps"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN)
-                ))
+            f(v.peak_rss_mib),
+            v.reference
+                .as_ref()
+                .and_then(|r| r.throughput_ratio.map(|x| (x, r.throughput_fps)))
+                .map(|(x, fps)| format!("{x:.3} ({:.0}/s)", fps.unwrap_or(f64::NAN)))
                 .unwrap_or_else(|| "-".into()),
         ));
-        let mut entry = json!({"label": c.label, "step": c.step, "artifact": c.artifact, "artifact_precision": c.weights, "available": true});
-        if let (Some(e), Some(o)) = (entry.as_object_mut(), v.as_object()) {
-            e.extend(o.clone());
-        }
-        results.push(entry);
+        results.push(BenchEntry {
+            label: c.label.clone(),
+            step: c.step.clone(),
+            artifact: c.artifact.into(),
+            artifact_precision: Some(c.weights.clone()),
+            available: true,
+            unavailable: None,
+            measured: Some(v),
+        });
     }
-    let report = json!({
-        "schema": SCHEMA,
-        "step": step,
-        "kind": "benchmark",
-        "machine": machine,
-        "input": {"name": decl.name, "shape_batch1": shape},
-        "params": {"batch_sizes": p.batch_sizes, "warmup": p.warmup, "iterations": p.iterations, "time_budget_s": p.time_budget_s, "threads": p.threads, "openvino_hints": p.openvino_hints, "precision_hint": p.precision_hint},
-        "results": results,
-        "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
-    });
+    let report = BenchmarkReport {
+        schema: SCHEMA.into(),
+        step: step.clone(),
+        kind: "benchmark".into(),
+        machine,
+        input: BenchInput {
+            name: decl.name.clone(),
+            shape_batch1: shape.clone(),
+        },
+        params: BenchParamsEcho {
+            batch_sizes: p.batch_sizes.clone(),
+            warmup: p.warmup,
+            iterations: p.iterations,
+            time_budget_s: p.time_budget_s,
+            threads: p.threads,
+            openvino_hints: p.openvino_hints.clone(),
+            precision_hint: p.precision_hint.clone(),
+        },
+        results,
+        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    };
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     let mut md = format!(
         "# benchmark `{step}` — pipeline `{}`\n\nMachine: {} ({} logical cores; {}{}). Input {} {:?} (batch 1 for latency). Each row is its own fresh process.\n\n",
         ctx.manifest.name,
-        report["machine"]["cpu"].as_str().unwrap_or(""),
-        report["machine"]["logical_cores"],
-        report["machine"]["isa"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(" "))
-            .unwrap_or_default(),
-        report["machine"]["gpu"]
-            .as_str()
+        report.machine.cpu,
+        report.machine.logical_cores,
+        report.machine.isa.join(" "),
+        report
+            .machine
+            .gpu
+            .as_deref()
             .map(|g| format!("; GPU {g}"))
             .unwrap_or_default(),
         decl.name,
@@ -665,12 +751,12 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     }
     let md_path = ctx.workdir.join("report.md");
     std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
-    let best = results
+    let best = report
+        .results
         .iter()
         .filter_map(|r| {
-            r["latency_batch1_ms"]["median"]
-                .as_f64()
-                .map(|m| (m, r["label"].as_str().unwrap_or("").to_string()))
+            let m = r.measured.as_ref()?.latency_batch1_ms.as_ref()?.median?;
+            Some((m, r.label.clone()))
         })
         .min_by(|a, b| a.0.total_cmp(&b.0));
     let summary = json!({"targets": configs.len(), "measured": total, "fastest_p50": best.map(|(m, l)| format!("{l} {m:.2} ms")).unwrap_or_default()});
