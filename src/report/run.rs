@@ -10,7 +10,10 @@ use std::fmt::Write as _;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use plotters::prelude::*;
-use serde_json::Value;
+
+use crate::steps::benchmark::BenchmarkReport;
+use crate::steps::compare::{CandidateReport, CompareReport};
+use crate::steps::release::ReleaseReport;
 
 use crate::context::BuildContext;
 use crate::error::{IoContext, Result};
@@ -23,8 +26,26 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn read(p: &Utf8Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+/// A step report the run report shows, read by its step's kind.
+enum StepReport {
+    Compare(CompareReport),
+    Benchmark(BenchmarkReport),
+    Release(ReleaseReport),
+}
+
+/// Read a shown step's report; None when it is absent or not of this facebuild's schema.
+fn read(kind: &str, p: &Utf8Path) -> Option<StepReport> {
+    match kind {
+        "compare" => crate::steps::read_report(p).ok().map(StepReport::Compare),
+        "benchmark" => crate::steps::read_report(p).ok().map(StepReport::Benchmark),
+        "release" => crate::steps::read_report(p).ok().map(StepReport::Release),
+        _ => None,
+    }
+}
+
+/// A JSON number as reports print it (`null` for none).
+fn json_num(v: Option<f64>) -> String {
+    serde_json::to_string(&v).unwrap_or_default()
 }
 
 /// A histogram of `values` as an inline SVG.
@@ -147,37 +168,47 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     s + "</table>"
 }
 
-fn num(v: &Value, prec: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.prec$}"))
+fn num(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}"))
         .unwrap_or_else(|| "-".into())
 }
 
-fn compare_section(name: &str, r: &Value) -> String {
+fn compare_section(name: &str, r: &CompareReport) -> String {
     let mut s = format!("<h2>compare <code>{}</code></h2>", esc(name));
-    let cands = r["candidates"].as_array().cloned().unwrap_or_default();
-    let pass = |c: &Value| match c["passed"].as_bool() {
+    let pass = |c: &CandidateReport| match c.passed {
         Some(true) => "pass".to_string(),
         Some(false) => "FAIL".to_string(),
-        None => format!("unavailable: {}", c["unavailable"].as_str().unwrap_or("")),
+        None => format!("unavailable: {}", c.unavailable.as_deref().unwrap_or("")),
     };
-    if r["task"] == "detection" {
-        let rows: Vec<Vec<String>> = cands
+    let artifact = |c: &CandidateReport| {
+        format!(
+            "{} {}",
+            c.artifact.as_deref().unwrap_or("-"),
+            c.artifact_precision.as_deref().unwrap_or("")
+        )
+    };
+    let executed = |c: &CandidateReport| {
+        c.execution
+            .as_ref()
+            .map(|e| e.precision.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    if r.is_detection() {
+        let rows: Vec<Vec<String>> = r
+            .candidates
             .iter()
             .map(|c| {
+                let t = c.total.clone().unwrap_or_default();
+                let has = c.total.is_some();
                 vec![
-                    c["label"].as_str().unwrap_or("").into(),
-                    format!(
-                        "{} {}",
-                        c["artifact"].as_str().unwrap_or("-"),
-                        c["artifact_precision"].as_str().unwrap_or("")
-                    ),
-                    c["execution"]["precision"].as_str().unwrap_or("-").into(),
-                    num(&c["total"]["recall"], 4),
-                    num(&c["total"]["fp_per_image"], 3),
-                    num(&c["total"]["score_drift"]["max"], 4),
-                    num(&c["total"]["landmark_nme"]["max"], 5),
-                    num(&c["total"]["nms_parity"], 3),
+                    c.label.clone(),
+                    artifact(c),
+                    executed(c),
+                    num(has.then_some(t.recall), 4),
+                    num(has.then_some(t.fp_per_image), 3),
+                    num(t.score_drift.max, 4),
+                    num(t.landmark_nme.max, 5),
+                    num(has.then_some(t.nms_parity), 3),
                     pass(c),
                 ]
             })
@@ -198,24 +229,20 @@ fn compare_section(name: &str, r: &Value) -> String {
         );
         return s;
     }
-    let rows: Vec<Vec<String>> = cands
+    let rows: Vec<Vec<String>> = r
+        .candidates
         .iter()
         .map(|c| {
+            let v = c.verification.as_ref();
             vec![
-                c["label"].as_str().unwrap_or("").into(),
-                format!(
-                    "{} {}",
-                    c["artifact"].as_str().unwrap_or("-"),
-                    c["artifact_precision"].as_str().unwrap_or("")
-                ),
-                c["execution"]["precision"].as_str().unwrap_or("-").into(),
-                num(&c["cosine"]["min"], 6),
-                num(&c["cosine"]["p01"], 6),
-                num(&c["cosine"]["mean"], 6),
-                num(&c["verification"]["tar_at_operating_far"]["candidate"], 4),
-                c["verification"]["flips_at_reference_threshold"]
-                    .as_u64()
-                    .map(|f| f.to_string())
+                c.label.clone(),
+                artifact(c),
+                executed(c),
+                num(c.cosine.map(|x| x.min), 6),
+                num(c.cosine.map(|x| x.p01), 6),
+                num(c.cosine.map(|x| x.mean), 6),
+                num(v.map(|v| v.tar_at_operating_far.candidate), 4),
+                v.map(|v| v.flips_at_reference_threshold.to_string())
                     .unwrap_or_else(|| "-".into()),
                 pass(c),
             ]
@@ -236,19 +263,13 @@ fn compare_section(name: &str, r: &Value) -> String {
         &rows,
     );
     s += "<div class=plots>";
-    for c in &cands {
-        let v: Vec<f64> = c["cosine_per_image"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+    for c in &r.candidates {
+        let v = c.cosine_per_image.clone().unwrap_or_default();
         if !v.is_empty() {
             s += &format!(
                 "<figure>{}</figure>",
                 histogram_svg(
-                    &format!(
-                        "{}: cosine vs ONNX, per image",
-                        c["label"].as_str().unwrap_or("")
-                    ),
+                    &format!("{}: cosine vs ONNX, per image", c.label),
                     &v,
                     "cosine similarity",
                     20
@@ -259,71 +280,57 @@ fn compare_section(name: &str, r: &Value) -> String {
     s + "</div>"
 }
 
-fn benchmark_section(name: &str, r: &Value) -> String {
-    let m = &r["machine"];
+fn benchmark_section(name: &str, r: &BenchmarkReport) -> String {
+    let m = &r.machine;
     let mut s = format!(
         "<h2>benchmark <code>{}</code></h2><p>{} — {} logical cores; ISA {}; GPU {}.</p>",
         esc(name),
-        esc(m["cpu"].as_str().unwrap_or("")),
-        m["logical_cores"],
-        esc(&m["isa"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" "))
-            .unwrap_or_default()),
-        esc(m["gpu"].as_str().unwrap_or("none"))
+        esc(&m.cpu),
+        m.logical_cores,
+        esc(&m.isa.join(" ")),
+        esc(m.gpu.as_deref().unwrap_or("none"))
     );
-    let results = r["results"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = results
+    let rows: Vec<Vec<String>> = r
+        .results
         .iter()
         .map(|x| {
-            if x["available"] == false {
-                return vec![
-                    x["label"].as_str().unwrap_or("").into(),
-                    format!("unavailable: {}", x["unavailable"].as_str().unwrap_or("")),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
+            let Some(v) = x.measured.as_ref().filter(|_| x.available) else {
+                let mut row = vec![
+                    x.label.clone(),
+                    format!("unavailable: {}", x.unavailable.as_deref().unwrap_or("")),
                 ];
-            }
+                row.extend(std::iter::repeat_n("-".to_string(), 6));
+                return row;
+            };
+            let lat = v.latency_batch1_ms.clone().unwrap_or_default();
             vec![
-                x["label"].as_str().unwrap_or("").into(),
+                x.label.clone(),
                 format!(
                     "{} {} ({})",
-                    x["artifact"].as_str().unwrap_or(""),
-                    x["artifact_precision"].as_str().unwrap_or(""),
-                    x["execution"]["precision"].as_str().unwrap_or("")
+                    x.artifact,
+                    x.artifact_precision.as_deref().unwrap_or(""),
+                    v.execution.precision
                 ),
-                num(&x["cold_start"]["spawn_to_first_output_ms"], 1),
-                num(&x["latency_batch1_ms"]["median"], 3),
-                num(&x["latency_batch1_ms"]["p99"], 3),
-                x["throughput"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .map(|b| {
-                                format!(
-                                    "b{} {}",
-                                    b["batch"],
-                                    b["images_per_s"]
-                                        .as_f64()
-                                        .map(|v| format!("{v:.0}/s"))
-                                        .unwrap_or_else(|| "unsupported".into())
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                num(v.cold_start.as_ref().map(|c| c.spawn_to_first_output_ms), 1),
+                num(lat.median, 3),
+                num(lat.p99, 3),
+                v.throughput
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "b{} {}",
+                            b.batch,
+                            b.images_per_s
+                                .map(|v| format!("{v:.0}/s"))
+                                .unwrap_or_else(|| "unsupported".into())
+                        )
                     })
-                    .unwrap_or_default(),
-                num(&x["peak_rss_mib"], 1),
-                x["reference"]["throughput_ratio"]
-                    .as_f64()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                num(v.peak_rss_mib, 1),
+                v.reference
+                    .as_ref()
+                    .and_then(|r| r.throughput_ratio)
                     .map(|v| format!("{v:.3}"))
                     .unwrap_or_else(|| "-".into()),
             ]
@@ -343,37 +350,28 @@ fn benchmark_section(name: &str, r: &Value) -> String {
         &rows,
     );
     s += "<div class=plots>";
-    for x in results.iter().filter(|x| x["available"] == true) {
-        let v: Vec<f64> = x["latency_batch1_samples_ms"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+    let measured: Vec<(&str, &crate::runtime::BenchMeasurement)> = r
+        .results
+        .iter()
+        .filter(|x| x.available)
+        .filter_map(|x| x.measured.as_ref().map(|m| (x.label.as_str(), m)))
+        .collect();
+    for (label, x) in &measured {
+        let v = x.latency_batch1_samples_ms.clone().unwrap_or_default();
         s += &format!(
             "<figure>{}</figure>",
-            histogram_svg(
-                &format!("{}: batch-1 latency", x["label"].as_str().unwrap_or("")),
-                &v,
-                "ms",
-                24
-            )
+            histogram_svg(&format!("{label}: batch-1 latency"), &v, "ms", 24)
         );
     }
-    let series: Vec<(String, Vec<(f64, f64)>)> = results
+    let series: Vec<(String, Vec<(f64, f64)>)> = measured
         .iter()
-        .filter(|x| x["available"] == true)
-        .map(|x| {
+        .map(|(label, x)| {
             (
-                x["label"].as_str().unwrap_or("").to_string(),
-                x["throughput"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|b| {
-                                Some((b["batch"].as_f64()?, b["images_per_s"].as_f64()?))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                label.to_string(),
+                x.throughput
+                    .iter()
+                    .filter_map(|b| Some((b.batch as f64, b.images_per_s?)))
+                    .collect(),
             )
         })
         .filter(|(_, p): &(String, Vec<(f64, f64)>)| !p.is_empty())
@@ -385,43 +383,32 @@ fn benchmark_section(name: &str, r: &Value) -> String {
     s + "</div>"
 }
 
-fn release_section(name: &str, r: &Value) -> String {
+fn release_section(name: &str, r: &ReleaseReport) -> String {
     let s = format!(
         "<h2>release <code>{}</code></h2><p>version <b>{}</b> in <code>{}</code></p>",
         esc(name),
-        esc(r["version"].as_str().unwrap_or("(none: refused)")),
-        esc(r["release_dir"].as_str().unwrap_or("-"))
+        esc(r.version.as_deref().unwrap_or("(none: refused)")),
+        esc(r.release_dir.as_ref().map(|d| d.as_str()).unwrap_or("-"))
     );
     let mut rows = Vec::new();
-    for v in r["verdicts"].as_array().cloned().unwrap_or_default() {
-        for g in v["gates"].as_array().cloned().unwrap_or_default() {
+    for v in &r.verdicts {
+        for g in &v.gates {
             rows.push(vec![
-                v["artifact"].as_str().unwrap_or("").into(),
-                g["metric"].as_str().unwrap_or("").into(),
-                num(&g["value"], 4),
-                num(&g["limit"], 4),
-                g["source"].as_str().unwrap_or("").into(),
-                if g["passed"] == true {
-                    "pass".into()
-                } else {
-                    "FAIL".into()
-                },
+                v.artifact.clone(),
+                g.metric.clone(),
+                num(g.value, 4),
+                num(Some(g.limit), 4),
+                g.source.clone().unwrap_or_default(),
+                if g.passed { "pass" } else { "FAIL" }.into(),
             ]);
         }
-        for why in v["refused_because"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|x| x.as_str())
-            .filter(|w| w.contains("unavailable"))
-        {
+        for why in v.refused_because.iter().filter(|w| w.contains("unavailable")) {
             rows.push(vec![
-                v["artifact"].as_str().unwrap_or("").into(),
+                v.artifact.clone(),
                 "available".into(),
                 "-".into(),
                 "-".into(),
-                why.into(),
+                why.clone(),
                 "FAIL".into(),
             ]);
         }
@@ -433,53 +420,51 @@ fn release_section(name: &str, r: &Value) -> String {
 }
 
 /// Gate test cases: (suite, case, failure message if failed).
-fn gate_cases(step: &str, r: &Value) -> Vec<(String, String, Option<String>)> {
+fn gate_cases(step: &str, r: &StepReport) -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
-    match r["kind"].as_str() {
-        Some("compare") => {
-            for c in r["candidates"].as_array().cloned().unwrap_or_default() {
-                for g in c["gates"].as_array().cloned().unwrap_or_default() {
-                    let failed = g["passed"] == false;
+    match r {
+        StepReport::Compare(r) => {
+            for c in &r.candidates {
+                for g in c.gates.iter().flatten() {
                     out.push((
-                        format!("{step}.{}", c["label"].as_str().unwrap_or("")),
-                        g["metric"].as_str().unwrap_or("").to_string(),
-                        failed.then(|| {
+                        format!("{step}.{}", c.label),
+                        g.metric.clone(),
+                        (!g.passed).then(|| {
                             format!(
                                 "{} {} violates limit {}",
-                                g["metric"].as_str().unwrap_or(""),
-                                g["value"],
-                                g["limit"]
+                                g.metric,
+                                json_num(g.value),
+                                json_num(Some(g.limit))
                             )
                         }),
                     ));
                 }
             }
         }
-        Some("release") => {
-            for v in r["verdicts"].as_array().cloned().unwrap_or_default() {
-                for g in v["gates"].as_array().cloned().unwrap_or_default() {
-                    let failed = g["passed"] == false;
+        StepReport::Release(r) => {
+            for v in &r.verdicts {
+                for g in &v.gates {
                     out.push((
-                        format!("{step}.{}", v["artifact"].as_str().unwrap_or("")),
-                        g["metric"].as_str().unwrap_or("").to_string(),
-                        failed.then(|| {
+                        format!("{step}.{}", v.artifact),
+                        g.metric.clone(),
+                        (!g.passed).then(|| {
                             format!(
                                 "measured {} vs limit {} ({})",
-                                g["value"],
-                                g["limit"],
-                                g["source"].as_str().unwrap_or("")
+                                json_num(g.value),
+                                json_num(Some(g.limit)),
+                                g.source.as_deref().unwrap_or("")
                             )
                         }),
                     ));
                 }
             }
         }
-        _ => {}
+        StepReport::Benchmark(_) => {}
     }
     out
 }
 
-pub fn junit(run: &RunReport, reports: &[(String, Value)]) -> String {
+fn junit(run: &RunReport, reports: &[(String, StepReport)]) -> String {
     let mut suites: Vec<(String, Vec<String>, usize, usize)> = Vec::new();
     let mut steps = Vec::new();
     let (mut failures, mut skipped) = (0, 0);
@@ -552,7 +537,7 @@ pub fn junit(run: &RunReport, reports: &[(String, Value)]) -> String {
     x + "</testsuites>\n"
 }
 
-pub fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, Value)]) -> String {
+fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -> String {
     let mut body = format!(
         "<h1>facebuild — <code>{}</code></h1><p>manifest <code>{}</code> (blake3 {}), source {}, toolchain {}. {}</p>",
         esc(&run.pipeline),
@@ -589,11 +574,10 @@ pub fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, Value)]) ->
         .collect();
     body += &table(&["step", "kind", "status", "error / reason"], &rows);
     for (step, r) in reports {
-        body += &match r["kind"].as_str() {
-            Some("compare") => compare_section(step, r),
-            Some("benchmark") => benchmark_section(step, r),
-            Some("release") => release_section(step, r),
-            _ => String::new(),
+        body += &match r {
+            StepReport::Compare(r) => compare_section(step, r),
+            StepReport::Benchmark(r) => benchmark_section(step, r),
+            StepReport::Release(r) => release_section(step, r),
         };
     }
     format!(
@@ -642,7 +626,7 @@ pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8Pa
     }
     let mut reports = Vec::new();
     for s in run.steps.iter().filter(|s| shown(s)) {
-        if let Some(v) = read(&ctx.step_out_dir(&s.step).join("report.json")) {
+        if let Some(v) = read(&s.kind, &ctx.step_out_dir(&s.step).join("report.json")) {
             reports.push((s.step.clone(), v));
         }
     }

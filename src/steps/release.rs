@@ -15,46 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest;
 
+use super::benchmark::BenchmarkReport;
+use super::compare::CompareReport;
 use super::{StepContext, StepOutcome};
+use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
+use crate::runtime::BenchMeasurement;
 use crate::error::{Error, IoContext, Result};
 
 pub const IMPL_VERSION: u32 = 1;
 pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseGates {
-    pub cosine_min: Option<f64>,
-    pub tar_drop_max: Option<f64>,
-    pub flips_max: Option<f64>,
-    pub recall_min: Option<f64>,
-    pub fp_per_image_max: Option<f64>,
-    pub landmark_nme_max: Option<f64>,
-    pub p99_ms_max: Option<f64>,
-    pub p50_ms_max: Option<f64>,
-    pub throughput_min: Option<f64>,
-    pub rss_mib_max: Option<f64>,
-    pub cold_start_ms_max: Option<f64>,
-}
-
-impl ReleaseGates {
-    fn merged(&self, o: Option<&ReleaseGates>) -> ReleaseGates {
-        let Some(o) = o else { return self.clone() };
-        ReleaseGates {
-            cosine_min: o.cosine_min.or(self.cosine_min),
-            tar_drop_max: o.tar_drop_max.or(self.tar_drop_max),
-            flips_max: o.flips_max.or(self.flips_max),
-            recall_min: o.recall_min.or(self.recall_min),
-            fp_per_image_max: o.fp_per_image_max.or(self.fp_per_image_max),
-            landmark_nme_max: o.landmark_nme_max.or(self.landmark_nme_max),
-            p99_ms_max: o.p99_ms_max.or(self.p99_ms_max),
-            p50_ms_max: o.p50_ms_max.or(self.p50_ms_max),
-            throughput_min: o.throughput_min.or(self.throughput_min),
-            rss_mib_max: o.rss_mib_max.or(self.rss_mib_max),
-            cold_start_ms_max: o.cold_start_ms_max.or(self.cold_start_ms_max),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,10 +38,10 @@ pub struct ReleaseParams {
     pub benchmark: Option<String>,
     /// Gates for every artifact...
     #[serde(default)]
-    pub gates: ReleaseGates,
+    pub gates: Gates,
     /// ...and per-artifact overrides, by step name.
     #[serde(default)]
-    pub artifact_gates: BTreeMap<String, ReleaseGates>,
+    pub artifact_gates: BTreeMap<String, Gates>,
     /// Release version (a folder name); default: `r-` and 12 hex digits of the release's content.
     #[serde(default)]
     pub version: Option<String>,
@@ -91,18 +60,10 @@ impl ReleaseParams {
         if self.artifacts.is_empty() {
             return Err(("`artifacts` is empty: nothing to release".into(), None));
         }
-        let g = &self.gates;
-        let acc = g.cosine_min.is_some()
-            || g.tar_drop_max.is_some()
-            || g.flips_max.is_some()
-            || g.recall_min.is_some()
-            || g.fp_per_image_max.is_some()
-            || g.landmark_nme_max.is_some();
-        let perf = g.p99_ms_max.is_some()
-            || g.p50_ms_max.is_some()
-            || g.throughput_min.is_some()
-            || g.rss_mib_max.is_some()
-            || g.cold_start_ms_max.is_some();
+        let all = || std::iter::once(&self.gates).chain(self.artifact_gates.values());
+        let accuracy = [gate::RECOGNITION, gate::DETECTION].concat();
+        let acc = all().any(|g| !g.set_among(&accuracy).is_empty());
+        let perf = all().any(|g| !g.set_among(gate::PERFORMANCE).is_empty());
         if acc && self.compare.is_none() {
             return Err((
                 "accuracy gates are set but no `compare:` step is named".into(),
@@ -165,11 +126,6 @@ pub fn releases_root(explicit: Option<&Utf8Path>) -> Utf8PathBuf {
     }
 }
 
-fn read_json(p: &Utf8Path) -> Result<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(p).fs_context(p)?)
-        .map_err(|e| anyhow::anyhow!("{p}: {e}").into())
-}
-
 pub fn sha256_file(p: &Utf8Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     let mut f = std::fs::File::open(p).fs_context(p)?;
@@ -177,208 +133,145 @@ pub fn sha256_file(p: &Utf8Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// One gate check: (metric, measured, limit, passed, where the figure comes from).
-type Check = (String, Option<f64>, f64, bool, String);
-
-fn check(
-    out: &mut Vec<Check>,
-    name: &str,
-    limit: Option<f64>,
-    value: Option<f64>,
-    at_least: bool,
-    source: &str,
-) {
-    if let Some(l) = limit {
-        // A gate with nothing measured fails: an artifact is never promoted on missing evidence.
-        let ok = value.is_some_and(|v| if at_least { v >= l } else { v <= l });
-        out.push((name.to_string(), value, l, ok, source.to_string()));
-    }
+/// `release`'s report.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseReport {
+    pub schema: String,
+    pub step: String,
+    pub kind: String,
+    /// The version promoted (absent when every artifact was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_dir: Option<Utf8PathBuf>,
+    pub promoted: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Vec<String>>,
+    pub verdicts: Vec<Verdict>,
+    /// The release this one follows (null for the first; absent when refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Option<String>>,
 }
 
-/// Best figure over the artifact's benchmark configurations (each gate names which one).
-fn best(
-    results: &[&serde_json::Value],
-    f: impl Fn(&serde_json::Value) -> Option<f64>,
-    lower_is_better: bool,
-) -> Option<(f64, String)> {
-    results
-        .iter()
-        .filter_map(|r| f(r).map(|v| (v, r["label"].as_str().unwrap_or("").to_string())))
-        .min_by(|a, b| {
-            if lower_is_better {
-                a.0.total_cmp(&b.0)
-            } else {
-                b.0.total_cmp(&a.0)
-            }
-        })
+/// The report's schema version.
+pub const SCHEMA: &str = "facebuild.release/1";
+
+/// One artifact's verdict: every gate with its measured value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub artifact: String,
+    pub passed: bool,
+    pub refused_because: Vec<String>,
+    pub gates: Vec<GateResult>,
+}
+
+/// The figure a release gate reads for `artifact`, from compare's or benchmark's report, and
+/// where it came from. Performance figures are the best over the artifact's configurations.
+fn measure(
+    m: &Metric,
+    artifact: &str,
+    compare: Option<(&str, &CompareReport)>,
+    bench: Option<(&str, &BenchmarkReport)>,
+) -> (Measurement, Option<String>) {
+    let missing = |src: &str| format!("nothing measured for `{artifact}` in {src}");
+    if gate::PERFORMANCE.contains(&m.key) {
+        let name = bench.map(|b| b.0).unwrap_or_default();
+        let rows: Vec<(&str, &BenchMeasurement)> = bench
+            .map(|(_, b)| {
+                b.measured_for(artifact)
+                    .map(|(e, v)| (e.label.as_str(), v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let figure = |v: &BenchMeasurement| match m.key {
+            "p99_ms_max" => v.latency_batch1_ms.as_ref()?.p99,
+            "p50_ms_max" => v.latency_batch1_ms.as_ref()?.median,
+            "throughput_min" => v.best_throughput(),
+            "rss_mib_max" => v.peak_rss_mib,
+            _ => Some(v.cold_start.as_ref()?.spawn_to_first_output_ms),
+        };
+        let best = rows
+            .iter()
+            .filter_map(|(label, v)| figure(v).map(|x| (x, *label)))
+            .min_by(|a, b| {
+                if m.at_least {
+                    b.0.total_cmp(&a.0)
+                } else {
+                    a.0.total_cmp(&b.0)
+                }
+            });
+        let src = format!(
+            "benchmark `{name}`{}",
+            best.map(|(_, l)| format!(", best config {l}"))
+                .unwrap_or_default()
+        );
+        let why = missing(&src);
+        return (Measurement::from_option(best.map(|b| b.0), why), Some(src));
+    }
+    let src = format!("compare `{}`", compare.map(|c| c.0).unwrap_or_default());
+    let c = compare.and_then(|(_, c)| c.candidate_of_step(artifact));
+    let v = c.and_then(|c| match m.key {
+        "cosine_min" => c.cosine.map(|s| s.min),
+        "tar_drop_max" => c.verification.as_ref().map(|v| v.tar_at_operating_far.drop),
+        "flips_max" => c
+            .verification
+            .as_ref()
+            .map(|v| v.flips_at_reference_threshold as f64),
+        "recall_min" => c.total.as_ref().map(|t| t.recall),
+        "fp_per_image_max" => c.total.as_ref().map(|t| t.fp_per_image),
+        "landmark_nme_max" => c.total.as_ref()?.landmark_nme.max,
+        "score_drift_max" => c.total.as_ref()?.score_drift.max,
+        _ => c.total.as_ref().map(|t| t.nms_parity),
+    });
+    let why = missing(&src);
+    (Measurement::from_option(v, why), Some(src))
 }
 
 pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
-    let compare = p
+    let compare: Option<CompareReport> = p
         .compare
         .as_ref()
-        .map(|c| read_json(&ctx.upstream[c]["report.json"]))
+        .map(|c| super::read_report(&ctx.upstream[c]["report.json"]))
         .transpose()?;
-    let bench = p
+    let bench: Option<BenchmarkReport> = p
         .benchmark
         .as_ref()
-        .map(|b| read_json(&ctx.upstream[b]["report.json"]))
+        .map(|b| super::read_report(&ctx.upstream[b]["report.json"]))
         .transpose()?;
+    let compare_of = p.compare.as_deref().zip(compare.as_ref());
+    let bench_of = p.benchmark.as_deref().zip(bench.as_ref());
     let mut verdicts = Vec::new();
     let mut promoted = Vec::new();
     for a in &p.artifacts {
-        let g = p.gates.merged(p.artifact_gates.get(a));
-        let mut checks: Vec<Check> = Vec::new();
+        let g = p.gates.overridden_by(p.artifact_gates.get(a));
         let mut missing = Vec::new();
         if !ctx.upstream.contains_key(a) {
             missing.push(super::unavailable_upstream(a));
         }
-        let cand = compare.as_ref().and_then(|c| {
-            c["candidates"]
-                .as_array()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|x| x["step"] == a.as_str() && x["label"] == a.as_str())
-                        .or_else(|| cs.iter().find(|x| x["step"] == a.as_str()))
-                })
-                .cloned()
-        });
-        let cv = |path: &[&str]| -> Option<f64> {
-            let mut v = cand.as_ref()?;
-            for k in path {
-                v = v.get(*k)?;
-            }
-            v.as_f64()
-        };
-        let src = format!("compare `{}`", p.compare.clone().unwrap_or_default());
-        check(
-            &mut checks,
-            "cosine_min",
-            g.cosine_min,
-            cv(&["cosine", "min"]),
-            true,
-            &src,
-        );
-        check(
-            &mut checks,
-            "tar_drop_max",
-            g.tar_drop_max,
-            cv(&["verification", "tar_at_operating_far", "drop"]),
-            false,
-            &src,
-        );
-        check(
-            &mut checks,
-            "flips_max",
-            g.flips_max,
-            cv(&["verification", "flips_at_reference_threshold"]),
-            false,
-            &src,
-        );
-        check(
-            &mut checks,
-            "recall_min",
-            g.recall_min,
-            cv(&["total", "recall"]),
-            true,
-            &src,
-        );
-        check(
-            &mut checks,
-            "fp_per_image_max",
-            g.fp_per_image_max,
-            cv(&["total", "fp_per_image"]),
-            false,
-            &src,
-        );
-        check(
-            &mut checks,
-            "landmark_nme_max",
-            g.landmark_nme_max,
-            cv(&["total", "landmark_nme", "max"]),
-            false,
-            &src,
-        );
-        let rows: Vec<&serde_json::Value> = bench
-            .as_ref()
-            .and_then(|b| b["results"].as_array())
-            .map(|r| {
-                r.iter()
-                    .filter(|x| x["step"] == a.as_str() && x["available"] == true)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut perf = |name: &str,
-                        limit: Option<f64>,
-                        f: &dyn Fn(&serde_json::Value) -> Option<f64>,
-                        lower: bool| {
-            if limit.is_some() {
-                let b = best(&rows, f, lower);
-                let src = format!(
-                    "benchmark `{}`{}",
-                    p.benchmark.clone().unwrap_or_default(),
-                    b.as_ref()
-                        .map(|(_, l)| format!(", best config {l}"))
-                        .unwrap_or_default()
-                );
-                check(&mut checks, name, limit, b.map(|x| x.0), !lower, &src);
-            }
-        };
-        perf(
-            "p99_ms_max",
-            g.p99_ms_max,
-            &|r| r["latency_batch1_ms"]["p99"].as_f64(),
-            true,
-        );
-        perf(
-            "p50_ms_max",
-            g.p50_ms_max,
-            &|r| r["latency_batch1_ms"]["median"].as_f64(),
-            true,
-        );
-        perf(
-            "throughput_min",
-            g.throughput_min,
-            &|r| {
-                r["throughput"].as_array().and_then(|t| {
-                    t.iter()
-                        .filter_map(|x| x["images_per_s"].as_f64())
-                        .reduce(f64::max)
-                })
-            },
-            false,
-        );
-        perf(
-            "rss_mib_max",
-            g.rss_mib_max,
-            &|r| r["peak_rss_mib"].as_f64(),
-            true,
-        );
-        perf(
-            "cold_start_ms_max",
-            g.cold_start_ms_max,
-            &|r| r["cold_start"]["spawn_to_first_output_ms"].as_f64(),
-            true,
-        );
-        let passed = missing.is_empty() && checks.iter().all(|c| c.3);
+        let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
+        let gates = g.check(&all, Naming::Key, |m| measure(m, a, compare_of, bench_of));
+        let passed = missing.is_empty() && gates.iter().all(|c| c.passed);
         let reasons: Vec<String> = missing
             .iter()
             .cloned()
-            .chain(
-                checks
-                    .iter()
-                    .filter(|c| !c.3)
-                    .map(|(m, v, l, _, s)| match v {
-                        Some(v) => format!("{m}: measured {v:.6} vs limit {l} ({s})"),
-                        None => format!("{m}: nothing measured for `{a}` in {s} (limit {l})"),
-                    }),
-            )
+            .chain(gates.iter().filter(|c| !c.passed).map(|c| {
+                let s = c.source.as_deref().unwrap_or_default();
+                match c.value {
+                    Some(v) => format!("{}: measured {v:.6} vs limit {} ({s})", c.metric, c.limit),
+                    None => format!(
+                        "{}: nothing measured for `{a}` in {s} (limit {})",
+                        c.metric, c.limit
+                    ),
+                }
+            }))
             .collect();
-        verdicts.push(json!({
-            "artifact": a, "passed": passed, "refused_because": reasons,
-            "gates": checks.iter().map(|(m, v, l, ok, s)| json!({"metric": m, "value": v, "limit": l, "passed": ok, "source": s})).collect::<Vec<_>>(),
-        }));
+        verdicts.push(Verdict {
+            artifact: a.clone(),
+            passed,
+            refused_because: reasons,
+            gates,
+        });
         if passed {
             promoted.push(a.clone());
         }
@@ -387,24 +280,21 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let report_path = ctx.workdir.join("report.json");
     let refused: Vec<String> = verdicts
         .iter()
-        .filter(|v| v["passed"] == false)
-        .map(|v| {
-            format!(
-                "`{}`: {}",
-                v["artifact"].as_str().unwrap_or(""),
-                v["refused_because"]
-                    .as_array()
-                    .map(|r| r
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                    .unwrap_or_default()
-            )
-        })
+        .filter(|v| !v.passed)
+        .map(|v| format!("`{}`: {}", v.artifact, v.refused_because.join("; ")))
         .collect();
     if promoted.is_empty() {
-        let report = json!({"step": step, "kind": "release", "promoted": [], "verdicts": verdicts});
+        let report = ReleaseReport {
+            schema: SCHEMA.into(),
+            step: step.clone(),
+            kind: "release".into(),
+            version: None,
+            release_dir: None,
+            promoted: vec![],
+            refused: None,
+            verdicts,
+            previous: None,
+        };
         super::write_report(ctx.workdir, "report.json", &report)?;
         return Err(Error::Step {
             step: step.clone(),
@@ -457,8 +347,8 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
             artifacts_meta.push(json!({
                 "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": rep["backend"].clone(),
                 "conversion": rep.get("conversion").or(rep.get("flags")).cloned(), "profiles": rep.get("profiles").cloned(), "tensorrt": rep.get("tensorrt").cloned(),
-                "execution_compare": compare.as_ref().and_then(|c| c["candidates"].as_array().and_then(|x| x.iter().find(|y| y["step"] == a.as_str()).map(|y| y["execution"].clone()))),
-                "execution_benchmark": bench.as_ref().and_then(|b| b["results"].as_array().map(|x| x.iter().filter(|y| y["step"] == a.as_str()).map(|y| json!({"label": y["label"], "execution": y["execution"]})).collect::<Vec<_>>())),
+                "execution_compare": compare.as_ref().and_then(|c| c.candidates.iter().find(|y| y.step == *a).map(|y| &y.execution)),
+                "execution_benchmark": bench.as_ref().map(|b| b.results.iter().filter(|y| y.step == *a).map(|y| json!({"label": y.label, "execution": y.measured.as_ref().map(|m| &m.execution)})).collect::<Vec<_>>()),
             }));
         }
     }
@@ -496,7 +386,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         "toolchain": {"python_packages": ctx.toolchain.fingerprint(TOOLCHAIN), "all": ctx.toolchain.info.packages},
         "artifacts": artifacts_meta,
         "gates": verdicts,
-        "machine": bench.as_ref().map(|b| b["machine"].clone()),
+        "machine": bench.as_ref().map(|b| &b.machine),
         "previous": previous.as_ref().map(|p| p["version"].clone()),
     });
     std::fs::write(
@@ -551,12 +441,22 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     }
     set_current(&pipeline_dir, &version)?;
 
-    let report = json!({"step": step, "kind": "release", "version": version, "release_dir": vdir, "promoted": promoted, "refused": refused, "verdicts": verdicts, "previous": metadata["previous"]});
-    std::fs::write(
-        &report_path,
-        serde_json::to_vec_pretty(&report).map_err(anyhow::Error::from)?,
-    )
-    .fs_context(&report_path)?;
+    let report = ReleaseReport {
+        schema: SCHEMA.into(),
+        step: step.clone(),
+        kind: "release".into(),
+        version: Some(version.clone()),
+        release_dir: Some(vdir.clone()),
+        promoted: promoted.clone(),
+        refused: Some(refused.clone()),
+        verdicts,
+        previous: Some(
+            previous
+                .as_ref()
+                .and_then(|p| p["version"].as_str().map(String::from)),
+        ),
+    };
+    super::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({"version": version, "promoted": promoted.join(", "), "refused": refused.len(), "to": vdir.to_string()});
     Ok(StepOutcome {
         outputs: [
@@ -702,6 +602,21 @@ pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<serde_
 }
 
 /// `facebuild release list`: every pipeline's versions, oldest first, with which is current.
+/// What `release list` reads of a release's metadata.json.
+#[derive(Deserialize)]
+struct MetadataArtifacts {
+    artifacts: Vec<MetadataArtifact>,
+}
+
+#[derive(Deserialize)]
+struct MetadataArtifact {
+    name: String,
+    #[serde(default)]
+    precision: String,
+    #[serde(default)]
+    audit_only: bool,
+}
+
 pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else {
@@ -723,22 +638,15 @@ pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
             .filter(|h| h["event"] == "promote")
         {
             let v = h["version"].as_str().unwrap_or("").to_string();
-            let meta = read_json(&pdir.join(&v).join("metadata.json")).unwrap_or(json!({}));
-            let arts: Vec<String> = meta["artifacts"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|x| x["audit_only"] != true)
-                        .map(|x| {
-                            format!(
-                                "{} ({})",
-                                x["name"].as_str().unwrap_or(""),
-                                x["precision"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let meta: Option<MetadataArtifacts> =
+                super::read_report(&pdir.join(&v).join("metadata.json")).ok();
+            let arts: Vec<String> = meta
+                .map(|m| m.artifacts)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|x| !x.audit_only)
+                .map(|x| format!("{} ({})", x.name, x.precision))
+                .collect();
             out.push(json!({"pipeline": name, "version": v, "current": current.as_deref() == Some(v.as_str()), "unix_time": h["unix_time"], "artifacts": arts, "dir": pdir.join(&v)}));
         }
     }
