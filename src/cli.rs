@@ -345,7 +345,10 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let spec: crate::runtime::bench::BenchSpec = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::usage(format!("bench-target: {e}")))?;
             let v = crate::runtime::bench::run_child(&spec)?;
-            println!("{}", serde_json::to_string(&v).map_err(anyhow::Error::from)?);
+            println!(
+                "{}",
+                serde_json::to_string(&v).map_err(anyhow::Error::from)?
+            );
             Ok(0)
         }
         Command::Builtin { name, output } => {

@@ -223,7 +223,9 @@ impl Gates {
                     Naming::Figure => m.figure,
                     Naming::Key => m.key,
                 };
-                Some(GateResult::judge(name, m.at_least, &measured, limit, on_missing, source))
+                Some(GateResult::judge(
+                    name, m.at_least, &measured, limit, on_missing, source,
+                ))
             })
             .collect()
     }

@@ -402,7 +402,11 @@ fn release_section(name: &str, r: &ReleaseReport) -> String {
                 if g.passed { "pass" } else { "FAIL" }.into(),
             ]);
         }
-        for why in v.refused_because.iter().filter(|w| w.contains("unavailable")) {
+        for why in v
+            .refused_because
+            .iter()
+            .filter(|w| w.contains("unavailable"))
+        {
             rows.push(vec![
                 v.artifact.clone(),
                 "available".into(),

@@ -472,9 +472,17 @@ fn trtexec_bench(
         let mut shape = spec.input_shape.clone();
         shape[0] = b as i64;
         let secs = p.time_budget_s.map(|t| t.ceil() as u64).unwrap_or(3);
-        match run(crate::runtime::tensorrt::bench_args(&spec.artifact, &spec.input_name, &shape, 200, p.iterations, secs)) {
+        match run(crate::runtime::tensorrt::bench_args(
+            &spec.artifact,
+            &spec.input_name,
+            &shape,
+            200,
+            p.iterations,
+            secs,
+        )) {
             Ok((text, _)) => {
-                let perf = crate::runtime::tensorrt::parse_trtexec_perf(&text).ok_or_else(|| anyhow::anyhow!("trtexec printed no performance summary"))?;
+                let perf = crate::runtime::tensorrt::parse_trtexec_perf(&text)
+                    .ok_or_else(|| anyhow::anyhow!("trtexec printed no performance summary"))?;
                 let v = crate::runtime::tensorrt::perf_to_schema(&perf, b, &trt.version, &trt.gpu);
                 throughput.extend(v.throughput.first().cloned());
                 if b == 1 || first.is_none() {

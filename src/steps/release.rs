@@ -18,9 +18,9 @@ use sha2::Digest;
 use super::benchmark::BenchmarkReport;
 use super::compare::CompareReport;
 use super::{StepContext, StepOutcome};
+use crate::error::{Error, IoContext, Result};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
 use crate::runtime::BenchMeasurement;
-use crate::error::{Error, IoContext, Result};
 
 pub const IMPL_VERSION: u32 = 1;
 pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];

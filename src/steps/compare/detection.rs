@@ -16,10 +16,10 @@ use super::report::{
     ReferenceImage, ReferenceSummary, RoundedDetection, SizeMetrics,
 };
 use super::{CompareParams, Loaded, load_candidate};
-use crate::metrics::gate::{self, Measurement, Naming};
 use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
+use crate::metrics::gate::{self, Measurement, Naming};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
 
@@ -362,10 +362,7 @@ pub(super) fn run(
     if !passed {
         return Err(Error::Step {
             step: step.clone(),
-            message: format!(
-                "detection gate failed: {}",
-                report.failures.join("; ")
-            ),
+            message: format!("detection gate failed: {}", report.failures.join("; ")),
             hint: Some("see report.md beside report.json for every candidate's figures".into()),
         });
     }

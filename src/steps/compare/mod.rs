@@ -18,8 +18,7 @@ pub mod report;
 
 pub use report::{CandidateReport, CompareReport};
 use report::{
-    CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary,
-    TarAtOperatingFar,
+    CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary, TarAtOperatingFar,
 };
 
 use super::{StepContext, StepOutcome};
@@ -78,7 +77,6 @@ impl CandidateSpec {
         }
     }
 }
-
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareParams {
