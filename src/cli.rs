@@ -487,7 +487,7 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
             .map(|l| {
                 l.outputs
                     .keys()
-                    .map(|k| ctx.step_out_dir(&s.step).join(k).to_string())
+                    .map(|k| ctx.manifest.output_dir.join(&s.step).join(k).to_string())
                     .collect()
             })
             .unwrap_or_default();
@@ -552,7 +552,7 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
                     &r.key[..12],
                     r.pipeline,
                     r.step,
-                    r.kind,
+                    r.parts.kind,
                     human_bytes(size),
                     r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
                 );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::json;
 
-use crate::cache::{CacheKey, CacheKeyHasher, Lock, Store, cache_key};
+use crate::cache::{CacheKey, CacheKeyHasher, KeyParts, Lock, Store};
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Dag;
 use crate::manifest::{Manifest, Step};
@@ -34,32 +34,6 @@ pub struct Source {
     pub size: u64,
     /// How the manifest named it: a path, or `builtin:<name>`.
     pub label: String,
-}
-
-/// Everything that goes into a step's action key, kept so `plan` can say what changed.
-#[derive(Debug, Clone)]
-pub struct KeyParts {
-    pub kind: String,
-    pub impl_version: u32,
-    pub params: serde_json::Value,
-    pub inputs: BTreeMap<String, String>,
-    pub toolchain: BTreeMap<String, String>,
-}
-
-impl CacheKey for KeyParts {
-    fn cache_key(&self, s: &mut CacheKeyHasher) {
-        self.kind.cache_key(s);
-        self.impl_version.cache_key(s);
-        self.params.cache_key(s);
-        self.inputs.cache_key(s);
-        self.toolchain.cache_key(s);
-    }
-}
-
-impl KeyParts {
-    pub fn key(&self) -> String {
-        cache_key(self)
-    }
 }
 
 impl BuildContext {
@@ -90,40 +64,6 @@ impl BuildContext {
                 &self.cache_dir,
             )
         })
-    }
-
-    /// Why a step cannot run on this machine, if so: the model it takes `from` is unavailable
-    /// (`unavailable_dep` gives an upstream step's reason), or its backend is not installed.
-    pub fn unavailable(
-        &self,
-        step: &Step,
-        unavailable_dep: &dyn Fn(&str) -> Option<String>,
-    ) -> Option<String> {
-        if let Some(f) = &step.spec.from
-            && let Some(why) = unavailable_dep(&f.value)
-        {
-            return Some(format!(
-                "its model comes from `{}`, which is unavailable ({why})",
-                f.value
-            ));
-        }
-        if steps::uses_tensorrt(&step.spec.params) {
-            return self.tensorrt().as_ref().err().cloned();
-        }
-        None
-    }
-
-    /// What a dependant's key records for an unavailable upstream step: when the step
-    /// becomes available its real outputs change the key, and the dependant reruns.
-    pub fn absent_outputs() -> BTreeMap<String, crate::cache::BlobRef> {
-        [(
-            "unavailable".to_string(),
-            crate::cache::BlobRef {
-                digest: "unavailable".into(),
-                size: 0,
-            },
-        )]
-        .into()
     }
 
     /// Install the toolchain if needed (run does this; plan and status only look).
@@ -312,8 +252,8 @@ impl BuildContext {
     }
 
     /// Where a step's outputs are copied for people to read: `<output>/<step>/`.
-    pub fn step_out_dir(&self, step: &str) -> Utf8PathBuf {
-        self.manifest.output_dir.join(step)
+    pub fn step_out_dir(&self, step: &str) -> Result<Utf8PathBuf> {
+        crate::util::child_of(&self.manifest.output_dir, step)
     }
 
     /// Copy a step's outputs out of the store, unless the copy there is already identical
@@ -323,7 +263,7 @@ impl BuildContext {
         step: &str,
         outputs: &BTreeMap<String, crate::cache::BlobRef>,
     ) -> Result<()> {
-        let dir = self.step_out_dir(step);
+        let dir = self.step_out_dir(step)?;
         std::fs::create_dir_all(&dir).fs_context(&dir)?;
         for (name, blob) in outputs {
             let dest = dir.join(name);

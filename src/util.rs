@@ -58,3 +58,33 @@ pub fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8Path
     files.sort();
     Ok(files)
 }
+
+/// `root/name`, where `name` must be one plain path component: not empty, `.`, `..`, absolute
+/// or containing a separator. A second line of defence behind name validation, so that no
+/// pipeline, step or release name can make facebuild write or remove outside `root`.
+pub fn child_of(root: &camino::Utf8Path, name: &str) -> crate::Result<camino::Utf8PathBuf> {
+    let mut parts = camino::Utf8Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(camino::Utf8Component::Normal(n)), None) if n == name => Ok(root.join(name)),
+        _ => Err(crate::Error::usage(format!(
+            "refusing to use `{name}` as a folder name under {root}: it would escape that folder"
+        ))
+        .with_hint("names are letters, digits, `_`, `-` and `.`, and do not start with `.`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a single plain component is accepted under a root.
+    #[test]
+    fn child_of_refuses_names_that_escape() {
+        let root = camino::Utf8Path::new("out");
+        assert_eq!(child_of(root, "compare").unwrap(), root.join("compare"));
+        assert_eq!(child_of(root, "v1.2").unwrap(), root.join("v1.2"));
+        for bad in ["", ".", "..", "../x", "a/b", "/etc", "a/.."] {
+            assert!(child_of(root, bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

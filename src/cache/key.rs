@@ -178,3 +178,31 @@ mod tests {
         assert_ne!(cache_key(&None::<String>), cache_key(&Some(String::new())));
     }
 }
+
+/// Everything that goes into a step's action key. Action records and lockfile entries embed
+/// it, so `plan` can say what changed since the last build.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeyParts {
+    pub kind: String,
+    pub impl_version: u32,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, String>,
+    pub toolchain: BTreeMap<String, String>,
+}
+
+impl CacheKey for KeyParts {
+    fn cache_key(&self, s: &mut CacheKeyHasher) {
+        self.kind.cache_key(s);
+        self.impl_version.cache_key(s);
+        self.params.cache_key(s);
+        self.inputs.cache_key(s);
+        self.toolchain.cache_key(s);
+    }
+}
+
+impl KeyParts {
+    /// The action key: blake3 over the length-prefixed parts.
+    pub fn key(&self) -> String {
+        cache_key(self)
+    }
+}

@@ -21,12 +21,10 @@ pub struct Lock {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockEntry {
-    pub kind: String,
-    pub impl_version: u32,
     pub key: String,
-    pub params: serde_json::Value,
-    pub inputs: BTreeMap<String, String>,
-    pub toolchain: BTreeMap<String, String>,
+    /// What the key was computed from.
+    #[serde(flatten)]
+    pub parts: crate::cache::KeyParts,
     pub outputs: BTreeMap<String, BlobRef>,
 }
 

@@ -6,6 +6,6 @@ pub mod lock;
 pub mod memo;
 pub mod store;
 
-pub use key::{CacheKey, CacheKeyHasher, cache_key};
+pub use key::{CacheKey, CacheKeyHasher, KeyParts, cache_key};
 pub use lock::{Lock, LockEntry};
 pub use store::{ActionRecord, BlobRef, Store};

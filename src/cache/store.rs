@@ -23,11 +23,9 @@ pub struct ActionRecord {
     pub key: String,
     pub pipeline: String,
     pub step: String,
-    pub kind: String,
-    pub impl_version: u32,
-    pub params: serde_json::Value,
-    pub inputs: BTreeMap<String, String>,
-    pub toolchain: BTreeMap<String, String>,
+    /// What the key was computed from.
+    #[serde(flatten)]
+    pub parts: crate::cache::KeyParts,
     pub outputs: BTreeMap<String, BlobRef>,
     /// A short machine-readable result of the step (gate figures etc.), shown by status.
     #[serde(default)]

@@ -318,7 +318,9 @@ impl Manifest {
 }
 
 fn validate_name(name: &str) -> std::result::Result<(), String> {
+    // A name is a folder name (outputs, releases): never `.`, `..` or a hidden folder.
     let ok = !name.is_empty()
+        && !name.starts_with('.')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
@@ -326,7 +328,7 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid name `{name}`: use letters, digits, `_`, `-` and `.` only"
+            "invalid name `{name}`: use letters, digits, `_`, `-` and `.` only, not starting with `.`"
         ))
     }
 }

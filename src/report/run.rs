@@ -616,7 +616,7 @@ pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8Pa
         .iter()
         .filter(|s| shown(s) && !s.outputs.contains_key("report.json"))
     {
-        basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step).join("report.json"))
+        basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step)?.join("report.json"))
             .unwrap_or_default();
     }
     let key = blake3::hash(basis.as_bytes()).to_hex().to_string();
@@ -630,7 +630,7 @@ pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8Pa
     }
     let mut reports = Vec::new();
     for s in run.steps.iter().filter(|s| shown(s)) {
-        if let Some(v) = read(&s.kind, &ctx.step_out_dir(&s.step).join("report.json")) {
+        if let Some(v) = read(&s.kind, &ctx.step_out_dir(&s.step)?.join("report.json")) {
             reports.push((s.step.clone(), v));
         }
     }

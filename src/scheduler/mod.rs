@@ -8,15 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
-use crate::cache::{ActionRecord, BlobRef, LockEntry};
-use crate::context::{BuildContext, KeyParts};
+use crate::cache::{ActionRecord, KeyParts, LockEntry};
+use crate::context::BuildContext;
 use crate::error::{Error, Result};
-use crate::graph::plan::{model_input_digest, reasons};
 use crate::report::progress;
 use crate::steps::{self, StepContext};
+
+mod resolve;
+
+use resolve::Outputs;
+pub(crate) use resolve::{Resolution, Upstream, resolve};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -77,7 +81,7 @@ pub struct RunReport {
 enum State {
     Pending,
     Running,
-    Done(BTreeMap<String, BlobRef>),
+    Done(Outputs),
     Failed,
     Skipped(String),
     Unavailable(String),
@@ -85,8 +89,323 @@ enum State {
 
 struct Finished {
     name: String,
-    result: Result<(BTreeMap<String, BlobRef>, serde_json::Value)>,
+    result: Result<(Outputs, serde_json::Value)>,
     duration_ms: u64,
+}
+
+/// A step that resolved to a miss and may start when a slot is free.
+struct Launch {
+    name: String,
+    parts: KeyParts,
+    reasons: Vec<String>,
+}
+
+/// The state of one `run`: every selected step's state and result so far.
+struct RunState<'a> {
+    ctx: &'a BuildContext,
+    opts: &'a RunOptions,
+    selected: Vec<String>,
+    state: HashMap<String, State>,
+    results: HashMap<String, StepResult>,
+    parts_of: HashMap<String, KeyParts>,
+    /// Misses waiting for a free slot, so their keys are not computed again.
+    ready: HashMap<String, (KeyParts, Vec<String>)>,
+    running: usize,
+    stop: bool,
+}
+
+impl<'a> RunState<'a> {
+    fn new(ctx: &'a BuildContext, opts: &'a RunOptions, selected: Vec<String>) -> Self {
+        let state = selected
+            .iter()
+            .map(|s| (s.clone(), State::Pending))
+            .collect();
+        RunState {
+            ctx,
+            opts,
+            selected,
+            state,
+            results: HashMap::new(),
+            parts_of: HashMap::new(),
+            ready: HashMap::new(),
+            running: 0,
+            stop: false,
+        }
+    }
+
+    /// What the resolver knows of a step from this run.
+    fn upstream(&self, step: &str) -> Upstream {
+        match self.state.get(step) {
+            Some(State::Done(o)) => Upstream::Done(o.clone()),
+            Some(State::Unavailable(why)) => Upstream::Unavailable(why.clone()),
+            Some(State::Failed | State::Skipped(_)) => Upstream::Failed,
+            _ => Upstream::Pending,
+        }
+    }
+
+    /// Resolve every pending step; hits, skips and unavailable steps settle at once and may
+    /// make their dependants ready, so repeat until nothing changes. Returns the misses
+    /// that can start now, within the free slots.
+    fn settle(&mut self) -> Result<Vec<Launch>> {
+        let mut launches = Vec::new();
+        let mut changed = true;
+        while changed && !self.stop {
+            changed = false;
+            for name in self.selected.clone() {
+                if !matches!(self.state[&name], State::Pending) {
+                    continue;
+                }
+                if self.running + launches.len() >= self.opts.jobs.max(1)
+                    && self.ready.contains_key(&name)
+                {
+                    continue;
+                }
+                let resolution = match self.ready.remove(&name) {
+                    Some((parts, reasons)) => Resolution::Miss {
+                        parts: Some(parts),
+                        reasons,
+                    },
+                    None => self.resolve(&name)?,
+                };
+                changed |= self.apply(&name, resolution, &mut launches)?;
+            }
+        }
+        Ok(launches)
+    }
+
+    fn resolve(&self, name: &str) -> Result<Resolution> {
+        let step = self.ctx.manifest.step(name);
+        let deps = self.ctx.dag.deps(name);
+        resolve(
+            self.ctx,
+            step,
+            &deps,
+            &|d| self.upstream(d),
+            self.opts.no_cache,
+        )
+    }
+
+    /// Record a resolution; true when the step settled (its dependants may be ready now).
+    fn apply(
+        &mut self,
+        name: &str,
+        resolution: Resolution,
+        launches: &mut Vec<Launch>,
+    ) -> Result<bool> {
+        match resolution {
+            Resolution::Waits { .. } => Ok(false),
+            Resolution::Skipped { upstream } => {
+                self.state.insert(
+                    name.into(),
+                    State::Skipped(format!("upstream `{upstream}` did not build")),
+                );
+                Ok(true)
+            }
+            Resolution::Unavailable { reason } => {
+                progress::println_err(&format!("  unavailable  {name}: {reason}"));
+                let mut r = self.result(name, Status::Unavailable);
+                r.error = Some(format!("unavailable: {reason}"));
+                if steps::required(&self.ctx.manifest.step(name).spec.params) {
+                    r.error = Some(format!(
+                        "unavailable, and the step is `required: true`: {reason}"
+                    ));
+                }
+                self.results.insert(name.into(), r);
+                self.state.insert(name.into(), State::Unavailable(reason));
+                Ok(true)
+            }
+            Resolution::Hit { parts, record } => {
+                self.ctx.materialize(name, &record.outputs)?;
+                let mut r = self.result(name, Status::Cached);
+                r.key = Some(record.key.clone());
+                r.outputs = self.output_infos(name, &record.outputs);
+                r.summary = record.summary;
+                self.results.insert(name.into(), r);
+                progress::println_err(&format!("  cached  {name}"));
+                self.state.insert(name.into(), State::Done(record.outputs));
+                self.parts_of.insert(name.into(), parts);
+                Ok(true)
+            }
+            Resolution::Miss { parts, reasons } => {
+                let parts = parts.ok_or_else(|| Error::toolchain("not installed"))?;
+                // Launch only into a free slot: a queued step would still start after a
+                // failure that should have stopped the run.
+                if self.running + launches.len() >= self.opts.jobs.max(1) {
+                    self.ready.insert(name.into(), (parts, reasons));
+                } else {
+                    launches.push(Launch {
+                        name: name.into(),
+                        parts,
+                        reasons,
+                    });
+                    self.state.insert(name.into(), State::Running);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// A result with nothing in it yet.
+    fn result(&self, name: &str, status: Status) -> StepResult {
+        StepResult {
+            step: name.to_string(),
+            kind: self.ctx.manifest.step(name).spec.kind.to_string(),
+            status,
+            key: None,
+            reasons: vec![],
+            duration_ms: 0,
+            outputs: BTreeMap::new(),
+            summary: serde_json::Value::Null,
+            error: None,
+        }
+    }
+
+    fn output_infos(&self, name: &str, outputs: &Outputs) -> BTreeMap<String, OutputInfo> {
+        let dir = self
+            .ctx
+            .step_out_dir(name)
+            .unwrap_or_else(|_| self.ctx.manifest.output_dir.clone());
+        outputs
+            .iter()
+            .map(|(k, b)| {
+                let info = OutputInfo {
+                    digest: b.digest.clone(),
+                    size: b.size,
+                    path: dir.join(k),
+                };
+                (k.clone(), info)
+            })
+            .collect()
+    }
+
+    /// Everything a launched step needs, taken from the run's state.
+    fn job(&mut self, l: Launch, source: &Utf8Path) -> Job {
+        let ctx = self.ctx;
+        progress::println_err(&format!("  run     {}: {}", l.name, l.reasons.join("; ")));
+        let step = ctx.manifest.step(&l.name);
+        let done = |s: &str| match self.state.get(s) {
+            Some(State::Done(o)) => Some(o),
+            _ => None,
+        };
+        let model = match &step.spec.from {
+            None => source.to_owned(),
+            Some(f) => done(&f.value)
+                .and_then(|o| o.get("model.onnx"))
+                .map(|b| ctx.store.blob_path(&b.digest))
+                .unwrap_or_else(|| source.to_owned()),
+        };
+        // Every upstream step's outputs, as files in the store.
+        let upstream = ctx
+            .dag
+            .deps(&l.name)
+            .into_iter()
+            .filter_map(|d| {
+                let paths = done(d)?
+                    .iter()
+                    .map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest)))
+                    .collect();
+                Some((d.to_string(), paths))
+            })
+            .collect();
+        let mut r = self.result(&l.name, Status::NotRun);
+        r.key = Some(l.parts.key());
+        r.reasons = l.reasons;
+        self.results.insert(l.name.clone(), r);
+        self.parts_of.insert(l.name.clone(), l.parts.clone());
+        self.running += 1;
+        Job {
+            name: l.name,
+            model,
+            upstream,
+            parts: l.parts,
+        }
+    }
+
+    /// A step finished: record its outputs, or its failure.
+    fn finish(&mut self, f: Finished) -> Result<()> {
+        self.running -= 1;
+        match f.result {
+            Ok((outputs, summary)) => {
+                self.ctx.materialize(&f.name, &outputs)?;
+                progress::println_err(&format!(
+                    "  built   {} in {:.1}s",
+                    f.name,
+                    f.duration_ms as f64 / 1000.0
+                ));
+                let infos = self.output_infos(&f.name, &outputs);
+                let r = self.results.get_mut(&f.name).expect("registered at launch");
+                r.status = Status::Built;
+                r.duration_ms = f.duration_ms;
+                r.outputs = infos;
+                r.summary = summary;
+                self.state.insert(f.name, State::Done(outputs));
+            }
+            Err(e) => {
+                let interrupted = matches!(e, Error::Interrupted);
+                let msg = e.to_string();
+                if !interrupted {
+                    progress::println_err(&format!("  FAILED  {}: {msg}", f.name));
+                }
+                let r = self.results.get_mut(&f.name).expect("registered at launch");
+                r.duration_ms = f.duration_ms;
+                r.status = if interrupted {
+                    Status::NotRun
+                } else {
+                    Status::Failed
+                };
+                r.error = Some(msg);
+                self.state.insert(f.name, State::Failed);
+                if !self.opts.keep_going {
+                    self.stop = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Results in pipeline order; steps never reached are skipped (an upstream step failed)
+    /// or not run (the run stopped).
+    fn step_results(&mut self) -> Vec<StepResult> {
+        let mut out = Vec::new();
+        for name in self.selected.clone() {
+            if let Some(r) = self.results.remove(&name) {
+                out.push(r);
+                continue;
+            }
+            // Topological order: a step's upstream states are final by now.
+            let failed_dep = self
+                .ctx
+                .dag
+                .deps(&name)
+                .into_iter()
+                .find(|d| matches!(self.state.get(*d), Some(State::Failed | State::Skipped(_))))
+                .map(String::from);
+            let mut r = self.result(&name, Status::NotRun);
+            match (&self.state[&name], failed_dep) {
+                (State::Skipped(why), _) => {
+                    r.status = Status::Skipped;
+                    r.error = Some(why.clone());
+                }
+                (_, Some(d)) => {
+                    let why = format!("upstream `{d}` did not build");
+                    self.state.insert(name.clone(), State::Skipped(why.clone()));
+                    r.status = Status::Skipped;
+                    r.error = Some(why);
+                }
+                _ => {}
+            }
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// What a worker thread needs to run one step.
+struct Job {
+    name: String,
+    model: Utf8PathBuf,
+    upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
+    parts: KeyParts,
 }
 
 pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Result<RunReport> {
@@ -96,14 +415,7 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     let ctx: &BuildContext = ctx;
     let source = ctx.source()?;
     let toolchain = ctx.toolchain.as_ref().expect("ensured above");
-
-    let mut state: HashMap<String, State> = selected
-        .iter()
-        .map(|s| (s.clone(), State::Pending))
-        .collect();
-    let mut results: HashMap<String, StepResult> = HashMap::new();
-    let mut parts_of: HashMap<String, KeyParts> = HashMap::new();
-    let mut stop = false;
+    let mut run = RunState::new(ctx, opts, selected);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
         .thread_name(|i| format!("facebuild-step-{i}"))
@@ -112,266 +424,33 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     let (tx, rx) = mpsc::channel::<Finished>();
 
     pool.in_place_scope(|scope| -> Result<()> {
-        let mut running = 0usize;
         loop {
             if cancel.load(Ordering::Relaxed) {
-                stop = true;
+                run.stop = true;
             }
-            // Launch everything that is ready; cache hits resolve inline and may make
-            // their dependants ready, so repeat until nothing changes.
-            let mut changed = true;
-            while changed && !stop {
-                changed = false;
-                for name in &selected {
-                    if !matches!(state[name], State::Pending) {
-                        continue;
-                    }
-                    let deps = ctx.dag.deps(name);
-                    if let Some(bad) = deps
-                        .iter()
-                        .find(|d| matches!(state.get(**d), Some(State::Failed | State::Skipped(_))))
-                    {
-                        state.insert(
-                            name.clone(),
-                            State::Skipped(format!("upstream `{bad}` did not build")),
-                        );
-                        changed = true;
-                        continue;
-                    }
-                    if !deps.iter().all(|d| {
-                        matches!(state.get(*d), Some(State::Done(_) | State::Unavailable(_)))
-                    }) {
-                        continue;
-                    }
-                    let step = ctx.manifest.step(name);
-                    let unavailable_dep = |d: &str| match state.get(d) {
-                        Some(State::Unavailable(why)) => Some(why.clone()),
-                        _ => None,
-                    };
-                    if let Some(why) = ctx.unavailable(step, &unavailable_dep) {
-                        progress::println_err(&format!("  unavailable  {name}: {why}"));
-                        let mut r = result_of(
-                            ctx,
-                            name,
-                            Status::Unavailable,
-                            None,
-                            vec![],
-                            0,
-                            &BTreeMap::new(),
-                            serde_json::Value::Null,
-                            Some(format!("unavailable: {why}")),
-                        );
-                        if steps::required(&step.spec.params) {
-                            r.error = Some(format!(
-                                "unavailable, and the step is `required: true`: {why}"
-                            ));
-                        }
-                        results.insert(name.clone(), r);
-                        state.insert(name.clone(), State::Unavailable(why));
-                        changed = true;
-                        continue;
-                    }
-                    let upstream = |s: &str| match state.get(s) {
-                        Some(State::Done(o)) => o.get("model.onnx").map(|b| b.digest.clone()),
-                        _ => None,
-                    };
-                    let model_digest = model_input_digest(step, &source.digest, &upstream)
-                        .expect("validated: `from` names a model-producing step that is done");
-                    let outputs_of = |s: &str| match state.get(s) {
-                        Some(State::Done(o)) => Some(o.clone()),
-                        Some(State::Unavailable(_)) => Some(BuildContext::absent_outputs()),
-                        _ => None,
-                    };
-                    let parts = ctx.key_parts(step, &model_digest, &outputs_of)?;
-                    let key = parts.key();
-                    if !opts.no_cache
-                        && let Some(rec) = ctx.store.lookup(&key)?
-                    {
-                        ctx.materialize(name, &rec.outputs)?;
-                        results.insert(
-                            name.clone(),
-                            result_of(
-                                ctx,
-                                name,
-                                Status::Cached,
-                                Some(key),
-                                vec![],
-                                0,
-                                &rec.outputs,
-                                rec.summary.clone(),
-                                None,
-                            ),
-                        );
-                        progress::println_err(&format!("  cached  {name}"));
-                        state.insert(name.clone(), State::Done(rec.outputs));
-                        parts_of.insert(name.clone(), parts);
-                        changed = true;
-                        continue;
-                    }
-                    // Launch only into a free slot: a queued step would still start after a
-                    // failure that should have stopped the run.
-                    if running >= opts.jobs.max(1) {
-                        continue;
-                    }
-                    let why = if opts.no_cache {
-                        vec!["--no-cache".to_string()]
-                    } else {
-                        reasons(ctx, name, &parts)
-                    };
-                    progress::println_err(&format!("  run     {name}: {}", why.join("; ")));
-                    let model_path = match &step.spec.from {
-                        None => source.path.clone(),
-                        Some(f) => match &state[&f.value] {
-                            State::Done(o) => ctx.store.blob_path(&o["model.onnx"].digest),
-                            _ => unreachable!("deps are done"),
-                        },
-                    };
-                    results.insert(
-                        name.clone(),
-                        result_of(
-                            ctx,
-                            name,
-                            Status::NotRun,
-                            Some(key.clone()),
-                            why,
-                            0,
-                            &BTreeMap::new(),
-                            serde_json::Value::Null,
-                            None,
-                        ),
-                    );
-                    state.insert(name.clone(), State::Running);
-                    running += 1;
-                    // Every upstream step's outputs, as files in the store.
-                    let upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>> = deps
-                        .iter()
-                        .filter_map(|d| match state.get(*d) {
-                            Some(State::Done(o)) => Some((
-                                d.to_string(),
-                                o.iter()
-                                    .map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest)))
-                                    .collect(),
-                            )),
-                            _ => None,
-                        })
-                        .collect();
-                    let tx = tx.clone();
-                    let name = name.clone();
-                    let parts_c = parts.clone();
-                    parts_of.insert(name.clone(), parts);
-                    scope.spawn(move |_| {
-                        let t = Instant::now();
-                        let result = execute(
-                            ctx,
-                            &name,
-                            &model_path,
-                            upstream,
-                            &key,
-                            &parts_c,
-                            toolchain,
-                            cancel,
-                        );
-                        let _ = tx.send(Finished {
-                            name,
-                            result,
-                            duration_ms: t.elapsed().as_millis() as u64,
-                        });
+            for launch in run.settle()? {
+                let job = run.job(launch, &source.path);
+                let tx = tx.clone();
+                scope.spawn(move |_| {
+                    let t = Instant::now();
+                    let result = execute(ctx, &job, toolchain, cancel);
+                    let _ = tx.send(Finished {
+                        name: job.name,
+                        result,
+                        duration_ms: t.elapsed().as_millis() as u64,
                     });
-                }
+                });
             }
-            if running == 0 {
-                break;
+            if run.running == 0 {
+                return Ok(());
             }
             let f = rx.recv().expect("a running step always reports");
-            running -= 1;
-            let r = results.get_mut(&f.name).expect("registered at launch");
-            r.duration_ms = f.duration_ms;
-            match f.result {
-                Ok((outputs, summary)) => {
-                    ctx.materialize(&f.name, &outputs)?;
-                    progress::println_err(&format!(
-                        "  built   {} in {:.1}s",
-                        f.name,
-                        f.duration_ms as f64 / 1000.0
-                    ));
-                    *r = result_of(
-                        ctx,
-                        &f.name,
-                        Status::Built,
-                        r.key.clone(),
-                        r.reasons.clone(),
-                        f.duration_ms,
-                        &outputs,
-                        summary,
-                        None,
-                    );
-                    state.insert(f.name, State::Done(outputs));
-                }
-                Err(e) => {
-                    let interrupted = matches!(e, Error::Interrupted);
-                    let msg = e.to_string();
-                    if !interrupted {
-                        progress::println_err(&format!("  FAILED  {}: {msg}", f.name));
-                    }
-                    r.status = if interrupted {
-                        Status::NotRun
-                    } else {
-                        Status::Failed
-                    };
-                    r.error = Some(msg);
-                    state.insert(f.name, State::Failed);
-                    if !opts.keep_going {
-                        stop = true;
-                    }
-                }
-            }
+            run.finish(f)?;
         }
-        Ok(())
     })?;
 
-    // Steps never reached: skipped because of an upstream failure, or not run.
-    let mut steps_out = Vec::new();
-    for name in &selected {
-        let r = match results.remove(name) {
-            Some(r) => r,
-            None => {
-                // Topological order: a step's upstream states are final by now.
-                let failed_dep = ctx
-                    .dag
-                    .deps(name)
-                    .into_iter()
-                    .find(|d| matches!(state.get(*d), Some(State::Failed | State::Skipped(_))))
-                    .map(String::from);
-                let (status, error) = match (&state[name], failed_dep) {
-                    (State::Skipped(why), _) => (Status::Skipped, Some(why.clone())),
-                    (_, Some(d)) => {
-                        state.insert(
-                            name.clone(),
-                            State::Skipped(format!("upstream `{d}` did not build")),
-                        );
-                        (
-                            Status::Skipped,
-                            Some(format!("upstream `{d}` did not build")),
-                        )
-                    }
-                    _ => (Status::NotRun, None),
-                };
-                result_of(
-                    ctx,
-                    name,
-                    status,
-                    None,
-                    vec![],
-                    0,
-                    &BTreeMap::new(),
-                    serde_json::Value::Null,
-                    error,
-                )
-            }
-        };
-        steps_out.push(r);
-    }
-    update_lock(ctx, &state, &parts_of)?;
+    let steps_out = run.step_results();
+    update_lock(ctx, &run.state, &run.parts_of)?;
     ctx.store.memo.save()?;
     let interrupted = cancel.load(Ordering::Relaxed);
     let required_missing = steps_out.iter().any(|r| {
@@ -397,60 +476,18 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn result_of(
-    ctx: &BuildContext,
-    name: &str,
-    status: Status,
-    key: Option<String>,
-    reasons: Vec<String>,
-    duration_ms: u64,
-    outputs: &BTreeMap<String, BlobRef>,
-    summary: serde_json::Value,
-    error: Option<String>,
-) -> StepResult {
-    let dir = ctx.step_out_dir(name);
-    StepResult {
-        step: name.to_string(),
-        kind: ctx.manifest.step(name).spec.kind.to_string(),
-        status,
-        key,
-        reasons,
-        duration_ms,
-        outputs: outputs
-            .iter()
-            .map(|(k, b)| {
-                (
-                    k.clone(),
-                    OutputInfo {
-                        digest: b.digest.clone(),
-                        size: b.size,
-                        path: dir.join(k),
-                    },
-                )
-            })
-            .collect(),
-        summary,
-        error,
-    }
-}
-
 /// Run one step in a scratch folder; on success move its outputs into the store and write
 /// the action record; on failure keep its report in the output folder as evidence.
-#[allow(clippy::too_many_arguments)]
 fn execute(
     ctx: &BuildContext,
-    name: &str,
-    model: &camino::Utf8Path,
-    upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
-    key: &str,
-    parts: &KeyParts,
+    job: &Job,
     toolchain: &crate::toolchain::Toolchain,
     cancel: &AtomicBool,
-) -> Result<(BTreeMap<String, BlobRef>, serde_json::Value)> {
+) -> Result<(Outputs, serde_json::Value)> {
+    let name = job.name.as_str();
     let step = ctx.manifest.step(name);
     let scratch = ctx.store.scratch()?;
-    let workdir = camino::Utf8Path::from_path(scratch.path())
+    let workdir = Utf8Path::from_path(scratch.path())
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?
         .to_owned();
     let pb = progress::spinner("starting");
@@ -470,12 +507,12 @@ fn execute(
     let sctx = StepContext {
         manifest: &ctx.manifest,
         step,
-        model,
+        model: &job.model,
         datasets,
         toolchain,
         tensorrt,
         store: &ctx.store,
-        upstream,
+        upstream: job.upstream.clone(),
         workdir: &workdir,
         cancel,
         progress: &pb,
@@ -487,8 +524,8 @@ fn execute(
         Ok(o) => o,
         Err(e) => {
             // Keep the evidence: every report the step wrote before failing.
-            let dir = ctx.step_out_dir(name);
             let mut kept = false;
+            let dir = ctx.step_out_dir(name)?;
             for r in ["report.json", "report.md"] {
                 if workdir.join(r).exists() {
                     let _ = std::fs::create_dir_all(&dir);
@@ -514,14 +551,10 @@ fn execute(
         outputs.insert(oname.clone(), ctx.store.ingest(path)?);
     }
     let rec = ActionRecord {
-        key: key.to_string(),
+        key: job.parts.key(),
         pipeline: ctx.manifest.name.clone(),
         step: name.to_string(),
-        kind: parts.kind.clone(),
-        impl_version: parts.impl_version,
-        params: parts.params.clone(),
-        inputs: parts.inputs.clone(),
-        toolchain: parts.toolchain.clone(),
+        parts: job.parts.clone(),
         outputs: outputs.clone(),
         summary: outcome.summary.clone(),
         created_unix: std::time::SystemTime::now()
@@ -547,12 +580,8 @@ fn update_lock(
     for name in ctx.manifest.steps.keys() {
         let entry = match (state.get(name), parts_of.get(name)) {
             (Some(State::Done(outputs)), Some(p)) => Some(LockEntry {
-                kind: p.kind.clone(),
-                impl_version: p.impl_version,
                 key: p.key(),
-                params: p.params.clone(),
-                inputs: p.inputs.clone(),
-                toolchain: p.toolchain.clone(),
+                parts: p.clone(),
                 outputs: outputs.clone(),
             }),
             _ => lock.steps.get(name).cloned(),

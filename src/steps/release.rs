@@ -369,7 +369,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         Some(d) => ctx.manifest.resolve(d),
         None => releases_root(None),
     };
-    let pipeline_dir = root.join(&ctx.manifest.name);
+    let pipeline_dir = crate::util::child_of(&root, &ctx.manifest.name)?;
     let history = read_history(&pipeline_dir);
     let previous = history
         .iter()
@@ -423,7 +423,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     std::fs::write(stage.join("SHA256SUMS"), &sums).fs_context(&stage)?;
 
     // Promote: immutable version folder, then `current`.
-    let vdir = pipeline_dir.join(&version);
+    let vdir = crate::util::child_of(&pipeline_dir, &version)?;
     if vdir.exists() {
         let existing = std::fs::read_to_string(vdir.join("SHA256SUMS")).unwrap_or_default();
         if strip_meta(&existing) != strip_meta(&sums) {
@@ -536,7 +536,7 @@ pub fn verify_version(vdir: &Utf8Path) -> Result<Vec<String>> {
 
 /// Make `version` the pipeline's `current/` (a verified copy), atomically by rename.
 fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
-    let vdir = pipeline_dir.join(version);
+    let vdir = crate::util::child_of(pipeline_dir, version)?;
     let bad = verify_version(&vdir)?;
     if !bad.is_empty() {
         return Err(
@@ -569,8 +569,8 @@ fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
 
 /// `facebuild release rollback PIPELINE VERSION`: make an earlier version current again.
 pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<serde_json::Value> {
-    let pdir = root.join(pipeline);
-    let vdir = pdir.join(version);
+    let pdir = crate::util::child_of(root, pipeline)?;
+    let vdir = crate::util::child_of(&pdir, version)?;
     if !vdir.join("SHA256SUMS").exists() {
         let known = list(root)?
             .into_iter()
