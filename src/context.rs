@@ -205,17 +205,17 @@ impl BuildContext {
             .ok_or_else(|| Error::toolchain("not installed"))?;
         let mut inputs = BTreeMap::new();
         inputs.insert("model".to_string(), model_digest.to_string());
-        for r in steps::referenced_steps(&step.spec.params) {
+        for r in step.spec.params.kind().references() {
             let outs = upstream(&r)
                 .ok_or_else(|| anyhow::anyhow!("outputs of `{r}` are not known yet"))?;
             for (name, blob) in outs {
                 inputs.insert(format!("{r}/{name}"), blob.digest);
             }
         }
-        for d in steps::datasets_used(&step.spec.params) {
+        for d in step.spec.params.kind().datasets() {
             inputs.insert(format!("dataset:{d}"), self.dataset_digest(&d)?.1);
         }
-        for f in steps::extra_files(&step.spec.params) {
+        for f in step.spec.params.kind().extra_files() {
             let path = self.manifest.resolve(&f);
             if !path.is_file() {
                 return Err(
@@ -229,9 +229,9 @@ impl BuildContext {
         // The manifest's model declaration is a param of every step: check compares
         // against it and simplify freezes it.
         let params = json!({"step": step.spec.params, "model": {"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing}});
-        let mut toolchain = tc.fingerprint(&steps::toolchain_pieces(&step.spec.params));
+        let mut toolchain = tc.fingerprint(&step.spec.params.kind().toolchain_pieces());
         // An engine is specific to its TensorRT version and GPU: all of it is in the key.
-        if steps::uses_tensorrt(&step.spec.params) {
+        if step.spec.params.kind().uses_tensorrt() {
             let trt = self
                 .tensorrt()
                 .as_ref()
@@ -244,7 +244,7 @@ impl BuildContext {
         }
         Ok(KeyParts {
             kind: step.spec.kind.to_string(),
-            impl_version: steps::impl_version(step.spec.kind),
+            impl_version: step.spec.params.kind().impl_version(),
             params,
             inputs,
             toolchain,

@@ -76,12 +76,24 @@ pub enum Error {
     #[error("interrupted")]
     Interrupted,
 
-    /// One or more steps failed; details were already printed step by step.
-    #[error("{0}")]
-    RunFailed(String),
+    /// Several independent manifest problems, reported together.
+    #[error("{}", many(.0))]
+    Many(Vec<Error>),
 
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+fn many(errors: &[Error]) -> String {
+    let mut s = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if errors.len() > 1 {
+        s += &format!("\n{} problems in the manifest", errors.len());
+    }
+    s
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {
@@ -104,6 +116,15 @@ impl Error {
             location,
             message: message.into(),
             hint: None,
+        }
+    }
+
+    /// One error, or all of several (a single one is returned as it is).
+    pub fn many(mut errors: Vec<Error>) -> Self {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            Error::Many(errors)
         }
     }
 
@@ -136,7 +157,7 @@ impl Error {
     /// Process exit code: 2 for bad usage or manifest, 130 for Ctrl-C, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Manifest { .. } | Error::Usage { .. } => 2,
+            Error::Manifest { .. } | Error::Usage { .. } | Error::Many(_) => 2,
             Error::Interrupted => 130,
             _ => 1,
         }

@@ -34,7 +34,11 @@ impl Step {
                     Some((d.referenced.line(), d.referenced.column())).filter(|(l, _)| *l > 0),
                 )
             });
-        let from_params = crate::steps::referenced_steps(&self.spec.params)
+        let from_params = self
+            .spec
+            .params
+            .kind()
+            .references()
             .into_iter()
             .map(|n| (n, None));
         spanned.chain(from_params).collect()
@@ -181,76 +185,9 @@ impl Manifest {
                 "`steps:` is empty; a pipeline needs at least one step",
             ));
         }
-        // Every `needs`/`from` must name a step; located at the reference itself.
-        for step in steps.values() {
-            for (dep, at) in step.deps() {
-                let l = at
-                    .map(|(line, column)| Location {
-                        file: file.to_owned(),
-                        line,
-                        column,
-                    })
-                    .unwrap_or_else(|| step.location.clone());
-                if !steps.contains_key(&dep) {
-                    let known: Vec<&str> = steps.keys().map(|s| s.as_str()).collect();
-                    return Err(Error::manifest(
-                        l,
-                        format!(
-                            "step `{}` needs `{dep}`, which is not a step in this pipeline",
-                            step.name
-                        ),
-                    )
-                    .with_hint(format!("known steps: {}", known.join(", "))));
-                }
-                if dep == step.name {
-                    return Err(Error::manifest(
-                        l,
-                        format!("step `{}` depends on itself", step.name),
-                    ));
-                }
-            }
-            if let Some(f) = &step.spec.from {
-                let up = &steps[&f.value];
-                if !crate::steps::produces_model(up.spec.kind) {
-                    return Err(Error::manifest(loc(&f.referenced), format!("step `{}` takes `from: {}`, but a `{}` step produces no model", step.name, f.value, up.spec.kind))
-                        .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
-                }
-            }
-            if let StepParams::Convert(p) = &step.spec.params {
-                let from_kind = step.spec.from.as_ref().map(|f| steps[&f.value].spec.kind);
-                p.check_from(from_kind).map_err(|(m, h)| {
-                    let e = Error::manifest(
-                        step.location.clone(),
-                        format!("step `{}`: {m}", step.name),
-                    );
-                    match h {
-                        Some(h) => e.with_hint(h),
-                        None => e,
-                    }
-                })?;
-            }
-            for r in crate::steps::referenced_steps(&step.spec.params) {
-                crate::steps::check_reference(&step.spec.params, &r, steps[&r].spec.kind).map_err(
-                    |(m, h)| {
-                        let e = Error::manifest(
-                            step.location.clone(),
-                            format!("step `{}` {m}", step.name),
-                        );
-                        match h {
-                            Some(h) => e.with_hint(h),
-                            None => e,
-                        }
-                    },
-                )?;
-            }
-            crate::steps::validate(step, &datasets).map_err(|(m, h)| {
-                let e =
-                    Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
-                match h {
-                    Some(h) => e.with_hint(h),
-                    None => e,
-                }
-            })?;
+        let problems = validate_steps(file, &steps, &datasets);
+        if !problems.is_empty() {
+            return Err(Error::many(problems));
         }
 
         let output_dir = match raw.output {
@@ -270,8 +207,6 @@ impl Manifest {
             steps,
             digest,
         };
-        // Cycles are found when the graph is built; do it here so `load` is a full validation.
-        crate::graph::Dag::build(&m)?;
         Ok(m)
     }
 
@@ -315,6 +250,92 @@ impl Manifest {
     pub fn step(&self, name: &str) -> &Step {
         &self.steps[name]
     }
+}
+
+/// Every reference, `from` and params problem of every step, each located at the step (or
+/// the reference itself): a manifest with several mistakes reports them in one go.
+fn validate_steps(
+    file: &Utf8Path,
+    steps: &IndexMap<String, Step>,
+    datasets: &IndexMap<String, DatasetSpec>,
+) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let at_step = |step: &Step, (m, h): crate::steps::Problem| {
+        let e = Error::manifest(step.location.clone(), format!("step `{}`: {m}", step.name));
+        match h {
+            Some(h) => e.with_hint(h),
+            None => e,
+        }
+    };
+    for step in steps.values() {
+        // Every `needs`/`from` must name a step; located at the reference itself.
+        let mut deps_ok = true;
+        for (dep, at) in step.deps() {
+            let l = at
+                .map(|(line, column)| Location {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                })
+                .unwrap_or_else(|| step.location.clone());
+            if !steps.contains_key(&dep) {
+                deps_ok = false;
+                let known: Vec<&str> = steps.keys().map(|s| s.as_str()).collect();
+                errors.push(
+                    Error::manifest(
+                        l,
+                        format!(
+                            "step `{}` needs `{dep}`, which is not a step in this pipeline",
+                            step.name
+                        ),
+                    )
+                    .with_hint(format!("known steps: {}", known.join(", "))),
+                );
+            } else if dep == step.name {
+                deps_ok = false;
+                errors.push(Error::manifest(
+                    l,
+                    format!("step `{}` depends on itself", step.name),
+                ));
+            }
+        }
+        let kind = step.spec.params.kind();
+        if deps_ok {
+            if let Some(f) = &step.spec.from {
+                let up = steps[&f.value].spec.kind;
+                if !up.produces_model() {
+                    let l = Location {
+                        file: file.to_owned(),
+                        line: f.referenced.line(),
+                        column: f.referenced.column(),
+                    };
+                    errors.push(Error::manifest(l, format!("step `{}` takes `from: {}`, but a `{up}` step produces no model", step.name, f.value))
+                        .with_hint("`from` names a step with a `model.onnx` output, such as a `simplify` step; use `needs` for ordering only"));
+                }
+            }
+            let from_kind = step.spec.from.as_ref().map(|f| steps[&f.value].spec.kind);
+            if let Err(p) = kind.check_from(from_kind) {
+                errors.push(at_step(step, p));
+            }
+            for r in kind.references() {
+                if let Err((m, h)) = kind.check_reference(&r, steps[&r].spec.kind) {
+                    // "step `x` names `y`, a ... step": no colon after the step name.
+                    let e =
+                        Error::manifest(step.location.clone(), format!("step `{}` {m}", step.name));
+                    errors.push(match h {
+                        Some(h) => e.with_hint(h),
+                        None => e,
+                    });
+                }
+            }
+        }
+        errors.extend(
+            crate::steps::validate(step, datasets)
+                .into_iter()
+                .map(|p| at_step(step, p)),
+        );
+    }
+    errors
 }
 
 fn validate_name(name: &str) -> std::result::Result<(), String> {

@@ -5,62 +5,11 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::steps::{
-    benchmark::BenchmarkParams, calibrate::CalibrateParams, check::CheckParams,
-    compare::CompareParams, convert::ConvertParams, quantize::QuantizeParams,
-    release::ReleaseParams, simplify::SimplifyParams,
-};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepKind {
-    Check,
-    Simplify,
-    Calibrate,
-    Convert,
-    Quantize,
-    Compare,
-    Benchmark,
-    Release,
-}
-
-impl StepKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Check => "check",
-            StepKind::Simplify => "simplify",
-            StepKind::Calibrate => "calibrate",
-            StepKind::Convert => "convert",
-            StepKind::Quantize => "quantize",
-            StepKind::Benchmark => "benchmark",
-            StepKind::Release => "release",
-            StepKind::Compare => "compare",
-        }
-    }
-}
-
-impl fmt::Display for StepKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum StepParams {
-    Check(CheckParams),
-    Simplify(SimplifyParams),
-    Calibrate(CalibrateParams),
-    Convert(ConvertParams),
-    Quantize(QuantizeParams),
-    Compare(CompareParams),
-    Benchmark(BenchmarkParams),
-    Release(ReleaseParams),
-}
+pub use crate::steps::{StepKind, StepParams};
 
 #[derive(Debug, Clone)]
 pub struct StepSpec {
@@ -70,12 +19,6 @@ pub struct StepSpec {
     pub from: Option<Spanned<String>>,
     pub params: StepParams,
     pub description: Option<String>,
-}
-
-impl StepSpec {
-    pub fn kind(&self) -> StepKind {
-        self.kind
-    }
 }
 
 const FIELDS: &[&str] = &["kind", "needs", "from", "params", "description"];
@@ -113,16 +56,7 @@ impl<'de> Visitor<'de> for StepVisitor {
                             "`params` comes before `kind`; write `kind:` first so the params can be checked against it",
                         ));
                     };
-                    params = Some(match k {
-                        StepKind::Check => StepParams::Check(map.next_value()?),
-                        StepKind::Simplify => StepParams::Simplify(map.next_value()?),
-                        StepKind::Calibrate => StepParams::Calibrate(map.next_value()?),
-                        StepKind::Convert => StepParams::Convert(map.next_value()?),
-                        StepKind::Quantize => StepParams::Quantize(map.next_value()?),
-                        StepKind::Benchmark => StepParams::Benchmark(map.next_value()?),
-                        StepKind::Release => StepParams::Release(map.next_value()?),
-                        StepKind::Compare => StepParams::Compare(map.next_value()?),
-                    });
+                    params = Some(StepParams::deserialize_as(k, &mut map)?);
                 }
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
@@ -130,7 +64,7 @@ impl<'de> Visitor<'de> for StepVisitor {
         let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
         let params = match params {
             Some(p) => p,
-            None => default_params(kind).ok_or_else(|| {
+            None => kind.default_params().ok_or_else(|| {
                 de::Error::custom(format!(
                     "a `{kind}` step needs `params:` (see docs/manifest.md)"
                 ))
@@ -143,19 +77,5 @@ impl<'de> Visitor<'de> for StepVisitor {
             params,
             description,
         })
-    }
-}
-
-/// Params of kinds that need none; None for kinds with required params.
-fn default_params(kind: StepKind) -> Option<StepParams> {
-    match kind {
-        StepKind::Check => Some(StepParams::Check(CheckParams::default())),
-        StepKind::Simplify => Some(StepParams::Simplify(SimplifyParams::default())),
-        StepKind::Calibrate
-        | StepKind::Convert
-        | StepKind::Quantize
-        | StepKind::Compare
-        | StepKind::Benchmark
-        | StepKind::Release => None,
     }
 }

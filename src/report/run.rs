@@ -28,17 +28,23 @@ fn esc(s: &str) -> String {
 
 /// A step report the run report shows, read by its step's kind.
 enum StepReport {
-    Compare(CompareReport),
-    Benchmark(BenchmarkReport),
-    Release(ReleaseReport),
+    Compare(Box<CompareReport>),
+    Benchmark(Box<BenchmarkReport>),
+    Release(Box<ReleaseReport>),
 }
 
 /// Read a shown step's report; None when it is absent or not of this facebuild's schema.
 fn read(kind: &str, p: &Utf8Path) -> Option<StepReport> {
     match kind {
-        "compare" => crate::steps::read_report(p).ok().map(StepReport::Compare),
-        "benchmark" => crate::steps::read_report(p).ok().map(StepReport::Benchmark),
-        "release" => crate::steps::read_report(p).ok().map(StepReport::Release),
+        "compare" => crate::steps::read_report(p)
+            .ok()
+            .map(|r| StepReport::Compare(Box::new(r))),
+        "benchmark" => crate::steps::read_report(p)
+            .ok()
+            .map(|r| StepReport::Benchmark(Box::new(r))),
+        "release" => crate::steps::read_report(p)
+            .ok()
+            .map(|r| StepReport::Release(Box::new(r))),
         _ => None,
     }
 }

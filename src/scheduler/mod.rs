@@ -15,7 +15,7 @@ use crate::cache::{ActionRecord, KeyParts, LockEntry};
 use crate::context::BuildContext;
 use crate::error::{Error, Result};
 use crate::report::progress;
-use crate::steps::{self, StepContext};
+use crate::steps::StepContext;
 
 mod resolve;
 
@@ -205,7 +205,7 @@ impl<'a> RunState<'a> {
                 progress::println_err(&format!("  unavailable  {name}: {reason}"));
                 let mut r = self.result(name, Status::Unavailable);
                 r.error = Some(format!("unavailable: {reason}"));
-                if steps::required(&self.ctx.manifest.step(name).spec.params) {
+                if self.ctx.manifest.step(name).spec.params.kind().required() {
                     r.error = Some(format!(
                         "unavailable, and the step is `required: true`: {reason}"
                     ));
@@ -454,7 +454,7 @@ pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Re
     ctx.store.memo.save()?;
     let interrupted = cancel.load(Ordering::Relaxed);
     let required_missing = steps_out.iter().any(|r| {
-        r.status == Status::Unavailable && steps::required(&ctx.manifest.step(&r.step).spec.params)
+        r.status == Status::Unavailable && ctx.manifest.step(&r.step).spec.params.kind().required()
     });
     let ok = !interrupted
         && !required_missing
@@ -493,11 +493,11 @@ fn execute(
     let pb = progress::spinner("starting");
     pb.set_prefix(name.to_string());
     let mut datasets = BTreeMap::new();
-    for d in steps::datasets_used(&step.spec.params) {
+    for d in step.spec.params.kind().datasets() {
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
     // TensorRT steps need it; a benchmark uses it for engines when it is there.
-    let tensorrt = if steps::uses_tensorrt(&step.spec.params)
+    let tensorrt = if step.spec.params.kind().uses_tensorrt()
         || step.spec.kind == crate::manifest::StepKind::Benchmark
     {
         ctx.tensorrt().as_ref().ok()
@@ -518,7 +518,7 @@ fn execute(
         progress: &pb,
     };
     let started = Instant::now();
-    let outcome = steps::run(&sctx);
+    let outcome = step.spec.params.kind().run(&sctx);
     pb.finish_and_clear();
     let outcome = match outcome {
         Ok(o) => o,

@@ -54,7 +54,7 @@ pub(crate) enum Resolution {
     /// In the cache with intact outputs.
     Hit {
         parts: KeyParts,
-        record: ActionRecord,
+        record: Box<ActionRecord>,
     },
     /// Will run; `parts` is None when no key can be computed yet.
     Miss {
@@ -137,6 +137,7 @@ pub(crate) fn resolve(
         });
     }
     if let Some(record) = world.lookup(&key)? {
+        let record = Box::new(record);
         return Ok(Resolution::Hit { parts, record });
     }
     let reasons = world.miss_reasons(&step.name, &parts);
@@ -241,7 +242,7 @@ impl World for BuildContext {
     }
 
     fn backend_unavailable(&self, step: &Step) -> Option<String> {
-        if crate::steps::uses_tensorrt(&step.spec.params) {
+        if step.spec.params.kind().uses_tensorrt() {
             return self.tensorrt().as_ref().err().cloned();
         }
         None
@@ -376,6 +377,7 @@ mod tests {
             schema: 1
             name: t
             model:
+              task: recognition
               input: {name: x, shape: [1, 3, 112, 112]}
             steps:
               a: {kind: simplify}

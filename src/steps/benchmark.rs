@@ -777,3 +777,28 @@ pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
         summary,
     })
 }
+
+impl super::Kind for BenchmarkParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn references(&self) -> Vec<String> {
+        self.targets.iter().map(|c| c.step().to_string()).collect()
+    }
+    fn check_reference(
+        &self,
+        target: &str,
+        kind: super::StepKind,
+    ) -> std::result::Result<(), super::Problem> {
+        super::expect_artifact(target, kind)
+    }
+    fn validate(&self) -> Vec<super::Problem> {
+        BenchmarkParams::validate(self).err().into_iter().collect()
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

@@ -68,3 +68,18 @@ pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
         summary,
     })
 }
+
+impl super::Kind for CalibrateParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn datasets(&self) -> Vec<String> {
+        vec![self.dataset.clone()]
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

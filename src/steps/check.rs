@@ -178,3 +178,15 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
         summary,
     })
 }
+
+impl super::Kind for CheckParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

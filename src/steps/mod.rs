@@ -17,7 +17,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 use indexmap::IndexMap;
 
 use crate::error::Result;
-use crate::manifest::{DatasetSpec, Manifest, Step, StepKind, StepParams};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{DatasetSpec, Manifest, Step};
 use crate::toolchain::Toolchain;
 
 /// Everything a running step may use. Steps write their outputs into `workdir`.
@@ -85,174 +87,180 @@ pub struct StepOutcome {
     pub summary: serde_json::Value,
 }
 
-/// Implementation version per kind: bump it when a change to a step's code changes what it
-/// produces, and every cached result of that kind is rebuilt.
-pub fn impl_version(kind: StepKind) -> u32 {
-    match kind {
-        StepKind::Check => check::IMPL_VERSION,
-        StepKind::Simplify => simplify::IMPL_VERSION,
-        StepKind::Calibrate => calibrate::IMPL_VERSION,
-        StepKind::Convert => convert::IMPL_VERSION,
-        StepKind::Quantize => quantize::IMPL_VERSION,
-        StepKind::Compare => compare::IMPL_VERSION,
-        StepKind::Benchmark => benchmark::IMPL_VERSION,
-        StepKind::Release => release::IMPL_VERSION,
+/// A problem found in a step's params: (message, hint).
+pub type Problem = (String, Option<String>);
+
+/// What every step kind provides. Each kind's params type implements it in its own module;
+/// the registry below ties the manifest's `kind:` to the type. A new kind is one module and
+/// one registry line.
+pub trait Kind {
+    /// Implementation version: bump it when a change to the step's code changes what it
+    /// produces, and every cached result of that kind is rebuilt.
+    fn impl_version(&self) -> u32;
+    /// The toolchain pieces whose versions enter this step's cache key.
+    fn toolchain_pieces(&self) -> Vec<&'static str>;
+    /// Datasets the step reads (names from the manifest's `datasets:`).
+    fn datasets(&self) -> Vec<String> {
+        vec![]
     }
-}
-
-/// The toolchain pieces whose versions enter this step's cache key.
-pub fn toolchain_pieces(params: &StepParams) -> Vec<&'static str> {
-    match params {
-        StepParams::Check(_) => check::TOOLCHAIN.to_vec(),
-        StepParams::Simplify(p) => p.toolchain_pieces(),
-        StepParams::Calibrate(_) => calibrate::TOOLCHAIN.to_vec(),
-        StepParams::Convert(p) => p.toolchain_pieces(),
-        StepParams::Quantize(_) => quantize::TOOLCHAIN.to_vec(),
-        StepParams::Compare(_) => compare::TOOLCHAIN.to_vec(),
-        StepParams::Benchmark(_) => benchmark::TOOLCHAIN.to_vec(),
-        StepParams::Release(_) => release::TOOLCHAIN.to_vec(),
+    /// Steps named in params (beyond `needs`/`from`): their outputs are this step's inputs.
+    fn references(&self) -> Vec<String> {
+        vec![]
     }
-}
-
-/// Whether a kind produces a `model` output that a later step can take `from`.
-pub fn produces_model(kind: StepKind) -> bool {
-    matches!(kind, StepKind::Simplify | StepKind::Quantize)
-}
-
-/// Whether a step needs TensorRT (then its versions enter the key, and it is `unavailable`
-/// where TensorRT is not installed).
-pub fn uses_tensorrt(params: &StepParams) -> bool {
-    matches!(params, StepParams::Convert(p) if p.backend == convert::Backend::Tensorrt)
-}
-
-/// Whether the step says it must run (`required: true`): unavailable then fails the run.
-pub fn required(params: &StepParams) -> bool {
-    matches!(params, StepParams::Convert(p) if p.required)
-}
-
-/// Files named in params that are inputs (a legacy TensorRT calibration cache).
-pub fn extra_files(params: &StepParams) -> Vec<Utf8PathBuf> {
-    match params {
-        StepParams::Convert(p) => p.calib_cache.iter().cloned().collect(),
-        _ => vec![],
+    /// Whether `target`, a referenced step of kind `kind`, is of a kind this step can use.
+    fn check_reference(&self, target: &str, kind: StepKind) -> std::result::Result<(), Problem> {
+        let _ = (target, kind);
+        Ok(())
     }
-}
-
-/// Datasets a step reads (names from the manifest's `datasets:`).
-pub fn datasets_used(params: &StepParams) -> Vec<String> {
-    match params {
-        StepParams::Check(_)
-        | StepParams::Convert(_)
-        | StepParams::Quantize(_)
-        | StepParams::Benchmark(_)
-        | StepParams::Release(_) => vec![],
-        StepParams::Simplify(p) => p.dataset.iter().cloned().collect(),
-        StepParams::Calibrate(p) => vec![p.dataset.clone()],
-        StepParams::Compare(p) => vec![p.dataset.clone()],
+    /// Whether this step can take `from:` a step of kind `from` (None: the source model).
+    fn check_from(&self, from: Option<StepKind>) -> std::result::Result<(), Problem> {
+        let _ = from;
+        Ok(())
     }
-}
-
-/// Steps named in params (beyond `needs`/`from`): their outputs are this step's inputs.
-pub fn referenced_steps(params: &StepParams) -> Vec<String> {
-    match params {
-        StepParams::Convert(p) => p.calibration.iter().cloned().collect(),
-        StepParams::Quantize(p) => vec![p.calibration.clone()],
-        StepParams::Compare(p) => p.candidates.iter().map(|c| c.step().to_string()).collect(),
-        StepParams::Benchmark(p) => p.targets.iter().map(|c| c.step().to_string()).collect(),
-        StepParams::Release(p) => p.referenced(),
-        _ => vec![],
+    /// Files named in params that are inputs (a legacy TensorRT calibration cache).
+    fn extra_files(&self) -> Vec<Utf8PathBuf> {
+        vec![]
     }
+    /// Static validation of the params on their own.
+    fn validate(&self) -> Vec<Problem> {
+        vec![]
+    }
+    /// Whether the step needs TensorRT (its versions enter the key, and it is
+    /// `unavailable` where TensorRT is not installed).
+    fn uses_tensorrt(&self) -> bool {
+        false
+    }
+    /// Whether the step says it must run (`required: true`): unavailable then fails the run.
+    fn required(&self) -> bool {
+        false
+    }
+    /// Run the step in `ctx.workdir`.
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome>;
 }
 
-/// Which kinds a referenced step must be, per referencing kind.
-pub fn check_reference(
-    params: &StepParams,
+/// "a `convert`, `quantize` or `simplify` step": what artifact references must name.
+pub(crate) fn expect_artifact(target: &str, kind: StepKind) -> std::result::Result<(), Problem> {
+    expect(
+        target,
+        kind,
+        &[StepKind::Convert, StepKind::Simplify, StepKind::Quantize],
+        "a `convert`, `quantize` or `simplify` step",
+    )
+}
+
+/// A referenced step must be one of `kinds`.
+pub(crate) fn expect(
     target: &str,
-    target_kind: StepKind,
-) -> std::result::Result<(), (String, Option<String>)> {
-    let ok = match params {
-        StepParams::Convert(_) | StepParams::Quantize(_) => target_kind == StepKind::Calibrate,
-        StepParams::Compare(_) | StepParams::Benchmark(_) => matches!(
-            target_kind,
-            StepKind::Convert | StepKind::Simplify | StepKind::Quantize
-        ),
-        StepParams::Release(p) => {
-            let want = if p.compare.as_deref() == Some(target) {
-                (target_kind == StepKind::Compare, "a `compare` step")
-            } else if p.benchmark.as_deref() == Some(target) {
-                (target_kind == StepKind::Benchmark, "a `benchmark` step")
-            } else {
-                (
-                    matches!(
-                        target_kind,
-                        StepKind::Convert | StepKind::Simplify | StepKind::Quantize
-                    ),
-                    "a `convert`, `quantize` or `simplify` step",
-                )
-            };
-            if want.0 {
-                return Ok(());
-            }
-            return Err((
-                format!(
-                    "names `{target}`, a `{target_kind}` step, where {} is expected",
-                    want.1
-                ),
-                None,
-            ));
-        }
-        _ => true,
-    };
-    if ok {
+    kind: StepKind,
+    kinds: &[StepKind],
+    want: &str,
+) -> std::result::Result<(), Problem> {
+    if kinds.contains(&kind) {
         Ok(())
     } else {
-        let want = if matches!(params, StepParams::Convert(_) | StepParams::Quantize(_)) {
-            "a `calibrate` step"
-        } else {
-            "a `convert`, `quantize` or `simplify` step"
-        };
         Err((
-            format!("names `{target}`, a `{target_kind}` step, where {want} is expected"),
+            format!("names `{target}`, a `{kind}` step, where {want} is expected"),
             None,
         ))
     }
 }
 
-/// Static validation at load time: (message, hint) on error.
-pub fn validate(
-    step: &Step,
-    datasets: &IndexMap<String, DatasetSpec>,
-) -> std::result::Result<(), (String, Option<String>)> {
-    for d in datasets_used(&step.spec.params) {
+/// The registry: one line per kind (its manifest name, module, params type, whether it
+/// produces a `model.onnx` that a later step can take `from`, and its default params when
+/// `params:` may be left out).
+macro_rules! registry {
+    ($($variant:ident => $name:literal, $params:ty, produces_model: $pm:literal, default: $def:expr;)*) => {
+        /// A step kind, as `kind:` names it.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum StepKind {
+            $($variant,)*
+        }
+
+        impl StepKind {
+            /// The manifest's name for the kind.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(StepKind::$variant => $name,)*
+                }
+            }
+
+            /// Whether the kind produces a `model` output that a later step can take `from`.
+            pub fn produces_model(self) -> bool {
+                match self {
+                    $(StepKind::$variant => $pm,)*
+                }
+            }
+
+            /// Params of kinds that need none; None for kinds with required params.
+            pub(crate) fn default_params(self) -> Option<StepParams> {
+                match self {
+                    $(StepKind::$variant => $def.map(StepParams::$variant),)*
+                }
+            }
+        }
+
+        /// A step's params, typed by its kind.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(untagged)]
+        pub enum StepParams {
+            $($variant($params),)*
+        }
+
+        impl StepParams {
+            /// The kind's behaviour.
+            pub fn kind(&self) -> &dyn Kind {
+                match self {
+                    $(StepParams::$variant(p) => p,)*
+                }
+            }
+
+            /// Deserialize the params of `kind` straight from the manifest, so every
+            /// error points at the exact key.
+            pub(crate) fn deserialize_as<'de, A: serde::de::MapAccess<'de>>(
+                kind: StepKind,
+                map: &mut A,
+            ) -> std::result::Result<StepParams, A::Error> {
+                Ok(match kind {
+                    $(StepKind::$variant => StepParams::$variant(map.next_value()?),)*
+                })
+            }
+        }
+    };
+}
+
+registry! {
+    Check => "check", check::CheckParams, produces_model: false, default: Some(check::CheckParams::default());
+    Simplify => "simplify", simplify::SimplifyParams, produces_model: true, default: Some(simplify::SimplifyParams::default());
+    Calibrate => "calibrate", calibrate::CalibrateParams, produces_model: false, default: None;
+    Convert => "convert", convert::ConvertParams, produces_model: false, default: None;
+    Quantize => "quantize", quantize::QuantizeParams, produces_model: true, default: None;
+    Compare => "compare", compare::CompareParams, produces_model: false, default: None;
+    Benchmark => "benchmark", benchmark::BenchmarkParams, produces_model: false, default: None;
+    Release => "release", release::ReleaseParams, produces_model: false, default: None;
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Validation of one step against the pipeline's datasets: every problem found.
+pub(crate) fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) -> Vec<Problem> {
+    let kind = step.spec.params.kind();
+    let mut problems = Vec::new();
+    for d in kind.datasets() {
         if !datasets.contains_key(&d) {
             let known: Vec<&str> = datasets.keys().map(String::as_str).collect();
-            return Err((
+            problems.push((
                 format!("uses dataset `{d}`, which is not declared under `datasets:`"),
                 Some(format!("declared datasets: [{}]", known.join(", "))),
             ));
         }
     }
-    match &step.spec.params {
-        StepParams::Check(_) | StepParams::Calibrate(_) | StepParams::Quantize(_) => Ok(()),
-        StepParams::Simplify(p) => p.validate(),
-        StepParams::Convert(p) => p.validate(),
-        StepParams::Compare(p) => p.validate(),
-        StepParams::Benchmark(p) => p.validate(),
-        StepParams::Release(p) => p.validate(),
-    }
-}
-
-pub fn run(ctx: &StepContext) -> Result<StepOutcome> {
-    match &ctx.step.spec.params {
-        StepParams::Check(p) => check::run(ctx, p),
-        StepParams::Simplify(p) => simplify::run(ctx, p),
-        StepParams::Calibrate(p) => calibrate::run(ctx, p),
-        StepParams::Convert(p) => convert::run(ctx, p),
-        StepParams::Quantize(p) => quantize::run(ctx, p),
-        StepParams::Compare(p) => compare::run(ctx, p),
-        StepParams::Benchmark(p) => benchmark::run(ctx, p),
-        StepParams::Release(p) => release::run(ctx, p),
-    }
+    problems.extend(kind.validate());
+    problems
 }
 
 /// What an artifact step's own report.json says about the artifact, for the steps that use
@@ -293,7 +301,7 @@ pub fn unavailable_upstream(step: &str) -> String {
 /// Write a report into the workdir as pretty JSON and return its path. It goes through
 /// `serde_json::Value` so that typed reports print exactly as the `json!` ones did (f32
 /// fields widened to f64).
-pub fn write_report<T: serde::Serialize>(
+pub fn write_report<T: Serialize>(
     workdir: &Utf8Path,
     name: &str,
     report: &T,

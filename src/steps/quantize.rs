@@ -84,3 +84,30 @@ pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
         summary,
     })
 }
+
+impl super::Kind for QuantizeParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn references(&self) -> Vec<String> {
+        vec![self.calibration.clone()]
+    }
+    fn check_reference(
+        &self,
+        target: &str,
+        kind: super::StepKind,
+    ) -> std::result::Result<(), super::Problem> {
+        super::expect(
+            target,
+            kind,
+            &[super::StepKind::Calibrate],
+            "a `calibrate` step",
+        )
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

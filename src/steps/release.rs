@@ -652,3 +652,35 @@ pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
     }
     Ok(out)
 }
+
+impl super::Kind for ReleaseParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn references(&self) -> Vec<String> {
+        self.referenced()
+    }
+    fn check_reference(
+        &self,
+        target: &str,
+        kind: super::StepKind,
+    ) -> std::result::Result<(), super::Problem> {
+        use super::StepKind;
+        if self.compare.as_deref() == Some(target) {
+            super::expect(target, kind, &[StepKind::Compare], "a `compare` step")
+        } else if self.benchmark.as_deref() == Some(target) {
+            super::expect(target, kind, &[StepKind::Benchmark], "a `benchmark` step")
+        } else {
+            super::expect_artifact(target, kind)
+        }
+    }
+    fn validate(&self) -> Vec<super::Problem> {
+        ReleaseParams::validate(self).err().into_iter().collect()
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

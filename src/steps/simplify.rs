@@ -302,3 +302,21 @@ fn tool_name(t: Tool) -> &'static str {
         Tool::Onnxslim => "onnxslim",
     }
 }
+
+impl super::Kind for SimplifyParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        SimplifyParams::toolchain_pieces(self)
+    }
+    fn datasets(&self) -> Vec<String> {
+        self.dataset.iter().cloned().collect()
+    }
+    fn validate(&self) -> Vec<super::Problem> {
+        SimplifyParams::validate(self).err().into_iter().collect()
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

@@ -730,3 +730,34 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
     }
     s
 }
+
+impl super::Kind for CompareParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        TOOLCHAIN.to_vec()
+    }
+    fn datasets(&self) -> Vec<String> {
+        vec![self.dataset.clone()]
+    }
+    fn references(&self) -> Vec<String> {
+        self.candidates
+            .iter()
+            .map(|c| c.step().to_string())
+            .collect()
+    }
+    fn check_reference(
+        &self,
+        target: &str,
+        kind: super::StepKind,
+    ) -> std::result::Result<(), super::Problem> {
+        super::expect_artifact(target, kind)
+    }
+    fn validate(&self) -> Vec<super::Problem> {
+        CompareParams::validate(self).err().into_iter().collect()
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}

@@ -179,3 +179,40 @@ pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         Backend::Tensorrt => tensorrt::run(ctx, p),
     }
 }
+
+impl super::Kind for ConvertParams {
+    fn impl_version(&self) -> u32 {
+        IMPL_VERSION
+    }
+    fn toolchain_pieces(&self) -> Vec<&'static str> {
+        ConvertParams::toolchain_pieces(self)
+    }
+    fn references(&self) -> Vec<String> {
+        self.calibration.iter().cloned().collect()
+    }
+    fn check_reference(
+        &self,
+        target: &str,
+        kind: StepKind,
+    ) -> std::result::Result<(), super::Problem> {
+        super::expect(target, kind, &[StepKind::Calibrate], "a `calibrate` step")
+    }
+    fn check_from(&self, from: Option<StepKind>) -> std::result::Result<(), super::Problem> {
+        ConvertParams::check_from(self, from)
+    }
+    fn extra_files(&self) -> Vec<camino::Utf8PathBuf> {
+        self.calib_cache.iter().cloned().collect()
+    }
+    fn validate(&self) -> Vec<super::Problem> {
+        ConvertParams::validate(self).err().into_iter().collect()
+    }
+    fn uses_tensorrt(&self) -> bool {
+        self.backend == Backend::Tensorrt
+    }
+    fn required(&self) -> bool {
+        self.required
+    }
+    fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
+        run(ctx, self)
+    }
+}
