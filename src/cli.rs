@@ -303,17 +303,10 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
                 for r in &all {
                     println!(
                         "  {} {:<16} {} {}",
-                        if r["current"] == true { "*" } else { " " },
-                        r["pipeline"].as_str().unwrap_or(""),
-                        r["version"].as_str().unwrap_or(""),
-                        r["artifacts"]
-                            .as_array()
-                            .map(|a| a
-                                .iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "))
-                            .unwrap_or_default()
+                        if r.current { "*" } else { " " },
+                        r.pipeline,
+                        r.version,
+                        r.artifacts.join(", ")
                     );
                 }
                 println!("(* = current)");
@@ -329,13 +322,16 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let root = crate::steps::release::releases_root(dir.as_deref());
             let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
             if json {
-                println!("{r}");
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(anyhow::Error::from)?
+                );
             } else {
                 println!(
                     "{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}",
-                    r["previous_current"].as_str().unwrap_or("none"),
-                    r["verified_files"],
-                    r["current_dir"].as_str().unwrap_or("")
+                    r.previous_current.as_deref().unwrap_or("none"),
+                    r.verified_files,
+                    r.current_dir
                 );
             }
             Ok(0)
@@ -461,6 +457,29 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
     );
 }
 
+/// One step's state, as `status` shows it.
+#[derive(serde::Serialize)]
+struct StatusRow {
+    step: String,
+    kind: String,
+    /// up-to-date, not-built, stale, stale-upstream or unavailable.
+    state: &'static str,
+    detail: StatusDetail,
+    outputs: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct StatusDetail {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<Vec<String>>,
+}
+
 fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
     let ctx = BuildContext::open(m.clone(), cache_dir)?;
     let selected = ctx.dag.select(&[])?;
@@ -468,20 +487,31 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for s in &p {
         let lock = ctx.lock.steps.get(&s.step);
-        let (state, detail) = match &s.decision {
+        let mut detail = StatusDetail {
+            key: None,
+            summary: None,
+            reasons: None,
+            upstream: None,
+        };
+        let state = match &s.decision {
             Decision::Cached { key } => {
                 let rec = ctx.store.read_action(key);
-                (
-                    "up-to-date",
-                    json!({"key": key, "summary": rec.map(|r| r.summary).unwrap_or_default()}),
-                )
+                detail.key = Some(key.clone());
+                detail.summary = Some(rec.map(|r| r.summary).unwrap_or_default());
+                "up-to-date"
             }
-            Decision::Run { reasons, .. } if lock.is_none() => {
-                ("not-built", json!({"reasons": reasons}))
+            Decision::Run { reasons, .. } => {
+                detail.reasons = Some(reasons.clone());
+                if lock.is_none() { "not-built" } else { "stale" }
             }
-            Decision::Run { reasons, .. } => ("stale", json!({"reasons": reasons})),
-            Decision::Waits { on } => ("stale-upstream", json!({"upstream": on})),
-            Decision::Unavailable { reason } => ("unavailable", json!({"reasons": [reason]})),
+            Decision::Waits { on } => {
+                detail.upstream = Some(on.clone());
+                "stale-upstream"
+            }
+            Decision::Unavailable { reason } => {
+                detail.reasons = Some(vec![reason.clone()]);
+                "unavailable"
+            }
         };
         let outputs: Vec<String> = lock
             .map(|l| {
@@ -491,7 +521,13 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
                     .collect()
             })
             .unwrap_or_default();
-        rows.push(json!({"step": s.step, "kind": s.kind, "state": state, "detail": detail, "outputs": outputs}));
+        rows.push(StatusRow {
+            step: s.step.clone(),
+            kind: s.kind.clone(),
+            state,
+            detail,
+            outputs,
+        });
     }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows})).map_err(anyhow::Error::from)?);
@@ -503,31 +539,16 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
         ctx.manifest.file,
         ctx.manifest.lock_path()
     );
-    let w = rows
-        .iter()
-        .map(|r| r["step"].as_str().unwrap_or("").len())
-        .max()
-        .unwrap_or(0);
+    let w = rows.iter().map(|r| r.step.len()).max().unwrap_or(0);
     for r in &rows {
-        let detail = match r["state"].as_str() {
-            Some("up-to-date") => summary_line(&r["detail"]["summary"]),
-            Some("stale-upstream") => format!("upstream {} will rebuild", r["detail"]["upstream"]),
-            _ => r["detail"]["reasons"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default(),
+        let d = &r.detail;
+        let detail = match (&d.summary, &d.upstream, &d.reasons) {
+            (Some(summary), _, _) => summary_line(summary),
+            (_, Some(up), _) => format!("upstream {} will rebuild", json!(up)),
+            (_, _, Some(reasons)) => reasons.join("; "),
+            _ => String::new(),
         };
-        println!(
-            "  {:<w$}  {:<15} {}",
-            r["step"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            detail
-        );
+        println!("  {:<w$}  {:<15} {}", r.step, r.state, detail);
     }
     Ok(0)
 }

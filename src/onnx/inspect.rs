@@ -3,19 +3,19 @@
 
 use camino::{Utf8Component, Utf8Path};
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::proto::{ModelProto, TensorProto, ValueInfoProto, elem_bits, elem_type_name};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum DimInfo {
     Static(i64),
     Symbolic(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TensorInfo {
     pub name: String,
     pub elem_type: String,
@@ -31,20 +31,20 @@ impl TensorInfo {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Opset {
     pub domain: String,
     pub version: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExternalRef {
     pub tensor: String,
     pub location: String,
     pub length: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub ir_version: i64,
     pub opsets: Vec<Opset>,

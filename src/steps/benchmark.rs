@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::runtime::bench::BenchSpec;
 use crate::runtime::{BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint};
 
-pub const IMPL_VERSION: u32 = 1;
+/// v2: the report is typed and carries `schema`.
+pub const IMPL_VERSION: u32 = 2;
 pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 pub const SCHEMA: &str = "facebuild.benchmark/1";
 

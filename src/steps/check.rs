@@ -2,16 +2,20 @@
 //! Native protobuf inspection (IR, opsets, I/O with symbolic dims, initializers, external
 //! data), the ONNX checker from the toolchain, and a load in ONNX Runtime.
 
+use std::collections::BTreeMap;
+
+use camino::Utf8PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
-use crate::manifest::{Dim, Layout, Manifest, fmt_shape};
+use crate::manifest::{Dim, InputSpec, Layout, Manifest, fmt_shape};
 use crate::onnx::inspect::{DimInfo, ModelInfo, inspect, load_model};
 use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
-pub const IMPL_VERSION: u32 = 1;
+/// v2: the report is typed and carries `schema`.
+pub const IMPL_VERSION: u32 = 2;
 pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +103,57 @@ fn fmt_dims(s: &[DimInfo]) -> String {
     format!("[{}]", v.join(", "))
 }
 
+/// The version of check's report shape.
+pub const SCHEMA: &str = "facebuild.check/1";
+
+/// `check`'s report.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub schema: String,
+    pub step: String,
+    pub kind: String,
+    pub passed: bool,
+    pub model: CheckedModel,
+    /// What the graph declares, read natively.
+    pub graph: ModelInfo,
+    /// Where the graph contradicts the manifest's `model.input`.
+    pub problems: Vec<String>,
+    pub onnx_checker: CheckerResult,
+    pub onnxruntime: OrtLoad,
+    pub toolchain: BTreeMap<String, String>,
+}
+
+/// The model checked, and what the manifest declares of its input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckedModel {
+    pub path: Utf8PathBuf,
+    pub declared_input: InputSpec,
+}
+
+/// What the ONNX checker (check.py) said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckerResult {
+    pub ok: bool,
+    pub onnx_version: String,
+    pub full_check: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Whether ONNX Runtime loads the model (null when not asked to).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OrtLoad {
+    pub loaded: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<(String, Vec<i64>)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<crate::runtime::ExecutionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
     ctx.progress.set_message("parsing ModelProto");
     let model = load_model(ctx.model)?;
@@ -108,7 +163,7 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
 
     ctx.check_cancelled()?;
     ctx.progress.set_message("running the ONNX checker");
-    let checker = ctx.toolchain.run_script(
+    let checker: CheckerResult = ctx.toolchain.run_script(
         include_str!("../toolchain/python/check.py"),
         &[ctx.model.as_str(), if p.full_check { "1" } else { "0" }],
         "onnx checker",
@@ -119,42 +174,53 @@ pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
         ctx.progress.set_message("loading in ONNX Runtime");
         let rt = OnnxRuntime::new(ctx.toolchain, None)?;
         match rt.load(ctx.model) {
-            Ok(m) => {
-                json!({"loaded": true, "inputs": m.inputs(), "outputs": m.outputs(), "execution": m.execution()})
-            }
-            Err(e) => json!({"loaded": false, "error": e.to_string()}),
+            Ok(m) => OrtLoad {
+                loaded: Some(true),
+                inputs: Some(m.inputs()),
+                outputs: Some(m.outputs()),
+                execution: Some(m.execution()),
+                error: None,
+            },
+            Err(e) => OrtLoad {
+                loaded: Some(false),
+                error: Some(e.to_string()),
+                ..OrtLoad::default()
+            },
         }
     } else {
-        json!({"loaded": null})
+        OrtLoad::default()
     };
 
-    let checker_ok = checker["ok"].as_bool().unwrap_or(false);
-    let ort_ok = ort["loaded"].as_bool() != Some(false);
-    let passed = problems.is_empty() && checker_ok && ort_ok;
-    let report = json!({
-        "step": ctx.step.name,
-        "kind": "check",
-        "passed": passed,
-        "model": {"path": ctx.model, "declared_input": ctx.manifest.model.input},
-        "graph": info,
-        "problems": problems,
-        "onnx_checker": checker,
-        "onnxruntime": ort,
-        "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
-    });
+    let ort_ok = ort.loaded != Some(false);
+    let passed = problems.is_empty() && checker.ok && ort_ok;
+    let report = CheckReport {
+        schema: SCHEMA.into(),
+        step: ctx.step.name.clone(),
+        kind: "check".into(),
+        passed,
+        model: CheckedModel {
+            path: ctx.model.to_owned(),
+            declared_input: ctx.manifest.model.input.clone(),
+        },
+        graph: info.clone(),
+        problems: problems.clone(),
+        onnx_checker: checker,
+        onnxruntime: ort,
+        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    };
     let path = super::write_report(ctx.workdir, "report.json", &report)?;
     if !passed {
-        let mut reasons = problems.clone();
-        if !checker_ok {
+        let mut reasons = problems;
+        if !report.onnx_checker.ok {
             reasons.push(format!(
                 "onnx checker: {}",
-                checker["error"].as_str().unwrap_or("failed")
+                report.onnx_checker.error.as_deref().unwrap_or("failed")
             ));
         }
         if !ort_ok {
             reasons.push(format!(
                 "ONNX Runtime: {}",
-                ort["error"].as_str().unwrap_or("cannot load")
+                report.onnxruntime.error.as_deref().unwrap_or("cannot load")
             ));
         }
         return Err(Error::Step {

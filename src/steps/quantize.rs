@@ -42,6 +42,31 @@ fn yes() -> bool {
     true
 }
 
+/// What the Q/DQ helper (qdq.py) reports.
+#[derive(Debug, Serialize, Deserialize)]
+struct QdqResult {
+    onnxruntime_version: String,
+    onnx_version: String,
+    calibration_items: u64,
+    method: String,
+    per_channel: bool,
+    /// The opset the model had before it was raised to 13 (Q/DQ per-channel needs 13).
+    opset_upgraded_from: Option<i64>,
+    quantize_linear: u64,
+    dequantize_linear: u64,
+    settings: QdqSettings,
+}
+
+/// How the Q/DQ model was quantized.
+#[derive(Debug, Serialize, Deserialize)]
+struct QdqSettings {
+    format: String,
+    activations: String,
+    weights: String,
+    bias: String,
+    dedicated_qdq_pair: bool,
+}
+
 pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
     let calib = &ctx.upstream[&p.calibration]["calibration.npy"];
     let out = ctx.workdir.join("model.onnx");
@@ -51,7 +76,7 @@ pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    let r = ctx.toolchain.run_script(
+    let r: QdqResult = ctx.toolchain.run_script(
         include_str!("../toolchain/python/qdq.py"),
         &[
             ctx.model.as_str(),
@@ -74,7 +99,7 @@ pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
         "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({"qdq_pairs": r["quantize_linear"], "method": method, "per_channel": p.per_channel, "calibration_items": r["calibration_items"]});
+    let summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
     Ok(StepOutcome {
         outputs: [
             ("model.onnx".to_string(), out),

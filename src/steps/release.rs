@@ -22,7 +22,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
 use crate::runtime::BenchMeasurement;
 
-pub const IMPL_VERSION: u32 = 1;
+/// v2: the report is typed and carries `schema`.
+pub const IMPL_VERSION: u32 = 2;
 pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -374,7 +375,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let previous = history
         .iter()
         .rev()
-        .find(|h| h["event"] == "promote" && h["version"] != version.as_str())
+        .find(|h| h.event == "promote" && h.version != version)
         .cloned();
     let metadata = json!({
         "pipeline": ctx.manifest.name,
@@ -387,7 +388,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         "artifacts": artifacts_meta,
         "gates": verdicts,
         "machine": bench.as_ref().map(|b| &b.machine),
-        "previous": previous.as_ref().map(|p| p["version"].clone()),
+        "previous": previous.as_ref().map(|p| &p.version),
     });
     std::fs::write(
         stage.join("metadata.json"),
@@ -398,17 +399,15 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         Some(prev) => format!(
             "# Rolling back `{}` from {version}\n\nThe previous release is **{}** (promoted {}). Its files and sha256:\n\n```\n{}```\n\nRestore it as `current` (every file's sha256 is checked against its SHA256SUMS):\n\n```sh\nfacebuild release rollback {} {} --dir {root}\n```\n",
             ctx.manifest.name,
-            prev["version"].as_str().unwrap_or(""),
-            prev["unix_time"],
-            prev["sha256"]
-                .as_object()
-                .map(|m| m
-                    .iter()
-                    .map(|(f, d)| format!("{}  {f}\n", d.as_str().unwrap_or("")))
-                    .collect::<String>())
-                .unwrap_or_default(),
+            prev.version,
+            prev.unix_time,
+            prev.sha256
+                .iter()
+                .flatten()
+                .map(|(f, d)| format!("{d}  {f}\n"))
+                .collect::<String>(),
             ctx.manifest.name,
-            prev["version"].as_str().unwrap_or(""),
+            prev.version,
         ),
         None => format!(
             "# Rolling back `{}` from {version}\n\nThis is the first release of `{}`: there is no earlier version to restore. To withdraw it, remove `{root}/{}/current`.\n",
@@ -436,7 +435,13 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
         append_history(
             &pipeline_dir,
-            json!({"event": "promote", "version": version, "unix_time": now(), "sha256": digests}),
+            &HistoryEntry {
+                event: "promote".into(),
+                version: version.clone(),
+                unix_time: now(),
+                sha256: Some(digests),
+                from: None,
+            },
         )?;
     }
     set_current(&pipeline_dir, &version)?;
@@ -450,11 +455,7 @@ pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         promoted: promoted.clone(),
         refused: Some(refused.clone()),
         verdicts,
-        previous: Some(
-            previous
-                .as_ref()
-                .and_then(|p| p["version"].as_str().map(String::from)),
-        ),
+        previous: Some(previous.as_ref().map(|p| p.version.clone())),
     };
     super::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({"version": version, "promoted": promoted.join(", "), "refused": refused.len(), "to": vdir.to_string()});
@@ -496,7 +497,22 @@ fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
-fn read_history(pipeline_dir: &Utf8Path) -> Vec<serde_json::Value> {
+/// One line of a pipeline's `history.jsonl`: a promotion or a rollback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// `promote` or `rollback`.
+    pub event: String,
+    pub version: String,
+    pub unix_time: u64,
+    /// Promotions: every released file's sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<BTreeMap<String, String>>,
+    /// Rollbacks: the version that was current before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+fn read_history(pipeline_dir: &Utf8Path) -> Vec<HistoryEntry> {
     std::fs::read_to_string(pipeline_dir.join("history.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -504,7 +520,7 @@ fn read_history(pipeline_dir: &Utf8Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn append_history(pipeline_dir: &Utf8Path, entry: serde_json::Value) -> Result<()> {
+fn append_history(pipeline_dir: &Utf8Path, entry: &HistoryEntry) -> Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(pipeline_dir).fs_context(pipeline_dir)?;
     let p = pipeline_dir.join("history.jsonl");
@@ -513,7 +529,12 @@ fn append_history(pipeline_dir: &Utf8Path, entry: serde_json::Value) -> Result<(
         .append(true)
         .open(&p)
         .fs_context(&p)?;
-    writeln!(f, "{entry}").fs_context(&p)
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(entry).map_err(anyhow::Error::from)?
+    )
+    .fs_context(&p)
 }
 
 /// Verify a version folder against its SHA256SUMS: the list of bad files.
@@ -568,14 +589,36 @@ fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
 }
 
 /// `facebuild release rollback PIPELINE VERSION`: make an earlier version current again.
-pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<serde_json::Value> {
+/// What `release rollback` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rollback {
+    pub pipeline: String,
+    pub current: String,
+    pub previous_current: Option<String>,
+    pub verified_files: usize,
+    pub current_dir: Utf8PathBuf,
+}
+
+/// One release, as `release list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseEntry {
+    pub pipeline: String,
+    pub version: String,
+    pub current: bool,
+    pub unix_time: u64,
+    /// `name (precision)` of each promoted artifact.
+    pub artifacts: Vec<String>,
+    pub dir: Utf8PathBuf,
+}
+
+pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<Rollback> {
     let pdir = crate::util::child_of(root, pipeline)?;
     let vdir = crate::util::child_of(&pdir, version)?;
     if !vdir.join("SHA256SUMS").exists() {
         let known = list(root)?
             .into_iter()
-            .filter(|r| r["pipeline"] == pipeline)
-            .map(|r| r["version"].as_str().unwrap_or("").to_string())
+            .filter(|r| r.pipeline == pipeline)
+            .map(|r| r.version)
             .collect::<Vec<_>>();
         return Err(
             Error::usage(format!("no release `{version}` of `{pipeline}` in {root}")).with_hint(
@@ -594,11 +637,21 @@ pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<serde_
     let sums = std::fs::read_to_string(vdir.join("SHA256SUMS")).fs_context(&vdir)?;
     append_history(
         &pdir,
-        json!({"event": "rollback", "version": version, "from": from, "unix_time": now()}),
+        &HistoryEntry {
+            event: "rollback".into(),
+            version: version.into(),
+            unix_time: now(),
+            sha256: None,
+            from: from.clone(),
+        },
     )?;
-    Ok(
-        json!({"pipeline": pipeline, "current": version, "previous_current": from, "verified_files": sums.lines().count(), "current_dir": pdir.join("current")}),
-    )
+    Ok(Rollback {
+        pipeline: pipeline.into(),
+        current: version.into(),
+        previous_current: from,
+        verified_files: sums.lines().count(),
+        current_dir: pdir.join("current"),
+    })
 }
 
 /// `facebuild release list`: every pipeline's versions, oldest first, with which is current.
@@ -617,7 +670,7 @@ struct MetadataArtifact {
     audit_only: bool,
 }
 
-pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
+pub fn list(root: &Utf8Path) -> Result<Vec<ReleaseEntry>> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else {
         return Ok(out);
@@ -635,9 +688,9 @@ pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
             .ok();
         for h in read_history(&pdir)
             .into_iter()
-            .filter(|h| h["event"] == "promote")
+            .filter(|h| h.event == "promote")
         {
-            let v = h["version"].as_str().unwrap_or("").to_string();
+            let v = h.version.clone();
             let meta: Option<MetadataArtifacts> =
                 super::read_report(&pdir.join(&v).join("metadata.json")).ok();
             let arts: Vec<String> = meta
@@ -647,7 +700,14 @@ pub fn list(root: &Utf8Path) -> Result<Vec<serde_json::Value>> {
                 .filter(|x| !x.audit_only)
                 .map(|x| format!("{} ({})", x.name, x.precision))
                 .collect();
-            out.push(json!({"pipeline": name, "version": v, "current": current.as_deref() == Some(v.as_str()), "unix_time": h["unix_time"], "artifacts": arts, "dir": pdir.join(&v)}));
+            out.push(ReleaseEntry {
+                pipeline: name.clone(),
+                current: current.as_deref() == Some(v.as_str()),
+                unix_time: h.unix_time,
+                artifacts: arts,
+                dir: pdir.join(&v),
+                version: v,
+            });
         }
     }
     Ok(out)

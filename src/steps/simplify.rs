@@ -17,7 +17,8 @@ use crate::manifest::Dim;
 use crate::metrics;
 use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 
-pub const IMPL_VERSION: u32 = 2;
+/// v3: the report is typed and carries `schema`.
+pub const IMPL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +90,77 @@ impl SimplifyParams {
     }
 }
 
+/// The version of simplify's report shape.
+pub const SCHEMA: &str = "facebuild.simplify/1";
+
+/// `simplify`'s report.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimplifyReport {
+    pub schema: String,
+    pub step: String,
+    pub kind: String,
+    pub passed: bool,
+    pub tool: ToolResult,
+    /// Input name -> the shape frozen before simplifying.
+    pub frozen_shapes: IndexMap<String, Vec<Dim>>,
+    pub gate: SimplifyGate,
+    pub samples: SampleCounts,
+    /// Original against simplified, per output.
+    pub outputs: Vec<OutputFidelity>,
+    pub problems: Vec<String>,
+    pub execution: crate::runtime::ExecutionInfo,
+    pub toolchain: BTreeMap<String, String>,
+}
+
+/// What the simplifier (simplify.py) did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub tool: String,
+    pub tool_version: String,
+    pub onnx_version: String,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub ops_before: IndexMap<String, u64>,
+    pub ops_after: IndexMap<String, u64>,
+    pub inputs_after: IndexMap<String, Vec<Dim>>,
+    pub outputs_after: IndexMap<String, Vec<Dim>>,
+}
+
+/// simplify.py's answer: what it did, or why it refused (a bad `freeze`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolAnswer {
+    Refused { error: String },
+    Done(ToolResult),
+}
+
+/// The equivalence gate's limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimplifyGate {
+    pub cosine_min: f64,
+    pub max_abs_error: Option<f64>,
+}
+
+/// What equivalence was proven on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SampleCounts {
+    pub random: u32,
+    pub seed: u64,
+    pub images: usize,
+    pub dataset: Option<String>,
+}
+
+/// One output, original against simplified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputFidelity {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub cosine: metrics::Summary,
+    pub max_abs_error: f64,
+    pub mean_abs_error: f64,
+    pub samples: usize,
+}
+
 pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
     let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| {
@@ -99,25 +171,28 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let out_model = ctx.workdir.join("model.onnx");
     let spec = json!({
         "tool": p.tool,
-        "shapes": shapes,
+        "shapes": &shapes,
     });
     ctx.progress
         .set_message(format!("{} simplifying", tool_name(p.tool)));
-    let sim = ctx.toolchain.run_script(
+    let sim: ToolAnswer = ctx.toolchain.run_script(
         include_str!("../toolchain/python/simplify.py"),
         &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
         "simplify",
     )?;
-    if let Some(err) = sim.get("error").and_then(|e| e.as_str()) {
-        return Err(Error::Step {
-            step: ctx.step.name.clone(),
-            message: err.to_string(),
+    let sim = match sim {
+        ToolAnswer::Done(r) => r,
+        ToolAnswer::Refused { error } => {
+            return Err(Error::Step {
+                step: ctx.step.name.clone(),
+                message: error,
             hint: Some(
                 "check `params.freeze` against the graph's inputs (`facebuild run --target check`)"
                     .into(),
             ),
-        });
-    }
+            });
+        }
+    };
 
     ctx.check_cancelled()?;
     ctx.progress
@@ -225,7 +300,7 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         }
     }
 
-    let mut outputs_json = Vec::new();
+    let mut outputs = Vec::new();
     let mut worst_cos = 1.0f64;
     let mut worst_abs = 0.0f64;
     for (name, o) in &per_output {
@@ -246,22 +321,38 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
                 "output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"
             ));
         }
-        outputs_json.push(json!({"name": name, "shape": o.shape, "cosine": s, "max_abs_error": max_abs, "mean_abs_error": o.mean_abs_sum / n as f64, "samples": n}));
+        outputs.push(OutputFidelity {
+            name: name.clone(),
+            shape: o.shape.clone(),
+            cosine: s,
+            max_abs_error: *max_abs,
+            mean_abs_error: o.mean_abs_sum / n as f64,
+            samples: n,
+        });
     }
     let passed = problems.is_empty();
-    let report = json!({
-        "step": ctx.step.name,
-        "kind": "simplify",
-        "passed": passed,
-        "tool": sim,
-        "frozen_shapes": spec["shapes"],
-        "gate": {"cosine_min": p.cosine_min, "max_abs_error": p.max_abs_error},
-        "samples": {"random": p.samples, "seed": p.seed, "images": samples.len() - p.samples as usize, "dataset": p.dataset},
-        "outputs": outputs_json,
-        "problems": problems,
-        "execution": original.execution(),
-        "toolchain": ctx.toolchain.fingerprint(&p.toolchain_pieces()),
-    });
+    let report = SimplifyReport {
+        schema: SCHEMA.into(),
+        step: ctx.step.name.clone(),
+        kind: "simplify".into(),
+        passed,
+        tool: sim,
+        frozen_shapes: shapes,
+        gate: SimplifyGate {
+            cosine_min: p.cosine_min,
+            max_abs_error: p.max_abs_error,
+        },
+        samples: SampleCounts {
+            random: p.samples,
+            seed: p.seed,
+            images: samples.len() - p.samples as usize,
+            dataset: p.dataset.clone(),
+        },
+        outputs,
+        problems: problems.clone(),
+        execution: original.execution(),
+        toolchain: ctx.toolchain.fingerprint(&p.toolchain_pieces()),
+    };
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     if !passed {
         return Err(Error::Step {
@@ -271,8 +362,8 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         });
     }
     let summary = json!({
-        "tool": format!("{} {}", tool_name(p.tool), sim["tool_version"].as_str().unwrap_or("")),
-        "nodes": format!("{} -> {}", sim["nodes_before"], sim["nodes_after"]),
+        "tool": format!("{} {}", tool_name(p.tool), report.tool.tool_version),
+        "nodes": format!("{} -> {}", report.tool.nodes_before, report.tool.nodes_after),
         "cosine_min": worst_cos,
         "max_abs_error": worst_abs,
         "samples": samples.len(),

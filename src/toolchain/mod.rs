@@ -173,7 +173,13 @@ impl Toolchain {
 
     /// Run one of facebuild's helper scripts in the toolchain's Python. The script prints one
     /// JSON object on its last stdout line; a failure carries the script's stderr tail.
-    pub fn run_script(&self, script: &str, args: &[&str], what: &str) -> Result<serde_json::Value> {
+    /// Run a helper script; its last JSON line is its answer, parsed as `T`.
+    pub fn run_script<T: serde::de::DeserializeOwned>(
+        &self,
+        script: &str,
+        args: &[&str],
+        what: &str,
+    ) -> Result<T> {
         let out = Command::new(self.python())
             .arg("-c")
             .arg(script)

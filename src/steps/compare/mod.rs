@@ -32,7 +32,8 @@ use crate::runtime::{
     openvino::{OpenVino, OpenVinoSettings},
 };
 
-pub const IMPL_VERSION: u32 = 3;
+/// v4: the report is typed and carries `schema`.
+pub const IMPL_VERSION: u32 = 4;
 pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -104,7 +104,7 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
             let subset = p.subset_size.unwrap_or(300);
-            let r = ctx.toolchain.run_script(
+            let r: serde_json::Value = ctx.toolchain.run_script(
                 include_str!("../../toolchain/python/quantize.py"),
                 &[
                     ctx.model.as_str(),
