@@ -744,3 +744,48 @@ impl super::Kind for ReleaseParams {
         run(ctx, self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compare_without(artifact: &str) -> CompareReport {
+        serde_json::from_value(serde_json::json!({
+            "schema": "facebuild.compare/1", "step": "compare", "kind": "compare",
+            "passed": true,
+            "dataset": {"name": "d", "images": 1},
+            "reference": {"model": "ONNX original", "execution": {"runtime": "onnxruntime",
+                "version": "1", "device": "CPU", "threads": 1, "precision": "f32",
+                "settings": {}}},
+            "candidates": [{"label": artifact, "step": artifact, "available": false,
+                "unavailable": "absent", "passed": null}],
+            "failures": [], "toolchain": {},
+        }))
+        .unwrap()
+    }
+
+    /// A release gate on an artifact compare could not measure fails by the one rule, with
+    /// its status recorded, and passes only where the gates say `missing: pass`.
+    #[test]
+    fn missing_figure_follows_the_one_rule() {
+        let c = compare_without("openvino_fp16");
+        let mut g = Gates {
+            cosine_min: Some(0.99),
+            ..Default::default()
+        };
+        let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
+        let check = |g: &Gates| {
+            g.check(&all, Naming::Key, |m| {
+                measure(m, "openvino_fp16", Some(("compare", &c)), None)
+            })
+        };
+        let r = check(&g);
+        assert_eq!(r.len(), 1);
+        assert!(!r[0].passed);
+        assert_eq!(r[0].metric, "cosine_min");
+        assert_eq!(r[0].status.as_deref(), Some("not measured"));
+        assert_eq!(r[0].source.as_deref(), Some("compare `compare`"));
+        g.missing = Some(gate::OnMissing::Pass);
+        assert!(check(&g)[0].passed);
+    }
+}

@@ -19,7 +19,7 @@ use super::{CompareParams, Loaded, load_candidate};
 use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
-use crate::metrics::gate::{self, Measurement, Naming};
+use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
 
@@ -96,6 +96,23 @@ impl Tally {
             nms_parity: self.parity as f64 / self.images.max(1) as f64,
         }
     }
+}
+
+/// A detector candidate's gates, by the one rule (metrics::gate): landmark error and score
+/// drift with no matched box (or no landmarks) are "not measured", and fail unless the
+/// gates say `missing: pass`.
+fn detection_gates(gates: &Gates, t: &DetectionTotals) -> Vec<GateResult> {
+    gates.check(gate::DETECTION, Naming::Figure, |m| {
+        let v = match m.key {
+            "recall_min" => Some(t.recall),
+            "fp_per_image_max" => Some(t.fp_per_image),
+            "landmark_nme_max" => t.landmark_nme.max,
+            "score_drift_max" => t.score_drift.max,
+            _ => Some(t.nms_parity),
+        };
+        let why = "no matched boxes (or no landmarks) to measure it on";
+        (Measurement::from_option(v, why), None)
+    })
 }
 
 fn round2(d: &Detection) -> RoundedDetection {
@@ -245,19 +262,7 @@ pub(super) fn run(
             });
         }
         let tj = total.totals();
-        let gates = p
-            .gates_for(&label)
-            .check(gate::DETECTION, Naming::Figure, |m| {
-                let v = match m.key {
-                    "recall_min" => Some(tj.recall),
-                    "fp_per_image_max" => Some(tj.fp_per_image),
-                    "landmark_nme_max" => tj.landmark_nme.max,
-                    "score_drift_max" => tj.score_drift.max,
-                    _ => Some(tj.nms_parity),
-                };
-                let why = "no matched boxes (or no landmarks) to measure it on";
-                (Measurement::from_option(v, why), None)
-            });
+        let gates = detection_gates(&p.gates_for(&label), &tj);
         for g in gates.iter().filter(|g| !g.passed) {
             failures.push(format!(
                 "candidate `{label}` ({artifact} {weights}, executed {}): {}",
@@ -394,4 +399,29 @@ pub(super) fn run(
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
     v.map(|x| format!("{x:.prec$}"))
         .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No landmarks to measure: the landmark gate fails, as release would, unless the gates
+    /// say `missing: pass` (before the one rule, detection passed it silently).
+    #[test]
+    fn missing_landmarks_follow_the_one_rule() {
+        let t = DetectionTotals {
+            recall: 1.0,
+            ..Default::default()
+        };
+        let mut g = Gates {
+            recall_min: Some(0.99),
+            landmark_nme_max: Some(0.01),
+            ..Default::default()
+        };
+        let r = detection_gates(&g, &t);
+        assert!(r[0].passed && !r[1].passed);
+        assert_eq!(r[1].status.as_deref(), Some("not measured"));
+        g.missing = Some(gate::OnMissing::Pass);
+        assert!(detection_gates(&g, &t).iter().all(|x| x.passed));
+    }
 }

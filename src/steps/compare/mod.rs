@@ -215,6 +215,27 @@ const COMPARE_KEYS: &[&str] = &[
     "match_iou",
 ];
 
+/// An embedder candidate's gates, by the one rule (metrics::gate): a TAR or flips gate on a
+/// dataset without identities is "not measured", and fails unless the gates say
+/// `missing: pass`.
+fn recognition_gates(
+    gates: &Gates,
+    cosine_min: f64,
+    verification: Option<&CandidateVerification>,
+    dataset: &str,
+) -> Vec<gate::GateResult> {
+    gates.check(gate::RECOGNITION, Naming::Figure, |m| {
+        let v = match m.key {
+            "cosine_min" => Some(cosine_min),
+            "tar_drop_max" => verification.map(|v| v.tar_at_operating_far.drop),
+            _ => verification.map(|v| v.flips_at_reference_threshold as f64),
+        };
+        let why =
+            format!("dataset `{dataset}` has no identities (add `pairs:` or a folder per person)");
+        (Measurement::from_option(v, why), None)
+    })
+}
+
 /// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
 /// batch). Returns one flattened first output per image, and the inference time.
 fn embed(
@@ -550,24 +571,12 @@ pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             });
         }
 
-        let no_ids = || {
-            format!(
-                "dataset `{}` has no identities (add `pairs:` or a folder per person)",
-                p.dataset
-            )
-        };
-        let gates = p
-            .gates_for(&label)
-            .check(gate::RECOGNITION, Naming::Figure, |m| {
-                let v = match m.key {
-                    "cosine_min" => Some(cs.min),
-                    "tar_drop_max" => verification.as_ref().map(|v| v.tar_at_operating_far.drop),
-                    _ => verification
-                        .as_ref()
-                        .map(|v| v.flips_at_reference_threshold as f64),
-                };
-                (Measurement::from_option(v, no_ids()), None)
-            });
+        let gates = recognition_gates(
+            &p.gates_for(&label),
+            cs.min,
+            verification.as_ref(),
+            &p.dataset,
+        );
         for g in gates.iter().filter(|g| !g.passed) {
             failures.push(format!(
                 "candidate `{label}` ({artifact} {weights}, executed {}): {}",
@@ -760,5 +769,37 @@ impl super::Kind for CompareParams {
     }
     fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
         run(ctx, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TAR gate on a dataset without identities is not measured: it fails by the one
+    /// rule, and passes only where the gates say `missing: pass`.
+    #[test]
+    fn missing_tar_follows_the_one_rule() {
+        let mut g = Gates {
+            cosine_min: Some(0.99),
+            tar_drop_max: Some(0.05),
+            ..Default::default()
+        };
+        let r = recognition_gates(&g, 0.995, None, "crops");
+        assert_eq!(r.len(), 2);
+        assert!(r[0].passed, "cosine is measured and within its limit");
+        assert!(!r[1].passed);
+        assert_eq!(r[1].status.as_deref(), Some("not measured"));
+        assert!(
+            r[1].describe().contains("has no identities"),
+            "{}",
+            r[1].describe()
+        );
+        g.missing = Some(gate::OnMissing::Pass);
+        assert!(
+            recognition_gates(&g, 0.995, None, "crops")
+                .iter()
+                .all(|x| x.passed)
+        );
     }
 }
