@@ -131,7 +131,7 @@ pub struct ToolResult {
 #[serde(untagged)]
 enum ToolAnswer {
     Refused { error: String },
-    Done(ToolResult),
+    Done(Box<ToolResult>),
 }
 
 /// The equivalence gate's limits.
@@ -181,7 +181,7 @@ pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
         "simplify",
     )?;
     let sim = match sim {
-        ToolAnswer::Done(r) => r,
+        ToolAnswer::Done(r) => *r,
         ToolAnswer::Refused { error } => {
             return Err(Error::Step {
                 step: ctx.step.name.clone(),
