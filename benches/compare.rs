@@ -13,9 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use camino::Utf8PathBuf;
-use facebuild::runtime::onnxruntime::OnnxRuntime;
-use facebuild::runtime::openvino::{OpenVino, OpenVinoSettings};
-use facebuild::runtime::{LoadedModel, Runtime};
+use facebuild::{LoadedModel, OnnxRuntime, OpenVino, OpenVinoSettings, Runtime};
 use ndarray::{ArrayD, IxDyn};
 
 fn main() {
@@ -112,8 +110,8 @@ fn main() {
     let passes = images * models.len() as f64;
 
     // The runtimes alone: the same artifacts and batches, inference only.
-    let pins = facebuild::toolchain::Pins::resolve(&Default::default());
-    let tc = facebuild::toolchain::Toolchain::find(
+    let pins = facebuild::Pins::resolve(&Default::default());
+    let tc = facebuild::Toolchain::find(
         Utf8PathBuf::from_path_buf(d.join("cache"))
             .unwrap()
             .as_path(),

@@ -23,7 +23,7 @@ use crate::util::human_bytes;
     version,
     about = "Build, validate and gate face-model deployment artifacts from YAML pipelines"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Cache directory (default: ./cache, or $FACEBUILD_CACHE)
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<Utf8PathBuf>,

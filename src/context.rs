@@ -14,7 +14,7 @@ use crate::onnx::builtin::{BuiltinModel, GENERATOR_VERSION};
 use crate::steps;
 use crate::toolchain::{Pins, Toolchain};
 
-pub struct BuildContext {
+pub(crate) struct BuildContext {
     pub manifest: Manifest,
     pub dag: Dag,
     pub store: Store,
@@ -28,16 +28,15 @@ pub struct BuildContext {
 
 /// The resolved source model: where it is and what it hashes to.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     pub path: Utf8PathBuf,
     pub digest: String,
-    pub size: u64,
     /// How the manifest named it: a path, or `builtin:<name>`.
     pub label: String,
 }
 
 impl BuildContext {
-    pub fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
+    pub(crate) fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
         let dag = Dag::build(&manifest)?;
         let store = Store::open(&cache_dir)?;
         let pins = Pins::resolve(&manifest.toolchain);
@@ -56,7 +55,7 @@ impl BuildContext {
     }
 
     /// TensorRT as found for this manifest, or what is missing.
-    pub fn tensorrt(&self) -> &crate::toolchain::tensorrt::Discovery {
+    pub(crate) fn tensorrt(&self) -> &crate::toolchain::tensorrt::Discovery {
         self.tensorrt.get_or_init(|| {
             crate::toolchain::tensorrt::discover(
                 self.manifest.toolchain.tensorrt.as_ref(),
@@ -67,7 +66,7 @@ impl BuildContext {
     }
 
     /// Install the toolchain if needed (run does this; plan and status only look).
-    pub fn ensure_toolchain(&mut self) -> Result<&Toolchain> {
+    pub(crate) fn ensure_toolchain(&mut self) -> Result<&Toolchain> {
         if self.toolchain.is_none() {
             self.toolchain = Some(Toolchain::ensure(&self.cache_dir, &self.pins)?);
         }
@@ -76,7 +75,7 @@ impl BuildContext {
 
     /// Resolve the source model: the file the manifest names, or a generated built-in.
     /// A sha256 pin is checked here, before any step runs.
-    pub fn source(&self) -> Result<Source> {
+    pub(crate) fn source(&self) -> Result<Source> {
         let m = &self.manifest;
         let (path, label) = match &m.model.path {
             Some(p) => {
@@ -119,13 +118,12 @@ impl BuildContext {
         Ok(Source {
             path,
             digest: d.blake3,
-            size: d.size,
             label,
         })
     }
 
     /// Generate a built-in model once per generator version, into the cache.
-    pub fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
+    pub(crate) fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
         let path = self
             .cache_dir
             .join("builtin")
@@ -137,7 +135,7 @@ impl BuildContext {
     }
 
     /// Digest of a dataset folder: every file's relative path and blake3, sorted.
-    pub fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
+    pub(crate) fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
         let spec = &self.manifest.datasets[name];
         let dir = match (&spec.path, &spec.builtin) {
             (Some(p), _) => self.manifest.resolve(p),
@@ -193,7 +191,7 @@ impl BuildContext {
 
     /// Key parts for a step, given the digest of its model input and the outputs of the
     /// steps its params reference (a calibration set, compare candidates).
-    pub fn key_parts(
+    pub(crate) fn key_parts(
         &self,
         step: &Step,
         model_digest: &str,
@@ -252,13 +250,13 @@ impl BuildContext {
     }
 
     /// Where a step's outputs are copied for people to read: `<output>/<step>/`.
-    pub fn step_out_dir(&self, step: &str) -> Result<Utf8PathBuf> {
+    pub(crate) fn step_out_dir(&self, step: &str) -> Result<Utf8PathBuf> {
         crate::util::child_of(&self.manifest.output_dir, step)
     }
 
     /// Copy a step's outputs out of the store, unless the copy there is already identical
     /// (checked by the stat memo, so a no-op run reads nothing).
-    pub fn materialize(
+    pub(crate) fn materialize(
         &self,
         step: &str,
         outputs: &BTreeMap<String, crate::cache::BlobRef>,
@@ -291,7 +289,7 @@ impl BuildContext {
     }
 }
 
-pub fn default_cache_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
+pub(crate) fn default_cache_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
     if let Some(f) = flag {
         return f.to_owned();
     }

@@ -167,7 +167,7 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `.fs_context(path)` on io results, so every IO error names its file.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn fs_context(self, path: impl AsRef<camino::Utf8Path>) -> Result<T>;
 }
 

@@ -1,26 +1,49 @@
 //! facebuild: a build system for face-model deployment pipelines.
 //!
-//! A YAML manifest ([`manifest`]) describes a DAG ([`graph`]) of steps ([`steps`]) that take
-//! an ONNX model to validated artifacts. The [`scheduler`] runs them in order, in parallel
-//! where independent, and caches every result by a blake3 action key ([`cache`]) over its
-//! inputs, params and the versions of the [`toolchain`] it used. Models run through the
-//! [`runtime`] trait; [`metrics`] and [`report`] turn results into gates and readable output.
+//! A YAML manifest (`manifest/`) describes a DAG (`graph/`) of steps (`steps/`, one module
+//! per kind behind the [`steps::Kind`](crate) trait) that take an ONNX model to validated
+//! artifacts. The scheduler (`scheduler/`) decides every step through one resolution path
+//! (hit, miss and why, unavailable), runs misses in parallel where independent, and caches
+//! every result by a blake3 action key (`cache/`) over its inputs, params and the versions of
+//! the toolchain (`toolchain/`) it used. Models run through one runtime trait (`runtime/`);
+//! `metrics/` and `report/` turn results into gates and readable output.
+//!
+//! The binary is [`main`]. The library's public surface is what integration tests, benches
+//! and tools reading facebuild's files need: the typed reports each step writes, the run
+//! report, the gate types, and the runtimes and preprocessing used to check results
+//! independently. Everything else is private to the crate.
 
-pub mod cache;
-pub mod cli;
-pub mod context;
-pub mod detect;
-pub mod error;
-pub mod graph;
-pub mod manifest;
-pub mod metrics;
-pub mod onnx;
-pub mod preprocess;
-pub mod report;
-pub mod runtime;
-pub mod scheduler;
-pub mod steps;
-pub mod toolchain;
-pub mod util;
+mod cache;
+mod cli;
+mod context;
+mod detect;
+mod error;
+mod graph;
+mod manifest;
+mod metrics;
+mod onnx;
+mod preprocess;
+mod report;
+mod runtime;
+mod scheduler;
+mod steps;
+mod toolchain;
+mod util;
 
-pub use error::{Error, Result};
+pub use cli::main;
+pub use detect::{Detection, decode};
+pub use error::{Error, Location, Result};
+pub use manifest::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
+pub use metrics::gate::{GateResult, Gates, Measurement};
+pub use preprocess::{decode_image, letterbox, to_tensor};
+pub use runtime::onnxruntime::OnnxRuntime;
+pub use runtime::openvino::{OpenVino, OpenVinoSettings};
+pub use runtime::tensorrt::TensorRtRuntime;
+pub use runtime::{BenchMeasurement, ExecutionInfo, LoadedModel, NamedTensor, Runtime};
+pub use scheduler::{OutputInfo, RunReport, Status, StepResult};
+pub use steps::benchmark::BenchmarkReport;
+pub use steps::check::CheckReport;
+pub use steps::compare::CompareReport;
+pub use steps::release::ReleaseReport;
+pub use steps::simplify::SimplifyReport;
+pub use toolchain::{Pins, Toolchain};

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(facebuild::cli::main());
+    std::process::exit(facebuild::main());
 }

@@ -2,13 +2,13 @@
 
 /// splitmix64: seeded, tiny, and its stream never changes with a crate upgrade, which keeps
 /// generated models and test inputs reproducible across versions.
-pub struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -16,13 +16,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
     /// Uniform in [-1, 1).
-    pub fn unit(&mut self) -> f32 {
+    pub(crate) fn unit(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 
 /// Human-readable byte size.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -38,7 +38,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Every file below `dir`, recursively, sorted by path (stable across filesystems).
-pub fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8PathBuf>> {
+pub(crate) fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8PathBuf>> {
     use crate::error::IoContext;
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -62,7 +62,7 @@ pub fn files_under(dir: &camino::Utf8Path) -> crate::Result<Vec<camino::Utf8Path
 /// `root/name`, where `name` must be one plain path component: not empty, `.`, `..`, absolute
 /// or containing a separator. A second line of defence behind name validation, so that no
 /// pipeline, step or release name can make facebuild write or remove outside `root`.
-pub fn child_of(root: &camino::Utf8Path, name: &str) -> crate::Result<camino::Utf8PathBuf> {
+pub(crate) fn child_of(root: &camino::Utf8Path, name: &str) -> crate::Result<camino::Utf8PathBuf> {
     let mut parts = camino::Utf8Path::new(name).components();
     match (parts.next(), parts.next()) {
         (Some(camino::Utf8Component::Normal(n)), None) if n == name => Ok(root.join(name)),

@@ -8,9 +8,9 @@ mod common;
 use common::*;
 
 use camino::Utf8PathBuf;
-use facebuild::manifest::{DetectorFamily, DetectorSpec, Preprocessing};
-use facebuild::runtime::{Runtime, onnxruntime::OnnxRuntime};
-use facebuild::toolchain::{Pins, Toolchain};
+use facebuild::{DetectorFamily, DetectorSpec, Preprocessing};
+use facebuild::{OnnxRuntime, Runtime};
+use facebuild::{Pins, Toolchain};
 
 fn say(line: &str) {
     use std::io::Write;
@@ -239,7 +239,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
     let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let retina_feed = Preprocessing {
-        color: facebuild::manifest::ColorOrder::BGR,
+        color: facebuild::ColorOrder::BGR,
         mean: [104.0, 117.0, 123.0],
         std: [1.0; 3],
         size: [640, 640],
@@ -287,16 +287,15 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
             "obama_and_biden.jpg",
             "many_face.png",
         ] {
-            let photo = facebuild::preprocess::decode_image(
+            let photo = facebuild::decode_image(
                 &Utf8PathBuf::from_path_buf(shared.join("faces/scenes").join(img)).unwrap(),
             )
             .unwrap();
-            let (boxed, _) = facebuild::preprocess::letterbox(&photo, feed.size);
-            let t =
-                facebuild::preprocess::to_tensor(&boxed, &feed, facebuild::manifest::Layout::NCHW);
+            let (boxed, _) = facebuild::letterbox(&photo, feed.size);
+            let t = facebuild::to_tensor(&boxed, &feed, facebuild::Layout::NCHW);
             let out = m.run(&[(input.clone(), t.into_dyn())]).unwrap();
             let (h, w) = (feed.size[0] as usize, feed.size[1] as usize);
-            let ours = facebuild::detect::decode(&spec, &out, (h, w)).unwrap();
+            let ours = facebuild::decode(&spec, &out, (h, w)).unwrap();
             let mut args = vec![
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),

@@ -399,13 +399,10 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
 /// stand-in mode (no TensorRT here: it doubles its input).
 #[test]
 fn engine_worker_protocol_round_trips_tensors() {
-    use facebuild::runtime::{Runtime, tensorrt::TensorRtRuntime};
+    use facebuild::{Runtime, TensorRtRuntime};
     let cache = camino::Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
-    let tc = facebuild::toolchain::Toolchain::ensure(
-        &cache,
-        &facebuild::toolchain::Pins::resolve(&Default::default()),
-    )
-    .unwrap();
+    let tc = facebuild::Toolchain::ensure(&cache, &facebuild::Pins::resolve(&Default::default()))
+        .unwrap();
     let rt = TensorRtRuntime {
         python: tc.python(),
         standin: true,

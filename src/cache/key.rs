@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-pub struct CacheKeyHasher(blake3::Hasher);
+pub(crate) struct CacheKeyHasher(blake3::Hasher);
 
 impl Default for CacheKeyHasher {
     fn default() -> Self {
@@ -13,26 +13,26 @@ impl Default for CacheKeyHasher {
 }
 
 impl CacheKeyHasher {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // Domain separation: a key from another tool, or another key format, cannot collide.
         CacheKeyHasher(blake3::Hasher::new_derive_key("facebuild action key v1"))
     }
-    pub fn write_tag(&mut self, tag: u8) {
+    pub(crate) fn write_tag(&mut self, tag: u8) {
         self.0.update(&[tag]);
     }
-    pub fn write_u64(&mut self, v: u64) {
+    pub(crate) fn write_u64(&mut self, v: u64) {
         self.0.update(&v.to_le_bytes());
     }
-    pub fn write_bytes(&mut self, b: &[u8]) {
+    pub(crate) fn write_bytes(&mut self, b: &[u8]) {
         self.write_u64(b.len() as u64);
         self.0.update(b);
     }
-    pub fn finish(&self) -> String {
+    pub(crate) fn finish(&self) -> String {
         self.0.finalize().to_hex().to_string()
     }
 }
 
-pub trait CacheKey {
+pub(crate) trait CacheKey {
     fn cache_key(&self, state: &mut CacheKeyHasher);
 }
 
@@ -146,7 +146,7 @@ impl CacheKey for serde_json::Value {
     }
 }
 
-pub fn cache_key<T: CacheKey + ?Sized>(v: &T) -> String {
+pub(crate) fn cache_key<T: CacheKey + ?Sized>(v: &T) -> String {
     let mut s = CacheKeyHasher::new();
     v.cache_key(&mut s);
     s.finish()
@@ -182,7 +182,7 @@ mod tests {
 /// Everything that goes into a step's action key. Action records and lockfile entries embed
 /// it, so `plan` can say what changed since the last build.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyParts {
+pub(crate) struct KeyParts {
     pub kind: String,
     pub impl_version: u32,
     pub params: serde_json::Value,
@@ -202,7 +202,7 @@ impl CacheKey for KeyParts {
 
 impl KeyParts {
     /// The action key: blake3 over the length-prefixed parts.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         cache_key(self)
     }
 }

@@ -12,7 +12,7 @@ use super::store::{BlobRef, write_atomic};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Lock {
+pub(crate) struct Lock {
     pub schema: u32,
     pub pipeline: String,
     #[serde(default)]
@@ -20,7 +20,7 @@ pub struct Lock {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LockEntry {
+pub(crate) struct LockEntry {
     pub key: String,
     /// What the key was computed from.
     #[serde(flatten)]
@@ -31,7 +31,7 @@ pub struct LockEntry {
 impl Lock {
     /// A missing or unreadable lockfile is an empty one (with a warning for the latter):
     /// it records history, it never decides correctness — the cache keys do.
-    pub fn load(path: &Utf8Path) -> Lock {
+    pub(crate) fn load(path: &Utf8Path) -> Lock {
         match std::fs::read_to_string(path) {
             Ok(text) => match serde_saphyr::from_str::<Lock>(&text) {
                 Ok(l) => l,
@@ -44,7 +44,7 @@ impl Lock {
         }
     }
 
-    pub fn save(&self, path: &Utf8Path) -> Result<()> {
+    pub(crate) fn save(&self, path: &Utf8Path) -> Result<()> {
         let text = serde_saphyr::to_string(self)
             .map_err(|e| anyhow::anyhow!("serializing lockfile: {e}"))?;
         let header =

@@ -42,20 +42,20 @@ struct MemoFile {
     entries: BTreeMap<String, Entry>,
 }
 
-pub struct DigestMemo {
+pub(crate) struct DigestMemo {
     path: Utf8PathBuf,
     inner: Mutex<(MemoFile, bool)>,
 }
 
 /// Digest of a file, with its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileDigest {
+pub(crate) struct FileDigest {
     pub blake3: String,
     pub size: u64,
 }
 
 impl DigestMemo {
-    pub fn load(path: Utf8PathBuf) -> DigestMemo {
+    pub(crate) fn load(path: Utf8PathBuf) -> DigestMemo {
         // A memo that cannot be read is simply empty: it only saves time, never changes results.
         let file = std::fs::read(&path)
             .ok()
@@ -82,7 +82,7 @@ impl DigestMemo {
     }
 
     /// blake3 of `path`, from the memo when the file's stat is unchanged.
-    pub fn blake3(&self, path: &Utf8Path) -> Result<FileDigest> {
+    pub(crate) fn blake3(&self, path: &Utf8Path) -> Result<FileDigest> {
         let md = std::fs::metadata(path).fs_context(path)?;
         let stamp = Stamp::of(&md);
         if let Some(e) = self.lookup(path, &stamp) {
@@ -107,7 +107,7 @@ impl DigestMemo {
     }
 
     /// sha256 of `path` (for users' pins), memoized the same way.
-    pub fn sha256(&self, path: &Utf8Path) -> Result<String> {
+    pub(crate) fn sha256(&self, path: &Utf8Path) -> Result<String> {
         let md = std::fs::metadata(path).fs_context(path)?;
         let stamp = Stamp::of(&md);
         if let Some(e) = self.lookup(path, &stamp)
@@ -136,14 +136,14 @@ impl DigestMemo {
     }
 
     /// Forget a path (after it was found corrupt or removed).
-    pub fn forget(&self, path: &Utf8Path) {
+    pub(crate) fn forget(&self, path: &Utf8Path) {
         let mut g = self.inner.lock().unwrap();
         if g.0.entries.remove(path.as_str()).is_some() {
             g.1 = true;
         }
     }
 
-    pub fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         let mut g = self.inner.lock().unwrap();
         if !g.1 {
             return Ok(());
@@ -157,7 +157,7 @@ impl DigestMemo {
     }
 }
 
-pub fn hash_file(path: &Utf8Path) -> Result<String> {
+pub(crate) fn hash_file(path: &Utf8Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
     h.update_mmap_rayon(path).fs_context(path)?;
     Ok(h.finalize().to_hex().to_string())

@@ -1,11 +1,11 @@
 //! The cache: content-addressed blobs, action records (run-cache), the stat-keyed digest
 //! memo, the lockfile, and action keys.
 
-pub mod key;
-pub mod lock;
-pub mod memo;
-pub mod store;
+pub(crate) mod key;
+pub(crate) mod lock;
+pub(crate) mod memo;
+pub(crate) mod store;
 
-pub use key::{CacheKey, CacheKeyHasher, KeyParts, cache_key};
-pub use lock::{Lock, LockEntry};
-pub use store::{ActionRecord, BlobRef, Store};
+pub(crate) use key::{CacheKey, CacheKeyHasher, KeyParts, cache_key};
+pub(crate) use lock::{Lock, LockEntry};
+pub(crate) use store::{ActionRecord, BlobRef, Store};

@@ -12,14 +12,14 @@ use super::memo::{DigestMemo, hash_file};
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRef {
+pub(crate) struct BlobRef {
     pub digest: String,
     pub size: u64,
 }
 
 /// What a finished step left in the cache: the run-cache entry of DVC, keyed by action key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ActionRecord {
+pub(crate) struct ActionRecord {
     pub key: String,
     pub pipeline: String,
     pub step: String,
@@ -34,12 +34,12 @@ pub struct ActionRecord {
     pub duration_ms: u64,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     pub root: Utf8PathBuf,
     pub memo: DigestMemo,
 }
 
-pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Utf8Path::new("."));
     std::fs::create_dir_all(dir).fs_context(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).fs_context(dir)?;
@@ -50,7 +50,7 @@ pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl Store {
-    pub fn open(root: &Utf8Path) -> Result<Store> {
+    pub(crate) fn open(root: &Utf8Path) -> Result<Store> {
         for d in ["cas", "actions", "tmp"] {
             std::fs::create_dir_all(root.join(d)).fs_context(root.join(d))?;
         }
@@ -61,7 +61,7 @@ impl Store {
         })
     }
 
-    pub fn blob_path(&self, digest: &str) -> Utf8PathBuf {
+    pub(crate) fn blob_path(&self, digest: &str) -> Utf8PathBuf {
         self.root.join("cas").join(&digest[..2]).join(&digest[2..])
     }
 
@@ -74,7 +74,7 @@ impl Store {
 
     /// A fresh scratch folder for a running step, on the same filesystem as the store so
     /// outputs can be moved in with a rename.
-    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+    pub(crate) fn scratch(&self) -> Result<tempfile::TempDir> {
         let tmp = self.root.join("tmp");
         tempfile::Builder::new()
             .prefix("step-")
@@ -83,7 +83,7 @@ impl Store {
     }
 
     /// Move (or copy) a file into the store; returns its digest.
-    pub fn ingest(&self, file: &Utf8Path) -> Result<BlobRef> {
+    pub(crate) fn ingest(&self, file: &Utf8Path) -> Result<BlobRef> {
         let digest = hash_file(file)?;
         let size = std::fs::metadata(file).fs_context(file)?.len();
         let dest = self.blob_path(&digest);
@@ -107,7 +107,7 @@ impl Store {
 
     /// True when the blob exists and its content matches its name. Uses the stat memo, so
     /// an untouched blob is not re-read; a blob touched since it was verified is re-hashed.
-    pub fn verify_blob(&self, digest: &str) -> Result<bool> {
+    pub(crate) fn verify_blob(&self, digest: &str) -> Result<bool> {
         let p = self.blob_path(digest);
         if !p.exists() {
             return Ok(false);
@@ -130,14 +130,14 @@ impl Store {
         let _ = std::fs::remove_file(&p);
     }
 
-    pub fn read_action(&self, key: &str) -> Option<ActionRecord> {
+    pub(crate) fn read_action(&self, key: &str) -> Option<ActionRecord> {
         let bytes = std::fs::read(self.action_path(key)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// An action record whose every output blob is present and intact; otherwise None
     /// (and the broken record is dropped so the step is rebuilt).
-    pub fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
+    pub(crate) fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
         let Some(rec) = self.read_action(key) else {
             return Ok(None);
         };
@@ -154,12 +154,12 @@ impl Store {
         Ok(Some(rec))
     }
 
-    pub fn write_action(&self, rec: &ActionRecord) -> Result<()> {
+    pub(crate) fn write_action(&self, rec: &ActionRecord) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(rec).map_err(anyhow::Error::from)?;
         write_atomic(&self.action_path(&rec.key), &bytes)
     }
 
-    pub fn actions(&self) -> Result<Vec<ActionRecord>> {
+    pub(crate) fn actions(&self) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
         let dir = self.root.join("actions");
         for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
@@ -185,7 +185,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn blobs(&self) -> Result<Vec<(String, Utf8PathBuf)>> {
+    pub(crate) fn blobs(&self) -> Result<Vec<(String, Utf8PathBuf)>> {
         let mut out = Vec::new();
         let dir = self.root.join("cas");
         for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
@@ -210,7 +210,11 @@ impl Store {
 
     /// Re-hash every blob (ignoring the memo). Returns the corrupt ones; with `repair`, removes
     /// them and the action records that point at them, so the next run rebuilds those steps.
-    pub fn verify_all(&self, repair: bool, mut progress: impl FnMut(u64)) -> Result<Vec<String>> {
+    pub(crate) fn verify_all(
+        &self,
+        repair: bool,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Vec<String>> {
         let mut corrupt = Vec::new();
         for (digest, path) in self.blobs()? {
             let actual = hash_file(&path)?;
@@ -234,7 +238,7 @@ impl Store {
     }
 
     /// Remove action records not in `keep` and blobs no kept record references.
-    pub fn gc(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<GcStats> {
+    pub(crate) fn gc(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<GcStats> {
         let mut stats = GcStats::default();
         let mut live = BTreeSet::new();
         for rec in self.actions()? {
@@ -271,7 +275,7 @@ impl Store {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct GcStats {
+pub(crate) struct GcStats {
     pub kept_actions: usize,
     pub removed_actions: usize,
     pub removed_blobs: usize,

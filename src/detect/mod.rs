@@ -6,8 +6,8 @@
 //! Coordinates are in network-input pixels (the letterboxed image); [`Detection::scaled`]
 //! maps them back to the original photo.
 
-pub mod retinaface;
-pub mod scrfd;
+pub(crate) mod retinaface;
+pub(crate) mod scrfd;
 
 use serde::Serialize;
 
@@ -40,7 +40,7 @@ impl Detection {
 }
 
 /// Intersection over union, continuous coordinates (no +1 pixel convention).
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+pub(crate) fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = w * h;
@@ -51,7 +51,7 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 
 /// Greedy NMS: highest score first, dropping boxes overlapping a kept one above `thresh`.
 /// Ties in score keep their decode order, so the kept set is deterministic.
-pub fn nms(mut dets: Vec<Detection>, thresh: f32) -> Vec<Detection> {
+pub(crate) fn nms(mut dets: Vec<Detection>, thresh: f32) -> Vec<Detection> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut keep: Vec<Detection> = Vec::new();
     for d in dets {
@@ -89,7 +89,7 @@ pub(crate) fn rows(t: &ndarray::ArrayD<f32>) -> (usize, usize, Vec<f32>) {
 /// One image's detections, matched against a reference's: the evidence for recall, false
 /// positives, score drift, landmark error and NMS parity.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct Matching {
+pub(crate) struct Matching {
     pub reference: usize,
     pub candidate: usize,
     pub matched: usize,
@@ -99,7 +99,7 @@ pub struct Matching {
 
 impl Matching {
     /// The same boxes were kept: every reference box has a partner and nothing else was kept.
-    pub fn parity(&self) -> bool {
+    pub(crate) fn parity(&self) -> bool {
         self.matched == self.reference && self.matched == self.candidate
     }
 }
@@ -107,7 +107,7 @@ impl Matching {
 /// Greedy one-to-one matching, reference boxes by descending score, each to the unmatched
 /// candidate box with the highest IoU >= `min_iou`. Landmark error is the mean point distance
 /// normalised by the reference box's size (sqrt(w * h)).
-pub fn match_detections(
+pub(crate) fn match_detections(
     reference: &[Detection],
     candidate: &[Detection],
     min_iou: f32,

@@ -9,7 +9,7 @@ use crate::manifest::DetectorSpec;
 use crate::runtime::NamedTensor;
 
 /// Priors as (cx, cy, w, h), relative to the input size, in the network's order.
-pub fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<[f32; 4]> {
+pub(crate) fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<[f32; 4]> {
     let mut p = Vec::new();
     for (k, &step) in steps.iter().enumerate() {
         let s = step as usize;
@@ -30,7 +30,7 @@ pub fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<
     p
 }
 
-pub fn decode(
+pub(crate) fn decode(
     outputs: &[NamedTensor],
     (h, w): (usize, usize),
     spec: &DetectorSpec,

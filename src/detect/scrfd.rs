@@ -31,7 +31,7 @@ fn group(outputs: &[NamedTensor], c: usize) -> Vec<(usize, Vec<f32>)> {
     g
 }
 
-pub fn decode(
+pub(crate) fn decode(
     outputs: &[NamedTensor],
     (h, w): (usize, usize),
     strides: Option<&[u32]>,

@@ -9,16 +9,16 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 
-pub mod plan;
+pub(crate) mod plan;
 
-pub struct Dag {
+pub(crate) struct Dag {
     graph: DiGraph<String, ()>,
     /// Topological order, manifest order among independent steps.
     order: Vec<NodeIndex>,
 }
 
 impl Dag {
-    pub fn build(m: &Manifest) -> Result<Dag> {
+    pub(crate) fn build(m: &Manifest) -> Result<Dag> {
         let mut graph = DiGraph::new();
         let idx: Vec<NodeIndex> = m.steps.keys().map(|k| graph.add_node(k.clone())).collect();
         for (i, step) in m.steps.values().enumerate() {
@@ -76,7 +76,7 @@ impl Dag {
         Ok(Dag { graph, order })
     }
 
-    pub fn order(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn order(&self) -> impl Iterator<Item = &str> {
         self.order.iter().map(|n| self.graph[*n].as_str())
     }
 
@@ -85,7 +85,7 @@ impl Dag {
     }
 
     /// Direct upstream steps, in manifest order.
-    pub fn deps(&self, name: &str) -> Vec<&str> {
+    pub(crate) fn deps(&self, name: &str) -> Vec<&str> {
         let Some(n) = self.node(name) else {
             return vec![];
         };
@@ -97,22 +97,9 @@ impl Dag {
         v.into_iter().map(|n| self.graph[n].as_str()).collect()
     }
 
-    /// Direct downstream steps.
-    pub fn dependants(&self, name: &str) -> Vec<&str> {
-        let Some(n) = self.node(name) else {
-            return vec![];
-        };
-        let mut v: Vec<NodeIndex> = self
-            .graph
-            .neighbors_directed(n, Direction::Outgoing)
-            .collect();
-        v.sort();
-        v.into_iter().map(|n| self.graph[n].as_str()).collect()
-    }
-
     /// The steps needed to build `targets`: the targets and everything upstream of them,
     /// in topological order. An empty target list selects every step.
-    pub fn select(&self, targets: &[String]) -> Result<Vec<String>> {
+    pub(crate) fn select(&self, targets: &[String]) -> Result<Vec<String>> {
         if targets.is_empty() {
             return Ok(self.order().map(str::to_string).collect());
         }

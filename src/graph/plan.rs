@@ -13,7 +13,7 @@ use crate::scheduler::{Resolution, Upstream, resolve};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The action key is in the cache with intact outputs.
     Cached { key: String },
     /// The step will run; `reasons` say what changed.
@@ -28,17 +28,24 @@ pub enum Decision {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StepPlan {
+pub(crate) struct StepPlan {
     pub step: String,
     pub kind: String,
     pub needs: Vec<String>,
+    /// The manifest's `description:` of the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(flatten)]
     pub decision: Decision,
 }
 
 /// Plan the selected steps without running anything: the run's own resolution, with every
 /// step that would run leaving its dependants waiting.
-pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<Vec<StepPlan>> {
+pub(crate) fn plan(
+    ctx: &BuildContext,
+    selected: &[String],
+    no_cache: bool,
+) -> Result<Vec<StepPlan>> {
     let mut known: HashMap<String, Upstream> = HashMap::new();
     let mut out = Vec::new();
     for name in selected {
@@ -76,6 +83,7 @@ pub fn plan(ctx: &BuildContext, selected: &[String], no_cache: bool) -> Result<V
             step: name.clone(),
             kind: step.spec.kind.to_string(),
             needs: deps.into_iter().map(String::from).collect(),
+            description: step.spec.description.clone(),
             decision,
         });
     }

@@ -1,19 +1,19 @@
 //! Manifest loading and validation: YAML -> typed pipeline, with every error located.
 
-pub mod schema;
-pub mod step;
+pub(crate) mod schema;
+pub(crate) mod step;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use indexmap::IndexMap;
 
 pub use schema::*;
-pub use step::{StepKind, StepParams, StepSpec};
+pub(crate) use step::{StepKind, StepSpec};
 
 use crate::error::{Error, Location, Result};
 
 /// A validated step: its name, spec and where it is written.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub(crate) struct Step {
     pub name: String,
     pub spec: StepSpec,
     pub location: Location,
@@ -22,7 +22,7 @@ pub struct Step {
 impl Step {
     /// The upstream steps this one depends on: `needs`, `from`, and steps its params name
     /// (a calibration set, compare candidates), each with its (line, column) when known.
-    pub fn deps(&self) -> Vec<(String, Option<(u64, u64)>)> {
+    pub(crate) fn deps(&self) -> Vec<(String, Option<(u64, u64)>)> {
         let spanned = self
             .spec
             .needs
@@ -46,13 +46,12 @@ impl Step {
 }
 
 #[derive(Debug, Clone)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub file: Utf8PathBuf,
     pub dir: Utf8PathBuf,
     pub name: String,
     pub output_dir: Utf8PathBuf,
     pub model: ModelSpec,
-    pub model_location: Location,
     pub datasets: IndexMap<String, DatasetSpec>,
     pub toolchain: ToolchainSpec,
     pub steps: IndexMap<String, Step>,
@@ -61,7 +60,7 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn load(file: &Utf8Path) -> Result<Manifest> {
+    pub(crate) fn load(file: &Utf8Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(file).map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {
                 Some("check the path; pipelines live in `pipelines/`, e.g. `facebuild run pipelines/recognition.yaml`")
@@ -77,7 +76,7 @@ impl Manifest {
         Self::parse(file, &text)
     }
 
-    pub fn parse(file: &Utf8Path, text: &str) -> Result<Manifest> {
+    pub(crate) fn parse(file: &Utf8Path, text: &str) -> Result<Manifest> {
         let raw: RawManifest = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
         let loc = |l: &serde_saphyr::Location| Location {
             file: file.to_owned(),
@@ -201,7 +200,6 @@ impl Manifest {
             name,
             output_dir,
             model,
-            model_location,
             datasets,
             toolchain: raw.toolchain,
             steps,
@@ -210,7 +208,7 @@ impl Manifest {
         Ok(m)
     }
 
-    pub fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
+    pub(crate) fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
         if rel.is_absolute() {
             rel.to_owned()
         } else {
@@ -219,13 +217,13 @@ impl Manifest {
     }
 
     /// The lockfile sits next to the manifest: `recognition.yaml` -> `recognition.lock`.
-    pub fn lock_path(&self) -> Utf8PathBuf {
+    pub(crate) fn lock_path(&self) -> Utf8PathBuf {
         self.file.with_extension("lock")
     }
 
     /// A concrete shape for `shape` (the model input's): named dims at their declared `opt`,
     /// else, for the H/W positions of an image model, `model.preprocessing.size`, else 1.
-    pub fn concrete_shape(&self, shape: &[Dim]) -> Vec<usize> {
+    pub(crate) fn concrete_shape(&self, shape: &[Dim]) -> Vec<usize> {
         let layout = self.model.input.layout;
         let (hi, wi) = match layout {
             Layout::NCHW => (2, 3),
@@ -247,7 +245,7 @@ impl Manifest {
             .collect()
     }
 
-    pub fn step(&self, name: &str) -> &Step {
+    pub(crate) fn step(&self, name: &str) -> &Step {
         &self.steps[name]
     }
 }
@@ -444,7 +442,7 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
     Ok(())
 }
 
-pub fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
+pub(crate) fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
     if !(0.0..=1.0).contains(&d.score_threshold) || !(0.0..=1.0).contains(&d.nms_iou) {
         return Err("`score_threshold` and `nms_iou` must be in [0, 1]".into());
     }
@@ -518,8 +516,4 @@ fn yaml_error(file: &Utf8Path, e: &serde_saphyr::Error) -> Error {
         },
         msg,
     )
-}
-
-pub fn relpath(p: &Utf8Path) -> String {
-    p.as_str().to_string()
 }

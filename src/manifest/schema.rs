@@ -6,11 +6,11 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawManifest {
+pub(crate) struct RawManifest {
     pub schema: Spanned<u32>,
     #[serde(default)]
     pub name: Option<String>,
@@ -37,7 +37,7 @@ pub enum Task {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelSpec {
+pub(crate) struct ModelSpec {
     /// Path to the ONNX model, relative to the manifest. Absent: the built-in model.
     #[serde(default)]
     pub path: Option<Utf8PathBuf>,
@@ -125,7 +125,7 @@ impl std::fmt::Display for Dim {
     }
 }
 
-pub fn fmt_shape(dims: &[Dim]) -> String {
+pub(crate) fn fmt_shape(dims: &[Dim]) -> String {
     let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     format!("[{}]", parts.join(", "))
 }
@@ -213,7 +213,7 @@ fn default_std() -> [f32; 3] {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DatasetSpec {
+pub(crate) struct DatasetSpec {
     /// A folder of images, relative to the manifest (searched recursively; a folder per
     /// person gives identities).
     #[serde(default)]
@@ -238,7 +238,7 @@ pub struct DatasetSpec {
 /// landmarks (a 5-point similarity transform, Umeyama).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AlignSpec {
+pub(crate) struct AlignSpec {
     /// The detector ONNX model, relative to the manifest.
     pub model: Utf8PathBuf,
     pub detector: DetectorSpec,

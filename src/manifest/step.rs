@@ -9,10 +9,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-pub use crate::steps::{StepKind, StepParams};
+pub(crate) use crate::steps::{StepKind, StepParams};
 
 #[derive(Debug, Clone)]
-pub struct StepSpec {
+pub(crate) struct StepSpec {
     pub kind: StepKind,
     pub needs: Vec<Spanned<String>>,
     /// The upstream step whose `model` output this step consumes; absent: the source model.

@@ -176,9 +176,9 @@ metrics! {
 }
 
 /// The metrics a `compare` of embedders measures.
-pub const RECOGNITION: &[&str] = &["cosine_min", "tar_drop_max", "flips_max"];
+pub(crate) const RECOGNITION: &[&str] = &["cosine_min", "tar_drop_max", "flips_max"];
 /// The metrics a `compare` of detectors measures.
-pub const DETECTION: &[&str] = &[
+pub(crate) const DETECTION: &[&str] = &[
     "recall_min",
     "fp_per_image_max",
     "landmark_nme_max",
@@ -186,7 +186,7 @@ pub const DETECTION: &[&str] = &[
     "nms_parity_min",
 ];
 /// The metrics a `benchmark` measures.
-pub const PERFORMANCE: &[&str] = &[
+pub(crate) const PERFORMANCE: &[&str] = &[
     "p99_ms_max",
     "p50_ms_max",
     "throughput_min",

@@ -1,11 +1,11 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
-pub mod gate;
-pub mod verification;
+pub(crate) mod gate;
+pub(crate) mod verification;
 
 use serde::Serialize;
 
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
     for (&x, &y) in a.iter().zip(b) {
         let (x, y) = (x as f64, y as f64);
@@ -19,14 +19,14 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na.sqrt() * nb.sqrt())
 }
 
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(&x, &y)| (x as f64 - y as f64).abs())
         .fold(0.0, f64::max)
 }
 
-pub fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.is_empty() {
         return 0.0;
     }

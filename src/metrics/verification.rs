@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy)]
-pub struct Pair {
+pub(crate) struct Pair {
     pub a: usize,
     pub b: usize,
     pub same: bool,
@@ -27,7 +27,7 @@ pub struct PairSource {
 /// Pairs over `files` (indices): from a CSV (`file_x,file_y,Decision`, Decision Yes/No,
 /// paths relative to `root`), or, when images sit in one folder per identity, every
 /// same-identity pair and every cross-identity pair. None when there are no identities.
-pub fn pairs_for(
+pub(crate) fn pairs_for(
     files: &[Utf8PathBuf],
     root: &Utf8Path,
     pairs_csv: Option<&Utf8Path>,
@@ -116,7 +116,7 @@ pub fn pairs_for(
 /// Threshold at which at most `far` of impostors are accepted (score > threshold). Placed
 /// midway between the boundary impostor's score and the next higher score of any pair, so a
 /// candidate differing by rounding noise does not flip the boundary pair.
-pub fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
+pub(crate) fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
     let mut s = impostor.to_vec();
     s.sort_by(|a, b| b.total_cmp(a));
     let allowed = (far * s.len() as f64).floor() as usize;
@@ -137,7 +137,7 @@ pub fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
     }
 }
 
-pub fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
+pub(crate) fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
     if scores.is_empty() {
         return f64::NAN;
     }
@@ -145,7 +145,7 @@ pub fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
 }
 
 /// Equal error rate: the point where false accepts and false rejects cross.
-pub fn eer(genuine: &[f64], impostor: &[f64]) -> f64 {
+pub(crate) fn eer(genuine: &[f64], impostor: &[f64]) -> f64 {
     let mut thresholds: Vec<f64> = genuine.iter().chain(impostor).copied().collect();
     thresholds.sort_by(|a, b| a.total_cmp(b));
     let mut best = (f64::INFINITY, 0.5);
@@ -168,7 +168,7 @@ pub struct Verification {
     pub threshold_at_operating_far: f64,
 }
 
-pub fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verification {
+pub(crate) fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verification {
     let (g, i) = split(pairs, scores);
     Verification {
         tar_at_far_1e2: accept_rate(&g, threshold_at_far(&g, &i, 1e-2)),
@@ -178,7 +178,7 @@ pub fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verif
     }
 }
 
-pub fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let g = pairs
         .iter()
         .zip(scores)
@@ -195,7 +195,7 @@ pub fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Pairs whose accept/reject decision at `threshold` differs between two score sets.
-pub fn flips(a: &[f64], b: &[f64], threshold: f64) -> usize {
+pub(crate) fn flips(a: &[f64], b: &[f64], threshold: f64) -> usize {
     a.iter()
         .zip(b)
         .filter(|(x, y)| (**x > threshold) != (**y > threshold))

@@ -111,7 +111,7 @@ fn tensor_bytes(t: &TensorProto) -> u64 {
 }
 
 /// Read and decode a model file. A truncated or non-ONNX file is an error naming the file.
-pub fn load_model(path: &Utf8Path) -> Result<ModelProto> {
+pub(crate) fn load_model(path: &Utf8Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|e| Error::Model {
         path: path.to_owned(),
         message: format!("cannot read: {e}"),
@@ -120,7 +120,7 @@ pub fn load_model(path: &Utf8Path) -> Result<ModelProto> {
     decode_model(path, &bytes)
 }
 
-pub fn decode_model(path: &Utf8Path, bytes: &[u8]) -> Result<ModelProto> {
+pub(crate) fn decode_model(path: &Utf8Path, bytes: &[u8]) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes).map_err(|e| Error::Model {
         path: path.to_owned(),
         message: format!("not a valid ONNX ModelProto ({} bytes): {e}", bytes.len()),
@@ -146,7 +146,7 @@ pub fn decode_model(path: &Utf8Path, bytes: &[u8]) -> Result<ModelProto> {
 
 /// Inspect a decoded model. `dir` is the model's folder, against which external-data paths
 /// are resolved; a path that is absolute or climbs out of it is rejected.
-pub fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<ModelInfo> {
+pub(crate) fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<ModelInfo> {
     let g = model.graph.as_ref().expect("decode_model checks the graph");
     let inits: std::collections::HashSet<&str> =
         g.initializer.iter().map(|t| t.name.as_str()).collect();

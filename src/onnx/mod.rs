@@ -1,5 +1,5 @@
 //! ONNX files: the protobuf schema, native inspection, and the built-in models.
 
-pub mod builtin;
-pub mod inspect;
-pub mod proto;
+pub(crate) mod builtin;
+pub(crate) mod inspect;
+pub(crate) mod proto;

@@ -3,7 +3,7 @@
 //! decoding, which is how protobuf is meant to evolve. No protoc is needed to build.
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelProto {
+pub(crate) struct ModelProto {
     #[prost(int64, tag = "1")]
     pub ir_version: i64,
     #[prost(message, repeated, tag = "8")]
@@ -25,7 +25,7 @@ pub struct ModelProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct OperatorSetIdProto {
+pub(crate) struct OperatorSetIdProto {
     #[prost(string, tag = "1")]
     pub domain: String,
     #[prost(int64, tag = "2")]
@@ -33,7 +33,7 @@ pub struct OperatorSetIdProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct StringStringEntryProto {
+pub(crate) struct StringStringEntryProto {
     #[prost(string, tag = "1")]
     pub key: String,
     #[prost(string, tag = "2")]
@@ -41,7 +41,7 @@ pub struct StringStringEntryProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct GraphProto {
+pub(crate) struct GraphProto {
     #[prost(message, repeated, tag = "1")]
     pub node: Vec<NodeProto>,
     #[prost(string, tag = "2")]
@@ -59,7 +59,7 @@ pub struct GraphProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct NodeProto {
+pub(crate) struct NodeProto {
     #[prost(string, repeated, tag = "1")]
     pub input: Vec<String>,
     #[prost(string, repeated, tag = "2")]
@@ -75,7 +75,7 @@ pub struct NodeProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct AttributeProto {
+pub(crate) struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
     /// AttributeType: 1 FLOAT, 2 INT, 3 STRING, 4 TENSOR, 5 GRAPH, 6 FLOATS, 7 INTS, 8 STRINGS.
@@ -98,7 +98,7 @@ pub struct AttributeProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueInfoProto {
+pub(crate) struct ValueInfoProto {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(message, optional, tag = "2")]
@@ -108,13 +108,13 @@ pub struct ValueInfoProto {
 /// `TypeProto` is a oneof; only the tensor branch (tag 1) is modelled. Sequence/map/optional
 /// inputs decode with `tensor_type: None` and are reported as non-tensor.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProto {
+pub(crate) struct TypeProto {
     #[prost(message, optional, tag = "1")]
     pub tensor_type: Option<TypeTensor>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeTensor {
+pub(crate) struct TypeTensor {
     #[prost(int32, tag = "1")]
     pub elem_type: i32,
     #[prost(message, optional, tag = "2")]
@@ -122,7 +122,7 @@ pub struct TypeTensor {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {
+pub(crate) struct TensorShapeProto {
     #[prost(message, repeated, tag = "1")]
     pub dim: Vec<Dimension>,
 }
@@ -130,7 +130,7 @@ pub struct TensorShapeProto {
 /// `Dimension.value` is a oneof of dim_value (1) / dim_param (2); optional fields are
 /// wire-identical and keep presence.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Dimension {
+pub(crate) struct Dimension {
     #[prost(int64, optional, tag = "1")]
     pub dim_value: Option<i64>,
     #[prost(string, optional, tag = "2")]
@@ -138,7 +138,7 @@ pub struct Dimension {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorProto {
+pub(crate) struct TensorProto {
     #[prost(int64, repeated, tag = "1")]
     pub dims: Vec<i64>,
     #[prost(int32, tag = "2")]
@@ -167,7 +167,7 @@ pub struct TensorProto {
 }
 
 /// ONNX TensorProto.DataType names and element sizes in bits.
-pub fn elem_type_name(t: i32) -> &'static str {
+pub(crate) fn elem_type_name(t: i32) -> &'static str {
     match t {
         1 => "float32",
         2 => "uint8",
@@ -196,7 +196,7 @@ pub fn elem_type_name(t: i32) -> &'static str {
     }
 }
 
-pub fn elem_bits(t: i32) -> u64 {
+pub(crate) fn elem_bits(t: i32) -> u64 {
     match t {
         2 | 3 | 9 | 17..=20 => 8,
         4 | 5 | 10 | 16 => 16,

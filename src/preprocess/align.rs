@@ -16,7 +16,7 @@ use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::toolchain::Toolchain;
 
 /// InsightFace's ArcFace template for 112x112 crops: eyes, nose tip, mouth corners.
-pub const ARCFACE_112: [[f32; 2]; 5] = [
+pub(crate) const ARCFACE_112: [[f32; 2]; 5] = [
     [38.2946, 51.6963],
     [73.5318, 51.5014],
     [56.0252, 71.7366],
@@ -25,7 +25,7 @@ pub const ARCFACE_112: [[f32; 2]; 5] = [
 ];
 
 /// The 2x3 similarity transform mapping `src` points onto `dst` with least squared error.
-pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
+pub(crate) fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
     let n = src.len() as f64;
     let mean = |p: &[[f32; 2]; 5]| {
         (
@@ -58,7 +58,7 @@ pub fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3]; 2] {
 
 /// Warp `img` with `m` (source -> output coordinates) into a `w` x `h` image, sampling
 /// bilinearly; pixels that map outside the photo are black, as with cv2.warpAffine.
-pub fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
+pub(crate) fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     // Inverse of the linear part, applied to (x - tx, y - ty).
     let inv = [
@@ -93,7 +93,7 @@ pub fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
 
 /// A detector ready to align photos: the model in ONNX Runtime (one image at a time), its
 /// decoder settings and how it is fed.
-pub struct Aligner {
+pub(crate) struct Aligner {
     model: Mutex<Box<dyn LoadedModel>>,
     input: String,
     detector: DetectorSpec,
@@ -103,7 +103,7 @@ pub struct Aligner {
 }
 
 impl Aligner {
-    pub fn new(
+    pub(crate) fn new(
         toolchain: &Toolchain,
         model_path: &Utf8Path,
         model_digest: &str,
@@ -132,7 +132,7 @@ impl Aligner {
     }
 
     /// The most prominent face (largest box) in `img`, in the photo's pixel coordinates.
-    pub fn detect(&self, img: &RgbImage) -> Result<Option<Detection>> {
+    pub(crate) fn detect(&self, img: &RgbImage) -> Result<Option<Detection>> {
         let (fitted, scale) = super::letterbox(img, self.feed.size);
         let t = super::to_tensor(&fitted, &self.feed, Layout::NCHW);
         let [h, w] = self.feed.size;
@@ -151,7 +151,7 @@ impl Aligner {
 
     /// The aligned crop at `size` ([h, w]; the template scales with the width), or None when
     /// no face with landmarks is found.
-    pub fn align(&self, img: &RgbImage, size: [u32; 2]) -> Result<Option<RgbImage>> {
+    pub(crate) fn align(&self, img: &RgbImage, size: [u32; 2]) -> Result<Option<RgbImage>> {
         let Some(d) = self.detect(img)? else {
             return Ok(None);
         };

@@ -10,8 +10,8 @@
 //! prepared tensors are memoized in the cache, keyed by the images' digests and the
 //! preprocessing: a dataset is decoded once, not once per step or per run.
 
-pub mod align;
-pub mod synthetic;
+pub(crate) mod align;
+pub(crate) mod synthetic;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use ndarray::{Array4, s};
@@ -30,7 +30,7 @@ const PREPARE_VERSION: u64 = 3;
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Fit {
+pub(crate) enum Fit {
     /// Already the model's size (an aligned crop): used as it is.
     AsIs,
     /// Centre-cropped to the model's aspect ratio, then resized (bilinear).
@@ -46,7 +46,7 @@ pub enum Fit {
 /// How images are fed: the model's preprocessing, layout, resize mode and, for datasets of
 /// whole photos with `align:`, the detector that aligns them.
 #[derive(Clone, Copy)]
-pub struct Feed<'a> {
+pub(crate) struct Feed<'a> {
     pub pre: &'a Preprocessing,
     pub layout: Layout,
     pub resize: Resize,
@@ -54,7 +54,11 @@ pub struct Feed<'a> {
 }
 
 /// Images in `dir` (recursively), sorted by path, then a seeded shuffle and the first `count`.
-pub fn list_images(dir: &Utf8Path, count: Option<usize>, seed: u64) -> Result<Vec<Utf8PathBuf>> {
+pub(crate) fn list_images(
+    dir: &Utf8Path,
+    count: Option<usize>,
+    seed: u64,
+) -> Result<Vec<Utf8PathBuf>> {
     let mut files: Vec<Utf8PathBuf> = crate::util::files_under(dir)?
         .into_iter()
         .filter(|p| {
@@ -82,7 +86,7 @@ pub fn list_images(dir: &Utf8Path, count: Option<usize>, seed: u64) -> Result<Ve
 }
 
 /// Decode and prepare one image; a batch of one in the model's layout.
-pub fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
+pub(crate) fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
     Ok(load_with_fit(path, feed)?.0)
 }
 
@@ -188,7 +192,7 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)
 }
 
 /// A prepared image set: one tensor of all images, in `files` order.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub tensor: Array4<f32>,
     pub files: Vec<Utf8PathBuf>,
     pub fits: Vec<Fit>,
@@ -200,7 +204,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn fit_counts(&self) -> std::collections::BTreeMap<String, u64> {
+    pub(crate) fn fit_counts(&self) -> std::collections::BTreeMap<String, u64> {
         let mut m: std::collections::BTreeMap<String, u64> = Default::default();
         for f in &self.fits {
             *m.entry(
@@ -238,7 +242,7 @@ impl CacheKey for PrepKey<'_> {
 }
 
 /// Prepare `files` (decoded in parallel), memoized in the cache's `prepared/` folder.
-pub fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prepared> {
+pub(crate) fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prepared> {
     let t0 = std::time::Instant::now();
     let digests: Vec<String> = files
         .iter()

@@ -10,21 +10,21 @@ use crate::error::{Error, Result};
 use crate::util::SplitMix64;
 
 /// Bumped whenever the generated pixels change.
-pub const VERSION: u32 = 1;
-pub const IDENTITIES: usize = 12;
-pub const PER_IDENTITY: usize = 5;
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const IDENTITIES: usize = 12;
+pub(crate) const PER_IDENTITY: usize = 5;
 
 /// Built-in datasets: `synthetic-faces` (aligned 112x112 crops, a folder per identity) and
 /// `synthetic-scenes` (whole pictures of several sizes and aspect ratios with 1-5 such faces
 /// at different scales, for detectors).
-pub fn names() -> &'static [&'static str] {
+pub(crate) fn names() -> &'static [&'static str] {
     &["synthetic-faces", "synthetic-scenes"]
 }
 
-pub const SCENES: usize = 8;
+pub(crate) const SCENES: usize = 8;
 
 /// Write the set under `dir` (if not already complete) and return the folder.
-pub fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
+pub(crate) fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
     let dir = cache_dir.join("builtin").join(format!("{name}-g{VERSION}"));
     let done = dir.join(".complete");
     if done.exists() {

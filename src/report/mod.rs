@@ -1,5 +1,5 @@
 //! What facebuild shows people and machines: progress, and the plan/run/status renderings
 //! (plain text for people, `--json` for machines).
 
-pub mod progress;
-pub mod run;
+pub(crate) mod progress;
+pub(crate) mod run;

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static MULTI: OnceLock<MultiProgress> = OnceLock::new();
 
-pub fn is_tty() -> bool {
+pub(crate) fn is_tty() -> bool {
     std::io::stderr().is_terminal()
 }
 
@@ -24,7 +24,7 @@ fn multi() -> &'static MultiProgress {
     })
 }
 
-pub fn spinner(msg: impl Into<String>) -> ProgressBar {
+pub(crate) fn spinner(msg: impl Into<String>) -> ProgressBar {
     let pb = multi().add(ProgressBar::new_spinner());
     pb.set_style(
         ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg}")
@@ -35,7 +35,7 @@ pub fn spinner(msg: impl Into<String>) -> ProgressBar {
     pb
 }
 
-pub fn bytes_bar(total: u64, msg: impl Into<String>) -> ProgressBar {
+pub(crate) fn bytes_bar(total: u64, msg: impl Into<String>) -> ProgressBar {
     let pb = multi().add(ProgressBar::new(total));
     pb.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {bytes}/{total_bytes} {wide_msg}")
@@ -46,11 +46,11 @@ pub fn bytes_bar(total: u64, msg: impl Into<String>) -> ProgressBar {
 }
 
 /// Print a line above the bars (or plainly, when there are none).
-pub fn note(_pb: &ProgressBar, line: &str) {
+pub(crate) fn note(_pb: &ProgressBar, line: &str) {
     println_err(line);
 }
 
-pub fn println_err(line: &str) {
+pub(crate) fn println_err(line: &str) {
     if is_tty() {
         let _ = multi().println(line);
     } else {

@@ -55,7 +55,7 @@ fn json_num(v: Option<f64>) -> String {
 }
 
 /// A histogram of `values` as an inline SVG.
-pub fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) -> String {
+pub(crate) fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) -> String {
     let mut buf = String::new();
     if values.is_empty() {
         return buf;
@@ -105,7 +105,7 @@ pub fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) ->
 }
 
 /// Throughput (images/s) against batch size, one line per configuration.
-pub fn throughput_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+pub(crate) fn throughput_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let mut buf = String::new();
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
     if pts.is_empty() {
@@ -597,7 +597,7 @@ fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -
 }
 
 /// Write report.html and junit.xml into the pipeline's output folder (only when changed).
-pub fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
+pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
     let dir = &ctx.manifest.output_dir;
     let (h, j) = (dir.join("report.html"), dir.join("junit.xml"));
     let shown = |s: &crate::scheduler::StepResult| {

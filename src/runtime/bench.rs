@@ -20,7 +20,7 @@ use crate::metrics::LatencyMs;
 use crate::toolchain::Toolchain;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchSpec {
+pub(crate) struct BenchSpec {
     pub toolchain_dir: Utf8PathBuf,
     /// "onnxruntime" or "openvino".
     pub runtime: String,
@@ -51,12 +51,12 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-pub fn spawn_time() -> u128 {
+pub(crate) fn spawn_time() -> u128 {
     now_ns()
 }
 
 /// Peak resident set of this process (VmHWM), MiB.
-pub fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -104,7 +104,7 @@ fn timed_loop(
     Ok((lat, start.elapsed().as_secs_f64() * 1e3))
 }
 
-pub fn run_child(spec: &BenchSpec) -> Result<BenchMeasurement> {
+pub(crate) fn run_child(spec: &BenchSpec) -> Result<BenchMeasurement> {
     let tc = Toolchain::at(&spec.toolchain_dir)?;
     let budget = spec.time_budget_ms.map(Duration::from_millis);
     match spec.runtime.as_str() {

@@ -2,14 +2,15 @@
 //! executed (runtime, version, device, threads, precision) — that is part of every result.
 //! ONNX Runtime is here; OpenVINO and TensorRT plug in behind the same trait.
 
-pub mod bench;
+pub(crate) mod bench;
 mod bench_result;
-pub mod onnxruntime;
-pub mod openvino;
-pub mod tensorrt;
+pub(crate) mod onnxruntime;
+pub(crate) mod openvino;
+pub(crate) mod tensorrt;
 
-pub use bench_result::{
-    BenchExecution, BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint, TrtTimings,
+pub use bench_result::BenchMeasurement;
+pub(crate) use bench_result::{
+    BenchExecution, BenchmarkApp, ColdStart, ThroughputPoint, TrtTimings,
 };
 
 use camino::Utf8Path;

@@ -21,10 +21,10 @@ use serde_json::json;
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
 use crate::error::{Error, Result};
 
-pub const WORKER: &str = include_str!("../toolchain/python/trt_worker.py");
+pub(crate) const WORKER: &str = include_str!("../toolchain/python/trt_worker.py");
 
 /// Write one frame: length-prefixed JSON header, then each tensor's f32 data.
-pub fn write_frame(
+pub(crate) fn write_frame(
     w: &mut impl Write,
     header: &serde_json::Value,
     tensors: &[&ArrayD<f32>],
@@ -49,7 +49,7 @@ struct TensorMeta {
 }
 
 /// Read one frame: the header, and the tensors listed under `key` in it.
-pub fn read_frame(
+pub(crate) fn read_frame(
     r: &mut impl Read,
     key: &str,
 ) -> std::io::Result<(serde_json::Value, Vec<NamedTensor>)> {
@@ -261,11 +261,11 @@ impl Drop for Worker {
     }
 }
 
-pub use crate::metrics::LatencyMs;
+pub(crate) use crate::metrics::LatencyMs;
 
 /// trtexec's `=== Performance summary ===`, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrtexecPerf {
+pub(crate) struct TrtexecPerf {
     pub throughput_qps: Option<f64>,
     /// Host latency: H2D + GPU compute + D2H, per inference.
     pub latency_ms: LatencyMs,
@@ -279,7 +279,7 @@ pub struct TrtexecPerf {
 
 /// trtexec's arguments to benchmark a built engine at one input shape: `warmup_ms` of
 /// warm-up, then at least `iterations` inferences (TensorRT 10 flags).
-pub fn bench_args(
+pub(crate) fn bench_args(
     engine: &Utf8Path,
     input: &str,
     shape: &[i64],
@@ -299,7 +299,7 @@ pub fn bench_args(
 }
 
 /// A trtexec summary in the benchmark schema every runtime shares (batch = the shape's).
-pub fn perf_to_schema(
+pub(crate) fn perf_to_schema(
     p: &TrtexecPerf,
     batch: usize,
     version: &str,
@@ -367,7 +367,7 @@ fn parse_stats(s: &str) -> LatencyMs {
 
 /// Parse the performance summary out of a trtexec log (with or without the `[date] [I] `
 /// prefixes). None when the log has no summary (a build with `--skipInference`).
-pub fn parse_trtexec_perf(log: &str) -> Option<TrtexecPerf> {
+pub(crate) fn parse_trtexec_perf(log: &str) -> Option<TrtexecPerf> {
     let start = log.find("=== Performance summary ===")?;
     let mut p = TrtexecPerf::default();
     for line in log[start..].lines().skip(1) {

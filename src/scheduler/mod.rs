@@ -23,7 +23,7 @@ use resolve::Outputs;
 pub(crate) use resolve::{Resolution, Upstream, resolve};
 
 #[derive(Debug, Clone, Default)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub targets: Vec<String>,
     pub jobs: usize,
     pub keep_going: bool,
@@ -408,7 +408,11 @@ struct Job {
     parts: KeyParts,
 }
 
-pub fn run(ctx: &mut BuildContext, opts: &RunOptions, cancel: &AtomicBool) -> Result<RunReport> {
+pub(crate) fn run(
+    ctx: &mut BuildContext,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+) -> Result<RunReport> {
     let t0 = Instant::now();
     let selected = ctx.dag.select(&opts.targets)?;
     ctx.ensure_toolchain()?;

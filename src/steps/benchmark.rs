@@ -24,9 +24,9 @@ use crate::runtime::bench::BenchSpec;
 use crate::runtime::{BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint};
 
 /// v2: the report is typed and carries `schema`.
-pub const IMPL_VERSION: u32 = 2;
-pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
-pub const SCHEMA: &str = "facebuild.benchmark/1";
+pub(crate) const IMPL_VERSION: u32 = 2;
+pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
+pub(crate) const SCHEMA: &str = "facebuild.benchmark/1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,13 +46,13 @@ impl Hint {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reference {
+pub(crate) enum Reference {
     BenchmarkApp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BenchmarkParams {
+pub(crate) struct BenchmarkParams {
     /// Steps whose artifacts to measure (as compare's candidates: a name, or
     /// `{step, label, precision_hint}`).
     pub targets: Vec<CandidateSpec>,
@@ -102,7 +102,7 @@ fn default_reference_seconds() -> u64 {
 }
 
 impl BenchmarkParams {
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if self.targets.is_empty() {
             return Err((
                 "`targets` is empty: nothing to measure".into(),
@@ -149,7 +149,7 @@ pub struct Machine {
 }
 
 /// This machine, read once per process (plan and run key every benchmark step with it).
-pub fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     static MACHINE: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
     MACHINE.get_or_init(describe_machine).clone()
 }
@@ -209,7 +209,7 @@ fn describe_machine() -> Machine {
 }
 
 /// The part of the machine description that changes figures: the cache key's `machine`.
-pub fn machine_fingerprint() -> String {
+pub(crate) fn machine_fingerprint() -> String {
     let m = machine();
     format!(
         "{} | {} cores | {} | gpu {}",
@@ -506,7 +506,7 @@ fn trtexec_bench(
     Ok((v, cold))
 }
 
-pub fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let decl = &ctx.manifest.model.input;
     let shape: Vec<i64> = ctx

@@ -9,12 +9,12 @@ use serde_json::json;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 
-pub const IMPL_VERSION: u32 = 1;
-pub const TOOLCHAIN: &[&str] = &[];
+pub(crate) const IMPL_VERSION: u32 = 1;
+pub(crate) const TOOLCHAIN: &[&str] = &[];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CalibrateParams {
+pub(crate) struct CalibrateParams {
     /// A dataset from `datasets:`.
     pub dataset: String,
     /// How many images (a seeded subset); default: the dataset's `count`, or all.
@@ -25,7 +25,7 @@ pub struct CalibrateParams {
     pub seed: Option<u64>,
 }
 
-pub fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome> {
     let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
         step: ctx.step.name.clone(),
         message: "calibration needs `model.preprocessing` to turn images into tensors".into(),

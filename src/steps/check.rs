@@ -15,12 +15,12 @@ use crate::onnx::inspect::{DimInfo, ModelInfo, inspect, load_model};
 use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
 /// v2: the report is typed and carries `schema`.
-pub const IMPL_VERSION: u32 = 2;
-pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
+pub(crate) const IMPL_VERSION: u32 = 2;
+pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CheckParams {
+pub(crate) struct CheckParams {
     /// Run `onnx.checker.check_model(full_check=True)` (adds strict shape inference).
     pub full_check: bool,
     /// Load the model in ONNX Runtime as a loadability check.
@@ -37,7 +37,7 @@ impl Default for CheckParams {
 }
 
 /// Compare the manifest's declared input with the graph. Returns the problems found.
-pub fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
+pub(crate) fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
     let decl = &m.model.input;
     let mut problems = Vec::new();
     let Some(actual) = info.inputs.iter().find(|i| i.name == decl.name) else {
@@ -104,7 +104,7 @@ fn fmt_dims(s: &[DimInfo]) -> String {
 }
 
 /// The version of check's report shape.
-pub const SCHEMA: &str = "facebuild.check/1";
+pub(crate) const SCHEMA: &str = "facebuild.check/1";
 
 /// `check`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ pub struct OrtLoad {
     pub error: Option<String>,
 }
 
-pub fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
     ctx.progress.set_message("parsing ModelProto");
     let model = load_model(ctx.model)?;
     let info = inspect(&model, ctx.model)?;

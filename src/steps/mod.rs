@@ -1,14 +1,14 @@
 //! Step kinds. Each kind lives in one module with its params, its validation, the toolchain
 //! pieces it depends on (for its cache key), and its `run`. This file is the registry.
 
-pub mod benchmark;
-pub mod calibrate;
-pub mod check;
-pub mod compare;
-pub mod convert;
-pub mod quantize;
-pub mod release;
-pub mod simplify;
+pub(crate) mod benchmark;
+pub(crate) mod calibrate;
+pub(crate) mod check;
+pub(crate) mod compare;
+pub(crate) mod convert;
+pub(crate) mod quantize;
+pub(crate) mod release;
+pub(crate) mod simplify;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -23,7 +23,7 @@ use crate::manifest::{DatasetSpec, Manifest, Step};
 use crate::toolchain::Toolchain;
 
 /// Everything a running step may use. Steps write their outputs into `workdir`.
-pub struct StepContext<'a> {
+pub(crate) struct StepContext<'a> {
     pub manifest: &'a Manifest,
     pub step: &'a Step,
     /// The model this step works on: the source model or the `model` output of `from`.
@@ -44,7 +44,10 @@ pub struct StepContext<'a> {
 
 impl StepContext<'_> {
     /// The aligner of a dataset declared with `align:` (its detector loaded), else None.
-    pub fn aligner(&self, dataset: &str) -> Result<Option<crate::preprocess::align::Aligner>> {
+    pub(crate) fn aligner(
+        &self,
+        dataset: &str,
+    ) -> Result<Option<crate::preprocess::align::Aligner>> {
         let Some(a) = &self.manifest.datasets[dataset].align else {
             return Ok(None);
         };
@@ -59,7 +62,7 @@ impl StepContext<'_> {
     }
 
     /// How this pipeline's model is fed images with `pre`.
-    pub fn feed<'b>(
+    pub(crate) fn feed<'b>(
         &'b self,
         pre: &'b crate::manifest::Preprocessing,
         align: Option<&'b crate::preprocess::align::Aligner>,
@@ -72,7 +75,7 @@ impl StepContext<'_> {
         }
     }
 
-    pub fn check_cancelled(&self) -> Result<()> {
+    pub(crate) fn check_cancelled(&self) -> Result<()> {
         if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             Err(crate::error::Error::Interrupted)
         } else {
@@ -82,18 +85,18 @@ impl StepContext<'_> {
 }
 
 /// What a successful step produced: named output files (in its workdir) and a summary.
-pub struct StepOutcome {
+pub(crate) struct StepOutcome {
     pub outputs: BTreeMap<String, Utf8PathBuf>,
     pub summary: serde_json::Value,
 }
 
 /// A problem found in a step's params: (message, hint).
-pub type Problem = (String, Option<String>);
+pub(crate) type Problem = (String, Option<String>);
 
 /// What every step kind provides. Each kind's params type implements it in its own module;
 /// the registry below ties the manifest's `kind:` to the type. A new kind is one module and
 /// one registry line.
-pub trait Kind {
+pub(crate) trait Kind {
     /// Implementation version: bump it when a change to the step's code changes what it
     /// produces, and every cached result of that kind is rebuilt.
     fn impl_version(&self) -> u32;
@@ -173,20 +176,20 @@ macro_rules! registry {
         /// A step kind, as `kind:` names it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum StepKind {
+        pub(crate) enum StepKind {
             $($variant,)*
         }
 
         impl StepKind {
             /// The manifest's name for the kind.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(StepKind::$variant => $name,)*
                 }
             }
 
             /// Whether the kind produces a `model` output that a later step can take `from`.
-            pub fn produces_model(self) -> bool {
+            pub(crate) fn produces_model(self) -> bool {
                 match self {
                     $(StepKind::$variant => $pm,)*
                 }
@@ -203,13 +206,13 @@ macro_rules! registry {
         /// A step's params, typed by its kind.
         #[derive(Debug, Clone, Serialize)]
         #[serde(untagged)]
-        pub enum StepParams {
+        pub(crate) enum StepParams {
             $($variant($params),)*
         }
 
         impl StepParams {
             /// The kind's behaviour.
-            pub fn kind(&self) -> &dyn Kind {
+            pub(crate) fn kind(&self) -> &dyn Kind {
                 match self {
                     $(StepParams::$variant(p) => p,)*
                 }
@@ -265,7 +268,7 @@ pub(crate) fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) ->
 
 /// What an artifact step's own report.json says about the artifact, for the steps that use
 /// it (compare, benchmark, release).
-pub struct ArtifactInfo {
+pub(crate) struct ArtifactInfo {
     pub report: Option<serde_json::Value>,
     /// fp32 / fp16 / int8: the artifact's precision (fp32 when its report does not say).
     pub precision: String,
@@ -273,7 +276,7 @@ pub struct ArtifactInfo {
     pub standin: bool,
 }
 
-pub fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
+pub(crate) fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
     let report: Option<serde_json::Value> = outputs
         .get("report.json")
         .and_then(|r| std::fs::read(r).ok())
@@ -290,18 +293,18 @@ pub fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
     }
 }
 
-pub const STANDIN_ENGINE: &str =
+pub(crate) const STANDIN_ENGINE: &str =
     "its engine was made by facebuild's test stand-in for trtexec, not by TensorRT";
 
 /// Why an upstream artifact is missing from `ctx.upstream`: its step was unavailable.
-pub fn unavailable_upstream(step: &str) -> String {
+pub(crate) fn unavailable_upstream(step: &str) -> String {
     format!("step `{step}` is unavailable on this machine")
 }
 
 /// Write a report into the workdir as pretty JSON and return its path. It goes through
 /// `serde_json::Value` so that typed reports print exactly as the `json!` ones did (f32
 /// fields widened to f64).
-pub fn write_report<T: Serialize>(
+pub(crate) fn write_report<T: Serialize>(
     workdir: &Utf8Path,
     name: &str,
     report: &T,
@@ -315,7 +318,7 @@ pub fn write_report<T: Serialize>(
 
 /// Read a step's typed report (report.json) from the store. A report that does not parse as
 /// `T` is an error naming the file: a renamed field is found here, not read as "nothing".
-pub fn read_report<T: serde::de::DeserializeOwned>(path: &Utf8Path) -> Result<T> {
+pub(crate) fn read_report<T: serde::de::DeserializeOwned>(path: &Utf8Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| crate::error::Error::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         crate::error::Error::from(anyhow::anyhow!(

@@ -11,12 +11,12 @@ use serde_json::json;
 use super::{StepContext, StepOutcome};
 use crate::error::Result;
 
-pub const IMPL_VERSION: u32 = 1;
-pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
+pub(crate) const IMPL_VERSION: u32 = 1;
+pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Method {
+pub(crate) enum Method {
     MinMax,
     Entropy,
     Percentile,
@@ -24,7 +24,7 @@ pub enum Method {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct QuantizeParams {
+pub(crate) struct QuantizeParams {
     /// The `calibrate` step whose tensor sets the activation ranges.
     pub calibration: String,
     /// Range estimation: minmax (default; what TensorRT's own max calibration does), entropy, percentile.
@@ -67,7 +67,7 @@ struct QdqSettings {
     dedicated_qdq_pair: bool,
 }
 
-pub fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
     let calib = &ctx.upstream[&p.calibration]["calibration.npy"];
     let out = ctx.workdir.join("model.onnx");
     ctx.progress

@@ -23,12 +23,12 @@ use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming}
 use crate::runtime::BenchMeasurement;
 
 /// v2: the report is typed and carries `schema`.
-pub const IMPL_VERSION: u32 = 2;
-pub const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
+pub(crate) const IMPL_VERSION: u32 = 2;
+pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReleaseParams {
+pub(crate) struct ReleaseParams {
     /// Steps whose artifacts to promote (convert, quantize or simplify steps).
     pub artifacts: Vec<String>,
     /// The compare step with the artifacts' accuracy (required when an accuracy gate is set).
@@ -57,7 +57,7 @@ pub struct ReleaseParams {
 }
 
 impl ReleaseParams {
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if self.artifacts.is_empty() {
             return Err(("`artifacts` is empty: nothing to release".into(), None));
         }
@@ -108,7 +108,7 @@ impl ReleaseParams {
         Ok(())
     }
 
-    pub fn referenced(&self) -> Vec<String> {
+    pub(crate) fn referenced(&self) -> Vec<String> {
         let mut v = self.artifacts.clone();
         v.extend(self.compare.iter().cloned());
         v.extend(self.benchmark.iter().cloned());
@@ -117,7 +117,7 @@ impl ReleaseParams {
     }
 }
 
-pub fn releases_root(explicit: Option<&Utf8Path>) -> Utf8PathBuf {
+pub(crate) fn releases_root(explicit: Option<&Utf8Path>) -> Utf8PathBuf {
     if let Some(d) = explicit {
         return d.to_owned();
     }
@@ -127,7 +127,7 @@ pub fn releases_root(explicit: Option<&Utf8Path>) -> Utf8PathBuf {
     }
 }
 
-pub fn sha256_file(p: &Utf8Path) -> Result<String> {
+pub(crate) fn sha256_file(p: &Utf8Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     let mut f = std::fs::File::open(p).fs_context(p)?;
     std::io::copy(&mut f, &mut h).fs_context(p)?;
@@ -155,7 +155,7 @@ pub struct ReleaseReport {
 }
 
 /// The report's schema version.
-pub const SCHEMA: &str = "facebuild.release/1";
+pub(crate) const SCHEMA: &str = "facebuild.release/1";
 
 /// One artifact's verdict: every gate with its measured value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ fn measure(
     (Measurement::from_option(v, why), Some(src))
 }
 
-pub fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let compare: Option<CompareReport> = p
         .compare
@@ -499,7 +499,7 @@ fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
 
 /// One line of a pipeline's `history.jsonl`: a promotion or a rollback.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     /// `promote` or `rollback`.
     pub event: String,
     pub version: String,
@@ -538,7 +538,7 @@ fn append_history(pipeline_dir: &Utf8Path, entry: &HistoryEntry) -> Result<()> {
 }
 
 /// Verify a version folder against its SHA256SUMS: the list of bad files.
-pub fn verify_version(vdir: &Utf8Path) -> Result<Vec<String>> {
+pub(crate) fn verify_version(vdir: &Utf8Path) -> Result<Vec<String>> {
     let sums =
         std::fs::read_to_string(vdir.join("SHA256SUMS")).fs_context(vdir.join("SHA256SUMS"))?;
     let mut bad = Vec::new();
@@ -591,7 +591,7 @@ fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
 /// `facebuild release rollback PIPELINE VERSION`: make an earlier version current again.
 /// What `release rollback` did.
 #[derive(Debug, Clone, Serialize)]
-pub struct Rollback {
+pub(crate) struct Rollback {
     pub pipeline: String,
     pub current: String,
     pub previous_current: Option<String>,
@@ -601,7 +601,7 @@ pub struct Rollback {
 
 /// One release, as `release list` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReleaseEntry {
+pub(crate) struct ReleaseEntry {
     pub pipeline: String,
     pub version: String,
     pub current: bool,
@@ -611,7 +611,7 @@ pub struct ReleaseEntry {
     pub dir: Utf8PathBuf,
 }
 
-pub fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<Rollback> {
+pub(crate) fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result<Rollback> {
     let pdir = crate::util::child_of(root, pipeline)?;
     let vdir = crate::util::child_of(&pdir, version)?;
     if !vdir.join("SHA256SUMS").exists() {
@@ -670,7 +670,7 @@ struct MetadataArtifact {
     audit_only: bool,
 }
 
-pub fn list(root: &Utf8Path) -> Result<Vec<ReleaseEntry>> {
+pub(crate) fn list(root: &Utf8Path) -> Result<Vec<ReleaseEntry>> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else {
         return Ok(out);

@@ -18,18 +18,18 @@ use crate::metrics;
 use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 
 /// v3: the report is typed and carries `schema`.
-pub const IMPL_VERSION: u32 = 3;
+pub(crate) const IMPL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Tool {
+pub(crate) enum Tool {
     Onnxsim,
     Onnxslim,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SimplifyParams {
+pub(crate) struct SimplifyParams {
     pub tool: Tool,
     /// Input name -> shape to freeze. Integers freeze a dim, names keep it dynamic.
     /// Default: the manifest's declared input shape.
@@ -63,14 +63,14 @@ impl Default for SimplifyParams {
 }
 
 impl SimplifyParams {
-    pub fn toolchain_pieces(&self) -> Vec<&'static str> {
+    pub(crate) fn toolchain_pieces(&self) -> Vec<&'static str> {
         match self.tool {
             Tool::Onnxsim => vec!["onnx", "onnxruntime", "onnxsim"],
             Tool::Onnxslim => vec!["onnx", "onnxruntime", "onnxslim"],
         }
     }
 
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if !(self.cosine_min > -1.0 && self.cosine_min <= 1.0) {
             return Err((
                 format!("`cosine_min` must be in (-1, 1], got {}", self.cosine_min),
@@ -91,7 +91,7 @@ impl SimplifyParams {
 }
 
 /// The version of simplify's report shape.
-pub const SCHEMA: &str = "facebuild.simplify/1";
+pub(crate) const SCHEMA: &str = "facebuild.simplify/1";
 
 /// `simplify`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,7 +161,7 @@ pub struct OutputFidelity {
     pub samples: usize,
 }
 
-pub fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
     let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| {
         [(decl.name.clone(), decl.shape.clone())]

@@ -4,7 +4,7 @@
 //! every version a step uses. The installed versions are written to `toolchain.json`
 //! once, and read from there afterwards: a no-op run never starts Python.
 
-pub mod tensorrt;
+pub(crate) mod tensorrt;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::ToolchainSpec;
 
 /// Default pins. Exact versions: the cache key trusts them.
-pub const DEFAULT_PINS: &[(&str, &str)] = &[
+pub(crate) const DEFAULT_PINS: &[(&str, &str)] = &[
     ("onnx", "1.23.2"),
     ("onnxruntime", "1.32.0"),
     ("onnxsim", "0.8.1"),
@@ -89,14 +89,14 @@ pub struct Toolchain {
     pub info: ToolchainInfo,
 }
 
-pub fn root_dir(cache_dir: &Utf8Path) -> Utf8PathBuf {
+pub(crate) fn root_dir(cache_dir: &Utf8Path) -> Utf8PathBuf {
     match std::env::var("FACEBUILD_TOOLCHAIN_DIR") {
         Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
         _ => cache_dir.join("toolchains"),
     }
 }
 
-pub fn env_dir(cache_dir: &Utf8Path, pins: &Pins) -> Utf8PathBuf {
+pub(crate) fn env_dir(cache_dir: &Utf8Path, pins: &Pins) -> Utf8PathBuf {
     root_dir(cache_dir).join(pins.id())
 }
 

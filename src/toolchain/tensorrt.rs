@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 /// Printed by the test stand-in for trtexec; never by TensorRT.
-pub const STANDIN_MARKER: &str = "FACEBUILD-TEST-STANDIN";
-pub const ALLOW_STANDIN_ENV: &str = "FACEBUILD_ALLOW_TRTEXEC_STANDIN";
+pub(crate) const STANDIN_MARKER: &str = "FACEBUILD-TEST-STANDIN";
+pub(crate) const ALLOW_STANDIN_ENV: &str = "FACEBUILD_ALLOW_TRTEXEC_STANDIN";
 
 /// `toolchain.tensorrt` in the manifest.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -40,7 +40,7 @@ pub struct TensorRtSpec {
 
 /// What was found.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TensorRt {
+pub(crate) struct TensorRt {
     pub trtexec: Utf8PathBuf,
     /// e.g. "10.3.0"
     pub version: String,
@@ -54,7 +54,7 @@ pub struct TensorRt {
 
 impl TensorRt {
     /// The cache-key fingerprint of every TensorRT step.
-    pub fn fingerprint(&self) -> BTreeMap<String, String> {
+    pub(crate) fn fingerprint(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert(
             "tensorrt".into(),
@@ -72,7 +72,7 @@ impl TensorRt {
     }
 
     /// "TensorRT 10.3.0 on NVIDIA A100 (sm 8.0), CUDA 12.4, driver 550.54"
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let s = format!(
             "TensorRT {} on {} (sm {}), CUDA {}, driver {}",
             self.version, self.gpu, self.compute_capability, self.cuda, self.driver
@@ -86,7 +86,7 @@ impl TensorRt {
 }
 
 /// Discovery's answer: found, or what is missing, in words for `unavailable: ...`.
-pub type Discovery = std::result::Result<TensorRt, String>;
+pub(crate) type Discovery = std::result::Result<TensorRt, String>;
 
 fn on_path(exe: &str) -> Option<Utf8PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -103,7 +103,7 @@ fn is_executable(p: &Utf8Path) -> bool {
 }
 
 /// Where trtexec is, by the documented order, or why none was found.
-pub fn locate_trtexec(
+pub(crate) fn locate_trtexec(
     spec: Option<&TensorRtSpec>,
     manifest_dir: &Utf8Path,
 ) -> std::result::Result<Utf8PathBuf, String> {
@@ -137,7 +137,7 @@ pub fn locate_trtexec(
 }
 
 /// "[TensorRT v100300]" -> "10.3.0"; 8.x prints "[TensorRT v8601]" -> "8.6.1".
-pub fn parse_version_banner(text: &str) -> Option<String> {
+pub(crate) fn parse_version_banner(text: &str) -> Option<String> {
     let start = text.find("[TensorRT v")? + "[TensorRT v".len();
     let digits: String = text[start..]
         .chars()
@@ -152,14 +152,14 @@ pub fn parse_version_banner(text: &str) -> Option<String> {
 }
 
 /// `nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader`, first GPU.
-pub fn parse_gpu_query(csv: &str) -> Option<(String, String, String)> {
+pub(crate) fn parse_gpu_query(csv: &str) -> Option<(String, String, String)> {
     let line = csv.lines().find(|l| !l.trim().is_empty())?;
     let f: Vec<&str> = line.split(',').map(str::trim).collect();
     (f.len() >= 3).then(|| (f[0].to_string(), f[1].to_string(), f[2].to_string()))
 }
 
 /// "CUDA Version: 12.4" from nvidia-smi's banner.
-pub fn parse_cuda_version(banner: &str) -> Option<String> {
+pub(crate) fn parse_cuda_version(banner: &str) -> Option<String> {
     let i = banner.find("CUDA Version:")? + "CUDA Version:".len();
     banner[i..]
         .split_whitespace()
@@ -225,7 +225,7 @@ fn selected_gpu() -> Option<String> {
 }
 
 /// Find TensorRT and describe it, memoized in `<cache>/tensorrt/found.json`.
-pub fn discover(
+pub(crate) fn discover(
     spec: Option<&TensorRtSpec>,
     manifest_dir: &Utf8Path,
     cache_dir: &Utf8Path,
@@ -285,15 +285,7 @@ fn check_standin(t: TensorRt) -> Discovery {
     Ok(t)
 }
 
-/// One line for `toolchain show` and reports.
-pub fn summary(d: &Discovery) -> String {
-    match d {
-        Ok(t) => t.describe(),
-        Err(e) => format!("unavailable: {e}"),
-    }
-}
-
-pub fn check_python(python: &Utf8Path) -> Result<String> {
+pub(crate) fn check_python(python: &Utf8Path) -> Result<String> {
     let out = Command::new(python)
         .args(["-c", "import tensorrt, sys; print(tensorrt.__version__)"])
         .stdin(Stdio::null())

@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod detection;
-pub mod report;
+pub(crate) mod report;
 
-pub use report::{CandidateReport, CompareReport};
+pub(crate) use report::CandidateReport;
+pub use report::CompareReport;
 use report::{
     CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary, TarAtOperatingFar,
 };
@@ -33,19 +34,19 @@ use crate::runtime::{
 };
 
 /// v4: the report is typed and carries `schema`.
-pub const IMPL_VERSION: u32 = 4;
-pub const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
+pub(crate) const IMPL_VERSION: u32 = 4;
+pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum CandidateSpec {
+pub(crate) enum CandidateSpec {
     Step(String),
     Detailed(CandidateDetail),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CandidateDetail {
+pub(crate) struct CandidateDetail {
     pub step: String,
     /// Report name (default: the step name).
     #[serde(default)]
@@ -59,7 +60,7 @@ pub struct CandidateDetail {
 }
 
 impl CandidateSpec {
-    pub fn step(&self) -> &str {
+    pub(crate) fn step(&self) -> &str {
         match self {
             CandidateSpec::Step(s) => s,
             CandidateSpec::Detailed(d) => &d.step,
@@ -80,7 +81,7 @@ impl CandidateSpec {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompareParams {
+pub(crate) struct CompareParams {
     /// The validation set (a dataset from `datasets:`).
     pub dataset: String,
     /// Steps whose artifacts to compare (`model.onnx` or OpenVINO `model.xml`/`.bin`).
@@ -132,7 +133,7 @@ fn default_far() -> f64 {
 }
 
 impl CompareParams {
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         if let Some(k) = self.unknown.keys().next() {
             let keys: Vec<&str> = COMPARE_KEYS
                 .iter()
@@ -430,7 +431,7 @@ pub(crate) fn load_candidate(
     }))
 }
 
-pub fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
     let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {

@@ -13,7 +13,7 @@ use crate::metrics::verification::{PairSource, Verification};
 use crate::runtime::ExecutionInfo;
 
 /// The version of this report's shape.
-pub const SCHEMA: &str = "facebuild.compare/1";
+pub(crate) const SCHEMA: &str = "facebuild.compare/1";
 
 /// A compare step's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]

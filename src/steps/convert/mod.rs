@@ -3,7 +3,7 @@
 //! trtexec, when TensorRT is installed).
 
 mod openvino;
-pub mod tensorrt;
+pub(crate) mod tensorrt;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,18 +11,18 @@ use super::{StepContext, StepOutcome};
 use crate::error::Result;
 use crate::manifest::{Dim, StepKind};
 
-pub const IMPL_VERSION: u32 = 2;
+pub(crate) const IMPL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub(crate) enum Backend {
     Openvino,
     Tensorrt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Precision {
+pub(crate) enum Precision {
     Fp32,
     Fp16,
     Int8,
@@ -30,7 +30,7 @@ pub enum Precision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Preset {
+pub(crate) enum Preset {
     /// Symmetric quantization of weights and activations: fastest.
     Performance,
     /// Asymmetric activations: better for non-ReLU activations such as PReLU.
@@ -38,7 +38,7 @@ pub enum Preset {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HwCompat {
+pub(crate) enum HwCompat {
     /// `--hardwareCompatibilityLevel=ampere+`: one engine for Ampere and newer GPUs.
     #[serde(rename = "ampere+")]
     AmperePlus,
@@ -49,7 +49,7 @@ pub enum HwCompat {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConvertParams {
+pub(crate) struct ConvertParams {
     pub backend: Backend,
     pub precision: Precision,
     /// OpenVINO int8: the `calibrate` step whose tensor drives NNCF quantization.
@@ -87,7 +87,7 @@ pub struct ConvertParams {
 }
 
 impl ConvertParams {
-    pub fn toolchain_pieces(&self) -> Vec<&'static str> {
+    pub(crate) fn toolchain_pieces(&self) -> Vec<&'static str> {
         match (self.backend, self.precision) {
             // TensorRT's versions (TensorRT, CUDA, driver, GPU) are added by the context.
             (Backend::Tensorrt, _) => vec![],
@@ -96,7 +96,7 @@ impl ConvertParams {
         }
     }
 
-    pub fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), (String, Option<String>)> {
         match self.backend {
             Backend::Openvino => {
                 let trt_only = [
@@ -155,7 +155,7 @@ impl ConvertParams {
 
     /// TensorRT INT8 needs explicit quantization: a Q/DQ model from a `quantize` step (or a
     /// legacy calibration cache). `from` is the kind of the step this one converts.
-    pub fn check_from(
+    pub(crate) fn check_from(
         &self,
         from: Option<StepKind>,
     ) -> std::result::Result<(), (String, Option<String>)> {
@@ -173,7 +173,7 @@ impl ConvertParams {
     }
 }
 
-pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     match p.backend {
         Backend::Openvino => openvino::run(ctx, p),
         Backend::Tensorrt => tensorrt::run(ctx, p),

@@ -21,11 +21,11 @@ use crate::manifest::{Dim, InputSpec};
 use crate::steps::{StepContext, StepOutcome};
 use crate::toolchain::tensorrt::TensorRt;
 
-pub const DEFAULT_WORKSPACE_MIB: u64 = 1024;
+pub(crate) const DEFAULT_WORKSPACE_MIB: u64 = 1024;
 
 /// One optimization profile: min/opt/max shapes of the input, as trtexec spells them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Profile {
+pub(crate) struct Profile {
     pub input: String,
     pub min: String,
     pub opt: String,
@@ -33,7 +33,10 @@ pub struct Profile {
 }
 
 /// The profile for the declared input, or None when every dim is fixed (a static engine).
-pub fn profile(input: &InputSpec, shape: &[Dim]) -> std::result::Result<Option<Profile>, String> {
+pub(crate) fn profile(
+    input: &InputSpec,
+    shape: &[Dim],
+) -> std::result::Result<Option<Profile>, String> {
     if shape.iter().all(|d| matches!(d, Dim::Fixed(_))) {
         return Ok(None);
     }
@@ -60,7 +63,7 @@ pub fn profile(input: &InputSpec, shape: &[Dim]) -> std::result::Result<Option<P
 }
 
 /// trtexec's arguments for a build.
-pub fn build_args(
+pub(crate) fn build_args(
     onnx: &Utf8Path,
     engine: &Utf8Path,
     timing_cache: &Utf8Path,
@@ -107,7 +110,7 @@ pub fn build_args(
 
 /// Where the timing cache of one TensorRT/GPU fingerprint lives: shared by every build with
 /// that fingerprint, never by another (a cache from another GPU would mislead the builder).
-pub fn timing_cache_path(cache_root: &Utf8Path, trt: &TensorRt) -> Utf8PathBuf {
+pub(crate) fn timing_cache_path(cache_root: &Utf8Path, trt: &TensorRt) -> Utf8PathBuf {
     let fp = crate::cache::cache_key(&trt.fingerprint());
     cache_root
         .join("tensorrt")
@@ -115,7 +118,7 @@ pub fn timing_cache_path(cache_root: &Utf8Path, trt: &TensorRt) -> Utf8PathBuf {
         .join(format!("{}.cache", &fp[..16]))
 }
 
-pub fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
+pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let trt = ctx.tensorrt.ok_or_else(|| Error::Step {
         step: step.clone(),
