@@ -163,6 +163,8 @@ fn default_jobs() -> usize {
         .unwrap_or(1)
 }
 
+/// Parse the command line, run the command, and return the process exit code (0 ok, 1 a
+/// build or gate failed, 2 a usage or manifest error).
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let level = match cli.verbose {

@@ -10,8 +10,11 @@ use camino::Utf8PathBuf;
 /// A position in a manifest, 1-based like compilers print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The manifest file.
     pub file: Utf8PathBuf,
+    /// 1-based line; 0 when only the file is known.
     pub line: u64,
+    /// 1-based column.
     pub column: u64,
 }
 
@@ -25,42 +28,57 @@ impl fmt::Display for Location {
     }
 }
 
+/// Every error facebuild reports: what failed, where, and a hint for the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The manifest is not valid: bad YAML, unknown key, wrong type, unknown step, cycle...
     #[error("{location}: {message}{}", hint_suffix(.hint))]
     Manifest {
+        /// Where in the manifest.
         location: Location,
+        /// What is wrong.
         message: String,
+        /// How to fix it, when facebuild knows.
         hint: Option<String>,
     },
 
     /// A step ran and failed (including a failed gate). The report, if any, is kept.
     #[error("step `{step}` failed: {message}{}", hint_suffix(.hint))]
     Step {
+        /// The step that failed.
         step: String,
+        /// What is wrong.
         message: String,
+        /// How to fix it, when facebuild knows.
         hint: Option<String>,
     },
 
     /// The Python toolchain or a native runtime library could not be provisioned/loaded.
     #[error("toolchain: {message}{}", hint_suffix(.hint))]
     Toolchain {
+        /// What is wrong.
         message: String,
+        /// How to fix it, when facebuild knows.
         hint: Option<String>,
     },
 
     /// The model file itself is unreadable or not an ONNX ModelProto.
     #[error("model {path}: {message}{}", hint_suffix(.hint))]
     Model {
+        /// The file concerned.
         path: Utf8PathBuf,
+        /// What is wrong.
         message: String,
+        /// How to fix it, when facebuild knows.
         hint: Option<String>,
     },
 
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file concerned.
         path: Utf8PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -68,7 +86,9 @@ pub enum Error {
     /// The user asked for something that does not exist (a --target, a release...).
     #[error("{message}{}", hint_suffix(.hint))]
     Usage {
+        /// What is wrong.
         message: String,
+        /// How to fix it, when facebuild knows.
         hint: Option<String>,
     },
 
@@ -80,6 +100,7 @@ pub enum Error {
     #[error("{}", many(.0))]
     Many(Vec<Error>),
 
+    /// Anything else, with its context chain.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -104,6 +125,7 @@ fn hint_suffix(hint: &Option<String>) -> String {
 }
 
 impl Error {
+    /// An I/O error on `path`.
     pub fn io(path: impl Into<Utf8PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -111,6 +133,7 @@ impl Error {
         }
     }
 
+    /// A manifest error at `location`.
     pub fn manifest(location: Location, message: impl Into<String>) -> Self {
         Error::Manifest {
             location,
@@ -128,6 +151,7 @@ impl Error {
         }
     }
 
+    /// The same error with a hint for the fix (kinds without a hint are returned as they are).
     pub fn with_hint(mut self, h: impl Into<String>) -> Self {
         match &mut self {
             Error::Manifest { hint, .. }
@@ -140,6 +164,7 @@ impl Error {
         self
     }
 
+    /// A toolchain error.
     pub fn toolchain(message: impl Into<String>) -> Self {
         Error::Toolchain {
             message: message.into(),
@@ -147,6 +172,7 @@ impl Error {
         }
     }
 
+    /// A usage error: the user asked for something that does not exist.
     pub fn usage(message: impl Into<String>) -> Self {
         Error::Usage {
             message: message.into(),
@@ -164,6 +190,7 @@ impl Error {
     }
 }
 
+/// facebuild's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `.fs_context(path)` on io results, so every IO error names its file.

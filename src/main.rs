@@ -1,3 +1,4 @@
+//! The `facebuild` binary: everything is in the library.
 fn main() {
     std::process::exit(facebuild::main());
 }

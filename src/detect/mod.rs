@@ -15,16 +15,19 @@ use crate::error::Result;
 use crate::manifest::{DetectorFamily, DetectorSpec};
 use crate::runtime::NamedTensor;
 
+/// One decoded face: box, score and (when the head predicts them) five landmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Detection {
     /// x1, y1, x2, y2.
     pub bbox: [f32; 4],
+    /// Confidence after the family's activation (sigmoid or softmax).
     pub score: f32,
     /// Five (x, y) points: left eye, right eye, nose, left and right mouth corners.
     pub kps: Option<[[f32; 2]; 5]>,
 }
 
 impl Detection {
+    /// The box's area in pixels (0 for a degenerate box).
     pub fn area(&self) -> f32 {
         (self.bbox[2] - self.bbox[0]).max(0.0) * (self.bbox[3] - self.bbox[1]).max(0.0)
     }

@@ -60,7 +60,9 @@ pub(crate) struct ModelSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorSpec {
+    /// Which head layout to decode.
     pub family: DetectorFamily,
+    /// Detections scoring below this are dropped before NMS.
     #[serde(default = "default_score_threshold")]
     pub score_threshold: f32,
     /// IoU above which NMS suppresses the lower-scoring box.
@@ -77,6 +79,7 @@ pub struct DetectorSpec {
     pub variance: Option<[f32; 2]>,
 }
 
+/// The detector families facebuild decodes natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DetectorFamily {
@@ -93,13 +96,17 @@ fn default_nms_iou() -> f32 {
     0.4
 }
 
+/// Tensor layout of an image input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
+    /// Batch, channels, height, width (ONNX's usual layout).
     NCHW,
+    /// Batch, height, width, channels.
     NHWC,
 }
 
 impl Layout {
+    /// The index of the channel axis.
     pub fn channel_axis(self) -> usize {
         match self {
             Layout::NCHW => 1,
@@ -170,19 +177,26 @@ fn default_layout() -> Layout {
     Layout::NCHW
 }
 
+/// The channel order a model expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ColorOrder {
+    /// Red, green, blue.
     RGB,
+    /// Blue, green, red (OpenCV-trained models).
     BGR,
 }
 
+/// How images become input tensors: `(pixel - mean) / std` per channel at `size`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocessing {
+    /// Channel order.
     #[serde(default = "default_color")]
     pub color: ColorOrder,
+    /// Per-channel mean subtracted, in the channel order above.
     #[serde(default = "default_mean")]
     pub mean: [f32; 3],
+    /// Per-channel divisor.
     #[serde(default = "default_std")]
     pub std: [f32; 3],
     /// [height, width] the image is resized to.

@@ -247,7 +247,9 @@ pub struct GateResult {
     pub metric: String,
     /// The measured value (null when there is none).
     pub value: Option<f64>,
+    /// The limit set in the manifest.
     pub limit: f64,
+    /// Whether the gate passed, by the one rule.
     pub passed: bool,
     /// `not measured`, `not measurable` or `unreliable`; absent for a plain value.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -90,6 +90,7 @@ pub(crate) fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
     Ok(load_with_fit(path, feed)?.0)
 }
 
+/// Decode an image file (JPEG, PNG, WebP, by content) to RGB.
 pub fn decode_image(path: &Utf8Path) -> Result<RgbImage> {
     // By content, not extension: real datasets hold WebP files named .jpg.
     let decode = || -> std::result::Result<image::DynamicImage, String> {

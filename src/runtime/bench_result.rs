@@ -11,20 +11,25 @@ use crate::metrics::LatencyMs;
 /// One artifact measured in one runtime configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchMeasurement {
+    /// What ran, and with which settings.
     pub execution: BenchExecution,
+    /// Process-level cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<ColdStart>,
     /// Batch-1 latency (null for a TensorRT engine measured at another batch only).
     pub latency_batch1_ms: Option<LatencyMs>,
+    /// How many batch-1 inferences the latency figures summarise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_samples: Option<usize>,
     /// Every batch-1 latency, for the run report's histogram (rounded to 0.1 µs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_batch1_samples_ms: Option<Vec<f64>>,
+    /// Throughput per batch size.
     pub throughput: Vec<ThroughputPoint>,
     /// trtexec's own timings (TensorRT engines only).
     #[serde(flatten)]
     pub tensorrt: Option<TrtTimings>,
+    /// Peak resident memory of the measuring process (VmHWM), MiB.
     pub peak_rss_mib: Option<f64>,
     /// Spawn to exit of the measuring process, as the parent saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

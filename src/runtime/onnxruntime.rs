@@ -17,6 +17,7 @@ use crate::toolchain::Toolchain;
 static ENV: OnceLock<std::result::Result<(Utf8PathBuf, ort::environment::Environment), String>> =
     OnceLock::new();
 
+/// ONNX Runtime, loaded from the toolchain's wheel (`load-dynamic`).
 pub struct OnnxRuntime {
     version: String,
     threads: usize,
@@ -24,6 +25,7 @@ pub struct OnnxRuntime {
 }
 
 impl OnnxRuntime {
+    /// ONNX Runtime from `toolchain`, with `threads` intra-op threads (default: all cores).
     pub fn new(toolchain: &Toolchain, threads: Option<usize>) -> Result<OnnxRuntime> {
         let lib = toolchain.info.onnxruntime_library.clone().ok_or_else(|| {
             Error::toolchain("the toolchain has no libonnxruntime.so")

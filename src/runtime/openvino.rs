@@ -18,11 +18,14 @@ use crate::toolchain::Toolchain;
 /// One process loads one libopenvino_c; remember which.
 static LOADED: Mutex<Option<String>> = Mutex::new(None);
 
+/// How OpenVINO compiles a model.
 #[derive(Debug, Clone)]
 pub struct OpenVinoSettings {
+    /// The device, e.g. `CPU`.
     pub device: String,
     /// INFERENCE_PRECISION_HINT: "f32", "bf16", "f16"; None leaves the plugin's default.
     pub precision_hint: Option<String>,
+    /// INFERENCE_NUM_THREADS (default: the plugin's).
     pub threads: Option<usize>,
 }
 
@@ -38,6 +41,7 @@ impl Default for OpenVinoSettings {
     }
 }
 
+/// OpenVINO, loaded from the toolchain's wheel (`runtime-linking`).
 pub struct OpenVino {
     version: String,
     settings: OpenVinoSettings,
@@ -46,6 +50,7 @@ pub struct OpenVino {
 }
 
 impl OpenVino {
+    /// OpenVINO from `toolchain`, compiling with `settings`.
     pub fn new(toolchain: &Toolchain, settings: OpenVinoSettings) -> Result<OpenVino> {
         let lib = toolchain.info.openvino_c_library.clone().ok_or_else(|| {
             Error::toolchain("the toolchain has no libopenvino_c.so")
@@ -78,6 +83,7 @@ impl OpenVino {
         })
     }
 
+    /// Reshape dynamic batch dims to `batch` before compiling (OpenVINO compiles a static batch).
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = Some(batch as i64);
         self
@@ -133,6 +139,7 @@ impl OpenVino {
         Ok((core, model, device))
     }
 
+    /// Load an IR from its `model.xml` and `model.bin` (store blobs have no matching names).
     pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
         let (mut core, mut model, device) = self.core_and_model(xml, bin, None)?;
         let input = model

@@ -76,7 +76,9 @@ pub(crate) fn read_frame(
     Ok((header, out))
 }
 
+/// TensorRT engines, run by a Python worker process with TensorRT and cuda-python.
 pub struct TensorRtRuntime {
+    /// The Python that has `tensorrt` and `cuda-python`.
     pub python: Utf8PathBuf,
     /// Tests only: the worker's stand-in mode (no TensorRT, doubles its input).
     pub standin: bool,

@@ -30,11 +30,15 @@ pub(crate) struct RunOptions {
     pub no_cache: bool,
 }
 
+/// What happened to a step in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Its result came from the cache.
     Cached,
+    /// It ran and succeeded.
     Built,
+    /// It ran and failed (including a failed gate).
     Failed,
     /// An upstream step failed.
     Skipped,
@@ -45,36 +49,58 @@ pub enum Status {
     Unavailable,
 }
 
+/// One output of a step.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputInfo {
+    /// blake3 of the file.
     pub digest: String,
+    /// Size in bytes.
     pub size: u64,
+    /// Where the output was copied for people to read.
     pub path: Utf8PathBuf,
 }
 
+/// One step's result in a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepResult {
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
+    /// What happened.
     pub status: Status,
+    /// The action key (none for steps that were never keyed).
     pub key: Option<String>,
     /// Why it ran (empty when cached).
     pub reasons: Vec<String>,
+    /// Wall time, ms.
     pub duration_ms: u64,
+    /// Outputs by name.
     pub outputs: BTreeMap<String, OutputInfo>,
+    /// The step's short summary (figures shown on the run line), as it wrote it.
     pub summary: serde_json::Value,
+    /// Why it failed, was skipped or is unavailable.
     pub error: Option<String>,
 }
 
+/// What `facebuild run --json` prints: the run and every step's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The pipeline's name.
     pub pipeline: String,
+    /// The manifest file.
     pub manifest: Utf8PathBuf,
+    /// Whether every step was cached, built or (not required and) unavailable.
     pub ok: bool,
+    /// Whether Ctrl-C or SIGTERM stopped the run.
     pub interrupted: bool,
+    /// The source model and its digest.
     pub source: String,
+    /// The toolchain id.
     pub toolchain: String,
+    /// Wall time, ms.
     pub duration_ms: u64,
+    /// Every selected step, in pipeline order.
     pub steps: Vec<StepResult>,
 }
 

@@ -223,13 +223,21 @@ pub(crate) fn machine_fingerprint() -> String {
 /// `benchmark`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchmarkReport {
+    /// The report's schema version, e.g. `facebuild.compare/1`.
     pub schema: String,
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
+    /// The machine measured on.
     pub machine: Machine,
+    /// The input fed.
     pub input: BenchInput,
+    /// The params that shaped the figures.
     pub params: BenchParamsEcho,
+    /// Every target in every configuration.
     pub results: Vec<BenchEntry>,
+    /// The toolchain versions the step used.
     pub toolchain: BTreeMap<String, String>,
 }
 

@@ -109,17 +109,25 @@ pub(crate) const SCHEMA: &str = "facebuild.check/1";
 /// `check`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckReport {
+    /// The report's schema version, e.g. `facebuild.compare/1`.
     pub schema: String,
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
+    /// Whether every gate of the step passed.
     pub passed: bool,
+    /// The model checked.
     pub model: CheckedModel,
     /// What the graph declares, read natively.
     pub graph: ModelInfo,
     /// Where the graph contradicts the manifest's `model.input`.
     pub problems: Vec<String>,
+    /// What the ONNX checker said.
     pub onnx_checker: CheckerResult,
+    /// Whether ONNX Runtime loads it.
     pub onnxruntime: OrtLoad,
+    /// The toolchain versions the step used.
     pub toolchain: BTreeMap<String, String>,
 }
 

@@ -137,17 +137,24 @@ pub(crate) fn sha256_file(p: &Utf8Path) -> Result<String> {
 /// `release`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseReport {
+    /// The report's schema version, e.g. `facebuild.compare/1`.
     pub schema: String,
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
     /// The version promoted (absent when every artifact was refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The version folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_dir: Option<Utf8PathBuf>,
+    /// Artifacts that met every gate.
     pub promoted: Vec<String>,
+    /// Artifacts refused, each with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<Vec<String>>,
+    /// Every artifact's gates with their measured values.
     pub verdicts: Vec<Verdict>,
     /// The release this one follows (null for the first; absent when refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -96,19 +96,29 @@ pub(crate) const SCHEMA: &str = "facebuild.simplify/1";
 /// `simplify`'s report.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimplifyReport {
+    /// The report's schema version, e.g. `facebuild.compare/1`.
     pub schema: String,
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
+    /// Whether every gate of the step passed.
     pub passed: bool,
+    /// What the simplifier did.
     pub tool: ToolResult,
     /// Input name -> the shape frozen before simplifying.
     pub frozen_shapes: IndexMap<String, Vec<Dim>>,
+    /// The equivalence gate.
     pub gate: SimplifyGate,
+    /// What equivalence was proven on.
     pub samples: SampleCounts,
     /// Original against simplified, per output.
     pub outputs: Vec<OutputFidelity>,
+    /// Every violated limit or mismatch, in words.
     pub problems: Vec<String>,
+    /// How ONNX Runtime ran both models.
     pub execution: crate::runtime::ExecutionInfo,
+    /// The toolchain versions the step used.
     pub toolchain: BTreeMap<String, String>,
 }
 

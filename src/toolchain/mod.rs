@@ -30,9 +30,12 @@ pub(crate) const DEFAULT_PINS: &[(&str, &str)] = &[
 /// Bumped when the install procedure or the helper scripts change what an env contains.
 const LAYOUT_VERSION: u32 = 1;
 
+/// The Python packages facebuild's steps run with, pinned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pins {
+    /// The Python interpreter that creates the environment.
     pub interpreter: String,
+    /// Package -> pinned version.
     pub packages: BTreeMap<String, String>,
 }
 
@@ -45,6 +48,7 @@ impl CacheKey for Pins {
 }
 
 impl Pins {
+    /// The default pins with the manifest's overrides (and FACEBUILD_PYTHON).
     pub fn resolve(spec: &ToolchainSpec) -> Pins {
         let mut packages: BTreeMap<String, String> = DEFAULT_PINS
             .iter()
@@ -64,6 +68,7 @@ impl Pins {
         }
     }
 
+    /// A short id of the pins: the toolchain's folder name.
     pub fn id(&self) -> String {
         cache_key(self)[..16].to_string()
     }
@@ -82,10 +87,14 @@ pub struct ToolchainInfo {
     pub bin_dir: Utf8PathBuf,
 }
 
+/// An installed toolchain: a venv with the pinned packages and their native libraries.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
+    /// What it was installed from.
     pub pins: Pins,
+    /// Its folder.
     pub dir: Utf8PathBuf,
+    /// The versions and library paths recorded at install.
     pub info: ToolchainInfo,
 }
 
@@ -148,10 +157,12 @@ impl Toolchain {
             .ok_or_else(|| Error::toolchain("installation finished but toolchain.json is missing"))
     }
 
+    /// The venv's Python.
     pub fn python(&self) -> Utf8PathBuf {
         self.dir.join("venv/bin/python")
     }
 
+    /// The installed version of `package`.
     pub fn version(&self, package: &str) -> Option<&str> {
         self.info.packages.get(package).map(String::as_str)
     }

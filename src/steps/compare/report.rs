@@ -18,21 +18,32 @@ pub(crate) const SCHEMA: &str = "facebuild.compare/1";
 /// A compare step's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
+    /// The report's schema version, e.g. `facebuild.compare/1`.
     pub schema: String,
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
     /// `detection` for detectors; absent for embedders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Whether every gate of the step passed.
     pub passed: bool,
+    /// Detectors: how outputs were decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detector: Option<DetectorSpec>,
+    /// Detectors: the IoU at which boxes match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_iou: Option<f32>,
+    /// The validation set.
     pub dataset: DatasetSummary,
+    /// The ONNX original, as the reference ran it.
     pub reference: ReferenceSummary,
+    /// Every candidate's figures and gates.
     pub candidates: Vec<CandidateReport>,
+    /// Every failed gate, in words.
     pub failures: Vec<String>,
+    /// The toolchain versions the step used.
     pub toolchain: BTreeMap<String, String>,
 }
 
