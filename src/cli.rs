@@ -248,7 +248,12 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             let selected = ctx.dag.select(&sel.targets)?;
             let p = plan(&ctx, &selected, false)?;
             if json {
-                let v = json!({"pipeline": ctx.manifest.name, "toolchain": ctx.pins.id(), "toolchain_installed": ctx.toolchain.is_some(), "steps": p});
+                let v = crate::graph::plan::Plan {
+                    pipeline: ctx.manifest.name.clone(),
+                    toolchain: ctx.pins.id(),
+                    toolchain_installed: ctx.toolchain.is_some(),
+                    steps: p,
+                };
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?

@@ -33,6 +33,7 @@ mod util;
 pub use cli::main;
 pub use detect::{Detection, decode};
 pub use error::{Error, Location, Result};
+pub use graph::plan::{Decision, Plan, StepPlan};
 pub use manifest::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
 pub use metrics::gate::{GateResult, Gates, Measurement};
 pub use preprocess::{decode_image, letterbox, to_tensor};

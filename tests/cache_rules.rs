@@ -2,19 +2,41 @@
 
 mod common;
 use common::*;
+use facebuild::SimplifyReport;
 
-const STEPS: &str = "  check:\n    kind: check\n  simplify:\n    kind: simplify\n    needs: [check]\n    params:\n      samples: 2\n      cosine_min: 0.9999\n  check_simplified:\n    kind: check\n    from: simplify\n";
+/// How many action records `cache ls` lists.
+fn cached_results(p: &Project) -> usize {
+    let out = p.run(&["cache", "ls", "--json"]);
+    serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&out.stdout)
+        .unwrap()
+        .len()
+}
 
+const STEPS: &str = indoc! {"
+      check:
+        kind: check
+      simplify:
+        kind: simplify
+        needs: [check]
+        params:
+          samples: 2
+          cosine_min: 0.9999
+      check_simplified:
+        kind: check
+        from: simplify
+"};
+
+/// A second run is all cache hits; an edit reruns exactly what it changed.
 #[test]
 fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     let p = Project::new();
     p.write("p.yaml", &builtin_manifest(STEPS));
     let (code, r) = p.run_json("p.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     assert_eq!(
-        statuses(&r).iter().filter(|(_, s)| s == "built").count(),
+        statuses(&r).iter().filter(|(_, s)| *s == Status::Built).count(),
         3,
-        "{r:#}"
+        "{r:#?}"
     );
     assert!(p.path("p.lock").exists(), "lockfile next to the manifest");
     assert!(
@@ -25,30 +47,25 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     // Nothing changed: everything cached, nothing runs.
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+    assert!(statuses(&r).iter().all(|(_, s)| *s == Status::Cached), "{r:#?}");
 
     // A param that changes simplify's output: simplify and its dependant rerun, check does not.
     p.write(
         "p.yaml",
-        &builtin_manifest(&STEPS.replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n")),
+        &builtin_manifest(&STEPS.replace("samples: 2\n", "samples: 2\n    tool: onnxslim\n")),
     );
     let plan = p.plan_json("p.yaml");
-    let steps = plan["steps"].as_array().unwrap();
-    assert_eq!(steps[0]["decision"], "cached");
-    assert_eq!(steps[1]["decision"], "run");
-    assert!(
-        steps[1]["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("param `tool` changed"),
-        "{plan:#}"
-    );
-    assert_eq!(steps[2]["decision"], "waits");
+    assert!(matches!(planned(&plan, "check"), Decision::Cached { .. }));
+    let Decision::Run { reasons, .. } = planned(&plan, "simplify") else {
+        panic!("{plan:#?}")
+    };
+    assert!(reasons[0].contains("param `tool` changed"), "{reasons:?}");
+    assert!(matches!(planned(&plan, "check_simplified"), Decision::Waits { .. }));
     let (code, r) = p.run_json("p.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
-    assert_eq!(status_of(&r, "check"), "cached");
-    assert_eq!(status_of(&r, "simplify"), "built");
-    assert_eq!(status_of(&r, "check_simplified"), "built");
+    assert_eq!(code, 0, "{r:#?}");
+    assert_eq!(status_of(&r, "check"), Status::Cached);
+    assert_eq!(status_of(&r, "simplify"), Status::Built);
+    assert_eq!(status_of(&r, "check_simplified"), Status::Built);
 
     // A gate-only param: simplify reruns; its output bytes are identical, so the dependant
     // keyed on that content stays cached (early cutoff).
@@ -56,43 +73,41 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
         "p.yaml",
         &builtin_manifest(
             &STEPS
-                .replace("samples: 2\n", "samples: 2\n      tool: onnxslim\n")
+                .replace("samples: 2\n", "samples: 2\n    tool: onnxslim\n")
                 .replace("0.9999", "0.999"),
         ),
     );
     let plan = p.plan_json("p.yaml");
+    let Decision::Run { reasons, .. } = planned(&plan, "simplify") else {
+        panic!("{plan:#?}")
+    };
     assert!(
-        plan["steps"][1]["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("param `cosine_min` changed: 0.9999 -> 0.999"),
-        "{plan:#}"
+        reasons[0].contains("param `cosine_min` changed: 0.9999 -> 0.999"),
+        "{reasons:?}"
     );
     let (_, r) = p.run_json("p.yaml", &[]);
-    assert_eq!(status_of(&r, "simplify"), "built");
-    assert_eq!(status_of(&r, "check_simplified"), "cached");
+    assert_eq!(status_of(&r, "simplify"), Status::Built);
+    assert_eq!(status_of(&r, "check_simplified"), Status::Cached);
 
     // --no-cache rebuilds everything selected; --target selects a step and its needs only.
     let (_, r) = p.run_json("p.yaml", &["--no-cache", "--target", "simplify"]);
     assert_eq!(
         statuses(&r),
         vec![
-            ("check".into(), "built".into()),
-            ("simplify".into(), "built".into())
+            ("check".into(), Status::Built),
+            ("simplify".into(), Status::Built)
         ]
     );
 }
 
+/// A corrupted blob is found by `cache verify` and by the next run, which rebuilds it.
 #[test]
 fn corrupted_blob_is_detected_and_rebuilt() {
     let p = Project::new();
     p.write("p.yaml", &builtin_manifest(STEPS));
     let (code, r) = p.run_json("p.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
-    let digest = r["steps"][1]["outputs"]["model.onnx"]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(code, 0, "{r:#?}");
+    let digest = step(&r, "simplify").outputs["model.onnx"].digest.clone();
     let blob = p.path(&format!("cache/cas/{}/{}", &digest[..2], &digest[2..]));
     let mut bytes = std::fs::read(&blob).unwrap();
     let n = bytes.len();
@@ -108,16 +123,16 @@ fn corrupted_blob_is_detected_and_rebuilt() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("corrupt: {digest}")));
 
     let (code, r) = p.run_json("p.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
-    assert_eq!(status_of(&r, "check"), "cached");
+    assert_eq!(code, 0, "{r:#?}");
+    assert_eq!(status_of(&r, "check"), Status::Cached);
     assert_eq!(
         status_of(&r, "simplify"),
-        "built",
-        "corrupt output must be rebuilt: {r:#}"
+        Status::Built,
+        "corrupt output must be rebuilt: {r:#?}"
     );
     assert_eq!(
-        r["steps"][1]["outputs"]["model.onnx"]["digest"],
-        digest.as_str(),
+        step(&r, "simplify").outputs["model.onnx"].digest,
+        digest,
         "rebuild is reproducible"
     );
     let out = p.run(&["cache", "verify"]);
@@ -128,42 +143,53 @@ fn corrupted_blob_is_detected_and_rebuilt() {
     );
 }
 
+/// A failed gate stops its dependants, keeps its report, and `--keep-going` runs the rest.
 #[test]
 fn failed_gate_stops_dependants_keeps_report_and_keep_going_runs_the_rest() {
     let p = Project::new();
     // max_abs_error 0: BN folding changes the last bits, so the gate must fail.
-    let steps = "  simplify:\n    kind: simplify\n    params:\n      samples: 2\n      max_abs_error: 0\n  check_simplified:\n    kind: check\n    from: simplify\n  check:\n    kind: check\n";
+    let steps = indoc! {"
+          simplify:
+            kind: simplify
+            params:
+              samples: 2
+              max_abs_error: 0
+          check_simplified:
+            kind: check
+            from: simplify
+          check:
+            kind: check
+    "};
     p.write("p.yaml", &builtin_manifest(steps));
     let (code, r) = p.run_json("p.yaml", &["--jobs", "1"]);
-    assert_eq!(code, 1, "{r:#}");
-    assert_eq!(status_of(&r, "simplify"), "failed");
-    assert_eq!(status_of(&r, "check_simplified"), "skipped");
+    assert_eq!(code, 1, "{r:#?}");
+    assert_eq!(status_of(&r, "simplify"), Status::Failed);
+    assert_eq!(status_of(&r, "check_simplified"), Status::Skipped);
     assert_eq!(
         status_of(&r, "check"),
-        "not_run",
+        Status::NotRun,
         "without --keep-going nothing new starts after a failure"
     );
-    let err = r["steps"][0]["error"].as_str().unwrap();
+    let err = error_of(&r, "simplify");
     assert!(
         err.contains("max abs error") && err.contains("report kept at"),
         "{err}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/t/simplify/report.json")).unwrap())
-            .unwrap();
-    assert_eq!(report["passed"], false);
-    assert!(report["outputs"][0]["max_abs_error"].as_f64().unwrap() > 0.0);
+    let report: SimplifyReport = p.report("out/t/simplify/report.json");
+    assert!(!report.passed);
+    assert!(report.outputs[0].max_abs_error > 0.0);
 
     let (code, r) = p.run_json("p.yaml", &["--jobs", "1", "--keep-going"]);
     assert_eq!(code, 1);
-    assert_eq!(status_of(&r, "check"), "built");
-    assert_eq!(status_of(&r, "check_simplified"), "skipped");
+    assert_eq!(status_of(&r, "check"), Status::Built);
+    assert_eq!(status_of(&r, "check_simplified"), Status::Skipped);
     // A failure is never cached: the next run tries again.
     let (_, r) = p.run_json("p.yaml", &["--keep-going"]);
-    assert_eq!(status_of(&r, "simplify"), "failed");
-    assert_eq!(status_of(&r, "check"), "cached");
+    assert_eq!(status_of(&r, "simplify"), Status::Failed);
+    assert_eq!(status_of(&r, "check"), Status::Cached);
 }
 
+/// `cache gc` keeps exactly what the lockfile references.
 #[test]
 fn gc_keeps_what_the_lockfile_references() {
     let p = Project::new();
@@ -175,15 +201,7 @@ fn gc_keeps_what_the_lockfile_references() {
         &builtin_manifest(&STEPS.replace("samples: 2", "samples: 3")),
     );
     assert_eq!(p.run_json("p.yaml", &[]).0, 0);
-    let out = p.run(&["cache", "ls", "--json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    assert_eq!(cached_results(&p), 4);
 
     let out = p.run(&["cache", "gc", "p.lock"]);
     assert!(
@@ -196,15 +214,7 @@ fn gc_keeps_what_the_lockfile_references() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let out = p.run(&["cache", "ls", "--json"]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(cached_results(&p), 3);
     let (_, r) = p.run_json("p.yaml", &[]);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+    assert!(statuses(&r).iter().all(|(_, s)| *s == Status::Cached), "{r:#?}");
 }

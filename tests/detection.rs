@@ -41,12 +41,12 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     .unwrap();
     p.write("pipelines/detection.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/detection.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     assert!(
         statuses(&r)
             .iter()
             .all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")),
-        "{r:#}"
+        "{r:#?}"
     );
     let rep = report(&p, "pipelines/out/detection/compare/report.json");
     assert_eq!(rep["task"], "detection");
@@ -80,7 +80,7 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
         statuses(&r)
             .iter()
             .all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")),
-        "{r:#}"
+        "{r:#?}"
     );
 }
 
@@ -126,7 +126,7 @@ fn check_real_detector(name: &str, yaml: String, want_sizes: usize) {
     let p = Project::new();
     p.write("d.yaml", &yaml);
     let (code, r) = p.run_json("d.yaml", &[]);
-    assert_eq!(code, 0, "{name}: {r:#}");
+    assert_eq!(code, 0, "{name}: {r:#?}");
     let rep = report(&p, "out/det/compare/report.json");
     let fp32 = candidate(&rep, "ov_fp32");
     assert_eq!(fp32["execution"]["precision"], "f32");
@@ -389,7 +389,7 @@ fn alignment_separates_identities_far_better_than_centre_crops() {
     ] {
         p.write("a.yaml", &manifest(&align));
         let (code, r) = p.run_json("a.yaml", &[]);
-        assert_eq!(code, 0, "{r:#}");
+        assert_eq!(code, 0, "{r:#?}");
         let rep = report(&p, "out/al/compare/report.json");
         let v = rep["reference"]["verification"].clone();
         say(&format!(

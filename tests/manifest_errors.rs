@@ -24,9 +24,20 @@ fn expect_error(yaml: &str, needles: &[&str]) -> String {
     stderr
 }
 
+/// A cycle is reported with its whole path, at the first step in it.
 #[test]
 fn cycle_is_located_with_its_path() {
-    let steps = "  a:\n    kind: check\n    needs: [c]\n  b:\n    kind: check\n    needs: [a]\n  c:\n    kind: check\n    needs: [b]\n";
+    let steps = indoc! {"
+          a:
+            kind: check
+            needs: [c]
+          b:
+            kind: check
+            needs: [a]
+          c:
+            kind: check
+            needs: [b]
+    "};
     // Line 10 is `  a:`; the cycle is printed in full.
     expect_error(
         &builtin_manifest(steps),
@@ -34,21 +45,34 @@ fn cycle_is_located_with_its_path() {
     );
 }
 
+/// An unknown params key is located at the key, with the known ones.
 #[test]
 fn unknown_key_is_located() {
-    let steps = "  s:\n    kind: simplify\n    params:\n      cosine_mn: 0.9\n";
+    let steps = indoc! {"
+          s:
+            kind: simplify
+            params:
+              cosine_mn: 0.9
+    "};
     expect_error(
         &builtin_manifest(steps),
         &["bad.yaml:13:7", "unknown field `cosine_mn`", "cosine_min"],
     );
 }
 
+/// A value of the wrong type is located at the value.
 #[test]
 fn wrong_type_is_located() {
-    let steps = "  s:\n    kind: simplify\n    params:\n      samples: many\n";
+    let steps = indoc! {"
+          s:
+            kind: simplify
+            params:
+              samples: many
+    "};
     expect_error(&builtin_manifest(steps), &["bad.yaml:13:16", "samples"]);
 }
 
+/// An unknown step kind lists the known ones.
 #[test]
 fn unknown_step_kind_lists_the_known_ones() {
     expect_error(
@@ -57,6 +81,7 @@ fn unknown_step_kind_lists_the_known_ones() {
     );
 }
 
+/// A `needs` naming no step is located at the reference.
 #[test]
 fn missing_needs_target_is_located() {
     expect_error(
@@ -65,6 +90,7 @@ fn missing_needs_target_is_located() {
     );
 }
 
+/// An unknown top-level key and an unsupported schema are located.
 #[test]
 fn unknown_top_level_key_and_bad_schema() {
     expect_error(
@@ -77,6 +103,7 @@ fn unknown_top_level_key_and_bad_schema() {
     );
 }
 
+/// `from` must name a step that produces a model.
 #[test]
 fn from_must_name_a_model_producing_step() {
     expect_error(
@@ -85,10 +112,73 @@ fn from_must_name_a_model_producing_step() {
     );
 }
 
+/// A manifest that is not there is a usage error.
 #[test]
 fn missing_manifest_is_a_usage_error() {
     let p = Project::new();
     let out = p.run(&["plan", "nope.yaml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read manifest nope.yaml"));
+}
+
+/// Several independent mistakes are reported together, each located.
+#[test]
+fn several_errors_are_reported_in_one_go() {
+    let steps = indoc! {"
+          a:
+            kind: check
+            needs: [nope]
+          b:
+            kind: check
+            from: a
+          c:
+            kind: compare
+            params: {dataset: missing, candidates: [a]}
+    "};
+    let err = expect_error(
+        &builtin_manifest(steps),
+        &[
+            "bad.yaml:12:13",
+            "`nope`, which is not a step",
+            "bad.yaml:15:11",
+            "produces no model",
+            "dataset `missing`",
+            "names `a`, a `check` step",
+            "problems in the manifest",
+        ],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Names that would escape their folder (`..`, `.`, hidden) are refused where they are
+/// written: the pipeline's name and a step's.
+#[test]
+fn names_that_escape_their_folder_are_refused() {
+    let m = builtin_manifest("  s:\n    kind: check\n");
+    expect_error(
+        &m.replace("name: t", "name: '..'"),
+        &["bad.yaml", "invalid name `..`", "not starting with `.`"],
+    );
+    expect_error(
+        &m.replace("name: t", "name: ."),
+        &["invalid name `.`"],
+    );
+    expect_error(
+        &builtin_manifest("  ..:\n    kind: check\n"),
+        &["bad.yaml:11:5", "invalid name `..`"],
+    );
+}
+
+/// The second line of defence: `release rollback` refuses a pipeline or version that
+/// would leave the releases folder, before touching anything.
+#[test]
+fn rollback_refuses_paths_that_escape_the_releases_folder() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("releases")).unwrap();
+    for (pipeline, version) in [("..", "x"), ("p", ".."), ("a/b", "x")] {
+        let out = p.run(&["release", "rollback", pipeline, version, "--dir", "releases"]);
+        assert_eq!(out.status.code(), Some(2), "{pipeline} {version}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("would escape that folder"), "{stderr}");
+    }
 }

@@ -2,10 +2,25 @@
 
 mod common;
 use common::*;
+use facebuild::CheckReport;
 
+/// A one-step manifest (check) on the model at `path`; `model:` is on line 3.
 fn manifest_for(path: &str, input: &str, shape: &str) -> String {
     format!(
-        "schema: 1\nname: t\nmodel:\n  path: {path}\n  task: recognition\n  input:\n    name: {input}\n    shape: {shape}\nsteps:\n  check:\n    kind: check\n"
+        indoc! {"
+            schema: 1
+            name: t
+            model:
+              path: {}
+              task: recognition
+              input:
+                name: {}
+                shape: {}
+            steps:
+              check:
+                kind: check
+        "},
+        path, input, shape
     )
 }
 
@@ -15,6 +30,7 @@ fn builtin_bytes(p: &Project) -> Vec<u8> {
     std::fs::read(p.path("m.onnx")).unwrap()
 }
 
+/// A truncated ONNX file fails check naming the file, with a hint.
 #[test]
 fn truncated_onnx_is_a_clear_error() {
     let p = Project::new();
@@ -26,7 +42,7 @@ fn truncated_onnx_is_a_clear_error() {
     );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
-    let err = r["steps"][0]["error"].as_str().unwrap();
+    let err = error_of(&r, "check");
     assert!(
         err.contains("trunc.onnx") && err.contains("not a valid ONNX ModelProto"),
         "{err}"
@@ -34,6 +50,7 @@ fn truncated_onnx_is_a_clear_error() {
     assert!(err.contains("hint:"), "{err}");
 }
 
+/// An input the graph does not have, or a wrong dim, fails check with the fix.
 #[test]
 fn declared_input_mismatch_fails_check_with_the_fix() {
     let p = Project::new();
@@ -44,7 +61,7 @@ fn declared_input_mismatch_fails_check_with_the_fix() {
     );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
-    let err = r["steps"][0]["error"].as_str().unwrap();
+    let err = error_of(&r, "check");
     assert!(
         err.contains("declares input `data`") && err.contains("input.1"),
         "{err}"
@@ -56,16 +73,17 @@ fn declared_input_mismatch_fails_check_with_the_fix() {
     );
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 1);
-    let err = r["steps"][0]["error"].as_str().unwrap();
+    let err = error_of(&r, "check");
     assert!(
         err.contains("dim 2 is 112 in the graph but the manifest declares 224"),
         "{err}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/t/check/report.json")).unwrap()).unwrap();
-    assert_eq!(report["passed"], false);
+    let report: CheckReport = p.report("out/t/check/report.json");
+    assert!(!report.passed);
+    assert!(!report.problems.is_empty());
 }
 
+/// A sha256 pin that does not match stops the run before any step, located.
 #[test]
 fn sha256_pin_mismatch_stops_before_any_step() {
     let p = Project::new();
@@ -82,6 +100,7 @@ fn sha256_pin_mismatch_stops_before_any_step() {
     );
 }
 
+/// A model file that is not there is named with its path.
 #[test]
 fn missing_model_file_names_the_path() {
     let p = Project::new();

@@ -51,7 +51,7 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     let p = Project::new();
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 1, ""));
     let (code, r) = p.run_json("m.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     let rep = report(&p, "out/mfn/compare/report.json");
     assert_eq!(
         rep["dataset"]["pairs"]["genuine"], 38,
@@ -132,7 +132,7 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
         "{reasons:?}"
     );
     let (code, r) = p.run_json("m.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     for (step, want) in [
         ("simplify", "cached"),
         ("ov_fp32", "cached"),
@@ -141,7 +141,7 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
         ("ov_int8", "built"),
         ("compare", "built"),
     ] {
-        assert_eq!(status_of(&r, step), want, "{step}: {r:#}");
+        assert_eq!(status_of(&r, step), want, "{step}: {r:#?}");
     }
 }
 
@@ -159,7 +159,7 @@ fn a_candidate_fed_with_the_wrong_normalisation_fails_the_gate() {
 "#;
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 1, broken));
     let (code, r) = p.run_json("m.yaml", &["--keep-going"]);
-    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(code, 1, "{r:#?}");
     assert_eq!(
         status_of(&r, "compare"),
         "built",
@@ -199,13 +199,13 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     .unwrap();
     p.write("pipelines/recognition.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     // TensorRT is not installed on these machines: its steps say so, everything else builds.
     assert!(
         statuses(&r)
             .iter()
             .all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")),
-        "{r:#}"
+        "{r:#?}"
     );
     for f in [
         "openvino_fp32/model.xml",
@@ -231,6 +231,6 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
         statuses(&r)
             .iter()
             .all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")),
-        "{r:#}"
+        "{r:#?}"
     );
 }

@@ -26,7 +26,7 @@ fn check_reports_every_real_model() {
         };
         p.write("p.yaml", &format!("schema: 1\nname: t\nmodel:\n  path: {}\n  task: {task}\n  input:\n    name: {input}\n    shape: {shape}\nsteps:\n  check:\n    kind: check\n", shared.join("models").join(file).display()));
         let (code, r) = p.run_json("p.yaml", &[]);
-        assert_eq!(code, 0, "{file}: {r:#}");
+        assert_eq!(code, 0, "{file}: {r:#?}");
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(p.path("out/t/check/report.json")).unwrap())
                 .unwrap();
@@ -57,7 +57,7 @@ fn mobilefacenet_example_simplifies_equivalently_on_aligned_real_faces() {
     .replace("throughput_min: 200", "throughput_min: 1");
     p.write("m.yaml", &m);
     let (code, r) = p.run_json("m.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     let report: serde_json::Value = serde_json::from_slice(
         &std::fs::read(p.path("out/mobilefacenet/simplify/report.json")).unwrap(),
     )
@@ -88,7 +88,7 @@ fn dynamic_detector_keeps_named_dims_when_asked() {
         ),
     );
     let (code, r) = p.run_json("d.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p.path("out/d/simplify/report.json")).unwrap())
             .unwrap();

@@ -59,7 +59,7 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     // 1. A release that passes: loose gates, both kinds.
     p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp16], {common}, version: v1, gates: {{cosine_min: 0.99, p99_ms_max: 10000, throughput_min: 0.001, rss_mib_max: 100000, cold_start_ms_max: 600000}}, keep_fp32_for_audit: true, audit_artifacts: [ov_fp32]}}")));
     let (code, r) = p.run_json("r.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
 
     // The benchmark: one schema for every runtime, machine described, each target measured.
     let b = json(&p.path("out/t/benchmark/report.json"));
@@ -200,7 +200,7 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
         )),
     );
     let (code, r) = p.run_json("r.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     let rb = std::fs::read_to_string(rel.join("t/v2/ROLLBACK.md")).unwrap();
     assert!(
         rb.contains("**v1**")
@@ -315,7 +315,7 @@ fn real_model_benchmark_with_benchmark_app_reference() {
         ),
     );
     let (code, r) = p.run_json("m.yaml", &[]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(code, 0, "{r:#?}");
     let b = json(&p.path("out/m/benchmark/report.json"));
     for x in b["results"].as_array().unwrap() {
         let ratio = &x["reference"]["throughput_ratio"];

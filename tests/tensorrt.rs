@@ -75,7 +75,7 @@ fn without_tensorrt_steps_are_unavailable_never_cached_and_fail_only_when_requir
         );
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         for s in ["trt_fp16", "trt_int8"] {
-            assert_eq!(status_of(&r, s), "unavailable", "round {round}: {r:#}");
+            assert_eq!(status_of(&r, s), "unavailable", "round {round}: {r:#?}");
             let step = r["steps"]
                 .as_array()
                 .unwrap()
@@ -194,7 +194,7 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
     let v10_3 = standin_home(p.dir.path(), "100300");
     let r = run_standin(&p, &v10_3, None);
     for s in ["trt_fp16", "trt_int8"] {
-        assert_eq!(status_of(&r, s), "built", "{r:#}");
+        assert_eq!(status_of(&r, s), "built", "{r:#?}");
     }
     let fp16 = report(&p, "trt_fp16");
     assert_eq!(fp16["standin"], true);
@@ -259,7 +259,7 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
 
     // Same everything: cached.
     let r = run_standin(&p, &v10_3, None);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#}");
+    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#?}");
 
     // Another GPU: the engines are rebuilt (the key has the GPU), with their own timing cache.
     let plan: serde_json::Value = serde_json::from_slice(
@@ -328,7 +328,7 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
     assert!(
         r.to_string()
             .contains("test stand-in for trtexec, not TensorRT"),
-        "{r:#}"
+        "{r:#?}"
     );
     let args = std::fs::read_to_string(p.path("standin-args.log")).unwrap();
     assert!(!args.contains("--workspace="), "{args}");

@@ -5,38 +5,68 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::context::BuildContext;
 use crate::error::Result;
 use crate::scheduler::{Resolution, Upstream, resolve};
 
-#[derive(Debug, Clone, Serialize)]
+/// What `plan` decided for a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
-pub(crate) enum Decision {
+pub enum Decision {
     /// The action key is in the cache with intact outputs.
-    Cached { key: String },
+    Cached {
+        /// The action key.
+        key: String,
+    },
     /// The step will run; `reasons` say what changed.
     Run {
+        /// The action key (none before the toolchain is installed).
         key: Option<String>,
+        /// What changed since the lockfile.
         reasons: Vec<String>,
     },
     /// Depends on a step that will run; decided when that finishes (it may still hit).
-    Waits { on: Vec<String> },
+    Waits {
+        /// The upstream steps that will run first.
+        on: Vec<String>,
+    },
     /// Cannot run on this machine: its backend (TensorRT) is not installed.
-    Unavailable { reason: String },
+    Unavailable {
+        /// What is missing.
+        reason: String,
+    },
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct StepPlan {
+/// One step of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepPlan {
+    /// The step's name.
     pub step: String,
+    /// The step's kind.
     pub kind: String,
+    /// The steps it depends on.
     pub needs: Vec<String>,
     /// The manifest's `description:` of the step.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What will happen to it.
     #[serde(flatten)]
     pub decision: Decision,
+}
+
+/// What `facebuild plan --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The toolchain id.
+    pub toolchain: String,
+    /// Whether that toolchain is installed (keys need it).
+    pub toolchain_installed: bool,
+    /// Every selected step, in order.
+    pub steps: Vec<StepPlan>,
 }
 
 /// Plan the selected steps without running anything: the run's own resolution, with every

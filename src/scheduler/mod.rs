@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{ActionRecord, KeyParts, LockEntry};
 use crate::context::BuildContext;
@@ -31,7 +31,7 @@ pub(crate) struct RunOptions {
 }
 
 /// What happened to a step in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Its result came from the cache.
@@ -50,7 +50,7 @@ pub enum Status {
 }
 
 /// One output of a step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputInfo {
     /// blake3 of the file.
     pub digest: String,
@@ -61,7 +61,7 @@ pub struct OutputInfo {
 }
 
 /// One step's result in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
     /// The step's name.
     pub step: String,
@@ -84,7 +84,7 @@ pub struct StepResult {
 }
 
 /// What `facebuild run --json` prints: the run and every step's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// The pipeline's name.
     pub pipeline: String,

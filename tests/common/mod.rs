@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
+pub(crate) use facebuild::{Decision, Plan, RunReport, Status, StepResult};
+pub(crate) use indoc::indoc;
 
 pub(crate) struct Project {
     pub dir: tempfile::TempDir,
@@ -70,8 +72,8 @@ impl Project {
         self.cmd().args(args).output().unwrap()
     }
 
-    /// `facebuild run FILE --json` -> (exit code, parsed report).
-    pub(crate) fn run_json(&self, file: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    /// `facebuild run FILE --json` -> (exit code, the typed run report).
+    pub(crate) fn run_json(&self, file: &str, extra: &[&str]) -> (i32, RunReport) {
         let mut args = vec!["run", file, "--json"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
@@ -85,7 +87,8 @@ impl Project {
         (out.status.code().unwrap_or(-1), v)
     }
 
-    pub(crate) fn plan_json(&self, file: &str) -> serde_json::Value {
+    /// `facebuild plan FILE --json`, typed.
+    pub(crate) fn plan_json(&self, file: &str) -> Plan {
         let out = self.run(&["plan", file, "--json"]);
         assert!(
             out.status.success(),
@@ -94,34 +97,72 @@ impl Project {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+
+    /// A step's typed report, read from the output folder (`out/<pipeline>/<step>/report.json`).
+    pub(crate) fn report<T: serde::de::DeserializeOwned>(&self, rel: &str) -> T {
+        let path = self.path(rel);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
 }
 
 /// step name -> status, from a run report.
-pub(crate) fn statuses(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["steps"]
-        .as_array()
-        .unwrap()
+pub(crate) fn statuses(report: &RunReport) -> Vec<(String, Status)> {
+    report
+        .steps
         .iter()
-        .map(|s| {
-            (
-                s["step"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|s| (s.step.clone(), s.status))
         .collect()
 }
 
-pub(crate) fn status_of(report: &serde_json::Value, step: &str) -> String {
-    statuses(report)
-        .into_iter()
-        .find(|(n, _)| n == step)
-        .map(|(_, s)| s)
-        .unwrap_or_else(|| panic!("no step {step} in report"))
+/// One step's result in a run report.
+pub(crate) fn step<'a>(report: &'a RunReport, name: &str) -> &'a StepResult {
+    report
+        .steps
+        .iter()
+        .find(|s| s.step == name)
+        .unwrap_or_else(|| panic!("no step {name} in report"))
+}
+
+/// One step's status in a run report.
+pub(crate) fn status_of(report: &RunReport, name: &str) -> Status {
+    step(report, name).status
+}
+
+/// The error a step reported.
+pub(crate) fn error_of<'a>(report: &'a RunReport, name: &str) -> &'a str {
+    step(report, name).error.as_deref().unwrap_or("")
+}
+
+/// One step of a plan.
+pub(crate) fn planned<'a>(plan: &'a Plan, name: &str) -> &'a Decision {
+    &plan
+        .steps
+        .iter()
+        .find(|s| s.step == name)
+        .unwrap_or_else(|| panic!("no step {name} in plan"))
+        .decision
 }
 
 /// A recognition manifest on the built-in model with the given steps section.
+/// Its steps start on line 10 (tests check error locations).
 pub(crate) fn builtin_manifest(steps: &str) -> String {
-    format!(
-        "schema: 1\nname: t\nmodel:\n  task: recognition\n  input:\n    name: input.1\n    layout: NCHW\n    shape: [1, 3, 112, 112]\nsteps:\n{steps}"
-    )
+    let head = indoc! {"
+        schema: 1
+        name: t
+        model:
+          task: recognition
+          input:
+            name: input.1
+            layout: NCHW
+            shape: [1, 3, 112, 112]
+        steps:
+    "};
+    // Steps written flush left (as `indoc!` leaves them) go under `steps:`.
+    let steps = if steps.starts_with(' ') {
+        steps.to_string()
+    } else {
+        steps.lines().map(|l| format!("  {l}\n")).collect()
+    };
+    format!("{head}{steps}")
 }
