@@ -44,7 +44,7 @@ pub use runtime::{BenchMeasurement, ExecutionInfo, LoadedModel, NamedTensor, Run
 pub use scheduler::{OutputInfo, RunReport, Status, StepResult};
 pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
-pub use steps::compare::CompareReport;
-pub use steps::release::ReleaseReport;
+pub use steps::compare::{CandidateReport, CompareReport};
+pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;
 pub use toolchain::{Pins, Toolchain};

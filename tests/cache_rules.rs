@@ -34,7 +34,10 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
     assert_eq!(
-        statuses(&r).iter().filter(|(_, s)| *s == Status::Built).count(),
+        statuses(&r)
+            .iter()
+            .filter(|(_, s)| *s == Status::Built)
+            .count(),
         3,
         "{r:#?}"
     );
@@ -47,7 +50,10 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
     // Nothing changed: everything cached, nothing runs.
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0);
-    assert!(statuses(&r).iter().all(|(_, s)| *s == Status::Cached), "{r:#?}");
+    assert!(
+        statuses(&r).iter().all(|(_, s)| *s == Status::Cached),
+        "{r:#?}"
+    );
 
     // A param that changes simplify's output: simplify and its dependant rerun, check does not.
     p.write(
@@ -60,7 +66,10 @@ fn second_run_is_cached_and_edits_rerun_only_what_changed() {
         panic!("{plan:#?}")
     };
     assert!(reasons[0].contains("param `tool` changed"), "{reasons:?}");
-    assert!(matches!(planned(&plan, "check_simplified"), Decision::Waits { .. }));
+    assert!(matches!(
+        planned(&plan, "check_simplified"),
+        Decision::Waits { .. }
+    ));
     let (code, r) = p.run_json("p.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
     assert_eq!(status_of(&r, "check"), Status::Cached);
@@ -216,5 +225,8 @@ fn gc_keeps_what_the_lockfile_references() {
     );
     assert_eq!(cached_results(&p), 3);
     let (_, r) = p.run_json("p.yaml", &[]);
-    assert!(statuses(&r).iter().all(|(_, s)| *s == Status::Cached), "{r:#?}");
+    assert!(
+        statuses(&r).iter().all(|(_, s)| *s == Status::Cached),
+        "{r:#?}"
+    );
 }

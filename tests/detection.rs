@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use camino::Utf8PathBuf;
-use facebuild::{DetectorFamily, DetectorSpec, Preprocessing};
+use facebuild::{CompareReport, DetectorFamily, DetectorSpec, Preprocessing};
 use facebuild::{OnnxRuntime, Runtime};
 use facebuild::{Pins, Toolchain};
 
@@ -17,20 +17,34 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn report(p: &Project, rel: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")))
-        .unwrap()
-}
-
-fn candidate<'a>(rep: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
-    rep["candidates"]
-        .as_array()
-        .unwrap()
+/// A candidate's entry in a compare report.
+fn candidate<'a>(rep: &'a CompareReport, label: &str) -> &'a facebuild::CandidateReport {
+    rep.candidates
         .iter()
-        .find(|c| c["label"] == label)
+        .find(|c| c.label == label)
         .unwrap_or_else(|| panic!("no candidate {label}"))
 }
 
+/// What a convert step's report says of its conversion (the fields these tests read).
+#[derive(serde::Deserialize)]
+struct ConvertReport {
+    conversion: Conversion,
+}
+
+#[derive(serde::Deserialize)]
+struct Conversion {
+    args: Vec<String>,
+}
+
+/// One detection as the numpy reference decoder prints it.
+#[derive(serde::Deserialize)]
+struct RefDetection {
+    bbox: [f32; 4],
+    score: f32,
+    kps: Vec<[f32; 2]>,
+}
+
+/// The default detection pipeline compares one dynamic IR at two sizes, then is all cached.
 #[test]
 fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     let p = Project::new();
@@ -43,77 +57,81 @@ fn default_detection_pipeline_runs_one_dynamic_ir_at_two_sizes() {
     let (code, r) = p.run_json("pipelines/detection.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
     assert!(
-        statuses(&r)
-            .iter()
-            .all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")),
+        statuses(&r).iter().all(|(n, s)| *s == Status::Built
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
-    let rep = report(&p, "pipelines/out/detection/compare/report.json");
-    assert_eq!(rep["task"], "detection");
+    let rep: CompareReport = p.report("pipelines/out/detection/compare/report.json");
+    assert!(rep.is_detection());
     let fp32 = candidate(&rep, "openvino_fp32");
-    let sizes = fp32["sizes"].as_array().unwrap();
+    let sizes = fp32.sizes.as_ref().unwrap();
     assert_eq!(sizes.len(), 2, "two input sizes from one IR");
-    assert_ne!(sizes[0]["input_size"], sizes[1]["input_size"]);
+    assert_ne!(sizes[0].input_size, sizes[1].input_size);
     for s in sizes {
-        let m = &s["metrics"];
+        let m = &s.metrics;
         assert!(
-            m["reference_boxes"].as_u64().unwrap() > 0,
-            "the built-in detector must detect something: {m:#}"
+            m.reference_boxes > 0,
+            "the built-in detector must detect something: {m:#?}"
         );
-        assert_eq!(m["recall"], 1.0, "{m:#}");
-        assert_eq!(m["candidate_boxes"], m["reference_boxes"], "{m:#}");
+        assert_eq!(m.recall, 1.0, "{m:#?}");
+        assert_eq!(m.candidate_boxes, m.reference_boxes, "{m:#?}");
     }
     // The IR was converted once: a dynamic H/W IR (ovc ranges from `model.input.dims`).
-    let conv = report(&p, "pipelines/out/detection/openvino_fp32/report.json");
-    let args = conv["conversion"]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect::<Vec<_>>();
+    let conv: ConvertReport = p.report("pipelines/out/detection/openvino_fp32/report.json");
+    let args = conv.conversion.args;
     assert!(
         args.contains(&"input.1[1,3,320..640,320..640]".to_string()),
         "{args:?}"
     );
     let (_, r) = p.run_json("pipelines/detection.yaml", &[]);
     assert!(
-        statuses(&r)
-            .iter()
-            .all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")),
+        statuses(&r).iter().all(|(n, s)| *s == Status::Cached
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn detector_pipeline(
-    shared: &std::path::Path,
-    model: &str,
-    input: &str,
-    shape: &str,
-    extra_model: &str,
-    feed: &str,
-    detector: &str,
-    sizes: &str,
-) -> String {
+/// A real detector from ../shared, as the manifest declares it.
+struct Detector<'a> {
+    model: &'a str,
+    input: &'a str,
+    shape: &'a str,
+    /// Appended to `model.input` (e.g. `, dims: {...}`).
+    extra_input: &'a str,
+    feed: &'a str,
+    detector: &'a str,
+    /// Compare params prepended to the gates (e.g. `input_sizes: [...], `).
+    sizes: &'a str,
+}
+
+/// FP32 and FP16 IRs of `d`, compared on the scenes in ../shared.
+fn detector_pipeline(shared: &std::path::Path, d: &Detector) -> String {
     format!(
-        r#"schema: 1
-name: det
-model:
-  path: {m}
-  task: detection
-  input: {{name: "{input}", shape: {shape}{extra_model}}}
-  preprocessing: {feed}
-  detector: {detector}
-datasets:
-  scenes: {{path: {scenes}}}
-steps:
-  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
-  ov_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
-  compare:
-    kind: compare
-    params: {{dataset: scenes, candidates: [ov_fp32, ov_fp16], {sizes}recall_min: 0.9, candidate_gates: {{ov_fp32: {{recall_min: 1.0, fp_per_image_max: 0.0, nms_parity_min: 1.0}}}}}}
-"#,
-        m = shared.join("models").join(model).display(),
+        indoc! {r#"
+            schema: 1
+            name: det
+            model:
+              path: {m}
+              task: detection
+              input: {{name: "{input}", shape: {shape}{extra}}}
+              preprocessing: {feed}
+              detector: {detector}
+            datasets:
+              scenes: {{path: {scenes}}}
+            steps:
+              ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+              ov_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
+              compare:
+                kind: compare
+                params: {{dataset: scenes, candidates: [ov_fp32, ov_fp16], {sizes}recall_min: 0.9, candidate_gates: {{ov_fp32: {{recall_min: 1.0, fp_per_image_max: 0.0, nms_parity_min: 1.0}}}}}}
+        "#},
+        m = shared.join("models").join(d.model).display(),
+        input = d.input,
+        shape = d.shape,
+        extra = d.extra_input,
+        feed = d.feed,
+        detector = d.detector,
+        sizes = d.sizes,
         scenes = shared.join("faces/scenes").display()
     )
 }
@@ -127,46 +145,48 @@ fn check_real_detector(name: &str, yaml: String, want_sizes: usize) {
     p.write("d.yaml", &yaml);
     let (code, r) = p.run_json("d.yaml", &[]);
     assert_eq!(code, 0, "{name}: {r:#?}");
-    let rep = report(&p, "out/det/compare/report.json");
+    let rep: CompareReport = p.report("out/det/compare/report.json");
     let fp32 = candidate(&rep, "ov_fp32");
-    assert_eq!(fp32["execution"]["precision"], "f32");
-    assert_eq!(fp32["sizes"].as_array().unwrap().len(), want_sizes);
-    for s in fp32["sizes"].as_array().unwrap() {
-        let m = &s["metrics"];
+    assert_eq!(fp32.execution.as_ref().unwrap().precision, "f32");
+    let sizes = fp32.sizes.as_ref().unwrap();
+    assert_eq!(sizes.len(), want_sizes);
+    for s in sizes {
+        let m = &s.metrics;
         assert!(
-            m["reference_boxes"].as_u64().unwrap() >= 4,
-            "{name}: the scenes hold many faces: {m:#}"
+            m.reference_boxes >= 4,
+            "{name}: the scenes hold many faces: {m:#?}"
         );
         assert_eq!(
-            m["recall"], 1.0,
-            "{name} FP32 IR recall at {}: {m:#}",
-            s["input_size"]
+            m.recall, 1.0,
+            "{name} FP32 IR recall at {:?}: {m:#?}",
+            s.input_size
         );
         assert_eq!(
-            m["fp_per_image"], 0.0,
-            "{name} FP32 IR extra detections at {}: {m:#}",
-            s["input_size"]
+            m.fp_per_image, 0.0,
+            "{name} FP32 IR extra detections at {:?}: {m:#?}",
+            s.input_size
         );
     }
     for label in ["ov_fp32", "ov_fp16"] {
-        for s in candidate(&rep, label)["sizes"].as_array().unwrap() {
-            let m = &s["metrics"];
+        for s in candidate(&rep, label).sizes.as_ref().unwrap() {
+            let m = &s.metrics;
             say(&format!(
-                "{name} {label} at {}: boxes {} ref / {} cand, recall {}, fp/img {}, score drift max {}, IoU min {}, landmark NME max {}, NMS parity {}",
-                s["input_size"],
-                m["reference_boxes"],
-                m["candidate_boxes"],
-                m["recall"],
-                m["fp_per_image"],
-                m["score_drift"]["max"],
-                m["iou"]["min"],
-                m["landmark_nme"]["max"],
-                m["nms_parity"]
+                "{name} {label} at {:?}: boxes {} ref / {} cand, recall {}, fp/img {}, score drift max {:?}, IoU min {:?}, landmark NME max {:?}, NMS parity {}",
+                s.input_size,
+                m.reference_boxes,
+                m.candidate_boxes,
+                m.recall,
+                m.fp_per_image,
+                m.score_drift.max,
+                m.iou.min,
+                m.landmark_nme.max,
+                m.nms_parity
             ));
         }
     }
 }
 
+/// Real SCRFD-0.5GF at 640: FP32 IR recall 1, no extra boxes.
 #[test]
 fn real_scrfd_static_640() {
     let Some(shared) = shared() else { return };
@@ -174,18 +194,21 @@ fn real_scrfd_static_640() {
         "scrfd_500m_kps",
         detector_pipeline(
             &shared,
-            "scrfd_500m_kps.onnx",
-            "images",
-            "[1, 3, 640, 640]",
-            "",
-            SCRFD_FEED,
-            "{family: scrfd}",
-            "",
+            &Detector {
+                model: "scrfd_500m_kps.onnx",
+                input: "images",
+                shape: "[1, 3, 640, 640]",
+                extra_input: "",
+                feed: SCRFD_FEED,
+                detector: "{family: scrfd}",
+                sizes: "",
+            },
         ),
         1,
     );
 }
 
+/// Real SCRFD-2.5GF with dynamic H/W: two sizes from one IR.
 #[test]
 fn real_scrfd_dynamic_hw_at_two_sizes_from_one_ir() {
     let Some(shared) = shared() else { return };
@@ -194,18 +217,21 @@ fn real_scrfd_dynamic_hw_at_two_sizes_from_one_ir() {
         "scrfd_2.5g_bnkps",
         detector_pipeline(
             &shared,
-            "scrfd_2.5g_bnkps.onnx",
-            "input.1",
-            "[1, 3, H, W]",
-            dims,
-            SCRFD_FEED,
-            "{family: scrfd}",
-            "input_sizes: [[640, 640], [320, 320]], ",
+            &Detector {
+                model: "scrfd_2.5g_bnkps.onnx",
+                input: "input.1",
+                shape: "[1, 3, H, W]",
+                extra_input: dims,
+                feed: SCRFD_FEED,
+                detector: "{family: scrfd}",
+                sizes: "input_sizes: [[640, 640], [320, 320]], ",
+            },
         ),
         2,
     );
 }
 
+/// Real RetinaFace-MobileNet at 640.
 #[test]
 fn real_retinaface_640() {
     let Some(shared) = shared() else { return };
@@ -213,13 +239,15 @@ fn real_retinaface_640() {
         "retinaface_mnet_640",
         detector_pipeline(
             &shared,
-            "retinaface_mnet_640.onnx",
-            "input0",
-            "[1, 3, 640, 640]",
-            "",
-            RETINA_FEED,
-            "{family: retinaface, score_threshold: 0.6}",
-            "",
+            &Detector {
+                model: "retinaface_mnet_640.onnx",
+                input: "input0",
+                shape: "[1, 3, 640, 640]",
+                extra_input: "",
+                feed: RETINA_FEED,
+                detector: "{family: retinaface, score_threshold: 0.6}",
+                sizes: "",
+            },
         ),
         1,
     );
@@ -322,7 +350,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
                 "{}",
                 String::from_utf8_lossy(&res.stderr)
             );
-            let theirs: Vec<serde_json::Value> = serde_json::from_slice(&res.stdout).unwrap();
+            let theirs: Vec<RefDetection> = serde_json::from_slice(&res.stdout).unwrap();
             assert_eq!(
                 ours.len(),
                 theirs.len(),
@@ -331,12 +359,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
                 theirs.len()
             );
             for (a, b) in ours.iter().zip(&theirs) {
-                let bb: Vec<f32> = b["bbox"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect();
+                let bb = b.bbox;
                 for k in 0..4 {
                     assert!(
                         (a.bbox[k] - bb[k]).abs() < 1e-2,
@@ -344,12 +367,10 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
                         a.bbox
                     );
                 }
-                assert!((a.score - b["score"].as_f64().unwrap() as f32).abs() < 1e-6);
-                let kp = b["kps"].as_array().unwrap();
-                for (p, q) in a.kps.unwrap().iter().zip(kp) {
+                assert!((a.score - b.score).abs() < 1e-6);
+                for (p, q) in a.kps.unwrap().iter().zip(&b.kps) {
                     assert!(
-                        (p[0] - q[0].as_f64().unwrap() as f32).abs() < 1e-2
-                            && (p[1] - q[1].as_f64().unwrap() as f32).abs() < 1e-2,
+                        (p[0] - q[0]).abs() < 1e-2 && (p[1] - q[1]).abs() < 1e-2,
                         "{model} {img}: landmarks differ"
                     );
                 }
@@ -371,9 +392,23 @@ fn alignment_separates_identities_far_better_than_centre_crops() {
     let p = Project::new();
     let manifest = |align: &str| {
         format!(
-            "schema: 1\nname: al\nmodel:\n  path: {}\n  task: recognition\n  input: {{name: input, shape: [1, 3, 112, 112]}}\n  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}\ndatasets:\n  faces: {{path: {}, pairs: pairs.csv{align}}}\nsteps:\n  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}\n  compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32]}}}}\n",
+            indoc! {"
+                schema: 1
+                name: al
+                model:
+                  path: {}
+                  task: recognition
+                  input: {{name: input, shape: [1, 3, 112, 112]}}
+                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+                datasets:
+                  faces: {{path: {}, pairs: pairs.csv{}}}
+                steps:
+                  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32]}}}}
+            "},
             shared.join("models/mobilefacenet.onnx").display(),
-            shared.join("faces/pairs").display()
+            shared.join("faces/pairs").display(),
+            align
         )
     };
     let mut figures = Vec::new();
@@ -390,22 +425,20 @@ fn alignment_separates_identities_far_better_than_centre_crops() {
         p.write("a.yaml", &manifest(&align));
         let (code, r) = p.run_json("a.yaml", &[]);
         assert_eq!(code, 0, "{r:#?}");
-        let rep = report(&p, "out/al/compare/report.json");
-        let v = rep["reference"]["verification"].clone();
+        let rep: CompareReport = p.report("out/al/compare/report.json");
+        let v = rep.reference.verification.clone().unwrap();
+        let fit = rep.dataset.fit.clone().unwrap_or_default();
         say(&format!(
-            "mobilefacenet on 299 pairs, {label}: fit {}, TAR@FAR=1e-3 {}, TAR@FAR=1e-2 {}, EER {}",
-            rep["dataset"]["fit"], v["tar_at_far_1e3"], v["tar_at_far_1e2"], v["eer"]
+            "mobilefacenet on 299 pairs, {label}: fit {fit:?}, TAR@FAR=1e-3 {}, TAR@FAR=1e-2 {}, EER {}",
+            v.tar_at_far_1e3, v.tar_at_far_1e2, v.eer
         ));
-        figures.push((
-            rep["dataset"]["fit"].clone(),
-            v["eer"].as_f64().unwrap(),
-            v["tar_at_far_1e2"].as_f64().unwrap(),
-        ));
+        figures.push((fit, v.eer, v.tar_at_far_1e2));
     }
     let (centre, aligned) = (&figures[0], &figures[1]);
     assert_eq!(
-        aligned.0["aligned"], 61,
-        "every photo had a face: {}",
+        aligned.0.get("aligned"),
+        Some(&61),
+        "every photo had a face: {:?}",
         aligned.0
     );
     assert!(

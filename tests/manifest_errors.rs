@@ -159,10 +159,7 @@ fn names_that_escape_their_folder_are_refused() {
         &m.replace("name: t", "name: '..'"),
         &["bad.yaml", "invalid name `..`", "not starting with `.`"],
     );
-    expect_error(
-        &m.replace("name: t", "name: ."),
-        &["invalid name `.`"],
-    );
+    expect_error(&m.replace("name: t", "name: ."), &["invalid name `.`"]);
     expect_error(
         &builtin_manifest("  ..:\n    kind: check\n"),
         &["bad.yaml:11:5", "invalid name `..`"],
@@ -176,7 +173,9 @@ fn rollback_refuses_paths_that_escape_the_releases_folder() {
     let p = Project::new();
     std::fs::create_dir_all(p.path("releases")).unwrap();
     for (pipeline, version) in [("..", "x"), ("p", ".."), ("a/b", "x")] {
-        let out = p.run(&["release", "rollback", pipeline, version, "--dir", "releases"]);
+        let out = p.run(&[
+            "release", "rollback", pipeline, version, "--dir", "releases",
+        ]);
         assert_eq!(out.status.code(), Some(2), "{pipeline} {version}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("would escape that folder"), "{stderr}");

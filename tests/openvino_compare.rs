@@ -4,7 +4,10 @@
 
 mod common;
 use common::*;
+use facebuild::CompareReport;
 
+/// MobileFaceNet from ../shared: simplify, FP32/FP16/INT8 IRs and a gated compare on the
+/// labelled pairs, with `extra_steps` appended.
 fn mobilefacenet_pipeline(shared: &std::path::Path, calib_seed: u64, extra_steps: &str) -> String {
     format!(
         r#"schema: 1
@@ -36,15 +39,13 @@ steps:
     )
 }
 
-fn report(p: &Project, rel: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p.path(rel)).unwrap()).unwrap()
-}
-
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Real MobileFaceNet: FP32/FP16/INT8 figures, a reproducible report, and a calibration
+/// change that reruns only the INT8 branch.
 #[test]
 fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     let Some(shared) = shared() else { return };
@@ -52,59 +53,40 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 1, ""));
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
-    let rep = report(&p, "out/mfn/compare/report.json");
-    assert_eq!(
-        rep["dataset"]["pairs"]["genuine"], 38,
-        "{:#}",
-        rep["dataset"]
-    );
+    let rep: CompareReport = p.report("out/mfn/compare/report.json");
+    let pairs = rep.dataset.pairs.as_ref().unwrap();
+    assert_eq!(pairs.genuine, 38, "{:#?}", rep.dataset);
     // shared/README says 261 different pairs; pairs.csv holds 262 (300 rows, CRLF).
-    assert_eq!(rep["dataset"]["pairs"]["impostor"], 262);
-    let c = |label: &str| {
-        rep["candidates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["label"] == label)
-            .unwrap()
-            .clone()
-    };
+    assert_eq!(pairs.impostor, 262);
+    let c = |label: &str| rep.candidates.iter().find(|c| c.label == label).unwrap();
     let (fp32, fp16, int8) = (c("ov_fp32"), c("ov_fp16"), c("ov_int8"));
     assert_eq!(
-        fp32["execution"]["precision"], "f32",
+        fp32.execution.as_ref().unwrap().precision,
+        "f32",
         "accuracy gates run OpenVINO with the f32 hint"
     );
-    assert!(
-        fp32["cosine"]["min"].as_f64().unwrap() >= 0.9999,
-        "{fp32:#}"
-    );
-    assert!(fp16["cosine"]["min"].as_f64().unwrap() >= 0.999, "{fp16:#}");
-    assert!(
-        int8["verification"]["tar_at_operating_far"]["candidate"].is_number(),
-        "{int8:#}"
-    );
-    assert!(int8["verification"]["flips_at_reference_threshold"].is_number());
-    for x in [&fp32, &fp16, &int8] {
+    assert!(fp32.cosine.unwrap().min >= 0.9999, "{fp32:#?}");
+    assert!(fp16.cosine.unwrap().min >= 0.999, "{fp16:#?}");
+    assert!(int8.verification.is_some(), "{int8:#?}");
+    for x in [fp32, fp16, int8] {
+        let v = x.verification.as_ref().unwrap();
+        let cos = x.cosine.unwrap();
         say(&format!(
             "mobilefacenet {}: executed {}, cosine min {:.6} p01 {:.6} mean {:.6}, TAR@1e-3 {:.4} (ref {:.4}), EER {:.4}, flips {}",
-            x["label"].as_str().unwrap(),
-            x["execution"]["precision"].as_str().unwrap(),
-            x["cosine"]["min"].as_f64().unwrap(),
-            x["cosine"]["p01"].as_f64().unwrap(),
-            x["cosine"]["mean"].as_f64().unwrap(),
-            x["verification"]["tar_at_operating_far"]["candidate"]
-                .as_f64()
-                .unwrap(),
-            x["verification"]["tar_at_operating_far"]["reference"]
-                .as_f64()
-                .unwrap(),
-            x["verification"]["candidate"]["eer"].as_f64().unwrap(),
-            x["verification"]["flips_at_reference_threshold"]
+            x.label,
+            x.execution.as_ref().unwrap().precision,
+            cos.min,
+            cos.p01,
+            cos.mean,
+            v.tar_at_operating_far.candidate,
+            v.tar_at_operating_far.reference,
+            v.candidate.eer,
+            v.flips_at_reference_threshold
         ));
     }
     say(&format!(
-        "mobilefacenet reference: {}",
-        rep["reference"]["verification"]
+        "mobilefacenet reference: {:?}",
+        rep.reference.verification
     ));
 
     // Same inputs, same outputs: the report is reproducible byte for byte.
@@ -119,12 +101,13 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     // Changing only the calibration set reruns calibrate and the INT8 branch, nothing else.
     p.write("m.yaml", &mobilefacenet_pipeline(&shared, 2, ""));
     let plan = p.plan_json("m.yaml");
-    let reasons: Vec<String> = plan["steps"]
-        .as_array()
-        .unwrap()
+    let reasons: Vec<String> = plan
+        .steps
         .iter()
-        .filter(|s| s["decision"] == "run")
-        .map(|s| format!("{}: {}", s["step"], s["reasons"]))
+        .filter_map(|s| match &s.decision {
+            Decision::Run { reasons, .. } => Some(format!("{}: {reasons:?}", s.step)),
+            _ => None,
+        })
         .collect();
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(
@@ -134,17 +117,18 @@ fn real_recognition_model_fp32_fp16_int8_and_calibration_rerun_rule() {
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
     for (step, want) in [
-        ("simplify", "cached"),
-        ("ov_fp32", "cached"),
-        ("ov_fp16", "cached"),
-        ("calibrate", "built"),
-        ("ov_int8", "built"),
-        ("compare", "built"),
+        ("simplify", Status::Cached),
+        ("ov_fp32", Status::Cached),
+        ("ov_fp16", Status::Cached),
+        ("calibrate", Status::Built),
+        ("ov_int8", Status::Built),
+        ("compare", Status::Built),
     ] {
         assert_eq!(status_of(&r, step), want, "{step}: {r:#?}");
     }
 }
 
+/// A candidate fed with the wrong normalisation fails its gate with a readable message.
 #[test]
 fn a_candidate_fed_with_the_wrong_normalisation_fails_the_gate() {
     let Some(shared) = shared() else { return };
@@ -162,19 +146,11 @@ fn a_candidate_fed_with_the_wrong_normalisation_fails_the_gate() {
     assert_eq!(code, 1, "{r:#?}");
     assert_eq!(
         status_of(&r, "compare"),
-        "built",
+        Status::Built,
         "the correct candidates still pass"
     );
-    assert_eq!(status_of(&r, "compare_broken"), "failed");
-    let err = r["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "compare_broken")
-        .unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(status_of(&r, "compare_broken"), Status::Failed);
+    let err = error_of(&r, "compare_broken").to_string();
     assert!(
         err.contains("candidate `fp32_wrong_mean_std`")
             && err.contains("cosine_min")
@@ -189,6 +165,7 @@ fn a_candidate_fed_with_the_wrong_normalisation_fails_the_gate() {
     ));
 }
 
+/// The default pipeline builds every artifact (TensorRT unavailable), then is all cached.
 #[test]
 fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     let p = Project::new();
@@ -202,9 +179,8 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     assert_eq!(code, 0, "{r:#?}");
     // TensorRT is not installed on these machines: its steps say so, everything else builds.
     assert!(
-        statuses(&r)
-            .iter()
-            .all(|(n, s)| s == "built" || (n.starts_with("tensorrt") && s == "unavailable")),
+        statuses(&r).iter().all(|(n, s)| *s == Status::Built
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
     for f in [
@@ -220,17 +196,16 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
             "{f}"
         );
     }
-    let rep = report(&p, "pipelines/out/recognition/compare/report.json");
+    let rep: CompareReport = p.report("pipelines/out/recognition/compare/report.json");
     assert_eq!(
-        rep["dataset"]["pairs"]["kind"],
+        rep.dataset.pairs.unwrap().kind,
         "folder per identity (12 identities)"
     );
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
     assert_eq!(code, 0);
     assert!(
-        statuses(&r)
-            .iter()
-            .all(|(n, s)| s == "cached" || (n.starts_with("tensorrt") && s == "unavailable")),
+        statuses(&r).iter().all(|(n, s)| *s == Status::Cached
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
 }

@@ -2,7 +2,10 @@
 
 mod common;
 use common::*;
+use facebuild::{CheckReport, SimplifyReport};
 
+/// check on every real model: the ONNX checker and ONNX Runtime accept it; dynamic dims
+/// are reported as names.
 #[test]
 fn check_reports_every_real_model() {
     let Some(shared) = shared() else { return };
@@ -24,20 +27,39 @@ fn check_reports_every_real_model() {
         } else {
             "detection"
         };
-        p.write("p.yaml", &format!("schema: 1\nname: t\nmodel:\n  path: {}\n  task: {task}\n  input:\n    name: {input}\n    shape: {shape}\nsteps:\n  check:\n    kind: check\n", shared.join("models").join(file).display()));
+        let yaml = format!(
+            indoc! {"
+                schema: 1
+                name: t
+                model:
+                  path: {}
+                  task: {}
+                  input:
+                    name: {}
+                    shape: {}
+                steps:
+                  check:
+                    kind: check
+            "},
+            shared.join("models").join(file).display(),
+            task,
+            input,
+            shape
+        );
+        p.write("p.yaml", &yaml);
         let (code, r) = p.run_json("p.yaml", &[]);
         assert_eq!(code, 0, "{file}: {r:#?}");
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p.path("out/t/check/report.json")).unwrap())
-                .unwrap();
-        assert_eq!(report["onnx_checker"]["ok"], true, "{file}");
-        assert_eq!(report["onnxruntime"]["loaded"], true, "{file}");
-        let dims = &report["graph"]["inputs"][0]["shape"];
-        assert_eq!(dims[2].is_string(), dynamic, "{file}: {dims}");
-        eprintln!("{file}: {}", r["steps"][0]["summary"]);
+        let report: CheckReport = p.report("out/t/check/report.json");
+        assert!(report.onnx_checker.ok, "{file}");
+        assert_eq!(report.onnxruntime.loaded, Some(true), "{file}");
+        let dims = report.graph.inputs[0].shape.clone().unwrap();
+        let symbolic = serde_json::to_value(&dims[2]).unwrap().is_string();
+        assert_eq!(symbolic, dynamic, "{file}: {dims:?}");
+        eprintln!("{file}: {}", step(&r, "check").summary);
     }
 }
 
+/// The MobileFaceNet example simplifies equivalently on aligned real faces.
 #[test]
 fn mobilefacenet_example_simplifies_equivalently_on_aligned_real_faces() {
     let Some(shared) = shared() else { return };
@@ -58,23 +80,21 @@ fn mobilefacenet_example_simplifies_equivalently_on_aligned_real_faces() {
     p.write("m.yaml", &m);
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.path("out/mobilefacenet/simplify/report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: SimplifyReport = p.report("out/mobilefacenet/simplify/report.json");
     assert_eq!(
-        report["samples"]["images"], 61,
+        report.samples.images, 61,
         "every photo of the pairs set, aligned"
     );
-    let cos = report["outputs"][0]["cosine"]["min"].as_f64().unwrap();
+    let cos = report.outputs[0].cosine.min;
     assert!(cos >= 0.9999, "{cos}");
-    assert!(report["tool"]["nodes_after"].as_u64() < report["tool"]["nodes_before"].as_u64());
+    assert!(report.tool.nodes_after < report.tool.nodes_before);
     assert_eq!(
-        report["execution"]["settings"]["graph_optimization_level"],
+        report.execution.settings["graph_optimization_level"],
         "disabled"
     );
 }
 
+/// A dynamic detector keeps its named dims through simplify when asked.
 #[test]
 fn dynamic_detector_keeps_named_dims_when_asked() {
     let Some(shared) = shared() else { return };
@@ -83,19 +103,30 @@ fn dynamic_detector_keeps_named_dims_when_asked() {
     p.write(
         "d.yaml",
         &format!(
-            "schema: 1\nname: d\nmodel:\n  path: {}\n  task: detection\n  input:\n    name: input.1\n    shape: [1, 3, H, W]\nsteps:\n  simplify:\n    kind: simplify\n    params:\n      samples: 2\n      test_dims: {{H: 320, W: 256}}\n      cosine_min: 0.999\n",
+            indoc! {"
+                schema: 1
+                name: d
+                model:
+                  path: {}
+                  task: detection
+                  input:
+                    name: input.1
+                    shape: [1, 3, H, W]
+                steps:
+                  simplify:
+                    kind: simplify
+                    params:
+                      samples: 2
+                      test_dims: {{H: 320, W: 256}}
+                      cosine_min: 0.999
+            "},
             model.display()
         ),
     );
     let (code, r) = p.run_json("d.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/d/simplify/report.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        report["tool"]["inputs_after"]["input.1"],
-        serde_json::json!([1, 3, "H", "W"]),
-        "{report:#}"
-    );
-    assert_eq!(report["outputs"].as_array().unwrap().len(), 9);
+    let report: SimplifyReport = p.report("out/d/simplify/report.json");
+    let dims = serde_json::to_string(&report.tool.inputs_after["input.1"]).unwrap();
+    assert_eq!(dims, r#"[1,3,"H","W"]"#, "{report:#?}");
+    assert_eq!(report.outputs.len(), 9);
 }

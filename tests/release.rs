@@ -8,16 +8,54 @@ use common::*;
 
 use std::path::Path;
 
+use facebuild::{BenchmarkReport, GateResult, ReleaseEntry};
+
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn json(p: &Path) -> serde_json::Value {
+/// What these tests read of a release's metadata.json.
+#[derive(serde::Deserialize)]
+struct Metadata {
+    version: String,
+    facebuild_version: String,
+    source_onnx: Digests,
+    manifest: Digests,
+    toolchain: MetaToolchain,
+    artifacts: Vec<MetaArtifact>,
+    gates: Vec<Verdict>,
+}
+
+#[derive(serde::Deserialize)]
+struct Digests {
+    #[serde(alias = "blake3")]
+    sha256: String,
+}
+
+#[derive(serde::Deserialize)]
+struct MetaToolchain {
+    python_packages: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct MetaArtifact {
+    name: String,
+    precision: String,
+    audit_only: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Verdict {
+    gates: Vec<GateResult>,
+}
+
+fn metadata(p: &Path) -> Metadata {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap()
 }
 
+/// simplify, two IRs, compare, benchmark and a release with `release_params`.
 fn pipeline(release_params: &str) -> String {
     builtin_manifest(&format!(
         r#"  simplify: {{kind: simplify, params: {{samples: 1}}}}
@@ -36,18 +74,12 @@ fn pipeline(release_params: &str) -> String {
     .replace("    shape: [1, 3, 112, 112]\n", "    shape: [1, 3, 112, 112]\n  preprocessing: {color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}\n")
 }
 
-fn release_err(r: &serde_json::Value) -> String {
-    r["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "release")
-        .unwrap()["error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+fn release_err(r: &RunReport) -> String {
+    error_of(r, "release").to_string()
 }
 
+/// Benchmark figures in one schema; a release that passes, one refused by a latency gate
+/// and one by an accuracy gate; rollback restores every byte; the run report and JUnit.
 #[test]
 fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     let p = Project::new();
@@ -62,85 +94,79 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     assert_eq!(code, 0, "{r:#?}");
 
     // The benchmark: one schema for every runtime, machine described, each target measured.
-    let b = json(&p.path("out/t/benchmark/report.json"));
-    assert_eq!(b["schema"], "facebuild.benchmark/1");
-    assert!(
-        b["machine"]["cpu"].is_string()
-            && b["machine"]["isa"].is_array()
-            && b["machine"]["logical_cores"].as_u64().unwrap() >= 1
-    );
-    let results = b["results"].as_array().unwrap();
+    let b: BenchmarkReport = p.report("out/t/benchmark/report.json");
+    assert_eq!(b.schema, "facebuild.benchmark/1");
+    assert!(!b.machine.cpu.is_empty() && b.machine.logical_cores >= 1);
     assert_eq!(
-        results.len(),
+        b.results.len(),
         5,
-        "simplify in ONNX Runtime, two IRs x two OpenVINO hints: {b:#}"
+        "simplify in ONNX Runtime, two IRs x two OpenVINO hints: {b:#?}"
     );
-    for x in results {
-        for k in ["spawn_to_first_output_ms", "load_ms", "first_inference_ms"] {
-            assert!(x["cold_start"][k].as_f64().unwrap() > 0.0, "{k}: {x:#}");
+    for x in &b.results {
+        let m = x.measured.as_ref().expect("every target is measured here");
+        let cold = m.cold_start.as_ref().unwrap();
+        assert!(cold.spawn_to_first_output_ms > 0.0, "{x:#?}");
+        assert!(cold.load_ms.unwrap() > 0.0 && cold.first_inference_ms.unwrap() > 0.0);
+        let lat = m.latency_batch1_ms.clone().unwrap();
+        for v in [lat.median, lat.p90, lat.p99, lat.max] {
+            assert!(v.unwrap() > 0.0, "{x:#?}");
         }
-        for k in ["median", "p90", "p99", "max"] {
-            assert!(
-                x["latency_batch1_ms"][k].as_f64().unwrap() > 0.0,
-                "{k}: {x:#}"
-            );
-        }
-        assert!(x["peak_rss_mib"].as_f64().unwrap() > 10.0);
-        assert!(x["execution"]["precision"].is_string());
-        let t = x["throughput"].as_array().unwrap();
-        assert_eq!(t.len(), 2);
-        assert!(t[0]["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(m.peak_rss_mib.unwrap() > 10.0);
+        assert!(!m.execution.precision.is_empty());
+        assert_eq!(m.throughput.len(), 2);
+        assert!(m.throughput[0].images_per_s.unwrap() > 0.0);
         say(&format!(
-            "bench {}: executed {} cold {:.0} ms p50 {:.3} ms p99 {:.3} ms rss {:.0} MiB throughput {}",
-            x["label"],
-            x["execution"]["precision"],
-            x["cold_start"]["spawn_to_first_output_ms"]
-                .as_f64()
-                .unwrap(),
-            x["latency_batch1_ms"]["median"].as_f64().unwrap(),
-            x["latency_batch1_ms"]["p99"].as_f64().unwrap(),
-            x["peak_rss_mib"].as_f64().unwrap(),
-            x["throughput"]
+            "bench {}: executed {} cold {:.0} ms p50 {:.3} ms p99 {:.3} ms rss {:.0} MiB throughput {:?}",
+            x.label,
+            m.execution.precision,
+            cold.spawn_to_first_output_ms,
+            lat.median.unwrap(),
+            lat.p99.unwrap(),
+            m.peak_rss_mib.unwrap(),
+            m.throughput
+                .iter()
+                .map(|t| (t.batch, t.images_per_s))
+                .collect::<Vec<_>>()
         ));
     }
-    let hints: Vec<&str> = results
+    let hints: Vec<&str> = b
+        .results
         .iter()
-        .filter_map(|x| x["execution"]["hint"].as_str())
+        .filter_map(|x| x.measured.as_ref()?.execution.hint.as_deref())
         .collect();
     assert!(
         hints.contains(&"LATENCY") && hints.contains(&"THROUGHPUT"),
         "{hints:?}"
     );
     // The simplified ONNX has a static batch of 1: batch 4 is reported unsupported, not faked.
-    let ort = results.iter().find(|x| x["label"] == "simplify").unwrap();
-    assert!(ort["throughput"][1]["unsupported"].is_string(), "{ort:#}");
+    let ort = b.results.iter().find(|x| x.label == "simplify").unwrap();
+    let ort_b4 = &ort.measured.as_ref().unwrap().throughput[1];
+    assert!(ort_b4.unsupported.is_some(), "{ort:#?}");
 
     // The release: metadata, sums, rollback notes, current.
     let v1 = rel.join("t/v1");
-    let meta = json(&v1.join("metadata.json"));
-    assert_eq!(meta["version"], "v1");
-    assert_eq!(meta["source_onnx"]["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(meta["manifest"]["blake3"].as_str().unwrap().len(), 64);
-    assert!(meta["toolchain"]["python_packages"]["openvino"].is_string());
-    assert_eq!(meta["facebuild_version"], env!("CARGO_PKG_VERSION"));
-    let arts = meta["artifacts"].as_array().unwrap();
+    let meta = metadata(&v1.join("metadata.json"));
+    assert_eq!(meta.version, "v1");
+    assert_eq!(meta.source_onnx.sha256.len(), 64);
+    assert_eq!(meta.manifest.sha256.len(), 64);
+    assert!(meta.toolchain.python_packages.contains_key("openvino"));
+    assert_eq!(meta.facebuild_version, env!("CARGO_PKG_VERSION"));
     assert!(
-        arts.iter().any(|a| a["name"] == "ov_fp16"
-            && a["precision"] == "fp16"
-            && a["audit_only"] == false)
+        meta.artifacts
+            .iter()
+            .any(|a| a.name == "ov_fp16" && a.precision == "fp16" && !a.audit_only)
     );
     assert!(
-        arts.iter()
-            .any(|a| a["name"] == "ov_fp32" && a["audit_only"] == true),
+        meta.artifacts
+            .iter()
+            .any(|a| a.name == "ov_fp32" && a.audit_only),
         "FP32 kept for audit"
     );
     assert!(v1.join("ov_fp16/model.xml").exists() && v1.join("audit/ov_fp32/model.bin").exists());
-    let gates = meta["gates"][0]["gates"].as_array().unwrap();
+    let gates = &meta.gates[0].gates;
     assert_eq!(gates.len(), 5);
     assert!(
-        gates
-            .iter()
-            .all(|g| g["passed"] == true && g["value"].is_number()),
+        gates.iter().all(|g| g.passed && g.value.is_some()),
         "{gates:#?}"
     );
     let sums = std::fs::read_to_string(v1.join("SHA256SUMS")).unwrap();
@@ -225,15 +251,10 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
         "v2"
     );
     let list = p.run(&["release", "list", "--dir", rel.to_str().unwrap(), "--json"]);
-    let l: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let l: Vec<ReleaseEntry> = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(
-        l.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| (
-                x["version"].as_str().unwrap(),
-                x["current"].as_bool().unwrap()
-            ))
+        l.iter()
+            .map(|x| (x.version.as_str(), x.current))
             .collect::<Vec<_>>(),
         [("v1", false), ("v2", true)]
     );
@@ -309,26 +330,53 @@ fn real_model_benchmark_with_benchmark_app_reference() {
     p.write(
         "m.yaml",
         &format!(
-            "schema: 1\nname: m\nmodel:\n  path: {}\n  task: recognition\n  input: {{name: input, shape: [1, 3, 112, 112]}}\n  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}\ndatasets:\n  calib: {{path: {}, count: 16}}\nsteps:\n  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}\n  ov_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}\n  calibrate: {{kind: calibrate, params: {{dataset: calib}}}}\n  ov_int8: {{kind: convert, params: {{backend: openvino, precision: int8, calibration: calibrate}}}}\n  onnx: {{kind: simplify, params: {{samples: 1}}}}\n  benchmark:\n    kind: benchmark\n    params:\n      targets: [onnx, {{step: ov_fp32, label: ov_fp32_f32, precision_hint: f32}}, {{step: ov_fp32, label: ov_fp32_bf16, precision_hint: bf16}}, ov_fp16, ov_int8]\n      openvino_hints: [throughput]\n      iterations: 100\n      time_budget_s: 0.5\n      reference: benchmark_app\n      reference_seconds: 1\n",
+            indoc! {"
+                schema: 1
+                name: m
+                model:
+                  path: {}
+                  task: recognition
+                  input: {{name: input, shape: [1, 3, 112, 112]}}
+                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+                datasets:
+                  calib: {{path: {}, count: 16}}
+                steps:
+                  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  ov_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
+                  calibrate: {{kind: calibrate, params: {{dataset: calib}}}}
+                  ov_int8: {{kind: convert, params: {{backend: openvino, precision: int8, calibration: calibrate}}}}
+                  onnx: {{kind: simplify, params: {{samples: 1}}}}
+                  benchmark:
+                    kind: benchmark
+                    params:
+                      targets: [onnx, {{step: ov_fp32, label: ov_fp32_f32, precision_hint: f32}}, {{step: ov_fp32, label: ov_fp32_bf16, precision_hint: bf16}}, ov_fp16, ov_int8]
+                      openvino_hints: [throughput]
+                      iterations: 100
+                      time_budget_s: 0.5
+                      reference: benchmark_app
+                      reference_seconds: 1
+            "},
             shared.join("models/mobilefacenet.onnx").display(),
             shared.join("faces/pairs").display()
         ),
     );
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
-    let b = json(&p.path("out/m/benchmark/report.json"));
-    for x in b["results"].as_array().unwrap() {
-        let ratio = &x["reference"]["throughput_ratio"];
-        if x["artifact"] == "openvino-ir" {
-            assert!(ratio.as_f64().is_some(), "{x:#}");
+    let b: BenchmarkReport = p.report("out/m/benchmark/report.json");
+    for x in &b.results {
+        let m = x.measured.as_ref().unwrap();
+        let reference = m.reference.as_ref();
+        let ratio = reference.and_then(|r| r.throughput_ratio);
+        if x.artifact == "openvino-ir" {
+            assert!(ratio.is_some(), "{x:#?}");
         }
         say(&format!(
-            "mobilefacenet {}: executed {}, p50 {:.3} ms, throughput b1 {:.0}/s, benchmark_app {} /s, ratio {}",
-            x["label"],
-            x["execution"]["precision"],
-            x["latency_batch1_ms"]["median"].as_f64().unwrap(),
-            x["throughput"][0]["images_per_s"].as_f64().unwrap(),
-            x["reference"]["throughput_fps"],
+            "mobilefacenet {}: executed {}, p50 {:.3} ms, throughput b1 {:.0}/s, benchmark_app {:?} /s, ratio {:?}",
+            x.label,
+            m.execution.precision,
+            m.latency_batch1_ms.as_ref().unwrap().median.unwrap(),
+            m.throughput[0].images_per_s.unwrap(),
+            reference.and_then(|r| r.throughput_fps),
             ratio
         ));
     }

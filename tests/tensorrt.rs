@@ -7,7 +7,21 @@
 mod common;
 use common::*;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use facebuild::CompareReport;
+
+/// What these tests read of the quantize step's report.
+#[derive(serde::Deserialize)]
+struct QuantizeReport {
+    result: QdqCounts,
+}
+
+#[derive(serde::Deserialize)]
+struct QdqCounts {
+    quantize_linear: u64,
+}
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -19,6 +33,8 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// The built-in SCRFD-layout detector with Q/DQ INT8 and two TensorRT engines; `extra`
+/// goes into the FP16 engine's params.
 fn manifest(extra: &str) -> String {
     format!(
         r#"schema: 1
@@ -61,6 +77,8 @@ fn no_trt(p: &Project, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Without TensorRT its steps are `unavailable`, never cached, and fail the run only when
+/// `required: true`; compare and plan say so.
 #[test]
 fn without_tensorrt_steps_are_unavailable_never_cached_and_fail_only_when_required() {
     let p = Project::new();
@@ -73,41 +91,35 @@ fn without_tensorrt_steps_are_unavailable_never_cached_and_fail_only_when_requir
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
         for s in ["trt_fp16", "trt_int8"] {
-            assert_eq!(status_of(&r, s), "unavailable", "round {round}: {r:#?}");
-            let step = r["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["step"] == s)
-                .unwrap();
-            assert!(
-                step["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("trtexec not found"),
-                "{step:#}"
+            assert_eq!(
+                status_of(&r, s),
+                Status::Unavailable,
+                "round {round}: {r:#?}"
             );
+            assert!(error_of(&r, s).contains("trtexec not found"), "{r:#?}");
         }
         assert_eq!(
             status_of(&r, "compare"),
-            if round == 0 { "built" } else { "cached" }
+            if round == 0 {
+                Status::Built
+            } else {
+                Status::Cached
+            }
         );
     }
     // The compare report names the absent candidates; they are neither passed nor failed.
-    let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/trt/compare/report.json")).unwrap())
-            .unwrap();
-    let c = rep["candidates"].as_array().unwrap();
+    let rep: CompareReport = p.report("out/trt/compare/report.json");
+    let c = &rep.candidates;
     assert_eq!(
-        c.iter().filter(|x| x["available"] == false).count(),
+        c.iter().filter(|x| x.available == Some(false)).count(),
         2,
-        "{rep:#}"
+        "{rep:#?}"
     );
     assert_eq!(
-        c.iter().find(|x| x["label"] == "quantize").unwrap()["passed"],
-        true
+        c.iter().find(|x| x.label == "quantize").unwrap().passed,
+        Some(true)
     );
     let md = std::fs::read_to_string(p.path("out/trt/compare/report.md")).unwrap();
     assert!(
@@ -115,15 +127,10 @@ fn without_tensorrt_steps_are_unavailable_never_cached_and_fail_only_when_requir
         "{md}"
     );
     // plan says so too.
-    let plan: serde_json::Value =
+    let plan: Plan =
         serde_json::from_slice(&no_trt(&p, &["plan", "t.yaml", "--json"]).stdout).unwrap();
-    let d = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "trt_fp16")
-        .unwrap();
-    assert_eq!(d["decision"], "unavailable", "{d:#}");
+    let d = planned(&plan, "trt_fp16");
+    assert!(matches!(d, Decision::Unavailable { .. }), "{d:#?}");
     // `required: true` turns unavailable into a failed run, with the reason.
     p.write("t.yaml", &manifest(", required: true"));
     let out = no_trt(&p, &["run", "t.yaml"]);
@@ -171,7 +178,7 @@ fn with_standin(
     c.output().unwrap()
 }
 
-fn run_standin(p: &Project, home: &Path, gpu: Option<&str>) -> serde_json::Value {
+fn run_standin(p: &Project, home: &Path, gpu: Option<&str>) -> RunReport {
     let out = with_standin(p, home, gpu, &["run", "t.yaml", "--json"]);
     assert_eq!(
         out.status.code(),
@@ -182,11 +189,35 @@ fn run_standin(p: &Project, home: &Path, gpu: Option<&str>) -> serde_json::Value
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn report(p: &Project, step: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p.path(&format!("out/trt/{step}/report.json"))).unwrap())
-        .unwrap()
+/// What these tests read of a TensorRT convert step's report.
+#[derive(serde::Deserialize)]
+struct EngineReport {
+    standin: bool,
+    built_by: String,
+    tensorrt: BTreeMap<String, String>,
+    flags: Vec<String>,
+    source_onnx: SourceOnnx,
+    timing_cache: TimingCache,
 }
 
+#[derive(serde::Deserialize)]
+struct SourceOnnx {
+    from: Option<String>,
+    explicitly_quantized: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct TimingCache {
+    path: String,
+    reused: bool,
+}
+
+fn report(p: &Project, step: &str) -> EngineReport {
+    p.report(&format!("out/trt/{step}/report.json"))
+}
+
+/// The labelled stand-in trtexec: TensorRT 10 flags and profiles, keys per GPU and TensorRT
+/// version, one timing cache per fingerprint, metadata; refused outside tests.
 #[test]
 fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
     let p = Project::new();
@@ -194,21 +225,16 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
     let v10_3 = standin_home(p.dir.path(), "100300");
     let r = run_standin(&p, &v10_3, None);
     for s in ["trt_fp16", "trt_int8"] {
-        assert_eq!(status_of(&r, s), "built", "{r:#?}");
+        assert_eq!(status_of(&r, s), Status::Built, "{r:#?}");
     }
     let fp16 = report(&p, "trt_fp16");
-    assert_eq!(fp16["standin"], true);
-    assert!(
-        fp16["built_by"]
-            .as_str()
-            .unwrap()
-            .contains("NOT a TensorRT engine")
-    );
-    assert_eq!(fp16["tensorrt"]["tensorrt"], "10.3.0 (test stand-in)");
-    assert_eq!(fp16["tensorrt"]["gpu"], "STAND-IN GPU A");
-    assert_eq!(fp16["tensorrt"]["compute_capability"], "8.0");
-    assert_eq!(fp16["tensorrt"]["cuda"], "12.4");
-    let flags: Vec<String> = serde_json::from_value(fp16["flags"].clone()).unwrap();
+    assert!(fp16.standin);
+    assert!(fp16.built_by.contains("NOT a TensorRT engine"));
+    assert_eq!(fp16.tensorrt["tensorrt"], "10.3.0 (test stand-in)");
+    assert_eq!(fp16.tensorrt["gpu"], "STAND-IN GPU A");
+    assert_eq!(fp16.tensorrt["compute_capability"], "8.0");
+    assert_eq!(fp16.tensorrt["cuda"], "12.4");
+    let flags = &fp16.flags;
     for f in [
         "--fp16",
         "--minShapes=input.1:1x3x320x320",
@@ -225,74 +251,71 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
             && p.path("out/trt/trt_fp16/model.engine").exists()
     );
     let int8 = report(&p, "trt_int8");
-    let flags8: Vec<String> = serde_json::from_value(int8["flags"].clone()).unwrap();
+    let flags8 = &int8.flags;
     assert!(
         flags8.contains(&"--int8".to_string()) && flags8.contains(&"--fp16".to_string()),
         "{flags8:?}"
     );
-    assert_eq!(int8["source_onnx"]["from"], "quantize");
-    assert_eq!(int8["source_onnx"]["explicitly_quantized"], true);
+    assert_eq!(int8.source_onnx.from.as_deref(), Some("quantize"));
+    assert!(int8.source_onnx.explicitly_quantized);
     // One timing cache per TensorRT/GPU: the second build of the run found the first's.
     let reused: Vec<bool> = [&fp16, &int8]
         .iter()
-        .map(|x| x["timing_cache"]["reused"].as_bool().unwrap())
+        .map(|x| x.timing_cache.reused)
         .collect();
     assert!(
         reused.contains(&true) && reused.contains(&false),
         "{reused:?}"
     );
-    assert_eq!(fp16["timing_cache"]["path"], int8["timing_cache"]["path"]);
+    assert_eq!(fp16.timing_cache.path, int8.timing_cache.path);
     // compare never runs a stand-in "engine".
-    let cmp: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/trt/compare/report.json")).unwrap())
-            .unwrap();
-    let c = cmp["candidates"]
-        .as_array()
-        .unwrap()
+    let cmp: CompareReport = p.report("out/trt/compare/report.json");
+    let c = cmp
+        .candidates
         .iter()
-        .find(|c| c["label"] == "trt_fp16")
+        .find(|c| c.label == "trt_fp16")
         .unwrap();
     assert!(
-        c["unavailable"].as_str().unwrap().contains("test stand-in"),
-        "{c:#}"
+        c.unavailable.as_deref().unwrap().contains("test stand-in"),
+        "{c:#?}"
     );
 
     // Same everything: cached.
     let r = run_standin(&p, &v10_3, None);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "cached"), "{r:#?}");
+    assert!(
+        statuses(&r).iter().all(|(_, s)| *s == Status::Cached),
+        "{r:#?}"
+    );
 
     // Another GPU: the engines are rebuilt (the key has the GPU), with their own timing cache.
-    let plan: serde_json::Value = serde_json::from_slice(
+    let plan: Plan = serde_json::from_slice(
         &with_standin(&p, &v10_3, Some("1"), &["plan", "t.yaml", "--json"]).stdout,
     )
     .unwrap();
-    let why = plan["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "trt_fp16")
-        .unwrap()["reasons"]
-        .to_string();
+    let Decision::Run { reasons, .. } = planned(&plan, "trt_fp16") else {
+        panic!("{plan:#?}")
+    };
+    let why = reasons.join("; ");
     assert!(
         why.contains("toolchain `gpu` changed: STAND-IN GPU A -> STAND-IN GPU B")
             && why.contains("compute_capability"),
         "{why}"
     );
     let r = run_standin(&p, &v10_3, Some("1"));
-    assert_eq!(status_of(&r, "trt_fp16"), "built");
+    assert_eq!(status_of(&r, "trt_fp16"), Status::Built);
     assert_eq!(
         status_of(&r, "quantize"),
-        "cached",
+        Status::Cached,
         "only TensorRT steps depend on the GPU"
     );
     let b = report(&p, "trt_fp16");
-    assert_eq!(b["tensorrt"]["gpu"], "STAND-IN GPU B");
-    assert_ne!(b["timing_cache"]["path"], fp16["timing_cache"]["path"]);
+    assert_eq!(b.tensorrt["gpu"], "STAND-IN GPU B");
+    assert_ne!(b.timing_cache.path, fp16.timing_cache.path);
 
     // Another TensorRT version: rebuilt again.
     let v10_11 = standin_home(p.dir.path(), "101100");
     let r = run_standin(&p, &v10_11, None);
-    assert_eq!(status_of(&r, "trt_int8"), "built");
+    assert_eq!(status_of(&r, "trt_int8"), Status::Built);
     let lock = std::fs::read_to_string(p.path("t.lock")).unwrap();
     assert!(
         lock.contains("10.11.0 (test stand-in)"),
@@ -301,8 +324,8 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
 
     // Back on the first GPU and version: both engines come from the cache.
     let r = run_standin(&p, &v10_3, None);
-    assert_eq!(status_of(&r, "trt_fp16"), "cached");
-    assert_eq!(status_of(&r, "trt_int8"), "cached");
+    assert_eq!(status_of(&r, "trt_fp16"), Status::Cached);
+    assert_eq!(status_of(&r, "trt_int8"), Status::Cached);
 
     // The stand-in is refused outside facebuild's tests.
     let out = p
@@ -323,11 +346,10 @@ fn standin_trtexec_exercises_flags_profiles_keys_timing_cache_and_metadata() {
         .env_remove("FACEBUILD_ALLOW_TRTEXEC_STANDIN")
         .output()
         .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status_of(&r, "trt_fp16"), "unavailable");
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&r, "trt_fp16"), Status::Unavailable);
     assert!(
-        r.to_string()
-            .contains("test stand-in for trtexec, not TensorRT"),
+        error_of(&r, "trt_fp16").contains("test stand-in for trtexec, not TensorRT"),
         "{r:#?}"
     );
     let args = std::fs::read_to_string(p.path("standin-args.log")).unwrap();
@@ -347,9 +369,27 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
     p.write(
         "q.yaml",
         &format!(
-            "schema: 1\nname: q\nmodel:\n  path: {model}\n  task: recognition\n  input: {{name: input, shape: [1, 3, 112, 112]}}\n  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}\ndatasets:\n  faces: {{path: {faces}, pairs: pairs.csv, {align}}}\n  calib: {{path: {faces}, count: 32, seed: 1, {align}}}\nsteps:\n  simplify: {{kind: simplify, params: {{samples: 2}}}}\n  calibrate: {{kind: calibrate, params: {{dataset: calib}}}}\n  quantize: {{kind: quantize, from: simplify, params: {{calibration: calibrate}}}}\n  trt_int8: {{kind: convert, from: quantize, params: {{backend: tensorrt, precision: int8}}}}\n  compare: {{kind: compare, params: {{dataset: faces, candidates: [quantize, trt_int8], cosine_min: 0.95, tar_drop_max: 0.05}}}}\n",
+            indoc! {"
+                schema: 1
+                name: q
+                model:
+                  path: {model}
+                  task: recognition
+                  input: {{name: input, shape: [1, 3, 112, 112]}}
+                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+                datasets:
+                  faces: {{path: {faces}, pairs: pairs.csv, {align}}}
+                  calib: {{path: {faces}, count: 32, seed: 1, {align}}}
+                steps:
+                  simplify: {{kind: simplify, params: {{samples: 2}}}}
+                  calibrate: {{kind: calibrate, params: {{dataset: calib}}}}
+                  quantize: {{kind: quantize, from: simplify, params: {{calibration: calibrate}}}}
+                  trt_int8: {{kind: convert, from: quantize, params: {{backend: tensorrt, precision: int8}}}}
+                  compare: {{kind: compare, params: {{dataset: faces, candidates: [quantize, trt_int8], cosine_min: 0.95, tar_drop_max: 0.05}}}}
+            "},
             model = shared.join("models/mobilefacenet.onnx").display(),
-            faces = shared.join("faces/pairs").display()
+            faces = shared.join("faces/pairs").display(),
+            align = align
         ),
     );
     let out = no_trt(&p, &["run", "q.yaml", "--json"]);
@@ -359,39 +399,27 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/q/compare/report.json")).unwrap())
-            .unwrap();
-    let q = rep["candidates"]
-        .as_array()
-        .unwrap()
+    let rep: CompareReport = p.report("out/q/compare/report.json");
+    let q = rep
+        .candidates
         .iter()
-        .find(|c| c["label"] == "quantize")
-        .unwrap()
-        .clone();
-    assert_eq!(q["artifact_precision"], "int8");
-    assert_eq!(q["passed"], true, "{q:#}");
-    let qr: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.path("out/q/quantize/report.json")).unwrap())
-            .unwrap();
-    assert!(
-        qr["result"]["quantize_linear"].as_u64().unwrap() > 10,
-        "{qr:#}"
-    );
+        .find(|c| c.label == "quantize")
+        .unwrap();
+    assert_eq!(q.artifact_precision.as_deref(), Some("int8"));
+    assert_eq!(q.passed, Some(true), "{q:#?}");
+    let qr: QuantizeReport = p.report("out/q/quantize/report.json");
+    assert!(qr.result.quantize_linear > 10);
+    let (cos, v) = (q.cosine.unwrap(), q.verification.as_ref().unwrap());
     say(&format!(
         "mobilefacenet Q/DQ INT8 (onnxruntime.quantization, {} Q/DQ pairs) in ONNX Runtime: cosine min {:.6} p01 {:.6} mean {:.6}, TAR@FAR=1e-3 {:.4} (ref {:.4}), EER {:.4}, flips {}",
-        qr["result"]["quantize_linear"],
-        q["cosine"]["min"].as_f64().unwrap(),
-        q["cosine"]["p01"].as_f64().unwrap(),
-        q["cosine"]["mean"].as_f64().unwrap(),
-        q["verification"]["tar_at_operating_far"]["candidate"]
-            .as_f64()
-            .unwrap(),
-        q["verification"]["tar_at_operating_far"]["reference"]
-            .as_f64()
-            .unwrap(),
-        q["verification"]["candidate"]["eer"].as_f64().unwrap(),
-        q["verification"]["flips_at_reference_threshold"]
+        qr.result.quantize_linear,
+        cos.min,
+        cos.p01,
+        cos.mean,
+        v.tar_at_operating_far.candidate,
+        v.tar_at_operating_far.reference,
+        v.candidate.eer,
+        v.flips_at_reference_threshold
     ));
 }
 

@@ -607,14 +607,19 @@ pub(crate) struct Rollback {
 }
 
 /// One release, as `release list` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ReleaseEntry {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseEntry {
+    /// The pipeline released.
     pub pipeline: String,
+    /// The version folder's name.
     pub version: String,
+    /// Whether it is the pipeline's `current/`.
     pub current: bool,
+    /// When it was promoted.
     pub unix_time: u64,
     /// `name (precision)` of each promoted artifact.
     pub artifacts: Vec<String>,
+    /// The version folder.
     pub dir: Utf8PathBuf,
 }
 

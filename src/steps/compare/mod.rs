@@ -16,8 +16,7 @@ use serde_json::json;
 mod detection;
 pub(crate) mod report;
 
-pub(crate) use report::CandidateReport;
-pub use report::CompareReport;
+pub use report::{CandidateReport, CompareReport};
 use report::{
     CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary, TarAtOperatingFar,
 };

@@ -104,31 +104,41 @@ pub struct MeanStd {
 /// One candidate's figures, or why it could not be compared.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CandidateReport {
+    /// The candidate's label (default: its step).
     pub label: String,
+    /// The artifact step.
     pub step: String,
     /// `false` when the candidate could not be compared here (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<bool>,
+    /// Why it could not be compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// `openvino-ir`, `onnx` or `tensorrt-engine`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// The artifact's own precision (fp32, fp16, int8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_precision: Option<String>,
+    /// What actually executed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<ExecutionInfo>,
     /// Embedders: `model.preprocessing` or `candidate's own`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessing: Option<String>,
+    /// Embedders: per-image cosine similarity to the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cosine: Option<Summary>,
+    /// Embedders: largest absolute difference of any embedding element.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f64>,
     /// Per image, for the run report's histograms (rounded: the report is diffed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cosine_per_image: Option<Vec<f64>>,
+    /// Embedders: embedding norms against the reference's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm: Option<NormShift>,
+    /// Embedders with identities: verification figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<CandidateVerification>,
     /// Detectors: per input size.
@@ -137,6 +147,7 @@ pub struct CandidateReport {
     /// Detectors: over every size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<DetectionTotals>,
+    /// Every gate with its measured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<GateResult>>,
     /// null for a candidate that could not be compared.
