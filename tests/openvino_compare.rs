@@ -180,6 +180,10 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
         "      reference: benchmark_app\n      reference_seconds: 2\n",
         "",
     );
+    assert!(
+        yaml.contains("time_budget_s: 0.2") && !yaml.contains("reference: benchmark_app"),
+        "the default pipeline's benchmark params changed: update this test's budget"
+    );
     p.write("pipelines/recognition.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
