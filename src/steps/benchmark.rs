@@ -560,7 +560,7 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
             });
             continue;
         };
-        let info = super::artifact_info(outputs);
+        let info = super::artifact_info(outputs)?;
         let weights = info.precision.clone();
         if let (Some(xml), Some(bin)) = (outputs.get("model.xml"), outputs.get("model.bin")) {
             for h in &p.openvino_hints {

@@ -266,30 +266,45 @@ pub(crate) fn validate(step: &Step, datasets: &IndexMap<String, DatasetSpec>) ->
     problems
 }
 
-/// What an artifact step's own report.json says about the artifact, for the steps that use
-/// it (compare, benchmark, release).
+/// What an artifact step's own report.json (convert, quantize, simplify) says about the
+/// artifact, for the steps that use it (compare, benchmark, release). Read typed: a report
+/// without these fields describes an fp32 artifact that is not a stand-in.
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct ArtifactInfo {
-    pub report: Option<serde_json::Value>,
-    /// fp32 / fp16 / int8: the artifact's precision (fp32 when its report does not say).
+    /// fp32 / fp16 / int8: the artifact's precision.
+    #[serde(default = "fp32")]
     pub precision: String,
     /// Made by the test stand-in for trtexec: never run, never passed off as TensorRT's.
+    #[serde(default)]
     pub standin: bool,
+    /// The conversion backend, for release metadata.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// How it was made (OpenVINO conversion; TensorRT: `flags`), passed through verbatim into
+    /// release metadata.
+    #[serde(default, alias = "flags")]
+    pub conversion: Option<serde_json::Value>,
+    /// TensorRT optimization profiles, passed through into release metadata.
+    #[serde(default)]
+    pub profiles: Option<serde_json::Value>,
+    /// TensorRT and GPU versions, passed through into release metadata.
+    #[serde(default)]
+    pub tensorrt: Option<serde_json::Value>,
 }
 
-pub(crate) fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> ArtifactInfo {
-    let report: Option<serde_json::Value> = outputs
-        .get("report.json")
-        .and_then(|r| std::fs::read(r).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let precision = report
-        .as_ref()
-        .and_then(|r| r["precision"].as_str().map(String::from))
-        .unwrap_or_else(|| "fp32".into());
-    let standin = report.as_ref().is_some_and(|r| r["standin"] == true);
-    ArtifactInfo {
-        report,
-        precision,
-        standin,
+fn fp32() -> String {
+    "fp32".into()
+}
+
+/// The artifact's info from its report; a step without a report is an fp32 artifact, a
+/// report that does not parse is an error naming it.
+pub(crate) fn artifact_info(outputs: &BTreeMap<String, Utf8PathBuf>) -> Result<ArtifactInfo> {
+    match outputs.get("report.json") {
+        Some(r) => read_report(r),
+        None => Ok(ArtifactInfo {
+            precision: fp32(),
+            ..Default::default()
+        }),
     }
 }
 

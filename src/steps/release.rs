@@ -350,11 +350,10 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
                     names.push(name.clone());
                 }
             }
-            let info = super::artifact_info(outs);
-            let rep = info.report.unwrap_or(json!({}));
+            let info = super::artifact_info(outs)?;
             artifacts_meta.push(json!({
-                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": rep["backend"].clone(),
-                "conversion": rep.get("conversion").or(rep.get("flags")).cloned(), "profiles": rep.get("profiles").cloned(), "tensorrt": rep.get("tensorrt").cloned(),
+                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": info.backend,
+                "conversion": info.conversion, "profiles": info.profiles, "tensorrt": info.tensorrt,
                 "execution_compare": compare.as_ref().and_then(|c| c.candidates.iter().find(|y| y.step == *a).map(|y| &y.execution)),
                 "execution_benchmark": bench.as_ref().map(|b| b.results.iter().filter(|y| y.step == *a).map(|y| json!({"label": y.label, "execution": y.measured.as_ref().map(|m| &m.execution)})).collect::<Vec<_>>()),
             }));

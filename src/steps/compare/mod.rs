@@ -362,7 +362,7 @@ pub(crate) fn load_candidate(
         .detail()
         .and_then(|d| d.precision_hint.clone())
         .unwrap_or_else(|| p.precision_hint.clone());
-    let info = super::artifact_info(outputs);
+    let info = super::artifact_info(outputs)?;
     let t_load = Instant::now();
     let (model, artifact): (Box<dyn LoadedModel>, &str) = if let (Some(xml), Some(bin)) =
         (outputs.get("model.xml"), outputs.get("model.bin"))
