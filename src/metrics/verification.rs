@@ -113,68 +113,148 @@ pub(crate) fn pairs_for(
     )))
 }
 
-/// Threshold at which at most `far` of impostors are accepted (score > threshold). Placed
-/// midway between the boundary impostor's score and the next higher score of any pair, so a
-/// candidate differing by rounding noise does not flip the boundary pair.
-pub(crate) fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
-    let mut s = impostor.to_vec();
-    s.sort_by(|a, b| b.total_cmp(a));
-    let allowed = (far * s.len() as f64).floor() as usize;
-    if allowed >= s.len() {
-        return f64::NEG_INFINITY;
-    }
-    let base = s[allowed];
-    let next = genuine
-        .iter()
-        .chain(impostor)
-        .copied()
-        .filter(|&x| x > base)
-        .fold(f64::INFINITY, f64::min);
-    if next.is_finite() {
-        (base + next) / 2.0
-    } else {
-        base
-    }
+/// Genuine and impostor scores, each sorted once: every figure (thresholds, TAR at a FAR,
+/// EER) then costs a binary search or one sweep, so a set of P pairs costs O(P log P)
+/// whatever is asked of it. A pair is accepted when its score is strictly above the
+/// threshold.
+pub(crate) struct SortedScores {
+    /// Ascending.
+    genuine: Vec<f64>,
+    /// Ascending.
+    impostor: Vec<f64>,
+    /// Every score, ascending.
+    all: Vec<f64>,
 }
 
-pub(crate) fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
-    if scores.is_empty() {
-        return f64::NAN;
-    }
-    scores.iter().filter(|&&x| x > threshold).count() as f64 / scores.len() as f64
-}
-
-/// Equal error rate: the point where false accepts and false rejects cross.
-pub(crate) fn eer(genuine: &[f64], impostor: &[f64]) -> f64 {
-    let mut thresholds: Vec<f64> = genuine.iter().chain(impostor).copied().collect();
-    thresholds.sort_by(|a, b| a.total_cmp(b));
-    let mut best = (f64::INFINITY, 0.5);
-    for t in thresholds {
-        let far = accept_rate(impostor, t);
-        let frr = 1.0 - accept_rate(genuine, t);
-        let gap = (far - frr).abs();
-        if gap < best.0 {
-            best = (gap, (far + frr) / 2.0);
+impl SortedScores {
+    pub(crate) fn new(genuine: &[f64], impostor: &[f64]) -> SortedScores {
+        let sorted = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (genuine, impostor) = (sorted(genuine), sorted(impostor));
+        let mut all = Vec::with_capacity(genuine.len() + impostor.len());
+        all.extend_from_slice(&genuine);
+        all.extend_from_slice(&impostor);
+        all.sort_by(f64::total_cmp);
+        SortedScores {
+            genuine,
+            impostor,
+            all,
         }
     }
-    best.1
+
+    /// The smallest FAR this set can resolve: one impostor pair, 1 / impostors.
+    pub(crate) fn far_resolution(&self) -> f64 {
+        1.0 / self.impostor.len().max(1) as f64
+    }
+
+    /// Whether a TAR at `far` can be measured: at least one impostor may be accepted.
+    pub(crate) fn resolves(&self, far: f64) -> bool {
+        far * self.impostor.len() as f64 >= 1.0
+    }
+
+    /// Threshold at which at most `far` of impostors are accepted. Placed midway between the
+    /// boundary impostor's score and the next higher score of any pair, so a candidate
+    /// differing by rounding noise does not flip the boundary pair.
+    pub(crate) fn threshold_at_far(&self, far: f64) -> f64 {
+        let n = self.impostor.len();
+        let allowed = (far * n as f64).floor() as usize;
+        if allowed >= n {
+            return f64::NEG_INFINITY;
+        }
+        // The (allowed+1)-th highest impostor score.
+        let base = self.impostor[n - 1 - allowed];
+        let above = self.all.partition_point(|x| *x <= base);
+        match self.all.get(above) {
+            Some(next) => (base + next) / 2.0,
+            None => base,
+        }
+    }
+
+    /// Share of genuine pairs accepted at `threshold` (NaN without genuine pairs).
+    pub(crate) fn tar(&self, threshold: f64) -> f64 {
+        rate_above(&self.genuine, threshold)
+    }
+
+    /// TAR at `far`, or None where the set cannot resolve that FAR.
+    pub(crate) fn tar_at_far(&self, far: f64) -> Option<f64> {
+        self.resolves(far)
+            .then(|| self.tar(self.threshold_at_far(far)))
+    }
+
+    /// Equal error rate: where false accepts and false rejects cross, over every score as a
+    /// threshold (ascending; the first closest crossing wins). One sweep over sorted scores.
+    pub(crate) fn eer(&self) -> f64 {
+        let mut best = (f64::INFINITY, 0.5);
+        let mut k = 0;
+        while k < self.all.len() {
+            let t = self.all[k];
+            let far = rate_above(&self.impostor, t);
+            let frr = 1.0 - rate_above(&self.genuine, t);
+            let gap = (far - frr).abs();
+            if gap < best.0 {
+                best = (gap, (far + frr) / 2.0);
+            }
+            // Equal thresholds give equal rates: skip to the next distinct score.
+            k += self.all[k..].partition_point(|x| *x <= t).max(1);
+        }
+        best.1
+    }
 }
 
+/// Share of `sorted` (ascending) strictly above `threshold`; NaN when empty.
+fn rate_above(sorted: &[f64], threshold: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    (sorted.len() - sorted.partition_point(|x| *x <= threshold)) as f64 / sorted.len() as f64
+}
+
+/// Verification figures of one score set. A TAR at a FAR below the set's resolution
+/// (1 / impostor pairs) is not measurable: it is null, and named in `not_measurable`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verification {
-    pub tar_at_far_1e2: f64,
-    pub tar_at_far_1e3: f64,
+    /// TAR at FAR 1e-2.
+    pub tar_at_far_1e2: Option<f64>,
+    /// TAR at FAR 1e-3.
+    pub tar_at_far_1e3: Option<f64>,
+    /// Equal error rate.
     pub eer: f64,
+    /// The accept threshold at the operating FAR.
     pub threshold_at_operating_far: f64,
+    /// The smallest FAR the set resolves: 1 / impostor pairs.
+    #[serde(default)]
+    pub far_resolution: f64,
+    /// Figures the set cannot measure (FARs below its resolution).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_measurable: Vec<String>,
 }
 
 pub(crate) fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verification {
     let (g, i) = split(pairs, scores);
+    let s = SortedScores::new(&g, &i);
+    let mut not_measurable = Vec::new();
+    let mut tar = |far: f64, name: &str| {
+        let t = s.tar_at_far(far);
+        if t.is_none() {
+            not_measurable.push(name.to_string());
+        }
+        t
+    };
+    let tar_at_far_1e2 = tar(1e-2, "tar_at_far_1e2");
+    let tar_at_far_1e3 = tar(1e-3, "tar_at_far_1e3");
+    if !s.resolves(operating_far) {
+        not_measurable.push("tar_at_operating_far".into());
+    }
     Verification {
-        tar_at_far_1e2: accept_rate(&g, threshold_at_far(&g, &i, 1e-2)),
-        tar_at_far_1e3: accept_rate(&g, threshold_at_far(&g, &i, 1e-3)),
-        eer: eer(&g, &i),
-        threshold_at_operating_far: threshold_at_far(&g, &i, operating_far),
+        tar_at_far_1e2,
+        tar_at_far_1e3,
+        eer: s.eer(),
+        threshold_at_operating_far: s.threshold_at_far(operating_far),
+        far_resolution: s.far_resolution(),
+        not_measurable,
     }
 }
 
@@ -206,16 +286,131 @@ pub(crate) fn flips(a: &[f64], b: &[f64], threshold: f64) -> usize {
 mod tests {
     use super::*;
 
+    /// The brute-force definitions the sorted versions must match exactly.
+    mod brute {
+        pub(super) fn threshold_at_far(genuine: &[f64], impostor: &[f64], far: f64) -> f64 {
+            let mut s = impostor.to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            let allowed = (far * s.len() as f64).floor() as usize;
+            if allowed >= s.len() {
+                return f64::NEG_INFINITY;
+            }
+            let base = s[allowed];
+            let next = genuine
+                .iter()
+                .chain(impostor)
+                .copied()
+                .filter(|&x| x > base)
+                .fold(f64::INFINITY, f64::min);
+            if next.is_finite() {
+                (base + next) / 2.0
+            } else {
+                base
+            }
+        }
+
+        pub(super) fn accept_rate(scores: &[f64], threshold: f64) -> f64 {
+            if scores.is_empty() {
+                return f64::NAN;
+            }
+            scores.iter().filter(|&&x| x > threshold).count() as f64 / scores.len() as f64
+        }
+
+        pub(super) fn eer(genuine: &[f64], impostor: &[f64]) -> f64 {
+            let mut thresholds: Vec<f64> = genuine.iter().chain(impostor).copied().collect();
+            thresholds.sort_by(|a, b| a.total_cmp(b));
+            let mut best = (f64::INFINITY, 0.5);
+            for t in thresholds {
+                let far = accept_rate(impostor, t);
+                let frr = 1.0 - accept_rate(genuine, t);
+                let gap = (far - frr).abs();
+                if gap < best.0 {
+                    best = (gap, (far + frr) / 2.0);
+                }
+            }
+            best.1
+        }
+    }
+
+    /// Scores on a coarse grid, so ties are common (the hard case for a sweep).
+    fn random_scores(rng: &mut crate::util::SplitMix64, n: usize, shift: f32) -> Vec<f64> {
+        (0..n)
+            .map(|_| (((rng.unit() + shift) * 50.0).round() / 50.0) as f64)
+            .collect()
+    }
+
+    /// TAR at a FAR, thresholds and EER from one sort are identical, bit for bit, to the
+    /// brute-force definitions, on random score sets with many ties.
+    #[test]
+    fn sorted_metrics_match_brute_force() {
+        let mut rng = crate::util::SplitMix64::new(42);
+        for case in 0..200 {
+            let ng = 1 + case % 37;
+            let ni = 1 + (case * 7) % 211;
+            let g = random_scores(&mut rng, ng, 0.4);
+            let i = random_scores(&mut rng, ni, -0.2);
+            let s = SortedScores::new(&g, &i);
+            for far in [0.0, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0] {
+                let t = s.threshold_at_far(far);
+                assert_eq!(t.to_bits(), brute::threshold_at_far(&g, &i, far).to_bits());
+                assert_eq!(
+                    s.tar(t).to_bits(),
+                    brute::accept_rate(&g, t).to_bits(),
+                    "case {case} far {far}"
+                );
+            }
+            assert_eq!(
+                s.eer().to_bits(),
+                brute::eer(&g, &i).to_bits(),
+                "case {case}"
+            );
+            let t = s.threshold_at_far(0.1);
+            let moved: Vec<f64> = g.iter().map(|x| x + 0.01).collect();
+            assert_eq!(
+                flips(&g, &moved, t),
+                g.iter()
+                    .zip(&moved)
+                    .filter(|(a, b)| (**a > t) != (**b > t))
+                    .count()
+            );
+        }
+    }
+
+    /// A known case, by hand.
     #[test]
     fn tar_far_and_eer_on_a_known_case() {
         let genuine = [0.9, 0.8, 0.7, 0.3];
         let impostor = [0.1, 0.2, 0.35, 0.6];
+        let s = SortedScores::new(&genuine, &impostor);
         // One impostor (0.6) may pass at FAR 0.25: midway between 0.35 and the next score, 0.6.
-        assert!((threshold_at_far(&genuine, &impostor, 0.25) - 0.475).abs() < 1e-12);
-        assert_eq!(accept_rate(&genuine, 0.475), 0.75);
-        assert!((threshold_at_far(&genuine, &impostor, 1e-3) - 0.65).abs() < 1e-12);
-        assert_eq!(accept_rate(&impostor, 0.65), 0.0);
-        assert_eq!(eer(&genuine, &impostor), 0.25);
+        assert!((s.threshold_at_far(0.25) - 0.475).abs() < 1e-12);
+        assert_eq!(s.tar(0.475), 0.75);
+        assert!((s.threshold_at_far(1e-3) - 0.65).abs() < 1e-12);
+        assert_eq!(s.eer(), 0.25);
         assert_eq!(flips(&[0.5, 0.7], &[0.7, 0.7], 0.6), 1);
+    }
+
+    /// With 261 impostor pairs a FAR of 1e-3 cannot be resolved: its TAR is not measurable,
+    /// and the report says so; 1e-2 (2.6 impostors) is.
+    #[test]
+    fn far_resolution_is_reported_and_enforced() {
+        let mut rng = crate::util::SplitMix64::new(7);
+        let g = random_scores(&mut rng, 38, 0.4);
+        let i = random_scores(&mut rng, 261, -0.2);
+        let pairs: Vec<Pair> = (0..g.len() + i.len())
+            .map(|k| Pair {
+                a: k,
+                b: k,
+                same: k < g.len(),
+            })
+            .collect();
+        let scores: Vec<f64> = g.iter().chain(&i).copied().collect();
+        let v = verification(&pairs, &scores, 1e-3);
+        assert_eq!(v.far_resolution, 1.0 / 261.0);
+        assert_eq!(v.tar_at_far_1e3, None);
+        assert!(v.tar_at_far_1e2.is_some());
+        assert_eq!(v.not_measurable, ["tar_at_far_1e3", "tar_at_operating_far"]);
+        let v = verification(&pairs, &scores, 1e-2);
+        assert_eq!(v.not_measurable, ["tar_at_far_1e3"]);
     }
 }

@@ -247,7 +247,10 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
                 num(c.cosine.map(|x| x.min), 6),
                 num(c.cosine.map(|x| x.p01), 6),
                 num(c.cosine.map(|x| x.mean), 6),
-                num(v.map(|v| v.tar_at_operating_far.candidate), 4),
+                num(
+                    v.and_then(|v| v.tar_at_operating_far).map(|t| t.candidate),
+                    4,
+                ),
                 v.map(|v| v.flips_at_reference_threshold.to_string())
                     .unwrap_or_else(|| "-".into()),
                 pass(c),

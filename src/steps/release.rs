@@ -218,9 +218,24 @@ fn measure(
     }
     let src = format!("compare `{}`", compare.map(|c| c.0).unwrap_or_default());
     let c = compare.and_then(|(_, c)| c.candidate_of_step(artifact));
+    // A TAR compare measured on too few impostor pairs is not measurable, not missing.
+    if m.key == "tar_drop_max"
+        && let Some(v) = c.and_then(|c| c.verification.as_ref())
+        && v.tar_at_operating_far.is_none()
+    {
+        let why = format!(
+            "the operating FAR is below the resolution {:.2e} of {src}'s set (1 / impostor pairs)",
+            v.candidate.far_resolution
+        );
+        return (Measurement::NotMeasurable(why), Some(src));
+    }
     let v = c.and_then(|c| match m.key {
         "cosine_min" => c.cosine.map(|s| s.min),
-        "tar_drop_max" => c.verification.as_ref().map(|v| v.tar_at_operating_far.drop),
+        "tar_drop_max" => c
+            .verification
+            .as_ref()?
+            .tar_at_operating_far
+            .map(|t| t.drop),
         "flips_max" => c
             .verification
             .as_ref()

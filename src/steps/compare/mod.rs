@@ -32,8 +32,9 @@ use crate::runtime::{
     openvino::{OpenVino, OpenVinoSettings},
 };
 
-/// v4: the report is typed and carries `schema`.
-pub(crate) const IMPL_VERSION: u32 = 4;
+/// v4: the report is typed and carries `schema`; v5: verification figures from one sort,
+/// with the FAR resolution, and TARs below it "not measurable".
+pub(crate) const IMPL_VERSION: u32 = 5;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,14 +226,24 @@ fn recognition_gates(
     dataset: &str,
 ) -> Vec<gate::GateResult> {
     gates.check(gate::RECOGNITION, Naming::Figure, |m| {
-        let v = match m.key {
-            "cosine_min" => Some(cosine_min),
-            "tar_drop_max" => verification.map(|v| v.tar_at_operating_far.drop),
-            _ => verification.map(|v| v.flips_at_reference_threshold as f64),
+        let no_ids = || {
+            Measurement::NotMeasured(format!(
+                "dataset `{dataset}` has no identities (add `pairs:` or a folder per person)"
+            ))
         };
-        let why =
-            format!("dataset `{dataset}` has no identities (add `pairs:` or a folder per person)");
-        (Measurement::from_option(v, why), None)
+        let measured = match (m.key, verification) {
+            ("cosine_min", _) => Measurement::Value(cosine_min),
+            (_, None) => no_ids(),
+            ("tar_drop_max", Some(v)) => match v.tar_at_operating_far {
+                Some(t) => Measurement::Value(t.drop),
+                None => Measurement::NotMeasurable(format!(
+                    "the operating FAR is below the set's resolution {:.2e} (1 / impostor pairs); lower `operating_far` needs more impostor pairs",
+                    v.candidate.far_resolution
+                )),
+            },
+            (_, Some(v)) => Measurement::Value(v.flips_at_reference_threshold as f64),
+        };
+        (measured, None)
     })
 }
 
@@ -482,6 +493,14 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         .as_ref()
         .zip(ref_scores.as_ref())
         .map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
+    // The reference's scores, sorted once for every candidate's TAR at the operating FAR.
+    let ref_sorted = pairs
+        .as_ref()
+        .zip(ref_scores.as_ref())
+        .map(|((ps, _), sc)| {
+            let (g, i) = verification::split(ps, sc);
+            verification::SortedScores::new(&g, &i)
+        });
 
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut failures = Vec::new();
@@ -549,24 +568,21 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         if let (Some((ps, _)), Some(rsc), Some(rv)) = (&pairs, &ref_scores, &ref_ver) {
             let csc = pair_scores(&emb, ps);
             let cv = verification::verification(ps, &csc, p.operating_far);
-            let (rg, ri) = verification::split(ps, rsc);
             let (cg, ci) = verification::split(ps, &csc);
-            let ref_tar = verification::accept_rate(
-                &rg,
-                verification::threshold_at_far(&rg, &ri, p.operating_far),
-            );
-            let cand_tar = verification::accept_rate(
-                &cg,
-                verification::threshold_at_far(&cg, &ci, p.operating_far),
-            );
+            let cand_sorted = verification::SortedScores::new(&cg, &ci);
+            let tar = ref_sorted
+                .as_ref()
+                .and_then(|r| r.tar_at_far(p.operating_far))
+                .zip(cand_sorted.tar_at_far(p.operating_far))
+                .map(|(reference, candidate)| TarAtOperatingFar {
+                    reference,
+                    candidate,
+                    drop: reference - candidate,
+                });
             let f = verification::flips(rsc, &csc, rv.threshold_at_operating_far);
             verification = Some(CandidateVerification {
                 candidate: cv,
-                tar_at_operating_far: TarAtOperatingFar {
-                    reference: ref_tar,
-                    candidate: cand_tar,
-                    drop: ref_tar - cand_tar,
-                },
+                tar_at_operating_far: tar,
                 flips_at_reference_threshold: f as u64,
             });
         }
@@ -593,10 +609,10 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             cs.mean,
             cm / rm - 1.0,
             max_abs,
-            verification
-                .as_ref()
-                .map(|v| format!("{:.4}", v.tar_at_operating_far.candidate))
-                .unwrap_or_else(|| "-".into()),
+            match &verification {
+                Some(v) => measurable(v.tar_at_operating_far.map(|t| t.candidate)),
+                None => "-".into(),
+            },
             verification
                 .as_ref()
                 .map(|v| v.flips_at_reference_threshold.to_string())
@@ -698,6 +714,12 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     })
 }
 
+/// A TAR as the table prints it: four decimals, or why there is none.
+fn measurable(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}"))
+        .unwrap_or_else(|| "not measurable".into())
+}
+
 fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
     let mut s = format!(
         "# compare `{}` — pipeline `{}`\n\n",
@@ -723,8 +745,11 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
     );
     if let Some(v) = &r.reference.verification {
         s += &format!(
-            " Reference TAR@FAR=1e-3 {:.4}, TAR@FAR=1e-2 {:.4}, EER {:.4}.",
-            v.tar_at_far_1e3, v.tar_at_far_1e2, v.eer
+            " Reference TAR@FAR=1e-3 {}, TAR@FAR=1e-2 {}, EER {:.4} (FAR resolution {:.2e}: 1 / impostor pairs).",
+            measurable(v.tar_at_far_1e3),
+            measurable(v.tar_at_far_1e2),
+            v.eer,
+            v.far_resolution
         );
     }
     s += "\n\n| candidate | artifact | executed (hint) | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";

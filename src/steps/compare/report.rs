@@ -168,7 +168,8 @@ pub struct NormShift {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CandidateVerification {
     pub candidate: Verification,
-    pub tar_at_operating_far: TarAtOperatingFar,
+    /// Null where the operating FAR is below the set's resolution (1 / impostor pairs).
+    pub tar_at_operating_far: Option<TarAtOperatingFar>,
     pub flips_at_reference_threshold: u64,
 }
 
