@@ -15,7 +15,7 @@ use super::report::{
     self, CandidateReport, CompareReport, DatasetSummary, DetectionTotals, MeanMax, MeanMin,
     ReferenceImage, ReferenceSummary, RoundedDetection, SizeMetrics,
 };
-use super::{CompareParams, Loaded, load_candidate};
+use super::{CompareParams, Loaded, load_candidate, note_failures};
 use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
@@ -263,14 +263,8 @@ pub(super) fn run(
         }
         let tj = total.totals();
         let gates = detection_gates(&p.gates_for(&label), &tj);
-        for g in gates.iter().filter(|g| !g.passed) {
-            failures.push(format!(
-                "candidate `{label}` ({artifact} {weights}, executed {}): {}",
-                exec.precision,
-                g.describe()
-            ));
-        }
-        let passed = gates.iter().all(|g| g.passed);
+        let what = format!("{artifact} {weights}, executed {}", exec.precision);
+        let passed = note_failures(&label, &what, &gates, &mut failures);
         for row in &mut table[first_row..] {
             row.push_str(if passed { " pass |" } else { " **FAIL** |" });
         }

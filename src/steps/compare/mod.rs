@@ -349,6 +349,20 @@ pub(crate) fn record_unavailable(
     });
 }
 
+/// Add every failed gate of a candidate to `failures`, in words naming the candidate and
+/// what ran (`what`); true when every gate passed.
+pub(crate) fn note_failures(
+    label: &str,
+    what: &str,
+    gates: &[gate::GateResult],
+    failures: &mut Vec<String>,
+) -> bool {
+    for g in gates.iter().filter(|g| !g.passed) {
+        failures.push(format!("candidate `{label}` ({what}): {}", g.describe()));
+    }
+    gates.iter().all(|g| g.passed)
+}
+
 /// How many candidates were unavailable: added to the summary when any were.
 pub(crate) fn note_unavailable(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
     let n = candidates
@@ -593,14 +607,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             verification.as_ref(),
             &p.dataset,
         );
-        for g in gates.iter().filter(|g| !g.passed) {
-            failures.push(format!(
-                "candidate `{label}` ({artifact} {weights}, executed {}): {}",
-                exec.precision,
-                g.describe()
-            ));
-        }
-        let passed = gates.iter().all(|g| g.passed);
+        let what = format!("{artifact} {weights}, executed {}", exec.precision);
+        let passed = note_failures(&label, &what, &gates, &mut failures);
         table.push(format!(
             "| {label} | {artifact} {weights} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
             exec.precision,
