@@ -138,6 +138,22 @@ impl BuildContext {
     pub(crate) fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
         let spec = &self.manifest.datasets[name];
         let dir = match (&spec.path, &spec.builtin) {
+            // An InsightFace verification .bin: unpacked once per digest into a folder.
+            (Some(p), _) if spec.is_bin() => {
+                let bin = self.manifest.resolve(p);
+                if !bin.is_file() {
+                    return Err(
+                        Error::usage(format!("dataset `{name}`: {bin} does not exist")).with_hint(
+                            format!(
+                                "`datasets.{name}.path` is relative to {}",
+                                self.manifest.dir
+                            ),
+                        ),
+                    );
+                }
+                let digest = self.store.memo.blake3(&bin)?.blake3;
+                crate::preprocess::verification_sets::unpack_bin(&bin, &digest, &self.cache_dir)?
+            }
             (Some(p), _) => self.manifest.resolve(p),
             (None, b) => crate::preprocess::synthetic::ensure(
                 &self.cache_dir,

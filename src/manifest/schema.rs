@@ -229,13 +229,14 @@ fn default_std() -> [f32; 3] {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DatasetSpec {
     /// A folder of images, relative to the manifest (searched recursively; a folder per
-    /// person gives identities).
+    /// person gives identities), or an InsightFace verification `.bin`.
     #[serde(default)]
     pub path: Option<Utf8PathBuf>,
     /// A built-in dataset instead of `path`: `synthetic-faces`.
     #[serde(default)]
     pub builtin: Option<String>,
-    /// A verification pairs CSV (`file_x,file_y,Decision`), relative to the dataset folder.
+    /// Verification pairs, relative to the dataset folder: a CSV (`file_x,file_y,Decision`)
+    /// or LFW's `pairs.txt` (by its `.txt` extension). A `.bin` dataset brings its own.
     #[serde(default)]
     pub pairs: Option<Utf8PathBuf>,
     /// Use at most this many images (after a seeded shuffle); all when absent.
@@ -246,6 +247,24 @@ pub(crate) struct DatasetSpec {
     /// Detect and align faces before use: whole photos become ArcFace-aligned crops.
     #[serde(default)]
     pub align: Option<AlignSpec>,
+}
+
+impl DatasetSpec {
+    /// Whether `path` names an InsightFace verification `.bin` rather than a folder.
+    pub(crate) fn is_bin(&self) -> bool {
+        self.path
+            .as_ref()
+            .and_then(|p| p.extension())
+            .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+    }
+
+    /// The pairs file, relative to the dataset folder: `pairs:`, or the one a `.bin` holds.
+    pub(crate) fn pairs_file(&self) -> Option<Utf8PathBuf> {
+        self.pairs.clone().or_else(|| {
+            self.is_bin()
+                .then(|| crate::preprocess::verification_sets::BIN_PAIRS.into())
+        })
+    }
 }
 
 /// Alignment of whole photos to the ArcFace 112x112 five-point template, with a detector's

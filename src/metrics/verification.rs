@@ -41,35 +41,39 @@ pub(crate) fn pairs_for(
     let kind;
     if let Some(csv) = pairs_csv {
         let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
-        for (n, line) in text.lines().enumerate() {
-            let cols: Vec<&str> = line.split(',').map(str::trim).collect();
-            if n == 0
-                && cols
-                    .first()
-                    .is_some_and(|c| c.eq_ignore_ascii_case("file_x"))
-                || line.trim().is_empty()
-            {
-                continue;
-            }
-            if cols.len() < 3 {
-                return Err(Error::usage(format!(
-                    "{csv}:{}: expected `file_x,file_y,Decision`, got `{line}`",
-                    n + 1
-                )));
-            }
-            let same = match cols[2].to_ascii_lowercase().as_str() {
-                "yes" | "1" | "true" | "same" => true,
-                "no" | "0" | "false" | "different" => false,
-                other => {
-                    return Err(Error::usage(format!(
-                        "{csv}:{}: Decision `{other}` is not Yes/No",
-                        n + 1
-                    )));
+        let named = if csv
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+        {
+            crate::preprocess::verification_sets::parse_lfw_pairs(csv, &text)?
+                .into_iter()
+                .map(|p| (0, p))
+                .collect()
+        } else {
+            parse_pairs_csv(csv, &text)?
+        };
+        for (line, p) in named {
+            match (index.get(&p.a), index.get(&p.b)) {
+                (Some(&a), Some(&b)) => pairs.push(Pair { a, b, same: p.same }),
+                _ => {
+                    // Outside the selected subset (`count`): skipped. Not there at all: an
+                    // error, since the pairs file and the folder disagree.
+                    for f in [&p.a, &p.b] {
+                        if !root.join(f).is_file() {
+                            let at = if line > 0 {
+                                format!("{csv}:{line}")
+                            } else {
+                                csv.to_string()
+                            };
+                            return Err(Error::usage(format!(
+                                "{at}: the pair names `{f}`, which is not in {root}"
+                            ))
+                            .with_hint(
+                                "paths in a pairs file are relative to the dataset folder",
+                            ));
+                        }
+                    }
                 }
-            };
-            // Pairs naming images outside the selected subset are skipped, not errors.
-            if let (Some(&a), Some(&b)) = (index.get(cols[0]), index.get(cols[1])) {
-                pairs.push(Pair { a, b, same });
             }
         }
         kind = format!("pairs file {}", csv.file_name().unwrap_or_default());
@@ -111,6 +115,50 @@ pub(crate) fn pairs_for(
             impostor: pairs.len() - genuine,
         },
     )))
+}
+
+/// `file_x,file_y,Decision` lines (a header optional), each with its line number.
+fn parse_pairs_csv(
+    csv: &Utf8Path,
+    text: &str,
+) -> Result<Vec<(usize, crate::preprocess::verification_sets::NamedPair)>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+        if n == 0
+            && cols
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("file_x"))
+            || line.trim().is_empty()
+        {
+            continue;
+        }
+        if cols.len() < 3 {
+            return Err(Error::usage(format!(
+                "{csv}:{}: expected `file_x,file_y,Decision`, got `{line}`",
+                n + 1
+            )));
+        }
+        let same = match cols[2].to_ascii_lowercase().as_str() {
+            "yes" | "1" | "true" | "same" => true,
+            "no" | "0" | "false" | "different" => false,
+            other => {
+                return Err(Error::usage(format!(
+                    "{csv}:{}: Decision `{other}` is not Yes/No",
+                    n + 1
+                )));
+            }
+        };
+        out.push((
+            n + 1,
+            crate::preprocess::verification_sets::NamedPair {
+                a: cols[0].to_string(),
+                b: cols[1].to_string(),
+                same,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Genuine and impostor scores, each sorted once: every figure (thresholds, TAR at a FAR,

@@ -12,6 +12,7 @@
 
 pub(crate) mod align;
 pub(crate) mod synthetic;
+pub(crate) mod verification_sets;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use ndarray::{Array4, s};

@@ -476,7 +476,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let pairs = verification::pairs_for(
         &files,
         dir,
-        spec.pairs.as_ref().map(|f| dir.join(f)).as_deref(),
+        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
     )?;
     ctx.progress
         .set_message(format!("preparing {} images", files.len()));

@@ -1,0 +1,119 @@
+//! Verification-set formats on real photos: an InsightFace `.bin` written here with the
+//! toolchain's own Python pickle gives exactly the CSV path's verification figures.
+
+mod common;
+use common::*;
+
+use facebuild::CompareReport;
+
+/// MobileFaceNet compared with its simplified self on the dataset `faces` given by
+/// `dataset` (the figures compared are the reference's, so the candidate only has to run).
+fn manifest(shared: &std::path::Path, dataset: &str) -> String {
+    format!(
+        indoc! {"
+            schema: 1
+            name: v
+            model:
+              path: {}
+              task: recognition
+              input: {{name: input, shape: [1, 3, 112, 112]}}
+              preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+            datasets:
+              faces: {}
+            steps:
+              simplify: {{kind: simplify, params: {{samples: 1}}}}
+              compare: {{kind: compare, params: {{dataset: faces, candidates: [simplify], operating_far: 1.0e-2}}}}
+        "},
+        shared.join("models/mobilefacenet.onnx").display(),
+        dataset
+    )
+}
+
+/// Python 3's pickle of (image bytes, issame) from `pairs.csv`, as InsightFace's tools
+/// write verification sets: images 2i and 2i+1 form pair i.
+const WRITE_BIN: &str = r#"
+import csv, pickle, sys
+root, out = sys.argv[1], sys.argv[2]
+bins, issame = [], []
+with open(f"{root}/pairs.csv", newline="") as f:
+    for row in csv.DictReader(f):
+        for k in ("file_x", "file_y"):
+            with open(f"{root}/{row[k].strip()}", "rb") as img:
+                bins.append(img.read())
+        issame.append(row["Decision"].strip().lower() == "yes")
+with open(out, "wb") as f:
+    pickle.dump((bins, issame), f, protocol=4)
+print(len(issame))
+"#;
+
+/// A `.bin` of the shared pairs gives the same reference verification figures as the CSV.
+#[test]
+fn insightface_bin_matches_the_csv_path() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let faces = shared.join("faces/pairs");
+    p.write(
+        "csv.yaml",
+        &manifest(
+            &shared,
+            &format!("{{path: {}, pairs: pairs.csv}}", faces.display()),
+        ),
+    );
+    let (code, r) = p.run_json("csv.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let from_csv: CompareReport = p.report("out/v/compare/report.json");
+
+    // Write the .bin with the toolchain's Python.
+    let cache = camino::Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
+    let tc = facebuild::Toolchain::ensure(&cache, &facebuild::Pins::resolve(&Default::default()))
+        .unwrap();
+    let bin = p.path("pairs.bin");
+    let out = std::process::Command::new(tc.python())
+        .args(["-c", WRITE_BIN])
+        .arg(&faces)
+        .arg(&bin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    p.write("bin.yaml", &manifest(&shared, "{path: pairs.bin}"));
+    let (code, r) = p.run_json("bin.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let from_bin: CompareReport = p.report("out/v/compare/report.json");
+
+    let (a, b) = (
+        from_csv.dataset.pairs.as_ref().unwrap(),
+        from_bin.dataset.pairs.as_ref().unwrap(),
+    );
+    assert_eq!((a.genuine, a.impostor), (b.genuine, b.impostor));
+    let (va, vb) = (
+        from_csv.reference.verification.as_ref().unwrap(),
+        from_bin.reference.verification.as_ref().unwrap(),
+    );
+    assert_eq!(va.eer, vb.eer);
+    assert_eq!(va.tar_at_far_1e2, vb.tar_at_far_1e2);
+    assert_eq!(va.tar_at_far_1e3, vb.tar_at_far_1e3);
+    assert_eq!(va.threshold_at_operating_far, vb.threshold_at_operating_far);
+    assert_eq!(va.far_resolution, vb.far_resolution);
+    assert_eq!(from_bin.dataset.images, 2 * (b.genuine + b.impostor));
+
+    // A truncated .bin is an error naming the file, before any step runs.
+    let bytes = std::fs::read(&bin).unwrap();
+    std::fs::write(&bin, &bytes[..bytes.len() / 2]).unwrap();
+    p.write(
+        "bin.yaml",
+        &manifest(&shared, "{path: pairs.bin, count: 10}"),
+    );
+    let out = p.run(&["run", "bin.yaml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pairs.bin: not an InsightFace verification .bin: unreadable pickle")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
