@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
+use super::similarity::PairSet;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,7 @@ pub(crate) fn pairs_for(
     files: &[Utf8PathBuf],
     root: &Utf8Path,
     pairs_csv: Option<&Utf8Path>,
-) -> Result<Option<(Vec<Pair>, PairSource)>> {
+) -> Result<Option<(PairSet, PairSource)>> {
     let index: HashMap<String, usize> = files
         .iter()
         .enumerate()
@@ -92,27 +93,44 @@ pub(crate) fn pairs_for(
         if distinct.len() < 2 || ids.iter().any(Option::is_none) {
             return Ok(None);
         }
-        for i in 0..files.len() {
-            for j in i + 1..files.len() {
-                pairs.push(Pair {
-                    a: i,
-                    b: j,
-                    same: ids[i] == ids[j],
-                });
-            }
+        // Every pair i < j, never listed: scored block by block (metrics::similarity).
+        let number: HashMap<&String, u32> = distinct
+            .iter()
+            .enumerate()
+            .map(|(k, id)| (*id, k as u32))
+            .collect();
+        let ids: Vec<u32> = ids.iter().flatten().map(|id| number[id]).collect();
+        let mut per_id = vec![0usize; distinct.len()];
+        for id in &ids {
+            per_id[*id as usize] += 1;
         }
-        kind = format!("folder per identity ({} identities)", distinct.len());
+        let genuine: usize = per_id.iter().map(|k| k * k.saturating_sub(1) / 2).sum();
+        if genuine == 0 {
+            return Ok(None);
+        }
+        let set = PairSet::All { ids };
+        let total = set.len();
+        let kind = format!("folder per identity ({} identities)", distinct.len());
+        return Ok(Some((
+            set,
+            PairSource {
+                kind,
+                genuine,
+                impostor: total - genuine,
+            },
+        )));
     }
     let genuine = pairs.iter().filter(|p| p.same).count();
     if genuine == 0 || genuine == pairs.len() {
         return Ok(None);
     }
+    let impostor = pairs.len() - genuine;
     Ok(Some((
-        pairs.clone(),
+        PairSet::Listed(pairs),
         PairSource {
             kind,
             genuine,
-            impostor: pairs.len() - genuine,
+            impostor,
         },
     )))
 }
@@ -162,35 +180,27 @@ fn parse_pairs_csv(
 }
 
 /// Genuine and impostor scores, each sorted once: every figure (thresholds, TAR at a FAR,
-/// EER) then costs a binary search or one sweep, so a set of P pairs costs O(P log P)
-/// whatever is asked of it. A pair is accepted when its score is strictly above the
-/// threshold.
+/// EER) then costs a binary search or one merged sweep, so a set of P pairs costs
+/// O(P log P) whatever is asked of it, in the memory of the scores themselves. A pair is
+/// accepted when its score is strictly above the threshold.
 pub(crate) struct SortedScores {
     /// Ascending.
     genuine: Vec<f64>,
     /// Ascending.
     impostor: Vec<f64>,
-    /// Every score, ascending.
-    all: Vec<f64>,
 }
 
 impl SortedScores {
+    #[cfg(test)]
     pub(crate) fn new(genuine: &[f64], impostor: &[f64]) -> SortedScores {
-        let sorted = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v
-        };
-        let (genuine, impostor) = (sorted(genuine), sorted(impostor));
-        let mut all = Vec::with_capacity(genuine.len() + impostor.len());
-        all.extend_from_slice(&genuine);
-        all.extend_from_slice(&impostor);
-        all.sort_by(f64::total_cmp);
-        SortedScores {
-            genuine,
-            impostor,
-            all,
-        }
+        Self::from_vecs(genuine.to_vec(), impostor.to_vec())
+    }
+
+    /// Sort the vectors in place (no copy: large sets hold tens of millions of scores).
+    pub(crate) fn from_vecs(mut genuine: Vec<f64>, mut impostor: Vec<f64>) -> SortedScores {
+        genuine.sort_unstable_by(f64::total_cmp);
+        impostor.sort_unstable_by(f64::total_cmp);
+        SortedScores { genuine, impostor }
     }
 
     /// The smallest FAR this set can resolve: one impostor pair, 1 / impostors.
@@ -201,6 +211,15 @@ impl SortedScores {
     /// Whether a TAR at `far` can be measured: at least one impostor may be accepted.
     pub(crate) fn resolves(&self, far: f64) -> bool {
         far * self.impostor.len() as f64 >= 1.0
+    }
+
+    /// The smallest score of either kind strictly above `x`.
+    fn next_above(&self, x: f64) -> Option<f64> {
+        let first = |v: &[f64]| v.get(v.partition_point(|y| *y <= x)).copied();
+        match (first(&self.genuine), first(&self.impostor)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Threshold at which at most `far` of impostors are accepted. Placed midway between the
@@ -214,8 +233,7 @@ impl SortedScores {
         }
         // The (allowed+1)-th highest impostor score.
         let base = self.impostor[n - 1 - allowed];
-        let above = self.all.partition_point(|x| *x <= base);
-        match self.all.get(above) {
+        match self.next_above(base) {
             Some(next) => (base + next) / 2.0,
             None => base,
         }
@@ -233,20 +251,22 @@ impl SortedScores {
     }
 
     /// Equal error rate: where false accepts and false rejects cross, over every score as a
-    /// threshold (ascending; the first closest crossing wins). One sweep over sorted scores.
+    /// threshold (ascending; the first closest crossing wins). One sweep over the distinct
+    /// scores of both sorted lists.
     pub(crate) fn eer(&self) -> f64 {
         let mut best = (f64::INFINITY, 0.5);
-        let mut k = 0;
-        while k < self.all.len() {
-            let t = self.all[k];
-            let far = rate_above(&self.impostor, t);
-            let frr = 1.0 - rate_above(&self.genuine, t);
+        let mut t = match (self.genuine.first(), self.impostor.first()) {
+            (Some(a), Some(b)) => Some(a.min(*b)),
+            (a, b) => a.or(b).copied(),
+        };
+        while let Some(x) = t {
+            let far = rate_above(&self.impostor, x);
+            let frr = 1.0 - rate_above(&self.genuine, x);
             let gap = (far - frr).abs();
             if gap < best.0 {
                 best = (gap, (far + frr) / 2.0);
             }
-            // Equal thresholds give equal rates: skip to the next distinct score.
-            k += self.all[k..].partition_point(|x| *x <= t).max(1);
+            t = self.next_above(x);
         }
         best.1
     }
@@ -280,9 +300,16 @@ pub struct Verification {
     pub not_measurable: Vec<String>,
 }
 
+/// The figures of listed pairs with their scores (the streaming path is
+/// `similarity::for_each_score` then [`verification_of`]).
+#[cfg(test)]
 pub(crate) fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -> Verification {
     let (g, i) = split(pairs, scores);
-    let s = SortedScores::new(&g, &i);
+    verification_of(&SortedScores::from_vecs(g, i), operating_far)
+}
+
+/// The verification figures of sorted scores.
+pub(crate) fn verification_of(s: &SortedScores, operating_far: f64) -> Verification {
     let mut not_measurable = Vec::new();
     let mut tar = |far: f64, name: &str| {
         let t = s.tar_at_far(far);
@@ -306,6 +333,7 @@ pub(crate) fn verification(pairs: &[Pair], scores: &[f64], operating_far: f64) -
     }
 }
 
+#[cfg(test)]
 pub(crate) fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let g = pairs
         .iter()
@@ -323,6 +351,7 @@ pub(crate) fn split(pairs: &[Pair], scores: &[f64]) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Pairs whose accept/reject decision at `threshold` differs between two score sets.
+#[cfg(test)]
 pub(crate) fn flips(a: &[f64], b: &[f64], threshold: f64) -> usize {
     a.iter()
         .zip(b)

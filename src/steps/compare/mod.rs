@@ -25,7 +25,7 @@ use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::gate::{self, Gates, Measurement, Naming};
-use crate::metrics::{self, Summary, verification};
+use crate::metrics::{self, Summary, similarity, verification};
 use crate::runtime::{
     ExecutionInfo, LoadedModel, Runtime,
     onnxruntime::OnnxRuntime,
@@ -33,8 +33,9 @@ use crate::runtime::{
 };
 
 /// v4: the report is typed and carries `schema`; v5: verification figures from one sort,
-/// with the FAR resolution, and TARs below it "not measurable".
-pub(crate) const IMPL_VERSION: u32 = 5;
+/// with the FAR resolution, and TARs below it "not measurable"; v6: pair scores by blocked
+/// matrix products of normalised embeddings (f32), streamed.
+pub(crate) const IMPL_VERSION: u32 = 6;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,11 +306,13 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
-fn pair_scores(e: &[Vec<f32>], pairs: &[verification::Pair]) -> Vec<f64> {
-    pairs
-        .iter()
-        .map(|p| metrics::cosine(&e[p.a], &e[p.b]))
-        .collect()
+/// Pairs scored so far, with a rate, on the step's progress line.
+fn pairs_progress(ctx: &StepContext, who: &str, done: usize, total: usize, since: Instant) {
+    let rate = done as f64 / since.elapsed().as_secs_f64().max(1e-9);
+    ctx.progress.set_message(format!(
+        "{who}: scored {done}/{total} pairs ({:.1} M pairs/s)",
+        rate / 1e6
+    ));
 }
 
 /// A candidate loaded in its runtime, with what describes it in reports.
@@ -502,19 +505,32 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}),
     );
     let ref_norms = norms(&ref_emb);
-    let ref_scores = pairs.as_ref().map(|(ps, _)| pair_scores(&ref_emb, ps));
-    let ref_ver = pairs
+    let ref_unit = similarity::normalized(&ref_emb);
+    // The reference's scores, sorted once for its figures and every candidate's TAR.
+    let t_score = Instant::now();
+    let ref_sorted = pairs.as_ref().map(|(set, _)| {
+        let (mut g, mut i) = (Vec::new(), Vec::new());
+        similarity::for_each_score(
+            &[&ref_unit],
+            set,
+            |same, s| {
+                if same {
+                    g.push(s[0] as f64)
+                } else {
+                    i.push(s[0] as f64)
+                }
+            },
+            |done, total| pairs_progress(ctx, "reference", done, total, t_score),
+        );
+        verification::SortedScores::from_vecs(g, i)
+    });
+    let ref_ver = ref_sorted
         .as_ref()
-        .zip(ref_scores.as_ref())
-        .map(|((ps, _), sc)| verification::verification(ps, sc, p.operating_far));
-    // The reference's scores, sorted once for every candidate's TAR at the operating FAR.
-    let ref_sorted = pairs
-        .as_ref()
-        .zip(ref_scores.as_ref())
-        .map(|((ps, _), sc)| {
-            let (g, i) = verification::split(ps, sc);
-            verification::SortedScores::new(&g, &i)
-        });
+        .map(|s| verification::verification_of(s, p.operating_far));
+    timing.insert(
+        "reference_scoring_ms".to_string(),
+        json!(t_score.elapsed().as_millis() as u64),
+    );
 
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut failures = Vec::new();
@@ -579,11 +595,25 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let (rm, rs) = mean_std(&ref_norms);
         let (cm, csd) = mean_std(&norms(&emb));
         let mut verification = None;
-        if let (Some((ps, _)), Some(rsc), Some(rv)) = (&pairs, &ref_scores, &ref_ver) {
-            let csc = pair_scores(&emb, ps);
-            let cv = verification::verification(ps, &csc, p.operating_far);
-            let (cg, ci) = verification::split(ps, &csc);
-            let cand_sorted = verification::SortedScores::new(&cg, &ci);
+        if let (Some((set, _)), Some(rv)) = (&pairs, &ref_ver) {
+            // Reference and candidate scored in lockstep: decisions compared pair by pair
+            // at the reference's operating threshold; only the candidate's scores are kept.
+            let unit = similarity::normalized(&emb);
+            let t = rv.threshold_at_operating_far;
+            let (mut g, mut i, mut f) = (Vec::new(), Vec::new(), 0usize);
+            let t_score = Instant::now();
+            similarity::for_each_score(
+                &[&ref_unit, &unit],
+                set,
+                |same, s| {
+                    let (r, c) = (s[0] as f64, s[1] as f64);
+                    f += ((r > t) != (c > t)) as usize;
+                    if same { g.push(c) } else { i.push(c) }
+                },
+                |done, total| pairs_progress(ctx, &label, done, total, t_score),
+            );
+            let cand_sorted = verification::SortedScores::from_vecs(g, i);
+            let cv = verification::verification_of(&cand_sorted, p.operating_far);
             let tar = ref_sorted
                 .as_ref()
                 .and_then(|r| r.tar_at_far(p.operating_far))
@@ -593,7 +623,6 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                     candidate,
                     drop: reference - candidate,
                 });
-            let f = verification::flips(rsc, &csc, rv.threshold_at_operating_far);
             verification = Some(CandidateVerification {
                 candidate: cv,
                 tar_at_operating_far: tar,
