@@ -565,10 +565,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let batch = batch_for(model.as_ref(), p.batch);
         let (emb, ms) = embed(model.as_mut(), &input, tensor, batch)?;
         let exec: ExecutionInfo = model.execution();
-        timing.insert(
-            label.clone(),
-            json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint}),
-        );
+        let mut scoring_ms = 0u64;
         if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
             return Err(Error::Step {
                 step: step.clone(),
@@ -613,6 +610,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 |done, total| pairs_progress(ctx, &label, done, total, t_score),
             );
             let cand_sorted = verification::SortedScores::from_vecs(g, i);
+            scoring_ms = t_score.elapsed().as_millis() as u64;
             let cv = verification::verification_of(&cand_sorted, p.operating_far);
             let tar = ref_sorted
                 .as_ref()
@@ -630,6 +628,10 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             });
         }
 
+        timing.insert(
+            label.clone(),
+            json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint, "scoring_ms": scoring_ms}),
+        );
         let gates = recognition_gates(
             &p.gates_for(&label),
             cs.min,
