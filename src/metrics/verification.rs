@@ -490,4 +490,34 @@ mod tests {
         let v = verification(&pairs, &scores, 1e-2);
         assert_eq!(v.not_measurable, ["tar_at_far_1e3"]);
     }
+
+    /// A pairs file naming an image that is not in the folder is an error at its line;
+    /// one left out by `count` is skipped.
+    #[test]
+    fn pairs_naming_missing_images_are_located_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        for f in ["a.jpg", "b.jpg", "c.jpg"] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let csv = root.join("pairs.csv");
+        std::fs::write(
+            &csv,
+            "file_x,file_y,Decision\na.jpg,b.jpg,Yes\na.jpg,c.jpg,No\n",
+        )
+        .unwrap();
+        // c.jpg exists but is not selected: its pair is skipped (and no impostor is left).
+        let files = vec![root.join("a.jpg"), root.join("b.jpg")];
+        assert!(pairs_for(&files, root, Some(&csv)).unwrap().is_none());
+        std::fs::write(
+            &csv,
+            "file_x,file_y,Decision\na.jpg,b.jpg,Yes\na.jpg,gone.jpg,No\n",
+        )
+        .unwrap();
+        let e = pairs_for(&files, root, Some(&csv))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("pairs.csv:3") && e.contains("`gone.jpg`"), "{e}");
+    }
 }
