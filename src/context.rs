@@ -24,6 +24,8 @@ pub(crate) struct BuildContext {
     pub lock: Lock,
     /// TensorRT, looked for on first use only (a pipeline without TensorRT steps never does).
     tensorrt: std::sync::OnceLock<crate::toolchain::tensorrt::Discovery>,
+    /// The source model, resolved on first use (every root step's key needs its digest).
+    source: std::sync::OnceLock<Source>,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -51,6 +53,7 @@ impl BuildContext {
             toolchain,
             lock,
             tensorrt: std::sync::OnceLock::new(),
+            source: std::sync::OnceLock::new(),
         })
     }
 
@@ -76,6 +79,14 @@ impl BuildContext {
     /// Resolve the source model: the file the manifest names, or a generated built-in.
     /// A sha256 pin is checked here, before any step runs.
     pub(crate) fn source(&self) -> Result<Source> {
+        if let Some(s) = self.source.get() {
+            return Ok(s.clone());
+        }
+        let s = self.resolve_source()?;
+        Ok(self.source.get_or_init(|| s).clone())
+    }
+
+    fn resolve_source(&self) -> Result<Source> {
         let m = &self.manifest;
         let (path, label) = match &m.model.path {
             Some(p) => {
