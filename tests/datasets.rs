@@ -9,24 +9,17 @@ use facebuild::CompareReport;
 /// MobileFaceNet compared with its simplified self on the dataset `faces` given by
 /// `dataset` (the figures compared are the reference's, so the candidate only has to run).
 fn manifest(shared: &std::path::Path, dataset: &str) -> String {
-    format!(
+    let rest = format!(
         indoc! {"
-            schema: 1
-            name: v
-            model:
-              path: {}
-              task: recognition
-              input: {{name: input, shape: [1, 3, 112, 112]}}
-              preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
             datasets:
               faces: {}
             steps:
               simplify: {{kind: simplify, params: {{samples: 1}}}}
               compare: {{kind: compare, params: {{dataset: faces, candidates: [simplify], operating_far: 1.0e-2}}}}
         "},
-        shared.join("models/mobilefacenet.onnx").display(),
         dataset
-    )
+    );
+    mobilefacenet_head(shared, "v") + &rest
 }
 
 /// Python 3's pickle of (image bytes, issame) from `pairs.csv`, as InsightFace's tools

@@ -391,25 +391,18 @@ fn alignment_separates_identities_far_better_than_centre_crops() {
     let Some(shared) = shared() else { return };
     let p = Project::new();
     let manifest = |align: &str| {
-        format!(
-            indoc! {"
-                schema: 1
-                name: al
-                model:
-                  path: {}
-                  task: recognition
-                  input: {{name: input, shape: [1, 3, 112, 112]}}
-                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+        mobilefacenet_head(&shared, "al")
+            + &format!(
+                indoc! {"
                 datasets:
                   faces: {{path: {}, pairs: pairs.csv{}}}
                 steps:
                   ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
                   compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32]}}}}
             "},
-            shared.join("models/mobilefacenet.onnx").display(),
-            shared.join("faces/pairs").display(),
-            align
-        )
+                shared.join("faces/pairs").display(),
+                align
+            )
     };
     let mut figures = Vec::new();
     for (label, align) in [

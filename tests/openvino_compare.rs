@@ -9,15 +9,9 @@ use facebuild::CompareReport;
 /// MobileFaceNet from ../shared: simplify, FP32/FP16/INT8 IRs and a gated compare on the
 /// labelled pairs, with `extra_steps` appended.
 fn mobilefacenet_pipeline(shared: &std::path::Path, calib_seed: u64, extra_steps: &str) -> String {
-    format!(
-        r#"schema: 1
-name: mfn
-model:
-  path: {model}
-  task: recognition
-  input: {{name: input, shape: [1, 3, 112, 112]}}
-  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
-datasets:
+    mobilefacenet_head(shared, "mfn")
+        + &format!(
+            r#"datasets:
   faces: {{path: {faces}, pairs: pairs.csv}}
   calib: {{path: {faces}, count: 24, seed: {calib_seed}}}
 steps:
@@ -34,9 +28,8 @@ steps:
       cosine_min: 0.9
       candidate_gates: {{ov_fp32: {{cosine_min: 0.9999}}, ov_fp16: {{cosine_min: 0.999}}}}
 {extra_steps}"#,
-        model = shared.join("models/mobilefacenet.onnx").display(),
-        faces = shared.join("faces/pairs").display()
-    )
+            faces = shared.join("faces/pairs").display()
+        )
 }
 
 fn say(line: &str) {

@@ -329,15 +329,9 @@ fn real_model_benchmark_with_benchmark_app_reference() {
     let p = Project::new();
     p.write(
         "m.yaml",
-        &format!(
+        &(mobilefacenet_head(&shared, "m")
+            + &format!(
             indoc! {"
-                schema: 1
-                name: m
-                model:
-                  path: {}
-                  task: recognition
-                  input: {{name: input, shape: [1, 3, 112, 112]}}
-                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
                 datasets:
                   calib: {{path: {}, count: 16}}
                 steps:
@@ -356,9 +350,8 @@ fn real_model_benchmark_with_benchmark_app_reference() {
                       reference: benchmark_app
                       reference_seconds: 1
             "},
-            shared.join("models/mobilefacenet.onnx").display(),
             shared.join("faces/pairs").display()
-        ),
+        )),
     );
     let (code, r) = p.run_json("m.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");

@@ -368,15 +368,9 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
     );
     p.write(
         "q.yaml",
-        &format!(
+        &(mobilefacenet_head(&shared, "q")
+            + &format!(
             indoc! {"
-                schema: 1
-                name: q
-                model:
-                  path: {model}
-                  task: recognition
-                  input: {{name: input, shape: [1, 3, 112, 112]}}
-                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
                 datasets:
                   faces: {{path: {faces}, pairs: pairs.csv, {align}}}
                   calib: {{path: {faces}, count: 32, seed: 1, {align}}}
@@ -387,10 +381,9 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
                   trt_int8: {{kind: convert, from: quantize, params: {{backend: tensorrt, precision: int8}}}}
                   compare: {{kind: compare, params: {{dataset: faces, candidates: [quantize, trt_int8], operating_far: 1.0e-2, cosine_min: 0.95, tar_drop_max: 0.05}}}}
             "},
-            model = shared.join("models/mobilefacenet.onnx").display(),
             faces = shared.join("faces/pairs").display(),
             align = align
-        ),
+        )),
     );
     let out = no_trt(&p, &["run", "q.yaml", "--json"]);
     assert_eq!(

@@ -144,6 +144,24 @@ pub(crate) fn planned<'a>(plan: &'a Plan, name: &str) -> &'a Decision {
         .decision
 }
 
+/// The head of a manifest named `name` on the real MobileFaceNet in `shared`: schema, name
+/// and `model:` with InsightFace's preprocessing. Datasets and steps follow it.
+pub(crate) fn mobilefacenet_head(shared: &Path, name: &str) -> String {
+    format!(
+        indoc! {"
+            schema: 1
+            name: {}
+            model:
+              path: {}
+              task: recognition
+              input: {{name: input, shape: [1, 3, 112, 112]}}
+              preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+        "},
+        name,
+        shared.join("models/mobilefacenet.onnx").display()
+    )
+}
+
 /// A recognition manifest on the built-in model with the given steps section.
 /// Its steps start on line 10 (tests check error locations).
 pub(crate) fn builtin_manifest(steps: &str) -> String {
