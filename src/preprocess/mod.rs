@@ -15,7 +15,7 @@ pub(crate) mod synthetic;
 pub(crate) mod verification_sets;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use ndarray::{Array4, s};
+use ndarray::Array4;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -245,6 +245,17 @@ impl CacheKey for PrepKey<'_> {
 
 /// Prepare `files` (decoded in parallel), memoized in the cache's `prepared/` folder.
 pub(crate) fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Result<Prepared> {
+    prepare_with_progress(store, files, feed, &|_, _| {})
+}
+
+/// [`prepare`], calling `progress(decoded, total)` as images are decoded (every 32 images,
+/// from the decoding threads).
+pub(crate) fn prepare_with_progress(
+    store: &Store,
+    files: &[Utf8PathBuf],
+    feed: &Feed,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Prepared> {
     let t0 = std::time::Instant::now();
     let digests: Vec<String> = files
         .iter()
@@ -276,20 +287,42 @@ pub(crate) fn prepare(store: &Store, files: &[Utf8PathBuf], feed: &Feed) -> Resu
             prepare_ms: t0.elapsed().as_millis() as u64,
         });
     }
-    let loaded: Vec<(Array4<f32>, Fit, f32)> = files
-        .par_iter()
-        .map(|f| load_with_fit(f, feed))
-        .collect::<Result<_>>()?;
-    let per = loaded
-        .first()
-        .map(|(t, _, _)| t.shape().to_vec())
-        .unwrap_or_default();
+    // Each image is decoded straight into its slot of the batch tensor, in parallel: peak
+    // memory is the tensor, not the tensor plus a copy of every image.
+    let Some(first) = files.first() else {
+        return Err(Error::usage("no images to prepare"));
+    };
+    let (t, _, _) = load_with_fit(first, feed)?;
+    let per: Vec<usize> = t.shape().to_vec();
+    let len = per[1] * per[2] * per[3];
     let mut tensor = Array4::<f32>::zeros((files.len(), per[1], per[2], per[3]));
-    for (i, (t, _, _)) in loaded.iter().enumerate() {
-        tensor.slice_mut(s![i..i + 1, .., .., ..]).assign(t);
-    }
-    let fits: Vec<Fit> = loaded.iter().map(|(_, f, _)| *f).collect();
-    let scales: Vec<f32> = loaded.iter().map(|(_, _, s)| *s).collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let slots = tensor
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .par_chunks_mut(len);
+    let meta: Vec<(Fit, f32)> = slots
+        .zip(files.par_iter())
+        .map(|(slot, f)| {
+            let (t, fit, scale) = load_with_fit(f, feed)?;
+            if t.shape() != per.as_slice() {
+                return Err(Error::usage(format!(
+                    "image {f} prepared to {:?}, the others to {per:?}",
+                    t.shape()
+                )));
+            }
+            for (o, x) in slot.iter_mut().zip(t.iter()) {
+                *o = *x;
+            }
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_multiple_of(32) || n == files.len() {
+                progress(n, files.len());
+            }
+            Ok((fit, scale))
+        })
+        .collect::<Result<_>>()?;
+    let fits: Vec<Fit> = meta.iter().map(|(f, _)| *f).collect();
+    let scales: Vec<f32> = meta.iter().map(|(_, s)| *s).collect();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // Write to temp names and rename: a concurrent reader never sees half a tensor.
     let tmp = dir.join(format!(".{key}.npy.tmp"));

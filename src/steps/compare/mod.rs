@@ -484,7 +484,18 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     ctx.progress
         .set_message(format!("preparing {} images", files.len()));
     let aligner = ctx.aligner(&p.dataset)?;
-    let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
+    let t_prep = Instant::now();
+    let prepared = crate::preprocess::prepare_with_progress(
+        ctx.store,
+        &files,
+        &ctx.feed(pre, aligner.as_ref()),
+        &|done, total| {
+            let rate = done as f64 / t_prep.elapsed().as_secs_f64().max(1e-9);
+            ctx.progress.set_message(format!(
+                "decoded {done}/{total} images ({rate:.0} images/s)"
+            ));
+        },
+    )?;
     let mut timing = BTreeMap::new();
     timing.insert(
         "prepare_ms".to_string(),
