@@ -289,11 +289,15 @@ pub(crate) fn prepare_with_progress(
     }
     // Each image is decoded straight into its slot of the batch tensor, in parallel: peak
     // memory is the tensor, not the tensor plus a copy of every image.
-    let Some(first) = files.first() else {
+    if files.is_empty() {
         return Err(Error::usage("no images to prepare"));
+    }
+    // Every prepared image is `preprocessing.size` in the feed's layout.
+    let [h, w] = feed.pre.size.map(|x| x as usize);
+    let per: Vec<usize> = match feed.layout {
+        Layout::NCHW => vec![1, 3, h, w],
+        Layout::NHWC => vec![1, h, w, 3],
     };
-    let (t, _, _) = load_with_fit(first, feed)?;
-    let per: Vec<usize> = t.shape().to_vec();
     let len = per[1] * per[2] * per[3];
     let mut tensor = Array4::<f32>::zeros((files.len(), per[1], per[2], per[3]));
     let done = std::sync::atomic::AtomicUsize::new(0);

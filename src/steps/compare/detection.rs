@@ -356,15 +356,7 @@ pub(super) fn run(
             md += &format!("- {f}\n");
         }
     }
-    let md_path = ctx.workdir.join("report.md");
-    std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
-    if !passed {
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!("detection gate failed: {}", report.failures.join("; ")),
-            hint: Some("see report.md beside report.json for every candidate's figures".into()),
-        });
-    }
+    let md_path = super::write_markdown_or_fail(ctx, md, &report, "detection")?;
     timing.insert(
         "total_ms".into(),
         json!(t_total.elapsed().as_millis() as u64),

@@ -352,6 +352,26 @@ pub(crate) fn record_unavailable(
     });
 }
 
+/// Write `report.md` beside report.json; when a gate failed, fail the step with every
+/// failure (`what`: "fidelity" or "detection"), the reports kept as evidence.
+pub(crate) fn write_markdown_or_fail(
+    ctx: &StepContext,
+    md: String,
+    report: &CompareReport,
+    what: &str,
+) -> Result<camino::Utf8PathBuf> {
+    let md_path = ctx.workdir.join("report.md");
+    std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
+    if !report.passed {
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("{what} gate failed: {}", report.failures.join("; ")),
+            hint: Some("see report.md beside report.json for every candidate's figures".into()),
+        });
+    }
+    Ok(md_path)
+}
+
 /// Add every failed gate of a candidate to `failures`, in words naming the candidate and
 /// what ran (`what`); true when every gate passed.
 pub(crate) fn note_failures(
@@ -733,16 +753,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
     };
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let md = markdown(ctx, &report, &table);
-    let md_path = ctx.workdir.join("report.md");
-    std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
-    if !passed {
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!("fidelity gate failed: {}", report.failures.join("; ")),
-            hint: Some("see report.md beside report.json for every candidate's figures".into()),
-        });
-    }
+    let md_path = write_markdown_or_fail(ctx, markdown(ctx, &report, &table), &report, "fidelity")?;
     timing.insert(
         "total_ms".to_string(),
         json!(t_total.elapsed().as_millis() as u64),
