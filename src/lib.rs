@@ -44,7 +44,7 @@ pub use runtime::{BenchMeasurement, ExecutionInfo, LoadedModel, NamedTensor, Run
 pub use scheduler::{OutputInfo, RunReport, Status, StepResult};
 pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
-pub use steps::compare::{CandidateReport, CompareReport};
+pub use steps::compare::{CandidateReport, CompareReport, OutputComparison};
 pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;
 pub use toolchain::{Pins, Toolchain};

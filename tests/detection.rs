@@ -451,3 +451,100 @@ fn alignment_separates_identities_far_better_than_centre_crops() {
         centre.2
     );
 }
+
+/// A detector run as `generic`: every one of SCRFD-2.5GF's nine outputs is compared by name,
+/// so the FP16 IR's drift in the box and landmark outputs is caught by `atol`/`rtol` while its
+/// score outputs pass; loosened per candidate, the step passes. Tolerances on a detection
+/// model are refused.
+#[test]
+fn detector_as_generic_is_compared_output_by_output() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let manifest = |task: &str, gates: &str| {
+        format!(
+            indoc! {r#"
+                schema: 1
+                name: gen
+                model:
+                  path: {m}
+                  task: {task}
+                  input: {{name: "input.1", shape: [1, 3, H, W], dims: {{H: {{min: 320, opt: 640, max: 640}}, W: {{min: 320, opt: 640, max: 640}}}}}}
+                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [640, 640], resize: letterbox}}
+                  detector: {{family: scrfd}}
+                datasets:
+                  scenes: {{path: {scenes}}}
+                steps:
+                  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  ov_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
+                  compare:
+                    kind: compare
+                    params: {{dataset: scenes, candidates: [ov_fp32, ov_fp16], atol: 1.0e-3, rtol: 1.0e-3{gates}}}
+            "#},
+            m = shared.join("models/scrfd_2.5g_bnkps.onnx").display(),
+            scenes = shared.join("faces/scenes").display(),
+            task = task,
+            gates = gates,
+        )
+    };
+    p.write("g.yaml", &manifest("generic", ""));
+    let (code, r) = p.run_json("g.yaml", &[]);
+    assert_ne!(code, 0, "FP16 boxes drift beyond 1e-3: {r:#?}");
+    let err = error_of(&r, "compare");
+    let rep: CompareReport = p.report("out/gen/compare/report.json");
+    assert_eq!(rep.task.as_deref(), Some("generic"));
+    for c in &rep.candidates {
+        let outs = c.outputs.as_ref().expect("per-output figures");
+        assert_eq!(outs.len(), 9, "{}: every output", c.label);
+        for o in outs {
+            let last = *o.shape.last().unwrap();
+            let out = o.out_of_tolerance.unwrap();
+            say(&format!(
+                "scrfd_2.5g as generic, {} output {} {:?}: max abs {:.2e}, max rel {:.2e}, cos min {:.6}, out of tolerance {out}/{}",
+                c.label,
+                o.name,
+                o.shape,
+                o.max_abs_error,
+                o.max_rel_error,
+                o.cosine.min,
+                o.elements
+            ));
+            assert_eq!(o.non_finite, 0);
+            assert!(
+                o.cosine.min > 0.999,
+                "{} {}: {:?}",
+                c.label,
+                o.name,
+                o.cosine
+            );
+            if c.label == "ov_fp32" || last == 1 {
+                assert_eq!(out, 0, "{} {} is within 1e-3", c.label, o.name);
+            }
+        }
+        let drifted = outs
+            .iter()
+            .filter(|o| o.out_of_tolerance != Some(0))
+            .count();
+        assert_eq!(c.passed, Some(drifted == 0), "{}", c.label);
+    }
+    assert_eq!(candidate(&rep, "ov_fp32").passed, Some(true));
+    assert!(
+        err.contains("ov_fp16") && !err.contains("ov_fp32") && err.contains("out of atol"),
+        "{err}"
+    );
+    // Loosened for the FP16 IR alone: the step passes.
+    p.write(
+        "g.yaml",
+        &manifest("generic", ", candidate_gates: {ov_fp16: {atol: 0.1}}"),
+    );
+    let (code, r) = p.run_json("g.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    // Tolerances belong to per-output compares.
+    p.write("g.yaml", &manifest("detection", ""));
+    let (code, r) = p.run_json("g.yaml", &[]);
+    assert_ne!(code, 0);
+    assert!(
+        error_of(&r, "compare").contains("per-output tolerances"),
+        "{}",
+        error_of(&r, "compare")
+    );
+}

@@ -115,6 +115,14 @@ pub struct Gates {
     /// Benchmark: process spawn to first output, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start_ms_max: Option<f64>,
+    /// Per-output compare (`generic`, `landmarks`): absolute tolerance. An element is out of
+    /// tolerance when it exceeds both `atol` and `rtol` (Polygraphy's elementwise rule);
+    /// an unset one of the two counts as 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atol: Option<f64>,
+    /// Per-output compare: relative tolerance, |candidate - reference| / |reference|.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtol: Option<f64>,
     /// What a figure that is not measured does to its gate (default: fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<OnMissing>,
@@ -152,6 +160,8 @@ macro_rules! metrics {
                 let Some(o) = over else { return self.clone() };
                 Gates {
                     $($field: o.$field.or(self.$field),)*
+                    atol: o.atol.or(self.atol),
+                    rtol: o.rtol.or(self.rtol),
                     missing: o.missing.or(self.missing),
                 }
             }
@@ -195,6 +205,19 @@ pub(crate) const PERFORMANCE: &[&str] = &[
 ];
 
 impl Gates {
+    /// Whether `atol` or `rtol` is set: per-output compare then counts elements out of
+    /// tolerance.
+    pub fn has_tolerance(&self) -> bool {
+        self.atol.is_some() || self.rtol.is_some()
+    }
+
+    /// Whether an element is out of tolerance: its error exceeds both `atol` and `rtol`
+    /// (unset ones are 0), Polygraphy's elementwise rule. `rel` is infinite where the
+    /// reference is 0 and the candidate is not.
+    pub fn out_of_tolerance(&self, abs: f64, rel: f64) -> bool {
+        abs > self.atol.unwrap_or(0.0) && rel > self.rtol.unwrap_or(0.0)
+    }
+
     /// The keys of the limits that are set, among `keys`.
     pub fn set_among(&self, keys: &[&str]) -> Vec<&'static str> {
         Self::METRICS
@@ -298,12 +321,20 @@ impl GateResult {
 
     /// One line for a person: what was measured against what.
     pub fn describe(&self) -> String {
+        // Counts (flips, elements) read as counts; other figures to six decimals.
+        let num = |v: f64| {
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.6}")
+            }
+        };
         match (self.value, &self.status) {
-            (Some(v), None) => format!("{} {v:.6} violates limit {}", self.metric, self.limit),
+            (Some(v), None) => format!("{} {} violates limit {}", self.metric, num(v), self.limit),
             (v, Some(s)) => format!(
                 "{} {s}{}{} (limit {})",
                 self.metric,
-                v.map(|v| format!(" at {v:.6}")).unwrap_or_default(),
+                v.map(|v| format!(" at {}", num(v))).unwrap_or_default(),
                 self.why
                     .as_deref()
                     .map(|w| format!(": {w}"))

@@ -65,6 +65,12 @@ impl ReleaseParams {
         let accuracy = [gate::RECOGNITION, gate::DETECTION].concat();
         let acc = all().any(|g| !g.set_among(&accuracy).is_empty());
         let perf = all().any(|g| !g.set_among(gate::PERFORMANCE).is_empty());
+        if all().any(Gates::has_tolerance) {
+            return Err((
+                "`atol`/`rtol` are compare's per-output tolerances, not release gates".into(),
+                Some("set them on the `compare` step; gate release on its `cosine_min`".into()),
+            ));
+        }
         if acc && self.compare.is_none() {
             return Err((
                 "accuracy gates are set but no `compare:` step is named".into(),

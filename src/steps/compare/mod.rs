@@ -14,16 +14,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod detection;
+mod outputs;
 pub(crate) mod report;
 
-pub use report::{CandidateReport, CompareReport};
+pub use report::{CandidateReport, CompareReport, OutputComparison};
 use report::{
     CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary, TarAtOperatingFar,
 };
 
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
-use crate::manifest::Preprocessing;
+use crate::manifest::{Preprocessing, Task};
 use crate::metrics::gate::{self, Gates, Measurement, Naming};
 use crate::metrics::{self, Summary, similarity, verification};
 use crate::runtime::{
@@ -34,8 +35,9 @@ use crate::runtime::{
 
 /// v4: the report is typed and carries `schema`; v5: verification figures from one sort,
 /// with the FAR resolution, and TARs below it "not measurable"; v6: pair scores by blocked
-/// matrix products of normalised embeddings (f32), streamed.
-pub(crate) const IMPL_VERSION: u32 = 6;
+/// matrix products of normalised embeddings (f32), streamed; v7: `generic` and `landmarks`
+/// models compared output by output.
+pub(crate) const IMPL_VERSION: u32 = 7;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +142,7 @@ impl CompareParams {
                 .iter()
                 .copied()
                 .chain(Gates::METRICS.iter().map(|m| m.key))
+                .chain(["atol", "rtol", "missing"])
                 .collect();
             return Err((
                 format!("unknown field `{k}` in compare params"),
@@ -486,8 +489,30 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         message: "compare needs `model.preprocessing` to turn images into tensors".into(),
         hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
     })?;
-    if ctx.manifest.model.task == crate::manifest::Task::Detection {
-        return detection::run(ctx, p, pre);
+    let task = ctx.manifest.model.task;
+    let tolerance = p.gates.has_tolerance() || p.candidate_gates.values().any(Gates::has_tolerance);
+    match task {
+        Task::Generic | Task::Landmarks => return outputs::run(ctx, p, pre),
+        Task::Swapper => {
+            return Err(Error::Step {
+                step: step.clone(),
+                message: "compare cannot feed a swapper model yet: it takes a face and a source embedding".into(),
+                hint: Some("leave swapper models out of `compare`; compare their detector and recognizer".into()),
+            });
+        }
+        _ if tolerance => {
+            return Err(Error::Step {
+                step: step.clone(),
+                message: "`atol`/`rtol` are per-output tolerances: they apply to `generic` and `landmarks` models".into(),
+                hint: Some(if task == Task::Detection {
+                    "gate detectors with recall_min, score_drift_max, landmark_nme_max...".into()
+                } else {
+                    "gate embedders with cosine_min, tar_drop_max and flips_max".into()
+                }),
+            });
+        }
+        Task::Detection => return detection::run(ctx, p, pre),
+        Task::Recognition => {}
     }
     if p.has_gates(gate::DETECTION) {
         return Err(Error::Step { step: step.clone(), message: "detection gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });

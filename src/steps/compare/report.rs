@@ -147,11 +147,42 @@ pub struct CandidateReport {
     /// Detectors: over every size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<DetectionTotals>,
+    /// `generic` and `landmarks` models: every output compared by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<OutputComparison>>,
     /// Every gate with its measured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<GateResult>>,
     /// null for a candidate that could not be compared.
     pub passed: Option<bool>,
+}
+
+/// One output of a candidate against the same output of the reference, over every image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputComparison {
+    /// The reference's output name.
+    pub name: String,
+    /// The candidate's output it was compared with, when its name differs (matched by
+    /// position: some converters rename outputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_name: Option<String>,
+    /// The output's shape, per inference.
+    pub shape: Vec<usize>,
+    /// Elements compared, over every image.
+    pub elements: u64,
+    /// Largest |candidate - reference|.
+    pub max_abs_error: f64,
+    /// Largest |candidate - reference| / |reference|, over elements whose reference is not 0.
+    pub max_rel_error: f64,
+    /// Mean |candidate - reference|.
+    pub mean_abs_error: f64,
+    /// Cosine similarity per image (per inference when the output has no batch dim).
+    pub cosine: Summary,
+    /// Elements out of `atol`/`rtol` (when either is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_tolerance: Option<u64>,
+    /// NaN or infinite candidate elements where the reference is finite.
+    pub non_finite: u64,
 }
 
 /// Embedding norms against the reference's.
