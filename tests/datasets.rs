@@ -110,3 +110,45 @@ fn insightface_bin_matches_the_csv_path() {
         "{stderr}"
     );
 }
+
+/// `max_impostor_pairs` scores a seeded sample of the impostor pairs: every genuine pair is
+/// kept, the report states the sample and its FAR resolution follows it, and the same seed
+/// gives the same figures while another seed gives another sample.
+#[test]
+fn impostor_pairs_are_sampled_with_a_seed() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let faces = shared.join("faces/pairs");
+    let with = |extra: &str| {
+        let m = manifest(
+            &shared,
+            &format!("{{path: {}, pairs: pairs.csv}}", faces.display()),
+        );
+        m.replace(
+            "operating_far: 1.0e-2",
+            &format!("operating_far: 1.0e-1{extra}"),
+        )
+    };
+    let mut seen = Vec::new();
+    for seed in [1, 1, 2] {
+        p.write(
+            "s.yaml",
+            &with(&format!(", max_impostor_pairs: 100, sample_seed: {seed}")),
+        );
+        let (code, r) = p.run_json("s.yaml", &[]);
+        assert_eq!(code, 0, "{r:#?}");
+        let rep: CompareReport = p.report("out/v/compare/report.json");
+        let src = rep.dataset.pairs.clone().unwrap();
+        let sampled = src.sampled.clone().expect("the sample is stated");
+        assert_eq!((src.genuine, src.impostor), (38, 262));
+        assert_eq!((sampled.max_impostor_pairs, sampled.seed), (100, seed));
+        assert!((60..140).contains(&sampled.kept), "{sampled:?}");
+        let v = rep.reference.verification.clone().unwrap();
+        assert_eq!(v.far_resolution, 1.0 / sampled.kept as f64);
+        let md = std::fs::read_to_string(p.path("out/v/compare/report.md")).unwrap();
+        assert!(md.contains("a seeded sample of"), "{md}");
+        seen.push((sampled.kept, v.eer, v.threshold_at_operating_far));
+    }
+    assert_eq!(seen[0], seen[1], "same seed, same sample");
+    assert_ne!(seen[0], seen[2], "another seed, another sample");
+}

@@ -23,6 +23,20 @@ pub struct PairSource {
     pub kind: String,
     pub genuine: usize,
     pub impostor: usize,
+    /// With `max_impostor_pairs`: the sample of impostor pairs that was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<SampledImpostors>,
+}
+
+/// A seeded sample of impostor pairs (`max_impostor_pairs`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SampledImpostors {
+    /// The cap asked for.
+    pub max_impostor_pairs: u64,
+    /// The seed of the sample.
+    pub seed: u64,
+    /// Impostor pairs in the sample (each pair kept with probability cap / impostor pairs).
+    pub kept: usize,
 }
 
 /// Pairs over `files` (indices): from a CSV (`file_x,file_y,Decision`, Decision Yes/No,
@@ -117,6 +131,7 @@ pub(crate) fn pairs_for(
                 kind,
                 genuine,
                 impostor: total - genuine,
+                sampled: None,
             },
         )));
     }
@@ -131,6 +146,7 @@ pub(crate) fn pairs_for(
             kind,
             genuine,
             impostor,
+            sampled: None,
         },
     )))
 }
@@ -181,13 +197,122 @@ fn parse_pairs_csv(
 
 /// Genuine and impostor scores, each sorted once: every figure (thresholds, TAR at a FAR,
 /// EER) then costs a binary search or one merged sweep, so a set of P pairs costs
-/// O(P log P) whatever is asked of it, in the memory of the scores themselves. A pair is
-/// accepted when its score is strictly above the threshold.
+/// O(P log P) whatever is asked of it. A pair is accepted when its score is strictly above
+/// the threshold. Beyond [`EXACT_IMPOSTORS`] impostor pairs only the highest impostor scores
+/// are kept (exactly: every threshold at a FAR up to the kept share is exact) and the EER comes
+/// from a histogram of all of them, which the figures then state.
 pub(crate) struct SortedScores {
     /// Ascending.
     genuine: Vec<f64>,
-    /// Ascending.
+    /// Ascending: every impostor score, or the highest ones (see `histogram`).
     impostor: Vec<f64>,
+    /// Impostor pairs in all.
+    impostors: usize,
+    /// When only the highest impostor scores are kept: every impostor score's bin.
+    histogram: Option<Vec<u64>>,
+}
+
+/// Up to this many impostor pairs every score is kept (8 bytes each: 160 MB); beyond, the
+/// highest ones and a histogram.
+pub(crate) const EXACT_IMPOSTORS: usize = 20_000_000;
+/// Histogram bins over cosine scores in [-1, 1]: a score resolution of 3.05e-5.
+const BINS: usize = 65_536;
+
+fn bin_of(s: f64) -> usize {
+    (((s.clamp(-1.0, 1.0) + 1.0) / 2.0 * BINS as f64) as usize).min(BINS - 1)
+}
+
+/// Collects one score set as it streams by: genuine scores all, impostor scores all up to
+/// `exact_limit`, else the top `keep` exactly (pruned by selection, amortised O(1) a score)
+/// and a histogram of all.
+pub(crate) struct ScoreSink {
+    genuine: Vec<f64>,
+    impostor: Vec<f64>,
+    impostors: usize,
+    /// `(keep, lowest kept so far, histogram)` beyond the exact limit.
+    tail: Option<(usize, f64, Vec<u64>)>,
+}
+
+impl ScoreSink {
+    /// A sink for `expected` impostor pairs whose thresholds are needed up to FAR `top_far`.
+    pub(crate) fn new(expected: usize, top_far: f64, exact_limit: usize) -> ScoreSink {
+        let tail = (expected > exact_limit).then(|| {
+            // A margin over the expected count: a sampled set's size varies a little.
+            let keep = (top_far * expected as f64 * 1.1).ceil() as usize + 16;
+            (keep, f64::NEG_INFINITY, vec![0u64; BINS])
+        });
+        ScoreSink {
+            genuine: Vec::new(),
+            impostor: Vec::new(),
+            impostors: 0,
+            tail,
+        }
+    }
+
+    pub(crate) fn push(&mut self, same: bool, s: f64) {
+        if same {
+            self.genuine.push(s);
+            return;
+        }
+        self.impostors += 1;
+        let Some((keep, floor, hist)) = &mut self.tail else {
+            self.impostor.push(s);
+            return;
+        };
+        hist[bin_of(s)] += 1;
+        if s < *floor {
+            return;
+        }
+        self.impostor.push(s);
+        if self.impostor.len() >= 2 * *keep {
+            // Keep the `keep` highest: everything below the cut can never be needed.
+            let cut = self.impostor.len() - *keep;
+            self.impostor.select_nth_unstable_by(cut, f64::total_cmp);
+            self.impostor.drain(..cut);
+            *floor = self.impostor.iter().copied().fold(f64::INFINITY, f64::min);
+        }
+    }
+
+    pub(crate) fn finish(self) -> SortedScores {
+        let mut s = SortedScores::from_vecs(self.genuine, self.impostor);
+        if let Some((keep, _, hist)) = self.tail {
+            let n = s.impostor.len();
+            s.impostor.drain(..n.saturating_sub(keep));
+            s.impostors = self.impostors;
+            s.histogram = Some(hist);
+        }
+        s
+    }
+}
+
+/// A deterministic sample of impostor pairs: each is kept with probability `max / total`,
+/// decided by a hash of the seed and the pair's position in the (fixed) visiting order, so
+/// every score set visited in that order keeps the same pairs.
+#[derive(Debug, Clone)]
+pub(crate) struct ImpostorSample {
+    seed: u64,
+    /// Keep when the hash is below this (probability x 2^64).
+    below: u64,
+    next: u64,
+}
+
+impl ImpostorSample {
+    /// None when `total` does not exceed `max` (nothing to sample).
+    pub(crate) fn new(max: u64, total: u64, seed: u64) -> Option<ImpostorSample> {
+        (total > max).then(|| ImpostorSample {
+            seed,
+            below: ((max as f64 / total as f64) * u64::MAX as f64) as u64,
+            next: 0,
+        })
+    }
+
+    /// Whether the next impostor pair in visiting order is in the sample.
+    pub(crate) fn keep(&mut self) -> bool {
+        let mut h =
+            crate::util::SplitMix64::new(self.seed ^ self.next.wrapping_mul(0xA24B_AED4_963E_E407));
+        self.next += 1;
+        h.next_u64() < self.below
+    }
 }
 
 impl SortedScores {
@@ -200,17 +325,42 @@ impl SortedScores {
     pub(crate) fn from_vecs(mut genuine: Vec<f64>, mut impostor: Vec<f64>) -> SortedScores {
         genuine.sort_unstable_by(f64::total_cmp);
         impostor.sort_unstable_by(f64::total_cmp);
-        SortedScores { genuine, impostor }
+        let impostors = impostor.len();
+        SortedScores {
+            genuine,
+            impostor,
+            impostors,
+            histogram: None,
+        }
     }
 
     /// The smallest FAR this set can resolve: one impostor pair, 1 / impostors.
     pub(crate) fn far_resolution(&self) -> f64 {
-        1.0 / self.impostor.len().max(1) as f64
+        1.0 / self.impostors.max(1) as f64
     }
 
     /// Whether a TAR at `far` can be measured: at least one impostor may be accepted.
     pub(crate) fn resolves(&self, far: f64) -> bool {
-        far * self.impostor.len() as f64 >= 1.0
+        far * self.impostors as f64 >= 1.0
+    }
+
+    /// Impostor pairs in the set.
+    pub(crate) fn impostor_pairs(&self) -> usize {
+        self.impostors
+    }
+
+    /// What is approximate about this set's figures, in words (nothing when exact).
+    pub(crate) fn approximations(&self) -> Vec<String> {
+        match &self.histogram {
+            None => Vec::new(),
+            Some(_) => vec![format!(
+                "eer from a histogram of {BINS} bins over [-1, 1] (score resolution {:.2e}): {} impostor pairs exceed the {EXACT_IMPOSTORS} kept exactly; TAR at FAR <= {:.2e} is exact (the {} highest impostor scores are kept)",
+                2.0 / BINS as f64,
+                self.impostors,
+                self.impostor.len() as f64 / self.impostors.max(1) as f64,
+                self.impostor.len()
+            )],
+        }
     }
 
     /// The smallest score of either kind strictly above `x`.
@@ -226,17 +376,37 @@ impl SortedScores {
     /// boundary impostor's score and the next higher score of any pair, so a candidate
     /// differing by rounding noise does not flip the boundary pair.
     pub(crate) fn threshold_at_far(&self, far: f64) -> f64 {
-        let n = self.impostor.len();
+        let n = self.impostors;
         let allowed = (far * n as f64).floor() as usize;
         if allowed >= n {
             return f64::NEG_INFINITY;
         }
+        let m = self.impostor.len();
+        if allowed >= m {
+            // Beyond the kept scores (a FAR above what was asked for): the histogram's edge.
+            return self.histogram_threshold(allowed);
+        }
         // The (allowed+1)-th highest impostor score.
-        let base = self.impostor[n - 1 - allowed];
+        let base = self.impostor[m - 1 - allowed];
         match self.next_above(base) {
             Some(next) => (base + next) / 2.0,
             None => base,
         }
+    }
+
+    /// The lowest bin edge with at most `allowed` impostors above it.
+    fn histogram_threshold(&self, allowed: usize) -> f64 {
+        let Some(h) = &self.histogram else {
+            return f64::NEG_INFINITY;
+        };
+        let mut above = 0u64;
+        for b in (0..BINS).rev() {
+            if above + h[b] > allowed as u64 {
+                return -1.0 + (b + 1) as f64 * 2.0 / BINS as f64;
+            }
+            above += h[b];
+        }
+        f64::NEG_INFINITY
     }
 
     /// Share of genuine pairs accepted at `threshold` (NaN without genuine pairs).
@@ -252,9 +422,25 @@ impl SortedScores {
 
     /// Equal error rate: where false accepts and false rejects cross, over every score as a
     /// threshold (ascending; the first closest crossing wins). One sweep over the distinct
-    /// scores of both sorted lists.
+    /// scores of both sorted lists; over the histogram's bin edges when only the highest
+    /// impostor scores were kept.
     pub(crate) fn eer(&self) -> f64 {
         let mut best = (f64::INFINITY, 0.5);
+        if let Some(h) = &self.histogram {
+            let n = self.impostors.max(1) as f64;
+            let mut above = self.impostors as u64;
+            for (b, count) in h.iter().enumerate() {
+                above -= count;
+                let t = -1.0 + (b + 1) as f64 * 2.0 / BINS as f64;
+                let far = above as f64 / n;
+                let frr = 1.0 - rate_above(&self.genuine, t);
+                let gap = (far - frr).abs();
+                if gap < best.0 {
+                    best = (gap, (far + frr) / 2.0);
+                }
+            }
+            return best.1;
+        }
         let mut t = match (self.genuine.first(), self.impostor.first()) {
             (Some(a), Some(b)) => Some(a.min(*b)),
             (a, b) => a.or(b).copied(),
@@ -298,6 +484,9 @@ pub struct Verification {
     /// Figures the set cannot measure (FARs below its resolution).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_measurable: Vec<String>,
+    /// What is approximate, and to what resolution (nothing when every figure is exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approximate: Vec<String>,
 }
 
 /// The figures of listed pairs with their scores (the streaming path is
@@ -330,6 +519,7 @@ pub(crate) fn verification_of(s: &SortedScores, operating_far: f64) -> Verificat
         threshold_at_operating_far: s.threshold_at_far(operating_far),
         far_resolution: s.far_resolution(),
         not_measurable,
+        approximate: s.approximations(),
     }
 }
 
@@ -451,6 +641,71 @@ mod tests {
                     .count()
             );
         }
+    }
+
+    /// Beyond the exact limit, the kept top impostor scores give thresholds and TARs
+    /// identical to the exact path up to the kept FAR, and the histogram's EER is within
+    /// its resolution; the report says which figure is approximate.
+    #[test]
+    fn tail_and_histogram_match_the_exact_figures() {
+        let mut rng = crate::util::SplitMix64::new(11);
+        let g: Vec<f64> = (0..400).map(|_| (rng.unit() * 0.3 + 0.5) as f64).collect();
+        let i: Vec<f64> = (0..50_000).map(|_| (rng.unit() * 0.5) as f64).collect();
+        let exact = SortedScores::new(&g, &i);
+        let mut sink = ScoreSink::new(i.len(), 1e-2, 1000);
+        for (same, s) in g
+            .iter()
+            .map(|s| (true, *s))
+            .chain(i.iter().map(|s| (false, *s)))
+        {
+            sink.push(same, s);
+        }
+        let tail = sink.finish();
+        assert!(
+            tail.impostor.len() <= 600,
+            "only the top kept: {}",
+            tail.impostor.len()
+        );
+        assert_eq!(tail.far_resolution(), exact.far_resolution());
+        for far in [1e-4, 1e-3, 5e-3, 1e-2] {
+            assert_eq!(
+                tail.threshold_at_far(far).to_bits(),
+                exact.threshold_at_far(far).to_bits(),
+                "far {far}"
+            );
+            assert_eq!(tail.tar_at_far(far), exact.tar_at_far(far));
+        }
+        let bin = 2.0 / BINS as f64;
+        // The EER moves by at most the share of scores within one bin of the crossing.
+        assert!(
+            (tail.eer() - exact.eer()).abs() < 0.01,
+            "{} vs {}",
+            tail.eer(),
+            exact.eer()
+        );
+        let v = verification_of(&tail, 1e-3);
+        assert_eq!(v.approximate.len(), 1);
+        assert!(
+            v.approximate[0].contains("histogram")
+                && v.approximate[0].contains(&format!("{bin:.2e}"))
+        );
+        assert!(verification_of(&exact, 1e-3).approximate.is_empty());
+    }
+
+    /// A sample keeps about `max` pairs, the same ones for every score set visited in the
+    /// same order, and another seed keeps others.
+    #[test]
+    fn impostor_samples_are_seeded_and_sized() {
+        assert!(ImpostorSample::new(100, 100, 1).is_none());
+        let kept = |seed| {
+            let mut s = ImpostorSample::new(10_000, 1_000_000, seed).unwrap();
+            (0..1_000_000).map(|_| s.keep()).collect::<Vec<bool>>()
+        };
+        let (a, b, c) = (kept(1), kept(1), kept(2));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let n = a.iter().filter(|k| **k).count();
+        assert!((9_500..10_500).contains(&n), "{n}");
     }
 
     /// A known case, by hand.

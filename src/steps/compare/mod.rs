@@ -36,8 +36,9 @@ use crate::runtime::{
 /// v4: the report is typed and carries `schema`; v5: verification figures from one sort,
 /// with the FAR resolution, and TARs below it "not measurable"; v6: pair scores by blocked
 /// matrix products of normalised embeddings (f32), streamed; v7: `generic` and `landmarks`
-/// models compared output by output.
-pub(crate) const IMPL_VERSION: u32 = 7;
+/// models compared output by output; v8: `max_impostor_pairs` sampling, and beyond 20M
+/// impostor pairs the top scores kept exactly and the EER from a histogram.
+pub(crate) const IMPL_VERSION: u32 = 8;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +109,13 @@ pub(crate) struct CompareParams {
     /// Per-candidate gate overrides, by candidate label.
     #[serde(default)]
     pub candidate_gates: BTreeMap<String, Gates>,
+    /// Score a seeded sample of about this many impostor pairs instead of all of them
+    /// (genuine pairs are always all scored); the report states the sample.
+    #[serde(default)]
+    pub max_impostor_pairs: Option<u64>,
+    /// The seed of `max_impostor_pairs`'s sample.
+    #[serde(default)]
+    pub sample_seed: u64,
     /// Detectors: input sizes ([h, w]) to compare at; a model with dynamic H/W runs every
     /// size from one compiled artifact. Default: `model.preprocessing.size`.
     #[serde(default)]
@@ -175,6 +183,12 @@ impl CompareParams {
         if !(self.match_iou > 0.0 && self.match_iou <= 1.0) {
             return Err(("`match_iou` must be in (0, 1]".into(), None));
         }
+        if self.max_impostor_pairs == Some(0) {
+            return Err((
+                "`max_impostor_pairs` must be at least 1".into(),
+                Some("leave it out to score every impostor pair".into()),
+            ));
+        }
         if !(self.operating_far > 0.0 && self.operating_far < 1.0) {
             return Err(("`operating_far` must be in (0, 1)".into(), None));
         }
@@ -215,6 +229,8 @@ const COMPARE_KEYS: &[&str] = &[
     "precision_hint",
     "threads",
     "operating_far",
+    "max_impostor_pairs",
+    "sample_seed",
     "candidate_gates",
     "input_sizes",
     "match_iou",
@@ -521,7 +537,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let spec = &ctx.manifest.datasets[&p.dataset];
     let dir = &ctx.datasets[&p.dataset];
     let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
-    let pairs = verification::pairs_for(
+    let mut pairs = verification::pairs_for(
         &files,
         dir,
         spec.pairs_file().map(|f| dir.join(f)).as_deref(),
@@ -562,24 +578,47 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     );
     let ref_norms = norms(&ref_emb);
     let ref_unit = similarity::normalized(&ref_emb);
-    // The reference's scores, sorted once for its figures and every candidate's TAR.
+    // The reference's scores, sorted once for its figures and every candidate's TAR. With
+    // `max_impostor_pairs`, every score set keeps the same seeded sample of impostors.
     let t_score = Instant::now();
-    let ref_sorted = pairs.as_ref().map(|(set, _)| {
-        let (mut g, mut i) = (Vec::new(), Vec::new());
+    let sample = pairs.as_ref().and_then(|(_, src)| {
+        p.max_impostor_pairs
+            .and_then(|m| verification::ImpostorSample::new(m, src.impostor as u64, p.sample_seed))
+    });
+    let sink = |src: &verification::PairSource| {
+        let expected = p
+            .max_impostor_pairs
+            .map_or(src.impostor, |m| src.impostor.min(m as usize));
+        verification::ScoreSink::new(
+            expected,
+            p.operating_far.max(1e-2),
+            verification::EXACT_IMPOSTORS,
+        )
+    };
+    let ref_sorted = pairs.as_ref().map(|(set, src)| {
+        let mut scores = sink(src);
+        let mut sample = sample.clone();
         similarity::for_each_score(
             &[&ref_unit],
             set,
             |same, s| {
-                if same {
-                    g.push(s[0] as f64)
-                } else {
-                    i.push(s[0] as f64)
+                if same || sample.as_mut().is_none_or(|x| x.keep()) {
+                    scores.push(same, s[0] as f64)
                 }
             },
             |done, total| pairs_progress(ctx, "reference", done, total, t_score),
         );
-        verification::SortedScores::from_vecs(g, i)
+        scores.finish()
     });
+    if let (Some((_, src)), Some(r), Some(m)) = (&mut pairs, &ref_sorted, p.max_impostor_pairs)
+        && sample.is_some()
+    {
+        src.sampled = Some(verification::SampledImpostors {
+            max_impostor_pairs: m,
+            seed: p.sample_seed,
+            kept: r.impostor_pairs(),
+        });
+    }
     let ref_ver = ref_sorted
         .as_ref()
         .map(|s| verification::verification_of(s, p.operating_far));
@@ -648,24 +687,28 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let (rm, rs) = mean_std(&ref_norms);
         let (cm, csd) = mean_std(&norms(&emb));
         let mut verification = None;
-        if let (Some((set, _)), Some(rv)) = (&pairs, &ref_ver) {
+        if let (Some((set, src)), Some(rv)) = (&pairs, &ref_ver) {
             // Reference and candidate scored in lockstep: decisions compared pair by pair
             // at the reference's operating threshold; only the candidate's scores are kept.
             let unit = similarity::normalized(&emb);
             let t = rv.threshold_at_operating_far;
-            let (mut g, mut i, mut f) = (Vec::new(), Vec::new(), 0usize);
+            let (mut scores, mut f) = (sink(src), 0usize);
+            let mut sample = sample.clone();
             let t_score = Instant::now();
             similarity::for_each_score(
                 &[&ref_unit, &unit],
                 set,
                 |same, s| {
+                    if !same && sample.as_mut().is_some_and(|x| !x.keep()) {
+                        return;
+                    }
                     let (r, c) = (s[0] as f64, s[1] as f64);
                     f += ((r > t) != (c > t)) as usize;
-                    if same { g.push(c) } else { i.push(c) }
+                    scores.push(same, c);
                 },
                 |done, total| pairs_progress(ctx, &label, done, total, t_score),
             );
-            let cand_sorted = verification::SortedScores::from_vecs(g, i);
+            let cand_sorted = scores.finish();
             scoring_ms = t_score.elapsed().as_millis() as u64;
             let cv = verification::verification_of(&cand_sorted, p.operating_far);
             let tar = ref_sorted
@@ -820,8 +863,17 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
             .pairs
             .as_ref()
             .map(|ps| format!(
-                "{}, {} genuine / {} impostor",
-                ps.kind, ps.genuine, ps.impostor
+                "{}, {} genuine / {} impostor{}",
+                ps.kind,
+                ps.genuine,
+                ps.impostor,
+                ps.sampled
+                    .as_ref()
+                    .map(|x| format!(
+                        " (a seeded sample of {} impostor pairs scored: max_impostor_pairs {}, seed {})",
+                        x.kept, x.max_impostor_pairs, x.seed
+                    ))
+                    .unwrap_or_default()
             ))
             .unwrap_or_else(|| "none (no identities)".into())
     );
@@ -837,6 +889,9 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
             v.eer,
             v.far_resolution
         );
+        for a in &v.approximate {
+            s += &format!(" Approximate: {a}.");
+        }
     }
     s += "\n\n| candidate | artifact | executed (hint) | cos min | cos p01 | cos mean | norm shift | max abs | TAR@op FAR | flips | gate |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for row in rows {
