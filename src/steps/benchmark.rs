@@ -24,7 +24,8 @@ use crate::runtime::bench::BenchSpec;
 use crate::runtime::{BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint};
 
 /// v2: the report is typed and carries `schema`.
-pub(crate) const IMPL_VERSION: u32 = 2;
+/// v3: benchmark_app's recorded arguments hold no scratch path.
+pub(crate) const IMPL_VERSION: u32 = 3;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 pub(crate) const SCHEMA: &str = "facebuild.benchmark/1";
 
@@ -360,9 +361,10 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<Be
             .collect::<Vec<_>>()
             .join(",")
     );
+    // Relative to the scratch folder it runs in: the report records the arguments.
     let mut args = vec![
         "-m".to_string(),
-        xml.to_string(),
+        "benchmark_app-model.xml".to_string(),
         "-d".into(),
         "CPU".into(),
         "-hint".into(),
@@ -380,6 +382,7 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<Be
     }
     let out = Command::new(&exe)
         .args(&args)
+        .current_dir(ctx.workdir)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::toolchain(format!("cannot run {exe}: {e}")))?;

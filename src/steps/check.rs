@@ -15,7 +15,8 @@ use crate::onnx::inspect::{DimInfo, ModelInfo, inspect, load_model};
 use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
 /// v2: the report is typed and carries `schema`.
-pub(crate) const IMPL_VERSION: u32 = 2;
+/// v3: the report names the model as the manifest does, not by its absolute path.
+pub(crate) const IMPL_VERSION: u32 = 3;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,7 +208,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
         kind: "check".into(),
         passed,
         model: CheckedModel {
-            path: ctx.model.to_owned(),
+            path: ctx.model_label().into(),
             declared_input: ctx.manifest.model.input.clone(),
         },
         graph: info.clone(),

@@ -43,6 +43,23 @@ pub(crate) struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// How reports name the model this step works on: as the manifest wrote it, or the
+    /// `from` step's output; never an absolute path, so two machines write the same reports.
+    pub(crate) fn model_label(&self) -> String {
+        match (&self.step.spec.from, &self.manifest.model.path) {
+            (Some(f), _) => format!("{}:model.onnx", f.value),
+            (None, Some(p)) => p.to_string(),
+            (None, None) => format!(
+                "builtin:{}",
+                self.manifest
+                    .model
+                    .builtin
+                    .as_deref()
+                    .unwrap_or("iresnet-mini")
+            ),
+        }
+    }
+
     /// The aligner of a dataset declared with `align:` (its detector loaded), else None.
     pub(crate) fn aligner(
         &self,

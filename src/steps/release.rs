@@ -23,7 +23,8 @@ use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming}
 use crate::runtime::BenchMeasurement;
 
 /// v2: the report is typed and carries `schema`.
-pub(crate) const IMPL_VERSION: u32 = 2;
+/// v3: metadata.json names the source model as the manifest does (no absolute path).
+pub(crate) const IMPL_VERSION: u32 = 3;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -409,7 +410,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         "version": version,
         "facebuild_version": env!("CARGO_PKG_VERSION"),
         "manifest": {"file": ctx.manifest.file, "blake3": ctx.manifest.digest},
-        "source_onnx": {"path": ctx.model, "sha256": source_sha256},
+        "source_onnx": {"path": ctx.model_label(), "sha256": source_sha256},
         "model": {"task": ctx.manifest.model.task, "input": ctx.manifest.model.input, "preprocessing": ctx.manifest.model.preprocessing, "detector": ctx.manifest.model.detector},
         "toolchain": {"python_packages": ctx.toolchain.fingerprint(TOOLCHAIN), "all": ctx.toolchain.info.packages},
         "artifacts": artifacts_meta,

@@ -11,7 +11,8 @@ use super::{StepContext, StepOutcome};
 use crate::error::Result;
 use crate::manifest::{Dim, StepKind};
 
-pub(crate) const IMPL_VERSION: u32 = 2;
+/// v3: ovc runs in the scratch folder, so the IR records no absolute path.
+pub(crate) const IMPL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -57,10 +57,12 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
             } else {
                 "False"
             };
+            // Run in the scratch folder with a relative output: ovc records `output_model` in
+            // the IR's rt_info, and an absolute scratch path would differ on every build.
             let args = vec![
                 ctx.model.to_string(),
                 "--output_model".into(),
-                xml.to_string(),
+                "model.xml".into(),
                 "--input".into(),
                 ovc_input(&decl.name, &shape, &decl.dims),
                 format!("--compress_to_fp16={compress}"),
@@ -69,6 +71,7 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
                 .set_message(format!("ovc {:?}", p.precision).to_lowercase());
             let out = Command::new(&ovc)
                 .args(&args)
+                .current_dir(ctx.workdir)
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| {

@@ -1,0 +1,53 @@
+//! Keys and outputs are the same on every machine: two checkouts in different folders, each
+//! with its own cache, build the default pipeline to identical keys and bit-identical
+//! outputs, and no output holds a checkout's or a cache's absolute path. This is what lets one
+//! remote cache serve a fleet.
+
+mod common;
+use common::*;
+
+/// The default pipeline up to `compare` (benchmark figures are timings, and differ by
+/// nature), from two project folders and two caches.
+#[test]
+fn two_checkouts_build_identical_outputs() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/recognition.yaml"
+    ))
+    .unwrap();
+    let (a, b) = (Project::new(), Project::new());
+    let mut reports = Vec::new();
+    for p in [&a, &b] {
+        p.write("pipelines/recognition.yaml", &manifest);
+        let (code, r) = p.run_json("pipelines/recognition.yaml", &["-t", "compare"]);
+        assert_eq!(code, 0, "{r:#?}");
+        reports.push(r);
+    }
+    let (ra, rb) = (&reports[0], &reports[1]);
+    assert_eq!(ra.steps.len(), rb.steps.len());
+    let mut compared = 0;
+    for (x, y) in ra.steps.iter().zip(&rb.steps) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(x.key, y.key, "step `{}`: keys differ", x.step);
+        for (name, o) in &x.outputs {
+            assert_eq!(
+                Some(&o.digest),
+                y.outputs.get(name).map(|o| &o.digest),
+                "step `{}` output `{name}` differs between checkouts",
+                x.step
+            );
+            compared += 1;
+            let bytes = std::fs::read(a.dir.path().join(&o.path)).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            for dir in [a.dir.path(), b.dir.path()] {
+                let d = dir.to_string_lossy();
+                assert!(
+                    !text.contains(d.as_ref()),
+                    "step `{}` output `{name}` holds the path {d}",
+                    x.step
+                );
+            }
+        }
+    }
+    assert!(compared >= 10, "{compared} outputs compared");
+}
