@@ -8,6 +8,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::cache::remote::{Materialize, Remote, RemoteConfig};
 use crate::cache::{Lock, Store};
 use crate::context::{BuildContext, default_cache_dir};
 use crate::error::{Error, Result};
@@ -50,6 +51,12 @@ enum Command {
         /// Rebuild every selected step, ignoring cached results
         #[arg(long)]
         no_cache: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Which outputs to copy to out/: every step's, only leaf steps', or none (a remote
+        /// hit is then fetched only when a step that runs needs it)
+        #[arg(long, value_enum, default_value_t = Materialize::All)]
+        materialize: Materialize,
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +95,32 @@ enum Command {
     },
 }
 
+/// The remote cache of a run (see docs/remote-cache.md).
+#[derive(Args, Clone)]
+struct RemoteArgs {
+    /// Shared cache: s3://bucket/prefix, http(s)://host/prefix or file:///path
+    #[arg(long, env = "FACEBUILD_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+    /// Read the remote, never write it (untrusted builds such as fork pull requests)
+    #[arg(long)]
+    remote_read_only: bool,
+    /// Fail the run when the remote is unavailable or an upload fails
+    #[arg(long)]
+    remote_required: bool,
+}
+
+impl RemoteArgs {
+    fn open(&self) -> Result<Option<Remote>> {
+        RemoteConfig::from_env(
+            self.remote.clone(),
+            self.remote_read_only,
+            self.remote_required,
+        )?
+        .map(Remote::open)
+        .transpose()
+    }
+}
+
 #[derive(Args)]
 struct Selection {
     /// Only this step and what it needs (repeatable)
@@ -116,7 +149,27 @@ enum CacheCmd {
         files: Vec<Utf8PathBuf>,
         #[arg(long)]
         dry_run: bool,
+        /// Collect the remote cache instead (--remote or FACEBUILD_REMOTE): keep what the
+        /// lockfiles reference and whatever is younger than --keep-days
+        #[arg(long = "remote-gc", id = "remote_gc")]
+        remote_gc: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// With --remote-gc: also keep objects younger than this many days
+        #[arg(long, default_value_t = 7)]
+        keep_days: u64,
     },
+    /// Upload every result the given lockfiles (default: pipelines/*.lock, ./*.lock)
+    /// reference to the remote, to seed it from this cache
+    Push {
+        files: Vec<Utf8PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an ed25519 key pair for signing remote records
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -215,9 +268,13 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             jobs,
             keep_going,
             no_cache,
+            remote,
+            materialize,
             json,
         } => {
             let mut ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
+            ctx.remote = remote.open()?;
+            ctx.materialize = materialize;
             let opts = RunOptions {
                 targets: sel.targets,
                 jobs,
@@ -462,6 +519,28 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
         ctx.manifest.output_dir,
         ctx.manifest.lock_path()
     );
+    if let Some(rm) = &r.remote {
+        let hits = r
+            .steps
+            .iter()
+            .filter(|s| s.cache == Some(scheduler::Origin::Remote))
+            .count();
+        println!(
+            "remote {} ({}): {} | {hits} remote hits, downloaded {} blobs ({}), uploaded {} blobs ({}) and {} records{}",
+            rm.url,
+            rm.mode,
+            rm.status,
+            rm.blobs_downloaded,
+            human_bytes(rm.bytes_downloaded),
+            rm.blobs_uploaded,
+            human_bytes(rm.bytes_uploaded),
+            rm.records_uploaded,
+            match (rm.refused.len(), rm.upload_failures.len()) {
+                (0, 0) => String::new(),
+                (a, b) => format!(" | {a} refused, {b} upload failures"),
+            }
+        );
+    }
 }
 
 /// One step's state, as `status` shows it.
@@ -501,7 +580,7 @@ fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
             upstream: None,
         };
         let state = match &s.decision {
-            Decision::Cached { key } => {
+            Decision::Cached { key, .. } => {
                 let rec = ctx.store.read_action(key);
                 detail.key = Some(key.clone());
                 detail.summary = Some(rec.map(|r| r.summary).unwrap_or_default());
@@ -625,24 +704,77 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
             }
             Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
         }
-        CacheCmd::Gc { files, dry_run } => {
-            let files = if files.is_empty() {
-                default_lockfiles()
-            } else {
-                files
+        CacheCmd::Keygen => {
+            let (private, public) = crate::cache::remote::keygen()?;
+            println!("# Keep the signing key secret: set it only where trusted builds run.");
+            println!("FACEBUILD_REMOTE_SIGNING_KEY={private}");
+            println!("# Give the public key to every reader (fork builds, cluster workers).");
+            println!("FACEBUILD_REMOTE_TRUSTED_KEYS={public}");
+            Ok(0)
+        }
+        CacheCmd::Push {
+            files,
+            remote,
+            json,
+        } => {
+            let Some(remote) = remote.open()? else {
+                return Err(Error::usage("no remote to push to")
+                    .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
             };
-            let mut keep = BTreeSet::new();
-            for f in &files {
-                let lock_path = if f.extension() == Some("lock") {
-                    f.clone()
-                } else {
-                    f.with_extension("lock")
-                };
-                if !lock_path.exists() {
-                    return Err(Error::usage(format!("no lockfile {lock_path}"))
-                        .with_hint("name lockfiles (or manifests) whose results to keep"));
+            if !remote.writable() {
+                return Err(Error::usage(
+                    "the remote is read-only here: nothing can be pushed",
+                ));
+            }
+            let files = lockfiles_or_default(files);
+            let keep = kept_keys(&files)?;
+            let mut records = Vec::new();
+            let mut missing = 0;
+            for k in &keep {
+                match store.lookup(k)? {
+                    Some(r) => records.push(r),
+                    None => missing += 1,
                 }
-                keep.extend(Lock::load(&lock_path).steps.values().map(|e| e.key.clone()));
+            }
+            let r = remote.push(&records, &store);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?
+                );
+            } else {
+                println!(
+                    "pushed {} step results from {} lockfile(s) to {}: {} blobs uploaded ({}), {} records; {missing} not in the local cache; remote {}",
+                    records.len(),
+                    files.len(),
+                    r.url,
+                    r.blobs_uploaded,
+                    human_bytes(r.bytes_uploaded),
+                    r.records_uploaded,
+                    r.status
+                );
+            }
+            Ok(if r.status == "ok" && r.upload_failures.is_empty() {
+                0
+            } else {
+                1
+            })
+        }
+        CacheCmd::Gc {
+            files,
+            dry_run,
+            remote_gc,
+            remote,
+            keep_days,
+        } => {
+            let files = lockfiles_or_default(files);
+            let keep = kept_keys(&files)?;
+            if remote_gc {
+                let Some(remote) = remote.open()? else {
+                    return Err(Error::usage("--remote-gc needs a remote")
+                        .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
+                };
+                return remote_gc_cmd(&remote, &store, &keep, keep_days, dry_run);
             }
             let stats = store.gc(&keep, dry_run)?;
             store.memo.save()?;
@@ -659,6 +791,92 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn lockfiles_or_default(files: Vec<Utf8PathBuf>) -> Vec<Utf8PathBuf> {
+    if files.is_empty() {
+        default_lockfiles()
+    } else {
+        files
+    }
+}
+
+/// The action keys the lockfiles (or the manifests beside them) reference.
+fn kept_keys(files: &[Utf8PathBuf]) -> Result<BTreeSet<String>> {
+    let mut keep = BTreeSet::new();
+    for f in files {
+        let lock_path = if f.extension() == Some("lock") {
+            f.clone()
+        } else {
+            f.with_extension("lock")
+        };
+        if !lock_path.exists() {
+            return Err(Error::usage(format!("no lockfile {lock_path}"))
+                .with_hint("name lockfiles (or manifests) whose results to keep"));
+        }
+        keep.extend(Lock::load(&lock_path).steps.values().map(|e| e.key.clone()));
+    }
+    Ok(keep)
+}
+
+/// `cache gc --remote-gc`: delete remote records neither referenced by the lockfiles nor
+/// younger than `keep_days`, then blobs no kept record references and that are old enough.
+fn remote_gc_cmd(
+    remote: &Remote,
+    store: &Store,
+    keep: &BTreeSet<String>,
+    keep_days: u64,
+    dry_run: bool,
+) -> Result<i32> {
+    let young = std::time::Duration::from_secs(keep_days * 86_400);
+    let fail = |e: String| Error::usage(format!("remote {}: {e}", remote.display()));
+    let records = remote.list("ac").map_err(fail)?;
+    let blobs = remote.list("cas").map_err(fail)?;
+    let mut live_blobs = BTreeSet::new();
+    let mut drop_records = Vec::new();
+    for (name, (_, age)) in &records {
+        let key = name.trim_end_matches(".json");
+        if keep.contains(key) || *age < young {
+            match remote.lookup(key) {
+                Some(r) => live_blobs.extend(r.outputs.values().map(|b| b.digest.clone())),
+                // Unreadable or refused records keep nothing alive.
+                None => drop_records.push(format!("ac/{name}")),
+            }
+        } else {
+            drop_records.push(format!("ac/{name}"));
+        }
+    }
+    // Blobs the local lockfiles reference stay too (a record may not be uploaded yet).
+    for k in keep {
+        if let Some(r) = store.read_action(k) {
+            live_blobs.extend(r.outputs.values().map(|b| b.digest.clone()));
+        }
+    }
+    let mut drop_blobs = Vec::new();
+    let mut freed = 0u64;
+    for (name, (size, age)) in &blobs {
+        if !live_blobs.contains(name) && *age >= young {
+            drop_blobs.push(format!("cas/{name}"));
+            freed += size;
+        }
+    }
+    if !dry_run {
+        remote.delete(&drop_records).map_err(fail)?;
+        remote.delete(&drop_blobs).map_err(fail)?;
+    }
+    println!(
+        "{}remote {}: kept {} of {} records and {} of {} blobs; removed {} records, {} blobs ({})",
+        if dry_run { "dry run: " } else { "" },
+        remote.display(),
+        records.len() - drop_records.len(),
+        records.len(),
+        blobs.len() - drop_blobs.len(),
+        blobs.len(),
+        drop_records.len(),
+        drop_blobs.len(),
+        human_bytes(freed)
+    );
+    Ok(0)
 }
 
 fn default_lockfiles() -> Vec<Utf8PathBuf> {

@@ -26,6 +26,10 @@ pub(crate) struct BuildContext {
     tensorrt: std::sync::OnceLock<crate::toolchain::tensorrt::Discovery>,
     /// The source model, resolved on first use (every root step's key needs its digest).
     source: std::sync::OnceLock<Source>,
+    /// The remote cache, when `--remote` or `FACEBUILD_REMOTE` names one.
+    pub remote: Option<crate::cache::remote::Remote>,
+    /// Which outputs reach `out/`.
+    pub materialize: crate::cache::remote::Materialize,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -54,6 +58,8 @@ impl BuildContext {
             lock,
             tensorrt: std::sync::OnceLock::new(),
             source: std::sync::OnceLock::new(),
+            remote: None,
+            materialize: Default::default(),
         })
     }
 

@@ -30,6 +30,7 @@ mod steps;
 mod toolchain;
 mod util;
 
+pub use cache::remote::{Materialize, RemoteReport};
 pub use cli::main;
 pub use detect::{Detection, decode};
 pub use error::{Error, Location, Result};
@@ -41,7 +42,7 @@ pub use runtime::onnxruntime::OnnxRuntime;
 pub use runtime::openvino::{OpenVino, OpenVinoSettings};
 pub use runtime::tensorrt::TensorRtRuntime;
 pub use runtime::{BenchMeasurement, ExecutionInfo, LoadedModel, NamedTensor, Runtime};
-pub use scheduler::{OutputInfo, RunReport, Status, StepResult};
+pub use scheduler::{Origin, OutputInfo, RunReport, Status, StepResult};
 pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
 pub use steps::compare::{CandidateReport, CompareReport, OutputComparison};

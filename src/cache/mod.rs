@@ -4,6 +4,7 @@
 pub(crate) mod key;
 pub(crate) mod lock;
 pub(crate) mod memo;
+pub(crate) mod remote;
 pub(crate) mod store;
 
 pub(crate) use key::{CacheKey, CacheKeyHasher, KeyParts, cache_key};

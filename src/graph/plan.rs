@@ -19,6 +19,9 @@ pub enum Decision {
     Cached {
         /// The action key.
         key: String,
+        /// Which cache holds it.
+        #[serde(default)]
+        cache: crate::scheduler::Origin,
     },
     /// The step will run; `reasons` say what changed.
     Run {
@@ -83,9 +86,10 @@ pub(crate) fn plan(
         let deps = ctx.dag.deps(name);
         let up = |d: &str| known.get(d).cloned().unwrap_or(Upstream::Pending);
         let (decision, state) = match resolve(ctx, step, &deps, &up, no_cache)? {
-            Resolution::Hit { record, .. } => (
+            Resolution::Hit { record, origin, .. } => (
                 Decision::Cached {
                     key: record.key.clone(),
+                    cache: origin,
                 },
                 Upstream::Done(record.outputs),
             ),

@@ -19,6 +19,7 @@ use crate::steps::StepContext;
 
 mod resolve;
 
+pub use resolve::Origin;
 use resolve::Outputs;
 pub(crate) use resolve::{Resolution, Upstream, resolve};
 
@@ -81,6 +82,9 @@ pub struct StepResult {
     pub summary: serde_json::Value,
     /// Why it failed, was skipped or is unavailable.
     pub error: Option<String>,
+    /// For a cached step: which cache held it (`local` or `remote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Origin>,
 }
 
 /// What `facebuild run --json` prints: the run and every step's result.
@@ -102,6 +106,9 @@ pub struct RunReport {
     pub duration_ms: u64,
     /// Every selected step, in pipeline order.
     pub steps: Vec<StepResult>,
+    /// The remote cache's part in the run, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::cache::remote::RemoteReport>,
 }
 
 enum State {
@@ -138,6 +145,11 @@ struct RunState<'a> {
     ready: HashMap<String, (KeyParts, Vec<String>)>,
     running: usize,
     stop: bool,
+    /// Steps some selected step depends on (not leaves, for `--materialize leaves`).
+    needed: std::collections::HashSet<String>,
+    /// Remote hits whose blobs are not local yet: fetched when a running step consumes
+    /// them, or when they are materialized.
+    remote_hits: HashMap<String, ActionRecord>,
 }
 
 impl<'a> RunState<'a> {
@@ -145,6 +157,11 @@ impl<'a> RunState<'a> {
         let state = selected
             .iter()
             .map(|s| (s.clone(), State::Pending))
+            .collect();
+        let needed = selected
+            .iter()
+            .flat_map(|s| ctx.dag.deps(s))
+            .map(String::from)
             .collect();
         RunState {
             ctx,
@@ -156,7 +173,68 @@ impl<'a> RunState<'a> {
             ready: HashMap::new(),
             running: 0,
             stop: false,
+            needed,
+            remote_hits: HashMap::new(),
         }
+    }
+
+    /// Whether a step's outputs are copied to `out/` (`--materialize`).
+    fn materializes(&self, name: &str) -> bool {
+        use crate::cache::remote::Materialize;
+        match self.ctx.materialize {
+            Materialize::All => true,
+            Materialize::Leaves => !self.needed.contains(name),
+            Materialize::None => false,
+        }
+    }
+
+    /// Fetch a remote hit's blobs (verified) and keep its record locally, so the next run
+    /// hits locally. Err says why the blobs were refused.
+    fn fetch_remote(
+        &mut self,
+        name: &str,
+        record: &ActionRecord,
+    ) -> std::result::Result<(), String> {
+        let Some(remote) = &self.ctx.remote else {
+            return Ok(());
+        };
+        let blobs: Vec<_> = record.outputs.values().cloned().collect();
+        let bytes: u64 = blobs.iter().map(|b| b.size).sum();
+        progress::println_err(&format!(
+            "  fetch   {name}: {} blob(s), {}",
+            blobs.len(),
+            crate::util::human_bytes(bytes)
+        ));
+        remote.fetch(&blobs, &self.ctx.store)?;
+        self.remote_hits.remove(name);
+        // A local record from now on; failing to write it only costs a remote lookup.
+        let _ = self.ctx.store.write_action(record);
+        Ok(())
+    }
+
+    /// Make the outputs of every upstream step of `name` local before it runs. Returns the
+    /// upstream step whose remote blobs were refused: it is rebuilt first.
+    fn fetch_upstream(&mut self, name: &str) -> Option<String> {
+        for d in self.ctx.dag.deps(name) {
+            let Some(rec) = self.remote_hits.get(d).cloned() else {
+                continue;
+            };
+            if let Err(why) = self.fetch_remote(d, &rec) {
+                if let Some(r) = &self.ctx.remote {
+                    r.refuse_key(&rec.key, format!("step `{d}`: {why}; rebuilding it"));
+                }
+                return Some(d.to_string());
+            }
+        }
+        None
+    }
+
+    /// Forget what was decided for a step, so it is resolved (and rebuilt) again.
+    fn reset(&mut self, name: &str) {
+        self.state.insert(name.into(), State::Pending);
+        self.results.remove(name);
+        self.parts_of.remove(name);
+        self.remote_hits.remove(name);
     }
 
     /// What the resolver knows of a step from this run.
@@ -240,20 +318,51 @@ impl<'a> RunState<'a> {
                 self.state.insert(name.into(), State::Unavailable(reason));
                 Ok(true)
             }
-            Resolution::Hit { parts, record } => {
-                self.ctx.materialize(name, &record.outputs)?;
+            Resolution::Hit {
+                parts,
+                record,
+                origin,
+            } => {
+                let wanted = self.materializes(name);
+                if origin == Origin::Remote {
+                    self.remote_hits.insert(name.into(), (*record).clone());
+                    if wanted && let Err(why) = self.fetch_remote(name, &record) {
+                        // Refused: the next resolution misses, and the step is rebuilt.
+                        if let Some(r) = &self.ctx.remote {
+                            r.refuse_key(
+                                &record.key,
+                                format!("step `{name}`: {why}; rebuilding it"),
+                            );
+                        }
+                        self.remote_hits.remove(name);
+                        return Ok(true);
+                    }
+                }
+                if wanted {
+                    self.ctx.materialize(name, &record.outputs)?;
+                }
                 let mut r = self.result(name, Status::Cached);
                 r.key = Some(record.key.clone());
                 r.outputs = self.output_infos(name, &record.outputs);
                 r.summary = record.summary;
+                r.cache = Some(origin);
                 self.results.insert(name.into(), r);
-                progress::println_err(&format!("  cached  {name}"));
+                progress::println_err(&match origin {
+                    Origin::Local => format!("  cached  {name}"),
+                    Origin::Remote => format!("  cached  {name} (remote)"),
+                });
                 self.state.insert(name.into(), State::Done(record.outputs));
                 self.parts_of.insert(name.into(), parts);
                 Ok(true)
             }
             Resolution::Miss { parts, reasons } => {
                 let parts = parts.ok_or_else(|| Error::toolchain("not installed"))?;
+                // Its inputs must be local before it runs; a refused upstream is rebuilt
+                // first, and this step waits for it.
+                if let Some(bad) = self.fetch_upstream(name) {
+                    self.reset(&bad);
+                    return Ok(true);
+                }
                 // Launch only into a free slot: a queued step would still start after a
                 // failure that should have stopped the run.
                 if self.running + launches.len() >= self.opts.jobs.max(1) {
@@ -283,6 +392,7 @@ impl<'a> RunState<'a> {
             outputs: BTreeMap::new(),
             summary: serde_json::Value::Null,
             error: None,
+            cache: None,
         }
     }
 
@@ -352,7 +462,9 @@ impl<'a> RunState<'a> {
         self.running -= 1;
         match f.result {
             Ok((outputs, summary)) => {
-                self.ctx.materialize(&f.name, &outputs)?;
+                if self.materializes(&f.name) {
+                    self.ctx.materialize(&f.name, &outputs)?;
+                }
                 progress::println_err(&format!(
                     "  built   {} in {:.1}s",
                     f.name,
@@ -482,12 +594,22 @@ pub(crate) fn run(
     let steps_out = run.step_results();
     update_lock(ctx, &run.state, &run.parts_of)?;
     ctx.store.memo.save()?;
+    // Uploads finish before the run reports: a CI job that ends must have published.
+    let remote = ctx.remote.as_ref().map(|r| {
+        let report = r.finish();
+        (r.required_and_failed(&report), report)
+    });
+    let remote_failed = remote.as_ref().and_then(|(f, _)| f.clone());
+    if let Some(why) = &remote_failed {
+        progress::println_err(&format!("  FAILED  --remote-required: {why}"));
+    }
     let interrupted = cancel.load(Ordering::Relaxed);
     let required_missing = steps_out.iter().any(|r| {
         r.status == Status::Unavailable && ctx.manifest.step(&r.step).spec.params.kind().required()
     });
     let ok = !interrupted
         && !required_missing
+        && remote_failed.is_none()
         && steps_out.iter().all(|r| {
             matches!(
                 r.status,
@@ -503,6 +625,7 @@ pub(crate) fn run(
         toolchain: ctx.pins.id(),
         duration_ms: t0.elapsed().as_millis() as u64,
         steps: steps_out,
+        remote: remote.map(|(_, r)| r),
     })
 }
 
@@ -594,6 +717,9 @@ fn execute(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     ctx.store.write_action(&rec)?;
+    if let Some(remote) = &ctx.remote {
+        remote.upload(&rec, &ctx.store);
+    }
     Ok((outputs, outcome.summary))
 }
 

@@ -42,19 +42,32 @@ pub(crate) trait World {
         model_digest: &str,
         upstream: &dyn Fn(&str) -> Option<Outputs>,
     ) -> Result<KeyParts>;
-    /// The cached result under `key`, with intact outputs.
-    fn lookup(&self, key: &str) -> Result<Option<ActionRecord>>;
+    /// The cached result under `key`: a local record with intact outputs, else a verified
+    /// remote record (whose blobs are fetched only when needed).
+    fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>>;
     /// Why a step with these key parts is not a hit (against the lockfile).
     fn miss_reasons(&self, step: &str, parts: &KeyParts) -> Vec<String>;
+}
+
+/// Where a cached result came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// This machine's cache.
+    #[default]
+    Local,
+    /// The remote cache (`--remote`).
+    Remote,
 }
 
 /// The decision for one step.
 #[derive(Debug, Clone)]
 pub(crate) enum Resolution {
-    /// In the cache with intact outputs.
+    /// In the cache with intact outputs (a remote hit's blobs may still be on the remote).
     Hit {
         parts: KeyParts,
         record: Box<ActionRecord>,
+        origin: Origin,
     },
     /// Will run; `parts` is None when no key can be computed yet.
     Miss {
@@ -136,9 +149,13 @@ pub(crate) fn resolve(
             reasons: vec!["--no-cache".into()],
         });
     }
-    if let Some(record) = world.lookup(&key)? {
+    if let Some((record, origin)) = world.lookup(&key)? {
         let record = Box::new(record);
-        return Ok(Resolution::Hit { parts, record });
+        return Ok(Resolution::Hit {
+            parts,
+            record,
+            origin,
+        });
     }
     let reasons = world.miss_reasons(&step.name, &parts);
     Ok(Resolution::Miss {
@@ -261,8 +278,15 @@ impl World for BuildContext {
         BuildContext::key_parts(self, step, model_digest, upstream)
     }
 
-    fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
-        self.store.lookup(key)
+    fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>> {
+        if let Some(r) = self.store.lookup(key)? {
+            return Ok(Some((r, Origin::Local)));
+        }
+        Ok(self
+            .remote
+            .as_ref()
+            .and_then(|r| r.lookup(key))
+            .map(|r| (r, Origin::Remote)))
     }
 
     fn miss_reasons(&self, step: &str, parts: &KeyParts) -> Vec<String> {
@@ -345,9 +369,12 @@ mod tests {
                 toolchain: BTreeMap::new(),
             })
         }
-        fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
+        fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>> {
             self.lookups.borrow_mut().push(key.to_string());
-            Ok(self.cached.contains(key).then(|| record(key)))
+            Ok(self
+                .cached
+                .contains(key)
+                .then(|| (record(key), Origin::Local)))
         }
         fn miss_reasons(&self, _step: &str, _parts: &KeyParts) -> Vec<String> {
             vec!["not cached".into()]

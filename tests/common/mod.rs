@@ -9,6 +9,8 @@ use assert_cmd::Command;
 pub(crate) use facebuild::{Decision, Plan, RunReport, Status, StepResult};
 pub(crate) use indoc::indoc;
 
+pub(crate) mod servers;
+
 pub(crate) struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -63,7 +65,12 @@ impl Project {
         c.current_dir(self.dir.path())
             .env("FACEBUILD_CACHE", self.path("cache"))
             .env("FACEBUILD_TOOLCHAIN_DIR", toolchain_dir())
-            .env_remove("FACEBUILD_LOG");
+            .env_remove("FACEBUILD_LOG")
+            // A remote in the developer's environment must not leak into tests.
+            .env_remove("FACEBUILD_REMOTE")
+            .env_remove("FACEBUILD_REMOTE_SIGNING_KEY")
+            .env_remove("FACEBUILD_REMOTE_TRUSTED_KEYS")
+            .env_remove("FACEBUILD_REMOTE_READ_ONLY");
         c
     }
 

@@ -1,0 +1,800 @@
+//! The remote cache: one store shared by a CI fleet, behind `object_store` (S3-compatible
+//! stores, plain HTTP with WebDAV PUT such as nginx, or a shared filesystem).
+//!
+//! Layout under the remote's prefix: `cas/<blake3>` holds blobs, `ac/<key>.json` action
+//! records. A record is an envelope (`facebuild.action/1`) carrying the record's JSON as a
+//! string and, from trusted writers, an ed25519 signature over exactly those bytes.
+//!
+//! Rules, after Bazel and sccache:
+//! - lookup goes local, then remote; a remote record is used only after its format, its key
+//!   and (when trusted keys are configured) its signature check out;
+//! - blobs are fetched only when needed, and re-hashed with blake3 before they enter the local
+//!   store: a mismatch is warned about, refused, and the step is rebuilt;
+//! - uploads go blobs first (HEAD, then PUT if missing), the record last, in parallel with a
+//!   bound; create-only PUTs are never relied on (nginx and some S3 servers ignore them): a
+//!   blob's name is its content, so a racing overwrite writes the same bytes;
+//! - a remote that is down, slow or refuses credentials gives one warning and the run goes on
+//!   locally; an upload failure never fails a build unless `--remote-required` is set.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::store::{ActionRecord, BlobRef, Store};
+use crate::error::{Error, Result};
+
+/// The envelope format this facebuild writes and reads. A record in another format is a
+/// miss: an older facebuild never misreads a newer record.
+pub(crate) const RECORD_FORMAT: &str = "facebuild.action/1";
+
+/// Uploads and downloads in flight at once.
+const PARALLEL: usize = 4;
+
+/// How outputs of cached steps reach `out/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Materialize {
+    /// Copy every step's outputs to `out/` (fetching remote hits).
+    #[default]
+    All,
+    /// Only the outputs of steps nothing else depends on.
+    Leaves,
+    /// No outputs; a remote hit is fetched only when a step that runs consumes it.
+    None,
+}
+
+/// How the remote is used, from flags and the environment.
+#[derive(Clone)]
+pub(crate) struct RemoteConfig {
+    pub url: String,
+    pub read_only: bool,
+    pub required: bool,
+    pub signing_key: Option<SigningKey>,
+    pub trusted: Vec<VerifyingKey>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    // Never prints key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("url", &redact(&self.url))
+            .field("read_only", &self.read_only)
+            .field("signing", &self.signing_key.is_some())
+            .field("trusted_keys", &self.trusted.len())
+            .finish()
+    }
+}
+
+impl RemoteConfig {
+    /// The remote of this run: `--remote` or `FACEBUILD_REMOTE`; keys from
+    /// `FACEBUILD_REMOTE_SIGNING_KEY` (hex ed25519 seed) and `FACEBUILD_REMOTE_TRUSTED_KEYS`
+    /// (hex public keys, comma-separated). None when no remote is configured.
+    pub(crate) fn from_env(
+        url: Option<String>,
+        read_only: bool,
+        required: bool,
+    ) -> Result<Option<RemoteConfig>> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let Some(url) = url.or_else(|| env("FACEBUILD_REMOTE")) else {
+            return Ok(None);
+        };
+        let signing_key = match env("FACEBUILD_REMOTE_SIGNING_KEY") {
+            Some(s) => Some(parse_signing_key(&s)?),
+            None => None,
+        };
+        let mut trusted = Vec::new();
+        if let Some(list) = env("FACEBUILD_REMOTE_TRUSTED_KEYS") {
+            for k in list.split([',', ' ', '\n']).filter(|k| !k.is_empty()) {
+                trusted.push(parse_public_key(k)?);
+            }
+        }
+        let timeout = env("FACEBUILD_REMOTE_TIMEOUT")
+            .map(|s| {
+                s.parse::<u64>().map_err(|_| {
+                    Error::usage(format!("FACEBUILD_REMOTE_TIMEOUT `{s}` is not seconds"))
+                })
+            })
+            .transpose()?
+            .unwrap_or(60);
+        Ok(Some(RemoteConfig {
+            url,
+            read_only: read_only || env("FACEBUILD_REMOTE_READ_ONLY").is_some_and(|v| v != "0"),
+            required,
+            signing_key,
+            trusted,
+            timeout: Duration::from_secs(timeout.max(1)),
+        }))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn parse_signing_key(s: &str) -> Result<SigningKey> {
+    let b: [u8; 32] = unhex(s).and_then(|v| v.try_into().ok()).ok_or_else(|| {
+        Error::usage("FACEBUILD_REMOTE_SIGNING_KEY is not 64 hex characters (an ed25519 seed)")
+            .with_hint("make a key pair with `facebuild cache keygen`")
+    })?;
+    Ok(SigningKey::from_bytes(&b))
+}
+
+fn parse_public_key(s: &str) -> Result<VerifyingKey> {
+    let bad = || {
+        Error::usage(format!(
+            "FACEBUILD_REMOTE_TRUSTED_KEYS: `{}` is not an ed25519 public key (64 hex characters)",
+            s.chars().take(16).collect::<String>()
+        ))
+        .with_hint("use the `public` line that `facebuild cache keygen` printed")
+    };
+    let b: [u8; 32] = unhex(s).and_then(|v| v.try_into().ok()).ok_or_else(bad)?;
+    VerifyingKey::from_bytes(&b).map_err(|_| bad())
+}
+
+/// A new signing key and its public key, hex.
+pub(crate) fn keygen() -> Result<(String, String)> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let k = SigningKey::from_bytes(&seed);
+    Ok((hex(&seed), hex(k.verifying_key().as_bytes())))
+}
+
+/// The URL with any user:password removed, for logs and reports.
+pub(crate) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, tail) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match auth.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// What the remote did in a run, for the summary and `--json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoteReport {
+    /// The remote, credentials removed.
+    pub url: String,
+    /// `read-write` or `read-only`.
+    pub mode: String,
+    /// `ok`, or `unavailable (<reason>)`.
+    pub status: String,
+    /// Steps whose record came from the remote.
+    pub hits: u64,
+    /// Blobs downloaded (each verified).
+    pub blobs_downloaded: u64,
+    /// Bytes downloaded.
+    pub bytes_downloaded: u64,
+    /// Blobs uploaded (missing on the remote).
+    pub blobs_uploaded: u64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Action records uploaded.
+    pub records_uploaded: u64,
+    /// Records or blobs refused: unknown format, bad or missing signature, wrong key, or a
+    /// blob whose content does not match its name.
+    pub refused: Vec<String>,
+    /// Uploads that failed (the build went on).
+    pub upload_failures: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    format: String,
+    /// The record's JSON, exactly the bytes that were signed.
+    record: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<RecordSignature>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordSignature {
+    algorithm: String,
+    public_key: String,
+    value: String,
+}
+
+/// A configured remote, with its connection and what happened so far in this run.
+pub(crate) struct Remote {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    cfg: RemoteConfig,
+    display: String,
+    rt: tokio::runtime::Runtime,
+    /// Set on the first failure that is not "not found": the run goes on locally.
+    down: Mutex<Option<String>>,
+    /// Keys whose remote record or blobs were refused in this run.
+    refused_keys: Mutex<HashSet<String>>,
+    refused: Mutex<Vec<String>>,
+    upload_failures: Arc<Mutex<Vec<String>>>,
+    uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    hits: AtomicU64,
+    blobs_down: AtomicU64,
+    bytes_down: AtomicU64,
+    blobs_up: Arc<AtomicU64>,
+    bytes_up: Arc<AtomicU64>,
+    records_up: Arc<AtomicU64>,
+    upload_started: Mutex<Option<Instant>>,
+}
+
+fn obj_err(e: object_store::Error) -> String {
+    // One line, bounded: the warning names the remote, and the reason must stay readable.
+    let s = e.to_string().replace('\n', " ");
+    if s.len() > 300 {
+        format!("{}...", &s[..s.floor_char_boundary(300)])
+    } else {
+        s
+    }
+}
+
+impl Remote {
+    /// Connect (lazily: nothing is sent until the first lookup).
+    pub(crate) fn open(cfg: RemoteConfig) -> Result<Remote> {
+        use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+        let display = redact(&cfg.url);
+        let bad = |why: String| {
+            Error::usage(format!("remote `{display}`: {why}")).with_hint(
+                "use s3://bucket/prefix, http(s)://host/prefix or file:///path (--remote or FACEBUILD_REMOTE)",
+            )
+        };
+        let options = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(cfg.timeout)
+            .with_allow_http(true);
+        // Bounded: a remote that is down costs seconds, never a hung run.
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(15),
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
+            cfg.url.strip_prefix("s3://")
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket".into()));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(options)
+                .with_retry(retry);
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
+                b = b.with_region("us-east-1");
+            }
+            // Self-hosted stores (an endpoint is set) are addressed path-style.
+            if std::env::var("AWS_ENDPOINT_URL").is_ok() || std::env::var("AWS_ENDPOINT").is_ok() {
+                b = b.with_virtual_hosted_style_request(false);
+            }
+            (
+                Arc::new(b.build().map_err(|e| bad(obj_err(e)))?),
+                prefix.to_string(),
+            )
+        } else if cfg.url.starts_with("http://") || cfg.url.starts_with("https://") {
+            let s = object_store::http::HttpBuilder::new()
+                .with_url(cfg.url.trim_end_matches('/'))
+                .with_client_options(options)
+                .with_retry(retry)
+                .build()
+                .map_err(|e| bad(obj_err(e)))?;
+            (Arc::new(s), String::new())
+        } else if let Some(path) = cfg.url.strip_prefix("file://") {
+            std::fs::create_dir_all(path).map_err(|e| bad(e.to_string()))?;
+            let s = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| bad(obj_err(e)))?;
+            (Arc::new(s), String::new())
+        } else {
+            return Err(bad("unknown scheme".into()));
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("facebuild-remote")
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)?;
+        Ok(Remote {
+            store,
+            prefix: ObjPath::from(prefix.trim_matches('/')),
+            display,
+            cfg,
+            rt,
+            down: Mutex::new(None),
+            refused_keys: Mutex::new(HashSet::new()),
+            refused: Mutex::new(Vec::new()),
+            upload_failures: Arc::new(Mutex::new(Vec::new())),
+            uploads: Mutex::new(Vec::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
+            hits: AtomicU64::new(0),
+            blobs_down: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            blobs_up: Arc::new(AtomicU64::new(0)),
+            bytes_up: Arc::new(AtomicU64::new(0)),
+            records_up: Arc::new(AtomicU64::new(0)),
+            upload_started: Mutex::new(None),
+        })
+    }
+
+    /// The remote as logs name it (no credentials).
+    pub(crate) fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        if self.prefix.as_ref().is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn record_path(&self, key: &str) -> ObjPath {
+        self.path(&format!("ac/{key}.json"))
+    }
+
+    fn blob_path(&self, digest: &str) -> ObjPath {
+        self.path(&format!("cas/{digest}"))
+    }
+
+    /// Why the remote is not being used, if it failed in this run.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        self.down.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// Stop using the remote for this run, with one warning.
+    fn mark_down(&self, why: String) {
+        let Ok(mut d) = self.down.lock() else { return };
+        if d.is_none() {
+            tracing::warn!(
+                "remote cache {} is unavailable ({why}); continuing with the local cache",
+                self.display
+            );
+            *d = Some(why);
+        }
+    }
+
+    fn refuse(&self, key: &str, why: String) {
+        tracing::warn!("remote cache {}: {why}", self.display);
+        if let Ok(mut r) = self.refused_keys.lock() {
+            r.insert(key.to_string());
+        }
+        if let Ok(mut r) = self.refused.lock() {
+            r.push(why);
+        }
+    }
+
+    /// Whether `key` was refused in this run (a bad record or a blob that failed its digest).
+    pub(crate) fn is_refused(&self, key: &str) -> bool {
+        self.refused_keys
+            .lock()
+            .map(|r| r.contains(key))
+            .unwrap_or(false)
+    }
+
+    /// Mark `key` refused: its blobs failed verification, so the step is rebuilt.
+    pub(crate) fn refuse_key(&self, key: &str, why: String) {
+        self.refuse(key, why);
+    }
+
+    /// The validated record under `key`, or None (absent, refused, or the remote is down).
+    pub(crate) fn lookup(&self, key: &str) -> Option<ActionRecord> {
+        if self.unavailable().is_some() || self.is_refused(key) {
+            return None;
+        }
+        let path = self.record_path(key);
+        let got = self.rt.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let bytes = match got {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                self.mark_down(obj_err(e));
+                return None;
+            }
+        };
+        match self.open_envelope(key, &bytes) {
+            Ok(rec) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(rec)
+            }
+            Err(why) => {
+                self.refuse(key, format!("record {key}: {why}; treated as a miss"));
+                None
+            }
+        }
+    }
+
+    /// Check a record envelope: format, signature (when trusted keys are set), key.
+    fn open_envelope(&self, key: &str, bytes: &[u8]) -> std::result::Result<ActionRecord, String> {
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope ({e})"))?;
+        if env.format != RECORD_FORMAT {
+            return Err(format!(
+                "record format `{}` is not one this facebuild reads ({RECORD_FORMAT})",
+                env.format
+            ));
+        }
+        if !self.cfg.trusted.is_empty() {
+            let sig = env
+                .signature
+                .as_ref()
+                .ok_or("unsigned, and trusted keys are set")?;
+            let pk = unhex(&sig.public_key)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+                .ok_or("its signature names a malformed public key")?;
+            if !self.cfg.trusted.contains(&pk) {
+                return Err(format!(
+                    "signed by key {}..., which is not in FACEBUILD_REMOTE_TRUSTED_KEYS",
+                    &sig.public_key[..sig.public_key.len().min(12)]
+                ));
+            }
+            let s = unhex(&sig.value)
+                .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+                .ok_or("malformed signature")?;
+            pk.verify(env.record.as_bytes(), &s)
+                .map_err(|_| "bad signature: the record was altered or signed by another key")?;
+        }
+        let rec: ActionRecord =
+            serde_json::from_str(&env.record).map_err(|e| format!("unreadable record ({e})"))?;
+        if rec.key != key || rec.parts.key() != key {
+            return Err("its key does not match what it was stored under".into());
+        }
+        Ok(rec)
+    }
+
+    /// Fetch every blob of `blobs` that the local store lacks, verifying each with blake3
+    /// before it enters the store. Err names the first blob that failed.
+    pub(crate) fn fetch(
+        &self,
+        blobs: &[BlobRef],
+        store: &Store,
+    ) -> std::result::Result<(), String> {
+        if let Some(why) = self.unavailable() {
+            return Err(format!("the remote is unavailable ({why})"));
+        }
+        let missing: Vec<&BlobRef> = blobs
+            .iter()
+            .filter(|b| !store.verify_blob(&b.digest).unwrap_or(false))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let results: Vec<std::result::Result<u64, String>> = self.rt.block_on(async {
+            futures::stream::iter(missing.iter().map(|b| self.fetch_one(b, store)))
+                .buffer_unordered(PARALLEL)
+                .collect()
+                .await
+        });
+        for r in results {
+            let n = r?;
+            self.blobs_down.fetch_add(1, Ordering::Relaxed);
+            self.bytes_down.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn fetch_one(&self, blob: &BlobRef, store: &Store) -> std::result::Result<u64, String> {
+        let dest = store.blob_path(&blob.digest);
+        let dir = dest.parent().expect("blob paths have a parent");
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{dir}: {e}"))?;
+        let mut stream = match self.store.get(&self.blob_path(&blob.digest)).await {
+            Ok(r) => r.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(format!("blob {} is not on the remote", blob.digest));
+            }
+            Err(e) => {
+                let why = obj_err(e);
+                self.mark_down(why.clone());
+                return Err(why);
+            }
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                let why = obj_err(e);
+                self.mark_down(why.clone());
+                why
+            })?;
+            hasher.update(&chunk);
+            n += chunk.len() as u64;
+            tmp.write_all(&chunk).map_err(|e| format!("{dest}: {e}"))?;
+        }
+        let got = hasher.finalize().to_hex().to_string();
+        if got != blob.digest {
+            return Err(format!(
+                "blob {} from the remote hashes to {got}: corrupt, refused",
+                blob.digest
+            ));
+        }
+        let mut perms = tmp
+            .as_file()
+            .metadata()
+            .map_err(|e| format!("{dest}: {e}"))?
+            .permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(tmp.path(), perms).map_err(|e| format!("{dest}: {e}"))?;
+        tmp.persist(&dest)
+            .map_err(|e| format!("{dest}: {}", e.error))?;
+        Ok(n)
+    }
+
+    /// Whether this run writes to the remote.
+    pub(crate) fn writable(&self) -> bool {
+        !self.cfg.read_only
+    }
+
+    /// Queue the upload of a built step: its blobs (HEAD, PUT when missing), then its
+    /// record, signed when a signing key is set. Returns at once; [`Remote::finish`] waits.
+    pub(crate) fn upload(&self, rec: &ActionRecord, store: &Store) {
+        if !self.writable() || self.unavailable().is_some() {
+            return;
+        }
+        let Ok(record) = serde_json::to_string(rec) else {
+            return;
+        };
+        let signature = self.cfg.signing_key.as_ref().map(|k| RecordSignature {
+            algorithm: "ed25519".into(),
+            public_key: hex(k.verifying_key().as_bytes()),
+            value: hex(&k.sign(record.as_bytes()).to_bytes()),
+        });
+        let Ok(envelope) = serde_json::to_vec_pretty(&Envelope {
+            format: RECORD_FORMAT.into(),
+            record,
+            signature,
+        }) else {
+            return;
+        };
+        if let Ok(mut t) = self.upload_started.lock() {
+            t.get_or_insert_with(Instant::now);
+        }
+        let blobs: Vec<(ObjPath, camino::Utf8PathBuf)> = rec
+            .outputs
+            .values()
+            .map(|b| (self.blob_path(&b.digest), store.blob_path(&b.digest)))
+            .collect();
+        let (st, gate, failures) = (
+            self.store.clone(),
+            self.gate.clone(),
+            self.upload_failures.clone(),
+        );
+        let (blobs_up, bytes_up, records_up) = (
+            self.blobs_up.clone(),
+            self.bytes_up.clone(),
+            self.records_up.clone(),
+        );
+        let record_path = self.record_path(&rec.key);
+        let step = rec.step.clone();
+        let h = self.rt.spawn(async move {
+            let put_blob = |remote: ObjPath, local: camino::Utf8PathBuf| {
+                let (st, gate) = (st.clone(), gate.clone());
+                let (blobs_up, bytes_up) = (blobs_up.clone(), bytes_up.clone());
+                async move {
+                    let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+                    match st.head(&remote).await {
+                        Ok(_) => return Ok(()),
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(obj_err(e)),
+                    }
+                    let bytes = std::fs::read(&local).map_err(|e| format!("{local}: {e}"))?;
+                    let n = bytes.len() as u64;
+                    st.put(&remote, PutPayload::from(bytes))
+                        .await
+                        .map_err(obj_err)?;
+                    blobs_up.fetch_add(1, Ordering::Relaxed);
+                    bytes_up.fetch_add(n, Ordering::Relaxed);
+                    Ok::<(), String>(())
+                }
+            };
+            let results: Vec<std::result::Result<(), String>> =
+                futures::future::join_all(blobs.into_iter().map(|(r, l)| put_blob(r, l))).await;
+            if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+                if let Ok(mut f) = failures.lock() {
+                    f.push(format!("step `{step}`: {e}"));
+                }
+                return;
+            }
+            // The record last: a reader never finds a record whose blobs are not there yet.
+            match st.put(&record_path, PutPayload::from(envelope)).await {
+                Ok(_) => {
+                    records_up.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!("step `{step}` record: {}", obj_err(e)));
+                    }
+                }
+            }
+        });
+        if let Ok(mut u) = self.uploads.lock() {
+            u.push(h);
+        }
+    }
+
+    /// Wait for every queued upload (with a progress line), and report the run's traffic.
+    pub(crate) fn finish(&self) -> RemoteReport {
+        let handles: Vec<_> = self
+            .uploads
+            .lock()
+            .map(|mut u| u.drain(..).collect())
+            .unwrap_or_default();
+        if !handles.is_empty() {
+            let pb = crate::report::progress::spinner("uploading to the remote cache");
+            pb.set_prefix("remote");
+            self.rt.block_on(async {
+                for h in handles {
+                    let _ = h.await;
+                    pb.set_message(format!(
+                        "uploaded {} blobs ({}), {} records",
+                        self.blobs_up.load(Ordering::Relaxed),
+                        crate::util::human_bytes(self.bytes_up.load(Ordering::Relaxed)),
+                        self.records_up.load(Ordering::Relaxed)
+                    ));
+                }
+            });
+            pb.finish_and_clear();
+        }
+        let failures = self
+            .upload_failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        if let Some(first) = failures.first() {
+            tracing::warn!(
+                "remote cache {}: {} upload(s) failed, the build is kept locally; first: {first}",
+                self.display,
+                failures.len()
+            );
+        }
+        RemoteReport {
+            url: self.display.clone(),
+            mode: if self.cfg.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+            .into(),
+            status: match self.unavailable() {
+                Some(why) => format!("unavailable ({why})"),
+                None => "ok".into(),
+            },
+            hits: self.hits.load(Ordering::Relaxed),
+            blobs_downloaded: self.blobs_down.load(Ordering::Relaxed),
+            bytes_downloaded: self.bytes_down.load(Ordering::Relaxed),
+            blobs_uploaded: self.blobs_up.load(Ordering::Relaxed),
+            bytes_uploaded: self.bytes_up.load(Ordering::Relaxed),
+            records_uploaded: self.records_up.load(Ordering::Relaxed),
+            refused: self.refused.lock().map(|r| r.clone()).unwrap_or_default(),
+            upload_failures: failures,
+        }
+    }
+
+    /// Whether `--remote-required` makes this run fail: the remote was unavailable or an
+    /// upload failed.
+    pub(crate) fn required_and_failed(&self, r: &RemoteReport) -> Option<String> {
+        if !self.cfg.required {
+            return None;
+        }
+        if r.status != "ok" {
+            return Some(format!("remote {} {}", r.url, r.status));
+        }
+        r.upload_failures
+            .first()
+            .map(|f| format!("upload to {} failed: {f}", r.url))
+    }
+
+    /// Upload what `records` reference (for `cache push`), waiting for it.
+    pub(crate) fn push(&self, records: &[ActionRecord], store: &Store) -> RemoteReport {
+        for r in records {
+            self.upload(r, store);
+        }
+        self.finish()
+    }
+
+    /// Every record key on the remote with its age (for `cache gc --remote`).
+    pub(crate) fn list(
+        &self,
+        dir: &str,
+    ) -> std::result::Result<BTreeMap<String, (u64, Duration)>, String> {
+        let prefix = self.path(dir);
+        let now = chrono_now();
+        self.rt.block_on(async {
+            let mut out = BTreeMap::new();
+            let mut s = self.store.list(Some(&prefix));
+            while let Some(m) = s.next().await {
+                let m = m.map_err(obj_err)?;
+                let name = m.location.filename().unwrap_or_default().to_string();
+                let age = now
+                    .checked_sub(Duration::from_secs(
+                        m.last_modified.timestamp().max(0) as u64
+                    ))
+                    .unwrap_or_default();
+                out.insert(name, (m.size, age));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Delete `rel` paths under the prefix.
+    pub(crate) fn delete(&self, rel: &[String]) -> std::result::Result<u64, String> {
+        self.rt.block_on(async {
+            let mut n = 0;
+            for r in rel {
+                match self.store.delete(&self.path(r)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+                    Err(e) => return Err(obj_err(e)),
+                }
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn chrono_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Credentials in a URL never reach logs or reports.
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("https://user:secret@cache.example/p"),
+            "https://***@cache.example/p"
+        );
+        assert_eq!(redact("s3://bucket/prefix"), "s3://bucket/prefix");
+        assert_eq!(redact("http://h:1/x"), "http://h:1/x");
+    }
+
+    /// A key pair signs and verifies; keys round-trip through hex.
+    #[test]
+    fn keys_round_trip() {
+        let (seed, public) = keygen().unwrap();
+        let k = parse_signing_key(&seed).unwrap();
+        let p = parse_public_key(&public).unwrap();
+        let sig = k.sign(b"record");
+        assert!(p.verify(b"record", &sig).is_ok());
+        assert!(p.verify(b"recorD", &sig).is_err());
+        assert!(parse_public_key("abc").is_err());
+        assert!(parse_signing_key("zz").is_err());
+    }
+}

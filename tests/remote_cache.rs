@@ -1,0 +1,438 @@
+//! The remote cache on real servers: nginx (HTTP with WebDAV PUT) and s3s-fs (S3 with SigV4).
+//! "Two CI machines": machine A builds and uploads; machine B, in another folder with an empty
+//! cache, another hostname (under `unshare --uts` where it works) and, over HTTP, its own
+//! toolchain folder, gets every step from the remote. Then the faults: a corrupt blob, a
+//! server that stops, read-only mode, altered or foreign-signed records, wrong credentials.
+
+mod common;
+use common::servers::{Nginx, S3, S3_SECRET, files_under};
+use common::*;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// How one facebuild process runs: where, with which toolchain folder, env and hostname.
+struct Machine<'a> {
+    project: &'a Project,
+    toolchains: PathBuf,
+    env: Vec<(String, String)>,
+    hostname: Option<&'a str>,
+}
+
+impl<'a> Machine<'a> {
+    fn new(project: &'a Project) -> Machine<'a> {
+        Machine {
+            project,
+            toolchains: toolchain_dir(),
+            env: Vec::new(),
+            hostname: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let exe = assert_cmd::cargo::cargo_bin("facebuild");
+        let mut c = match self.hostname {
+            Some(h) if unshare_works() => {
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "sh", "-c"])
+                    .arg(format!("hostname {h} && exec \"$0\" \"$@\""))
+                    .arg(exe);
+                c
+            }
+            _ => Command::new(exe),
+        };
+        c.args(args)
+            .current_dir(self.project.dir.path())
+            .env("FACEBUILD_CACHE", self.project.path("cache"))
+            .env("FACEBUILD_TOOLCHAIN_DIR", &self.toolchains)
+            .env_remove("FACEBUILD_LOG")
+            .env_remove("FACEBUILD_REMOTE")
+            .env_remove("FACEBUILD_REMOTE_SIGNING_KEY")
+            .env_remove("FACEBUILD_REMOTE_TRUSTED_KEYS")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// `facebuild run FILE --json ARGS` -> (exit code, report, stderr).
+    fn run(&self, file: &str, args: &[&str]) -> (i32, RunReport, String) {
+        let mut all = vec!["run", file, "--json"];
+        all.extend_from_slice(args);
+        let out = self.command(&all).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+        let r: RunReport = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr:\n{stderr}"));
+        (out.status.code().unwrap_or(-1), r, stderr)
+    }
+}
+
+/// Whether this process may make a UTS namespace (root, or a kernel that allows it).
+fn unshare_works() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        Command::new("unshare")
+            .args(["--uts", "sh", "-c", "hostname fb-probe"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn default_manifest() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/recognition.yaml"
+    ))
+    .unwrap()
+}
+
+/// A small pipeline on the built-in model: check, simplify, an FP32 IR.
+fn small_manifest() -> String {
+    builtin_manifest(indoc! {"
+        check: {kind: check}
+        simplify: {kind: simplify, needs: [check], params: {samples: 2}}
+        openvino_fp32: {kind: convert, from: simplify, params: {backend: openvino, precision: fp32}}
+    "})
+}
+
+/// Every output digest of a run, by step and output name.
+fn digests(r: &RunReport) -> Vec<(String, String, String)> {
+    r.steps
+        .iter()
+        .flat_map(|s| {
+            s.outputs
+                .iter()
+                .map(|(k, o)| (s.step.clone(), k.clone(), o.digest.clone()))
+        })
+        .collect()
+}
+
+/// Every step of B that can run here came from the remote, and nothing was built.
+fn all_remote_hits(r: &RunReport) {
+    for s in &r.steps {
+        if s.status == Status::Unavailable {
+            continue;
+        }
+        assert_eq!(
+            (s.status, s.cache),
+            (Status::Cached, Some(facebuild::Origin::Remote)),
+            "step `{}` should be a remote hit: {s:#?}",
+            s.step
+        );
+    }
+    assert!(r.steps.iter().all(|s| s.status != Status::Built));
+}
+
+/// Machine A builds the default pipeline and uploads to nginx; machine B (another folder,
+/// empty cache, its own toolchain folder, another hostname) gets every step from the remote.
+/// With `--materialize none` it downloads no blob at all (nginx's access log has no GET
+/// under cas/); materialized, every output is A's, digest for digest.
+#[test]
+fn two_ci_machines_share_an_http_cache() {
+    let Some(nginx) = Nginx::start() else { return };
+    let url = nginx.url();
+    let a = Project::new();
+    a.write("pipelines/recognition.yaml", &default_manifest());
+    let (code, ra, err) = Machine::new(&a).run("pipelines/recognition.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let rem = ra.remote.clone().expect("the remote is reported");
+    assert_eq!(rem.status, "ok", "{rem:#?}");
+    let built = ra
+        .steps
+        .iter()
+        .filter(|s| s.status == Status::Built)
+        .count();
+    assert_eq!(rem.records_uploaded as usize, built, "{rem:#?}");
+    assert!(rem.blobs_uploaded > 0 && rem.upload_failures.is_empty());
+
+    let b = Project::new();
+    b.write("pipelines/recognition.yaml", &default_manifest());
+    let mut mb = Machine::new(&b);
+    mb.toolchains = b.path("toolchains");
+    mb.hostname = Some("fb-machine-b");
+    let before = nginx.requests().len();
+    let (code, rb, err) = mb.run(
+        "pipelines/recognition.yaml",
+        &["--remote", &url, "--materialize", "none"],
+    );
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+    let gets: Vec<String> = nginx.requests()[before..]
+        .iter()
+        .filter(|r| r.starts_with("GET /cache/cas/"))
+        .cloned()
+        .collect();
+    assert!(gets.is_empty(), "lazy: no blob fetched, got {gets:?}");
+    assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
+
+    // Materialized: every output fetched, verified, and identical to A's.
+    let (code, rb, err) = mb.run("pipelines/recognition.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+    assert_eq!(digests(&ra), digests(&rb));
+    for s in rb.steps.iter().filter(|s| s.status == Status::Cached) {
+        for o in s.outputs.values() {
+            let bytes = std::fs::read(b.dir.path().join(&o.path)).unwrap();
+            assert_eq!(blake3::hash(&bytes).to_hex().to_string(), o.digest);
+        }
+    }
+}
+
+/// The same over S3 (s3s-fs, SigV4-checked), credentials from the standard AWS variables.
+#[test]
+fn two_ci_machines_share_an_s3_cache() {
+    let Some(s3) = S3::start() else { return };
+    let a = Project::new();
+    a.write("pipelines/recognition.yaml", &default_manifest());
+    let mut ma = Machine::new(&a);
+    ma.env = s3.env(S3_SECRET);
+    let (code, ra, err) = ma.run("pipelines/recognition.yaml", &["--remote", &s3.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ra.remote.as_ref().unwrap().status, "ok", "{:#?}", ra.remote);
+    assert!(!files_under(&s3.root()).is_empty());
+
+    let b = Project::new();
+    b.write("pipelines/recognition.yaml", &default_manifest());
+    let mut mb = Machine::new(&b);
+    mb.env = s3.env(S3_SECRET);
+    mb.hostname = Some("fb-machine-b");
+    let (code, rb, err) = mb.run(
+        "pipelines/recognition.yaml",
+        &["--remote", &s3.url(), "--materialize", "none"],
+    );
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+    assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
+    let (code, rb, err) = mb.run("pipelines/recognition.yaml", &["--remote", &s3.url()]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+    assert_eq!(digests(&ra), digests(&rb));
+
+    // Wrong credentials: one clear warning naming the remote; the run goes on locally.
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest());
+    let mut mc = Machine::new(&c);
+    mc.env = s3.env("not-the-secret");
+    let (code, rc, err) = mc.run("s.yaml", &["--remote", &s3.url()]);
+    assert_eq!(code, 0, "{err}");
+    let st = &rc.remote.as_ref().unwrap().status;
+    assert!(st.starts_with("unavailable ("), "{st}");
+    assert!(
+        err.contains("remote cache s3://fbcache/cache is unavailable"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret") && !st.contains("not-the-secret"));
+    assert_eq!(
+        err.matches("is unavailable").count(),
+        1,
+        "one warning:\n{err}"
+    );
+}
+
+/// A blob corrupted on the server is detected by its digest, never materialized, and its
+/// step is rebuilt locally (to the same digest); read-only mode writes nothing.
+#[test]
+fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
+    let Some(nginx) = Nginx::start() else { return };
+    let url = nginx.url();
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let (code, ra, err) = Machine::new(&a).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let simplify = ra.steps.iter().find(|s| s.step == "simplify").unwrap();
+    let digest = simplify.outputs["model.onnx"].digest.clone();
+    let blob = nginx.root().join("cas").join(&digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let (code, rb, err) = Machine::new(&b).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let s = rb.steps.iter().find(|s| s.step == "simplify").unwrap();
+    assert_eq!(s.status, Status::Built, "rebuilt locally: {s:#?}");
+    assert_eq!(s.outputs["model.onnx"].digest, digest);
+    let local = std::fs::read(b.dir.path().join(&s.outputs["model.onnx"].path)).unwrap();
+    assert_eq!(blake3::hash(&local).to_hex().to_string(), digest);
+    let rem = rb.remote.as_ref().unwrap();
+    assert!(
+        rem.refused
+            .iter()
+            .any(|r| r.contains(&digest) && r.contains("corrupt")),
+        "{rem:#?}"
+    );
+    assert!(err.contains("corrupt, refused"), "{err}");
+
+    // Read-only: a build with nothing on this prefix uploads nothing.
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest());
+    let before = nginx.requests().len();
+    let ro = format!("http://127.0.0.1:{}/readonly", nginx.port);
+    let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &ro, "--remote-read-only"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(rc.steps.iter().all(|s| s.status == Status::Built));
+    let writes: Vec<String> = nginx.requests()[before..]
+        .iter()
+        .filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD "))
+        .cloned()
+        .collect();
+    assert!(writes.is_empty(), "read-only wrote: {writes:?}");
+    assert!(!nginx.dir.path().join("www/readonly").exists());
+    assert_eq!(rc.remote.as_ref().unwrap().mode, "read-only");
+}
+
+/// Signed records: readers holding only the public key accept what the trusted writer
+/// signed, and refuse a record altered on the server or signed by another key (the step is
+/// then rebuilt).
+#[test]
+fn altered_or_foreign_records_are_refused() {
+    let Some(nginx) = Nginx::start() else { return };
+    let keys = |p: &Project| {
+        let out = Machine::new(p)
+            .command(&["cache", "keygen"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
+        (
+            get("FACEBUILD_REMOTE_SIGNING_KEY="),
+            get("FACEBUILD_REMOTE_TRUSTED_KEYS="),
+        )
+    };
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let (private, public) = keys(&a);
+    let (other_private, _) = keys(&a);
+    let signed = format!("http://127.0.0.1:{}/signed", nginx.port);
+    let mut ma = Machine::new(&a);
+    ma.env = vec![("FACEBUILD_REMOTE_SIGNING_KEY".into(), private)];
+    let (code, _, err) = ma.run("s.yaml", &["--remote", &signed]);
+    assert_eq!(code, 0, "{err}");
+    // A reader with the public key: every step a remote hit.
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let mut mb = Machine::new(&b);
+    mb.env = vec![("FACEBUILD_REMOTE_TRUSTED_KEYS".into(), public.clone())];
+    let (code, rb, err) = mb.run("s.yaml", &["--remote", &signed, "--materialize", "none"]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+
+    // Alter one record on the server: its signature no longer holds.
+    let ac = nginx.dir.path().join("www/signed/ac");
+    let key = rb
+        .steps
+        .iter()
+        .find(|s| s.step == "check")
+        .unwrap()
+        .key
+        .clone()
+        .unwrap();
+    let path = ac.join(format!("{key}.json"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let altered = text.replacen("\\\"passed\\\":true", "\\\"passed\\\":false", 1);
+    let altered = if altered == text {
+        text.replacen("duration_ms", "duration_mz", 1)
+    } else {
+        altered
+    };
+    assert_ne!(altered, text);
+    std::fs::write(&path, altered).unwrap();
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest());
+    let mut mc = Machine::new(&c);
+    mc.env = vec![("FACEBUILD_REMOTE_TRUSTED_KEYS".into(), public.clone())];
+    let (code, rc, err) = mc.run("s.yaml", &["--remote", &signed, "--materialize", "none"]);
+    assert_eq!(code, 0, "{err}");
+    let check = rc.steps.iter().find(|s| s.step == "check").unwrap();
+    assert_eq!(check.status, Status::Built, "refused and rebuilt: {err}");
+    assert!(err.contains("bad signature"), "{err}");
+
+    // Records signed with another key are refused, every one.
+    let foreign = format!("http://127.0.0.1:{}/foreign", nginx.port);
+    let d = Project::new();
+    d.write("s.yaml", &small_manifest());
+    let mut md = Machine::new(&d);
+    md.env = vec![("FACEBUILD_REMOTE_SIGNING_KEY".into(), other_private)];
+    let (code, _, err) = md.run("s.yaml", &["--remote", &foreign]);
+    assert_eq!(code, 0, "{err}");
+    let e = Project::new();
+    e.write("s.yaml", &small_manifest());
+    let mut me = Machine::new(&e);
+    me.env = vec![("FACEBUILD_REMOTE_TRUSTED_KEYS".into(), public)];
+    let (code, re, err) = me.run("s.yaml", &["--remote", &foreign, "--remote-read-only"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        re.steps.iter().all(|s| s.status == Status::Built),
+        "{re:#?}"
+    );
+    assert!(
+        err.contains("not in FACEBUILD_REMOTE_TRUSTED_KEYS"),
+        "{err}"
+    );
+}
+
+/// A server that is down from the start, or stops mid-run: the run completes locally with
+/// one warning and exit 0, and says `remote: unavailable (...)`.
+#[test]
+fn a_remote_that_goes_down_never_fails_the_build() {
+    let Some(mut nginx) = Nginx::start() else {
+        return;
+    };
+    let url = nginx.url();
+    // Stopped mid-run: after the first step is built.
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let mut child = Machine::new(&a)
+        .command(&["run", "s.yaml", "--json", "--remote", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for _ in 0..10_000 {
+        let Some(Ok(l)) = lines.next() else { break };
+        let first_built = l.contains("built   check");
+        seen.push(l);
+        if first_built {
+            nginx.stop();
+            break;
+        }
+    }
+    for l in lines.map_while(|l| l.ok()).take(10_000) {
+        seen.push(l);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = seen.join("\n");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.ok);
+    assert!(r.steps.iter().all(|s| s.status == Status::Built));
+    let st = &r.remote.as_ref().unwrap().status;
+    assert!(st.starts_with("unavailable ("), "{st}\n{err}");
+    assert_eq!(
+        err.matches("is unavailable").count(),
+        1,
+        "one warning:\n{err}"
+    );
+
+    // Down from the start, and required: the run fails, saying why.
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let (code, rb, err) = Machine::new(&b).run("s.yaml", &["--remote", &url, "--remote-required"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!rb.ok && rb.steps.iter().all(|s| s.status == Status::Built));
+    assert!(err.contains("--remote-required"), "{err}");
+}
