@@ -149,13 +149,11 @@ enum CacheCmd {
         files: Vec<Utf8PathBuf>,
         #[arg(long)]
         dry_run: bool,
-        /// Collect the remote cache instead (--remote or FACEBUILD_REMOTE): keep what the
-        /// lockfiles reference and whatever is younger than --keep-days
-        #[arg(long = "remote-gc", id = "remote_gc")]
-        remote_gc: bool,
-        #[command(flatten)]
-        remote: RemoteArgs,
-        /// With --remote-gc: also keep objects younger than this many days
+        /// Collect the remote cache instead (URL, or FACEBUILD_REMOTE when none is given):
+        /// keep what the lockfiles reference and whatever is younger than --keep-days
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
+        /// With --remote: also keep objects younger than this many days
         #[arg(long, default_value_t = 7)]
         keep_days: u64,
     },
@@ -763,15 +761,19 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
         CacheCmd::Gc {
             files,
             dry_run,
-            remote_gc,
             remote,
             keep_days,
         } => {
             let files = lockfiles_or_default(files);
             let keep = kept_keys(&files)?;
-            if remote_gc {
-                let Some(remote) = remote.open()? else {
-                    return Err(Error::usage("--remote-gc needs a remote")
+            if let Some(url) = remote {
+                let args = RemoteArgs {
+                    remote: Some(url).filter(|u| !u.is_empty()),
+                    remote_read_only: false,
+                    remote_required: false,
+                };
+                let Some(remote) = args.open()? else {
+                    return Err(Error::usage("--remote needs a URL")
                         .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
                 };
                 return remote_gc_cmd(&remote, &store, &keep, keep_days, dry_run);
@@ -819,7 +821,7 @@ fn kept_keys(files: &[Utf8PathBuf]) -> Result<BTreeSet<String>> {
     Ok(keep)
 }
 
-/// `cache gc --remote-gc`: delete remote records neither referenced by the lockfiles nor
+/// `cache gc --remote`: delete remote records neither referenced by the lockfiles nor
 /// younger than `keep_days`, then blobs no kept record references and that are old enough.
 fn remote_gc_cmd(
     remote: &Remote,

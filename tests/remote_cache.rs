@@ -436,3 +436,56 @@ fn a_remote_that_goes_down_never_fails_the_build() {
     assert!(!rb.ok && rb.steps.iter().all(|s| s.status == Status::Built));
     assert!(err.contains("--remote-required"), "{err}");
 }
+
+/// `cache push` seeds a remote (here a shared folder, `file://`) from a local cache, and
+/// `cache gc --remote` keeps what the lockfiles reference and deletes the rest.
+#[test]
+fn push_seeds_a_remote_and_remote_gc_keeps_what_lockfiles_reference() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let ma = Machine::new(&a);
+    let (code, ra, err) = ma.run("s.yaml", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(ra.remote.is_none(), "no remote configured");
+    let out = ma
+        .command(&["cache", "push", "s.lock", "--remote", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("pushed 3 step results"), "{text}");
+    let ac = |p: &std::path::Path| files_under(&p.join("ac")).len();
+    assert_eq!(ac(shared.path()), 3);
+
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let (code, rb, err) = Machine::new(&b).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+
+    // A changed param: simplify is rebuilt and uploaded (its model is the same, so the IR
+    // still hits); its old result is referenced by no lockfile any more, and gc removes it
+    // with the blobs only it used.
+    a.write("s.yaml", &small_manifest().replace("samples: 2", "samples: 3"));
+    let (code, _, err) = ma.run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(ac(shared.path()), 4);
+    let blobs_before = files_under(&shared.path().join("cas")).len();
+    let out = ma
+        .command(&["cache", "gc", "s.lock", "--remote", &url, "--keep-days", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ac(shared.path()), 3, "{text}");
+    let blobs_after = files_under(&shared.path().join("cas")).len();
+    assert!(blobs_after < blobs_before, "{text}");
+    // What is left is exactly what the lockfile needs: a fresh machine still hits it all.
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest().replace("samples: 2", "samples: 3"));
+    let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rc);
+}
