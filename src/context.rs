@@ -309,14 +309,20 @@ impl BuildContext {
                 continue;
             }
             let src = self.store.blob_path(&blob.digest);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::copy(&src, &tmp).fs_context(&src)?;
+            // A temp name of its own: concurrent runs may materialize the same output.
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .tempfile_in(&dir)
+                .fs_context(&dir)?;
+            std::fs::copy(&src, tmp.path()).fs_context(&src)?;
             // Store blobs are read-only; the user's copy is not.
-            let mut perms = std::fs::metadata(&tmp).fs_context(&tmp)?.permissions();
+            let mut perms = std::fs::metadata(tmp.path())
+                .fs_context(&dest)?
+                .permissions();
             #[allow(clippy::permissions_set_readonly_false)]
             perms.set_readonly(false);
-            std::fs::set_permissions(&tmp, perms).fs_context(&tmp)?;
-            std::fs::rename(&tmp, &dest).fs_context(&dest)?;
+            std::fs::set_permissions(tmp.path(), perms).fs_context(&dest)?;
+            tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
         }
         Ok(())
     }

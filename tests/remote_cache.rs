@@ -454,7 +454,11 @@ fn push_seeds_a_remote_and_remote_gc_keeps_what_lockfiles_reference() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("pushed 3 step results"), "{text}");
     let ac = |p: &std::path::Path| files_under(&p.join("ac")).len();
     assert_eq!(ac(shared.path()), 3);
@@ -468,23 +472,41 @@ fn push_seeds_a_remote_and_remote_gc_keeps_what_lockfiles_reference() {
     // A changed param: simplify is rebuilt and uploaded (its model is the same, so the IR
     // still hits); its old result is referenced by no lockfile any more, and gc removes it
     // with the blobs only it used.
-    a.write("s.yaml", &small_manifest().replace("samples: 2", "samples: 3"));
+    a.write(
+        "s.yaml",
+        &small_manifest().replace("samples: 2", "samples: 3"),
+    );
     let (code, _, err) = ma.run("s.yaml", &["--remote", &url]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(ac(shared.path()), 4);
     let blobs_before = files_under(&shared.path().join("cas")).len();
     let out = ma
-        .command(&["cache", "gc", "s.lock", "--remote", &url, "--keep-days", "0"])
+        .command(&[
+            "cache",
+            "gc",
+            "s.lock",
+            "--remote",
+            &url,
+            "--keep-days",
+            "0",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(ac(shared.path()), 3, "{text}");
     let blobs_after = files_under(&shared.path().join("cas")).len();
     assert!(blobs_after < blobs_before, "{text}");
     // What is left is exactly what the lockfile needs: a fresh machine still hits it all.
     let c = Project::new();
-    c.write("s.yaml", &small_manifest().replace("samples: 2", "samples: 3"));
+    c.write(
+        "s.yaml",
+        &small_manifest().replace("samples: 2", "samples: 3"),
+    );
     let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &url]);
     assert_eq!(code, 0, "{err}");
     all_remote_hits(&rc);

@@ -73,13 +73,57 @@ impl Store {
     }
 
     /// A fresh scratch folder for a running step, on the same filesystem as the store so
-    /// outputs can be moved in with a rename.
+    /// outputs can be moved in with a rename. Named with this process's id, so a later run
+    /// can tell the folders of a killed process from those of a running one.
     pub(crate) fn scratch(&self) -> Result<tempfile::TempDir> {
         let tmp = self.root.join("tmp");
         tempfile::Builder::new()
-            .prefix("step-")
+            .prefix(&format!("step-{}-", std::process::id()))
             .tempdir_in(&tmp)
             .fs_context(tmp)
+    }
+
+    /// Remove scratch folders whose process is gone (killed with `kill -9`, or a crash):
+    /// every run does this at start, so they never pile up waiting for a gc. Returns how
+    /// many were removed.
+    pub(crate) fn reclaim_scratch(&self) -> usize {
+        let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            // step-<pid>-<random>; older folders without a pid are left to `cache gc`.
+            let Some(pid) = name
+                .strip_prefix("step-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Hold the lock of one action while it is built, so two runs on this cache never
+    /// build the same action at once: the second waits (saying for whom, through
+    /// `waiting`), then finds the first one's result in the cache. Polls, so Ctrl-C still
+    /// stops a waiting run.
+    pub(crate) fn lock_action(
+        &self,
+        key: &str,
+        step: &str,
+        cancel: &std::sync::atomic::AtomicBool,
+        waiting: &dyn Fn(&str),
+    ) -> Result<FileLock> {
+        let dir = self.root.join("locks");
+        std::fs::create_dir_all(&dir).fs_context(&dir)?;
+        FileLock::acquire(&dir.join(format!("{key}.lock")), step, cancel, waiting)
     }
 
     /// Move (or copy) a file into the store; returns its digest.
@@ -271,6 +315,56 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+}
+
+/// An exclusive lock on a file, held until dropped. The holder writes its pid and what it
+/// does into the file, for the message of whoever waits.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    pub(crate) fn acquire(
+        path: &Utf8Path,
+        what: &str,
+        cancel: &std::sync::atomic::AtomicBool,
+        waiting: &dyn Fn(&str),
+    ) -> Result<FileLock> {
+        use std::fs::TryLockError;
+        use std::io::{Read, Seek};
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .fs_context(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                waiting(holder.trim());
+                loop {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(Error::Interrupted);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    match file.try_lock() {
+                        Ok(()) => break,
+                        Err(TryLockError::WouldBlock) => continue,
+                        Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
+                    }
+                }
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
+        }
+        file.set_len(0).fs_context(path)?;
+        let _ = file.rewind();
+        let _ = write!(file, "pid {}: {what}", std::process::id());
+        Ok(FileLock { _file: file })
     }
 }
 

@@ -122,8 +122,16 @@ enum State {
 
 struct Finished {
     name: String,
-    result: Result<(Outputs, serde_json::Value)>,
+    result: Result<Executed>,
     duration_ms: u64,
+}
+
+/// What running a step gave: its outputs and summary, and whether a concurrent run on the
+/// same cache built it while this one waited for the action's lock.
+struct Executed {
+    outputs: Outputs,
+    summary: serde_json::Value,
+    by_other_run: bool,
 }
 
 /// A step that resolved to a miss and may start when a slot is free.
@@ -461,18 +469,31 @@ impl<'a> RunState<'a> {
     fn finish(&mut self, f: Finished) -> Result<()> {
         self.running -= 1;
         match f.result {
-            Ok((outputs, summary)) => {
+            Ok(Executed {
+                outputs,
+                summary,
+                by_other_run,
+            }) => {
                 if self.materializes(&f.name) {
                     self.ctx.materialize(&f.name, &outputs)?;
                 }
-                progress::println_err(&format!(
-                    "  built   {} in {:.1}s",
-                    f.name,
-                    f.duration_ms as f64 / 1000.0
-                ));
+                progress::println_err(&if by_other_run {
+                    format!("  cached  {} (built by a concurrent run)", f.name)
+                } else {
+                    format!(
+                        "  built   {} in {:.1}s",
+                        f.name,
+                        f.duration_ms as f64 / 1000.0
+                    )
+                });
                 let infos = self.output_infos(&f.name, &outputs);
                 let r = self.results.get_mut(&f.name).expect("registered at launch");
-                r.status = Status::Built;
+                r.status = if by_other_run {
+                    r.cache = Some(Origin::Local);
+                    Status::Cached
+                } else {
+                    Status::Built
+                };
                 r.duration_ms = f.duration_ms;
                 r.outputs = infos;
                 r.summary = summary;
@@ -555,6 +576,10 @@ pub(crate) fn run(
     let selected = ctx.dag.select(&opts.targets)?;
     ctx.ensure_toolchain()?;
     let ctx: &BuildContext = ctx;
+    let reclaimed = ctx.store.reclaim_scratch();
+    if reclaimed > 0 {
+        tracing::info!("removed {reclaimed} scratch folder(s) left by killed runs");
+    }
     let source = ctx.source()?;
     let toolchain = ctx.toolchain.as_ref().expect("ensured above");
     let mut run = RunState::new(ctx, opts, selected);
@@ -636,15 +661,57 @@ fn execute(
     job: &Job,
     toolchain: &crate::toolchain::Toolchain,
     cancel: &AtomicBool,
-) -> Result<(Outputs, serde_json::Value)> {
+) -> Result<Executed> {
     let name = job.name.as_str();
     let step = ctx.manifest.step(name);
+    let key = job.parts.key();
+    let pb = progress::spinner("starting");
+    pb.set_prefix(name.to_string());
+    // One build per action on this cache: a concurrent run building it makes this one wait,
+    // then take its result.
+    let waiting = |holder: &str| {
+        let who = holder.split(':').next().unwrap_or(holder);
+        progress::println_err(&format!("  waiting for `{name}` ({who})"));
+        pb.set_message(format!("waiting for `{name}` ({who})"));
+    };
+    let _action_lock = ctx.store.lock_action(
+        &key,
+        &format!("{} step `{name}`", ctx.manifest.name),
+        cancel,
+        &waiting,
+    )?;
+    if let Some(rec) = ctx.store.lookup(&key)? {
+        pb.finish_and_clear();
+        return Ok(Executed {
+            outputs: rec.outputs,
+            summary: rec.summary,
+            by_other_run: true,
+        });
+    }
+    // Benchmarks hold the machine: two at once would spoil the figures that get cached.
+    let _machine_lock = if step.spec.kind == crate::manifest::StepKind::Benchmark {
+        let path =
+            Utf8PathBuf::from_path_buf(std::env::temp_dir().join("facebuild-benchmark.lock"))
+                .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
+        let waiting = |holder: &str| {
+            progress::println_err(&format!(
+                "  waiting for the machine's benchmark lock ({holder})"
+            ));
+            pb.set_message(format!("waiting for the machine ({holder})"));
+        };
+        Some(crate::cache::store::FileLock::acquire(
+            &path,
+            &format!("{} step `{name}`", ctx.manifest.name),
+            cancel,
+            &waiting,
+        )?)
+    } else {
+        None
+    };
     let scratch = ctx.store.scratch()?;
     let workdir = Utf8Path::from_path(scratch.path())
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?
         .to_owned();
-    let pb = progress::spinner("starting");
-    pb.set_prefix(name.to_string());
     let mut datasets = BTreeMap::new();
     for d in step.spec.params.kind().datasets() {
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
@@ -720,7 +787,11 @@ fn execute(
     if let Some(remote) = &ctx.remote {
         remote.upload(&rec, &ctx.store);
     }
-    Ok((outputs, outcome.summary))
+    Ok(Executed {
+        outputs,
+        summary: outcome.summary,
+        by_other_run: false,
+    })
 }
 
 fn update_lock(

@@ -61,7 +61,12 @@ impl Project {
     }
 
     pub(crate) fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("facebuild").unwrap();
+        Command::from_std(self.std_cmd())
+    }
+
+    /// The facebuild command of this project, as a std Command (to spawn and signal it).
+    pub(crate) fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("facebuild"));
         c.current_dir(self.dir.path())
             .env("FACEBUILD_CACHE", self.path("cache"))
             .env("FACEBUILD_TOOLCHAIN_DIR", toolchain_dir())
