@@ -206,6 +206,15 @@ enum ToolchainCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Hash-lock every Python package of a manifest's pins with uv, into
+    /// `<manifest>.toolchain.lock` beside it (commit it); without a manifest, print the lock
+    /// of the default pins
+    Lock {
+        file: Option<Utf8PathBuf>,
+        /// Write here instead
+        #[arg(short, long)]
+        output: Option<Utf8PathBuf>,
+    },
 }
 
 fn default_jobs() -> usize {
@@ -258,7 +267,8 @@ pub fn main() -> i32 {
 }
 
 fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
-    let cache_dir = default_cache_dir(cli.cache_dir.as_deref());
+    // Absolute: tools run in scratch folders are handed paths into the cache.
+    let cache_dir = crate::util::absolute(&default_cache_dir(cli.cache_dir.as_deref()));
     match cli.command {
         Command::Run {
             file,
@@ -900,7 +910,10 @@ fn default_lockfiles() -> Vec<Utf8PathBuf> {
 
 fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {
     Ok(match file {
-        Some(f) => Pins::resolve(&Manifest::load(f)?.toolchain),
+        Some(f) => {
+            let m = Manifest::load(f)?;
+            Pins::for_manifest(&m.toolchain, &m.file)?
+        }
         None => Pins::resolve(&Default::default()),
     })
 }
@@ -974,6 +987,28 @@ fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
             match &trt {
                 Ok(t) => println!("  tensorrt     {} ({})", t.describe(), t.trtexec),
                 Err(e) => println!("  tensorrt     unavailable: {e}"),
+            }
+            Ok(0)
+        }
+        ToolchainCmd::Lock { file, output } => {
+            let (pins, dest) = match &file {
+                Some(f) => {
+                    let m = Manifest::load(f)?;
+                    (
+                        Pins::resolve(&m.toolchain),
+                        Some(output.unwrap_or_else(|| Pins::lock_path(&m.file))),
+                    )
+                }
+                None => (Pins::resolve(&Default::default()), output),
+            };
+            let text = crate::toolchain::lock(&pins, &crate::toolchain::root_dir(cache_dir))?;
+            let n = text.lines().filter(|l| l.contains("==")).count();
+            match dest {
+                Some(d) => {
+                    crate::cache::store::write_atomic(&d, text.as_bytes())?;
+                    println!("locked {n} packages with their hashes into {d}");
+                }
+                None => print!("{text}"),
             }
             Ok(0)
         }

@@ -45,7 +45,7 @@ impl BuildContext {
     pub(crate) fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
         let dag = Dag::build(&manifest)?;
         let store = Store::open(&cache_dir)?;
-        let pins = Pins::resolve(&manifest.toolchain);
+        let pins = Pins::for_manifest(&manifest.toolchain, &manifest.file)?;
         let toolchain = Toolchain::find(&cache_dir, &pins);
         let lock = Lock::load(&manifest.lock_path());
         Ok(BuildContext {
@@ -116,7 +116,17 @@ impl BuildContext {
                     .as_deref()
                     .map(|n| BuiltinModel::from_name(n).expect("validated"))
                     .unwrap_or(BuiltinModel::DEFAULT);
-                (self.builtin_model(b)?, format!("builtin:{}", b.name()))
+                let label = format!("builtin:{}", b.name());
+                if m.model.sha256.is_none() {
+                    // Its digest is known without generating it: generated when a step
+                    // runs on it (`source_file`), never on a fully cached run.
+                    return Ok(Source {
+                        path: self.builtin_path(b),
+                        digest: b.digest().to_string(),
+                        label,
+                    });
+                }
+                (self.builtin_model(b)?, label)
             }
         };
         let d = self.store.memo.blake3(&path)?;
@@ -139,16 +149,44 @@ impl BuildContext {
         })
     }
 
-    /// Generate a built-in model once per generator version, into the cache.
-    pub(crate) fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
-        let path = self
-            .cache_dir
+    fn builtin_path(&self, b: BuiltinModel) -> Utf8PathBuf {
+        self.cache_dir
             .join("builtin")
-            .join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()));
+            .join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()))
+    }
+
+    /// Generate a built-in model once per generator version, into the cache, checked
+    /// against the digest its keys were computed with.
+    pub(crate) fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
+        let path = self.builtin_path(b);
         if !path.exists() {
-            crate::cache::store::write_atomic(&path, &b.bytes())?;
+            let bytes = b.bytes();
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != b.digest() {
+                return Err(Error::toolchain(format!(
+                    "the built-in model `{}` generated to blake3 {got}, not the {} this facebuild records",
+                    b.name(),
+                    b.digest()
+                ))
+                .with_hint("this is a facebuild bug: report it, and use `model.path` meanwhile"));
+            }
+            crate::cache::store::write_atomic(&path, &bytes)?;
         }
         Ok(path)
+    }
+
+    /// The source model's file, generating a built-in model on first need.
+    pub(crate) fn source_file(&self) -> Result<Utf8PathBuf> {
+        let s = self.source()?;
+        if !s.path.exists()
+            && let Some(b) = s
+                .label
+                .strip_prefix("builtin:")
+                .and_then(BuiltinModel::from_name)
+        {
+            return self.builtin_model(b);
+        }
+        Ok(s.path)
     }
 
     /// Digest of a dataset folder: every file's relative path and blake3, sorted.

@@ -73,6 +73,15 @@ pub(crate) fn child_of(root: &camino::Utf8Path, name: &str) -> crate::Result<cam
     }
 }
 
+/// `p` made absolute against the current directory (without resolving links); `p` itself
+/// if that fails.
+pub(crate) fn absolute(p: &camino::Utf8Path) -> camino::Utf8PathBuf {
+    std::path::absolute(p)
+        .ok()
+        .and_then(|a| camino::Utf8PathBuf::from_path_buf(a).ok())
+        .unwrap_or_else(|| p.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,26 @@ impl BuiltinModel {
     pub(crate) fn bytes(self) -> Vec<u8> {
         prost::Message::encode_to_vec(&self.build())
     }
+
+    /// The blake3 of [`BuiltinModel::bytes`] at this generator version. Keys need only the
+    /// digest, so a run whose steps are all cached (locally or on a remote) never generates
+    /// the model; a unit test holds these to the generator.
+    pub(crate) fn digest(self) -> &'static str {
+        match self {
+            BuiltinModel::IresnetMini => {
+                "7652d514f3d20207ab6e88a3b1dee4db60d8e332d6330341aad71bd422a6cde0"
+            }
+            BuiltinModel::Iresnet18 => {
+                "8e55248525803d4580f77c8a331e393449498cde4c8149eeb256f8ce826cbae4"
+            }
+            BuiltinModel::Iresnet50 => {
+                "1236e645cfe10689dfdd7deaa53a72ed23ded54d056e34de16c7b78753b8edcd"
+            }
+            BuiltinModel::ScrfdMini => {
+                "66bae2b74f86d9d40fc05309fd906b978221d677acec650ee4e9b75d18eb64ce"
+            }
+        }
+    }
 }
 
 enum Dim {
@@ -381,6 +401,20 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The recorded digests are what the generator produces, byte for byte.
+    #[test]
+    fn recorded_digests_match_the_generator() {
+        for name in BuiltinModel::names() {
+            let b = BuiltinModel::from_name(name).unwrap();
+            let got = blake3::hash(&b.bytes()).to_hex().to_string();
+            assert_eq!(
+                got,
+                b.digest(),
+                "{name}: update `digest()` with the generator"
+            );
+        }
+    }
 
     #[test]
     fn deterministic_and_sized() {

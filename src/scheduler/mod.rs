@@ -459,6 +459,7 @@ impl<'a> RunState<'a> {
         self.running += 1;
         Job {
             name: l.name,
+            no_cache: self.opts.no_cache,
             model,
             upstream,
             parts: l.parts,
@@ -562,6 +563,8 @@ impl<'a> RunState<'a> {
 /// What a worker thread needs to run one step.
 struct Job {
     name: String,
+    /// `--no-cache`: rebuild even when another run has just built it.
+    no_cache: bool,
     model: Utf8PathBuf,
     upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
     parts: KeyParts,
@@ -596,7 +599,7 @@ pub(crate) fn run(
                 run.stop = true;
             }
             for launch in run.settle()? {
-                let job = run.job(launch, &source.path);
+                let job = run.job(launch, &ctx.source_file()?);
                 let tx = tx.clone();
                 scope.spawn(move |_| {
                     let t = Instant::now();
@@ -680,7 +683,10 @@ fn execute(
         cancel,
         &waiting,
     )?;
-    if let Some(rec) = ctx.store.lookup(&key)? {
+    // (Unless --no-cache asked for a rebuild.)
+    if !job.no_cache
+        && let Some(rec) = ctx.store.lookup(&key)?
+    {
         pb.finish_and_clear();
         return Ok(Executed {
             outputs: rec.outputs,

@@ -1,8 +1,13 @@
-//! The Python toolchain facebuild provisions for itself: a venv keyed by the pin set,
-//! holding onnx, onnxruntime, onnxsim, onnxslim, openvino and nncf. Native libraries
-//! (libonnxruntime, libopenvino_c) are loaded from these wheels, so one pin set decides
-//! every version a step uses. The installed versions are written to `toolchain.json`
-//! once, and read from there afterwards: a no-op run never starts Python.
+//! The Python toolchain facebuild provisions for itself: a venv holding onnx, onnxruntime,
+//! onnxsim, onnxslim, openvino and nncf and every package they pull in, installed from a
+//! hash-locked requirements file (`uv pip compile --universal --generate-hashes`) with
+//! `uv pip sync --require-hashes`. The lock for the default pins ships inside facebuild;
+//! `facebuild toolchain lock FILE` writes one beside a manifest with custom pins. The
+//! toolchain's id, and so every cache key, is the hash of the lock and the interpreter: two
+//! machines with the same id run the same bytes of every Python package, which is what a
+//! shared cache needs. Native libraries (libonnxruntime, libopenvino_c) are loaded from these
+//! wheels. The installed versions are written to `toolchain.json` once, and read from there
+//! afterwards: a no-op run never starts Python.
 
 pub(crate) mod tensorrt;
 
@@ -27,24 +32,49 @@ pub(crate) const DEFAULT_PINS: &[(&str, &str)] = &[
     ("nncf", "3.4.0"),
 ];
 
-/// Bumped when the install procedure or the helper scripts change what an env contains.
-const LAYOUT_VERSION: u32 = 1;
+/// Bumped when the install procedure or the helper scripts change what an env contains
+/// (2: installed from a hash-locked requirements file).
+const LAYOUT_VERSION: u32 = 2;
 
-/// The Python packages facebuild's steps run with, pinned.
+/// The hash-locked requirements of the default pins: every package, with the sha256 of
+/// each of its wheels. Regenerate with `facebuild toolchain lock > src/toolchain/python/toolchain.lock`.
+pub(crate) const DEFAULT_LOCK: &str = include_str!("python/toolchain.lock");
+
+/// The uv that installs toolchains and writes locks (itself from PyPI, pinned).
+pub(crate) const UV_VERSION: &str = "0.13.9";
+
+/// The Python packages facebuild's steps run with, pinned, and their lock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pins {
     /// The Python interpreter that creates the environment.
     pub interpreter: String,
-    /// Package -> pinned version.
+    /// Package -> pinned version (the top-level requirements).
     pub packages: BTreeMap<String, String>,
+    /// The hash-locked requirements of every package; None for custom pins whose lock has
+    /// not been written yet (`facebuild toolchain lock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
+    /// Where the lock came from: `built-in`, or the lock file beside the manifest.
+    #[serde(default)]
+    pub lock_source: String,
 }
 
 impl CacheKey for Pins {
     fn cache_key(&self, s: &mut CacheKeyHasher) {
         (LAYOUT_VERSION as u64).cache_key(s);
         self.interpreter.cache_key(s);
-        self.packages.cache_key(s);
+        match &self.lock {
+            // The lock names every package and every file's hash: it is the toolchain.
+            Some(l) => l.cache_key(s),
+            None => self.packages.cache_key(s),
+        }
     }
+}
+
+/// The `# pins:` line a lock records: what it was compiled from.
+fn pins_line(packages: &BTreeMap<String, String>) -> String {
+    let reqs: Vec<String> = packages.iter().map(|(k, v)| format!("{k}=={v}")).collect();
+    format!("# pins: {}", reqs.join(" "))
 }
 
 impl Pins {
@@ -62,10 +92,42 @@ impl Pins {
             .clone()
             .or_else(|| std::env::var("FACEBUILD_PYTHON").ok())
             .unwrap_or_else(|| "python3".into());
+        // The built-in lock holds for the default pins only.
+        let default = DEFAULT_LOCK.lines().any(|l| l == pins_line(&packages));
         Pins {
             interpreter,
             packages,
+            lock: default.then(|| DEFAULT_LOCK.to_string()),
+            lock_source: if default { "built-in" } else { "" }.into(),
         }
+    }
+
+    /// Where a manifest's own lock lives: `<manifest stem>.toolchain.lock` beside it.
+    pub(crate) fn lock_path(manifest: &Utf8Path) -> Utf8PathBuf {
+        manifest.with_extension("toolchain.lock")
+    }
+
+    /// The manifest's pins with their lock: the built-in one for the default pins, else the
+    /// lock file beside the manifest, which must have been written for exactly these pins.
+    pub(crate) fn for_manifest(spec: &ToolchainSpec, manifest: &Utf8Path) -> Result<Pins> {
+        let mut p = Pins::resolve(spec);
+        if p.lock.is_some() {
+            return Ok(p);
+        }
+        let path = Pins::lock_path(manifest);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if !text.lines().any(|l| l == pins_line(&p.packages)) {
+                return Err(Error::toolchain(format!(
+                    "{path} was locked for other pins than `toolchain.python` in {manifest}"
+                ))
+                .with_hint(format!(
+                    "regenerate it: `facebuild toolchain lock {manifest}`"
+                )));
+            }
+            p.lock = Some(text);
+            p.lock_source = path.to_string();
+        }
+        Ok(p)
     }
 
     /// A short id of the pins: the toolchain's folder name.
@@ -141,6 +203,12 @@ impl Toolchain {
     pub fn ensure(cache_dir: &Utf8Path, pins: &Pins) -> Result<Toolchain> {
         if let Some(t) = Self::find(cache_dir, pins) {
             return Ok(t);
+        }
+        if pins.lock.is_none() {
+            return Err(Error::toolchain(
+                "custom `toolchain.python` pins have no lock: every package must be hash-locked before it is installed",
+            )
+            .with_hint("write the lock beside the manifest: `facebuild toolchain lock <manifest>`, and commit it"));
         }
         let root = root_dir(cache_dir);
         std::fs::create_dir_all(&root).fs_context(&root)?;
@@ -228,6 +296,107 @@ impl Toolchain {
     }
 }
 
+/// The pinned uv, installed once per toolchain root from PyPI into its own venv.
+fn ensure_uv(
+    interpreter: &str,
+    root: &Utf8Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<Utf8PathBuf> {
+    let home = root.join(format!("uv-{UV_VERSION}"));
+    let uv = home.join("bin/uv");
+    if uv.exists() {
+        return Ok(uv);
+    }
+    pb.set_message(format!("installing uv {UV_VERSION}"));
+    let _ = std::fs::remove_dir_all(&home);
+    let run = |c: &mut Command, what: &str| -> Result<()> {
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::toolchain(format!("{what}: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::toolchain(format!(
+                "{what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+            .with_hint("uv comes from PyPI: check that PyPI is reachable"));
+        }
+        Ok(())
+    };
+    run(
+        Command::new(interpreter).args(["-m", "venv"]).arg(&home),
+        "creating uv's environment",
+    )?;
+    run(
+        Command::new(home.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            &format!("uv=={UV_VERSION}"),
+        ]),
+        "installing uv",
+    )?;
+    Ok(uv)
+}
+
+/// Compile a hash-locked requirements file for `pins` with uv: universal (every platform's
+/// wheels, with markers) for the interpreter's Python version. Returns the lock's text.
+pub(crate) fn lock(pins: &Pins, root: &Utf8Path) -> Result<String> {
+    std::fs::create_dir_all(root).fs_context(root)?;
+    let pb = crate::report::progress::spinner("locking the toolchain");
+    let uv = ensure_uv(&pins.interpreter, root, &pb)?;
+    let version = Command::new(&pins.interpreter)
+        .args([
+            "-c",
+            "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+        ])
+        .output()
+        .map_err(|e| Error::toolchain(format!("cannot run `{}`: {e}", pins.interpreter)))?;
+    let py = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let tmp = tempfile::tempdir_in(root).fs_context(root)?;
+    let reqs = tmp.path().join("requirements.in");
+    let body: String = pins
+        .packages
+        .iter()
+        .map(|(k, v)| format!("{k}=={v}\n"))
+        .collect();
+    std::fs::write(&reqs, body).map_err(|e| Error::toolchain(format!("{e}")))?;
+    pb.set_message(format!("uv pip compile for Python {py}"));
+    let out = Command::new(&uv)
+        .args([
+            "pip",
+            "compile",
+            "--universal",
+            "--generate-hashes",
+            "--no-header",
+            "--quiet",
+            "--python-version",
+            &py,
+        ])
+        .arg(&reqs)
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::toolchain(format!("cannot run uv: {e}")))?;
+    pb.finish_and_clear();
+    if !out.status.success() {
+        return Err(Error::toolchain(format!(
+            "uv pip compile failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+        .with_hint("check the pins under `toolchain.python` exist on PyPI"));
+    }
+    Ok(format!(
+        "# facebuild toolchain lock: uv {UV_VERSION} pip compile --universal --generate-hashes --python-version {py}\n{}\n{}",
+        pins_line(&pins.packages),
+        String::from_utf8_lossy(&out.stdout)
+    ))
+}
+
 fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     // Installed in place (a venv cannot be moved: its console scripts such as `ovc` hard-code
     // its path); `toolchain.json`, written last, marks it complete.
@@ -239,8 +408,11 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
         pins.id()
     ));
     let venv = partial.join("venv");
+    let pip_path = std::env::var("FACEBUILD_TOOLCHAIN_INSTALLER").is_ok_and(|i| i == "pip");
     let status = Command::new(&pins.interpreter)
         .args(["-m", "venv"])
+        // uv installs into the venv from outside it: no pip to bootstrap.
+        .args((!pip_path).then_some("--without-pip"))
         .arg(&venv)
         .stdin(Stdio::null())
         .status()
@@ -254,18 +426,15 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
         ))
         .with_hint("install the venv module (Debian: apt-get install python3-venv)"));
     }
-    let reqs: Vec<String> = pins
-        .packages
-        .iter()
-        .map(|(k, v)| format!("{k}=={v}"))
-        .collect();
-    pb.set_message(format!(
-        "toolchain {}: pip install {}",
-        pins.id(),
-        reqs.join(" ")
-    ));
-    let mut child = Command::new(venv.join("bin/python"))
-        .args([
+    let lock = pins.lock.as_deref().expect("checked by ensure");
+    let lock_file = partial.join("toolchain.lock");
+    std::fs::write(&lock_file, lock).fs_context(&lock_file)?;
+    let installer = std::env::var("FACEBUILD_TOOLCHAIN_INSTALLER").unwrap_or_default();
+    let mut cmd = if installer == "pip" {
+        // The slower path, kept for comparison and for machines where uv cannot run:
+        // pip's hash-checking mode installs the same locked files.
+        let mut c = Command::new(venv.join("bin/python"));
+        c.args([
             "-m",
             "pip",
             "install",
@@ -273,13 +442,35 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
             "--no-input",
             "--progress-bar",
             "off",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
         ])
-        .args(&reqs)
+        .arg(&lock_file);
+        c
+    } else {
+        let uv = ensure_uv(&pins.interpreter, dir.parent().unwrap_or(dir), &pb)?;
+        let mut c = Command::new(uv);
+        c.args(["pip", "sync", "--require-hashes", "--python"])
+            .arg(venv.join("bin/python"))
+            .arg(&lock_file)
+            // Never a Python from elsewhere: the venv's interpreter is the toolchain's.
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env("UV_NO_PROGRESS", "1");
+        c
+    };
+    pb.set_message(format!(
+        "toolchain {}: installing {} locked packages ({})",
+        pins.id(),
+        lock.lines().filter(|l| l.contains("==")).count(),
+        if installer == "pip" { "pip" } else { "uv" }
+    ));
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::toolchain(format!("cannot run pip: {e}")))?;
+        .map_err(|e| Error::toolchain(format!("cannot run the installer: {e}")))?;
     let stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
         let mut s = String::new();
@@ -304,7 +495,7 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     }
     let status = child
         .wait()
-        .map_err(|e| Error::toolchain(format!("pip: {e}")))?;
+        .map_err(|e| Error::toolchain(format!("installer: {e}")))?;
     let err = err_thread.join().unwrap_or_default();
     if !status.success() {
         let tail: Vec<&str> = err
@@ -315,8 +506,8 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
             .into_iter()
             .rev()
             .collect();
-        return Err(Error::toolchain(format!("pip install failed ({status}):\n{}", tail.join("\n")))
-            .with_hint("check that PyPI is reachable and the pinned versions exist (`pip index versions NAME`); pins live under `toolchain.python` in the manifest"));
+        return Err(Error::toolchain(format!("installing the locked toolchain failed ({status}):\n{}", tail.join("\n")))
+            .with_hint("check that PyPI is reachable; a hash mismatch means a file on the index changed since the lock was written (`facebuild toolchain lock` rewrites it)"));
     }
     pb.set_message("toolchain: recording versions");
     let out = Command::new(venv.join("bin/python"))

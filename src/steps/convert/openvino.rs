@@ -60,7 +60,7 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
             // Run in the scratch folder with a relative output: ovc records `output_model` in
             // the IR's rt_info, and an absolute scratch path would differ on every build.
             let args = vec![
-                ctx.model.to_string(),
+                crate::util::absolute(ctx.model).to_string(),
                 "--output_model".into(),
                 "model.xml".into(),
                 "--input".into(),
