@@ -25,6 +25,9 @@ steps:
   openvino_fp32: {kind: convert, from: simplify, params: {backend: openvino, precision: fp32}}
 ";
 
+/// A backend's label, URL and the environment that reaches it.
+type Backend = (&'static str, String, Vec<(String, String)>);
+
 struct Run {
     secs: f64,
     report: serde_json::Value,
@@ -64,7 +67,7 @@ fn main() {
         return;
     };
     let mut rows = Vec::new();
-    let backends: Vec<(&str, String, Vec<(String, String)>)> = vec![
+    let backends: Vec<Backend> = vec![
         ("http (nginx)", nginx.url(), vec![]),
         ("s3 (s3s-fs)", s3.url(), s3.env(servers::S3_SECRET)),
     ];
