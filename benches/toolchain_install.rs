@@ -15,7 +15,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let lock = std::fs::read_to_string(root.join("src/toolchain/python/toolchain.lock")).unwrap();
-    let packages = lock.lines().filter(|l| l.contains("==")).count();
+    let packages = lock
+        .lines()
+        .filter(|l| l.contains("==") && !l.starts_with('#'))
+        .count();
     let mut rows = Vec::new();
     for installer in ["uv", "pip"] {
         let mut secs = Vec::new();

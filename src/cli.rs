@@ -1002,7 +1002,10 @@ fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
                 None => (Pins::resolve(&Default::default()), output),
             };
             let text = crate::toolchain::lock(&pins, &crate::toolchain::root_dir(cache_dir))?;
-            let n = text.lines().filter(|l| l.contains("==")).count();
+            let n = text
+                .lines()
+                .filter(|l| l.contains("==") && !l.starts_with('#'))
+                .count();
             match dest {
                 Some(d) => {
                     crate::cache::store::write_atomic(&d, text.as_bytes())?;

@@ -311,6 +311,10 @@ impl BuildContext {
         if step.spec.kind == crate::manifest::StepKind::Benchmark {
             toolchain.insert("machine".into(), steps::benchmark::machine_fingerprint());
         }
+        // Inference results and NNCF statistics belong to the CPU's ISA class.
+        if step.spec.params.kind().isa_dependent() {
+            toolchain.insert("isa".into(), steps::benchmark::isa_class());
+        }
         Ok(KeyParts {
             kind: step.spec.kind.to_string(),
             impl_version: step.spec.params.kind().impl_version(),

@@ -209,6 +209,22 @@ fn describe_machine() -> Machine {
     }
 }
 
+/// The CPU's ISA class: the architecture and the instruction-set extensions that change
+/// inference results (bf16 and int8 paths, vector widths). Part of the key of every step
+/// that runs inference, so CI runners of one class share results and other classes do not.
+pub(crate) fn isa_class() -> String {
+    let m = machine();
+    format!(
+        "{} {}",
+        m.arch,
+        if m.isa.is_empty() {
+            "baseline".to_string()
+        } else {
+            m.isa.join(",")
+        }
+    )
+}
+
 /// The part of the machine description that changes figures: the cache key's `machine`.
 pub(crate) fn machine_fingerprint() -> String {
     let m = machine();

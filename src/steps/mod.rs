@@ -150,6 +150,13 @@ pub(crate) trait Kind {
     fn uses_tensorrt(&self) -> bool {
         false
     }
+    /// Whether the step's outputs depend on the CPU's instruction set: it runs inference whose
+    /// figures enter its outputs (kernels differ by ISA, and OpenVINO's CPU plugin runs bf16
+    /// by default where the CPU has it), or NNCF gathers statistics. Such a step carries the
+    /// CPU's ISA class in its key, so a shared cache never hands one class's result to another.
+    fn isa_dependent(&self) -> bool {
+        false
+    }
     /// Whether the step says it must run (`required: true`): unavailable then fails the run.
     fn required(&self) -> bool {
         false

@@ -111,6 +111,9 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
 }
 
 impl super::Kind for QuantizeParams {
+    fn isa_dependent(&self) -> bool {
+        true
+    }
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }

@@ -405,6 +405,9 @@ fn tool_name(t: Tool) -> &'static str {
 }
 
 impl super::Kind for SimplifyParams {
+    fn isa_dependent(&self) -> bool {
+        true
+    }
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }

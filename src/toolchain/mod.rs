@@ -462,7 +462,9 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     pb.set_message(format!(
         "toolchain {}: installing {} locked packages ({})",
         pins.id(),
-        lock.lines().filter(|l| l.contains("==")).count(),
+        lock.lines()
+            .filter(|l| l.contains("==") && !l.starts_with('#'))
+            .count(),
         if installer == "pip" { "pip" } else { "uv" }
     ));
     let mut child = cmd

@@ -908,6 +908,9 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
 }
 
 impl super::Kind for CompareParams {
+    fn isa_dependent(&self) -> bool {
+        true
+    }
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }

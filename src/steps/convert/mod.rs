@@ -182,6 +182,9 @@ pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
 }
 
 impl super::Kind for ConvertParams {
+    fn isa_dependent(&self) -> bool {
+        true
+    }
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }
