@@ -181,6 +181,17 @@ fn two_ci_machines_share_an_http_cache() {
             assert_eq!(blake3::hash(&bytes).to_hex().to_string(), o.digest);
         }
     }
+    // The cached release recreated B's release folder from the cache, byte for byte, and
+    // made it current.
+    let release = |p: &Project| {
+        let dir = p.path("releases/recognition/current");
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let files: Vec<String> = files_under(&dir);
+        (sums, files)
+    };
+    assert_eq!(release(&a), release(&b));
+    assert!(err.contains("restored release"), "{err}");
 }
 
 /// The same over S3 (s3s-fs, SigV4-checked), credentials from the standard AWS variables.

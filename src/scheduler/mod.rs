@@ -237,6 +237,57 @@ impl<'a> RunState<'a> {
         None
     }
 
+    /// The params of a `release` step.
+    fn release_params(&self, name: &str) -> Option<crate::steps::release::ReleaseParams> {
+        match &self.ctx.manifest.step(name).spec.params {
+            crate::steps::StepParams::Release(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// A cached release whose folder is missing is restored from the cache (its own outputs
+    /// and its upstream steps' artifacts, fetched from the remote when they are there).
+    fn restore_release(
+        &mut self,
+        name: &str,
+        p: &crate::steps::release::ReleaseParams,
+        record: &ActionRecord,
+    ) -> std::result::Result<(), String> {
+        let ctx = self.ctx;
+        let deps = ctx.dag.deps(name);
+        // Everything restored must be local: its own outputs and its upstream steps'.
+        if let Some(remote) = &ctx.remote {
+            let own: Vec<_> = record.outputs.values().cloned().collect();
+            remote.fetch(&own, &ctx.store)?;
+        }
+        for d in &deps {
+            if let Some(rec) = self.remote_hits.get(*d).cloned() {
+                self.fetch_remote(d, &rec)?;
+            }
+        }
+        let paths = |outputs: &Outputs| -> BTreeMap<String, Utf8PathBuf> {
+            outputs
+                .iter()
+                .map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest)))
+                .collect()
+        };
+        let own = paths(&record.outputs);
+        let mut upstream = BTreeMap::new();
+        for d in deps {
+            if let Some(State::Done(o)) = self.state.get(d) {
+                upstream.insert(d.to_string(), paths(o));
+            }
+        }
+        match crate::steps::release::restore(&self.ctx.manifest, p, &own, &upstream) {
+            Ok(Some(dir)) => {
+                progress::println_err(&format!("  restored {name}: {dir} from the cache"));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Forget what was decided for a step, so it is resolved (and rebuilt) again.
     fn reset(&mut self, name: &str) {
         self.state.insert(name.into(), State::Pending);
@@ -348,6 +399,22 @@ impl<'a> RunState<'a> {
                 }
                 if wanted {
                     self.ctx.materialize(name, &record.outputs)?;
+                }
+                // `--materialize none` fetches nothing, releases included.
+                if self.ctx.materialize != crate::cache::remote::Materialize::None
+                    && let Some(p) = self.release_params(name)
+                    && let Err(why) = self.restore_release(name, &p, &record)
+                {
+                    progress::println_err(&format!("  FAILED  {name}: {why}"));
+                    let mut r = self.result(name, Status::Failed);
+                    r.key = Some(record.key.clone());
+                    r.error = Some(why);
+                    self.results.insert(name.into(), r);
+                    self.state.insert(name.into(), State::Failed);
+                    if !self.opts.keep_going {
+                        self.stop = true;
+                    }
+                    return Ok(true);
                 }
                 let mut r = self.result(name, Status::Cached);
                 r.key = Some(record.key.clone());

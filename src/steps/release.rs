@@ -583,6 +583,99 @@ pub(crate) fn verify_version(vdir: &Utf8Path) -> Result<Vec<String>> {
     Ok(bad)
 }
 
+/// A cached release whose version folder is missing (a fresh CI machine whose steps all came
+/// from a remote cache, a cleaned disk): rebuild `releases/<pipeline>/<version>/` from the
+/// cache, the artifacts from the upstream steps' outputs and `metadata.json`/`ROLLBACK.md`
+/// from the release's own, every file checked against the cached `SHA256SUMS`. It becomes
+/// `current` when the pipeline has none. Returns the folder when it was restored.
+pub(crate) fn restore(
+    manifest: &crate::manifest::Manifest,
+    p: &ReleaseParams,
+    own: &BTreeMap<String, Utf8PathBuf>,
+    upstream: &BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
+) -> Result<Option<Utf8PathBuf>> {
+    let (Some(report), Some(sums_file)) = (own.get("report.json"), own.get("SHA256SUMS")) else {
+        return Ok(None);
+    };
+    let report: ReleaseReport = super::read_report(report)?;
+    let Some(version) = report.version else {
+        return Ok(None);
+    };
+    let root = match &p.releases_dir {
+        Some(d) => manifest.resolve(d),
+        None => releases_root(None),
+    };
+    let pipeline_dir = crate::util::child_of(&root, &manifest.name)?;
+    let vdir = crate::util::child_of(&pipeline_dir, &version)?;
+    if vdir.exists() {
+        return Ok(None);
+    }
+    let sums = std::fs::read_to_string(sums_file).fs_context(sums_file)?;
+    let tmp = pipeline_dir.join(format!(".{version}.restore{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut digests = BTreeMap::new();
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = || anyhow::anyhow!("{sums_file}: unreadable line `{line}`");
+        let (digest, rel) = line.split_once("  ").ok_or_else(bad)?;
+        let src = match rel {
+            "metadata.json" | "ROLLBACK.md" => own.get(rel),
+            _ => {
+                let (step, name) = rel
+                    .strip_prefix("audit/")
+                    .unwrap_or(rel)
+                    .split_once('/')
+                    .ok_or_else(bad)?;
+                upstream.get(step).and_then(|o| o.get(name))
+            }
+        }
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "cannot restore release {version}: `{rel}` is not among the cached outputs"
+            ))
+            .with_hint(
+                "rebuild the release: `facebuild run FILE --no-cache --target <release step>`",
+            )
+        })?;
+        // A path from the cache stays inside the release folder.
+        if rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(bad().into());
+        }
+        let to = tmp.join(rel);
+        std::fs::create_dir_all(to.parent().expect("has a parent")).fs_context(&to)?;
+        std::fs::copy(src, &to).fs_context(src)?;
+        let got = sha256_file(&to)?;
+        if got != digest {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::usage(format!(
+                "cannot restore release {version}: `{rel}` has sha256 {got}, SHA256SUMS says {digest}"
+            ))
+            .with_hint("the cache holds other bytes than were released: `facebuild cache verify --repair`, then run again"));
+        }
+        if !matches!(rel, "metadata.json" | "ROLLBACK.md") {
+            digests.insert(rel.to_string(), got);
+        }
+    }
+    std::fs::copy(sums_file, tmp.join("SHA256SUMS")).fs_context(sums_file)?;
+    std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
+    append_history(
+        &pipeline_dir,
+        &HistoryEntry {
+            event: "restore".into(),
+            version: version.clone(),
+            unix_time: now(),
+            sha256: Some(digests),
+            from: None,
+        },
+    )?;
+    if !pipeline_dir.join("current").exists() {
+        set_current(&pipeline_dir, &version)?;
+    }
+    Ok(Some(vdir))
+}
+
 /// Make `version` the pipeline's `current/` (a verified copy), atomically by rename.
 fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
     let vdir = crate::util::child_of(pipeline_dir, version)?;
