@@ -427,7 +427,7 @@ impl Remote {
                 return None;
             }
         };
-        match self.open_envelope(key, &bytes) {
+        match open_envelope(key, &bytes, &self.cfg.trusted) {
             Ok(rec) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(rec)
@@ -437,46 +437,6 @@ impl Remote {
                 None
             }
         }
-    }
-
-    /// Check a record envelope: format, signature (when trusted keys are set), key.
-    fn open_envelope(&self, key: &str, bytes: &[u8]) -> std::result::Result<ActionRecord, String> {
-        let env: Envelope =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope ({e})"))?;
-        if env.format != RECORD_FORMAT {
-            return Err(format!(
-                "record format `{}` is not one this facebuild reads ({RECORD_FORMAT})",
-                env.format
-            ));
-        }
-        if !self.cfg.trusted.is_empty() {
-            let sig = env
-                .signature
-                .as_ref()
-                .ok_or("unsigned, and trusted keys are set")?;
-            let pk = unhex(&sig.public_key)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-                .ok_or("its signature names a malformed public key")?;
-            if !self.cfg.trusted.contains(&pk) {
-                return Err(format!(
-                    "signed by key {}..., which is not in FACEBUILD_REMOTE_TRUSTED_KEYS",
-                    &sig.public_key[..sig.public_key.len().min(12)]
-                ));
-            }
-            let s = unhex(&sig.value)
-                .and_then(|b| <[u8; 64]>::try_from(b).ok())
-                .map(|b| ed25519_dalek::Signature::from_bytes(&b))
-                .ok_or("malformed signature")?;
-            pk.verify(env.record.as_bytes(), &s)
-                .map_err(|_| "bad signature: the record was altered or signed by another key")?;
-        }
-        let rec: ActionRecord =
-            serde_json::from_str(&env.record).map_err(|e| format!("unreadable record ({e})"))?;
-        if rec.key != key || rec.parts.key() != key {
-            return Err("its key does not match what it was stored under".into());
-        }
-        Ok(rec)
     }
 
     /// Fetch every blob of `blobs` that the local store lacks, verifying each with blake3
@@ -842,6 +802,50 @@ impl Remote {
     }
 }
 
+/// Check a record envelope: format, signature (when trusted keys are set), key.
+fn open_envelope(
+    key: &str,
+    bytes: &[u8],
+    trusted: &[VerifyingKey],
+) -> std::result::Result<ActionRecord, String> {
+    let env: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope ({e})"))?;
+    if env.format != RECORD_FORMAT {
+        return Err(format!(
+            "record format `{}` is not one this facebuild reads ({RECORD_FORMAT})",
+            env.format
+        ));
+    }
+    if !trusted.is_empty() {
+        let sig = env
+            .signature
+            .as_ref()
+            .ok_or("unsigned, and trusted keys are set")?;
+        let pk = unhex(&sig.public_key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or("its signature names a malformed public key")?;
+        if !trusted.contains(&pk) {
+            return Err(format!(
+                "signed by key {}..., which is not in FACEBUILD_REMOTE_TRUSTED_KEYS",
+                &sig.public_key[..sig.public_key.len().min(12)]
+            ));
+        }
+        let s = unhex(&sig.value)
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+            .ok_or("malformed signature")?;
+        pk.verify(env.record.as_bytes(), &s)
+            .map_err(|_| "bad signature: the record was altered or signed by another key")?;
+    }
+    let rec: ActionRecord =
+        serde_json::from_str(&env.record).map_err(|e| format!("unreadable record ({e})"))?;
+    if rec.key != key || rec.parts.key() != key {
+        return Err("its key does not match what it was stored under".into());
+    }
+    Ok(rec)
+}
+
 fn chrono_now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -861,6 +865,74 @@ mod tests {
         );
         assert_eq!(redact("s3://bucket/prefix"), "s3://bucket/prefix");
         assert_eq!(redact("http://h:1/x"), "http://h:1/x");
+    }
+
+    fn envelope(record: &str, signer: Option<&SigningKey>, format: &str) -> Vec<u8> {
+        serde_json::to_vec(&Envelope {
+            format: format.into(),
+            record: record.into(),
+            signature: signer.map(|k| RecordSignature {
+                algorithm: "ed25519".into(),
+                public_key: hex(k.verifying_key().as_bytes()),
+                value: hex(&k.sign(record.as_bytes()).to_bytes()),
+            }),
+        })
+        .unwrap()
+    }
+
+    /// An envelope is opened only in a format this facebuild knows, with the key it is
+    /// stored under, and (with trusted keys) a valid signature of a trusted key.
+    #[test]
+    fn envelopes_are_checked() {
+        let parts = crate::cache::KeyParts {
+            kind: "check".into(),
+            impl_version: 1,
+            params: serde_json::json!({}),
+            inputs: Default::default(),
+            toolchain: Default::default(),
+        };
+        let key = parts.key();
+        let rec = ActionRecord {
+            key: key.clone(),
+            pipeline: "p".into(),
+            step: "check".into(),
+            parts,
+            outputs: Default::default(),
+            summary: serde_json::Value::Null,
+            created_unix: 0,
+            duration_ms: 0,
+        };
+        let text = serde_json::to_string(&rec).unwrap();
+        let (k1, k2) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let trusted = [k1.verifying_key()];
+        assert!(open_envelope(&key, &envelope(&text, None, RECORD_FORMAT), &[]).is_ok());
+        let e = open_envelope(&key, &envelope(&text, None, "facebuild.action/2"), &[]);
+        assert!(e.unwrap_err().contains("not one this facebuild reads"));
+        let e = open_envelope(
+            "0".repeat(64).as_str(),
+            &envelope(&text, None, RECORD_FORMAT),
+            &[],
+        );
+        assert!(e.unwrap_err().contains("does not match"));
+        assert!(open_envelope(&key, &envelope(&text, Some(&k1), RECORD_FORMAT), &trusted).is_ok());
+        let e = open_envelope(&key, &envelope(&text, None, RECORD_FORMAT), &trusted);
+        assert!(e.unwrap_err().contains("unsigned"));
+        let e = open_envelope(&key, &envelope(&text, Some(&k2), RECORD_FORMAT), &trusted);
+        assert!(
+            e.unwrap_err()
+                .contains("not in FACEBUILD_REMOTE_TRUSTED_KEYS")
+        );
+        let mut env: Envelope =
+            serde_json::from_slice(&envelope(&text, Some(&k1), RECORD_FORMAT)).unwrap();
+        env.record = env
+            .record
+            .replace("\"pipeline\":\"p\"", "\"pipeline\":\"q\"");
+        let e = open_envelope(&key, &serde_json::to_vec(&env).unwrap(), &trusted);
+        assert!(e.unwrap_err().contains("bad signature"));
+        assert!(open_envelope(&key, b"{not json", &[]).is_err());
     }
 
     /// A key pair signs and verifies; keys round-trip through hex.
