@@ -481,25 +481,16 @@ impl Remote {
         if blob.size >= 4 * RANGE && blob.size <= MAX_RANGED {
             return self.fetch_ranged(blob, tmp, &dest).await;
         }
-        let mut stream = match self.store.get(&self.blob_path(&blob.digest)).await {
-            Ok(r) => r.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(format!("blob {} is not on the remote", blob.digest));
-            }
-            Err(e) => {
-                let why = obj_err(e);
-                self.mark_down(why.clone());
-                return Err(why);
-            }
-        };
+        let mut stream = self
+            .store
+            .get(&self.blob_path(&blob.digest))
+            .await
+            .map_err(|e| self.transfer_error(e, blob))?
+            .into_stream();
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                let why = obj_err(e);
-                self.mark_down(why.clone());
-                why
-            })?;
+            let chunk = chunk.map_err(|e| self.transfer_error(e, blob))?;
             hasher.update(&chunk);
             n += chunk.len() as u64;
             tmp.write_all(&chunk).map_err(|e| format!("{dest}: {e}"))?;
@@ -507,6 +498,17 @@ impl Remote {
         let got = hasher.finalize().to_hex().to_string();
         Self::keep(blob, &got, tmp, &dest)?;
         Ok(n)
+    }
+
+    /// A failed download in words: a blob that is not there is a refusal of that blob; any
+    /// other failure marks the remote down for the rest of the run.
+    fn transfer_error(&self, e: object_store::Error, blob: &BlobRef) -> String {
+        if let object_store::Error::NotFound { .. } = e {
+            return format!("blob {} is not on the remote", blob.digest);
+        }
+        let why = obj_err(e);
+        self.mark_down(why.clone());
+        why
     }
 
     /// Download a large blob as parallel range requests written in place, then hash it.
@@ -530,17 +532,11 @@ impl Remote {
             futures::stream::iter(ranges.into_iter().map(|r| {
                 let path = path.clone();
                 async move {
-                    let bytes = match self.store.get_range(&path, r.clone()).await {
-                        Ok(b) => b,
-                        Err(object_store::Error::NotFound { .. }) => {
-                            return Err(format!("blob {} is not on the remote", blob.digest));
-                        }
-                        Err(e) => {
-                            let why = obj_err(e);
-                            self.mark_down(why.clone());
-                            return Err(why);
-                        }
-                    };
+                    let bytes = self
+                        .store
+                        .get_range(&path, r.clone())
+                        .await
+                        .map_err(|e| self.transfer_error(e, blob))?;
                     if bytes.len() as u64 != r.end - r.start {
                         return Err(format!(
                             "blob {} is shorter on the remote than its record says: corrupt, refused",

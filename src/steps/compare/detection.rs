@@ -350,12 +350,7 @@ pub(super) fn run(
         md += row;
         md.push('\n');
     }
-    if !passed {
-        md += "\nFailed gates:\n";
-        for f in &report.failures {
-            md += &format!("- {f}\n");
-        }
-    }
+    md += &super::failed_gates_md(&report.failures);
     let md_path = super::write_markdown_or_fail(ctx, md, &report, "detection")?;
     timing.insert(
         "total_ms".into(),

@@ -325,6 +325,51 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
     (m, v.sqrt())
 }
 
+/// Decode and prepare `files` for the feed (in parallel, memoized), showing images decoded
+/// per second; the step's timing map starts with how long it took.
+pub(crate) fn prepare_images(
+    ctx: &StepContext,
+    files: &[camino::Utf8PathBuf],
+    pre: &Preprocessing,
+    aligner: Option<&crate::preprocess::align::Aligner>,
+) -> Result<(
+    crate::preprocess::Prepared,
+    BTreeMap<String, serde_json::Value>,
+)> {
+    ctx.progress
+        .set_message(format!("preparing {} images", files.len()));
+    let t_prep = Instant::now();
+    let prepared = crate::preprocess::prepare_with_progress(
+        ctx.store,
+        files,
+        &ctx.feed(pre, aligner),
+        &|done, total| {
+            let rate = done as f64 / t_prep.elapsed().as_secs_f64().max(1e-9);
+            ctx.progress.set_message(format!(
+                "decoded {done}/{total} images ({rate:.0} images/s)"
+            ));
+        },
+    )?;
+    let mut timing = BTreeMap::new();
+    timing.insert(
+        "prepare_ms".to_string(),
+        json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}),
+    );
+    Ok((prepared, timing))
+}
+
+/// The "Failed gates" list that ends a report.md (nothing when every gate passed).
+pub(crate) fn failed_gates_md(failures: &[String]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let mut s = "\nFailed gates:\n".to_string();
+    for x in failures {
+        s += &format!("- {x}\n");
+    }
+    s
+}
+
 /// Pairs scored so far, with a rate, on the step's progress line.
 fn pairs_progress(ctx: &StepContext, who: &str, done: usize, total: usize, since: Instant) {
     let rate = done as f64 / since.elapsed().as_secs_f64().max(1e-9);
@@ -542,26 +587,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         dir,
         spec.pairs_file().map(|f| dir.join(f)).as_deref(),
     )?;
-    ctx.progress
-        .set_message(format!("preparing {} images", files.len()));
     let aligner = ctx.aligner(&p.dataset)?;
-    let t_prep = Instant::now();
-    let prepared = crate::preprocess::prepare_with_progress(
-        ctx.store,
-        &files,
-        &ctx.feed(pre, aligner.as_ref()),
-        &|done, total| {
-            let rate = done as f64 / t_prep.elapsed().as_secs_f64().max(1e-9);
-            ctx.progress.set_message(format!(
-                "decoded {done}/{total} images ({rate:.0} images/s)"
-            ));
-        },
-    )?;
-    let mut timing = BTreeMap::new();
-    timing.insert(
-        "prepare_ms".to_string(),
-        json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}),
-    );
+    let (prepared, mut timing) = prepare_images(ctx, &files, pre, aligner.as_ref())?;
 
     // Reference: the ONNX original in ONNX Runtime, fp32.
     ctx.check_cancelled()?;
@@ -898,13 +925,7 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
         s += row;
         s.push('\n');
     }
-    if !r.failures.is_empty() {
-        s += "\nFailed gates:\n";
-        for x in &r.failures {
-            s += &format!("- {x}\n");
-        }
-    }
-    s
+    s + &failed_gates_md(&r.failures)
 }
 
 impl super::Kind for CompareParams {

@@ -229,23 +229,7 @@ pub(super) fn run(
     let spec = &ctx.manifest.datasets[&p.dataset];
     let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], spec.count, spec.seed)?;
     let aligner = ctx.aligner(&p.dataset)?;
-    let t_prep = Instant::now();
-    let prepared = crate::preprocess::prepare_with_progress(
-        ctx.store,
-        &files,
-        &ctx.feed(pre, aligner.as_ref()),
-        &|done, total| {
-            let rate = done as f64 / t_prep.elapsed().as_secs_f64().max(1e-9);
-            ctx.progress.set_message(format!(
-                "decoded {done}/{total} images ({rate:.0} images/s)"
-            ));
-        },
-    )?;
-    let mut timing = BTreeMap::new();
-    timing.insert(
-        "prepare_ms".to_string(),
-        json!({"ms": prepared.prepare_ms, "from_cache": prepared.cached}),
-    );
+    let (prepared, mut timing) = super::prepare_images(ctx, &files, pre, aligner.as_ref())?;
 
     ctx.check_cancelled()?;
     let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
@@ -512,13 +496,7 @@ fn markdown(ctx: &StepContext, r: &CompareReport, outputs: &[String], rows: &[St
         s += row;
         s.push('\n');
     }
-    if !r.failures.is_empty() {
-        s += "\nFailed gates:\n";
-        for x in &r.failures {
-            s += &format!("- {x}\n");
-        }
-    }
-    s
+    s + &super::failed_gates_md(&r.failures)
 }
 
 #[cfg(test)]
