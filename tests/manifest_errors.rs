@@ -181,3 +181,30 @@ fn rollback_refuses_paths_that_escape_the_releases_folder() {
         assert!(stderr.contains("would escape that folder"), "{stderr}");
     }
 }
+
+/// `preprocessing.size` written width first against a static input (what a new user wrote
+/// for Ultra-Light RFB-320's `[1, 3, 240, 320]`) is caught before anything runs, saying the
+/// two are swapped and how to write it.
+#[test]
+fn preprocessing_size_contradicting_a_static_input_is_caught() {
+    let yaml = indoc! {"
+        schema: 1
+        name: rfb
+        model:
+          task: detection
+          input: {name: input, shape: [1, 3, 240, 320]}
+          preprocessing: {color: RGB, mean: [127, 127, 127], std: [128, 128, 128], size: [320, 240]}
+        steps:
+          check: {kind: check}
+    "};
+    let err = expect_error(
+        yaml,
+        &[
+            "bad.yaml:",
+            "`model.preprocessing.size` is [320, 240]",
+            "240 x 320 (height x width): width and height are swapped",
+            "size: [240, 320]",
+        ],
+    );
+    assert!(!err.contains("panicked"));
+}

@@ -431,6 +431,37 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
             ));
         }
     }
+    // The tensors every step feeds are `preprocessing.size`: a static input's H x W must be
+    // that size, or the first inference fails deep inside a step. Height comes first.
+    if let Some(pre) = &m.preprocessing
+        && m.input.shape.len() == 4
+    {
+        let (hi, wi) = match m.input.layout {
+            Layout::NCHW => (2, 3),
+            Layout::NHWC => (1, 2),
+        };
+        if let (Dim::Fixed(h), Dim::Fixed(w)) = (&m.input.shape[hi], &m.input.shape[wi])
+            && [*h, *w] != [pre.size[0] as u64, pre.size[1] as u64]
+        {
+            let swapped = [*w, *h] == [pre.size[0] as u64, pre.size[1] as u64];
+            return Err((
+                format!(
+                    "`model.preprocessing.size` is [{}, {}] but `model.input.shape` {} fixes the input at {h} x {w} (height x width){}",
+                    pre.size[0],
+                    pre.size[1],
+                    fmt_shape(&m.input.shape),
+                    if swapped {
+                        ": width and height are swapped"
+                    } else {
+                        ""
+                    }
+                ),
+                format!(
+                    "write `size: [{h}, {w}]`: [height, width], as the input shape orders them"
+                ),
+            ));
+        }
+    }
     if let Some(d) = &m.detector {
         validate_detector(d).map_err(|e| {
             (
