@@ -208,3 +208,34 @@ fn preprocessing_size_contradicting_a_static_input_is_caught() {
     );
     assert!(!err.contains("panicked"));
 }
+
+/// Custom toolchain pins must be hash-locked before anything installs them: a run without
+/// the lock says which command writes it, and a lock written for other pins is refused.
+#[test]
+fn custom_pins_need_their_own_lock() {
+    let p = Project::new();
+    let yaml = builtin_manifest("check: {kind: check}\n").replace(
+        "steps:\n",
+        "toolchain:\n  python: {onnx: \"1.17.0\"}\nsteps:\n",
+    );
+    p.write("pins.yaml", &yaml);
+    let out = p.run(&["run", "pins.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("custom `toolchain.python` pins have no lock")
+            && err.contains("facebuild toolchain lock"),
+        "{err}"
+    );
+    // A lock written for the default pins does not serve these.
+    let default_lock = p.run(&["toolchain", "lock"]);
+    assert!(default_lock.status.success());
+    std::fs::write(p.path("pins.toolchain.lock"), &default_lock.stdout).unwrap();
+    let out = p.run(&["run", "pins.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("was locked for other pins")
+            && err.contains("facebuild toolchain lock pins.yaml"),
+        "{err}"
+    );
+}
