@@ -26,8 +26,8 @@ use image::RgbImage;
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change (4: large JPEGs are decoded
-/// DCT-scaled before the resize).
-const PREPARE_VERSION: u64 = 4;
+/// DCT-scaled before the resize; 5: down to the fitted size, not twice it).
+const PREPARE_VERSION: u64 = 5;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,10 +126,11 @@ fn shrink_ratio((iw, ih): (u32, u32), [h, w]: [u32; 2], resize: Resize) -> f64 {
     }
 }
 
-/// Decode for a fit to `size`, with the image's full size. A JPEG at least 4x larger than
-/// needed is decoded at 1/2, 1/4 or 1/8 scale by the IDCT, keeping at least twice the fitted
-/// size so that the final resize still filters: decoding a 1.5 MP photo for a 112x112 input
-/// spends most of its time on pixels the resize then throws away.
+/// Decode for a fit to `size`, with the image's full size. A JPEG at least 2x larger than
+/// needed is decoded at 1/2, 1/4 or 1/8 scale by the IDCT, never below the fitted size (as
+/// PIL's `Image.draft` does); the final resize is a filtered (triangle) resample, so it
+/// averages whatever it still shrinks. Decoding a 1.5 MP photo at full scale for a 112x112
+/// input spends most of its time on pixels the resize then throws away.
 fn decode_for_fit(
     path: &Utf8Path,
     size: [u32; 2],
@@ -153,27 +154,26 @@ fn decode_jpeg_scaled(
     size: [u32; 2],
     resize: Resize,
 ) -> Option<(RgbImage, (u32, u32))> {
-    let mut d = jpeg_decoder::Decoder::new(bytes);
-    d.read_info().ok()?;
-    let info = d.info()?;
-    let (iw, ih) = (info.width as u32, info.height as u32);
-    let k = shrink_ratio((iw, ih), size, resize);
-    // The smallest scale (in eighths) that keeps two original-scale pixels per input pixel.
-    let eighths = [1u32, 2, 4].into_iter().find(|&e| e as f64 * k >= 16.0)?;
-    let scaled = |l: u32| (l * eighths - 1) / 8 + 1;
-    // The decoder picks the smallest scale reaching either requested dim: asking for the
-    // exact scaled size of both gets exactly `eighths`.
-    let (w, h) = d.scale(scaled(iw) as u16, scaled(ih) as u16).ok()?;
-    let px = d.decode().ok()?;
-    let (w, h) = (w as u32, h as u32);
-    let img = match d.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, px)?,
-        jpeg_decoder::PixelFormat::L8 => {
-            image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, px)?).to_rgb8()
-        }
-        _ => return None,
-    };
-    Some((img, (iw, ih)))
+    // libjpeg reports errors by unwinding (resume_unwind, so no panic message is printed);
+    // catch_unwind turns any of them into "not taken here", and the caller's ordinary decode
+    // then gives the error its message.
+    std::panic::catch_unwind(|| -> std::io::Result<Option<(RgbImage, (u32, u32))>> {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+        let (iw, ih) = (d.width() as u32, d.height() as u32);
+        let k = shrink_ratio((iw, ih), size, resize);
+        // The smallest scale (in eighths) that keeps one decoded pixel per input pixel.
+        let Some(eighths) = [1u8, 2, 4].into_iter().find(|&e| e as f64 * k >= 8.0) else {
+            return Ok(None);
+        };
+        d.scale(eighths);
+        let mut started = d.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let px: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(RgbImage::from_raw(w, h, px).map(|img| (img, (iw, ih))))
+    })
+    .ok()?
+    .ok()?
 }
 
 /// Keep the aspect ratio, fit inside `size` ([h, w]), pad bottom/right with black, as
@@ -270,7 +270,8 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)
 
 /// A prepared image set: one tensor of all images, in `files` order.
 pub(crate) struct Prepared {
-    pub tensor: Array4<f32>,
+    /// Shared with the thread that writes it to the cache while the caller runs models.
+    pub tensor: std::sync::Arc<Array4<f32>>,
     pub files: Vec<Utf8PathBuf>,
     pub fits: Vec<Fit>,
     /// Per image: input pixels per original pixel (letterbox), 1 otherwise.
@@ -278,6 +279,22 @@ pub(crate) struct Prepared {
     /// True when it came from the cache (no image was decoded).
     pub cached: bool,
     pub prepare_ms: u64,
+    /// Writing the freshly prepared tensor to the cache, joined on drop.
+    writer: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Drop for Prepared {
+    /// The cache entry is complete (or its failure reported) before the step ends; a failed
+    /// write only costs a re-decode next time, so it is a warning.
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            match w.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("prepared tensors not cached: {e}"),
+                Err(_) => tracing::warn!("prepared tensors not cached: the writer panicked"),
+            }
+        }
+    }
 }
 
 impl Prepared {
@@ -354,12 +371,13 @@ pub(crate) fn prepare_with_progress(
         && fits.len() == files.len()
     {
         return Ok(Prepared {
-            tensor: t,
+            tensor: std::sync::Arc::new(t),
             files: files.to_vec(),
             fits,
             scales,
             cached: true,
             prepare_ms: t0.elapsed().as_millis() as u64,
+            writer: None,
         });
     }
     // Each image is decoded straight into its slot of the batch tensor, in parallel: peak
@@ -402,15 +420,22 @@ pub(crate) fn prepare_with_progress(
         .collect::<Result<_>>()?;
     let fits: Vec<Fit> = meta.iter().map(|(f, _)| *f).collect();
     let scales: Vec<f32> = meta.iter().map(|(_, s)| *s).collect();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    // Write to temp names and rename: a concurrent reader never sees half a tensor.
-    let tmp = dir.join(format!(".{key}.npy.tmp"));
-    ndarray_npy::write_npy(&tmp, &tensor).map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
-    std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
-    crate::cache::store::write_atomic(
-        &fits_path,
-        &serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?,
-    )?;
+    let tensor = std::sync::Arc::new(tensor);
+    // Written in the background: for 1,000 images the 150 MB file takes ~0.35 s, which
+    // would otherwise sit between decoding and inference.
+    let writer = {
+        let tensor = tensor.clone();
+        let fits_json = serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?;
+        std::thread::spawn(move || -> Result<()> {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            // Write to temp names and rename: a concurrent reader never sees half a tensor.
+            let tmp = dir.join(format!(".{key}.npy.tmp"));
+            ndarray_npy::write_npy(&tmp, tensor.as_ref())
+                .map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
+            std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
+            crate::cache::store::write_atomic(&fits_path, &fits_json)
+        })
+    };
     Ok(Prepared {
         tensor,
         files: files.to_vec(),
@@ -418,5 +443,52 @@ pub(crate) fn prepare_with_progress(
         scales,
         cached: false,
         prepare_ms: t0.elapsed().as_millis() as u64,
+        writer: Some(writer),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        });
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+            .encode_image(&img)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn large_jpegs_decode_at_the_smallest_scale_still_covering_the_input() {
+        let buf = jpeg(1000, 800);
+        // 800 / 112 = 7.1 original pixels per input pixel: 1/4 scale keeps 1.8.
+        let (img, full) = decode_jpeg_scaled(&buf, [112, 112], Resize::CenterCrop).unwrap();
+        assert_eq!(full, (1000, 800));
+        assert_eq!(img.dimensions(), (250, 200));
+        // Letterbox fits the longer side: 1000 / 640 = 1.6, less than 2: no scaled decode.
+        assert!(decode_jpeg_scaled(&buf, [640, 640], Resize::Letterbox).is_none());
+    }
+
+    #[test]
+    fn broken_jpegs_are_declined_not_panics() {
+        let buf = jpeg(1000, 800);
+        // libjpeg's errors unwind; each must come back as "not taken here".
+        let mut garbage = vec![0xFF, 0xD8, 0xFF, 0xE0];
+        garbage.extend(std::iter::repeat_n(0x55u8, 500));
+        assert!(decode_jpeg_scaled(&garbage, [112, 112], Resize::CenterCrop).is_none());
+        for cut in [4, 100, buf.len() / 2] {
+            // A truncated scan may still decode (libjpeg pads it); it must not panic.
+            let _ = decode_jpeg_scaled(&buf[..cut], [112, 112], Resize::CenterCrop);
+        }
+        // Through the file path, a file that no decoder takes is an error naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = Utf8PathBuf::from_path_buf(dir.path().join("bad.jpg")).unwrap();
+        std::fs::write(&path, &garbage).unwrap();
+        let e = decode_for_fit(&path, [112, 112], Resize::CenterCrop).unwrap_err();
+        assert!(e.to_string().contains("bad.jpg"), "{e}");
+    }
 }

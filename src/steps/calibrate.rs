@@ -40,7 +40,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
     let aligner = ctx.aligner(&p.dataset)?;
     let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(pre, aligner.as_ref()))?;
     let out = ctx.workdir.join("calibration.npy");
-    ndarray_npy::write_npy(&out, &prepared.tensor)
+    ndarray_npy::write_npy(&out, prepared.tensor.as_ref())
         .map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
     let t = &prepared.tensor;
     let mean = t.mean().unwrap_or(0.0) as f64;
