@@ -39,7 +39,8 @@ pub(crate) struct Cli {
 enum Command {
     /// Run a pipeline: every step not already cached, in dependency order
     Run {
-        file: Utf8PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArg,
         #[command(flatten)]
         sel: Selection,
         /// Steps to run at once
@@ -62,7 +63,8 @@ enum Command {
     },
     /// Show the order and, for each step, whether it is cached or will run and why
     Plan {
-        file: Utf8PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArg,
         #[command(flatten)]
         sel: Selection,
         #[arg(long)]
@@ -70,9 +72,26 @@ enum Command {
     },
     /// Show each step's state against the lockfile and the cache
     Status {
-        file: Utf8PathBuf,
+        #[command(flatten)]
+        pipeline: PipelineArg,
         #[arg(long)]
         json: bool,
+    },
+    /// Write a commented pipeline for an ONNX model (input, dynamic dims, task guessed from
+    /// its outputs, InsightFace's preprocessing, the usual steps), or a built-in pipeline
+    Init {
+        /// The ONNX model to write a pipeline for
+        #[arg(required_unless_present = "builtin", conflicts_with = "builtin")]
+        model: Option<Utf8PathBuf>,
+        /// Write this built-in pipeline instead: recognition or detection
+        #[arg(long, value_name = "NAME")]
+        builtin: Option<String>,
+        /// Where to write it (default: pipelines/<name>.yaml; `-` for standard output)
+        #[arg(short, long)]
+        output: Option<Utf8PathBuf>,
+        /// Replace an existing file
+        #[arg(long)]
+        force: bool,
     },
     /// Inspect and maintain the cache
     #[command(subcommand)]
@@ -93,6 +112,28 @@ enum Command {
         #[arg(short, long)]
         output: Utf8PathBuf,
     },
+}
+
+/// Which pipeline: a manifest file, or one built into the binary (no checkout needed).
+#[derive(Args)]
+struct PipelineArg {
+    /// The pipeline's manifest, e.g. pipelines/recognition.yaml
+    #[arg(required_unless_present = "builtin", conflicts_with = "builtin")]
+    file: Option<Utf8PathBuf>,
+    /// A built-in pipeline instead of a file: recognition or detection (read as
+    /// ./<name>.yaml: outputs in out/<name>, lockfile <name>.lock)
+    #[arg(long, value_name = "NAME")]
+    builtin: Option<String>,
+}
+
+impl PipelineArg {
+    fn load(&self) -> Result<Manifest> {
+        match (&self.file, &self.builtin) {
+            (_, Some(name)) => Manifest::builtin(name),
+            (Some(f), None) => Manifest::load(f),
+            (None, None) => Err(Error::usage("name a manifest file or --builtin NAME")),
+        }
+    }
 }
 
 /// The remote cache of a run (see docs/remote-cache.md).
@@ -217,6 +258,93 @@ enum ToolchainCmd {
     },
 }
 
+/// `facebuild init`: write the manifest, say what was guessed and what to fill in.
+fn init(
+    model: Option<&Utf8Path>,
+    builtin: Option<&str>,
+    output: Option<Utf8PathBuf>,
+    force: bool,
+) -> Result<i32> {
+    use crate::manifest::init;
+    let cwd = crate::util::absolute(Utf8Path::new("."));
+    let (name, text, summary) = match (model, builtin) {
+        (_, Some(b)) => (
+            b.to_string(),
+            init::builtin_pipeline(b)?.to_string(),
+            format!("the built-in `{b}` pipeline (built-in model and data; runs as it is)"),
+        ),
+        (Some(m), None) => {
+            let proto = crate::onnx::inspect::load_model(m)?;
+            let info = crate::onnx::inspect::inspect(&proto, m)?;
+            let first: Vec<(String, String)> = proto
+                .graph
+                .as_ref()
+                .map(|g| {
+                    g.node
+                        .iter()
+                        .take(8)
+                        .map(|n| (n.name.clone(), n.op_type.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let g = init::guess(m, &info, &first)?;
+            let name = init::pipeline_name(m);
+            let out_dir = match &output {
+                Some(o) if o.as_str() != "-" => crate::util::absolute(o)
+                    .parent()
+                    .map(Utf8Path::to_owned)
+                    .unwrap_or_else(|| cwd.clone()),
+                Some(_) => cwd.clone(),
+                None => cwd.join("pipelines"),
+            };
+            let rel = init::relative_to(&crate::util::absolute(m), &out_dir);
+            let text = init::manifest_text(&name, &rel, m.file_name().unwrap_or("the model"), &g);
+            let summary = format!(
+                "task `{}` ({}){}",
+                g.task(),
+                g.layout_of_outputs.describe(),
+                if g.dims.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", dynamic {}",
+                        g.dims
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+            (name, text, summary)
+        }
+        (None, None) => return Err(Error::usage("name an ONNX model or --builtin NAME")),
+    };
+    let out = output.unwrap_or_else(|| Utf8PathBuf::from(format!("pipelines/{name}.yaml")));
+    if out.as_str() == "-" {
+        print!("{text}");
+        return Ok(0);
+    }
+    if out.exists() && !force {
+        return Err(Error::usage(format!("{out} already exists"))
+            .with_hint("pass --force to replace it, or -o to write elsewhere"));
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::write(&out, &text).map_err(|e| Error::io(&out, e))?;
+    let placeholders = text.matches("<REPLACE: ").count();
+    println!("wrote {out}: {summary}");
+    if placeholders > 0 {
+        println!(
+            "next: fill in the {placeholders} dataset path(s) marked REPLACE, review the lines marked CHECK, then `facebuild plan {out}`"
+        );
+    } else {
+        println!("next: `facebuild run {out}`");
+    }
+    Ok(0)
+}
+
 fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -271,7 +399,7 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
     let cache_dir = crate::util::absolute(&default_cache_dir(cli.cache_dir.as_deref()));
     match cli.command {
         Command::Run {
-            file,
+            pipeline,
             sel,
             jobs,
             keep_going,
@@ -280,7 +408,7 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             materialize,
             json,
         } => {
-            let mut ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
+            let mut ctx = BuildContext::open(pipeline.load()?, cache_dir)?;
             ctx.remote = remote.open()?;
             ctx.materialize = materialize;
             let opts = RunOptions {
@@ -308,8 +436,12 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             }
             Ok(if report.ok { 0 } else { 1 })
         }
-        Command::Plan { file, sel, json } => {
-            let ctx = BuildContext::open(Manifest::load(&file)?, cache_dir)?;
+        Command::Plan {
+            pipeline,
+            sel,
+            json,
+        } => {
+            let ctx = BuildContext::open(pipeline.load()?, cache_dir)?;
             let selected = ctx.dag.select(&sel.targets)?;
             let p = plan(&ctx, &selected, false)?;
             if json {
@@ -357,7 +489,13 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Status { file, json } => status(&Manifest::load(&file)?, cache_dir, json),
+        Command::Status { pipeline, json } => status(&pipeline.load()?, cache_dir, json),
+        Command::Init {
+            model,
+            builtin,
+            output,
+            force,
+        } => init(model.as_deref(), builtin.as_deref(), output, force),
         Command::Cache(c) => cache_cmd(c, &cache_dir),
         Command::Toolchain(t) => toolchain_cmd(t, &cache_dir),
         Command::Release(ReleaseCmd::List { dir, json }) => {

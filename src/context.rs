@@ -44,6 +44,7 @@ pub(crate) struct Source {
 impl BuildContext {
     pub(crate) fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
         let dag = Dag::build(&manifest)?;
+        manifest.check_against_model()?;
         let store = Store::open(&cache_dir)?;
         let pins = Pins::for_manifest(&manifest.toolchain, &manifest.file)?;
         let toolchain = Toolchain::find(&cache_dir, &pins);

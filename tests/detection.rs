@@ -268,8 +268,8 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let retina_feed = Preprocessing {
         color: facebuild::ColorOrder::BGR,
-        mean: [104.0, 117.0, 123.0],
-        std: [1.0; 3],
+        mean: vec![104.0, 117.0, 123.0],
+        std: vec![1.0; 3],
         size: [640, 640],
         resize: None,
     };

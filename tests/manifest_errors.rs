@@ -239,3 +239,123 @@ fn custom_pins_need_their_own_lock() {
         "{err}"
     );
 }
+
+/// Mean and std give one value per channel; a channels-last input declared NCHW is caught
+/// with the layout to write.
+#[test]
+fn mean_std_and_channel_count_are_checked_against_the_input() {
+    let yaml = indoc! {"
+        schema: 1
+        name: chans
+        model:
+          task: recognition
+          input: {name: input, shape: [1, 3, 112, 112]}
+          preprocessing: {color: BGR, mean: [127.5], std: [127.5, 127.5, 127.5, 1], size: [112, 112]}
+        steps:
+          check: {kind: check}
+    "};
+    expect_error(
+        yaml,
+        &[
+            "bad.yaml:4:3:",
+            "`model.preprocessing.mean` has 1 value(s); the input has 3 channels (B, G, R)",
+            "`model.preprocessing.std` has 4 value(s)",
+            "give one per channel, in the `color` order: `mean: [127.5, 127.5, 127.5]`",
+        ],
+    );
+    let yaml = indoc! {"
+        schema: 1
+        name: nhwc
+        model:
+          task: recognition
+          input: {name: input, shape: [1, 112, 112, 3]}
+          preprocessing: {size: [112, 112]}
+        steps:
+          check: {kind: check}
+    "};
+    expect_error(
+        yaml,
+        &[
+            "has 112 channels (NCHW); facebuild feeds 3-channel RGB or BGR images",
+            "the channels come last: set `layout: NHWC`",
+        ],
+    );
+}
+
+/// `detector.family` is checked against the outputs the model really has, before any step.
+#[test]
+fn detector_family_must_match_the_model_outputs() {
+    let Some(shared) = shared() else { return };
+    let yaml = format!(
+        indoc! {"
+            schema: 1
+            name: fam
+            model:
+              path: {m}
+              task: detection
+              input: {{name: input0, shape: [1, 3, 640, 640]}}
+              preprocessing: {{color: BGR, mean: [104, 117, 123], std: [1, 1, 1], size: [640, 640]}}
+              detector: {{family: scrfd}}
+            steps:
+              check: {{kind: check}}
+        "},
+        m = shared.join("models/retinaface_mnet_640.onnx").display()
+    );
+    let p = Project::new();
+    p.write("bad.yaml", &yaml);
+    for cmd in ["plan", "run"] {
+        let out = p.run(&[cmd, "bad.yaml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        for n in [
+            "bad.yaml:4:",
+            "`model.detector.family` is `scrfd`, but",
+            "RetinaFace's outputs: boxes (N x 4), scores (N x 2) and landmarks (N x 10)",
+            "output0 [1, Concatoutput0_dim_1, 4]",
+            "set `family: retinaface`",
+        ] {
+            assert!(err.contains(n), "{cmd}: missing `{n}` in:\n{err}");
+        }
+        assert!(
+            !p.path("cache/actions").exists()
+                || std::fs::read_dir(p.path("cache/actions"))
+                    .unwrap()
+                    .next()
+                    .is_none()
+        );
+    }
+}
+
+/// A manifest that parses but has several independent mistakes reports all of them at once,
+/// each located.
+#[test]
+fn several_errors_are_reported_together() {
+    let yaml = indoc! {"
+        schema: 1
+        name: many
+        model:
+          task: detection
+          input: {name: input, shape: [1, 3, 240, 320]}
+          preprocessing: {color: RGB, mean: [127, 127], std: [128, 128, 128], size: [320, 240]}
+        datasets:
+          photos: {path: \"<REPLACE: a folder of photos with faces>\"}
+          both: {path: x, builtin: synthetic-faces}
+        steps:
+          check: {kind: check}
+          simplify: {kind: simplify, needs: [chek]}
+          compare: {kind: compare, params: {dataset: nope, candidates: [simplify]}}
+    "};
+    let err = expect_error(
+        yaml,
+        &[
+            "width and height are swapped",
+            "`model.preprocessing.mean` has 2 value(s)",
+            "bad.yaml:8:",
+            "dataset `photos` still has the placeholder `facebuild init` wrote",
+            "dataset `both` needs exactly one of `path` and `builtin`",
+            "needs `chek`, which is not a step in this pipeline",
+            "nope",
+        ],
+    );
+    assert!(err.matches("bad.yaml:").count() >= 6, "{err}");
+}

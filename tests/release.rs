@@ -64,7 +64,7 @@ fn pipeline(release_params: &str) -> String {
   compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32, ov_fp16], cosine_min: 0.999}}}}
   benchmark:
     kind: benchmark
-    params: {{targets: [simplify, ov_fp32, ov_fp16], batch_sizes: [1, 4], warmup: 2, iterations: 30, time_budget_s: 0.5}}
+    params: {{targets: [simplify, ov_fp32, ov_fp16], batch_sizes: [1, 4], warmup: 2, iterations: 100000, time_budget_s: 0.6}}
   release:
     kind: release
     params: {release_params}
@@ -373,4 +373,64 @@ fn real_model_benchmark_with_benchmark_app_reference() {
             ratio
         ));
     }
+}
+
+/// A measurement too short to trust is flagged, in benchmark's report and JSON with why; a
+/// release gate on its latency fails as `unreliable`, whatever the value.
+#[test]
+fn a_tiny_benchmark_budget_is_flagged_and_gates_on_it_fail() {
+    let p = Project::new();
+    let yaml = builtin_manifest(indoc! {"
+        ov_fp32: {kind: convert, params: {backend: openvino, precision: fp32}}
+        benchmark:
+          kind: benchmark
+          params: {targets: [ov_fp32], openvino_hints: [latency], warmup: 1, iterations: 20, time_budget_s: 0.05}
+        release:
+          kind: release
+          params: {artifacts: [ov_fp32], benchmark: benchmark, gates: {p99_ms_max: 100000, rss_mib_max: 100000}}
+    "});
+    p.write("tiny.yaml", &yaml);
+    let (code, r) = p.run_json("tiny.yaml", &["--keep-going"]);
+    assert_eq!(code, 1, "the release must be refused: {r:#?}");
+    assert_eq!(
+        step(&r, "benchmark").summary["unreliable"],
+        serde_json::json!(1),
+        "{r:#?}"
+    );
+    let b: BenchmarkReport = p.report("out/t/benchmark/report.json");
+    let rel = b.results[0]
+        .measured
+        .as_ref()
+        .unwrap()
+        .reliability
+        .clone()
+        .expect("a reliability verdict");
+    assert!(!rel.reliable);
+    assert!(rel.samples <= 20, "{rel:?}");
+    assert!(
+        rel.reasons.iter().any(|x| x.contains("batch-1 inferences")),
+        "{rel:?}"
+    );
+    let md = std::fs::read_to_string(p.path("out/t/benchmark/report.md")).unwrap();
+    assert!(
+        md.contains("| **no** |") && md.contains("Unreliable figures"),
+        "{md}"
+    );
+    // The latency gate fails on it though its limit is absurdly loose; memory passes.
+    let err = release_err(&r);
+    assert!(err.contains("p99_ms_max"), "{err}");
+    let rep: facebuild::ReleaseReport = p.report("out/t/release/report.json");
+    let gates = &rep.verdicts[0].gates;
+    let p99 = gates.iter().find(|g| g.metric == "p99_ms_max").unwrap();
+    assert!(
+        !p99.passed && p99.status.as_deref() == Some("unreliable"),
+        "{p99:?}"
+    );
+    assert!(
+        gates
+            .iter()
+            .find(|g| g.metric == "rss_mib_max")
+            .unwrap()
+            .passed
+    );
 }

@@ -1,5 +1,6 @@
 //! Manifest loading and validation: YAML -> typed pipeline, with every error located.
 
+pub(crate) mod init;
 pub(crate) mod schema;
 pub(crate) mod step;
 
@@ -52,6 +53,8 @@ pub(crate) struct Manifest {
     pub name: String,
     pub output_dir: Utf8PathBuf,
     pub model: ModelSpec,
+    /// Where `model:` is written, for errors found later against the model file.
+    pub model_location: Location,
     pub datasets: IndexMap<String, DatasetSpec>,
     pub toolchain: ToolchainSpec,
     pub steps: IndexMap<String, Step>,
@@ -74,6 +77,13 @@ impl Manifest {
             }
         })?;
         Self::parse(file, &text)
+    }
+
+    /// A built-in pipeline (`run --builtin recognition`), read as if it were `<name>.yaml` in
+    /// the current folder: outputs go to `out/<name>`, its lockfile is `<name>.lock`.
+    pub(crate) fn builtin(name: &str) -> Result<Manifest> {
+        let text = init::builtin_pipeline(name)?;
+        Self::parse(Utf8Path::new(&format!("{name}.yaml")), text)
     }
 
     pub(crate) fn parse(file: &Utf8Path, text: &str) -> Result<Manifest> {
@@ -111,52 +121,84 @@ impl Manifest {
             .name
             .clone()
             .unwrap_or_else(|| file.file_stem().unwrap_or("pipeline").to_string());
-        validate_name(&name).map_err(|m| {
-            Error::manifest(
+        // Everything below is checked, and every problem reported in one go: a manifest with
+        // several mistakes should not take several runs to fix.
+        let mut errors = Vec::new();
+        if let Err(m) = validate_name(&name) {
+            errors.push(Error::manifest(
                 Location {
                     file: file.to_owned(),
                     line: 0,
                     column: 0,
                 },
                 m,
-            )
-        })?;
+            ));
+        }
 
         let model_location = loc(&raw.model.referenced);
         let model = raw.model.value;
-        validate_model(&model)
-            .map_err(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h))?;
+        errors.extend(
+            validate_model(&model)
+                .into_iter()
+                .map(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h)),
+        );
 
         let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
         for (k, v) in raw.datasets {
             let l = loc(&v.referenced);
+            let builtins = || {
+                format!(
+                    "built-in datasets: {}",
+                    crate::preprocess::synthetic::names().join(", ")
+                )
+            };
             match (&v.value.path, &v.value.builtin) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(Error::manifest(
-                        l,
+                (Some(_), Some(_)) | (None, None) => errors.push(
+                    Error::manifest(
+                        l.clone(),
                         format!("dataset `{k}` needs exactly one of `path` and `builtin`"),
                     )
-                    .with_hint(format!(
-                        "built-in datasets: {}",
-                        crate::preprocess::synthetic::names().join(", ")
-                    )));
-                }
+                    .with_hint(builtins()),
+                ),
                 (None, Some(b)) if !crate::preprocess::synthetic::names().contains(&b.as_str()) => {
-                    return Err(Error::manifest(
-                        l,
-                        format!("dataset `{k}`: unknown built-in dataset `{b}`"),
+                    errors.push(
+                        Error::manifest(
+                            l.clone(),
+                            format!("dataset `{k}`: unknown built-in dataset `{b}`"),
+                        )
+                        .with_hint(builtins()),
+                    )
+                }
+                (Some(p), None) if init::is_placeholder(p.as_str()) => errors.push(
+                    Error::manifest(
+                        l.clone(),
+                        format!(
+                            "dataset `{k}` still has the placeholder `facebuild init` wrote: {p}"
+                        ),
                     )
                     .with_hint(format!(
-                        "built-in datasets: {}",
-                        crate::preprocess::synthetic::names().join(", ")
-                    )));
-                }
+                        "set `datasets.{k}.path` to {}, relative to this file",
+                        init::placeholder_text(p.as_str())
+                    )),
+                ),
                 _ => {}
             }
             if let Some(a) = &v.value.align {
-                validate_detector(&a.detector).map_err(|e| {
-                    Error::manifest(l.clone(), format!("dataset `{k}`: `align.detector`: {e}"))
-                })?;
+                if let Err(e) = validate_detector(&a.detector) {
+                    errors.push(Error::manifest(
+                        l.clone(),
+                        format!("dataset `{k}`: `align.detector`: {e}"),
+                    ));
+                }
+                for (m, h) in a.preprocessing.iter().flat_map(Preprocessing::problems) {
+                    errors.push(
+                        Error::manifest(
+                            l.clone(),
+                            format!("dataset `{k}`: `align.preprocessing.{}", &m[1..]),
+                        )
+                        .with_hint(h),
+                    );
+                }
             }
             datasets.insert(k, v.value);
         }
@@ -164,7 +206,9 @@ impl Manifest {
         let mut steps = IndexMap::new();
         for (name, spanned) in raw.steps {
             let location = loc(&spanned.referenced);
-            validate_name(&name).map_err(|m| Error::manifest(location.clone(), m))?;
+            if let Err(m) = validate_name(&name) {
+                errors.push(Error::manifest(location.clone(), m));
+            }
             steps.insert(
                 name.clone(),
                 Step {
@@ -175,7 +219,7 @@ impl Manifest {
             );
         }
         if steps.is_empty() {
-            return Err(Error::manifest(
+            errors.push(Error::manifest(
                 Location {
                     file: file.to_owned(),
                     line: 0,
@@ -184,9 +228,9 @@ impl Manifest {
                 "`steps:` is empty; a pipeline needs at least one step",
             ));
         }
-        let problems = validate_steps(file, &steps, &datasets);
-        if !problems.is_empty() {
-            return Err(Error::many(problems));
+        errors.extend(validate_steps(file, &steps, &datasets));
+        if !errors.is_empty() {
+            return Err(Error::many(errors));
         }
 
         let output_dir = match raw.output {
@@ -200,6 +244,7 @@ impl Manifest {
             name,
             output_dir,
             model,
+            model_location,
             datasets,
             toolchain: raw.toolchain,
             steps,
@@ -243,6 +288,59 @@ impl Manifest {
                 },
             })
             .collect()
+    }
+
+    /// `model.detector.family` against the model file's outputs, before any step runs: a
+    /// family that does not match what it would decode fails here, with the fix, rather
+    /// than inside `compare`. Models that cannot be read, or whose outputs' last dims are not
+    /// fixed, are left to the `check` step.
+    pub(crate) fn check_against_model(&self) -> Result<()> {
+        use crate::onnx::layout::{OutputLayout, shapes};
+        let (Some(d), Some(p), Task::Detection) =
+            (&self.model.detector, &self.model.path, self.model.task)
+        else {
+            return Ok(());
+        };
+        let file = self.resolve(p);
+        let Ok(info) = crate::onnx::inspect::load_model(&file)
+            .and_then(|proto| crate::onnx::inspect::inspect(&proto, &file))
+        else {
+            return Ok(());
+        };
+        let fixed = info.outputs.iter().all(|o| {
+            matches!(
+                o.shape.as_deref(),
+                Some([.., crate::onnx::inspect::DimInfo::Static(_)])
+            )
+        });
+        let layout = OutputLayout::of(&info.outputs);
+        let name = |f: DetectorFamily| match f {
+            DetectorFamily::Scrfd => "scrfd",
+            DetectorFamily::Retinaface => "retinaface",
+        };
+        match layout.family() {
+            Some(f) if f == d.family => Ok(()),
+            Some(f) => Err(Error::manifest(
+                self.model_location.clone(),
+                format!(
+                    "`model.detector.family` is `{}`, but {file} has {}: {}",
+                    name(d.family),
+                    layout.describe(),
+                    shapes(&info.outputs)
+                ),
+            )
+            .with_hint(format!("set `family: {}`", name(f)))),
+            None if fixed => Err(Error::manifest(
+                self.model_location.clone(),
+                format!(
+                    "`model.detector.family` is `{}`, but {file}'s outputs are neither SCRFD's (per stride N x 1, N x 4, N x 10) nor RetinaFace's (N x 4, N x 2, N x 10): {}",
+                    name(d.family),
+                    shapes(&info.outputs)
+                ),
+            )
+            .with_hint("facebuild decodes SCRFD and RetinaFace heads; compare other models output by output with `task: generic`")),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn step(&self, name: &str) -> &Step {
@@ -352,7 +450,26 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
+/// Every problem of `model:`, each as (message, hint).
+fn validate_model(m: &ModelSpec) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Err(p) = validate_model_fields(m) {
+        problems.push(p);
+    }
+    problems.extend(validate_preprocessing(m));
+    if let Some(d) = &m.detector
+        && let Err(e) = validate_detector(d)
+    {
+        problems.push((
+            format!("`model.detector`: {e}"),
+            "see docs/manifest.md, `model.detector`".to_string(),
+        ));
+    }
+    problems
+}
+
+/// The model's own fields, up to the first problem (later checks build on earlier ones).
+fn validate_model_fields(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
     if m.path.is_some() && m.builtin.is_some() {
         return Err((
             "`model` has both `path` and `builtin`".into(),
@@ -431,46 +548,70 @@ fn validate_model(m: &ModelSpec) -> std::result::Result<(), (String, String)> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `model.preprocessing` against the input it feeds: its size against a static H x W, and
+/// one mean and std per channel. Independent of each other, so all are reported.
+fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let Some(pre) = &m.preprocessing else {
+        return problems;
+    };
+    let (hi, wi, ci) = match m.input.layout {
+        Layout::NCHW => (2, 3, 1),
+        Layout::NHWC => (1, 2, 3),
+    };
+    let image = m.input.shape.len() == 4;
     // The tensors every step feeds are `preprocessing.size`: a static input's H x W must be
     // that size, or the first inference fails deep inside a step. Height comes first.
-    if let Some(pre) = &m.preprocessing
-        && m.input.shape.len() == 4
+    if image
+        && let (Dim::Fixed(h), Dim::Fixed(w)) = (&m.input.shape[hi], &m.input.shape[wi])
+        && [*h, *w] != [pre.size[0] as u64, pre.size[1] as u64]
     {
-        let (hi, wi) = match m.input.layout {
-            Layout::NCHW => (2, 3),
-            Layout::NHWC => (1, 2),
-        };
-        if let (Dim::Fixed(h), Dim::Fixed(w)) = (&m.input.shape[hi], &m.input.shape[wi])
-            && [*h, *w] != [pre.size[0] as u64, pre.size[1] as u64]
-        {
-            let swapped = [*w, *h] == [pre.size[0] as u64, pre.size[1] as u64];
-            return Err((
-                format!(
-                    "`model.preprocessing.size` is [{}, {}] but `model.input.shape` {} fixes the input at {h} x {w} (height x width){}",
-                    pre.size[0],
-                    pre.size[1],
-                    fmt_shape(&m.input.shape),
-                    if swapped {
-                        ": width and height are swapped"
-                    } else {
-                        ""
-                    }
-                ),
-                format!(
-                    "write `size: [{h}, {w}]`: [height, width], as the input shape orders them"
-                ),
-            ));
-        }
+        let swapped = [*w, *h] == [pre.size[0] as u64, pre.size[1] as u64];
+        problems.push((
+            format!(
+                "`model.preprocessing.size` is [{}, {}] but `model.input.shape` {} fixes the input at {h} x {w} (height x width){}",
+                pre.size[0],
+                pre.size[1],
+                fmt_shape(&m.input.shape),
+                if swapped {
+                    ": width and height are swapped"
+                } else {
+                    ""
+                }
+            ),
+            format!("write `size: [{h}, {w}]`: [height, width], as the input shape orders them"),
+        ));
     }
-    if let Some(d) = &m.detector {
-        validate_detector(d).map_err(|e| {
-            (
-                format!("`model.detector`: {e}"),
-                "see docs/manifest.md, `model.detector`".to_string(),
-            )
-        })?;
+    // Images are decoded to 3 channels (RGB or BGR): one mean and one std per channel.
+    let channels = match m.input.shape.get(ci) {
+        Some(Dim::Fixed(c)) if image => *c as usize,
+        _ => 3,
+    };
+    if channels != 3 {
+        problems.push((
+            format!(
+                "`model.input.shape` {} has {channels} channels ({:?}); facebuild feeds 3-channel RGB or BGR images",
+                fmt_shape(&m.input.shape),
+                m.input.layout
+            ),
+            if m.input.shape.get(3) == Some(&Dim::Fixed(3)) && m.input.layout == Layout::NCHW {
+                "the channels come last: set `layout: NHWC`".to_string()
+            } else {
+                "declare the layout that puts the 3 channels where the model has them (`layout: NCHW` or `NHWC`)".to_string()
+            },
+        ));
     }
-    Ok(())
+    if channels == 3 {
+        problems.extend(
+            pre.problems()
+                .into_iter()
+                .map(|(m, h)| (m.replacen('`', "`model.preprocessing.", 1), h)),
+        );
+    }
+    problems
 }
 
 pub(crate) fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
@@ -496,6 +637,39 @@ pub(crate) fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), Str
 }
 
 impl Preprocessing {
+    /// What is wrong with the values themselves: one mean and one std per channel (images
+    /// are decoded to 3), finite, no zero std. Each as (message, hint), keys relative to
+    /// this block.
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        for (key, values) in [("mean", &self.mean), ("std", &self.std)] {
+            let example = format!("`{key}: [127.5, 127.5, 127.5]`");
+            if values.len() != 3 {
+                problems.push((
+                    format!(
+                        "`{key}` has {} value(s); the input has 3 channels ({})",
+                        values.len(),
+                        match self.color {
+                            ColorOrder::RGB => "R, G, B",
+                            ColorOrder::BGR => "B, G, R",
+                        }
+                    ),
+                    format!("give one per channel, in the `color` order: {example}"),
+                ));
+            }
+            if values.iter().any(|v| !v.is_finite()) || (key == "std" && values.contains(&0.0)) {
+                problems.push((
+                    format!(
+                        "`{key}` must be finite numbers{}",
+                        if key == "std" { ", none zero" } else { "" }
+                    ),
+                    format!("e.g. {example}"),
+                ));
+            }
+        }
+        problems
+    }
+
     /// The resize mode in force: the declared one, else letterbox for detectors.
     pub fn resize_for(&self, task: Task) -> Resize {
         self.resize.unwrap_or(if task == Task::Detection {
@@ -509,8 +683,8 @@ impl Preprocessing {
     pub fn scrfd(size: [u32; 2]) -> Preprocessing {
         Preprocessing {
             color: ColorOrder::RGB,
-            mean: [127.5; 3],
-            std: [128.0; 3],
+            mean: vec![127.5; 3],
+            std: vec![128.0; 3],
             size,
             resize: Some(Resize::Letterbox),
         }

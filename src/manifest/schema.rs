@@ -193,12 +193,13 @@ pub struct Preprocessing {
     /// Channel order.
     #[serde(default = "default_color")]
     pub color: ColorOrder,
-    /// Per-channel mean subtracted, in the channel order above.
+    /// Per-channel mean subtracted, in the channel order above: one value per input channel
+    /// (checked against the input shape when the manifest is read).
     #[serde(default = "default_mean")]
-    pub mean: [f32; 3],
+    pub mean: Vec<f32>,
     /// Per-channel divisor.
     #[serde(default = "default_std")]
-    pub std: [f32; 3],
+    pub std: Vec<f32>,
     /// [height, width] the image is resized to.
     pub size: [u32; 2],
     /// How a whole image is brought to `size`: `center_crop` (crop to the aspect ratio, then
@@ -218,11 +219,11 @@ pub enum Resize {
 fn default_color() -> ColorOrder {
     ColorOrder::RGB
 }
-fn default_mean() -> [f32; 3] {
-    [127.5; 3]
+fn default_mean() -> Vec<f32> {
+    vec![127.5; 3]
 }
-fn default_std() -> [f32; 3] {
-    [127.5; 3]
+fn default_std() -> Vec<f32> {
+    vec![127.5; 3]
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

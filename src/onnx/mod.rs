@@ -2,4 +2,5 @@
 
 pub(crate) mod builtin;
 pub(crate) mod inspect;
+pub(crate) mod layout;
 pub(crate) mod proto;

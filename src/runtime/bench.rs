@@ -266,10 +266,11 @@ fn result(
         latency_batch1_ms: Some(LatencyMs::of(lat)),
         latency_samples: Some(lat.len()),
         latency_batch1_samples_ms: Some(lat.iter().map(|x| (x * 1e4).round() / 1e4).collect()),
-        throughput,
+        throughput: throughput.clone(),
         tensorrt: None,
         peak_rss_mib: peak_rss_mib(),
         child_wall_ms: None,
         reference: None,
+        reliability: Some(super::Reliability::of(lat, &throughput)),
     }
 }

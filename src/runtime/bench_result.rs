@@ -37,6 +37,107 @@ pub struct BenchMeasurement {
     /// OpenVINO's benchmark_app on the same IR, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<BenchmarkApp>,
+    /// Whether the latency and throughput figures can be trusted (absent for trtexec's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<Reliability>,
+}
+
+/// Whether a measurement is long and steady enough to trust. A figure from a few dozen
+/// inferences, or from a run whose speed drifted (another process, CPU frequency), reads
+/// like any other number; this says which are not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reliability {
+    pub reliable: bool,
+    /// Why not; empty when reliable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Batch-1 inferences timed.
+    pub samples: usize,
+    /// Seconds they took together.
+    pub timed_s: f64,
+    /// Standard deviation over mean of the batch-1 latencies.
+    pub latency_cv: Option<f64>,
+    /// How far the medians of the run's four quarters differ, over the overall median:
+    /// the speed changed during the measurement.
+    pub drift: Option<f64>,
+}
+
+impl Reliability {
+    /// Fewer inferences than this give unstable percentiles (p99 is the 99th of 100).
+    pub const MIN_SAMPLES: usize = 100;
+    /// Shorter than this, timer and scheduler noise weigh on every figure.
+    pub const MIN_TIMED_S: f64 = 0.5;
+    pub const MAX_CV: f64 = 0.5;
+    pub const MAX_DRIFT: f64 = 0.25;
+
+    /// Judge batch-1 latencies (ms, in the order measured) and the throughput points.
+    pub fn of(latencies_ms: &[f64], throughput: &[ThroughputPoint]) -> Reliability {
+        let n = latencies_ms.len();
+        let timed_s = latencies_ms.iter().sum::<f64>() / 1e3;
+        let mut reasons = Vec::new();
+        if n < Self::MIN_SAMPLES {
+            reasons.push(format!(
+                "only {n} batch-1 inferences (at least {} give stable percentiles): raise `iterations` or `time_budget_s`",
+                Self::MIN_SAMPLES
+            ));
+        }
+        if timed_s < Self::MIN_TIMED_S {
+            reasons.push(format!(
+                "timed for only {timed_s:.2} s (at least {} s): raise `time_budget_s`",
+                Self::MIN_TIMED_S
+            ));
+        }
+        let mean = timed_s * 1e3 / n.max(1) as f64;
+        let latency_cv = (n >= 2 && mean > 0.0).then(|| {
+            let var = latencies_ms.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            var.sqrt() / mean
+        });
+        if let Some(cv) = latency_cv.filter(|&cv| cv > Self::MAX_CV) {
+            reasons.push(format!(
+                "batch-1 latency varies too much (coefficient of variation {cv:.2}, above {}): the machine was busy",
+                Self::MAX_CV
+            ));
+        }
+        let drift = (n >= 8).then(|| {
+            let median = |xs: &[f64]| {
+                let mut v = xs.to_vec();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let q: Vec<f64> = latencies_ms.chunks(n.div_ceil(4)).map(median).collect();
+            let (lo, hi) = q
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            (hi - lo) / median(latencies_ms).max(1e-9)
+        });
+        if let Some(d) = drift.filter(|&d| d > Self::MAX_DRIFT) {
+            reasons.push(format!(
+                "speed drifted {:.0}% between the run's quarters (above {:.0}%): the machine was busy or changed frequency",
+                d * 100.0,
+                Self::MAX_DRIFT * 100.0
+            ));
+        }
+        for t in throughput {
+            if let (Some(k), Some(w)) = (t.inferences, t.wall_ms)
+                && (k < 10 || w < Self::MIN_TIMED_S * 1e3)
+            {
+                reasons.push(format!(
+                    "batch-{} throughput from {k} inferences in {:.2} s (at least 10 and {} s)",
+                    t.batch,
+                    w / 1e3,
+                    Self::MIN_TIMED_S
+                ));
+            }
+        }
+        Reliability {
+            reliable: reasons.is_empty(),
+            reasons,
+            samples: n,
+            timed_s,
+            latency_cv,
+            drift,
+        }
+    }
 }
 
 impl BenchMeasurement {
@@ -138,4 +239,44 @@ pub struct BenchmarkApp {
     /// Our batch-1 median latency over benchmark_app's.
     #[serde(default)]
     pub median_latency_ratio: Option<f64>,
+    /// Why benchmark_app's figure, and so the ratios, cannot be trusted (too few iterations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreliable: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_noisy_or_drifting_measurements_are_flagged() {
+        let steady: Vec<f64> = (0..400).map(|i| 5.0 + (i % 7) as f64 * 0.01).collect();
+        let r = Reliability::of(&steady, &[]);
+        assert!(r.reliable, "{r:?}");
+        assert!(r.latency_cv.unwrap() < 0.01 && r.drift.unwrap() < 0.01);
+        // 20 inferences in 0.1 s: too few and too short.
+        let r = Reliability::of(&steady[..20], &[]);
+        // (0.1 s)
+        assert!(!r.reliable);
+        assert_eq!(r.reasons.len(), 2, "{r:?}");
+        assert!(r.reasons[0].contains("only 20 batch-1 inferences"));
+        // The machine slowed down halfway: the quarters' medians differ by 100%.
+        let drifting: Vec<f64> = (0..400).map(|i| if i < 200 { 5.0 } else { 7.0 }).collect();
+        let r = Reliability::of(&drifting, &[]);
+        assert!(r.reasons.iter().any(|x| x.contains("drifted")), "{r:?}");
+        // A throughput point of 3 inferences.
+        let t = ThroughputPoint {
+            batch: 8,
+            inferences: Some(3),
+            wall_ms: Some(40.0),
+            ..Default::default()
+        };
+        let r = Reliability::of(&steady, &[t]);
+        assert!(
+            r.reasons
+                .iter()
+                .any(|x| x.contains("batch-8 throughput from 3")),
+            "{r:?}"
+        );
+    }
 }

@@ -10,7 +10,7 @@ pub(crate) mod tensorrt;
 
 pub use bench_result::BenchMeasurement;
 pub(crate) use bench_result::{
-    BenchExecution, BenchmarkApp, ColdStart, ThroughputPoint, TrtTimings,
+    BenchExecution, BenchmarkApp, ColdStart, Reliability, ThroughputPoint, TrtTimings,
 };
 
 use camino::Utf8Path;

@@ -341,6 +341,8 @@ pub(crate) fn perf_to_schema(
         peak_rss_mib: None,
         child_wall_ms: None,
         reference: None,
+        // trtexec's own stability warnings are in its log; not judged here.
+        reliability: None,
     }
 }
 

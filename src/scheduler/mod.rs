@@ -152,6 +152,8 @@ struct RunState<'a> {
     /// Misses waiting for a free slot, so their keys are not computed again.
     ready: HashMap<String, (KeyParts, Vec<String>)>,
     running: usize,
+    /// An exclusive step (a benchmark) is running: nothing else starts until it ends.
+    exclusive_running: bool,
     stop: bool,
     /// Steps some selected step depends on (not leaves, for `--materialize leaves`).
     needed: std::collections::HashSet<String>,
@@ -180,10 +182,25 @@ impl<'a> RunState<'a> {
             parts_of: HashMap::new(),
             ready: HashMap::new(),
             running: 0,
+            exclusive_running: false,
             stop: false,
             needed,
             remote_hits: HashMap::new(),
         }
+    }
+
+    fn exclusive(&self, name: &str) -> bool {
+        self.ctx.manifest.step(name).spec.params.kind().exclusive()
+    }
+
+    /// Whether `name` cannot start now: every slot is taken, or it needs the machine alone
+    /// and something runs, or an exclusive step runs (or is about to).
+    fn no_room(&self, name: &str, launches: &[Launch]) -> bool {
+        let busy = self.running + launches.len();
+        self.exclusive_running
+            || launches.iter().any(|l| self.exclusive(&l.name))
+            || busy >= self.opts.jobs.max(1)
+            || (busy > 0 && self.exclusive(name))
     }
 
     /// Whether a step's outputs are copied to `out/` (`--materialize`).
@@ -318,9 +335,7 @@ impl<'a> RunState<'a> {
                 if !matches!(self.state[&name], State::Pending) {
                     continue;
                 }
-                if self.running + launches.len() >= self.opts.jobs.max(1)
-                    && self.ready.contains_key(&name)
-                {
+                if self.ready.contains_key(&name) && self.no_room(&name, &launches) {
                     continue;
                 }
                 let resolution = match self.ready.remove(&name) {
@@ -440,7 +455,7 @@ impl<'a> RunState<'a> {
                 }
                 // Launch only into a free slot: a queued step would still start after a
                 // failure that should have stopped the run.
-                if self.running + launches.len() >= self.opts.jobs.max(1) {
+                if self.no_room(name, launches) {
                     self.ready.insert(name.into(), (parts, reasons));
                 } else {
                     launches.push(Launch {
@@ -524,6 +539,7 @@ impl<'a> RunState<'a> {
         self.results.insert(l.name.clone(), r);
         self.parts_of.insert(l.name.clone(), l.parts.clone());
         self.running += 1;
+        self.exclusive_running |= self.exclusive(&l.name);
         Job {
             name: l.name,
             no_cache: self.opts.no_cache,
@@ -536,6 +552,9 @@ impl<'a> RunState<'a> {
     /// A step finished: record its outputs, or its failure.
     fn finish(&mut self, f: Finished) -> Result<()> {
         self.running -= 1;
+        if self.exclusive(&f.name) {
+            self.exclusive_running = false;
+        }
         match f.result {
             Ok(Executed {
                 outputs,

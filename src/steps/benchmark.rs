@@ -25,7 +25,8 @@ use crate::runtime::{BenchMeasurement, BenchmarkApp, ColdStart, ThroughputPoint}
 
 /// v2: the report is typed and carries `schema`.
 /// v3: benchmark_app's recorded arguments hold no scratch path.
-pub(crate) const IMPL_VERSION: u32 = 3;
+/// v4: each measurement says whether it is reliable (long and steady enough).
+pub(crate) const IMPL_VERSION: u32 = 4;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 pub(crate) const SCHEMA: &str = "facebuild.benchmark/1";
 
@@ -442,15 +443,25 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<Be
         )
         .into());
     }
+    let count = num("Count:");
+    let unreliable = match count {
+        Some(c) if c < crate::runtime::Reliability::MIN_SAMPLES as f64 => Some(format!(
+            "benchmark_app ran only {c:.0} iterations in {seconds} s (at least {}): raise `reference_seconds`",
+            crate::runtime::Reliability::MIN_SAMPLES
+        )),
+        None => Some("benchmark_app printed no iteration count".to_string()),
+        _ => None,
+    };
     Ok(BenchmarkApp {
         tool: "benchmark_app".into(),
         throughput_fps: num("Throughput:"),
         median_ms: ms("Median:"),
-        count: num("Count:"),
+        count,
         first_inference_ms: ms("First inference took"),
         args,
         throughput_ratio: None,
         median_latency_ratio: None,
+        unreliable,
     })
 }
 
@@ -648,13 +659,15 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
     let machine = machine();
     let mut results = Vec::new();
     let mut rows = Vec::new();
+    // Measurements too short or too noisy to trust, with why.
+    let mut unreliable: Vec<String> = Vec::new();
     let total = configs.iter().filter(|c| c.spec.is_some()).count();
     let mut k = 0;
     for c in &configs {
         ctx.check_cancelled()?;
         let Some(spec) = &c.spec else {
             rows.push(format!(
-                "| {} | {} | unavailable: {} | - | - | - | - | - | - | - | - |",
+                "| {} | {} | unavailable: {} | - | - | - | - | - | - | - | - | - |",
                 c.label,
                 c.artifact,
                 c.unavailable.clone().unwrap_or_default()
@@ -713,8 +726,17 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
             })
             .collect();
         let lat = v.latency_batch1_ms.clone().unwrap_or_default();
+        let reasons: Vec<String> = v
+            .reliability
+            .iter()
+            .flat_map(|r| r.reasons.clone())
+            .chain(v.reference.iter().filter_map(|r| r.unreliable.clone()))
+            .collect();
+        if !reasons.is_empty() {
+            unreliable.push(format!("- {}: {}", c.label, reasons.join("; ")));
+        }
         rows.push(format!(
-            "| {} | {} {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.label,
             c.artifact,
             c.weights,
@@ -732,6 +754,7 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
                 .and_then(|r| r.throughput_ratio.map(|x| (x, r.throughput_fps)))
                 .map(|(x, fps)| format!("{x:.3} ({:.0}/s)", fps.unwrap_or(f64::NAN)))
                 .unwrap_or_else(|| "-".into()),
+            if reasons.is_empty() { "yes" } else { "**no**" },
         ));
         results.push(BenchEntry {
             label: c.label.clone(),
@@ -780,10 +803,17 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
         decl.name,
         shape
     );
-    md += "| target | artifact | executed | cold start ms | p50 ms | p90 ms | p99 ms | max ms | throughput | peak RSS MiB | vs benchmark_app (b1 throughput) |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md += "| target | artifact | executed | cold start ms | p50 ms | p90 ms | p99 ms | max ms | throughput | peak RSS MiB | vs benchmark_app (b1 throughput) | reliable |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in &rows {
         md += r;
         md.push('\n');
+    }
+    if !unreliable.is_empty() {
+        md += "\nUnreliable figures (release gates on them fail):\n";
+        for u in &unreliable {
+            md += u;
+            md.push('\n');
+        }
     }
     let md_path = ctx.workdir.join("report.md");
     std::fs::write(&md_path, md).map_err(|e| Error::io(&md_path, e))?;
@@ -795,7 +825,14 @@ pub(crate) fn run(ctx: &StepContext, p: &BenchmarkParams) -> Result<StepOutcome>
             Some((m, r.label.clone()))
         })
         .min_by(|a, b| a.0.total_cmp(&b.0));
-    let summary = json!({"targets": configs.len(), "measured": total, "fastest_p50": best.map(|(m, l)| format!("{l} {m:.2} ms")).unwrap_or_default()});
+    let mut summary = json!({"targets": configs.len(), "measured": total, "fastest_p50": best.map(|(m, l)| format!("{l} {m:.2} ms")).unwrap_or_default()});
+    if !unreliable.is_empty() {
+        summary["unreliable"] = json!(unreliable.len());
+        tracing::warn!(
+            "benchmark `{step}`: {} measurement(s) too short or too noisy to trust; see its report.md",
+            unreliable.len()
+        );
+    }
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),
@@ -815,6 +852,9 @@ impl super::Kind for BenchmarkParams {
     }
     fn references(&self) -> Vec<String> {
         self.targets.iter().map(|c| c.step().to_string()).collect()
+    }
+    fn exclusive(&self) -> bool {
+        true
     }
     fn check_reference(
         &self,

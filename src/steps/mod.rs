@@ -157,6 +157,12 @@ pub(crate) trait Kind {
     fn isa_dependent(&self) -> bool {
         false
     }
+    /// Whether the step needs the machine to itself: a benchmark measured while another
+    /// step converts or compares reads that step's load as its own slowness. The scheduler
+    /// starts it only when nothing else runs, and nothing else while it runs.
+    fn exclusive(&self) -> bool {
+        false
+    }
     /// Whether the step says it must run (`required: true`): unavailable then fails the run.
     fn required(&self) -> bool {
         false

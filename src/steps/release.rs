@@ -24,7 +24,8 @@ use crate::runtime::BenchMeasurement;
 
 /// v2: the report is typed and carries `schema`.
 /// v3: metadata.json names the source model as the manifest does (no absolute path).
-pub(crate) const IMPL_VERSION: u32 = 3;
+/// v4: latency and throughput gates fail on unreliable measurements.
+pub(crate) const IMPL_VERSION: u32 = 4;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,7 +222,17 @@ fn measure(
                 .unwrap_or_default()
         );
         let why = missing(&src);
-        return (Measurement::from_option(best.map(|b| b.0), why), Some(src));
+        // A latency or throughput measured too briefly or on a busy machine is no evidence.
+        let doubt = best.and_then(|(_, label)| {
+            let v = rows.iter().find(|(l, _)| *l == label)?.1;
+            let r = v.reliability.as_ref().filter(|r| !r.reliable)?;
+            matches!(m.key, "p99_ms_max" | "p50_ms_max" | "throughput_min")
+                .then(|| r.reasons.join("; "))
+        });
+        return match (best, doubt) {
+            (Some((x, _)), Some(why)) => (Measurement::Unreliable(x, why), Some(src)),
+            _ => (Measurement::from_option(best.map(|b| b.0), why), Some(src)),
+        };
     }
     let src = format!("compare `{}`", compare.map(|c| c.0).unwrap_or_default());
     let c = compare.and_then(|(_, c)| c.candidate_of_step(artifact));

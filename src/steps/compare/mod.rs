@@ -192,6 +192,18 @@ impl CompareParams {
         if !(self.operating_far > 0.0 && self.operating_far < 1.0) {
             return Err(("`operating_far` must be in (0, 1)".into(), None));
         }
+        for c in &self.candidates {
+            if let Some((m, h)) = c
+                .detail()
+                .and_then(|d| d.preprocessing.as_ref())
+                .and_then(|p| p.problems().into_iter().next())
+            {
+                return Err((
+                    format!("candidate `{}`: `preprocessing.{}", c.label(), &m[1..]),
+                    Some(h),
+                ));
+            }
+        }
         let labels: Vec<String> = self.candidates.iter().map(CandidateSpec::label).collect();
         for k in self.candidate_gates.keys() {
             if !labels.contains(k) {

@@ -1,0 +1,606 @@
+//! `facebuild init`: a commented manifest written from an ONNX file, and the built-in
+//! pipelines, reachable without a checkout (`run --builtin recognition`).
+//!
+//! The model is read natively: its input (name, layout, shape, dynamic dims) and its outputs,
+//! from which the task is guessed (an embedding, SCRFD's or RetinaFace's heads, else
+//! generic). Dataset paths are left as placeholders that the manifest reader refuses with a
+//! located message, so a written file plans once they are filled in, and not before.
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::error::{Error, Result};
+use crate::onnx::inspect::{DimInfo, ModelInfo};
+use crate::onnx::layout::OutputLayout;
+
+/// The pipelines built into the binary, by name: the same files as `pipelines/`.
+const BUILTIN_PIPELINES: &[(&str, &str)] = &[
+    (
+        "recognition",
+        include_str!("../../pipelines/recognition.yaml"),
+    ),
+    ("detection", include_str!("../../pipelines/detection.yaml")),
+];
+
+pub(crate) fn builtin_names() -> Vec<&'static str> {
+    BUILTIN_PIPELINES.iter().map(|(n, _)| *n).collect()
+}
+
+/// A built-in pipeline's manifest text.
+pub(crate) fn builtin_pipeline(name: &str) -> Result<&'static str> {
+    BUILTIN_PIPELINES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            Error::usage(format!("there is no built-in pipeline `{name}`")).with_hint(format!(
+                "built-in pipelines: {}",
+                builtin_names().join(", ")
+            ))
+        })
+}
+
+const PLACEHOLDER_START: &str = "<REPLACE: ";
+
+/// A dataset path `init` left for the user to fill in.
+pub(crate) fn is_placeholder(path: &str) -> bool {
+    path.starts_with(PLACEHOLDER_START)
+}
+
+/// What the placeholder asks for.
+pub(crate) fn placeholder_text(path: &str) -> &str {
+    path.trim_start_matches(PLACEHOLDER_START)
+        .trim_end_matches('>')
+}
+
+fn placeholder(what: &str) -> String {
+    format!("\"{PLACEHOLDER_START}{what}>\"")
+}
+
+/// What `init` read from the model and decided.
+#[derive(Debug)]
+pub(crate) struct Guess {
+    pub input: String,
+    pub layout: &'static str,
+    /// The shape as the manifest writes it: numbers, `H`/`W` for dynamic image dims.
+    pub shape: Vec<String>,
+    /// Named dims with (min, opt, max).
+    pub dims: Vec<(String, [u64; 3])>,
+    /// [height, width] images are prepared at.
+    pub size: [u64; 2],
+    pub layout_of_outputs: OutputLayout,
+    /// Comments on what was read: a dynamic batch, renamed dims, other inputs.
+    pub notes: Vec<String>,
+    /// ArcFace exports with the normalisation inside the graph (InsightFace's check: `Sub`
+    /// and `Mul` among the first nodes) take raw pixels.
+    pub normalised_inside: bool,
+}
+
+impl Guess {
+    pub(crate) fn task(&self) -> &'static str {
+        match self.layout_of_outputs {
+            OutputLayout::Embedding { .. } => "recognition",
+            OutputLayout::Scrfd { .. } | OutputLayout::Retinaface { .. } => "detection",
+            OutputLayout::Other => "generic",
+        }
+    }
+}
+
+/// Read what `init` needs from a model.
+pub(crate) fn guess(
+    path: &Utf8Path,
+    info: &ModelInfo,
+    first_nodes: &[(String, String)],
+) -> Result<Guess> {
+    let Some(input) = info.inputs.first() else {
+        return Err(Error::Model {
+            path: path.to_owned(),
+            message: "the graph has no inputs".into(),
+            hint: None,
+        });
+    };
+    let mut notes = Vec::new();
+    if info.inputs.len() > 1 {
+        return Err(Error::Model {
+            path: path.to_owned(),
+            message: format!(
+                "the model takes {} inputs ({}); facebuild pipelines feed one image input",
+                info.inputs.len(),
+                info.inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: Some("swapper models take a face and an embedding: build their detector and recognizer pipelines instead".into()),
+        });
+    }
+    let dims = input.shape.clone().unwrap_or_default();
+    let layout_of_outputs = OutputLayout::of(&info.outputs);
+    let detection = layout_of_outputs.family().is_some();
+    let fixed = |d: &DimInfo| match d {
+        DimInfo::Static(v) if *v > 0 => Some(*v as u64),
+        _ => None,
+    };
+    let (layout, hi, wi) =
+        if dims.len() == 4 && fixed(&dims[3]) == Some(3) && fixed(&dims[1]) != Some(3) {
+            ("NHWC", 1, 2)
+        } else {
+            ("NCHW", 2, 3)
+        };
+    if dims.len() == 4 && fixed(&dims[if layout == "NCHW" { 1 } else { 3 }]) != Some(3) {
+        notes.push(format!(
+            "CHECK: the input {} has no fixed 3-channel dim; facebuild feeds RGB/BGR images",
+            crate::onnx::layout::shapes(std::slice::from_ref(input))
+        ));
+    }
+    // Dynamic H and W get a range: a detector's realistic one, else the usual input size.
+    let (lo, opt, hi_) = match layout_of_outputs {
+        _ if detection => (320, 640, 640),
+        OutputLayout::Embedding { .. } => (112, 112, 112),
+        _ => (224, 224, 224),
+    };
+    let mut shape = Vec::new();
+    let mut named = Vec::new();
+    let mut size = [opt, opt];
+    for (i, d) in dims.iter().enumerate() {
+        match (fixed(d), d) {
+            (Some(v), _) => {
+                shape.push(v.to_string());
+                if dims.len() == 4 && i == hi {
+                    size[0] = v;
+                }
+                if dims.len() == 4 && i == wi {
+                    size[1] = v;
+                }
+            }
+            (None, _) if i == 0 => {
+                let n = match d {
+                    DimInfo::Symbolic(n) => n.clone(),
+                    _ => "?".into(),
+                };
+                notes.push(format!(
+                    "the model's batch dim is dynamic (`{n}`): pipelines feed batch 1 (compare and benchmark batch where the runtime allows)"
+                ));
+                shape.push("1".into());
+            }
+            (None, d) if dims.len() == 4 && (i == hi || i == wi) => {
+                let name = if i == hi { "H" } else { "W" };
+                match d {
+                    DimInfo::Symbolic(n) if n.starts_with('?') => notes.push(format!(
+                        "dim {i} is dynamic and unnamed in the model; here it is `{name}`"
+                    )),
+                    DimInfo::Symbolic(n) if n != name => notes.push(format!(
+                        "the model calls dim {i} `{n}`; here it is `{name}`"
+                    )),
+                    _ => {}
+                }
+                shape.push(name.to_string());
+                named.push((name.to_string(), [lo, opt, hi_]));
+            }
+            (None, _) => {
+                let name = format!("D{i}");
+                notes.push(format!(
+                    "CHECK: dim {i} is dynamic; give `{name}` the range your deployment feeds"
+                ));
+                shape.push(name.clone());
+                named.push((name, [1, 1, 1]));
+            }
+        }
+    }
+    let normalised_inside = matches!(layout_of_outputs, OutputLayout::Embedding { .. }) && {
+        let has = |p: &[&str]| {
+            first_nodes.iter().take(8).any(|(name, op)| {
+                p.iter().any(|x| name.starts_with(x)) || p.iter().any(|x| op == x)
+            })
+        };
+        has(&["Sub", "_minus"]) && has(&["Mul", "_mul"])
+    };
+    Ok(Guess {
+        input: input.name.clone(),
+        layout,
+        shape,
+        dims: named,
+        size,
+        layout_of_outputs,
+        notes,
+        normalised_inside,
+    })
+}
+
+/// A file-friendly pipeline name from the model's file name.
+pub(crate) fn pipeline_name(model: &Utf8Path) -> String {
+    let stem = model.file_stem().unwrap_or("pipeline");
+    let s: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_start_matches('.').to_string();
+    if s.is_empty() { "pipeline".into() } else { s }
+}
+
+/// `to` relative to the folder `from` (both absolute), as a manifest path.
+pub(crate) fn relative_to(to: &Utf8Path, from: &Utf8Path) -> Utf8PathBuf {
+    let t: Vec<_> = to.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    // Nothing shared but the root: the absolute path says more than a climb to `/`.
+    if common <= 1 {
+        return to.to_owned();
+    }
+    let mut out = Utf8PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c.as_str());
+    }
+    out
+}
+
+fn list(v: &[String]) -> String {
+    format!("[{}]", v.join(", "))
+}
+
+/// The manifest text for a model at `model_path` (as the manifest will write it).
+pub(crate) fn manifest_text(
+    name: &str,
+    model_path: &Utf8Path,
+    model_file: &str,
+    g: &Guess,
+) -> String {
+    let task = g.task();
+    let family = g.layout_of_outputs.family();
+    let [h, w] = g.size;
+    let mut y = String::new();
+    let mut line = |s: &str| {
+        y.push_str(s);
+        y.push('\n');
+    };
+    line(&format!(
+        "# Written by `facebuild init` from {model_file}. Fill in the lines marked REPLACE (the"
+    ));
+    line("# pipeline is refused until then) and review those marked CHECK, then run");
+    line("# `facebuild plan` on this file. Every key is in docs/manifest.md.");
+    line("schema: 1");
+    line(&format!("name: {name}"));
+    line("");
+    line("model:");
+    line(&format!("  path: {model_path}"));
+    line(&format!(
+        "  # Guessed from the outputs ({}): {}.",
+        g.layout_of_outputs.describe(),
+        match task {
+            "recognition" => "a face recognizer",
+            "detection" => "a face detector",
+            _ => "CHECK: not a family facebuild decodes, so outputs are compared tensor by tensor",
+        }
+    ));
+    line(&format!("  task: {task}"));
+    line("  input:");
+    line(&format!("    name: {}", yaml_str(&g.input)));
+    line(&format!("    layout: {}", g.layout));
+    for n in &g.notes {
+        line(&format!("    # {n}"));
+    }
+    line(&format!("    shape: {}", list(&g.shape)));
+    if !g.dims.is_empty() {
+        line(
+            "    # Dynamic dims: OpenVINO IRs are converted for this range, TensorRT profiles built",
+        );
+        line("    # from it, and `opt` is the size steps feed by default.");
+        line("    dims:");
+        for (n, [a, b, c]) in &g.dims {
+            line(&format!("      {n}: {{min: {a}, opt: {b}, max: {c}}}"));
+        }
+    }
+    match (task, family) {
+        ("recognition", _) => {
+            if g.normalised_inside {
+                line(
+                    "  # The graph normalises its input itself (Sub and Mul first, as InsightFace checks):",
+                );
+                line("  # it takes raw pixels, as InsightFace feeds such ArcFace exports.");
+            } else {
+                line(
+                    "  # InsightFace's ArcFace feeding: RGB, (x - 127.5) / 127.5, aligned 112x112 crops.",
+                );
+            }
+            let (m, s) = if g.normalised_inside {
+                ("0", "1")
+            } else {
+                ("127.5", "127.5")
+            };
+            line("  preprocessing:");
+            line("    color: RGB");
+            line(&format!("    mean: [{m}, {m}, {m}]"));
+            line(&format!("    std: [{s}, {s}, {s}]"));
+            line(&format!("    size: [{h}, {w}]"));
+        }
+        (_, Some(crate::manifest::DetectorFamily::Scrfd)) => {
+            line("  # SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.");
+            line("  preprocessing:");
+            line("    color: RGB");
+            line("    mean: [127.5, 127.5, 127.5]");
+            line("    std: [128, 128, 128]");
+            line(&format!("    size: [{h}, {w}]"));
+            line("    resize: letterbox");
+            line("  detector:");
+            line("    family: scrfd");
+            line("    score_threshold: 0.5");
+            line("    nms_iou: 0.4");
+        }
+        (_, Some(crate::manifest::DetectorFamily::Retinaface)) => {
+            line(
+                "  # RetinaFace's feeding (Pytorch_Retinaface): BGR, x - (104, 117, 123), letterboxed.",
+            );
+            line("  preprocessing:");
+            line("    color: BGR");
+            line("    mean: [104, 117, 123]");
+            line("    std: [1, 1, 1]");
+            line(&format!("    size: [{h}, {w}]"));
+            line("    resize: letterbox");
+            line("  detector:");
+            line("    family: retinaface");
+            line("    score_threshold: 0.6");
+            line("    nms_iou: 0.4");
+        }
+        _ => {
+            line("  # CHECK: how your model expects its pixels; this scales them to [0, 1].");
+            line("  preprocessing:");
+            line("    color: RGB");
+            line("    mean: [0, 0, 0]");
+            line("    std: [255, 255, 255]");
+            line(&format!("    size: [{h}, {w}]"));
+        }
+    }
+    line("");
+    line("datasets:");
+    let dataset = match task {
+        "recognition" => {
+            line(
+                "  # REPLACE: aligned face crops, a subfolder per identity (genuine and impostor pairs",
+            );
+            line(
+                "  # come from the folders), or add `pairs:` (a CSV or LFW pairs.txt); an InsightFace",
+            );
+            line(
+                "  # verification .bin (lfw.bin, cfp_fp.bin) works as `path` too. Also calibrates INT8.",
+            );
+            line("  faces:");
+            line(&format!(
+                "    path: {}",
+                placeholder("a folder of aligned face crops, a subfolder per identity")
+            ));
+            "faces"
+        }
+        "detection" => {
+            line(
+                "  # REPLACE: photos with faces, as your deployment sees them. Also calibrates INT8.",
+            );
+            line("  scenes:");
+            line(&format!(
+                "    path: {}",
+                placeholder("a folder of photos with faces")
+            ));
+            "scenes"
+        }
+        _ => {
+            line("  # REPLACE: images as your deployment feeds them. Also calibrates INT8.");
+            line("  images:");
+            line(&format!(
+                "    path: {}",
+                placeholder("a folder of input images")
+            ));
+            "images"
+        }
+    };
+    line("");
+    line("steps:");
+    line("  check:");
+    line("    kind: check");
+    line("  simplify:");
+    line("    kind: simplify");
+    line("    needs: [check]");
+    line("    params: {samples: 2, cosine_min: 0.9999}");
+    for p in ["fp32", "fp16"] {
+        line(&format!("  openvino_{p}:"));
+        line("    kind: convert");
+        line("    from: simplify");
+        line(&format!(
+            "    params: {{backend: openvino, precision: {p}}}"
+        ));
+    }
+    line("  calibrate:");
+    line("    kind: calibrate");
+    line(&format!(
+        "    params: {{dataset: {dataset}, count: 32, seed: 0}}"
+    ));
+    line("  openvino_int8:");
+    line("    kind: convert");
+    line("    from: simplify");
+    line("    params: {backend: openvino, precision: int8, calibration: calibrate}");
+    let detection = task == "detection";
+    if detection {
+        line(
+            "  # Q/DQ INT8 for TensorRT engines. Plain post-training Q/DQ loses many boxes on face",
+        );
+        line(
+            "  # detectors (RetinaFace-MobileNet: recall 0.39 on group photos), and ONNX Runtime's",
+        );
+        line(
+            "  # quantizer needs a static H x W. Uncomment it, and add it to compare's candidates,",
+        );
+        line("  # to measure it on your data before you deploy it:");
+        line("  # quantize: {kind: quantize, from: simplify, params: {calibration: calibrate}}");
+    } else {
+        line("  # Q/DQ INT8 for TensorRT, checked in ONNX Runtime by compare.");
+        line("  quantize:");
+        line("    kind: quantize");
+        line("    from: simplify");
+        line("    params: {calibration: calibrate}");
+    }
+    line("  # TensorRT engines build where TensorRT is installed and report `unavailable`");
+    line("  # elsewhere (docs/tensorrt.md). Uncomment to build them:");
+    line(
+        "  # tensorrt_fp16: {kind: convert, from: simplify, params: {backend: tensorrt, precision: fp16}}",
+    );
+    line(
+        "  # tensorrt_int8: {kind: convert, from: quantize, params: {backend: tensorrt, precision: int8}}",
+    );
+    line("  compare:");
+    line("    kind: compare");
+    line("    params:");
+    line(&format!("      dataset: {dataset}"));
+    let candidates = if detection {
+        "[openvino_fp32, openvino_fp16, openvino_int8]"
+    } else {
+        "[openvino_fp32, openvino_fp16, openvino_int8, quantize]"
+    };
+    line(&format!("      candidates: {candidates}"));
+    line("      precision_hint: f32");
+    match task {
+        "recognition" => {
+            line("      cosine_min: 0.99");
+            line(
+                "      # With identities (folders or pairs), gate what a release cares about too:",
+            );
+            line(
+                "      # operating_far: 1.0e-3   # TAR is measurable only above 1 / impostor pairs",
+            );
+            line("      # tar_drop_max: 0.01");
+            line("      candidate_gates:");
+            line("        openvino_fp32: {cosine_min: 0.9999}");
+            line("        openvino_fp16: {cosine_min: 0.999}");
+            line(
+                "        # CHECK: INT8 loses some fidelity (MobileFaceNet on unaligned photos: NNCF ~0.95,",
+            );
+            line(
+                "        # plain Q/DQ ~0.91 minimum cosine); gate it at what your deployment accepts.",
+            );
+            line("        openvino_int8: {cosine_min: 0.9}");
+            line("        quantize: {cosine_min: 0.9}");
+        }
+        "detection" => {
+            if let Some((_, [lo, ..])) = g.dims.iter().find(|(n, _)| n == "H") {
+                line("      # One dynamic IR, compared at two input sizes.");
+                line(&format!("      input_sizes: [[{h}, {w}], [{lo}, {lo}]]"));
+            }
+            line("      recall_min: 0.99");
+            line("      fp_per_image_max: 0.01");
+            line("      landmark_nme_max: 0.01");
+            line("      candidate_gates:");
+            line(
+                "        # CHECK: plain INT8 keeps 0.85-0.98 of the boxes on crowded photos, with a few",
+            );
+            line("        # extra ones; gate it at what your deployment accepts.");
+            line(
+                "        openvino_int8: {recall_min: 0.8, fp_per_image_max: 2.0, landmark_nme_max: 0.2}",
+            );
+        }
+        _ => {
+            line("      # Per output: cosine, and elements out of atol/rtol (Polygraphy's rule).");
+            line("      cosine_min: 0.99");
+            line("      candidate_gates:");
+            line("        openvino_fp16: {cosine_min: 0.999}");
+            line("        openvino_int8: {cosine_min: 0.9}");
+            line("        quantize: {cosine_min: 0.9}");
+        }
+    }
+    line("  # Speed, cold start and memory of every artifact, each in a fresh process, with");
+    line("  # OpenVINO's benchmark_app as a reference.");
+    line("  benchmark:");
+    line("    kind: benchmark");
+    line("    params:");
+    line(&format!(
+        "      targets: [simplify, {}]",
+        candidates.trim_matches(|c| c == '[' || c == ']')
+    ));
+    line("      batch_sizes: [1]");
+    line("      iterations: 1000");
+    line("      time_budget_s: 3");
+    line("      reference: benchmark_app");
+    line("      reference_seconds: 5");
+    line("  # What meets every gate goes to releases/<name>/<version>/, and becomes current.");
+    line("  release:");
+    line("    kind: release");
+    line("    params:");
+    line("      artifacts: [openvino_fp16, openvino_int8]");
+    line("      compare: compare");
+    line("      benchmark: benchmark");
+    match task {
+        "recognition" => {
+            line(
+                "      gates: {cosine_min: 0.99, p99_ms_max: 50, throughput_min: 20, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+            );
+            line("      # CHECK: as compare's INT8 gate above.");
+            line("      artifact_gates: {openvino_int8: {cosine_min: 0.9}}");
+        }
+        "detection" => line(
+            "      gates: {recall_min: 0.8, p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+        ),
+        _ => line(
+            "      gates: {p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+        ),
+    }
+    y
+}
+
+/// A YAML scalar for a tensor name (names like `input.1` or `data:0` need no quotes; others
+/// are quoted).
+fn yaml_str(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        && !s
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_between_folders() {
+        assert_eq!(
+            relative_to("/w/shared/models/a.onnx".into(), "/w/repo/pipelines".into()),
+            Utf8PathBuf::from("../../shared/models/a.onnx")
+        );
+        assert_eq!(
+            relative_to("/w/repo/m.onnx".into(), "/w/repo".into()),
+            Utf8PathBuf::from("m.onnx")
+        );
+    }
+
+    #[test]
+    fn placeholders_are_recognised_and_explained() {
+        let p = placeholder("a folder of photos");
+        let p = p.trim_matches('"');
+        assert!(is_placeholder(p));
+        assert_eq!(placeholder_text(p), "a folder of photos");
+        assert!(!is_placeholder("faces/aligned"));
+    }
+
+    #[test]
+    fn names_and_scalars_are_yaml_safe() {
+        assert_eq!(
+            pipeline_name("/m/scrfd 2.5g+kps.onnx".into()),
+            "scrfd_2.5g_kps"
+        );
+        assert_eq!(yaml_str("input.1"), "input.1");
+        assert_eq!(yaml_str("1input"), "\"1input\"");
+        assert_eq!(yaml_str("in put"), "\"in put\"");
+    }
+}

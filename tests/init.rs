@@ -1,0 +1,169 @@
+//! `facebuild init`: a pipeline written from an ONNX file plans once its dataset placeholders
+//! are filled in (and is refused, placeholder by placeholder, before), and on the real models
+//! in ../shared it builds and passes `compare` as written.
+
+mod common;
+use common::*;
+
+/// Runs `init MODEL -o pipelines/<name>.yaml` in the project; returns the written text.
+fn init(p: &Project, model: &std::path::Path, name: &str) -> String {
+    let out = p.run(&[
+        "init",
+        model.to_str().unwrap(),
+        "-o",
+        &format!("pipelines/{name}.yaml"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "init {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("next: fill in the 1 dataset path(s)"),
+        "{stdout}"
+    );
+    std::fs::read_to_string(p.path(&format!("pipelines/{name}.yaml"))).unwrap()
+}
+
+/// `plan` refuses the written file only for its placeholders, each located; `fill` then
+/// replaces the placeholder line, and `plan` succeeds.
+fn plans_once_filled(p: &Project, name: &str, text: &str, fill: &str) -> String {
+    let file = format!("pipelines/{name}.yaml");
+    let out = p.run(&["plan", &file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(&format!("{name}.yaml:")))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{name}: only the placeholder may fail:\n{err}"
+    );
+    assert!(
+        errors[0].contains("still has the placeholder `facebuild init` wrote"),
+        "{err}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("<REPLACE: "))
+        .expect("a placeholder");
+    let filled = text.replace(line, fill);
+    p.write(&file, &filled);
+    let out = p.run(&["plan", &file]);
+    assert!(
+        out.status.success(),
+        "{name}: plan after filling in: {}\n{filled}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    filled
+}
+
+/// Every built-in model: init guesses its task, and the pipeline plans with built-in data.
+#[test]
+fn init_on_the_builtin_models() {
+    let p = Project::new();
+    for (model, task, data) in [
+        ("iresnet-mini", "recognition", "synthetic-faces"),
+        ("iresnet18", "recognition", "synthetic-faces"),
+        ("scrfd-mini", "detection", "synthetic-scenes"),
+    ] {
+        let onnx = p.path(&format!("{model}.onnx"));
+        let out = p.run(&["builtin", model, "-o", onnx.to_str().unwrap()]);
+        assert!(out.status.success());
+        let text = init(&p, &onnx, model);
+        assert!(text.contains(&format!("  task: {task}\n")), "{text}");
+        if model == "scrfd-mini" {
+            assert!(text.contains("shape: [1, 3, H, W]") && text.contains("family: scrfd"));
+        } else {
+            // A dynamic batch is fed as 1, and said so.
+            assert!(
+                text.contains("shape: [1, 3, 112, 112]")
+                    && text.contains("batch dim is dynamic (`batch`)"),
+                "{text}"
+            );
+        }
+        plans_once_filled(&p, model, &text, &format!("    builtin: {data}"));
+    }
+}
+
+/// `init --builtin` writes the built-in pipeline, the same text `run --builtin` runs.
+#[test]
+fn init_builtin_writes_the_default_pipeline() {
+    let p = Project::new();
+    let out = p.run(&["init", "--builtin", "recognition"]);
+    assert!(out.status.success());
+    let written = std::fs::read_to_string(p.path("pipelines/recognition.yaml")).unwrap();
+    let repo = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/recognition.yaml"
+    ))
+    .unwrap();
+    assert_eq!(written, repo);
+    // Not overwritten without --force.
+    let out = p.run(&["init", "--builtin", "recognition"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // Planned without a file.
+    let plan = p.run(&["plan", "--builtin", "detection"]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let unknown = p.run(&["plan", "--builtin", "segmentation"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("built-in pipelines: recognition, detection")
+    );
+}
+
+/// Every real model in ../shared: init guesses the task and family, and the written pipeline
+/// (placeholders filled with ../shared paths) builds check, simplify, the OpenVINO and Q/DQ
+/// candidates and passes compare as written.
+#[test]
+fn init_pipelines_build_and_compare_on_real_models() {
+    let Some(shared) = shared() else { return };
+    for (model, task, family, data) in [
+        ("mobilefacenet", "recognition", None, "faces/pairs"),
+        ("scrfd_500m_kps", "detection", Some("scrfd"), "faces/scenes"),
+        (
+            "scrfd_2.5g_bnkps",
+            "detection",
+            Some("scrfd"),
+            "faces/scenes",
+        ),
+        (
+            "retinaface_mnet_640",
+            "detection",
+            Some("retinaface"),
+            "faces/scenes",
+        ),
+    ] {
+        let p = Project::new();
+        let onnx = shared.join(format!("models/{model}.onnx"));
+        let text = init(&p, &onnx, model);
+        assert!(
+            text.contains(&format!("  task: {task}\n")),
+            "{model}: {text}"
+        );
+        if let Some(f) = family {
+            assert!(text.contains(&format!("family: {f}")), "{model}: {text}");
+        }
+        plans_once_filled(
+            &p,
+            model,
+            &text,
+            &format!("    path: {}", shared.join(data).display()),
+        );
+        let (code, r) = p.run_json(&format!("pipelines/{model}.yaml"), &["-t", "compare"]);
+        assert_eq!(code, 0, "{model}: {r:#?}");
+        for s in ["check", "simplify", "openvino_fp32", "compare"] {
+            assert_eq!(status_of(&r, s), Status::Built, "{model}: {s}: {r:#?}");
+        }
+    }
+}
