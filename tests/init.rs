@@ -69,6 +69,7 @@ fn init_on_the_builtin_models() {
     for (model, task, data) in [
         ("iresnet-mini", "recognition", "synthetic-faces"),
         ("iresnet18", "recognition", "synthetic-faces"),
+        ("iresnet50", "recognition", "synthetic-faces"),
         ("scrfd-mini", "detection", "synthetic-scenes"),
     ] {
         let onnx = p.path(&format!("{model}.onnx"));

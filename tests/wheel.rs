@@ -1,0 +1,166 @@
+//! The pip-installable wheel: built with maturin by scripts/build-wheel (reusing the release
+//! build), tagged manylinux_2_28, installed into a fresh venv, and run from an empty folder
+//! with nothing but that venv on PATH: `facebuild run --builtin recognition` end to end.
+//!
+//! maturin and ziglang come from PyPI (.ci/run installs them and sets MATURIN). Without
+//! them the test says SKIP, except under CI, where a skip would hide a broken wheel.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn maturin() -> Option<PathBuf> {
+    let from_env = std::env::var_os("MATURIN").map(PathBuf::from);
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("maturin"))
+                .find(|m| m.is_file())
+        })
+    };
+    let found = from_env.filter(|m| m.is_file()).or_else(on_path);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "maturin not found under CI: .ci/run installs it (pip install maturin ziglang) and sets MATURIN"
+        );
+        say(
+            "SKIP: maturin not found (pip install maturin ziglang, or set MATURIN): the wheel test needs it",
+        );
+    }
+    found
+}
+
+#[test]
+fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
+    let Some(maturin) = maturin() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = tempfile::tempdir().unwrap();
+    let dist = work.path().join("dist");
+
+    // 1. Build: maturin packages the release build's binary, relinked for glibc 2.28.
+    let t = Instant::now();
+    let out = Command::new(root.join("scripts/build-wheel"))
+        .arg(&dist)
+        .env("MATURIN", &maturin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-wheel: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    say(&format!(
+        "wheel built in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let wheel = std::fs::read_dir(&dist)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .expect("a wheel");
+    let name = wheel.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with(&format!("facebuild-{}-", env!("CARGO_PKG_VERSION")))
+            && name.ends_with("-py3-none-manylinux_2_28_x86_64.whl"),
+        "{name}"
+    );
+    let size_mib = std::fs::metadata(&wheel).unwrap().len() as f64 / (1 << 20) as f64;
+    say(&format!("wheel {name}: {size_mib:.1} MiB"));
+    // The tag inside agrees with the name.
+    let listing = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); print(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/WHEEL'))).decode())",
+        ])
+        .arg(&wheel)
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        meta.contains("Tag: py3-none-manylinux_2_28_x86_64"),
+        "{meta}"
+    );
+
+    // 2. A fresh venv; the wheel installs offline.
+    let venv = work.path().join("venv");
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--no-index", "--quiet"])
+        .arg(&wheel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 3. Nothing but the venv on PATH, in an empty folder.
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let bare = |args: &[&str]| {
+        let mut c = Command::new("/usr/bin/env");
+        c.arg("-i")
+            .arg(format!("PATH={}", venv.join("bin").display()))
+            .arg(format!("HOME={}", home.display()))
+            // The toolchain every test shares (installing it again would only cost time).
+            .arg(format!(
+                "FACEBUILD_TOOLCHAIN_DIR={}",
+                toolchain_dir().display()
+            ))
+            .args(args)
+            .current_dir(&empty);
+        c.output().unwrap()
+    };
+    let v = bare(&["facebuild", "--version"]);
+    say(&format!(
+        "pip install to first `facebuild --version`: {:.2} s",
+        t.elapsed().as_secs_f64()
+    ));
+    assert!(v.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("facebuild {}", env!("CARGO_PKG_VERSION"))
+    );
+    let which = bare(&["/bin/sh", "-c", "command -v facebuild"]);
+    let which = String::from_utf8_lossy(&which.stdout).trim().to_string();
+    assert_eq!(
+        Path::new(&which),
+        venv.join("bin/facebuild"),
+        "facebuild must come from the venv"
+    );
+
+    // 4. The built-in default pipeline, end to end, with no checkout.
+    let t = Instant::now();
+    let run = bare(&["facebuild", "run", "--builtin", "recognition", "--json"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let report: RunReport = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(report.ok);
+    say(&format!(
+        "run --builtin recognition from the wheel: {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    assert_eq!(status_of(&report, "release"), Status::Built, "{stderr}");
+    assert!(empty.join("out/recognition/report.html").is_file());
+    assert!(empty.join("releases/recognition/current").exists());
+}
