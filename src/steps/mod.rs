@@ -1,6 +1,7 @@
 //! Step kinds. Each kind lives in one module with its params, its validation, the toolchain
 //! pieces it depends on (for its cache key), and its `run`. This file is the registry.
 
+pub(crate) mod accuracy;
 pub(crate) mod benchmark;
 pub(crate) mod calibrate;
 pub(crate) mod check;

@@ -5,13 +5,16 @@
 //! CPU, so `compare` gates it here, for real, before any GPU builds an engine from it.
 //! Output `model.onnx` (a `from:` source for `convert` with `backend: tensorrt`), `report.json`.
 
+use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{StepContext, StepOutcome};
 use crate::error::Result;
 
-pub(crate) const IMPL_VERSION: u32 = 1;
+/// v2: every node carries a name before quantization (nodes_to_exclude needs them);
+/// accuracy control.
+pub(crate) const IMPL_VERSION: u32 = 2;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +36,10 @@ pub(crate) struct QuantizeParams {
     /// Per-channel weight scales (default true; TensorRT supports them on Conv/Gemm).
     #[serde(default = "yes")]
     pub per_channel: bool,
+    /// Keep the fewest layers in floating point that meet a compare metric (see
+    /// `steps::accuracy`).
+    #[serde(default)]
+    pub accuracy_control: Option<super::accuracy::AccuracyControl>,
 }
 
 fn default_method() -> Method {
@@ -43,7 +50,7 @@ fn yes() -> bool {
 }
 
 /// What the Q/DQ helper (qdq.py) reports.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct QdqResult {
     onnxruntime_version: String,
     onnx_version: String,
@@ -55,16 +62,77 @@ struct QdqResult {
     quantize_linear: u64,
     dequantize_linear: u64,
     settings: QdqSettings,
+    /// Nodes left in floating point.
+    #[serde(default)]
+    excluded: Vec<String>,
 }
 
 /// How the Q/DQ model was quantized.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct QdqSettings {
     format: String,
     activations: String,
     weights: String,
     bias: String,
     dedicated_qdq_pair: bool,
+}
+
+/// onnxruntime.quantization's Q/DQ (qdq.py), as accuracy control drives it.
+struct Qdq<'a> {
+    p: &'a QuantizeParams,
+    calib: &'a Utf8Path,
+    method: String,
+}
+
+impl Qdq<'_> {
+    fn run(&self, ctx: &StepContext, exclude: &[String], out: &Utf8Path) -> Result<QdqResult> {
+        let exclude = serde_json::to_string(exclude).map_err(anyhow::Error::from)?;
+        ctx.toolchain.run_script(
+            include_str!("../toolchain/python/qdq.py"),
+            &[
+                ctx.model.as_str(),
+                out.as_str(),
+                self.calib.as_str(),
+                &ctx.manifest.model.input.name,
+                &self.method,
+                if self.p.per_channel { "1" } else { "0" },
+                &exclude,
+            ],
+            "Q/DQ quantization",
+        )
+    }
+}
+
+impl super::accuracy::Quantizer for Qdq<'_> {
+    fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
+        let l: crate::steps::accuracy::LayerList = ctx.toolchain.run_script(
+            include_str!("../toolchain/python/qdq.py"),
+            &["--list", ctx.model.as_str()],
+            "listing quantizable nodes",
+        )?;
+        Ok(l.layers)
+    }
+    fn quantize(
+        &self,
+        ctx: &StepContext,
+        fp: &[String],
+        dir: &Utf8Path,
+    ) -> Result<serde_json::Value> {
+        let r = self.run(ctx, fp, &dir.join("model.onnx"))?;
+        Ok(serde_json::to_value(r).map_err(anyhow::Error::from)?)
+    }
+    fn load(
+        &self,
+        ctx: &StepContext,
+        dir: &Utf8Path,
+    ) -> Result<Box<dyn crate::runtime::LoadedModel>> {
+        use crate::runtime::Runtime;
+        crate::runtime::onnxruntime::OnnxRuntime::new(ctx.toolchain, None)?
+            .load(&dir.join("model.onnx"))
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({"tool": "onnxruntime.quantization", "impl": IMPL_VERSION, "method": self.method, "per_channel": self.p.per_channel})
+    }
 }
 
 pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
@@ -76,18 +144,19 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    let r: QdqResult = ctx.toolchain.run_script(
-        include_str!("../toolchain/python/qdq.py"),
-        &[
-            ctx.model.as_str(),
-            out.as_str(),
-            calib.as_str(),
-            &ctx.manifest.model.input.name,
-            &method,
-            if p.per_channel { "1" } else { "0" },
-        ],
-        "Q/DQ quantization",
-    )?;
+    let qdq = Qdq {
+        p,
+        calib,
+        method: method.clone(),
+    };
+    let (r, search) = match &p.accuracy_control {
+        Some(ac) => {
+            let (search, tool) = super::accuracy::control(ctx, ac, &qdq, calib, ctx.workdir)?;
+            let r: QdqResult = serde_json::from_value(tool).map_err(anyhow::Error::from)?;
+            (r, Some(search))
+        }
+        None => (qdq.run(ctx, &[], &out)?, None),
+    };
     let report = json!({
         "step": ctx.step.name,
         "kind": "quantize",
@@ -95,11 +164,17 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
         "format": "onnx-qdq",
         "calibration": p.calibration,
         "result": r,
+        "accuracy_control": search,
         "model": {"blake3": crate::cache::memo::hash_file(&out)?, "bytes": std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0)},
         "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
+    let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
+    if let Some(s) = &search {
+        summary["fp_layers"] = json!(s.fp_layers.len());
+        summary[s.metric.as_str()] = json!(s.achieved);
+        summary["trials"] = json!(s.trials.len());
+    }
     Ok(StepOutcome {
         outputs: [
             ("model.onnx".to_string(), out),
@@ -122,6 +197,12 @@ impl super::Kind for QuantizeParams {
     }
     fn references(&self) -> Vec<String> {
         vec![self.calibration.clone()]
+    }
+    fn datasets(&self) -> Vec<String> {
+        self.accuracy_control
+            .iter()
+            .map(|a| a.dataset.clone())
+            .collect()
     }
     fn check_reference(
         &self,

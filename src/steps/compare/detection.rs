@@ -24,7 +24,7 @@ use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
 
 /// Run `model` on every image of `tensor` (batch 1) and decode.
-fn detect_all(
+pub(crate) fn detect_all(
     model: &mut dyn LoadedModel,
     input: &str,
     tensor: &ndarray::Array4<f32>,
@@ -45,14 +45,14 @@ fn detect_all(
 
 /// Totals over every image and size.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     images: usize,
     parity: usize,
     m: Matching,
 }
 
 impl Tally {
-    fn add(&mut self, m: Matching) {
+    pub(crate) fn add(&mut self, m: Matching) {
         self.images += 1;
         self.parity += m.parity() as usize;
         self.m.reference += m.reference;
@@ -61,7 +61,7 @@ impl Tally {
         self.m.pairs.extend(m.pairs);
     }
 
-    fn totals(&self) -> DetectionTotals {
+    pub(crate) fn totals(&self) -> DetectionTotals {
         let m = &self.m;
         let recall = if m.reference == 0 {
             1.0

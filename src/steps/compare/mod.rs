@@ -13,7 +13,7 @@ use ndarray::{Array4, Axis, s};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-mod detection;
+pub(crate) mod detection;
 mod outputs;
 pub(crate) mod report;
 
@@ -281,7 +281,7 @@ fn recognition_gates(
 
 /// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
 /// batch). Returns one flattened first output per image, and the inference time.
-fn embed(
+pub(crate) fn embed(
     model: &mut dyn LoadedModel,
     input: &str,
     t: &Array4<f32>,
@@ -324,7 +324,7 @@ fn join_inference<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<
 }
 
 /// The batch a model can take: `want` when its batch dim is dynamic, else its fixed size.
-fn batch_for(model: &dyn LoadedModel, want: usize) -> usize {
+pub(crate) fn batch_for(model: &dyn LoadedModel, want: usize) -> usize {
     match model.inputs().first().and_then(|(_, s)| s.first().copied()) {
         Some(d) if d > 0 => d as usize,
         _ => want,

@@ -65,6 +65,10 @@ pub(crate) struct ConvertParams {
     /// OpenVINO int8: calibration items NNCF uses at most (default 300, its own default).
     #[serde(default)]
     pub subset_size: Option<usize>,
+    /// OpenVINO int8: keep the fewest layers in floating point that meet a compare metric
+    /// (see `steps::accuracy`).
+    #[serde(default)]
+    pub accuracy_control: Option<super::accuracy::AccuracyControl>,
     /// TensorRT: builder workspace pool in MiB (`--memPoolSize=workspace:<N>M`; default 1024).
     #[serde(default)]
     pub workspace_mib: Option<u64>,
@@ -120,6 +124,12 @@ impl ConvertParams {
                         None,
                     ));
                 }
+                if self.accuracy_control.is_some() && self.precision != Precision::Int8 {
+                    return Err((
+                        "`accuracy_control` applies to `precision: int8`".into(),
+                        None,
+                    ));
+                }
                 match (self.precision, &self.calibration) {
                     (Precision::Int8, None) => Err((
                         "`precision: int8` needs `calibration: <calibrate step>`".into(),
@@ -133,9 +143,12 @@ impl ConvertParams {
                 }
             }
             Backend::Tensorrt => {
-                if self.calibration.is_some() || self.preset.is_some() || self.subset_size.is_some()
+                if self.calibration.is_some()
+                    || self.preset.is_some()
+                    || self.subset_size.is_some()
+                    || self.accuracy_control.is_some()
                 {
-                    return Err(("`calibration`, `preset` and `subset_size` are OpenVINO/NNCF settings".into(), Some("TensorRT INT8 is built from a Q/DQ model: add a `kind: quantize` step and take `from:` it".into())));
+                    return Err(("`calibration`, `preset`, `subset_size` and `accuracy_control` are OpenVINO/NNCF settings".into(), Some("TensorRT INT8 is built from a Q/DQ model: add a `kind: quantize` step (accuracy control goes there) and take `from:` it".into())));
                 }
                 if self.calib_cache.is_some() && self.precision != Precision::Int8 {
                     return Err((
@@ -193,6 +206,12 @@ impl super::Kind for ConvertParams {
     }
     fn references(&self) -> Vec<String> {
         self.calibration.iter().cloned().collect()
+    }
+    fn datasets(&self) -> Vec<String> {
+        self.accuracy_control
+            .iter()
+            .map(|a| a.dataset.clone())
+            .collect()
     }
     fn check_reference(
         &self,

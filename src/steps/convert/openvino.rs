@@ -45,10 +45,73 @@ fn ovc_input(
     format!("{name}[{}]", dims.join(","))
 }
 
+/// NNCF post-training quantization (quantize.py), as accuracy control drives it.
+struct Nncf<'a> {
+    shape_json: String,
+    preset: String,
+    subset: usize,
+    calib: &'a camino::Utf8Path,
+}
+
+impl crate::steps::accuracy::Quantizer for Nncf<'_> {
+    fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
+        let l: crate::steps::accuracy::LayerList = ctx.toolchain.run_script(
+            include_str!("../../toolchain/python/quantize.py"),
+            &[
+                "--list",
+                ctx.model.as_str(),
+                &ctx.manifest.model.input.name,
+                &self.shape_json,
+            ],
+            "listing quantizable ops",
+        )?;
+        Ok(l.layers)
+    }
+    fn quantize(
+        &self,
+        ctx: &StepContext,
+        fp: &[String],
+        dir: &camino::Utf8Path,
+    ) -> Result<serde_json::Value> {
+        let ignored = serde_json::to_string(fp).map_err(anyhow::Error::from)?;
+        ctx.toolchain.run_script(
+            include_str!("../../toolchain/python/quantize.py"),
+            &[
+                ctx.model.as_str(),
+                dir.join("model.xml").as_str(),
+                self.calib.as_str(),
+                &ctx.manifest.model.input.name,
+                &self.shape_json,
+                &self.preset,
+                &self.subset.to_string(),
+                &ignored,
+            ],
+            "NNCF quantization",
+        )
+    }
+    fn load(
+        &self,
+        ctx: &StepContext,
+        dir: &camino::Utf8Path,
+    ) -> Result<Box<dyn crate::runtime::LoadedModel>> {
+        // As compare runs candidates by default: f32, so bf16 does not blur INT8's effect.
+        let settings = OpenVinoSettings {
+            precision_hint: Some("f32".into()),
+            ..Default::default()
+        };
+        OpenVino::new(ctx.toolchain, settings)?
+            .load_ir(&dir.join("model.xml"), &dir.join("model.bin"))
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({"tool": "nncf", "impl": super::IMPL_VERSION, "shape": self.shape_json, "preset": self.preset, "subset": self.subset})
+    }
+}
+
 pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
     let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
     let xml = ctx.workdir.join("model.xml");
+    let mut accuracy = None;
     let tool = match p.precision {
         Precision::Fp32 | Precision::Fp16 => {
             let ovc = ctx.toolchain.info.bin_dir.join("ovc");
@@ -107,19 +170,24 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
             let subset = p.subset_size.unwrap_or(300);
-            let r: serde_json::Value = ctx.toolchain.run_script(
-                include_str!("../../toolchain/python/quantize.py"),
-                &[
-                    ctx.model.as_str(),
-                    xml.as_str(),
-                    calib.as_str(),
-                    &decl.name,
-                    &shape_json,
-                    &preset,
-                    &subset.to_string(),
-                ],
-                "NNCF quantization",
-            )?;
+            let nncf = Nncf {
+                shape_json,
+                preset,
+                subset,
+                calib,
+            };
+            let (r, search) = match &p.accuracy_control {
+                Some(ac) => {
+                    let (search, r) =
+                        crate::steps::accuracy::control(ctx, ac, &nncf, calib, ctx.workdir)?;
+                    (r, Some(search))
+                }
+                None => (
+                    crate::steps::accuracy::Quantizer::quantize(&nncf, ctx, &[], ctx.workdir)?,
+                    None,
+                ),
+            };
+            accuracy = search;
             json!({"tool": "nncf.quantize", "result": r, "calibration": calib_step})
         }
     };
@@ -162,15 +230,21 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "input": {"name": decl.name, "shape": shape},
         "conversion": tool,
         "ir": {"xml": {"blake3": digest(&xml)?, "bytes": size(&xml)}, "bin": {"blake3": digest(&bin)?, "bytes": size(&bin)}},
+        "accuracy_control": accuracy,
         "smoke": {"output": ov_out[0].0, "shape": a.shape(), "cosine_vs_onnxruntime": smoke_cos, "execution": ir.execution()},
         "toolchain": ctx.toolchain.fingerprint(&p.toolchain_pieces()),
     });
     let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({
+    let mut summary = json!({
         "ir": format!("{:?} {}", p.precision, crate::util::human_bytes(size(&bin))).to_lowercase(),
         "smoke_cosine": smoke_cos,
         "executed": ir.execution().precision,
     });
+    if let Some(s) = &accuracy {
+        summary["fp_layers"] = json!(s.fp_layers.len());
+        summary[s.metric.as_str()] = json!(s.achieved);
+        summary["trials"] = json!(s.trials.len());
+    }
     Ok(StepOutcome {
         outputs: [
             ("model.xml".to_string(), xml),

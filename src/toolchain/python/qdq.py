@@ -2,7 +2,9 @@
 # onnxruntime.quantization, in the form TensorRT's explicit-quantization mode consumes:
 # QDQ format, signed int8, symmetric activations and weights, per-channel weights, a
 # dedicated Q/DQ pair per consumer, bias left in float.
-# argv: src dst calibration.npy input_name method per_channel(0|1); prints one JSON line.
+# argv: src dst calibration.npy input_name method per_channel(0|1) [exclude-json]; prints
+# one JSON line. exclude-json: names of nodes left in floating point (nodes_to_exclude).
+# With `--list src` instead: the quantizable nodes' names (after the same pre-processing).
 import json, os, sys, tempfile
 import numpy as np
 import onnx
@@ -10,17 +12,11 @@ import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-src, dst, calib_path, input_name, method, per_channel = sys.argv[1:7]
-calib = np.load(calib_path).astype(np.float32)
+QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
-class Reader(CalibrationDataReader):
-    def __init__(self):
-        self.items = iter([{input_name: calib[i : i + 1]} for i in range(calib.shape[0])])
-    def get_next(self):
-        return next(self.items, None)
-
-upgraded_from = None
-with tempfile.TemporaryDirectory() as tmp:
+def prepare(src, tmp):
+    """opset 13+, ORT's pre-processing, and a name on every node (nodes_to_exclude needs them)."""
+    global upgraded_from
     # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13, and so
     # does TensorRT's explicit quantization: older exports are converted first.
     model = onnx.load(src)
@@ -34,6 +30,32 @@ with tempfile.TemporaryDirectory() as tmp:
     pre = os.path.join(tmp, "pre.onnx")
     # Shape inference and constant folding first, as onnxruntime recommends before quantizing.
     quant_pre_process(src, pre, skip_optimization=False)
+    m = onnx.load(pre)
+    for i, n in enumerate(m.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+    onnx.save(m, pre)
+    return pre, m
+
+upgraded_from = None
+if sys.argv[1] == "--list":
+    with tempfile.TemporaryDirectory() as tmp:
+        _, m = prepare(sys.argv[2], tmp)
+        print(json.dumps({"layers": [n.name for n in m.graph.node if n.op_type in QUANTIZABLE]}))
+    sys.exit(0)
+
+src, dst, calib_path, input_name, method, per_channel = sys.argv[1:7]
+exclude = json.loads(sys.argv[7]) if len(sys.argv) > 7 else []
+calib = np.load(calib_path).astype(np.float32)
+
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.items = iter([{input_name: calib[i : i + 1]} for i in range(calib.shape[0])])
+    def get_next(self):
+        return next(self.items, None)
+
+with tempfile.TemporaryDirectory() as tmp:
+    pre, _ = prepare(src, tmp)
     quantize_static(
         pre, dst, Reader(),
         quant_format=QuantFormat.QDQ,
@@ -42,11 +64,12 @@ with tempfile.TemporaryDirectory() as tmp:
         per_channel=per_channel == "1",
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method],
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False},
+        nodes_to_exclude=exclude,
     )
 m = onnx.load(dst)
 ops = {}
 for n in m.graph.node:
     ops[n.op_type] = ops.get(n.op_type, 0) + 1
 print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(calib.shape[0]),
-                  "method": method, "per_channel": per_channel == "1", "opset_upgraded_from": upgraded_from, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
+                  "method": method, "per_channel": per_channel == "1", "excluded": exclude, "opset_upgraded_from": upgraded_from, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
                   "settings": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric", "bias": "float", "dedicated_qdq_pair": True}}))
