@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 
-fn manifest(target: f64) -> String {
+fn manifest(target: f64, holdout: &str) -> String {
     builtin_manifest(&format!(
         indoc! {"
             calibrate: {{kind: calibrate, params: {{dataset: faces, count: 8}}}}
@@ -14,9 +14,10 @@ fn manifest(target: f64) -> String {
               kind: quantize
               params:
                 calibration: calibrate
-                accuracy_control: {{dataset: search, metric: cosine_min, target: {target}, max_fp_layers: 2}}
+                accuracy_control: {{dataset: search, metric: cosine_min, target: {target}, max_fp_layers: 2{holdout}}}
         "},
-        target = target
+        target = target,
+        holdout = holdout
     ))
     .replace(
         "steps:\n",
@@ -32,7 +33,7 @@ fn manifest(target: f64) -> String {
 fn unreachable_target_fails_with_the_frontier_and_trials_are_memoized() {
     let p = Project::new();
     // A min cosine no INT8 model reaches with two layers in floating point.
-    p.write("ac.yaml", &manifest(0.999999));
+    p.write("ac.yaml", &manifest(0.999999, ""));
     let (code, r) = p.run_json("ac.yaml", &[]);
     assert_eq!(code, 1, "{r:#?}");
     let err = error_of(&r, "quantize_ac").to_string();
@@ -49,8 +50,9 @@ fn unreachable_target_fails_with_the_frontier_and_trials_are_memoized() {
     let trials = std::fs::read_dir(p.path("cache/trials")).unwrap().count();
     assert!(trials > 3, "every trial is memoized ({trials})");
 
-    // A looser target: a new step key, but the all-quantized trial is reused, and met.
-    p.write("ac.yaml", &manifest(0.5));
+    // A looser target: a new step key, but the all-quantized trial is reused, and met; the
+    // result is measured on a holdout set the search never saw.
+    p.write("ac.yaml", &manifest(0.5, ", holdout: faces"));
     let (code, r) = p.run_json("ac.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
     let rep: serde_json::Value = p.report("out/t/quantize_ac/report.json");
@@ -58,6 +60,19 @@ fn unreachable_target_fails_with_the_frontier_and_trials_are_memoized() {
     assert_eq!(ac["fp_layers"], serde_json::json!([]));
     assert_eq!(ac["trials"][0]["memoized"], serde_json::json!(true), "{ac}");
     assert_eq!(ac["quantized_fraction"], serde_json::json!(1.0));
+    assert!(
+        ac["note"]
+            .as_str()
+            .unwrap()
+            .contains("already meets the target"),
+        "{ac}"
+    );
+    let h = &ac["holdout"];
+    assert_eq!(h["dataset"], "faces");
+    assert!(
+        h["chosen"].as_f64().unwrap() > 0.5 && h["met"] == true,
+        "{h}"
+    );
     assert_eq!(
         std::fs::read_dir(p.path("cache/trials")).unwrap().count(),
         trials

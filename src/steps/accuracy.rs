@@ -44,6 +44,10 @@ pub(crate) struct AccuracyControl {
     pub match_iou: f32,
     #[serde(default = "default_operating_far")]
     pub operating_far: f64,
+    /// A dataset the result is measured on but never searched on (compare's, typically):
+    /// the report then shows whether what the search set showed holds elsewhere.
+    #[serde(default)]
+    pub holdout: Option<String>,
 }
 
 fn default_max_fp_layers() -> usize {
@@ -164,6 +168,22 @@ pub(crate) struct SearchReport {
     /// The order the chosen layers were taken in (absent when nothing stays in floating point).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// The metric on the holdout set, for everything quantized and for the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<Holdout>,
+    /// What the figures mean when the search had nothing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The result measured on a set the search never saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Holdout {
+    pub dataset: String,
+    pub all_quantized: f64,
+    pub chosen: f64,
+    /// Whether the result meets the target there too.
+    pub met: bool,
 }
 
 /// Quantize with these layers in floating point (for this purpose) and measure: the metric,
@@ -225,10 +245,17 @@ pub(crate) fn search(
             trials,
             frontier,
             order: None,
+            holdout: None,
+            note: None,
         };
     if metric.meets(base, ac.target) {
         let f = Frontier::new("sensitivity", BTreeMap::from([(0, base)]));
-        return Ok(finish(vec![], base, trials, vec![], vec![f]));
+        let mut r = finish(vec![], base, trials, vec![], vec![f]);
+        r.note = Some(format!(
+            "everything quantized already meets the target on `{}`: nothing there for the search to recover; what it does not show (e.g. small faces), it cannot find",
+            ac.dataset
+        ));
+        return Ok(r);
     }
     // Sensitivity: each layer alone in floating point.
     let mut ranking: Vec<(String, f64)> = Vec::with_capacity(n);
@@ -650,6 +677,33 @@ pub(crate) fn control(
         report.fp_layers.len()
     ));
     let tool = q.quantize(ctx, &report.fp_layers, out_dir)?;
+    let mut report = report;
+    if let Some(h) = &ac.holdout {
+        ctx.progress
+            .set_message(format!("accuracy control: measuring on holdout `{h}`"));
+        let hold = AccuracyControl {
+            dataset: h.clone(),
+            ..ac.clone()
+        };
+        let eval = Evaluator::new(ctx, &hold)?;
+        let chosen = eval.measure(q.load(ctx, out_dir)?.as_mut())?;
+        let all_quantized = if report.fp_layers.is_empty() {
+            chosen
+        } else {
+            let dir = ctx.workdir.join("holdout-all-quantized");
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            q.quantize(ctx, &[], &dir)?;
+            let v = eval.measure(q.load(ctx, &dir)?.as_mut())?;
+            let _ = std::fs::remove_dir_all(&dir);
+            v
+        };
+        report.holdout = Some(Holdout {
+            dataset: h.clone(),
+            all_quantized,
+            chosen,
+            met: ac.metric.meets(chosen, ac.target),
+        });
+    }
     Ok((report, tool))
 }
 
@@ -701,6 +755,7 @@ mod tests {
             input_sizes: None,
             match_iou: 0.5,
             operating_far: 1e-3,
+            holdout: None,
         }
     }
 

@@ -174,6 +174,9 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
         summary["fp_layers"] = json!(s.fp_layers.len());
         summary[s.metric.as_str()] = json!(s.achieved);
         summary["trials"] = json!(s.trials.len());
+        if let Some(h) = &s.holdout {
+            summary[format!("holdout_{}", s.metric)] = json!(h.chosen);
+        }
     }
     Ok(StepOutcome {
         outputs: [
@@ -201,7 +204,7 @@ impl super::Kind for QuantizeParams {
     fn datasets(&self) -> Vec<String> {
         self.accuracy_control
             .iter()
-            .map(|a| a.dataset.clone())
+            .flat_map(|a| std::iter::once(a.dataset.clone()).chain(a.holdout.clone()))
             .collect()
     }
     fn check_reference(

@@ -210,7 +210,7 @@ impl super::Kind for ConvertParams {
     fn datasets(&self) -> Vec<String> {
         self.accuracy_control
             .iter()
-            .map(|a| a.dataset.clone())
+            .flat_map(|a| std::iter::once(a.dataset.clone()).chain(a.holdout.clone()))
             .collect()
     }
     fn check_reference(

@@ -244,6 +244,9 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         summary["fp_layers"] = json!(s.fp_layers.len());
         summary[s.metric.as_str()] = json!(s.achieved);
         summary["trials"] = json!(s.trials.len());
+        if let Some(h) = &s.holdout {
+            summary[format!("holdout_{}", s.metric)] = json!(h.chosen);
+        }
     }
     Ok(StepOutcome {
         outputs: [
