@@ -202,7 +202,7 @@ pub(crate) fn search(
     let metric = ac.metric;
     let n = layers.len();
     // The all-quantized trial, one per layer, then per order the top-k ones (log2 + 2).
-    let planned = 1 + n + 3 * (2 + (usize::BITS - ac.max_fp_layers.leading_zeros()) as usize);
+    let planned = 1 + n + 4 * (2 + (usize::BITS - ac.max_fp_layers.leading_zeros()) as usize);
     let mut trials: Vec<Trial> = Vec::new();
     let mut seen: HashMap<Vec<String>, f64> = HashMap::new();
     let mut run = |fp: &[String], purpose: &str, trials: &mut Vec<Trial>| -> Result<f64> {
@@ -265,13 +265,25 @@ pub(crate) fn search(
     }
     // Best first; ties keep the graph order (a stable sort).
     ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
-    // Three orders to take layers in: by sensitivity; and, as Polygraphy's `debug precision`
+    // Orders to take layers in: by sensitivity; and, as Polygraphy's `debug precision`
     // bisects, in graph order from the output and from the input. Errors that only show
     // together (each layer alone recovers little) are found by the graph orders.
+    // And from both ends at once (last, first, second to last, second...): quantization
+    // error often enters at the input and matters most at the output.
+    let both_ends: Vec<String> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                layers[n - 1 - i / 2].clone()
+            } else {
+                layers[i / 2].clone()
+            }
+        })
+        .collect();
     let orders: Vec<(&str, Vec<String>)> = vec![
         ("sensitivity", ranking.iter().map(|r| r.0.clone()).collect()),
         ("from the output", layers.iter().rev().cloned().collect()),
         ("from the input", layers.to_vec()),
+        ("from both ends", both_ends),
     ];
     let kmax = ac.max_fp_layers.min(n);
     let mut frontiers: Vec<Frontier> = Vec::new();
@@ -798,7 +810,7 @@ mod tests {
         assert!((r.quantized_fraction - 0.8).abs() < 1e-9);
         // One trial per set, none twice: base + 10 singles + top-5 + bisection.
         assert_eq!(calls, r.trials.len());
-        assert!(calls <= 1 + 10 + 3 * 5, "{calls}");
+        assert!(calls <= 1 + 10 + 4 * 5, "{calls}");
         // Already met: a single trial, nothing in floating point.
         let r = search(
             &layers(),
@@ -827,6 +839,8 @@ mod tests {
         );
         assert!(e.contains("sensitivity: 0: 0.8000, 3: 0.9900"), "{e}");
         assert!(e.contains("from the output: 0: 0.8000, 3: 0.8620"), "{e}");
+        // conv9, conv0, conv8.
+        assert!(e.contains("from both ends: 0: 0.8000, 3: 0.8030"), "{e}");
         assert!(e.contains("conv3 (+0.1000)"), "{e}");
     }
 
