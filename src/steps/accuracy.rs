@@ -176,6 +176,18 @@ pub(crate) struct SearchReport {
     pub note: Option<String>,
 }
 
+impl SearchReport {
+    /// What a step's one-line summary shows of the search.
+    pub(crate) fn add_to_summary(&self, summary: &mut serde_json::Value) {
+        summary["fp_layers"] = serde_json::json!(self.fp_layers.len());
+        summary[self.metric.as_str()] = serde_json::json!(self.achieved);
+        summary["trials"] = serde_json::json!(self.trials.len());
+        if let Some(h) = &self.holdout {
+            summary[format!("holdout_{}", self.metric)] = serde_json::json!(h.chosen);
+        }
+    }
+}
+
 /// The result measured on a set the search never saw.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Holdout {

@@ -171,12 +171,7 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
     if let Some(s) = &search {
-        summary["fp_layers"] = json!(s.fp_layers.len());
-        summary[s.metric.as_str()] = json!(s.achieved);
-        summary["trials"] = json!(s.trials.len());
-        if let Some(h) = &s.holdout {
-            summary[format!("holdout_{}", s.metric)] = json!(h.chosen);
-        }
+        s.add_to_summary(&mut summary);
     }
     Ok(StepOutcome {
         outputs: [

@@ -241,12 +241,7 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "executed": ir.execution().precision,
     });
     if let Some(s) = &accuracy {
-        summary["fp_layers"] = json!(s.fp_layers.len());
-        summary[s.metric.as_str()] = json!(s.achieved);
-        summary["trials"] = json!(s.trials.len());
-        if let Some(h) = &s.holdout {
-            summary[format!("holdout_{}", s.metric)] = json!(h.chosen);
-        }
+        s.add_to_summary(&mut summary);
     }
     Ok(StepOutcome {
         outputs: [
