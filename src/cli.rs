@@ -58,8 +58,23 @@ enum Command {
         /// hit is then fetched only when a step that runs needs it)
         #[arg(long, value_enum, default_value_t = Materialize::All)]
         materialize: Materialize,
+        /// Where steps run: as the manifest's `runs_on` says (auto), or all on this machine
+        /// (local; keys are unchanged, so results are shared either way)
+        #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
+        executor: ExecutorArg,
         #[arg(long)]
         json: bool,
+    },
+    /// Run one step as a worker (what a Slurm job runs; see docs/distributed.md): fetch the
+    /// spec SPEC (a blake3 digest) and its inputs from the remote cache (FACEBUILD_REMOTE),
+    /// check the key, run the step in a new folder under the current one, push the result
+    /// and the log
+    ExecStep {
+        /// The spec's blake3 digest on the remote
+        spec: String,
+        /// (internal) do the work in this folder; the parent process records the log
+        #[arg(long, hide = true)]
+        child_dir: Option<Utf8PathBuf>,
     },
     /// Show the order and, for each step, whether it is cached or will run and why
     Plan {
@@ -112,6 +127,15 @@ enum Command {
         #[arg(short, long)]
         output: Utf8PathBuf,
     },
+}
+
+/// `run --executor`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExecutorArg {
+    /// As the manifest's `runs_on` says.
+    Auto,
+    /// Every step on this machine.
+    Local,
 }
 
 /// Which pipeline: a manifest file, or one built into the binary (no checkout needed).
@@ -406,9 +430,12 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             no_cache,
             remote,
             materialize,
+            executor,
             json,
         } => {
-            let mut ctx = BuildContext::open(pipeline.load()?, cache_dir)?;
+            let mut manifest = pipeline.load()?;
+            manifest.force_local = executor == ExecutorArg::Local;
+            let mut ctx = BuildContext::open(manifest, cache_dir)?;
             ctx.remote = remote.open()?;
             ctx.materialize = materialize;
             let opts = RunOptions {
@@ -489,6 +516,10 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::ExecStep { spec, child_dir } => match child_dir {
+            Some(dir) => crate::executor::worker::run_child(&spec, &dir, cancel),
+            None => crate::executor::worker::exec_step(&spec, cancel),
+        },
         Command::Status { pipeline, json } => status(&pipeline.load()?, cache_dir, json),
         Command::Init {
             model,

@@ -300,22 +300,7 @@ impl BuildContext {
         // against it and simplify freezes it.
         let params = json!({"step": step.spec.params, "model": {"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing}});
         let mut toolchain = tc.fingerprint(&step.spec.params.kind().toolchain_pieces());
-        // An engine is specific to its TensorRT version and GPU: all of it is in the key.
-        if step.spec.params.kind().uses_tensorrt() {
-            let trt = self
-                .tensorrt()
-                .as_ref()
-                .map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
-            toolchain.extend(trt.fingerprint());
-        }
-        // Measurements belong to the machine that made them.
-        if step.spec.kind == crate::manifest::StepKind::Benchmark {
-            toolchain.insert("machine".into(), steps::benchmark::machine_fingerprint());
-        }
-        // Inference results and NNCF statistics belong to the CPU's ISA class.
-        if step.spec.params.kind().isa_dependent() {
-            toolchain.insert("isa".into(), steps::benchmark::isa_class());
-        }
+        toolchain.extend(self.machine_parts(step)?);
         Ok(KeyParts {
             kind: step.spec.kind.to_string(),
             impl_version: step.spec.params.kind().impl_version(),
@@ -323,6 +308,97 @@ impl BuildContext {
             inputs,
             toolchain,
         })
+    }
+
+    /// The machine-specific parts of a step's key: TensorRT, CUDA and GPU for engines, the
+    /// machine for benchmarks, the ISA class for inference. A step of a GPU class takes
+    /// them from the class's declaration, so a machine without that GPU (a CI runner that
+    /// sends the step to Slurm) computes the key the GPU node will; the node checks them
+    /// against what it really is ([`BuildContext::check_class`]).
+    pub(crate) fn machine_parts(&self, step: &Step) -> Result<BTreeMap<String, String>> {
+        let placement = self.manifest.placement(step);
+        let class = placement.class.as_ref();
+        let mut parts = BTreeMap::new();
+        let kind = step.spec.params.kind();
+        // An engine is specific to its TensorRT version and GPU: all of it is in the key.
+        if kind.uses_tensorrt() {
+            match class.and_then(|(_, c)| c.tensorrt_fingerprint()) {
+                Some(fp) => parts.extend(fp),
+                None => {
+                    let trt = self
+                        .tensorrt()
+                        .as_ref()
+                        .map_err(|e| Error::toolchain(format!("TensorRT unavailable: {e}")))?;
+                    parts.extend(trt.fingerprint());
+                }
+            }
+        }
+        // Measurements belong to the machine that made them.
+        if step.spec.kind == crate::manifest::StepKind::Benchmark {
+            let m = match class {
+                Some((n, c)) => c.machine(n),
+                None => steps::benchmark::machine_fingerprint(),
+            };
+            parts.insert("machine".into(), m);
+        }
+        // Inference results and NNCF statistics belong to the CPU's ISA class.
+        if kind.isa_dependent() {
+            let isa = class
+                .and_then(|(_, c)| c.isa.clone())
+                .unwrap_or_else(steps::benchmark::isa_class);
+            parts.insert("isa".into(), isa);
+        }
+        Ok(parts)
+    }
+
+    /// Before a step of a GPU class runs here: this machine must be what the class declares,
+    /// or its results would be cached under another machine's key.
+    pub(crate) fn check_class(&self, step: &Step) -> Result<()> {
+        let placement = self.manifest.placement(step);
+        let Some((name, class)) = &placement.class else {
+            return Ok(());
+        };
+        let kind = step.spec.params.kind();
+        let mut actual = BTreeMap::new();
+        let mut declared = BTreeMap::new();
+        if (kind.uses_tensorrt() || step.spec.kind == crate::manifest::StepKind::Benchmark)
+            && let Some(fp) = class.tensorrt_fingerprint()
+        {
+            let trt = self.tensorrt().as_ref().map_err(|e| {
+                Error::toolchain(format!(
+                    "step `{}` is built for GPU class `{name}`, but TensorRT is unavailable on this machine: {e}",
+                    step.name
+                ))
+            })?;
+            declared.extend(fp);
+            actual.extend(trt.fingerprint());
+        }
+        if let Some(isa) = &class.isa {
+            declared.insert("isa".to_string(), isa.clone());
+            actual.insert("isa".to_string(), steps::benchmark::isa_class());
+        }
+        let differ: Vec<String> = declared
+            .iter()
+            .filter(|(k, v)| actual.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: class says `{v}`, this machine has `{}`",
+                    actual.get(k).map(String::as_str).unwrap_or("nothing")
+                )
+            })
+            .collect();
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(Error::toolchain(format!(
+            "step `{}`: this machine ({}) is not GPU class `{name}`: {}",
+            step.name,
+            crate::util::hostname(),
+            differ.join("; ")
+        ))
+        .with_hint(format!(
+            "route the class to matching nodes (`constraint`/`partition` in `gpu_classes.{name}`), or correct the class's declared fingerprint"
+        )))
     }
 
     /// Where a step's outputs are copied for people to read: `<output>/<step>/`.

@@ -18,6 +18,7 @@ mod cli;
 mod context;
 mod detect;
 mod error;
+mod executor;
 mod graph;
 mod manifest;
 mod metrics;
@@ -35,7 +36,10 @@ pub use cli::main;
 pub use detect::{Detection, decode};
 pub use error::{Error, Location, Result};
 pub use graph::plan::{Decision, Plan, StepPlan};
-pub use manifest::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
+pub use manifest::{
+    ColorOrder, DetectorFamily, DetectorSpec, ExecutorKind, GpuClass, Layout, Preprocessing, RanOn,
+    RunsOn,
+};
 pub use metrics::gate::{GateResult, Gates, Measurement};
 pub use preprocess::{decode_image, letterbox, to_tensor};
 pub use runtime::onnxruntime::OnnxRuntime;

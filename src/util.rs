@@ -82,6 +82,15 @@ pub(crate) fn absolute(p: &camino::Utf8Path) -> camino::Utf8PathBuf {
         .unwrap_or_else(|| p.to_owned())
 }
 
+/// This machine's host name (from the kernel; `unknown` where it cannot be read).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,8 +406,22 @@ impl Remote {
         self.refuse(key, why);
     }
 
+    /// The remote's URL as configured (with any credentials: for a job's environment only).
+    pub(crate) fn url(&self) -> &str {
+        &self.cfg.url
+    }
+
     /// The validated record under `key`, or None (absent, refused, or the remote is down).
     pub(crate) fn lookup(&self, key: &str) -> Option<ActionRecord> {
+        let r = self.lookup_built(key);
+        if r.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// [`Remote::lookup`] of a result a job built for this run (not counted as a hit).
+    pub(crate) fn lookup_built(&self, key: &str) -> Option<ActionRecord> {
         if self.unavailable().is_some() || self.is_refused(key) {
             return None;
         }
@@ -428,10 +442,7 @@ impl Remote {
             }
         };
         match open_envelope(key, &bytes, &self.cfg.trusted) {
-            Ok(rec) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(rec)
-            }
+            Ok(rec) => Some(rec),
             Err(why) => {
                 self.refuse(key, format!("record {key}: {why}; treated as a miss"));
                 None
@@ -759,6 +770,73 @@ impl Remote {
         self.finish()
     }
 
+    /// Make sure every blob of `blobs` is on the remote, now: HEAD each, PUT the missing ones
+    /// from the local file given with it. A Slurm job reads its inputs from the remote, so unlike
+    /// [`Remote::upload`] this waits, and its failure stops the submission.
+    pub(crate) fn ensure_blobs(
+        &self,
+        blobs: &[(BlobRef, camino::Utf8PathBuf)],
+    ) -> std::result::Result<(), String> {
+        if let Some(why) = self.unavailable() {
+            return Err(format!("the remote is unavailable ({why})"));
+        }
+        if self.cfg.read_only {
+            return Err(format!("the remote {} is read-only", self.display));
+        }
+        let results: Vec<std::result::Result<(), String>> = self.rt.block_on(async {
+            futures::stream::iter(blobs.iter().map(|(b, local)| async move {
+                let remote = self.blob_path(&b.digest);
+                match self.store.head(&remote).await {
+                    Ok(_) => return Ok(()),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(obj_err(e)),
+                }
+                let bytes = tokio::fs::read(&local).await.map_err(|e| {
+                    format!(
+                        "blob {} is neither on the remote nor here ({local}: {e})",
+                        b.digest
+                    )
+                })?;
+                let n = bytes.len() as u64;
+                self.store
+                    .put(&remote, PutPayload::from(bytes))
+                    .await
+                    .map_err(obj_err)?;
+                self.blobs_up.fetch_add(1, Ordering::Relaxed);
+                self.bytes_up.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await
+        });
+        results.into_iter().collect()
+    }
+
+    /// Write a small object under the prefix (a job's spec or log), waiting for it.
+    pub(crate) fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> std::result::Result<(), String> {
+        if self.cfg.read_only {
+            return Err(format!("the remote {} is read-only", self.display));
+        }
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(obj_err)
+    }
+
+    /// Read a small object under the prefix; Ok(None) when it is not there.
+    pub(crate) fn get_bytes(&self, rel: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+        let path = self.path(rel);
+        self.rt.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())).map_err(obj_err),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(obj_err(e)),
+            }
+        })
+    }
+
     /// Every record key on the remote with its age (for `cache gc --remote`).
     pub(crate) fn list(
         &self,
@@ -897,6 +975,7 @@ mod tests {
             summary: serde_json::Value::Null,
             created_unix: 0,
             duration_ms: 0,
+            ran_on: None,
         };
         let text = serde_json::to_string(&rec).unwrap();
         let (k1, k2) = (

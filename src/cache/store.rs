@@ -32,6 +32,9 @@ pub(crate) struct ActionRecord {
     pub summary: serde_json::Value,
     pub created_unix: u64,
     pub duration_ms: u64,
+    /// Where it ran, when not on the machine that ran facebuild (a Slurm job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<crate::manifest::RanOn>,
 }
 
 pub(crate) struct Store {

@@ -1,12 +1,15 @@
 //! Manifest loading and validation: YAML -> typed pipeline, with every error located.
 
 pub(crate) mod init;
+pub(crate) mod placement;
 pub(crate) mod schema;
 pub(crate) mod step;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use indexmap::IndexMap;
 
+pub(crate) use placement::Placement;
+pub use placement::{ExecutorKind, GpuClass, RanOn, RunsOn};
 pub use schema::*;
 pub(crate) use step::{StepKind, StepSpec};
 
@@ -60,6 +63,18 @@ pub(crate) struct Manifest {
     pub steps: IndexMap<String, Step>,
     /// blake3 of the manifest bytes (recorded in reports).
     pub digest: String,
+    /// The manifest's text as read: a Slurm job gets exactly this.
+    pub text: std::sync::Arc<str>,
+    /// Where steps run: the pipeline's default, and each kind's.
+    pub runs_on: Option<RunsOn>,
+    pub runs_on_kinds: IndexMap<StepKind, RunsOn>,
+    /// GPU classes, each with its declared fingerprint.
+    pub gpu_classes: IndexMap<String, GpuClass>,
+    /// On a worker: the local copy of each input file or folder, by the path the manifest
+    /// writes (so keys and steps see the same names as on the submitting machine).
+    pub relocated: std::collections::BTreeMap<Utf8PathBuf, Utf8PathBuf>,
+    /// `--executor local`: every step runs on this machine (keys are unchanged).
+    pub force_local: bool,
 }
 
 impl Manifest {
@@ -229,6 +244,18 @@ impl Manifest {
             ));
         }
         errors.extend(validate_steps(file, &steps, &datasets));
+        let gpu_classes: IndexMap<String, GpuClass> = raw
+            .gpu_classes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        errors.extend(placement::validate(
+            file,
+            &steps,
+            raw.runs_on.as_ref(),
+            &raw.runs_on_kinds,
+            &gpu_classes,
+        ));
         if !errors.is_empty() {
             return Err(Error::many(errors));
         }
@@ -249,11 +276,24 @@ impl Manifest {
             toolchain: raw.toolchain,
             steps,
             digest,
+            text: text.into(),
+            runs_on: raw.runs_on.map(|r| r.value),
+            runs_on_kinds: raw
+                .runs_on_kinds
+                .into_iter()
+                .map(|(k, v)| (k, v.value))
+                .collect(),
+            gpu_classes,
+            relocated: Default::default(),
+            force_local: false,
         };
         Ok(m)
     }
 
     pub(crate) fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
+        if let Some(copy) = self.relocated.get(rel) {
+            return copy.clone();
+        }
         if rel.is_absolute() {
             rel.to_owned()
         } else {
@@ -345,6 +385,33 @@ impl Manifest {
 
     pub(crate) fn step(&self, name: &str) -> &Step {
         &self.steps[name]
+    }
+
+    /// Where a step runs: its own `runs_on`, else its kind's, else the pipeline's, else
+    /// here; a class fills in the Slurm options the step leaves out. `--executor local`
+    /// keeps the class (and so the keys) but runs here.
+    pub(crate) fn placement(&self, step: &Step) -> Placement {
+        let mut r = step
+            .spec
+            .runs_on
+            .as_ref()
+            .map(|s| s.value.clone())
+            .or_else(|| self.runs_on_kinds.get(&step.spec.kind).cloned())
+            .or_else(|| self.runs_on.clone())
+            .unwrap_or_default();
+        let class = r
+            .class
+            .as_ref()
+            .and_then(|c| self.gpu_classes.get(c).map(|g| (c.clone(), g.clone())));
+        if let Some((_, g)) = &class {
+            r.partition = r.partition.or_else(|| g.partition.clone());
+            r.constraint = r.constraint.or_else(|| g.constraint.clone());
+            r.gres = r.gres.or_else(|| g.gres.clone());
+        }
+        if self.force_local {
+            r.executor = ExecutorKind::Local;
+        }
+        Placement { runs_on: r, class }
     }
 }
 

@@ -23,6 +23,15 @@ pub(crate) struct RawManifest {
     #[serde(default)]
     pub toolchain: ToolchainSpec,
     pub steps: IndexMap<String, Spanned<super::step::StepSpec>>,
+    /// Where every step runs unless its kind or the step says otherwise.
+    #[serde(default)]
+    pub runs_on: Option<Spanned<super::placement::RunsOn>>,
+    /// Where steps of a kind run, e.g. `convert: {executor: slurm, class: h100}`.
+    #[serde(default)]
+    pub runs_on_kinds: IndexMap<super::step::StepKind, Spanned<super::placement::RunsOn>>,
+    /// GPU classes steps are built for, each with the fingerprint its machines must have.
+    #[serde(default)]
+    pub gpu_classes: IndexMap<String, Spanned<super::placement::GpuClass>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

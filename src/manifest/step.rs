@@ -19,9 +19,11 @@ pub(crate) struct StepSpec {
     pub from: Option<Spanned<String>>,
     pub params: StepParams,
     pub description: Option<String>,
+    /// Where this step runs (over its kind's and the pipeline's `runs_on`).
+    pub runs_on: Option<Spanned<super::placement::RunsOn>>,
 }
 
-const FIELDS: &[&str] = &["kind", "needs", "from", "params", "description"];
+const FIELDS: &[&str] = &["kind", "needs", "from", "params", "description", "runs_on"];
 
 impl<'de> Deserialize<'de> for StepSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -44,12 +46,14 @@ impl<'de> Visitor<'de> for StepVisitor {
         let mut from = None;
         let mut params = None;
         let mut description = None;
+        let mut runs_on = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "kind" => kind = Some(map.next_value()?),
                 "needs" => needs = Some(map.next_value()?),
                 "from" => from = Some(map.next_value()?),
                 "description" => description = Some(map.next_value()?),
+                "runs_on" => runs_on = Some(map.next_value()?),
                 "params" => {
                     let Some(k) = kind else {
                         return Err(de::Error::custom(
@@ -76,6 +80,7 @@ impl<'de> Visitor<'de> for StepVisitor {
             from,
             params,
             description,
+            runs_on,
         })
     }
 }

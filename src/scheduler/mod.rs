@@ -14,14 +14,15 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{ActionRecord, KeyParts, LockEntry};
 use crate::context::BuildContext;
 use crate::error::{Error, Result};
+use crate::executor::{Executed, Executor, Job};
+use crate::manifest::{ExecutorKind, RanOn};
 use crate::report::progress;
-use crate::steps::StepContext;
 
 mod resolve;
 
 pub use resolve::Origin;
 use resolve::Outputs;
-pub(crate) use resolve::{Resolution, Upstream, resolve};
+pub(crate) use resolve::{Resolution, Upstream, miss_reasons, resolve};
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunOptions {
@@ -85,6 +86,10 @@ pub struct StepResult {
     /// For a cached step: which cache held it (`local` or `remote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Origin>,
+    /// Where it ran, when not here (a Slurm job's id and node), or where a cached result
+    /// was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<RanOn>,
 }
 
 /// What `facebuild run --json` prints: the run and every step's result.
@@ -126,14 +131,6 @@ struct Finished {
     duration_ms: u64,
 }
 
-/// What running a step gave: its outputs and summary, and whether a concurrent run on the
-/// same cache built it while this one waited for the action's lock.
-struct Executed {
-    outputs: Outputs,
-    summary: serde_json::Value,
-    by_other_run: bool,
-}
-
 /// A step that resolved to a miss and may start when a slot is free.
 struct Launch {
     name: String,
@@ -152,6 +149,8 @@ struct RunState<'a> {
     /// Misses waiting for a free slot, so their keys are not computed again.
     ready: HashMap<String, (KeyParts, Vec<String>)>,
     running: usize,
+    /// Of `running`, the steps running elsewhere (Slurm jobs): they take no local slot.
+    running_elsewhere: usize,
     /// An exclusive step (a benchmark) is running: nothing else starts until it ends.
     exclusive_running: bool,
     stop: bool,
@@ -182,6 +181,7 @@ impl<'a> RunState<'a> {
             parts_of: HashMap::new(),
             ready: HashMap::new(),
             running: 0,
+            running_elsewhere: 0,
             exclusive_running: false,
             stop: false,
             needed,
@@ -189,16 +189,31 @@ impl<'a> RunState<'a> {
         }
     }
 
+    /// Whether a step runs on another machine (a Slurm job).
+    fn elsewhere(&self, name: &str) -> bool {
+        let step = self.ctx.manifest.step(name);
+        self.ctx.manifest.placement(step).executor() != ExecutorKind::Local
+    }
+
+    /// Whether a step needs this machine to itself (a local benchmark).
     fn exclusive(&self, name: &str) -> bool {
-        self.ctx.manifest.step(name).spec.params.kind().exclusive()
+        self.ctx.manifest.step(name).spec.params.kind().exclusive() && !self.elsewhere(name)
     }
 
     /// Whether `name` cannot start now: every slot is taken, or it needs the machine alone
-    /// and something runs, or an exclusive step runs (or is about to).
+    /// and something runs, or an exclusive step runs (or is about to). A step that runs
+    /// elsewhere takes no local slot, and is never held back by a local benchmark.
     fn no_room(&self, name: &str, launches: &[Launch]) -> bool {
-        let busy = self.running + launches.len();
+        if self.elsewhere(name) {
+            return false;
+        }
+        let local_launches: Vec<&Launch> = launches
+            .iter()
+            .filter(|l| !self.elsewhere(&l.name))
+            .collect();
+        let busy = self.running - self.running_elsewhere + local_launches.len();
         self.exclusive_running
-            || launches.iter().any(|l| self.exclusive(&l.name))
+            || local_launches.iter().any(|l| self.exclusive(&l.name))
             || busy >= self.opts.jobs.max(1)
             || (busy > 0 && self.exclusive(name))
     }
@@ -436,6 +451,7 @@ impl<'a> RunState<'a> {
                 r.outputs = self.output_infos(name, &record.outputs);
                 r.summary = record.summary;
                 r.cache = Some(origin);
+                r.ran_on = record.ran_on.clone();
                 self.results.insert(name.into(), r);
                 progress::println_err(&match origin {
                     Origin::Local => format!("  cached  {name}"),
@@ -447,9 +463,12 @@ impl<'a> RunState<'a> {
             }
             Resolution::Miss { parts, reasons } => {
                 let parts = parts.ok_or_else(|| Error::toolchain("not installed"))?;
-                // Its inputs must be local before it runs; a refused upstream is rebuilt
-                // first, and this step waits for it.
-                if let Some(bad) = self.fetch_upstream(name) {
+                // Its inputs must be local before it runs here (a job elsewhere fetches
+                // them from the remote); a refused upstream is rebuilt first, and this step
+                // waits for it.
+                if !self.elsewhere(name)
+                    && let Some(bad) = self.fetch_upstream(name)
+                {
                     self.reset(&bad);
                     return Ok(true);
                 }
@@ -483,6 +502,7 @@ impl<'a> RunState<'a> {
             summary: serde_json::Value::Null,
             error: None,
             cache: None,
+            ran_on: None,
         }
     }
 
@@ -520,6 +540,12 @@ impl<'a> RunState<'a> {
                 .map(|b| ctx.store.blob_path(&b.digest))
                 .unwrap_or_else(|| source.to_owned()),
         };
+        let upstream_blobs = ctx
+            .dag
+            .deps(&l.name)
+            .into_iter()
+            .filter_map(|d| Some((d.to_string(), done(d)?.clone())))
+            .collect();
         // Every upstream step's outputs, as files in the store.
         let upstream = ctx
             .dag
@@ -539,19 +565,27 @@ impl<'a> RunState<'a> {
         self.results.insert(l.name.clone(), r);
         self.parts_of.insert(l.name.clone(), l.parts.clone());
         self.running += 1;
+        if self.elsewhere(&l.name) {
+            self.running_elsewhere += 1;
+        }
         self.exclusive_running |= self.exclusive(&l.name);
         Job {
             name: l.name,
             no_cache: self.opts.no_cache,
             model,
             upstream,
+            upstream_blobs,
             parts: l.parts,
+            ran_on: None,
         }
     }
 
     /// A step finished: record its outputs, or its failure.
     fn finish(&mut self, f: Finished) -> Result<()> {
         self.running -= 1;
+        if self.elsewhere(&f.name) {
+            self.running_elsewhere -= 1;
+        }
         if self.exclusive(&f.name) {
             self.exclusive_running = false;
         }
@@ -560,8 +594,26 @@ impl<'a> RunState<'a> {
                 outputs,
                 summary,
                 by_other_run,
+                remote_record,
             }) => {
-                if self.materializes(&f.name) {
+                let ran_on = remote_record.as_ref().and_then(|r| r.ran_on.clone());
+                let mut fetched = true;
+                // Built elsewhere: its blobs stay on the remote until something needs them.
+                if let Some(rec) = remote_record {
+                    self.remote_hits.insert(f.name.clone(), *rec.clone());
+                    if self.materializes(&f.name) {
+                        if let Err(why) = self.fetch_remote(&f.name, &rec) {
+                            fetched = false;
+                            progress::println_err(&format!(
+                                "  warning {}: its outputs could not be fetched: {why}",
+                                f.name
+                            ));
+                        }
+                    } else {
+                        fetched = false;
+                    }
+                }
+                if fetched && self.materializes(&f.name) {
                     self.ctx.materialize(&f.name, &outputs)?;
                 }
                 progress::println_err(&if by_other_run {
@@ -584,6 +636,7 @@ impl<'a> RunState<'a> {
                 r.duration_ms = f.duration_ms;
                 r.outputs = infos;
                 r.summary = summary;
+                r.ran_on = ran_on;
                 self.state.insert(f.name, State::Done(outputs));
             }
             Err(e) => {
@@ -646,16 +699,6 @@ impl<'a> RunState<'a> {
     }
 }
 
-/// What a worker thread needs to run one step.
-struct Job {
-    name: String,
-    /// `--no-cache`: rebuild even when another run has just built it.
-    no_cache: bool,
-    model: Utf8PathBuf,
-    upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
-    parts: KeyParts,
-}
-
 pub(crate) fn run(
     ctx: &mut BuildContext,
     opts: &RunOptions,
@@ -670,10 +713,13 @@ pub(crate) fn run(
         tracing::info!("removed {reclaimed} scratch folder(s) left by killed runs");
     }
     let source = ctx.source()?;
-    let toolchain = ctx.toolchain.as_ref().expect("ensured above");
     let mut run = RunState::new(ctx, opts, selected);
+    let slurm = crate::executor::Slurm::new();
+    // A step running elsewhere blocks a thread while it follows its job, but takes no local
+    // slot (`no_room` counts those): one thread more for each.
+    let elsewhere = run.selected.iter().filter(|s| run.elsewhere(s)).count();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1))
+        .num_threads(opts.jobs.max(1) + elsewhere)
         .thread_name(|i| format!("facebuild-step-{i}"))
         .build()
         .map_err(anyhow::Error::from)?;
@@ -687,9 +733,14 @@ pub(crate) fn run(
             for launch in run.settle()? {
                 let job = run.job(launch, &ctx.source_file()?);
                 let tx = tx.clone();
+                let executor: &dyn Executor = if run.elsewhere(&job.name) {
+                    &slurm
+                } else {
+                    &crate::executor::Local
+                };
                 scope.spawn(move |_| {
                     let t = Instant::now();
-                    let result = execute(ctx, &job, toolchain, cancel);
+                    let result = executor.execute(ctx, &job, cancel);
                     let _ = tx.send(Finished {
                         name: job.name,
                         result,
@@ -740,149 +791,6 @@ pub(crate) fn run(
         duration_ms: t0.elapsed().as_millis() as u64,
         steps: steps_out,
         remote: remote.map(|(_, r)| r),
-    })
-}
-
-/// Run one step in a scratch folder; on success move its outputs into the store and write
-/// the action record; on failure keep its report in the output folder as evidence.
-fn execute(
-    ctx: &BuildContext,
-    job: &Job,
-    toolchain: &crate::toolchain::Toolchain,
-    cancel: &AtomicBool,
-) -> Result<Executed> {
-    let name = job.name.as_str();
-    let step = ctx.manifest.step(name);
-    let key = job.parts.key();
-    let pb = progress::spinner("starting");
-    pb.set_prefix(name.to_string());
-    // One build per action on this cache: a concurrent run building it makes this one wait,
-    // then take its result.
-    let waiting = |holder: &str| {
-        let who = holder.split(':').next().unwrap_or(holder);
-        progress::println_err(&format!("  waiting for `{name}` ({who})"));
-        pb.set_message(format!("waiting for `{name}` ({who})"));
-    };
-    let _action_lock = ctx.store.lock_action(
-        &key,
-        &format!("{} step `{name}`", ctx.manifest.name),
-        cancel,
-        &waiting,
-    )?;
-    // (Unless --no-cache asked for a rebuild.)
-    if !job.no_cache
-        && let Some(rec) = ctx.store.lookup(&key)?
-    {
-        pb.finish_and_clear();
-        return Ok(Executed {
-            outputs: rec.outputs,
-            summary: rec.summary,
-            by_other_run: true,
-        });
-    }
-    // Benchmarks hold the machine: two at once would spoil the figures that get cached.
-    let _machine_lock = if step.spec.kind == crate::manifest::StepKind::Benchmark {
-        let path =
-            Utf8PathBuf::from_path_buf(std::env::temp_dir().join("facebuild-benchmark.lock"))
-                .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
-        let waiting = |holder: &str| {
-            progress::println_err(&format!(
-                "  waiting for the machine's benchmark lock ({holder})"
-            ));
-            pb.set_message(format!("waiting for the machine ({holder})"));
-        };
-        Some(crate::cache::store::FileLock::acquire(
-            &path,
-            &format!("{} step `{name}`", ctx.manifest.name),
-            cancel,
-            &waiting,
-        )?)
-    } else {
-        None
-    };
-    let scratch = ctx.store.scratch()?;
-    let workdir = Utf8Path::from_path(scratch.path())
-        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?
-        .to_owned();
-    let mut datasets = BTreeMap::new();
-    for d in step.spec.params.kind().datasets() {
-        datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
-    }
-    // TensorRT steps need it; a benchmark uses it for engines when it is there.
-    let tensorrt = if step.spec.params.kind().uses_tensorrt()
-        || step.spec.kind == crate::manifest::StepKind::Benchmark
-    {
-        ctx.tensorrt().as_ref().ok()
-    } else {
-        None
-    };
-    let sctx = StepContext {
-        manifest: &ctx.manifest,
-        step,
-        model: &job.model,
-        datasets,
-        toolchain,
-        tensorrt,
-        store: &ctx.store,
-        upstream: job.upstream.clone(),
-        workdir: &workdir,
-        cancel,
-        progress: &pb,
-    };
-    let started = Instant::now();
-    let outcome = step.spec.params.kind().run(&sctx);
-    pb.finish_and_clear();
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            // Keep the evidence: every report the step wrote before failing.
-            let mut kept = false;
-            let dir = ctx.step_out_dir(name)?;
-            for r in ["report.json", "report.md"] {
-                if workdir.join(r).exists() {
-                    let _ = std::fs::create_dir_all(&dir);
-                    kept |= std::fs::copy(workdir.join(r), dir.join(r)).is_ok();
-                }
-            }
-            return Err(match e {
-                Error::Step {
-                    step,
-                    message,
-                    hint,
-                } if kept => Error::Step {
-                    step,
-                    message: format!("{message}\n  report kept at {}", dir.join("report.json")),
-                    hint,
-                },
-                other => other,
-            });
-        }
-    };
-    let mut outputs = BTreeMap::new();
-    for (oname, path) in &outcome.outputs {
-        outputs.insert(oname.clone(), ctx.store.ingest(path)?);
-    }
-    let rec = ActionRecord {
-        key: job.parts.key(),
-        pipeline: ctx.manifest.name.clone(),
-        step: name.to_string(),
-        parts: job.parts.clone(),
-        outputs: outputs.clone(),
-        summary: outcome.summary.clone(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    ctx.store.write_action(&rec)?;
-    if let Some(remote) = &ctx.remote {
-        remote.upload(&rec, &ctx.store);
-    }
-    Ok(Executed {
-        outputs,
-        summary: outcome.summary,
-        by_other_run: false,
     })
 }
 

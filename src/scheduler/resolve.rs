@@ -259,6 +259,12 @@ impl World for BuildContext {
     }
 
     fn backend_unavailable(&self, step: &Step) -> Option<String> {
+        // A step sent to a GPU class's nodes runs there: its key comes from the class.
+        let placement = self.manifest.placement(step);
+        if placement.executor() != crate::manifest::ExecutorKind::Local && placement.class.is_some()
+        {
+            return None;
+        }
         if step.spec.params.kind().uses_tensorrt() {
             return self.tensorrt().as_ref().err().cloned();
         }
@@ -395,6 +401,7 @@ mod tests {
             summary: serde_json::Value::Null,
             created_unix: 0,
             duration_ms: 0,
+            ran_on: None,
         }
     }
 

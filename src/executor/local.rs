@@ -1,0 +1,170 @@
+//! The local executor: the step runs in a scratch folder of this machine's cache.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use super::{Executed, Executor, Job};
+use crate::cache::ActionRecord;
+use crate::context::BuildContext;
+use crate::error::{Error, Result};
+use crate::report::progress;
+use crate::steps::StepContext;
+
+/// Runs steps on this machine.
+pub(crate) struct Local;
+
+impl Executor for Local {
+    fn execute(&self, ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Result<Executed> {
+        execute(ctx, job, cancel)
+    }
+}
+
+/// Run one step in a scratch folder; on success move its outputs into the store and write
+/// the action record; on failure keep its report in the output folder as evidence.
+pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Result<Executed> {
+    let toolchain = ctx
+        .toolchain
+        .as_ref()
+        .ok_or_else(|| Error::toolchain("not installed"))?;
+    let name = job.name.as_str();
+    let step = ctx.manifest.step(name);
+    let key = job.parts.key();
+    let pb = progress::spinner("starting");
+    pb.set_prefix(name.to_string());
+    // One build per action on this cache: a concurrent run building it makes this one wait,
+    // then take its result.
+    let waiting = |holder: &str| {
+        let who = holder.split(':').next().unwrap_or(holder);
+        progress::println_err(&format!("  waiting for `{name}` ({who})"));
+        pb.set_message(format!("waiting for `{name}` ({who})"));
+    };
+    let _action_lock = ctx.store.lock_action(
+        &key,
+        &format!("{} step `{name}`", ctx.manifest.name),
+        cancel,
+        &waiting,
+    )?;
+    // (Unless --no-cache asked for a rebuild.)
+    if !job.no_cache
+        && let Some(rec) = ctx.store.lookup(&key)?
+    {
+        pb.finish_and_clear();
+        return Ok(Executed {
+            outputs: rec.outputs,
+            summary: rec.summary,
+            by_other_run: true,
+            remote_record: None,
+        });
+    }
+    // Benchmarks hold the machine: two at once would spoil the figures that get cached.
+    let _machine_lock = if step.spec.kind == crate::manifest::StepKind::Benchmark {
+        let path =
+            Utf8PathBuf::from_path_buf(std::env::temp_dir().join("facebuild-benchmark.lock"))
+                .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
+        let waiting = |holder: &str| {
+            progress::println_err(&format!(
+                "  waiting for the machine's benchmark lock ({holder})"
+            ));
+            pb.set_message(format!("waiting for the machine ({holder})"));
+        };
+        Some(crate::cache::store::FileLock::acquire(
+            &path,
+            &format!("{} step `{name}`", ctx.manifest.name),
+            cancel,
+            &waiting,
+        )?)
+    } else {
+        None
+    };
+    // A GPU class's keys say what machine this is: check before anything is built.
+    ctx.check_class(step)?;
+    let scratch = ctx.store.scratch()?;
+    let workdir = Utf8Path::from_path(scratch.path())
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 cache path"))?
+        .to_owned();
+    let mut datasets = BTreeMap::new();
+    for d in step.spec.params.kind().datasets() {
+        datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
+    }
+    // TensorRT steps need it; a benchmark uses it for engines when it is there.
+    let tensorrt = if step.spec.params.kind().uses_tensorrt()
+        || step.spec.kind == crate::manifest::StepKind::Benchmark
+    {
+        ctx.tensorrt().as_ref().ok()
+    } else {
+        None
+    };
+    let sctx = StepContext {
+        manifest: &ctx.manifest,
+        step,
+        model: &job.model,
+        datasets,
+        toolchain,
+        tensorrt,
+        store: &ctx.store,
+        upstream: job.upstream.clone(),
+        workdir: &workdir,
+        cancel,
+        progress: &pb,
+    };
+    let started = Instant::now();
+    let outcome = step.spec.params.kind().run(&sctx);
+    pb.finish_and_clear();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Keep the evidence: every report the step wrote before failing.
+            let mut kept = false;
+            let dir = ctx.step_out_dir(name)?;
+            for r in ["report.json", "report.md"] {
+                if workdir.join(r).exists() {
+                    let _ = std::fs::create_dir_all(&dir);
+                    kept |= std::fs::copy(workdir.join(r), dir.join(r)).is_ok();
+                }
+            }
+            return Err(match e {
+                Error::Step {
+                    step,
+                    message,
+                    hint,
+                } if kept => Error::Step {
+                    step,
+                    message: format!("{message}\n  report kept at {}", dir.join("report.json")),
+                    hint,
+                },
+                other => other,
+            });
+        }
+    };
+    let mut outputs = BTreeMap::new();
+    for (oname, path) in &outcome.outputs {
+        outputs.insert(oname.clone(), ctx.store.ingest(path)?);
+    }
+    let rec = ActionRecord {
+        key: job.parts.key(),
+        pipeline: ctx.manifest.name.clone(),
+        step: name.to_string(),
+        parts: job.parts.clone(),
+        outputs: outputs.clone(),
+        summary: outcome.summary.clone(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ran_on: job.ran_on.clone(),
+    };
+    ctx.store.write_action(&rec)?;
+    if let Some(remote) = &ctx.remote {
+        remote.upload(&rec, &ctx.store);
+    }
+    Ok(Executed {
+        outputs,
+        summary: outcome.summary,
+        by_other_run: false,
+        remote_record: None,
+    })
+}

@@ -1,0 +1,449 @@
+//! The worker side of remote execution: `facebuild exec-step <spec>`, which a Slurm job runs.
+//!
+//! The submitter writes a self-contained [`WorkerSpec`] (the manifest's text, the step, the
+//! key it expects, the digests of the step's input files and of its upstream outputs) to the
+//! remote cache as a blob, and pushes every blob the spec names. The worker needs nothing
+//! else from the submitting machine: in an empty folder of its own, with its own cache, it
+//! fetches the spec and the blobs (each verified), recomputes the step's key and refuses to
+//! run if it differs, runs the step, and pushes its outputs and record. Its whole output is
+//! pushed as a log blob, which the submitter shows.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+
+use super::{Job, Outputs};
+use crate::cache::remote::{Remote, RemoteConfig};
+use crate::cache::{BlobRef, KeyParts, Lock, LockEntry};
+use crate::context::BuildContext;
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{Manifest, RanOn};
+
+/// The spec format this facebuild writes and reads.
+pub(crate) const SPEC_FORMAT: &str = "facebuild.exec-step/1";
+
+/// The most of a job's output kept in its log blob (the tail, if it is longer).
+const MAX_LOG: usize = 4 << 20;
+
+/// Everything a worker needs to run one step, by digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerSpec {
+    pub format: String,
+    pub pipeline: String,
+    /// The manifest's file name: its lockfile and outputs are named after it.
+    pub manifest_name: String,
+    /// The manifest exactly as the submitter read it.
+    pub manifest_text: String,
+    /// The toolchain lock beside the manifest, if there is one: (file name, text).
+    #[serde(default)]
+    pub toolchain_lock: Option<(String, String)>,
+    pub step: String,
+    /// The key the submitter computed; the worker must compute the same.
+    pub key: String,
+    pub parts: KeyParts,
+    /// The step's input files and folders, by the path the manifest writes.
+    pub inputs: Vec<SpecInput>,
+    /// Every upstream step's outputs.
+    pub upstream: BTreeMap<String, Outputs>,
+    /// The submitting machine (for logs).
+    pub submitted_from: String,
+}
+
+/// One input file, or folder of files, named as the manifest writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SpecInput {
+    pub path: Utf8PathBuf,
+    /// A folder (a dataset): `files` are relative to it. A file: one entry, named "".
+    pub dir: bool,
+    pub files: Vec<(String, BlobRef)>,
+}
+
+impl WorkerSpec {
+    /// Where the worker's log goes on the remote.
+    pub(crate) fn log_path(spec_digest: &str, job_id: &str) -> String {
+        format!("logs/{spec_digest}-{job_id}.log")
+    }
+}
+
+/// The spec of `job`, and every blob it names with the local file it comes from (the
+/// submitter pushes them before it submits).
+pub(crate) fn prepare(
+    ctx: &BuildContext,
+    job: &Job,
+) -> Result<(WorkerSpec, Vec<(BlobRef, Utf8PathBuf)>)> {
+    let m = &ctx.manifest;
+    let step = m.step(&job.name);
+    let kind = step.spec.params.kind();
+    let mut blobs = Vec::new();
+    let mut inputs = Vec::new();
+    let mut file_input = |written: &Utf8Path, blobs: &mut Vec<(BlobRef, Utf8PathBuf)>| {
+        let path = m.resolve(written);
+        let d = ctx.store.memo.blake3(&path)?;
+        let size = std::fs::metadata(&path).fs_context(&path)?.len();
+        let b = BlobRef {
+            digest: d.blake3,
+            size,
+        };
+        blobs.push((b.clone(), path));
+        inputs.push(SpecInput {
+            path: written.to_owned(),
+            dir: false,
+            files: vec![(String::new(), b)],
+        });
+        Ok::<(), Error>(())
+    };
+    // The source model, unless the step reads an upstream model or a built-in one.
+    if step.spec.from.is_none()
+        && let Some(p) = &m.model.path
+    {
+        file_input(p, &mut blobs)?;
+    }
+    for f in kind.extra_files() {
+        file_input(&f, &mut blobs)?;
+    }
+    let mut dirs = Vec::new();
+    for d in kind.datasets() {
+        let spec = &m.datasets[&d];
+        if let Some(a) = &spec.align {
+            file_input(&a.model, &mut blobs)?;
+        }
+        match &spec.path {
+            Some(p) if spec.is_bin() => file_input(p, &mut blobs)?,
+            Some(p) => dirs.push(p.clone()),
+            None => {} // built-in: the worker generates the same files
+        }
+    }
+    for p in dirs {
+        let dir = m.resolve(&p);
+        let mut files = Vec::new();
+        for f in crate::util::files_under(&dir)? {
+            let rel = f.strip_prefix(&dir).unwrap_or(&f).to_string();
+            let size = std::fs::metadata(&f).fs_context(&f)?.len();
+            let b = BlobRef {
+                digest: ctx.store.memo.blake3(&f)?.blake3,
+                size,
+            };
+            blobs.push((b.clone(), f));
+            files.push((rel, b));
+        }
+        inputs.push(SpecInput {
+            path: p,
+            dir: true,
+            files,
+        });
+    }
+    // Upstream outputs: local ones are pushed from the store; remote hits are there already.
+    for outs in job.upstream_blobs.values() {
+        for b in outs.values() {
+            blobs.push((b.clone(), ctx.store.blob_path(&b.digest)));
+        }
+    }
+    let lock_path = crate::toolchain::Pins::lock_path(&m.file);
+    let toolchain_lock = std::fs::read_to_string(&lock_path)
+        .ok()
+        .and_then(|t| Some((lock_path.file_name()?.to_string(), t)));
+    let spec = WorkerSpec {
+        format: SPEC_FORMAT.into(),
+        pipeline: m.name.clone(),
+        manifest_name: m.file.file_name().unwrap_or("pipeline.yaml").to_string(),
+        manifest_text: m.text.to_string(),
+        toolchain_lock,
+        step: job.name.clone(),
+        key: job.parts.key(),
+        parts: job.parts.clone(),
+        inputs,
+        upstream: job.upstream_blobs.clone(),
+        submitted_from: crate::util::hostname(),
+    };
+    Ok((spec, blobs))
+}
+
+fn remote_from_env() -> Result<Remote> {
+    let cfg = RemoteConfig::from_env(None, false, true)?.ok_or_else(|| {
+        Error::usage("exec-step needs the remote cache the submitter used: FACEBUILD_REMOTE is not set")
+            .with_hint("the Slurm executor passes it in the job's environment; set it (and its credentials) when running exec-step by hand")
+    })?;
+    Remote::open(cfg)
+}
+
+/// `facebuild exec-step SPEC`: run the step the spec blob names, in a new folder under the
+/// current one, and push its output as a log. Returns the exit code.
+pub(crate) fn exec_step(spec_digest: &str, cancel: &AtomicBool) -> Result<i32> {
+    if spec_digest.len() != 64 || !spec_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::usage(format!(
+            "exec-step: `{spec_digest}` is not a blake3 digest (64 hex digits)"
+        )));
+    }
+    let remote = remote_from_env()?;
+    let ran_on = RanOn::from_slurm_env();
+    let job_id = ran_on
+        .as_ref()
+        .map(|r| r.job_id.clone())
+        .unwrap_or_else(|| "local".into());
+    let cwd = crate::util::absolute(Utf8Path::new("."));
+    let dir = cwd.join(format!("facebuild-job-{job_id}-{}", &spec_digest[..12]));
+    std::fs::create_dir_all(&dir).fs_context(&dir)?;
+    let exe = std::env::current_exe().map_err(|e| Error::io(Utf8Path::new("facebuild"), e))?;
+    // The work runs in a child, so that everything it prints (even a crash) is in the log.
+    let mut child = std::process::Command::new(exe)
+        .args(["exec-step", spec_digest, "--child-dir", dir.as_str()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(&dir, e))?;
+    let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let tee = |r: Box<dyn std::io::Read + Send>| {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(r).lines().map_while(|l| l.ok()) {
+                eprintln!("{line}");
+                if let Ok(mut l) = log.lock() {
+                    l.extend_from_slice(line.as_bytes());
+                    l.push(b'\n');
+                    if l.len() > 2 * MAX_LOG {
+                        let cut = l.len() - MAX_LOG;
+                        l.drain(..cut);
+                    }
+                }
+            }
+        })
+    };
+    let readers = [
+        tee(Box::new(child.stdout.take().expect("piped"))),
+        tee(Box::new(child.stderr.take().expect("piped"))),
+    ];
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| Error::io(&dir, e))? {
+            break s;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let code = status.code().unwrap_or(1);
+    let mut text = log.lock().map(|l| l.clone()).unwrap_or_default();
+    if text.len() > MAX_LOG {
+        text.drain(..text.len() - MAX_LOG);
+    }
+    let _ = writeln!(
+        text,
+        "exec-step: exit code {code} on {}",
+        crate::util::hostname()
+    );
+    if let Err(e) = remote.put_bytes(&WorkerSpec::log_path(spec_digest, &job_id), text) {
+        eprintln!("warning: could not push this job's log to the remote: {e}");
+    }
+    if std::env::var("FACEBUILD_KEEP_JOB_DIR").as_deref() != Ok("1") {
+        let _ = make_writable_and_remove(&dir);
+    }
+    Ok(code)
+}
+
+/// Store blobs are read-only; remove the job's folder all the same.
+fn make_writable_and_remove(dir: &Utf8Path) -> std::io::Result<()> {
+    for f in crate::util::files_under(dir).unwrap_or_default() {
+        if let Ok(m) = std::fs::metadata(&f) {
+            let mut p = m.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            p.set_readonly(false);
+            let _ = std::fs::set_permissions(&f, p);
+        }
+    }
+    std::fs::remove_dir_all(dir)
+}
+
+/// The worker proper (`exec-step SPEC --child-dir DIR`): everything happens in `dir`.
+pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) -> Result<i32> {
+    let t0 = std::time::Instant::now();
+    let remote = remote_from_env()?;
+    let bytes = remote
+        .get_bytes(&format!("cas/{spec_digest}"))
+        .map_err(|e| {
+            Error::usage(format!(
+                "exec-step: cannot read the spec from {}: {e}",
+                remote.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "exec-step: spec {spec_digest} is not on the remote {}",
+                remote.display()
+            ))
+            .with_hint("the worker must use the submitter's remote cache (FACEBUILD_REMOTE)")
+        })?;
+    let got = blake3::hash(&bytes).to_hex().to_string();
+    if got != spec_digest {
+        return Err(Error::usage(format!(
+            "exec-step: the spec from the remote hashes to {got}, not {spec_digest}: refused"
+        )));
+    }
+    let spec: WorkerSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::usage(format!("exec-step: unreadable spec: {e}")))?;
+    if spec.format != SPEC_FORMAT {
+        return Err(Error::usage(format!(
+            "exec-step: spec format `{}`, but this facebuild reads `{SPEC_FORMAT}`",
+            spec.format
+        ))
+        .with_hint(
+            "install the same facebuild version on the workers as on the submitting machine",
+        ));
+    }
+    eprintln!(
+        "exec-step: pipeline `{}`, step `{}`, key {}, from {}, in {dir}",
+        spec.pipeline,
+        spec.step,
+        &spec.key[..12],
+        spec.submitted_from
+    );
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).fs_context(&project)?;
+    let manifest_path = project.join(&spec.manifest_name);
+    std::fs::write(&manifest_path, &spec.manifest_text).fs_context(&manifest_path)?;
+    if let Some((name, text)) = &spec.toolchain_lock {
+        let p = project.join(name);
+        std::fs::write(&p, text).fs_context(&p)?;
+    }
+    let mut manifest = Manifest::parse(&manifest_path, &spec.manifest_text)?;
+    let cache_dir = dir.join("cache");
+    let store = crate::cache::Store::open(&cache_dir)?;
+    // Inputs: fetched (verified) into this job's store, then laid out under inputs/ with
+    // their own names (tools look at extensions), and the manifest's paths point there.
+    let all: Vec<BlobRef> = spec
+        .inputs
+        .iter()
+        .flat_map(|i| i.files.iter().map(|(_, b)| b.clone()))
+        .collect();
+    remote
+        .fetch(&all, &store)
+        .map_err(|e| Error::usage(format!("exec-step: fetching inputs: {e}")))?;
+    for (i, input) in spec.inputs.iter().enumerate() {
+        let name = input.path.file_name().unwrap_or("input");
+        let base = dir.join("inputs").join(i.to_string()).join(name);
+        for (rel, b) in &input.files {
+            let dest = if input.dir {
+                crate::util::child_of(&base, rel)?
+            } else {
+                base.clone()
+            };
+            if let Some(p) = dest.parent() {
+                std::fs::create_dir_all(p).fs_context(p)?;
+            }
+            let src = store.blob_path(&b.digest);
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).fs_context(&dest)?;
+            }
+        }
+        manifest.relocated.insert(input.path.clone(), base);
+    }
+    drop(store);
+    let mut ctx = BuildContext::open(manifest, cache_dir)?;
+    ctx.ensure_toolchain()?;
+    let step = ctx
+        .manifest
+        .steps
+        .get(&spec.step)
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "exec-step: no step `{}` in the spec's manifest",
+                spec.step
+            ))
+        })?
+        .clone();
+    let model_digest = match &step.spec.from {
+        None => ctx.source()?.digest,
+        Some(f) => spec
+            .upstream
+            .get(&f.value)
+            .and_then(|o| o.get("model.onnx"))
+            .map(|b| b.digest.clone())
+            .ok_or_else(|| {
+                Error::usage(format!("exec-step: the spec lacks `{}`'s model", f.value))
+            })?,
+    };
+    let parts = ctx.key_parts(&step, &model_digest, &|s| spec.upstream.get(s).cloned())?;
+    if parts.key() != spec.key {
+        // Say what differs, as `plan` says why a step reruns.
+        let mut lock = Lock::default();
+        lock.steps.insert(
+            spec.step.clone(),
+            LockEntry {
+                key: spec.key.clone(),
+                parts: spec.parts.clone(),
+                outputs: Default::default(),
+            },
+        );
+        let why = crate::scheduler::miss_reasons(&lock, &spec.step, &parts);
+        return Err(Error::Step {
+            step: spec.step.clone(),
+            message: format!(
+                "this worker computes key {} but the submitter expects {}: {}",
+                &parts.key()[..12],
+                &spec.key[..12],
+                why.join("; ")
+            ),
+            hint: Some("workers need the same facebuild and toolchain lock as the submitter; machine-specific parts (TensorRT, GPU, ISA) must be declared by a GPU class (docs/distributed.md)".into()),
+        });
+    }
+    let upstream_blobs: Vec<BlobRef> = spec
+        .upstream
+        .values()
+        .flat_map(|o| o.values().cloned())
+        .collect();
+    remote
+        .fetch(&upstream_blobs, &ctx.store)
+        .map_err(|e| Error::usage(format!("exec-step: fetching upstream outputs: {e}")))?;
+    let model = match &step.spec.from {
+        None => ctx.source_file()?,
+        Some(_) => ctx.store.blob_path(&model_digest),
+    };
+    let upstream = spec
+        .upstream
+        .iter()
+        .map(|(s, outs)| {
+            let paths = outs
+                .iter()
+                .map(|(k, b)| (k.clone(), ctx.store.blob_path(&b.digest)))
+                .collect();
+            (s.clone(), paths)
+        })
+        .collect();
+    let job = Job {
+        name: spec.step.clone(),
+        no_cache: true,
+        model,
+        upstream,
+        upstream_blobs: spec.upstream.clone(),
+        parts,
+        ran_on: RanOn::from_slurm_env(),
+    };
+    ctx.remote = Some(remote);
+    let executed = super::local::execute(&ctx, &job, cancel)?;
+    let remote = ctx.remote.as_ref().expect("set above");
+    let report = remote.finish();
+    if let Some(why) = remote.required_and_failed(&report) {
+        return Err(Error::Step {
+            step: spec.step.clone(),
+            message: format!("built, but its result could not be pushed: {why}"),
+            hint: Some("the submitter takes the result from the remote cache; check the workers' credentials for it".into()),
+        });
+    }
+    eprintln!(
+        "exec-step: `{}` built in {:.1}s: {} output(s), {} pushed ({} blobs, {})",
+        spec.step,
+        t0.elapsed().as_secs_f64(),
+        executed.outputs.len(),
+        report.records_uploaded,
+        report.blobs_uploaded,
+        crate::util::human_bytes(report.bytes_uploaded)
+    );
+    Ok(0)
+}

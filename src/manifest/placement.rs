@@ -1,0 +1,331 @@
+//! Where steps run: `runs_on` (on a step, per step kind in `runs_on_kinds`, or for the whole
+//! pipeline) and the GPU classes steps are built for (`gpu_classes`). A class names the
+//! fingerprint its machines must have; the keys of TensorRT steps and benchmarks routed to a
+//! class use that declared fingerprint, so a GPU-less runner computes the same keys as the
+//! GPU node, and the node checks its real fingerprint before it runs anything.
+
+use std::collections::BTreeMap;
+
+use camino::Utf8PathBuf;
+use serde::{Deserialize, Serialize};
+
+/// Which executor runs a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// On this machine (the default).
+    #[default]
+    Local,
+    /// A Slurm job per step, through `sbatch` (see docs/distributed.md).
+    Slurm,
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+        })
+    }
+}
+
+/// `runs_on:` a step's placement. Slurm fields are passed to `sbatch`; a `class` fills in
+/// the partition, constraint and gres it declares unless the step sets its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsOn {
+    /// `local` (default) or `slurm`.
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// `sbatch --partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `sbatch --constraint`: node Features, e.g. `h100`.
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// `sbatch --gres`, e.g. `gpu:1`.
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// `sbatch --time`, e.g. `00:30:00`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// A GPU class from `gpu_classes`: its declared fingerprint enters the step's key.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The job's working folder on the node (`sbatch --chdir`; default `/tmp`). Each job
+    /// works in an empty folder of its own inside it, with its own cache.
+    #[serde(default)]
+    pub workdir: Option<Utf8PathBuf>,
+}
+
+/// A GPU class: what its machines are, as its keys record it. Every field is compared with
+/// what the node finds before a step runs there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuClass {
+    /// TensorRT version as trtexec prints it, e.g. `10.3.0`.
+    #[serde(default)]
+    pub tensorrt: Option<String>,
+    /// CUDA version as nvidia-smi prints it, e.g. `12.4`.
+    #[serde(default)]
+    pub cuda: Option<String>,
+    /// NVIDIA driver version, e.g. `550.54.15`.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// GPU name as nvidia-smi prints it, e.g. `NVIDIA H100 80GB HBM3`.
+    #[serde(default)]
+    pub gpu: Option<String>,
+    /// Compute capability, e.g. `9.0`.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// The CPU's ISA class as facebuild names it (`facebuild toolchain show`), for steps whose
+    /// results depend on it (inference, benchmarks).
+    #[serde(default)]
+    pub isa: Option<String>,
+    /// Its default Slurm `--partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Its default `--constraint` (node Features).
+    #[serde(default)]
+    pub constraint: Option<String>,
+    /// Its default `--gres`.
+    #[serde(default)]
+    pub gres: Option<String>,
+}
+
+impl GpuClass {
+    /// The TensorRT part of a key, as [`crate::toolchain::tensorrt::TensorRt::fingerprint`]
+    /// names it; None when the class does not declare all of it.
+    pub(crate) fn tensorrt_fingerprint(&self) -> Option<BTreeMap<String, String>> {
+        Some(BTreeMap::from([
+            ("tensorrt".to_string(), self.tensorrt.clone()?),
+            ("cuda".to_string(), self.cuda.clone()?),
+            ("nvidia_driver".to_string(), self.driver.clone()?),
+            ("gpu".to_string(), self.gpu.clone()?),
+            (
+                "compute_capability".to_string(),
+                self.compute_capability.clone()?,
+            ),
+        ]))
+    }
+
+    /// What a benchmark's key records as its machine.
+    pub(crate) fn machine(&self, name: &str) -> String {
+        let mut parts = vec![format!("class {name}")];
+        for (k, v) in [
+            ("gpu", &self.gpu),
+            ("cc", &self.compute_capability),
+            ("trt", &self.tensorrt),
+            ("cuda", &self.cuda),
+            ("driver", &self.driver),
+            ("isa", &self.isa),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k} {v}"));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
+/// A step's placement, resolved: the executor, its Slurm options (the class's filled in),
+/// and the class, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub runs_on: RunsOn,
+    pub class: Option<(String, GpuClass)>,
+}
+
+impl Placement {
+    pub(crate) fn executor(&self) -> ExecutorKind {
+        self.runs_on.executor
+    }
+
+    /// One line for logs: `slurm (partition gpu, constraint h100, class h100)`.
+    pub(crate) fn describe(&self) -> String {
+        let r = &self.runs_on;
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("partition", &r.partition),
+            ("constraint", &r.constraint),
+            ("gres", &r.gres),
+            ("time", &r.time),
+            ("class", &r.class),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k} {v}"));
+            }
+        }
+        if parts.is_empty() {
+            r.executor.to_string()
+        } else {
+            format!("{} ({})", r.executor, parts.join(", "))
+        }
+    }
+}
+
+/// Where a step ran, as its action record and run report say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RanOn {
+    /// `slurm`.
+    pub executor: String,
+    /// The Slurm job id.
+    pub job_id: String,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: String,
+}
+
+impl RanOn {
+    /// The worker's own placement, from the environment Slurm gives a job.
+    pub(crate) fn from_slurm_env() -> Option<RanOn> {
+        let job_id = std::env::var("SLURM_JOB_ID").ok()?;
+        let node = std::env::var("SLURMD_NODENAME")
+            .or_else(|_| std::env::var("SLURM_JOB_NODELIST"))
+            .unwrap_or_default();
+        Some(RanOn {
+            executor: "slurm".into(),
+            job_id,
+            node,
+        })
+    }
+}
+
+/// Every placement problem, located at the `runs_on` (or the step) it comes from: unknown
+/// classes, Slurm options on a local placement, TensorRT steps routed to Slurm without a
+/// class that declares TensorRT, and releases sent to a cluster.
+pub(crate) fn validate(
+    file: &camino::Utf8Path,
+    steps: &indexmap::IndexMap<String, super::Step>,
+    pipeline: Option<&serde_saphyr::Spanned<RunsOn>>,
+    kinds: &indexmap::IndexMap<super::StepKind, serde_saphyr::Spanned<RunsOn>>,
+    classes: &indexmap::IndexMap<String, GpuClass>,
+) -> Vec<crate::error::Error> {
+    use crate::error::{Error, Location};
+    let at = |s: &serde_saphyr::Spanned<RunsOn>| Location {
+        file: file.to_owned(),
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    };
+    let mut errors = Vec::new();
+    let mut check = |what: String, s: &serde_saphyr::Spanned<RunsOn>| {
+        let r = &s.value;
+        if let Some(c) = &r.class
+            && !classes.contains_key(c)
+        {
+            let known: Vec<&str> = classes.keys().map(String::as_str).collect();
+            errors.push(
+                Error::manifest(at(s), format!("{what}: unknown GPU class `{c}`")).with_hint(
+                    if known.is_empty() {
+                        "declare it under `gpu_classes:` with its fingerprint (see docs/distributed.md)".to_string()
+                    } else {
+                        format!("declared classes: {}", known.join(", "))
+                    },
+                ),
+            );
+        }
+        if r.executor == ExecutorKind::Local {
+            for (k, v) in [
+                ("partition", &r.partition),
+                ("constraint", &r.constraint),
+                ("gres", &r.gres),
+                ("time", &r.time),
+                ("workdir", &r.workdir.as_ref().map(|w| w.to_string())),
+            ] {
+                if v.is_some() {
+                    errors.push(
+                        Error::manifest(
+                            at(s),
+                            format!("{what}: `{k}` is a Slurm option, but the executor is local"),
+                        )
+                        .with_hint("add `executor: slurm`, or remove the option"),
+                    );
+                }
+            }
+        }
+        for (k, v) in [
+            ("partition", &r.partition),
+            ("constraint", &r.constraint),
+            ("gres", &r.gres),
+            ("time", &r.time),
+        ] {
+            if let Some(v) = v
+                && (v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c == '\''))
+            {
+                errors.push(Error::manifest(
+                    at(s),
+                    format!("{what}: `{k}: {v:?}` is empty or has spaces or quotes"),
+                ));
+            }
+        }
+    };
+    if let Some(p) = pipeline {
+        check("`runs_on`".into(), p);
+    }
+    for (k, s) in kinds {
+        check(format!("`runs_on_kinds.{k}`"), s);
+    }
+    for step in steps.values() {
+        if let Some(s) = &step.spec.runs_on {
+            check(format!("step `{}`: `runs_on`", step.name), s);
+        }
+    }
+    // The placement each step ends up with.
+    for step in steps.values() {
+        let r = step
+            .spec
+            .runs_on
+            .as_ref()
+            .map(|s| &s.value)
+            .or_else(|| kinds.get(&step.spec.kind).map(|s| &s.value))
+            .or(pipeline.map(|s| &s.value));
+        let Some(r) = r else { continue };
+        if r.executor != ExecutorKind::Slurm {
+            continue;
+        }
+        let here = step.location.clone();
+        if step.spec.kind == super::StepKind::Release {
+            errors.push(
+                Error::manifest(
+                    here.clone(),
+                    format!(
+                        "step `{}`: a release is written on the machine that runs facebuild; it cannot run on Slurm",
+                        step.name
+                    ),
+                )
+                .with_hint("give the release step `runs_on: {executor: local}`"),
+            );
+        }
+        if step.spec.params.kind().uses_tensorrt() {
+            let declared = r
+                .class
+                .as_ref()
+                .and_then(|c| classes.get(c))
+                .map(|c| c.tensorrt_fingerprint().is_some());
+            match (&r.class, declared) {
+                (None, _) => errors.push(
+                    Error::manifest(
+                        here,
+                        format!(
+                            "step `{}` builds TensorRT engines on Slurm but names no GPU class: its key needs the GPU's fingerprint, which this machine cannot measure",
+                            step.name
+                        ),
+                    )
+                    .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` with tensorrt, cuda, driver, gpu and compute_capability"),
+                ),
+                (Some(c), Some(false)) => errors.push(
+                    Error::manifest(
+                        here,
+                        format!(
+                            "step `{}` builds TensorRT engines for class `{c}`, which does not declare all of tensorrt, cuda, driver, gpu and compute_capability",
+                            step.name
+                        ),
+                    )
+                    .with_hint(format!("complete `gpu_classes.{c}`; `trtexec --help` and `nvidia-smi` on a node of the class print them")),
+                ),
+                _ => {}
+            }
+        }
+    }
+    errors
+}
