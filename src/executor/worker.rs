@@ -330,7 +330,17 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         let base = dir.join("inputs").join(i.to_string()).join(name);
         for (rel, b) in &input.files {
             let dest = if input.dir {
-                crate::util::child_of(&base, rel)?
+                // A relative path from the spec: plain names only, so nothing escapes.
+                let rel = Utf8Path::new(rel);
+                if rel
+                    .components()
+                    .any(|c| !matches!(c, camino::Utf8Component::Normal(_)))
+                {
+                    return Err(Error::usage(format!(
+                        "exec-step: the spec names input file `{rel}`, which would escape {base}"
+                    )));
+                }
+                base.join(rel)
             } else {
                 base.clone()
             };

@@ -10,6 +10,7 @@ pub(crate) use facebuild::{Decision, Plan, RunReport, Status, StepResult};
 pub(crate) use indoc::indoc;
 
 pub(crate) mod servers;
+pub(crate) mod slurm;
 
 pub(crate) struct Project {
     pub dir: tempfile::TempDir,

@@ -36,7 +36,7 @@ fn wait_listening(port: u16, child: &mut Child, what: &str) {
 }
 
 /// A server binary, or None (with a SKIP line) outside CI; in CI its absence fails.
-fn find(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
+pub(crate) fn find(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
     let found = candidates
         .iter()
         .find(|p| p.is_file())
