@@ -331,61 +331,71 @@ fn slurm_steps_match_an_all_local_run_and_a_rerun_submits_nothing() {
     assert_eq!(s.jobs(), before, "the rerun submitted jobs");
 }
 
+impl Setup {
+    /// Hold the node with a job of its own, so facebuild's jobs wait in the queue.
+    fn block_node(&self) -> String {
+        let out = self
+            .cluster
+            .command("sbatch")
+            .args([
+                "--parsable",
+                "--exclusive",
+                "--job-name=blocker",
+                "--chdir=/tmp",
+                "--output=/dev/null",
+                "--wrap",
+                "sleep 300",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The id of facebuild's queued job for `step` (waiting at most 120 s for it).
+    fn queued_job(&self, step: &str) -> String {
+        let t0 = Instant::now();
+        loop {
+            let out = self
+                .cluster
+                .command("squeue")
+                .args(["-h", "-o", "%i|%j"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(id) = text
+                .lines()
+                .find(|l| l.contains(&format!("facebuild:dist:{step}:")))
+                .and_then(|l| l.split('|').next())
+            {
+                return id.to_string();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no facebuild job appeared: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// A job cancelled with `scancel` is a failed step that says so.
 #[test]
 fn a_cancelled_job_is_a_failed_step_with_its_reason() {
     let Some(s) = setup() else { return };
     write_project(&s);
-    // Hold the node, so facebuild's job waits in the queue until it is cancelled.
-    let out = s
-        .cluster
-        .command("sbatch")
-        .args([
-            "--parsable",
-            "--exclusive",
-            "--job-name=blocker",
-            "--chdir=/tmp",
-            "--output=/dev/null",
-            "--wrap",
-            "sleep 300",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let blocker = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let blocker = s.block_node();
     let child = s
         .facebuild(&["run", "p.yaml", "--json", "--target", "simplify"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Find facebuild's job (at most 120 s), then cancel it.
-    let t0 = Instant::now();
-    let id = loop {
-        let out = s
-            .cluster
-            .command("squeue")
-            .args(["-h", "-o", "%i|%j"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(id) = text
-            .lines()
-            .find(|l| l.contains("facebuild:dist:simplify"))
-            .and_then(|l| l.split('|').next())
-        {
-            break id.to_string();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no facebuild job appeared: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let id = s.queued_job("simplify");
     let out = s.cluster.command("scancel").arg(&id).output().unwrap();
     assert!(out.status.success());
     let out = wait_bounded(child, Duration::from_secs(120));
@@ -401,6 +411,34 @@ fn a_cancelled_job_is_a_failed_step_with_its_reason() {
     );
     assert!(e.contains("never started"), "{e}");
     assert_eq!(status_of(&r, "check"), Status::Built);
+}
+
+/// SIGTERM (as a CI runner sends when a job is cancelled) cancels the jobs facebuild
+/// submitted: none is left in the queue.
+#[test]
+fn sigterm_cancels_the_submitted_jobs() {
+    let Some(s) = setup() else { return };
+    write_project(&s);
+    let blocker = s.block_node();
+    let child = s
+        .facebuild(&["run", "p.yaml", "--target", "simplify"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = s.queued_job("simplify");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = wait_bounded(child, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("scancel job {id}")), "{err}");
+    let job = s.scontrol(&id);
+    let _ = s.cluster.command("scancel").arg(&blocker).output();
+    assert!(job.contains("JobState=CANCELLED"), "{job}");
 }
 
 /// Errors before anything runs: an unknown Feature (sbatch's own message), an unknown

@@ -329,3 +329,112 @@ pub(crate) fn validate(
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use indoc::indoc;
+
+    use crate::manifest::{ExecutorKind, Manifest};
+
+    fn parse(text: &str) -> crate::error::Result<Manifest> {
+        Manifest::parse(camino::Utf8Path::new("p.yaml"), text)
+    }
+
+    const HEAD: &str = indoc! {"
+        schema: 1
+        name: t
+        model:
+          task: recognition
+          input: {name: x, shape: [1, 3, 112, 112]}
+    "};
+
+    /// A step's own `runs_on` wins over its kind's, which wins over the pipeline's; a class
+    /// fills in the Slurm options the step leaves out; `--executor local` keeps the class.
+    #[test]
+    fn placement_precedence_and_class_defaults() {
+        let text = format!(
+            "{HEAD}{}",
+            indoc! {"
+                runs_on: {executor: slurm, partition: cpu}
+                runs_on_kinds:
+                  convert: {executor: slurm, class: h100}
+                gpu_classes:
+                  h100: {tensorrt: '10.3.0', cuda: '12.4', driver: '550.54', gpu: NVIDIA H100, compute_capability: '9.0', constraint: h100, gres: 'gpu:1'}
+                steps:
+                  a: {kind: check}
+                  b: {kind: check, runs_on: {executor: local}}
+                  c: {kind: convert, params: {backend: tensorrt, precision: fp16}}
+                  d: {kind: convert, params: {backend: tensorrt, precision: fp16}, runs_on: {executor: slurm, class: h100, constraint: h100_80g}}
+            "}
+        );
+        let mut m = parse(&text).unwrap();
+        let p = |m: &Manifest, s: &str| m.placement(m.step(s));
+        assert_eq!(p(&m, "a").runs_on.partition.as_deref(), Some("cpu"));
+        assert_eq!(p(&m, "b").executor(), ExecutorKind::Local);
+        let c = p(&m, "c");
+        assert_eq!(c.executor(), ExecutorKind::Slurm);
+        assert_eq!(c.runs_on.constraint.as_deref(), Some("h100"));
+        assert_eq!(c.runs_on.gres.as_deref(), Some("gpu:1"));
+        assert_eq!(c.class.as_ref().unwrap().0, "h100");
+        assert_eq!(
+            p(&m, "d").runs_on.constraint.as_deref(),
+            Some("h100_80g"),
+            "the step's own option wins over its class's"
+        );
+        assert_eq!(
+            c.describe(),
+            "slurm (constraint h100, gres gpu:1, class h100)"
+        );
+        m.force_local = true;
+        let c = p(&m, "c");
+        assert_eq!(c.executor(), ExecutorKind::Local);
+        assert!(
+            c.class.is_some(),
+            "keys keep the class under --executor local"
+        );
+    }
+
+    /// Every placement mistake, located, in one go.
+    #[test]
+    fn placement_errors_are_located() {
+        let text = format!(
+            "{HEAD}{}",
+            indoc! {"
+                gpu_classes:
+                  partial: {gpu: NVIDIA L4}
+                steps:
+                  a: {kind: check, runs_on: {executor: slurm, class: b200}}
+                  b: {kind: check, runs_on: {constraint: h100}}
+                  c:
+                    kind: convert
+                    params: {backend: tensorrt, precision: fp16}
+                    runs_on: {executor: slurm, constraint: h100}
+                  d:
+                    kind: convert
+                    params: {backend: tensorrt, precision: fp16}
+                    runs_on: {executor: slurm, class: partial}
+                  e: {kind: release, params: {artifacts: [d]}, runs_on: {executor: slurm}}
+                  f: {kind: check, runs_on: {executor: slurm, gres: 'gpu: 1'}}
+                  g: {kind: check, runs_on: {executor: slurm, nodes: 2}}
+            "}
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `nodes`"), "{e}");
+        let text = text.replace(
+            "  g: {kind: check, runs_on: {executor: slurm, nodes: 2}}\n",
+            "",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        for want in [
+            "p.yaml:9:29: step `a`: `runs_on`: unknown GPU class `b200`",
+            "declared classes: partial",
+            "p.yaml:10:29: step `b`: `runs_on`: `constraint` is a Slurm option, but the executor is local",
+            "p.yaml:12:5: step `c` builds TensorRT engines on Slurm but names no GPU class",
+            "p.yaml:16:5: step `d` builds TensorRT engines for class `partial`, which does not declare all of",
+            "step `e`: a release is written on the machine that runs facebuild",
+            "`gres: \"gpu: 1\"` is empty or has spaces",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+}
