@@ -493,9 +493,10 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
                 for (i, s) in p.iter().enumerate() {
                     let what = match &s.decision {
                         Decision::Cached { .. } => "cached".to_string(),
-                        Decision::Run { reasons, .. } => {
-                            format!("will run: {}", reasons.join("; "))
-                        }
+                        Decision::Run { reasons, .. } => match &s.runs_on {
+                            Some(on) => format!("will run on {on}: {}", reasons.join("; ")),
+                            None => format!("will run: {}", reasons.join("; ")),
+                        },
                         Decision::Waits { on } => {
                             format!("will run if `{}` changes its outputs", on.join("`, `"))
                         }
@@ -687,6 +688,15 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
                 summary_line(&s.summary)
             ),
             _ => summary_line(&s.summary),
+        };
+        let detail = match &s.ran_on {
+            Some(on) if s.status == Status::Built => {
+                format!(
+                    "{detail}  [{} job {} on {}]",
+                    on.executor, on.job_id, on.node
+                )
+            }
+            _ => detail,
         };
         println!("  {:<w$}  {:<sw$} {}", s.step, status, detail);
     }

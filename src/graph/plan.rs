@@ -54,6 +54,9 @@ pub struct StepPlan {
     /// The manifest's `description:` of the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where it runs when it is not here: e.g. `slurm (constraint h100, class h100)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
     /// What will happen to it.
     #[serde(flatten)]
     pub decision: Decision,
@@ -118,6 +121,10 @@ pub(crate) fn plan(
             kind: step.spec.kind.to_string(),
             needs: deps.into_iter().map(String::from).collect(),
             description: step.spec.description.clone(),
+            runs_on: {
+                let p = ctx.manifest.placement(step);
+                (p.executor() != crate::manifest::ExecutorKind::Local).then(|| p.describe())
+            },
             decision,
         });
     }
