@@ -409,7 +409,7 @@ fn a_cancelled_job_is_a_failed_step_with_its_reason() {
         e.contains(&format!("Slurm job {id} CANCELLED was cancelled")),
         "{e}"
     );
-    assert!(e.contains("never started"), "{e}");
+    assert!(e.contains("the job never started facebuild"), "{e}");
     assert_eq!(status_of(&r, "check"), Status::Built);
 }
 

@@ -522,7 +522,7 @@ impl Executor for Slurm {
         let log_note = match (&log, &log_file) {
             (Some(text), Some(p)) => format!("\n  log {p}, last lines:\n{}", tail(text, LOG_TAIL)),
             (Some(text), None) => format!("\n  log, last lines:\n{}", tail(text, LOG_TAIL)),
-            (None, _) => "\n  the job left no log: it never started facebuild".to_string(),
+            (None, _) => "\n  no log on the remote: the job never started facebuild (or could not push its log)".to_string(),
         };
         if let Some(why) = failure(&info) {
             return Err(fail(format!("Slurm job {id} {why}{log_note}"), None));
