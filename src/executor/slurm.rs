@@ -446,6 +446,8 @@ impl Executor for Slurm {
             ),
             format!("--chdir={workdir}"),
             "--output=facebuild-%j.out".to_string(),
+            // Explicit, over a site's SBATCH_EXPORT: the job needs the remote's settings.
+            "--export=ALL".to_string(),
         ];
         for (flag, v) in [
             ("partition", &r.partition),
@@ -466,7 +468,7 @@ impl Executor for Slurm {
             ctx.manifest.name
         );
         pb.set_message("sbatch");
-        // The job inherits this environment (sbatch's default --export=ALL), with the remote.
+        // The job inherits this environment (--export=ALL), with the remote.
         let out = run(
             "sbatch",
             &args,
@@ -522,7 +524,14 @@ impl Executor for Slurm {
         let log_note = match (&log, &log_file) {
             (Some(text), Some(p)) => format!("\n  log {p}, last lines:\n{}", tail(text, LOG_TAIL)),
             (Some(text), None) => format!("\n  log, last lines:\n{}", tail(text, LOG_TAIL)),
-            (None, _) => "\n  no log on the remote: the job never started facebuild (or could not push its log)".to_string(),
+            (None, _) => format!(
+                "\n  no log on the remote: the job never started facebuild (or could not push its log); Slurm's own output is {workdir}/facebuild-{id}.out on {}",
+                if info.node.is_empty() {
+                    "its node"
+                } else {
+                    &info.node
+                }
+            ),
         };
         if let Some(why) = failure(&info) {
             return Err(fail(format!("Slurm job {id} {why}{log_note}"), None));
