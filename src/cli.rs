@@ -1051,12 +1051,21 @@ fn remote_gc_cmd(
             freed += size;
         }
     }
+    // Slurm jobs' logs (and, in cas/, their specs) are kept for the same time, no longer:
+    // nothing references them once their run has shown them.
+    let logs = remote.list("logs").map_err(fail)?;
+    let drop_logs: Vec<String> = logs
+        .iter()
+        .filter(|(_, (_, age))| *age >= young)
+        .map(|(name, _)| format!("logs/{name}"))
+        .collect();
     if !dry_run {
         remote.delete(&drop_records).map_err(fail)?;
         remote.delete(&drop_blobs).map_err(fail)?;
+        remote.delete(&drop_logs).map_err(fail)?;
     }
     println!(
-        "{}remote {}: kept {} of {} records and {} of {} blobs; removed {} records, {} blobs ({})",
+        "{}remote {}: kept {} of {} records and {} of {} blobs; removed {} records, {} blobs ({}), {} job logs",
         if dry_run { "dry run: " } else { "" },
         remote.display(),
         records.len() - drop_records.len(),
@@ -1065,7 +1074,8 @@ fn remote_gc_cmd(
         blobs.len(),
         drop_records.len(),
         drop_blobs.len(),
-        human_bytes(freed)
+        human_bytes(freed),
+        drop_logs.len()
     );
     Ok(0)
 }
