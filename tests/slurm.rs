@@ -280,6 +280,13 @@ fn slurm_steps_match_an_all_local_run_and_a_rerun_submits_nothing() {
         ids.push(ran.job_id);
     }
     assert_ne!(ids[0], ids[1]);
+    let html = std::fs::read_to_string(s.p.path("out/dist/report.html")).unwrap();
+    for id in &ids {
+        assert!(
+            html.contains(&format!("slurm job {id} on ")),
+            "the HTML report misses job {id}"
+        );
+    }
     for name in ["check", "openvino_fp32"] {
         assert!(step(&r, name).ran_on.is_none(), "`{name}` should run here");
     }

@@ -575,6 +575,11 @@ fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
+                match (&s.ran_on, s.status) {
+                    (Some(r), _) => format!("{} job {} on {}", r.executor, r.job_id, r.node),
+                    (None, Status::Built) => "here".into(),
+                    _ => String::new(),
+                },
                 s.error
                     .clone()
                     .unwrap_or_default()
@@ -585,7 +590,10 @@ fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -
             ]
         })
         .collect();
-    body += &table(&["step", "kind", "status", "error / reason"], &rows);
+    body += &table(
+        &["step", "kind", "status", "ran on", "error / reason"],
+        &rows,
+    );
     for (step, r) in reports {
         body += &match r {
             StepReport::Compare(r) => compare_section(step, r),
@@ -616,6 +624,7 @@ pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf,
                 &s.step,
                 s.status,
                 &s.error,
+                &s.ran_on,
                 s.outputs.get("report.json").map(|o| &o.digest)
             ))
             .collect::<Vec<_>>()
