@@ -302,11 +302,12 @@ fn slurm_steps_match_an_all_local_run_and_a_rerun_submits_nothing() {
             "no record names job {id}"
         );
     }
-    // Nothing is left in the jobs' folder: each job cleaned up its own.
+    // Nothing is left in the jobs' folder: each job removed its folder and, with its log
+    // on the remote, Slurm's output file.
     let left: Vec<_> = std::fs::read_dir(&s.cluster.workdir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("facebuild-job-"))
+        .filter(|n| n.starts_with("facebuild-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 

@@ -239,8 +239,14 @@ pub(crate) fn exec_step(spec_digest: &str, cancel: &AtomicBool) -> Result<i32> {
         "exec-step: exit code {code} on {}",
         crate::util::hostname()
     );
-    if let Err(e) = remote.put_bytes(&WorkerSpec::log_path(spec_digest, &job_id), text) {
-        eprintln!("warning: could not push this job's log to the remote: {e}");
+    match remote.put_bytes(&WorkerSpec::log_path(spec_digest, &job_id), text) {
+        // Slurm's own copy of the output (`--output=facebuild-%j.out`) is redundant once
+        // the log is on the remote; without that, it is the only evidence, and stays.
+        Ok(()) if ran_on.is_some() => {
+            let _ = std::fs::remove_file(cwd.join(format!("facebuild-{job_id}.out")));
+        }
+        Ok(()) => {}
+        Err(e) => eprintln!("warning: could not push this job's log to the remote: {e}"),
     }
     if std::env::var("FACEBUILD_KEEP_JOB_DIR").as_deref() != Ok("1") {
         let _ = make_writable_and_remove(&dir);
