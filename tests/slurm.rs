@@ -575,3 +575,55 @@ fn tensorrt_steps_of_a_gpu_class_run_on_its_node_with_the_labelled_standin() {
     let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status_of(&r, "trt_b"), Status::Unavailable);
 }
+
+/// Jobs reach an S3 remote (s3s-fs, which checks SigV4) with the submitter's credentials,
+/// which travel in the job's environment; no other path connects them.
+#[test]
+fn jobs_use_an_s3_remote_with_the_submitters_credentials() {
+    let Some(s) = setup() else { return };
+    let Some(s3) = servers::S3::start() else {
+        return;
+    };
+    write_project(&s);
+    let w = s.cluster.workdir.display();
+    s.p.write(
+        "s3.yaml",
+        &pipeline(&s.cluster.workdir)
+            .replace("name: dist", "name: s3")
+            .replace(
+                "  check: {kind: check}\n",
+                &format!("  check: {{kind: check, runs_on: {{executor: slurm, workdir: {w}}}}}\n"),
+            ),
+    );
+    let run = |secret: &str| {
+        let mut c = s.facebuild(&["run", "s3.yaml", "--json", "--target", "check"]);
+        c.env("FACEBUILD_REMOTE", s3.url())
+            .envs(s3.env(secret))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(300));
+        let r: RunReport = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (
+            out.status.code(),
+            r,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, r, err) = run(servers::S3_SECRET);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(status_of(&r, "check"), Status::Built);
+    assert!(step(&r, "check").ran_on.is_some());
+    // The record is in the bucket, under the step's key.
+    let key = step(&r, "check").key.clone().unwrap();
+    assert!(s3.root().join(format!("ac/{key}.json")).exists());
+    // A wrong secret: the remote is unavailable to the submitter, which says so.
+    std::fs::remove_dir_all(s.p.path("cache")).unwrap();
+    let (code, r, _) = run("wrong-secret");
+    assert_eq!(code, Some(1));
+    let e = error_of(&r, "check");
+    assert!(
+        e.contains("runs on Slurm") && e.contains("unavailable"),
+        "{e}"
+    );
+}
