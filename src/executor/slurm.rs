@@ -3,15 +3,16 @@
 //! The step's inputs and a self-contained spec go to the remote cache first (a cluster needs
 //! no shared filesystem); `sbatch` submits a job that runs `facebuild exec-step <spec>` on a
 //! node that matches the step's `runs_on` (partition, constraint = node Features, gres). The
-//! job is followed with `squeue`, then `scontrol show job` for its final state (Debian's
-//! Slurm keeps no accounting database, so no `sacct`), at a polling interval that grows to a
-//! bound. Its result is the action record the worker pushed: nothing is downloaded until
+//! job is followed with `squeue` (one call answers for every job the run follows), then
+//! `scontrol show job` for its final state (Debian's Slurm keeps no accounting database, so
+//! no `sacct`), at a polling interval that grows to a bound. Its result is the action record the worker pushed: nothing is downloaded until
 //! something needs it. Ctrl-C or SIGTERM cancels the job (`scancel`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::worker::{WorkerSpec, prepare};
@@ -38,10 +39,25 @@ fn poll_max() -> Duration {
         .unwrap_or(Duration::from_secs(2))
 }
 
-/// Submits steps to Slurm. One per run: the controller is checked once.
+/// Submits steps to Slurm. One per run: the controller is checked once, and one `squeue`
+/// answers for every job the run follows.
 pub(crate) struct Slurm {
     preflight: OnceLock<std::result::Result<(), String>>,
+    queue: Mutex<Queue>,
 }
+
+/// The jobs being followed, and what the last `squeue` said of them.
+#[derive(Default)]
+struct Queue {
+    following: BTreeSet<String>,
+    polled: BTreeSet<String>,
+    at: Option<Instant>,
+    /// Job id -> `state|reason|node`.
+    lines: BTreeMap<String, String>,
+}
+
+/// A `squeue` answer younger than this serves every follower that asks.
+const SHARED_POLL: Duration = Duration::from_millis(100);
 
 /// What a command printed, or why it did not finish.
 struct Output {
@@ -153,6 +169,16 @@ pub(crate) fn parse_scontrol(line: &str) -> Option<JobInfo> {
     (!info.state.is_empty()).then_some(info)
 }
 
+/// `squeue -o %i|%T|%r|%N` lines: job id -> `state|reason|node`.
+pub(crate) fn parse_squeue(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| {
+            let (id, rest) = l.trim().split_once('|')?;
+            Some((id.to_string(), rest.to_string()))
+        })
+        .collect()
+}
+
 /// Whether a job in this state has not ended yet.
 pub(crate) fn active(state: &str) -> bool {
     matches!(
@@ -217,7 +243,55 @@ impl Slurm {
     pub(crate) fn new() -> Slurm {
         Slurm {
             preflight: OnceLock::new(),
+            queue: Mutex::new(Queue::default()),
         }
+    }
+
+    /// Follow `id` (or stop following it) in the shared `squeue`.
+    fn watch(&self, id: &str, on: bool) {
+        if let Ok(mut q) = self.queue.lock() {
+            if on {
+                q.following.insert(id.to_string());
+            } else {
+                q.following.remove(id);
+            }
+        }
+    }
+
+    /// What `squeue` says of `id` (`state|reason|node`), or None when it no longer lists
+    /// it. One `squeue -j <every followed id>` serves every follower for [`SHARED_POLL`].
+    fn queue_line(&self, id: &str) -> std::result::Result<Option<String>, String> {
+        let mut q = self
+            .queue
+            .lock()
+            .map_err(|_| "the job queue state is poisoned".to_string())?;
+        let fresh = q.at.is_some_and(|t| t.elapsed() < SHARED_POLL) && q.polled.contains(id);
+        if !fresh {
+            let mut ids = q.following.clone();
+            ids.insert(id.to_string());
+            let list = ids.iter().cloned().collect::<Vec<_>>().join(",");
+            let o = run(
+                "squeue",
+                &[
+                    "-h".into(),
+                    "-j".into(),
+                    list,
+                    "-o".into(),
+                    "%i|%T|%r|%N".into(),
+                ],
+                None,
+                &[],
+            )?;
+            // A job purged from the controller's memory is "invalid": it has ended, and the
+            // others are still listed.
+            if !o.ok && !o.stderr.contains("Invalid job id") {
+                return Err(o.message());
+            }
+            q.lines = parse_squeue(&o.stdout);
+            q.polled = ids;
+            q.at = Some(Instant::now());
+        }
+        Ok(q.lines.get(id).cloned())
     }
 
     /// Is the controller there? `scontrol ping` answers at once either way, where sbatch
@@ -269,39 +343,11 @@ impl Slurm {
                 std::thread::sleep(Duration::from_millis(50).min(delay));
             }
             delay = (delay * 3 / 2).min(poll_max());
-            let q = run(
-                "squeue",
-                &[
-                    "-h".into(),
-                    "-j".into(),
-                    id.into(),
-                    "-o".into(),
-                    "%T|%r|%N".into(),
-                ],
-                None,
-                &[],
-            );
-            let listed = match &q {
-                Ok(o) if o.ok => o
-                    .stdout
-                    .lines()
-                    .next()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(String::from),
-                // A job purged from the controller's memory is "invalid": it has ended.
-                Ok(o) if o.stderr.contains("Invalid job id") => None,
-                Ok(o) => {
-                    failures += 1;
-                    last = o.message();
-                    if failures >= MAX_POLL_FAILURES {
-                        break;
-                    }
-                    continue;
-                }
+            let listed = match self.queue_line(id) {
+                Ok(l) => l,
                 Err(e) => {
                     failures += 1;
-                    last = e.clone();
+                    last = e;
                     if failures >= MAX_POLL_FAILURES {
                         break;
                     }
@@ -503,7 +549,10 @@ impl Executor for Slurm {
             placement.describe()
         ));
         pb.set_message(format!("slurm job {id}: submitted"));
-        let info = self.follow(&id, &pb, cancel).map_err(|e| fail(e, None))?;
+        self.watch(&id, true);
+        let info = self.follow(&id, &pb, cancel);
+        self.watch(&id, false);
+        let info = info.map_err(|e| fail(e, None))?;
         pb.finish_and_clear();
         let Some(info) = info else {
             return Err(Error::Interrupted);
@@ -593,6 +642,14 @@ mod tests {
             })
             .is_none()
         );
+    }
+
+    #[test]
+    fn squeue_lines_parse_by_job() {
+        let m = parse_squeue("12|RUNNING|None|vm\n13|PENDING|Resources|\n\n");
+        assert_eq!(m["12"], "RUNNING|None|vm");
+        assert_eq!(m["13"], "PENDING|Resources|");
+        assert_eq!(m.len(), 2);
     }
 
     #[test]
