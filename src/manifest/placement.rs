@@ -296,6 +296,20 @@ pub(crate) fn validate(
                 .with_hint("give the release step `runs_on: {executor: local}`"),
             );
         }
+        // A benchmark's key names the machine it measures: a node's, which the submitter
+        // cannot know unless a class declares it.
+        if step.spec.kind == super::StepKind::Benchmark && r.class.is_none() {
+            errors.push(
+                Error::manifest(
+                    here.clone(),
+                    format!(
+                        "step `{}` benchmarks on Slurm but names no class: its key records the machine it measures, which this machine cannot know",
+                        step.name
+                    ),
+                )
+                .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` (for CPU nodes, a class with just `isa` and a `constraint` will do)"),
+            );
+        }
         if step.spec.params.kind().uses_tensorrt() {
             let declared = r
                 .class
@@ -415,6 +429,7 @@ mod tests {
                     runs_on: {executor: slurm, class: partial}
                   e: {kind: release, params: {artifacts: [d]}, runs_on: {executor: slurm}}
                   f: {kind: check, runs_on: {executor: slurm, gres: 'gpu: 1'}}
+                  h: {kind: benchmark, params: {targets: [d]}, runs_on: {executor: slurm}}
                   g: {kind: check, runs_on: {executor: slurm, nodes: 2}}
             "}
         );
@@ -433,6 +448,7 @@ mod tests {
             "p.yaml:16:5: step `d` builds TensorRT engines for class `partial`, which does not declare all of",
             "step `e`: a release is written on the machine that runs facebuild",
             "`gres: \"gpu: 1\"` is empty or has spaces",
+            "step `h` benchmarks on Slurm but names no class",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
