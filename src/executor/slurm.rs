@@ -495,12 +495,7 @@ impl Executor for Slurm {
             // Explicit, over a site's SBATCH_EXPORT: the job needs the remote's settings.
             "--export=ALL".to_string(),
         ];
-        for (flag, v) in [
-            ("partition", &r.partition),
-            ("constraint", &r.constraint),
-            ("gres", &r.gres),
-            ("time", &r.time),
-        ] {
+        for (flag, v) in r.slurm_options() {
             if let Some(v) = v {
                 args.push(format!("--{flag}={v}"));
             }

@@ -391,14 +391,13 @@ impl Manifest {
     /// here; a class fills in the Slurm options the step leaves out. `--executor local`
     /// keeps the class (and so the keys) but runs here.
     pub(crate) fn placement(&self, step: &Step) -> Placement {
-        let mut r = step
-            .spec
-            .runs_on
-            .as_ref()
-            .map(|s| s.value.clone())
-            .or_else(|| self.runs_on_kinds.get(&step.spec.kind).cloned())
-            .or_else(|| self.runs_on.clone())
-            .unwrap_or_default();
+        let mut r = placement::effective(
+            step.spec.runs_on.as_ref().map(|s| &s.value),
+            self.runs_on_kinds.get(&step.spec.kind),
+            self.runs_on.as_ref(),
+        )
+        .cloned()
+        .unwrap_or_default();
         let class = r
             .class
             .as_ref()

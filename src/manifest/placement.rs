@@ -58,6 +58,36 @@ pub struct RunsOn {
     pub workdir: Option<Utf8PathBuf>,
 }
 
+impl RunsOn {
+    /// The options passed to `sbatch` as `--<name>=<value>`, by name.
+    pub(crate) fn slurm_options(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            ("partition", self.partition.as_deref()),
+            ("constraint", self.constraint.as_deref()),
+            ("gres", self.gres.as_deref()),
+            ("time", self.time.as_deref()),
+        ]
+    }
+}
+
+/// Which `runs_on` applies to a step: its own, else its kind's, else the pipeline's (whole,
+/// never merged). The one precedence rule, for validation and for [`super::Manifest::placement`].
+pub(crate) fn effective<'a>(
+    own: Option<&'a RunsOn>,
+    kind: Option<&'a RunsOn>,
+    pipeline: Option<&'a RunsOn>,
+) -> Option<&'a RunsOn> {
+    own.or(kind).or(pipeline)
+}
+
+/// `name value` for each value that is set.
+fn labelled<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Vec<String> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("{k} {}", v?)))
+        .collect()
+}
+
 /// A GPU class: what its machines are, as its keys record it. Every field is compared with
 /// what the node finds before a step runs there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,37 +124,33 @@ pub struct GpuClass {
 }
 
 impl GpuClass {
-    /// The TensorRT part of a key, as [`crate::toolchain::tensorrt::TensorRt::fingerprint`]
-    /// names it; None when the class does not declare all of it.
+    /// The TensorRT part of a key, by the names [`crate::toolchain::tensorrt::fingerprint`]
+    /// gives discovery too; None when the class does not declare all of it.
     pub(crate) fn tensorrt_fingerprint(&self) -> Option<BTreeMap<String, String>> {
-        Some(BTreeMap::from([
-            ("tensorrt".to_string(), self.tensorrt.clone()?),
-            ("cuda".to_string(), self.cuda.clone()?),
-            ("nvidia_driver".to_string(), self.driver.clone()?),
-            ("gpu".to_string(), self.gpu.clone()?),
-            (
-                "compute_capability".to_string(),
-                self.compute_capability.clone()?,
-            ),
-        ]))
+        Some(crate::toolchain::tensorrt::fingerprint(
+            self.tensorrt.clone()?,
+            self.cuda.clone()?,
+            self.driver.clone()?,
+            self.gpu.clone()?,
+            self.compute_capability.clone()?,
+        ))
     }
 
     /// What a benchmark's key records as its machine.
     pub(crate) fn machine(&self, name: &str) -> String {
-        let mut parts = vec![format!("class {name}")];
-        for (k, v) in [
-            ("gpu", &self.gpu),
-            ("cc", &self.compute_capability),
-            ("trt", &self.tensorrt),
-            ("cuda", &self.cuda),
-            ("driver", &self.driver),
-            ("isa", &self.isa),
-        ] {
-            if let Some(v) = v {
-                parts.push(format!("{k} {v}"));
-            }
-        }
-        parts.join(", ")
+        let class = format!("class {name}");
+        let parts = labelled([
+            ("gpu", self.gpu.as_deref()),
+            ("cc", self.compute_capability.as_deref()),
+            ("trt", self.tensorrt.as_deref()),
+            ("cuda", self.cuda.as_deref()),
+            ("driver", self.driver.as_deref()),
+            ("isa", self.isa.as_deref()),
+        ]);
+        std::iter::once(class)
+            .chain(parts)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -144,18 +170,11 @@ impl Placement {
     /// One line for logs: `slurm (partition gpu, constraint h100, class h100)`.
     pub(crate) fn describe(&self) -> String {
         let r = &self.runs_on;
-        let mut parts = Vec::new();
-        for (k, v) in [
-            ("partition", &r.partition),
-            ("constraint", &r.constraint),
-            ("gres", &r.gres),
-            ("time", &r.time),
-            ("class", &r.class),
-        ] {
-            if let Some(v) = v {
-                parts.push(format!("{k} {v}"));
-            }
-        }
+        let parts = labelled(
+            r.slurm_options()
+                .into_iter()
+                .chain([("class", r.class.as_deref())]),
+        );
         if parts.is_empty() {
             r.executor.to_string()
         } else {
@@ -225,13 +244,8 @@ pub(crate) fn validate(
             );
         }
         if r.executor == ExecutorKind::Local {
-            for (k, v) in [
-                ("partition", &r.partition),
-                ("constraint", &r.constraint),
-                ("gres", &r.gres),
-                ("time", &r.time),
-                ("workdir", &r.workdir.as_ref().map(|w| w.to_string())),
-            ] {
+            let workdir = ("workdir", r.workdir.as_ref().map(|w| w.as_str()));
+            for (k, v) in r.slurm_options().into_iter().chain([workdir]) {
                 if v.is_some() {
                     errors.push(
                         Error::manifest(
@@ -243,12 +257,7 @@ pub(crate) fn validate(
                 }
             }
         }
-        for (k, v) in [
-            ("partition", &r.partition),
-            ("constraint", &r.constraint),
-            ("gres", &r.gres),
-            ("time", &r.time),
-        ] {
+        for (k, v) in r.slurm_options() {
             if let Some(v) = v
                 && (v.trim().is_empty() || v.chars().any(|c| c.is_whitespace() || c == '\''))
             {
@@ -272,14 +281,13 @@ pub(crate) fn validate(
     }
     // The placement each step ends up with.
     for step in steps.values() {
-        let r = step
-            .spec
-            .runs_on
-            .as_ref()
-            .map(|s| &s.value)
-            .or_else(|| kinds.get(&step.spec.kind).map(|s| &s.value))
-            .or(pipeline.map(|s| &s.value));
-        let Some(r) = r else { continue };
+        let Some(r) = effective(
+            step.spec.runs_on.as_ref().map(|s| &s.value),
+            kinds.get(&step.spec.kind).map(|s| &s.value),
+            pipeline.map(|s| &s.value),
+        ) else {
+            continue;
+        };
         if r.executor != ExecutorKind::Slurm {
             continue;
         }

@@ -55,20 +55,18 @@ pub(crate) struct TensorRt {
 impl TensorRt {
     /// The cache-key fingerprint of every TensorRT step.
     pub(crate) fn fingerprint(&self) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        m.insert(
-            "tensorrt".into(),
-            if self.standin {
-                format!("{} (test stand-in)", self.version)
-            } else {
-                self.version.clone()
-            },
-        );
-        m.insert("cuda".into(), self.cuda.clone());
-        m.insert("nvidia_driver".into(), self.driver.clone());
-        m.insert("gpu".into(), self.gpu.clone());
-        m.insert("compute_capability".into(), self.compute_capability.clone());
-        m
+        let version = if self.standin {
+            format!("{} (test stand-in)", self.version)
+        } else {
+            self.version.clone()
+        };
+        fingerprint(
+            version,
+            self.cuda.clone(),
+            self.driver.clone(),
+            self.gpu.clone(),
+            self.compute_capability.clone(),
+        )
     }
 
     /// "TensorRT 10.3.0 on NVIDIA A100 (sm 8.0), CUDA 12.4, driver 550.54"
@@ -83,6 +81,24 @@ impl TensorRt {
             s
         }
     }
+}
+
+/// The TensorRT part of a cache key, by the names every key uses: what discovery finds here
+/// and what a GPU class declares must produce the same map for the same machine.
+pub(crate) fn fingerprint(
+    tensorrt: String,
+    cuda: String,
+    driver: String,
+    gpu: String,
+    compute_capability: String,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("tensorrt".to_string(), tensorrt),
+        ("cuda".to_string(), cuda),
+        ("nvidia_driver".to_string(), driver),
+        ("gpu".to_string(), gpu),
+        ("compute_capability".to_string(), compute_capability),
+    ])
 }
 
 /// Discovery's answer: found, or what is missing, in words for `unavailable: ...`.
