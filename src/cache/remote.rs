@@ -258,6 +258,30 @@ fn obj_err(e: object_store::Error) -> String {
     }
 }
 
+/// HEAD `remote`; when it is missing, PUT the file `local` there and count it (blobs,
+/// bytes). A blob's name is its content, so one already there is never written again.
+async fn put_if_missing(
+    st: &dyn ObjectStore,
+    remote: &ObjPath,
+    local: &camino::Utf8Path,
+    (blobs, bytes): (&AtomicU64, &AtomicU64),
+    unreadable: impl FnOnce(std::io::Error) -> String,
+) -> std::result::Result<(), String> {
+    match st.head(remote).await {
+        Ok(_) => return Ok(()),
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(obj_err(e)),
+    }
+    let data = tokio::fs::read(local).await.map_err(unreadable)?;
+    let n = data.len() as u64;
+    st.put(remote, PutPayload::from(data))
+        .await
+        .map_err(obj_err)?;
+    blobs.fetch_add(1, Ordering::Relaxed);
+    bytes.fetch_add(n, Ordering::Relaxed);
+    Ok(())
+}
+
 impl Remote {
     /// Connect (lazily: nothing is sent until the first lookup).
     pub(crate) fn open(cfg: RemoteConfig) -> Result<Remote> {
@@ -650,19 +674,10 @@ impl Remote {
                 let (blobs_up, bytes_up) = (blobs_up.clone(), bytes_up.clone());
                 async move {
                     let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-                    match st.head(&remote).await {
-                        Ok(_) => return Ok(()),
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(obj_err(e)),
-                    }
-                    let bytes = std::fs::read(&local).map_err(|e| format!("{local}: {e}"))?;
-                    let n = bytes.len() as u64;
-                    st.put(&remote, PutPayload::from(bytes))
-                        .await
-                        .map_err(obj_err)?;
-                    blobs_up.fetch_add(1, Ordering::Relaxed);
-                    bytes_up.fetch_add(n, Ordering::Relaxed);
-                    Ok::<(), String>(())
+                    put_if_missing(&*st, &remote, &local, (&blobs_up, &bytes_up), |e| {
+                        format!("{local}: {e}")
+                    })
+                    .await
                 }
             };
             let results: Vec<std::result::Result<(), String>> =
@@ -784,27 +799,23 @@ impl Remote {
             return Err(format!("the remote {} is read-only", self.display));
         }
         let results: Vec<std::result::Result<(), String>> = self.rt.block_on(async {
-            futures::stream::iter(blobs.iter().map(|(b, local)| async move {
+            futures::stream::iter(blobs.iter().map(|(b, local)| {
                 let remote = self.blob_path(&b.digest);
-                match self.store.head(&remote).await {
-                    Ok(_) => return Ok(()),
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(obj_err(e)),
-                }
-                let bytes = tokio::fs::read(&local).await.map_err(|e| {
-                    format!(
-                        "blob {} is neither on the remote nor here ({local}: {e})",
-                        b.digest
+                async move {
+                    put_if_missing(
+                        &*self.store,
+                        &remote,
+                        local,
+                        (&self.blobs_up, &self.bytes_up),
+                        |e| {
+                            format!(
+                                "blob {} is neither on the remote nor here ({local}: {e})",
+                                b.digest
+                            )
+                        },
                     )
-                })?;
-                let n = bytes.len() as u64;
-                self.store
-                    .put(&remote, PutPayload::from(bytes))
                     .await
-                    .map_err(obj_err)?;
-                self.blobs_up.fetch_add(1, Ordering::Relaxed);
-                self.bytes_up.fetch_add(n, Ordering::Relaxed);
-                Ok(())
+                }
             }))
             .buffer_unordered(PARALLEL)
             .collect()
