@@ -159,6 +159,8 @@ struct RunState<'a> {
     /// Remote hits whose blobs are not local yet: fetched when a running step consumes
     /// them, or when they are materialized.
     remote_hits: HashMap<String, ActionRecord>,
+    /// Steps that run on another machine (Slurm jobs), from the manifest's placements.
+    elsewhere: std::collections::HashSet<String>,
 }
 
 impl<'a> RunState<'a> {
@@ -171,6 +173,14 @@ impl<'a> RunState<'a> {
             .iter()
             .flat_map(|s| ctx.dag.deps(s))
             .map(String::from)
+            .collect();
+        let elsewhere = selected
+            .iter()
+            .filter(|s| {
+                let step = ctx.manifest.step(s);
+                ctx.manifest.placement(step).executor() != ExecutorKind::Local
+            })
+            .cloned()
             .collect();
         RunState {
             ctx,
@@ -186,13 +196,13 @@ impl<'a> RunState<'a> {
             stop: false,
             needed,
             remote_hits: HashMap::new(),
+            elsewhere,
         }
     }
 
     /// Whether a step runs on another machine (a Slurm job).
     fn elsewhere(&self, name: &str) -> bool {
-        let step = self.ctx.manifest.step(name);
-        self.ctx.manifest.placement(step).executor() != ExecutorKind::Local
+        self.elsewhere.contains(name)
     }
 
     /// Whether a step needs this machine to itself (a local benchmark).
@@ -597,23 +607,23 @@ impl<'a> RunState<'a> {
                 remote_record,
             }) => {
                 let ran_on = remote_record.as_ref().and_then(|r| r.ran_on.clone());
-                let mut fetched = true;
+                let wanted = self.materializes(&f.name);
                 // Built elsewhere: its blobs stay on the remote until something needs them.
-                if let Some(rec) = remote_record {
-                    self.remote_hits.insert(f.name.clone(), *rec.clone());
-                    if self.materializes(&f.name) {
-                        if let Err(why) = self.fetch_remote(&f.name, &rec) {
-                            fetched = false;
+                let local = match remote_record {
+                    None => true,
+                    Some(rec) => {
+                        self.remote_hits.insert(f.name.clone(), (*rec).clone());
+                        let fetched = wanted.then(|| self.fetch_remote(&f.name, &rec));
+                        if let Some(Err(why)) = &fetched {
                             progress::println_err(&format!(
                                 "  warning {}: its outputs could not be fetched: {why}",
                                 f.name
                             ));
                         }
-                    } else {
-                        fetched = false;
+                        matches!(fetched, Some(Ok(())))
                     }
-                }
-                if fetched && self.materializes(&f.name) {
+                };
+                if wanted && local {
                     self.ctx.materialize(&f.name, &outputs)?;
                 }
                 progress::println_err(&if by_other_run {
@@ -717,7 +727,7 @@ pub(crate) fn run(
     let slurm = crate::executor::Slurm::new();
     // A step running elsewhere blocks a thread while it follows its job, but takes no local
     // slot (`no_room` counts those): one thread more for each.
-    let elsewhere = run.selected.iter().filter(|s| run.elsewhere(s)).count();
+    let elsewhere = run.elsewhere.len();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1) + elsewhere)
         .thread_name(|i| format!("facebuild-step-{i}"))
