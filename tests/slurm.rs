@@ -76,8 +76,31 @@ impl Setup {
 
     /// Run to the end (at most `limit`), returning (exit code, report or None, stderr).
     fn run(&self, args: &[&str], limit: Duration) -> (i32, Option<RunReport>, String) {
-        let child = self
-            .facebuild(args)
+        self.run_adjusted(args, limit, |_| {})
+    }
+
+    /// [`Setup::run`] of a `--json` run, its command adjusted (environment) by `adjust`:
+    /// (exit code, report, stderr). No report is a failure that shows stderr.
+    fn run_report(
+        &self,
+        args: &[&str],
+        limit: Duration,
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> (i32, RunReport, String) {
+        let (code, report, err) = self.run_adjusted(args, limit, adjust);
+        let report = report.unwrap_or_else(|| panic!("no JSON report; stderr:\n{err}"));
+        (code, report, err)
+    }
+
+    fn run_adjusted(
+        &self,
+        args: &[&str],
+        limit: Duration,
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> (i32, Option<RunReport>, String) {
+        let mut c = self.facebuild(args);
+        adjust(&mut c);
+        let child = c
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -216,16 +239,15 @@ fn slurm_steps_match_an_all_local_run_and_a_rerun_submits_nothing() {
     let limit = Duration::from_secs(600);
 
     // All here, in a cache of its own, without the remote.
-    let mut local = s.facebuild(&["run", "p.yaml", "--json", "--executor", "local"]);
-    local
-        .env("FACEBUILD_CACHE", s.p.path("cache-local"))
-        .env_remove("FACEBUILD_REMOTE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = wait_bounded(local.spawn().unwrap(), limit);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let all_local: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, all_local, err) = s.run_report(
+        &["run", "p.yaml", "--json", "--executor", "local"],
+        limit,
+        |c| {
+            c.env("FACEBUILD_CACHE", s.p.path("cache-local"))
+                .env_remove("FACEBUILD_REMOTE");
+        },
+    );
+    assert_eq!(code, 0, "{err}");
     assert!(all_local.steps.iter().all(|r| r.ran_on.is_none()));
     assert_eq!(s.jobs().len(), 0, "--executor local submitted jobs");
 
@@ -313,30 +335,25 @@ fn slurm_steps_match_an_all_local_run_and_a_rerun_submits_nothing() {
 
     // A rerun: every step cached, no job submitted.
     let before = s.jobs();
-    let (code, report, err) = s.run(&["run", "p.yaml", "--json"], limit);
-    assert_eq!(code, 0, "{err}");
-    let r = report.unwrap();
-    assert!(
-        r.steps.iter().all(|x| x.status == Status::Cached),
-        "{:?}",
-        statuses(&r)
-    );
-    assert_eq!(s.jobs(), before, "the rerun submitted jobs");
+    let rerun = |args: &[&str]| {
+        let (code, r, err) = s.run_report(args, limit, |_| {});
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            r.steps.iter().all(|x| x.status == Status::Cached),
+            "{:?}",
+            statuses(&r)
+        );
+        assert_eq!(s.jobs(), before, "the rerun submitted jobs");
+        r
+    };
+    rerun(&["run", "p.yaml", "--json"]);
     // Even with an empty local cache, the remote answers: still nothing submitted.
     std::fs::remove_dir_all(s.p.path("cache/actions")).unwrap();
-    let (code, report, err) = s.run(&["run", "p.yaml", "--json", "--materialize", "none"], limit);
-    assert_eq!(code, 0, "{err}");
-    let r = report.unwrap();
-    assert!(
-        r.steps.iter().all(|x| x.status == Status::Cached),
-        "{:?}",
-        statuses(&r)
-    );
+    let r = rerun(&["run", "p.yaml", "--json", "--materialize", "none"]);
     assert_eq!(
         step(&r, "compare").ran_on.as_ref().map(|x| &x.job_id),
         Some(&ids[1])
     );
-    assert_eq!(s.jobs(), before, "the rerun submitted jobs");
 }
 
 impl Setup {
@@ -477,12 +494,13 @@ fn unknown_constraints_and_classes_and_missing_remotes_are_clear_errors() {
     );
 
     s.p.write("p.yaml", &pipeline(&s.cluster.workdir));
-    let mut c = s.facebuild(&["run", "p.yaml", "--json"]);
-    c.env_remove("FACEBUILD_REMOTE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(300));
-    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, r, _) = s.run_report(
+        &["run", "p.yaml", "--json"],
+        Duration::from_secs(300),
+        |c| {
+            c.env_remove("FACEBUILD_REMOTE");
+        },
+    );
     let e = error_of(&r, "simplify");
     assert!(
         e.contains("needs a writable remote cache") && e.contains("--remote"),
@@ -545,14 +563,14 @@ fn tensorrt_steps_of_a_gpu_class_run_on_its_node_with_the_labelled_standin() {
         "}
     );
     s.p.write("trt.yaml", &text);
-    let mut c = s.facebuild(&["run", "trt.yaml", "--json", "--keep-going"]);
-    c.env_remove("TENSORRT_HOME")
-        .env_remove("FACEBUILD_ALLOW_TRTEXEC_STANDIN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(600));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, r, err) = s.run_report(
+        &["run", "trt.yaml", "--json", "--keep-going"],
+        Duration::from_secs(600),
+        |c| {
+            c.env_remove("TENSORRT_HOME")
+                .env_remove("FACEBUILD_ALLOW_TRTEXEC_STANDIN");
+        },
+    );
     assert_eq!(status_of(&r, "trt_a"), Status::Built, "{err}");
     assert!(step(&r, "trt_a").ran_on.is_some());
     // The engine's report says what built it: the stand-in, never TensorRT.
@@ -567,12 +585,13 @@ fn tensorrt_steps_of_a_gpu_class_run_on_its_node_with_the_labelled_standin() {
         "{e}"
     );
     // Forced here, where there is no TensorRT: unavailable, as before.
-    let mut c = s.facebuild(&["run", "trt.yaml", "--json", "--executor", "local"]);
-    c.env_remove("TENSORRT_HOME")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(300));
-    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, r, _) = s.run_report(
+        &["run", "trt.yaml", "--json", "--executor", "local"],
+        Duration::from_secs(300),
+        |c| {
+            c.env_remove("TENSORRT_HOME");
+        },
+    );
     assert_eq!(status_of(&r, "trt_b"), Status::Unavailable);
 }
 
@@ -596,22 +615,16 @@ fn jobs_use_an_s3_remote_with_the_submitters_credentials() {
             ),
     );
     let run = |secret: &str| {
-        let mut c = s.facebuild(&["run", "s3.yaml", "--json", "--target", "check"]);
-        c.env("FACEBUILD_REMOTE", s3.url())
-            .envs(s3.env(secret))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = wait_bounded(c.spawn().unwrap(), Duration::from_secs(300));
-        let r: RunReport = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (
-            out.status.code(),
-            r,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        s.run_report(
+            &["run", "s3.yaml", "--json", "--target", "check"],
+            Duration::from_secs(300),
+            |c| {
+                c.env("FACEBUILD_REMOTE", s3.url()).envs(s3.env(secret));
+            },
         )
     };
     let (code, r, err) = run(servers::S3_SECRET);
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     assert_eq!(status_of(&r, "check"), Status::Built);
     assert!(step(&r, "check").ran_on.is_some());
     // The record is in the bucket, under the step's key.
@@ -620,7 +633,7 @@ fn jobs_use_an_s3_remote_with_the_submitters_credentials() {
     // A wrong secret: the remote is unavailable to the submitter, which says so.
     std::fs::remove_dir_all(s.p.path("cache")).unwrap();
     let (code, r, _) = run("wrong-secret");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, 1);
     let e = error_of(&r, "check");
     assert!(
         e.contains("runs on Slurm") && e.contains("unavailable"),
