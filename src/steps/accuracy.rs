@@ -596,8 +596,19 @@ fn tar(
 
 /// What the helpers' `--list` mode prints.
 #[derive(Deserialize)]
-pub(crate) struct LayerList {
-    pub layers: Vec<String>,
+struct LayerList {
+    layers: Vec<String>,
+}
+
+/// The quantizable layers a helper script's `--list` mode names (`args` include `--list`).
+pub(crate) fn list_layers(
+    ctx: &StepContext,
+    script: &str,
+    args: &[&str],
+    what: &str,
+) -> Result<Vec<String>> {
+    let l: LayerList = ctx.toolchain.run_script(script, args, what)?;
+    Ok(l.layers)
 }
 
 /// A quantizer the search drives: NNCF for OpenVINO IR, onnxruntime.quantization for Q/DQ.

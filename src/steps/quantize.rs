@@ -105,12 +105,12 @@ impl Qdq<'_> {
 
 impl super::accuracy::Quantizer for Qdq<'_> {
     fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
-        let l: crate::steps::accuracy::LayerList = ctx.toolchain.run_script(
+        super::accuracy::list_layers(
+            ctx,
             include_str!("../toolchain/python/qdq.py"),
             &["--list", ctx.model.as_str()],
             "listing quantizable nodes",
-        )?;
-        Ok(l.layers)
+        )
     }
     fn quantize(
         &self,

@@ -55,7 +55,8 @@ struct Nncf<'a> {
 
 impl crate::steps::accuracy::Quantizer for Nncf<'_> {
     fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
-        let l: crate::steps::accuracy::LayerList = ctx.toolchain.run_script(
+        crate::steps::accuracy::list_layers(
+            ctx,
             include_str!("../../toolchain/python/quantize.py"),
             &[
                 "--list",
@@ -64,8 +65,7 @@ impl crate::steps::accuracy::Quantizer for Nncf<'_> {
                 &self.shape_json,
             ],
             "listing quantizable ops",
-        )?;
-        Ok(l.layers)
+        )
     }
     fn quantize(
         &self,
