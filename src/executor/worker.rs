@@ -78,60 +78,55 @@ pub(crate) fn prepare(
     let m = &ctx.manifest;
     let step = m.step(&job.name);
     let kind = step.spec.params.kind();
-    let mut blobs = Vec::new();
-    let mut inputs = Vec::new();
-    let mut file_input = |written: &Utf8Path, blobs: &mut Vec<(BlobRef, Utf8PathBuf)>| {
-        let path = m.resolve(written);
-        let d = ctx.store.memo.blake3(&path)?;
-        let size = std::fs::metadata(&path).fs_context(&path)?.len();
-        let b = BlobRef {
-            digest: d.blake3,
-            size,
-        };
-        blobs.push((b.clone(), path));
-        inputs.push(SpecInput {
-            path: written.to_owned(),
-            dir: false,
-            files: vec![(String::new(), b)],
-        });
-        Ok::<(), Error>(())
-    };
+    // The files and folders the step reads, as the manifest writes them.
+    let mut files: Vec<Utf8PathBuf> = Vec::new();
+    let mut dirs: Vec<Utf8PathBuf> = Vec::new();
     // The source model, unless the step reads an upstream model or a built-in one.
     if step.spec.from.is_none()
         && let Some(p) = &m.model.path
     {
-        file_input(p, &mut blobs)?;
+        files.push(p.clone());
     }
-    for f in kind.extra_files() {
-        file_input(&f, &mut blobs)?;
-    }
-    let mut dirs = Vec::new();
+    files.extend(kind.extra_files());
     for d in kind.datasets() {
         let spec = &m.datasets[&d];
         if let Some(a) = &spec.align {
-            file_input(&a.model, &mut blobs)?;
+            files.push(a.model.clone());
         }
         match &spec.path {
-            Some(p) if spec.is_bin() => file_input(p, &mut blobs)?,
+            Some(p) if spec.is_bin() => files.push(p.clone()),
             Some(p) => dirs.push(p.clone()),
             None => {} // built-in: the worker generates the same files
         }
     }
-    for p in dirs {
-        let dir = m.resolve(&p);
+    let mut blobs = Vec::new();
+    // A local file as a blob (digest by the stat memo), queued for the push.
+    let mut push = |path: Utf8PathBuf| -> Result<BlobRef> {
+        let b = BlobRef {
+            digest: ctx.store.memo.blake3(&path)?.blake3,
+            size: std::fs::metadata(&path).fs_context(&path)?.len(),
+        };
+        blobs.push((b.clone(), path));
+        Ok(b)
+    };
+    let mut inputs = Vec::new();
+    for written in files {
+        let b = push(m.resolve(&written))?;
+        inputs.push(SpecInput {
+            path: written,
+            dir: false,
+            files: vec![(String::new(), b)],
+        });
+    }
+    for written in dirs {
+        let dir = m.resolve(&written);
         let mut files = Vec::new();
         for f in crate::util::files_under(&dir)? {
             let rel = f.strip_prefix(&dir).unwrap_or(&f).to_string();
-            let size = std::fs::metadata(&f).fs_context(&f)?.len();
-            let b = BlobRef {
-                digest: ctx.store.memo.blake3(&f)?.blake3,
-                size,
-            };
-            blobs.push((b.clone(), f));
-            files.push((rel, b));
+            files.push((rel, push(f)?));
         }
         inputs.push(SpecInput {
-            path: p,
+            path: written,
             dir: true,
             files,
         });
