@@ -1,6 +1,7 @@
 //! A one-node Slurm cluster for tests, on 127.0.0.1, started and stopped by the test: its own
-//! munged (own key and socket), slurmctld and slurmd in the foreground at free ports, every
-//! path in a temp folder, node Features `cpu,h100sim`. `.ci/run` installs Debian's
+//! munged (own key and socket), slurmctld and slurmd in the foreground at free ports, bound
+//! to 127.0.0.1 only (`NoCtldInAddrAny,NoInAddrAny`: their configured addresses, not any
+//! address), every path in a temp folder, node Features `cpu,h100sim`. `.ci/run` installs Debian's
 //! `slurmctld slurmd slurm-client munge`; elsewhere their absence is a SKIP, in CI a failure.
 
 use std::path::{Path, PathBuf};
@@ -70,6 +71,7 @@ impl Cluster {
              JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
              SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
              ReturnToService=2\nMpiDefault=none\nKillWait=5\n\
+             CommunicationParameters=NoCtldInAddrAny,NoInAddrAny\n\
              NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Features=cpu,h100sim State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
         );
