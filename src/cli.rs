@@ -725,6 +725,10 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
             match (rm.refused.len(), rm.upload_failures.len()) {
                 (0, 0) => String::new(),
                 (a, b) => format!(" | {a} refused, {b} upload failures"),
+            } + &match (rm.healed, rm.not_healed.len()) {
+                (0, 0) => String::new(),
+                (h, 0) => format!(" | healed {h} objects"),
+                (h, n) => format!(" | healed {h} objects, {n} bad left (read-only)"),
             }
         );
     }
@@ -870,9 +874,14 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
             let pb = crate::report::progress::bytes_bar(total, "verifying blobs");
             let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
             pb.finish_and_clear();
+            // Invalid records are removed whatever --repair says: nothing can use them.
+            let invalid = store.drop_invalid_records()?;
             store.memo.save()?;
             if json {
-                println!("{}", json!({"corrupt": corrupt, "repaired": repair}));
+                println!(
+                    "{}",
+                    json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid})
+                );
             } else if corrupt.is_empty() {
                 println!(
                     "cache {cache_dir}: all {} blobs intact ({})",
@@ -887,6 +896,11 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
                     println!(
                         "hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps"
                     );
+                }
+            }
+            if !json {
+                for r in &invalid {
+                    println!("invalid record (removed): {r}");
                 }
             }
             Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
@@ -918,7 +932,7 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
             let mut records = Vec::new();
             let mut missing = 0;
             for k in &keep {
-                match store.lookup(k)? {
+                match store.lookup(k, None)? {
                     Some(r) => records.push(r),
                     None => missing += 1,
                 }
@@ -1028,7 +1042,7 @@ fn remote_gc_cmd(
     for (name, (_, age)) in &records {
         let key = name.trim_end_matches(".json");
         if keep.contains(key) || *age < young {
-            match remote.lookup(key) {
+            match remote.lookup(key, None) {
                 Some(r) => live_blobs.extend(r.outputs.values().map(|b| b.digest.clone())),
                 // Unreadable or refused records keep nothing alive.
                 None => drop_records.push(format!("ac/{name}")),

@@ -416,7 +416,8 @@ impl BuildContext {
         let dir = self.step_out_dir(step)?;
         std::fs::create_dir_all(&dir).fs_context(&dir)?;
         for (name, blob) in outputs {
-            let dest = dir.join(name);
+            // Names were validated with their record; this keeps a bad one inside `dir` even so.
+            let dest = crate::util::child_of(&dir, name)?;
             if dest.exists()
                 && self
                     .store

@@ -279,6 +279,22 @@ fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
         "{rem:#?}"
     );
     assert!(err.contains("corrupt, refused"), "{err}");
+    // B healed the remote: the step's record and every blob of it were written again,
+    // whatever HEAD said, so the server holds the right bytes now.
+    assert!(rem.healed >= 2, "record and blobs re-PUT: {rem:#?}");
+    let healed = std::fs::read(&blob).unwrap();
+    assert_eq!(blake3::hash(&healed).to_hex().to_string(), digest);
+    // A third machine gets a clean remote hit, with no warning.
+    let d = Project::new();
+    d.write("s.yaml", &small_manifest());
+    let (code, rd, err) = Machine::new(&d).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rd);
+    assert!(rd.remote.as_ref().unwrap().refused.is_empty(), "{err}");
+    assert!(
+        !err.contains("refused") && !err.contains("corrupt"),
+        "{err}"
+    );
 
     // Read-only: a build with nothing on this prefix uploads nothing.
     let c = Project::new();
@@ -296,6 +312,141 @@ fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
     assert!(writes.is_empty(), "read-only wrote: {writes:?}");
     assert!(!nginx.dir.path().join("www/readonly").exists());
     assert_eq!(rc.remote.as_ref().unwrap().mode, "read-only");
+}
+
+/// Rewrite the record of `key` on the server: its record JSON goes through `edit`. The
+/// envelope stays unsigned, as records are where no keys are configured (the default).
+fn poison_record(nginx: &Nginx, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = nginx.root().join("ac").join(format!("{key}.json"));
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut rec: serde_json::Value = serde_json::from_str(env["record"].as_str().unwrap()).unwrap();
+    edit(&mut rec);
+    env["record"] = rec.to_string().into();
+    std::fs::write(&path, serde_json::to_vec(&env).unwrap()).unwrap();
+}
+
+/// Rename one output of a record (the JSON of an action record).
+fn rename_output(rec: &mut serde_json::Value, from: &str, to: &str) {
+    let outputs = rec["outputs"].as_object_mut().unwrap();
+    let blob = outputs.remove(from).unwrap();
+    outputs.insert(to.to_string(), blob);
+}
+
+/// Every path under `dir` whose file name is `name`.
+fn find_named(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().contains(name) {
+            out.push(p.clone());
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(find_named(&p, name));
+        }
+    }
+    out
+}
+
+/// A record whose output names escape (`../../../escaped.xml`, an absolute path) is refused
+/// as a miss naming the remote and the field, never enters the local store, and its step is
+/// rebuilt with exit 0; the rebuild heals the remote. A run without the remote then
+/// succeeds, and nothing exists outside the run's folders. A poisoned local record is
+/// dropped and rebuilt the same way.
+#[test]
+fn poisoned_records_are_refused_rebuilt_and_healed() {
+    let Some(nginx) = Nginx::start() else { return };
+    let url = nginx.url();
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let (code, ra, err) = Machine::new(&a).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let key_of = |r: &RunReport, s: &str| step(r, s).key.clone().unwrap();
+    let abs = std::env::temp_dir().join(format!("facebuild-abs-{}.onnx", std::process::id()));
+    poison_record(&nginx, &key_of(&ra, "openvino_fp32"), |r| {
+        rename_output(r, "model.xml", "../../../escaped.xml")
+    });
+    poison_record(&nginx, &key_of(&ra, "simplify"), |r| {
+        rename_output(r, "model.onnx", abs.to_str().unwrap())
+    });
+
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let mb = Machine::new(&b);
+    let (code, rb, err) = mb.run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_of(&rb, "check"), Status::Cached);
+    assert_eq!(status_of(&rb, "simplify"), Status::Built, "{err}");
+    assert_eq!(status_of(&rb, "openvino_fp32"), Status::Built, "{err}");
+    assert_eq!(digests(&ra), digests(&rb));
+    let rem = rb.remote.as_ref().unwrap();
+    assert_eq!(rem.refused.len(), 2, "{rem:#?}");
+    assert!(
+        err.contains(&format!("remote cache {url}")) && err.contains("field `outputs["),
+        "the warning names the remote and the field:\n{err}"
+    );
+    assert!(
+        err.contains("escaped.xml") && err.contains("not a plain name"),
+        "{err}"
+    );
+    assert!(rem.healed >= 2, "both records written again: {rem:#?}");
+    // Nothing outside the run's folders.
+    assert!(!abs.exists(), "{} was written", abs.display());
+    let parent = b.dir.path().parent().unwrap();
+    assert!(find_named(b.dir.path(), "escaped").is_empty());
+    assert!(!parent.join("escaped.xml").exists());
+    // The local store took none of the poisoned records: a run without the remote is
+    // all cached.
+    let (code, rb2, err) = mb.run("s.yaml", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        rb2.steps.iter().all(|s| s.status == Status::Cached),
+        "{err}"
+    );
+    // The healed remote serves a third machine cleanly.
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest());
+    let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rc);
+    assert!(rc.remote.as_ref().unwrap().refused.is_empty(), "{err}");
+
+    // A poisoned local record: dropped with a warning and rebuilt, exit 0, and the
+    // run after it is cached again.
+    let key = key_of(&rb, "openvino_fp32");
+    let local = b
+        .path("cache/actions")
+        .join(&key[..2])
+        .join(format!("{}.json", &key[2..]));
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&local).unwrap()).unwrap();
+    rename_output(&mut rec, "model.xml", "../../../escaped.xml");
+    std::fs::write(&local, rec.to_string()).unwrap();
+    let (code, rb3, err) = mb.run("s.yaml", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_of(&rb3, "openvino_fp32"), Status::Built, "{err}");
+    assert!(
+        err.contains("is invalid") && err.contains("rebuilt"),
+        "{err}"
+    );
+    assert!(find_named(b.dir.path(), "escaped").is_empty());
+    let (code, rb4, err) = mb.run("s.yaml", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        rb4.steps.iter().all(|s| s.status == Status::Cached),
+        "{err}"
+    );
+    // `cache verify` reports and removes a record that fails validation.
+    std::fs::write(&local, rec.to_string()).unwrap();
+    let out = mb.command(&["cache", "verify", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed = v["invalid_records_removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{v}");
+    assert!(removed[0].as_str().unwrap().contains("outputs["), "{v}");
+    assert!(!local.exists());
 }
 
 /// Signed records: readers holding only the public key accept what the trusted writer

@@ -6,6 +6,7 @@ pub(crate) mod lock;
 pub(crate) mod memo;
 pub(crate) mod remote;
 pub(crate) mod store;
+pub(crate) mod validate;
 
 pub(crate) use key::{CacheKey, CacheKeyHasher, KeyParts, cache_key};
 pub(crate) use lock::{Lock, LockEntry};

@@ -41,6 +41,8 @@ const PARALLEL: usize = 4;
 const RANGE: u64 = 8 << 20;
 /// Larger claimed sizes are not preallocated (the digest check refuses them anyway).
 const MAX_RANGED: u64 = 64 << 30;
+/// A record envelope larger than this is refused unread (records are a few KiB).
+const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 /// How outputs of cached steps reach `out/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
@@ -206,6 +208,13 @@ pub struct RemoteReport {
     pub refused: Vec<String>,
     /// Uploads that failed (the build went on).
     pub upload_failures: Vec<String>,
+    /// Objects written again because this run refused them (or a record pointing at them):
+    /// a rebuilt step's record and every one of its blobs, PUT whatever HEAD said.
+    #[serde(default)]
+    pub healed: u64,
+    /// Refused objects this run could not repair because the remote is read-only here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_healed: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,15 +244,17 @@ pub(crate) struct Remote {
     down: Mutex<Option<String>>,
     /// Keys whose remote record or blobs were refused in this run.
     refused_keys: Mutex<HashSet<String>>,
+    /// Blobs refused in this run (wrong digest or size): a later upload writes them again.
+    refused_blobs: Arc<Mutex<HashSet<String>>>,
     refused: Mutex<Vec<String>>,
+    not_healed: Mutex<Vec<String>>,
     upload_failures: Arc<Mutex<Vec<String>>>,
     uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     gate: Arc<tokio::sync::Semaphore>,
     hits: AtomicU64,
     blobs_down: AtomicU64,
     bytes_down: AtomicU64,
-    blobs_up: Arc<AtomicU64>,
-    bytes_up: Arc<AtomicU64>,
+    up: Counters,
     records_up: Arc<AtomicU64>,
     upload_started: Mutex<Option<Instant>>,
 }
@@ -258,27 +269,43 @@ fn obj_err(e: object_store::Error) -> String {
     }
 }
 
+/// What one upload counts: blobs and bytes written, and objects healed.
+#[derive(Clone)]
+struct Counters {
+    blobs: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    healed: Arc<AtomicU64>,
+}
+
 /// HEAD `remote`; when it is missing, PUT the file `local` there and count it (blobs,
-/// bytes). A blob's name is its content, so one already there is never written again.
+/// bytes). A blob's name is its content, so one already there is never written again,
+/// unless `heal`: this run refused it (or a record that pointed at it), so what is there
+/// may be bad, and it is written whatever HEAD says.
 async fn put_if_missing(
     st: &dyn ObjectStore,
     remote: &ObjPath,
     local: &camino::Utf8Path,
-    (blobs, bytes): (&AtomicU64, &AtomicU64),
+    heal: bool,
+    c: &Counters,
     unreadable: impl FnOnce(std::io::Error) -> String,
 ) -> std::result::Result<(), String> {
-    match st.head(remote).await {
-        Ok(_) => return Ok(()),
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(obj_err(e)),
+    if !heal {
+        match st.head(remote).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(obj_err(e)),
+        }
     }
     let data = tokio::fs::read(local).await.map_err(unreadable)?;
     let n = data.len() as u64;
     st.put(remote, PutPayload::from(data))
         .await
         .map_err(obj_err)?;
-    blobs.fetch_add(1, Ordering::Relaxed);
-    bytes.fetch_add(n, Ordering::Relaxed);
+    c.blobs.fetch_add(1, Ordering::Relaxed);
+    c.bytes.fetch_add(n, Ordering::Relaxed);
+    if heal {
+        c.healed.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -355,15 +382,20 @@ impl Remote {
             rt,
             down: Mutex::new(None),
             refused_keys: Mutex::new(HashSet::new()),
+            refused_blobs: Arc::new(Mutex::new(HashSet::new())),
             refused: Mutex::new(Vec::new()),
+            not_healed: Mutex::new(Vec::new()),
             upload_failures: Arc::new(Mutex::new(Vec::new())),
             uploads: Mutex::new(Vec::new()),
             gate: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
             hits: AtomicU64::new(0),
             blobs_down: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
-            blobs_up: Arc::new(AtomicU64::new(0)),
-            bytes_up: Arc::new(AtomicU64::new(0)),
+            up: Counters {
+                blobs: Arc::new(AtomicU64::new(0)),
+                bytes: Arc::new(AtomicU64::new(0)),
+                healed: Arc::new(AtomicU64::new(0)),
+            },
             records_up: Arc::new(AtomicU64::new(0)),
             upload_started: Mutex::new(None),
         })
@@ -435,9 +467,10 @@ impl Remote {
         &self.cfg.url
     }
 
-    /// The validated record under `key`, or None (absent, refused, or the remote is down).
-    pub(crate) fn lookup(&self, key: &str) -> Option<ActionRecord> {
-        let r = self.lookup_built(key);
+    /// The validated record under `key` (of the step kind `kind`, when given), or None
+    /// (absent, refused, or the remote is down).
+    pub(crate) fn lookup(&self, key: &str, kind: Option<&str>) -> Option<ActionRecord> {
+        let r = self.lookup_built(key, kind);
         if r.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -445,27 +478,40 @@ impl Remote {
     }
 
     /// [`Remote::lookup`] of a result a job built for this run (not counted as a hit).
-    pub(crate) fn lookup_built(&self, key: &str) -> Option<ActionRecord> {
+    pub(crate) fn lookup_built(&self, key: &str, kind: Option<&str>) -> Option<ActionRecord> {
         if self.unavailable().is_some() || self.is_refused(key) {
+            return None;
+        }
+        if !super::validate::is_digest(key) {
             return None;
         }
         let path = self.record_path(key);
         let got = self.rt.block_on(async {
             match self.store.get(&path).await {
-                Ok(r) => r.bytes().await.map(Some),
+                Ok(r) if r.meta.size > MAX_RECORD_BYTES => Ok(Some(Err(r.meta.size))),
+                Ok(r) => r.bytes().await.map(|b| Some(Ok(b))),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
         });
         let bytes = match got {
-            Ok(Some(b)) => b,
+            Ok(Some(Ok(b))) => b,
+            Ok(Some(Err(size))) => {
+                self.refuse(
+                    key,
+                    format!(
+                        "record {key}: {size} bytes, larger than any record ({MAX_RECORD_BYTES}); treated as a miss"
+                    ),
+                );
+                return None;
+            }
             Ok(None) => return None,
             Err(e) => {
                 self.mark_down(obj_err(e));
                 return None;
             }
         };
-        match open_envelope(key, &bytes, &self.cfg.trusted) {
+        match open_envelope(key, &bytes, &self.cfg.trusted, kind) {
             Ok(rec) => Some(rec),
             Err(why) => {
                 self.refuse(key, format!("record {key}: {why}; treated as a miss"));
@@ -483,6 +529,9 @@ impl Remote {
     ) -> std::result::Result<(), String> {
         if let Some(why) = self.unavailable() {
             return Err(format!("the remote is unavailable ({why})"));
+        }
+        for b in blobs {
+            super::validate::check_blob("blob", b).map_err(|e| format!("refused: {e}"))?;
         }
         let missing: Vec<&BlobRef> = blobs
             .iter()
@@ -528,10 +577,30 @@ impl Remote {
             let chunk = chunk.map_err(|e| self.transfer_error(e, blob))?;
             hasher.update(&chunk);
             n += chunk.len() as u64;
+            // Stop as soon as it is longer than its record says: a hostile or corrupt
+            // object never fills the disk.
+            if n > blob.size {
+                return Err(self.refuse_blob(
+                    blob,
+                    format!(
+                        "blob {} on the remote is longer than its record's {} bytes: corrupt, refused",
+                        blob.digest, blob.size
+                    ),
+                ));
+            }
             tmp.write_all(&chunk).map_err(|e| format!("{dest}: {e}"))?;
         }
+        if n != blob.size {
+            return Err(self.refuse_blob(
+                blob,
+                format!(
+                    "blob {} from the remote is {n} bytes, its record says {}: corrupt, refused",
+                    blob.digest, blob.size
+                ),
+            ));
+        }
         let got = hasher.finalize().to_hex().to_string();
-        Self::keep(blob, &got, tmp, &dest)?;
+        self.keep(blob, &got, tmp, &dest)?;
         Ok(n)
     }
 
@@ -573,9 +642,12 @@ impl Remote {
                         .await
                         .map_err(|e| self.transfer_error(e, blob))?;
                     if bytes.len() as u64 != r.end - r.start {
-                        return Err(format!(
-                            "blob {} is shorter on the remote than its record says: corrupt, refused",
-                            blob.digest
+                        return Err(self.refuse_blob(
+                            blob,
+                            format!(
+                                "blob {} is shorter on the remote than its record says: corrupt, refused",
+                                blob.digest
+                            ),
                         ));
                     }
                     file.write_all_at(&bytes, r.start)
@@ -593,21 +665,33 @@ impl Remote {
             .update_mmap_rayon(tmp.path())
             .map_err(|e| format!("{dest}: {e}"))?;
         let got = hasher.finalize().to_hex().to_string();
-        Self::keep(blob, &got, tmp, dest)?;
+        self.keep(blob, &got, tmp, dest)?;
         Ok(blob.size)
+    }
+
+    /// Remember a refused blob (so a later upload of it writes it again); returns `why`.
+    fn refuse_blob(&self, blob: &BlobRef, why: String) -> String {
+        if let Ok(mut r) = self.refused_blobs.lock() {
+            r.insert(blob.digest.clone());
+        }
+        why
     }
 
     /// Move a downloaded blob into the store if it hashes to its name; refuse it otherwise.
     fn keep(
+        &self,
         blob: &BlobRef,
         got: &str,
         tmp: tempfile::NamedTempFile,
         dest: &camino::Utf8Path,
     ) -> std::result::Result<(), String> {
         if got != blob.digest {
-            return Err(format!(
-                "blob {} from the remote hashes to {got}: corrupt, refused",
-                blob.digest
+            return Err(self.refuse_blob(
+                blob,
+                format!(
+                    "blob {} from the remote hashes to {got}: corrupt, refused",
+                    blob.digest
+                ),
             ));
         }
         let mut perms = tmp
@@ -630,7 +714,28 @@ impl Remote {
     /// Queue the upload of a built step: its blobs (HEAD, PUT when missing), then its
     /// record, signed when a signing key is set. Returns at once; [`Remote::finish`] waits.
     pub(crate) fn upload(&self, rec: &ActionRecord, store: &Store) {
-        if !self.writable() || self.unavailable().is_some() {
+        // Refused in this run, the record or one of its blobs: what the remote holds may be
+        // bad, so every object of the step is written again.
+        let heal = self.is_refused(&rec.key)
+            || self
+                .refused_blobs
+                .lock()
+                .is_ok_and(|r| rec.outputs.values().any(|b| r.contains(&b.digest)));
+        if !self.writable() {
+            if heal {
+                tracing::warn!(
+                    "remote cache {} holds a bad record or blob for step `{}` (key {}); this machine is read-only, so it is not repaired",
+                    self.display,
+                    rec.step,
+                    &rec.key[..rec.key.len().min(12)]
+                );
+                if let Ok(mut n) = self.not_healed.lock() {
+                    n.push(format!("step `{}` (key {})", rec.step, rec.key));
+                }
+            }
+            return;
+        }
+        if self.unavailable().is_some() {
             return;
         }
         let Ok(record) = serde_json::to_string(rec) else {
@@ -661,20 +766,15 @@ impl Remote {
             self.gate.clone(),
             self.upload_failures.clone(),
         );
-        let (blobs_up, bytes_up, records_up) = (
-            self.blobs_up.clone(),
-            self.bytes_up.clone(),
-            self.records_up.clone(),
-        );
+        let (counters, records_up) = (self.up.clone(), self.records_up.clone());
         let record_path = self.record_path(&rec.key);
         let step = rec.step.clone();
         let h = self.rt.spawn(async move {
             let put_blob = |remote: ObjPath, local: camino::Utf8PathBuf| {
-                let (st, gate) = (st.clone(), gate.clone());
-                let (blobs_up, bytes_up) = (blobs_up.clone(), bytes_up.clone());
+                let (st, gate, counters) = (st.clone(), gate.clone(), counters.clone());
                 async move {
                     let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-                    put_if_missing(&*st, &remote, &local, (&blobs_up, &bytes_up), |e| {
+                    put_if_missing(&*st, &remote, &local, heal, &counters, |e| {
                         format!("{local}: {e}")
                     })
                     .await
@@ -692,6 +792,9 @@ impl Remote {
             match st.put(&record_path, PutPayload::from(envelope)).await {
                 Ok(_) => {
                     records_up.fetch_add(1, Ordering::Relaxed);
+                    if heal {
+                        counters.healed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
                     if let Ok(mut f) = failures.lock() {
@@ -720,8 +823,8 @@ impl Remote {
                     let _ = h.await;
                     pb.set_message(format!(
                         "uploaded {} blobs ({}), {} records",
-                        self.blobs_up.load(Ordering::Relaxed),
-                        crate::util::human_bytes(self.bytes_up.load(Ordering::Relaxed)),
+                        self.up.blobs.load(Ordering::Relaxed),
+                        crate::util::human_bytes(self.up.bytes.load(Ordering::Relaxed)),
                         self.records_up.load(Ordering::Relaxed)
                     ));
                 }
@@ -755,11 +858,17 @@ impl Remote {
             hits: self.hits.load(Ordering::Relaxed),
             blobs_downloaded: self.blobs_down.load(Ordering::Relaxed),
             bytes_downloaded: self.bytes_down.load(Ordering::Relaxed),
-            blobs_uploaded: self.blobs_up.load(Ordering::Relaxed),
-            bytes_uploaded: self.bytes_up.load(Ordering::Relaxed),
+            blobs_uploaded: self.up.blobs.load(Ordering::Relaxed),
+            bytes_uploaded: self.up.bytes.load(Ordering::Relaxed),
             records_uploaded: self.records_up.load(Ordering::Relaxed),
             refused: self.refused.lock().map(|r| r.clone()).unwrap_or_default(),
             upload_failures: failures,
+            healed: self.up.healed.load(Ordering::Relaxed),
+            not_healed: self
+                .not_healed
+                .lock()
+                .map(|n| n.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -801,19 +910,17 @@ impl Remote {
         let results: Vec<std::result::Result<(), String>> = self.rt.block_on(async {
             futures::stream::iter(blobs.iter().map(|(b, local)| {
                 let remote = self.blob_path(&b.digest);
+                let heal = self
+                    .refused_blobs
+                    .lock()
+                    .is_ok_and(|r| r.contains(&b.digest));
                 async move {
-                    put_if_missing(
-                        &*self.store,
-                        &remote,
-                        local,
-                        (&self.blobs_up, &self.bytes_up),
-                        |e| {
-                            format!(
-                                "blob {} is neither on the remote nor here ({local}: {e})",
-                                b.digest
-                            )
-                        },
-                    )
+                    put_if_missing(&*self.store, &remote, local, heal, &self.up, |e| {
+                        format!(
+                            "blob {} is neither on the remote nor here ({local}: {e})",
+                            b.digest
+                        )
+                    })
                     .await
                 }
             }))
@@ -892,6 +999,7 @@ fn open_envelope(
     key: &str,
     bytes: &[u8],
     trusted: &[VerifyingKey],
+    kind: Option<&str>,
 ) -> std::result::Result<ActionRecord, String> {
     let env: Envelope =
         serde_json::from_slice(bytes).map_err(|e| format!("not a record envelope ({e})"))?;
@@ -928,6 +1036,8 @@ fn open_envelope(
     if rec.key != key || rec.parts.key() != key {
         return Err("its key does not match what it was stored under".into());
     }
+    rec.validate(key, kind)
+        .map_err(|e| format!("invalid {e}"))?;
     Ok(rec)
 }
 
@@ -965,6 +1075,14 @@ mod tests {
         .unwrap()
     }
 
+    fn open_envelope_t(
+        key: &str,
+        bytes: &[u8],
+        trusted: &[VerifyingKey],
+    ) -> std::result::Result<ActionRecord, String> {
+        open_envelope(key, bytes, trusted, None)
+    }
+
     /// An envelope is opened only in a format this facebuild knows, with the key it is
     /// stored under, and (with trusted keys) a valid signature of a trusted key.
     #[test]
@@ -994,19 +1112,21 @@ mod tests {
             SigningKey::from_bytes(&[2; 32]),
         );
         let trusted = [k1.verifying_key()];
-        assert!(open_envelope(&key, &envelope(&text, None, RECORD_FORMAT), &[]).is_ok());
-        let e = open_envelope(&key, &envelope(&text, None, "facebuild.action/2"), &[]);
+        assert!(open_envelope_t(&key, &envelope(&text, None, RECORD_FORMAT), &[]).is_ok());
+        let e = open_envelope_t(&key, &envelope(&text, None, "facebuild.action/2"), &[]);
         assert!(e.unwrap_err().contains("not one this facebuild reads"));
-        let e = open_envelope(
+        let e = open_envelope_t(
             "0".repeat(64).as_str(),
             &envelope(&text, None, RECORD_FORMAT),
             &[],
         );
         assert!(e.unwrap_err().contains("does not match"));
-        assert!(open_envelope(&key, &envelope(&text, Some(&k1), RECORD_FORMAT), &trusted).is_ok());
-        let e = open_envelope(&key, &envelope(&text, None, RECORD_FORMAT), &trusted);
+        assert!(
+            open_envelope_t(&key, &envelope(&text, Some(&k1), RECORD_FORMAT), &trusted).is_ok()
+        );
+        let e = open_envelope_t(&key, &envelope(&text, None, RECORD_FORMAT), &trusted);
         assert!(e.unwrap_err().contains("unsigned"));
-        let e = open_envelope(&key, &envelope(&text, Some(&k2), RECORD_FORMAT), &trusted);
+        let e = open_envelope_t(&key, &envelope(&text, Some(&k2), RECORD_FORMAT), &trusted);
         assert!(
             e.unwrap_err()
                 .contains("not in FACEBUILD_REMOTE_TRUSTED_KEYS")
@@ -1016,9 +1136,83 @@ mod tests {
         env.record = env
             .record
             .replace("\"pipeline\":\"p\"", "\"pipeline\":\"q\"");
-        let e = open_envelope(&key, &serde_json::to_vec(&env).unwrap(), &trusted);
+        let e = open_envelope_t(&key, &serde_json::to_vec(&env).unwrap(), &trusted);
         assert!(e.unwrap_err().contains("bad signature"));
-        assert!(open_envelope(&key, b"{not json", &[]).is_err());
+        assert!(open_envelope_t(&key, b"{not json", &[]).is_err());
+    }
+
+    /// Fuzz what the remote hands a reader: records with mutated fields (names, digests,
+    /// sizes, JSON types, huge values), wrapped in envelopes or damaged as bytes. Bounded in
+    /// count, seeded. No input may panic the reader; every accepted record names only
+    /// outputs that stay inside their folder; and a poisoned local record never wedges
+    /// the store: the next lookup drops it, and a good record then takes its place.
+    #[test]
+    fn fuzzed_records_never_panic_escape_or_wedge() {
+        use crate::cache::validate::tests::{Mutator, record, stays_inside};
+        let dir = tempfile::tempdir().unwrap();
+        let root = camino::Utf8PathBuf::from_path_buf(dir.path().to_owned()).unwrap();
+        let store = Store::open(&root.join("cache")).unwrap();
+        // A good record whose blobs are in the store.
+        let out = root.join("report.json");
+        std::fs::write(&out, b"{}").unwrap();
+        let blob = store.ingest(&out).unwrap();
+        let mut good = record(&[("report.json", &blob.digest)]);
+        good.outputs.get_mut("report.json").unwrap().size = blob.size;
+        let key = good.key.clone();
+        let good_json = serde_json::to_value(&good).unwrap();
+        let (mut cases, mut panics, mut escapes, mut wedged, mut accepted) = (0, 0, 0, 0, 0);
+        let mut m = Mutator::new(0x5eed_f00d);
+        for i in 0..3000 {
+            let mut v = good_json.clone();
+            for _ in 0..=m.below(3) {
+                v = m.mutate(&v);
+            }
+            let text = v.to_string();
+            let bytes = if i % 5 == 4 {
+                m.damage(&envelope(&text, None, RECORD_FORMAT))
+            } else {
+                envelope(&text, None, RECORD_FORMAT)
+            };
+            cases += 1;
+            // The remote reader.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                open_envelope(&key, &bytes, &[], Some("check"))
+            })) {
+                Err(_) => panics += 1,
+                Ok(Ok(rec)) => {
+                    accepted += 1;
+                    if !rec.outputs.keys().all(|n| stays_inside(n)) {
+                        escapes += 1;
+                    }
+                }
+                Ok(Err(_)) => {}
+            }
+            // The same bytes as a poisoned local record: the next lookup must not panic or
+            // fail, and must leave the store usable.
+            let path = store.action_path(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text.as_bytes()).unwrap();
+            let looked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.lookup(&key, Some("check"))
+            }));
+            match looked {
+                Err(_) => panics += 1,
+                Ok(Err(_)) => wedged += 1,
+                Ok(Ok(Some(r))) if !r.outputs.keys().all(|n| stays_inside(n)) => escapes += 1,
+                Ok(Ok(_)) => {}
+            }
+            store.write_action(&good).unwrap();
+            if store.lookup(&key, Some("check")).ok().flatten().is_none() {
+                wedged += 1;
+            }
+        }
+        eprintln!(
+            "fuzz records: {cases} cases, {accepted} accepted, {panics} panics, {escapes} escapes, {wedged} wedged caches"
+        );
+        assert_eq!((panics, escapes, wedged), (0, 0, 0));
+        assert!(accepted < cases, "the mutations must reach the checks");
+        // Nothing was written outside the test's folder.
+        assert!(root.join("escaped.xml").symlink_metadata().is_err());
     }
 
     /// A key pair signs and verifies; keys round-trip through hex.

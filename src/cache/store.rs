@@ -42,6 +42,17 @@ pub(crate) struct Store {
     pub memo: DigestMemo,
 }
 
+/// A digest split into its fan-out folder and the rest. Callers pass validated digests; one
+/// that is not (too short, not hex) lands in a folder of its own instead of panicking or
+/// naming a path outside the store.
+fn fan_out(digest: &str) -> (&str, &str) {
+    if super::validate::is_digest(digest) {
+        digest.split_at(2)
+    } else {
+        ("invalid", "invalid")
+    }
+}
+
 pub(crate) fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Utf8Path::new("."));
     std::fs::create_dir_all(dir).fs_context(dir)?;
@@ -65,14 +76,16 @@ impl Store {
     }
 
     pub(crate) fn blob_path(&self, digest: &str) -> Utf8PathBuf {
-        self.root.join("cas").join(&digest[..2]).join(&digest[2..])
+        let (dir, rest) = fan_out(digest);
+        self.root.join("cas").join(dir).join(rest)
     }
 
-    fn action_path(&self, key: &str) -> Utf8PathBuf {
+    pub(crate) fn action_path(&self, key: &str) -> Utf8PathBuf {
+        let (dir, rest) = fan_out(key);
         self.root
             .join("actions")
-            .join(&key[..2])
-            .join(format!("{}.json", &key[2..]))
+            .join(dir)
+            .join(format!("{rest}.json"))
     }
 
     /// A fresh scratch folder for a running step, on the same filesystem as the store so
@@ -177,31 +190,70 @@ impl Store {
         let _ = std::fs::remove_file(&p);
     }
 
+    /// The record stored under `key`, if it parses and passes [`ActionRecord::validate`].
+    /// One that does not is dropped with a warning: it can never be used, and keeping it
+    /// would make every later run trip over it.
     pub(crate) fn read_action(&self, key: &str) -> Option<ActionRecord> {
-        let bytes = std::fs::read(self.action_path(key)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        self.read_valid(key, None)
     }
 
-    /// An action record whose every output blob is present and intact; otherwise None
-    /// (and the broken record is dropped so the step is rebuilt).
-    pub(crate) fn lookup(&self, key: &str) -> Result<Option<ActionRecord>> {
-        let Some(rec) = self.read_action(key) else {
+    fn read_valid(&self, key: &str, kind: Option<&str>) -> Option<ActionRecord> {
+        if !super::validate::is_digest(key) {
+            return None;
+        }
+        let path = self.action_path(key);
+        let bytes = std::fs::read(&path).ok()?;
+        let problem = match serde_json::from_slice::<ActionRecord>(&bytes) {
+            Ok(rec) => match rec.validate(key, kind) {
+                Ok(()) => return Some(rec),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => format!("does not parse ({e})"),
+        };
+        tracing::warn!(
+            "local cache record {path} is invalid: {problem}; dropped, its step will be rebuilt"
+        );
+        self.drop_action(key);
+        None
+    }
+
+    /// Remove the record under `key` (a record that cannot be used: its step is rebuilt).
+    pub(crate) fn drop_action(&self, key: &str) {
+        if super::validate::is_digest(key) {
+            let _ = std::fs::remove_file(self.action_path(key));
+        }
+    }
+
+    /// A valid action record (of the step kind `kind`, when given) whose every output blob is
+    /// present, of the recorded size and intact; otherwise None (and the broken record is
+    /// dropped so the step is rebuilt).
+    pub(crate) fn lookup(&self, key: &str, kind: Option<&str>) -> Result<Option<ActionRecord>> {
+        let Some(rec) = self.read_valid(key, kind) else {
             return Ok(None);
         };
         for (name, blob) in &rec.outputs {
-            if !self.verify_blob(&blob.digest)? {
+            let size = std::fs::metadata(self.blob_path(&blob.digest)).map(|m| m.len());
+            if !self.verify_blob(&blob.digest)? || size.ok() != Some(blob.size) {
                 tracing::warn!(
-                    "cached output `{name}` of step `{}` is missing or corrupt; the step will be rebuilt",
+                    "cached output `{name}` of step `{}` is missing, corrupt or not its recorded size; the step will be rebuilt",
                     rec.step
                 );
-                let _ = std::fs::remove_file(self.action_path(key));
+                self.drop_action(key);
                 return Ok(None);
             }
         }
         Ok(Some(rec))
     }
 
+    /// Write a record, after the same validation every reader applies: an invalid record
+    /// never enters the store.
     pub(crate) fn write_action(&self, rec: &ActionRecord) -> Result<()> {
+        rec.validate(&rec.key, None).map_err(|e| {
+            Error::usage(format!(
+                "refusing to store the record of step `{}`: {e}",
+                rec.step
+            ))
+        })?;
         let bytes = serde_json::to_vec_pretty(rec).map_err(anyhow::Error::from)?;
         write_atomic(&self.action_path(&rec.key), &bytes)
     }
@@ -217,6 +269,8 @@ impl Store {
             for e in entries.flatten() {
                 if let Ok(b) = std::fs::read(e.path())
                     && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b)
+                    && r.validate(&r.key, None).is_ok()
+                    && self.action_path(&r.key) == e.path()
                 {
                     out.push(r);
                 }
@@ -253,6 +307,41 @@ impl Store {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Every action record that does not parse or fails [`ActionRecord::validate`] against
+    /// the key its file name gives, removed; returns each as `<file>: <why>`. Such a record
+    /// can never be used, so removing it loses nothing (`cache verify`).
+    pub(crate) fn drop_invalid_records(&self) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
+        let dir = self.root.join("actions");
+        for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
+            let sub = sub.fs_context(&dir)?;
+            let prefix = sub.file_name().to_string_lossy().to_string();
+            let Ok(entries) = std::fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some(stem) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let key = format!("{prefix}{stem}");
+                let why = match std::fs::read(e.path()) {
+                    Err(err) => Some(format!("unreadable ({err})")),
+                    Ok(b) => match serde_json::from_slice::<ActionRecord>(&b) {
+                        Err(err) => Some(format!("does not parse ({err})")),
+                        Ok(r) => r.validate(&key, None).err().map(|e| e.to_string()),
+                    },
+                };
+                if let Some(why) = why {
+                    let _ = std::fs::remove_file(e.path());
+                    bad.push(format!("actions/{prefix}/{name}: {why}"));
+                }
+            }
+        }
+        bad.sort();
+        Ok(bad)
     }
 
     /// Re-hash every blob (ignoring the memo). Returns the corrupt ones; with `repair`, removes

@@ -49,7 +49,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
     )?;
     // (Unless --no-cache asked for a rebuild.)
     if !job.no_cache
-        && let Some(rec) = ctx.store.lookup(&key)?
+        && let Some(rec) = ctx.store.lookup(&key, Some(&job.parts.kind))?
     {
         pb.finish_and_clear();
         return Ok(Executed {

@@ -580,7 +580,7 @@ impl Executor for Slurm {
         if let Some(why) = failure(&info) {
             return Err(fail(format!("Slurm job {id} {why}{log_note}"), None));
         }
-        let Some(rec) = remote.lookup_built(&key) else {
+        let Some(rec) = remote.lookup_built(&key, Some(&job.parts.kind)) else {
             return Err(fail(
                 format!(
                     "Slurm job {id} completed, but no result is on the remote under key {}{log_note}",

@@ -63,6 +63,53 @@ pub(crate) struct SpecInput {
 }
 
 impl WorkerSpec {
+    /// Check every field the worker turns into a path, a digest or a key, as records are
+    /// checked (`cache::validate`): the spec comes from the remote, so it is outside data.
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        use crate::cache::validate::{check_blob, check_name, is_digest};
+        let name = |field: &str, v: &str| check_name(v).map_err(|w| format!("field `{field}` {w}"));
+        name("pipeline", &self.pipeline)?;
+        name("step", &self.step)?;
+        name("manifest_name", &self.manifest_name)?;
+        if let Some((lock, _)) = &self.toolchain_lock {
+            name("toolchain_lock", lock)?;
+        }
+        if !is_digest(&self.key) || self.parts.key() != self.key {
+            return Err("field `key` is not the hash of the spec's key parts".into());
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            if input.path.as_str().is_empty() || input.path.as_str().contains('\0') {
+                return Err(format!("field `inputs[{i}].path` is not a path"));
+            }
+            if !input.dir && input.files.len() != 1 {
+                return Err(format!(
+                    "field `inputs[{i}]` is a file with {} blobs",
+                    input.files.len()
+                ));
+            }
+            for (rel, b) in &input.files {
+                check_blob(&format!("inputs[{i}].files"), b).map_err(|e| e.to_string())?;
+                let plain = Utf8Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, camino::Utf8Component::Normal(_)));
+                if input.dir && (rel.is_empty() || !plain) {
+                    return Err(format!(
+                        "field `inputs[{i}].files` names `{}`, which would escape its folder",
+                        rel.escape_debug()
+                    ));
+                }
+            }
+        }
+        for (step, outputs) in &self.upstream {
+            name("upstream", step)?;
+            for (o, b) in outputs {
+                name(&format!("upstream.{step}"), o)?;
+                check_blob(&format!("upstream.{step}.{o}"), b).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Where the worker's log goes on the remote.
     pub(crate) fn log_path(spec_digest: &str, job_id: &str) -> String {
         format!("logs/{spec_digest}-{job_id}.log")
@@ -298,6 +345,11 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
             "install the same facebuild version on the workers as on the submitting machine",
         ));
     }
+    spec.validate().map_err(|why| {
+        Error::usage(format!(
+            "exec-step: spec {spec_digest} is invalid: {why}; refused"
+        ))
+    })?;
     eprintln!(
         "exec-step: pipeline `{}`, step `{}`, key {}, from {}, in {dir}",
         spec.pipeline,
@@ -457,4 +509,100 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         crate::util::human_bytes(report.bytes_uploaded)
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::validate::tests::{Mutator, stays_inside};
+
+    fn spec() -> WorkerSpec {
+        let parts = KeyParts {
+            kind: "check".into(),
+            impl_version: 1,
+            params: serde_json::json!({}),
+            inputs: Default::default(),
+            toolchain: Default::default(),
+        };
+        let blob = BlobRef {
+            digest: "c".repeat(64),
+            size: 3,
+        };
+        WorkerSpec {
+            format: SPEC_FORMAT.into(),
+            pipeline: "p".into(),
+            manifest_name: "p.yaml".into(),
+            manifest_text: "schema: 1\n".into(),
+            toolchain_lock: Some(("p.toolchain.lock".into(), String::new())),
+            step: "check".into(),
+            key: parts.key(),
+            parts,
+            inputs: vec![SpecInput {
+                path: "faces".into(),
+                dir: true,
+                files: vec![("a/1.jpg".into(), blob.clone())],
+            }],
+            upstream: [(
+                "simplify".to_string(),
+                [("model.onnx".to_string(), blob)].into(),
+            )]
+            .into(),
+            submitted_from: "ci".into(),
+        }
+    }
+
+    /// Specs come from the remote: mutated fields and damaged bytes never panic the reader,
+    /// and a spec it accepts names nothing outside the job's folder.
+    #[test]
+    fn fuzzed_specs_never_panic_or_escape() {
+        assert_eq!(spec().validate(), Ok(()));
+        let good = serde_json::to_value(spec()).unwrap();
+        let mut m = Mutator::new(0xfeed_beef);
+        let (mut cases, mut panics, mut escapes, mut accepted) = (0, 0, 0, 0);
+        for i in 0..3000 {
+            let mut v = good.clone();
+            for _ in 0..=m.below(3) {
+                v = m.mutate(&v);
+            }
+            let mut bytes = serde_json::to_vec(&v).unwrap();
+            if i % 5 == 4 {
+                bytes = m.damage(&bytes);
+            }
+            cases += 1;
+            let r = std::panic::catch_unwind(|| {
+                let s: WorkerSpec = serde_json::from_slice(&bytes).ok()?;
+                s.validate().ok().map(|()| s)
+            });
+            match r {
+                Err(_) => panics += 1,
+                Ok(Some(s)) => {
+                    accepted += 1;
+                    let rel_ok = s.inputs.iter().all(|i| {
+                        !i.dir
+                            || i.files.iter().all(|(r, _)| {
+                                Utf8Path::new(r)
+                                    .components()
+                                    .all(|c| matches!(c, camino::Utf8Component::Normal(_)))
+                            })
+                    });
+                    let names = std::iter::once(s.manifest_name.as_str())
+                        .chain(s.toolchain_lock.iter().map(|(n, _)| n.as_str()))
+                        .chain(
+                            s.upstream
+                                .values()
+                                .flat_map(|o| o.keys().map(String::as_str)),
+                        );
+                    if !rel_ok || !names.into_iter().all(stays_inside) {
+                        escapes += 1;
+                    }
+                }
+                Ok(None) => {}
+            }
+        }
+        eprintln!(
+            "fuzz specs: {cases} cases, {accepted} accepted, {panics} panics, {escapes} escapes"
+        );
+        assert_eq!((panics, escapes), (0, 0));
+        assert!(accepted > 0 && accepted < cases);
+    }
 }

@@ -159,6 +159,9 @@ struct RunState<'a> {
     /// Remote hits whose blobs are not local yet: fetched when a running step consumes
     /// them, or when they are materialized.
     remote_hits: HashMap<String, ActionRecord>,
+    /// Keys whose cached result was dropped in this run because it could not be
+    /// materialized: a second failure is the run's error, not another retry.
+    dropped: std::collections::HashSet<String>,
     /// Steps that run on another machine (Slurm jobs), from the manifest's placements.
     elsewhere: std::collections::HashSet<String>,
 }
@@ -196,6 +199,7 @@ impl<'a> RunState<'a> {
             stop: false,
             needed,
             remote_hits: HashMap::new(),
+            dropped: Default::default(),
             elsewhere,
         }
     }
@@ -437,8 +441,28 @@ impl<'a> RunState<'a> {
                         return Ok(true);
                     }
                 }
-                if wanted {
-                    self.ctx.materialize(name, &record.outputs)?;
+                if wanted && let Err(e) = self.ctx.materialize(name, &record.outputs) {
+                    if !self.dropped.insert(record.key.clone()) {
+                        return Err(e);
+                    }
+                    // A cached result that cannot be laid out is dropped and rebuilt, never
+                    // a run that fails on every try until someone cleans the cache.
+                    progress::println_err(&format!(
+                        "  warning {name}: its cached outputs could not be materialized ({e}); dropping the cached result and rebuilding it"
+                    ));
+                    match origin {
+                        Origin::Local => self.ctx.store.drop_action(&record.key),
+                        Origin::Remote => {
+                            self.remote_hits.remove(name);
+                            if let Some(r) = &self.ctx.remote {
+                                r.refuse_key(
+                                    &record.key,
+                                    format!("step `{name}`: its outputs could not be materialized ({e}); rebuilding it"),
+                                );
+                            }
+                        }
+                    }
+                    return Ok(true);
                 }
                 // `--materialize none` fetches nothing, releases included.
                 if self.ctx.materialize != crate::cache::remote::Materialize::None

@@ -44,7 +44,7 @@ pub(crate) trait World {
     ) -> Result<KeyParts>;
     /// The cached result under `key`: a local record with intact outputs, else a verified
     /// remote record (whose blobs are fetched only when needed).
-    fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>>;
+    fn lookup(&self, key: &str, kind: &str) -> Result<Option<(ActionRecord, Origin)>>;
     /// Why a step with these key parts is not a hit (against the lockfile).
     fn miss_reasons(&self, step: &str, parts: &KeyParts) -> Vec<String>;
 }
@@ -149,7 +149,7 @@ pub(crate) fn resolve(
             reasons: vec!["--no-cache".into()],
         });
     }
-    if let Some((record, origin)) = world.lookup(&key)? {
+    if let Some((record, origin)) = world.lookup(&key, &parts.kind)? {
         let record = Box::new(record);
         return Ok(Resolution::Hit {
             parts,
@@ -284,14 +284,14 @@ impl World for BuildContext {
         BuildContext::key_parts(self, step, model_digest, upstream)
     }
 
-    fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>> {
-        if let Some(r) = self.store.lookup(key)? {
+    fn lookup(&self, key: &str, kind: &str) -> Result<Option<(ActionRecord, Origin)>> {
+        if let Some(r) = self.store.lookup(key, Some(kind))? {
             return Ok(Some((r, Origin::Local)));
         }
         Ok(self
             .remote
             .as_ref()
-            .and_then(|r| r.lookup(key))
+            .and_then(|r| r.lookup(key, Some(kind)))
             .map(|r| (r, Origin::Remote)))
     }
 
@@ -375,7 +375,7 @@ mod tests {
                 toolchain: BTreeMap::new(),
             })
         }
-        fn lookup(&self, key: &str) -> Result<Option<(ActionRecord, Origin)>> {
+        fn lookup(&self, key: &str, _kind: &str) -> Result<Option<(ActionRecord, Origin)>> {
             self.lookups.borrow_mut().push(key.to_string());
             Ok(self
                 .cached
