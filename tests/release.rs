@@ -384,7 +384,7 @@ fn a_tiny_benchmark_budget_is_flagged_and_gates_on_it_fail() {
         ov_fp32: {kind: convert, params: {backend: openvino, precision: fp32}}
         benchmark:
           kind: benchmark
-          params: {targets: [ov_fp32], openvino_hints: [latency], warmup: 1, iterations: 20, time_budget_s: 0.05}
+          params: {targets: [ov_fp32], openvino_hints: [latency], warmup: 1, iterations: 20, time_budget_s: 0.05, retry: {attempts: 1}}
         release:
           kind: release
           params: {artifacts: [ov_fp32], benchmark: benchmark, gates: {p99_ms_max: 100000, rss_mib_max: 100000}}
@@ -407,6 +407,16 @@ fn a_tiny_benchmark_budget_is_flagged_and_gates_on_it_fail() {
         .expect("a reliability verdict");
     assert!(!rel.reliable);
     assert!(rel.samples <= 20, "{rel:?}");
+    // `retry: {attempts: 1}`: measured once, and the report says why there was no retry.
+    let attempts = &b.results[0].attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(
+        attempts[0]
+            .stopped
+            .as_deref()
+            .unwrap()
+            .contains("1 of 1 attempts")
+    );
     assert!(
         rel.reasons.iter().any(|x| x.contains("batch-1 inferences")),
         "{rel:?}"

@@ -424,6 +424,18 @@ impl FileLock {
         cancel: &std::sync::atomic::AtomicBool,
         waiting: &dyn Fn(&str),
     ) -> Result<FileLock> {
+        Self::acquire_as(path, what, false, cancel, waiting)
+    }
+
+    /// A shared lock (many holders at once, none while an exclusive one is held) or an
+    /// exclusive one. Only an exclusive holder writes its name into the file.
+    pub(crate) fn acquire_as(
+        path: &Utf8Path,
+        what: &str,
+        shared: bool,
+        cancel: &std::sync::atomic::AtomicBool,
+        waiting: &dyn Fn(&str),
+    ) -> Result<FileLock> {
         use std::fs::TryLockError;
         use std::io::{Read, Seek};
         let mut file = std::fs::OpenOptions::new()
@@ -433,7 +445,14 @@ impl FileLock {
             .write(true)
             .open(path)
             .fs_context(path)?;
-        match file.try_lock() {
+        let try_lock = |f: &std::fs::File| {
+            if shared {
+                f.try_lock_shared()
+            } else {
+                f.try_lock()
+            }
+        };
+        match try_lock(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -444,7 +463,7 @@ impl FileLock {
                         return Err(Error::Interrupted);
                     }
                     std::thread::sleep(std::time::Duration::from_millis(100));
-                    match file.try_lock() {
+                    match try_lock(&file) {
                         Ok(()) => break,
                         Err(TryLockError::WouldBlock) => continue,
                         Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
@@ -452,6 +471,9 @@ impl FileLock {
                 }
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(path, e)),
+        }
+        if shared {
+            return Ok(FileLock { _file: file });
         }
         file.set_len(0).fs_context(path)?;
         let _ = file.rewind();

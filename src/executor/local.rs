@@ -59,26 +59,14 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
             remote_record: None,
         });
     }
-    // Benchmarks hold the machine: two at once would spoil the figures that get cached.
-    let _machine_lock = if step.spec.kind == crate::manifest::StepKind::Benchmark {
-        let path =
-            Utf8PathBuf::from_path_buf(std::env::temp_dir().join("facebuild-benchmark.lock"))
-                .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
-        let waiting = |holder: &str| {
-            progress::println_err(&format!(
-                "  waiting for the machine's benchmark lock ({holder})"
-            ));
-            pb.set_message(format!("waiting for the machine ({holder})"));
-        };
-        Some(crate::cache::store::FileLock::acquire(
-            &path,
-            &format!("{} step `{name}`", ctx.manifest.name),
-            cancel,
-            &waiting,
-        )?)
-    } else {
-        None
-    };
+    // Benchmarks hold the machine: any other step running beside one, in this run or another
+    // facebuild process, would spoil the figures that get cached.
+    let _machine_lock = machine_lock(
+        step.spec.kind == crate::manifest::StepKind::Benchmark,
+        &format!("{} step `{name}`", ctx.manifest.name),
+        cancel,
+        &pb,
+    )?;
     // A GPU class's keys say what machine this is: check before anything is built.
     ctx.check_class(step)?;
     let scratch = ctx.store.scratch()?;
@@ -167,4 +155,47 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         by_other_run: false,
         remote_record: None,
     })
+}
+
+/// The machine lock every local step takes: shared for ordinary steps, exclusive for a
+/// benchmark, across every facebuild process on this machine (a file lock in the temp
+/// folder). A benchmark so waits for the steps running beside it to finish, and no step
+/// starts while it measures. Benchmarks take precedence: a waiting one holds a turnstile
+/// that new shared holders pass through, so a stream of short steps cannot starve it.
+fn machine_lock(
+    exclusive: bool,
+    what: &str,
+    cancel: &AtomicBool,
+    pb: &indicatif::ProgressBar,
+) -> Result<crate::cache::store::FileLock> {
+    use crate::cache::store::FileLock;
+    let tmp = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 temp dir {}", p.display()))?;
+    let (lock, turnstile) = (
+        tmp.join("facebuild-machine.lock"),
+        tmp.join("facebuild-machine.turnstile"),
+    );
+    let waiting = |holder: &str| {
+        let who = if holder.is_empty() {
+            "steps of another facebuild run".to_string()
+        } else {
+            holder.to_string()
+        };
+        if exclusive {
+            progress::println_err(&format!(
+                "  waiting for the machine: a benchmark runs alone ({who})"
+            ));
+        }
+        pb.set_message(format!("waiting for the machine ({who})"));
+    };
+    let gate = FileLock::acquire_as(&turnstile, what, false, cancel, &waiting)?;
+    if exclusive {
+        // Hold the turnstile until the machine is ours: no new step starts meanwhile.
+        let held = FileLock::acquire_as(&lock, what, false, cancel, &waiting)?;
+        drop(gate);
+        Ok(held)
+    } else {
+        drop(gate);
+        FileLock::acquire_as(&lock, what, true, cancel, &waiting)
+    }
 }

@@ -5,8 +5,10 @@
 //! was not measured (no identities, no landmarks, an artifact that is unavailable), that
 //! cannot be measured (a FAR below the set's resolution) or that is unreliable fails the
 //! gate ("fail closed"): an artifact is never passed on missing evidence. A gate block may
-//! say otherwise with `missing: pass`, which lets a figure that is absent pass; an
-//! unreliable one still fails.
+//! say otherwise with `missing: pass`, which lets a figure that is absent pass, and with
+//! `unreliable: pass`, which compares an unreliable figure with its limit anyway and records
+//! a warning. The benchmark step retries an unreliable measurement first (its `retry:`), so
+//! a release reads the last attempt: that is the one policy (docs/manifest.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +73,17 @@ pub enum OnMissing {
     Pass,
 }
 
+/// What a gate does with a figure that was measured but judged unreliable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnreliable {
+    /// Fail the gate (the default): a figure from a busy machine is no evidence.
+    #[default]
+    Fail,
+    /// Compare it with the limit anyway, and record a warning beside the verdict.
+    Pass,
+}
+
 /// Every limit a manifest can set. `compare` takes the accuracy gates, `release` all of
 /// them; `*_min` are floors, `*_max` ceilings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,6 +139,9 @@ pub struct Gates {
     /// What a figure that is not measured does to its gate (default: fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<OnMissing>,
+    /// What a figure judged unreliable does to its gate (default: fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreliable: Option<OnUnreliable>,
 }
 
 /// A gate's metric: its manifest key, and whether the limit is a floor.
@@ -163,6 +179,7 @@ macro_rules! metrics {
                     atol: o.atol.or(self.atol),
                     rtol: o.rtol.or(self.rtol),
                     missing: o.missing.or(self.missing),
+                    unreliable: o.unreliable.or(self.unreliable),
                 }
             }
         }
@@ -218,6 +235,14 @@ impl Gates {
         abs > self.atol.unwrap_or(0.0) && rel > self.rtol.unwrap_or(0.0)
     }
 
+    /// What this block does with figures that are not plain values.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            missing: self.missing.unwrap_or_default(),
+            unreliable: self.unreliable.unwrap_or_default(),
+        }
+    }
+
     /// The keys of the limits that are set, among `keys`.
     pub fn set_among(&self, keys: &[&str]) -> Vec<&'static str> {
         Self::METRICS
@@ -235,7 +260,7 @@ impl Gates {
         naming: Naming,
         mut measure: impl FnMut(&Metric) -> (Measurement, Option<String>),
     ) -> Vec<GateResult> {
-        let on_missing = self.missing.unwrap_or_default();
+        let policy = self.policy();
         Self::METRICS
             .iter()
             .filter(|m| keys.contains(&m.key))
@@ -247,11 +272,20 @@ impl Gates {
                     Naming::Key => m.key,
                 };
                 Some(GateResult::judge(
-                    name, m.at_least, &measured, limit, on_missing, source,
+                    name, m.at_least, &measured, limit, policy, source,
                 ))
             })
             .collect()
     }
+}
+
+/// What a gate block does with figures that are not plain values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Not measured or not measurable.
+    pub missing: OnMissing,
+    /// Measured, but judged unreliable.
+    pub unreliable: OnUnreliable,
 }
 
 /// How gate results are named in a report.
@@ -283,6 +317,10 @@ pub struct GateResult {
     /// Where the figure comes from (release: the compare or benchmark step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A gate that passed on a figure that is not a plain value (`missing: pass`,
+    /// `unreliable: pass`) says so here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl GateResult {
@@ -292,21 +330,29 @@ impl GateResult {
         at_least: bool,
         measured: &Measurement,
         limit: f64,
-        on_missing: OnMissing,
+        policy: Policy,
         source: Option<String>,
     ) -> GateResult {
-        let passed = match measured {
-            Measurement::Value(v) => {
-                if at_least {
-                    *v >= limit
-                } else {
-                    *v <= limit
-                }
+        let within = |v: f64| if at_least { v >= limit } else { v <= limit };
+        let (passed, warning) = match measured {
+            Measurement::Value(v) => (within(*v), None),
+            Measurement::NotMeasured(w) | Measurement::NotMeasurable(w) => {
+                let pass = policy.missing == OnMissing::Pass;
+                let warning = pass.then(|| {
+                    format!(
+                        "{} ({w}), passed by `missing: pass`",
+                        measured.status().unwrap_or_default()
+                    )
+                });
+                (pass, warning)
             }
-            Measurement::NotMeasured(_) | Measurement::NotMeasurable(_) => {
-                on_missing == OnMissing::Pass
+            Measurement::Unreliable(v, w) => {
+                let pass = policy.unreliable == OnUnreliable::Pass && within(*v);
+                let warning = (policy.unreliable == OnUnreliable::Pass).then(|| {
+                    format!("unreliable ({w}), compared with the limit by `unreliable: pass`")
+                });
+                (pass, warning)
             }
-            Measurement::Unreliable(..) => false,
         };
         GateResult {
             metric: name.to_string(),
@@ -316,6 +362,7 @@ impl GateResult {
             status: measured.status().map(String::from),
             why: measured.why().map(String::from),
             source,
+            warning,
         }
     }
 
@@ -331,18 +378,43 @@ impl GateResult {
         };
         match (self.value, &self.status) {
             (Some(v), None) => format!("{} {} violates limit {}", self.metric, num(v), self.limit),
-            (v, Some(s)) => format!(
-                "{} {s}{}{} (limit {})",
-                self.metric,
-                v.map(|v| format!(" at {}", num(v))).unwrap_or_default(),
-                self.why
-                    .as_deref()
-                    .map(|w| format!(": {w}"))
-                    .unwrap_or_default(),
-                self.limit
-            ),
-            (None, None) => format!("{}: nothing measured (limit {})", self.metric, self.limit),
+            _ => self.not_compared(),
         }
+    }
+
+    /// Why a release refused on this gate, with where the figure comes from: the measured
+    /// value against the limit, or why no value was compared with it.
+    pub fn refusal(&self) -> String {
+        let source = self
+            .source
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        match (self.value, &self.status) {
+            (Some(v), None) => format!(
+                "{}: measured {v:.6} vs limit {}{source}",
+                self.metric, self.limit
+            ),
+            _ => format!("{}{source}", self.not_compared()),
+        }
+    }
+
+    /// `<metric>: <status> (<why>): [<value>] not compared with the limit <limit>`.
+    fn not_compared(&self) -> String {
+        let status = self.status.as_deref().unwrap_or("not measured");
+        let why = self
+            .why
+            .as_deref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
+        let value = self
+            .value
+            .map(|v| format!("measured {v:.6}, "))
+            .unwrap_or_default();
+        format!(
+            "{}: {status}{why}: {value}not compared with the limit {}",
+            self.metric, self.limit
+        )
     }
 }
 
@@ -352,7 +424,33 @@ mod tests {
 
     fn judge(key: &str, m: Measurement, limit: f64, on: OnMissing) -> GateResult {
         let metric = Gates::METRICS.iter().find(|x| x.key == key).unwrap();
-        GateResult::judge(key, metric.at_least, &m, limit, on, None)
+        let policy = Policy {
+            missing: on,
+            ..Default::default()
+        };
+        GateResult::judge(key, metric.at_least, &m, limit, policy, None)
+    }
+
+    /// `unreliable: pass` compares an unreliable figure with its limit and warns; the
+    /// default fails it without comparing, and says so.
+    #[test]
+    fn unreliable_figures_fail_unless_the_gate_says_pass() {
+        let un = Measurement::Unreliable(793.27, "CV 0.62 > 0.5".into());
+        let r = judge("throughput_min", un.clone(), 1.0, OnMissing::Fail);
+        assert!(!r.passed && r.warning.is_none());
+        assert_eq!(
+            r.describe(),
+            "throughput_min: unreliable (CV 0.62 > 0.5): measured 793.270000, not compared with the limit 1"
+        );
+        let pass = Policy {
+            unreliable: OnUnreliable::Pass,
+            ..Default::default()
+        };
+        let r = GateResult::judge("throughput_min", true, &un, 1.0, pass, None);
+        assert!(r.passed);
+        assert!(r.warning.as_deref().unwrap().contains("`unreliable: pass`"));
+        let r = GateResult::judge("throughput_min", true, &un, 1000.0, pass, None);
+        assert!(!r.passed, "still compared with the limit");
     }
 
     /// A value within the limit passes; floors and ceilings point the right way.

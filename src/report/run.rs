@@ -49,11 +49,6 @@ fn read(kind: &str, p: &Utf8Path) -> Option<StepReport> {
     }
 }
 
-/// A JSON number as reports print it (`null` for none).
-fn json_num(v: Option<f64>) -> String {
-    serde_json::to_string(&v).unwrap_or_default()
-}
-
 /// A histogram of `values` as an inline SVG.
 pub(crate) fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: usize) -> String {
     let mut buf = String::new();
@@ -408,7 +403,7 @@ fn release_section(name: &str, r: &ReleaseReport) -> String {
                 num(g.value, 4),
                 num(Some(g.limit), 4),
                 g.source.clone().unwrap_or_default(),
-                if g.passed { "pass" } else { "FAIL" }.into(),
+                gate_result(g),
             ]);
         }
         for why in v
@@ -432,6 +427,23 @@ fn release_section(name: &str, r: &ReleaseReport) -> String {
     )
 }
 
+/// A gate's result cell: pass or FAIL, with why a figure was not compared, or the warning
+/// of a gate that passed on one (`missing: pass`, `unreliable: pass`).
+fn gate_result(g: &crate::metrics::gate::GateResult) -> String {
+    match (g.passed, &g.status, &g.warning) {
+        (true, _, Some(w)) => format!("pass (warning: {w})"),
+        (true, _, None) => "pass".into(),
+        (false, Some(s), _) => format!(
+            "FAIL: {s}{}, not compared with the limit",
+            g.why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        ),
+        (false, None, _) => "FAIL".into(),
+    }
+}
+
 /// Gate test cases: (suite, case, failure message if failed).
 fn gate_cases(step: &str, r: &StepReport) -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
@@ -442,14 +454,7 @@ fn gate_cases(step: &str, r: &StepReport) -> Vec<(String, String, Option<String>
                     out.push((
                         format!("{step}.{}", c.label),
                         g.metric.clone(),
-                        (!g.passed).then(|| {
-                            format!(
-                                "{} {} violates limit {}",
-                                g.metric,
-                                json_num(g.value),
-                                json_num(Some(g.limit))
-                            )
-                        }),
+                        (!g.passed).then(|| g.describe()),
                     ));
                 }
             }
@@ -460,14 +465,7 @@ fn gate_cases(step: &str, r: &StepReport) -> Vec<(String, String, Option<String>
                     out.push((
                         format!("{step}.{}", v.artifact),
                         g.metric.clone(),
-                        (!g.passed).then(|| {
-                            format!(
-                                "measured {} vs limit {} ({})",
-                                json_num(g.value),
-                                json_num(Some(g.limit)),
-                                g.source.as_deref().unwrap_or("")
-                            )
-                        }),
+                        (!g.passed).then(|| g.refusal()),
                     ));
                 }
             }

@@ -51,6 +51,10 @@ pub struct Reliability {
     /// Why not; empty when reliable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// The same reasons in brief, each a figure against the judge's threshold
+    /// (`CV 0.62 > 0.5`), for gate messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub brief: Vec<String>,
     /// Batch-1 inferences timed.
     pub samples: usize,
     /// Seconds they took together.
@@ -75,17 +79,20 @@ impl Reliability {
         let n = latencies_ms.len();
         let timed_s = latencies_ms.iter().sum::<f64>() / 1e3;
         let mut reasons = Vec::new();
+        let mut brief = Vec::new();
         if n < Self::MIN_SAMPLES {
             reasons.push(format!(
                 "only {n} batch-1 inferences (at least {} give stable percentiles): raise `iterations` or `time_budget_s`",
                 Self::MIN_SAMPLES
             ));
+            brief.push(format!("{n} samples < {}", Self::MIN_SAMPLES));
         }
         if timed_s < Self::MIN_TIMED_S {
             reasons.push(format!(
                 "timed for only {timed_s:.2} s (at least {} s): raise `time_budget_s`",
                 Self::MIN_TIMED_S
             ));
+            brief.push(format!("timed {timed_s:.2} s < {} s", Self::MIN_TIMED_S));
         }
         let mean = timed_s * 1e3 / n.max(1) as f64;
         let latency_cv = (n >= 2 && mean > 0.0).then(|| {
@@ -97,6 +104,7 @@ impl Reliability {
                 "batch-1 latency varies too much (coefficient of variation {cv:.2}, above {}): the machine was busy",
                 Self::MAX_CV
             ));
+            brief.push(format!("CV {cv:.2} > {}", Self::MAX_CV));
         }
         let drift = (n >= 8).then(|| {
             let median = |xs: &[f64]| {
@@ -116,6 +124,11 @@ impl Reliability {
                 d * 100.0,
                 Self::MAX_DRIFT * 100.0
             ));
+            brief.push(format!(
+                "drift {:.0}% > {:.0}%",
+                d * 100.0,
+                Self::MAX_DRIFT * 100.0
+            ));
         }
         for t in throughput {
             if let (Some(k), Some(w)) = (t.inferences, t.wall_ms)
@@ -127,11 +140,18 @@ impl Reliability {
                     w / 1e3,
                     Self::MIN_TIMED_S
                 ));
+                brief.push(format!(
+                    "batch-{} throughput from {k} inferences in {:.2} s < 10 in {} s",
+                    t.batch,
+                    w / 1e3,
+                    Self::MIN_TIMED_S
+                ));
             }
         }
         Reliability {
             reliable: reasons.is_empty(),
             reasons,
+            brief,
             samples: n,
             timed_s,
             latency_cv,
@@ -260,6 +280,7 @@ mod tests {
         assert!(!r.reliable);
         assert_eq!(r.reasons.len(), 2, "{r:?}");
         assert!(r.reasons[0].contains("only 20 batch-1 inferences"));
+        assert_eq!(r.brief, ["20 samples < 100", "timed 0.10 s < 0.5 s"]);
         // The machine slowed down halfway: the quarters' medians differ by 100%.
         let drifting: Vec<f64> = (0..400).map(|i| if i < 200 { 5.0 } else { 7.0 }).collect();
         let r = Reliability::of(&drifting, &[]);

@@ -25,7 +25,9 @@ use crate::runtime::BenchMeasurement;
 /// v2: the report is typed and carries `schema`.
 /// v3: metadata.json names the source model as the manifest does (no absolute path).
 /// v4: latency and throughput gates fail on unreliable measurements.
-pub(crate) const IMPL_VERSION: u32 = 4;
+/// v5: refusals say why a figure was not compared (`unreliable (CV 0.62 > 0.5)`), and
+/// `unreliable: pass` gates warn.
+pub(crate) const IMPL_VERSION: u32 = 5;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,7 +191,8 @@ fn measure(
     compare: Option<(&str, &CompareReport)>,
     bench: Option<(&str, &BenchmarkReport)>,
 ) -> (Measurement, Option<String>) {
-    let missing = |src: &str| format!("nothing measured for `{artifact}` in {src}");
+    // The source is named beside every refusal, so the reason does not repeat it.
+    let missing = |_: &str| format!("nothing measured for `{artifact}`");
     if gate::PERFORMANCE.contains(&m.key) {
         let name = bench.map(|b| b.0).unwrap_or_default();
         let rows: Vec<(&str, &BenchMeasurement)> = bench
@@ -226,8 +229,14 @@ fn measure(
         let doubt = best.and_then(|(_, label)| {
             let v = rows.iter().find(|(l, _)| *l == label)?.1;
             let r = v.reliability.as_ref().filter(|r| !r.reliable)?;
-            matches!(m.key, "p99_ms_max" | "p50_ms_max" | "throughput_min")
-                .then(|| r.reasons.join("; "))
+            // The brief form names each figure against the judge's threshold; reports from
+            // before it carry only the long reasons.
+            let why = if r.brief.is_empty() {
+                r.reasons.join("; ")
+            } else {
+                r.brief.join(", ")
+            };
+            matches!(m.key, "p99_ms_max" | "p50_ms_max" | "throughput_min").then_some(why)
         });
         return match (best, doubt) {
             (Some((x, _)), Some(why)) => (Measurement::Unreliable(x, why), Some(src)),
@@ -268,6 +277,33 @@ fn measure(
     (Measurement::from_option(v, why), Some(src))
 }
 
+/// Every refused artifact, with why: `` `a`: <gate refusal>; <gate refusal> ``.
+fn refusals(verdicts: &[Verdict]) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| format!("`{}`: {}", v.artifact, v.refused_because.join("; ")))
+        .collect()
+}
+
+/// The step error of a release that promoted nothing. The hint follows the refusals: an
+/// unreliable figure needs a quieter machine or the benchmark's `retry:`, not a looser gate.
+fn refused_error(step: &str, refused: &[String]) -> Error {
+    let unreliable = refused.iter().any(|r| r.contains(": unreliable ("));
+    Error::Step {
+        step: step.to_string(),
+        message: format!(
+            "release refused, no artifact meets its gates: {}",
+            refused.join(" | ")
+        ),
+        hint: Some(if unreliable {
+            "unreliable figures are not compared with their limits: run the benchmark on a quiet machine, or give it more `retry:` attempts and seconds; `unreliable: pass` on a gate block compares them anyway, with a warning; report.json has every gate".into()
+        } else {
+            "see report.json for every gate with its measured value".into()
+        }),
+    }
+}
+
 pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let compare: Option<CompareReport> = p
@@ -296,17 +332,18 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         let reasons: Vec<String> = missing
             .iter()
             .cloned()
-            .chain(gates.iter().filter(|c| !c.passed).map(|c| {
-                let s = c.source.as_deref().unwrap_or_default();
-                match c.value {
-                    Some(v) => format!("{}: measured {v:.6} vs limit {} ({s})", c.metric, c.limit),
-                    None => format!(
-                        "{}: nothing measured for `{a}` in {s} (limit {})",
-                        c.metric, c.limit
-                    ),
-                }
-            }))
+            .chain(gates.iter().filter(|c| !c.passed).map(GateResult::refusal))
             .collect();
+        for w in gates
+            .iter()
+            .filter_map(|c| c.warning.as_ref().map(|w| (c, w)))
+        {
+            tracing::warn!(
+                "release `{step}`: `{a}` gate {} passed with a warning: {}",
+                w.0.metric,
+                w.1
+            );
+        }
         verdicts.push(Verdict {
             artifact: a.clone(),
             passed,
@@ -319,11 +356,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     }
 
     let report_path = ctx.workdir.join("report.json");
-    let refused: Vec<String> = verdicts
-        .iter()
-        .filter(|v| !v.passed)
-        .map(|v| format!("`{}`: {}", v.artifact, v.refused_because.join("; ")))
-        .collect();
+    let refused = refusals(&verdicts);
     if promoted.is_empty() {
         let report = ReleaseReport {
             schema: SCHEMA.into(),
@@ -337,14 +370,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
             previous: None,
         };
         super::write_report(ctx.workdir, "report.json", &report)?;
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!(
-                "release refused, no artifact meets its gates: {}",
-                refused.join(" | ")
-            ),
-            hint: Some("see report.json for every gate with its measured value".into()),
-        });
+        return Err(refused_error(step, &refused));
     }
 
     // Stage the release in the step's workdir, then promote it.
@@ -924,5 +950,89 @@ mod tests {
         assert_eq!(r[0].source.as_deref(), Some("compare `compare`"));
         g.missing = Some(gate::OnMissing::Pass);
         assert!(check(&g)[0].passed);
+    }
+
+    /// A benchmark report with one measurement per artifact: (step, label, p99 ms,
+    /// images/s, reliability judged on these latencies).
+    fn bench_with(rows: &[(&str, &str, f64, f64, Vec<f64>)]) -> BenchmarkReport {
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(step, label, p99, ips, lat)| {
+                let rel = crate::runtime::Reliability::of(lat, &[]);
+                json!({"label": label, "step": step, "artifact": "openvino-ir", "available": true,
+                    "execution": {"runtime": "openvino", "version": "1", "device": "CPU",
+                        "precision": "f32", "threads": null, "hint": "THROUGHPUT",
+                        "requests": 1, "settings": {}},
+                    "latency_batch1_ms": {"median": p99 / 2.0, "p99": p99},
+                    "throughput": [{"batch": 1, "images_per_s": ips}],
+                    "peak_rss_mib": 100.0, "reliability": rel})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "schema": super::super::benchmark::SCHEMA, "step": "benchmark", "kind": "benchmark",
+            "machine": {"cpu": "c", "logical_cores": 2, "isa": [], "memory_gib": null,
+                "gpu": null, "os": "linux", "arch": "x86_64"},
+            "input": {"name": "input", "shape_batch1": [1, 3, 112, 112]},
+            "params": {"batch_sizes": [1], "warmup": 1, "iterations": 1, "time_budget_s": 1.0,
+                "threads": null, "openvino_hints": ["throughput"], "precision_hint": null},
+            "results": results, "toolchain": {},
+        }))
+        .unwrap()
+    }
+
+    /// The refusal of issue 26, in its new form: an unreliable figure is named with the
+    /// judge's own thresholds and is not compared with the limit; a plain figure is.
+    #[test]
+    fn unreliable_figures_are_refused_with_why() {
+        // Latencies that swing (CV above 0.5), and ones that drift by half between quarters.
+        let noisy: Vec<f64> = (0..400)
+            .map(|i| if i % 3 == 0 { 4.0 } else { 0.6 })
+            .collect();
+        let drifting: Vec<f64> = (0..400).map(|i| if i < 200 { 1.0 } else { 1.5 }).collect();
+        let steady: Vec<f64> = (0..400).map(|i| 2.0 + (i % 5) as f64 * 0.01).collect();
+        let b = bench_with(&[
+            (
+                "openvino_fp16",
+                "openvino_fp16 [throughput]",
+                2.5,
+                793.273392,
+                noisy,
+            ),
+            (
+                "openvino_int8",
+                "openvino_int8 [throughput]",
+                2.089409,
+                1100.0,
+                drifting,
+            ),
+            ("quantize", "quantize", 3.1, 0.5, steady),
+        ]);
+        let gates = Gates {
+            throughput_min: Some(1.0),
+            p99_ms_max: Some(2000.0),
+            ..Default::default()
+        };
+        let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
+        let verdicts: Vec<Verdict> = ["openvino_fp16", "openvino_int8", "quantize"]
+            .iter()
+            .map(|a| {
+                let g = gates.check(&all, Naming::Key, |m| {
+                    measure(m, a, None, Some(("benchmark", &b)))
+                });
+                Verdict {
+                    artifact: a.to_string(),
+                    passed: g.iter().all(|c| c.passed),
+                    refused_because: g
+                        .iter()
+                        .filter(|c| !c.passed)
+                        .map(GateResult::refusal)
+                        .collect(),
+                    gates: g,
+                }
+            })
+            .collect();
+        assert!(verdicts.iter().all(|v| !v.passed));
+        let e = refused_error("release", &refusals(&verdicts));
+        insta::assert_snapshot!(e.to_string());
     }
 }

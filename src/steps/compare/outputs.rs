@@ -16,7 +16,7 @@ use super::{CompareParams, Loaded, batch_for, load_candidate, note_failures, rec
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::Summary;
-use crate::metrics::gate::{self, GateResult, Gates, Measurement, OnMissing};
+use crate::metrics::gate::{self, GateResult, Gates, Measurement, Policy};
 use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
 
@@ -125,7 +125,7 @@ impl OutputAcc {
 /// One output's gates: its cosine floor (0.99 unless set), its `atol`/`rtol` count when
 /// either is set, and no non-finite values.
 fn output_gates(g: &Gates, o: &OutputComparison) -> Vec<GateResult> {
-    let on_missing = g.missing.unwrap_or_default();
+    let policy = g.policy();
     let mut v = vec![GateResult::judge(
         &format!("{}: cosine_min", o.name),
         true,
@@ -134,7 +134,7 @@ fn output_gates(g: &Gates, o: &OutputComparison) -> Vec<GateResult> {
             "no finite elements to compare",
         ),
         g.cosine_min.unwrap_or(0.99),
-        on_missing,
+        policy,
         None,
     )];
     if let Some(n) = o.out_of_tolerance {
@@ -148,7 +148,7 @@ fn output_gates(g: &Gates, o: &OutputComparison) -> Vec<GateResult> {
             false,
             &Measurement::Value(n as f64),
             0.0,
-            on_missing,
+            policy,
             None,
         ));
     }
@@ -157,7 +157,7 @@ fn output_gates(g: &Gates, o: &OutputComparison) -> Vec<GateResult> {
         false,
         &Measurement::Value(o.non_finite as f64),
         0.0,
-        OnMissing::Fail,
+        Policy::default(),
         None,
     ));
     v
@@ -369,7 +369,7 @@ pub(super) fn run(
                     true,
                     &Measurement::NotMeasured(why.clone()),
                     1.0,
-                    OnMissing::Fail,
+                    Policy::default(),
                     None,
                 ));
                 table.push(format!(
