@@ -1087,25 +1087,8 @@ mod tests {
     /// stored under, and (with trusted keys) a valid signature of a trusted key.
     #[test]
     fn envelopes_are_checked() {
-        let parts = crate::cache::KeyParts {
-            kind: "check".into(),
-            impl_version: 1,
-            params: serde_json::json!({}),
-            inputs: Default::default(),
-            toolchain: Default::default(),
-        };
-        let key = parts.key();
-        let rec = ActionRecord {
-            key: key.clone(),
-            pipeline: "p".into(),
-            step: "check".into(),
-            parts,
-            outputs: Default::default(),
-            summary: serde_json::Value::Null,
-            created_unix: 0,
-            duration_ms: 0,
-            ran_on: None,
-        };
+        let rec = crate::cache::validate::tests::record(&[]);
+        let key = rec.key.clone();
         let text = serde_json::to_string(&rec).unwrap();
         let (k1, k2) = (
             SigningKey::from_bytes(&[1; 32]),

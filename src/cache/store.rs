@@ -260,20 +260,13 @@ impl Store {
 
     pub(crate) fn actions(&self) -> Result<Vec<ActionRecord>> {
         let mut out = Vec::new();
-        let dir = self.root.join("actions");
-        for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
-            let sub = sub.fs_context(&dir)?;
-            let Ok(entries) = std::fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if let Ok(b) = std::fs::read(e.path())
-                    && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b)
-                    && r.validate(&r.key, None).is_ok()
-                    && self.action_path(&r.key) == e.path()
-                {
-                    out.push(r);
-                }
+        for (_, _, path) in self.fanned("actions")? {
+            if let Ok(b) = std::fs::read(&path)
+                && let Ok(r) = serde_json::from_slice::<ActionRecord>(&b)
+                && r.validate(&r.key, None).is_ok()
+                && self.action_path(&r.key) == path
+            {
+                out.push(r);
             }
         }
         out.sort_by(|a, b| {
@@ -286,9 +279,11 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn blobs(&self) -> Result<Vec<(String, Utf8PathBuf)>> {
+    /// Every file in the fan-out folders under `dir` (`cas`, `actions`): its fan-out
+    /// prefix, its own name and its path.
+    fn fanned(&self, dir: &str) -> Result<Vec<(String, String, Utf8PathBuf)>> {
         let mut out = Vec::new();
-        let dir = self.root.join("cas");
+        let dir = self.root.join(dir);
         for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
             let sub = sub.fs_context(&dir)?;
             let prefix = sub.file_name().to_string_lossy().to_string();
@@ -297,11 +292,8 @@ impl Store {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with(".tmp") {
-                    continue;
-                }
                 if let Ok(p) = Utf8PathBuf::from_path_buf(e.path()) {
-                    out.push((format!("{prefix}{name}"), p));
+                    out.push((prefix.clone(), name, p));
                 }
             }
         }
@@ -309,38 +301,37 @@ impl Store {
         Ok(out)
     }
 
+    pub(crate) fn blobs(&self) -> Result<Vec<(String, Utf8PathBuf)>> {
+        Ok(self
+            .fanned("cas")?
+            .into_iter()
+            .filter(|(_, name, _)| !name.starts_with(".tmp"))
+            .map(|(prefix, name, p)| (format!("{prefix}{name}"), p))
+            .collect())
+    }
+
     /// Every action record that does not parse or fails [`ActionRecord::validate`] against
     /// the key its file name gives, removed; returns each as `<file>: <why>`. Such a record
     /// can never be used, so removing it loses nothing (`cache verify`).
     pub(crate) fn drop_invalid_records(&self) -> Result<Vec<String>> {
         let mut bad = Vec::new();
-        let dir = self.root.join("actions");
-        for sub in std::fs::read_dir(&dir).fs_context(&dir)? {
-            let sub = sub.fs_context(&dir)?;
-            let prefix = sub.file_name().to_string_lossy().to_string();
-            let Ok(entries) = std::fs::read_dir(sub.path()) else {
+        for (prefix, name, path) in self.fanned("actions")? {
+            let Some(stem) = name.strip_suffix(".json") else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let Some(stem) = name.strip_suffix(".json") else {
-                    continue;
-                };
-                let key = format!("{prefix}{stem}");
-                let why = match std::fs::read(e.path()) {
-                    Err(err) => Some(format!("unreadable ({err})")),
-                    Ok(b) => match serde_json::from_slice::<ActionRecord>(&b) {
-                        Err(err) => Some(format!("does not parse ({err})")),
-                        Ok(r) => r.validate(&key, None).err().map(|e| e.to_string()),
-                    },
-                };
-                if let Some(why) = why {
-                    let _ = std::fs::remove_file(e.path());
-                    bad.push(format!("actions/{prefix}/{name}: {why}"));
-                }
+            let key = format!("{prefix}{stem}");
+            let why = match std::fs::read(&path) {
+                Err(err) => Some(format!("unreadable ({err})")),
+                Ok(b) => match serde_json::from_slice::<ActionRecord>(&b) {
+                    Err(err) => Some(format!("does not parse ({err})")),
+                    Ok(r) => r.validate(&key, None).err().map(|e| e.to_string()),
+                },
+            };
+            if let Some(why) = why {
+                let _ = std::fs::remove_file(&path);
+                bad.push(format!("actions/{prefix}/{name}: {why}"));
             }
         }
-        bad.sort();
         Ok(bad)
     }
 
