@@ -175,6 +175,27 @@ pub(crate) fn mobilefacenet_head(shared: &Path, name: &str) -> String {
     )
 }
 
+/// The default pipeline, for tests that need its steps but no real benchmark figures: a
+/// short budget (long enough not to be flagged unreliable: 0.6 s of inferences) and no
+/// benchmark_app reference. The gates are the default pipeline's own.
+pub(crate) fn default_pipeline_short_benchmark() -> String {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/recognition.yaml"
+    ))
+    .unwrap()
+    .replace("time_budget_s: 1\n", "time_budget_s: 0.6\n")
+    .replace(
+        "      reference: benchmark_app\n      reference_seconds: 2\n",
+        "",
+    );
+    assert!(
+        yaml.contains("time_budget_s: 0.6") && !yaml.contains("reference: benchmark_app"),
+        "the default pipeline's benchmark params changed: update this helper's budget"
+    );
+    yaml
+}
+
 /// A recognition manifest on the built-in model with the given steps section.
 /// Its steps start on line 10 (tests check error locations).
 pub(crate) fn builtin_manifest(steps: &str) -> String {
