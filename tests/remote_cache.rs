@@ -125,6 +125,15 @@ fn all_remote_hits(r: &RunReport) {
     assert!(r.steps.iter().all(|s| s.status != Status::Built));
 }
 
+/// Machine A: a new project with `manifest` as `file`, built and uploaded to `url` (exit 0).
+fn built_on_a(file: &str, manifest: &str, url: &str) -> (Project, RunReport) {
+    let a = Project::new();
+    a.write(file, manifest);
+    let (code, ra, err) = Machine::new(&a).run(file, &["--remote", url]);
+    assert_eq!(code, 0, "{err}");
+    (a, ra)
+}
+
 /// Machine A builds the default pipeline and uploads to nginx; machine B (another folder,
 /// empty cache, its own toolchain folder, another hostname) gets every step from the remote.
 /// With `--materialize none` it downloads no blob at all (nginx's access log has no GET
@@ -133,10 +142,7 @@ fn all_remote_hits(r: &RunReport) {
 fn two_ci_machines_share_an_http_cache() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let a = Project::new();
-    a.write("pipelines/recognition.yaml", &default_manifest());
-    let (code, ra, err) = Machine::new(&a).run("pipelines/recognition.yaml", &["--remote", &url]);
-    assert_eq!(code, 0, "{err}");
+    let (a, ra) = built_on_a("pipelines/recognition.yaml", &default_manifest(), &url);
     let rem = ra.remote.clone().expect("the remote is reported");
     assert_eq!(rem.status, "ok", "{rem:#?}");
     let built = ra
@@ -248,10 +254,7 @@ fn two_ci_machines_share_an_s3_cache() {
 fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let a = Project::new();
-    a.write("s.yaml", &small_manifest());
-    let (code, ra, err) = Machine::new(&a).run("s.yaml", &["--remote", &url]);
-    assert_eq!(code, 0, "{err}");
+    let (_a, ra) = built_on_a("s.yaml", &small_manifest(), &url);
     let simplify = ra.steps.iter().find(|s| s.step == "simplify").unwrap();
     let digest = simplify.outputs["model.onnx"].digest.clone();
     let blob = nginx.root().join("cas").join(&digest);
@@ -357,10 +360,7 @@ fn find_named(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
 fn poisoned_records_are_refused_rebuilt_and_healed() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let a = Project::new();
-    a.write("s.yaml", &small_manifest());
-    let (code, ra, err) = Machine::new(&a).run("s.yaml", &["--remote", &url]);
-    assert_eq!(code, 0, "{err}");
+    let (_a, ra) = built_on_a("s.yaml", &small_manifest(), &url);
     let key_of = |r: &RunReport, s: &str| step(r, s).key.clone().unwrap();
     let abs = std::env::temp_dir().join(format!("facebuild-abs-{}.onnx", std::process::id()));
     poison_record(&nginx, &key_of(&ra, "openvino_fp32"), |r| {
