@@ -134,6 +134,18 @@ fn built_on_a(file: &str, manifest: &str, url: &str) -> (Project, RunReport) {
     (a, ra)
 }
 
+/// A new machine runs the small pipeline against `url`: exit 0, every step a remote hit,
+/// nothing refused. Returns its stderr.
+fn clean_hits_on_a_new_machine(url: &str) -> String {
+    let p = Project::new();
+    p.write("s.yaml", &small_manifest());
+    let (code, r, err) = Machine::new(&p).run("s.yaml", &["--remote", url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&r);
+    assert!(r.remote.as_ref().unwrap().refused.is_empty(), "{err}");
+    err
+}
+
 /// Machine A builds the default pipeline and uploads to nginx; machine B (another folder,
 /// empty cache, its own toolchain folder, another hostname) gets every step from the remote.
 /// With `--materialize none` it downloads no blob at all (nginx's access log has no GET
@@ -285,12 +297,7 @@ fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
     let healed = std::fs::read(&blob).unwrap();
     assert_eq!(blake3::hash(&healed).to_hex().to_string(), digest);
     // A third machine gets a clean remote hit, with no warning.
-    let d = Project::new();
-    d.write("s.yaml", &small_manifest());
-    let (code, rd, err) = Machine::new(&d).run("s.yaml", &["--remote", &url]);
-    assert_eq!(code, 0, "{err}");
-    all_remote_hits(&rd);
-    assert!(rd.remote.as_ref().unwrap().refused.is_empty(), "{err}");
+    let err = clean_hits_on_a_new_machine(&url);
     assert!(
         !err.contains("refused") && !err.contains("corrupt"),
         "{err}"
@@ -404,12 +411,7 @@ fn poisoned_records_are_refused_rebuilt_and_healed() {
         "{err}"
     );
     // The healed remote serves a third machine cleanly.
-    let c = Project::new();
-    c.write("s.yaml", &small_manifest());
-    let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &url]);
-    assert_eq!(code, 0, "{err}");
-    all_remote_hits(&rc);
-    assert!(rc.remote.as_ref().unwrap().refused.is_empty(), "{err}");
+    clean_hits_on_a_new_machine(&url);
 
     // A poisoned local record: dropped with a warning and rebuilt, exit 0, and the
     // run after it is cached again.

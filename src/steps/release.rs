@@ -192,7 +192,7 @@ fn measure(
     bench: Option<(&str, &BenchmarkReport)>,
 ) -> (Measurement, Option<String>) {
     // The source is named beside every refusal, so the reason does not repeat it.
-    let missing = |_: &str| format!("nothing measured for `{artifact}`");
+    let missing = format!("nothing measured for `{artifact}`");
     if gate::PERFORMANCE.contains(&m.key) {
         let name = bench.map(|b| b.0).unwrap_or_default();
         let rows: Vec<(&str, &BenchMeasurement)> = bench
@@ -224,7 +224,7 @@ fn measure(
             best.map(|(_, l)| format!(", best config {l}"))
                 .unwrap_or_default()
         );
-        let why = missing(&src);
+        let why = missing;
         // A latency or throughput measured too briefly or on a busy machine is no evidence.
         let doubt = best.and_then(|(_, label)| {
             let v = rows.iter().find(|(l, _)| *l == label)?.1;
@@ -273,7 +273,7 @@ fn measure(
         "score_drift_max" => c.total.as_ref()?.score_drift.max,
         _ => c.total.as_ref().map(|t| t.nms_parity),
     });
-    let why = missing(&src);
+    let why = missing;
     (Measurement::from_option(v, why), Some(src))
 }
 
@@ -334,15 +334,11 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
             .cloned()
             .chain(gates.iter().filter(|c| !c.passed).map(GateResult::refusal))
             .collect();
-        for w in gates
+        for (metric, w) in gates
             .iter()
-            .filter_map(|c| c.warning.as_ref().map(|w| (c, w)))
+            .filter_map(|c| Some((&c.metric, c.warning.as_ref()?)))
         {
-            tracing::warn!(
-                "release `{step}`: `{a}` gate {} passed with a warning: {}",
-                w.0.metric,
-                w.1
-            );
+            tracing::warn!("release `{step}`: `{a}` gate {metric} passed with a warning: {w}");
         }
         verdicts.push(Verdict {
             artifact: a.clone(),
