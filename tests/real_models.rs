@@ -59,7 +59,11 @@ fn check_reports_every_real_model() {
     }
 }
 
-/// The MobileFaceNet example simplifies equivalently on aligned real faces.
+/// The MobileFaceNet example simplifies equivalently on aligned real faces, and its
+/// artifacts (FP32, FP16, INT8 IR, Q/DQ and accuracy-controlled Q/DQ) meet its compare gates.
+/// Its benchmark and release judge timings on the machine at hand, the subject of
+/// `bench_reliability` and `release`, not of this test: it runs up to `compare`, with the
+/// example as written.
 #[test]
 fn mobilefacenet_example_simplifies_equivalently_on_aligned_real_faces() {
     let Some(shared) = shared() else { return };
@@ -69,18 +73,11 @@ fn mobilefacenet_example_simplifies_equivalently_on_aligned_real_faces() {
         "/examples/mobilefacenet.yaml"
     ))
     .unwrap()
-    .replace("../../shared", shared.to_str().unwrap())
-    // The example's benchmark is sized for real figures; a test only needs it to run, for
-    // long enough that its figures are not flagged unreliable (0.5 s of inferences).
-    .replace("iterations: 1000", "iterations: 100000")
-    .replace("time_budget_s: 3", "time_budget_s: 0.6")
-    .replace("reference_seconds: 10", "reference_seconds: 1")
-    .replace("cold_start_ms_max: 2000", "cold_start_ms_max: 60000")
-    .replace("p99_ms_max: 20", "p99_ms_max: 2000")
-    .replace("throughput_min: 200", "throughput_min: 1");
+    .replace("../../shared", shared.to_str().unwrap());
     p.write("m.yaml", &m);
-    let (code, r) = p.run_json("m.yaml", &[]);
+    let (code, r) = p.run_json("m.yaml", &["--target", "compare"]);
     assert_eq!(code, 0, "{r:#?}");
+    assert!(r.steps.iter().all(|s| s.step != "benchmark"), "{r:#?}");
     let report: SimplifyReport = p.report("out/mobilefacenet/simplify/report.json");
     assert_eq!(
         report.samples.images, 61,

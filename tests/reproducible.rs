@@ -17,6 +17,7 @@ fn two_checkouts_build_identical_outputs() {
     let manifest = default_pipeline_short_benchmark();
     let (a, b) = (Project::new(), Project::new());
     let mut reports = Vec::new();
+    let mut releases = Vec::new();
     for (p, cache) in [(&a, None), (&b, Some("cache"))] {
         p.write("pipelines/recognition.yaml", &manifest);
         let mut c = p.std_cmd();
@@ -28,10 +29,15 @@ fn two_checkouts_build_identical_outputs() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{err}");
-        reports.push(serde_json::from_slice::<RunReport>(&out.stdout).unwrap());
+        let r = serde_json::from_slice::<RunReport>(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{err}"));
+        let code = out.status.code().unwrap_or(-1);
+        releases.push(released(p.dir.path(), code, &r));
+        reports.push(r);
     }
     let (ra, rb) = (&reports[0], &reports[1]);
+    // A release refused on unreliable figures (a busy machine) has no outputs to compare.
+    let both_released = releases.iter().all(|r| *r == Released::Promoted);
     assert_eq!(ra.steps.len(), rb.steps.len());
     let mut compared = 0;
     // Timings, and what is derived from them: which artifacts the release promotes (a
@@ -50,6 +56,9 @@ fn two_checkouts_build_identical_outputs() {
         // The release's key covers the benchmark's (timed) report.
         if x.step != "release" {
             assert_eq!(x.key, y.key, "step `{}`: keys differ", x.step);
+        }
+        if x.step == "release" && !both_released {
+            continue;
         }
         for (name, o) in &x.outputs {
             if !timed(&x.step, name) {

@@ -218,3 +218,72 @@ pub(crate) fn builtin_manifest(steps: &str) -> String {
     };
     format!("{head}{steps}")
 }
+
+/// How a run that ends in a release went, for tests whose subject is not benchmark figures
+/// (a remote cache, reproducibility, the wheel). Timings depend on the machine: on a busy
+/// one the release refuses figures judged unreliable, and that is the product working, not
+/// the test's failure. Any other failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Exit 0: the release promoted.
+    Promoted,
+    /// Every step but the release succeeded, and the release refused only unreliable
+    /// figures (and artifacts unavailable here, such as TensorRT's).
+    RefusedAsUnreliable,
+}
+
+/// Which of [`Released`] a run in the project folder `dir` was; panics on any other outcome.
+pub(crate) fn released(dir: &Path, code: i32, r: &RunReport) -> Released {
+    if code == 0 {
+        return Released::Promoted;
+    }
+    for s in r.steps.iter().filter(|s| s.step != "release") {
+        assert!(
+            matches!(
+                s.status,
+                Status::Built | Status::Cached | Status::Unavailable
+            ),
+            "step `{}` failed (not a refused release): {s:#?}",
+            s.step
+        );
+    }
+    let rel = step(r, "release");
+    assert_eq!(rel.status, Status::Failed, "{rel:#?}");
+    // Kept where the manifest's outputs go: `out/<pipeline>` beside the manifest.
+    let manifest = dir.join(r.manifest.as_std_path());
+    let path = manifest
+        .parent()
+        .unwrap()
+        .join(format!("out/{}/release/report.json", r.pipeline));
+    let report: facebuild::ReleaseReport = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    let mut unreliable = 0;
+    for v in report.verdicts.iter().filter(|v| !v.passed) {
+        let unavailable = v
+            .refused_because
+            .iter()
+            .any(|r| r.contains("is unavailable on this machine"));
+        for g in v.gates.iter().filter(|g| !g.passed) {
+            let ok =
+                g.status.as_deref() == Some("unreliable") || (unavailable && g.value.is_none());
+            assert!(
+                ok,
+                "`{}` refused on a gate that is not unreliable: {g:#?}",
+                v.artifact
+            );
+            unreliable += usize::from(g.status.as_deref() == Some("unreliable"));
+        }
+    }
+    assert!(
+        unreliable > 0,
+        "refused, but not on unreliable figures: {rel:#?}"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOTE: the release refused {unreliable} unreliable figure(s): a busy machine; the test goes on without a release"
+    );
+    Released::RefusedAsUnreliable
+}
