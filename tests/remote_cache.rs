@@ -717,3 +717,64 @@ fn push_seeds_a_remote_and_remote_gc_keeps_what_lockfiles_reference() {
     assert_eq!(code, 0, "{err}");
     all_remote_hits(&rc);
 }
+
+/// HTTPS: nginx on loopback with a certificate from a CA made by `openssl`. Trusted through
+/// the usual CA-bundle variable (`SSL_CERT_FILE`), A uploads and a new machine gets clean
+/// hits; without it the certificate is refused, the warning says so, and the run goes on
+/// locally. (TLS runs on rustls with ring's provider: a client with no provider installed
+/// would panic on its first connection.)
+#[test]
+fn https_remote_trusted_through_the_ca_bundle() {
+    let Some(nginx) = Nginx::start_tls() else {
+        return;
+    };
+    let url = nginx.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = (
+        "SSL_CERT_FILE".to_string(),
+        nginx.ca().display().to_string(),
+    );
+
+    let a = Project::new();
+    a.write("s.yaml", &small_manifest());
+    let mut ma = Machine::new(&a);
+    ma.env = vec![ca.clone()];
+    let (code, ra, err) = ma.run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let rem = ra.remote.as_ref().unwrap();
+    assert_eq!(rem.status, "ok", "{rem:#?}\n{err}");
+    assert!(
+        rem.records_uploaded > 0 && rem.upload_failures.is_empty(),
+        "{rem:#?}"
+    );
+
+    let b = Project::new();
+    b.write("s.yaml", &small_manifest());
+    let mut mb = Machine::new(&b);
+    mb.env = vec![ca];
+    let (code, rb, err) = mb.run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    all_remote_hits(&rb);
+    assert!(
+        nginx
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /cache/cas/"))
+    );
+
+    // Not trusted: the remote is unavailable, said once, and the run builds locally.
+    let c = Project::new();
+    c.write("s.yaml", &small_manifest());
+    let (code, rc, err) = Machine::new(&c).run("s.yaml", &["--remote", &url]);
+    assert_eq!(code, 0, "{err}");
+    let st = &rc.remote.as_ref().unwrap().status;
+    assert!(st.starts_with("unavailable ("), "{st}");
+    assert!(
+        err.contains(&format!("remote cache {url} is unavailable")),
+        "{err}"
+    );
+    assert!(
+        rc.steps.iter().all(|s| s.status == Status::Built),
+        "{rc:#?}"
+    );
+}

@@ -319,6 +319,9 @@ impl Remote {
                 "use s3://bucket/prefix, http(s)://host/prefix or file:///path (--remote or FACEBUILD_REMOTE)",
             )
         };
+        // reqwest is built without a crypto provider (no aws-lc-sys): TLS uses ring's. A
+        // provider already installed (by an embedding program) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let options = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(cfg.timeout)

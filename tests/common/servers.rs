@@ -65,23 +65,64 @@ pub(crate) fn find(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
 pub(crate) struct Nginx {
     pub port: u16,
     pub dir: tempfile::TempDir,
+    tls: bool,
     child: Option<Child>,
 }
 
 impl Nginx {
     pub(crate) fn start() -> Option<Nginx> {
+        Nginx::start_with(false)
+    }
+
+    /// nginx over HTTPS, with a certificate for 127.0.0.1 from a CA made by `openssl`
+    /// (P-256); [`Nginx::ca`] is the file to trust.
+    pub(crate) fn start_tls() -> Option<Nginx> {
+        Nginx::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Nginx> {
         let exe = find("nginx", &[PathBuf::from("/usr/sbin/nginx")])?;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let port = free_port();
+        let listen = if tls {
+            find("openssl", &[PathBuf::from("/usr/bin/openssl")])?;
+            // A CA, and a server certificate for 127.0.0.1 signed by it (a self-signed CA
+            // certificate cannot serve as the server's own: webpki refuses a CA as an end
+            // entity).
+            let script = "set -e
+                openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \\
+                  -subj '/CN=facebuild test CA' -keyout ca.key -out ca.pem
+                openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+                  -subj '/CN=127.0.0.1' -keyout key.pem -out req.csr
+                printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext.cnf
+                openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \\
+                  -extfile ext.cnf -out cert.pem";
+            let made = Command::new("sh")
+                .args(["-c", script])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                made.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            format!(
+                "listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;"
+            )
+        } else {
+            format!("listen 127.0.0.1:{port};")
+        };
         let conf = format!(
             // One process (no master): stopping the child stops the server.
             "master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 256; }}\n\
              http {{ access_log {d}/access.log; client_body_temp_path {d}/tmp; client_max_body_size 0;\n\
-               server {{ listen 127.0.0.1:{port}; root {d}/www;\n\
+               server {{ {listen} root {d}/www;\n\
                  location / {{ dav_methods PUT DELETE MKCOL; create_full_put_path on; dav_access user:rw group:r all:r; }} }} }}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
@@ -100,12 +141,19 @@ impl Nginx {
         Some(Nginx {
             port,
             dir,
+            tls,
             child: Some(child),
         })
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cache", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/cache", self.port)
+    }
+
+    /// The CA certificate that signed [`Nginx::start_tls`]'s server certificate.
+    pub(crate) fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// The served folder for the cache's prefix.
