@@ -8,13 +8,14 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::cache::remote::{Materialize, Remote, RemoteConfig};
+use crate::cache::remote::Remote;
 use crate::cache::{Lock, Store};
-use crate::context::{BuildContext, default_cache_dir};
+use crate::context::BuildContext;
 use crate::error::{Error, Result};
 use crate::graph::plan::{Decision, plan};
 use crate::manifest::Manifest;
-use crate::scheduler::{self, RunOptions, RunReport, Status};
+use crate::scheduler::{self, RunReport, Status};
+use crate::settings::{ContextSettings, Executor, Materialize, RemoteFlags, RunFlags, RunSettings};
 use crate::toolchain::{Pins, Toolchain};
 use crate::util::human_bytes;
 
@@ -60,8 +61,8 @@ enum Command {
         materialize: Materialize,
         /// Where steps run: as the manifest's `runs_on` says (auto), or all on this machine
         /// (local; keys are unchanged, so results are shared either way)
-        #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
-        executor: ExecutorArg,
+        #[arg(long, value_enum, default_value_t = Executor::Auto)]
+        executor: Executor,
         #[arg(long)]
         json: bool,
     },
@@ -129,15 +130,6 @@ enum Command {
     },
 }
 
-/// `run --executor`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ExecutorArg {
-    /// As the manifest's `runs_on` says.
-    Auto,
-    /// Every step on this machine.
-    Local,
-}
-
 /// Which pipeline: a manifest file, or one built into the binary (no checkout needed).
 #[derive(Args)]
 struct PipelineArg {
@@ -163,8 +155,9 @@ impl PipelineArg {
 /// The remote cache of a run (see docs/remote-cache.md).
 #[derive(Args, Clone)]
 struct RemoteArgs {
-    /// Shared cache: s3://bucket/prefix, http(s)://host/prefix or file:///path
-    #[arg(long, env = "FACEBUILD_REMOTE", value_name = "URL")]
+    /// Shared cache: s3://bucket/prefix, http(s)://host/prefix or file:///path (default:
+    /// $FACEBUILD_REMOTE)
+    #[arg(long, value_name = "URL")]
     remote: Option<String>,
     /// Read the remote, never write it (untrusted builds such as fork pull requests)
     #[arg(long)]
@@ -175,14 +168,19 @@ struct RemoteArgs {
 }
 
 impl RemoteArgs {
+    fn flags(&self) -> RemoteFlags {
+        RemoteFlags {
+            url: self.remote.clone(),
+            read_only: self.remote_read_only,
+            required: self.remote_required,
+        }
+    }
+
+    /// The remote these flags and the environment name, opened.
     fn open(&self) -> Result<Option<Remote>> {
-        RemoteConfig::from_env(
-            self.remote.clone(),
-            self.remote_read_only,
-            self.remote_required,
-        )?
-        .map(Remote::open)
-        .transpose()
+        crate::settings::remote(&self.flags())?
+            .map(Remote::open)
+            .transpose()
     }
 }
 
@@ -419,8 +417,9 @@ pub fn main() -> i32 {
 }
 
 fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
-    // Absolute: tools run in scratch folders are handed paths into the cache.
-    let cache_dir = crate::util::absolute(&default_cache_dir(cli.cache_dir.as_deref()));
+    // Commands that only look open their context with these; `run` resolves its own.
+    let local = ContextSettings::local(cli.cache_dir.as_deref());
+    let cache_dir = local.cache_dir.clone();
     match cli.command {
         Command::Run {
             pipeline,
@@ -433,18 +432,18 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             executor,
             json,
         } => {
-            let mut manifest = pipeline.load()?;
-            manifest.force_local = executor == ExecutorArg::Local;
-            let mut ctx = BuildContext::open(manifest, cache_dir)?;
-            ctx.remote = remote.open()?;
-            ctx.materialize = materialize;
-            let opts = RunOptions {
+            let settings = RunSettings::resolve(RunFlags {
+                cache_dir: cli.cache_dir,
                 targets: sel.targets,
                 jobs,
                 keep_going,
                 no_cache,
-            };
-            let report = scheduler::run(&mut ctx, &opts, cancel)?;
+                remote: remote.flags(),
+                materialize,
+                executor,
+            })?;
+            let mut ctx = BuildContext::open(pipeline.load()?, &settings.context)?;
+            let report = scheduler::run(&mut ctx, &settings.options, cancel)?;
             let written = crate::report::run::write(&report, &ctx);
             if json {
                 println!(
@@ -468,7 +467,7 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             sel,
             json,
         } => {
-            let ctx = BuildContext::open(pipeline.load()?, cache_dir)?;
+            let ctx = BuildContext::open(pipeline.load()?, &local)?;
             let selected = ctx.dag.select(&sel.targets)?;
             let p = plan(&ctx, &selected, false)?;
             if json {
@@ -521,7 +520,7 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             Some(dir) => crate::executor::worker::run_child(&spec, &dir, cancel),
             None => crate::executor::worker::exec_step(&spec, cancel),
         },
-        Command::Status { pipeline, json } => status(&pipeline.load()?, cache_dir, json),
+        Command::Status { pipeline, json } => status(&pipeline.load()?, &local, json),
         Command::Init {
             model,
             builtin,
@@ -757,8 +756,8 @@ struct StatusDetail {
     upstream: Option<Vec<String>>,
 }
 
-fn status(m: &Manifest, cache_dir: Utf8PathBuf, json_out: bool) -> Result<i32> {
-    let ctx = BuildContext::open(m.clone(), cache_dir)?;
+fn status(m: &Manifest, settings: &ContextSettings, json_out: bool) -> Result<i32> {
+    let ctx = BuildContext::open(m.clone(), settings)?;
     let selected = ctx.dag.select(&[])?;
     let p = plan(&ctx, &selected, false)?;
     let mut rows = Vec::new();

@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use serde_json::json;
 
+use crate::cache::remote::Remote;
 use crate::cache::{CacheKey, CacheKeyHasher, KeyParts, Lock, Store};
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Dag;
-use crate::manifest::{Manifest, Step};
+use crate::manifest::{Manifest, Placement, Step};
 use crate::onnx::builtin::{BuiltinModel, GENERATOR_VERSION};
+use crate::settings::{ContextSettings, Executor, Materialize};
 use crate::steps;
 use crate::toolchain::{Pins, Toolchain};
 
@@ -27,9 +29,11 @@ pub(crate) struct BuildContext {
     /// The source model, resolved on first use (every root step's key needs its digest).
     source: std::sync::OnceLock<Source>,
     /// The remote cache, when `--remote` or `FACEBUILD_REMOTE` names one.
-    pub remote: Option<crate::cache::remote::Remote>,
+    pub remote: Option<Remote>,
     /// Which outputs reach `out/`.
-    pub materialize: crate::cache::remote::Materialize,
+    pub materialize: Materialize,
+    /// Where steps run (`--executor`).
+    executor: Executor,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -42,7 +46,20 @@ pub(crate) struct Source {
 }
 
 impl BuildContext {
-    pub(crate) fn open(manifest: Manifest, cache_dir: Utf8PathBuf) -> Result<BuildContext> {
+    /// A context for `manifest` with resolved settings; its remote (if any) is opened here.
+    pub(crate) fn open(manifest: Manifest, settings: &ContextSettings) -> Result<BuildContext> {
+        let remote = settings.remote.clone().map(Remote::open).transpose()?;
+        BuildContext::with_remote(manifest, settings, remote)
+    }
+
+    /// As [`BuildContext::open`], with a remote already open (a worker fetched its spec
+    /// through it); `settings.remote` is not read.
+    pub(crate) fn with_remote(
+        manifest: Manifest,
+        settings: &ContextSettings,
+        remote: Option<Remote>,
+    ) -> Result<BuildContext> {
+        let cache_dir = settings.cache_dir.clone();
         let dag = Dag::build(&manifest)?;
         manifest.check_against_model()?;
         let store = Store::open(&cache_dir)?;
@@ -59,9 +76,20 @@ impl BuildContext {
             lock,
             tensorrt: std::sync::OnceLock::new(),
             source: std::sync::OnceLock::new(),
-            remote: None,
-            materialize: Default::default(),
+            remote,
+            materialize: settings.materialize,
+            executor: settings.executor,
         })
+    }
+
+    /// Where a step runs: the manifest's placement; `--executor local` keeps its class (and
+    /// so its keys) but runs it here.
+    pub(crate) fn placement(&self, step: &Step) -> Placement {
+        let p = self.manifest.placement(step);
+        match self.executor {
+            Executor::Auto => p,
+            Executor::Local => p.here(),
+        }
     }
 
     /// TensorRT as found for this manifest, or what is missing.
@@ -316,7 +344,7 @@ impl BuildContext {
     /// sends the step to Slurm) computes the key the GPU node will; the node checks them
     /// against what it really is ([`BuildContext::check_class`]).
     pub(crate) fn machine_parts(&self, step: &Step) -> Result<BTreeMap<String, String>> {
-        let placement = self.manifest.placement(step);
+        let placement = self.placement(step);
         let class = placement.class.as_ref();
         let mut parts = BTreeMap::new();
         let kind = step.spec.params.kind();
@@ -354,7 +382,7 @@ impl BuildContext {
     /// Before a step of a GPU class runs here: this machine must be what the class declares,
     /// or its results would be cached under another machine's key.
     pub(crate) fn check_class(&self, step: &Step) -> Result<()> {
-        let placement = self.manifest.placement(step);
+        let placement = self.placement(step);
         let Some((name, class)) = &placement.class else {
             return Ok(());
         };
@@ -445,15 +473,5 @@ impl BuildContext {
             tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
         }
         Ok(())
-    }
-}
-
-pub(crate) fn default_cache_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
-    if let Some(f) = flag {
-        return f.to_owned();
-    }
-    match std::env::var("FACEBUILD_CACHE") {
-        Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
-        _ => Utf8PathBuf::from("cache"),
     }
 }

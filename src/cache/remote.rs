@@ -44,20 +44,7 @@ const MAX_RANGED: u64 = 64 << 30;
 /// A record envelope larger than this is refused unread (records are a few KiB).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
 
-/// How outputs of cached steps reach `out/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Materialize {
-    /// Copy every step's outputs to `out/` (fetching remote hits).
-    #[default]
-    All,
-    /// Only the outputs of steps nothing else depends on.
-    Leaves,
-    /// No outputs; a remote hit is fetched only when a step that runs consumes it.
-    None,
-}
-
-/// How the remote is used, from flags and the environment.
+/// How the remote is used (resolved by `settings::remote`).
 #[derive(Clone)]
 pub(crate) struct RemoteConfig {
     pub url: String,
@@ -80,48 +67,6 @@ impl std::fmt::Debug for RemoteConfig {
     }
 }
 
-impl RemoteConfig {
-    /// The remote of this run: `--remote` or `FACEBUILD_REMOTE`; keys from
-    /// `FACEBUILD_REMOTE_SIGNING_KEY` (hex ed25519 seed) and `FACEBUILD_REMOTE_TRUSTED_KEYS`
-    /// (hex public keys, comma-separated). None when no remote is configured.
-    pub(crate) fn from_env(
-        url: Option<String>,
-        read_only: bool,
-        required: bool,
-    ) -> Result<Option<RemoteConfig>> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let Some(url) = url.or_else(|| env("FACEBUILD_REMOTE")) else {
-            return Ok(None);
-        };
-        let signing_key = match env("FACEBUILD_REMOTE_SIGNING_KEY") {
-            Some(s) => Some(parse_signing_key(&s)?),
-            None => None,
-        };
-        let mut trusted = Vec::new();
-        if let Some(list) = env("FACEBUILD_REMOTE_TRUSTED_KEYS") {
-            for k in list.split([',', ' ', '\n']).filter(|k| !k.is_empty()) {
-                trusted.push(parse_public_key(k)?);
-            }
-        }
-        let timeout = env("FACEBUILD_REMOTE_TIMEOUT")
-            .map(|s| {
-                s.parse::<u64>().map_err(|_| {
-                    Error::usage(format!("FACEBUILD_REMOTE_TIMEOUT `{s}` is not seconds"))
-                })
-            })
-            .transpose()?
-            .unwrap_or(60);
-        Ok(Some(RemoteConfig {
-            url,
-            read_only: read_only || env("FACEBUILD_REMOTE_READ_ONLY").is_some_and(|v| v != "0"),
-            required,
-            signing_key,
-            trusted,
-            timeout: Duration::from_secs(timeout.max(1)),
-        }))
-    }
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     if !s.len().is_multiple_of(2) {
@@ -137,7 +82,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn parse_signing_key(s: &str) -> Result<SigningKey> {
+pub(crate) fn parse_signing_key(s: &str) -> Result<SigningKey> {
     let b: [u8; 32] = unhex(s).and_then(|v| v.try_into().ok()).ok_or_else(|| {
         Error::usage("FACEBUILD_REMOTE_SIGNING_KEY is not 64 hex characters (an ed25519 seed)")
             .with_hint("make a key pair with `facebuild cache keygen`")
@@ -145,7 +90,7 @@ fn parse_signing_key(s: &str) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&b))
 }
 
-fn parse_public_key(s: &str) -> Result<VerifyingKey> {
+pub(crate) fn parse_public_key(s: &str) -> Result<VerifyingKey> {
     let bad = || {
         Error::usage(format!(
             "FACEBUILD_REMOTE_TRUSTED_KEYS: `{}` is not an ed25519 public key (64 hex characters)",

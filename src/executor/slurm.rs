@@ -416,7 +416,7 @@ impl Executor for Slurm {
     fn execute(&self, ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Result<Executed> {
         let name = job.name.as_str();
         let step = ctx.manifest.step(name);
-        let placement = ctx.manifest.placement(step);
+        let placement = ctx.placement(step);
         let fail = |message: String, hint: Option<String>| Error::Step {
             step: name.to_string(),
             message,

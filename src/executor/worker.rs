@@ -17,7 +17,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Job, Outputs};
-use crate::cache::remote::{Remote, RemoteConfig};
+use crate::cache::remote::Remote;
 use crate::cache::{BlobRef, KeyParts, Lock, LockEntry};
 use crate::context::BuildContext;
 use crate::error::{Error, IoContext, Result};
@@ -205,7 +205,11 @@ pub(crate) fn prepare(
 }
 
 fn remote_from_env() -> Result<Remote> {
-    let cfg = RemoteConfig::from_env(None, false, true)?.ok_or_else(|| {
+    let flags = crate::settings::RemoteFlags {
+        required: true,
+        ..Default::default()
+    };
+    let cfg = crate::settings::remote(&flags)?.ok_or_else(|| {
         Error::usage("exec-step needs the remote cache the submitter used: FACEBUILD_REMOTE is not set")
             .with_hint("the Slurm executor passes it in the job's environment; set it (and its credentials) when running exec-step by hand")
     })?;
@@ -408,8 +412,17 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         manifest.relocated.insert(input.path.clone(), base);
     }
     drop(store);
-    let mut ctx = BuildContext::open(manifest, cache_dir)?;
+    // The step runs into this job's own cache, and pushes to the remote the spec came from.
+    let settings = crate::settings::ContextSettings {
+        remote: None,
+        ..crate::settings::ContextSettings::local(Some(&cache_dir))
+    };
+    let mut ctx = BuildContext::with_remote(manifest, &settings, Some(remote))?;
     ctx.ensure_toolchain()?;
+    let remote = ctx
+        .remote
+        .as_ref()
+        .ok_or_else(|| Error::usage("exec-step: the worker's context has no remote"))?;
     let step = ctx
         .manifest
         .steps
@@ -488,9 +501,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         parts,
         ran_on: RanOn::from_slurm_env(),
     };
-    ctx.remote = Some(remote);
     let executed = super::local::execute(&ctx, &job, cancel)?;
-    let remote = ctx.remote.as_ref().expect("set above");
     let report = remote.finish();
     if let Some(why) = remote.required_and_failed(&report) {
         return Err(Error::Step {

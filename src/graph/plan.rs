@@ -122,7 +122,7 @@ pub(crate) fn plan(
             needs: deps.into_iter().map(String::from).collect(),
             description: step.spec.description.clone(),
             runs_on: {
-                let p = ctx.manifest.placement(step);
+                let p = ctx.placement(step);
                 (p.executor() != crate::manifest::ExecutorKind::Local).then(|| p.describe())
             },
             decision,

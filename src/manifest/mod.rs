@@ -73,8 +73,6 @@ pub(crate) struct Manifest {
     /// On a worker: the local copy of each input file or folder, by the path the manifest
     /// writes (so keys and steps see the same names as on the submitting machine).
     pub relocated: std::collections::BTreeMap<Utf8PathBuf, Utf8PathBuf>,
-    /// `--executor local`: every step runs on this machine (keys are unchanged).
-    pub force_local: bool,
 }
 
 impl Manifest {
@@ -285,7 +283,6 @@ impl Manifest {
                 .collect(),
             gpu_classes,
             relocated: Default::default(),
-            force_local: false,
         };
         Ok(m)
     }
@@ -388,8 +385,8 @@ impl Manifest {
     }
 
     /// Where a step runs: its own `runs_on`, else its kind's, else the pipeline's, else
-    /// here; a class fills in the Slurm options the step leaves out. `--executor local`
-    /// keeps the class (and so the keys) but runs here.
+    /// here; a class fills in the Slurm options the step leaves out. (`--executor local` is
+    /// applied by the build context: [`Placement::here`].)
     pub(crate) fn placement(&self, step: &Step) -> Placement {
         let mut r = placement::effective(
             step.spec.runs_on.as_ref().map(|s| &s.value),
@@ -406,9 +403,6 @@ impl Manifest {
             r.partition = r.partition.or_else(|| g.partition.clone());
             r.constraint = r.constraint.or_else(|| g.constraint.clone());
             r.gres = r.gres.or_else(|| g.gres.clone());
-        }
-        if self.force_local {
-            r.executor = ExecutorKind::Local;
         }
         Placement { runs_on: r, class }
     }

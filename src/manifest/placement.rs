@@ -167,6 +167,13 @@ impl Placement {
         self.runs_on.executor
     }
 
+    /// The same placement run on this machine (`--executor local`): the class, and so the
+    /// keys, stay.
+    pub(crate) fn here(mut self) -> Placement {
+        self.runs_on.executor = ExecutorKind::Local;
+        self
+    }
+
     /// One line for logs: `slurm (partition gpu, constraint h100, class h100)`.
     pub(crate) fn describe(&self) -> String {
         let r = &self.runs_on;
@@ -389,7 +396,7 @@ mod tests {
                   d: {kind: convert, params: {backend: tensorrt, precision: fp16}, runs_on: {executor: slurm, class: h100, constraint: h100_80g}}
             "}
         );
-        let mut m = parse(&text).unwrap();
+        let m = parse(&text).unwrap();
         let p = |m: &Manifest, s: &str| m.placement(m.step(s));
         assert_eq!(p(&m, "a").runs_on.partition.as_deref(), Some("cpu"));
         assert_eq!(p(&m, "b").executor(), ExecutorKind::Local);
@@ -407,8 +414,7 @@ mod tests {
             c.describe(),
             "slurm (constraint h100, gres gpu:1, class h100)"
         );
-        m.force_local = true;
-        let c = p(&m, "c");
+        let c = p(&m, "c").here();
         assert_eq!(c.executor(), ExecutorKind::Local);
         assert!(
             c.class.is_some(),

@@ -181,7 +181,7 @@ impl<'a> RunState<'a> {
             .iter()
             .filter(|s| {
                 let step = ctx.manifest.step(s);
-                ctx.manifest.placement(step).executor() != ExecutorKind::Local
+                ctx.placement(step).executor() != ExecutorKind::Local
             })
             .cloned()
             .collect();
@@ -234,7 +234,7 @@ impl<'a> RunState<'a> {
 
     /// Whether a step's outputs are copied to `out/` (`--materialize`).
     fn materializes(&self, name: &str) -> bool {
-        use crate::cache::remote::Materialize;
+        use crate::settings::Materialize;
         match self.ctx.materialize {
             Materialize::All => true,
             Materialize::Leaves => !self.needed.contains(name),
@@ -465,7 +465,7 @@ impl<'a> RunState<'a> {
                     return Ok(true);
                 }
                 // `--materialize none` fetches nothing, releases included.
-                if self.ctx.materialize != crate::cache::remote::Materialize::None
+                if self.ctx.materialize != crate::settings::Materialize::None
                     && let Some(p) = self.release_params(name)
                     && let Err(why) = self.restore_release(name, &p, &record)
                 {

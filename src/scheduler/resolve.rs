@@ -260,7 +260,7 @@ impl World for BuildContext {
 
     fn backend_unavailable(&self, step: &Step) -> Option<String> {
         // A step sent to a GPU class's nodes runs there: its key comes from the class.
-        let placement = self.manifest.placement(step);
+        let placement = self.placement(step);
         if placement.executor() != crate::manifest::ExecutorKind::Local && placement.class.is_some()
         {
             return None;
