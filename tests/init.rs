@@ -91,6 +91,43 @@ fn init_on_the_builtin_models() {
     }
 }
 
+/// A model whose graph says `-1` for the batch (how Paddle2ONNX spells a dynamic dim): init
+/// calls it dynamic and feeds batch 1, and its own `check` accepts what it wrote.
+#[test]
+fn init_reads_minus_one_as_dynamic_and_check_accepts_it() {
+    let p = Project::new();
+    let onnx = p.path("mini.onnx");
+    let out = p.run(&["builtin", "iresnet-mini", "-o", onnx.to_str().unwrap()]);
+    assert!(out.status.success());
+    let patched = p.path("paddle_style.onnx");
+    let script = "import onnx, sys
+m = onnx.load(sys.argv[1])
+for v in (m.graph.input[0], m.graph.output[0]):
+    d = v.type.tensor_type.shape.dim[0]
+    d.Clear()
+    d.dim_value = -1
+onnx.save(m, sys.argv[2])";
+    let py = std::process::Command::new(toolchain_python())
+        .args(["-c", script])
+        .arg(&onnx)
+        .arg(&patched)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let text = init(&p, &patched, "paddle_style");
+    assert!(
+        text.contains("shape: [1, 3, 112, 112]") && text.contains("batch dim is dynamic (`?0`)"),
+        "{text}"
+    );
+    plans_once_filled(&p, "paddle_style", &text, "    builtin: synthetic-faces");
+    let (code, r) = p.run_json("pipelines/paddle_style.yaml", &["-t", "check"]);
+    assert_eq!(code, 0, "{r:#?}");
+}
+
 /// `init --builtin` writes the built-in pipeline, the same text `run --builtin` runs.
 #[test]
 fn init_builtin_writes_the_default_pipeline() {

@@ -69,8 +69,10 @@ fn tensor_info(v: &ValueInfoProto) -> TensorInfo {
                     .iter()
                     .enumerate()
                     .map(|(i, d)| match (&d.dim_value, &d.dim_param) {
-                        (Some(v), _) => DimInfo::Static(*v),
-                        (None, Some(p)) if !p.is_empty() => DimInfo::Symbolic(p.clone()),
+                        // -1 and 0 are how Paddle2ONNX and other exporters spell a dynamic
+                        // dim; only a positive value fixes one.
+                        (Some(v), _) if *v > 0 => DimInfo::Static(*v),
+                        (_, Some(p)) if !p.is_empty() => DimInfo::Symbolic(p.clone()),
                         // An unnamed dynamic dim: name it by position so reports stay readable.
                         _ => DimInfo::Symbolic(format!("?{i}")),
                     })
@@ -284,6 +286,43 @@ mod tests {
         };
         let e = inspect(&m, "models/m.onnx".into()).unwrap_err().to_string();
         assert!(e.contains("outside the model's folder"), "{e}");
+    }
+
+    /// Exporters spell a dynamic dim as -1 or 0 (Paddle2ONNX), or name it oddly (`None`):
+    /// all three are dynamic, and only a positive value is fixed.
+    #[test]
+    fn minus_one_zero_and_odd_names_are_dynamic() {
+        use crate::onnx::proto::Dimension;
+        let mut m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
+            .unwrap()
+            .build();
+        let input = &mut m.graph.as_mut().unwrap().input[0];
+        let shape = input
+            .r#type
+            .as_mut()
+            .and_then(|t| t.tensor_type.as_mut())
+            .and_then(|t| t.shape.as_mut())
+            .unwrap();
+        let dim = |v: Option<i64>, p: Option<&str>| Dimension {
+            dim_value: v,
+            dim_param: p.map(String::from),
+        };
+        shape.dim = vec![
+            dim(Some(-1), None),
+            dim(Some(3), None),
+            dim(Some(0), None),
+            dim(None, Some("None")),
+        ];
+        let info = inspect(&m, "m.onnx".into()).unwrap();
+        assert_eq!(
+            info.inputs[0].shape.as_deref().unwrap(),
+            [
+                DimInfo::Symbolic("?0".into()),
+                DimInfo::Static(3),
+                DimInfo::Symbolic("?2".into()),
+                DimInfo::Symbolic("None".into()),
+            ]
+        );
     }
 
     #[test]

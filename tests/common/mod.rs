@@ -287,3 +287,19 @@ pub(crate) fn released(dir: &Path, code: i32, r: &RunReport) -> Released {
     );
     Released::RefusedAsUnreliable
 }
+
+/// The Python of the shared toolchain (it has the `onnx` package), for tests that build small
+/// ONNX models the built-in ones do not cover.
+pub(crate) fn toolchain_python() -> PathBuf {
+    let root = toolchain_dir();
+    std::fs::read_dir(&root)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `facebuild toolchain install`)",
+                root.display()
+            )
+        })
+        .filter_map(|e| Some(e.ok()?.path().join("venv/bin/python")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no toolchain venv under {}", root.display()))
+}
