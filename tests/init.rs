@@ -128,6 +128,49 @@ onnx.save(m, sys.argv[2])";
     assert_eq!(code, 0, "{r:#?}");
 }
 
+/// An already-quantized model (ONNX Runtime's dynamic quantization: ConvInteger,
+/// DynamicQuantizeLinear): init says so and writes no INT8 steps, and the pipeline it wrote
+/// builds up to compare.
+#[test]
+fn init_writes_no_int8_steps_for_a_quantized_model() {
+    let p = Project::new();
+    let onnx = p.path("mini.onnx");
+    let out = p.run(&["builtin", "iresnet-mini", "-o", onnx.to_str().unwrap()]);
+    assert!(out.status.success());
+    let quantized = p.path("dynamic_int8.onnx");
+    let script = "import sys
+from onnxruntime.quantization import quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2])";
+    let py = std::process::Command::new(toolchain_python())
+        .args(["-c", script])
+        .arg(&onnx)
+        .arg(&quantized)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let text = init(&p, &quantized, "dynamic_int8");
+    assert!(
+        text.contains("# No INT8 steps: the model is already quantized (")
+            && text.contains("ConvInteger"),
+        "{text}"
+    );
+    for int8 in ["calibrate:", "openvino_int8", "quantize:", "tensorrt_int8"] {
+        assert!(!text.contains(int8), "`{int8}` in:\n{text}");
+    }
+    assert!(
+        text.contains("candidates: [openvino_fp32, openvino_fp16]"),
+        "{text}"
+    );
+    assert!(text.contains("artifacts: [openvino_fp16]"), "{text}");
+    plans_once_filled(&p, "dynamic_int8", &text, "    builtin: synthetic-faces");
+    let (code, r) = p.run_json("pipelines/dynamic_int8.yaml", &["-t", "compare"]);
+    assert_eq!(code, 0, "{r:#?}");
+}
+
 /// `init --builtin` writes the built-in pipeline, the same text `run --builtin` runs.
 #[test]
 fn init_builtin_writes_the_default_pipeline() {

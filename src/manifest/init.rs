@@ -73,7 +73,24 @@ pub(crate) struct Guess {
     /// ArcFace exports with the normalisation inside the graph (InsightFace's check: `Sub`
     /// and `Mul` among the first nodes) take raw pixels.
     pub normalised_inside: bool,
+    /// The quantized operators the graph already has: such a model gets no INT8 steps
+    /// (quantizing it again fails in ONNX Runtime's quantizer, and measures nothing new).
+    pub quantized: Vec<String>,
 }
+
+/// Operators that only a quantized graph holds (static Q/DQ, dynamic quantization, QLinear
+/// and integer kernels).
+const QUANTIZED_OPS: [&str; 9] = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QGemm",
+];
 
 impl Guess {
     pub(crate) fn task(&self) -> &'static str {
@@ -195,6 +212,11 @@ pub(crate) fn guess(
         };
         has(&["Sub", "_minus"]) && has(&["Mul", "_mul"])
     };
+    let quantized: Vec<String> = QUANTIZED_OPS
+        .iter()
+        .filter(|op| info.op_types.contains_key(**op))
+        .map(|op| op.to_string())
+        .collect();
     Ok(Guess {
         input: input.name.clone(),
         layout,
@@ -204,6 +226,7 @@ pub(crate) fn guess(
         layout_of_outputs,
         notes,
         normalised_inside,
+        quantized,
     })
 }
 
@@ -359,6 +382,9 @@ pub(crate) fn manifest_text(
             line(&format!("    size: [{h}, {w}]"));
         }
     }
+    // An already-quantized model gets FP32/FP16 artifacts only.
+    let int8 = g.quantized.is_empty();
+    let calibrates = if int8 { " Also calibrates INT8." } else { "" };
     line("");
     line("datasets:");
     let dataset = match task {
@@ -369,9 +395,9 @@ pub(crate) fn manifest_text(
             line(
                 "  # come from the folders), or add `pairs:` (a CSV or LFW pairs.txt); an InsightFace",
             );
-            line(
-                "  # verification .bin (lfw.bin, cfp_fp.bin) works as `path` too. Also calibrates INT8.",
-            );
+            line(&format!(
+                "  # verification .bin (lfw.bin, cfp_fp.bin) works as `path` too.{calibrates}"
+            ));
             line("  faces:");
             line(&format!(
                 "    path: {}",
@@ -380,9 +406,9 @@ pub(crate) fn manifest_text(
             "faces"
         }
         "detection" => {
-            line(
-                "  # REPLACE: photos with faces, as your deployment sees them. Also calibrates INT8.",
-            );
+            line(&format!(
+                "  # REPLACE: photos with faces, as your deployment sees them.{calibrates}"
+            ));
             line("  scenes:");
             line(&format!(
                 "    path: {}",
@@ -391,7 +417,9 @@ pub(crate) fn manifest_text(
             "scenes"
         }
         _ => {
-            line("  # REPLACE: images as your deployment feeds them. Also calibrates INT8.");
+            line(&format!(
+                "  # REPLACE: images as your deployment feeds them.{calibrates}"
+            ));
             line("  images:");
             line(&format!(
                 "    path: {}",
@@ -416,17 +444,25 @@ pub(crate) fn manifest_text(
             "    params: {{backend: openvino, precision: {p}}}"
         ));
     }
-    line("  calibrate:");
-    line("    kind: calibrate");
-    line(&format!(
-        "    params: {{dataset: {dataset}, count: 32, seed: 0}}"
-    ));
-    line("  openvino_int8:");
-    line("    kind: convert");
-    line("    from: simplify");
-    line("    params: {backend: openvino, precision: int8, calibration: calibrate}");
     let detection = task == "detection";
-    if detection {
+    if !int8 {
+        line(&format!(
+            "  # No INT8 steps: the model is already quantized ({}). Quantizing it again fails in",
+            g.quantized.join(", ")
+        ));
+        line("  # ONNX Runtime's quantizer; its FP32/FP16 conversions keep its own quantization.");
+    } else {
+        line("  calibrate:");
+        line("    kind: calibrate");
+        line(&format!(
+            "    params: {{dataset: {dataset}, count: 32, seed: 0}}"
+        ));
+        line("  openvino_int8:");
+        line("    kind: convert");
+        line("    from: simplify");
+        line("    params: {backend: openvino, precision: int8, calibration: calibrate}");
+    }
+    if int8 && detection {
         line(
             "  # Q/DQ INT8 for TensorRT engines. Plain post-training Q/DQ loses many boxes on face",
         );
@@ -438,7 +474,7 @@ pub(crate) fn manifest_text(
         );
         line("  # to measure it on your data before you deploy it:");
         line("  # quantize: {kind: quantize, from: simplify, params: {calibration: calibrate}}");
-    } else {
+    } else if int8 {
         line("  # Q/DQ INT8 for TensorRT, checked in ONNX Runtime by compare.");
         line("  quantize:");
         line("    kind: quantize");
@@ -450,14 +486,18 @@ pub(crate) fn manifest_text(
     line(
         "  # tensorrt_fp16: {kind: convert, from: simplify, params: {backend: tensorrt, precision: fp16}}",
     );
-    line(
-        "  # tensorrt_int8: {kind: convert, from: quantize, params: {backend: tensorrt, precision: int8}}",
-    );
+    if int8 {
+        line(
+            "  # tensorrt_int8: {kind: convert, from: quantize, params: {backend: tensorrt, precision: int8}}",
+        );
+    }
     line("  compare:");
     line("    kind: compare");
     line("    params:");
     line(&format!("      dataset: {dataset}"));
-    let candidates = if detection {
+    let candidates = if !int8 {
+        "[openvino_fp32, openvino_fp16]"
+    } else if detection {
         "[openvino_fp32, openvino_fp16, openvino_int8]"
     } else {
         "[openvino_fp32, openvino_fp16, openvino_int8, quantize]"
@@ -474,17 +514,21 @@ pub(crate) fn manifest_text(
                 "      # operating_far: 1.0e-3   # TAR is measurable only above 1 / impostor pairs",
             );
             line("      # tar_drop_max: 0.01");
-            line("      candidate_gates:");
-            line("        openvino_fp32: {cosine_min: 0.9999}");
-            line("        openvino_fp16: {cosine_min: 0.999}");
-            line(
-                "        # CHECK: INT8 loses some fidelity (MobileFaceNet on unaligned photos: NNCF ~0.95,",
-            );
-            line(
-                "        # plain Q/DQ ~0.91 minimum cosine); gate it at what your deployment accepts.",
-            );
-            line("        openvino_int8: {cosine_min: 0.9}");
-            line("        quantize: {cosine_min: 0.9}");
+            if !int8 {
+                already_quantized_gates(&mut line);
+            } else {
+                line("      candidate_gates:");
+                line("        openvino_fp32: {cosine_min: 0.9999}");
+                line("        openvino_fp16: {cosine_min: 0.999}");
+                line(
+                    "        # CHECK: INT8 loses some fidelity (MobileFaceNet on unaligned photos: NNCF ~0.95,",
+                );
+                line(
+                    "        # plain Q/DQ ~0.91 minimum cosine); gate it at what your deployment accepts.",
+                );
+                line("        openvino_int8: {cosine_min: 0.9}");
+                line("        quantize: {cosine_min: 0.9}");
+            }
         }
         "detection" => {
             if let Some((_, [lo, ..])) = g.dims.iter().find(|(n, _)| n == "H") {
@@ -494,22 +538,28 @@ pub(crate) fn manifest_text(
             line("      recall_min: 0.99");
             line("      fp_per_image_max: 0.01");
             line("      landmark_nme_max: 0.01");
-            line("      candidate_gates:");
-            line(
-                "        # CHECK: plain INT8 keeps 0.85-0.98 of the boxes on crowded photos, with a few",
-            );
-            line("        # extra ones; gate it at what your deployment accepts.");
-            line(
-                "        openvino_int8: {recall_min: 0.8, fp_per_image_max: 2.0, landmark_nme_max: 0.2}",
-            );
+            if int8 {
+                line("      candidate_gates:");
+                line(
+                    "        # CHECK: plain INT8 keeps 0.85-0.98 of the boxes on crowded photos, with a few",
+                );
+                line("        # extra ones; gate it at what your deployment accepts.");
+                line(
+                    "        openvino_int8: {recall_min: 0.8, fp_per_image_max: 2.0, landmark_nme_max: 0.2}",
+                );
+            }
         }
         _ => {
             line("      # Per output: cosine, and elements out of atol/rtol (Polygraphy's rule).");
             line("      cosine_min: 0.99");
-            line("      candidate_gates:");
-            line("        openvino_fp16: {cosine_min: 0.999}");
-            line("        openvino_int8: {cosine_min: 0.9}");
-            line("        quantize: {cosine_min: 0.9}");
+            if !int8 {
+                already_quantized_gates(&mut line);
+            } else {
+                line("      candidate_gates:");
+                line("        openvino_fp16: {cosine_min: 0.999}");
+                line("        openvino_int8: {cosine_min: 0.9}");
+                line("        quantize: {cosine_min: 0.9}");
+            }
         }
     }
     line("  # Speed, cold start and memory of every artifact, each in a fresh process, with");
@@ -530,7 +580,11 @@ pub(crate) fn manifest_text(
     line("  release:");
     line("    kind: release");
     line("    params:");
-    line("      artifacts: [openvino_fp16, openvino_int8]");
+    line(if int8 {
+        "      artifacts: [openvino_fp16, openvino_int8]"
+    } else {
+        "      artifacts: [openvino_fp16]"
+    });
     line("      compare: compare");
     line("      benchmark: benchmark");
     match task {
@@ -538,8 +592,10 @@ pub(crate) fn manifest_text(
             line(
                 "      gates: {cosine_min: 0.99, p99_ms_max: 50, throughput_min: 20, rss_mib_max: 2048, cold_start_ms_max: 10000}",
             );
-            line("      # CHECK: as compare's INT8 gate above.");
-            line("      artifact_gates: {openvino_int8: {cosine_min: 0.9}}");
+            if int8 {
+                line("      # CHECK: as compare's INT8 gate above.");
+                line("      artifact_gates: {openvino_int8: {cosine_min: 0.9}}");
+            }
         }
         "detection" => line(
             "      gates: {recall_min: 0.8, p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
@@ -549,6 +605,20 @@ pub(crate) fn manifest_text(
         ),
     }
     y
+}
+
+/// Compare's comment for an already-quantized model, in place of per-candidate gates.
+fn already_quantized_gates(line: &mut impl FnMut(&str)) {
+    line(
+        "      # CHECK: the model is already quantized. ONNX Runtime (the reference) and OpenVINO",
+    );
+    line(
+        "      # run its integer kernels each their own way, so its IRs differ from it more than a",
+    );
+    line(
+        "      # float model's do (min cosine 0.998 on ONNX Runtime's dynamic quantization of the",
+    );
+    line("      # built-in iresnet): one gate for both, at what your deployment accepts.");
 }
 
 /// A YAML scalar for a tensor name (names like `input.1` or `data:0` need no quotes; others
