@@ -92,6 +92,23 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// One of facebuild's Python helpers failed: what it was doing, the exception, where it
+    /// was raised, and the likely cause. The traceback is kept apart (the step keeps it in
+    /// its output folder), not in the message.
+    #[error("{what} failed: {exception}{}{}", origin_suffix(.origin), hint_suffix(.hint))]
+    Helper {
+        /// What the helper was doing (`Q/DQ quantization`).
+        what: String,
+        /// The exception's last line (`TypeError: object of type 'NoneType' has no len()`).
+        exception: String,
+        /// The innermost frame: `symbolic_shape_infer.py:1224 in _infer_Expand`.
+        origin: Option<String>,
+        /// Everything the helper wrote to stderr.
+        traceback: String,
+        /// The likely cause and the fix, when facebuild knows the failure.
+        hint: Option<String>,
+    },
+
     /// The run was interrupted (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
@@ -115,6 +132,13 @@ fn many(errors: &[Error]) -> String {
         s += &format!("\n{} problems in the manifest", errors.len());
     }
     s
+}
+
+fn origin_suffix(origin: &Option<String>) -> String {
+    match origin {
+        Some(o) => format!(" (in {o})"),
+        None => String::new(),
+    }
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {
@@ -158,6 +182,7 @@ impl Error {
             | Error::Step { hint, .. }
             | Error::Toolchain { hint, .. }
             | Error::Model { hint, .. }
+            | Error::Helper { hint, .. }
             | Error::Usage { hint, .. } => *hint = Some(h.into()),
             _ => {}
         }

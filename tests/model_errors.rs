@@ -112,3 +112,52 @@ fn missing_model_file_names_the_path() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere.onnx: model file not found"));
 }
+
+/// A helper's Python failure is a located step error: what failed, the exception, where it
+/// was raised and the likely cause; the traceback goes to a file beside the reports, not in
+/// the message. (Q/DQ on a model that ONNX Runtime already quantized fails in its quantizer.)
+#[test]
+fn a_helper_traceback_is_kept_apart_and_the_error_says_why() {
+    let p = Project::new();
+    builtin_bytes(&p);
+    let script = "import sys
+from onnxruntime.quantization import quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2])";
+    let py = std::process::Command::new(toolchain_python())
+        .args(["-c", script])
+        .arg(p.path("m.onnx"))
+        .arg(p.path("q.onnx"))
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    p.write(
+        "p.yaml",
+        &manifest_for("q.onnx", "input.1", "[1, 3, 112, 112]").replace(
+            "steps:\n",
+            indoc! {"
+                  preprocessing: {color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}
+                datasets:
+                  faces: {builtin: synthetic-faces}
+                steps:
+                  calibrate: {kind: calibrate, params: {dataset: faces, count: 4}}
+                  quantize: {kind: quantize, params: {calibration: calibrate}}
+            "},
+        ),
+    );
+    let (code, r) = p.run_json("p.yaml", &["-t", "quantize"]);
+    assert_eq!(code, 1, "{r:#?}");
+    assert_eq!(status_of(&r, "calibrate"), Status::Built, "{r:#?}");
+    let err = error_of(&r, "quantize");
+    assert!(err.contains("Q/DQ quantization failed: "), "{err}");
+    assert!(err.contains(" (in ") && err.contains(".py:"), "{err}");
+    assert!(!err.contains("Traceback (most recent call last)"), "{err}");
+    let kept = p.path("out/t/quantize/traceback.txt");
+    assert!(err.contains("traceback kept at "), "{err}");
+    let tb = std::fs::read_to_string(&kept).unwrap();
+    assert!(tb.contains("Traceback (most recent call last)"), "{tb}");
+    eprintln!("{err}");
+}

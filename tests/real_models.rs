@@ -140,3 +140,34 @@ fn dynamic_detector_keeps_named_dims_when_asked() {
     assert_eq!(dims, r#"[1,3,"H","W"]"#, "{report:#?}");
     assert_eq!(report.outputs.len(), 9);
 }
+
+/// A real export on which ONNX Runtime's symbolic shape inference fails (PyTorch MobileFaceNet,
+/// opset 19: a TypeError in `_infer_Expand`): Q/DQ pre-processes without it, builds, and says
+/// so in its summary. The MobileFaceNet example with only the model swapped.
+#[test]
+fn qdq_survives_a_symbolic_shape_inference_failure() {
+    let Some(shared) = shared() else { return };
+    let model = "models/mobilefacenet.onnx";
+    let m = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/mobilefacenet.yaml"
+    ))
+    .unwrap()
+    .replace("../../shared", shared.to_str().unwrap());
+    assert!(m.contains(model));
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        &m.replace(model, "models/mobilefacenet_opset19.onnx"),
+    );
+    let (code, r) = p.run_json("m.yaml", &["-t", "quantize"]);
+    assert_eq!(code, 0, "{r:#?}");
+    let pre = step(&r, "quantize").summary["pre_process"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        pre.starts_with("without symbolic shape inference (it failed: TypeError"),
+        "{pre}"
+    );
+}

@@ -123,6 +123,32 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
                     message: format!("{message}\n  report kept at {}", dir.join("report.json")),
                     hint,
                 },
+                // A helper's traceback goes to a file beside the reports; the message says
+                // what failed, where, and the likely cause.
+                Error::Helper {
+                    what,
+                    exception,
+                    origin,
+                    traceback,
+                    hint,
+                } => {
+                    let file = dir.join("traceback.txt");
+                    let kept = std::fs::create_dir_all(&dir)
+                        .and_then(|()| std::fs::write(&file, &traceback))
+                        .is_ok();
+                    let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
+                    Error::Step {
+                        step: name.to_string(),
+                        message: if kept {
+                            format!(
+                                "{what} failed: {exception}{origin}\n  traceback kept at {file}"
+                            )
+                        } else {
+                            format!("{what} failed: {exception}{origin}")
+                        },
+                        hint,
+                    }
+                }
                 other => other,
             });
         }

@@ -14,7 +14,9 @@ use crate::error::Result;
 
 /// v2: every node carries a name before quantization (nodes_to_exclude needs them);
 /// accuracy control.
-pub(crate) const IMPL_VERSION: u32 = 2;
+/// v3: pre-processing falls back without symbolic shape inference (then without any) when it
+/// fails on a real export, and says so.
+pub(crate) const IMPL_VERSION: u32 = 3;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +61,9 @@ struct QdqResult {
     per_channel: bool,
     /// The opset the model had before it was raised to 13 (Q/DQ per-channel needs 13).
     opset_upgraded_from: Option<i64>,
+    /// ONNX Runtime's pre-processing: `full`, or what was left out because it failed.
+    #[serde(default)]
+    pre_process: Option<String>,
     quantize_linear: u64,
     dequantize_linear: u64,
     settings: QdqSettings,
@@ -172,6 +177,9 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
     if let Some(s) = &search {
         s.add_to_summary(&mut summary);
+    }
+    if let Some(pre) = r.pre_process.as_deref().filter(|p| *p != "full") {
+        summary["pre_process"] = json!(pre);
     }
     Ok(StepOutcome {
         outputs: [

@@ -273,17 +273,7 @@ impl Toolchain {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let tail: Vec<&str> = stderr
-                .lines()
-                .rev()
-                .take(12)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(
-                anyhow::anyhow!("{what} failed ({}):\n{}", out.status, tail.join("\n")).into(),
-            );
+            return Err(helper_failure(what, &out.status.to_string(), &stderr));
         }
         let last = stdout
             .lines()
@@ -294,6 +284,53 @@ impl Toolchain {
             anyhow::anyhow!("{what}: unreadable helper output ({e}): {}", stdout.trim()).into()
         })
     }
+}
+
+/// A helper's failure as a value: the exception's last line, the innermost frame, and the
+/// likely cause of failures facebuild knows; the whole stderr as the traceback.
+pub(crate) fn helper_failure(what: &str, status: &str, stderr: &str) -> Error {
+    let lines: Vec<&str> = stderr.lines().collect();
+    // The exception is the last line that is not indented, after a traceback.
+    let exception = lines
+        .iter()
+        .rev()
+        .map(|l| l.trim_end())
+        .find(|l| !l.is_empty() && !l.starts_with(' ') && !l.starts_with("facebuild:"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the helper exited with {status} and no message"));
+    // `  File "/.../symbolic_shape_infer.py", line 1224, in _infer_Expand`
+    let origin = lines.iter().rev().find_map(|l| {
+        let rest = l.trim_start().strip_prefix("File \"")?;
+        let (file, rest) = rest.split_once("\", line ")?;
+        let (line, func) = rest.split_once(", in ").unwrap_or((rest, "?"));
+        let file = file.rsplit('/').next().unwrap_or(file);
+        Some(format!("{file}:{line} in {func}"))
+    });
+    Error::Helper {
+        what: what.to_string(),
+        hint: likely_cause(stderr, &exception),
+        exception,
+        origin,
+        traceback: stderr.to_string(),
+    }
+}
+
+/// The likely cause and fix of helper failures seen on real models.
+fn likely_cause(stderr: &str, exception: &str) -> Option<String> {
+    let hint = if stderr.contains("symbolic_shape_infer") {
+        "ONNX Runtime's symbolic shape inference cannot follow this graph: simplify the model first (`from: simplify`), or give its input a static shape"
+    } else if exception.starts_with("KeyError") && exception.contains("_scale") {
+        "the model already holds quantized operators: quantizing it again fails; build FP32/FP16 artifacts of it instead (`facebuild init` leaves INT8 steps out for such models)"
+    } else if exception.starts_with("ModuleNotFoundError") || exception.starts_with("ImportError") {
+        "the toolchain's environment is incomplete: run `facebuild toolchain install`"
+    } else if exception.starts_with("MemoryError") || stderr.contains("std::bad_alloc") {
+        "the helper ran out of memory: fewer calibration items (`count:`) or a smaller model"
+    } else if exception.contains("opset") || exception.contains("Opset") {
+        "the model's opset is outside what the toolchain's onnx supports: re-export it at opset 13 to 19"
+    } else {
+        return None;
+    };
+    Some(hint.to_string())
 }
 
 /// The pinned uv, installed once per toolchain root from PyPI into its own venv.
@@ -535,4 +572,51 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     pb.finish_and_clear();
     eprintln!("toolchain {} installed at {dir}", pins.id());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The failure of issue 28 (ONNX Runtime's symbolic shape inference on a PyTorch opset 19
+    /// export): the exception, where, and the likely cause; the traceback kept apart.
+    #[test]
+    fn a_python_traceback_becomes_a_located_error() {
+        let stderr = r#"Traceback (most recent call last):
+  File "<string>", line 60, in <module>
+  File "/venv/lib/python3.11/site-packages/onnxruntime/quantization/shape_inference.py", line 81, in quant_pre_process
+    model = SymbolicShapeInference.infer_shapes(
+  File "/venv/lib/python3.11/site-packages/onnxruntime/tools/symbolic_shape_infer.py", line 1224, in _infer_Expand
+    if len(new_shape) < len(input_shape):
+TypeError: object of type 'NoneType' has no len()
+"#;
+        let e = helper_failure("Q/DQ quantization", "exit status: 1", stderr);
+        let Error::Helper {
+            exception,
+            origin,
+            traceback,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            exception,
+            "TypeError: object of type 'NoneType' has no len()"
+        );
+        assert_eq!(
+            origin.as_deref(),
+            Some("symbolic_shape_infer.py:1224 in _infer_Expand")
+        );
+        assert_eq!(traceback, stderr);
+        let text = e.to_string();
+        assert!(!text.contains("Traceback"), "{text}");
+        assert!(
+            text.contains("symbolic shape inference cannot follow"),
+            "{text}"
+        );
+        // Nothing on stderr at all is still a message.
+        let e = helper_failure("x", "signal: 9 (SIGKILL)", "");
+        assert!(e.to_string().contains("exited with signal: 9"), "{e}");
+    }
 }

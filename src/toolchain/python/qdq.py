@@ -29,7 +29,22 @@ def prepare(src, tmp):
         onnx.save(model, src)
     pre = os.path.join(tmp, "pre.onnx")
     # Shape inference and constant folding first, as onnxruntime recommends before quantizing.
-    quant_pre_process(src, pre, skip_optimization=False)
+    # Its symbolic shape inference fails on some real exports (PyTorch opset 19: a TypeError
+    # in _infer_Expand): then ONNX's own shape inference alone, then none.
+    global pre_process
+    try:
+        quant_pre_process(src, pre, skip_optimization=False)
+        pre_process = "full"
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        try:
+            quant_pre_process(src, pre, skip_optimization=False, skip_symbolic_shape=True)
+            pre_process = f"without symbolic shape inference (it failed: {why})"
+        except Exception as e2:
+            why2 = f"{type(e2).__name__}: {e2}".splitlines()[0][:200]
+            onnx.save(onnx.load(src), pre)
+            pre_process = f"none (symbolic shape inference failed: {why}; ONNX shape inference and optimization failed: {why2})"
+        print(f"facebuild: pre-processing {pre_process}", file=sys.stderr)
     m = onnx.load(pre)
     for i, n in enumerate(m.graph.node):
         if not n.name:
@@ -38,6 +53,7 @@ def prepare(src, tmp):
     return pre, m
 
 upgraded_from = None
+pre_process = None
 if sys.argv[1] == "--list":
     with tempfile.TemporaryDirectory() as tmp:
         _, m = prepare(sys.argv[2], tmp)
@@ -71,5 +87,5 @@ ops = {}
 for n in m.graph.node:
     ops[n.op_type] = ops.get(n.op_type, 0) + 1
 print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(calib.shape[0]),
-                  "method": method, "per_channel": per_channel == "1", "excluded": exclude, "opset_upgraded_from": upgraded_from, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
+                  "method": method, "per_channel": per_channel == "1", "excluded": exclude, "opset_upgraded_from": upgraded_from, "pre_process": pre_process, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
                   "settings": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric", "bias": "float", "dedicated_qdq_pair": True}}))
