@@ -286,6 +286,7 @@ fn init(
     builtin: Option<&str>,
     output: Option<Utf8PathBuf>,
     force: bool,
+    cache_dir: &Utf8Path,
 ) -> Result<i32> {
     use crate::manifest::init;
     let cwd = crate::util::absolute(Utf8Path::new("."));
@@ -297,7 +298,8 @@ fn init(
         ),
         (Some(m), None) => {
             let proto = crate::onnx::inspect::load_model(m)?;
-            let info = crate::onnx::inspect::inspect(&proto, m)?;
+            let mut info = crate::onnx::inspect::inspect(&proto, m)?;
+            let sized = size_symbolic_outputs(m, &mut info, cache_dir);
             let first: Vec<(String, String)> = proto
                 .graph
                 .as_ref()
@@ -309,7 +311,8 @@ fn init(
                         .collect()
                 })
                 .unwrap_or_default();
-            let g = init::guess(m, &info, &first)?;
+            let mut g = init::guess(m, &info, &first)?;
+            g.notes.extend(sized);
             let name = init::pipeline_name(m);
             let out_dir = match &output {
                 Some(o) if o.as_str() != "-" => crate::util::absolute(o)
@@ -526,7 +529,13 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
             builtin,
             output,
             force,
-        } => init(model.as_deref(), builtin.as_deref(), output, force),
+        } => init(
+            model.as_deref(),
+            builtin.as_deref(),
+            output,
+            force,
+            &cache_dir,
+        ),
         Command::Cache(c) => cache_cmd(c, &cache_dir),
         Command::Toolchain(t) => toolchain_cmd(t, &cache_dir),
         Command::Release(ReleaseCmd::List { dir, json }) => {
@@ -1108,6 +1117,87 @@ fn default_lockfiles() -> Vec<Utf8PathBuf> {
     }
     v.sort();
     v
+}
+
+/// Outputs whose size the graph leaves symbolic (`[batch_size, Divoutput_dim_1]`, a PyTorch
+/// export) get it from one run in ONNX Runtime on zeros, when the toolchain is installed:
+/// `init` guesses the task from the outputs' last dims. Returns a note for the manifest.
+fn size_symbolic_outputs(
+    model: &Utf8Path,
+    info: &mut crate::onnx::inspect::ModelInfo,
+    cache_dir: &Utf8Path,
+) -> Option<String> {
+    use crate::onnx::inspect::DimInfo;
+    use crate::runtime::Runtime;
+    let symbolic = |o: &crate::onnx::inspect::TensorInfo| {
+        !matches!(o.shape.as_deref(), Some([.., DimInfo::Static(_)]))
+    };
+    if !info.outputs.iter().any(symbolic) {
+        return None;
+    }
+    let names: Vec<String> = info
+        .outputs
+        .iter()
+        .filter(|o| symbolic(o))
+        .map(|o| o.name.clone())
+        .collect();
+    let Some(tc) = Toolchain::find(cache_dir, &Pins::resolve(&Default::default())) else {
+        return Some(format!(
+            "CHECK: the size of output(s) {} is symbolic in the graph; with the toolchain installed (`facebuild toolchain install`) init runs the model once to read it",
+            names.join(", ")
+        ));
+    };
+    // Batch 1; other dynamic dims 112 (a face crop: detectors take any multiple of 16).
+    let input = info.inputs.first()?;
+    let shape: Vec<usize> = input
+        .shape
+        .as_deref()?
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            DimInfo::Static(v) if *v > 0 => *v as usize,
+            _ if i == 0 => 1,
+            _ => 112,
+        })
+        .collect();
+    let run = || -> Result<Vec<crate::runtime::NamedTensor>> {
+        let mut loaded =
+            crate::runtime::onnxruntime::OnnxRuntime::new(&tc, Some(1))?.load(model)?;
+        let zeros = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
+        loaded.run(&[(input.name.clone(), zeros)])
+    };
+    match run() {
+        Ok(outs) => {
+            let mut read = Vec::new();
+            for (name, t) in outs {
+                let Some(o) = info
+                    .outputs
+                    .iter_mut()
+                    .find(|o| o.name == name && symbolic(o))
+                else {
+                    continue;
+                };
+                let (Some(dims), Some(&last)) = (o.shape.as_mut(), t.shape().last()) else {
+                    continue;
+                };
+                if dims.len() == t.ndim() {
+                    if let Some(d) = dims.last_mut() {
+                        *d = DimInfo::Static(last as i64);
+                    }
+                    read.push(format!("`{name}` {:?}", t.shape()));
+                }
+            }
+            Some(format!(
+                "output sizes read from one run in ONNX Runtime on zeros {shape:?}: {}",
+                read.join(", ")
+            ))
+        }
+        Err(e) => Some(format!(
+            "CHECK: output(s) {} have a symbolic size, and one run in ONNX Runtime to read it failed: {}",
+            names.join(", "),
+            e.to_string().lines().next().unwrap_or_default()
+        )),
+    }
 }
 
 fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {

@@ -171,6 +171,24 @@ quantize_dynamic(sys.argv[1], sys.argv[2])";
     assert_eq!(code, 0, "{r:#?}");
 }
 
+/// A real export whose output size is symbolic (`[batch_size, Divoutput_dim_1]`, PyTorch
+/// opset 19): init reads it from one run in ONNX Runtime and calls the model a recognizer.
+#[test]
+fn init_reads_a_symbolic_output_size_from_one_run() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let text = init(
+        &p,
+        &shared.join("models/mobilefacenet_opset19.onnx"),
+        "opset19",
+    );
+    assert!(text.contains("  task: recognition\n"), "{text}");
+    assert!(
+        text.contains("output sizes read from one run in ONNX Runtime on zeros [1, 3, 112, 112]: `output` [1, 128]"),
+        "{text}"
+    );
+}
+
 /// `init --builtin` writes the built-in pipeline, the same text `run --builtin` runs.
 #[test]
 fn init_builtin_writes_the_default_pipeline() {
