@@ -56,6 +56,12 @@ pub struct ModelInfo {
     pub op_types: std::collections::BTreeMap<String, usize>,
     pub initializer_count: usize,
     pub initializer_bytes: u64,
+    /// Tensors held by `Constant` nodes: some exporters store every weight there, with no
+    /// initializers at all.
+    #[serde(default)]
+    pub constant_count: usize,
+    #[serde(default)]
+    pub constant_bytes: u64,
     pub external_data: Vec<ExternalRef>,
 }
 
@@ -214,6 +220,12 @@ pub(crate) fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<Model
                 .and_then(|e| e.value.parse().ok()),
         });
     }
+    let constants = || {
+        g.node
+            .iter()
+            .filter(|n| n.op_type == "Constant" && n.domain.is_empty())
+            .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()))
+    };
     Ok(ModelInfo {
         ir_version: model.ir_version,
         opsets: model
@@ -243,6 +255,8 @@ pub(crate) fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<Model
         op_types,
         initializer_count: g.initializer.len(),
         initializer_bytes: g.initializer.iter().map(tensor_bytes).sum(),
+        constant_count: constants().count(),
+        constant_bytes: constants().map(tensor_bytes).sum(),
         external_data: external,
     })
 }
@@ -323,6 +337,39 @@ mod tests {
                 DimInfo::Symbolic("None".into()),
             ]
         );
+    }
+
+    /// Weights stored in `Constant` nodes (no initializers) are counted as weights.
+    #[test]
+    fn constant_node_weights_are_counted() {
+        use crate::onnx::proto::{AttributeProto, NodeProto};
+        let mut m = crate::onnx::builtin::BuiltinModel::from_name("iresnet-mini")
+            .unwrap()
+            .build();
+        let before = inspect(&m, "m.onnx".into()).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        let consts: Vec<NodeProto> = g
+            .initializer
+            .drain(..)
+            .map(|t| NodeProto {
+                output: vec![t.name.clone()],
+                op_type: "Constant".into(),
+                attribute: vec![AttributeProto {
+                    name: "value".into(),
+                    r#type: 4,
+                    t: Some(t),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let n = consts.len();
+        g.node.splice(0..0, consts);
+        let after = inspect(&m, "m.onnx".into()).unwrap();
+        assert_eq!((after.initializer_count, after.initializer_bytes), (0, 0));
+        assert_eq!(after.constant_count, n);
+        assert_eq!(after.constant_bytes, before.initializer_bytes);
+        assert_eq!(after.outputs[0].shape, before.outputs[0].shape);
     }
 
     #[test]

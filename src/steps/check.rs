@@ -16,7 +16,8 @@ use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
 /// v2: the report is typed and carries `schema`.
 /// v3: the report names the model as the manifest does, not by its absolute path.
-pub(crate) const IMPL_VERSION: u32 = 3;
+/// v4: weights held by `Constant` nodes are counted (`constant_count`, `constant_bytes`).
+pub(crate) const IMPL_VERSION: u32 = 4;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,7 +241,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
             ),
         });
     }
-    let summary = json!({
+    let mut summary = json!({
         "ir_version": info.ir_version,
         "opset": info.opsets.iter().find(|o| o.domain == "ai.onnx").map(|o| o.version),
         "inputs": info.inputs.iter().map(|i| format!("{} {}", i.name, i.shape.as_deref().map(fmt_dims).unwrap_or_default())).collect::<Vec<_>>(),
@@ -248,6 +249,10 @@ pub(crate) fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
         "nodes": info.node_count,
         "initializer_mib": (info.initializer_bytes as f64 / 1048576.0 * 10.0).round() / 10.0,
     });
+    if info.constant_bytes > 0 {
+        summary["constant_mib"] =
+            json!((info.constant_bytes as f64 / 1048576.0 * 10.0).round() / 10.0);
+    }
     Ok(StepOutcome {
         outputs: [("report.json".to_string(), path)].into(),
         summary,
