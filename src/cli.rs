@@ -879,7 +879,7 @@ fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
                 .filter_map(|(_, p)| std::fs::metadata(p).ok())
                 .map(|m| m.len())
                 .sum();
-            let pb = crate::report::progress::bytes_bar(total, "verifying blobs");
+            let pb = crate::progress::bytes_bar(total, "verifying blobs");
             let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
             pb.finish_and_clear();
             // Invalid records are removed whatever --repair says: nothing can use them.

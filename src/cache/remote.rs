@@ -764,7 +764,7 @@ impl Remote {
             .map(|mut u| u.drain(..).collect())
             .unwrap_or_default();
         if !handles.is_empty() {
-            let pb = crate::report::progress::spinner("uploading to the remote cache");
+            let pb = crate::progress::spinner("uploading to the remote cache");
             pb.set_prefix("remote");
             self.rt.block_on(async {
                 for h in handles {

@@ -34,7 +34,7 @@ pub(crate) struct ActionRecord {
     pub duration_ms: u64,
     /// Where it ran, when not on the machine that ran facebuild (a Slurm job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ran_on: Option<crate::manifest::RanOn>,
+    pub ran_on: Option<crate::domain::RanOn>,
 }
 
 pub(crate) struct Store {

@@ -11,8 +11,8 @@ pub(crate) mod scrfd;
 
 use serde::Serialize;
 
+use crate::domain::{DetectorFamily, DetectorSpec};
 use crate::error::Result;
-use crate::manifest::{DetectorFamily, DetectorSpec};
 use crate::runtime::NamedTensor;
 
 /// One decoded face: box, score and (when the head predicts them) five landmarks.

@@ -4,8 +4,8 @@
 //! recognised by their last dim: 4 boxes, 2 scores, 10 landmarks.
 
 use super::{Detection, rows};
+use crate::domain::DetectorSpec;
 use crate::error::Result;
-use crate::manifest::DetectorSpec;
 use crate::runtime::NamedTensor;
 
 /// Priors as (cx, cy, w, h), relative to the input size, in the network's order.

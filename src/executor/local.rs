@@ -10,7 +10,7 @@ use super::{Executed, Executor, Job};
 use crate::cache::ActionRecord;
 use crate::context::BuildContext;
 use crate::error::{Error, Result};
-use crate::report::progress;
+use crate::progress;
 use crate::steps::StepContext;
 
 /// Runs steps on this machine.

@@ -19,7 +19,7 @@ use super::worker::{WorkerSpec, prepare};
 use super::{Executed, Executor, Job};
 use crate::context::BuildContext;
 use crate::error::{Error, Result};
-use crate::report::progress;
+use crate::progress;
 
 /// The longest any one Slurm command may take (sbatch retries an absent controller for ~9 s).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -190,32 +190,7 @@ impl Placement {
     }
 }
 
-/// Where a step ran, as its action record and run report say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RanOn {
-    /// `slurm`.
-    pub executor: String,
-    /// The Slurm job id.
-    pub job_id: String,
-    /// The node it ran on.
-    #[serde(default)]
-    pub node: String,
-}
-
-impl RanOn {
-    /// The worker's own placement, from the environment Slurm gives a job.
-    pub(crate) fn from_slurm_env() -> Option<RanOn> {
-        let job_id = std::env::var("SLURM_JOB_ID").ok()?;
-        let node = std::env::var("SLURMD_NODENAME")
-            .or_else(|_| std::env::var("SLURM_JOB_NODELIST"))
-            .unwrap_or_default();
-        Some(RanOn {
-            executor: "slurm".into(),
-            job_id,
-            node,
-        })
-    }
-}
+pub use crate::domain::RanOn;
 
 /// Every placement problem, located at the `runs_on` (or the step) it comes from: unknown
 /// classes, Slurm options on a local placement, TensorRT steps routed to Slurm without a

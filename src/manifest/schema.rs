@@ -8,6 +8,13 @@ use serde_saphyr::Spanned;
 
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 
+// The value types the lower layers (preprocess, detect, cache, toolchain) share live below
+// the manifest; the schema re-exports them.
+pub(crate) use crate::domain::AlignSpec;
+pub(crate) use crate::domain::Resize;
+pub use crate::domain::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
+pub(crate) use crate::toolchain::ToolchainSpec;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawManifest {
@@ -63,65 +70,6 @@ pub(crate) struct ModelSpec {
     /// How a detector's raw outputs become boxes (required by detection `compare`).
     #[serde(default)]
     pub detector: Option<DetectorSpec>,
-}
-
-/// A detector family and its post-processing: decoding, score threshold, NMS.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DetectorSpec {
-    /// Which head layout to decode.
-    pub family: DetectorFamily,
-    /// Detections scoring below this are dropped before NMS.
-    #[serde(default = "default_score_threshold")]
-    pub score_threshold: f32,
-    /// IoU above which NMS suppresses the lower-scoring box.
-    #[serde(default = "default_nms_iou")]
-    pub nms_iou: f32,
-    /// Feature strides; default: SCRFD 8/16/32 (8..128 for 5-level heads), RetinaFace 8/16/32.
-    #[serde(default)]
-    pub strides: Option<Vec<u32>>,
-    /// RetinaFace prior sizes per stride (default [[16, 32], [64, 128], [256, 512]]).
-    #[serde(default)]
-    pub min_sizes: Option<Vec<Vec<f32>>>,
-    /// RetinaFace box variances (default [0.1, 0.2]).
-    #[serde(default)]
-    pub variance: Option<[f32; 2]>,
-}
-
-/// The detector families facebuild decodes natively.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DetectorFamily {
-    /// InsightFace SCRFD: per-stride scores, box and keypoint distances from anchor centres.
-    Scrfd,
-    /// RetinaFace (Pytorch_Retinaface layout): prior boxes with variances, softmax scores.
-    Retinaface,
-}
-
-fn default_score_threshold() -> f32 {
-    0.5
-}
-fn default_nms_iou() -> f32 {
-    0.4
-}
-
-/// Tensor layout of an image input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    /// Batch, channels, height, width (ONNX's usual layout).
-    NCHW,
-    /// Batch, height, width, channels.
-    NHWC,
-}
-
-impl Layout {
-    /// The index of the channel axis.
-    pub fn channel_axis(self) -> usize {
-        match self {
-            Layout::NCHW => 1,
-            Layout::NHWC => 3,
-        }
-    }
 }
 
 /// One dimension of a declared shape: a fixed size or a named dynamic dimension.
@@ -186,55 +134,6 @@ fn default_layout() -> Layout {
     Layout::NCHW
 }
 
-/// The channel order a model expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ColorOrder {
-    /// Red, green, blue.
-    RGB,
-    /// Blue, green, red (OpenCV-trained models).
-    BGR,
-}
-
-/// How images become input tensors: `(pixel - mean) / std` per channel at `size`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Preprocessing {
-    /// Channel order.
-    #[serde(default = "default_color")]
-    pub color: ColorOrder,
-    /// Per-channel mean subtracted, in the channel order above: one value per input channel
-    /// (checked against the input shape when the manifest is read).
-    #[serde(default = "default_mean")]
-    pub mean: Vec<f32>,
-    /// Per-channel divisor.
-    #[serde(default = "default_std")]
-    pub std: Vec<f32>,
-    /// [height, width] the image is resized to.
-    pub size: [u32; 2],
-    /// How a whole image is brought to `size`: `center_crop` (crop to the aspect ratio, then
-    /// resize) or `letterbox` (keep the aspect ratio, pad bottom/right, as SCRFD expects).
-    /// Default: letterbox for detection models, center_crop otherwise.
-    #[serde(default)]
-    pub resize: Option<Resize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resize {
-    CenterCrop,
-    Letterbox,
-}
-
-fn default_color() -> ColorOrder {
-    ColorOrder::RGB
-}
-fn default_mean() -> Vec<f32> {
-    vec![127.5; 3]
-}
-fn default_std() -> Vec<f32> {
-    vec![127.5; 3]
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DatasetSpec {
@@ -275,31 +174,4 @@ impl DatasetSpec {
                 .then(|| crate::preprocess::verification_sets::BIN_PAIRS.into())
         })
     }
-}
-
-/// Alignment of whole photos to the ArcFace 112x112 five-point template, with a detector's
-/// landmarks (a 5-point similarity transform, Umeyama).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AlignSpec {
-    /// The detector ONNX model, relative to the manifest.
-    pub model: Utf8PathBuf,
-    pub detector: DetectorSpec,
-    /// How the detector is fed (default: SCRFD's RGB, (x - 127.5) / 128, letterbox 640x640).
-    #[serde(default)]
-    pub preprocessing: Option<Preprocessing>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToolchainSpec {
-    /// Python packages to pin, `name: version`; merged over facebuild's defaults.
-    #[serde(default)]
-    pub python: IndexMap<String, String>,
-    /// The Python interpreter used to create the environment (default `python3`).
-    #[serde(default)]
-    pub interpreter: Option<String>,
-    /// Where TensorRT is (it cannot be installed from PyPI): see docs/tensorrt.md.
-    #[serde(default)]
-    pub tensorrt: Option<crate::toolchain::tensorrt::TensorRtSpec>,
 }

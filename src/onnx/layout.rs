@@ -3,7 +3,7 @@
 //! `detector.family` is checked against it before anything runs.
 
 use super::inspect::{DimInfo, TensorInfo};
-use crate::manifest::DetectorFamily;
+use crate::domain::DetectorFamily;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OutputLayout {

@@ -10,8 +10,8 @@ use camino::Utf8Path;
 use image::RgbImage;
 
 use crate::detect::Detection;
+use crate::domain::{AlignSpec, DetectorSpec, Layout, Preprocessing};
 use crate::error::Result;
-use crate::manifest::{AlignSpec, DetectorSpec, Layout, Preprocessing};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::toolchain::Toolchain;
 

@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CacheKeyHasher, Store};
+use crate::domain::{ColorOrder, Layout, Preprocessing, Resize};
 use crate::error::{Error, Result};
-use crate::manifest::{ColorOrder, Layout, Preprocessing, Resize};
 use image::RgbImage;
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];

@@ -1,5 +1,4 @@
 //! What facebuild shows people and machines: progress, and the plan/run/status renderings
 //! (plain text for people, `--json` for machines).
 
-pub(crate) mod progress;
 pub(crate) mod run;

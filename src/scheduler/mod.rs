@@ -16,7 +16,7 @@ use crate::context::BuildContext;
 use crate::error::{Error, Result};
 use crate::executor::{Executed, Executor, Job};
 use crate::manifest::{ExecutorKind, RanOn};
-use crate::report::progress;
+use crate::progress;
 
 mod resolve;
 

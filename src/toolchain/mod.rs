@@ -16,11 +16,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use camino::{Utf8Path, Utf8PathBuf};
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CacheKeyHasher, cache_key};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::ToolchainSpec;
 
 /// Default pins. Exact versions: the cache key trusts them.
 pub(crate) const DEFAULT_PINS: &[(&str, &str)] = &[
@@ -384,7 +384,7 @@ fn ensure_uv(
 /// wheels, with markers) for the interpreter's Python version. Returns the lock's text.
 pub(crate) fn lock(pins: &Pins, root: &Utf8Path) -> Result<String> {
     std::fs::create_dir_all(root).fs_context(root)?;
-    let pb = crate::report::progress::spinner("locking the toolchain");
+    let pb = crate::progress::spinner("locking the toolchain");
     let uv = ensure_uv(&pins.interpreter, root, &pb)?;
     let version = Command::new(&pins.interpreter)
         .args([
@@ -440,7 +440,7 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     let partial = dir.to_owned();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).fs_context(dir)?;
-    let pb = crate::report::progress::spinner(format!(
+    let pb = crate::progress::spinner(format!(
         "toolchain {}: creating Python environment",
         pins.id()
     ));
@@ -528,7 +528,7 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
             || l.starts_with("Installing")
             || l.starts_with("Successfully")
         {
-            crate::report::progress::note(&pb, &format!("toolchain: {l}"));
+            crate::progress::note(&pb, &format!("toolchain: {l}"));
             pb.set_message(format!("toolchain {}: {l}", pins.id()));
         }
     }
@@ -572,6 +572,21 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     pb.finish_and_clear();
     eprintln!("toolchain {} installed at {dir}", pins.id());
     Ok(())
+}
+
+/// The manifest's `toolchain:` block.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolchainSpec {
+    /// Python packages to pin, `name: version`; merged over facebuild's defaults.
+    #[serde(default)]
+    pub python: IndexMap<String, String>,
+    /// The Python interpreter used to create the environment (default `python3`).
+    #[serde(default)]
+    pub interpreter: Option<String>,
+    /// Where TensorRT is (it cannot be installed from PyPI): see docs/tensorrt.md.
+    #[serde(default)]
+    pub tensorrt: Option<tensorrt::TensorRtSpec>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,154 @@
+//! Value types that the lower layers (preprocess, detect, cache) and the manifest share:
+//! how images are fed, how a detector is decoded, where a step ran. They live here, below
+//! the manifest, so that no lower layer imports it; the manifest's schema re-exports them.
+
+use camino::Utf8PathBuf;
+use serde::{Deserialize, Serialize};
+
+/// A detector family and its post-processing: decoding, score threshold, NMS.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    /// Which head layout to decode.
+    pub family: DetectorFamily,
+    /// Detections scoring below this are dropped before NMS.
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// IoU above which NMS suppresses the lower-scoring box.
+    #[serde(default = "default_nms_iou")]
+    pub nms_iou: f32,
+    /// Feature strides; default: SCRFD 8/16/32 (8..128 for 5-level heads), RetinaFace 8/16/32.
+    #[serde(default)]
+    pub strides: Option<Vec<u32>>,
+    /// RetinaFace prior sizes per stride (default [[16, 32], [64, 128], [256, 512]]).
+    #[serde(default)]
+    pub min_sizes: Option<Vec<Vec<f32>>>,
+    /// RetinaFace box variances (default [0.1, 0.2]).
+    #[serde(default)]
+    pub variance: Option<[f32; 2]>,
+}
+
+/// The detector families facebuild decodes natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorFamily {
+    /// InsightFace SCRFD: per-stride scores, box and keypoint distances from anchor centres.
+    Scrfd,
+    /// RetinaFace (Pytorch_Retinaface layout): prior boxes with variances, softmax scores.
+    Retinaface,
+}
+
+fn default_score_threshold() -> f32 {
+    0.5
+}
+fn default_nms_iou() -> f32 {
+    0.4
+}
+
+/// Tensor layout of an image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// Batch, channels, height, width (ONNX's usual layout).
+    NCHW,
+    /// Batch, height, width, channels.
+    NHWC,
+}
+
+impl Layout {
+    /// The index of the channel axis.
+    pub fn channel_axis(self) -> usize {
+        match self {
+            Layout::NCHW => 1,
+            Layout::NHWC => 3,
+        }
+    }
+}
+
+/// The channel order a model expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColorOrder {
+    /// Red, green, blue.
+    RGB,
+    /// Blue, green, red (OpenCV-trained models).
+    BGR,
+}
+
+/// How images become input tensors: `(pixel - mean) / std` per channel at `size`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    /// Channel order.
+    #[serde(default = "default_color")]
+    pub color: ColorOrder,
+    /// Per-channel mean subtracted, in the channel order above: one value per input channel
+    /// (checked against the input shape when the manifest is read).
+    #[serde(default = "default_mean")]
+    pub mean: Vec<f32>,
+    /// Per-channel divisor.
+    #[serde(default = "default_std")]
+    pub std: Vec<f32>,
+    /// [height, width] the image is resized to.
+    pub size: [u32; 2],
+    /// How a whole image is brought to `size`: `center_crop` (crop to the aspect ratio, then
+    /// resize) or `letterbox` (keep the aspect ratio, pad bottom/right, as SCRFD expects).
+    /// Default: letterbox for detection models, center_crop otherwise.
+    #[serde(default)]
+    pub resize: Option<Resize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    CenterCrop,
+    Letterbox,
+}
+
+fn default_color() -> ColorOrder {
+    ColorOrder::RGB
+}
+fn default_mean() -> Vec<f32> {
+    vec![127.5; 3]
+}
+fn default_std() -> Vec<f32> {
+    vec![127.5; 3]
+}
+
+/// Alignment of whole photos to the ArcFace 112x112 five-point template, with a detector's
+/// landmarks (a 5-point similarity transform, Umeyama).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AlignSpec {
+    /// The detector ONNX model, relative to the manifest.
+    pub model: Utf8PathBuf,
+    pub detector: DetectorSpec,
+    /// How the detector is fed (default: SCRFD's RGB, (x - 127.5) / 128, letterbox 640x640).
+    #[serde(default)]
+    pub preprocessing: Option<Preprocessing>,
+}
+
+/// Where a step ran, as its action record and run report say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RanOn {
+    /// `slurm`.
+    pub executor: String,
+    /// The Slurm job id.
+    pub job_id: String,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: String,
+}
+
+impl RanOn {
+    /// The worker's own placement, from the environment Slurm gives a job.
+    pub(crate) fn from_slurm_env() -> Option<RanOn> {
+        let job_id = std::env::var("SLURM_JOB_ID").ok()?;
+        let node = std::env::var("SLURMD_NODENAME")
+            .or_else(|_| std::env::var("SLURM_JOB_NODELIST"))
+            .unwrap_or_default();
+        Some(RanOn {
+            executor: "slurm".into(),
+            job_id,
+            node,
+        })
+    }
+}
