@@ -14,7 +14,7 @@
 //! independently. Everything else is private to the crate.
 
 mod cache;
-mod cli;
+mod commands;
 mod context;
 mod detect;
 mod domain;
@@ -35,7 +35,7 @@ mod toolchain;
 mod util;
 
 pub use cache::remote::RemoteReport;
-pub use cli::main;
+pub use commands::main;
 pub use detect::{Detection, decode};
 pub use error::{Error, Location, Result};
 pub use graph::plan::{Decision, Plan, StepPlan};

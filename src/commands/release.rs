@@ -1,0 +1,80 @@
+//! `facebuild release`: list releases, or roll a pipeline back.
+
+use camino::Utf8PathBuf;
+use clap::Subcommand;
+
+use crate::error::Result;
+
+#[derive(Subcommand)]
+pub(super) enum ReleaseCmd {
+    /// Every pipeline's releases, oldest first, and which is current
+    List {
+        /// The releases folder (default: $FACEBUILD_RELEASES, else ./releases)
+        #[arg(long)]
+        dir: Option<Utf8PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier release current again, byte for byte (sha256 checked)
+    Rollback {
+        pipeline: String,
+        version: String,
+        #[arg(long)]
+        dir: Option<Utf8PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
+    match r {
+        ReleaseCmd::List { dir, json } => {
+            let root = crate::steps::release::releases_root(dir.as_deref());
+            let all = crate::steps::release::list(&root)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all).map_err(anyhow::Error::from)?
+                );
+            } else if all.is_empty() {
+                println!("no releases in {root}");
+            } else {
+                println!("releases in {root}:");
+                for r in &all {
+                    println!(
+                        "  {} {:<16} {} {}",
+                        if r.current { "*" } else { " " },
+                        r.pipeline,
+                        r.version,
+                        r.artifacts.join(", ")
+                    );
+                }
+                println!("(* = current)");
+            }
+            Ok(0)
+        }
+        ReleaseCmd::Rollback {
+            pipeline,
+            version,
+            dir,
+            json,
+        } => {
+            let root = crate::steps::release::releases_root(dir.as_deref());
+            let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(anyhow::Error::from)?
+                );
+            } else {
+                println!(
+                    "{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}",
+                    r.previous_current.as_deref().unwrap_or("none"),
+                    r.verified_files,
+                    r.current_dir
+                );
+            }
+            Ok(0)
+        }
+    }
+}
