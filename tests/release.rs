@@ -88,8 +88,11 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
         "compare: compare, benchmark: benchmark, releases_dir: {}",
         rel.display()
     );
-    // 1. A release that passes: loose gates, both kinds.
-    p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp16], {common}, version: v1, gates: {{cosine_min: 0.99, p99_ms_max: 10000, throughput_min: 0.001, rss_mib_max: 100000, cold_start_ms_max: 600000}}, keep_fp32_for_audit: true, audit_artifacts: [ov_fp32]}}")));
+    // 1. A release that passes, on gates of both kinds (compare's cosine, the benchmark's
+    //    memory and cold start). Not on latency or throughput: on a busy machine the
+    //    benchmark judges those unreliable and the release refuses them, which is
+    //    `bench_reliability`'s subject; 2. below is refused by latency either way.
+    p.write("r.yaml", &pipeline(&format!("{{artifacts: [ov_fp16], {common}, version: v1, gates: {{cosine_min: 0.99, rss_mib_max: 100000, cold_start_ms_max: 600000}}, keep_fp32_for_audit: true, audit_artifacts: [ov_fp32]}}")));
     let (code, r) = p.run_json("r.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
 
@@ -164,7 +167,7 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     );
     assert!(v1.join("ov_fp16/model.xml").exists() && v1.join("audit/ov_fp32/model.bin").exists());
     let gates = &meta.gates[0].gates;
-    assert_eq!(gates.len(), 5);
+    assert_eq!(gates.len(), 3);
     assert!(
         gates.iter().all(|g| g.passed && g.value.is_some()),
         "{gates:#?}"
@@ -183,7 +186,8 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
         "v1"
     );
 
-    // 2. Refused by a latency gate, with the measured value and the limit.
+    // 2. Refused by a latency gate, with the measured value and the limit: compared with
+    //    it, or, on a busy machine, judged unreliable and not compared (and said so).
     p.write(
         "r.yaml",
         &pipeline(&format!(
@@ -195,8 +199,8 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
     let e = release_err(&r);
     assert!(
         e.contains("release refused")
-            && e.contains("p99_ms_max: measured")
-            && e.contains("vs limit 0.000001"),
+            && (e.contains("p99_ms_max: measured") || e.contains("p99_ms_max: unreliable ("))
+            && e.contains("limit 0.000001"),
         "{e}"
     );
     say(&format!("latency gate: {}", e.lines().next().unwrap()));
