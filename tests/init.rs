@@ -107,17 +107,7 @@ for v in (m.graph.input[0], m.graph.output[0]):
     d.Clear()
     d.dim_value = -1
 onnx.save(m, sys.argv[2])";
-    let py = std::process::Command::new(toolchain_python())
-        .args(["-c", script])
-        .arg(&onnx)
-        .arg(&patched)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
+    run_toolchain_python(script, &[&onnx, &patched]);
     let text = init(&p, &patched, "paddle_style");
     assert!(
         text.contains("shape: [1, 3, 112, 112]") && text.contains("batch dim is dynamic (`?0`)"),
@@ -138,20 +128,7 @@ fn init_writes_no_int8_steps_for_a_quantized_model() {
     let out = p.run(&["builtin", "iresnet-mini", "-o", onnx.to_str().unwrap()]);
     assert!(out.status.success());
     let quantized = p.path("dynamic_int8.onnx");
-    let script = "import sys
-from onnxruntime.quantization import quantize_dynamic
-quantize_dynamic(sys.argv[1], sys.argv[2])";
-    let py = std::process::Command::new(toolchain_python())
-        .args(["-c", script])
-        .arg(&onnx)
-        .arg(&quantized)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
+    quantize_dynamic(&onnx, &quantized);
     let text = init(&p, &quantized, "dynamic_int8");
     assert!(
         text.contains("# No INT8 steps: the model is already quantized (")

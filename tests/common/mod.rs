@@ -303,3 +303,28 @@ pub(crate) fn toolchain_python() -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("no toolchain venv under {}", root.display()))
 }
+
+/// Runs `script` in the toolchain's Python with `args`; panics with its stderr if it fails.
+pub(crate) fn run_toolchain_python(script: &str, args: &[&Path]) {
+    let out = std::process::Command::new(toolchain_python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `src` quantized by ONNX Runtime's dynamic quantization (ConvInteger,
+/// DynamicQuantizeLinear) into `dst`: a model that is already quantized.
+pub(crate) fn quantize_dynamic(src: &Path, dst: &Path) {
+    run_toolchain_python(
+        "import sys
+from onnxruntime.quantization import quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2])",
+        &[src, dst],
+    );
+}
