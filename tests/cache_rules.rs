@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use facebuild::SimplifyReport;
+use facebuild::{CompareReport, SimplifyReport};
 
 /// How many action records `cache ls` lists.
 fn cached_results(p: &Project) -> usize {
@@ -196,6 +196,102 @@ fn failed_gate_stops_dependants_keeps_report_and_keep_going_runs_the_rest() {
     let (_, r) = p.run_json("p.yaml", &["--keep-going"]);
     assert_eq!(status_of(&r, "simplify"), Status::Failed);
     assert_eq!(status_of(&r, "check"), Status::Cached);
+}
+
+/// A compare whose candidate failed still compares the others and lists the failed one as
+/// failed, with its error; its gates fail by the missing-figure rule (or pass by
+/// `missing: pass`). Without --keep-going nothing else new starts, but the compare over the
+/// failure still reports.
+#[test]
+fn compare_reports_a_failed_candidate_and_compares_the_rest() {
+    let p = Project::new();
+    let manifest = |missing: &str| {
+        builtin_manifest(&format!(
+            "{}{missing}",
+            indoc! {"
+              simplify:
+                kind: simplify
+                params:
+                  samples: 2
+                  max_abs_error: 0
+              openvino_fp32:
+                kind: convert
+                params: {backend: openvino, precision: fp32}
+              check:
+                kind: check
+                needs: [compare]
+              compare:
+                kind: compare
+                params:
+                  dataset: samples
+                  candidates: [openvino_fp32, simplify]
+                  cosine_min: 0.999
+            "}
+        ))
+        .replace(
+            "steps:\n",
+            "  preprocessing: {color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}\ndatasets:\n  samples: {builtin: synthetic-faces}\nsteps:\n",
+        )
+    };
+    p.write("p.yaml", &manifest(""));
+    let (code, r) = p.run_json("p.yaml", &["--jobs", "1"]);
+    assert_eq!(code, 1, "{r:#?}");
+    assert_eq!(status_of(&r, "simplify"), Status::Failed);
+    assert_eq!(status_of(&r, "openvino_fp32"), Status::Built);
+    assert_eq!(status_of(&r, "compare"), Status::Failed, "{r:#?}");
+    assert_eq!(
+        status_of(&r, "check"),
+        Status::Skipped,
+        "a step after the failed compare is skipped"
+    );
+    let err = error_of(&r, "compare");
+    assert!(
+        err.contains("candidate `simplify` (not built)") && err.contains("not measured"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("candidate `openvino_fp32`"),
+        "the built candidate passes: {err}"
+    );
+    let report: CompareReport = p.report("out/t/compare/report.json");
+    let by = |l: &str| report.candidates.iter().find(|c| c.label == l).unwrap();
+    assert_eq!(by("openvino_fp32").passed, Some(true));
+    assert!(by("openvino_fp32").cosine.as_ref().unwrap().min > 0.9999);
+    let failed = by("simplify");
+    assert_eq!(failed.passed, Some(false));
+    let why = failed.failed.as_deref().unwrap();
+    assert!(
+        why.contains("its step failed") && why.contains("max abs error"),
+        "{why}"
+    );
+    let md = std::fs::read_to_string(p.path("out/t/compare/report.md")).unwrap();
+    assert!(
+        md.contains("| simplify | - | failed: its step failed"),
+        "{md}"
+    );
+
+    // `missing: pass` lets the missing figures pass: compare passes, and says so.
+    p.write(
+        "p.yaml",
+        &manifest("    candidate_gates: {simplify: {missing: pass}}\n"),
+    );
+    let (code, r) = p.run_json("p.yaml", &["--keep-going"]);
+    assert_eq!(code, 1, "simplify still fails the run: {r:#?}");
+    assert_eq!(status_of(&r, "compare"), Status::Built, "{r:#?}");
+    assert_eq!(status_of(&r, "check"), Status::Built);
+    let report: CompareReport = p.report("out/t/compare/report.json");
+    let g = &report
+        .candidates
+        .iter()
+        .find(|c| c.label == "simplify")
+        .unwrap();
+    assert!(
+        g.gates.as_ref().unwrap()[0]
+            .warning
+            .as_deref()
+            .unwrap()
+            .contains("passed by `missing: pass`")
+    );
 }
 
 /// `cache gc` keeps exactly what the lockfile references.

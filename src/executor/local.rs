@@ -94,6 +94,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         tensorrt,
         store: &ctx.store,
         upstream: job.upstream.clone(),
+        failed: job.failed.clone(),
         workdir: &workdir,
         cancel,
         progress: &pb,

@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
     /// Every upstream step's outputs as blobs (for a job elsewhere).
     pub upstream_blobs: BTreeMap<String, Outputs>,
+    /// Referenced steps that failed, with why: the step reports them (compare).
+    pub failed: BTreeMap<String, String>,
     pub parts: KeyParts,
     /// Where it runs, when not here: written into the action record.
     pub ran_on: Option<crate::manifest::RanOn>,

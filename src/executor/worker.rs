@@ -49,6 +49,9 @@ pub(crate) struct WorkerSpec {
     pub inputs: Vec<SpecInput>,
     /// Every upstream step's outputs.
     pub upstream: BTreeMap<String, Outputs>,
+    /// Referenced steps that failed, with why (compare reports them).
+    #[serde(default)]
+    pub failed: BTreeMap<String, String>,
     /// The submitting machine (for logs).
     pub submitted_from: String,
 }
@@ -106,6 +109,9 @@ impl WorkerSpec {
                 name(&format!("upstream.{step}"), o)?;
                 check_blob(&format!("upstream.{step}.{o}"), b).map_err(|e| e.to_string())?;
             }
+        }
+        for step in self.failed.keys() {
+            name("failed", step)?;
         }
         Ok(())
     }
@@ -199,6 +205,7 @@ pub(crate) fn prepare(
         parts: job.parts.clone(),
         inputs,
         upstream: job.upstream_blobs.clone(),
+        failed: job.failed.clone(),
         submitted_from: crate::util::hostname(),
     };
     Ok((spec, blobs))
@@ -445,7 +452,13 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
                 Error::usage(format!("exec-step: the spec lacks `{}`'s model", f.value))
             })?,
     };
-    let parts = ctx.key_parts(&step, &model_digest, &|s| spec.upstream.get(s).cloned())?;
+    let parts = ctx.key_parts(&step, &model_digest, &|s| {
+        spec.upstream.get(s).cloned().or_else(|| {
+            spec.failed
+                .contains_key(s)
+                .then(crate::scheduler::failed_outputs)
+        })
+    })?;
     if parts.key() != spec.key {
         // Say what differs, as `plan` says why a step reruns.
         let mut lock = Lock::default();
@@ -498,6 +511,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         model,
         upstream,
         upstream_blobs: spec.upstream.clone(),
+        failed: spec.failed.clone(),
         parts,
         ran_on: RanOn::from_slurm_env(),
     };
@@ -558,6 +572,7 @@ mod tests {
                 [("model.onnx".to_string(), blob)].into(),
             )]
             .into(),
+            failed: Default::default(),
             submitted_from: "ci".into(),
         }
     }

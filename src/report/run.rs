@@ -178,7 +178,10 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
     let mut s = format!("<h2>compare <code>{}</code></h2>", esc(name));
     let pass = |c: &CandidateReport| match c.passed {
         Some(true) => "pass".to_string(),
-        Some(false) => "FAIL".to_string(),
+        Some(false) => match &c.failed {
+            Some(why) => format!("FAIL (not built: {})", why.lines().next().unwrap_or("")),
+            None => "FAIL".to_string(),
+        },
         None => format!("unavailable: {}", c.unavailable.as_deref().unwrap_or("")),
     };
     let artifact = |c: &CandidateReport| {

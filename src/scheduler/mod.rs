@@ -22,7 +22,7 @@ mod resolve;
 
 pub use resolve::Origin;
 use resolve::Outputs;
-pub(crate) use resolve::{Resolution, Upstream, miss_reasons, resolve};
+pub(crate) use resolve::{Resolution, Upstream, failed_outputs, miss_reasons, resolve};
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunOptions {
@@ -153,7 +153,10 @@ struct RunState<'a> {
     running_elsewhere: usize,
     /// An exclusive step (a benchmark) is running: nothing else starts until it ends.
     exclusive_running: bool,
+    /// No new step starts: a step failed without `--keep-going` (the steps that report on
+    /// the failure still run), or the run was interrupted (nothing starts).
     stop: bool,
+    interrupted: bool,
     /// Steps some selected step depends on (not leaves, for `--materialize leaves`).
     needed: std::collections::HashSet<String>,
     /// Remote hits whose blobs are not local yet: fetched when a running step consumes
@@ -197,6 +200,7 @@ impl<'a> RunState<'a> {
             running_elsewhere: 0,
             exclusive_running: false,
             stop: false,
+            interrupted: false,
             needed,
             remote_hits: HashMap::new(),
             dropped: Default::default(),
@@ -342,6 +346,58 @@ impl<'a> RunState<'a> {
         self.remote_hits.remove(name);
     }
 
+    /// The failed (or skipped) steps that `name` reports on rather than being skipped by
+    /// (compare's candidates), with why.
+    fn failed_reported_by(&self, name: &str) -> BTreeMap<String, String> {
+        let step = self.ctx.manifest.step(name);
+        step.spec
+            .params
+            .kind()
+            .reports_failures_of()
+            .into_iter()
+            .filter_map(|d| {
+                let why = match self.state.get(&d)? {
+                    State::Failed => format!(
+                        "its step failed: {}",
+                        self.results
+                            .get(&d)
+                            .and_then(|r| r.error.as_deref())
+                            .unwrap_or("(no message)")
+                    ),
+                    State::Skipped(w) => format!("its step was skipped: {w}"),
+                    _ => return None,
+                };
+                Some((d, why))
+            })
+            .collect()
+    }
+
+    /// After a failure without `--keep-going` nothing new starts, except a pending compare
+    /// that reports on the failed step, and what it still needs: the failure then comes with
+    /// the other candidates' figures.
+    fn still_runs(&self, name: &str) -> bool {
+        let failed = |d: &str| matches!(self.state.get(d), Some(State::Failed | State::Skipped(_)));
+        self.selected
+            .iter()
+            .filter(|s| matches!(self.state[*s], State::Pending))
+            .filter(|s| {
+                let reported = self.failed_reported_by(s);
+                !reported.is_empty()
+                    && !self
+                        .ctx
+                        .dag
+                        .deps(s)
+                        .iter()
+                        .any(|d| failed(d) && !reported.contains_key(*d))
+            })
+            .any(|s| {
+                self.ctx
+                    .dag
+                    .select(std::slice::from_ref(s))
+                    .is_ok_and(|needed| needed.iter().any(|n| n == name))
+            })
+    }
+
     /// What the resolver knows of a step from this run.
     fn upstream(&self, step: &str) -> Upstream {
         match self.state.get(step) {
@@ -358,10 +414,13 @@ impl<'a> RunState<'a> {
     fn settle(&mut self) -> Result<Vec<Launch>> {
         let mut launches = Vec::new();
         let mut changed = true;
-        while changed && !self.stop {
+        while changed && !self.interrupted {
             changed = false;
             for name in self.selected.clone() {
                 if !matches!(self.state[&name], State::Pending) {
+                    continue;
+                }
+                if self.stop && !self.still_runs(&name) {
                     continue;
                 }
                 if self.ready.contains_key(&name) && self.no_room(&name, &launches) {
@@ -593,6 +652,7 @@ impl<'a> RunState<'a> {
                 Some((d.to_string(), paths))
             })
             .collect();
+        let failed = self.failed_reported_by(&l.name);
         let mut r = self.result(&l.name, Status::NotRun);
         r.key = Some(l.parts.key());
         r.reasons = l.reasons;
@@ -609,6 +669,7 @@ impl<'a> RunState<'a> {
             model,
             upstream,
             upstream_blobs,
+            failed,
             parts: l.parts,
             ran_on: None,
         }
@@ -705,13 +766,18 @@ impl<'a> RunState<'a> {
                 out.push(r);
                 continue;
             }
-            // Topological order: a step's upstream states are final by now.
+            // Topological order: a step's upstream states are final by now. A failed step
+            // it reports on (compare's candidate) does not skip it.
+            let reported = self.failed_reported_by(&name);
             let failed_dep = self
                 .ctx
                 .dag
                 .deps(&name)
                 .into_iter()
-                .find(|d| matches!(self.state.get(*d), Some(State::Failed | State::Skipped(_))))
+                .find(|d| {
+                    matches!(self.state.get(*d), Some(State::Failed | State::Skipped(_)))
+                        && !reported.contains_key(*d)
+                })
                 .map(String::from);
             let mut r = self.result(&name, Status::NotRun);
             match (&self.state[&name], failed_dep) {
@@ -763,6 +829,7 @@ pub(crate) fn run(
         loop {
             if cancel.load(Ordering::Relaxed) {
                 run.stop = true;
+                run.interrupted = true;
             }
             for launch in run.settle()? {
                 let job = run.job(launch, &ctx.source_file()?);

@@ -91,9 +91,12 @@ pub(crate) fn resolve(
     upstream: &dyn Fn(&str) -> Upstream,
     no_cache: bool,
 ) -> Result<Resolution> {
+    // A step that reports on its failed references (compare's candidates) runs without
+    // them; any other failed dependency skips it.
+    let reported = step.spec.params.kind().reports_failures_of();
     if let Some(bad) = deps
         .iter()
-        .find(|d| matches!(upstream(d), Upstream::Failed))
+        .find(|d| matches!(upstream(d), Upstream::Failed) && !reported.iter().any(|r| r == *d))
     {
         return Ok(Resolution::Skipped {
             upstream: bad.to_string(),
@@ -139,7 +142,8 @@ pub(crate) fn resolve(
     let outputs_of = |s: &str| match upstream(s) {
         Upstream::Done(o) => Some(o),
         Upstream::Unavailable(_) => Some(absent_outputs()),
-        _ => None,
+        Upstream::Failed => Some(failed_outputs()),
+        Upstream::Pending => None,
     };
     let parts = world.key_parts(step, &model_digest, &outputs_of)?;
     let key = parts.key();
@@ -307,6 +311,19 @@ pub(crate) fn absent_outputs() -> Outputs {
         "unavailable".to_string(),
         BlobRef {
             digest: "unavailable".into(),
+            size: 0,
+        },
+    )]
+    .into()
+}
+
+/// What a dependant's key records for a failed reference it reports on (compare's failed
+/// candidate): once the reference builds, its real outputs change the key.
+pub(crate) fn failed_outputs() -> Outputs {
+    [(
+        "failed".to_string(),
+        BlobRef {
+            digest: "failed".into(),
             size: 0,
         },
     )]

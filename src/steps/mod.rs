@@ -38,6 +38,9 @@ pub(crate) struct StepContext<'a> {
     pub store: &'a crate::cache::Store,
     /// Outputs of the steps this one depends on: step -> output name -> file in the store.
     pub upstream: BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
+    /// Referenced steps that failed or were skipped, with why (only those listed by
+    /// [`Kind::reports_failures_of`]).
+    pub failed: BTreeMap<String, String>,
     pub workdir: &'a Utf8Path,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
@@ -126,6 +129,11 @@ pub(crate) trait Kind {
     }
     /// Steps named in params (beyond `needs`/`from`): their outputs are this step's inputs.
     fn references(&self) -> Vec<String> {
+        vec![]
+    }
+    /// Referenced steps whose failure this step reports instead of being skipped: compare
+    /// lists a failed candidate as failed, with its error, and compares the others.
+    fn reports_failures_of(&self) -> Vec<String> {
         vec![]
     }
     /// Whether `target`, a referenced step of kind `kind`, is of a kind this step can use.

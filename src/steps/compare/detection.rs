@@ -214,13 +214,15 @@ pub(super) fn run(
         } = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
-                super::record_unavailable(
+                super::record_not_compared(
                     &label,
                     cand.step(),
                     &why,
                     13,
+                    (&p.gates_for(&label), gate::DETECTION),
                     &mut table,
                     &mut candidates,
+                    &mut failures,
                 );
                 continue;
             }

@@ -407,31 +407,68 @@ pub(crate) struct Loaded {
     pub load_ms: u64,
 }
 
-/// A candidate that cannot be compared here: its step was unavailable (TensorRT absent), or
-/// its engine cannot run on this machine. Reported as such, never as a pass.
-pub(crate) type Unavailable = String;
+/// Why a candidate was not compared.
+#[derive(Debug, Clone)]
+pub(crate) enum NotCompared {
+    /// Its step was unavailable (TensorRT absent), or its engine cannot run on this machine:
+    /// reported as such, neither passed nor failed.
+    Unavailable(String),
+    /// Its step failed or was skipped: its gates judge the missing figures by the one rule
+    /// (they fail unless `missing: pass`).
+    Failed(String),
+}
 
-/// Record a candidate that could not be compared: a table row of `columns` cells, and its
-/// report entry, neither passed nor failed.
-pub(crate) fn record_unavailable(
+/// Record a candidate that could not be compared: a table row of `columns` cells, its
+/// report entry, and (when its step failed) its gates on the missing figures, `keys` of
+/// `gates`, with any failure added to `failures`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_not_compared(
     label: &str,
     step: &str,
-    why: &str,
+    why: &NotCompared,
     columns: usize,
+    (gates, keys): (&Gates, &[&str]),
     table: &mut Vec<String>,
     candidates: &mut Vec<CandidateReport>,
+    failures: &mut Vec<String>,
 ) {
-    table.push(format!(
-        "| {label} | - | unavailable: {why} |{} not compared |",
-        " - |".repeat(columns - 4)
-    ));
-    candidates.push(CandidateReport {
-        label: label.into(),
-        step: step.into(),
-        available: Some(false),
-        unavailable: Some(why.into()),
-        ..Default::default()
-    });
+    match why {
+        NotCompared::Unavailable(why) => {
+            table.push(format!(
+                "| {label} | - | unavailable: {why} |{} not compared |",
+                " - |".repeat(columns - 4)
+            ));
+            candidates.push(CandidateReport {
+                label: label.into(),
+                step: step.into(),
+                available: Some(false),
+                unavailable: Some(why.into()),
+                ..Default::default()
+            });
+        }
+        NotCompared::Failed(why) => {
+            // The first line names the failure; the step's own report has the rest.
+            let first = why.lines().next().unwrap_or_default();
+            let results = gates.check(keys, Naming::Figure, |_| {
+                (Measurement::NotMeasured(first.to_string()), None)
+            });
+            let passed = note_failures(label, "not built", &results, failures);
+            table.push(format!(
+                "| {label} | - | failed: {} |{} {} |",
+                first.replace('|', "\\|"),
+                " - |".repeat(columns - 4),
+                if passed { "pass" } else { "**FAIL**" }
+            ));
+            candidates.push(CandidateReport {
+                label: label.into(),
+                step: step.into(),
+                failed: Some(why.clone()),
+                gates: Some(results),
+                passed: Some(passed),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// Write `report.md` beside report.json; when a gate failed, fail the step with every
@@ -484,9 +521,14 @@ pub(crate) fn load_candidate(
     p: &CompareParams,
     cand: &CandidateSpec,
     ort: &OnnxRuntime,
-) -> Result<std::result::Result<Loaded, Unavailable>> {
+) -> Result<std::result::Result<Loaded, NotCompared>> {
+    if let Some(why) = ctx.failed.get(cand.step()) {
+        return Ok(Err(NotCompared::Failed(why.clone())));
+    }
     let Some(outputs) = ctx.upstream.get(cand.step()) else {
-        return Ok(Err(super::unavailable_upstream(cand.step())));
+        return Ok(Err(NotCompared::Unavailable(super::unavailable_upstream(
+            cand.step(),
+        ))));
     };
     let hint = cand
         .detail()
@@ -514,7 +556,10 @@ pub(crate) fn load_candidate(
         )
     } else if let Some(engine) = outputs.get("model.engine") {
         if info.standin {
-            return Ok(Err(format!("{}: nothing to run", super::STANDIN_ENGINE)));
+            return Ok(Err(NotCompared::Unavailable(format!(
+                "{}: nothing to run",
+                super::STANDIN_ENGINE
+            ))));
         }
         // The Python with TensorRT and cuda-python: the manifest's, else the toolchain's.
         let python = ctx
@@ -526,9 +571,9 @@ pub(crate) fn load_candidate(
             .map(|p| ctx.manifest.resolve(&p))
             .unwrap_or_else(|| ctx.toolchain.python());
         if let Err(e) = crate::toolchain::tensorrt::check_python(&python) {
-            return Ok(Err(format!(
+            return Ok(Err(NotCompared::Unavailable(format!(
                 "cannot run TensorRT engines here: {e} (set `toolchain.tensorrt.python` to a Python with tensorrt and cuda-python)"
-            )));
+            ))));
         }
         (
             crate::runtime::tensorrt::TensorRtRuntime {
@@ -759,7 +804,16 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         ) = match (l, run) {
             (Ok(l), Some(run)) => (l, run),
             (Err(why), _) => {
-                record_unavailable(&label, cand.step(), &why, 11, &mut table, &mut candidates);
+                record_not_compared(
+                    &label,
+                    cand.step(),
+                    &why,
+                    11,
+                    (&p.gates_for(&label), gate::RECOGNITION),
+                    &mut table,
+                    &mut candidates,
+                    &mut failures,
+                );
                 continue;
             }
             // Every loaded candidate was given a thread above.
@@ -1029,6 +1083,9 @@ impl super::Kind for CompareParams {
             .iter()
             .map(|c| c.step().to_string())
             .collect()
+    }
+    fn reports_failures_of(&self) -> Vec<String> {
+        self.references()
     }
     fn check_reference(
         &self,

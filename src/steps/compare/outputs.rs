@@ -12,7 +12,7 @@ use ndarray::{Array4, ArrayViewD, Axis, s};
 use serde_json::json;
 
 use super::report::{self, CandidateReport, CompareReport, DatasetSummary, OutputComparison};
-use super::{CompareParams, Loaded, batch_for, load_candidate, note_failures, record_unavailable};
+use super::{CompareParams, Loaded, batch_for, load_candidate, note_failures, record_not_compared};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::Summary;
@@ -238,6 +238,7 @@ pub(super) fn run(
     let batch = batch_for(reference.as_ref(), p.batch);
 
     let mut table = Vec::new();
+    let mut failures = Vec::new();
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut running: Vec<Running> = Vec::new();
     for cand in &p.candidates {
@@ -254,7 +255,16 @@ pub(super) fn run(
         let loaded = match load_candidate(ctx, p, cand, &ort)? {
             Ok(l) => l,
             Err(why) => {
-                record_unavailable(&label, cand.step(), &why, 12, &mut table, &mut candidates);
+                record_not_compared(
+                    &label,
+                    cand.step(),
+                    &why,
+                    12,
+                    (&p.gates_for(&label), &["cosine_min"]),
+                    &mut table,
+                    &mut candidates,
+                    &mut failures,
+                );
                 continue;
             }
         };
@@ -347,7 +357,6 @@ pub(super) fn run(
         json!({"ms": ref_ms.as_millis() as u64, "batch": batch}),
     );
 
-    let mut failures = Vec::new();
     for c in running {
         let Running {
             label,

@@ -114,6 +114,9 @@ pub struct CandidateReport {
     /// Why it could not be compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// Its step failed or was skipped, and why: its gates judged missing figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     /// `openvino-ir`, `onnx` or `tensorrt-engine`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
