@@ -362,7 +362,7 @@ impl BuildContext {
             }
         }
         // Measurements belong to the machine that made them.
-        if step.spec.kind == crate::manifest::StepKind::Benchmark {
+        if kind.measures_machine() {
             let m = match class {
                 Some((n, c)) => c.machine(n),
                 None => steps::benchmark::machine_fingerprint(),
@@ -389,7 +389,7 @@ impl BuildContext {
         let kind = step.spec.params.kind();
         let mut actual = BTreeMap::new();
         let mut declared = BTreeMap::new();
-        if (kind.uses_tensorrt() || step.spec.kind == crate::manifest::StepKind::Benchmark)
+        if kind.may_use_tensorrt()
             && let Some(fp) = class.tensorrt_fingerprint()
         {
             let trt = self.tensorrt().as_ref().map_err(|e| {

@@ -44,6 +44,15 @@ fn unreachable_target_fails_with_the_frontier_and_trials_are_memoized() {
         "from the input: 0: ",
         "most sensitive layers alone: ",
         "raise `max_fp_layers`",
+        // Before layers, every other recipe with everything quantized; the layers are
+        // searched with the best.
+        "recipes tried, everything quantized: minmax, per-channel 0.",
+        "percentile, per-channel 0.",
+        "entropy, per-channel 0.",
+        "minmax, per-tensor 0.",
+        "percentile, per-tensor 0.",
+        "entropy, per-tensor 0.",
+        "; layers searched with `",
     ] {
         assert!(err.contains(n), "missing `{n}` in:\n{err}");
     }
@@ -60,6 +69,9 @@ fn unreachable_target_fails_with_the_frontier_and_trials_are_memoized() {
     assert_eq!(ac["fp_layers"], serde_json::json!([]));
     assert_eq!(ac["trials"][0]["memoized"], serde_json::json!(true), "{ac}");
     assert_eq!(ac["quantized_fraction"], serde_json::json!(1.0));
+    // The step's own recipe met the target: no other recipe was tried.
+    assert_eq!(ac["recipe"], "minmax, per-channel", "{ac}");
+    assert_eq!(ac["recipes"].as_array().unwrap().len(), 1, "{ac}");
     assert!(
         ac["note"]
             .as_str()

@@ -198,28 +198,60 @@ fn init_builtin_writes_the_default_pipeline() {
     );
 }
 
-/// Every real model in ../shared: init guesses the task and family, and the written pipeline
-/// (placeholders filled with ../shared paths) builds check, simplify, the OpenVINO and Q/DQ
-/// candidates and passes compare as written.
+/// The corpus: every recognizer and detector in ../shared. init guesses the task and
+/// family; the pipeline it wrote (placeholders filled with ../shared paths) runs up to compare
+/// with --keep-going, and every step either builds or refuses as this table expects, with a
+/// message that says what and why. compare reports every candidate it was given.
 #[test]
-fn init_pipelines_build_and_compare_on_real_models() {
+fn corpus_every_shared_model_builds_or_refuses_clearly() {
     let Some(shared) = shared() else { return };
-    for (model, task, family, data) in [
-        ("mobilefacenet", "recognition", None, "faces/pairs"),
-        ("scrfd_500m_kps", "detection", Some("scrfd"), "faces/scenes"),
+    // (model, task, family, dataset, expected refusals: (step, words its error holds)).
+    type Refusals = &'static [(&'static str, &'static [&'static str])];
+    let corpus: &[(&str, &str, Option<&str>, &str, Refusals)] = &[
+        ("mobilefacenet", "recognition", None, "faces/pairs", &[]),
+        (
+            "mobilefacenet_opset19",
+            "recognition",
+            None,
+            "faces/pairs",
+            &[],
+        ),
+        // Plain Q/DQ loses this Paddle export (an outlier channel in its last depthwise
+        // conv): compare refuses it on its gate, and reports the others.
+        (
+            "mobileface_paddle",
+            "recognition",
+            None,
+            "faces/pairs",
+            &[(
+                "compare",
+                &["fidelity gate failed: candidate `quantize`", "cosine_min"],
+            )],
+        ),
+        (
+            "scrfd_500m_kps",
+            "detection",
+            Some("scrfd"),
+            "faces/scenes",
+            &[],
+        ),
         (
             "scrfd_2.5g_bnkps",
             "detection",
             Some("scrfd"),
             "faces/scenes",
+            &[],
         ),
         (
             "retinaface_mnet_640",
             "detection",
             Some("retinaface"),
             "faces/scenes",
+            &[],
         ),
-    ] {
+    ];
+    let mut table = Vec::new();
+    for (model, task, family, data, refusals) in corpus {
         let p = Project::new();
         let onnx = shared.join(format!("models/{model}.onnx"));
         let text = init(&p, &onnx, model);
@@ -230,16 +262,64 @@ fn init_pipelines_build_and_compare_on_real_models() {
         if let Some(f) = family {
             assert!(text.contains(&format!("family: {f}")), "{model}: {text}");
         }
+        // The photos are not aligned crops: a recognizer's set says how to align them.
+        let align = if *task == "recognition" {
+            format!(
+                "\n    pairs: pairs.csv\n    align: {{model: {}, detector: {{family: scrfd}}}}",
+                shared.join("models/scrfd_500m_kps.onnx").display()
+            )
+        } else {
+            String::new()
+        };
         plans_once_filled(
             &p,
             model,
             &text,
-            &format!("    path: {}", shared.join(data).display()),
+            &format!("    path: {}{align}", shared.join(data).display()),
         );
-        let (code, r) = p.run_json(&format!("pipelines/{model}.yaml"), &["-t", "compare"]);
-        assert_eq!(code, 0, "{model}: {r:#?}");
-        for s in ["check", "simplify", "openvino_fp32", "compare"] {
-            assert_eq!(status_of(&r, s), Status::Built, "{model}: {s}: {r:#?}");
+        let (code, r) = p.run_json(
+            &format!("pipelines/{model}.yaml"),
+            &["-t", "compare", "--keep-going"],
+        );
+        assert_eq!(code, i32::from(!refusals.is_empty()), "{model}: {r:#?}");
+        for s in &r.steps {
+            let expected = refusals.iter().find(|(step, _)| *step == s.step);
+            match (s.status, expected) {
+                (Status::Built, None) => {}
+                (Status::Failed, Some((_, words))) => {
+                    let err = s.error.as_deref().unwrap_or_default();
+                    for w in *words {
+                        assert!(err.contains(w), "{model}: {}: `{w}` not in {err}", s.step);
+                    }
+                }
+                (status, _) => panic!("{model}: step `{}` {status:?}: {:?}", s.step, s.error),
+            }
         }
+        let report: facebuild::CompareReport =
+            p.report(&format!("pipelines/out/{}/compare/report.json", r.pipeline));
+        let cands: Vec<String> = report
+            .candidates
+            .iter()
+            .map(|c| {
+                let fig = c
+                    .cosine
+                    .as_ref()
+                    .map(|x| format!("cos min {:.4}", x.min))
+                    .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
+                    .unwrap_or_else(|| "-".into());
+                format!(
+                    "{} {} ({fig})",
+                    c.label,
+                    if c.passed == Some(true) {
+                        "pass"
+                    } else {
+                        "FAIL"
+                    }
+                )
+            })
+            .collect();
+        assert!(cands.len() >= 3, "{model}: {cands:?}");
+        table.push(format!("{model}: {}", cands.join(", ")));
     }
+    eprintln!("corpus:\n{}", table.join("\n"));
 }

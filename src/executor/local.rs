@@ -62,7 +62,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
     // Benchmarks hold the machine: any other step running beside one, in this run or another
     // facebuild process, would spoil the figures that get cached.
     let _machine_lock = machine_lock(
-        step.spec.kind == crate::manifest::StepKind::Benchmark,
+        step.spec.params.kind().exclusive(),
         &format!("{} step `{name}`", ctx.manifest.name),
         cancel,
         &pb,
@@ -78,9 +78,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
     }
     // TensorRT steps need it; a benchmark uses it for engines when it is there.
-    let tensorrt = if step.spec.params.kind().uses_tensorrt()
-        || step.spec.kind == crate::manifest::StepKind::Benchmark
-    {
+    let tensorrt = if step.spec.params.kind().may_use_tensorrt() {
         ctx.tensorrt().as_ref().ok()
     } else {
         None

@@ -274,21 +274,15 @@ pub(crate) fn validate(
             continue;
         }
         let here = step.location.clone();
-        if step.spec.kind == super::StepKind::Release {
+        if let Some((why, hint)) = step.spec.params.kind().slurm_refusal() {
             errors.push(
-                Error::manifest(
-                    here.clone(),
-                    format!(
-                        "step `{}`: a release is written on the machine that runs facebuild; it cannot run on Slurm",
-                        step.name
-                    ),
-                )
-                .with_hint("give the release step `runs_on: {executor: local}`"),
+                Error::manifest(here.clone(), format!("step `{}`: {why}", step.name))
+                    .with_hint(hint),
             );
         }
         // A benchmark's key names the machine it measures: a node's, which the submitter
         // cannot know unless a class declares it.
-        if step.spec.kind == super::StepKind::Benchmark && r.class.is_none() {
+        if step.spec.params.kind().measures_machine() && r.class.is_none() {
             errors.push(
                 Error::manifest(
                     here.clone(),

@@ -48,6 +48,15 @@ pub(crate) struct AccuracyControl {
     /// the report then shows whether what the search set showed holds elsewhere.
     #[serde(default)]
     pub holdout: Option<String>,
+    /// When everything quantized misses the target, first try the backend's other recipes
+    /// (Q/DQ: minmax, entropy, percentile; per-channel or per-tensor), and search layers with
+    /// the best. `false` keeps the step's own recipe.
+    #[serde(default = "default_search_recipes")]
+    pub search_recipes: bool,
+}
+
+fn default_search_recipes() -> bool {
+    true
 }
 
 fn default_max_fp_layers() -> usize {
@@ -174,6 +183,21 @@ pub(crate) struct SearchReport {
     /// What the figures mean when the search had nothing to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The recipe the result was quantized with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
+    /// Every recipe tried with everything quantized, and its metric (the step's own first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipes: Vec<RecipeTrial>,
+}
+
+/// One recipe tried with everything quantized.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RecipeTrial {
+    pub recipe: String,
+    pub metric: f64,
+    #[serde(default)]
+    pub memoized: bool,
 }
 
 impl SearchReport {
@@ -259,6 +283,8 @@ pub(crate) fn search(
             order: None,
             holdout: None,
             note: None,
+            recipe: None,
+            recipes: vec![],
         };
     if metric.meets(base, ac.target) {
         let f = Frontier::new("sensitivity", BTreeMap::from([(0, base)]));
@@ -626,6 +652,13 @@ pub(crate) trait Quantizer {
     fn load(&self, ctx: &StepContext, dir: &Utf8Path) -> Result<Box<dyn LoadedModel>>;
     /// Everything that changes what `quantize` produces (for the trial memo).
     fn settings(&self) -> serde_json::Value;
+    /// The recipe, as reports name it (`minmax, per-channel`).
+    fn recipe(&self) -> String;
+    /// The other recipes the search may try before it keeps layers in floating point
+    /// (calibration method, per-channel or per-tensor scales); none by default.
+    fn alternatives(&self) -> Vec<Box<dyn Quantizer + '_>> {
+        vec![]
+    }
 }
 
 /// Search as configured, then quantize the chosen configuration into `out_dir`. Returns the
@@ -657,17 +690,16 @@ pub(crate) fn control(
             .iter()
             .map(|f| memo.blake3(f).map(|d| d.blake3))
             .collect::<Result<_>>()?;
-    let settings = q.settings();
     let isa = super::benchmark::isa_class();
     let trials_dir = ctx.store.root.join("trials");
     std::fs::create_dir_all(&trials_dir).map_err(|e| Error::io(&trials_dir, e))?;
     let mut n = 0usize;
-    let mut measure = |fp: &[String], _purpose: &str| -> Result<(f64, bool)> {
+    let mut measure_with = |q: &dyn Quantizer, fp: &[String]| -> Result<(f64, bool)> {
         ctx.check_cancelled()?;
         let key = crate::cache::cache_key(&TrialKey {
             model: &model,
             calibration: &calib,
-            backend: &settings,
+            backend: &q.settings(),
             dataset: &dataset,
             control: ac,
             fp_layers: fp,
@@ -696,23 +728,79 @@ pub(crate) fn control(
         )?;
         Ok((v, false))
     };
-    let report = search(&layers, ac, &mut measure, &|m| {
-        ctx.progress.set_message(format!("accuracy control: {m}"))
+    // The recipe first: a calibration method or scale granularity that fits the model may
+    // reach the target with nothing in floating point, and the layer search starts from
+    // the best one.
+    let alternatives = if ac.search_recipes {
+        q.alternatives()
+    } else {
+        vec![]
+    };
+    let mut recipes = Vec::new();
+    let mut chosen: &dyn Quantizer = q;
+    let (own, memoized) = measure_with(q, &[])?;
+    recipes.push(RecipeTrial {
+        recipe: q.recipe(),
+        metric: own,
+        memoized,
+    });
+    let mut best = own;
+    if !ac.metric.meets(own, ac.target) {
+        for (i, alt) in alternatives.iter().enumerate() {
+            ctx.progress.set_message(format!(
+                "accuracy control: recipe {}/{} ({}), everything quantized",
+                i + 2,
+                alternatives.len() + 1,
+                alt.recipe()
+            ));
+            let (v, memoized) = measure_with(alt.as_ref(), &[])?;
+            recipes.push(RecipeTrial {
+                recipe: alt.recipe(),
+                metric: v,
+                memoized,
+            });
+            if ac.metric.gain(best, v) > 0.0 {
+                best = v;
+                chosen = alt.as_ref();
+            }
+            if ac.metric.meets(v, ac.target) {
+                break;
+            }
+        }
+    }
+    let q = chosen;
+    let report = search(&layers, ac, &mut |fp, _purpose| measure_with(q, fp), &|m| {
+        ctx.progress
+            .set_message(format!("accuracy control ({}): {m}", q.recipe()))
     })
     .map_err(|e| match e {
         Error::Step { message, hint, .. } => Error::Step {
             step: step.clone(),
-            message,
+            message: if recipes.len() > 1 {
+                format!(
+                    "{message}\nrecipes tried, everything quantized: {}; layers searched with `{}`",
+                    recipes
+                        .iter()
+                        .map(|r| format!("{} {:.4}", r.recipe, r.metric))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    q.recipe()
+                )
+            } else {
+                message
+            },
             hint,
         },
         e => e,
     })?;
+    let mut report = report;
+    report.recipe = Some(q.recipe());
+    report.recipes = recipes;
     ctx.progress.set_message(format!(
         "accuracy control: final model, {} layer(s) in floating point",
         report.fp_layers.len()
     ));
     let tool = q.quantize(ctx, &report.fp_layers, out_dir)?;
-    let mut report = report;
     if let Some(h) = &ac.holdout {
         ctx.progress
             .set_message(format!("accuracy control: measuring on holdout `{h}`"));
@@ -791,6 +879,7 @@ mod tests {
             match_iou: 0.5,
             operating_far: 1e-3,
             holdout: None,
+            search_recipes: true,
         }
     }
 

@@ -1071,6 +1071,12 @@ impl super::Kind for BenchmarkParams {
     fn exclusive(&self) -> bool {
         true
     }
+    fn measures_machine(&self) -> bool {
+        true
+    }
+    fn may_use_tensorrt(&self) -> bool {
+        true
+    }
     fn check_reference(
         &self,
         target: &str,

@@ -172,6 +172,21 @@ pub(crate) trait Kind {
     fn exclusive(&self) -> bool {
         false
     }
+    /// Whether the step's figures belong to the machine that measured them (a benchmark): its
+    /// key carries the machine (or its GPU class's), and on Slurm it needs a class.
+    fn measures_machine(&self) -> bool {
+        false
+    }
+    /// Whether the step uses TensorRT when it is there, without needing it (a benchmark of
+    /// engines); [`Kind::uses_tensorrt`] steps need it.
+    fn may_use_tensorrt(&self) -> bool {
+        self.uses_tensorrt()
+    }
+    /// Why the step cannot run on Slurm, if it cannot (a release is written where facebuild
+    /// runs): (message, hint).
+    fn slurm_refusal(&self) -> Option<(&'static str, &'static str)> {
+        None
+    }
     /// Whether the step says it must run (`required: true`): unavailable then fails the run.
     fn required(&self) -> bool {
         false

@@ -82,11 +82,21 @@ struct QdqSettings {
     dedicated_qdq_pair: bool,
 }
 
-/// onnxruntime.quantization's Q/DQ (qdq.py), as accuracy control drives it.
+/// onnxruntime.quantization's Q/DQ (qdq.py), as accuracy control drives it: one recipe.
 struct Qdq<'a> {
-    p: &'a QuantizeParams,
     calib: &'a Utf8Path,
-    method: String,
+    method: Method,
+    per_channel: bool,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::MinMax => "minmax",
+            Method::Entropy => "entropy",
+            Method::Percentile => "percentile",
+        }
+    }
 }
 
 impl Qdq<'_> {
@@ -99,8 +109,8 @@ impl Qdq<'_> {
                 out.as_str(),
                 self.calib.as_str(),
                 &ctx.manifest.model.input.name,
-                &self.method,
-                if self.p.per_channel { "1" } else { "0" },
+                self.method.name(),
+                if self.per_channel { "1" } else { "0" },
                 &exclude,
             ],
             "Q/DQ quantization",
@@ -136,7 +146,32 @@ impl super::accuracy::Quantizer for Qdq<'_> {
             .load(&dir.join("model.onnx"))
     }
     fn settings(&self) -> serde_json::Value {
-        json!({"tool": "onnxruntime.quantization", "impl": IMPL_VERSION, "method": self.method, "per_channel": self.p.per_channel})
+        json!({"tool": "onnxruntime.quantization", "impl": IMPL_VERSION, "method": self.method.name(), "per_channel": self.per_channel})
+    }
+    fn recipe(&self) -> String {
+        let scales = if self.per_channel {
+            "per-channel"
+        } else {
+            "per-tensor"
+        };
+        format!("{}, {scales}", self.method.name())
+    }
+    /// Every calibration method with per-channel and per-tensor weight scales: all of them
+    /// symmetric int8, as TensorRT's explicit quantization takes them.
+    fn alternatives(&self) -> Vec<Box<dyn super::accuracy::Quantizer + '_>> {
+        let mut v: Vec<Box<dyn super::accuracy::Quantizer + '_>> = Vec::new();
+        for per_channel in [self.per_channel, !self.per_channel] {
+            for method in [Method::MinMax, Method::Percentile, Method::Entropy] {
+                if (method, per_channel) != (self.method, self.per_channel) {
+                    v.push(Box::new(Qdq {
+                        calib: self.calib,
+                        method,
+                        per_channel,
+                    }));
+                }
+            }
+        }
+        v
     }
 }
 
@@ -145,14 +180,10 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let out = ctx.workdir.join("model.onnx");
     ctx.progress
         .set_message("onnxruntime.quantization: static Q/DQ INT8");
-    let method = serde_json::to_value(p.method)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
     let qdq = Qdq {
-        p,
         calib,
-        method: method.clone(),
+        method: p.method,
+        per_channel: p.per_channel,
     };
     let (r, search) = match &p.accuracy_control {
         Some(ac) => {
@@ -174,7 +205,8 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
         "toolchain": ctx.toolchain.fingerprint(TOOLCHAIN),
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": method, "per_channel": p.per_channel, "calibration_items": r.calibration_items});
+    // The recipe quantized with: the step's own, or the one accuracy control chose.
+    let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": r.method, "per_channel": r.per_channel, "calibration_items": r.calibration_items});
     if let Some(s) = &search {
         s.add_to_summary(&mut summary);
     }

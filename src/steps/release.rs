@@ -876,6 +876,12 @@ impl super::Kind for ReleaseParams {
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }
+    fn slurm_refusal(&self) -> Option<(&'static str, &'static str)> {
+        Some((
+            "a release is written on the machine that runs facebuild; it cannot run on Slurm",
+            "give the release step `runs_on: {executor: local}`",
+        ))
+    }
     fn toolchain_pieces(&self) -> Vec<&'static str> {
         TOOLCHAIN.to_vec()
     }

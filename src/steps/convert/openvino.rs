@@ -105,6 +105,9 @@ impl crate::steps::accuracy::Quantizer for Nncf<'_> {
     fn settings(&self) -> serde_json::Value {
         json!({"tool": "nncf", "impl": super::IMPL_VERSION, "shape": self.shape_json, "preset": self.preset, "subset": self.subset})
     }
+    fn recipe(&self) -> String {
+        format!("nncf {} preset, {} samples", self.preset, self.subset)
+    }
 }
 
 pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
