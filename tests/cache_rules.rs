@@ -294,6 +294,27 @@ fn compare_reports_a_failed_candidate_and_compares_the_rest() {
     );
 }
 
+/// What a user reads: `plan` before a run, the run's progress and summary, `status` after,
+/// and `plan` again (every step cached), as insta snapshots.
+#[test]
+fn plan_run_and_status_text() {
+    let p = Project::new();
+    p.write("p.yaml", &builtin_manifest(STEPS));
+    let text = |args: &[&str]| {
+        let out = p.run(args);
+        format!(
+            "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    snapshot(&p, "_plan", &text(&["plan", "p.yaml"]));
+    snapshot(&p, "_run", &text(&["run", "p.yaml", "--jobs", "1"]));
+    snapshot(&p, "_status", &text(&["status", "p.yaml"]));
+    snapshot(&p, "_plan_cached", &text(&["plan", "p.yaml"]));
+}
+
 /// `cache gc` keeps exactly what the lockfile references.
 #[test]
 fn gc_keeps_what_the_lockfile_references() {

@@ -76,6 +76,7 @@ fn init_on_the_builtin_models() {
         let out = p.run(&["builtin", model, "-o", onnx.to_str().unwrap()]);
         assert!(out.status.success());
         let text = init(&p, &onnx, model);
+        snapshot(&p, &format!("_{model}"), &text);
         assert!(text.contains(&format!("  task: {task}\n")), "{text}");
         if model == "scrfd-mini" {
             assert!(text.contains("shape: [1, 3, H, W]") && text.contains("family: scrfd"));
@@ -255,6 +256,7 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
         let p = Project::new();
         let onnx = shared.join(format!("models/{model}.onnx"));
         let text = init(&p, &onnx, model);
+        snapshot(&p, &format!("_{model}"), &text);
         assert!(
             text.contains(&format!("  task: {task}\n")),
             "{model}: {text}"

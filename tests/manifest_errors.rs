@@ -14,6 +14,8 @@ fn expect_error(yaml: &str, needles: &[&str]) -> String {
         assert!(stderr.contains(n), "missing `{n}` in:\n{stderr}");
     }
     assert!(nothing_ran(&p), "nothing may run");
+    // The whole message, as a reviewer should see it change.
+    snapshot(&p, "", &stderr);
     stderr
 }
 

@@ -328,3 +328,60 @@ quantize_dynamic(sys.argv[1], sys.argv[2])",
         &[src, dst],
     );
 }
+
+/// Snapshot CLI text with insta (`tests/snapshots/<test crate>__<test><suffix>.snap`, reviewed
+/// in the diff), named after the running test. What changes from run to run is filtered out:
+/// the project's temporary folder, ../shared, digests and times.
+pub(crate) fn snapshot(p: &Project, suffix: &str, text: &str) {
+    fn escape(s: &str) -> String {
+        s.chars()
+            .flat_map(|c| {
+                let meta = "\\.+*?()|[]{}^$#&-~".contains(c);
+                meta.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .collect()
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace("::", "__");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots"));
+    let dir = p.dir.path().to_string_lossy().to_string();
+    // The canonical form too: macOS and some CI runners reach /tmp through a symlink.
+    let canonical = p
+        .dir
+        .path()
+        .canonicalize()
+        .map(|c| c.to_string_lossy().to_string())
+        .unwrap_or_else(|_| dir.clone());
+    settings.add_filter(&escape(&canonical), "[PROJECT]");
+    settings.add_filter(&escape(&dir), "[PROJECT]");
+    if let Some(s) = shared() {
+        settings.add_filter(&escape(&s.to_string_lossy()), "[SHARED]");
+    }
+    settings.add_filter(r"\b[0-9a-f]{12,64}\b", "[HASH]");
+    settings.add_filter(r"\b\d+(\.\d+)? ?(ms|s)\b", "[TIME]");
+    // Figures whose last digits belong to the CPU's kernels.
+    settings.add_filter(
+        r"\b(cosine_min|max_abs_error|smoke_cosine) -?[0-9][0-9.e-]*",
+        "$1 [FIG]",
+    );
+    // A test that snapshots more than once gets `-2`, `-3`... in call order.
+    thread_local! {
+        static TAKEN: std::cell::RefCell<std::collections::HashMap<String, usize>> =
+            Default::default();
+    }
+    let mut name = format!("{}__{test}{suffix}", env!("CARGO_CRATE_NAME"));
+    let n = TAKEN.with(|t| {
+        let mut t = t.borrow_mut();
+        let n = t.entry(name.clone()).or_insert(0);
+        *n += 1;
+        *n
+    });
+    if n > 1 {
+        name = format!("{name}-{n}");
+    }
+    settings.bind(|| insta::assert_snapshot!(name, text));
+}
