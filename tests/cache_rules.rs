@@ -310,9 +310,13 @@ fn plan_run_and_status_text() {
         )
     };
     snapshot(&p, "_plan", &text(&["plan", "p.yaml"]));
+    snapshot(&p, "_plan_json", &text(&["plan", "p.yaml", "--json"]));
     snapshot(&p, "_run", &text(&["run", "p.yaml", "--jobs", "1"]));
     snapshot(&p, "_status", &text(&["status", "p.yaml"]));
+    snapshot(&p, "_status_json", &text(&["status", "p.yaml", "--json"]));
     snapshot(&p, "_plan_cached", &text(&["plan", "p.yaml"]));
+    // `run --json`'s shape is an interface scripts read.
+    snapshot(&p, "_run_json", &text(&["run", "p.yaml", "--json"]));
 }
 
 /// `cache gc` keeps exactly what the lockfile references.

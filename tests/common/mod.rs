@@ -365,9 +365,12 @@ pub(crate) fn snapshot(p: &Project, suffix: &str, text: &str) {
     settings.add_filter(r"\b\d+(\.\d+)? ?(ms|s)\b", "[TIME]");
     // Figures whose last digits belong to the CPU's kernels.
     settings.add_filter(
-        r"\b(cosine_min|max_abs_error|smoke_cosine) -?[0-9][0-9.e-]*",
-        "$1 [FIG]",
+        r#"\b(cosine_min|max_abs_error|smoke_cosine)("?:? )-?[0-9][0-9.e-]*"#,
+        "$1$2[FIG]",
     );
+    settings.add_filter("\"([a-z_]*_ms)\": \\d+", "\"$1\": [MS]");
+    // A report's size moves with the digits of its figures.
+    settings.add_filter("\"size\": \\d+", "\"size\": [SIZE]");
     // A test that snapshots more than once gets `-2`, `-3`... in call order.
     thread_local! {
         static TAKEN: std::cell::RefCell<std::collections::HashMap<String, usize>> =
