@@ -34,6 +34,10 @@ pub(crate) struct BuildContext {
     pub materialize: Materialize,
     /// Where steps run (`--executor`).
     executor: Executor,
+    /// Where releases go unless a release step says (settings).
+    pub releases_dir: Utf8PathBuf,
+    /// The longest wait between two polls of a Slurm job (settings).
+    pub slurm_poll_max: std::time::Duration,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -79,6 +83,8 @@ impl BuildContext {
             remote,
             materialize: settings.materialize,
             executor: settings.executor,
+            releases_dir: settings.releases_dir.clone(),
+            slurm_poll_max: settings.slurm_poll_max,
         })
     }
 

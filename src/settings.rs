@@ -43,6 +43,10 @@ pub(crate) struct ContextSettings {
     pub materialize: Materialize,
     /// The remote cache, when `--remote` or `FACEBUILD_REMOTE` names one.
     pub remote: Option<RemoteConfig>,
+    /// Where releases are written when a release step names no `releases_dir`.
+    pub releases_dir: Utf8PathBuf,
+    /// The longest wait between two polls of a Slurm job.
+    pub slurm_poll_max: Duration,
 }
 
 impl ContextSettings {
@@ -54,6 +58,8 @@ impl ContextSettings {
             executor: Executor::Auto,
             materialize: Materialize::All,
             remote: None,
+            releases_dir: releases_dir(None),
+            slurm_poll_max: slurm_poll_max(),
         }
     }
 }
@@ -94,6 +100,8 @@ impl RunSettings {
                 executor: flags.executor,
                 materialize: flags.materialize,
                 remote: remote(&flags.remote)?,
+                releases_dir: releases_dir(None),
+                slurm_poll_max: slurm_poll_max(),
             },
             options: RunOptions {
                 targets: flags.targets,
@@ -108,6 +116,31 @@ impl RunSettings {
 /// A variable's value, when set and not blank.
 fn var(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Where releases go: `--dir`, else `FACEBUILD_RELEASES`, else `./releases`.
+pub(crate) fn releases_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
+    match flag {
+        Some(d) => d.to_owned(),
+        None => var("FACEBUILD_RELEASES")
+            .map(Utf8PathBuf::from)
+            .unwrap_or_else(|| Utf8PathBuf::from("releases")),
+    }
+}
+
+/// The longest wait between two polls of a Slurm job: `FACEBUILD_SLURM_POLL_MAX_MS`
+/// (50 ms to 60 s), default 2 s.
+pub(crate) fn slurm_poll_max() -> Duration {
+    var("FACEBUILD_SLURM_POLL_MAX_MS")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.clamp(50, 60_000)))
+        .unwrap_or(Duration::from_secs(2))
+}
+
+/// Whether a worker keeps its job folder after the step (`FACEBUILD_KEEP_JOB_DIR=1`), to
+/// debug a job.
+pub(crate) fn keep_job_dir() -> bool {
+    var("FACEBUILD_KEEP_JOB_DIR").as_deref() == Some("1")
 }
 
 /// The cache: `--cache-dir`, else `FACEBUILD_CACHE`, else `./cache`; made absolute.

@@ -58,169 +58,190 @@ pub(super) enum CacheCmd {
 pub(super) fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
     let store = Store::open(cache_dir)?;
     match c {
-        CacheCmd::Ls { json } => {
-            let recs = store.actions()?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?
-                );
-                return Ok(0);
-            }
-            println!("cache {cache_dir}: {} step results", recs.len());
-            for r in &recs {
-                let size: u64 = r.outputs.values().map(|b| b.size).sum();
-                println!(
-                    "  {}  {:<14} {:<10} {:<9} {:>10}  {}",
-                    &r.key[..12],
-                    r.pipeline,
-                    r.step,
-                    r.parts.kind,
-                    human_bytes(size),
-                    r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-            let total: u64 = store
-                .blobs()?
-                .iter()
-                .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            println!("blobs: {}", human_bytes(total));
-            Ok(0)
-        }
-        CacheCmd::Verify { repair, json } => {
-            let total: u64 = store
-                .blobs()?
-                .iter()
-                .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            let pb = crate::progress::bytes_bar(total, "verifying blobs");
-            let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
-            pb.finish_and_clear();
-            // Invalid records are removed whatever --repair says: nothing can use them.
-            let invalid = store.drop_invalid_records()?;
-            store.memo.save()?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid})
-                );
-            } else if corrupt.is_empty() {
-                println!(
-                    "cache {cache_dir}: all {} blobs intact ({})",
-                    store.blobs()?.len(),
-                    human_bytes(total)
-                );
-            } else {
-                for d in &corrupt {
-                    println!("corrupt: {d}{}", if repair { " (removed)" } else { "" });
-                }
-                if !repair {
-                    println!(
-                        "hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps"
-                    );
-                }
-            }
-            if !json {
-                for r in &invalid {
-                    println!("invalid record (removed): {r}");
-                }
-            }
-            Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
-        }
-        CacheCmd::Keygen => {
-            let (private, public) = crate::cache::remote::keygen()?;
-            println!("# Keep the signing key secret: set it only where trusted builds run.");
-            println!("FACEBUILD_REMOTE_SIGNING_KEY={private}");
-            println!("# Give the public key to every reader (fork builds, cluster workers).");
-            println!("FACEBUILD_REMOTE_TRUSTED_KEYS={public}");
-            Ok(0)
-        }
+        CacheCmd::Ls { json } => ls(&store, cache_dir, json),
+        CacheCmd::Verify { repair, json } => verify(&store, cache_dir, repair, json),
+        CacheCmd::Keygen => keygen(),
         CacheCmd::Push {
             files,
             remote,
             json,
-        } => {
-            let Some(remote) = remote.open()? else {
-                return Err(Error::usage("no remote to push to")
-                    .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
-            };
-            if !remote.writable() {
-                return Err(Error::usage(
-                    "the remote is read-only here: nothing can be pushed",
-                ));
-            }
-            let files = lockfiles_or_default(files);
-            let keep = kept_keys(&files)?;
-            let mut records = Vec::new();
-            let mut missing = 0;
-            for k in &keep {
-                match store.lookup(k, None)? {
-                    Some(r) => records.push(r),
-                    None => missing += 1,
-                }
-            }
-            let r = remote.push(&records, &store);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?
-                );
-            } else {
-                println!(
-                    "pushed {} step results from {} lockfile(s) to {}: {} blobs uploaded ({}), {} records; {missing} not in the local cache; remote {}",
-                    records.len(),
-                    files.len(),
-                    r.url,
-                    r.blobs_uploaded,
-                    human_bytes(r.bytes_uploaded),
-                    r.records_uploaded,
-                    r.status
-                );
-            }
-            Ok(if r.status == "ok" && r.upload_failures.is_empty() {
-                0
-            } else {
-                1
-            })
-        }
+        } => push(&store, files, &remote, json),
         CacheCmd::Gc {
             files,
             dry_run,
             remote,
             keep_days,
-        } => {
-            let files = lockfiles_or_default(files);
-            let keep = kept_keys(&files)?;
-            if let Some(url) = remote {
-                let args = RemoteArgs {
-                    remote: Some(url).filter(|u| !u.is_empty()),
-                    remote_read_only: false,
-                    remote_required: false,
-                };
-                let Some(remote) = args.open()? else {
-                    return Err(Error::usage("--remote needs a URL")
-                        .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
-                };
-                return remote_gc_cmd(&remote, &store, &keep, keep_days, dry_run);
-            }
-            let stats = store.gc(&keep, dry_run)?;
-            store.memo.save()?;
+        } => gc(&store, files, dry_run, remote, keep_days),
+    }
+}
+
+/// The bytes the store's blobs take on disk.
+fn blob_bytes(store: &Store) -> Result<u64> {
+    Ok(store
+        .blobs()?
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum())
+}
+
+/// `cache ls`: every cached step result.
+fn ls(store: &Store, cache_dir: &Utf8Path, json: bool) -> Result<i32> {
+    let recs = store.actions()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?
+        );
+        return Ok(0);
+    }
+    println!("cache {cache_dir}: {} step results", recs.len());
+    for r in &recs {
+        let size: u64 = r.outputs.values().map(|b| b.size).sum();
+        println!(
+            "  {}  {:<14} {:<10} {:<9} {:>10}  {}",
+            &r.key[..12],
+            r.pipeline,
+            r.step,
+            r.parts.kind,
+            human_bytes(size),
+            r.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let total = blob_bytes(store)?;
+    println!("blobs: {}", human_bytes(total));
+    Ok(0)
+}
+
+/// `cache verify`: re-hash every blob; `repair` removes the corrupt ones.
+fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, json: bool) -> Result<i32> {
+    let total = blob_bytes(store)?;
+    let pb = crate::progress::bytes_bar(total, "verifying blobs");
+    let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
+    pb.finish_and_clear();
+    // Invalid records are removed whatever --repair says: nothing can use them.
+    let invalid = store.drop_invalid_records()?;
+    store.memo.save()?;
+    if json {
+        println!(
+            "{}",
+            json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid})
+        );
+    } else if corrupt.is_empty() {
+        println!(
+            "cache {cache_dir}: all {} blobs intact ({})",
+            store.blobs()?.len(),
+            human_bytes(total)
+        );
+    } else {
+        for d in &corrupt {
+            println!("corrupt: {d}{}", if repair { " (removed)" } else { "" });
+        }
+        if !repair {
             println!(
-                "{}kept {} step results ({}) referenced by {} lockfile(s); removed {} results, {} blobs, {}",
-                if dry_run { "dry run: " } else { "" },
-                stats.kept_actions,
-                human_bytes(stats.kept_bytes),
-                files.len(),
-                stats.removed_actions,
-                stats.removed_blobs,
-                human_bytes(stats.removed_bytes)
+                "hint: `facebuild cache verify --repair` removes them; the next run rebuilds the affected steps"
             );
-            Ok(0)
         }
     }
+    if !json {
+        for r in &invalid {
+            println!("invalid record (removed): {r}");
+        }
+    }
+    Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
+}
+
+/// `cache keygen`: an ed25519 key pair for signing remote records.
+fn keygen() -> Result<i32> {
+    let (private, public) = crate::cache::remote::keygen()?;
+    println!("# Keep the signing key secret: set it only where trusted builds run.");
+    println!("FACEBUILD_REMOTE_SIGNING_KEY={private}");
+    println!("# Give the public key to every reader (fork builds, cluster workers).");
+    println!("FACEBUILD_REMOTE_TRUSTED_KEYS={public}");
+    Ok(0)
+}
+
+/// `cache push`: upload what the lockfiles reference.
+fn push(store: &Store, files: Vec<Utf8PathBuf>, remote: &RemoteArgs, json: bool) -> Result<i32> {
+    let Some(remote) = remote.open()? else {
+        return Err(Error::usage("no remote to push to")
+            .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
+    };
+    if !remote.writable() {
+        return Err(Error::usage(
+            "the remote is read-only here: nothing can be pushed",
+        ));
+    }
+    let files = lockfiles_or_default(files);
+    let keep = kept_keys(&files)?;
+    let mut records = Vec::new();
+    let mut missing = 0;
+    for k in &keep {
+        match store.lookup(k, None)? {
+            Some(r) => records.push(r),
+            None => missing += 1,
+        }
+    }
+    let r = remote.push(&records, store);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?
+        );
+    } else {
+        println!(
+            "pushed {} step results from {} lockfile(s) to {}: {} blobs uploaded ({}), {} records; {missing} not in the local cache; remote {}",
+            records.len(),
+            files.len(),
+            r.url,
+            r.blobs_uploaded,
+            human_bytes(r.bytes_uploaded),
+            r.records_uploaded,
+            r.status
+        );
+    }
+    Ok(if r.status == "ok" && r.upload_failures.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+/// `cache gc`: remove what no lockfile references, here or on the remote.
+fn gc(
+    store: &Store,
+    files: Vec<Utf8PathBuf>,
+    dry_run: bool,
+    remote: Option<String>,
+    keep_days: u64,
+) -> Result<i32> {
+    let files = lockfiles_or_default(files);
+    let keep = kept_keys(&files)?;
+    if let Some(url) = remote {
+        let args = RemoteArgs {
+            remote: Some(url).filter(|u| !u.is_empty()),
+            remote_read_only: false,
+            remote_required: false,
+        };
+        let Some(remote) = args.open()? else {
+            return Err(Error::usage("--remote needs a URL")
+                .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
+        };
+        return remote_gc_cmd(&remote, store, &keep, keep_days, dry_run);
+    }
+    let stats = store.gc(&keep, dry_run)?;
+    store.memo.save()?;
+    println!(
+        "{}kept {} step results ({}) referenced by {} lockfile(s); removed {} results, {} blobs, {}",
+        if dry_run { "dry run: " } else { "" },
+        stats.kept_actions,
+        human_bytes(stats.kept_bytes),
+        files.len(),
+        stats.removed_actions,
+        stats.removed_blobs,
+        human_bytes(stats.removed_bytes)
+    );
+    Ok(0)
 }
 
 fn lockfiles_or_default(files: Vec<Utf8PathBuf>) -> Vec<Utf8PathBuf> {

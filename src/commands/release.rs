@@ -29,7 +29,7 @@ pub(super) enum ReleaseCmd {
 pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
     match r {
         ReleaseCmd::List { dir, json } => {
-            let root = crate::steps::release::releases_root(dir.as_deref());
+            let root = crate::settings::releases_dir(dir.as_deref());
             let all = crate::steps::release::list(&root)?;
             if json {
                 println!(
@@ -59,7 +59,7 @@ pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
             dir,
             json,
         } => {
-            let root = crate::steps::release::releases_root(dir.as_deref());
+            let root = crate::settings::releases_dir(dir.as_deref());
             let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
             if json {
                 println!(

@@ -94,6 +94,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         upstream: job.upstream.clone(),
         failed: job.failed.clone(),
         workdir: &workdir,
+        releases_dir: &ctx.releases_dir,
         cancel,
         progress: &pb,
     };
@@ -102,55 +103,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
     pb.finish_and_clear();
     let outcome = match outcome {
         Ok(o) => o,
-        Err(e) => {
-            // Keep the evidence: every report the step wrote before failing.
-            let mut kept = false;
-            let dir = ctx.step_out_dir(name)?;
-            for r in ["report.json", "report.md"] {
-                if workdir.join(r).exists() {
-                    let _ = std::fs::create_dir_all(&dir);
-                    kept |= std::fs::copy(workdir.join(r), dir.join(r)).is_ok();
-                }
-            }
-            return Err(match e {
-                Error::Step {
-                    step,
-                    message,
-                    hint,
-                } if kept => Error::Step {
-                    step,
-                    message: format!("{message}\n  report kept at {}", dir.join("report.json")),
-                    hint,
-                },
-                // A helper's traceback goes to a file beside the reports; the message says
-                // what failed, where, and the likely cause.
-                Error::Helper {
-                    what,
-                    exception,
-                    origin,
-                    traceback,
-                    hint,
-                } => {
-                    let file = dir.join("traceback.txt");
-                    let kept = std::fs::create_dir_all(&dir)
-                        .and_then(|()| std::fs::write(&file, &traceback))
-                        .is_ok();
-                    let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
-                    Error::Step {
-                        step: name.to_string(),
-                        message: if kept {
-                            format!(
-                                "{what} failed: {exception}{origin}\n  traceback kept at {file}"
-                            )
-                        } else {
-                            format!("{what} failed: {exception}{origin}")
-                        },
-                        hint,
-                    }
-                }
-                other => other,
-            });
-        }
+        Err(e) => return Err(keep_evidence(ctx, name, &workdir, e)?),
     };
     let mut outputs = BTreeMap::new();
     for (oname, path) in &outcome.outputs {
@@ -179,6 +132,56 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         summary: outcome.summary,
         by_other_run: false,
         remote_record: None,
+    })
+}
+
+/// A failed step's error, with its evidence kept in its output folder: every report it wrote
+/// before failing, and a helper's traceback (the message then says where they are).
+fn keep_evidence(ctx: &BuildContext, name: &str, workdir: &Utf8Path, e: Error) -> Result<Error> {
+    // Keep the evidence: every report the step wrote before failing.
+    let mut kept = false;
+    let dir = ctx.step_out_dir(name)?;
+    for r in ["report.json", "report.md"] {
+        if workdir.join(r).exists() {
+            let _ = std::fs::create_dir_all(&dir);
+            kept |= std::fs::copy(workdir.join(r), dir.join(r)).is_ok();
+        }
+    }
+    Ok(match e {
+        Error::Step {
+            step,
+            message,
+            hint,
+        } if kept => Error::Step {
+            step,
+            message: format!("{message}\n  report kept at {}", dir.join("report.json")),
+            hint,
+        },
+        // A helper's traceback goes to a file beside the reports; the message says
+        // what failed, where, and the likely cause.
+        Error::Helper {
+            what,
+            exception,
+            origin,
+            traceback,
+            hint,
+        } => {
+            let file = dir.join("traceback.txt");
+            let kept = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&file, &traceback))
+                .is_ok();
+            let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
+            Error::Step {
+                step: name.to_string(),
+                message: if kept {
+                    format!("{what} failed: {exception}{origin}\n  traceback kept at {file}")
+                } else {
+                    format!("{what} failed: {exception}{origin}")
+                },
+                hint,
+            }
+        }
+        other => other,
     })
 }
 

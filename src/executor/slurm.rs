@@ -30,15 +30,6 @@ const MAX_POLL_FAILURES: u32 = 5;
 /// Lines of a failed job's log shown in the step's error.
 const LOG_TAIL: usize = 25;
 
-/// The longest wait between two polls: `FACEBUILD_SLURM_POLL_MAX_MS`, default 2 s.
-fn poll_max() -> Duration {
-    std::env::var("FACEBUILD_SLURM_POLL_MAX_MS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|ms| Duration::from_millis(ms.clamp(50, 60_000)))
-        .unwrap_or(Duration::from_secs(2))
-}
-
 /// Submits steps to Slurm. One per run: the controller is checked once, and one `squeue`
 /// answers for every job the run follows.
 pub(crate) struct Slurm {
@@ -328,6 +319,7 @@ impl Slurm {
         id: &str,
         pb: &indicatif::ProgressBar,
         cancel: &AtomicBool,
+        poll_max: Duration,
     ) -> std::result::Result<Option<JobInfo>, String> {
         let mut delay = POLL_START;
         let mut failures = 0;
@@ -342,7 +334,7 @@ impl Slurm {
                 }
                 std::thread::sleep(Duration::from_millis(50).min(delay));
             }
-            delay = (delay * 3 / 2).min(poll_max());
+            delay = (delay * 3 / 2).min(poll_max);
             let listed = match self.queue_line(id) {
                 Ok(l) => l,
                 Err(e) => {
@@ -545,7 +537,7 @@ impl Executor for Slurm {
         ));
         pb.set_message(format!("slurm job {id}: submitted"));
         self.watch(&id, true);
-        let info = self.follow(&id, &pb, cancel);
+        let info = self.follow(&id, &pb, cancel, ctx.slurm_poll_max);
         self.watch(&id, false);
         let info = info.map_err(|e| fail(e, None))?;
         pb.finish_and_clear();

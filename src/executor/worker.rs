@@ -301,7 +301,7 @@ pub(crate) fn exec_step(spec_digest: &str, cancel: &AtomicBool) -> Result<i32> {
         Ok(()) => {}
         Err(e) => eprintln!("warning: could not push this job's log to the remote: {e}"),
     }
-    if std::env::var("FACEBUILD_KEEP_JOB_DIR").as_deref() != Ok("1") {
+    if !crate::settings::keep_job_dir() {
         let _ = make_writable_and_remove(&dir);
     }
     Ok(code)

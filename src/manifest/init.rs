@@ -9,7 +9,7 @@
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::error::{Error, Result};
-use crate::onnx::inspect::{DimInfo, ModelInfo};
+use crate::onnx::inspect::{DimInfo, ModelInfo, TensorInfo};
 use crate::onnx::layout::OutputLayout;
 
 /// The pipelines built into the binary, by name: the same files as `pipelines/`.
@@ -102,12 +102,8 @@ impl Guess {
     }
 }
 
-/// Read what `init` needs from a model.
-pub(crate) fn guess(
-    path: &Utf8Path,
-    info: &ModelInfo,
-    first_nodes: &[(String, String)],
-) -> Result<Guess> {
+/// The model's one image input; a model with none or several is refused, saying why.
+fn image_input<'a>(path: &Utf8Path, info: &'a ModelInfo) -> Result<&'a TensorInfo> {
     let Some(input) = info.inputs.first() else {
         return Err(Error::Model {
             path: path.to_owned(),
@@ -115,7 +111,6 @@ pub(crate) fn guess(
             hint: None,
         });
     };
-    let mut notes = Vec::new();
     if info.inputs.len() > 1 {
         return Err(Error::Model {
             path: path.to_owned(),
@@ -131,6 +126,17 @@ pub(crate) fn guess(
             hint: Some("swapper models take a face and an embedding: build their detector and recognizer pipelines instead".into()),
         });
     }
+    Ok(input)
+}
+
+/// Read what `init` needs from a model.
+pub(crate) fn guess(
+    path: &Utf8Path,
+    info: &ModelInfo,
+    first_nodes: &[(String, String)],
+) -> Result<Guess> {
+    let input = image_input(path, info)?;
+    let mut notes = Vec::new();
     let dims = input.shape.clone().unwrap_or_default();
     let layout_of_outputs = OutputLayout::of(&info.outputs);
     let detection = layout_of_outputs.family().is_some();

@@ -328,7 +328,13 @@ impl<'a> RunState<'a> {
                 upstream.insert(d.to_string(), paths(o));
             }
         }
-        match crate::steps::release::restore(&self.ctx.manifest, p, &own, &upstream) {
+        match crate::steps::release::restore(
+            &self.ctx.manifest,
+            p,
+            &own,
+            &upstream,
+            &self.ctx.releases_dir,
+        ) {
             Ok(Some(dir)) => {
                 progress::println_err(&format!("  restored {name}: {dir} from the cache"));
                 Ok(())
@@ -484,76 +490,7 @@ impl<'a> RunState<'a> {
                 parts,
                 record,
                 origin,
-            } => {
-                let wanted = self.materializes(name);
-                if origin == Origin::Remote {
-                    self.remote_hits.insert(name.into(), (*record).clone());
-                    if wanted && let Err(why) = self.fetch_remote(name, &record) {
-                        // Refused: the next resolution misses, and the step is rebuilt.
-                        if let Some(r) = &self.ctx.remote {
-                            r.refuse_key(
-                                &record.key,
-                                format!("step `{name}`: {why}; rebuilding it"),
-                            );
-                        }
-                        self.remote_hits.remove(name);
-                        return Ok(true);
-                    }
-                }
-                if wanted && let Err(e) = self.ctx.materialize(name, &record.outputs) {
-                    if !self.dropped.insert(record.key.clone()) {
-                        return Err(e);
-                    }
-                    // A cached result that cannot be laid out is dropped and rebuilt, never
-                    // a run that fails on every try until someone cleans the cache.
-                    progress::println_err(&format!(
-                        "  warning {name}: its cached outputs could not be materialized ({e}); dropping the cached result and rebuilding it"
-                    ));
-                    match origin {
-                        Origin::Local => self.ctx.store.drop_action(&record.key),
-                        Origin::Remote => {
-                            self.remote_hits.remove(name);
-                            if let Some(r) = &self.ctx.remote {
-                                r.refuse_key(
-                                    &record.key,
-                                    format!("step `{name}`: its outputs could not be materialized ({e}); rebuilding it"),
-                                );
-                            }
-                        }
-                    }
-                    return Ok(true);
-                }
-                // `--materialize none` fetches nothing, releases included.
-                if self.ctx.materialize != crate::settings::Materialize::None
-                    && let Some(p) = self.release_params(name)
-                    && let Err(why) = self.restore_release(name, &p, &record)
-                {
-                    progress::println_err(&format!("  FAILED  {name}: {why}"));
-                    let mut r = self.result(name, Status::Failed);
-                    r.key = Some(record.key.clone());
-                    r.error = Some(why);
-                    self.results.insert(name.into(), r);
-                    self.state.insert(name.into(), State::Failed);
-                    if !self.opts.keep_going {
-                        self.stop = true;
-                    }
-                    return Ok(true);
-                }
-                let mut r = self.result(name, Status::Cached);
-                r.key = Some(record.key.clone());
-                r.outputs = self.output_infos(name, &record.outputs);
-                r.summary = record.summary;
-                r.cache = Some(origin);
-                r.ran_on = record.ran_on.clone();
-                self.results.insert(name.into(), r);
-                progress::println_err(&match origin {
-                    Origin::Local => format!("  cached  {name}"),
-                    Origin::Remote => format!("  cached  {name} (remote)"),
-                });
-                self.state.insert(name.into(), State::Done(record.outputs));
-                self.parts_of.insert(name.into(), parts);
-                Ok(true)
-            }
+            } => self.apply_hit(name, parts, *record, origin),
             Resolution::Miss { parts, reasons } => {
                 let parts = parts.ok_or_else(|| Error::toolchain("not installed"))?;
                 // Its inputs must be local before it runs here (a job elsewhere fetches
@@ -580,6 +517,82 @@ impl<'a> RunState<'a> {
                 Ok(false)
             }
         }
+    }
+
+    /// A cache hit: fetch a remote one's blobs, lay its outputs out, restore a release; a
+    /// result that cannot be used is dropped, and the step rebuilt.
+    fn apply_hit(
+        &mut self,
+        name: &str,
+        parts: KeyParts,
+        record: ActionRecord,
+        origin: Origin,
+    ) -> Result<bool> {
+        let wanted = self.materializes(name);
+        if origin == Origin::Remote {
+            self.remote_hits.insert(name.into(), record.clone());
+            if wanted && let Err(why) = self.fetch_remote(name, &record) {
+                // Refused: the next resolution misses, and the step is rebuilt.
+                if let Some(r) = &self.ctx.remote {
+                    r.refuse_key(&record.key, format!("step `{name}`: {why}; rebuilding it"));
+                }
+                self.remote_hits.remove(name);
+                return Ok(true);
+            }
+        }
+        if wanted && let Err(e) = self.ctx.materialize(name, &record.outputs) {
+            if !self.dropped.insert(record.key.clone()) {
+                return Err(e);
+            }
+            // A cached result that cannot be laid out is dropped and rebuilt, never
+            // a run that fails on every try until someone cleans the cache.
+            progress::println_err(&format!(
+                "  warning {name}: its cached outputs could not be materialized ({e}); dropping the cached result and rebuilding it"
+            ));
+            match origin {
+                Origin::Local => self.ctx.store.drop_action(&record.key),
+                Origin::Remote => {
+                    self.remote_hits.remove(name);
+                    if let Some(r) = &self.ctx.remote {
+                        r.refuse_key(
+                            &record.key,
+                            format!("step `{name}`: its outputs could not be materialized ({e}); rebuilding it"),
+                        );
+                    }
+                }
+            }
+            return Ok(true);
+        }
+        // `--materialize none` fetches nothing, releases included.
+        if self.ctx.materialize != crate::settings::Materialize::None
+            && let Some(p) = self.release_params(name)
+            && let Err(why) = self.restore_release(name, &p, &record)
+        {
+            progress::println_err(&format!("  FAILED  {name}: {why}"));
+            let mut r = self.result(name, Status::Failed);
+            r.key = Some(record.key.clone());
+            r.error = Some(why);
+            self.results.insert(name.into(), r);
+            self.state.insert(name.into(), State::Failed);
+            if !self.opts.keep_going {
+                self.stop = true;
+            }
+            return Ok(true);
+        }
+        let mut r = self.result(name, Status::Cached);
+        r.key = Some(record.key.clone());
+        r.outputs = self.output_infos(name, &record.outputs);
+        r.summary = record.summary;
+        r.cache = Some(origin);
+        r.ran_on = record.ran_on.clone();
+        self.results.insert(name.into(), r);
+        progress::println_err(&match origin {
+            Origin::Local => format!("  cached  {name}"),
+            Origin::Remote => format!("  cached  {name} (remote)"),
+        });
+        self.state.insert(name.into(), State::Done(record.outputs));
+        self.parts_of.insert(name.into(), parts);
+        Ok(true)
     }
 
     /// A result with nothing in it yet.

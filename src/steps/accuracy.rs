@@ -736,38 +736,7 @@ pub(crate) fn control(
     } else {
         vec![]
     };
-    let mut recipes = Vec::new();
-    let mut chosen: &dyn Quantizer = q;
-    let (own, memoized) = measure_with(q, &[])?;
-    recipes.push(RecipeTrial {
-        recipe: q.recipe(),
-        metric: own,
-        memoized,
-    });
-    let mut best = own;
-    if !ac.metric.meets(own, ac.target) {
-        for (i, alt) in alternatives.iter().enumerate() {
-            ctx.progress.set_message(format!(
-                "accuracy control: recipe {}/{} ({}), everything quantized",
-                i + 2,
-                alternatives.len() + 1,
-                alt.recipe()
-            ));
-            let (v, memoized) = measure_with(alt.as_ref(), &[])?;
-            recipes.push(RecipeTrial {
-                recipe: alt.recipe(),
-                metric: v,
-                memoized,
-            });
-            if ac.metric.gain(best, v) > 0.0 {
-                best = v;
-                chosen = alt.as_ref();
-            }
-            if ac.metric.meets(v, ac.target) {
-                break;
-            }
-        }
-    }
+    let (chosen, recipes) = choose_recipe(ctx, ac, q, &alternatives, &mut measure_with)?;
     let q = chosen;
     let report = search(&layers, ac, &mut |fp, _purpose| measure_with(q, fp), &|m| {
         ctx.progress
@@ -801,33 +770,92 @@ pub(crate) fn control(
         report.fp_layers.len()
     ));
     let tool = q.quantize(ctx, &report.fp_layers, out_dir)?;
-    if let Some(h) = &ac.holdout {
-        ctx.progress
-            .set_message(format!("accuracy control: measuring on holdout `{h}`"));
-        let hold = AccuracyControl {
-            dataset: h.clone(),
-            ..ac.clone()
-        };
-        let eval = Evaluator::new(ctx, &hold)?;
-        let chosen = eval.measure(q.load(ctx, out_dir)?.as_mut())?;
-        let all_quantized = if report.fp_layers.is_empty() {
-            chosen
-        } else {
-            let dir = ctx.workdir.join("holdout-all-quantized");
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            q.quantize(ctx, &[], &dir)?;
-            let v = eval.measure(q.load(ctx, &dir)?.as_mut())?;
-            let _ = std::fs::remove_dir_all(&dir);
-            v
-        };
-        report.holdout = Some(Holdout {
-            dataset: h.clone(),
-            all_quantized,
-            chosen,
-            met: ac.metric.meets(chosen, ac.target),
-        });
-    }
+    report.holdout = measure_holdout(ctx, ac, q, out_dir, &report)?;
     Ok((report, tool))
+}
+
+/// The result, and everything quantized, measured on the holdout set the search never saw.
+fn measure_holdout(
+    ctx: &StepContext,
+    ac: &AccuracyControl,
+    q: &dyn Quantizer,
+    out_dir: &Utf8Path,
+    report: &SearchReport,
+) -> Result<Option<Holdout>> {
+    let Some(h) = &ac.holdout else {
+        return Ok(None);
+    };
+    ctx.progress
+        .set_message(format!("accuracy control: measuring on holdout `{h}`"));
+    let hold = AccuracyControl {
+        dataset: h.clone(),
+        ..ac.clone()
+    };
+    let eval = Evaluator::new(ctx, &hold)?;
+    let chosen = eval.measure(q.load(ctx, out_dir)?.as_mut())?;
+    let all_quantized = if report.fp_layers.is_empty() {
+        chosen
+    } else {
+        let dir = ctx.workdir.join("holdout-all-quantized");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        q.quantize(ctx, &[], &dir)?;
+        let v = eval.measure(q.load(ctx, &dir)?.as_mut())?;
+        let _ = std::fs::remove_dir_all(&dir);
+        v
+    };
+    Ok(Some(Holdout {
+        dataset: h.clone(),
+        all_quantized,
+        chosen,
+        met: ac.metric.meets(chosen, ac.target),
+    }))
+}
+
+/// Quantize with a recipe and these layers in floating point, and measure (memoized).
+type MeasureWith<'a> = dyn FnMut(&dyn Quantizer, &[String]) -> Result<(f64, bool)> + 'a;
+
+/// The recipe to search layers with: the step's own when everything quantized meets the
+/// target with it, else the first alternative that does, else the best of all; with every
+/// recipe tried and its metric.
+fn choose_recipe<'q>(
+    ctx: &StepContext,
+    ac: &AccuracyControl,
+    own: &'q dyn Quantizer,
+    alternatives: &'q [Box<dyn Quantizer + 'q>],
+    measure: &mut MeasureWith<'_>,
+) -> Result<(&'q dyn Quantizer, Vec<RecipeTrial>)> {
+    let mut chosen = own;
+    let (mut best, memoized) = measure(own, &[])?;
+    let mut recipes = vec![RecipeTrial {
+        recipe: own.recipe(),
+        metric: best,
+        memoized,
+    }];
+    if ac.metric.meets(best, ac.target) {
+        return Ok((chosen, recipes));
+    }
+    for (i, alt) in alternatives.iter().enumerate() {
+        ctx.progress.set_message(format!(
+            "accuracy control: recipe {}/{} ({}), everything quantized",
+            i + 2,
+            alternatives.len() + 1,
+            alt.recipe()
+        ));
+        let (v, memoized) = measure(alt.as_ref(), &[])?;
+        recipes.push(RecipeTrial {
+            recipe: alt.recipe(),
+            metric: v,
+            memoized,
+        });
+        if ac.metric.gain(best, v) > 0.0 {
+            best = v;
+            chosen = alt.as_ref();
+        }
+        if ac.metric.meets(v, ac.target) {
+            break;
+        }
+    }
+    Ok((chosen, recipes))
 }
 
 /// The memo key of one trial: what was quantized (source, calibration, backend settings),

@@ -42,6 +42,8 @@ pub(crate) struct StepContext<'a> {
     /// [`Kind::reports_failures_of`]).
     pub failed: BTreeMap<String, String>,
     pub workdir: &'a Utf8Path,
+    /// Where releases go when a release step names no `releases_dir` (settings).
+    pub releases_dir: &'a Utf8Path,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
 }

@@ -127,16 +127,6 @@ impl ReleaseParams {
     }
 }
 
-pub(crate) fn releases_root(explicit: Option<&Utf8Path>) -> Utf8PathBuf {
-    if let Some(d) = explicit {
-        return d.to_owned();
-    }
-    match std::env::var("FACEBUILD_RELEASES") {
-        Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
-        _ => Utf8PathBuf::from("releases"),
-    }
-}
-
 pub(crate) fn sha256_file(p: &Utf8Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     let mut f = std::fs::File::open(p).fs_context(p)?;
@@ -429,7 +419,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         .unwrap_or_else(|| format!("r-{}", &blake3::hash(sums.as_bytes()).to_hex()[..12]));
     let root = match &p.releases_dir {
         Some(d) => ctx.manifest.resolve(d),
-        None => releases_root(None),
+        None => ctx.releases_dir.to_owned(),
     };
     let pipeline_dir = crate::util::child_of(&root, &ctx.manifest.name)?;
     let history = read_history(&pipeline_dir);
@@ -626,6 +616,7 @@ pub(crate) fn restore(
     p: &ReleaseParams,
     own: &BTreeMap<String, Utf8PathBuf>,
     upstream: &BTreeMap<String, BTreeMap<String, Utf8PathBuf>>,
+    releases_dir: &Utf8Path,
 ) -> Result<Option<Utf8PathBuf>> {
     let (Some(report), Some(sums_file)) = (own.get("report.json"), own.get("SHA256SUMS")) else {
         return Ok(None);
@@ -636,7 +627,7 @@ pub(crate) fn restore(
     };
     let root = match &p.releases_dir {
         Some(d) => manifest.resolve(d),
-        None => releases_root(None),
+        None => releases_dir.to_owned(),
     };
     let pipeline_dir = crate::util::child_of(&root, &manifest.name)?;
     let vdir = crate::util::child_of(&pipeline_dir, &version)?;
