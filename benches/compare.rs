@@ -21,8 +21,6 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let toolchains = std::env::var("FACEBUILD_TOOLCHAIN_DIR")
         .unwrap_or_else(|_| root.join("cache/toolchains").display().to_string());
-    // SAFETY: set before any thread starts; the library's toolchain lookup reads it.
-    unsafe { std::env::set_var("FACEBUILD_TOOLCHAIN_DIR", &toolchains) };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let shared = root.join("../shared");
@@ -110,14 +108,14 @@ fn main() {
     let passes = images * models.len() as f64;
 
     // The runtimes alone: the same artifacts and batches, inference only.
-    let pins = facebuild::Pins::resolve(&Default::default());
-    let tc = facebuild::Toolchain::find(
-        Utf8PathBuf::from_path_buf(d.join("cache"))
-            .unwrap()
-            .as_path(),
-        &pins,
-    )
-    .expect("toolchain installed by the first run");
+    let pins = facebuild::Pins::resolve(&Default::default(), None);
+    let place = facebuild::ToolchainPlace {
+        root: Utf8PathBuf::from(toolchains.clone()),
+        pip: false,
+        python: None,
+    };
+    let tc =
+        facebuild::Toolchain::find(&place, &pins).expect("toolchain installed by the first run");
     let pipeline = if real { "b" } else { "recognition" };
     let ort = OnnxRuntime::new(&tc, None).unwrap();
     let mut alone_ms = 0.0;

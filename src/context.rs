@@ -38,6 +38,10 @@ pub(crate) struct BuildContext {
     pub releases_dir: Utf8PathBuf,
     /// The longest wait between two polls of a Slurm job (settings).
     pub slurm_poll_max: std::time::Duration,
+    /// Where the toolchain is found or installed (settings).
+    toolchain_place: crate::toolchain::Place,
+    /// `TENSORRT_HOME` (settings).
+    tensorrt_home: Option<Utf8PathBuf>,
 }
 
 /// The resolved source model: where it is and what it hashes to.
@@ -67,8 +71,12 @@ impl BuildContext {
         let dag = Dag::build(&manifest)?;
         manifest.check_against_model()?;
         let store = Store::open(&cache_dir)?;
-        let pins = Pins::for_manifest(&manifest.toolchain, &manifest.file)?;
-        let toolchain = Toolchain::find(&cache_dir, &pins);
+        let pins = Pins::for_manifest(
+            &manifest.toolchain,
+            &manifest.file,
+            settings.toolchain.python.as_deref(),
+        )?;
+        let toolchain = Toolchain::find(&settings.toolchain, &pins);
         let lock = Lock::load(&manifest.lock_path());
         Ok(BuildContext {
             manifest,
@@ -84,6 +92,8 @@ impl BuildContext {
             materialize: settings.materialize,
             executor: settings.executor,
             releases_dir: settings.releases_dir.clone(),
+            toolchain_place: settings.toolchain.clone(),
+            tensorrt_home: settings.tensorrt_home.clone(),
             slurm_poll_max: settings.slurm_poll_max,
         })
     }
@@ -105,6 +115,7 @@ impl BuildContext {
                 self.manifest.toolchain.tensorrt.as_ref(),
                 &self.manifest.dir,
                 &self.cache_dir,
+                self.tensorrt_home.as_deref(),
             )
         })
     }
@@ -112,7 +123,7 @@ impl BuildContext {
     /// Install the toolchain if needed (run does this; plan and status only look).
     pub(crate) fn ensure_toolchain(&mut self) -> Result<&Toolchain> {
         if self.toolchain.is_none() {
-            self.toolchain = Some(Toolchain::ensure(&self.cache_dir, &self.pins)?);
+            self.toolchain = Some(Toolchain::ensure(&self.toolchain_place, &self.pins)?);
         }
         Ok(self.toolchain.as_ref().expect("just set"))
     }

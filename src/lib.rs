@@ -56,4 +56,4 @@ pub use steps::check::CheckReport;
 pub use steps::compare::{CandidateReport, CompareReport, OutputComparison};
 pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;
-pub use toolchain::{Pins, Toolchain};
+pub use toolchain::{Pins, Place as ToolchainPlace, Toolchain};

@@ -47,14 +47,21 @@ pub(crate) struct ContextSettings {
     pub releases_dir: Utf8PathBuf,
     /// The longest wait between two polls of a Slurm job.
     pub slurm_poll_max: Duration,
+    /// Where toolchains live and how they are installed.
+    pub toolchain: crate::toolchain::Place,
+    /// `TENSORRT_HOME`: where trtexec is looked for after the manifest's own path.
+    pub tensorrt_home: Option<Utf8PathBuf>,
 }
 
 impl ContextSettings {
     /// A context with no remote that runs everything as the manifest says: plan, status,
     /// and the commands that only look.
     pub(crate) fn local(cache_flag: Option<&Utf8Path>) -> ContextSettings {
+        let cache_dir = cache_dir(cache_flag);
         ContextSettings {
-            cache_dir: cache_dir(cache_flag),
+            toolchain: toolchain_place(&cache_dir),
+            tensorrt_home: tensorrt_home(),
+            cache_dir,
             executor: Executor::Auto,
             materialize: Materialize::All,
             remote: None,
@@ -94,9 +101,12 @@ pub(crate) struct RunSettings {
 
 impl RunSettings {
     pub(crate) fn resolve(flags: RunFlags) -> Result<RunSettings> {
+        let cache_dir = cache_dir(flags.cache_dir.as_deref());
         Ok(RunSettings {
             context: ContextSettings {
-                cache_dir: cache_dir(flags.cache_dir.as_deref()),
+                toolchain: toolchain_place(&cache_dir),
+                tensorrt_home: tensorrt_home(),
+                cache_dir,
                 executor: flags.executor,
                 materialize: flags.materialize,
                 remote: remote(&flags.remote)?,
@@ -116,6 +126,25 @@ impl RunSettings {
 /// A variable's value, when set and not blank.
 fn var(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Where toolchains live: `FACEBUILD_TOOLCHAIN_DIR`, else `toolchains/` in the cache; installed
+/// with uv, or pip's hash-checking mode when `FACEBUILD_TOOLCHAIN_INSTALLER=pip`; the
+/// interpreter `FACEBUILD_PYTHON` when a manifest names none.
+pub(crate) fn toolchain_place(cache_dir: &Utf8Path) -> crate::toolchain::Place {
+    let default = crate::toolchain::Place::under(cache_dir);
+    crate::toolchain::Place {
+        root: var("FACEBUILD_TOOLCHAIN_DIR")
+            .map(Utf8PathBuf::from)
+            .unwrap_or(default.root),
+        pip: var("FACEBUILD_TOOLCHAIN_INSTALLER").as_deref() == Some("pip"),
+        python: var("FACEBUILD_PYTHON"),
+    }
+}
+
+/// `TENSORRT_HOME`, when set: trtexec is looked for in its `bin/`.
+pub(crate) fn tensorrt_home() -> Option<Utf8PathBuf> {
+    var("TENSORRT_HOME").map(Utf8PathBuf::from)
 }
 
 /// Where releases go: `--dir`, else `FACEBUILD_RELEASES`, else `./releases`.

@@ -57,9 +57,7 @@ fn insightface_bin_matches_the_csv_path() {
     let from_csv: CompareReport = p.report("out/v/compare/report.json");
 
     // Write the .bin with the toolchain's Python.
-    let cache = camino::Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
-    let tc = facebuild::Toolchain::ensure(&cache, &facebuild::Pins::resolve(&Default::default()))
-        .unwrap();
+    let tc = toolchain();
     let bin = p.path("pairs.bin");
     let out = std::process::Command::new(tc.python())
         .args(["-c", WRITE_BIN])

@@ -10,7 +10,6 @@ use common::*;
 use camino::Utf8PathBuf;
 use facebuild::{CompareReport, DetectorFamily, DetectorSpec, Preprocessing};
 use facebuild::{OnnxRuntime, Runtime};
-use facebuild::{Pins, Toolchain};
 
 fn say(line: &str) {
     use std::io::Write;
@@ -251,12 +250,6 @@ fn real_retinaface_640() {
         ),
         1,
     );
-}
-
-fn toolchain() -> Toolchain {
-    // root_dir() honours FACEBUILD_TOOLCHAIN_DIR, else <cache>/toolchains: the tests' shared one.
-    let cache = Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
-    Toolchain::ensure(&cache, &Pins::resolve(&Default::default())).expect("toolchain")
 }
 
 /// Rust's decoding of a real model's raw outputs, box by box, against the numpy reference.

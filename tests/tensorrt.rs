@@ -421,9 +421,7 @@ fn qdq_int8_of_the_real_recognition_model_passes_compare_in_onnxruntime() {
 #[test]
 fn engine_worker_protocol_round_trips_tensors() {
     use facebuild::{Runtime, TensorRtRuntime};
-    let cache = camino::Utf8PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/cache"));
-    let tc = facebuild::Toolchain::ensure(&cache, &facebuild::Pins::resolve(&Default::default()))
-        .unwrap();
+    let tc = toolchain();
     let rt = TensorRtRuntime {
         python: tc.python(),
         standin: true,

@@ -145,7 +145,9 @@ fn size_symbolic_outputs(
         .filter(|o| symbolic(o))
         .map(|o| o.name.clone())
         .collect();
-    let Some(tc) = Toolchain::find(cache_dir, &Pins::resolve(&Default::default())) else {
+    let place = crate::settings::toolchain_place(cache_dir);
+    let pins = Pins::resolve(&Default::default(), place.python.as_deref());
+    let Some(tc) = Toolchain::find(&place, &pins) else {
         return Some(format!(
             "CHECK: the size of output(s) {} is symbolic in the graph; with the toolchain installed (`facebuild toolchain install`) init runs the model once to read it",
             names.join(", ")

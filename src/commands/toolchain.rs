@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::toolchain::{Pins, Toolchain};
+use crate::toolchain::{Pins, Place, Toolchain};
 
 #[derive(Subcommand)]
 pub(super) enum ToolchainCmd {
@@ -34,13 +34,14 @@ pub(super) enum ToolchainCmd {
     },
 }
 
-fn pins_for(file: Option<&Utf8Path>) -> Result<Pins> {
+fn pins_for(file: Option<&Utf8Path>, place: &Place) -> Result<Pins> {
+    let python = place.python.as_deref();
     Ok(match file {
         Some(f) => {
             let m = Manifest::load(f)?;
-            Pins::for_manifest(&m.toolchain, &m.file)?
+            Pins::for_manifest(&m.toolchain, &m.file, python)?
         }
-        None => Pins::resolve(&Default::default()),
+        None => Pins::resolve(&Default::default(), python),
     })
 }
 
@@ -52,18 +53,29 @@ fn tensorrt_for(
     Ok(match file {
         Some(f) => {
             let m = Manifest::load(f)?;
-            crate::toolchain::tensorrt::discover(m.toolchain.tensorrt.as_ref(), &m.dir, cache_dir)
+            crate::toolchain::tensorrt::discover(
+                m.toolchain.tensorrt.as_ref(),
+                &m.dir,
+                cache_dir,
+                crate::settings::tensorrt_home().as_deref(),
+            )
         }
-        None => crate::toolchain::tensorrt::discover(None, Utf8Path::new("."), cache_dir),
+        None => crate::toolchain::tensorrt::discover(
+            None,
+            Utf8Path::new("."),
+            cache_dir,
+            crate::settings::tensorrt_home().as_deref(),
+        ),
     })
 }
 
 pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
+    let place = crate::settings::toolchain_place(cache_dir);
     match t {
         ToolchainCmd::Show { file, json } => {
-            let pins = pins_for(file.as_deref())?;
-            let tc = Toolchain::find(cache_dir, &pins);
-            let dir = crate::toolchain::env_dir(cache_dir, &pins);
+            let pins = pins_for(file.as_deref(), &place)?;
+            let tc = Toolchain::find(&place, &pins);
+            let dir = place.env_dir(&pins);
             let trt = tensorrt_for(file.as_deref(), cache_dir)?;
             if json {
                 let trt_json = match &trt {
@@ -121,13 +133,16 @@ pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32
                 Some(f) => {
                     let m = Manifest::load(f)?;
                     (
-                        Pins::resolve(&m.toolchain),
+                        Pins::resolve(&m.toolchain, place.python.as_deref()),
                         Some(output.unwrap_or_else(|| Pins::lock_path(&m.file))),
                     )
                 }
-                None => (Pins::resolve(&Default::default()), output),
+                None => (
+                    Pins::resolve(&Default::default(), place.python.as_deref()),
+                    output,
+                ),
             };
-            let text = crate::toolchain::lock(&pins, &crate::toolchain::root_dir(cache_dir))?;
+            let text = crate::toolchain::lock(&pins, &place.root)?;
             let n = text
                 .lines()
                 .filter(|l| l.contains("==") && !l.starts_with('#'))
@@ -142,14 +157,14 @@ pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32
             Ok(0)
         }
         ToolchainCmd::Install { file, force } => {
-            let pins = pins_for(file.as_deref())?;
+            let pins = pins_for(file.as_deref(), &place)?;
             if force {
-                let dir = crate::toolchain::env_dir(cache_dir, &pins);
+                let dir = place.env_dir(&pins);
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 }
             }
-            let t = Toolchain::ensure(cache_dir, &pins)?;
+            let t = Toolchain::ensure(&place, &pins)?;
             println!("toolchain {} ready at {}", pins.id(), t.dir);
             Ok(0)
         }

@@ -78,8 +78,9 @@ fn pins_line(packages: &BTreeMap<String, String>) -> String {
 }
 
 impl Pins {
-    /// The default pins with the manifest's overrides (and FACEBUILD_PYTHON).
-    pub fn resolve(spec: &ToolchainSpec) -> Pins {
+    /// The default pins with the manifest's overrides; `python` is the interpreter when
+    /// the manifest names none (settings: `FACEBUILD_PYTHON`).
+    pub fn resolve(spec: &ToolchainSpec, python: Option<&str>) -> Pins {
         let mut packages: BTreeMap<String, String> = DEFAULT_PINS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -90,7 +91,7 @@ impl Pins {
         let interpreter = spec
             .interpreter
             .clone()
-            .or_else(|| std::env::var("FACEBUILD_PYTHON").ok())
+            .or_else(|| python.map(String::from))
             .unwrap_or_else(|| "python3".into());
         // The built-in lock holds for the default pins only.
         let default = DEFAULT_LOCK.lines().any(|l| l == pins_line(&packages));
@@ -109,8 +110,12 @@ impl Pins {
 
     /// The manifest's pins with their lock: the built-in one for the default pins, else the
     /// lock file beside the manifest, which must have been written for exactly these pins.
-    pub(crate) fn for_manifest(spec: &ToolchainSpec, manifest: &Utf8Path) -> Result<Pins> {
-        let mut p = Pins::resolve(spec);
+    pub(crate) fn for_manifest(
+        spec: &ToolchainSpec,
+        manifest: &Utf8Path,
+        python: Option<&str>,
+    ) -> Result<Pins> {
+        let mut p = Pins::resolve(spec, python);
         if p.lock.is_some() {
             return Ok(p);
         }
@@ -160,21 +165,38 @@ pub struct Toolchain {
     pub info: ToolchainInfo,
 }
 
-pub(crate) fn root_dir(cache_dir: &Utf8Path) -> Utf8PathBuf {
-    match std::env::var("FACEBUILD_TOOLCHAIN_DIR") {
-        Ok(d) if !d.is_empty() => Utf8PathBuf::from(d),
-        _ => cache_dir.join("toolchains"),
-    }
+/// Where toolchains live and how they are installed, as settings resolved them
+/// (`FACEBUILD_TOOLCHAIN_DIR`, `FACEBUILD_TOOLCHAIN_INSTALLER`, `FACEBUILD_PYTHON`).
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The folder holding one environment per pins id.
+    pub root: Utf8PathBuf,
+    /// Install with pip's hash-checking mode instead of uv.
+    pub pip: bool,
+    /// The interpreter when a manifest names none.
+    pub python: Option<String>,
 }
 
-pub(crate) fn env_dir(cache_dir: &Utf8Path, pins: &Pins) -> Utf8PathBuf {
-    root_dir(cache_dir).join(pins.id())
+impl Place {
+    /// The default: `toolchains/` in the cache, installed with uv, `python3`.
+    pub fn under(cache_dir: &Utf8Path) -> Place {
+        Place {
+            root: cache_dir.join("toolchains"),
+            pip: false,
+            python: None,
+        }
+    }
+
+    /// The environment folder for these pins.
+    pub(crate) fn env_dir(&self, pins: &Pins) -> Utf8PathBuf {
+        self.root.join(pins.id())
+    }
 }
 
 impl Toolchain {
     /// The installed toolchain for these pins, or None when it is not installed yet.
-    pub fn find(cache_dir: &Utf8Path, pins: &Pins) -> Option<Toolchain> {
-        let dir = env_dir(cache_dir, pins);
+    pub fn find(place: &Place, pins: &Pins) -> Option<Toolchain> {
+        let dir = place.env_dir(pins);
         let bytes = std::fs::read(dir.join("toolchain.json")).ok()?;
         let info: ToolchainInfo = serde_json::from_slice(&bytes).ok()?;
         Some(Toolchain {
@@ -200,8 +222,8 @@ impl Toolchain {
 
     /// Find or install. Installation is serialized by a file lock so parallel runs (or
     /// parallel tests) sharing a toolchain dir install it once.
-    pub fn ensure(cache_dir: &Utf8Path, pins: &Pins) -> Result<Toolchain> {
-        if let Some(t) = Self::find(cache_dir, pins) {
+    pub fn ensure(place: &Place, pins: &Pins) -> Result<Toolchain> {
+        if let Some(t) = Self::find(place, pins) {
             return Ok(t);
         }
         if pins.lock.is_none() {
@@ -210,18 +232,18 @@ impl Toolchain {
             )
             .with_hint("write the lock beside the manifest: `facebuild toolchain lock <manifest>`, and commit it"));
         }
-        let root = root_dir(cache_dir);
-        std::fs::create_dir_all(&root).fs_context(&root)?;
+        let root = &place.root;
+        std::fs::create_dir_all(root).fs_context(root)?;
         let lock_path = root.join(format!("{}.lock", pins.id()));
         let lock = std::fs::File::create(&lock_path).fs_context(&lock_path)?;
         lock.lock().fs_context(&lock_path)?;
-        if let Some(t) = Self::find(cache_dir, pins) {
+        if let Some(t) = Self::find(place, pins) {
             return Ok(t);
         }
-        let result = install(&env_dir(cache_dir, pins), pins);
+        let result = install(&place.env_dir(pins), pins, place.pip);
         let _ = lock.unlock();
         result?;
-        Self::find(cache_dir, pins)
+        Self::find(place, pins)
             .ok_or_else(|| Error::toolchain("installation finished but toolchain.json is missing"))
     }
 
@@ -434,7 +456,7 @@ pub(crate) fn lock(pins: &Pins, root: &Utf8Path) -> Result<String> {
     ))
 }
 
-fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
+fn install(dir: &Utf8Path, pins: &Pins, pip: bool) -> Result<()> {
     // Installed in place (a venv cannot be moved: its console scripts such as `ovc` hard-code
     // its path); `toolchain.json`, written last, marks it complete.
     let partial = dir.to_owned();
@@ -445,11 +467,11 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
         pins.id()
     ));
     let venv = partial.join("venv");
-    let pip_path = std::env::var("FACEBUILD_TOOLCHAIN_INSTALLER").is_ok_and(|i| i == "pip");
+
     let status = Command::new(&pins.interpreter)
         .args(["-m", "venv"])
         // uv installs into the venv from outside it: no pip to bootstrap.
-        .args((!pip_path).then_some("--without-pip"))
+        .args((!pip).then_some("--without-pip"))
         .arg(&venv)
         .stdin(Stdio::null())
         .status()
@@ -466,8 +488,7 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
     let lock = pins.lock.as_deref().expect("checked by ensure");
     let lock_file = partial.join("toolchain.lock");
     std::fs::write(&lock_file, lock).fs_context(&lock_file)?;
-    let installer = std::env::var("FACEBUILD_TOOLCHAIN_INSTALLER").unwrap_or_default();
-    let mut cmd = if installer == "pip" {
+    let mut cmd = if pip {
         // The slower path, kept for comparison and for machines where uv cannot run:
         // pip's hash-checking mode installs the same locked files.
         let mut c = Command::new(venv.join("bin/python"));
@@ -502,7 +523,7 @@ fn install(dir: &Utf8Path, pins: &Pins) -> Result<()> {
         lock.lines()
             .filter(|l| l.contains("==") && !l.starts_with('#'))
             .count(),
-        if installer == "pip" { "pip" } else { "uv" }
+        if pip { "pip" } else { "uv" }
     ));
     let mut child = cmd
         .stdin(Stdio::null())

@@ -122,6 +122,7 @@ fn is_executable(p: &Utf8Path) -> bool {
 pub(crate) fn locate_trtexec(
     spec: Option<&TensorRtSpec>,
     manifest_dir: &Utf8Path,
+    home: Option<&Utf8Path>,
 ) -> std::result::Result<Utf8PathBuf, String> {
     if let Some(p) = spec.and_then(|s| s.trtexec.as_ref()) {
         let p = if p.is_absolute() {
@@ -137,10 +138,8 @@ pub(crate) fn locate_trtexec(
             ))
         };
     }
-    if let Ok(home) = std::env::var("TENSORRT_HOME")
-        && !home.is_empty()
-    {
-        let p = Utf8PathBuf::from(home).join("bin/trtexec");
+    if let Some(home) = home {
+        let p = home.join("bin/trtexec");
         return if is_executable(&p) {
             Ok(p)
         } else {
@@ -241,12 +240,14 @@ fn selected_gpu() -> Option<String> {
 }
 
 /// Find TensorRT and describe it, memoized in `<cache>/tensorrt/found.json`.
+/// `home` is `TENSORRT_HOME` as settings read it.
 pub(crate) fn discover(
     spec: Option<&TensorRtSpec>,
     manifest_dir: &Utf8Path,
     cache_dir: &Utf8Path,
+    home: Option<&Utf8Path>,
 ) -> Discovery {
-    let trtexec = locate_trtexec(spec, manifest_dir)?;
+    let trtexec = locate_trtexec(spec, manifest_dir, home)?;
     let smi = on_path("nvidia-smi").ok_or_else(|| format!("found {trtexec}, but nvidia-smi is not on PATH: no NVIDIA driver, so no GPU to build for"))?;
     let stamp = stamp(&[&trtexec, &smi]);
     let memo_path = cache_dir.join("tensorrt").join("found.json");

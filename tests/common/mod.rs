@@ -22,6 +22,19 @@ pub(crate) fn toolchain_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache/toolchains"))
 }
 
+/// The tests' shared toolchain (installed when missing), where [`toolchain_dir`] says.
+#[allow(dead_code)]
+pub(crate) fn toolchain() -> facebuild::Toolchain {
+    let dir = camino::Utf8PathBuf::from_path_buf(toolchain_dir()).expect("a UTF-8 path");
+    let place = facebuild::ToolchainPlace {
+        root: dir,
+        pip: false,
+        python: None,
+    };
+    facebuild::Toolchain::ensure(&place, &facebuild::Pins::resolve(&Default::default(), None))
+        .expect("toolchain")
+}
+
 /// `../shared` (or $FACEBUILD_SHARED) with the real models and faces, when present.
 /// Tests that need it print a clear SKIP line and return when it is absent.
 pub(crate) fn shared() -> Option<PathBuf> {
