@@ -88,11 +88,7 @@ fn blob_bytes(store: &Store) -> Result<u64> {
 /// `cache ls`: every cached step result.
 fn ls(store: &Store, cache_dir: &Utf8Path, json: bool) -> Result<i32> {
     let recs = store.actions()?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&recs).map_err(anyhow::Error::from)?
-        );
+    if super::print_json(json, || &recs)? {
         return Ok(0);
     }
     println!("cache {cache_dir}: {} step results", recs.len());
@@ -122,12 +118,14 @@ fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, json: bool) -> Resu
     // Invalid records are removed whatever --repair says: nothing can use them.
     let invalid = store.drop_invalid_records()?;
     store.memo.save()?;
-    if json {
-        println!(
-            "{}",
-            json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid})
-        );
-    } else if corrupt.is_empty() {
+    let code = if corrupt.is_empty() || repair { 0 } else { 1 };
+    if super::print_json(
+        json,
+        || json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid}),
+    )? {
+        return Ok(code);
+    }
+    if corrupt.is_empty() {
         println!(
             "cache {cache_dir}: all {} blobs intact ({})",
             store.blobs()?.len(),
@@ -143,12 +141,10 @@ fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, json: bool) -> Resu
             );
         }
     }
-    if !json {
-        for r in &invalid {
-            println!("invalid record (removed): {r}");
-        }
+    for r in &invalid {
+        println!("invalid record (removed): {r}");
     }
-    Ok(if corrupt.is_empty() || repair { 0 } else { 1 })
+    Ok(code)
 }
 
 /// `cache keygen`: an ed25519 key pair for signing remote records.
@@ -183,12 +179,7 @@ fn push(store: &Store, files: Vec<Utf8PathBuf>, remote: &RemoteArgs, json: bool)
         }
     }
     let r = remote.push(&records, store);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?
-        );
-    } else {
+    if !super::print_json(json, || &r)? {
         println!(
             "pushed {} step results from {} lockfile(s) to {}: {} blobs uploaded ({}), {} records; {missing} not in the local cache; remote {}",
             records.len(),

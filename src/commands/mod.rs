@@ -200,6 +200,20 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
 }
 
 /// One line of a step's summary figures, as the run and status print them.
+/// The one way a command answers `--json`: with `json`, `value()` goes to stdout as pretty
+/// JSON and this returns true, and the caller prints nothing else; without, false, and the
+/// caller prints its text.
+pub(super) fn print_json<T: serde::Serialize>(
+    json: bool,
+    value: impl FnOnce() -> T,
+) -> Result<bool> {
+    if json {
+        let text = serde_json::to_string_pretty(&value()).map_err(anyhow::Error::from)?;
+        println!("{text}");
+    }
+    Ok(json)
+}
+
 pub(super) fn summary_line(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Object(o) => o

@@ -29,18 +29,12 @@ pub(super) fn plan_cmd(args: PlanArgs, local: &ContextSettings) -> Result<i32> {
     let ctx = BuildContext::open(pipeline.load()?, local)?;
     let selected = ctx.dag.select(&sel.targets)?;
     let p = plan(&ctx, &selected, false)?;
-    if json {
-        let v = crate::graph::plan::Plan {
-            pipeline: ctx.manifest.name.clone(),
-            toolchain: ctx.pins.id(),
-            toolchain_installed: ctx.toolchain.is_some(),
-            steps: p,
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?
-        );
-    } else {
+    if !super::print_json(json, || crate::graph::plan::Plan {
+        pipeline: ctx.manifest.name.clone(),
+        toolchain: ctx.pins.id(),
+        toolchain_installed: ctx.toolchain.is_some(),
+        steps: p.clone(),
+    })? {
         println!(
             "plan for `{}` ({}), toolchain {}",
             ctx.manifest.name,

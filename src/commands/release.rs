@@ -31,12 +31,10 @@ pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
         ReleaseCmd::List { dir, json } => {
             let root = crate::settings::releases_dir(dir.as_deref());
             let all = crate::steps::release::list(&root)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&all).map_err(anyhow::Error::from)?
-                );
-            } else if all.is_empty() {
+            if super::print_json(json, || &all)? {
+                return Ok(0);
+            }
+            if all.is_empty() {
                 println!("no releases in {root}");
             } else {
                 println!("releases in {root}:");
@@ -61,12 +59,7 @@ pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
         } => {
             let root = crate::settings::releases_dir(dir.as_deref());
             let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(anyhow::Error::from)?
-                );
-            } else {
+            if !super::print_json(json, || &r)? {
                 println!(
                     "{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}",
                     r.previous_current.as_deref().unwrap_or("none"),

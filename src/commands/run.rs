@@ -72,12 +72,7 @@ pub(super) fn run(
     let mut ctx = BuildContext::open(pipeline.load()?, &settings.context)?;
     let report = scheduler::run(&mut ctx, &settings.options, cancel)?;
     let written = crate::report::run::write(&report, &ctx);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        );
-    } else {
+    if !super::print_json(json, || &report)? {
         print_run(&report, &ctx);
         match &written {
             Ok((h, j)) => println!("run report {h} | junit {j}"),

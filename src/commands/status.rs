@@ -96,8 +96,10 @@ pub(super) fn status(m: &Manifest, settings: &ContextSettings, json_out: bool) -
             outputs,
         });
     }
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows})).map_err(anyhow::Error::from)?);
+    if super::print_json(
+        json_out,
+        || json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows}),
+    )? {
         return Ok(0);
     }
     println!(

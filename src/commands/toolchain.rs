@@ -77,12 +77,13 @@ pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32
             let tc = Toolchain::find(&place, &pins);
             let dir = place.env_dir(&pins);
             let trt = tensorrt_for(file.as_deref(), cache_dir)?;
-            if json {
+            if super::print_json(json, || {
                 let trt_json = match &trt {
                     Ok(t) => json!({"available": true, "found": t, "fingerprint": t.fingerprint()}),
                     Err(e) => json!({"available": false, "missing": e}),
                 };
-                println!("{}", serde_json::to_string_pretty(&json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info), "tensorrt": trt_json})).map_err(anyhow::Error::from)?);
+                json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info), "tensorrt": trt_json})
+            })? {
                 return Ok(0);
             }
             println!("toolchain {} at {dir}", pins.id());
