@@ -356,11 +356,14 @@ impl<'a> RunState<'a> {
     /// (compare's candidates), with why.
     fn failed_reported_by(&self, name: &str) -> BTreeMap<String, String> {
         let step = self.ctx.manifest.step(name);
+        let from = step.spec.from.as_ref().map(|f| f.value.as_str());
         step.spec
             .params
             .kind()
             .reports_failures_of()
             .into_iter()
+            // Its `from` step gives it its model: that failure skips it (see `resolve`).
+            .filter(|d| Some(d.as_str()) != from)
             .filter_map(|d| {
                 let why = match self.state.get(&d)? {
                     State::Failed => format!(

@@ -93,10 +93,13 @@ pub(crate) fn resolve(
 ) -> Result<Resolution> {
     // A step that reports on its failed references (compare's candidates) runs without
     // them; any other failed dependency skips it.
+    // A step it takes its model `from` is never one: without its model nothing can run.
+    let from = step.spec.from.as_ref().map(|f| f.value.as_str());
     let reported = step.spec.params.kind().reports_failures_of();
+    let tolerated = |d: &str| Some(d) != from && reported.iter().any(|r| r == d);
     if let Some(bad) = deps
         .iter()
-        .find(|d| matches!(upstream(d), Upstream::Failed) && !reported.iter().any(|r| r == *d))
+        .find(|d| matches!(upstream(d), Upstream::Failed) && !tolerated(d))
     {
         return Ok(Resolution::Skipped {
             upstream: bad.to_string(),
@@ -518,6 +521,51 @@ mod tests {
         let r = resolve(&w, m.step("b"), &["a"], &|_| Upstream::Failed, false).unwrap();
         assert!(matches!(r, Resolution::Skipped { upstream } if upstream == "a"));
         assert!(w.lookups.borrow().is_empty());
+    }
+
+    /// A compare runs over a failed candidate, with `failed` in its key where the candidate's
+    /// outputs would be; a failed step it takes its model `from` still skips it.
+    #[test]
+    fn compare_runs_over_a_failed_candidate_but_not_a_failed_from() {
+        let text = indoc! {"
+            schema: 1
+            name: t
+            model:
+              task: recognition
+              input: {name: x, shape: [1, 3, 112, 112]}
+            datasets:
+              d: {builtin: synthetic-faces}
+            steps:
+              a: {kind: simplify}
+              b: {kind: simplify}
+              c: {kind: compare, params: {dataset: d, candidates: [a, b]}}
+              e: {kind: compare, from: a, params: {dataset: d, candidates: [a, b]}}
+        "};
+        let m = Manifest::parse(camino::Utf8Path::new("t.yaml"), text).unwrap();
+        let w = FakeWorld::new();
+        let done: Outputs = [(
+            "model.onnx".to_string(),
+            BlobRef {
+                digest: "b".into(),
+                size: 1,
+            },
+        )]
+        .into();
+        let up = |d: &str| match d {
+            "a" => Upstream::Failed,
+            _ => Upstream::Done(done.clone()),
+        };
+        let r = resolve(&w, m.step("c"), &["a", "b"], &up, false).unwrap();
+        let Resolution::Miss {
+            parts: Some(parts), ..
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(parts.inputs["a/failed"], "failed");
+        assert_eq!(parts.inputs["b/model.onnx"], "b");
+        let r = resolve(&w, m.step("e"), &["a", "b"], &up, false).unwrap();
+        assert!(matches!(r, Resolution::Skipped { upstream } if upstream == "a"));
     }
 
     /// Without a toolchain no key exists: every ready step is a miss that says so.
