@@ -468,27 +468,11 @@ fn install(dir: &Utf8Path, pins: &Pins, pip: bool) -> Result<()> {
     ));
     let venv = partial.join("venv");
 
-    let status = Command::new(&pins.interpreter)
-        .args(["-m", "venv"])
-        // uv installs into the venv from outside it: no pip to bootstrap.
-        .args((!pip).then_some("--without-pip"))
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| {
-            Error::toolchain(format!("cannot run `{}`: {e}", pins.interpreter)).with_hint("install Python 3.11 (python3 with venv), or set FACEBUILD_PYTHON / `toolchain.interpreter`")
-        })?;
-    if !status.success() {
-        return Err(Error::toolchain(format!(
-            "`{} -m venv {venv}` failed ({status})",
-            pins.interpreter
-        ))
-        .with_hint("install the venv module (Debian: apt-get install python3-venv)"));
-    }
+    create_venv(pins, &venv, pip)?;
     let lock = pins.lock.as_deref().expect("checked by ensure");
     let lock_file = partial.join("toolchain.lock");
     std::fs::write(&lock_file, lock).fs_context(&lock_file)?;
-    let mut cmd = if pip {
+    let cmd = if pip {
         // The slower path, kept for comparison and for machines where uv cannot run:
         // pip's hash-checking mode installs the same locked files.
         let mut c = Command::new(venv.join("bin/python"));
@@ -525,6 +509,57 @@ fn install(dir: &Utf8Path, pins: &Pins, pip: bool) -> Result<()> {
             .count(),
         if pip { "pip" } else { "uv" }
     ));
+    run_installer(cmd, pins, &pb)?;
+    pb.set_message("toolchain: recording versions");
+    let out = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(include_str!("python/describe.py"))
+        .output()
+        .map_err(|e| Error::toolchain(format!("describe: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::toolchain(format!(
+            "toolchain self-description failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let info: ToolchainInfo = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::toolchain(format!("describe output: {e}")))?;
+    std::fs::write(
+        partial.join("pins.json"),
+        serde_json::to_vec_pretty(pins).map_err(anyhow::Error::from)?,
+    )
+    .fs_context(&partial)?;
+    let json = serde_json::to_vec_pretty(&info).map_err(anyhow::Error::from)?;
+    crate::cache::store::write_atomic(&partial.join("toolchain.json"), &json)?;
+    pb.finish_and_clear();
+    eprintln!("toolchain {} installed at {dir}", pins.id());
+    Ok(())
+}
+
+/// The toolchain's venv, made by the pinned interpreter (without pip when uv installs).
+fn create_venv(pins: &Pins, venv: &Utf8Path, pip: bool) -> Result<()> {
+    let status = Command::new(&pins.interpreter)
+        .args(["-m", "venv"])
+        // uv installs into the venv from outside it: no pip to bootstrap.
+        .args((!pip).then_some("--without-pip"))
+        .arg(venv)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| {
+            Error::toolchain(format!("cannot run `{}`: {e}", pins.interpreter)).with_hint("install Python 3.11 (python3 with venv), or set FACEBUILD_PYTHON / `toolchain.interpreter`")
+        })?;
+    if !status.success() {
+        return Err(Error::toolchain(format!(
+            "`{} -m venv {venv}` failed ({status})",
+            pins.interpreter
+        ))
+        .with_hint("install the venv module (Debian: apt-get install python3-venv)"));
+    }
+    Ok(())
+}
+
+/// Run the installer, showing what it collects and installs; its stderr's tail is the error.
+fn run_installer(mut cmd: Command, pins: &Pins, pb: &indicatif::ProgressBar) -> Result<()> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -549,7 +584,7 @@ fn install(dir: &Utf8Path, pins: &Pins, pip: bool) -> Result<()> {
             || l.starts_with("Installing")
             || l.starts_with("Successfully")
         {
-            crate::progress::note(&pb, &format!("toolchain: {l}"));
+            crate::progress::note(pb, &format!("toolchain: {l}"));
             pb.set_message(format!("toolchain {}: {l}", pins.id()));
         }
     }
@@ -569,29 +604,6 @@ fn install(dir: &Utf8Path, pins: &Pins, pip: bool) -> Result<()> {
         return Err(Error::toolchain(format!("installing the locked toolchain failed ({status}):\n{}", tail.join("\n")))
             .with_hint("check that PyPI is reachable; a hash mismatch means a file on the index changed since the lock was written (`facebuild toolchain lock` rewrites it)"));
     }
-    pb.set_message("toolchain: recording versions");
-    let out = Command::new(venv.join("bin/python"))
-        .arg("-c")
-        .arg(include_str!("python/describe.py"))
-        .output()
-        .map_err(|e| Error::toolchain(format!("describe: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::toolchain(format!(
-            "toolchain self-description failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let info: ToolchainInfo = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::toolchain(format!("describe output: {e}")))?;
-    std::fs::write(
-        partial.join("pins.json"),
-        serde_json::to_vec_pretty(pins).map_err(anyhow::Error::from)?,
-    )
-    .fs_context(&partial)?;
-    let json = serde_json::to_vec_pretty(&info).map_err(anyhow::Error::from)?;
-    crate::cache::store::write_atomic(&partial.join("toolchain.json"), &json)?;
-    pb.finish_and_clear();
-    eprintln!("toolchain {} installed at {dir}", pins.id());
     Ok(())
 }
 
