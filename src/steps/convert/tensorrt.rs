@@ -118,6 +118,35 @@ pub(crate) fn timing_cache_path(cache_root: &Utf8Path, trt: &TensorRt) -> Utf8Pa
         .join(format!("{}.cache", &fp[..16]))
 }
 
+/// A failed engine build, in words: the log's error lines (else its last ten), where the
+/// whole log is, and the command to rerun.
+fn trtexec_failure(
+    step: &str,
+    status: &std::process::ExitStatus,
+    log: &str,
+    log_path: &Utf8Path,
+    command: &str,
+) -> Error {
+    let tail: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("[E]") || l.contains("Error") || l.contains("FAILED"))
+        .take(12)
+        .collect();
+    let shown = if tail.is_empty() {
+        let last: Vec<&str> = log.lines().rev().take(10).collect();
+        last.into_iter().rev().collect::<Vec<_>>().join("\n")
+    } else {
+        tail.join("\n")
+    };
+    Error::Step {
+        step: step.to_string(),
+        message: format!("trtexec failed ({status}):\n{shown}"),
+        hint: Some(format!(
+            "the whole build log: {log_path} (kept in the output folder as build.log); command: {command}"
+        )),
+    }
+}
+
 pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
     let trt = ctx.tensorrt.ok_or_else(|| Error::Step {
@@ -181,35 +210,13 @@ pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     std::fs::write(&log_path, &log).map_err(|e| Error::io(&log_path, e))?;
     let text = String::from_utf8_lossy(&log);
     if !out.status.success() || !engine.exists() {
-        let tail: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("[E]") || l.contains("Error") || l.contains("FAILED"))
-            .take(12)
-            .collect();
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!(
-                "trtexec failed ({}):\n{}",
-                out.status,
-                if tail.is_empty() {
-                    text.lines()
-                        .rev()
-                        .take(10)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                } else {
-                    tail.join("\n")
-                }
-            ),
-            hint: Some(format!(
-                "the whole build log: {log_path} (kept in the output folder as build.log); command: {} {}",
-                trt.trtexec,
-                args.join(" ")
-            )),
-        });
+        return Err(trtexec_failure(
+            step,
+            &out.status,
+            &text,
+            &log_path,
+            &format!("{} {}", trt.trtexec, args.join(" ")),
+        ));
     }
     let digest = crate::cache::memo::hash_file(&engine)?;
     let bytes = std::fs::metadata(&engine).map(|m| m.len()).unwrap_or(0);
@@ -256,6 +263,38 @@ pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
 mod tests {
     use super::*;
     use crate::manifest::DimRange;
+
+    /// A failed build says its error lines, else the log's last ten, where the log is, and
+    /// the command to rerun.
+    #[test]
+    fn trtexec_failure_shows_the_error_lines_or_the_tail() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(256);
+        let log = "[I] parsing\n[E] Error[4]: network has dynamic input\n[I] done\n";
+        let e = trtexec_failure(
+            "s",
+            &status,
+            log,
+            Utf8Path::new("out/build.log"),
+            "trtexec --onnx=m.onnx",
+        )
+        .to_string();
+        assert!(
+            e.contains("trtexec failed (exit status: 1):\n[E] Error[4]"),
+            "{e}"
+        );
+        assert!(!e.contains("[I] parsing"), "{e}");
+        assert!(
+            e.contains("out/build.log") && e.contains("command: trtexec --onnx=m.onnx"),
+            "{e}"
+        );
+        let plain: String = (1..=12).map(|i| format!("line {i}\n")).collect();
+        let e = trtexec_failure("s", &status, &plain, Utf8Path::new("b.log"), "t").to_string();
+        assert!(
+            e.contains("line 3\nline 4") && e.contains("line 12") && !e.contains("line 2\n"),
+            "{e}"
+        );
+    }
 
     fn params(precision: &str, extra: &str) -> ConvertParams {
         serde_saphyr::from_str(&format!(
