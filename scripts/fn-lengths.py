@@ -23,7 +23,6 @@ RATCHET = {
     "src/manifest/mod.rs:parse": 187,
     "src/steps/accuracy.rs:search": 154,
     "src/steps/convert/openvino.rs:run": 146,
-    "src/manifest/placement.rs:validate": 132,
 }
 
 FN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")

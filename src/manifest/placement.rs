@@ -273,59 +273,70 @@ pub(crate) fn validate(
         if r.executor != ExecutorKind::Slurm {
             continue;
         }
-        let here = step.location.clone();
-        if let Some((why, hint)) = step.spec.params.kind().slurm_refusal() {
-            errors.push(
-                Error::manifest(here.clone(), format!("step `{}`: {why}", step.name))
-                    .with_hint(hint),
-            );
-        }
-        // A benchmark's key names the machine it measures: a node's, which the submitter
-        // cannot know unless a class declares it.
-        if step.spec.params.kind().measures_machine() && r.class.is_none() {
-            errors.push(
+        check_on_slurm(step, r, classes, &mut errors);
+    }
+    errors
+}
+
+/// What a step placed on Slurm must declare: a kind that can run there, the class a
+/// benchmark or a TensorRT engine needs for its key.
+fn check_on_slurm(
+    step: &super::Step,
+    r: &RunsOn,
+    classes: &indexmap::IndexMap<String, GpuClass>,
+    errors: &mut Vec<crate::error::Error>,
+) {
+    use crate::error::Error;
+    let here = step.location.clone();
+    if let Some((why, hint)) = step.spec.params.kind().slurm_refusal() {
+        errors.push(
+            Error::manifest(here.clone(), format!("step `{}`: {why}", step.name)).with_hint(hint),
+        );
+    }
+    // A benchmark's key names the machine it measures: a node's, which the submitter
+    // cannot know unless a class declares it.
+    if step.spec.params.kind().measures_machine() && r.class.is_none() {
+        errors.push(
+            Error::manifest(
+                here.clone(),
+                format!(
+                    "step `{}` benchmarks on Slurm but names no class: its key records the machine it measures, which this machine cannot know",
+                    step.name
+                ),
+            )
+            .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` (for CPU nodes, a class with just `isa` and a `constraint` will do)"),
+        );
+    }
+    if step.spec.params.kind().uses_tensorrt() {
+        let declared = r
+            .class
+            .as_ref()
+            .and_then(|c| classes.get(c))
+            .map(|c| c.tensorrt_fingerprint().is_some());
+        match (&r.class, declared) {
+            (None, _) => errors.push(
                 Error::manifest(
-                    here.clone(),
+                    here,
                     format!(
-                        "step `{}` benchmarks on Slurm but names no class: its key records the machine it measures, which this machine cannot know",
+                        "step `{}` builds TensorRT engines on Slurm but names no GPU class: its key needs the GPU's fingerprint, which this machine cannot measure",
                         step.name
                     ),
                 )
-                .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` (for CPU nodes, a class with just `isa` and a `constraint` will do)"),
-            );
-        }
-        if step.spec.params.kind().uses_tensorrt() {
-            let declared = r
-                .class
-                .as_ref()
-                .and_then(|c| classes.get(c))
-                .map(|c| c.tensorrt_fingerprint().is_some());
-            match (&r.class, declared) {
-                (None, _) => errors.push(
-                    Error::manifest(
-                        here,
-                        format!(
-                            "step `{}` builds TensorRT engines on Slurm but names no GPU class: its key needs the GPU's fingerprint, which this machine cannot measure",
-                            step.name
-                        ),
-                    )
-                    .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` with tensorrt, cuda, driver, gpu and compute_capability"),
-                ),
-                (Some(c), Some(false)) => errors.push(
-                    Error::manifest(
-                        here,
-                        format!(
-                            "step `{}` builds TensorRT engines for class `{c}`, which does not declare all of tensorrt, cuda, driver, gpu and compute_capability",
-                            step.name
-                        ),
-                    )
-                    .with_hint(format!("complete `gpu_classes.{c}`; `trtexec --help` and `nvidia-smi` on a node of the class print them")),
-                ),
-                _ => {}
-            }
+                .with_hint("add `class: <name>` to its `runs_on`, declared under `gpu_classes:` with tensorrt, cuda, driver, gpu and compute_capability"),
+            ),
+            (Some(c), Some(false)) => errors.push(
+                Error::manifest(
+                    here,
+                    format!(
+                        "step `{}` builds TensorRT engines for class `{c}`, which does not declare all of tensorrt, cuda, driver, gpu and compute_capability",
+                        step.name
+                    ),
+                )
+                .with_hint(format!("complete `gpu_classes.{c}`; `trtexec --help` and `nvidia-smi` on a node of the class print them")),
+            ),
+            _ => {}
         }
     }
-    errors
 }
 
 #[cfg(test)]
