@@ -22,7 +22,6 @@ RATCHET = {
     "src/executor/slurm.rs:execute": 192,
     "src/manifest/mod.rs:parse": 187,
     "src/steps/accuracy.rs:search": 154,
-    "src/steps/convert/openvino.rs:run": 146,
 }
 
 FN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")

@@ -110,58 +110,70 @@ impl crate::steps::accuracy::Quantizer for Nncf<'_> {
     }
 }
 
+/// FP32/FP16: OpenVINO's `ovc` converts the ONNX model to an IR (`model.xml` in the
+/// workdir); returns what ran, for the report.
+fn run_ovc(
+    ctx: &StepContext,
+    p: &ConvertParams,
+    shape: &[Dim],
+    xml: &camino::Utf8Path,
+) -> Result<serde_json::Value> {
+    let decl = &ctx.manifest.model.input;
+    let ovc = ctx.toolchain.info.bin_dir.join("ovc");
+    let compress = if p.precision == Precision::Fp16 {
+        "True"
+    } else {
+        "False"
+    };
+    // Run in the scratch folder with a relative output: ovc records `output_model` in
+    // the IR's rt_info, and an absolute scratch path would differ on every build.
+    let args = vec![
+        crate::util::absolute(ctx.model).to_string(),
+        "--output_model".into(),
+        "model.xml".into(),
+        "--input".into(),
+        ovc_input(&decl.name, shape, &decl.dims),
+        format!("--compress_to_fp16={compress}"),
+    ];
+    ctx.progress
+        .set_message(format!("ovc {:?}", p.precision).to_lowercase());
+    let out = Command::new(&ovc)
+        .args(&args)
+        .current_dir(ctx.workdir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::toolchain(format!("cannot run {ovc}: {e}"))
+                .with_hint("reinstall the toolchain: `facebuild toolchain install --force`")
+        })?;
+    if !out.status.success() || !xml.exists() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("ovc failed ({}):\n{}", out.status, tail.join("\n")),
+            hint: None,
+        });
+    }
+    Ok(
+        json!({"tool": "ovc", "args": args[1..], "openvino_version": ctx.toolchain.version("openvino")}),
+    )
+}
+
 pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     let decl = &ctx.manifest.model.input;
     let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
     let xml = ctx.workdir.join("model.xml");
     let mut accuracy = None;
     let tool = match p.precision {
-        Precision::Fp32 | Precision::Fp16 => {
-            let ovc = ctx.toolchain.info.bin_dir.join("ovc");
-            let compress = if p.precision == Precision::Fp16 {
-                "True"
-            } else {
-                "False"
-            };
-            // Run in the scratch folder with a relative output: ovc records `output_model` in
-            // the IR's rt_info, and an absolute scratch path would differ on every build.
-            let args = vec![
-                crate::util::absolute(ctx.model).to_string(),
-                "--output_model".into(),
-                "model.xml".into(),
-                "--input".into(),
-                ovc_input(&decl.name, &shape, &decl.dims),
-                format!("--compress_to_fp16={compress}"),
-            ];
-            ctx.progress
-                .set_message(format!("ovc {:?}", p.precision).to_lowercase());
-            let out = Command::new(&ovc)
-                .args(&args)
-                .current_dir(ctx.workdir)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| {
-                    Error::toolchain(format!("cannot run {ovc}: {e}"))
-                        .with_hint("reinstall the toolchain: `facebuild toolchain install --force`")
-                })?;
-            if !out.status.success() || !xml.exists() {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let tail: Vec<&str> = err
-                    .lines()
-                    .rev()
-                    .take(10)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                return Err(Error::Step {
-                    step: ctx.step.name.clone(),
-                    message: format!("ovc failed ({}):\n{}", out.status, tail.join("\n")),
-                    hint: None,
-                });
-            }
-            json!({"tool": "ovc", "args": args[1..], "openvino_version": ctx.toolchain.version("openvino")})
-        }
+        Precision::Fp32 | Precision::Fp16 => run_ovc(ctx, p, &shape, &xml)?,
         Precision::Int8 => {
             let calib_step = p.calibration.as_deref().expect("validated");
             let calib = &ctx.upstream[calib_step]["calibration.npy"];
