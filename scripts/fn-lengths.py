@@ -11,11 +11,11 @@ import sys
 LIMIT = 120
 # file:function -> its length when listed; to be split, never to grow.
 RATCHET = {
-    "src/steps/compare/mod.rs:run": 401,
+    "src/steps/compare/mod.rs:run": 393,
     "src/manifest/init.rs:manifest_text": 335,
     "src/steps/benchmark.rs:run": 328,
-    "src/steps/compare/outputs.rs:run": 291,
-    "src/steps/compare/detection.rs:run": 254,
+    "src/steps/compare/outputs.rs:run": 283,
+    "src/steps/compare/detection.rs:run": 253,
     "src/steps/release.rs:run": 227,
     "src/steps/simplify.rs:run": 216,
     "src/executor/worker.rs:run_child": 214,

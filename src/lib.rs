@@ -44,6 +44,14 @@ pub use manifest::{
     RunsOn,
 };
 pub use metrics::gate::{GateResult, Gates, Measurement};
+/// Bootstrap intervals, the LFW protocol and the coverage simulation, for benches and
+/// independent checks.
+pub mod uncertainty {
+    pub use crate::metrics::lfw::{LfwFigures, lfw_protocol, squared_distances};
+    pub use crate::metrics::uncertainty::{
+        Bootstrap, PairIntervals, PairedScores, Spread, mcnemar_exact, simulation,
+    };
+}
 pub use preprocess::{decode_image, letterbox, to_tensor};
 pub use runtime::onnxruntime::OnnxRuntime;
 pub use runtime::openvino::{OpenVino, OpenVinoSettings};

@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::uncertainty::{CONFIDENCES, Spread, units_to_resolve};
+
 /// A figure as a gate sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Measurement {
@@ -23,6 +25,9 @@ pub enum Measurement {
     NotMeasurable(String),
     /// Measured, but too short or too noisy to trust.
     Unreliable(f64, String),
+    /// Measured, with bootstrap intervals: judged on the point unless the gate block sets
+    /// `confidence`, then on the interval at that confidence.
+    Estimate(f64, Spread),
 }
 
 impl Measurement {
@@ -34,10 +39,20 @@ impl Measurement {
         }
     }
 
+    /// A plain value with the bootstrap intervals of its figure, when there are any.
+    pub(crate) fn with_spread(self, spread: Option<&Spread>) -> Measurement {
+        match (self, spread) {
+            (Measurement::Value(v), Some(s)) => Measurement::Estimate(v, s.clone()),
+            (m, _) => m,
+        }
+    }
+
     /// The number, when one was measured (reliable or not).
     pub fn value(&self) -> Option<f64> {
         match self {
-            Measurement::Value(v) | Measurement::Unreliable(v, _) => Some(*v),
+            Measurement::Value(v) | Measurement::Unreliable(v, _) | Measurement::Estimate(v, _) => {
+                Some(*v)
+            }
             _ => None,
         }
     }
@@ -45,7 +60,7 @@ impl Measurement {
     /// The status word recorded beside a gate that did not get a plain value.
     fn status(&self) -> Option<&'static str> {
         match self {
-            Measurement::Value(_) => None,
+            Measurement::Value(_) | Measurement::Estimate(..) => None,
             Measurement::NotMeasured(_) => Some("not measured"),
             Measurement::NotMeasurable(_) => Some("not measurable"),
             Measurement::Unreliable(..) => Some("unreliable"),
@@ -54,7 +69,7 @@ impl Measurement {
 
     fn why(&self) -> Option<&str> {
         match self {
-            Measurement::Value(_) => None,
+            Measurement::Value(_) | Measurement::Estimate(..) => None,
             Measurement::NotMeasured(w)
             | Measurement::NotMeasurable(w)
             | Measurement::Unreliable(_, w) => Some(w),
@@ -81,6 +96,17 @@ pub enum OnUnreliable {
     #[default]
     Fail,
     /// Compare it with the limit anyway, and record a warning beside the verdict.
+    Pass,
+}
+
+/// What a gate does when the interval of its figure straddles the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInconclusive {
+    /// Fail the gate (the default): a set too small to decide is no evidence.
+    #[default]
+    Fail,
+    /// Let it pass; the report still says it was inconclusive.
     Pass,
 }
 
@@ -142,6 +168,13 @@ pub struct Gates {
     /// What a figure judged unreliable does to its gate (default: fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreliable: Option<OnUnreliable>,
+    /// Judge figures that carry bootstrap intervals on the whole interval at this
+    /// confidence (0.9, 0.95 or 0.99) instead of the point estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// What a gate whose interval straddles its limit does (default: fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive: Option<OnInconclusive>,
 }
 
 /// A gate's metric: its manifest key, and whether the limit is a floor.
@@ -180,6 +213,8 @@ macro_rules! metrics {
                     rtol: o.rtol.or(self.rtol),
                     missing: o.missing.or(self.missing),
                     unreliable: o.unreliable.or(self.unreliable),
+                    confidence: o.confidence.or(self.confidence),
+                    inconclusive: o.inconclusive.or(self.inconclusive),
                 }
             }
         }
@@ -240,7 +275,20 @@ impl Gates {
         Policy {
             missing: self.missing.unwrap_or_default(),
             unreliable: self.unreliable.unwrap_or_default(),
+            confidence: self.confidence,
+            inconclusive: self.inconclusive.unwrap_or_default(),
         }
+    }
+
+    /// Why `confidence` is not one of the kept confidences, with the fix.
+    pub fn confidence_problem(&self) -> Option<(String, Option<String>)> {
+        let c = self.confidence?;
+        (!CONFIDENCES.iter().any(|k| (k - c).abs() < 1e-9)).then(|| {
+            (
+                format!("`confidence: {c}` is not a confidence compare keeps intervals at"),
+                Some("use 0.9, 0.95 or 0.99".into()),
+            )
+        })
     }
 
     /// The keys of the limits that are set, among `keys`.
@@ -280,12 +328,16 @@ impl Gates {
 }
 
 /// What a gate block does with figures that are not plain values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Policy {
     /// Not measured or not measurable.
     pub missing: OnMissing,
     /// Measured, but judged unreliable.
     pub unreliable: OnUnreliable,
+    /// Judge intervals at this confidence (None: the point estimate).
+    pub confidence: Option<f64>,
+    /// An interval that straddles the limit.
+    pub inconclusive: OnInconclusive,
 }
 
 /// How gate results are named in a report.
@@ -295,6 +347,28 @@ pub enum Naming {
     Figure,
     /// By the manifest key (`tar_drop_max`): release's reports.
     Key,
+}
+
+/// Why an interval cannot decide a gate, and about how large a set would.
+fn straddle(value: f64, iv: [f64; 2], confidence: f64, limit: f64, spread: &Spread) -> String {
+    let pct = (confidence * 100.0).round();
+    let unit = &spread.resampled_by;
+    let units = match unit.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{unit}s"),
+    };
+    let size = match units_to_resolve(value, iv, limit, spread.units) {
+        Some(n) => format!(
+            "about {n} {units} ({:.1}x the {} measured) would resolve it",
+            n as f64 / spread.units.max(1) as f64,
+            spread.units,
+        ),
+        None => "the figure sits on the limit: no set size resolves it".into(),
+    };
+    format!(
+        "the {pct}% interval [{:.6}, {:.6}] straddles the limit {limit} (resampled by {unit}, {} {units}); {size}",
+        iv[0], iv[1], spread.units
+    )
 }
 
 /// One gate's verdict, as reports record it.
@@ -318,9 +392,15 @@ pub struct GateResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// A gate that passed on a figure that is not a plain value (`missing: pass`,
-    /// `unreliable: pass`) says so here.
+    /// `unreliable: pass`, `inconclusive: pass`) says so here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The figure's bootstrap interval at `confidence` (0.95 when the gate judged the point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<[f64; 2]>,
+    /// The confidence the gate judged the interval at (absent: it judged the point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 impl GateResult {
@@ -334,8 +414,36 @@ impl GateResult {
         source: Option<String>,
     ) -> GateResult {
         let within = |v: f64| if at_least { v >= limit } else { v <= limit };
+        let mut interval = None;
+        let mut confidence = None;
+        let mut inconclusive = None;
         let (passed, warning) = match measured {
             Measurement::Value(v) => (within(*v), None),
+            Measurement::Estimate(v, spread) => {
+                match policy.confidence.and_then(|c| Some((c, spread.at(c)?))) {
+                    None => {
+                        interval = Some(spread.ci95);
+                        (within(*v), None)
+                    }
+                    Some((c, iv)) => {
+                        interval = Some(iv);
+                        confidence = Some(c);
+                        match (within(iv[0]), within(iv[1])) {
+                            (true, true) => (true, None),
+                            (false, false) => (false, None),
+                            _ => {
+                                let why = straddle(*v, iv, c, limit, spread);
+                                let pass = policy.inconclusive == OnInconclusive::Pass;
+                                let warning = pass.then(|| {
+                                    format!("inconclusive ({why}), passed by `inconclusive: pass`")
+                                });
+                                inconclusive = Some(why);
+                                (pass, warning)
+                            }
+                        }
+                    }
+                }
+            }
             Measurement::NotMeasured(w) | Measurement::NotMeasurable(w) => {
                 let pass = policy.missing == OnMissing::Pass;
                 let warning = pass.then(|| {
@@ -354,15 +462,21 @@ impl GateResult {
                 (pass, warning)
             }
         };
+        let status = match &inconclusive {
+            Some(_) => Some("inconclusive".to_string()),
+            None => measured.status().map(String::from),
+        };
         GateResult {
             metric: name.to_string(),
             value: measured.value(),
             limit,
             passed,
-            status: measured.status().map(String::from),
-            why: measured.why().map(String::from),
+            status,
+            why: inconclusive.or_else(|| measured.why().map(String::from)),
             source,
             warning,
+            interval,
+            confidence,
         }
     }
 
@@ -399,8 +513,17 @@ impl GateResult {
         }
     }
 
-    /// `<metric>: <status> (<why>): [<value>] not compared with the limit <limit>`.
+    /// `<metric>: <status> (<why>): [<value>] not compared with the limit <limit>`, or for an
+    /// interval that straddles the limit, `<metric> <value>: inconclusive: <why>`.
     fn not_compared(&self) -> String {
+        if self.status.as_deref() == Some("inconclusive") {
+            return format!(
+                "{} {:.6}: inconclusive: {}",
+                self.metric,
+                self.value.unwrap_or(f64::NAN),
+                self.why.as_deref().unwrap_or_default()
+            );
+        }
         let status = self.status.as_deref().unwrap_or("not measured");
         let why = self
             .why
@@ -476,6 +599,53 @@ mod tests {
         assert!(!judge("recall_min", nmb, 0.9, OnMissing::Fail).passed);
         let un = Measurement::Unreliable(0.99, "cv 40%".into());
         assert!(!judge("recall_min", un, 0.9, OnMissing::Pass).passed);
+    }
+
+    /// With `confidence`, a figure with intervals passes only when the whole interval is
+    /// within the limit, fails when none of it is, and is inconclusive (failing unless
+    /// `inconclusive: pass`) when it straddles; without it, the point decides as before.
+    #[test]
+    fn intervals_decide_with_confidence() {
+        let spread = |lo: f64, hi: f64| Spread {
+            ci90: [lo, hi],
+            ci95: [lo, hi],
+            ci99: [lo, hi],
+            resampled_by: "identity".into(),
+            units: 20,
+            replicates: 1000,
+        };
+        let est = Measurement::Estimate(0.004, spread(-0.02, 0.03));
+        let mut policy = Policy::default();
+        let r = GateResult::judge("tar_drop", false, &est, 0.005, policy, None);
+        assert!(r.passed && r.status.is_none() && r.confidence.is_none());
+        assert_eq!(r.interval, Some([-0.02, 0.03]));
+        policy.confidence = Some(0.95);
+        let r = GateResult::judge("tar_drop", false, &est, 0.005, policy, None);
+        assert!(!r.passed);
+        assert_eq!(r.status.as_deref(), Some("inconclusive"));
+        let why = r.why.clone().unwrap();
+        assert!(
+            why.contains("straddles") && why.contains("20 identities"),
+            "{why}"
+        );
+        assert!(why.contains("would resolve it"), "{why}");
+        assert!(
+            r.describe()
+                .starts_with("tar_drop 0.004000: inconclusive: the 95% interval")
+        );
+        let inside = Measurement::Estimate(0.001, spread(0.0, 0.004));
+        assert!(GateResult::judge("tar_drop", false, &inside, 0.005, policy, None).passed);
+        let outside = Measurement::Estimate(0.02, spread(0.01, 0.03));
+        let r = GateResult::judge("tar_drop", false, &outside, 0.005, policy, None);
+        assert!(!r.passed && r.status.is_none());
+        policy.inconclusive = OnInconclusive::Pass;
+        let r = GateResult::judge("tar_drop", false, &est, 0.005, policy, None);
+        assert!(r.passed && r.warning.unwrap().contains("`inconclusive: pass`"));
+        let g = Gates {
+            confidence: Some(0.8),
+            ..Default::default()
+        };
+        assert!(g.confidence_problem().is_some());
     }
 
     /// Per-artifact overrides replace only what they set.

@@ -1,7 +1,9 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
 pub(crate) mod gate;
+pub(crate) mod lfw;
 pub(crate) mod similarity;
+pub(crate) mod uncertainty;
 pub(crate) mod verification;
 
 use serde::Serialize;

@@ -51,12 +51,12 @@ const BLOCK: usize = 1024;
 /// Visit the cosine score of every pair of `set` under each embedding matrix in `embs`
 /// (rows normalised; all of the same images), in a fixed order: listed order, or row-major
 /// over i < j. `visit(same, scores)` gets one score per matrix, so a reference and a
-/// candidate are compared pair by pair without storing either. `progress(done, total)` is
-/// called after each block.
+/// candidate are compared pair by pair without storing either; it also gets the pair's
+/// image indices. `progress(done, total)` is called after each block.
 pub(crate) fn for_each_score(
     embs: &[&Array2<f32>],
     set: &PairSet,
-    mut visit: impl FnMut(bool, &[f32]),
+    mut visit: impl FnMut(usize, usize, bool, &[f32]),
     mut progress: impl FnMut(usize, usize),
 ) {
     let total = set.len();
@@ -67,7 +67,7 @@ pub(crate) fn for_each_score(
                 for (s, e) in scores.iter_mut().zip(embs) {
                     *s = e.row(p.a).dot(&e.row(p.b));
                 }
-                visit(p.same, &scores);
+                visit(p.a, p.b, p.same, &scores);
                 if (k + 1) % (BLOCK * 64) == 0 {
                     progress(k + 1, total);
                 }
@@ -90,7 +90,7 @@ pub(crate) fn for_each_score(
                         for (s, b) in scores.iter_mut().zip(&blocks) {
                             *s = b[[i - i0, j - i0]];
                         }
-                        visit(ids[i] == ids[j], &scores);
+                        visit(i, j, ids[i] == ids[j], &scores);
                     }
                     done += n - i - 1;
                 }
@@ -124,7 +124,7 @@ mod tests {
         for_each_score(
             &[&norm],
             &set,
-            |same, s| {
+            |_, _, same, s| {
                 same_count += same as usize;
                 got.push(s[0]);
             },
@@ -152,7 +152,7 @@ mod tests {
         for_each_score(
             &[&norm, &doubled],
             &listed,
-            |same, s| {
+            |_, _, same, s| {
                 assert!(same);
                 assert!((s[1] - 4.0 * s[0]).abs() < 1e-5);
             },

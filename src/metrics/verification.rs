@@ -26,6 +26,10 @@ pub struct PairSource {
     /// With `max_impostor_pairs`: the sample of impostor pairs that was scored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<SampledImpostors>,
+    /// Folds the pairs carry in file order (LFW `pairs.txt`, an InsightFace `.bin`: 10),
+    /// when every pair of the file is in the set: the LFW protocol is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
 }
 
 /// A seeded sample of impostor pairs (`max_impostor_pairs`).
@@ -42,10 +46,12 @@ pub struct SampledImpostors {
 /// Pairs over `files` (indices): from a CSV (`file_x,file_y,Decision`, Decision Yes/No,
 /// paths relative to `root`), or, when images sit in one folder per identity, every
 /// same-identity pair and every cross-identity pair. None when there are no identities.
+/// `bin`: the pairs file is an unpacked InsightFace `.bin`'s (10 folds in order).
 pub(crate) fn pairs_for(
     files: &[Utf8PathBuf],
     root: &Utf8Path,
     pairs_csv: Option<&Utf8Path>,
+    bin: bool,
 ) -> Result<Option<(PairSet, PairSource)>> {
     let index: HashMap<String, usize> = files
         .iter()
@@ -54,19 +60,29 @@ pub(crate) fn pairs_for(
         .collect();
     let mut pairs = Vec::new();
     let kind;
+    let mut folds = None;
     if let Some(csv) = pairs_csv {
         let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
-        let named = if csv
+        let named: Vec<_> = if csv
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
         {
+            // The header's first number: `folds pairs_per_fold`.
+            folds = text
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<usize>().ok());
             crate::preprocess::verification_sets::parse_lfw_pairs(csv, &text)?
                 .into_iter()
                 .map(|p| (0, p))
                 .collect()
         } else {
+            if bin {
+                folds = Some(10);
+            }
             parse_pairs_csv(csv, &text)?
         };
+        let listed = named.len();
         for (line, p) in named {
             match (index.get(&p.a), index.get(&p.b)) {
                 (Some(&a), Some(&b)) => pairs.push(Pair { a, b, same: p.same }),
@@ -92,48 +108,12 @@ pub(crate) fn pairs_for(
             }
         }
         kind = format!("pairs file {}", csv.file_name().unwrap_or_default());
+        // Folds hold only when no pair was left out (`count`).
+        if pairs.len() != listed {
+            folds = None;
+        }
     } else {
-        let ids: Vec<Option<String>> = files
-            .iter()
-            .map(|f| {
-                f.strip_prefix(root)
-                    .ok()
-                    .and_then(|r| r.parent())
-                    .map(|p| p.to_string())
-                    .filter(|p| !p.is_empty())
-            })
-            .collect();
-        let distinct: std::collections::BTreeSet<&String> = ids.iter().flatten().collect();
-        if distinct.len() < 2 || ids.iter().any(Option::is_none) {
-            return Ok(None);
-        }
-        // Every pair i < j, never listed: scored block by block (metrics::similarity).
-        let number: HashMap<&String, u32> = distinct
-            .iter()
-            .enumerate()
-            .map(|(k, id)| (*id, k as u32))
-            .collect();
-        let ids: Vec<u32> = ids.iter().flatten().map(|id| number[id]).collect();
-        let mut per_id = vec![0usize; distinct.len()];
-        for id in &ids {
-            per_id[*id as usize] += 1;
-        }
-        let genuine: usize = per_id.iter().map(|k| k * k.saturating_sub(1) / 2).sum();
-        if genuine == 0 {
-            return Ok(None);
-        }
-        let set = PairSet::All { ids };
-        let total = set.len();
-        let kind = format!("folder per identity ({} identities)", distinct.len());
-        return Ok(Some((
-            set,
-            PairSource {
-                kind,
-                genuine,
-                impostor: total - genuine,
-                sampled: None,
-            },
-        )));
+        return Ok(all_pairs(files, root));
     }
     let genuine = pairs.iter().filter(|p| p.same).count();
     if genuine == 0 || genuine == pairs.len() {
@@ -147,8 +127,55 @@ pub(crate) fn pairs_for(
             genuine,
             impostor,
             sampled: None,
+            folds: folds.filter(|f| *f >= 2),
         },
     )))
+}
+
+/// Every pair of images that sit in one folder per identity; None without two identities.
+fn all_pairs(files: &[Utf8PathBuf], root: &Utf8Path) -> Option<(PairSet, PairSource)> {
+    let ids: Vec<Option<String>> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(root)
+                .ok()
+                .and_then(|r| r.parent())
+                .map(|p| p.to_string())
+                .filter(|p| !p.is_empty())
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().flatten().collect();
+    if distinct.len() < 2 || ids.iter().any(Option::is_none) {
+        return None;
+    }
+    // Every pair i < j, never listed: scored block by block (metrics::similarity).
+    let number: HashMap<&String, u32> = distinct
+        .iter()
+        .enumerate()
+        .map(|(k, id)| (*id, k as u32))
+        .collect();
+    let ids: Vec<u32> = ids.iter().flatten().map(|id| number[id]).collect();
+    let mut per_id = vec![0usize; distinct.len()];
+    for id in &ids {
+        per_id[*id as usize] += 1;
+    }
+    let genuine: usize = per_id.iter().map(|k| k * k.saturating_sub(1) / 2).sum();
+    if genuine == 0 {
+        return None;
+    }
+    let set = PairSet::All { ids };
+    let total = set.len();
+    let kind = format!("folder per identity ({} identities)", distinct.len());
+    Some((
+        set,
+        PairSource {
+            kind,
+            genuine,
+            impostor: total - genuine,
+            sampled: None,
+            folds: None,
+        },
+    ))
 }
 
 /// `file_x,file_y,Decision` lines (a header optional), each with its line number.
@@ -763,13 +790,17 @@ mod tests {
         .unwrap();
         // c.jpg exists but is not selected: its pair is skipped (and no impostor is left).
         let files = vec![root.join("a.jpg"), root.join("b.jpg")];
-        assert!(pairs_for(&files, root, Some(&csv)).unwrap().is_none());
+        assert!(
+            pairs_for(&files, root, Some(&csv), false)
+                .unwrap()
+                .is_none()
+        );
         std::fs::write(
             &csv,
             "file_x,file_y,Decision\na.jpg,b.jpg,Yes\na.jpg,gone.jpg,No\n",
         )
         .unwrap();
-        let e = pairs_for(&files, root, Some(&csv))
+        let e = pairs_for(&files, root, Some(&csv), false)
             .err()
             .unwrap()
             .to_string();

@@ -146,6 +146,106 @@ pub(crate) fn throughput_svg(title: &str, series: &[(String, Vec<(f64, f64)>)]) 
     buf
 }
 
+/// One gated figure across candidates: each value with its 95% interval as an error bar,
+/// and the limit as a dashed line. Empty when no candidate has an interval.
+pub(crate) fn interval_svg(
+    title: &str,
+    rows: &[(String, f64, [f64; 2])],
+    limit: Option<f64>,
+) -> String {
+    let mut buf = String::new();
+    if rows.is_empty() {
+        return buf;
+    }
+    let lows = rows.iter().map(|r| r.2[0]).chain(limit);
+    let highs = rows.iter().map(|r| r.2[1]).chain(limit);
+    let (lo, hi) = (
+        lows.fold(f64::INFINITY, f64::min),
+        highs.fold(f64::NEG_INFINITY, f64::max),
+    );
+    let pad = ((hi - lo) * 0.1).max(1e-6);
+    let n = rows.len() as f64;
+    {
+        let root = SVGBackend::with_string(&mut buf, (520, 240)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        if let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5..n - 0.5, lo - pad..hi + pad)
+        {
+            let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+            let _ = chart
+                .configure_mesh()
+                .x_labels(rows.len())
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 {
+                        labels.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc("value (95% interval)")
+                .draw();
+            let color = Palette99::pick(0).to_rgba();
+            let _ = chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+                ErrorBar::new_vertical(i as f64, r.2[0], r.1, r.2[1], color.stroke_width(2), 12)
+            }));
+            if let Some(l) = limit {
+                let _ = chart.draw_series(DashedLineSeries::new(
+                    vec![(-0.5, l), (n - 0.5, l)],
+                    6,
+                    4,
+                    RED.stroke_width(1),
+                ));
+            }
+        }
+        let _ = root.present();
+    }
+    buf
+}
+
+/// Error-bar plots of every gated figure that has intervals, one per figure.
+fn interval_plots(r: &CompareReport) -> String {
+    let mut figures: Vec<&str> = Vec::new();
+    for c in &r.candidates {
+        for g in c.gates.iter().flatten() {
+            if c.intervals
+                .as_ref()
+                .is_some_and(|m| m.contains_key(&g.metric))
+                && !figures.contains(&g.metric.as_str())
+            {
+                figures.push(&g.metric);
+            }
+        }
+    }
+    let mut s = String::new();
+    for f in figures {
+        let mut limit = None;
+        let rows: Vec<(String, f64, [f64; 2])> = r
+            .candidates
+            .iter()
+            .filter_map(|c| {
+                let g = c.gates.iter().flatten().find(|g| g.metric == f)?;
+                let sp = c.intervals.as_ref()?.get(f)?;
+                limit = Some(g.limit);
+                Some((c.label.clone(), g.value?, sp.ci95))
+            })
+            .collect();
+        let svg = interval_svg(
+            &format!("{f}: value and 95% interval; limit dashed"),
+            &rows,
+            limit,
+        );
+        if !svg.is_empty() {
+            s += &format!("<figure>{svg}</figure>");
+        }
+    }
+    s
+}
+
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = String::from("<table><tr>");
     for h in head {
@@ -231,7 +331,7 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
             ],
             &rows,
         );
-        return s;
+        return s + "<div class=plots>" + &interval_plots(r) + "</div>";
     }
     let rows: Vec<Vec<String>> = r
         .candidates
@@ -270,6 +370,7 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
         &rows,
     );
     s += "<div class=plots>";
+    s += &interval_plots(r);
     for c in &r.candidates {
         let v = c.cosine_per_image.clone().unwrap_or_default();
         if !v.is_empty() {
@@ -436,6 +537,10 @@ fn gate_result(g: &crate::metrics::gate::GateResult) -> String {
     match (g.passed, &g.status, &g.warning) {
         (true, _, Some(w)) => format!("pass (warning: {w})"),
         (true, _, None) => "pass".into(),
+        (false, Some(s), _) if s == "inconclusive" => format!(
+            "FAIL: inconclusive ({})",
+            g.why.as_deref().unwrap_or_default()
+        ),
         (false, Some(s), _) => format!(
             "FAIL: {s}{}, not compared with the limit",
             g.why
@@ -676,6 +781,9 @@ mod tests {
             "{h}"
         );
         let t = throughput_svg("tp", &[("a".into(), vec![(1.0, 100.0), (8.0, 400.0)])]);
+        let e = interval_svg("iv", &[("ov_int8".into(), 0.01, [0.0, 0.03])], Some(0.005));
+        assert!(e.starts_with("<svg") && e.contains("ov_int8"), "{e}");
+        assert_eq!(interval_svg("none", &[], None), "");
         assert!(t.contains("<polyline") || t.contains("<path"), "{t}");
         assert_eq!(histogram_svg("empty", &[], "x", 10), "");
     }

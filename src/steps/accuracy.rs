@@ -513,6 +513,7 @@ impl Evaluator {
                 &files,
                 dir,
                 spec.pairs_file().map(|f| dir.join(f)).as_deref(),
+                spec.is_bin(),
             )?;
             if ac.metric == AccuracyMetric::TarDrop && pairs.is_none() {
                 return Err(Error::Step {
@@ -564,8 +565,8 @@ impl Evaluator {
                 for (prepared, ref_dets) in per_size {
                     let (dets, _) =
                         detection::detect_all(model, &self.input, &prepared.tensor, spec)?;
-                    for (r, c) in ref_dets.iter().zip(&dets) {
-                        total.add(detect::match_detections(r, c, *match_iou));
+                    for (i, (r, c)) in ref_dets.iter().zip(&dets).enumerate() {
+                        total.add(i, detect::match_detections(r, c, *match_iou));
                     }
                 }
                 let t = total.totals();
@@ -614,7 +615,7 @@ fn tar(
     similarity::for_each_score(
         &[&unit],
         set,
-        |same, s| sink.push(same, s[0] as f64),
+        |_, _, same, s| sink.push(same, s[0] as f64),
         |_, _| {},
     );
     sink.finish().tar_at_far(far)

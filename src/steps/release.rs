@@ -75,6 +75,9 @@ impl ReleaseParams {
                 Some("set them on the `compare` step; gate release on its `cosine_min`".into()),
             ));
         }
+        if let Some(problem) = all().find_map(Gates::confidence_problem) {
+            return Err(problem);
+        }
         if acc && self.compare.is_none() {
             return Err((
                 "accuracy gates are set but no `compare:` step is named".into(),
@@ -264,7 +267,9 @@ fn measure(
         _ => c.total.as_ref().map(|t| t.nms_parity),
     });
     let why = missing;
-    (Measurement::from_option(v, why), Some(src))
+    let spread = c.and_then(|c| c.intervals.as_ref()?.get(m.figure));
+    let measured = Measurement::from_option(v, why);
+    (measured.with_spread(spread), Some(src))
 }
 
 /// Every refused artifact, with why: `` `a`: <gate refusal>; <gate refusal> ``.

@@ -20,6 +20,7 @@ use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
+use crate::metrics::uncertainty::{self, Bootstrap, Spread, UnitStat};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
 
@@ -43,16 +44,65 @@ pub(crate) fn detect_all(
     Ok((all, spent.as_millis() as u64))
 }
 
-/// Totals over every image and size.
+/// Totals over every image and size, and per image for the bootstrap (an image compared at
+/// several sizes is one unit).
 #[derive(Default)]
 pub(crate) struct Tally {
     images: usize,
     parity: usize,
     m: Matching,
+    per_image: Vec<ImageTally>,
+}
+
+/// One image's share of the totals, over every size it ran at.
+#[derive(Clone)]
+struct ImageTally {
+    runs: f64,
+    reference: f64,
+    matched: f64,
+    unmatched: f64,
+    parity: f64,
+    drift: f64,
+    nme: f64,
+}
+
+impl Default for ImageTally {
+    fn default() -> Self {
+        ImageTally {
+            runs: 0.0,
+            reference: 0.0,
+            matched: 0.0,
+            unmatched: 0.0,
+            parity: 0.0,
+            drift: f64::NAN,
+            nme: f64::NAN,
+        }
+    }
+}
+
+/// The larger of two values where NaN means none.
+fn max_of(a: f64, b: f64) -> f64 {
+    if a.is_nan() { b } else { a.max(b) }
 }
 
 impl Tally {
-    pub(crate) fn add(&mut self, m: Matching) {
+    /// The matching of image `image` (its index in the dataset) at one size.
+    pub(crate) fn add(&mut self, image: usize, m: Matching) {
+        if self.per_image.len() <= image {
+            self.per_image.resize(image + 1, ImageTally::default());
+        }
+        let t = &mut self.per_image[image];
+        t.runs += 1.0;
+        t.reference += m.reference as f64;
+        t.matched += m.matched as f64;
+        t.unmatched += (m.candidate - m.matched) as f64;
+        t.parity += m.parity() as u8 as f64;
+        for p in &m.pairs {
+            t.drift = max_of(t.drift, p.1 as f64);
+            if let Some(n) = p.2 {
+                t.nme = max_of(t.nme, n as f64);
+            }
+        }
         self.images += 1;
         self.parity += m.parity() as usize;
         self.m.reference += m.reference;
@@ -88,20 +138,81 @@ impl Tally {
             score_drift: MeanMax {
                 mean: mean(&drift),
                 max: max(&drift),
+                max_ci95: None,
             },
             landmark_nme: MeanMax {
                 mean: mean(&nme),
                 max: max(&nme),
+                max_ci95: None,
             },
             nms_parity: self.parity as f64 / self.images.max(1) as f64,
+            recall_ci95: None,
+            fp_per_image_ci95: None,
+            nms_parity_ci95: None,
         }
+    }
+
+    /// The totals with the 95% intervals of every gated figure, resampled by image, and
+    /// those intervals by figure name.
+    pub(crate) fn totals_with(
+        &self,
+        boot: Option<&Bootstrap>,
+    ) -> (DetectionTotals, BTreeMap<String, Spread>) {
+        let mut t = self.totals();
+        let Some(boot) = boot else {
+            return (t, BTreeMap::new());
+        };
+        let col =
+            |f: fn(&ImageTally) -> f64| -> Vec<f64> { self.per_image.iter().map(f).collect() };
+        let (reference, matched, unmatched) = (
+            col(|i| i.reference),
+            col(|i| i.matched),
+            col(|i| i.unmatched),
+        );
+        let (runs, parity, drift, nme) = (
+            col(|i| i.runs),
+            col(|i| i.parity),
+            col(|i| i.drift),
+            col(|i| i.nme),
+        );
+        let stats = [
+            UnitStat::Ratio(&matched, &reference),
+            UnitStat::Ratio(&unmatched, &runs),
+            UnitStat::Ratio(&parity, &runs),
+            UnitStat::Max(&drift),
+            UnitStat::Max(&nme),
+        ];
+        let names = [
+            "recall",
+            "fp_per_image",
+            "nms_parity",
+            "score_drift",
+            "landmark_nme",
+        ];
+        let spreads = uncertainty::unit_intervals(boot, self.per_image.len(), "image", &stats);
+        let map: BTreeMap<String, Spread> = names
+            .iter()
+            .zip(spreads)
+            .filter_map(|(n, s)| Some((n.to_string(), s?)))
+            .collect();
+        let ci = |k: &str| map.get(k).map(|s| s.ci95);
+        t.recall_ci95 = ci("recall");
+        t.fp_per_image_ci95 = ci("fp_per_image");
+        t.nms_parity_ci95 = ci("nms_parity");
+        t.score_drift.max_ci95 = ci("score_drift");
+        t.landmark_nme.max_ci95 = ci("landmark_nme");
+        (t, map)
     }
 }
 
 /// A detector candidate's gates, by the one rule (metrics::gate): landmark error and score
 /// drift with no matched box (or no landmarks) are "not measured", and fail unless the
 /// gates say `missing: pass`.
-fn detection_gates(gates: &Gates, t: &DetectionTotals) -> Vec<GateResult> {
+fn detection_gates(
+    gates: &Gates,
+    t: &DetectionTotals,
+    intervals: &BTreeMap<String, Spread>,
+) -> Vec<GateResult> {
     gates.check(gate::DETECTION, Naming::Figure, |m| {
         let v = match m.key {
             "recall_min" => Some(t.recall),
@@ -111,7 +222,8 @@ fn detection_gates(gates: &Gates, t: &DetectionTotals) -> Vec<GateResult> {
             _ => Some(t.nms_parity),
         };
         let why = "no matched boxes (or no landmarks) to measure it on";
-        (Measurement::from_option(v, why), None)
+        let measured = Measurement::from_option(v, why);
+        (measured.with_spread(intervals.get(m.figure)), None)
     })
 }
 
@@ -192,6 +304,7 @@ pub(super) fn run(
     let mut failures = Vec::new();
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut table = Vec::new();
+    let boot = p.bootstrap();
     for cand in &p.candidates {
         ctx.check_cancelled()?;
         let label = cand.label();
@@ -238,12 +351,12 @@ pub(super) fn run(
                 json!({"ms": ms, "load_ms": load_ms, "precision_hint": hint}),
             );
             let mut t = Tally::default();
-            for (r, c) in ref_dets.iter().zip(&dets) {
+            for (i, (r, c)) in ref_dets.iter().zip(&dets).enumerate() {
                 let m = detect::match_detections(r, c, p.match_iou);
-                t.add(m.clone());
-                total.add(m);
+                t.add(i, m.clone());
+                total.add(i, m);
             }
-            let j = t.totals();
+            let (j, _) = t.totals_with(boot.as_ref());
             table.push(format!(
                 "| {label} | {artifact} {weights} | {} | {}x{} | {} | {} | {:.4} | {:.3} | {} | {} | {} | {:.3} |",
                 exec.precision,
@@ -263,8 +376,8 @@ pub(super) fn run(
                 metrics: j,
             });
         }
-        let tj = total.totals();
-        let gates = detection_gates(&p.gates_for(&label), &tj);
+        let (tj, intervals) = total.totals_with(boot.as_ref());
+        let gates = detection_gates(&p.gates_for(&label), &tj, &intervals);
         let what = format!("{artifact} {weights}, executed {}", exec.precision);
         let passed = note_failures(&label, &what, &gates, &mut failures);
         for row in &mut table[first_row..] {
@@ -278,6 +391,7 @@ pub(super) fn run(
             execution: Some(exec),
             sizes: Some(size_metrics),
             total: Some(tj),
+            intervals: (!intervals.is_empty()).then_some(intervals),
             gates: Some(gates),
             passed: Some(passed),
             ..Default::default()
@@ -312,17 +426,13 @@ pub(super) fn run(
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),
-            fit: None,
-            pairs: None,
             input_sizes: Some(sizes.clone()),
+            resampling: boot.map(|b| report::Resampling::by_image(&b, files.len())),
+            ..Default::default()
         },
         reference: ReferenceSummary {
-            model: "ONNX original".into(),
-            execution: reference.execution(),
-            norm: None,
-            verification: None,
-            operating_far: None,
             images: Some(images),
+            ..ReferenceSummary::onnx(reference.execution())
         },
         candidates,
         failures,
@@ -352,6 +462,7 @@ pub(super) fn run(
         md += row;
         md.push('\n');
     }
+    md += &report.uncertainty_md();
     md += &super::failed_gates_md(&report.failures);
     let md_path = super::write_markdown_or_fail(ctx, md, &report, "detection")?;
     timing.insert(
@@ -401,10 +512,11 @@ mod tests {
             landmark_nme_max: Some(0.01),
             ..Default::default()
         };
-        let r = detection_gates(&g, &t);
+        let none = BTreeMap::new();
+        let r = detection_gates(&g, &t, &none);
         assert!(r[0].passed && !r[1].passed);
         assert_eq!(r[1].status.as_deref(), Some("not measured"));
         g.missing = Some(gate::OnMissing::Pass);
-        assert!(detection_gates(&g, &t).iter().all(|x| x.passed));
+        assert!(detection_gates(&g, &t, &none).iter().all(|x| x.passed));
     }
 }

@@ -15,17 +15,17 @@ use serde_json::json;
 
 pub(crate) mod detection;
 mod outputs;
+mod pairs;
 pub(crate) mod report;
 
 pub use report::{CandidateReport, CompareReport, OutputComparison};
-use report::{
-    CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary, TarAtOperatingFar,
-};
+use report::{CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary};
 
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::{Preprocessing, Task};
 use crate::metrics::gate::{self, Gates, Measurement, Naming};
+use crate::metrics::uncertainty::{Bootstrap, Spread};
 use crate::metrics::{self, Summary, similarity, verification};
 use crate::runtime::{
     ExecutionInfo, LoadedModel, Runtime,
@@ -37,8 +37,9 @@ use crate::runtime::{
 /// with the FAR resolution, and TARs below it "not measurable"; v6: pair scores by blocked
 /// matrix products of normalised embeddings (f32), streamed; v7: `generic` and `landmarks`
 /// models compared output by output; v8: `max_impostor_pairs` sampling, and beyond 20M
-/// impostor pairs the top scores kept exactly and the EER from a histogram.
-pub(crate) const IMPL_VERSION: u32 = 8;
+/// impostor pairs the top scores kept exactly and the EER from a histogram; v9: bootstrap
+/// intervals, McNemar, score differences and the LFW protocol.
+pub(crate) const IMPL_VERSION: u32 = 9;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,10 +124,23 @@ pub(crate) struct CompareParams {
     /// Detectors: IoU at which a candidate box matches a reference box.
     #[serde(default = "default_match_iou")]
     pub match_iou: f32,
+    /// Bootstrap replicates behind every gated figure's intervals (0: no intervals).
+    #[serde(default = "default_replicates")]
+    pub bootstrap_replicates: usize,
+    /// The bootstrap's seed.
+    #[serde(default)]
+    pub bootstrap_seed: u64,
+    /// LFW protocol: sum each embedding with its horizontal flip's (InsightFace's option).
+    #[serde(default)]
+    pub lfw_flip: bool,
     /// Keys that are not params: collected so validation can name them (serde's flatten
     /// cannot be combined with `deny_unknown_fields`).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+fn default_replicates() -> usize {
+    metrics::uncertainty::DEFAULT_REPLICATES
 }
 
 fn default_match_iou() -> f32 {
@@ -150,7 +164,14 @@ impl CompareParams {
                 .iter()
                 .copied()
                 .chain(Gates::METRICS.iter().map(|m| m.key))
-                .chain(["atol", "rtol", "missing"])
+                .chain([
+                    "atol",
+                    "rtol",
+                    "missing",
+                    "unreliable",
+                    "confidence",
+                    "inconclusive",
+                ])
                 .collect();
             return Err((
                 format!("unknown field `{k}` in compare params"),
@@ -204,6 +225,18 @@ impl CompareParams {
                 ));
             }
         }
+        for g in std::iter::once(&self.gates).chain(self.candidate_gates.values()) {
+            if let Some(problem) = g.confidence_problem() {
+                return Err(problem);
+            }
+            if g.confidence.is_some() && self.bootstrap_replicates == 0 {
+                return Err((
+                    "`confidence` judges intervals, and `bootstrap_replicates: 0` measures none"
+                        .into(),
+                    Some("drop `bootstrap_replicates: 0`, or drop `confidence`".into()),
+                ));
+            }
+        }
         let labels: Vec<String> = self.candidates.iter().map(CandidateSpec::label).collect();
         for k in self.candidate_gates.keys() {
             if !labels.contains(k) {
@@ -222,6 +255,14 @@ impl CompareParams {
         let mut g = self.gates.overridden_by(self.candidate_gates.get(label));
         g.cosine_min = g.cosine_min.or(Some(0.99));
         g
+    }
+
+    /// The bootstrap behind intervals; None with `bootstrap_replicates: 0`.
+    pub(crate) fn bootstrap(&self) -> Option<Bootstrap> {
+        (self.bootstrap_replicates > 0).then_some(Bootstrap {
+            replicates: self.bootstrap_replicates,
+            seed: self.bootstrap_seed,
+        })
     }
 
     fn has_gates(&self, keys: &[&str]) -> bool {
@@ -246,6 +287,9 @@ const COMPARE_KEYS: &[&str] = &[
     "candidate_gates",
     "input_sizes",
     "match_iou",
+    "bootstrap_replicates",
+    "bootstrap_seed",
+    "lfw_flip",
 ];
 
 /// An embedder candidate's gates, by the one rule (metrics::gate): a TAR or flips gate on a
@@ -255,6 +299,7 @@ fn recognition_gates(
     gates: &Gates,
     cosine_min: f64,
     verification: Option<&CandidateVerification>,
+    intervals: &BTreeMap<String, Spread>,
     dataset: &str,
 ) -> Vec<gate::GateResult> {
     gates.check(gate::RECOGNITION, Naming::Figure, |m| {
@@ -275,8 +320,30 @@ fn recognition_gates(
             },
             (_, Some(v)) => Measurement::Value(v.flips_at_reference_threshold as f64),
         };
-        (measured, None)
+        (measured.with_spread(intervals.get(m.figure)), None)
     })
+}
+
+/// Embeddings of every image, and the inference time in ms.
+type Embedded = (Vec<Vec<f32>>, u64);
+
+/// `embed`, and with `flip` also of every image mirrored left-right (the LFW protocol's
+/// flip: InsightFace mirrors the preprocessed NCHW batch along W).
+fn embed_with_flip(
+    model: &mut dyn LoadedModel,
+    input: &str,
+    t: &Array4<f32>,
+    batch: usize,
+    flip: bool,
+) -> Result<(Embedded, Option<Vec<Vec<f32>>>)> {
+    let plain = embed(model, input, t, batch)?;
+    let flipped = if flip {
+        let mirrored = t.slice(s![.., .., .., ..;-1]).to_owned();
+        Some(embed(model, input, &mirrored, batch)?.0)
+    } else {
+        None
+    };
+    Ok((plain, flipped))
 }
 
 /// Embeddings of every image, in batches padded to a fixed size (OpenVINO compiles a static
@@ -286,7 +353,7 @@ pub(crate) fn embed(
     input: &str,
     t: &Array4<f32>,
     batch: usize,
-) -> Result<(Vec<Vec<f32>>, u64)> {
+) -> Result<Embedded> {
     let n = t.shape()[0];
     let mut out = Vec::with_capacity(n);
     // Summed as a Duration: per-batch milliseconds would truncate fast batches to zero.
@@ -649,7 +716,10 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         &files,
         dir,
         spec.pairs_file().map(|f| dir.join(f)).as_deref(),
+        spec.is_bin(),
     )?;
+    let flip = pairs::flip_for(p, pairs.as_ref(), step)?;
+    let units = pairs::units_of(&files, dir, pairs.as_ref());
     let aligner = ctx.aligner(&p.dataset)?;
     // Reference and candidates run side by side, each on its share of the cores: these
     // models take a static batch of one, where a second intra-op thread buys little
@@ -703,7 +773,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let tensor = prepared.tensor.as_ref();
         let input = input.as_str();
         let reference = reference.as_mut();
-        let r = s.spawn(move || embed(reference, input, tensor, ref_batch));
+        let r = s.spawn(move || embed_with_flip(reference, input, tensor, ref_batch, flip));
         let c: Vec<_> = loaded
             .iter_mut()
             .map(|(l, own)| {
@@ -712,7 +782,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                     let model = l.model.as_mut();
                     s.spawn(move || {
                         let batch = batch_for(model, p.batch);
-                        embed(model, input, own.unwrap_or(tensor), batch).map(|e| (e, batch))
+                        embed_with_flip(model, input, own.unwrap_or(tensor), batch, flip)
+                            .map(|e| (e, batch))
                     })
                 })
             })
@@ -729,7 +800,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         "inference_wall_ms".to_string(),
         json!(t_inference.elapsed().as_millis() as u64),
     );
-    let (ref_emb, ms) = ref_run?;
+    let ((ref_emb, ms), ref_flipped) = ref_run?;
     timing.insert(
         "reference".to_string(),
         json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}),
@@ -759,7 +830,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         similarity::for_each_score(
             &[&ref_unit],
             set,
-            |same, s| {
+            |_, _, same, s| {
                 if same || sample.as_mut().is_none_or(|x| x.keep()) {
                     scores.push(same, s[0] as f64)
                 }
@@ -780,6 +851,9 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let ref_ver = ref_sorted
         .as_ref()
         .map(|s| verification::verification_of(s, p.operating_far));
+    let ref_lfw = pairs
+        .as_ref()
+        .and_then(|(set, src)| pairs::lfw_figures(&ref_emb, ref_flipped.as_deref(), set, src));
     timing.insert(
         "reference_scoring_ms".to_string(),
         json!(t_score.elapsed().as_millis() as u64),
@@ -822,9 +896,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             }
         };
         let own_pre = own.is_some();
-        let ((emb, ms), batch) = run?;
+        let (((emb, ms), flipped), batch) = run?;
         let exec: ExecutionInfo = model.execution();
-        let mut scoring_ms = 0u64;
         if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
             return Err(Error::Step {
                 step: step.clone(),
@@ -850,47 +923,28 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             .fold(0.0, f64::max);
         let (rm, rs) = mean_std(&ref_norms);
         let (cm, csd) = mean_std(&norms(&emb));
-        let mut verification = None;
-        if let (Some((set, src)), Some(rv)) = (&pairs, &ref_ver) {
-            // Reference and candidate scored in lockstep: decisions compared pair by pair
-            // at the reference's operating threshold; only the candidate's scores are kept.
-            let unit = similarity::normalized(&emb);
-            let t = rv.threshold_at_operating_far;
-            let (mut scores, mut f) = (sink(src), 0usize);
-            let mut sample = sample.clone();
-            let t_score = Instant::now();
-            similarity::for_each_score(
-                &[&ref_unit, &unit],
-                set,
-                |same, s| {
-                    if !same && sample.as_mut().is_some_and(|x| !x.keep()) {
-                        return;
-                    }
-                    let (r, c) = (s[0] as f64, s[1] as f64);
-                    f += ((r > t) != (c > t)) as usize;
-                    scores.push(same, c);
-                },
-                |done, total| pairs_progress(ctx, &label, done, total, t_score),
-            );
-            let cand_sorted = scores.finish();
-            scoring_ms = t_score.elapsed().as_millis() as u64;
-            let cv = verification::verification_of(&cand_sorted, p.operating_far);
-            let tar = ref_sorted
-                .as_ref()
-                .and_then(|r| r.tar_at_far(p.operating_far))
-                .zip(cand_sorted.tar_at_far(p.operating_far))
-                .map(|(reference, candidate)| TarAtOperatingFar {
-                    reference,
-                    candidate,
-                    drop: reference - candidate,
-                });
-            verification = Some(CandidateVerification {
-                candidate: cv,
-                tar_at_operating_far: tar,
-                flips_at_reference_threshold: f as u64,
-            });
-        }
-
+        let (verification, pair_intervals, scoring_ms) = match (&pairs, &ref_ver, &ref_sorted) {
+            (Some((set, src)), Some(rv), Some(sorted)) => {
+                let r = pairs::Reference {
+                    set,
+                    src,
+                    unit: &ref_unit,
+                    sorted,
+                    verification: rv,
+                    sample: sample.clone(),
+                    lfw: ref_lfw.as_ref(),
+                };
+                let (v, i, ms) =
+                    pairs::verify_candidate(ctx, p, &label, &r, (&emb, flipped.as_deref()), &units);
+                (Some(v), i, ms)
+            }
+            _ => (None, None, 0),
+        };
+        let cos_spread = p
+            .bootstrap()
+            .and_then(|b| pairs::cosine_min_spread(&cos, &units, &b));
+        let cosine_min_ci95 = cos_spread.as_ref().map(|s| s.ci95);
+        let intervals = pairs::figure_intervals(cos_spread, pair_intervals.as_ref());
         timing.insert(
             label.clone(),
             json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint, "scoring_ms": scoring_ms}),
@@ -899,6 +953,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             &p.gates_for(&label),
             cs.min,
             verification.as_ref(),
+            &intervals,
             &p.dataset,
         );
         let what = format!("{artifact} {weights}, executed {}", exec.precision);
@@ -936,6 +991,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 .into(),
             ),
             cosine: Some(cs),
+            cosine_min_ci95,
             max_abs_error: Some(max_abs),
             cosine_per_image: Some(cos.iter().map(|c| (c * 1e6).round() / 1e6).collect()),
             norm: Some(NormShift {
@@ -946,6 +1002,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 relative_shift: cm / rm - 1.0,
             }),
             verification,
+            intervals: (!intervals.is_empty()).then_some(intervals),
             gates: Some(gates),
             passed: Some(passed),
             ..Default::default()
@@ -968,6 +1025,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             fit: Some(prepared.fit_counts()),
             pairs: pairs.as_ref().map(|(_, s)| s.clone()),
             input_sizes: None,
+            resampling: p.bootstrap().map(|b| units.resampling(&b)),
         },
         reference: ReferenceSummary {
             model: "ONNX original".into(),
@@ -978,6 +1036,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             }),
             verification: ref_ver,
             operating_far: Some(p.operating_far),
+            lfw: ref_lfw,
             images: None,
         },
         candidates,
@@ -1062,7 +1121,7 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
         s += row;
         s.push('\n');
     }
-    s + &failed_gates_md(&r.failures)
+    s + &r.uncertainty_md() + &failed_gates_md(&r.failures)
 }
 
 impl super::Kind for CompareParams {
@@ -1115,7 +1174,7 @@ mod tests {
             tar_drop_max: Some(0.05),
             ..Default::default()
         };
-        let r = recognition_gates(&g, 0.995, None, "crops");
+        let r = recognition_gates(&g, 0.995, None, &BTreeMap::new(), "crops");
         assert_eq!(r.len(), 2);
         assert!(r[0].passed, "cosine is measured and within its limit");
         assert!(!r[1].passed);
@@ -1127,7 +1186,7 @@ mod tests {
         );
         g.missing = Some(gate::OnMissing::Pass);
         assert!(
-            recognition_gates(&g, 0.995, None, "crops")
+            recognition_gates(&g, 0.995, None, &BTreeMap::new(), "crops")
                 .iter()
                 .all(|x| x.passed)
         );

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::DetectorSpec;
 use crate::metrics::Summary;
 use crate::metrics::gate::GateResult;
+use crate::metrics::lfw::LfwFigures;
+use crate::metrics::uncertainty::{ScoreDifferences, Spread};
 use crate::metrics::verification::{PairSource, Verification};
 use crate::runtime::ExecutionInfo;
 
@@ -63,7 +65,7 @@ impl CompareReport {
 }
 
 /// The validation set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DatasetSummary {
     pub name: String,
     pub images: usize,
@@ -76,6 +78,38 @@ pub struct DatasetSummary {
     /// Input sizes compared at (detectors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_sizes: Option<Vec<[u32; 2]>>,
+    /// What the bootstrap intervals resample, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resampling: Option<Resampling>,
+}
+
+/// How intervals were drawn: the units, their count, replicates and seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resampling {
+    /// `identity` (a folder per person), `genuine-pair component` (a pairs file or `.bin`,
+    /// which name no person) or `image`.
+    pub by: String,
+    pub units: usize,
+    pub replicates: usize,
+    pub seed: u64,
+    /// How the units were found, in words.
+    pub note: String,
+}
+
+impl Resampling {
+    /// Detection figures: every size of an image is one unit.
+    pub(crate) fn by_image(
+        boot: &crate::metrics::uncertainty::Bootstrap,
+        images: usize,
+    ) -> Resampling {
+        Resampling {
+            by: "image".into(),
+            units: images,
+            replicates: boot.replicates,
+            seed: boot.seed,
+            note: "detection figures resampled by image (every size of an image together)".into(),
+        }
+    }
 }
 
 /// The ONNX original, as the reference ran it.
@@ -89,9 +123,27 @@ pub struct ReferenceSummary {
     pub verification: Option<Verification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operating_far: Option<f64>,
+    /// Pair sets with folds: the LFW protocol's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfw: Option<LfwFigures>,
     /// Detectors: every reference detection, per image and size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<ReferenceImage>>,
+}
+
+impl ReferenceSummary {
+    /// The ONNX original as `execution` ran it, with no figures yet.
+    pub(crate) fn onnx(execution: ExecutionInfo) -> ReferenceSummary {
+        ReferenceSummary {
+            model: "ONNX original".into(),
+            execution,
+            norm: None,
+            verification: None,
+            operating_far: None,
+            lfw: None,
+            images: None,
+        }
+    }
 }
 
 /// Mean and standard deviation.
@@ -132,6 +184,9 @@ pub struct CandidateReport {
     /// Embedders: per-image cosine similarity to the reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cosine: Option<Summary>,
+    /// 95% interval of `cosine.min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_min_ci95: Option<[f64; 2]>,
     /// Embedders: largest absolute difference of any embedding element.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_abs_error: Option<f64>,
@@ -153,6 +208,9 @@ pub struct CandidateReport {
     /// `generic` and `landmarks` models: every output compared by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<OutputComparison>>,
+    /// Every gated figure's bootstrap intervals, by figure (`tar_drop`, `recall`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<BTreeMap<String, Spread>>,
     /// Every gate with its measured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<GateResult>>,
@@ -205,6 +263,34 @@ pub struct CandidateVerification {
     /// Null where the operating FAR is below the set's resolution (1 / impostor pairs).
     pub tar_at_operating_far: Option<TarAtOperatingFar>,
     pub flips_at_reference_threshold: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flips_at_reference_threshold_ci95: Option<[f64; 2]>,
+    /// Flips the reference accepted and the candidate rejects.
+    #[serde(default)]
+    pub flips_accept_to_reject: u64,
+    /// Flips the reference rejected and the candidate accepts.
+    #[serde(default)]
+    pub flips_reject_to_accept: u64,
+    /// Exact McNemar test of the two flip counts (two-sided): small means the candidate
+    /// decides differently, not by chance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcnemar_p: Option<f64>,
+    /// candidate - reference score, per pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_difference: Option<ScoreDifferences>,
+    /// Pair sets with folds: the candidate's LFW figures and the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfw: Option<LfwComparison>,
+}
+
+/// A candidate's LFW-protocol figures against the reference's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfwComparison {
+    pub candidate: LfwFigures,
+    /// Reference accuracy mean - candidate's.
+    pub accuracy_drop: f64,
+    /// Reference VAL@FAR=1e-3 mean - candidate's.
+    pub val_drop: f64,
 }
 
 /// TAR at the operating FAR, reference and candidate.
@@ -213,6 +299,12 @@ pub struct TarAtOperatingFar {
     pub reference: f64,
     pub candidate: f64,
     pub drop: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_ci95: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_ci95: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_ci95: Option<[f64; 2]>,
 }
 
 /// Detection figures at one input size.
@@ -230,11 +322,17 @@ pub struct DetectionTotals {
     pub candidate_boxes: usize,
     pub matched: usize,
     pub recall: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_ci95: Option<[f64; 2]>,
     pub fp_per_image: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp_per_image_ci95: Option<[f64; 2]>,
     pub iou: MeanMin,
     pub score_drift: MeanMax,
     pub landmark_nme: MeanMax,
     pub nms_parity: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nms_parity_ci95: Option<[f64; 2]>,
 }
 
 /// Mean and minimum; null where there was nothing to average.
@@ -249,6 +347,9 @@ pub struct MeanMin {
 pub struct MeanMax {
     pub mean: Option<f64>,
     pub max: Option<f64>,
+    /// 95% interval of `max` (resampled by image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ci95: Option<[f64; 2]>,
 }
 
 /// The reference's detections on one image at one size.
@@ -266,4 +367,92 @@ pub struct RoundedDetection {
     pub bbox: [f32; 4],
     pub score: f32,
     pub kps: Option<[[f32; 2]; 5]>,
+}
+
+impl CompareReport {
+    /// The markdown section on how sure each gated figure is: its 95% interval beside the
+    /// verdict, the McNemar test of flips, and the LFW protocol's figures. Empty without
+    /// intervals or LFW figures.
+    pub(crate) fn uncertainty_md(&self) -> String {
+        let mut s = String::new();
+        if let Some(r) = &self.dataset.resampling {
+            s += &format!(
+                "\n\n## How sure\n\n95% bootstrap intervals: {} replicates (seed {}), resampled by {} ({} units; {}).\n\n| candidate | figure | value | 95% interval | limit | verdict |\n|---|---|---|---|---|---|\n",
+                r.replicates, r.seed, r.by, r.units, r.note
+            );
+            for c in &self.candidates {
+                for g in c.gates.iter().flatten() {
+                    let iv = c
+                        .intervals
+                        .as_ref()
+                        .and_then(|m| m.get(&g.metric))
+                        .map(|sp| format!("[{:.6}, {:.6}]", sp.ci95[0], sp.ci95[1]))
+                        .unwrap_or_else(|| "-".into());
+                    let verdict = match (g.passed, g.status.as_deref()) {
+                        (_, Some(st)) => {
+                            format!("{} ({st})", if g.passed { "pass" } else { "FAIL" })
+                        }
+                        (true, None) => "pass".into(),
+                        (false, None) => "FAIL".into(),
+                    };
+                    s += &format!(
+                        "| {} | {} | {} | {iv} | {} | {verdict} |\n",
+                        c.label,
+                        g.metric,
+                        g.value.map_or("-".into(), |v| format!("{v:.6}")),
+                        g.limit
+                    );
+                }
+            }
+        }
+        let flips: Vec<String> = self
+            .candidates
+            .iter()
+            .filter_map(|c| {
+                let v = c.verification.as_ref()?;
+                Some(format!(
+                    "| {} | {} | {} | {} | {} |\n",
+                    c.label,
+                    v.flips_accept_to_reject,
+                    v.flips_reject_to_accept,
+                    v.mcnemar_p.map_or("-".into(), |p| format!("{p:.4}")),
+                    v.score_difference.as_ref().map_or("-".into(), |d| format!(
+                        "{:+.5} ± {:.5} (p01 {:+.5}, p99 {:+.5})",
+                        d.mean, d.std, d.p01, d.p99
+                    ))
+                ))
+            })
+            .collect();
+        if !flips.is_empty() {
+            s += "\n\nPaired decisions at the reference's threshold (exact McNemar test; a small p means the candidate decides differently, not by chance):\n\n| candidate | accept -> reject | reject -> accept | McNemar p | score difference (candidate - reference) |\n|---|---|---|---|---|\n";
+            s += &flips.concat();
+        }
+        if let Some(l) = &self.reference.lfw {
+            s += &format!(
+                "\n\nLFW protocol ({} folds in file order{}): reference accuracy {:.4} ± {:.4}, VAL@FAR=1e-3 {:.4} ± {:.4} (FAR {:.5}).\n\n| candidate | accuracy | accuracy drop | VAL@FAR=1e-3 | VAL drop |\n|---|---|---|---|---|\n",
+                l.folds,
+                if l.flip { ", with flip" } else { "" },
+                l.accuracy.mean,
+                l.accuracy.std,
+                l.val_at_far_1e3.mean,
+                l.val_at_far_1e3.std,
+                l.val_at_far_1e3.far
+            );
+            for c in &self.candidates {
+                if let Some(x) = c.verification.as_ref().and_then(|v| v.lfw.as_ref()) {
+                    s += &format!(
+                        "| {} | {:.4} ± {:.4} | {:+.4} | {:.4} ± {:.4} | {:+.4} |\n",
+                        c.label,
+                        x.candidate.accuracy.mean,
+                        x.candidate.accuracy.std,
+                        x.accuracy_drop,
+                        x.candidate.val_at_far_1e3.mean,
+                        x.candidate.val_at_far_1e3.std,
+                        x.val_drop
+                    );
+                }
+            }
+        }
+        s
+    }
 }
