@@ -7,6 +7,8 @@
 //! cold tensor cache. Reports wall time per phase (decode, inference, scoring) from the step's
 //! own timing, and the peak RSS of the facebuild process (GNU time's %M). Writes
 //! target/bench/compare_scale.json. Needs ../shared; prints SKIP without it.
+//! `FACEBUILD_BENCH_BOOTSTRAP=N` sets compare's `bootstrap_replicates` (default 1000; 0 for
+//! none), `FACEBUILD_BENCH_SIZES=1000` the folder sizes, `FACEBUILD_BENCH_BIN=0` skips the .bin.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,8 +135,10 @@ fn run(
     label: &str,
 ) -> serde_json::Value {
     let proj = tempfile::tempdir_in(work).unwrap();
+    // FACEBUILD_BENCH_BOOTSTRAP=0 measures compare without intervals (issue 24's 1.2x check).
+    let replicates = std::env::var("FACEBUILD_BENCH_BOOTSTRAP").unwrap_or_else(|_| "1000".into());
     let manifest = format!(
-        "schema: 1\nname: s\nmodel:\n  path: {}\n  task: recognition\n  input: {{name: input, shape: [1, 3, 112, 112]}}\n  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}\ndatasets:\n  faces: {dataset}\nsteps:\n  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}\n  compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32], batch: 16}}}}\n",
+        "schema: 1\nname: s\nmodel:\n  path: {}\n  task: recognition\n  input: {{name: input, shape: [1, 3, 112, 112]}}\n  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}\ndatasets:\n  faces: {dataset}\nsteps:\n  ov_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}\n  compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32], batch: 16, bootstrap_replicates: {replicates}}}}}\n",
         shared.join("models/mobilefacenet.onnx").display()
     );
     std::fs::write(proj.path().join("s.yaml"), manifest).unwrap();

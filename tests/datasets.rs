@@ -27,13 +27,22 @@ fn manifest(shared: &std::path::Path, dataset: &str) -> String {
 const WRITE_BIN: &str = r#"
 import csv, pickle, sys
 root, out = sys.argv[1], sys.argv[2]
-bins, issame = [], []
 with open(f"{root}/pairs.csv", newline="") as f:
-    for row in csv.DictReader(f):
-        for k in ("file_x", "file_y"):
-            with open(f"{root}/{row[k].strip()}", "rb") as img:
+    rows = [(r["file_x"].strip(), r["file_y"].strip(), r["Decision"].strip().lower() == "yes")
+            for r in csv.DictReader(f)]
+# Laid out as LFW's folds are: 10 folds in order, each its genuine pairs then its impostors
+# (dealt round-robin), so the LFW protocol's folds each hold both kinds.
+folds = [[] for _ in range(10)]
+for kind in (True, False):
+    for i, r in enumerate([r for r in rows if r[2] == kind]):
+        folds[i % 10].append(r)
+bins, issame = [], []
+for fold in folds:
+    for a, b, same in fold:
+        for name in (a, b):
+            with open(f"{root}/{name}", "rb") as img:
                 bins.append(img.read())
-        issame.append(row["Decision"].strip().lower() == "yes")
+        issame.append(same)
 with open(out, "wb") as f:
     pickle.dump((bins, issame), f, protocol=4)
 print(len(issame))
@@ -91,6 +100,26 @@ fn insightface_bin_matches_the_csv_path() {
     assert_eq!(va.threshold_at_operating_far, vb.threshold_at_operating_far);
     assert_eq!(va.far_resolution, vb.far_resolution);
     assert_eq!(from_bin.dataset.images, 2 * (b.genuine + b.impostor));
+    // A .bin carries 10 folds in order: the LFW protocol is reported, for the reference and
+    // each candidate; a CSV pairs file carries none.
+    assert_eq!(b.folds, Some(10));
+    assert!(a.folds.is_none() && from_csv.reference.lfw.is_none());
+    let lfw = from_bin.reference.lfw.as_ref().unwrap();
+    assert_eq!(lfw.folds, 10);
+    assert!((0.0..=1.0).contains(&lfw.accuracy.mean), "{lfw:?}");
+    let cand = from_bin.candidates[0].verification.as_ref().unwrap();
+    assert!(
+        cand.lfw.as_ref().unwrap().accuracy_drop.abs() < 0.05,
+        "{cand:?}"
+    );
+    // Neither names a person: both resample the components of their genuine pairs (the
+    // .bin's are more, as each of its pairs holds its own two image copies).
+    for r in [&from_csv, &from_bin] {
+        assert_eq!(
+            r.dataset.resampling.as_ref().unwrap().by,
+            "genuine-pair component"
+        );
+    }
 
     // A truncated .bin is an error naming the file, before any step runs.
     let bytes = std::fs::read(&bin).unwrap();

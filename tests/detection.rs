@@ -166,6 +166,17 @@ fn check_real_detector(name: &str, yaml: String, want_sizes: usize) {
             s.input_size
         );
     }
+    // Every gated figure has a 95% interval, resampled by image: recall 1 on every image
+    // cannot move, score drift can.
+    let total = fp32.total.as_ref().unwrap();
+    assert_eq!(total.recall_ci95, Some([1.0, 1.0]), "{total:#?}");
+    let drift = total.score_drift.max_ci95.unwrap();
+    assert!(
+        drift[0] <= total.score_drift.max.unwrap() && drift[1] >= drift[0],
+        "{total:#?}"
+    );
+    let res = rep.dataset.resampling.as_ref().unwrap();
+    assert_eq!((res.by.as_str(), res.units), ("image", 4));
     for label in ["ov_fp32", "ov_fp16"] {
         for s in candidate(&rep, label).sizes.as_ref().unwrap() {
             let m = &s.metrics;

@@ -48,11 +48,26 @@ fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
 
     // 1. Build: maturin packages the release build's binary, relinked for glibc 2.28.
     let t = Instant::now();
-    let out = Command::new(root.join("scripts/build-wheel"))
-        .arg(&dist)
-        .env("MATURIN", &maturin)
-        .output()
-        .unwrap();
+    let mut build = Command::new(root.join("scripts/build-wheel"));
+    // cargo test sets CARGO_MANIFEST_DIR, CARGO_PKG_* ... for this process. ring's build script
+    // declares `rerun-if-env-changed=CARGO_MANIFEST_DIR`, so a nested `cargo build` that
+    // inherits them sees ring's environment changed and rebuilds it, rustls, object_store
+    // and facebuild (about 100 s on 2 cores) instead of reusing the release build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k == "CARGO_MANIFEST_DIR"
+            || k == "CARGO_MANIFEST_PATH"
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+            || k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+        {
+            build.env_remove(&k);
+        }
+    }
+    let out = build.arg(&dist).env("MATURIN", &maturin).output().unwrap();
     assert!(
         out.status.success(),
         "build-wheel: {}{}",

@@ -90,10 +90,18 @@ fn mean_std(v: &[f64]) -> FoldStat {
     }
 }
 
-/// The protocol over `dist` (squared L2 per pair, in file order) and `same`, in `k` folds.
-pub fn lfw_protocol(dist: &[f64], same: &[bool], k: usize, flip: bool) -> LfwFigures {
+/// The protocol over `dist` (squared L2 per pair, in file order) and `same`, in `k` folds;
+/// None when a fold holds no genuine or no impostor pair (its VAL or FAR would be 0 / 0).
+pub fn lfw_protocol(dist: &[f64], same: &[bool], k: usize, flip: bool) -> Option<LfwFigures> {
     let n = dist.len().min(same.len());
     let split = folds(n, k);
+    let genuine = same[..n].iter().filter(|s| **s).count();
+    for f in &split {
+        let g = same[f.clone()].iter().filter(|s| **s).count();
+        if g == 0 || g == f.len() || genuine - g == 0 || (n - f.len()) - (genuine - g) == 0 {
+            return None;
+        }
+    }
     let acc_thresholds: Vec<f64> = (0..400).map(|i| i as f64 * 0.01).collect();
     let val_thresholds: Vec<f64> = (0..4000).map(|i| i as f64 * 0.001).collect();
     let (mut accuracy, mut val, mut far) = (Vec::new(), Vec::new(), Vec::new());
@@ -133,7 +141,7 @@ pub fn lfw_protocol(dist: &[f64], same: &[bool], k: usize, flip: bool) -> LfwFig
         far.push(f);
     }
     let v = mean_std(&val);
-    LfwFigures {
+    Some(LfwFigures {
         folds: k,
         flip,
         accuracy: mean_std(&accuracy),
@@ -142,7 +150,7 @@ pub fn lfw_protocol(dist: &[f64], same: &[bool], k: usize, flip: bool) -> LfwFig
             std: v.std,
             far: far.iter().sum::<f64>() / far.len().max(1) as f64,
         },
-    }
+    })
 }
 
 /// Share of pairs decided right when a distance below `t` means the same person.
@@ -218,7 +226,8 @@ mod tests {
                 }
             })
             .collect();
-        let f = lfw_protocol(&dist, &same, 10, false);
+        let f = lfw_protocol(&dist, &same, 10, false).unwrap();
+        assert!(lfw_protocol(&dist[..10], &same[..10], 10, false).is_none());
         assert_eq!(f.accuracy.mean, 1.0);
         assert_eq!(f.accuracy.std, 0.0);
         assert_eq!(f.val_at_far_1e3.mean, 1.0);

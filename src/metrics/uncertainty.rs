@@ -709,6 +709,78 @@ mod tests {
         );
     }
 
+    /// The same gate (`tar_drop_max: 0.01` at 95% confidence) on the same kind of candidate:
+    /// inconclusive on a set of 40 identities, decided (pass or fail) on 4,000.
+    #[test]
+    fn many_identities_resolve_what_few_cannot() {
+        use crate::metrics::gate::{GateResult, Measurement, Policy};
+        let boot = Bootstrap {
+            replicates: 500,
+            seed: 3,
+        };
+        let verdict = |ids: usize| {
+            let mut rng = SplitMix64::new(17);
+            let mut s = PairedScores::listed(ids, "identity", 0.0, 1e-2);
+            let mut pairs = Vec::new();
+            // Per identity: 3 genuine pairs, and impostor pairs to 30 other identities.
+            for a in 0..ids as u32 {
+                for _ in 0..3 {
+                    pairs.push((true, a, a, 0.2 + 0.2 * rng.unit()));
+                }
+                for k in 1..=30u32 {
+                    pairs.push((false, a, (a + k) % ids as u32, 0.15 * rng.unit()));
+                }
+            }
+            // The reference's threshold at FAR 1e-2, as compare sets it.
+            let mut imp: Vec<f32> = pairs.iter().filter(|p| !p.0).map(|p| p.3).collect();
+            imp.sort_by(|x, y| y.total_cmp(x));
+            let t = imp[(imp.len() as f64 * 1e-2) as usize] as f64;
+            s.threshold = t;
+            let (mut g, mut gr, mut gc) = (0.0, 0.0, 0.0);
+            let mut cand_imp = Vec::new();
+            let noisy: Vec<(bool, u32, u32, f32, f32)> = pairs
+                .iter()
+                .map(|&(same, a, b, r)| (same, a, b, r, r + 0.03 * rng.unit()))
+                .collect();
+            for &(same, a, b, r, c) in &noisy {
+                s.push(same, a, b, r, c);
+                if !same {
+                    cand_imp.push(c);
+                }
+            }
+            cand_imp.sort_by(|x, y| y.total_cmp(x));
+            let tc = cand_imp[(cand_imp.len() as f64 * 1e-2) as usize];
+            for &(same, _, _, r, c) in &noisy {
+                if same {
+                    g += 1.0;
+                    gr += (r as f64 > t) as u8 as f64;
+                    gc += (c > tc) as u8 as f64;
+                }
+            }
+            let drop = gr / g - gc / g;
+            let spread = s.intervals(&boot).tar_drop.unwrap();
+            let policy = Policy {
+                confidence: Some(0.95),
+                ..Default::default()
+            };
+            let r = GateResult::judge(
+                "tar_drop",
+                false,
+                &Measurement::Estimate(drop, spread),
+                0.01,
+                policy,
+                None,
+            );
+            (r.status, r.interval.unwrap(), drop)
+        };
+        let (few, iv_few, d_few) = verdict(40);
+        assert_eq!(few.as_deref(), Some("inconclusive"), "{d_few} {iv_few:?}");
+        let (many, iv_many, d_many) = verdict(4000);
+        eprintln!("40 identities: drop {d_few} {iv_few:?}; 4000: drop {d_many} {iv_many:?}");
+        assert_eq!(many, None, "decided: {d_many} {iv_many:?}");
+        assert!(iv_many[1] - iv_many[0] < 0.3 * (iv_few[1] - iv_few[0]));
+    }
+
     /// The size that would resolve: half-width toward the limit over the gap, squared.
     #[test]
     fn units_to_resolve_scales_as_the_square() {

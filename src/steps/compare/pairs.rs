@@ -129,7 +129,7 @@ pub(super) fn lfw_figures(
     let idx: Vec<(usize, usize)> = listed.iter().map(|p| (p.a, p.b)).collect();
     let same: Vec<bool> = listed.iter().map(|p| p.same).collect();
     let dist = lfw::squared_distances(emb, flipped, &idx);
-    Some(lfw::lfw_protocol(&dist, &same, folds, flipped.is_some()))
+    lfw::lfw_protocol(&dist, &same, folds, flipped.is_some())
 }
 
 /// Whether to embed mirrored images too (`lfw_flip`): only a pair set with folds takes it.
