@@ -1,6 +1,6 @@
 //! Issue 24's measurements (not timed tests: `cargo bench --bench uncertainty`).
 //!
-//! 1. Coverage: 1,000 simulated sets of 80 identities x 3 images (identity-correlated genuine
+//! 1. Coverage: 1,000 simulated sets of 200 identities x 3 images (identity-correlated genuine
 //!    and impostor scores with a known TAR at FAR 1e-2); the share of 95% intervals that cover
 //!    the true TAR must land in 93-97%.
 //! 2. Cost: the bootstrap (1,000 replicates) at 6,000 listed pairs (LFW-sized) and at 5,000
@@ -23,11 +23,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let ids: usize = std::env::var("FACEBUILD_BENCH_IDENTITIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let t = Instant::now();
-    let coverage = simulation::coverage(trials, 80, 3, 1e-2, &boot);
+    let coverage = simulation::coverage(trials, ids, 3, 1e-2, &boot);
     let coverage_s = t.elapsed().as_secs_f64();
     println!(
-        "coverage: {:.1}% of {trials} sets (80 identities x 3 images, TAR@FAR=1e-2, true TAR {:.4}) in {coverage_s:.1} s; target 93-97%",
+        "coverage: {:.1}% of {trials} sets ({ids} identities x 3 images, TAR@FAR=1e-2, true TAR {:.4}) in {coverage_s:.1} s; target 93-97%",
         coverage * 100.0,
         simulation::true_tar(1e-2)
     );
@@ -50,11 +54,11 @@ fn main() {
             (k / 2, (k / 2 + 7) % 3000)
         };
         let r = if same {
-            0.4 + 0.4 * next()
+            0.15 + 0.4 * next()
         } else {
             0.3 * next()
         };
-        listed.push(same, a, b, r, r + 0.01 * (next() - 0.5));
+        listed.push(same, a, b, r, r + 0.1 * (next() - 0.5));
     }
     let push_listed = t.elapsed().as_secs_f64();
     let t = Instant::now();
