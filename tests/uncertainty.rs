@@ -208,6 +208,15 @@ steps:
             .contains("connected components of the genuine pairs"),
         "{res:?}"
     );
+    // `run --json` carries every gate with its interval.
+    let json_gates = &step(&r, "compare").summary["gates"]["ov_int8"];
+    let tar = json_gates
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metric"] == "tar_drop")
+        .unwrap();
+    assert_eq!(tar["interval"][1].as_f64(), Some(iv[1]), "{json_gates}");
     let md = std::fs::read_to_string(p.path("out/mfn/compare/report.md")).unwrap();
     assert!(md.contains("## How sure") && md.contains("McNemar"), "{md}");
 

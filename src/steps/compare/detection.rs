@@ -479,7 +479,7 @@ pub(super) fn run(
         .map(|(_, _, d)| d.iter().map(Vec::len).sum::<usize>())
         .sum();
     let mut summary = json!({"images": files.len(), "sizes": sizes.len(), "reference_boxes": ref_boxes, "candidates": p.candidates.len(), "worst_recall": worst_recall, "timing": timing});
-    super::note_unavailable(&mut summary, &report.candidates);
+    super::note_candidates(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),

@@ -573,13 +573,23 @@ pub(crate) fn note_failures(
 }
 
 /// How many candidates were unavailable: added to the summary when any were.
-pub(crate) fn note_unavailable(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
+/// The summary's word on candidates: how many were unavailable, and every candidate's gates
+/// (value, limit, verdict, interval) under `gates.<label>`, for `run --json` (an object, so
+/// the text summary line leaves it out).
+pub(crate) fn note_candidates(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
     let n = candidates
         .iter()
         .filter(|c| c.available == Some(false))
         .count();
     if n > 0 {
         summary["unavailable"] = json!(n);
+    }
+    let gates: serde_json::Map<String, serde_json::Value> = candidates
+        .iter()
+        .filter_map(|c| Some((c.label.clone(), json!(c.gates.as_ref()?))))
+        .collect();
+    if !gates.is_empty() {
+        summary["gates"] = serde_json::Value::Object(gates);
     }
 }
 
@@ -1055,7 +1065,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         .filter_map(|c| c.cosine.map(|s| s.min))
         .fold(1.0, f64::min);
     let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
-    note_unavailable(&mut summary, &report.candidates);
+    note_candidates(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),

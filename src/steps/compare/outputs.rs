@@ -467,7 +467,7 @@ pub(super) fn run(
         .filter_map(|c| c.cosine.map(|s| s.min))
         .fold(1.0, f64::min);
     let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": worst, "timing": timing});
-    super::note_unavailable(&mut summary, &report.candidates);
+    super::note_candidates(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
             ("report.json".to_string(), report_path),
