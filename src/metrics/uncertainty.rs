@@ -207,7 +207,8 @@ impl PairedScores {
     ) -> PairedScores {
         let units = sizes.len();
         let sizes = sizes.into_iter().map(|s| s as f64).collect();
-        let keep = (4.0 * far * expected_impostors as f64).ceil() as usize;
+        // TAR is resampled at the operating FAR and at 1e-2: keep four times that share.
+        let keep = (4.0 * far.max(1e-2) * expected_impostors as f64).ceil() as usize;
         Self::new(
             units,
             "identity",
@@ -299,79 +300,163 @@ impl PairedScores {
         self.diff.finish()
     }
 
-    /// Intervals of TAR at the operating FAR (reference, candidate), its drop, and flips.
+    /// Intervals of TAR at the operating FAR (reference, candidate), its drop, flips, TAR at
+    /// FAR 1e-2 and 1e-3 and, up to [`EER_PAIRS`] pairs with every impostor kept, the EER.
     pub fn intervals(&self, boot: &Bootstrap) -> PairIntervals {
-        let mut by_r: Vec<u32> = (0..self.impostor.len() as u32).collect();
-        let mut by_c = by_r.clone();
-        by_r.sort_unstable_by(|x, y| {
-            self.impostor[*y as usize]
-                .r
-                .total_cmp(&self.impostor[*x as usize].r)
-        });
-        by_c.sort_unstable_by(|x, y| {
-            self.impostor[*y as usize]
-                .c
-                .total_cmp(&self.impostor[*x as usize].c)
-        });
-        let cols = boot.run(self.units, 4, |w, out| {
-            let total = match &self.total {
-                ImpostorTotal::Counts(m) => {
-                    m.iter().map(|((a, b), n)| n * pair_weight(w, *a, *b)).sum()
+        let desc = |score: fn(&Scored) -> f32| {
+            let mut o: Vec<u32> = (0..self.impostor.len() as u32).collect();
+            o.sort_unstable_by(|x, y| {
+                score(&self.impostor[*y as usize]).total_cmp(&score(&self.impostor[*x as usize]))
+            });
+            o
+        };
+        let (by_r, by_c) = (desc(|p| p.r), desc(|p| p.c));
+        // Every pair ascending by each score, for the EER sweep.
+        let sweep = (!self.truncated && self.genuine.len() + self.impostor.len() <= EER_PAIRS)
+            .then(|| {
+                let all: Vec<(Scored, bool)> = self
+                    .genuine
+                    .iter()
+                    .map(|p| (*p, true))
+                    .chain(self.impostor.iter().map(|p| (*p, false)))
+                    .collect();
+                let asc = |score: fn(&Scored) -> f32| {
+                    let mut v: Vec<(f32, u32, u32, bool)> =
+                        all.iter().map(|(p, g)| (score(p), p.a, p.b, *g)).collect();
+                    v.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+                    v
+                };
+                (asc(|p| p.r), asc(|p| p.c))
+            });
+        let cols = boot.run(self.units, 10, |w, out| {
+            let total = self.impostor_weight(w);
+            let g: f64 = self.genuine.iter().map(|p| pair_weight(w, p.a, p.b)).sum();
+            let tar = |far: f64, order: &[u32], score: fn(&Scored) -> f32| -> f64 {
+                if g <= 0.0 || total * far < 1.0 {
+                    return f64::NAN;
                 }
-                ImpostorTotal::AllAcross { sizes, rate } => {
-                    let (mut s, mut sq) = (0.0, 0.0);
-                    for (n, k) in sizes.iter().zip(w) {
-                        let x = n * *k as f64;
-                        s += x;
-                        sq += x * x;
-                    }
-                    (s * s - sq) / 2.0 * rate
+                let t = self.threshold_in(w, order, score, far * total);
+                if t.is_nan() {
+                    return f64::NAN;
                 }
+                let above: f64 = self
+                    .genuine
+                    .iter()
+                    .filter(|p| score(p) as f64 > t)
+                    .map(|p| pair_weight(w, p.a, p.b))
+                    .sum();
+                above / g
             };
-            let allowed = self.far * total;
-            let threshold = |order: &[u32], score: fn(&Scored) -> f32| -> f64 {
-                let mut cum = 0.0;
-                for &i in order {
-                    let p = &self.impostor[i as usize];
-                    cum += pair_weight(w, p.a, p.b);
-                    if cum > allowed {
-                        return score(p) as f64;
-                    }
-                }
-                if self.truncated {
-                    f64::NAN
-                } else {
-                    f64::NEG_INFINITY
-                }
-            };
-            let (tr, tc) = (threshold(&by_r, |p| p.r), threshold(&by_c, |p| p.c));
-            let (mut g, mut ar, mut ac) = (0.0, 0.0, 0.0);
-            for p in &self.genuine {
-                let x = pair_weight(w, p.a, p.b);
-                g += x;
-                ar += x * ((p.r as f64 > tr) as u8 as f64);
-                ac += x * ((p.c as f64 > tc) as u8 as f64);
-            }
-            let (rt, ct) = if g > 0.0 && total * self.far >= 1.0 {
-                (ar / g, ac / g)
-            } else {
-                (f64::NAN, f64::NAN)
-            };
+            let (rt, ct) = (tar(self.far, &by_r, |p| p.r), tar(self.far, &by_c, |p| p.c));
             out[0] = rt;
             out[1] = ct;
             out[2] = rt - ct;
             out[3] = self.flips.iter().map(|(a, b)| pair_weight(w, *a, *b)).sum();
+            out[4] = tar(1e-2, &by_r, |p| p.r);
+            out[5] = tar(1e-2, &by_c, |p| p.c);
+            out[6] = tar(1e-3, &by_r, |p| p.r);
+            out[7] = tar(1e-3, &by_c, |p| p.c);
+            if let Some((r, c)) = &sweep {
+                out[8] = weighted_eer(r, w);
+                out[9] = weighted_eer(c, w);
+            }
         });
         let mut it = cols
             .into_iter()
             .map(|c| Spread::from_replicates(c, &self.resampled_by, self.units));
+        let mut next = || it.next().flatten();
         PairIntervals {
-            tar_reference: it.next().flatten(),
-            tar_candidate: it.next().flatten(),
-            tar_drop: it.next().flatten(),
-            flips: it.next().flatten(),
+            tar_reference: next(),
+            tar_candidate: next(),
+            tar_drop: next(),
+            flips: next(),
+            tar_1e2: [next(), next()],
+            tar_1e3: [next(), next()],
+            eer: [next(), next()],
         }
     }
+
+    /// The impostor weight of a replicate.
+    fn impostor_weight(&self, w: &[u32]) -> f64 {
+        match &self.total {
+            ImpostorTotal::Counts(m) => {
+                m.iter().map(|((a, b), n)| n * pair_weight(w, *a, *b)).sum()
+            }
+            ImpostorTotal::AllAcross { sizes, rate } => {
+                let (mut s, mut sq) = (0.0, 0.0);
+                for (n, k) in sizes.iter().zip(w) {
+                    let x = n * *k as f64;
+                    s += x;
+                    sq += x * x;
+                }
+                (s * s - sq) / 2.0 * rate
+            }
+        }
+    }
+
+    /// The score of the first impostor (descending `order`) whose cumulative weight exceeds
+    /// `allowed`: accepting strictly above it lets at most `allowed` through.
+    fn threshold_in(
+        &self,
+        w: &[u32],
+        order: &[u32],
+        score: fn(&Scored) -> f32,
+        allowed: f64,
+    ) -> f64 {
+        let mut cum = 0.0;
+        for &i in order {
+            let p = &self.impostor[i as usize];
+            cum += pair_weight(w, p.a, p.b);
+            if cum > allowed {
+                return score(p) as f64;
+            }
+        }
+        if self.truncated {
+            f64::NAN
+        } else {
+            f64::NEG_INFINITY
+        }
+    }
+}
+
+/// Pairs up to which EER intervals are resampled (each replicate sweeps every pair).
+pub(crate) const EER_PAIRS: usize = 200_000;
+
+/// The EER of weighted pairs sorted ascending by score: over every distinct score as the
+/// threshold (accepted strictly above), where false accepts and false rejects are closest
+/// (the first such, ascending), as the point estimate defines it.
+fn weighted_eer(asc: &[(f32, u32, u32, bool)], w: &[u32]) -> f64 {
+    let (mut g, mut i) = (0.0, 0.0);
+    for (_, a, b, same) in asc {
+        let x = pair_weight(w, *a, *b);
+        if *same { g += x } else { i += x }
+    }
+    if g <= 0.0 || i <= 0.0 {
+        return f64::NAN;
+    }
+    let (mut g_le, mut i_le) = (0.0, 0.0);
+    let mut best = (f64::INFINITY, 0.5);
+    let mut k = 0;
+    while k < asc.len() {
+        let x = asc[k].0;
+        while k < asc.len() && asc[k].0 == x {
+            let (_, a, b, same) = asc[k];
+            let v = pair_weight(w, a, b);
+            if same {
+                g_le += v
+            } else {
+                i_le += v
+            }
+            k += 1;
+        }
+        let far = (i - i_le) / i;
+        let frr = g_le / g;
+        let gap = (far - frr).abs();
+        if gap < best.0 {
+            best = (gap, (far + frr) / 2.0);
+        }
+    }
+    best.1
 }
 
 /// Intervals of a candidate's pair figures.
@@ -385,6 +470,12 @@ pub struct PairIntervals {
     pub tar_drop: Option<Spread>,
     /// Decision flips at the reference's threshold.
     pub flips: Option<Spread>,
+    /// TAR at FAR 1e-2, reference and candidate.
+    pub tar_1e2: [Option<Spread>; 2],
+    /// TAR at FAR 1e-3, reference and candidate.
+    pub tar_1e3: [Option<Spread>; 2],
+    /// EER, reference and candidate (up to [`EER_PAIRS`] pairs, every impostor kept).
+    pub eer: [Option<Spread>; 2],
 }
 
 /// Streaming statistics of per-pair score differences; quantiles from a histogram of
@@ -779,6 +870,26 @@ mod tests {
         eprintln!("40 identities: drop {d_few} {iv_few:?}; 4000: drop {d_many} {iv_many:?}");
         assert_eq!(many, None, "decided: {d_many} {iv_many:?}");
         assert!(iv_many[1] - iv_many[0] < 0.3 * (iv_few[1] - iv_few[0]));
+    }
+
+    /// With every unit drawn once, the weighted EER sweep is the point EER (to rounding).
+    #[test]
+    fn weighted_eer_with_unit_weights_is_the_point_eer() {
+        let mut rng = SplitMix64::new(23);
+        let g: Vec<f64> = (0..50)
+            .map(|_| ((rng.unit() * 20.0).round() / 40.0 + 0.4) as f64)
+            .collect();
+        let i: Vec<f64> = (0..300)
+            .map(|_| ((rng.unit() * 20.0).round() / 40.0) as f64)
+            .collect();
+        let point = crate::metrics::verification::SortedScores::new(&g, &i).eer();
+        let mut asc: Vec<(f32, u32, u32, bool)> = g
+            .iter()
+            .map(|s| (*s as f32, 0, 0, true))
+            .chain(i.iter().map(|s| (*s as f32, 0, 1, false)))
+            .collect();
+        asc.sort_by(|x, y| x.0.total_cmp(&y.0));
+        assert!((weighted_eer(&asc, &[1, 1]) - point).abs() < 1e-12);
     }
 
     /// The size that would resolve: half-width toward the limit over the gap, squared.

@@ -514,6 +514,30 @@ pub struct Verification {
     /// What is approximate, and to what resolution (nothing when every figure is exact).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approximate: Vec<String>,
+    /// 95% bootstrap interval of `tar_at_far_1e2` (resampled by identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_at_far_1e2_ci95: Option<[f64; 2]>,
+    /// 95% bootstrap interval of `tar_at_far_1e3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_at_far_1e3_ci95: Option<[f64; 2]>,
+    /// 95% bootstrap interval of `eer` (sets up to 200,000 pairs, every impostor scored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eer_ci95: Option<[f64; 2]>,
+}
+
+/// The 95% intervals of TAR at FAR 1e-2, at 1e-3, and of the EER.
+pub(crate) type VerificationCi95 = (Option<[f64; 2]>, Option<[f64; 2]>, Option<[f64; 2]>);
+
+impl Verification {
+    /// These figures with the 95% intervals of `(tar 1e-2, tar 1e-3, eer)`.
+    pub(crate) fn with_ci95(self, (tar_1e2, tar_1e3, eer): VerificationCi95) -> Verification {
+        Verification {
+            tar_at_far_1e2_ci95: tar_1e2.filter(|_| self.tar_at_far_1e2.is_some()),
+            tar_at_far_1e3_ci95: tar_1e3.filter(|_| self.tar_at_far_1e3.is_some()),
+            eer_ci95: eer,
+            ..self
+        }
+    }
 }
 
 /// The figures of listed pairs with their scores (the streaming path is
@@ -547,6 +571,9 @@ pub(crate) fn verification_of(s: &SortedScores, operating_far: f64) -> Verificat
         far_resolution: s.far_resolution(),
         not_measurable,
         approximate: s.approximations(),
+        tar_at_far_1e2_ci95: None,
+        tar_at_far_1e3_ci95: None,
+        eer_ci95: None,
     }
 }
 

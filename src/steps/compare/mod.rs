@@ -869,9 +869,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         json!(t_score.elapsed().as_millis() as u64),
     );
 
-    let mut candidates: Vec<CandidateReport> = Vec::new();
-    let mut failures = Vec::new();
-    let mut table = Vec::new();
+    let (mut candidates, mut failures, mut table, mut ref_ci) =
+        (Vec::new(), Vec::new(), Vec::new(), None);
     for ((cand, (l, own)), run) in p.candidates.iter().zip(loaded).zip(cand_runs) {
         ctx.check_cancelled()?;
         let label = cand.label();
@@ -950,11 +949,9 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             }
             _ => (None, None, 0),
         };
-        let cos_spread = p
-            .bootstrap()
-            .and_then(|b| pairs::cosine_min_spread(&cos, &units, &b));
-        let cosine_min_ci95 = cos_spread.as_ref().map(|s| s.ci95);
-        let intervals = pairs::figure_intervals(cos_spread, pair_intervals.as_ref());
+        ref_ci = ref_ci.or(pair_intervals.as_ref().map(|i| pairs::ci95_of(Some(i), 0)));
+        let (intervals, cosine_min_ci95) =
+            pairs::figure_intervals(p, &cos, &units, pair_intervals.as_ref());
         timing.insert(
             label.clone(),
             json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint, "scoring_ms": scoring_ms}),
@@ -1044,7 +1041,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 mean: ref_mean,
                 std: ref_std,
             }),
-            verification: ref_ver,
+            verification: ref_ver.map(|v| v.with_ci95(ref_ci.unwrap_or_default())),
             operating_far: Some(p.operating_far),
             lfw: ref_lfw,
             images: None,

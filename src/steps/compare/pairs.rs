@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::metrics::lfw::{self, LfwFigures};
 use crate::metrics::similarity::{self, PairSet};
 use crate::metrics::uncertainty::{self, Bootstrap, PairIntervals, PairedScores, Spread, UnitStat};
-use crate::metrics::verification::{self, ImpostorSample, PairSource, SortedScores, Verification};
+use crate::metrics::verification::{
+    self, ImpostorSample, PairSource, SortedScores, Verification, VerificationCi95,
+};
 use crate::steps::StepContext;
 
 /// The unit each image belongs to for resampling.
@@ -221,8 +223,9 @@ pub(super) fn verify_candidate(
         |done, total| pairs_progress(ctx, label, done, total, t_score),
     );
     let cand_sorted = scores.finish();
-    let cv = verification::verification_of(&cand_sorted, p.operating_far);
     let intervals = p.bootstrap().map(|b| paired.intervals(&b));
+    let cv = verification::verification_of(&cand_sorted, p.operating_far)
+        .with_ci95(ci95_of(intervals.as_ref(), 1));
     let ci = |s: Option<&Spread>| s.map(|s| s.ci95);
     let tar = r
         .sorted
@@ -259,11 +262,27 @@ pub(super) fn verify_candidate(
     (v, intervals, t_score.elapsed().as_millis() as u64)
 }
 
-/// The intervals of an embedder candidate's gated figures, by figure name.
+/// The 95% intervals of TAR at 1e-2, 1e-3 and the EER: the reference's (`which` 0) or the
+/// candidate's (1).
+pub(super) fn ci95_of(i: Option<&PairIntervals>, which: usize) -> VerificationCi95 {
+    let ci = |s: &[Option<Spread>; 2]| s[which].as_ref().map(|s| s.ci95);
+    i.map_or((None, None, None), |i| {
+        (ci(&i.tar_1e2), ci(&i.tar_1e3), ci(&i.eer))
+    })
+}
+
+/// The intervals of an embedder candidate's gated figures, by figure name, and the 95% one
+/// of its smallest per-image cosine.
 pub(super) fn figure_intervals(
-    cosine_min: Option<Spread>,
+    p: &CompareParams,
+    cos: &[f64],
+    units: &Units,
     pairs: Option<&PairIntervals>,
-) -> BTreeMap<String, Spread> {
+) -> (BTreeMap<String, Spread>, Option<[f64; 2]>) {
+    let cosine_min = p
+        .bootstrap()
+        .and_then(|b| cosine_min_spread(cos, units, &b));
+    let ci95 = cosine_min.as_ref().map(|s| s.ci95);
     let mut m = BTreeMap::new();
     if let Some(s) = cosine_min {
         m.insert("cosine_min".to_string(), s);
@@ -275,5 +294,5 @@ pub(super) fn figure_intervals(
             }
         }
     }
-    m
+    (m, ci95)
 }
