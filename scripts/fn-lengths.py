@@ -11,7 +11,7 @@ import sys
 LIMIT = 120
 # file:function -> its length when listed; to be split, never to grow.
 RATCHET = {
-    "src/steps/compare/mod.rs:run": 390,
+    "src/steps/compare/mod.rs:run": 380,
     "src/manifest/init.rs:manifest_text": 335,
     "src/steps/benchmark.rs:run": 328,
     "src/steps/compare/outputs.rs:run": 283,

@@ -142,6 +142,16 @@ fn lfw_protocol_matches_an_independent_python_implementation() {
     }
 }
 
+/// The first candidate's `tar_drop` gate.
+fn tar_drop_gate(r: &CompareReport) -> &facebuild::GateResult {
+    r.candidates[0]
+        .gates
+        .iter()
+        .flatten()
+        .find(|g| g.metric == "tar_drop")
+        .unwrap()
+}
+
 fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -187,13 +197,7 @@ steps:
     let rep: CompareReport = p.report("out/mfn/compare/report.json");
     assert!(rep.passed, "{:#?}", rep.failures);
     let c = &rep.candidates[0];
-    let g = c
-        .gates
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|g| g.metric == "tar_drop")
-        .unwrap();
+    let g = tar_drop_gate(&rep);
     let iv = g.interval.unwrap();
     say(&format!("tar_drop {:?} ci95 {iv:?}", g.value));
     assert!(g.passed && g.value.unwrap() <= 0.005);
@@ -229,13 +233,7 @@ steps:
         "{e}"
     );
     let sure: CompareReport = p.report("out/mfn/compare_sure/report.json");
-    let g = sure.candidates[0]
-        .gates
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|g| g.metric == "tar_drop")
-        .unwrap();
+    let g = tar_drop_gate(&sure);
     assert_eq!(g.status.as_deref(), Some("inconclusive"));
     assert_eq!(g.confidence, Some(0.95));
     assert!(!g.passed);

@@ -132,8 +132,12 @@ pub(crate) fn pairs_for(
     )))
 }
 
-/// Every pair of images that sit in one folder per identity; None without two identities.
-fn all_pairs(files: &[Utf8PathBuf], root: &Utf8Path) -> Option<(PairSet, PairSource)> {
+/// Each image's identity, numbered by its folder (relative to `root`), and how many there
+/// are; None unless every image sits in a folder and there are at least two.
+pub(crate) fn folder_identities(
+    files: &[Utf8PathBuf],
+    root: &Utf8Path,
+) -> Option<(Vec<u32>, usize)> {
     let ids: Vec<Option<String>> = files
         .iter()
         .map(|f| {
@@ -148,14 +152,22 @@ fn all_pairs(files: &[Utf8PathBuf], root: &Utf8Path) -> Option<(PairSet, PairSou
     if distinct.len() < 2 || ids.iter().any(Option::is_none) {
         return None;
     }
-    // Every pair i < j, never listed: scored block by block (metrics::similarity).
     let number: HashMap<&String, u32> = distinct
         .iter()
         .enumerate()
         .map(|(k, id)| (*id, k as u32))
         .collect();
-    let ids: Vec<u32> = ids.iter().flatten().map(|id| number[id]).collect();
-    let mut per_id = vec![0usize; distinct.len()];
+    Some((
+        ids.iter().flatten().map(|id| number[id]).collect(),
+        distinct.len(),
+    ))
+}
+
+/// Every pair of images that sit in one folder per identity; None without two identities.
+fn all_pairs(files: &[Utf8PathBuf], root: &Utf8Path) -> Option<(PairSet, PairSource)> {
+    // Every pair i < j, never listed: scored block by block (metrics::similarity).
+    let (ids, identities) = folder_identities(files, root)?;
+    let mut per_id = vec![0usize; identities];
     for id in &ids {
         per_id[*id as usize] += 1;
     }
@@ -165,7 +177,7 @@ fn all_pairs(files: &[Utf8PathBuf], root: &Utf8Path) -> Option<(PairSet, PairSou
     }
     let set = PairSet::All { ids };
     let total = set.len();
-    let kind = format!("folder per identity ({} identities)", distinct.len());
+    let kind = format!("folder per identity ({identities} identities)");
     Some((
         set,
         PairSource {

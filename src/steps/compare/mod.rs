@@ -257,6 +257,22 @@ impl CompareParams {
         g
     }
 
+    /// Impostor pairs `src` will score (all, or `max_impostor_pairs`' sample).
+    fn expected_impostors(&self, src: &verification::PairSource) -> usize {
+        self.max_impostor_pairs
+            .map_or(src.impostor, |m| src.impostor.min(m as usize))
+    }
+
+    /// Where one model's pair scores go: thresholds are needed up to FAR
+    /// `max(1e-2, operating_far)`.
+    fn score_sink(&self, src: &verification::PairSource) -> verification::ScoreSink {
+        verification::ScoreSink::new(
+            self.expected_impostors(src),
+            self.operating_far.max(1e-2),
+            verification::EXACT_IMPOSTORS,
+        )
+    }
+
     /// The bootstrap behind intervals; None with `bootstrap_replicates: 0`.
     pub(crate) fn bootstrap(&self) -> Option<Bootstrap> {
         (self.bootstrap_replicates > 0).then_some(Bootstrap {
@@ -824,18 +840,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         p.max_impostor_pairs
             .and_then(|m| verification::ImpostorSample::new(m, src.impostor as u64, p.sample_seed))
     });
-    let sink = |src: &verification::PairSource| {
-        let expected = p
-            .max_impostor_pairs
-            .map_or(src.impostor, |m| src.impostor.min(m as usize));
-        verification::ScoreSink::new(
-            expected,
-            p.operating_far.max(1e-2),
-            verification::EXACT_IMPOSTORS,
-        )
-    };
     let ref_sorted = pairs.as_ref().map(|(set, src)| {
-        let mut scores = sink(src);
+        let mut scores = p.score_sink(src);
         let mut sample = sample.clone();
         similarity::for_each_score(
             &[&ref_unit],

@@ -3,7 +3,7 @@
 //! intervals resampled by identity, the exact McNemar test of the flips, the distribution of
 //! per-pair score differences, and the LFW protocol on pair sets that carry folds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -58,26 +58,9 @@ pub(super) fn units_of(
             }
         }
         Some(PairSet::Listed(listed)) => {
-            let folders: Vec<Option<String>> = files
-                .iter()
-                .map(|f| {
-                    f.strip_prefix(root)
-                        .ok()
-                        .and_then(|r| r.parent())
-                        .map(|p| p.to_string())
-                        .filter(|p| !p.is_empty())
-                })
-                .collect();
-            let distinct: BTreeSet<&String> = folders.iter().flatten().collect();
-            if distinct.len() >= 2 && folders.iter().all(Option::is_some) {
-                let number: HashMap<&String, u32> = distinct
-                    .iter()
-                    .enumerate()
-                    .map(|(k, d)| (*d, k as u32))
-                    .collect();
-                let count = distinct.len();
+            if let Some((of_image, count)) = verification::folder_identities(files, root) {
                 return Units {
-                    of_image: folders.iter().flatten().map(|d| number[d]).collect(),
+                    of_image,
                     count,
                     by: "identity",
                     note: format!("{count} identity folders"),
@@ -181,14 +164,8 @@ pub(super) fn verify_candidate(
     // each pair's units for the bootstrap.
     let unit = similarity::normalized(emb);
     let t = r.verification.threshold_at_operating_far;
-    let expected = p
-        .max_impostor_pairs
-        .map_or(r.src.impostor, |m| r.src.impostor.min(m as usize));
-    let mut scores = verification::ScoreSink::new(
-        expected,
-        p.operating_far.max(1e-2),
-        verification::EXACT_IMPOSTORS,
-    );
+    let expected = p.expected_impostors(r.src);
+    let mut scores = p.score_sink(r.src);
     let mut paired = match r.set {
         PairSet::All { .. } => {
             let mut sizes = vec![0usize; units.count];
