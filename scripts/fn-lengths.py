@@ -16,12 +16,6 @@ RATCHET = {
     "src/steps/benchmark.rs:run": 328,
     "src/steps/compare/outputs.rs:run": 283,
     "src/steps/compare/detection.rs:run": 253,
-    "src/steps/release.rs:run": 227,
-    "src/steps/simplify.rs:run": 216,
-    "src/executor/worker.rs:run_child": 214,
-    "src/executor/slurm.rs:execute": 192,
-    "src/manifest/mod.rs:parse": 187,
-    "src/steps/accuracy.rs:search": 154,
 }
 
 FN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")

@@ -204,14 +204,45 @@ pub(crate) struct Remote {
     upload_started: Mutex<Option<Instant>>,
 }
 
-fn obj_err(e: object_store::Error) -> String {
+/// Why a remote operation failed, in one line for a warning, a report or an error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RemoteError {
+    /// Marked down earlier in this run; the words of the failure that did it.
+    #[error("the remote is unavailable ({0})")]
+    Unavailable(String),
+    /// This machine only reads the remote (`--remote-read-only` or its settings).
+    #[error("the remote {0} is read-only")]
+    ReadOnly(String),
+    /// The store answered with an error: network, credentials, the server.
+    #[error("{0}")]
+    Store(String),
+    /// What the remote holds was refused: missing, or not the size or digest its record says.
+    #[error("{0}")]
+    Refused(String),
+    /// A file here could not be read or written.
+    #[error("{path}: {message}")]
+    Local { path: String, message: String },
+}
+
+impl RemoteError {
+    fn local(path: impl std::fmt::Display, e: impl std::fmt::Display) -> RemoteError {
+        RemoteError::Local {
+            path: path.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+type RemoteResult<T> = std::result::Result<T, RemoteError>;
+
+fn obj_err(e: object_store::Error) -> RemoteError {
     // One line, bounded: the warning names the remote, and the reason must stay readable.
     let s = e.to_string().replace('\n', " ");
-    if s.len() > 300 {
+    RemoteError::Store(if s.len() > 300 {
         format!("{}...", &s[..s.floor_char_boundary(300)])
     } else {
         s
-    }
+    })
 }
 
 /// What one upload counts: blobs and bytes written, and objects healed.
@@ -232,8 +263,8 @@ async fn put_if_missing(
     local: &camino::Utf8Path,
     heal: bool,
     c: &Counters,
-    unreadable: impl FnOnce(std::io::Error) -> String,
-) -> std::result::Result<(), String> {
+    unreadable: impl FnOnce(std::io::Error) -> RemoteError,
+) -> RemoteResult<()> {
     if !heal {
         match st.head(remote).await {
             Ok(_) => return Ok(()),
@@ -297,7 +328,7 @@ impl Remote {
                 b = b.with_virtual_hosted_style_request(false);
             }
             (
-                Arc::new(b.build().map_err(|e| bad(obj_err(e)))?),
+                Arc::new(b.build().map_err(|e| bad(obj_err(e).to_string()))?),
                 prefix.to_string(),
             )
         } else if cfg.url.starts_with("http://") || cfg.url.starts_with("https://") {
@@ -306,12 +337,12 @@ impl Remote {
                 .with_client_options(options)
                 .with_retry(retry)
                 .build()
-                .map_err(|e| bad(obj_err(e)))?;
+                .map_err(|e| bad(obj_err(e).to_string()))?;
             (Arc::new(s), String::new())
         } else if let Some(path) = cfg.url.strip_prefix("file://") {
             std::fs::create_dir_all(path).map_err(|e| bad(e.to_string()))?;
             let s = object_store::local::LocalFileSystem::new_with_prefix(path)
-                .map_err(|e| bad(obj_err(e)))?;
+                .map_err(|e| bad(obj_err(e).to_string()))?;
             (Arc::new(s), String::new())
         } else {
             return Err(bad("unknown scheme".into()));
@@ -455,7 +486,7 @@ impl Remote {
             }
             Ok(None) => return None,
             Err(e) => {
-                self.mark_down(obj_err(e));
+                self.mark_down(obj_err(e).to_string());
                 return None;
             }
         };
@@ -470,16 +501,13 @@ impl Remote {
 
     /// Fetch every blob of `blobs` that the local store lacks, verifying each with blake3
     /// before it enters the store. Err names the first blob that failed.
-    pub(crate) fn fetch(
-        &self,
-        blobs: &[BlobRef],
-        store: &Store,
-    ) -> std::result::Result<(), String> {
+    pub(crate) fn fetch(&self, blobs: &[BlobRef], store: &Store) -> RemoteResult<()> {
         if let Some(why) = self.unavailable() {
-            return Err(format!("the remote is unavailable ({why})"));
+            return Err(RemoteError::Unavailable(why));
         }
         for b in blobs {
-            super::validate::check_blob("blob", b).map_err(|e| format!("refused: {e}"))?;
+            super::validate::check_blob("blob", b)
+                .map_err(|e| RemoteError::Refused(format!("refused: {e}")))?;
         }
         let missing: Vec<&BlobRef> = blobs
             .iter()
@@ -488,7 +516,7 @@ impl Remote {
         if missing.is_empty() {
             return Ok(());
         }
-        let results: Vec<std::result::Result<u64, String>> = self.rt.block_on(async {
+        let results: Vec<RemoteResult<u64>> = self.rt.block_on(async {
             futures::stream::iter(missing.iter().map(|b| self.fetch_one(b, store)))
                 .buffer_unordered(PARALLEL)
                 .collect()
@@ -502,11 +530,12 @@ impl Remote {
         Ok(())
     }
 
-    async fn fetch_one(&self, blob: &BlobRef, store: &Store) -> std::result::Result<u64, String> {
+    async fn fetch_one(&self, blob: &BlobRef, store: &Store) -> RemoteResult<u64> {
         let dest = store.blob_path(&blob.digest);
         let dir = dest.parent().expect("blob paths have a parent");
-        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{dir}: {e}"))?;
+        std::fs::create_dir_all(dir).map_err(|e| RemoteError::local(dir, e))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| RemoteError::local(dir, e))?;
         // Large blobs come in ranges, in parallel: one stream from a server such as s3s-fs
         // is far slower than the link. The record's size is only a hint: a wrong one fails
         // the digest check like any other corruption.
@@ -536,7 +565,8 @@ impl Remote {
                     ),
                 ));
             }
-            tmp.write_all(&chunk).map_err(|e| format!("{dest}: {e}"))?;
+            tmp.write_all(&chunk)
+                .map_err(|e| RemoteError::local(&dest, e))?;
         }
         if n != blob.size {
             return Err(self.refuse_blob(
@@ -554,12 +584,12 @@ impl Remote {
 
     /// A failed download in words: a blob that is not there is a refusal of that blob; any
     /// other failure marks the remote down for the rest of the run.
-    fn transfer_error(&self, e: object_store::Error, blob: &BlobRef) -> String {
+    fn transfer_error(&self, e: object_store::Error, blob: &BlobRef) -> RemoteError {
         if let object_store::Error::NotFound { .. } = e {
-            return format!("blob {} is not on the remote", blob.digest);
+            return RemoteError::Refused(format!("blob {} is not on the remote", blob.digest));
         }
         let why = obj_err(e);
-        self.mark_down(why.clone());
+        self.mark_down(why.to_string());
         why
     }
 
@@ -569,18 +599,18 @@ impl Remote {
         blob: &BlobRef,
         tmp: tempfile::NamedTempFile,
         dest: &camino::Utf8Path,
-    ) -> std::result::Result<u64, String> {
+    ) -> RemoteResult<u64> {
         use std::os::unix::fs::FileExt;
         let path = self.blob_path(&blob.digest);
         tmp.as_file()
             .set_len(blob.size)
-            .map_err(|e| format!("{dest}: {e}"))?;
+            .map_err(|e| RemoteError::local(dest, e))?;
         let ranges: Vec<std::ops::Range<u64>> = (0..blob.size)
             .step_by(RANGE as usize)
             .map(|s| s..(s + RANGE).min(blob.size))
             .collect();
         let file = tmp.as_file();
-        let results: Vec<std::result::Result<(), String>> =
+        let results: Vec<RemoteResult<()>> =
             futures::stream::iter(ranges.into_iter().map(|r| {
                 let path = path.clone();
                 async move {
@@ -599,30 +629,28 @@ impl Remote {
                         ));
                     }
                     file.write_all_at(&bytes, r.start)
-                        .map_err(|e| format!("{dest}: {e}"))
+                        .map_err(|e| RemoteError::local(dest, e))
                 }
             }))
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        results
-            .into_iter()
-            .collect::<std::result::Result<Vec<()>, String>>()?;
+        results.into_iter().collect::<RemoteResult<Vec<()>>>()?;
         let mut hasher = blake3::Hasher::new();
         hasher
             .update_mmap_rayon(tmp.path())
-            .map_err(|e| format!("{dest}: {e}"))?;
+            .map_err(|e| RemoteError::local(dest, e))?;
         let got = hasher.finalize().to_hex().to_string();
         self.keep(blob, &got, tmp, dest)?;
         Ok(blob.size)
     }
 
     /// Remember a refused blob (so a later upload of it writes it again); returns `why`.
-    fn refuse_blob(&self, blob: &BlobRef, why: String) -> String {
+    fn refuse_blob(&self, blob: &BlobRef, why: String) -> RemoteError {
         if let Ok(mut r) = self.refused_blobs.lock() {
             r.insert(blob.digest.clone());
         }
-        why
+        RemoteError::Refused(why)
     }
 
     /// Move a downloaded blob into the store if it hashes to its name; refuse it otherwise.
@@ -632,7 +660,7 @@ impl Remote {
         got: &str,
         tmp: tempfile::NamedTempFile,
         dest: &camino::Utf8Path,
-    ) -> std::result::Result<(), String> {
+    ) -> RemoteResult<()> {
         if got != blob.digest {
             return Err(self.refuse_blob(
                 blob,
@@ -645,12 +673,12 @@ impl Remote {
         let mut perms = tmp
             .as_file()
             .metadata()
-            .map_err(|e| format!("{dest}: {e}"))?
+            .map_err(|e| RemoteError::local(dest, e))?
             .permissions();
         perms.set_readonly(true);
-        std::fs::set_permissions(tmp.path(), perms).map_err(|e| format!("{dest}: {e}"))?;
+        std::fs::set_permissions(tmp.path(), perms).map_err(|e| RemoteError::local(dest, e))?;
         tmp.persist(dest)
-            .map_err(|e| format!("{dest}: {}", e.error))?;
+            .map_err(|e| RemoteError::local(dest, e.error))?;
         Ok(())
     }
 
@@ -721,14 +749,17 @@ impl Remote {
             let put_blob = |remote: ObjPath, local: camino::Utf8PathBuf| {
                 let (st, gate, counters) = (st.clone(), gate.clone(), counters.clone());
                 async move {
-                    let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+                    let _permit = gate
+                        .acquire()
+                        .await
+                        .map_err(|e| RemoteError::Store(e.to_string()))?;
                     put_if_missing(&*st, &remote, &local, heal, &counters, |e| {
-                        format!("{local}: {e}")
+                        RemoteError::local(&local, e)
                     })
                     .await
                 }
             };
-            let results: Vec<std::result::Result<(), String>> =
+            let results: Vec<RemoteResult<()>> =
                 futures::future::join_all(blobs.into_iter().map(|(r, l)| put_blob(r, l))).await;
             if let Some(e) = results.into_iter().find_map(|r| r.err()) {
                 if let Ok(mut f) = failures.lock() {
@@ -848,14 +879,14 @@ impl Remote {
     pub(crate) fn ensure_blobs(
         &self,
         blobs: &[(BlobRef, camino::Utf8PathBuf)],
-    ) -> std::result::Result<(), String> {
+    ) -> RemoteResult<()> {
         if let Some(why) = self.unavailable() {
-            return Err(format!("the remote is unavailable ({why})"));
+            return Err(RemoteError::Unavailable(why));
         }
         if self.cfg.read_only {
-            return Err(format!("the remote {} is read-only", self.display));
+            return Err(RemoteError::ReadOnly(self.display.clone()));
         }
-        let results: Vec<std::result::Result<(), String>> = self.rt.block_on(async {
+        let results: Vec<RemoteResult<()>> = self.rt.block_on(async {
             futures::stream::iter(blobs.iter().map(|(b, local)| {
                 let remote = self.blob_path(&b.digest);
                 let heal = self
@@ -864,10 +895,10 @@ impl Remote {
                     .is_ok_and(|r| r.contains(&b.digest));
                 async move {
                     put_if_missing(&*self.store, &remote, local, heal, &self.up, |e| {
-                        format!(
+                        RemoteError::Refused(format!(
                             "blob {} is neither on the remote nor here ({local}: {e})",
                             b.digest
-                        )
+                        ))
                     })
                     .await
                 }
@@ -880,9 +911,9 @@ impl Remote {
     }
 
     /// Write a small object under the prefix (a job's spec or log), waiting for it.
-    pub(crate) fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> std::result::Result<(), String> {
+    pub(crate) fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> RemoteResult<()> {
         if self.cfg.read_only {
-            return Err(format!("the remote {} is read-only", self.display));
+            return Err(RemoteError::ReadOnly(self.display.clone()));
         }
         let path = self.path(rel);
         self.rt
@@ -892,7 +923,7 @@ impl Remote {
     }
 
     /// Read a small object under the prefix; Ok(None) when it is not there.
-    pub(crate) fn get_bytes(&self, rel: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+    pub(crate) fn get_bytes(&self, rel: &str) -> RemoteResult<Option<Vec<u8>>> {
         let path = self.path(rel);
         self.rt.block_on(async {
             match self.store.get(&path).await {
@@ -904,10 +935,7 @@ impl Remote {
     }
 
     /// Every record key on the remote with its age (for `cache gc --remote`).
-    pub(crate) fn list(
-        &self,
-        dir: &str,
-    ) -> std::result::Result<BTreeMap<String, (u64, Duration)>, String> {
+    pub(crate) fn list(&self, dir: &str) -> RemoteResult<BTreeMap<String, (u64, Duration)>> {
         let prefix = self.path(dir);
         let now = chrono_now();
         self.rt.block_on(async {
@@ -928,7 +956,7 @@ impl Remote {
     }
 
     /// Delete `rel` paths under the prefix.
-    pub(crate) fn delete(&self, rel: &[String]) -> std::result::Result<u64, String> {
+    pub(crate) fn delete(&self, rel: &[String]) -> RemoteResult<u64> {
         self.rt.block_on(async {
             let mut n = 0;
             for r in rel {

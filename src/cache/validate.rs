@@ -12,7 +12,7 @@ const MAX_OUTPUTS: usize = 4096;
 /// The longest name (step, pipeline, output) a record may carry.
 const MAX_NAME: usize = 255;
 
-/// A field of a record that failed its check: which field, and why.
+/// A field of a record (or a worker's spec) that failed its check: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Invalid {
     pub field: String,
@@ -25,7 +25,9 @@ impl std::fmt::Display for Invalid {
     }
 }
 
-fn invalid(field: impl Into<String>, why: impl Into<String>) -> Invalid {
+impl std::error::Error for Invalid {}
+
+pub(crate) fn invalid(field: impl Into<String>, why: impl Into<String>) -> Invalid {
     Invalid {
         field: field.into(),
         why: why.into(),
@@ -39,21 +41,22 @@ pub(crate) fn is_digest(s: &str) -> bool {
 
 /// A name facebuild writes as one path component: letters, digits, `_`, `-`, `.`, not
 /// starting with `.` (so never `.`, `..` or a hidden temp name), not empty, bounded.
-pub(crate) fn check_name(s: &str) -> Result<(), String> {
+pub(crate) fn check_name(field: &str, s: &str) -> Result<(), Invalid> {
+    let why = |w: String| Err(invalid(field, w));
     if s.is_empty() {
-        return Err("is empty".into());
+        return why("is empty".into());
     }
     if s.len() > MAX_NAME {
-        return Err(format!("is {} bytes long (at most {MAX_NAME})", s.len()));
+        return why(format!("is {} bytes long (at most {MAX_NAME})", s.len()));
     }
     if s.starts_with('.') {
-        return Err(format!("`{}` starts with `.`", shown(s)));
+        return why(format!("`{}` starts with `.`", shown(s)));
     }
     if !s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        return Err(format!(
+        return why(format!(
             "`{}` is not a plain name (letters, digits, `_`, `-`, `.`): it could name a path outside its folder",
             shown(s)
         ));
@@ -123,8 +126,8 @@ impl ActionRecord {
                 format!("is `{}`, but the step is a `{k}`", shown(&self.parts.kind)),
             ));
         }
-        check_name(&self.pipeline).map_err(|w| invalid("pipeline", w))?;
-        check_name(&self.step).map_err(|w| invalid("step", w))?;
+        check_name("pipeline", &self.pipeline)?;
+        check_name("step", &self.step)?;
         if self.outputs.len() > MAX_OUTPUTS {
             return Err(invalid(
                 "outputs",
@@ -135,7 +138,7 @@ impl ActionRecord {
             ));
         }
         for (name, blob) in &self.outputs {
-            check_name(name).map_err(|w| invalid(format!("outputs[{}]", shown(name)), w))?;
+            check_name(&format!("outputs[{}]", shown(name)), name)?;
             check_blob(&format!("outputs.{name}"), blob)?;
         }
         if let Some(r) = &self.ran_on {
@@ -356,7 +359,7 @@ pub(crate) mod tests {
     #[test]
     fn names_that_could_escape_are_refused() {
         for ok in ["report.json", "model.xml", "SHA256SUMS", "v1.2", "a-b_c"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
+            assert!(check_name("t", ok).is_ok(), "{ok}");
         }
         for bad in [
             "",
@@ -371,9 +374,9 @@ pub(crate) mod tests {
             "new\nline",
             "é",
         ] {
-            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+            assert!(check_name("t", bad).is_err(), "{bad:?} accepted");
         }
-        assert!(check_name(&"x".repeat(256)).is_err());
+        assert!(check_name("t", &"x".repeat(256)).is_err());
     }
 
     #[test]

@@ -271,7 +271,9 @@ fn remote_gc_cmd(
     dry_run: bool,
 ) -> Result<i32> {
     let young = std::time::Duration::from_secs(keep_days * 86_400);
-    let fail = |e: String| Error::usage(format!("remote {}: {e}", remote.display()));
+    let fail = |e: crate::cache::remote::RemoteError| {
+        Error::usage(format!("remote {}: {e}", remote.display()))
+    };
     let records = remote.list("ac").map_err(fail)?;
     let blobs = remote.list("cas").map_err(fail)?;
     let mut live_blobs = BTreeSet::new();

@@ -80,7 +80,7 @@ pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32
             if super::print_json(json, || {
                 let trt_json = match &trt {
                     Ok(t) => json!({"available": true, "found": t, "fingerprint": t.fingerprint()}),
-                    Err(e) => json!({"available": false, "missing": e}),
+                    Err(e) => json!({"available": false, "missing": e.to_string()}),
                 };
                 json!({"id": pins.id(), "dir": dir, "installed": tc.is_some(), "pins": pins, "info": tc.as_ref().map(|t| &t.info), "tensorrt": trt_json})
             })? {

@@ -407,38 +407,13 @@ impl Slurm {
 impl Executor for Slurm {
     fn execute(&self, ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Result<Executed> {
         let name = job.name.as_str();
-        let step = ctx.manifest.step(name);
-        let placement = ctx.placement(step);
+        let placement = ctx.placement(ctx.manifest.step(name));
         let fail = |message: String, hint: Option<String>| Error::Step {
             step: name.to_string(),
             message,
             hint,
         };
-        let remote = match &ctx.remote {
-            Some(r) if r.writable() && r.unavailable().is_none() => r,
-            Some(r) if !r.writable() => {
-                return Err(fail(
-                    format!("runs on Slurm, but the remote cache {} is read-only: the job pushes its result there", r.display()),
-                    Some("drop --remote-read-only (and FACEBUILD_REMOTE_READ_ONLY), or run it here with `--executor local`".into()),
-                ));
-            }
-            Some(r) => {
-                return Err(fail(
-                    format!(
-                        "runs on Slurm, but the remote cache {} is unavailable ({}): jobs get their inputs from it and push their results to it",
-                        r.display(),
-                        r.unavailable().unwrap_or_default()
-                    ),
-                    None,
-                ));
-            }
-            None => {
-                return Err(fail(
-                    "runs on Slurm, which needs a writable remote cache: jobs get their inputs from it and push their results to it (no shared filesystem is assumed)".into(),
-                    Some("pass --remote URL (or set FACEBUILD_REMOTE): s3://, http(s):// or file:// on a shared filesystem; or run everything here with `--executor local`".into()),
-                ));
-            }
-        };
+        let remote = job_remote(ctx, &fail)?;
         self.preflight().map_err(|why| {
             fail(
                 why,
@@ -450,87 +425,16 @@ impl Executor for Slurm {
         })?;
         let pb = progress::spinner("pushing inputs to the remote cache");
         pb.set_prefix(name.to_string());
-        let (spec, blobs) = prepare(ctx, job)?;
-        remote.ensure_blobs(&blobs).map_err(|e| {
-            fail(
-                format!("could not push its inputs to the remote cache: {e}"),
-                None,
-            )
-        })?;
-        let spec_bytes = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
-        let spec_digest = blake3::hash(&spec_bytes).to_hex().to_string();
-        remote
-            .put_bytes(&format!("cas/{spec_digest}"), spec_bytes)
-            .map_err(|e| {
-                fail(
-                    format!("could not push its job spec to the remote cache: {e}"),
-                    None,
-                )
-            })?;
-
-        let r = &placement.runs_on;
+        let spec_digest = push_spec(ctx, job, remote, &fail)?;
         let key = job.parts.key();
-        let workdir = r
+        let workdir = placement
+            .runs_on
             .workdir
             .as_ref()
             .map(|w| w.to_string())
             .unwrap_or_else(|| "/tmp".into());
-        let mut args = vec![
-            "--parsable".to_string(),
-            format!(
-                "--job-name=facebuild:{}:{name}:{}",
-                ctx.manifest.name,
-                &key[..12]
-            ),
-            format!("--chdir={workdir}"),
-            "--output=facebuild-%j.out".to_string(),
-            // Explicit, over a site's SBATCH_EXPORT: the job needs the remote's settings.
-            "--export=ALL".to_string(),
-        ];
-        for (flag, v) in r.slurm_options() {
-            if let Some(v) = v {
-                args.push(format!("--{flag}={v}"));
-            }
-        }
-        // A benchmark's figures need the node to itself.
-        if step.spec.params.kind().exclusive() {
-            args.push("--exclusive".into());
-        }
-        let script = format!(
-            "#!/bin/sh\n# facebuild: pipeline `{}`, step `{name}`, key {key}\nexec \"${{FACEBUILD_WORKER_BIN:-facebuild}}\" exec-step {spec_digest}\n",
-            ctx.manifest.name
-        );
         pb.set_message("sbatch");
-        // The job inherits this environment (--export=ALL), with the remote.
-        let out = run(
-            "sbatch",
-            &args,
-            Some(&script),
-            &[("FACEBUILD_REMOTE", remote.url())],
-        )
-        .map_err(|e| fail(e, None))?;
-        if !out.ok {
-            return Err(fail(
-                format!("sbatch refused the job: {}", out.message()),
-                Some(format!(
-                    "check the step's `runs_on` ({}): a constraint must be a node Feature and a partition must exist (`sinfo -o '%P %N %f %G'` lists them)",
-                    placement.describe()
-                )),
-            ));
-        }
-        let id = out
-            .stdout
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(fail(
-                format!("sbatch printed no job id: {}", out.message()),
-                None,
-            ));
-        }
+        let id = submit(ctx, job, remote, &spec_digest, &workdir, &fail)?;
         progress::println_err(&format!(
             "  slurm   {name}: job {id} submitted ({})",
             placement.describe()
@@ -544,31 +448,7 @@ impl Executor for Slurm {
         let Some(info) = info else {
             return Err(Error::Interrupted);
         };
-        // The job's log, pushed by the worker, becomes the step's log.
-        let log = remote
-            .get_bytes(&WorkerSpec::log_path(&spec_digest, &id))
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let log_file = ctx.step_out_dir(name).ok().and_then(|d| {
-            let text = log.as_deref()?;
-            std::fs::create_dir_all(&d).ok()?;
-            let p = d.join(format!("slurm-{id}.log"));
-            std::fs::write(&p, text).ok()?;
-            Some(p)
-        });
-        let log_note = match (&log, &log_file) {
-            (Some(text), Some(p)) => format!("\n  log {p}, last lines:\n{}", tail(text, LOG_TAIL)),
-            (Some(text), None) => format!("\n  log, last lines:\n{}", tail(text, LOG_TAIL)),
-            (None, _) => format!(
-                "\n  no log on the remote: the job never started facebuild (or could not push its log); Slurm's own output is {workdir}/facebuild-{id}.out on {}",
-                if info.node.is_empty() {
-                    "its node"
-                } else {
-                    &info.node
-                }
-            ),
-        };
+        let (log_file, log_note) = job_log(ctx, name, remote, (&spec_digest, &id), &info, &workdir);
         if let Some(why) = failure(&info) {
             return Err(fail(format!("Slurm job {id} {why}{log_note}"), None));
         }
@@ -597,6 +477,176 @@ impl Executor for Slurm {
             remote_record: Some(Box::new(rec)),
         })
     }
+}
+
+/// The remote a Slurm job reads its inputs from and pushes its result to: it must be there,
+/// reachable and writable.
+fn job_remote<'a>(
+    ctx: &'a BuildContext,
+    fail: &dyn Fn(String, Option<String>) -> Error,
+) -> Result<&'a crate::cache::remote::Remote> {
+    Ok(match &ctx.remote {
+        Some(r) if r.writable() && r.unavailable().is_none() => r,
+        Some(r) if !r.writable() => {
+            return Err(fail(
+                format!("runs on Slurm, but the remote cache {} is read-only: the job pushes its result there", r.display()),
+                Some("drop --remote-read-only (and FACEBUILD_REMOTE_READ_ONLY), or run it here with `--executor local`".into()),
+            ));
+        }
+        Some(r) => {
+            return Err(fail(
+                format!(
+                    "runs on Slurm, but the remote cache {} is unavailable ({}): jobs get their inputs from it and push their results to it",
+                    r.display(),
+                    r.unavailable().unwrap_or_default()
+                ),
+                None,
+            ));
+        }
+        None => {
+            return Err(fail(
+                "runs on Slurm, which needs a writable remote cache: jobs get their inputs from it and push their results to it (no shared filesystem is assumed)".into(),
+                Some("pass --remote URL (or set FACEBUILD_REMOTE): s3://, http(s):// or file:// on a shared filesystem; or run everything here with `--executor local`".into()),
+            ));
+        }
+    })
+}
+
+/// Push the job's inputs and its spec to the remote; the spec's digest names the job.
+fn push_spec(
+    ctx: &BuildContext,
+    job: &Job,
+    remote: &crate::cache::remote::Remote,
+    fail: &dyn Fn(String, Option<String>) -> Error,
+) -> Result<String> {
+    let (spec, blobs) = prepare(ctx, job)?;
+    remote.ensure_blobs(&blobs).map_err(|e| {
+        fail(
+            format!("could not push its inputs to the remote cache: {e}"),
+            None,
+        )
+    })?;
+    let spec_bytes = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
+    let spec_digest = blake3::hash(&spec_bytes).to_hex().to_string();
+    remote
+        .put_bytes(&format!("cas/{spec_digest}"), spec_bytes)
+        .map_err(|e| {
+            fail(
+                format!("could not push its job spec to the remote cache: {e}"),
+                None,
+            )
+        })?;
+    Ok(spec_digest)
+}
+
+/// `sbatch` the job's worker script; the job id Slurm gave it.
+fn submit(
+    ctx: &BuildContext,
+    job: &Job,
+    remote: &crate::cache::remote::Remote,
+    spec_digest: &str,
+    workdir: &str,
+    fail: &dyn Fn(String, Option<String>) -> Error,
+) -> Result<String> {
+    let name = job.name.as_str();
+    let step = ctx.manifest.step(name);
+    let placement = ctx.placement(step);
+    let key = job.parts.key();
+    let r = &placement.runs_on;
+    let mut args = vec![
+        "--parsable".to_string(),
+        format!(
+            "--job-name=facebuild:{}:{name}:{}",
+            ctx.manifest.name,
+            &key[..12]
+        ),
+        format!("--chdir={workdir}"),
+        "--output=facebuild-%j.out".to_string(),
+        // Explicit, over a site's SBATCH_EXPORT: the job needs the remote's settings.
+        "--export=ALL".to_string(),
+    ];
+    for (flag, v) in r.slurm_options() {
+        if let Some(v) = v {
+            args.push(format!("--{flag}={v}"));
+        }
+    }
+    // A benchmark's figures need the node to itself.
+    if step.spec.params.kind().exclusive() {
+        args.push("--exclusive".into());
+    }
+    let script = format!(
+        "#!/bin/sh\n# facebuild: pipeline `{}`, step `{name}`, key {key}\nexec \"${{FACEBUILD_WORKER_BIN:-facebuild}}\" exec-step {spec_digest}\n",
+        ctx.manifest.name
+    );
+    // The job inherits this environment (--export=ALL), with the remote.
+    let out = run(
+        "sbatch",
+        &args,
+        Some(&script),
+        &[("FACEBUILD_REMOTE", remote.url())],
+    )
+    .map_err(|e| fail(e, None))?;
+    if !out.ok {
+        return Err(fail(
+            format!("sbatch refused the job: {}", out.message()),
+            Some(format!(
+                "check the step's `runs_on` ({}): a constraint must be a node Feature and a partition must exist (`sinfo -o '%P %N %f %G'` lists them)",
+                placement.describe()
+            )),
+        ));
+    }
+    let id = out
+        .stdout
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail(
+            format!("sbatch printed no job id: {}", out.message()),
+            None,
+        ));
+    }
+    Ok(id)
+}
+
+/// The job's log, pushed by the worker, saved as the step's log: where it was saved, and the
+/// words an error adds about it.
+fn job_log(
+    ctx: &BuildContext,
+    name: &str,
+    remote: &crate::cache::remote::Remote,
+    (spec_digest, id): (&str, &str),
+    info: &JobInfo,
+    workdir: &str,
+) -> (Option<camino::Utf8PathBuf>, String) {
+    // The job's log, pushed by the worker, becomes the step's log.
+    let log = remote
+        .get_bytes(&WorkerSpec::log_path(spec_digest, id))
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let log_file = ctx.step_out_dir(name).ok().and_then(|d| {
+        let text = log.as_deref()?;
+        std::fs::create_dir_all(&d).ok()?;
+        let p = d.join(format!("slurm-{id}.log"));
+        std::fs::write(&p, text).ok()?;
+        Some(p)
+    });
+    let log_note = match (&log, &log_file) {
+        (Some(text), Some(p)) => format!("\n  log {p}, last lines:\n{}", tail(text, LOG_TAIL)),
+        (Some(text), None) => format!("\n  log, last lines:\n{}", tail(text, LOG_TAIL)),
+        (None, _) => format!(
+            "\n  no log on the remote: the job never started facebuild (or could not push its log); Slurm's own output is {workdir}/facebuild-{id}.out on {}",
+            if info.node.is_empty() {
+                "its node"
+            } else {
+                &info.node
+            }
+        ),
+    };
+    (log_file, log_note)
 }
 
 #[cfg(test)]

@@ -68,9 +68,9 @@ pub(crate) struct SpecInput {
 impl WorkerSpec {
     /// Check every field the worker turns into a path, a digest or a key, as records are
     /// checked (`cache::validate`): the spec comes from the remote, so it is outside data.
-    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
-        use crate::cache::validate::{check_blob, check_name, is_digest};
-        let name = |field: &str, v: &str| check_name(v).map_err(|w| format!("field `{field}` {w}"));
+    pub(crate) fn validate(&self) -> std::result::Result<(), crate::cache::validate::Invalid> {
+        use crate::cache::validate::{check_blob, check_name, invalid, is_digest};
+        let name = |field: &str, v: &str| check_name(field, v);
         name("pipeline", &self.pipeline)?;
         name("step", &self.step)?;
         name("manifest_name", &self.manifest_name)?;
@@ -78,27 +78,30 @@ impl WorkerSpec {
             name("toolchain_lock", lock)?;
         }
         if !is_digest(&self.key) || self.parts.key() != self.key {
-            return Err("field `key` is not the hash of the spec's key parts".into());
+            return Err(invalid("key", "is not the hash of the spec's key parts"));
         }
         for (i, input) in self.inputs.iter().enumerate() {
             if input.path.as_str().is_empty() || input.path.as_str().contains('\0') {
-                return Err(format!("field `inputs[{i}].path` is not a path"));
+                return Err(invalid(format!("inputs[{i}].path"), "is not a path"));
             }
             if !input.dir && input.files.len() != 1 {
-                return Err(format!(
-                    "field `inputs[{i}]` is a file with {} blobs",
-                    input.files.len()
+                return Err(invalid(
+                    format!("inputs[{i}]"),
+                    format!("is a file with {} blobs", input.files.len()),
                 ));
             }
             for (rel, b) in &input.files {
-                check_blob(&format!("inputs[{i}].files"), b).map_err(|e| e.to_string())?;
+                check_blob(&format!("inputs[{i}].files"), b)?;
                 let plain = Utf8Path::new(rel)
                     .components()
                     .all(|c| matches!(c, camino::Utf8Component::Normal(_)));
                 if input.dir && (rel.is_empty() || !plain) {
-                    return Err(format!(
-                        "field `inputs[{i}].files` names `{}`, which would escape its folder",
-                        rel.escape_debug()
+                    return Err(invalid(
+                        format!("inputs[{i}].files"),
+                        format!(
+                            "names `{}`, which would escape its folder",
+                            rel.escape_debug()
+                        ),
                     ));
                 }
             }
@@ -107,7 +110,7 @@ impl WorkerSpec {
             name("upstream", step)?;
             for (o, b) in outputs {
                 name(&format!("upstream.{step}"), o)?;
-                check_blob(&format!("upstream.{step}.{o}"), b).map_err(|e| e.to_string())?;
+                check_blob(&format!("upstream.{step}.{o}"), b)?;
             }
         }
         for step in self.failed.keys() {
@@ -324,43 +327,7 @@ fn make_writable_and_remove(dir: &Utf8Path) -> std::io::Result<()> {
 pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) -> Result<i32> {
     let t0 = std::time::Instant::now();
     let remote = remote_from_env()?;
-    let bytes = remote
-        .get_bytes(&format!("cas/{spec_digest}"))
-        .map_err(|e| {
-            Error::usage(format!(
-                "exec-step: cannot read the spec from {}: {e}",
-                remote.display()
-            ))
-        })?
-        .ok_or_else(|| {
-            Error::usage(format!(
-                "exec-step: spec {spec_digest} is not on the remote {}",
-                remote.display()
-            ))
-            .with_hint("the worker must use the submitter's remote cache (FACEBUILD_REMOTE)")
-        })?;
-    let got = blake3::hash(&bytes).to_hex().to_string();
-    if got != spec_digest {
-        return Err(Error::usage(format!(
-            "exec-step: the spec from the remote hashes to {got}, not {spec_digest}: refused"
-        )));
-    }
-    let spec: WorkerSpec = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::usage(format!("exec-step: unreadable spec: {e}")))?;
-    if spec.format != SPEC_FORMAT {
-        return Err(Error::usage(format!(
-            "exec-step: spec format `{}`, but this facebuild reads `{SPEC_FORMAT}`",
-            spec.format
-        ))
-        .with_hint(
-            "install the same facebuild version on the workers as on the submitting machine",
-        ));
-    }
-    spec.validate().map_err(|why| {
-        Error::usage(format!(
-            "exec-step: spec {spec_digest} is invalid: {why}; refused"
-        ))
-    })?;
+    let spec = read_spec(&remote, spec_digest)?;
     eprintln!(
         "exec-step: pipeline `{}`, step `{}`, key {}, from {}, in {dir}",
         spec.pipeline,
@@ -378,47 +345,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
     }
     let mut manifest = Manifest::parse(&manifest_path, &spec.manifest_text)?;
     let cache_dir = dir.join("cache");
-    let store = crate::cache::Store::open(&cache_dir)?;
-    // Inputs: fetched (verified) into this job's store, then laid out under inputs/ with
-    // their own names (tools look at extensions), and the manifest's paths point there.
-    let all: Vec<BlobRef> = spec
-        .inputs
-        .iter()
-        .flat_map(|i| i.files.iter().map(|(_, b)| b.clone()))
-        .collect();
-    remote
-        .fetch(&all, &store)
-        .map_err(|e| Error::usage(format!("exec-step: fetching inputs: {e}")))?;
-    for (i, input) in spec.inputs.iter().enumerate() {
-        let name = input.path.file_name().unwrap_or("input");
-        let base = dir.join("inputs").join(i.to_string()).join(name);
-        for (rel, b) in &input.files {
-            let dest = if input.dir {
-                // A relative path from the spec: plain names only, so nothing escapes.
-                let rel = Utf8Path::new(rel);
-                if rel
-                    .components()
-                    .any(|c| !matches!(c, camino::Utf8Component::Normal(_)))
-                {
-                    return Err(Error::usage(format!(
-                        "exec-step: the spec names input file `{rel}`, which would escape {base}"
-                    )));
-                }
-                base.join(rel)
-            } else {
-                base.clone()
-            };
-            if let Some(p) = dest.parent() {
-                std::fs::create_dir_all(p).fs_context(p)?;
-            }
-            let src = store.blob_path(&b.digest);
-            if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).fs_context(&dest)?;
-            }
-        }
-        manifest.relocated.insert(input.path.clone(), base);
-    }
-    drop(store);
+    lay_out_inputs(&spec, dir, &cache_dir, &remote, &mut manifest)?;
     // The step runs into this job's own cache, and pushes to the remote the spec came from.
     let settings = crate::settings::ContextSettings {
         remote: None,
@@ -452,36 +379,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
                 Error::usage(format!("exec-step: the spec lacks `{}`'s model", f.value))
             })?,
     };
-    let parts = ctx.key_parts(&step, &model_digest, &|s| {
-        spec.upstream.get(s).cloned().or_else(|| {
-            spec.failed
-                .contains_key(s)
-                .then(crate::scheduler::failed_outputs)
-        })
-    })?;
-    if parts.key() != spec.key {
-        // Say what differs, as `plan` says why a step reruns.
-        let mut lock = Lock::default();
-        lock.steps.insert(
-            spec.step.clone(),
-            LockEntry {
-                key: spec.key.clone(),
-                parts: spec.parts.clone(),
-                outputs: Default::default(),
-            },
-        );
-        let why = crate::scheduler::miss_reasons(&lock, &spec.step, &parts);
-        return Err(Error::Step {
-            step: spec.step.clone(),
-            message: format!(
-                "this worker computes key {} but the submitter expects {}: {}",
-                &parts.key()[..12],
-                &spec.key[..12],
-                why.join("; ")
-            ),
-            hint: Some("workers need the same facebuild and toolchain lock as the submitter; machine-specific parts (TensorRT, GPU, ISA) must be declared by a GPU class (docs/distributed.md)".into()),
-        });
-    }
+    let parts = key_parts_as_submitted(&ctx, &spec, &step, &model_digest)?;
     let upstream_blobs: Vec<BlobRef> = spec
         .upstream
         .values()
@@ -534,6 +432,142 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         crate::util::human_bytes(report.bytes_uploaded)
     );
     Ok(0)
+}
+
+/// The job's spec from the remote: its digest checked, its format this facebuild's, every
+/// field validated (it is outside data).
+fn read_spec(remote: &Remote, spec_digest: &str) -> Result<WorkerSpec> {
+    let bytes = remote
+        .get_bytes(&format!("cas/{spec_digest}"))
+        .map_err(|e| {
+            Error::usage(format!(
+                "exec-step: cannot read the spec from {}: {e}",
+                remote.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "exec-step: spec {spec_digest} is not on the remote {}",
+                remote.display()
+            ))
+            .with_hint("the worker must use the submitter's remote cache (FACEBUILD_REMOTE)")
+        })?;
+    let got = blake3::hash(&bytes).to_hex().to_string();
+    if got != spec_digest {
+        return Err(Error::usage(format!(
+            "exec-step: the spec from the remote hashes to {got}, not {spec_digest}: refused"
+        )));
+    }
+    let spec: WorkerSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::usage(format!("exec-step: unreadable spec: {e}")))?;
+    if spec.format != SPEC_FORMAT {
+        return Err(Error::usage(format!(
+            "exec-step: spec format `{}`, but this facebuild reads `{SPEC_FORMAT}`",
+            spec.format
+        ))
+        .with_hint(
+            "install the same facebuild version on the workers as on the submitting machine",
+        ));
+    }
+    spec.validate().map_err(|why| {
+        Error::usage(format!(
+            "exec-step: spec {spec_digest} is invalid: {why}; refused"
+        ))
+    })?;
+    Ok(spec)
+}
+
+/// Fetch the job's inputs (verified) into its own store under `cache_dir`, lay them out
+/// under `dir/inputs/` with their own names (tools look at extensions), and point the
+/// manifest's paths there.
+fn lay_out_inputs(
+    spec: &WorkerSpec,
+    dir: &Utf8Path,
+    cache_dir: &Utf8Path,
+    remote: &Remote,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let store = crate::cache::Store::open(cache_dir)?;
+    let all: Vec<BlobRef> = spec
+        .inputs
+        .iter()
+        .flat_map(|i| i.files.iter().map(|(_, b)| b.clone()))
+        .collect();
+    remote
+        .fetch(&all, &store)
+        .map_err(|e| Error::usage(format!("exec-step: fetching inputs: {e}")))?;
+    for (i, input) in spec.inputs.iter().enumerate() {
+        let name = input.path.file_name().unwrap_or("input");
+        let base = dir.join("inputs").join(i.to_string()).join(name);
+        for (rel, b) in &input.files {
+            let dest = if input.dir {
+                // A relative path from the spec: plain names only, so nothing escapes.
+                let rel = Utf8Path::new(rel);
+                if rel
+                    .components()
+                    .any(|c| !matches!(c, camino::Utf8Component::Normal(_)))
+                {
+                    return Err(Error::usage(format!(
+                        "exec-step: the spec names input file `{rel}`, which would escape {base}"
+                    )));
+                }
+                base.join(rel)
+            } else {
+                base.clone()
+            };
+            if let Some(p) = dest.parent() {
+                std::fs::create_dir_all(p).fs_context(p)?;
+            }
+            let src = store.blob_path(&b.digest);
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).fs_context(&dest)?;
+            }
+        }
+        manifest.relocated.insert(input.path.clone(), base);
+    }
+    drop(store);
+    Ok(())
+}
+
+/// The step's key parts as this worker computes them; an error saying what differs when
+/// they do not give the key the submitter expects.
+fn key_parts_as_submitted(
+    ctx: &BuildContext,
+    spec: &WorkerSpec,
+    step: &crate::manifest::Step,
+    model_digest: &str,
+) -> Result<KeyParts> {
+    let parts = ctx.key_parts(step, model_digest, &|s| {
+        spec.upstream.get(s).cloned().or_else(|| {
+            spec.failed
+                .contains_key(s)
+                .then(crate::scheduler::failed_outputs)
+        })
+    })?;
+    if parts.key() != spec.key {
+        // Say what differs, as `plan` says why a step reruns.
+        let mut lock = Lock::default();
+        lock.steps.insert(
+            spec.step.clone(),
+            LockEntry {
+                key: spec.key.clone(),
+                parts: spec.parts.clone(),
+                outputs: Default::default(),
+            },
+        );
+        let why = crate::scheduler::miss_reasons(&lock, &spec.step, &parts);
+        return Err(Error::Step {
+            step: spec.step.clone(),
+            message: format!(
+                "this worker computes key {} but the submitter expects {}: {}",
+                &parts.key()[..12],
+                &spec.key[..12],
+                why.join("; ")
+            ),
+            hint: Some("workers need the same facebuild and toolchain lock as the submitter; machine-specific parts (TensorRT, GPU, ISA) must be declared by a GPU class (docs/distributed.md)".into()),
+        });
+    }
+    Ok(parts)
 }
 
 #[cfg(test)]

@@ -119,17 +119,10 @@ impl Manifest {
                 "set `schema: {SCHEMA_VERSION}` and check docs/manifest.md for the format"
             )));
         }
-        let dir = file
-            .parent()
-            .map(|p| {
-                if p.as_str().is_empty() {
-                    Utf8Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Utf8Path::new("."))
-            .to_owned();
+        let dir = match file.parent() {
+            Some(p) if !p.as_str().is_empty() => p.to_owned(),
+            _ => Utf8PathBuf::from("."),
+        };
         let name = raw
             .name
             .clone()
@@ -137,15 +130,13 @@ impl Manifest {
         // Everything below is checked, and every problem reported in one go: a manifest with
         // several mistakes should not take several runs to fix.
         let mut errors = Vec::new();
+        let whole_file = Location {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+        };
         if let Err(m) = validate_name(&name) {
-            errors.push(Error::manifest(
-                Location {
-                    file: file.to_owned(),
-                    line: 0,
-                    column: 0,
-                },
-                m,
-            ));
+            errors.push(Error::manifest(whole_file.clone(), m));
         }
 
         let model_location = loc(&raw.model.referenced);
@@ -159,60 +150,7 @@ impl Manifest {
         let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
         for (k, v) in raw.datasets {
             let l = loc(&v.referenced);
-            let builtins = || {
-                format!(
-                    "built-in datasets: {}",
-                    crate::preprocess::synthetic::names().join(", ")
-                )
-            };
-            match (&v.value.path, &v.value.builtin) {
-                (Some(_), Some(_)) | (None, None) => errors.push(
-                    Error::manifest(
-                        l.clone(),
-                        format!("dataset `{k}` needs exactly one of `path` and `builtin`"),
-                    )
-                    .with_hint(builtins()),
-                ),
-                (None, Some(b)) if !crate::preprocess::synthetic::names().contains(&b.as_str()) => {
-                    errors.push(
-                        Error::manifest(
-                            l.clone(),
-                            format!("dataset `{k}`: unknown built-in dataset `{b}`"),
-                        )
-                        .with_hint(builtins()),
-                    )
-                }
-                (Some(p), None) if init::is_placeholder(p.as_str()) => errors.push(
-                    Error::manifest(
-                        l.clone(),
-                        format!(
-                            "dataset `{k}` still has the placeholder `facebuild init` wrote: {p}"
-                        ),
-                    )
-                    .with_hint(format!(
-                        "set `datasets.{k}.path` to {}, relative to this file",
-                        init::placeholder_text(p.as_str())
-                    )),
-                ),
-                _ => {}
-            }
-            if let Some(a) = &v.value.align {
-                if let Err(e) = validate_detector(&a.detector) {
-                    errors.push(Error::manifest(
-                        l.clone(),
-                        format!("dataset `{k}`: `align.detector`: {e}"),
-                    ));
-                }
-                for (m, h) in a.preprocessing.iter().flat_map(Preprocessing::problems) {
-                    errors.push(
-                        Error::manifest(
-                            l.clone(),
-                            format!("dataset `{k}`: `align.preprocessing.{}", &m[1..]),
-                        )
-                        .with_hint(h),
-                    );
-                }
-            }
+            errors.extend(dataset_problems(&k, &v.value, &l));
             datasets.insert(k, v.value);
         }
 
@@ -233,11 +171,7 @@ impl Manifest {
         }
         if steps.is_empty() {
             errors.push(Error::manifest(
-                Location {
-                    file: file.to_owned(),
-                    line: 0,
-                    column: 0,
-                },
+                whole_file,
                 "`steps:` is empty; a pipeline needs at least one step",
             ));
         }
@@ -262,8 +196,7 @@ impl Manifest {
             Some(o) => dir.join(o),
             None => dir.join("out").join(&name),
         };
-        let digest = blake3::hash(text.as_bytes()).to_hex().to_string();
-        let m = Manifest {
+        Ok(Manifest {
             file: file.to_owned(),
             dir,
             name,
@@ -273,7 +206,7 @@ impl Manifest {
             datasets,
             toolchain: raw.toolchain,
             steps,
-            digest,
+            digest: blake3::hash(text.as_bytes()).to_hex().to_string(),
             text: text.into(),
             runs_on: raw.runs_on.map(|r| r.value),
             runs_on_kinds: raw
@@ -283,8 +216,7 @@ impl Manifest {
                 .collect(),
             gpu_classes,
             relocated: Default::default(),
-        };
-        Ok(m)
+        })
     }
 
     pub(crate) fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
@@ -494,6 +426,64 @@ fn validate_steps(
     errors
 }
 
+/// What is wrong with dataset `k` (at `l`): neither or both of path and builtin, an unknown
+/// built-in, `init`'s placeholder still there, a bad `align:`.
+fn dataset_problems(k: &str, d: &DatasetSpec, l: &Location) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let builtins = || {
+        format!(
+            "built-in datasets: {}",
+            crate::preprocess::synthetic::names().join(", ")
+        )
+    };
+    match (&d.path, &d.builtin) {
+        (Some(_), Some(_)) | (None, None) => errors.push(
+            Error::manifest(
+                l.clone(),
+                format!("dataset `{k}` needs exactly one of `path` and `builtin`"),
+            )
+            .with_hint(builtins()),
+        ),
+        (None, Some(b)) if !crate::preprocess::synthetic::names().contains(&b.as_str()) => errors
+            .push(
+                Error::manifest(
+                    l.clone(),
+                    format!("dataset `{k}`: unknown built-in dataset `{b}`"),
+                )
+                .with_hint(builtins()),
+            ),
+        (Some(p), None) if init::is_placeholder(p.as_str()) => errors.push(
+            Error::manifest(
+                l.clone(),
+                format!("dataset `{k}` still has the placeholder `facebuild init` wrote: {p}"),
+            )
+            .with_hint(format!(
+                "set `datasets.{k}.path` to {}, relative to this file",
+                init::placeholder_text(p.as_str())
+            )),
+        ),
+        _ => {}
+    }
+    if let Some(a) = &d.align {
+        if let Err(e) = validate_detector(&a.detector) {
+            errors.push(Error::manifest(
+                l.clone(),
+                format!("dataset `{k}`: `align.detector`: {e}"),
+            ));
+        }
+        for (m, h) in a.preprocessing.iter().flat_map(Preprocessing::problems) {
+            errors.push(
+                Error::manifest(
+                    l.clone(),
+                    format!("dataset `{k}`: `align.preprocessing.{}", &m[1..]),
+                )
+                .with_hint(h),
+            );
+        }
+    }
+    errors
+}
+
 fn validate_name(name: &str) -> std::result::Result<(), String> {
     // A name is a folder name (outputs, releases): never `.`, `..` or a hidden folder.
     let ok = !name.is_empty()
@@ -674,7 +664,7 @@ fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
     problems
 }
 
-pub(crate) fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
+fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
     if !(0.0..=1.0).contains(&d.score_threshold) || !(0.0..=1.0).contains(&d.nms_iou) {
         return Err("`score_threshold` and `nms_iou` must be in [0, 1]".into());
     }

@@ -18,6 +18,7 @@ use crate::steps::release::ReleaseReport;
 use crate::context::BuildContext;
 use crate::error::{IoContext, Result};
 use crate::scheduler::{RunReport, Status};
+use crate::steps::{ReportSection, StepKind};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -33,19 +34,23 @@ enum StepReport {
     Release(Box<ReleaseReport>),
 }
 
+/// The run report's section for a step's kind (the registry's column), if it has one.
+fn section(s: &crate::scheduler::StepResult) -> Option<ReportSection> {
+    StepKind::from_name(&s.kind).and_then(StepKind::report_section)
+}
+
 /// Read a shown step's report; None when it is absent or not of this facebuild's schema.
-fn read(kind: &str, p: &Utf8Path) -> Option<StepReport> {
-    match kind {
-        "compare" => crate::steps::read_report(p)
+fn read(section: ReportSection, p: &Utf8Path) -> Option<StepReport> {
+    match section {
+        ReportSection::Compare => crate::steps::read_report(p)
             .ok()
             .map(|r| StepReport::Compare(Box::new(r))),
-        "benchmark" => crate::steps::read_report(p)
+        ReportSection::Benchmark => crate::steps::read_report(p)
             .ok()
             .map(|r| StepReport::Benchmark(Box::new(r))),
-        "release" => crate::steps::read_report(p)
+        ReportSection::Release => crate::steps::read_report(p)
             .ok()
             .map(|r| StepReport::Release(Box::new(r))),
-        _ => None,
     }
 }
 
@@ -717,9 +722,7 @@ fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -
 pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
     let dir = &ctx.manifest.output_dir;
     let (h, j) = (dir.join("report.html"), dir.join("junit.xml"));
-    let shown = |s: &crate::scheduler::StepResult| {
-        matches!(s.kind.as_str(), "compare" | "benchmark" | "release")
-    };
+    let shown = |s: &crate::scheduler::StepResult| section(s).is_some();
     // What the report shows: step statuses and errors, and the reports' contents: their
     // digests when the step succeeded, the file itself when it failed (kept, not stored).
     let mut basis = format!(
@@ -753,8 +756,9 @@ pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf,
         return Ok((h, j));
     }
     let mut reports = Vec::new();
-    for s in run.steps.iter().filter(|s| shown(s)) {
-        if let Some(v) = read(&s.kind, &ctx.step_out_dir(&s.step)?.join("report.json")) {
+    for s in &run.steps {
+        let Some(sec) = section(s) else { continue };
+        if let Some(v) = read(sec, &ctx.step_out_dir(&s.step)?.join("report.json")) {
             reports.push((s.step.clone(), v));
         }
     }

@@ -252,7 +252,7 @@ impl<'a> RunState<'a> {
         &mut self,
         name: &str,
         record: &ActionRecord,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), crate::cache::remote::RemoteError> {
         let Some(remote) = &self.ctx.remote else {
             return Ok(());
         };
@@ -302,17 +302,19 @@ impl<'a> RunState<'a> {
         name: &str,
         p: &crate::steps::release::ReleaseParams,
         record: &ActionRecord,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         let ctx = self.ctx;
         let deps = ctx.dag.deps(name);
         // Everything restored must be local: its own outputs and its upstream steps'.
         if let Some(remote) = &ctx.remote {
             let own: Vec<_> = record.outputs.values().cloned().collect();
-            remote.fetch(&own, &ctx.store)?;
+            remote
+                .fetch(&own, &ctx.store)
+                .map_err(anyhow::Error::from)?;
         }
         for d in &deps {
             if let Some(rec) = self.remote_hits.get(*d).cloned() {
-                self.fetch_remote(d, &rec)?;
+                self.fetch_remote(d, &rec).map_err(anyhow::Error::from)?;
             }
         }
         let paths = |outputs: &Outputs| -> BTreeMap<String, Utf8PathBuf> {
@@ -340,7 +342,7 @@ impl<'a> RunState<'a> {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
 
@@ -574,7 +576,7 @@ impl<'a> RunState<'a> {
             progress::println_err(&format!("  FAILED  {name}: {why}"));
             let mut r = self.result(name, Status::Failed);
             r.key = Some(record.key.clone());
-            r.error = Some(why);
+            r.error = Some(why.to_string());
             self.results.insert(name.into(), r);
             self.state.insert(name.into(), State::Failed);
             if !self.opts.keep_going {

@@ -273,7 +273,7 @@ impl World for BuildContext {
             return None;
         }
         if step.spec.params.kind().uses_tensorrt() {
-            return self.tensorrt().as_ref().err().cloned();
+            return self.tensorrt().as_ref().err().map(ToString::to_string);
         }
         None
     }

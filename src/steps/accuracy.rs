@@ -264,28 +264,9 @@ pub(crate) fn search(
         Ok(v)
     };
     let base = run(&[], "all quantized", &mut trials)?;
-    let finish =
-        |fp: Vec<String>, achieved: f64, trials: Vec<Trial>, ranking, frontier| SearchReport {
-            metric: metric.name().into(),
-            target: ac.target,
-            dataset: ac.dataset.clone(),
-            quantizable_layers: n,
-            ranking,
-            quantized_fraction: if n == 0 {
-                1.0
-            } else {
-                (n - fp.len()) as f64 / n as f64
-            },
-            fp_layers: fp,
-            achieved,
-            trials,
-            frontier,
-            order: None,
-            holdout: None,
-            note: None,
-            recipe: None,
-            recipes: vec![],
-        };
+    let finish = |fp, achieved, trials, ranking, frontier| {
+        SearchReport::new(ac, n, fp, achieved, trials, ranking, frontier)
+    };
     if metric.meets(base, ac.target) {
         let f = Frontier::new("sensitivity", BTreeMap::from([(0, base)]));
         let mut r = finish(vec![], base, trials, vec![], vec![f]);
@@ -303,26 +284,7 @@ pub(crate) fn search(
     }
     // Best first; ties keep the graph order (a stable sort).
     ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
-    // Orders to take layers in: by sensitivity; and, as Polygraphy's `debug precision`
-    // bisects, in graph order from the output and from the input. Errors that only show
-    // together (each layer alone recovers little) are found by the graph orders.
-    // And from both ends at once (last, first, second to last, second...): quantization
-    // error often enters at the input and matters most at the output.
-    let both_ends: Vec<String> = (0..n)
-        .map(|i| {
-            if i % 2 == 0 {
-                layers[n - 1 - i / 2].clone()
-            } else {
-                layers[i / 2].clone()
-            }
-        })
-        .collect();
-    let orders: Vec<(&str, Vec<String>)> = vec![
-        ("sensitivity", ranking.iter().map(|r| r.0.clone()).collect()),
-        ("from the output", layers.iter().rev().cloned().collect()),
-        ("from the input", layers.to_vec()),
-        ("from both ends", both_ends),
-    ];
+    let orders = orders(layers, &ranking);
     let kmax = ac.max_fp_layers.min(n);
     let mut frontiers: Vec<Frontier> = Vec::new();
     let mut best: Option<(usize, f64, Vec<String>, String)> = None;
@@ -382,6 +344,66 @@ pub(crate) fn search(
     let mut r = finish(chosen, achieved, trials, ranking, frontiers);
     r.order = Some(order);
     Ok(r)
+}
+
+/// The orders to take layers in, each named.
+fn orders(layers: &[String], ranking: &[(String, f64)]) -> Vec<(&'static str, Vec<String>)> {
+    let n = layers.len();
+    // Orders to take layers in: by sensitivity; and, as Polygraphy's `debug precision`
+    // bisects, in graph order from the output and from the input. Errors that only show
+    // together (each layer alone recovers little) are found by the graph orders.
+    // And from both ends at once (last, first, second to last, second...): quantization
+    // error often enters at the input and matters most at the output.
+    let both_ends: Vec<String> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                layers[n - 1 - i / 2].clone()
+            } else {
+                layers[i / 2].clone()
+            }
+        })
+        .collect();
+    vec![
+        ("sensitivity", ranking.iter().map(|r| r.0.clone()).collect()),
+        ("from the output", layers.iter().rev().cloned().collect()),
+        ("from the input", layers.to_vec()),
+        ("from both ends", both_ends),
+    ]
+}
+
+impl SearchReport {
+    /// The search's report, keeping `fp` in floating point for `achieved`.
+    fn new(
+        ac: &AccuracyControl,
+        n: usize,
+        fp: Vec<String>,
+        achieved: f64,
+        trials: Vec<Trial>,
+        ranking: Vec<(String, f64)>,
+        frontier: Vec<Frontier>,
+    ) -> SearchReport {
+        SearchReport {
+            metric: ac.metric.name().into(),
+            target: ac.target,
+            dataset: ac.dataset.clone(),
+            quantizable_layers: n,
+            ranking,
+            quantized_fraction: if n == 0 {
+                1.0
+            } else {
+                (n - fp.len()) as f64 / n as f64
+            },
+            fp_layers: fp,
+            achieved,
+            trials,
+            frontier,
+            order: None,
+            holdout: None,
+            note: None,
+            recipe: None,
+            recipes: vec![],
+        }
+    }
 }
 
 /// The metric against the number of floating-point layers, in one order of taking them.

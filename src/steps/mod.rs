@@ -224,11 +224,22 @@ pub(crate) fn expect(
     }
 }
 
+/// Which section of the run's report.html and junit.xml a kind's `report.json` fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReportSection {
+    /// Every candidate's figures and gates.
+    Compare,
+    /// Latency and throughput per target.
+    Benchmark,
+    /// The release's gates and what was released.
+    Release,
+}
+
 /// The registry: one line per kind (its manifest name, module, params type, whether it
-/// produces a `model.onnx` that a later step can take `from`, and its default params when
-/// `params:` may be left out).
+/// produces a `model.onnx` that a later step can take `from`, its default params when
+/// `params:` may be left out, and the run report's section its report fills).
 macro_rules! registry {
-    ($($variant:ident => $name:literal, $params:ty, produces_model: $pm:literal, default: $def:expr;)*) => {
+    ($($variant:ident => $name:literal, $params:ty, produces_model: $pm:literal, default: $def:expr, section: $sec:expr;)*) => {
         /// A step kind, as `kind:` names it.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
@@ -248,6 +259,21 @@ macro_rules! registry {
             pub(crate) fn produces_model(self) -> bool {
                 match self {
                     $(StepKind::$variant => $pm,)*
+                }
+            }
+
+            /// The kind `name` names, as the manifest and the run's results spell it.
+            pub(crate) fn from_name(name: &str) -> Option<StepKind> {
+                match name {
+                    $($name => Some(StepKind::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The section of the run report this kind's `report.json` fills, if any.
+            pub(crate) fn report_section(self) -> Option<ReportSection> {
+                match self {
+                    $(StepKind::$variant => $sec,)*
                 }
             }
 
@@ -289,14 +315,14 @@ macro_rules! registry {
 }
 
 registry! {
-    Check => "check", check::CheckParams, produces_model: false, default: Some(check::CheckParams::default());
-    Simplify => "simplify", simplify::SimplifyParams, produces_model: true, default: Some(simplify::SimplifyParams::default());
-    Calibrate => "calibrate", calibrate::CalibrateParams, produces_model: false, default: None;
-    Convert => "convert", convert::ConvertParams, produces_model: false, default: None;
-    Quantize => "quantize", quantize::QuantizeParams, produces_model: true, default: None;
-    Compare => "compare", compare::CompareParams, produces_model: false, default: None;
-    Benchmark => "benchmark", benchmark::BenchmarkParams, produces_model: false, default: None;
-    Release => "release", release::ReleaseParams, produces_model: false, default: None;
+    Check => "check", check::CheckParams, produces_model: false, default: Some(check::CheckParams::default()), section: None;
+    Simplify => "simplify", simplify::SimplifyParams, produces_model: true, default: Some(simplify::SimplifyParams::default()), section: None;
+    Calibrate => "calibrate", calibrate::CalibrateParams, produces_model: false, default: None, section: None;
+    Convert => "convert", convert::ConvertParams, produces_model: false, default: None, section: None;
+    Quantize => "quantize", quantize::QuantizeParams, produces_model: true, default: None, section: None;
+    Compare => "compare", compare::CompareParams, produces_model: false, default: None, section: Some(ReportSection::Compare);
+    Benchmark => "benchmark", benchmark::BenchmarkParams, produces_model: false, default: None, section: Some(ReportSection::Benchmark);
+    Release => "release", release::ReleaseParams, produces_model: false, default: None, section: Some(ReportSection::Release);
 }
 
 impl std::fmt::Display for StepKind {

@@ -313,38 +313,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         .transpose()?;
     let compare_of = p.compare.as_deref().zip(compare.as_ref());
     let bench_of = p.benchmark.as_deref().zip(bench.as_ref());
-    let mut verdicts = Vec::new();
-    let mut promoted = Vec::new();
-    for a in &p.artifacts {
-        let g = p.gates.overridden_by(p.artifact_gates.get(a));
-        let mut missing = Vec::new();
-        if !ctx.upstream.contains_key(a) {
-            missing.push(super::unavailable_upstream(a));
-        }
-        let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
-        let gates = g.check(&all, Naming::Key, |m| measure(m, a, compare_of, bench_of));
-        let passed = missing.is_empty() && gates.iter().all(|c| c.passed);
-        let reasons: Vec<String> = missing
-            .iter()
-            .cloned()
-            .chain(gates.iter().filter(|c| !c.passed).map(GateResult::refusal))
-            .collect();
-        for (metric, w) in gates
-            .iter()
-            .filter_map(|c| Some((&c.metric, c.warning.as_ref()?)))
-        {
-            tracing::warn!("release `{step}`: `{a}` gate {metric} passed with a warning: {w}");
-        }
-        verdicts.push(Verdict {
-            artifact: a.clone(),
-            passed,
-            refused_because: reasons,
-            gates,
-        });
-        if passed {
-            promoted.push(a.clone());
-        }
-    }
+    let (verdicts, promoted) = verdicts(ctx, p, compare_of, bench_of);
 
     let report_path = ctx.workdir.join("report.json");
     let refused = refusals(&verdicts);
@@ -366,49 +335,13 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
 
     // Stage the release in the step's workdir, then promote it.
     let stage = ctx.workdir.join("release");
-    let mut files: Vec<Utf8PathBuf> = Vec::new();
-    let copy = |from: &Utf8Path, rel: &str, files: &mut Vec<Utf8PathBuf>| -> Result<()> {
-        let to = stage.join(rel);
-        std::fs::create_dir_all(to.parent().expect("has a parent")).fs_context(&to)?;
-        std::fs::copy(from, &to).fs_context(from)?;
-        files.push(Utf8PathBuf::from(rel));
-        Ok(())
-    };
-    let mut artifacts_meta = Vec::new();
-    for (dir, list) in [
-        ("", &promoted),
-        (
-            "audit/",
-            &if p.keep_fp32_for_audit {
-                p.audit_artifacts.clone()
-            } else {
-                vec![]
-            },
-        ),
-    ] {
-        for a in list {
-            let Some(outs) = ctx.upstream.get(a) else {
-                continue;
-            };
-            let mut names = Vec::new();
-            for (name, path) in outs {
-                if matches!(
-                    name.as_str(),
-                    "model.xml" | "model.bin" | "model.onnx" | "model.engine"
-                ) {
-                    copy(path, &format!("{dir}{a}/{name}"), &mut files)?;
-                    names.push(name.clone());
-                }
-            }
-            let info = super::artifact_info(outs)?;
-            artifacts_meta.push(json!({
-                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": info.backend,
-                "conversion": info.conversion, "profiles": info.profiles, "tensorrt": info.tensorrt,
-                "execution_compare": compare.as_ref().and_then(|c| c.candidates.iter().find(|y| y.step == *a).map(|y| &y.execution)),
-                "execution_benchmark": bench.as_ref().map(|b| b.results.iter().filter(|y| y.step == *a).map(|y| json!({"label": y.label, "execution": y.measured.as_ref().map(|m| &m.execution)})).collect::<Vec<_>>()),
-            }));
-        }
-    }
+    let (mut files, artifacts_meta) = stage_artifacts(
+        ctx,
+        p,
+        &promoted,
+        (compare.as_ref(), bench.as_ref()),
+        &stage,
+    )?;
     let source_sha256 = sha256_file(ctx.model)?;
     let mut sums = String::new();
     files.sort();
@@ -451,25 +384,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         serde_json::to_vec_pretty(&metadata).map_err(anyhow::Error::from)?,
     )
     .fs_context(&stage)?;
-    let rollback = match &previous {
-        Some(prev) => format!(
-            "# Rolling back `{}` from {version}\n\nThe previous release is **{}** (promoted {}). Its files and sha256:\n\n```\n{}```\n\nRestore it as `current` (every file's sha256 is checked against its SHA256SUMS):\n\n```sh\nfacebuild release rollback {} {} --dir {root}\n```\n",
-            ctx.manifest.name,
-            prev.version,
-            prev.unix_time,
-            prev.sha256
-                .iter()
-                .flatten()
-                .map(|(f, d)| format!("{d}  {f}\n"))
-                .collect::<String>(),
-            ctx.manifest.name,
-            prev.version,
-        ),
-        None => format!(
-            "# Rolling back `{}` from {version}\n\nThis is the first release of `{}`: there is no earlier version to restore. To withdraw it, remove `{root}/{}/current`.\n",
-            ctx.manifest.name, ctx.manifest.name, ctx.manifest.name
-        ),
-    };
+    let rollback = rollback_text(&ctx.manifest.name, &version, previous.as_ref(), &root);
     std::fs::write(stage.join("ROLLBACK.md"), rollback).fs_context(&stage)?;
     for f in ["metadata.json", "ROLLBACK.md"] {
         let d = sha256_file(&stage.join(f))?;
@@ -477,30 +392,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     }
     std::fs::write(stage.join("SHA256SUMS"), &sums).fs_context(&stage)?;
 
-    // Promote: immutable version folder, then `current`.
-    let vdir = crate::util::child_of(&pipeline_dir, &version)?;
-    if vdir.exists() {
-        let existing = std::fs::read_to_string(vdir.join("SHA256SUMS")).unwrap_or_default();
-        if strip_meta(&existing) != strip_meta(&sums) {
-            return Err(Error::Step { step: step.clone(), message: format!("release {version} already exists in {vdir} with other artifacts; releases are immutable"), hint: Some("set a new `version:` (or leave it unset: the default is derived from the content)".into()) });
-        }
-    } else {
-        let tmp = pipeline_dir.join(format!(".{version}.tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        copy_tree(&stage, &tmp)?;
-        std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
-        append_history(
-            &pipeline_dir,
-            &HistoryEntry {
-                event: "promote".into(),
-                version: version.clone(),
-                unix_time: now(),
-                sha256: Some(digests),
-                from: None,
-            },
-        )?;
-    }
-    set_current(&pipeline_dir, &version)?;
+    let vdir = promote(step, &pipeline_dir, &stage, &version, &sums, digests)?;
 
     let report = ReleaseReport {
         schema: SCHEMA.into(),
@@ -525,6 +417,168 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         .into(),
         summary,
     })
+}
+
+/// Each artifact's verdict against its gates, and the artifacts that passed every one.
+fn verdicts(
+    ctx: &StepContext,
+    p: &ReleaseParams,
+    compare_of: Option<(&str, &CompareReport)>,
+    bench_of: Option<(&str, &BenchmarkReport)>,
+) -> (Vec<Verdict>, Vec<String>) {
+    let step = &ctx.step.name;
+    let mut verdicts = Vec::new();
+    let mut promoted = Vec::new();
+    for a in &p.artifacts {
+        let g = p.gates.overridden_by(p.artifact_gates.get(a));
+        let mut missing = Vec::new();
+        if !ctx.upstream.contains_key(a) {
+            missing.push(super::unavailable_upstream(a));
+        }
+        let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
+        let gates = g.check(&all, Naming::Key, |m| measure(m, a, compare_of, bench_of));
+        let passed = missing.is_empty() && gates.iter().all(|c| c.passed);
+        let reasons: Vec<String> = missing
+            .iter()
+            .cloned()
+            .chain(gates.iter().filter(|c| !c.passed).map(GateResult::refusal))
+            .collect();
+        for (metric, w) in gates
+            .iter()
+            .filter_map(|c| Some((&c.metric, c.warning.as_ref()?)))
+        {
+            tracing::warn!("release `{step}`: `{a}` gate {metric} passed with a warning: {w}");
+        }
+        verdicts.push(Verdict {
+            artifact: a.clone(),
+            passed,
+            refused_because: reasons,
+            gates,
+        });
+        if passed {
+            promoted.push(a.clone());
+        }
+    }
+    (verdicts, promoted)
+}
+
+/// Copy the promoted artifacts' model files (and the audit ones under `audit/`) into
+/// `stage`: the files copied, relative to it, and each artifact's metadata.
+fn stage_artifacts(
+    ctx: &StepContext,
+    p: &ReleaseParams,
+    promoted: &[String],
+    (compare, bench): (Option<&CompareReport>, Option<&BenchmarkReport>),
+    stage: &Utf8Path,
+) -> Result<(Vec<Utf8PathBuf>, Vec<serde_json::Value>)> {
+    let mut files: Vec<Utf8PathBuf> = Vec::new();
+    let copy = |from: &Utf8Path, rel: &str, files: &mut Vec<Utf8PathBuf>| -> Result<()> {
+        let to = stage.join(rel);
+        std::fs::create_dir_all(to.parent().expect("has a parent")).fs_context(&to)?;
+        std::fs::copy(from, &to).fs_context(from)?;
+        files.push(Utf8PathBuf::from(rel));
+        Ok(())
+    };
+    let mut artifacts_meta = Vec::new();
+    for (dir, list) in [
+        ("", &promoted.to_vec()),
+        (
+            "audit/",
+            &if p.keep_fp32_for_audit {
+                p.audit_artifacts.clone()
+            } else {
+                vec![]
+            },
+        ),
+    ] {
+        for a in list {
+            let Some(outs) = ctx.upstream.get(a) else {
+                continue;
+            };
+            let mut names = Vec::new();
+            for (name, path) in outs {
+                if matches!(
+                    name.as_str(),
+                    "model.xml" | "model.bin" | "model.onnx" | "model.engine"
+                ) {
+                    copy(path, &format!("{dir}{a}/{name}"), &mut files)?;
+                    names.push(name.clone());
+                }
+            }
+            let info = super::artifact_info(outs)?;
+            artifacts_meta.push(json!({
+                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": info.backend,
+                "conversion": info.conversion, "profiles": info.profiles, "tensorrt": info.tensorrt,
+                "execution_compare": compare.and_then(|c| c.candidates.iter().find(|y| y.step == *a).map(|y| &y.execution)),
+                "execution_benchmark": bench.map(|b| b.results.iter().filter(|y| y.step == *a).map(|y| json!({"label": y.label, "execution": y.measured.as_ref().map(|m| &m.execution)})).collect::<Vec<_>>()),
+            }));
+        }
+    }
+    Ok((files, artifacts_meta))
+}
+
+/// ROLLBACK.md: how to go back to the previous release, or that there is none.
+fn rollback_text(
+    pipeline: &str,
+    version: &str,
+    previous: Option<&HistoryEntry>,
+    root: &Utf8Path,
+) -> String {
+    match previous {
+        Some(prev) => format!(
+            "# Rolling back `{}` from {version}\n\nThe previous release is **{}** (promoted {}). Its files and sha256:\n\n```\n{}```\n\nRestore it as `current` (every file's sha256 is checked against its SHA256SUMS):\n\n```sh\nfacebuild release rollback {} {} --dir {root}\n```\n",
+            pipeline,
+            prev.version,
+            prev.unix_time,
+            prev.sha256
+                .iter()
+                .flatten()
+                .map(|(f, d)| format!("{d}  {f}\n"))
+                .collect::<String>(),
+            pipeline,
+            prev.version,
+        ),
+        None => format!(
+            "# Rolling back `{}` from {version}\n\nThis is the first release of `{}`: there is no earlier version to restore. To withdraw it, remove `{root}/{}/current`.\n",
+            pipeline, pipeline, pipeline
+        ),
+    }
+}
+
+/// Promote the staged release: an immutable version folder (the same content again is a
+/// no-op, other content an error), then `current`. The version folder.
+fn promote(
+    step: &str,
+    pipeline_dir: &Utf8Path,
+    stage: &Utf8Path,
+    version: &str,
+    sums: &str,
+    digests: BTreeMap<String, String>,
+) -> Result<Utf8PathBuf> {
+    let vdir = crate::util::child_of(pipeline_dir, version)?;
+    if vdir.exists() {
+        let existing = std::fs::read_to_string(vdir.join("SHA256SUMS")).unwrap_or_default();
+        if strip_meta(&existing) != strip_meta(sums) {
+            return Err(Error::Step { step: step.to_string(), message: format!("release {version} already exists in {vdir} with other artifacts; releases are immutable"), hint: Some("set a new `version:` (or leave it unset: the default is derived from the content)".into()) });
+        }
+    } else {
+        let tmp = pipeline_dir.join(format!(".{version}.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        copy_tree(stage, &tmp)?;
+        std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
+        append_history(
+            pipeline_dir,
+            &HistoryEntry {
+                event: "promote".into(),
+                version: version.to_string(),
+                unix_time: now(),
+                sha256: Some(digests),
+                from: None,
+            },
+        )?;
+    }
+    set_current(pipeline_dir, version)?;
+    Ok(vdir)
 }
 
 /// SHA256SUMS without metadata.json / ROLLBACK.md lines: they differ between two promotions

@@ -179,30 +179,7 @@ pub(crate) fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> 
             .collect()
     });
     let out_model = ctx.workdir.join("model.onnx");
-    let spec = json!({
-        "tool": p.tool,
-        "shapes": &shapes,
-    });
-    ctx.progress
-        .set_message(format!("{} simplifying", tool_name(p.tool)));
-    let sim: ToolAnswer = ctx.toolchain.run_script(
-        include_str!("../toolchain/python/simplify.py"),
-        &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
-        "simplify",
-    )?;
-    let sim = match sim {
-        ToolAnswer::Done(r) => *r,
-        ToolAnswer::Refused { error } => {
-            return Err(Error::Step {
-                step: ctx.step.name.clone(),
-                message: error,
-            hint: Some(
-                "check `params.freeze` against the graph's inputs (`facebuild run --target check`)"
-                    .into(),
-            ),
-            });
-        }
-    };
+    let sim = simplify_with_tool(ctx, p, &shapes, &out_model)?;
 
     ctx.check_cancelled()?;
     ctx.progress
@@ -211,135 +188,12 @@ pub(crate) fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> 
     let mut original = rt.load(ctx.model)?;
     let mut simplified = rt.load(&out_model)?;
 
-    // Dynamic dims are tested at `test_dims`, else their declared `opt` (see concrete_shape).
-    let concrete = |name: &str, ort_shape: &[i64]| -> Vec<usize> {
-        match shapes.get(name) {
-            Some(dims) => {
-                let fallback = ctx.manifest.concrete_shape(dims);
-                dims.iter()
-                    .zip(fallback)
-                    .map(|(d, f)| match d {
-                        Dim::Fixed(n) => *n as usize,
-                        Dim::Named(s) => p.test_dims.get(s).map(|v| *v as usize).unwrap_or(f),
-                    })
-                    .collect()
-            }
-            None => ort_shape
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d as usize })
-                .collect(),
-        }
-    };
-    let inputs = simplified.inputs();
-    let mut samples: Vec<(String, Vec<NamedTensor>)> = Vec::new();
-    let mut rng = crate::util::SplitMix64::new(p.seed);
-    for i in 0..p.samples {
-        let feed = inputs
-            .iter()
-            .map(|(name, s)| {
-                let shape = concrete(name, s);
-                let n: usize = shape.iter().product();
-                // Normalised-image range: what a preprocessed face crop looks like to the model.
-                let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-                (
-                    name.clone(),
-                    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"),
-                )
-            })
-            .collect();
-        samples.push((format!("random#{i}"), feed));
-    }
-    if let Some(ds) = &p.dataset {
-        let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
-            step: ctx.step.name.clone(),
-            message: format!("dataset `{ds}` needs `model.preprocessing` to turn images into tensors"),
-            hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
-        })?;
-        let spec = &ctx.manifest.datasets[ds];
-        let files = crate::preprocess::list_images(&ctx.datasets[ds], spec.count, spec.seed)?;
-        let aligner = ctx.aligner(ds)?;
-        let feed = ctx.feed(pre, aligner.as_ref());
-        for f in files {
-            let t = crate::preprocess::load_tensor(&f, &feed)?;
-            samples.push((
-                format!("image:{}", f.file_name().unwrap_or_default()),
-                vec![(decl.name.clone(), t.into_dyn())],
-            ));
-        }
-    }
+    let samples = equivalence_samples(ctx, p, &shapes, &simplified.inputs())?;
 
-    let mut per_output: BTreeMap<String, OutputStats> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (i, (label, feed)) in samples.iter().enumerate() {
-        ctx.check_cancelled()?;
-        ctx.progress
-            .set_message(format!("equivalence sample {}/{}", i + 1, samples.len()));
-        let a = original.run(feed)?;
-        let b = simplified.run(feed)?;
-        for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
-            if na != nb || va.shape() != vb.shape() {
-                problems.push(format!(
-                    "{label}: output `{na}` {:?} vs simplified `{nb}` {:?}",
-                    va.shape(),
-                    vb.shape()
-                ));
-                continue;
-            }
-            let (xa, xb) = (
-                va.as_slice()
-                    .map(<[f32]>::to_vec)
-                    .unwrap_or_else(|| va.iter().copied().collect()),
-                vb.as_slice()
-                    .map(<[f32]>::to_vec)
-                    .unwrap_or_else(|| vb.iter().copied().collect()),
-            );
-            let e = per_output.entry(na.clone()).or_insert_with(|| OutputStats {
-                shape: va.shape().to_vec(),
-                ..Default::default()
-            });
-            e.cosines.push(metrics::cosine(&xa, &xb));
-            e.max_abs = e.max_abs.max(metrics::max_abs_diff(&xa, &xb));
-            e.mean_abs_sum += metrics::mean_abs_diff(&xa, &xb);
-        }
-        if a.len() != b.len() {
-            problems.push(format!(
-                "original has {} outputs, simplified has {}",
-                a.len(),
-                b.len()
-            ));
-        }
-    }
+    let (per_output, mut problems) =
+        run_samples(ctx, &samples, original.as_mut(), simplified.as_mut())?;
 
-    let mut outputs = Vec::new();
-    let mut worst_cos = 1.0f64;
-    let mut worst_abs = 0.0f64;
-    for (name, o) in &per_output {
-        let (max_abs, n) = (&o.max_abs, o.cosines.len());
-        let s = metrics::Summary::of(&o.cosines);
-        worst_cos = worst_cos.min(s.min);
-        worst_abs = worst_abs.max(*max_abs);
-        if s.min < p.cosine_min || s.min.is_nan() {
-            problems.push(format!(
-                "output `{name}`: min cosine {:.6} < cosine_min {}",
-                s.min, p.cosine_min
-            ));
-        }
-        if let Some(lim) = p.max_abs_error
-            && *max_abs > lim
-        {
-            problems.push(format!(
-                "output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"
-            ));
-        }
-        outputs.push(OutputFidelity {
-            name: name.clone(),
-            shape: o.shape.clone(),
-            cosine: s,
-            max_abs_error: *max_abs,
-            mean_abs_error: o.mean_abs_sum / n as f64,
-            samples: n,
-        });
-    }
+    let (outputs, worst_cos, worst_abs) = fidelity(&per_output, p, &mut problems);
     let passed = problems.is_empty();
     let report = SimplifyReport {
         schema: SCHEMA.into(),
@@ -386,6 +240,197 @@ pub(crate) fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> 
         .into(),
         summary,
     })
+}
+
+/// Run the simplifier (onnxsim or onnxslim) in the toolchain, with `shapes` frozen.
+fn simplify_with_tool(
+    ctx: &StepContext,
+    p: &SimplifyParams,
+    shapes: &IndexMap<String, Vec<Dim>>,
+    out_model: &camino::Utf8Path,
+) -> Result<ToolResult> {
+    let spec = json!({
+        "tool": p.tool,
+        "shapes": shapes,
+    });
+    ctx.progress
+        .set_message(format!("{} simplifying", tool_name(p.tool)));
+    let sim: ToolAnswer = ctx.toolchain.run_script(
+        include_str!("../toolchain/python/simplify.py"),
+        &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
+        "simplify",
+    )?;
+    Ok(match sim {
+        ToolAnswer::Done(r) => *r,
+        ToolAnswer::Refused { error } => {
+            return Err(Error::Step {
+                step: ctx.step.name.clone(),
+                message: error,
+            hint: Some(
+                "check `params.freeze` against the graph's inputs (`facebuild run --target check`)"
+                    .into(),
+            ),
+            });
+        }
+    })
+}
+
+/// The equivalence samples: `p.samples` seeded random tensors (dynamic dims at `test_dims`,
+/// else their declared `opt`), then the dataset's images when one is named.
+fn equivalence_samples(
+    ctx: &StepContext,
+    p: &SimplifyParams,
+    shapes: &IndexMap<String, Vec<Dim>>,
+    inputs: &[(String, Vec<i64>)],
+) -> Result<Vec<(String, Vec<NamedTensor>)>> {
+    let decl = &ctx.manifest.model.input;
+    // Dynamic dims are tested at `test_dims`, else their declared `opt` (see concrete_shape).
+    let concrete = |name: &str, ort_shape: &[i64]| -> Vec<usize> {
+        match shapes.get(name) {
+            Some(dims) => {
+                let fallback = ctx.manifest.concrete_shape(dims);
+                dims.iter()
+                    .zip(fallback)
+                    .map(|(d, f)| match d {
+                        Dim::Fixed(n) => *n as usize,
+                        Dim::Named(s) => p.test_dims.get(s).map(|v| *v as usize).unwrap_or(f),
+                    })
+                    .collect()
+            }
+            None => ort_shape
+                .iter()
+                .map(|&d| if d < 0 { 1 } else { d as usize })
+                .collect(),
+        }
+    };
+    let mut samples: Vec<(String, Vec<NamedTensor>)> = Vec::new();
+    let mut rng = crate::util::SplitMix64::new(p.seed);
+    for i in 0..p.samples {
+        let feed = inputs
+            .iter()
+            .map(|(name, s)| {
+                let shape = concrete(name, s);
+                let n: usize = shape.iter().product();
+                // Normalised-image range: what a preprocessed face crop looks like to the model.
+                let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+                (
+                    name.clone(),
+                    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"),
+                )
+            })
+            .collect();
+        samples.push((format!("random#{i}"), feed));
+    }
+    if let Some(ds) = &p.dataset {
+        let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("dataset `{ds}` needs `model.preprocessing` to turn images into tensors"),
+            hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
+        })?;
+        let spec = &ctx.manifest.datasets[ds];
+        let files = crate::preprocess::list_images(&ctx.datasets[ds], spec.count, spec.seed)?;
+        let aligner = ctx.aligner(ds)?;
+        let feed = ctx.feed(pre, aligner.as_ref());
+        for f in files {
+            let t = crate::preprocess::load_tensor(&f, &feed)?;
+            samples.push((
+                format!("image:{}", f.file_name().unwrap_or_default()),
+                vec![(decl.name.clone(), t.into_dyn())],
+            ));
+        }
+    }
+    Ok(samples)
+}
+
+/// Run every sample through both models; per-output statistics, and what did not match.
+fn run_samples(
+    ctx: &StepContext,
+    samples: &[(String, Vec<NamedTensor>)],
+    original: &mut dyn crate::runtime::LoadedModel,
+    simplified: &mut dyn crate::runtime::LoadedModel,
+) -> Result<(BTreeMap<String, OutputStats>, Vec<String>)> {
+    let mut per_output: BTreeMap<String, OutputStats> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (i, (label, feed)) in samples.iter().enumerate() {
+        ctx.check_cancelled()?;
+        ctx.progress
+            .set_message(format!("equivalence sample {}/{}", i + 1, samples.len()));
+        let a = original.run(feed)?;
+        let b = simplified.run(feed)?;
+        for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
+            if na != nb || va.shape() != vb.shape() {
+                problems.push(format!(
+                    "{label}: output `{na}` {:?} vs simplified `{nb}` {:?}",
+                    va.shape(),
+                    vb.shape()
+                ));
+                continue;
+            }
+            let (xa, xb) = (
+                va.as_slice()
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_else(|| va.iter().copied().collect()),
+                vb.as_slice()
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_else(|| vb.iter().copied().collect()),
+            );
+            let e = per_output.entry(na.clone()).or_insert_with(|| OutputStats {
+                shape: va.shape().to_vec(),
+                ..Default::default()
+            });
+            e.cosines.push(metrics::cosine(&xa, &xb));
+            e.max_abs = e.max_abs.max(metrics::max_abs_diff(&xa, &xb));
+            e.mean_abs_sum += metrics::mean_abs_diff(&xa, &xb);
+        }
+        if a.len() != b.len() {
+            problems.push(format!(
+                "original has {} outputs, simplified has {}",
+                a.len(),
+                b.len()
+            ));
+        }
+    }
+    Ok((per_output, problems))
+}
+
+/// Each output's fidelity against the gates (problems added for those it fails), and the
+/// worst cosine and absolute error over all outputs.
+fn fidelity(
+    per_output: &BTreeMap<String, OutputStats>,
+    p: &SimplifyParams,
+    problems: &mut Vec<String>,
+) -> (Vec<OutputFidelity>, f64, f64) {
+    let mut outputs = Vec::new();
+    let mut worst_cos = 1.0f64;
+    let mut worst_abs = 0.0f64;
+    for (name, o) in per_output {
+        let (max_abs, n) = (&o.max_abs, o.cosines.len());
+        let s = metrics::Summary::of(&o.cosines);
+        worst_cos = worst_cos.min(s.min);
+        worst_abs = worst_abs.max(*max_abs);
+        if s.min < p.cosine_min || s.min.is_nan() {
+            problems.push(format!(
+                "output `{name}`: min cosine {:.6} < cosine_min {}",
+                s.min, p.cosine_min
+            ));
+        }
+        if let Some(lim) = p.max_abs_error
+            && *max_abs > lim
+        {
+            problems.push(format!(
+                "output `{name}`: max abs error {max_abs:.3e} > max_abs_error {lim:e}"
+            ));
+        }
+        outputs.push(OutputFidelity {
+            name: name.clone(),
+            shape: o.shape.clone(),
+            cosine: s,
+            max_abs_error: *max_abs,
+            mean_abs_error: o.mean_abs_sum / n as f64,
+            samples: n,
+        });
+    }
+    (outputs, worst_cos, worst_abs)
 }
 
 /// Per-output comparison accumulated over all samples.

@@ -101,8 +101,19 @@ pub(crate) fn fingerprint(
     ])
 }
 
-/// Discovery's answer: found, or what is missing, in words for `unavailable: ...`.
-pub(crate) type Discovery = std::result::Result<TensorRt, String>;
+/// Why TensorRT cannot be used here, in words for `unavailable: ...`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unavailable(pub(crate) String);
+
+impl From<String> for Unavailable {
+    fn from(why: String) -> Unavailable {
+        Unavailable(why)
+    }
+}
+
+/// Discovery's answer: found, or what is missing.
+pub(crate) type Discovery = std::result::Result<TensorRt, Unavailable>;
 
 fn on_path(exe: &str) -> Option<Utf8PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -123,7 +134,7 @@ pub(crate) fn locate_trtexec(
     spec: Option<&TensorRtSpec>,
     manifest_dir: &Utf8Path,
     home: Option<&Utf8Path>,
-) -> std::result::Result<Utf8PathBuf, String> {
+) -> std::result::Result<Utf8PathBuf, Unavailable> {
     if let Some(p) = spec.and_then(|s| s.trtexec.as_ref()) {
         let p = if p.is_absolute() {
             p.clone()
@@ -133,9 +144,9 @@ pub(crate) fn locate_trtexec(
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(format!(
+            Err(Unavailable(format!(
                 "`toolchain.tensorrt.trtexec` names {p}, which is not an executable file"
-            ))
+            )))
         };
     }
     if let Some(home) = home {
@@ -143,12 +154,12 @@ pub(crate) fn locate_trtexec(
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(format!(
+            Err(Unavailable(format!(
                 "TENSORRT_HOME is set but {p} is not an executable file"
-            ))
+            )))
         };
     }
-    on_path("trtexec").ok_or_else(|| "trtexec not found (no `toolchain.tensorrt.trtexec`, no TENSORRT_HOME, not on PATH); TensorRT engines are built on an NVIDIA GPU machine with TensorRT installed, see docs/tensorrt.md".to_string())
+    on_path("trtexec").ok_or_else(|| "trtexec not found (no `toolchain.tensorrt.trtexec`, no TENSORRT_HOME, not on PATH); TensorRT engines are built on an NVIDIA GPU machine with TensorRT installed, see docs/tensorrt.md".to_string().into())
 }
 
 /// "[TensorRT v100300]" -> "10.3.0"; 8.x prints "[TensorRT v8601]" -> "8.6.1".
@@ -182,12 +193,12 @@ pub(crate) fn parse_cuda_version(banner: &str) -> Option<String> {
         .map(|s| s.trim_end_matches('|').to_string())
 }
 
-fn run(exe: &Utf8Path, args: &[&str]) -> std::result::Result<String, String> {
+fn run(exe: &Utf8Path, args: &[&str]) -> std::result::Result<String, Unavailable> {
     let out = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {exe}: {e}"))?;
+        .map_err(|e| Unavailable(format!("cannot run {exe}: {e}")))?;
     // trtexec prints its banner even when it exits non-zero (e.g. `--help` on some versions).
     Ok(format!(
         "{}{}",
@@ -294,10 +305,10 @@ pub(crate) fn discover(
 
 fn check_standin(t: TensorRt) -> Discovery {
     if t.standin && std::env::var(ALLOW_STANDIN_ENV).as_deref() != Ok("1") {
-        return Err(format!(
+        return Err(Unavailable(format!(
             "{} is facebuild's test stand-in for trtexec, not TensorRT; it runs only in facebuild's tests ({ALLOW_STANDIN_ENV}=1)",
             t.trtexec
-        ));
+        )));
     }
     Ok(t)
 }

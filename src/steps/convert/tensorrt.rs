@@ -33,10 +33,7 @@ pub(crate) struct Profile {
 }
 
 /// The profile for the declared input, or None when every dim is fixed (a static engine).
-pub(crate) fn profile(
-    input: &InputSpec,
-    shape: &[Dim],
-) -> std::result::Result<Option<Profile>, String> {
+fn profile(input: &InputSpec, shape: &[Dim]) -> std::result::Result<Option<Profile>, String> {
     if shape.iter().all(|d| matches!(d, Dim::Fixed(_))) {
         return Ok(None);
     }
