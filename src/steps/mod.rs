@@ -423,3 +423,44 @@ pub(crate) fn read_report<T: serde::de::DeserializeOwned>(path: &Utf8Path) -> Re
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry's name column is what the manifest and the run's results spell, and
+    /// its section column is what the run report shows: nothing else decides either.
+    #[test]
+    fn kinds_are_found_by_name_and_say_their_report_section() {
+        for name in [
+            "check",
+            "simplify",
+            "calibrate",
+            "convert",
+            "quantize",
+            "compare",
+            "benchmark",
+            "release",
+        ] {
+            let kind = StepKind::from_name(name).expect(name);
+            assert_eq!(kind.as_str(), name);
+            let serde: StepKind = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(serde, kind);
+        }
+        assert_eq!(StepKind::from_name("train"), None);
+        let shown: Vec<_> = ["compare", "benchmark", "release", "check", "convert"]
+            .iter()
+            .map(|n| StepKind::from_name(n).and_then(StepKind::report_section))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                Some(ReportSection::Compare),
+                Some(ReportSection::Benchmark),
+                Some(ReportSection::Release),
+                None,
+                None
+            ]
+        );
+    }
+}
