@@ -9,14 +9,9 @@ import re
 import sys
 
 LIMIT = 120
-# file:function -> its length when listed; to be split, never to grow.
-RATCHET = {
-    "src/steps/compare/mod.rs:run": 380,
-    "src/manifest/init.rs:manifest_text": 335,
-    "src/steps/benchmark.rs:run": 328,
-    "src/steps/compare/outputs.rs:run": 283,
-    "src/steps/compare/detection.rs:run": 253,
-}
+# file:function -> its length when listed; to be split, never to grow. Empty since every
+# function was split (issue 23): a new long function fails CI.
+RATCHET = {}
 
 FN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")
 

@@ -284,13 +284,30 @@ pub(crate) fn manifest_text(
     g: &Guess,
 ) -> String {
     let task = g.task();
-    let family = g.layout_of_outputs.family();
-    let [h, w] = g.size;
     let mut y = String::new();
     let mut line = |s: &str| {
         y.push_str(s);
         y.push('\n');
     };
+    model_section(&mut line, name, (model_path, model_file), g);
+    preprocessing_section(&mut line, g);
+    // An already-quantized model gets FP32/FP16 artifacts only.
+    let int8 = g.quantized.is_empty();
+    let dataset = datasets_section(&mut line, task, int8);
+    build_steps(&mut line, g, dataset);
+    let candidates = compare_section(&mut line, g, dataset);
+    benchmark_and_release(&mut line, task, int8, candidates);
+    y
+}
+
+/// The header and `model:` up to its preprocessing: path, task, input and its dims.
+fn model_section(
+    line: &mut impl FnMut(&str),
+    name: &str,
+    (model_path, model_file): (&Utf8Path, &str),
+    g: &Guess,
+) {
+    let task = g.task();
     line(&format!(
         "# Written by `facebuild init` from {model_file}. Fill in the lines marked REPLACE (the"
     ));
@@ -328,6 +345,12 @@ pub(crate) fn manifest_text(
             line(&format!("      {n}: {{min: {a}, opt: {b}, max: {c}}}"));
         }
     }
+}
+
+/// `model.preprocessing` (and `model.detector`) as the family is fed.
+fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
+    let (task, family) = (g.task(), g.layout_of_outputs.family());
+    let [h, w] = g.size;
     match (task, family) {
         ("recognition", _) => {
             if g.normalised_inside {
@@ -388,12 +411,14 @@ pub(crate) fn manifest_text(
             line(&format!("    size: [{h}, {w}]"));
         }
     }
-    // An already-quantized model gets FP32/FP16 artifacts only.
-    let int8 = g.quantized.is_empty();
+}
+
+/// `datasets:`, with the placeholder the task needs; the dataset's name.
+fn datasets_section(line: &mut impl FnMut(&str), task: &str, int8: bool) -> &'static str {
     let calibrates = if int8 { " Also calibrates INT8." } else { "" };
     line("");
     line("datasets:");
-    let dataset = match task {
+    match task {
         "recognition" => {
             line(
                 "  # REPLACE: aligned face crops, a subfolder per identity (genuine and impostor pairs",
@@ -433,7 +458,12 @@ pub(crate) fn manifest_text(
             ));
             "images"
         }
-    };
+    }
+}
+
+/// The steps that build artifacts: check, simplify, OpenVINO, calibration and Q/DQ INT8.
+fn build_steps(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) {
+    let int8 = g.quantized.is_empty();
     line("");
     line("steps:");
     line("  check:");
@@ -450,7 +480,7 @@ pub(crate) fn manifest_text(
             "    params: {{backend: openvino, precision: {p}}}"
         ));
     }
-    let detection = task == "detection";
+    let detection = g.task() == "detection";
     if !int8 {
         line(&format!(
             "  # No INT8 steps: the model is already quantized ({}). Quantizing it again fails in",
@@ -497,6 +527,12 @@ pub(crate) fn manifest_text(
             "  # tensorrt_int8: {kind: convert, from: quantize, params: {backend: tensorrt, precision: int8}}",
         );
     }
+}
+
+/// The `compare` step with the task's gates; its candidates.
+fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'static str {
+    let (task, int8, detection) = (g.task(), g.quantized.is_empty(), g.task() == "detection");
+    let [h, w] = g.size;
     line("  compare:");
     line("    kind: compare");
     line("    params:");
@@ -521,7 +557,7 @@ pub(crate) fn manifest_text(
             );
             line("      # tar_drop_max: 0.01");
             if !int8 {
-                already_quantized_gates(&mut line);
+                already_quantized_gates(line);
             } else {
                 line("      candidate_gates:");
                 line("        openvino_fp32: {cosine_min: 0.9999}");
@@ -559,7 +595,7 @@ pub(crate) fn manifest_text(
             line("      # Per output: cosine, and elements out of atol/rtol (Polygraphy's rule).");
             line("      cosine_min: 0.99");
             if !int8 {
-                already_quantized_gates(&mut line);
+                already_quantized_gates(line);
             } else {
                 line("      candidate_gates:");
                 line("        openvino_fp16: {cosine_min: 0.999}");
@@ -568,6 +604,11 @@ pub(crate) fn manifest_text(
             }
         }
     }
+    candidates
+}
+
+/// The `benchmark` and `release` steps.
+fn benchmark_and_release(line: &mut impl FnMut(&str), task: &str, int8: bool, candidates: &str) {
     line("  # Speed, cold start and memory of every artifact, each in a fresh process, with");
     line("  # OpenVINO's benchmark_app as a reference.");
     line("  benchmark:");
@@ -610,7 +651,6 @@ pub(crate) fn manifest_text(
             "      gates: {p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
         ),
     }
-    y
 }
 
 /// Compare's comment for an already-quantized model, in place of per-candidate gates.

@@ -258,163 +258,23 @@ pub(super) fn run(
 
     let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
     let mut reference = ort.load(ctx.model)?;
-    let static_hw: Option<(i64, i64)> = reference
-        .inputs()
-        .first()
-        .and_then(|(_, s)| (s.len() == 4 && s[2] > 0 && s[3] > 0).then(|| (s[2], s[3])));
-    if let Some((h, w)) = static_hw
-        && let Some(bad) = sizes
-            .iter()
-            .find(|sz| (sz[0] as i64, sz[1] as i64) != (h, w))
-    {
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!(
-                "the model's input is fixed at {h}x{w}; it cannot run at {}x{}",
-                bad[0], bad[1]
-            ),
-            hint: Some("drop `input_sizes`, or export the detector with dynamic H/W".into()),
-        });
-    }
+    check_sizes(step, reference.as_ref(), &sizes)?;
 
-    // Prepare every size once; the reference's detections per size.
     let mut timing = BTreeMap::new();
-    let mut per_size = Vec::new();
-    for &size in &sizes {
-        ctx.check_cancelled()?;
-        ctx.progress.set_message(format!(
-            "reference at {}x{}: {} images",
-            size[0],
-            size[1],
-            files.len()
-        ));
-        let sized = Preprocessing {
-            size,
-            ..pre.clone()
-        };
-        let prepared = crate::preprocess::prepare(ctx.store, &files, &ctx.feed(&sized, None))?;
-        let (dets, ms) = detect_all(reference.as_mut(), &input, &prepared.tensor, spec)?;
-        timing.insert(
-            format!("reference_{}x{}", size[0], size[1]),
-            json!({"ms": ms, "prepare_ms": prepared.prepare_ms}),
-        );
-        per_size.push((size, prepared, dets));
-    }
+    let per_size = reference_per_size(
+        ctx,
+        reference.as_mut(),
+        (&input, spec),
+        &files,
+        (pre, &sizes),
+        &mut timing,
+    )?;
 
-    let mut failures = Vec::new();
-    let mut candidates: Vec<CandidateReport> = Vec::new();
-    let mut table = Vec::new();
     let boot = p.bootstrap();
-    for cand in &p.candidates {
-        ctx.check_cancelled()?;
-        let label = cand.label();
-        if cand.detail().is_some_and(|d| d.preprocessing.is_some()) {
-            return Err(Error::Step {
-                step: step.clone(),
-                message: format!(
-                    "candidate `{label}`: per-candidate preprocessing is not supported for detectors yet"
-                ),
-                hint: None,
-            });
-        }
-        ctx.progress.set_message(format!("candidate {label}"));
-        let Loaded {
-            mut model,
-            artifact,
-            weights,
-            hint,
-            load_ms,
-        } = match load_candidate(ctx, p, cand, &ort)? {
-            Ok(l) => l,
-            Err(why) => {
-                super::record_not_compared(
-                    &label,
-                    cand.step(),
-                    &why,
-                    13,
-                    (&p.gates_for(&label), gate::DETECTION),
-                    &mut table,
-                    &mut candidates,
-                    &mut failures,
-                );
-                continue;
-            }
-        };
-        let exec = model.execution();
-        let mut total = Tally::default();
-        let mut size_metrics = Vec::new();
-        let first_row = table.len();
-        for (size, prepared, ref_dets) in &per_size {
-            let (dets, ms) = detect_all(model.as_mut(), &input, &prepared.tensor, spec)?;
-            timing.insert(
-                format!("{label}_{}x{}", size[0], size[1]),
-                json!({"ms": ms, "load_ms": load_ms, "precision_hint": hint}),
-            );
-            let mut t = Tally::default();
-            for (i, (r, c)) in ref_dets.iter().zip(&dets).enumerate() {
-                let m = detect::match_detections(r, c, p.match_iou);
-                t.add(i, m.clone());
-                total.add(i, m);
-            }
-            let (j, _) = t.totals_with(boot.as_ref());
-            table.push(format!(
-                "| {label} | {artifact} {weights} | {} | {}x{} | {} | {} | {:.4} | {:.3} | {} | {} | {} | {:.3} |",
-                exec.precision,
-                size[0],
-                size[1],
-                j.reference_boxes,
-                j.candidate_boxes,
-                j.recall,
-                j.fp_per_image,
-                fmt_opt(j.score_drift.max, 4),
-                fmt_opt(j.iou.min, 4),
-                fmt_opt(j.landmark_nme.max, 5),
-                j.nms_parity
-            ));
-            size_metrics.push(SizeMetrics {
-                input_size: *size,
-                metrics: j,
-            });
-        }
-        let (tj, intervals) = total.totals_with(boot.as_ref());
-        let gates = detection_gates(&p.gates_for(&label), &tj, &intervals);
-        let what = format!("{artifact} {weights}, executed {}", exec.precision);
-        let passed = note_failures(&label, &what, &gates, &mut failures);
-        for row in &mut table[first_row..] {
-            row.push_str(if passed { " pass |" } else { " **FAIL** |" });
-        }
-        candidates.push(CandidateReport {
-            label: label.clone(),
-            step: cand.step().into(),
-            artifact: Some(artifact.into()),
-            artifact_precision: Some(weights),
-            execution: Some(exec),
-            sizes: Some(size_metrics),
-            total: Some(tj),
-            intervals: (!intervals.is_empty()).then_some(intervals),
-            gates: Some(gates),
-            passed: Some(passed),
-            ..Default::default()
-        });
-    }
-
+    let (candidates, failures, table) =
+        compare_candidates(ctx, p, &ort, (&input, spec), &per_size, &mut timing)?;
     let passed = failures.is_empty();
-    let images: Vec<ReferenceImage> = per_size
-        .iter()
-        .flat_map(|(size, prepared, dets)| {
-            prepared
-                .files
-                .iter()
-                .zip(dets)
-                .zip(&prepared.scales)
-                .map(move |((f, d), sc)| ReferenceImage {
-                    file: f.file_name().map(String::from),
-                    input_size: *size,
-                    scale: *sc,
-                    detections: d.iter().map(round2).collect(),
-                })
-        })
-        .collect();
+    let images = reference_images(&per_size);
     let report = CompareReport {
         schema: report::SCHEMA.into(),
         step: step.clone(),
@@ -439,29 +299,14 @@ pub(super) fn run(
         toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
     };
     let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
-    let mut md = format!(
-        "# compare `{step}` — pipeline `{}` (detector, {:?})\n\n",
-        ctx.manifest.name, spec.family
+    let mut md = markdown(
+        ctx,
+        p,
+        spec,
+        (files.len(), &sizes),
+        &reference.execution().version,
+        &table,
     );
-    md += &format!(
-        "Validation set `{}`: {} images at {}; score threshold {}, NMS IoU {}, matched at IoU >= {}. Reference: ONNX original in ONNX Runtime {}.\n\n",
-        p.dataset,
-        files.len(),
-        sizes
-            .iter()
-            .map(|s| format!("{}x{}", s[0], s[1]))
-            .collect::<Vec<_>>()
-            .join(", "),
-        spec.score_threshold,
-        spec.nms_iou,
-        p.match_iou,
-        reference.execution().version
-    );
-    md += "| candidate | artifact | executed | input | ref boxes | cand boxes | recall | FP/img | score drift max | IoU min | landmark NME max | NMS parity | gate |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-    for row in &table {
-        md += row;
-        md.push('\n');
-    }
     md += &report.uncertainty_md();
     md += &super::failed_gates_md(&report.failures);
     let md_path = super::write_markdown_or_fail(ctx, md, &report, "detection")?;
@@ -488,6 +333,283 @@ pub(super) fn run(
         .into(),
         summary,
     })
+}
+
+/// Every candidate against the reference's detections: their reports, failed gates and
+/// table rows.
+fn compare_candidates(
+    ctx: &StepContext,
+    p: &CompareParams,
+    ort: &OnnxRuntime,
+    (input, spec): (&str, &crate::manifest::DetectorSpec),
+    per_size: &[SizeRun],
+    timing: &mut BTreeMap<String, serde_json::Value>,
+) -> Result<(Vec<CandidateReport>, Vec<String>, Vec<String>)> {
+    let step = &ctx.step.name;
+    let mut failures = Vec::new();
+    let mut candidates: Vec<CandidateReport> = Vec::new();
+    let mut table = Vec::new();
+    for cand in &p.candidates {
+        ctx.check_cancelled()?;
+        let label = cand.label();
+        if cand.detail().is_some_and(|d| d.preprocessing.is_some()) {
+            return Err(Error::Step {
+                step: step.clone(),
+                message: format!(
+                    "candidate `{label}`: per-candidate preprocessing is not supported for detectors yet"
+                ),
+                hint: None,
+            });
+        }
+        ctx.progress.set_message(format!("candidate {label}"));
+        let Loaded {
+            mut model,
+            artifact,
+            weights,
+            hint,
+            load_ms,
+        } = match load_candidate(ctx, p, cand, ort)? {
+            Ok(l) => l,
+            Err(why) => {
+                super::record_not_compared(
+                    &label,
+                    cand.step(),
+                    &why,
+                    13,
+                    (&p.gates_for(&label), gate::DETECTION),
+                    &mut table,
+                    &mut candidates,
+                    &mut failures,
+                );
+                continue;
+            }
+        };
+        let c = Candidate {
+            label: &label,
+            step: cand.step(),
+            artifact,
+            weights,
+            hint: &hint,
+            load_ms,
+        };
+        candidates.push(compare_candidate(
+            p,
+            c,
+            model.as_mut(),
+            (input, spec),
+            per_size,
+            (&mut table, &mut failures, timing),
+        )?);
+    }
+
+    Ok((candidates, failures, table))
+}
+
+/// Refuse sizes a detector with a fixed input cannot run at.
+fn check_sizes(step: &str, reference: &dyn LoadedModel, sizes: &[[u32; 2]]) -> Result<()> {
+    let step = step.to_string();
+    let static_hw: Option<(i64, i64)> = reference
+        .inputs()
+        .first()
+        .and_then(|(_, s)| (s.len() == 4 && s[2] > 0 && s[3] > 0).then(|| (s[2], s[3])));
+    if let Some((h, w)) = static_hw
+        && let Some(bad) = sizes
+            .iter()
+            .find(|sz| (sz[0] as i64, sz[1] as i64) != (h, w))
+    {
+        return Err(Error::Step {
+            step,
+            message: format!(
+                "the model's input is fixed at {h}x{w}; it cannot run at {}x{}",
+                bad[0], bad[1]
+            ),
+            hint: Some("drop `input_sizes`, or export the detector with dynamic H/W".into()),
+        });
+    }
+    Ok(())
+}
+
+/// One size's images, prepared once, with the reference's detections on them.
+type SizeRun = ([u32; 2], crate::preprocess::Prepared, Vec<Vec<Detection>>);
+
+/// Prepare every size once, and the reference's detections per size.
+fn reference_per_size(
+    ctx: &StepContext,
+    reference: &mut dyn LoadedModel,
+    (input, spec): (&str, &crate::manifest::DetectorSpec),
+    files: &[camino::Utf8PathBuf],
+    (pre, sizes): (&Preprocessing, &[[u32; 2]]),
+    timing: &mut BTreeMap<String, serde_json::Value>,
+) -> Result<Vec<SizeRun>> {
+    let mut per_size = Vec::new();
+    for &size in sizes {
+        ctx.check_cancelled()?;
+        ctx.progress.set_message(format!(
+            "reference at {}x{}: {} images",
+            size[0],
+            size[1],
+            files.len()
+        ));
+        let sized = Preprocessing {
+            size,
+            ..pre.clone()
+        };
+        let prepared = crate::preprocess::prepare(ctx.store, files, &ctx.feed(&sized, None))?;
+        let (dets, ms) = detect_all(reference, input, &prepared.tensor, spec)?;
+        timing.insert(
+            format!("reference_{}x{}", size[0], size[1]),
+            json!({"ms": ms, "prepare_ms": prepared.prepare_ms}),
+        );
+        per_size.push((size, prepared, dets));
+    }
+    Ok(per_size)
+}
+
+/// A loaded candidate, as the report names it.
+struct Candidate<'a> {
+    label: &'a str,
+    step: &'a str,
+    artifact: &'static str,
+    weights: String,
+    hint: &'a str,
+    load_ms: u64,
+}
+
+/// Run one candidate at every size against the reference's detections: its report, its
+/// table rows and timing, and its failed gates.
+fn compare_candidate(
+    p: &CompareParams,
+    c: Candidate<'_>,
+    model: &mut dyn LoadedModel,
+    (input, spec): (&str, &crate::manifest::DetectorSpec),
+    per_size: &[SizeRun],
+    (table, failures, timing): (
+        &mut Vec<String>,
+        &mut Vec<String>,
+        &mut BTreeMap<String, serde_json::Value>,
+    ),
+) -> Result<CandidateReport> {
+    let Candidate {
+        label,
+        step,
+        artifact,
+        weights,
+        hint,
+        load_ms,
+    } = c;
+    let boot = p.bootstrap();
+    let exec = model.execution();
+    let mut total = Tally::default();
+    let mut size_metrics = Vec::new();
+    let first_row = table.len();
+    for (size, prepared, ref_dets) in per_size {
+        let (dets, ms) = detect_all(model, input, &prepared.tensor, spec)?;
+        timing.insert(
+            format!("{label}_{}x{}", size[0], size[1]),
+            json!({"ms": ms, "load_ms": load_ms, "precision_hint": hint}),
+        );
+        let mut t = Tally::default();
+        for (i, (r, c)) in ref_dets.iter().zip(&dets).enumerate() {
+            let m = detect::match_detections(r, c, p.match_iou);
+            t.add(i, m.clone());
+            total.add(i, m);
+        }
+        let (j, _) = t.totals_with(boot.as_ref());
+        table.push(format!(
+            "| {label} | {artifact} {weights} | {} | {}x{} | {} | {} | {:.4} | {:.3} | {} | {} | {} | {:.3} |",
+            exec.precision,
+            size[0],
+            size[1],
+            j.reference_boxes,
+            j.candidate_boxes,
+            j.recall,
+            j.fp_per_image,
+            fmt_opt(j.score_drift.max, 4),
+            fmt_opt(j.iou.min, 4),
+            fmt_opt(j.landmark_nme.max, 5),
+            j.nms_parity
+        ));
+        size_metrics.push(SizeMetrics {
+            input_size: *size,
+            metrics: j,
+        });
+    }
+    let (tj, intervals) = total.totals_with(boot.as_ref());
+    let gates = detection_gates(&p.gates_for(label), &tj, &intervals);
+    let what = format!("{artifact} {weights}, executed {}", exec.precision);
+    let passed = note_failures(label, &what, &gates, failures);
+    for row in &mut table[first_row..] {
+        row.push_str(if passed { " pass |" } else { " **FAIL** |" });
+    }
+    Ok(CandidateReport {
+        label: label.to_string(),
+        step: step.into(),
+        artifact: Some(artifact.into()),
+        artifact_precision: Some(weights),
+        execution: Some(exec),
+        sizes: Some(size_metrics),
+        total: Some(tj),
+        intervals: (!intervals.is_empty()).then_some(intervals),
+        gates: Some(gates),
+        passed: Some(passed),
+        ..Default::default()
+    })
+}
+
+/// Every reference detection, per image and size, for the report.
+fn reference_images(per_size: &[SizeRun]) -> Vec<ReferenceImage> {
+    per_size
+        .iter()
+        .flat_map(|(size, prepared, dets)| {
+            prepared
+                .files
+                .iter()
+                .zip(dets)
+                .zip(&prepared.scales)
+                .map(move |((f, d), sc)| ReferenceImage {
+                    file: f.file_name().map(String::from),
+                    input_size: *size,
+                    scale: *sc,
+                    detections: d.iter().map(round2).collect(),
+                })
+        })
+        .collect()
+}
+
+/// report.md's header and table.
+fn markdown(
+    ctx: &StepContext,
+    p: &CompareParams,
+    spec: &crate::manifest::DetectorSpec,
+    (images, sizes): (usize, &[[u32; 2]]),
+    ort_version: &str,
+    table: &[String],
+) -> String {
+    let step = &ctx.step.name;
+    let mut md = format!(
+        "# compare `{step}` — pipeline `{}` (detector, {:?})\n\n",
+        ctx.manifest.name, spec.family
+    );
+    md += &format!(
+        "Validation set `{}`: {} images at {}; score threshold {}, NMS IoU {}, matched at IoU >= {}. Reference: ONNX original in ONNX Runtime {}.\n\n",
+        p.dataset,
+        images,
+        sizes
+            .iter()
+            .map(|s| format!("{}x{}", s[0], s[1]))
+            .collect::<Vec<_>>()
+            .join(", "),
+        spec.score_threshold,
+        spec.nms_iou,
+        p.match_iou,
+        ort_version
+    );
+    md += "| candidate | artifact | executed | input | ref boxes | cand boxes | recall | FP/img | score drift max | IoU min | landmark NME max | NMS parity | gate |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for row in table {
+        md += row;
+        md.push('\n');
+    }
+    md
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {

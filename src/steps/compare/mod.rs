@@ -351,7 +351,7 @@ fn embed_with_flip(
     t: &Array4<f32>,
     batch: usize,
     flip: bool,
-) -> Result<(Embedded, Option<Vec<Vec<f32>>>)> {
+) -> Result<WithFlip> {
     let plain = embed(model, input, t, batch)?;
     let flipped = if flip {
         let mirrored = t.slice(s![.., .., .., ..;-1]).to_owned();
@@ -701,15 +701,187 @@ pub(crate) fn load_candidate(
 pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
-    let pre = ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
+    let pre = preprocessing(ctx)?;
+    if let Some(other) = route(ctx, p, pre)? {
+        return Ok(other);
+    }
+    let input = ctx.manifest.model.input.name.clone();
+    let spec = &ctx.manifest.datasets[&p.dataset];
+    let dir = &ctx.datasets[&p.dataset];
+    let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
+    let mut pairs = verification::pairs_for(
+        &files,
+        dir,
+        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
+        spec.is_bin(),
+    )?;
+    let flip = pairs::flip_for(p, pairs.as_ref(), step)?;
+    let units = pairs::units_of(&files, dir, pairs.as_ref());
+    let aligner = ctx.aligner(&p.dataset)?;
+    let split = split_threads(p);
+    let (prepared, mut timing) = prepare_images(ctx, &files, pre, aligner.as_ref())?;
+    ctx.check_cancelled()?;
+    ctx.progress.set_message("loading models");
+    // Reference: the ONNX original in ONNX Runtime, fp32.
+    let t_load = Instant::now();
+    let ort = OnnxRuntime::new(ctx.toolchain, split.threads)?;
+    let mut reference = ort.load(ctx.model)?;
+    let load_ms = t_load.elapsed().as_millis() as u64;
+    let mut loaded = load_all(ctx, &split, &files, aligner.as_ref(), &ort)?;
+    let ref_batch = batch_for(reference.as_ref(), p.batch);
+    ctx.check_cancelled()?;
+    ctx.progress.set_message(format!(
+        "inference: reference and {} candidate(s) on {} image(s)",
+        loaded.iter().filter(|(l, _)| l.is_ok()).count(),
+        files.len()
+    ));
+    let t_inference = Instant::now();
+    let (ref_run, cand_runs) = infer_all(
+        p,
+        (&input, &prepared.tensor, flip),
+        (reference.as_mut(), ref_batch),
+        &mut loaded,
+    );
+    // Wall time of all models together; each model's own time is under its name.
+    timing.insert(
+        "inference_wall_ms".to_string(),
+        json!(t_inference.elapsed().as_millis() as u64),
+    );
+    let ((ref_emb, ms), ref_flipped) = ref_run?;
+    timing.insert(
+        "reference".to_string(),
+        json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}),
+    );
+    let ref_norms = norms(&ref_emb);
+    let ref_unit = similarity::normalized(&ref_emb);
+    // The reference's scores, sorted once for its figures and every candidate's TAR. With
+    // `max_impostor_pairs`, every score set keeps the same seeded sample of impostors.
+    let t_score = Instant::now();
+    let (ref_sorted, sample) = score_reference(ctx, p, &mut pairs, &ref_unit, t_score);
+    let ref_ver = ref_sorted
+        .as_ref()
+        .map(|s| verification::verification_of(s, p.operating_far));
+    let ref_lfw = pairs
+        .as_ref()
+        .and_then(|(set, src)| pairs::lfw_figures(&ref_emb, ref_flipped.as_deref(), set, src));
+    timing.insert(
+        "reference_scoring_ms".to_string(),
+        json!(t_score.elapsed().as_millis() as u64),
+    );
+
+    let r = RefFigures {
+        emb: &ref_emb,
+        norms: &ref_norms,
+        unit: &ref_unit,
+        pairs: pairs.as_ref(),
+        sorted: ref_sorted.as_ref(),
+        verification: ref_ver.as_ref(),
+        lfw: ref_lfw.as_ref(),
+        sample: sample.as_ref(),
+        units: &units,
+    };
+    let (candidates, failures, table, ref_ci) =
+        compare_candidates(ctx, p, loaded, cand_runs, &r, &mut timing)?;
+    let passed = failures.is_empty();
+    let (ref_mean, ref_std) = mean_std(&ref_norms);
+    let report = CompareReport {
+        schema: report::SCHEMA.into(),
         step: step.clone(),
+        kind: "compare".into(),
+        task: None,
+        passed,
+        detector: None,
+        match_iou: None,
+        dataset: DatasetSummary {
+            name: p.dataset.clone(),
+            images: files.len(),
+            fit: Some(prepared.fit_counts()),
+            pairs: pairs.as_ref().map(|(_, s)| s.clone()),
+            input_sizes: None,
+            resampling: p.bootstrap().map(|b| units.resampling(&b)),
+        },
+        reference: ReferenceSummary {
+            verification: ref_ver.map(|v| v.with_ci95(ref_ci.unwrap_or_default())),
+            operating_far: Some(p.operating_far),
+            lfw: ref_lfw,
+            norm: Some(MeanStd {
+                mean: ref_mean,
+                std: ref_std,
+            }),
+            ..ReferenceSummary::onnx(reference.execution())
+        },
+        candidates,
+        failures,
+        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    };
+    outcome(ctx, p, &report, &table, timing, t_total)
+}
+
+/// The model's preprocessing, which compare needs to turn images into tensors.
+fn preprocessing<'a>(ctx: &StepContext<'a>) -> Result<&'a Preprocessing> {
+    ctx.manifest.model.preprocessing.as_ref().ok_or_else(|| Error::Step {
+        step: ctx.step.name.clone(),
         message: "compare needs `model.preprocessing` to turn images into tensors".into(),
         hint: Some("declare `model.preprocessing: {color: RGB, mean: [127.5,127.5,127.5], std: [127.5,127.5,127.5], size: [112, 112]}`".into()),
-    })?;
+    })
+}
+
+/// Reference and candidates run side by side, each on its share of the cores: these models
+/// take a static batch of one, where a second intra-op thread buys little (MobileFaceNet:
+/// 3.5 ms on one thread, 2.1 ms on two), so one thread per model finishes sooner than the
+/// models one after another on every core.
+fn split_threads(p: &CompareParams) -> CompareParams {
+    CompareParams {
+        threads: p.threads.or_else(|| {
+            let models = 1 + p.candidates.len();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (models > 1).then(|| (cores / models).max(1))
+        }),
+        ..p.clone()
+    }
+}
+
+/// Write the report and report.md (failing the step on a failed gate); the step's summary.
+fn outcome(
+    ctx: &StepContext,
+    p: &CompareParams,
+    report: &CompareReport,
+    table: &[String],
+    mut timing: BTreeMap<String, serde_json::Value>,
+    t_total: Instant,
+) -> Result<StepOutcome> {
+    let files = report.dataset.images;
+    let report_path = super::write_report(ctx.workdir, "report.json", report)?;
+    let md_path = write_markdown_or_fail(ctx, markdown(ctx, report, table), report, "fidelity")?;
+    timing.insert(
+        "total_ms".to_string(),
+        json!(t_total.elapsed().as_millis() as u64),
+    );
+    let worst = report
+        .candidates
+        .iter()
+        .filter_map(|c| c.cosine.map(|s| s.min))
+        .fold(1.0, f64::min);
+    let mut summary = json!({"images": files, "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
+    note_candidates(&mut summary, &report.candidates);
+    Ok(StepOutcome {
+        outputs: [
+            ("report.json".to_string(), report_path),
+            ("report.md".to_string(), md_path),
+        ]
+        .into(),
+        summary,
+    })
+}
+
+/// Models other than embedders are compared by their own kind's code; gates of another
+/// task are refused. None for a recognition model, which `run` compares.
+fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Option<StepOutcome>> {
+    let step = &ctx.step.name;
     let task = ctx.manifest.model.task;
     let tolerance = p.gates.has_tolerance() || p.candidate_gates.values().any(Gates::has_tolerance);
     match task {
-        Task::Generic | Task::Landmarks => return outputs::run(ctx, p, pre),
+        Task::Generic | Task::Landmarks => return outputs::run(ctx, p, pre).map(Some),
         Task::Swapper => {
             return Err(Error::Step {
                 step: step.clone(),
@@ -728,77 +900,66 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 }),
             });
         }
-        Task::Detection => return detection::run(ctx, p, pre),
+        Task::Detection => return detection::run(ctx, p, pre).map(Some),
         Task::Recognition => {}
     }
     if p.has_gates(gate::DETECTION) {
         return Err(Error::Step { step: step.clone(), message: "detection gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
     }
-    let input = ctx.manifest.model.input.name.clone();
-    let spec = &ctx.manifest.datasets[&p.dataset];
-    let dir = &ctx.datasets[&p.dataset];
-    let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
-    let mut pairs = verification::pairs_for(
-        &files,
-        dir,
-        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
-        spec.is_bin(),
-    )?;
-    let flip = pairs::flip_for(p, pairs.as_ref(), step)?;
-    let units = pairs::units_of(&files, dir, pairs.as_ref());
-    let aligner = ctx.aligner(&p.dataset)?;
-    // Reference and candidates run side by side, each on its share of the cores: these
-    // models take a static batch of one, where a second intra-op thread buys little
-    // (MobileFaceNet: 3.5 ms on one thread, 2.1 ms on two), so one thread per model
-    // finishes sooner than the models one after another on every core.
-    let split = CompareParams {
-        threads: p.threads.or_else(|| {
-            let models = 1 + p.candidates.len();
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (models > 1).then(|| (cores / models).max(1))
-        }),
-        ..p.clone()
-    };
-    let (prepared, mut timing) = prepare_images(ctx, &files, pre, aligner.as_ref())?;
-    ctx.check_cancelled()?;
-    ctx.progress.set_message("loading models");
-    // Reference: the ONNX original in ONNX Runtime, fp32.
-    let t_load = Instant::now();
-    let ort = OnnxRuntime::new(ctx.toolchain, split.threads)?;
-    let mut reference = ort.load(ctx.model)?;
-    let load_ms = t_load.elapsed().as_millis() as u64;
+    Ok(None)
+}
+
+/// A candidate as loaded (or why not), with its own prepared images when it has its own
+/// preprocessing.
+type LoadedCandidate = (
+    std::result::Result<Loaded, NotCompared>,
+    Option<crate::preprocess::Prepared>,
+);
+
+/// Load every candidate, and prepare the images of those with their own preprocessing.
+fn load_all(
+    ctx: &StepContext,
+    p: &CompareParams,
+    files: &[camino::Utf8PathBuf],
+    aligner: Option<&crate::preprocess::align::Aligner>,
+    ort: &OnnxRuntime,
+) -> Result<Vec<LoadedCandidate>> {
     let loaded = p
         .candidates
         .iter()
-        .map(|cand| load_candidate(ctx, &split, cand, &ort))
+        .map(|cand| load_candidate(ctx, p, cand, ort))
         .collect::<Result<Vec<_>>>()?;
-    let ref_batch = batch_for(reference.as_ref(), p.batch);
-    let mut loaded = loaded
+    loaded
         .into_iter()
         .zip(&p.candidates)
         .map(|(l, cand)| {
             let own = match (&l, cand.detail().and_then(|d| d.preprocessing.as_ref())) {
                 (Ok(_), Some(pp)) => Some(crate::preprocess::prepare(
                     ctx.store,
-                    &files,
-                    &ctx.feed(pp, aligner.as_ref()),
+                    files,
+                    &ctx.feed(pp, aligner),
                 )?),
                 _ => None,
             };
             Ok((l, own))
         })
-        .collect::<Result<Vec<_>>>()?;
-    ctx.check_cancelled()?;
-    ctx.progress.set_message(format!(
-        "inference: reference and {} candidate(s) on {} image(s)",
-        loaded.iter().filter(|(l, _)| l.is_ok()).count(),
-        files.len()
-    ));
-    let t_inference = Instant::now();
-    let (ref_run, cand_runs) = std::thread::scope(|s| {
-        let tensor = prepared.tensor.as_ref();
-        let input = input.as_str();
-        let reference = reference.as_mut();
+        .collect::<Result<Vec<_>>>()
+}
+
+/// A model's embeddings, and with `lfw_flip` those of the mirrored images.
+type WithFlip = (Embedded, Option<Vec<Vec<f32>>>);
+
+/// A candidate's embeddings, with the batch it ran.
+type CandidateRun = Result<(WithFlip, usize)>;
+
+/// Reference and candidates side by side, each on its own thread.
+fn infer_all(
+    p: &CompareParams,
+    (input, tensor, flip): (&str, &Array4<f32>, bool),
+    (reference, ref_batch): (&mut dyn LoadedModel, usize),
+    loaded: &mut [LoadedCandidate],
+) -> (Result<WithFlip>, Vec<Option<CandidateRun>>) {
+    std::thread::scope(|s| {
         let r = s.spawn(move || embed_with_flip(reference, input, tensor, ref_batch, flip));
         let c: Vec<_> = loaded
             .iter_mut()
@@ -820,22 +981,22 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 .map(|h| h.map(join_inference))
                 .collect::<Vec<_>>(),
         )
-    });
-    // Wall time of all models together; each model's own time is under its name.
-    timing.insert(
-        "inference_wall_ms".to_string(),
-        json!(t_inference.elapsed().as_millis() as u64),
-    );
-    let ((ref_emb, ms), ref_flipped) = ref_run?;
-    timing.insert(
-        "reference".to_string(),
-        json!({"ms": ms, "load_ms": load_ms, "batch": ref_batch}),
-    );
-    let ref_norms = norms(&ref_emb);
-    let ref_unit = similarity::normalized(&ref_emb);
-    // The reference's scores, sorted once for its figures and every candidate's TAR. With
-    // `max_impostor_pairs`, every score set keeps the same seeded sample of impostors.
-    let t_score = Instant::now();
+    })
+}
+
+/// The reference's scores, sorted once for its figures and every candidate's TAR. With
+/// `max_impostor_pairs`, every score set keeps the same seeded sample of impostors, and the
+/// pair source says so.
+fn score_reference(
+    ctx: &StepContext,
+    p: &CompareParams,
+    pairs: &mut Option<(similarity::PairSet, verification::PairSource)>,
+    ref_unit: &ndarray::Array2<f32>,
+    t_score: Instant,
+) -> (
+    Option<verification::SortedScores>,
+    Option<verification::ImpostorSample>,
+) {
     let sample = pairs.as_ref().and_then(|(_, src)| {
         p.max_impostor_pairs
             .and_then(|m| verification::ImpostorSample::new(m, src.impostor as u64, p.sample_seed))
@@ -844,7 +1005,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         let mut scores = p.score_sink(src);
         let mut sample = sample.clone();
         similarity::for_each_score(
-            &[&ref_unit],
+            &[ref_unit],
             set,
             |_, _, same, s| {
                 if same || sample.as_mut().is_none_or(|x| x.keep()) {
@@ -855,7 +1016,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         );
         scores.finish()
     });
-    if let (Some((_, src)), Some(r), Some(m)) = (&mut pairs, &ref_sorted, p.max_impostor_pairs)
+    if let (Some((_, src)), Some(r), Some(m)) = (pairs.as_mut(), &ref_sorted, p.max_impostor_pairs)
         && sample.is_some()
     {
         src.sampled = Some(verification::SampledImpostors {
@@ -864,17 +1025,28 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             kept: r.impostor_pairs(),
         });
     }
-    let ref_ver = ref_sorted
-        .as_ref()
-        .map(|s| verification::verification_of(s, p.operating_far));
-    let ref_lfw = pairs
-        .as_ref()
-        .and_then(|(set, src)| pairs::lfw_figures(&ref_emb, ref_flipped.as_deref(), set, src));
-    timing.insert(
-        "reference_scoring_ms".to_string(),
-        json!(t_score.elapsed().as_millis() as u64),
-    );
+    (ref_sorted, sample)
+}
 
+/// Every candidate's report, the failed gates, report.md's table rows, and the reference's
+/// pair intervals.
+type Compared = (
+    Vec<CandidateReport>,
+    Vec<String>,
+    Vec<String>,
+    Option<verification::VerificationCi95>,
+);
+
+/// Every candidate against the reference: their reports, failed gates and table rows, and
+/// the reference's pair intervals.
+fn compare_candidates(
+    ctx: &StepContext,
+    p: &CompareParams,
+    loaded: Vec<LoadedCandidate>,
+    cand_runs: Vec<Option<CandidateRun>>,
+    r: &RefFigures<'_>,
+    timing: &mut BTreeMap<String, serde_json::Value>,
+) -> Result<Compared> {
     let (mut candidates, mut failures, mut table, mut ref_ci) =
         (Vec::new(), Vec::new(), Vec::new(), None);
     for ((cand, (l, own)), run) in p.candidates.iter().zip(loaded).zip(cand_runs) {
@@ -910,173 +1082,197 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
                 return Err(anyhow::anyhow!("candidate `{label}` was loaded but not run").into());
             }
         };
-        let own_pre = own.is_some();
-        let (((emb, ms), flipped), batch) = run?;
-        let exec: ExecutionInfo = model.execution();
-        if emb.first().map(Vec::len) != ref_emb.first().map(Vec::len) {
-            return Err(Error::Step {
-                step: step.clone(),
-                message: format!(
-                    "candidate `{label}` gives {}-d outputs, the reference {}-d",
-                    emb[0].len(),
-                    ref_emb[0].len()
-                ),
-                hint: None,
-            });
-        }
+        let (c, pair_ci) = compare_candidate(
+            ctx,
+            p,
+            cand,
+            (model, (artifact, weights), hint, load_ms, own.is_some()),
+            run?,
+            r,
+            (&mut table, &mut failures, timing),
+        )?;
+        ref_ci = ref_ci.or(pair_ci);
+        candidates.push(c);
+    }
 
-        let cos: Vec<f64> = ref_emb
-            .iter()
-            .zip(&emb)
-            .map(|(a, b)| metrics::cosine(a, b))
-            .collect();
-        let cs = Summary::of(&cos);
-        let max_abs = ref_emb
-            .iter()
-            .zip(&emb)
-            .map(|(a, b)| metrics::max_abs_diff(a, b))
-            .fold(0.0, f64::max);
-        let (rm, rs) = mean_std(&ref_norms);
-        let (cm, csd) = mean_std(&norms(&emb));
-        let (verification, pair_intervals, scoring_ms) = match (&pairs, &ref_ver, &ref_sorted) {
-            (Some((set, src)), Some(rv), Some(sorted)) => {
-                let r = pairs::Reference {
-                    set,
-                    src,
-                    unit: &ref_unit,
-                    sorted,
-                    verification: rv,
-                    sample: sample.clone(),
-                    lfw: ref_lfw.as_ref(),
-                };
-                let (v, i, ms) =
-                    pairs::verify_candidate(ctx, p, &label, &r, (&emb, flipped.as_deref()), &units);
-                (Some(v), i, ms)
-            }
-            _ => (None, None, 0),
-        };
-        ref_ci = ref_ci.or(pair_intervals.as_ref().map(|i| pairs::ci95_of(Some(i), 0)));
-        let (intervals, cosine_min_ci95) =
-            pairs::figure_intervals(p, &cos, &units, pair_intervals.as_ref());
-        timing.insert(
-            label.clone(),
-            json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint, "scoring_ms": scoring_ms}),
-        );
-        let gates = recognition_gates(
-            &p.gates_for(&label),
-            cs.min,
-            verification.as_ref(),
-            &intervals,
-            &p.dataset,
-        );
-        let what = format!("{artifact} {weights}, executed {}", exec.precision);
-        let passed = note_failures(&label, &what, &gates, &mut failures);
-        table.push(format!(
-            "| {label} | {artifact} {weights} | {} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
-            exec.precision,
-            cs.min,
-            cs.p01,
-            cs.mean,
-            cm / rm - 1.0,
-            max_abs,
-            match &verification {
-                Some(v) => measurable(v.tar_at_operating_far.map(|t| t.candidate)),
-                None => "-".into(),
-            },
-            verification
-                .as_ref()
-                .map(|v| v.flips_at_reference_threshold.to_string())
-                .unwrap_or_else(|| "-".into()),
-            if passed { "pass" } else { "**FAIL**" }
-        ));
-        candidates.push(CandidateReport {
-            label: label.clone(),
-            step: cand.step().into(),
-            artifact: Some(artifact.into()),
-            artifact_precision: Some(weights),
-            execution: Some(exec),
-            preprocessing: Some(
-                if own_pre {
-                    "candidate's own"
-                } else {
-                    "model.preprocessing"
-                }
-                .into(),
+    Ok((candidates, failures, table, ref_ci))
+}
+
+/// What the reference gives every candidate's figures.
+struct RefFigures<'a> {
+    emb: &'a [Vec<f32>],
+    norms: &'a [f64],
+    unit: &'a ndarray::Array2<f32>,
+    pairs: Option<&'a (similarity::PairSet, verification::PairSource)>,
+    sorted: Option<&'a verification::SortedScores>,
+    verification: Option<&'a verification::Verification>,
+    lfw: Option<&'a metrics::lfw::LfwFigures>,
+    sample: Option<&'a verification::ImpostorSample>,
+    units: &'a pairs::Units,
+}
+
+/// One candidate's figures against the reference: cosine, norm shift, pair figures with
+/// their intervals, gates; its table row and timing are added, and its failed gates. With
+/// it, the reference's own pair intervals (from the first candidate's bootstrap).
+fn compare_candidate(
+    ctx: &StepContext,
+    p: &CompareParams,
+    cand: &CandidateSpec,
+    (model, (artifact, weights), hint, load_ms, own_pre): (
+        Box<dyn LoadedModel>,
+        (&'static str, String),
+        String,
+        u64,
+        bool,
+    ),
+    run: (WithFlip, usize),
+    r: &RefFigures<'_>,
+    (table, failures, timing): (
+        &mut Vec<String>,
+        &mut Vec<String>,
+        &mut BTreeMap<String, serde_json::Value>,
+    ),
+) -> Result<(CandidateReport, Option<verification::VerificationCi95>)> {
+    let (step, label) = (&ctx.step.name, cand.label());
+    let (((emb, ms), flipped), batch) = run;
+    let exec: ExecutionInfo = model.execution();
+    if emb.first().map(Vec::len) != r.emb.first().map(Vec::len) {
+        return Err(Error::Step {
+            step: step.clone(),
+            message: format!(
+                "candidate `{label}` gives {}-d outputs, the reference {}-d",
+                emb[0].len(),
+                r.emb[0].len()
             ),
-            cosine: Some(cs),
-            cosine_min_ci95,
-            max_abs_error: Some(max_abs),
-            cosine_per_image: Some(cos.iter().map(|c| (c * 1e6).round() / 1e6).collect()),
-            norm: Some(NormShift {
-                reference_mean: rm,
-                reference_std: rs,
-                mean: cm,
-                std: csd,
-                relative_shift: cm / rm - 1.0,
-            }),
-            verification,
-            intervals: (!intervals.is_empty()).then_some(intervals),
-            gates: Some(gates),
-            passed: Some(passed),
-            ..Default::default()
+            hint: None,
         });
     }
 
-    let passed = failures.is_empty();
-    let (ref_mean, ref_std) = mean_std(&ref_norms);
-    let report = CompareReport {
-        schema: report::SCHEMA.into(),
-        step: step.clone(),
-        kind: "compare".into(),
-        task: None,
-        passed,
-        detector: None,
-        match_iou: None,
-        dataset: DatasetSummary {
-            name: p.dataset.clone(),
-            images: files.len(),
-            fit: Some(prepared.fit_counts()),
-            pairs: pairs.as_ref().map(|(_, s)| s.clone()),
-            input_sizes: None,
-            resampling: p.bootstrap().map(|b| units.resampling(&b)),
-        },
-        reference: ReferenceSummary {
-            model: "ONNX original".into(),
-            execution: reference.execution(),
-            norm: Some(MeanStd {
-                mean: ref_mean,
-                std: ref_std,
-            }),
-            verification: ref_ver.map(|v| v.with_ci95(ref_ci.unwrap_or_default())),
-            operating_far: Some(p.operating_far),
-            lfw: ref_lfw,
-            images: None,
-        },
-        candidates,
-        failures,
-        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    let (cos, cs, max_abs) = cosine_figures(r.emb, &emb);
+    let (rm, rs) = mean_std(r.norms);
+    let (cm, csd) = mean_std(&norms(&emb));
+    let (verification, pair_intervals, scoring_ms) = match (r.pairs, r.verification, r.sorted) {
+        (Some((set, src)), Some(rv), Some(sorted)) => {
+            let reference = pairs::Reference {
+                set,
+                src,
+                unit: r.unit,
+                sorted,
+                verification: rv,
+                sample: r.sample.cloned(),
+                lfw: r.lfw,
+            };
+            let (v, i, ms) = pairs::verify_candidate(
+                ctx,
+                p,
+                &label,
+                &reference,
+                (&emb, flipped.as_deref()),
+                r.units,
+            );
+            (Some(v), i, ms)
+        }
+        _ => (None, None, 0),
     };
-    let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let md_path = write_markdown_or_fail(ctx, markdown(ctx, &report, &table), &report, "fidelity")?;
+    let ref_ci = pair_intervals.as_ref().map(|i| pairs::ci95_of(Some(i), 0));
+    let (intervals, cosine_min_ci95) =
+        pairs::figure_intervals(p, &cos, r.units, pair_intervals.as_ref());
     timing.insert(
-        "total_ms".to_string(),
-        json!(t_total.elapsed().as_millis() as u64),
+        label.clone(),
+        json!({"ms": ms, "load_ms": load_ms, "batch": batch, "step": cand.step(), "precision_hint": hint, "scoring_ms": scoring_ms}),
     );
-    let worst = report
-        .candidates
+    let gates = recognition_gates(
+        &p.gates_for(&label),
+        cs.min,
+        verification.as_ref(),
+        &intervals,
+        &p.dataset,
+    );
+    let what = format!("{artifact} {weights}, executed {}", exec.precision);
+    let passed = note_failures(&label, &what, &gates, failures);
+    table.push(row(
+        &label,
+        &format!("{artifact} {weights}"),
+        &exec.precision,
+        (&cs, cm / rm - 1.0, max_abs),
+        verification.as_ref(),
+        passed,
+    ));
+    let report = CandidateReport {
+        label: label.clone(),
+        step: cand.step().into(),
+        artifact: Some(artifact.into()),
+        artifact_precision: Some(weights),
+        execution: Some(exec),
+        preprocessing: Some(
+            if own_pre {
+                "candidate's own"
+            } else {
+                "model.preprocessing"
+            }
+            .into(),
+        ),
+        cosine: Some(cs),
+        cosine_min_ci95,
+        max_abs_error: Some(max_abs),
+        cosine_per_image: Some(cos.iter().map(|c| (c * 1e6).round() / 1e6).collect()),
+        norm: Some(NormShift {
+            reference_mean: rm,
+            reference_std: rs,
+            mean: cm,
+            std: csd,
+            relative_shift: cm / rm - 1.0,
+        }),
+        verification,
+        intervals: (!intervals.is_empty()).then_some(intervals),
+        gates: Some(gates),
+        passed: Some(passed),
+        ..Default::default()
+    };
+    Ok((report, ref_ci))
+}
+
+/// Per-image cosine against the reference, its summary, and the largest absolute error.
+fn cosine_figures(reference: &[Vec<f32>], emb: &[Vec<f32>]) -> (Vec<f64>, Summary, f64) {
+    let cos: Vec<f64> = reference
         .iter()
-        .filter_map(|c| c.cosine.map(|s| s.min))
-        .fold(1.0, f64::min);
-    let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
-    note_candidates(&mut summary, &report.candidates);
-    Ok(StepOutcome {
-        outputs: [
-            ("report.json".to_string(), report_path),
-            ("report.md".to_string(), md_path),
-        ]
-        .into(),
-        summary,
-    })
+        .zip(emb)
+        .map(|(a, b)| metrics::cosine(a, b))
+        .collect();
+    let max_abs = reference
+        .iter()
+        .zip(emb)
+        .map(|(a, b)| metrics::max_abs_diff(a, b))
+        .fold(0.0, f64::max);
+    let cs = Summary::of(&cos);
+    (cos, cs, max_abs)
+}
+
+/// A candidate's row of report.md's table.
+fn row(
+    label: &str,
+    artifact: &str,
+    executed: &str,
+    (cs, shift, max_abs): (&Summary, f64, f64),
+    verification: Option<&CandidateVerification>,
+    passed: bool,
+) -> String {
+    format!(
+        "| {label} | {artifact} | {executed} | {:.6} | {:.6} | {:.6} | {:+.4} | {:.3e} | {} | {} | {} |",
+        cs.min,
+        cs.p01,
+        cs.mean,
+        shift,
+        max_abs,
+        match verification {
+            Some(v) => measurable(v.tar_at_operating_far.map(|t| t.candidate)),
+            None => "-".into(),
+        },
+        verification
+            .map(|v| v.flips_at_reference_threshold.to_string())
+            .unwrap_or_else(|| "-".into()),
+        if passed { "pass" } else { "**FAIL**" }
+    )
 }
 
 /// A TAR as the table prints it: four decimals, or why there is none.

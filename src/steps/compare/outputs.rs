@@ -206,25 +206,7 @@ pub(super) fn run(
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    let not_here: Vec<&str> = [gate::DETECTION, &gate::RECOGNITION[1..]]
-        .iter()
-        .flat_map(|k| {
-            let mut v = p.gates.set_among(k);
-            for g in p.candidate_gates.values() {
-                v.extend(g.set_among(k));
-            }
-            v
-        })
-        .collect();
-    if let Some(k) = not_here.first() {
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!(
-                "`{k}` is set on a `{task_name}` model: its outputs are compared one by one"
-            ),
-            hint: Some("use cosine_min, atol and rtol (per output)".into()),
-        });
-    }
+    refuse_other_gates(p, step, &task_name)?;
     let input = ctx.manifest.model.input.name.clone();
     let spec = &ctx.manifest.datasets[&p.dataset];
     let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], spec.count, spec.seed)?;
@@ -242,197 +224,44 @@ pub(super) fn run(
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut running: Vec<Running> = Vec::new();
     for cand in &p.candidates {
+        refuse_own_preprocessing(step, cand)?;
+        let loaded = load_candidate(ctx, p, cand, &ort)?;
         let label = cand.label();
-        if cand.detail().is_some_and(|d| d.preprocessing.is_some()) {
-            return Err(Error::Step {
-                step: step.clone(),
-                message: format!(
-                    "candidate `{label}`: per-candidate preprocessing is not supported for per-output compare"
-                ),
-                hint: Some("compare candidates that take the model's own preprocessing".into()),
-            });
+        match loaded {
+            Ok(l) => running.push(start_candidate(step, p, cand, l, &ref_names, batch)?),
+            Err(why) => record_not_compared(
+                &label,
+                cand.step(),
+                &why,
+                12,
+                (&p.gates_for(&label), &["cosine_min"]),
+                &mut table,
+                &mut candidates,
+                &mut failures,
+            ),
         }
-        let loaded = match load_candidate(ctx, p, cand, &ort)? {
-            Ok(l) => l,
-            Err(why) => {
-                record_not_compared(
-                    &label,
-                    cand.step(),
-                    &why,
-                    12,
-                    (&p.gates_for(&label), &["cosine_min"]),
-                    &mut table,
-                    &mut candidates,
-                    &mut failures,
-                );
-                continue;
-            }
-        };
-        let own = batch_for(loaded.model.as_ref(), p.batch);
-        if own != batch {
-            return Err(Error::Step {
-                step: step.clone(),
-                message: format!(
-                    "candidate `{label}` runs batches of {own}, the reference batches of {batch}: outputs are compared batch by batch"
-                ),
-                hint: Some(format!(
-                    "set `batch: {}` on the compare step, or export both with the same batch dim",
-                    own.min(batch)
-                )),
-            });
-        }
-        let map = map_outputs(&ref_names, &loaded.model.outputs());
-        let broken = ref_names
-            .iter()
-            .zip(&map)
-            .filter(|(_, m)| m.is_none())
-            .map(|(n, _)| {
-                (
-                    n.clone(),
-                    format!(
-                        "the candidate has no output `{n}` (its outputs: {})",
-                        loaded.model.outputs().join(", ")
-                    ),
-                )
-            })
-            .collect();
-        running.push(Running {
-            gates: p.gates_for(&label),
-            label,
-            step: cand.step().to_string(),
-            loaded,
-            accs: ref_names.iter().map(|_| OutputAcc::default()).collect(),
-            map,
-            broken,
-            ms: std::time::Duration::ZERO,
-        });
     }
 
-    // Every batch runs through the reference once, then through each candidate; only the
-    // running figures are kept, so memory does not grow with the set.
-    let n = prepared.tensor.shape()[0];
-    let sh = prepared.tensor.shape().to_vec();
-    let mut ref_ms = std::time::Duration::ZERO;
-    let t_run = Instant::now();
-    let mut start = 0;
-    while start < n {
-        ctx.check_cancelled()?;
-        let end = (start + batch).min(n);
-        let mut b = Array4::<f32>::zeros((batch, sh[1], sh[2], sh[3]));
-        b.slice_mut(s![0..end - start, .., .., ..])
-            .assign(&prepared.tensor.slice(s![start..end, .., .., ..]));
-        let x: Vec<NamedTensor> = vec![(input.clone(), b.into_dyn())];
-        let t0 = Instant::now();
-        let r = reference.run(&x)?;
-        ref_ms += t0.elapsed();
-        for c in &mut running {
-            let t0 = Instant::now();
-            let out = c.loaded.model.run(&x)?;
-            c.ms += t0.elapsed();
-            for (i, (name, rv)) in r.iter().enumerate() {
-                let Some((j, _)) = &c.map[i] else { continue };
-                if c.broken.contains_key(name) {
-                    continue;
-                }
-                let Some((_, cv)) = out.get(*j) else {
-                    c.broken
-                        .insert(name.clone(), format!("output {j} missing from a run"));
-                    continue;
-                };
-                let rows = (rv.shape().first() == Some(&batch)).then_some(end - start);
-                if let Err(why) = c.accs[i].add(&rv.view(), &cv.view(), rows, &c.gates) {
-                    c.broken.insert(name.clone(), why);
-                }
-            }
-        }
-        let rate = end as f64 / t_run.elapsed().as_secs_f64().max(1e-9);
-        ctx.progress.set_message(format!(
-            "compared {end}/{n} images on {} candidate(s) ({rate:.0} images/s)",
-            running.len()
-        ));
-        start = end;
-    }
+    let ref_ms = run_batches(
+        ctx,
+        &prepared.tensor,
+        &input,
+        reference.as_mut(),
+        &mut running,
+        batch,
+    )?;
     timing.insert(
         "reference".to_string(),
         json!({"ms": ref_ms.as_millis() as u64, "batch": batch}),
     );
 
     for c in running {
-        let Running {
-            label,
-            step: cand_step,
-            loaded,
-            gates: g,
-            accs,
-            map,
-            broken,
-            ms,
-        } = c;
-        let exec = loaded.model.execution();
-        let mut outputs = Vec::new();
-        let mut gates = Vec::new();
-        for ((name, acc), m) in ref_names.iter().zip(accs).zip(map) {
-            if let Some(why) = broken.get(name) {
-                gates.push(GateResult::judge(
-                    &format!("{name}: compared"),
-                    true,
-                    &Measurement::NotMeasured(why.clone()),
-                    1.0,
-                    Policy::default(),
-                    None,
-                ));
-                table.push(format!(
-                    "| {label} | {} {} | {} | `{name}` | - | - | - | - | - | - | not compared: {why} |",
-                    loaded.artifact, loaded.weights, exec.precision
-                ));
-                continue;
-            }
-            let o = acc.finish(name, m.and_then(|(_, n)| n), &g);
-            let og = output_gates(&g, &o);
-            let ok = og.iter().all(|x| x.passed);
-            table.push(format!(
-                "| {label} | {} {} | {} | `{name}` | {:?} | {:.3e} | {:.3e} | {:.3e} | {:.6} | {} | {} |",
-                loaded.artifact,
-                loaded.weights,
-                exec.precision,
-                o.shape,
-                o.max_abs_error,
-                o.max_rel_error,
-                o.mean_abs_error,
-                o.cosine.min,
-                o.out_of_tolerance
-                    .map(|x| format!("{x} / {}", o.elements))
-                    .unwrap_or_else(|| "-".into()),
-                if ok { "pass" } else { "**FAIL**" }
-            ));
-            gates.extend(og);
-            outputs.push(o);
-        }
-        let what = format!(
-            "{} {}, executed {}",
-            loaded.artifact, loaded.weights, exec.precision
-        );
-        let passed = note_failures(&label, &what, &gates, &mut failures);
-        timing.insert(
-            label.clone(),
-            json!({"ms": ms.as_millis() as u64, "load_ms": loaded.load_ms, "batch": batch, "step": cand_step, "precision_hint": loaded.hint}),
-        );
-        let all_cos: Vec<f64> = outputs.iter().map(|o| o.cosine.min).collect();
-        candidates.push(CandidateReport {
-            label,
-            step: cand_step,
-            artifact: Some(loaded.artifact.into()),
-            artifact_precision: Some(loaded.weights),
-            execution: Some(exec),
-            preprocessing: Some("model.preprocessing".into()),
-            // The worst output's cosine is the candidate's: what `release` gates on.
-            cosine: (!all_cos.is_empty()).then(|| Summary::of(&all_cos)),
-            max_abs_error: outputs.iter().map(|o| o.max_abs_error).reduce(f64::max),
-            outputs: Some(outputs),
-            gates: Some(gates),
-            passed: Some(passed),
-            ..Default::default()
-        });
+        candidates.push(finish_candidate(
+            c,
+            &ref_names,
+            batch,
+            (&mut table, &mut failures, &mut timing),
+        ));
     }
 
     let report = CompareReport {
@@ -476,6 +305,241 @@ pub(super) fn run(
         .into(),
         summary,
     })
+}
+
+/// Refuse gates of other tasks: a per-output compare judges cosine and tolerances only.
+fn refuse_other_gates(p: &CompareParams, step: &str, task_name: &str) -> Result<()> {
+    let step = step.to_string();
+    let not_here: Vec<&str> = [gate::DETECTION, &gate::RECOGNITION[1..]]
+        .iter()
+        .flat_map(|k| {
+            let mut v = p.gates.set_among(k);
+            for g in p.candidate_gates.values() {
+                v.extend(g.set_among(k));
+            }
+            v
+        })
+        .collect();
+    if let Some(k) = not_here.first() {
+        return Err(Error::Step {
+            step,
+            message: format!(
+                "`{k}` is set on a `{task_name}` model: its outputs are compared one by one"
+            ),
+            hint: Some("use cosine_min, atol and rtol (per output)".into()),
+        });
+    }
+    Ok(())
+}
+
+/// Per-output compare feeds every candidate the model's own preprocessing.
+fn refuse_own_preprocessing(step: &str, cand: &super::CandidateSpec) -> Result<()> {
+    let label = cand.label();
+    if cand.detail().is_some_and(|d| d.preprocessing.is_some()) {
+        return Err(Error::Step {
+            step: step.to_string(),
+            message: format!(
+                "candidate `{label}`: per-candidate preprocessing is not supported for per-output compare"
+            ),
+            hint: Some("compare candidates that take the model's own preprocessing".into()),
+        });
+    }
+    Ok(())
+}
+
+/// A loaded candidate ready to run beside the reference: its outputs mapped to the
+/// reference's, and its batch checked against the reference's.
+fn start_candidate(
+    step: &str,
+    p: &CompareParams,
+    cand: &super::CandidateSpec,
+    loaded: Loaded,
+    ref_names: &[String],
+    batch: usize,
+) -> Result<Running> {
+    let label = cand.label();
+    let own = batch_for(loaded.model.as_ref(), p.batch);
+    if own != batch {
+        return Err(Error::Step {
+            step: step.to_string(),
+            message: format!(
+                "candidate `{label}` runs batches of {own}, the reference batches of {batch}: outputs are compared batch by batch"
+            ),
+            hint: Some(format!(
+                "set `batch: {}` on the compare step, or export both with the same batch dim",
+                own.min(batch)
+            )),
+        });
+    }
+    let map = map_outputs(ref_names, &loaded.model.outputs());
+    let broken = ref_names
+        .iter()
+        .zip(&map)
+        .filter(|(_, m)| m.is_none())
+        .map(|(n, _)| {
+            (
+                n.clone(),
+                format!(
+                    "the candidate has no output `{n}` (its outputs: {})",
+                    loaded.model.outputs().join(", ")
+                ),
+            )
+        })
+        .collect();
+    Ok(Running {
+        gates: p.gates_for(&label),
+        label,
+        step: cand.step().to_string(),
+        loaded,
+        accs: ref_names.iter().map(|_| OutputAcc::default()).collect(),
+        map,
+        broken,
+        ms: std::time::Duration::ZERO,
+    })
+}
+
+/// Run every batch through the reference once, then through each candidate; only the
+/// running figures are kept, so memory does not grow with the set. The reference's time.
+fn run_batches(
+    ctx: &StepContext,
+    tensor: &Array4<f32>,
+    input: &str,
+    reference: &mut dyn crate::runtime::LoadedModel,
+    running: &mut [Running],
+    batch: usize,
+) -> Result<std::time::Duration> {
+    let n = tensor.shape()[0];
+    let sh = tensor.shape().to_vec();
+    let mut ref_ms = std::time::Duration::ZERO;
+    let t_run = Instant::now();
+    let mut start = 0;
+    while start < n {
+        ctx.check_cancelled()?;
+        let end = (start + batch).min(n);
+        let mut b = Array4::<f32>::zeros((batch, sh[1], sh[2], sh[3]));
+        b.slice_mut(s![0..end - start, .., .., ..])
+            .assign(&tensor.slice(s![start..end, .., .., ..]));
+        let x: Vec<NamedTensor> = vec![(input.to_string(), b.into_dyn())];
+        let t0 = Instant::now();
+        let r = reference.run(&x)?;
+        ref_ms += t0.elapsed();
+        for c in running.iter_mut() {
+            let t0 = Instant::now();
+            let out = c.loaded.model.run(&x)?;
+            c.ms += t0.elapsed();
+            for (i, (name, rv)) in r.iter().enumerate() {
+                let Some((j, _)) = &c.map[i] else { continue };
+                if c.broken.contains_key(name) {
+                    continue;
+                }
+                let Some((_, cv)) = out.get(*j) else {
+                    c.broken
+                        .insert(name.clone(), format!("output {j} missing from a run"));
+                    continue;
+                };
+                let rows = (rv.shape().first() == Some(&batch)).then_some(end - start);
+                if let Err(why) = c.accs[i].add(&rv.view(), &cv.view(), rows, &c.gates) {
+                    c.broken.insert(name.clone(), why);
+                }
+            }
+        }
+        let rate = end as f64 / t_run.elapsed().as_secs_f64().max(1e-9);
+        ctx.progress.set_message(format!(
+            "compared {end}/{n} images on {} candidate(s) ({rate:.0} images/s)",
+            running.len()
+        ));
+        start = end;
+    }
+    Ok(ref_ms)
+}
+
+/// A candidate's report from its running figures: every output judged against its gates,
+/// its table rows, timing and failed gates added.
+fn finish_candidate(
+    c: Running,
+    ref_names: &[String],
+    batch: usize,
+    (table, failures, timing): (
+        &mut Vec<String>,
+        &mut Vec<String>,
+        &mut BTreeMap<String, serde_json::Value>,
+    ),
+) -> CandidateReport {
+    let Running {
+        label,
+        step: cand_step,
+        loaded,
+        gates: g,
+        accs,
+        map,
+        broken,
+        ms,
+    } = c;
+    let exec = loaded.model.execution();
+    let mut outputs = Vec::new();
+    let mut gates = Vec::new();
+    for ((name, acc), m) in ref_names.iter().zip(accs).zip(map) {
+        if let Some(why) = broken.get(name) {
+            gates.push(GateResult::judge(
+                &format!("{name}: compared"),
+                true,
+                &Measurement::NotMeasured(why.clone()),
+                1.0,
+                Policy::default(),
+                None,
+            ));
+            table.push(format!(
+                "| {label} | {} {} | {} | `{name}` | - | - | - | - | - | - | not compared: {why} |",
+                loaded.artifact, loaded.weights, exec.precision
+            ));
+            continue;
+        }
+        let o = acc.finish(name, m.and_then(|(_, n)| n), &g);
+        let og = output_gates(&g, &o);
+        let ok = og.iter().all(|x| x.passed);
+        table.push(format!(
+            "| {label} | {} {} | {} | `{name}` | {:?} | {:.3e} | {:.3e} | {:.3e} | {:.6} | {} | {} |",
+            loaded.artifact,
+            loaded.weights,
+            exec.precision,
+            o.shape,
+            o.max_abs_error,
+            o.max_rel_error,
+            o.mean_abs_error,
+            o.cosine.min,
+            o.out_of_tolerance
+                .map(|x| format!("{x} / {}", o.elements))
+                .unwrap_or_else(|| "-".into()),
+            if ok { "pass" } else { "**FAIL**" }
+        ));
+        gates.extend(og);
+        outputs.push(o);
+    }
+    let what = format!(
+        "{} {}, executed {}",
+        loaded.artifact, loaded.weights, exec.precision
+    );
+    let passed = note_failures(&label, &what, &gates, failures);
+    timing.insert(
+        label.clone(),
+        json!({"ms": ms.as_millis() as u64, "load_ms": loaded.load_ms, "batch": batch, "step": cand_step, "precision_hint": loaded.hint}),
+    );
+    let all_cos: Vec<f64> = outputs.iter().map(|o| o.cosine.min).collect();
+    CandidateReport {
+        label,
+        step: cand_step,
+        artifact: Some(loaded.artifact.into()),
+        artifact_precision: Some(loaded.weights),
+        execution: Some(exec),
+        preprocessing: Some("model.preprocessing".into()),
+        // The worst output's cosine is the candidate's: what `release` gates on.
+        cosine: (!all_cos.is_empty()).then(|| Summary::of(&all_cos)),
+        max_abs_error: outputs.iter().map(|o| o.max_abs_error).reduce(f64::max),
+        outputs: Some(outputs),
+        gates: Some(gates),
+        passed: Some(passed),
+        ..Default::default()
+    }
 }
 
 fn markdown(ctx: &StepContext, r: &CompareReport, outputs: &[String], rows: &[String]) -> String {
