@@ -55,17 +55,24 @@ pub(super) enum CacheCmd {
     Keygen,
 }
 
-pub(super) fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path) -> Result<i32> {
+impl CacheCmd {
+    pub(super) fn json(&self) -> bool {
+        matches!(
+            self,
+            CacheCmd::Ls { json: true }
+                | CacheCmd::Verify { json: true, .. }
+                | CacheCmd::Push { json: true, .. }
+        )
+    }
+}
+
+pub(super) fn cache_cmd(c: CacheCmd, cache_dir: &Utf8Path, out: super::Printer) -> Result<i32> {
     let store = Store::open(cache_dir)?;
     match c {
-        CacheCmd::Ls { json } => ls(&store, cache_dir, json),
-        CacheCmd::Verify { repair, json } => verify(&store, cache_dir, repair, json),
+        CacheCmd::Ls { .. } => ls(&store, cache_dir, out),
+        CacheCmd::Verify { repair, .. } => verify(&store, cache_dir, repair, out),
         CacheCmd::Keygen => keygen(),
-        CacheCmd::Push {
-            files,
-            remote,
-            json,
-        } => push(&store, files, &remote, json),
+        CacheCmd::Push { files, remote, .. } => push(&store, files, &remote, out),
         CacheCmd::Gc {
             files,
             dry_run,
@@ -86,9 +93,9 @@ fn blob_bytes(store: &Store) -> Result<u64> {
 }
 
 /// `cache ls`: every cached step result.
-fn ls(store: &Store, cache_dir: &Utf8Path, json: bool) -> Result<i32> {
+fn ls(store: &Store, cache_dir: &Utf8Path, out: super::Printer) -> Result<i32> {
     let recs = store.actions()?;
-    if super::print_json(json, || &recs)? {
+    if out.json(|| &recs)? {
         return Ok(0);
     }
     println!("cache {cache_dir}: {} step results", recs.len());
@@ -110,7 +117,7 @@ fn ls(store: &Store, cache_dir: &Utf8Path, json: bool) -> Result<i32> {
 }
 
 /// `cache verify`: re-hash every blob; `repair` removes the corrupt ones.
-fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, json: bool) -> Result<i32> {
+fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, out: super::Printer) -> Result<i32> {
     let total = blob_bytes(store)?;
     let pb = crate::progress::bytes_bar(total, "verifying blobs");
     let corrupt = store.verify_all(repair, |n| pb.inc(n))?;
@@ -119,8 +126,7 @@ fn verify(store: &Store, cache_dir: &Utf8Path, repair: bool, json: bool) -> Resu
     let invalid = store.drop_invalid_records()?;
     store.memo.save()?;
     let code = if corrupt.is_empty() || repair { 0 } else { 1 };
-    if super::print_json(
-        json,
+    if out.json(
         || json!({"corrupt": corrupt, "repaired": repair, "invalid_records_removed": invalid}),
     )? {
         return Ok(code);
@@ -158,7 +164,12 @@ fn keygen() -> Result<i32> {
 }
 
 /// `cache push`: upload what the lockfiles reference.
-fn push(store: &Store, files: Vec<Utf8PathBuf>, remote: &RemoteArgs, json: bool) -> Result<i32> {
+fn push(
+    store: &Store,
+    files: Vec<Utf8PathBuf>,
+    remote: &RemoteArgs,
+    out: super::Printer,
+) -> Result<i32> {
     let Some(remote) = remote.open()? else {
         return Err(Error::usage("no remote to push to")
             .with_hint("pass --remote URL or set FACEBUILD_REMOTE"));
@@ -179,7 +190,7 @@ fn push(store: &Store, files: Vec<Utf8PathBuf>, remote: &RemoteArgs, json: bool)
         }
     }
     let r = remote.push(&records, store);
-    if !super::print_json(json, || &r)? {
+    if !out.json(|| &r)? {
         println!(
             "pushed {} step results from {} lockfile(s) to {}: {} blobs uploaded ({}), {} records; {missing} not in the local cache; remote {}",
             records.len(),

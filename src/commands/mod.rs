@@ -185,35 +185,62 @@ pub fn main() -> i32 {
 fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
     // Commands that only look open their context with these; `run` resolves its own.
     let local = ContextSettings::local(cli.cache_dir.as_deref());
+    let out = Printer {
+        json: cli.command.json(),
+    };
     match cli.command {
-        Command::Run(a) => run::run(a, cli.cache_dir, cancel),
+        Command::Run(a) => run::run(a, cli.cache_dir, cancel, out),
         Command::ExecStep(a) => exec_step::exec_step_cmd(a, cancel),
-        Command::Plan(a) => plan::plan_cmd(a, &local),
-        Command::Status(a) => status::status_cmd(a, &local),
+        Command::Plan(a) => plan::plan_cmd(a, &local, out),
+        Command::Status(a) => status::status_cmd(a, &local, out),
         Command::Init(a) => init::init_cmd(a, &local.cache_dir),
-        Command::Cache(c) => cache::cache_cmd(c, &local.cache_dir),
-        Command::Toolchain(t) => toolchain::toolchain_cmd(t, &local.cache_dir),
-        Command::Release(r) => release::release_cmd(r),
+        Command::Cache(c) => cache::cache_cmd(c, &local.cache_dir, out),
+        Command::Toolchain(t) => toolchain::toolchain_cmd(t, &local.cache_dir, out),
+        Command::Release(r) => release::release_cmd(r, out),
         Command::BenchTarget(a) => bench_target::bench_target_cmd(a),
         Command::Builtin(a) => builtin::builtin_cmd(a),
     }
 }
 
-/// One line of a step's summary figures, as the run and status print them.
-/// The one way a command answers `--json`: with `json`, `value()` goes to stdout as pretty
-/// JSON and this returns true, and the caller prints nothing else; without, false, and the
-/// caller prints its text.
-pub(super) fn print_json<T: serde::Serialize>(
+/// How a command answers: text for people, or pretty JSON (`--json`) for machines. The
+/// dispatcher makes it once from the command's flag, and every command answers through it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Printer {
     json: bool,
-    value: impl FnOnce() -> T,
-) -> Result<bool> {
-    if json {
-        let text = serde_json::to_string_pretty(&value()).map_err(anyhow::Error::from)?;
-        println!("{text}");
-    }
-    Ok(json)
 }
 
+impl Printer {
+    /// The one way a command answers `--json`: with it, `value()` goes to stdout as pretty
+    /// JSON and this returns true, and the caller prints nothing else; without, false, and
+    /// the caller prints its text.
+    pub(super) fn json<T: serde::Serialize>(self, value: impl FnOnce() -> T) -> Result<bool> {
+        if self.json {
+            let text = serde_json::to_string_pretty(&value()).map_err(anyhow::Error::from)?;
+            println!("{text}");
+        }
+        Ok(self.json)
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for `--json` (commands without it answer in text).
+    fn json(&self) -> bool {
+        match self {
+            Command::Run(a) => a.json,
+            Command::Plan(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Cache(c) => c.json(),
+            Command::Toolchain(t) => t.json(),
+            Command::Release(r) => r.json(),
+            Command::ExecStep(_)
+            | Command::Init(_)
+            | Command::BenchTarget(_)
+            | Command::Builtin(_) => false,
+        }
+    }
+}
+
+/// One line of a step's summary figures, as the run and status print them.
 pub(super) fn summary_line(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Object(o) => o

@@ -20,16 +20,20 @@ pub(super) struct PlanArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn plan_cmd(args: PlanArgs, local: &ContextSettings) -> Result<i32> {
+pub(super) fn plan_cmd(
+    args: PlanArgs,
+    local: &ContextSettings,
+    out: super::Printer,
+) -> Result<i32> {
     let PlanArgs {
         pipeline,
         sel,
-        json,
+        json: _,
     } = args;
     let ctx = BuildContext::open(pipeline.load()?, local)?;
     let selected = ctx.dag.select(&sel.targets)?;
     let p = plan(&ctx, &selected, false)?;
-    if !super::print_json(json, || crate::graph::plan::Plan {
+    if !out.json(|| crate::graph::plan::Plan {
         pipeline: ctx.manifest.name.clone(),
         toolchain: ctx.pins.id(),
         toolchain_installed: ctx.toolchain.is_some(),

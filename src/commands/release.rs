@@ -26,12 +26,20 @@ pub(super) enum ReleaseCmd {
     },
 }
 
-pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
+impl ReleaseCmd {
+    pub(super) fn json(&self) -> bool {
+        match self {
+            ReleaseCmd::List { json, .. } | ReleaseCmd::Rollback { json, .. } => *json,
+        }
+    }
+}
+
+pub(super) fn release_cmd(r: ReleaseCmd, out: super::Printer) -> Result<i32> {
     match r {
-        ReleaseCmd::List { dir, json } => {
+        ReleaseCmd::List { dir, .. } => {
             let root = crate::settings::releases_dir(dir.as_deref());
             let all = crate::steps::release::list(&root)?;
-            if super::print_json(json, || &all)? {
+            if out.json(|| &all)? {
                 return Ok(0);
             }
             if all.is_empty() {
@@ -55,11 +63,11 @@ pub(super) fn release_cmd(r: ReleaseCmd) -> Result<i32> {
             pipeline,
             version,
             dir,
-            json,
+            ..
         } => {
             let root = crate::settings::releases_dir(dir.as_deref());
             let r = crate::steps::release::rollback(&root, &pipeline, &version)?;
-            if !super::print_json(json, || &r)? {
+            if !out.json(|| &r)? {
                 println!(
                     "{pipeline}: current is now {version} (was {}); {} files verified against its SHA256SUMS in {}",
                     r.previous_current.as_deref().unwrap_or("none"),

@@ -47,6 +47,7 @@ pub(super) fn run(
     args: RunArgs,
     cache_flag: Option<Utf8PathBuf>,
     cancel: &AtomicBool,
+    out: super::Printer,
 ) -> Result<i32> {
     let RunArgs {
         pipeline,
@@ -57,7 +58,7 @@ pub(super) fn run(
         remote,
         materialize,
         executor,
-        json,
+        json: _,
     } = args;
     let settings = RunSettings::resolve(RunFlags {
         cache_dir: cache_flag,
@@ -72,7 +73,7 @@ pub(super) fn run(
     let mut ctx = BuildContext::open(pipeline.load()?, &settings.context)?;
     let report = scheduler::run(&mut ctx, &settings.options, cancel)?;
     let written = crate::report::run::write(&report, &ctx);
-    if !super::print_json(json, || &report)? {
+    if !out.json(|| &report)? {
         print_run(&report, &ctx);
         match &written {
             Ok((h, j)) => println!("run report {h} | junit {j}"),

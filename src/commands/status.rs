@@ -20,8 +20,12 @@ pub(super) struct StatusArgs {
     pub(super) json: bool,
 }
 
-pub(super) fn status_cmd(args: StatusArgs, local: &ContextSettings) -> Result<i32> {
-    status(&args.pipeline.load()?, local, args.json)
+pub(super) fn status_cmd(
+    args: StatusArgs,
+    local: &ContextSettings,
+    out: super::Printer,
+) -> Result<i32> {
+    status(&args.pipeline.load()?, local, out)
 }
 
 /// One step's state, as `status` shows it.
@@ -47,7 +51,7 @@ struct StatusDetail {
     upstream: Option<Vec<String>>,
 }
 
-pub(super) fn status(m: &Manifest, settings: &ContextSettings, json_out: bool) -> Result<i32> {
+pub(super) fn status(m: &Manifest, settings: &ContextSettings, out: super::Printer) -> Result<i32> {
     let ctx = BuildContext::open(m.clone(), settings)?;
     let selected = ctx.dag.select(&[])?;
     let p = plan(&ctx, &selected, false)?;
@@ -96,8 +100,7 @@ pub(super) fn status(m: &Manifest, settings: &ContextSettings, json_out: bool) -
             outputs,
         });
     }
-    if super::print_json(
-        json_out,
+    if out.json(
         || json!({"pipeline": ctx.manifest.name, "lockfile": ctx.manifest.lock_path(), "steps": rows}),
     )? {
         return Ok(0);

@@ -69,15 +69,25 @@ fn tensorrt_for(
     })
 }
 
-pub(super) fn toolchain_cmd(t: ToolchainCmd, cache_dir: &Utf8Path) -> Result<i32> {
+impl ToolchainCmd {
+    pub(super) fn json(&self) -> bool {
+        matches!(self, ToolchainCmd::Show { json: true, .. })
+    }
+}
+
+pub(super) fn toolchain_cmd(
+    t: ToolchainCmd,
+    cache_dir: &Utf8Path,
+    out: super::Printer,
+) -> Result<i32> {
     let place = crate::settings::toolchain_place(cache_dir);
     match t {
-        ToolchainCmd::Show { file, json } => {
+        ToolchainCmd::Show { file, .. } => {
             let pins = pins_for(file.as_deref(), &place)?;
             let tc = Toolchain::find(&place, &pins);
             let dir = place.env_dir(&pins);
             let trt = tensorrt_for(file.as_deref(), cache_dir)?;
-            if super::print_json(json, || {
+            if out.json(|| {
                 let trt_json = match &trt {
                     Ok(t) => json!({"available": true, "found": t, "fingerprint": t.fingerprint()}),
                     Err(e) => json!({"available": false, "missing": e.to_string()}),
