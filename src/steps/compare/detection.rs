@@ -298,7 +298,6 @@ pub(super) fn run(
         failures,
         toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
     };
-    let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
     let mut md = markdown(
         ctx,
         p,
@@ -309,11 +308,6 @@ pub(super) fn run(
     );
     md += &report.uncertainty_md();
     md += &super::failed_gates_md(&report.failures);
-    let md_path = super::write_markdown_or_fail(ctx, md, &report, "detection")?;
-    timing.insert(
-        "total_ms".into(),
-        json!(t_total.elapsed().as_millis() as u64),
-    );
     let worst_recall = report
         .candidates
         .iter()
@@ -323,16 +317,8 @@ pub(super) fn run(
         .iter()
         .map(|(_, _, d)| d.iter().map(Vec::len).sum::<usize>())
         .sum();
-    let mut summary = json!({"images": files.len(), "sizes": sizes.len(), "reference_boxes": ref_boxes, "candidates": p.candidates.len(), "worst_recall": worst_recall, "timing": timing});
-    super::note_candidates(&mut summary, &report.candidates);
-    Ok(StepOutcome {
-        outputs: [
-            ("report.json".to_string(), report_path),
-            ("report.md".to_string(), md_path),
-        ]
-        .into(),
-        summary,
-    })
+    let summary = json!({"images": files.len(), "sizes": sizes.len(), "reference_boxes": ref_boxes, "candidates": p.candidates.len(), "worst_recall": worst_recall});
+    super::finish(ctx, &report, (md, "detection"), timing, t_total, summary)
 }
 
 /// Every candidate against the reference's detections: their reports, failed gates and

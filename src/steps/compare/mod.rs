@@ -555,8 +555,8 @@ pub(crate) fn record_not_compared(
 }
 
 /// Write `report.md` beside report.json; when a gate failed, fail the step with every
-/// failure (`what`: "fidelity" or "detection"), the reports kept as evidence.
-pub(crate) fn write_markdown_or_fail(
+/// failure (`what`: "fidelity", "output" or "detection"), the reports kept as evidence.
+fn write_markdown_or_fail(
     ctx: &StepContext,
     md: String,
     report: &CompareReport,
@@ -588,11 +588,10 @@ pub(crate) fn note_failures(
     gates.iter().all(|g| g.passed)
 }
 
-/// How many candidates were unavailable: added to the summary when any were.
 /// The summary's word on candidates: how many were unavailable, and every candidate's gates
 /// (value, limit, verdict, interval) under `gates.<label>`, for `run --json` (an object, so
 /// the text summary line leaves it out).
-pub(crate) fn note_candidates(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
+fn note_candidates(summary: &mut serde_json::Value, candidates: &[CandidateReport]) {
     let n = candidates
         .iter()
         .filter(|c| c.available == Some(false))
@@ -814,7 +813,9 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         failures,
         toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
     };
-    outcome(ctx, p, &report, &table, timing, t_total)
+    let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst_cosine(&report.candidates)});
+    let md = markdown(ctx, &report, &table);
+    finish(ctx, &report, (md, "fidelity"), timing, t_total, summary)
 }
 
 /// The model's preprocessing, which compare needs to turn images into tensors.
@@ -841,28 +842,24 @@ fn split_threads(p: &CompareParams) -> CompareParams {
     }
 }
 
-/// Write the report and report.md (failing the step on a failed gate); the step's summary.
-fn outcome(
+/// The end every compare kind shares: report.json and report.md written (the step fails on
+/// a failed gate, `what` naming the gates), the total time added to `timing`, and the step's
+/// summary: the kind's own figures, then the timing, then every candidate's gates.
+pub(crate) fn finish(
     ctx: &StepContext,
-    p: &CompareParams,
     report: &CompareReport,
-    table: &[String],
+    (md, what): (String, &str),
     mut timing: BTreeMap<String, serde_json::Value>,
     t_total: Instant,
+    mut summary: serde_json::Value,
 ) -> Result<StepOutcome> {
-    let files = report.dataset.images;
     let report_path = super::write_report(ctx.workdir, "report.json", report)?;
-    let md_path = write_markdown_or_fail(ctx, markdown(ctx, report, table), report, "fidelity")?;
+    let md_path = write_markdown_or_fail(ctx, md, report, what)?;
     timing.insert(
         "total_ms".to_string(),
         json!(t_total.elapsed().as_millis() as u64),
     );
-    let worst = report
-        .candidates
-        .iter()
-        .filter_map(|c| c.cosine.map(|s| s.min))
-        .fold(1.0, f64::min);
-    let mut summary = json!({"images": files, "candidates": p.candidates.len(), "worst_cosine": worst, "timing": timing});
+    summary["timing"] = json!(timing);
     note_candidates(&mut summary, &report.candidates);
     Ok(StepOutcome {
         outputs: [
@@ -872,6 +869,14 @@ fn outcome(
         .into(),
         summary,
     })
+}
+
+/// The smallest cosine over every candidate (1 when none was compared).
+fn worst_cosine(candidates: &[CandidateReport]) -> f64 {
+    candidates
+        .iter()
+        .filter_map(|c| c.cosine.map(|s| s.min))
+        .fold(1.0, f64::min)
 }
 
 /// Models other than embedders are compared by their own kind's code; gates of another

@@ -283,28 +283,9 @@ pub(super) fn run(
         failures,
         toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
     };
-    let report_path = crate::steps::write_report(ctx.workdir, "report.json", &report)?;
     let md = markdown(ctx, &report, &ref_names, &table);
-    let md_path = super::write_markdown_or_fail(ctx, md, &report, "output")?;
-    timing.insert(
-        "total_ms".to_string(),
-        json!(t_total.elapsed().as_millis() as u64),
-    );
-    let worst = report
-        .candidates
-        .iter()
-        .filter_map(|c| c.cosine.map(|s| s.min))
-        .fold(1.0, f64::min);
-    let mut summary = json!({"images": files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": worst, "timing": timing});
-    super::note_candidates(&mut summary, &report.candidates);
-    Ok(StepOutcome {
-        outputs: [
-            ("report.json".to_string(), report_path),
-            ("report.md".to_string(), md_path),
-        ]
-        .into(),
-        summary,
-    })
+    let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": super::worst_cosine(&report.candidates)});
+    super::finish(ctx, &report, (md, "output"), timing, t_total, summary)
 }
 
 /// Refuse gates of other tasks: a per-output compare judges cosine and tolerances only.
