@@ -113,6 +113,87 @@ fn default_std() -> Vec<f32> {
     vec![127.5; 3]
 }
 
+/// How a detected face becomes a model input, as InsightFace's `face_align` makes it:
+/// `arcface` warps the five keypoints onto the ArcFace template (`norm_crop`; recognizers,
+/// and at 128 the swapper's target), `box` is a square centred on the detected box whose side
+/// is `scale` times the box's longer side, neither rotated nor sheared (`transform`; landmark
+/// and attribute models). Pixels outside the photo are black.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CropSpec {
+    pub mode: CropMode,
+    /// `box`: the crop's side over the box's longer side (default 1.5, InsightFace's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CropMode {
+    Arcface,
+    Box,
+}
+
+/// A crop with its settings resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Crop {
+    Arcface,
+    Box { scale: f32 },
+}
+
+/// InsightFace's box-crop scale (`landmark.py`, `attribute.py`: `size / (1.5 * max(w, h))`).
+pub(crate) const INSIGHTFACE_BOX_SCALE: f32 = 1.5;
+
+impl CropSpec {
+    pub(crate) fn resolve(&self) -> Crop {
+        match self.mode {
+            CropMode::Arcface => Crop::Arcface,
+            CropMode::Box => Crop::Box {
+                scale: self.scale.unwrap_or(INSIGHTFACE_BOX_SCALE),
+            },
+        }
+    }
+}
+
+/// How a landmark model's output is read: `points` (x, y) pairs per face, or InsightFace's
+/// 3D-68 (`[N, 3309]`: the last 68 rows of x, y, z), in the crop's coordinates.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LandmarkSpec {
+    /// The output holding the points (default: the first output whose width is 2 x points,
+    /// or 3309).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Points per face (default: from the output's width; 68 for 3309).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<usize>,
+    /// `unit`: [0, 1] of the crop (PFLD); `signed`: [-1, 1] (InsightFace's 2d106det and
+    /// 1k3d68, `(p + 1) * size / 2`). Default `signed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coords: Option<LandmarkCoords>,
+    /// The point scheme, which says how NME is normalised: `ibug68` (300-W: outer eye
+    /// corners 36 and 45), `wflw98` (60 and 72), or `box` (sqrt(w h) of the detected box).
+    /// Default: `ibug68` for 68 points, `wflw98` for 98, `box` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<LandmarkScheme>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LandmarkCoords {
+    Unit,
+    Signed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LandmarkScheme {
+    Ibug68,
+    Wflw98,
+    Box,
+}
+
 /// Alignment of whole photos to the ArcFace 112x112 five-point template, with a detector's
 /// landmarks (a 5-point similarity transform, Umeyama).
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -61,7 +61,9 @@ pub use scheduler::{Origin, OutputInfo, RunReport, Status, StepResult};
 pub use settings::Materialize;
 pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
-pub use steps::compare::{CandidateReport, CompareReport, OutputComparison};
+pub use steps::compare::{
+    CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup, OutputComparison,
+};
 pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;
 pub use toolchain::{Pins, Place as ToolchainPlace, Toolchain};

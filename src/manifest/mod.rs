@@ -515,6 +515,39 @@ fn validate_model(m: &ModelSpec) -> Vec<(String, String)> {
             "see docs/manifest.md, `model.detector`".to_string(),
         ));
     }
+    problems.extend(validate_crop_and_landmarks(m));
+    problems
+}
+
+/// `model.input.crop` and `model.landmarks`: a scale only on box crops, positive; points
+/// only on landmark models.
+fn validate_crop_and_landmarks(m: &ModelSpec) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Some(c) = &m.input.crop {
+        match (c.mode, c.scale) {
+            (crate::domain::CropMode::Arcface, Some(_)) => problems.push((
+                "`model.input.crop.scale` applies to `mode: box`".into(),
+                "the ArcFace crop is fixed by the five-point template: remove `scale`".into(),
+            )),
+            (_, Some(s)) if !(s.is_finite() && s > 0.0) => problems.push((
+                format!("`model.input.crop.scale: {s}` must be a positive number"),
+                "InsightFace crops 1.5 times the box's longer side; PFLD's authors 1.1".into(),
+            )),
+            _ => {}
+        }
+    }
+    if m.landmarks.is_some() && m.task != Task::Landmarks {
+        problems.push((
+            "`model.landmarks` is set on a model whose task is not `landmarks`".into(),
+            "set `task: landmarks`, or remove `model.landmarks`".into(),
+        ));
+    }
+    if let Some(0) = m.landmarks.as_ref().and_then(|l| l.points) {
+        problems.push((
+            "`model.landmarks.points` is 0".into(),
+            "give the points per face (68, 98, 106...), or leave it out to read it from the output's width".into(),
+        ));
+    }
     problems
 }
 

@@ -13,6 +13,7 @@ pub(crate) const SCHEMA_VERSION: u32 = 1;
 pub(crate) use crate::domain::AlignSpec;
 pub(crate) use crate::domain::Resize;
 pub use crate::domain::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
+pub(crate) use crate::domain::{Crop, CropSpec, LandmarkSpec};
 pub(crate) use crate::toolchain::ToolchainSpec;
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +71,9 @@ pub(crate) struct ModelSpec {
     /// How a detector's raw outputs become boxes (required by detection `compare`).
     #[serde(default)]
     pub detector: Option<DetectorSpec>,
+    /// How a landmark model's output becomes points (`task: landmarks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<LandmarkSpec>,
 }
 
 /// One dimension of a declared shape: a fixed size or a named dynamic dimension.
@@ -106,6 +110,10 @@ pub struct InputSpec {
     /// size is needed (equivalence checks, smoke runs).
     #[serde(default)]
     pub dims: IndexMap<String, DimRange>,
+    /// How a dataset's detected faces are cropped for this input (datasets with `align:`):
+    /// default `arcface` for recognition, `box` (scale 1.5) for landmarks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) crop: Option<CropSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -117,6 +125,17 @@ pub struct DimRange {
 }
 
 impl InputSpec {
+    /// The crop this input takes from a dataset's detected faces: its own, else the task's.
+    pub(crate) fn crop_for(&self, task: Task) -> Crop {
+        match (&self.crop, task) {
+            (Some(c), _) => c.resolve(),
+            (None, Task::Landmarks) => Crop::Box {
+                scale: crate::domain::INSIGHTFACE_BOX_SCALE,
+            },
+            (None, _) => Crop::Arcface,
+        }
+    }
+
     /// The declared shape with every named dim at its `opt` size; None for a named dim
     /// with no declared range.
     pub fn opt_shape(&self) -> Vec<Option<u64>> {

@@ -133,6 +133,12 @@ pub struct Gates {
     /// Detection: largest landmark error of a matched box, over sqrt(box area).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmark_nme_max: Option<f64>,
+    /// Landmarks: mean NME over faces (point distance over the normaliser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nme_mean_max: Option<f64>,
+    /// Landmarks: NME of the worst face.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nme_max: Option<f64>,
     /// Detection: largest |score difference| of a matched box.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_drift_max: Option<f64>,
@@ -229,6 +235,8 @@ metrics! {
     fp_per_image_max => "fp_per_image", false;
     landmark_nme_max => "landmark_nme", false;
     score_drift_max => "score_drift", false;
+    nme_mean_max => "nme_mean", false;
+    nme_max => "nme_max", false;
     nms_parity_min => "nms_parity", true;
     p99_ms_max => "p99_ms_max", false;
     p50_ms_max => "p50_ms_max", false;
@@ -247,6 +255,8 @@ pub(crate) const DETECTION: &[&str] = &[
     "score_drift_max",
     "nms_parity_min",
 ];
+/// The metrics a `compare` of landmark models measures.
+pub(crate) const LANDMARKS: &[&str] = &["nme_mean_max", "nme_max"];
 /// The metrics a `benchmark` measures.
 pub(crate) const PERFORMANCE: &[&str] = &[
     "p99_ms_max",

@@ -1,16 +1,19 @@
-//! Face alignment for recognition: detect the face in a whole photo, then warp it onto the
-//! ArcFace 112x112 five-point template with a similarity transform (rotation, uniform scale,
-//! translation) fitted to the detector's landmarks by least squares (Umeyama's method; in
-//! 2-D its closed form is the complex-number solution below). This is how InsightFace feeds
-//! its recognition models, and what the models were trained on.
+//! Face crops as InsightFace makes them (`utils/face_align.py`): detect the face in a whole
+//! photo, then either warp it onto the ArcFace 112x112 five-point template with a similarity
+//! transform (rotation, uniform scale, translation) fitted to the detector's landmarks by
+//! least squares (Umeyama's method; in 2-D its closed form is the complex-number solution
+//! below), as recognizers are fed (`norm_crop`), or crop a square around the detected box
+//! (`transform`), as landmark and attribute models are fed. The transform is kept, so a
+//! model's points map back to the photo.
 
 use std::sync::Mutex;
 
 use camino::Utf8Path;
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 
 use crate::detect::Detection;
-use crate::domain::{AlignSpec, DetectorSpec, Layout, Preprocessing};
+use crate::domain::{AlignSpec, Crop, DetectorSpec, Layout, Preprocessing};
 use crate::error::Result;
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::toolchain::Toolchain;
@@ -54,6 +57,56 @@ pub(crate) fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3];
         [a, -b, dx - (a * sx - b * sy)],
         [b, a, dy - (b * sx + a * sy)],
     ]
+}
+
+/// A 2x3 affine transform from photo pixels to crop pixels.
+pub(crate) type Affine = [[f64; 3]; 2];
+
+/// A face as it was cropped: the transform from photo to crop pixels and the detected box.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FaceCrop {
+    pub m: Affine,
+    /// x1, y1, x2, y2 in photo pixels.
+    pub bbox: [f32; 4],
+    /// The detector's five keypoints in photo pixels, when it gives them.
+    #[serde(default)]
+    pub kps: Option<[[f32; 2]; 5]>,
+}
+
+impl FaceCrop {
+    /// A point of the crop in photo pixels (the inverse transform).
+    pub(crate) fn in_photo(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+        let m = &self.m;
+        let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+        let (ox, oy) = (x - m[0][2], y - m[1][2]);
+        [
+            (m[1][1] * ox - m[0][1] * oy) / det,
+            (-m[1][0] * ox + m[0][0] * oy) / det,
+        ]
+    }
+}
+
+/// InsightFace's `face_align.transform` with no rotation, as `landmark.py` and
+/// `attribute.py` call it: centre the box, scale by `width / (scale * max(w, h))`, put the
+/// centre at the crop's centre.
+pub(crate) fn box_transform(bbox: [f32; 4], [h, w]: [u32; 2], scale: f32) -> Affine {
+    let (bw, bh) = ((bbox[2] - bbox[0]) as f64, (bbox[3] - bbox[1]) as f64);
+    let (cx, cy) = (
+        (bbox[2] + bbox[0]) as f64 / 2.0,
+        (bbox[3] + bbox[1]) as f64 / 2.0,
+    );
+    let s = w as f64 / (scale as f64 * bw.max(bh).max(1e-6));
+    [
+        [s, 0.0, w as f64 / 2.0 - cx * s],
+        [0.0, s, h as f64 / 2.0 - cy * s],
+    ]
+}
+
+/// InsightFace's `norm_crop`: the keypoints onto the ArcFace template, scaled with the width.
+pub(crate) fn arcface_transform(kps: &[[f32; 2]; 5], [_, w]: [u32; 2]) -> Affine {
+    let r = w as f32 / 112.0;
+    let dst = ARCFACE_112.map(|p| [p[0] * r, p[1] * r]);
+    similarity(kps, &dst)
 }
 
 /// Warp `img` with `m` (source -> output coordinates) into a `w` x `h` image, sampling
@@ -149,16 +202,29 @@ impl Aligner {
             .map(|d| d.scaled(scale)))
     }
 
-    /// The aligned crop at `size` ([h, w]; the template scales with the width), or None when
-    /// no face with landmarks is found.
-    pub(crate) fn align(&self, img: &RgbImage, size: [u32; 2]) -> Result<Option<RgbImage>> {
+    /// The face's crop at `size` ([h, w]) as `crop` says, with its transform; None when no
+    /// face is found (with keypoints, for `arcface`).
+    pub(crate) fn crop(
+        &self,
+        img: &RgbImage,
+        size: [u32; 2],
+        crop: Crop,
+    ) -> Result<Option<(RgbImage, FaceCrop)>> {
         let Some(d) = self.detect(img)? else {
             return Ok(None);
         };
-        let r = size[1] as f32 / 112.0;
-        let dst = ARCFACE_112.map(|p| [p[0] * r, p[1] * r]);
-        let m = similarity(&d.kps.expect("filtered on kps"), &dst);
-        Ok(Some(warp(img, &m, size[1], size[0])))
+        let m = match crop {
+            Crop::Arcface => arcface_transform(&d.kps.expect("filtered on kps"), size),
+            Crop::Box { scale } => box_transform(d.bbox, size, scale),
+        };
+        Ok(Some((
+            warp(img, &m, size[1], size[0]),
+            FaceCrop {
+                m,
+                bbox: d.bbox,
+                kps: d.kps,
+            },
+        )))
     }
 }
 
@@ -184,6 +250,57 @@ mod tests {
             (m[0][2] - 5.0).abs() < 1e-3 && (m[1][2] + 3.0).abs() < 1e-3,
             "{m:?}"
         );
+    }
+
+    #[test]
+    fn box_crop_centres_the_box_and_maps_back() {
+        // A 40x20 box centred at (100, 50), cropped at 1.5 into 120x120: side 60 -> 120 px.
+        let m = box_transform([80.0, 40.0, 120.0, 60.0], [120, 120], 1.5);
+        assert_eq!(m, [[2.0, 0.0, -140.0], [0.0, 2.0, -40.0]]);
+        let c = FaceCrop {
+            m,
+            bbox: [80.0, 40.0, 120.0, 60.0],
+            kps: None,
+        };
+        assert_eq!(c.in_photo([60.0, 60.0]), [100.0, 50.0]);
+        let back = c.in_photo([0.0, 0.0]);
+        assert!((back[0] - 70.0).abs() < 1e-9 && (back[1] - 20.0).abs() < 1e-9);
+        // And the inverse of a rotation too.
+        let r = FaceCrop {
+            m: similarity(
+                &ARCFACE_112,
+                &ARCFACE_112.map(|p| [-p[1] + 3.0, p[0] - 1.0]),
+            ),
+            bbox: [0.0; 4],
+            kps: None,
+        };
+        let p = r.in_photo([-51.6963 + 3.0, 38.2946 - 1.0]);
+        assert!(
+            (p[0] - 38.2946).abs() < 1e-3 && (p[1] - 51.6963).abs() < 1e-3,
+            "{p:?}"
+        );
+    }
+
+    /// ../shared/README.md's PFLD-68 feeding: a square of side max(w, h) x 1.1 centred on
+    /// the box, resized to 112; a point (x, y) in [0, 1] of the crop is at
+    /// (x side + left, y side + top) in the photo.
+    #[test]
+    fn box_crop_at_1_1_is_pflds_square_crop() {
+        let bbox = [30.0f32, 50.0, 130.0, 170.0];
+        let side = 120.0 * 1.1;
+        let (left, top) = (80.0 - side / 2.0, 110.0 - side / 2.0);
+        let c = FaceCrop {
+            m: box_transform(bbox, [112, 112], 1.1),
+            bbox,
+            kps: None,
+        };
+        for (x, y) in [(0.0, 0.0), (0.25, 0.75), (1.0, 1.0)] {
+            let p = c.in_photo([x * 112.0, y * 112.0]);
+            assert!(
+                (p[0] - (x * side + left)).abs() < 1e-4 && (p[1] - (y * side + top)).abs() < 1e-4,
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

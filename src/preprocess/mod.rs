@@ -20,14 +20,15 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CacheKeyHasher, Store};
-use crate::domain::{ColorOrder, Layout, Preprocessing, Resize};
+use crate::domain::{ColorOrder, Crop, Layout, Preprocessing, Resize};
 use crate::error::{Error, Result};
 use image::RgbImage;
 
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change (4: large JPEGs are decoded
-/// DCT-scaled before the resize; 5: down to the fitted size, not twice it).
-const PREPARE_VERSION: u64 = 5;
+/// DCT-scaled before the resize; 5: down to the fitted size, not twice it; 6: each face's
+/// crop, box and keypoints are kept beside the tensor).
+const PREPARE_VERSION: u64 = 6;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub(crate) enum Fit {
     Letterbox,
     /// A detected face warped onto the ArcFace template (`align:` datasets).
     Aligned,
+    /// A square around a detected face's box (`align:` datasets, `crop: box`).
+    BoxCrop,
     /// `align:` found no face: centre-cropped instead (reported, so it is never silent).
     NoFaceCenterCrop,
 }
@@ -53,6 +56,8 @@ pub(crate) struct Feed<'a> {
     pub layout: Layout,
     pub resize: Resize,
     pub align: Option<&'a align::Aligner>,
+    /// How `align` crops a detected face.
+    pub crop: Crop,
 }
 
 /// Images in `dir` (recursively), sorted by path, then a seeded shuffle and the first `count`.
@@ -232,8 +237,11 @@ pub fn to_tensor(img: &RgbImage, pre: &Preprocessing, layout: Layout) -> Array4<
     t
 }
 
-/// One image: (tensor, how it was fitted, scale from original to input pixels).
-fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)> {
+/// One image as fitted: its tensor, how it was fitted, the scale from original to input
+/// pixels, and for a detected face its crop.
+type Fitted = (Array4<f32>, Fit, f32, Option<align::FaceCrop>);
+
+fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Fitted> {
     let size = feed.pre.size;
     // Alignment warps from the full image (a face may be small in it); a plain fit can
     // decode DCT-scaled.
@@ -245,14 +253,22 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)
         }
         None => decode_for_fit(path, size, feed.resize)?,
     };
+    let mut face = None;
     let (img, fit, scale) = if (iw, ih) == (size[1], size[0]) {
         (img, Fit::AsIs, 1.0)
     } else if let Some(a) = feed.align {
         match a
-            .align(&img, size)
+            .crop(&img, size, feed.crop)
             .map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))?
         {
-            Some(crop) => (crop, Fit::Aligned, 1.0),
+            Some((crop, f)) => {
+                face = Some(f);
+                let fit = match feed.crop {
+                    Crop::Arcface => Fit::Aligned,
+                    Crop::Box { .. } => Fit::BoxCrop,
+                };
+                (crop, fit, 1.0)
+            }
             None => (center_crop_resize(&img, size), Fit::NoFaceCenterCrop, 1.0),
         }
     } else {
@@ -265,7 +281,7 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<(Array4<f32>, Fit, f32)
             Resize::CenterCrop => (center_crop_resize(&img, size), Fit::CenterCropResize, 1.0),
         }
     };
-    Ok((to_tensor(&img, feed.pre, feed.layout), fit, scale))
+    Ok((to_tensor(&img, feed.pre, feed.layout), fit, scale, face))
 }
 
 /// A prepared image set: one tensor of all images, in `files` order.
@@ -276,6 +292,8 @@ pub(crate) struct Prepared {
     pub fits: Vec<Fit>,
     /// Per image: input pixels per original pixel (letterbox), 1 otherwise.
     pub scales: Vec<f32>,
+    /// Per image: the detected face's crop (`align:` datasets), when one was found.
+    pub faces: Vec<Option<align::FaceCrop>>,
     /// True when it came from the cache (no image was decoded).
     pub cached: bool,
     pub prepare_ms: u64,
@@ -332,6 +350,12 @@ impl CacheKey for PrepKey<'_> {
             .unwrap_or_default()
             .cache_key(s);
         self.feed.align.map(|a| a.identity.as_str()).cache_key(s);
+        // Only when it is not the ArcFace crop, so earlier prepared sets keep their keys.
+        if self.feed.align.is_some() && self.feed.crop != Crop::Arcface {
+            serde_json::to_value(self.feed.crop)
+                .unwrap_or_default()
+                .cache_key(s);
+        }
     }
 }
 
@@ -362,19 +386,22 @@ pub(crate) fn prepare_with_progress(
         dir.join(format!("{key}.npy")),
         dir.join(format!("{key}.json")),
     );
-    if let (Ok(t), Ok((fits, scales))) = (
+    if let (Ok(t), Ok((fits, scales, faces))) = (
         ndarray_npy::read_npy::<_, Array4<f32>>(&npy),
-        std::fs::read(&fits_path)
-            .map_err(|_| ())
-            .and_then(|b| serde_json::from_slice::<(Vec<Fit>, Vec<f32>)>(&b).map_err(|_| ())),
+        std::fs::read(&fits_path).map_err(|_| ()).and_then(|b| {
+            serde_json::from_slice::<(Vec<Fit>, Vec<f32>, Vec<Option<align::FaceCrop>>)>(&b)
+                .map_err(|_| ())
+        }),
     ) && t.shape()[0] == files.len()
         && fits.len() == files.len()
+        && faces.len() == files.len()
     {
         return Ok(Prepared {
             tensor: std::sync::Arc::new(t),
             files: files.to_vec(),
             fits,
             scales,
+            faces,
             cached: true,
             prepare_ms: t0.elapsed().as_millis() as u64,
             writer: None,
@@ -398,10 +425,10 @@ pub(crate) fn prepare_with_progress(
         .as_slice_mut()
         .expect("a new array is contiguous")
         .par_chunks_mut(len);
-    let meta: Vec<(Fit, f32)> = slots
+    let meta: Vec<(Fit, f32, Option<align::FaceCrop>)> = slots
         .zip(files.par_iter())
         .map(|(slot, f)| {
-            let (t, fit, scale) = load_with_fit(f, feed)?;
+            let (t, fit, scale, face) = load_with_fit(f, feed)?;
             if t.shape() != per.as_slice() {
                 return Err(Error::usage(format!(
                     "image {f} prepared to {:?}, the others to {per:?}",
@@ -415,17 +442,19 @@ pub(crate) fn prepare_with_progress(
             if n.is_multiple_of(32) || n == files.len() {
                 progress(n, files.len());
             }
-            Ok((fit, scale))
+            Ok((fit, scale, face))
         })
         .collect::<Result<_>>()?;
-    let fits: Vec<Fit> = meta.iter().map(|(f, _)| *f).collect();
-    let scales: Vec<f32> = meta.iter().map(|(_, s)| *s).collect();
+    let fits: Vec<Fit> = meta.iter().map(|m| m.0).collect();
+    let scales: Vec<f32> = meta.iter().map(|m| m.1).collect();
+    let faces: Vec<Option<align::FaceCrop>> = meta.iter().map(|m| m.2).collect();
     let tensor = std::sync::Arc::new(tensor);
     // Written in the background: for 1,000 images the 150 MB file takes ~0.35 s, which
     // would otherwise sit between decoding and inference.
     let writer = {
         let tensor = tensor.clone();
-        let fits_json = serde_json::to_vec(&(&fits, &scales)).map_err(anyhow::Error::from)?;
+        let fits_json =
+            serde_json::to_vec(&(&fits, &scales, &faces)).map_err(anyhow::Error::from)?;
         std::thread::spawn(move || -> Result<()> {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             // Write to temp names and rename: a concurrent reader never sees half a tensor.
@@ -441,6 +470,7 @@ pub(crate) fn prepare_with_progress(
         files: files.to_vec(),
         fits,
         scales,
+        faces,
         cached: false,
         prepare_ms: t0.elapsed().as_millis() as u64,
         writer: Some(writer),

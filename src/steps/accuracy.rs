@@ -468,7 +468,8 @@ enum Eval {
         per_size: Vec<(crate::preprocess::Prepared, Vec<Vec<Detection>>)>,
     },
     Embedding {
-        prepared: crate::preprocess::Prepared,
+        // Boxed: the detection variant is a Vec, and a Prepared is large.
+        prepared: Box<crate::preprocess::Prepared>,
         reference: Vec<Vec<f32>>,
         pairs: Option<(similarity::PairSet, verification::PairSource)>,
         reference_tar: Option<f64>,
@@ -561,7 +562,7 @@ impl Evaluator {
                 });
             }
             Eval::Embedding {
-                prepared,
+                prepared: Box::new(prepared),
                 reference: emb,
                 pairs,
                 reference_tar,

@@ -95,6 +95,7 @@ impl StepContext<'_> {
             layout: self.manifest.model.input.layout,
             resize: pre.resize_for(self.manifest.model.task),
             align,
+            crop: self.manifest.model.input.crop_for(self.manifest.model.task),
         }
     }
 

@@ -66,7 +66,7 @@ impl ReleaseParams {
             return Err(("`artifacts` is empty: nothing to release".into(), None));
         }
         let all = || std::iter::once(&self.gates).chain(self.artifact_gates.values());
-        let accuracy = [gate::RECOGNITION, gate::DETECTION].concat();
+        let accuracy = [gate::RECOGNITION, gate::DETECTION, gate::LANDMARKS].concat();
         let acc = all().any(|g| !g.set_among(&accuracy).is_empty());
         let perf = all().any(|g| !g.set_among(gate::PERFORMANCE).is_empty());
         if all().any(Gates::has_tolerance) {
@@ -264,6 +264,8 @@ fn measure(
         "fp_per_image_max" => c.total.as_ref().map(|t| t.fp_per_image),
         "landmark_nme_max" => c.total.as_ref()?.landmark_nme.max,
         "score_drift_max" => c.total.as_ref()?.score_drift.max,
+        "nme_mean_max" => c.nme_mean,
+        "nme_max" => c.nme_max,
         _ => c.total.as_ref().map(|t| t.nms_parity),
     });
     let why = missing;

@@ -14,11 +14,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub(crate) mod detection;
+mod landmarks;
 mod outputs;
 mod pairs;
 pub(crate) mod report;
 
-pub use report::{CandidateReport, CompareReport, OutputComparison};
+pub use report::{
+    CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup, OutputComparison,
+};
 use report::{CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary};
 
 use super::{StepContext, StepOutcome};
@@ -767,7 +770,6 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         "reference_scoring_ms".to_string(),
         json!(t_score.elapsed().as_millis() as u64),
     );
-
     let r = RefFigures {
         emb: &ref_emb,
         norms: &ref_norms,
@@ -791,6 +793,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         passed,
         detector: None,
         match_iou: None,
+        landmarks: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),
@@ -886,7 +889,9 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
     let task = ctx.manifest.model.task;
     let tolerance = p.gates.has_tolerance() || p.candidate_gates.values().any(Gates::has_tolerance);
     match task {
-        Task::Generic | Task::Landmarks => return outputs::run(ctx, p, pre).map(Some),
+        Task::Generic => return outputs::run(ctx, p, pre).map(Some),
+        Task::Landmarks if tolerance => return outputs::run(ctx, p, pre).map(Some),
+        Task::Landmarks => return landmarks::run(ctx, p, pre).map(Some),
         Task::Swapper => {
             return Err(Error::Step {
                 step: step.clone(),
@@ -908,8 +913,8 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         Task::Detection => return detection::run(ctx, p, pre).map(Some),
         Task::Recognition => {}
     }
-    if p.has_gates(gate::DETECTION) {
-        return Err(Error::Step { step: step.clone(), message: "detection gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
+    if p.has_gates(gate::DETECTION) || p.has_gates(gate::LANDMARKS) {
+        return Err(Error::Step { step: step.clone(), message: "detection or landmark gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min, nme_mean_max, nme_max) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
     }
     Ok(None)
 }

@@ -272,6 +272,7 @@ pub(super) fn run(
         passed: failures.is_empty(),
         detector: None,
         match_iou: None,
+        landmarks: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),
@@ -291,7 +292,7 @@ pub(super) fn run(
 /// Refuse gates of other tasks: a per-output compare judges cosine and tolerances only.
 fn refuse_other_gates(p: &CompareParams, step: &str, task_name: &str) -> Result<()> {
     let step = step.to_string();
-    let not_here: Vec<&str> = [gate::DETECTION, &gate::RECOGNITION[1..]]
+    let not_here: Vec<&str> = [gate::DETECTION, &gate::RECOGNITION[1..], gate::LANDMARKS]
         .iter()
         .flat_map(|k| {
             let mut v = p.gates.set_among(k);

@@ -37,6 +37,9 @@ pub struct CompareReport {
     /// Detectors: the IoU at which boxes match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_iou: Option<f32>,
+    /// Landmark models: how points were read and NME normalised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<LandmarkSetup>,
     /// The validation set.
     pub dataset: DatasetSummary,
     /// The ONNX original, as the reference ran it.
@@ -205,7 +208,17 @@ pub struct CandidateReport {
     /// Detectors: over every size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<DetectionTotals>,
-    /// `generic` and `landmarks` models: every output compared by name.
+    /// Landmark models: mean NME over faces (the figure `nme_mean_max` gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nme_mean: Option<f64>,
+    /// Landmark models: NME of the worst face (the figure `nme_max` gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nme_max: Option<f64>,
+    /// Landmark models: the figures behind `nme_mean` and `nme_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<LandmarkFigures>,
+    /// `generic` models (and landmark models gated by `atol`/`rtol`): every output
+    /// compared by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<OutputComparison>>,
     /// Every gated figure's bootstrap intervals, by figure (`tar_drop`, `recall`...).
@@ -216,6 +229,51 @@ pub struct CandidateReport {
     pub gates: Option<Vec<GateResult>>,
     /// null for a candidate that could not be compared.
     pub passed: Option<bool>,
+}
+
+/// How a landmark model's points were read, and what NME is normalised by.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LandmarkSetup {
+    /// The output the points were read from.
+    pub output: String,
+    /// Points per face.
+    pub points: usize,
+    /// 2 (x, y) or 3 (x, y, z; z is left out of NME).
+    pub dims: usize,
+    /// `unit` ([0, 1] of the crop) or `signed` ([-1, 1]).
+    pub coords: String,
+    /// `ibug68`, `wflw98` or `box`.
+    pub scheme: String,
+    /// The normaliser, in words.
+    pub normaliser: String,
+    /// How faces were cropped: `box` with its scale, `arcface`, or `as_is` (the images are
+    /// the crops).
+    pub crop: String,
+    /// Faces compared (images whose face was found, or every image without `align:`).
+    pub faces: usize,
+    /// Images of the set where no face was found: left out of every figure.
+    pub no_face: usize,
+    /// The reference's mean normaliser in photo pixels, to read NME as pixels.
+    pub mean_normaliser_px: f64,
+    /// A check of how the model is fed: the reference's eye centres against the detector's
+    /// eye keypoints, mean over faces, over the normaliser. A few hundredths when the crop,
+    /// coordinates and preprocessing are right; far above 0.1 when they are not. Absent for
+    /// schemes without known eyes, or a detector without keypoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_eyes_vs_detector: Option<f64>,
+}
+
+/// A landmark model's points against the reference's, per face.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LandmarkFigures {
+    /// NME per face: mean point distance over the face's normaliser.
+    pub nme: Summary,
+    /// Mean point distance over every face, in photo pixels.
+    pub px_mean: f64,
+    /// Largest distance of any point of any face, in photo pixels.
+    pub px_max: f64,
+    /// Faces whose candidate points are not all finite (they count as failing `nme_max`).
+    pub non_finite: usize,
 }
 
 /// One output of a candidate against the same output of the reference, over every image.

@@ -338,6 +338,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            crop: None,
         }
     }
 
