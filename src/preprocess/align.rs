@@ -60,7 +60,7 @@ pub(crate) fn similarity(src: &[[f32; 2]; 5], dst: &[[f32; 2]; 5]) -> [[f64; 3];
 }
 
 /// A 2x3 affine transform from photo pixels to crop pixels.
-pub(crate) type Affine = [[f64; 3]; 2];
+pub type Affine = [[f64; 3]; 2];
 
 /// A face as it was cropped: the transform from photo to crop pixels and the detected box.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ impl FaceCrop {
 /// InsightFace's `face_align.transform` with no rotation, as `landmark.py` and
 /// `attribute.py` call it: centre the box, scale by `width / (scale * max(w, h))`, put the
 /// centre at the crop's centre.
-pub(crate) fn box_transform(bbox: [f32; 4], [h, w]: [u32; 2], scale: f32) -> Affine {
+pub fn box_transform(bbox: [f32; 4], [h, w]: [u32; 2], scale: f32) -> Affine {
     let (bw, bh) = ((bbox[2] - bbox[0]) as f64, (bbox[3] - bbox[1]) as f64);
     let (cx, cy) = (
         (bbox[2] + bbox[0]) as f64 / 2.0,
@@ -102,16 +102,23 @@ pub(crate) fn box_transform(bbox: [f32; 4], [h, w]: [u32; 2], scale: f32) -> Aff
     ]
 }
 
-/// InsightFace's `norm_crop`: the keypoints onto the ArcFace template, scaled with the width.
-pub(crate) fn arcface_transform(kps: &[[f32; 2]; 5], [_, w]: [u32; 2]) -> Affine {
-    let r = w as f32 / 112.0;
-    let dst = ARCFACE_112.map(|p| [p[0] * r, p[1] * r]);
+/// InsightFace's `estimate_norm`, as `norm_crop` uses it: the keypoints onto the ArcFace
+/// template, scaled by width / 112; for a width that is a multiple of 128 and not of 112 (the
+/// swapper's 128 crop), scaled by width / 128 and moved right by 8 of those pixels.
+pub fn arcface_transform(kps: &[[f32; 2]; 5], [_, w]: [u32; 2]) -> Affine {
+    let (ratio, shift) = if w % 112 != 0 && w % 128 == 0 {
+        let r = w as f32 / 128.0;
+        (r, 8.0 * r)
+    } else {
+        (w as f32 / 112.0, 0.0)
+    };
+    let dst = ARCFACE_112.map(|p| [p[0] * ratio + shift, p[1] * ratio]);
     similarity(kps, &dst)
 }
 
 /// Warp `img` with `m` (source -> output coordinates) into a `w` x `h` image, sampling
 /// bilinearly; pixels that map outside the photo are black, as with cv2.warpAffine.
-pub(crate) fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
+pub fn warp(img: &RgbImage, m: &[[f64; 3]; 2], w: u32, h: u32) -> RgbImage {
     let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
     // Inverse of the linear part, applied to (x - tx, y - ty).
     let inv = [
