@@ -21,7 +21,8 @@ fn init(p: &Project, model: &std::path::Path, name: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("next: fill in the 1 dataset path(s)"),
+        stdout.contains("next: fill in the 1 path(s)")
+            || stdout.contains("next: fill in the 2 path(s)"),
         "{stdout}"
     );
     std::fs::read_to_string(p.path(&format!("pipelines/{name}.yaml"))).unwrap()
@@ -119,6 +120,50 @@ onnx.save(m, sys.argv[2])";
     assert_eq!(code, 0, "{r:#?}");
 }
 
+/// InsightFace-shaped landmark models (192 x 192 input; 2d106det's `[N, 212]`, 1k3d68's
+/// `[N, 3309]`), built small with the `onnx` package: init calls them `landmarks` and writes
+/// InsightFace's feeding (box crop 1.5, RGB, (x - 127.5) / 128, points in [-1, 1]) without a
+/// CHECK on it, and a detector placeholder for the crops.
+#[test]
+fn init_reads_insightface_landmark_models() {
+    let p = Project::new();
+    let script = "import onnx, sys
+from onnx import helper, TensorProto
+import numpy as np
+width = int(sys.argv[2])
+w = helper.make_tensor('w', TensorProto.FLOAT, [3, width], np.full(3 * width, 0.01, np.float32).tolist())
+g = helper.make_graph(
+    [helper.make_node('GlobalAveragePool', ['data'], ['p']),
+     helper.make_node('Flatten', ['p'], ['f']),
+     helper.make_node('MatMul', ['f', 'w'], ['fc1'])],
+    'lmk', [helper.make_tensor_value_info('data', TensorProto.FLOAT, ['N', 3, 192, 192])],
+    [helper.make_tensor_value_info('fc1', TensorProto.FLOAT, ['N', width])], [w])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 13)])
+m.ir_version = 8
+onnx.checker.check_model(m)
+onnx.save(m, sys.argv[1])";
+    for (name, width, says) in [
+        ("lmk106", "212", "106 landmark points"),
+        ("lmk3d68", "3309", "InsightFace's 3D-68 landmarks"),
+    ] {
+        let onnx = p.path(&format!("{name}.onnx"));
+        run_toolchain_python(script, &[&onnx, std::path::Path::new(width)]);
+        let text = init(&p, &onnx, name);
+        for want in [
+            "  task: landmarks\n",
+            says,
+            "    crop: {mode: box, scale: 1.5}\n",
+            "    mean: [127.5, 127.5, 127.5]\n    std: [128, 128, 128]\n    size: [192, 192]",
+            "  landmarks: {coords: signed}\n",
+            "<REPLACE: a face detector ONNX model for the crops, e.g. SCRFD>",
+            "      nme_max: 0.05\n",
+        ] {
+            assert!(text.contains(want), "{name}: `{want}` not in\n{text}");
+        }
+        assert!(!text.contains("CHECK: a square around"), "{text}");
+    }
+}
+
 /// An already-quantized model (ONNX Runtime's dynamic quantization: ConvInteger,
 /// DynamicQuantizeLinear): init says so and writes no INT8 steps, and the pipeline it wrote
 /// builds up to compare.
@@ -199,7 +244,7 @@ fn init_builtin_writes_the_default_pipeline() {
     );
 }
 
-/// The corpus: every recognizer and detector in ../shared. init guesses the task and
+/// The corpus: every recognizer, detector and landmark model in ../shared. init guesses the task and
 /// family; the pipeline it wrote (placeholders filled with ../shared paths) runs up to compare
 /// with --keep-going, and every step either builds or refuses as this table expects, with a
 /// message that says what and why. compare reports every candidate it was given.
@@ -250,6 +295,7 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
             "faces/scenes",
             &[],
         ),
+        ("pfld68", "landmarks", None, "faces/pairs", &[]),
     ];
     let mut table = Vec::new();
     for (model, task, family, data, refusals) in corpus {
@@ -265,6 +311,24 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
             assert!(text.contains(&format!("family: {f}")), "{model}: {text}");
         }
         // The photos are not aligned crops: a recognizer's set says how to align them.
+        // A landmark model's set names the detector whose boxes are cropped: fill it first.
+        let text = if *task == "landmarks" {
+            let line = text
+                .lines()
+                .find(|l| l.contains("<REPLACE: a face detector"))
+                .expect("the detector placeholder");
+            let filled = text.replace(
+                line,
+                &format!(
+                    "      model: {}",
+                    shared.join("models/scrfd_500m_kps.onnx").display()
+                ),
+            );
+            p.write(&format!("pipelines/{model}.yaml"), &filled);
+            filled
+        } else {
+            text
+        };
         let align = if *task == "recognition" {
             format!(
                 "\n    pairs: pairs.csv\n    align: {{model: {}, detector: {{family: scrfd}}}}",
@@ -308,6 +372,7 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
                     .as_ref()
                     .map(|x| format!("cos min {:.4}", x.min))
                     .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
+                    .or_else(|| c.nme_max.map(|n| format!("nme max {n:.4}")))
                     .unwrap_or_else(|| "-".into());
                 format!(
                     "{} {} ({fig})",

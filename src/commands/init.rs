@@ -115,7 +115,7 @@ fn init(
     println!("wrote {out}: {summary}");
     if placeholders > 0 {
         println!(
-            "next: fill in the {placeholders} dataset path(s) marked REPLACE, review the lines marked CHECK, then `facebuild plan {out}`"
+            "next: fill in the {placeholders} path(s) marked REPLACE, review the lines marked CHECK, then `facebuild plan {out}`"
         );
     } else {
         println!("next: `facebuild run {out}`");

@@ -97,6 +97,7 @@ impl Guess {
         match self.layout_of_outputs {
             OutputLayout::Embedding { .. } => "recognition",
             OutputLayout::Scrfd { .. } | OutputLayout::Retinaface { .. } => "detection",
+            OutputLayout::Landmarks { .. } => "landmarks",
             OutputLayout::Other => "generic",
         }
     }
@@ -160,6 +161,8 @@ pub(crate) fn guess(
     let (lo, opt, hi_) = match layout_of_outputs {
         _ if detection => (320, 640, 640),
         OutputLayout::Embedding { .. } => (112, 112, 112),
+        // InsightFace's landmark models (2d106det, 1k3d68) take 192 x 192 box crops.
+        OutputLayout::Landmarks { .. } => (192, 192, 192),
         _ => (224, 224, 224),
     };
     let mut shape = Vec::new();
@@ -210,7 +213,12 @@ pub(crate) fn guess(
             }
         }
     }
-    let normalised_inside = matches!(layout_of_outputs, OutputLayout::Embedding { .. }) && {
+    // InsightFace reads both recognizers and landmark models this way (arcface_onnx.py,
+    // landmark.py).
+    let normalised_inside = matches!(
+        layout_of_outputs,
+        OutputLayout::Embedding { .. } | OutputLayout::Landmarks { .. }
+    ) && {
         let has = |p: &[&str]| {
             first_nodes.iter().take(8).any(|(name, op)| {
                 p.iter().any(|x| name.starts_with(x)) || p.iter().any(|x| op == x)
@@ -324,6 +332,7 @@ fn model_section(
         match task {
             "recognition" => "a face recognizer",
             "detection" => "a face detector",
+            "landmarks" => "a face landmark model",
             _ => "CHECK: not a family facebuild decodes, so outputs are compared tensor by tensor",
         }
     ));
@@ -343,6 +352,20 @@ fn model_section(
         line("    dims:");
         for (n, [a, b, c]) in &g.dims {
             line(&format!("      {n}: {{min: {a}, opt: {b}, max: {c}}}"));
+        }
+    }
+    if task == "landmarks" {
+        if g.size == [192, 192] {
+            line(
+                "    # InsightFace's landmark crop (landmark.py): a square 1.5 times the detected box.",
+            );
+            line("    crop: {mode: box, scale: 1.5}");
+        } else {
+            line(
+                "    # CHECK: a square around the detected box, 1.5 times its longer side as InsightFace",
+            );
+            line("    # crops (PFLD exports are fed 1.1); the scale your model was trained on.");
+            line("    crop: {mode: box, scale: 1.5}");
         }
     }
 }
@@ -374,6 +397,7 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
             line(&format!("    std: [{s}, {s}, {s}]"));
             line(&format!("    size: [{h}, {w}]"));
         }
+        ("landmarks", _) => landmarks_preprocessing(line, g),
         (_, Some(crate::manifest::DetectorFamily::Scrfd)) => {
             line("  # SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.");
             line("  preprocessing:");
@@ -413,6 +437,49 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
     }
 }
 
+/// A landmark model's feeding and how its points are read: InsightFace's for its 192 input
+/// (landmark.py), else PFLD's (the open-source landmark exports most users bring), marked
+/// CHECK.
+fn landmarks_preprocessing(line: &mut impl FnMut(&str), g: &Guess) {
+    let [h, w] = g.size;
+    let insightface = g.size == [192, 192];
+    let (m, s) = match (g.normalised_inside, insightface) {
+        (true, _) => {
+            line(
+                "  # The graph normalises its input itself (Sub and Mul first, as InsightFace checks):",
+            );
+            line("  # it takes raw pixels.");
+            ("0", "1")
+        }
+        (false, true) => {
+            line("  # InsightFace's landmark feeding (landmark.py): RGB, (x - 127.5) / 128.");
+            ("127.5", "128")
+        }
+        (false, false) => {
+            line("  # CHECK: not InsightFace's 192 input; this is PFLD's feeding (RGB, x / 255).");
+            ("0", "255")
+        }
+    };
+    line("  preprocessing:");
+    line("    color: RGB");
+    line(&format!("    mean: [{m}, {m}, {m}]"));
+    line(&format!("    std: [{s}, {s}, {s}]"));
+    line(&format!("    size: [{h}, {w}]"));
+    if insightface {
+        line(
+            "  # Points in [-1, 1] of the crop, as InsightFace's models give them; NME is normalised",
+        );
+        line(
+            "  # by the outer eye corners for 68 points, by the box otherwise (docs/manifest.md).",
+        );
+        line("  landmarks: {coords: signed}");
+    } else {
+        line("  # CHECK: points in [0, 1] of the crop (PFLD); InsightFace's models give [-1, 1]");
+        line("  # (`coords: signed`). compare's feeding check says which fits your model.");
+        line("  landmarks: {coords: unit}");
+    }
+}
+
 /// `datasets:`, with the placeholder the task needs; the dataset's name.
 fn datasets_section(line: &mut impl FnMut(&str), task: &str, int8: bool) -> &'static str {
     let calibrates = if int8 { " Also calibrates INT8." } else { "" };
@@ -434,6 +501,23 @@ fn datasets_section(line: &mut impl FnMut(&str), task: &str, int8: bool) -> &'st
                 "    path: {}",
                 placeholder("a folder of aligned face crops, a subfolder per identity")
             ));
+            "faces"
+        }
+        "landmarks" => {
+            line(&format!(
+                "  # REPLACE: photos with faces, and the detector whose boxes are cropped for the model.{calibrates}"
+            ));
+            line("  faces:");
+            line(&format!(
+                "    path: {}",
+                placeholder("a folder of photos with faces")
+            ));
+            line("    align:");
+            line(&format!(
+                "      model: {}",
+                placeholder("a face detector ONNX model for the crops, e.g. SCRFD")
+            ));
+            line("      detector: {family: scrfd}");
             "faces"
         }
         "detection" => {
@@ -572,6 +656,25 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
                 line("        quantize: {cosine_min: 0.9}");
             }
         }
+        "landmarks" => {
+            line(
+                "      # NME per face: mean point distance over the eye-corner distance (or the box).",
+            );
+            line("      nme_max: 0.05");
+            if int8 {
+                line("      candidate_gates:");
+                line("        openvino_fp32: {nme_max: 0.001}");
+                line("        openvino_fp16: {nme_max: 0.005}");
+                line(
+                    "        # CHECK: INT8 moves points (PFLD-68 on 61 photos, 1.5 crops: NME 0.076 on the worst",
+                );
+                line(
+                    "        # face with NNCF, 0.079 with Q/DQ); gate it at what your deployment accepts.",
+                );
+                line("        openvino_int8: {nme_max: 0.1}");
+                line("        quantize: {nme_max: 0.1}");
+            }
+        }
         "detection" => {
             if let Some((_, [lo, ..])) = g.dims.iter().find(|(n, _)| n == "H") {
                 line("      # One dynamic IR, compared at two input sizes.");
@@ -642,6 +745,15 @@ fn benchmark_and_release(line: &mut impl FnMut(&str), task: &str, int8: bool, ca
             if int8 {
                 line("      # CHECK: as compare's INT8 gate above.");
                 line("      artifact_gates: {openvino_int8: {cosine_min: 0.9}}");
+            }
+        }
+        "landmarks" => {
+            line(
+                "      gates: {nme_max: 0.05, p99_ms_max: 50, throughput_min: 20, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+            );
+            if int8 {
+                line("      # CHECK: as compare's INT8 gate above.");
+                line("      artifact_gates: {openvino_int8: {nme_max: 0.1}}");
             }
         }
         "detection" => line(

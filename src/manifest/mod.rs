@@ -465,6 +465,21 @@ fn dataset_problems(k: &str, d: &DatasetSpec, l: &Location) -> Vec<Error> {
         _ => {}
     }
     if let Some(a) = &d.align {
+        if init::is_placeholder(a.model.as_str()) {
+            errors.push(
+                Error::manifest(
+                    l.clone(),
+                    format!(
+                        "dataset `{k}`: `align.model` still has the placeholder `facebuild init` wrote: {}",
+                        a.model
+                    ),
+                )
+                .with_hint(format!(
+                    "set `datasets.{k}.align.model` to {}, relative to this file",
+                    init::placeholder_text(a.model.as_str())
+                )),
+            );
+        }
         if let Err(e) = validate_detector(&a.detector) {
             errors.push(Error::manifest(
                 l.clone(),

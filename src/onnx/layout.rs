@@ -13,6 +13,9 @@ pub(crate) enum OutputLayout {
     Scrfd { levels: usize, keypoints: bool },
     /// Boxes (N x 4), two-class scores (N x 2) and optionally landmarks (N x 10).
     Retinaface { landmarks: bool },
+    /// A first output `[N, W]` of face landmarks: W = 136 (68 points), 196 (98), 212 (106)
+    /// or 3309 (InsightFace's 3D-68).
+    Landmarks { width: i64 },
     /// Anything else, or outputs whose last dim is not fixed.
     Other,
 }
@@ -38,6 +41,12 @@ impl OutputLayout {
             && matches!(last[0], 128 | 512)
         {
             return OutputLayout::Embedding { dim: last[0] };
+        }
+        // Landmark models may add feature maps (PFLD-106): only the first output counts.
+        if outputs[0].shape.as_ref().is_some_and(|s| s.len() == 2)
+            && matches!(last[0], 136 | 196 | 212 | 3309)
+        {
+            return OutputLayout::Landmarks { width: last[0] };
         }
         if !rank_ok {
             return OutputLayout::Other;
@@ -92,7 +101,16 @@ impl OutputLayout {
                     ""
                 }
             ),
-            OutputLayout::Other => "neither an embedding nor a known detector head".into(),
+            OutputLayout::Landmarks { width: 3309 } => {
+                "one [N, 3309] output first: InsightFace's 3D-68 landmarks".into()
+            }
+            OutputLayout::Landmarks { width } => format!(
+                "one [N, {width}] output first: {} landmark points (x, y)",
+                width / 2
+            ),
+            OutputLayout::Other => {
+                "neither an embedding, a known detector head nor landmarks".into()
+            }
         }
     }
 }
