@@ -194,8 +194,21 @@ mod tests {
             OutputLayout::of(&retina),
             OutputLayout::Retinaface { landmarks: true }
         );
-        // A landmark regressor, a two-output embedder, a symbolic last dim: something else.
-        assert_eq!(OutputLayout::of(&[t("lm", &[1, 212])]), OutputLayout::Other);
+        // Landmark regressors: 2d106det, 1k3d68, PFLD-106 with its feature map after.
+        assert_eq!(
+            OutputLayout::of(&[t("lm", &[1, 212])]),
+            OutputLayout::Landmarks { width: 212 }
+        );
+        assert_eq!(
+            OutputLayout::of(&[t("lm", &[1, 3309])]),
+            OutputLayout::Landmarks { width: 3309 }
+        );
+        assert_eq!(
+            OutputLayout::of(&[t("lm", &[1, 212]), t("feat", &[1, 64, 28, 28])]),
+            OutputLayout::Landmarks { width: 212 }
+        );
+        // A two-output embedder, a symbolic last dim, a 5-point regressor: something else.
+        assert_eq!(OutputLayout::of(&[t("lm", &[1, 10])]), OutputLayout::Other);
         assert_eq!(
             OutputLayout::of(&[t("a", &[1, 512]), t("b", &[1, 512])]),
             OutputLayout::Other
