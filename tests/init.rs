@@ -230,12 +230,14 @@ fn init_builtin_writes_the_default_pipeline() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     // Planned without a file.
-    let plan = p.run(&["plan", "--builtin", "detection"]);
-    assert!(
-        plan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+    for builtin in ["detection", "landmarks"] {
+        let plan = p.run(&["plan", "--builtin", builtin]);
+        assert!(
+            plan.status.success(),
+            "{builtin}: {}",
+            String::from_utf8_lossy(&plan.stderr)
+        );
+    }
     let unknown = p.run(&["plan", "--builtin", "segmentation"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(

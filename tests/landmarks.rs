@@ -114,3 +114,51 @@ fn pfld68_builds_and_compares_by_nme_in_photo_pixels() {
     );
     assert_eq!(status_of(&r, "openvino_int8"), Status::Cached);
 }
+
+/// The built-in landmark pipeline, whose model has 2d106det's contract and random weights
+/// (its figures prove the plumbing, not fidelity), runs end to end: check, simplify, OpenVINO
+/// FP32/FP16/INT8, Q/DQ, compare by NME, benchmark (a short budget, no benchmark_app) and
+/// release.
+#[test]
+fn builtin_landmarks_pipeline_runs_end_to_end() {
+    let p = Project::new();
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/landmarks.yaml"
+    ))
+    .unwrap();
+    let short = yaml
+        .replace("time_budget_s: 1\n", "time_budget_s: 0.6\n")
+        .replace(
+            "      reference: benchmark_app\n      reference_seconds: 2\n",
+            "",
+        );
+    assert_ne!(
+        short, yaml,
+        "the pipeline's benchmark changed: update this test"
+    );
+    p.write("landmarks.yaml", &short);
+    let (code, r) = p.run_json("landmarks.yaml", &[]);
+    let how = released(p.dir.path(), code, &r);
+    let rep: CompareReport = p.report("out/landmarks/compare/report.json");
+    let setup = rep.landmarks.as_ref().unwrap();
+    assert_eq!(
+        (setup.points, setup.coords.as_str(), setup.scheme.as_str()),
+        (106, "signed", "box")
+    );
+    assert_eq!(
+        (setup.faces, setup.crop.as_str()),
+        (60, "as_is (the images are the crops)")
+    );
+    let nme_max = |label: &str| {
+        rep.candidates
+            .iter()
+            .find(|c| c.label == label)
+            .and_then(|c| c.nme_max)
+            .unwrap()
+    };
+    assert!(nme_max("openvino_fp32") < 1e-4);
+    assert!(nme_max("openvino_fp16") < 5e-3);
+    assert!(nme_max("openvino_int8") > 0.0 && nme_max("quantize") > 0.0);
+    eprintln!("built-in landmarks: {how:?}");
+}

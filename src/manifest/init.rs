@@ -19,6 +19,7 @@ const BUILTIN_PIPELINES: &[(&str, &str)] = &[
         include_str!("../../pipelines/recognition.yaml"),
     ),
     ("detection", include_str!("../../pipelines/detection.yaml")),
+    ("landmarks", include_str!("../../pipelines/landmarks.yaml")),
 ];
 
 pub(crate) fn builtin_names() -> Vec<&'static str> {

@@ -130,7 +130,7 @@ impl LandmarkScheme {
                 "outer-eye-corner distance of the reference's points ({}: points {a} and {b})",
                 self.name()
             ),
-            None => "sqrt(w h) of the detected face's box (no eye corners known for these points)"
+            None => "sqrt(w h) of the detected face's box, or of the crop when the images are the crops (no eye corners known for these points)"
                 .into(),
         }
     }

@@ -23,13 +23,22 @@ pub(crate) enum BuiltinModel {
     /// ~0.3 MB: an SCRFD-layout face detector (dynamic H/W, strides 8/16/32, 2 anchors,
     /// scores/boxes/keypoints as InsightFace's det_* exports emit them).
     ScrfdMini,
+    /// ~1 MB: a landmark regressor with 2d106det's contract (1x3x192x192 -> [N, 212], 106
+    /// points in [-1, 1] of the crop), on a small iresnet-style backbone.
+    Lmk106Mini,
 }
 
 impl BuiltinModel {
     pub(crate) const DEFAULT: BuiltinModel = BuiltinModel::IresnetMini;
 
     pub(crate) fn names() -> Vec<&'static str> {
-        vec!["iresnet-mini", "iresnet18", "iresnet50", "scrfd-mini"]
+        vec![
+            "iresnet-mini",
+            "iresnet18",
+            "iresnet50",
+            "scrfd-mini",
+            "lmk106-mini",
+        ]
     }
 
     pub(crate) fn from_name(s: &str) -> Option<BuiltinModel> {
@@ -38,6 +47,7 @@ impl BuiltinModel {
             "iresnet18" => Some(BuiltinModel::Iresnet18),
             "iresnet50" => Some(BuiltinModel::Iresnet50),
             "scrfd-mini" => Some(BuiltinModel::ScrfdMini),
+            "lmk106-mini" => Some(BuiltinModel::Lmk106Mini),
             _ => None,
         }
     }
@@ -48,6 +58,7 @@ impl BuiltinModel {
             BuiltinModel::Iresnet18 => "iresnet18",
             BuiltinModel::Iresnet50 => "iresnet50",
             BuiltinModel::ScrfdMini => "scrfd-mini",
+            BuiltinModel::Lmk106Mini => "lmk106-mini",
         }
     }
 
@@ -55,15 +66,17 @@ impl BuiltinModel {
         match self {
             BuiltinModel::IresnetMini => ([16, 32, 64, 128], [1, 1, 1, 1]),
             BuiltinModel::Iresnet18 => ([64, 128, 256, 512], [2, 2, 2, 2]),
-            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini => {
+            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini | BuiltinModel::Lmk106Mini => {
                 ([64, 128, 256, 512], [3, 4, 14, 3])
             }
         }
     }
 
     pub(crate) fn build(self) -> ModelProto {
-        if self == BuiltinModel::ScrfdMini {
-            return self.scrfd();
+        match self {
+            BuiltinModel::ScrfdMini => return self.scrfd(),
+            BuiltinModel::Lmk106Mini => return self.landmarks(),
+            _ => {}
         }
         let (widths, blocks) = self.config();
         let mut b = Builder {
@@ -177,6 +190,43 @@ impl BuiltinModel {
         self.wrap(b.g)
     }
 
+    /// 2d106det's contract on a small backbone: a 192 x 192 crop, four IBasicBlocks of
+    /// stride 2 (to 12 x 12), global pooling and a fully connected layer to 106 (x, y) pairs,
+    /// through Tanh so the points lie in [-1, 1] as InsightFace's landmark models give them.
+    fn landmarks(self) -> ModelProto {
+        let mut b = Builder {
+            g: GraphProto {
+                name: "facebuild_lmk106_mini".into(),
+                ..Default::default()
+            },
+            rng: SplitMix64::new(0x1A4D_106D),
+            n: 0,
+        };
+        b.g.input.push(value_info(
+            "data",
+            &[Dim::P("batch"), Dim::V(3), Dim::V(192), Dim::V(192)],
+        ));
+        let mut x = b.conv("data", 3, 16, 3, 1);
+        x = b.bn(&x, 16, 1.0);
+        x = b.prelu(&x, 16);
+        let mut c_in = 16;
+        for (stage, w) in [16i64, 32, 64, 96].into_iter().enumerate() {
+            x = b.block(&x, c_in, w, 2, stage);
+            c_in = w;
+        }
+        x = b.bn(&x, c_in, 1.0);
+        let pooled = b.node("GlobalAveragePool", &[&x], vec![]);
+        let flat = b.node("Flatten", &[&pooled], vec![attr_int("axis", 1)]);
+        let fc_w = b.init(&[212, c_in], 1.0 / (c_in as f32).sqrt());
+        let fc_b = b.init_const(&[212], 0.0);
+        let fc = b.node("Gemm", &[&flat, &fc_w, &fc_b], vec![attr_int("transB", 1)]);
+        let _ = b.node("Tanh", &[&fc], vec![]);
+        b.g.node.last_mut().expect("graph has nodes").output[0] = "fc1".into();
+        b.g.output
+            .push(value_info("fc1", &[Dim::P("batch"), Dim::V(212)]));
+        self.wrap(b.g)
+    }
+
     /// The graph as a model: IR 8, opset 17, named as facebuild's built-in.
     fn wrap(self, graph: GraphProto) -> ModelProto {
         ModelProto {
@@ -217,6 +267,9 @@ impl BuiltinModel {
             }
             BuiltinModel::ScrfdMini => {
                 "66bae2b74f86d9d40fc05309fd906b978221d677acec650ee4e9b75d18eb64ce"
+            }
+            BuiltinModel::Lmk106Mini => {
+                "6f9f59de03d325b6eb8c178657cfd8705b31f4dc69fa59fb363cd2940154b30b"
             }
         }
     }

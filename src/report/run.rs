@@ -279,65 +279,127 @@ fn num(v: Option<f64>, prec: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn compare_section(name: &str, r: &CompareReport) -> String {
-    let mut s = format!("<h2>compare <code>{}</code></h2>", esc(name));
-    let pass = |c: &CandidateReport| match c.passed {
+/// A candidate's verdict cell.
+fn pass(c: &CandidateReport) -> String {
+    match c.passed {
         Some(true) => "pass".to_string(),
         Some(false) => match &c.failed {
             Some(why) => format!("FAIL (not built: {})", why.lines().next().unwrap_or("")),
             None => "FAIL".to_string(),
         },
         None => format!("unavailable: {}", c.unavailable.as_deref().unwrap_or("")),
-    };
-    let artifact = |c: &CandidateReport| {
-        format!(
-            "{} {}",
-            c.artifact.as_deref().unwrap_or("-"),
-            c.artifact_precision.as_deref().unwrap_or("")
-        )
-    };
-    let executed = |c: &CandidateReport| {
-        c.execution
-            .as_ref()
-            .map(|e| e.precision.clone())
-            .unwrap_or_else(|| "-".into())
-    };
+    }
+}
+
+fn artifact(c: &CandidateReport) -> String {
+    format!(
+        "{} {}",
+        c.artifact.as_deref().unwrap_or("-"),
+        c.artifact_precision.as_deref().unwrap_or("")
+    )
+}
+
+fn executed(c: &CandidateReport) -> String {
+    c.execution
+        .as_ref()
+        .map(|e| e.precision.clone())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn compare_section(name: &str, r: &CompareReport) -> String {
+    let s = format!("<h2>compare <code>{}</code></h2>", esc(name));
     if r.is_detection() {
+        return s + &detection_table(r);
+    }
+    if r.landmarks.is_some() {
+        return s + &landmarks_table(r);
+    }
+    s + &embedding_table(r)
+}
+
+fn detection_table(r: &CompareReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .candidates
+        .iter()
+        .map(|c| {
+            let t = c.total.clone().unwrap_or_default();
+            let has = c.total.is_some();
+            vec![
+                c.label.clone(),
+                artifact(c),
+                executed(c),
+                num(has.then_some(t.recall), 4),
+                num(has.then_some(t.fp_per_image), 3),
+                num(t.score_drift.max, 4),
+                num(t.landmark_nme.max, 5),
+                num(has.then_some(t.nms_parity), 3),
+                pass(c),
+            ]
+        })
+        .collect();
+    let s = table(
+        &[
+            "candidate",
+            "artifact",
+            "executed",
+            "recall",
+            "FP/img",
+            "score drift max",
+            "landmark NME max",
+            "NMS parity",
+            "gate",
+        ],
+        &rows,
+    );
+    s + "<div class=plots>" + &interval_plots(r) + "</div>"
+}
+
+fn landmarks_table(r: &CompareReport) -> String {
+    let mut s = String::new();
+    if let Some(l) = &r.landmarks {
+        s += &format!(
+            "<p>{} points from <code>{}</code> ({}); NME over the {}; {} faces, crop: {}.</p>",
+            l.points,
+            esc(&l.output),
+            esc(&l.coords),
+            esc(&l.normaliser),
+            l.faces,
+            esc(&l.crop)
+        );
         let rows: Vec<Vec<String>> = r
             .candidates
             .iter()
             .map(|c| {
-                let t = c.total.clone().unwrap_or_default();
-                let has = c.total.is_some();
+                let f = c.landmarks.as_ref();
                 vec![
                     c.label.clone(),
                     artifact(c),
                     executed(c),
-                    num(has.then_some(t.recall), 4),
-                    num(has.then_some(t.fp_per_image), 3),
-                    num(t.score_drift.max, 4),
-                    num(t.landmark_nme.max, 5),
-                    num(has.then_some(t.nms_parity), 3),
+                    num(c.nme_mean, 5),
+                    num(c.nme_max, 5),
+                    num(f.map(|f| f.px_mean), 3),
+                    num(f.map(|f| f.px_max), 3),
                     pass(c),
                 ]
             })
             .collect();
-        s += &table(
-            &[
-                "candidate",
-                "artifact",
-                "executed",
-                "recall",
-                "FP/img",
-                "score drift max",
-                "landmark NME max",
-                "NMS parity",
-                "gate",
-            ],
-            &rows,
-        );
-        return s + "<div class=plots>" + &interval_plots(r) + "</div>";
+        let head = [
+            "candidate",
+            "artifact",
+            "executed",
+            "NME mean",
+            "NME max",
+            "px mean",
+            "px max",
+            "gate",
+        ];
+        s += &table(&head, &rows);
     }
+    s
+}
+
+fn embedding_table(r: &CompareReport) -> String {
+    let mut s = String::new();
     let rows: Vec<Vec<String>> = r
         .candidates
         .iter()
