@@ -164,6 +164,79 @@ onnx.save(m, sys.argv[1])";
     }
 }
 
+/// An export whose boxes are already decoded (UltraFace RFB-320's contract: input 1x3x240x320,
+/// `scores` [1, 4420, 2], `boxes` [1, 4420, 4] as corners in [0, 1]), built small: init does
+/// not call it RetinaFace (its 4420 rows are not RetinaFace's 3160 priors at 240x320) but
+/// generic with a CHECK; and a manifest that declares it RetinaFace is refused at `plan`, at
+/// the model's line, before anything is built.
+#[test]
+fn already_decoded_boxes_are_never_a_prior_decoded_family() {
+    let p = Project::new();
+    let onnx = p.path("ultraface_like.onnx");
+    let script = "import onnx, sys
+from onnx import helper, TensorProto
+import numpy as np
+n = 4420
+def w(name, k):
+    return helper.make_tensor(name, TensorProto.FLOAT, [3, k], np.full(3 * k, 0.01, np.float32).tolist())
+def shape(name, dims):
+    return helper.make_tensor(name, TensorProto.INT64, [3], dims)
+g = helper.make_graph(
+    [helper.make_node('GlobalAveragePool', ['input'], ['p']),
+     helper.make_node('Flatten', ['p'], ['f']),
+     helper.make_node('MatMul', ['f', 'ws'], ['s0']),
+     helper.make_node('Reshape', ['s0', 'ss'], ['s1']),
+     helper.make_node('Softmax', ['s1'], ['scores'], axis=2),
+     helper.make_node('MatMul', ['f', 'wb'], ['b0']),
+     helper.make_node('Reshape', ['b0', 'sb'], ['b1']),
+     helper.make_node('Sigmoid', ['b1'], ['boxes'])],
+    'ultraface_like', [helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 3, 240, 320])],
+    [helper.make_tensor_value_info('scores', TensorProto.FLOAT, [1, n, 2]),
+     helper.make_tensor_value_info('boxes', TensorProto.FLOAT, [1, n, 4])],
+    [w('ws', 2 * n), w('wb', 4 * n), shape('ss', [1, n, 2]), shape('sb', [1, n, 4])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 13)])
+m.ir_version = 8
+onnx.checker.check_model(m)
+onnx.save(m, sys.argv[1])";
+    run_toolchain_python(script, &[&onnx]);
+    let text = init(&p, &onnx, "ultraface_like");
+    assert!(text.contains("  task: generic\n"), "{text}");
+    assert!(!text.contains("family: retinaface"), "{text}");
+    assert!(
+        text.contains(
+            "4420 rows are not its 3160 priors at 240x320: the boxes are likely decoded already"
+        ),
+        "{text}"
+    );
+    let yaml = format!(
+        indoc! {"
+            schema: 1
+            name: u
+            model:
+              path: {}
+              task: detection
+              input: {{name: input, shape: [1, 3, 240, 320]}}
+              preprocessing: {{color: RGB, mean: [127, 127, 127], std: [128, 128, 128], size: [240, 320]}}
+              detector: {{family: retinaface}}
+            steps:
+              check: {{kind: check}}
+        "},
+        onnx.display()
+    );
+    p.write("u.yaml", &yaml);
+    let out = p.run(&["plan", "u.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("u.yaml:4:")
+            && err.contains("has 3160 priors, but")
+            && err.contains("box output has 4420 rows")
+            && err.contains("already decoded"),
+        "{err}"
+    );
+    assert!(!p.path("cache/actions").exists(), "nothing may be built");
+}
+
 /// An already-quantized model (ONNX Runtime's dynamic quantization: ConvInteger,
 /// DynamicQuantizeLinear): init says so and writes no INT8 steps, and the pipeline it wrote
 /// builds up to compare.

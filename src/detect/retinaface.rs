@@ -8,6 +8,28 @@ use crate::domain::DetectorSpec;
 use crate::error::Result;
 use crate::runtime::NamedTensor;
 
+/// The strides and prior sizes `spec` decodes with (Pytorch_Retinaface's when unset).
+pub(crate) fn prior_settings(
+    strides: Option<&Vec<u32>>,
+    min_sizes: Option<&Vec<Vec<f32>>>,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    (
+        strides.cloned().unwrap_or_else(|| vec![8, 16, 32]),
+        min_sizes
+            .cloned()
+            .unwrap_or_else(|| vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]]),
+    )
+}
+
+/// How many priors an `h` x `w` input has: what the box and score outputs' rows must be.
+pub(crate) fn prior_count(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> usize {
+    steps
+        .iter()
+        .zip(min_sizes)
+        .map(|(&s, m)| h.div_ceil(s as usize) * w.div_ceil(s as usize) * m.len())
+        .sum()
+}
+
 /// Priors as (cx, cy, w, h), relative to the input size, in the network's order.
 pub(crate) fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<[f32; 4]> {
     let mut p = Vec::new();
@@ -53,11 +75,7 @@ pub(crate) fn decode(
         .into());
     };
     let landms = find(10);
-    let steps = spec.strides.clone().unwrap_or_else(|| vec![8, 16, 32]);
-    let min_sizes = spec
-        .min_sizes
-        .clone()
-        .unwrap_or_else(|| vec![vec![16.0, 32.0], vec![64.0, 128.0], vec![256.0, 512.0]]);
+    let (steps, min_sizes) = prior_settings(spec.strides.as_ref(), spec.min_sizes.as_ref());
     let [v0, v1] = spec.variance.unwrap_or([0.1, 0.2]);
     let pr = priors(h, w, &steps, &min_sizes);
     if pr.len() != loc.0 || conf.0 != loc.0 || landms.as_ref().is_some_and(|l| l.0 != loc.0) {
@@ -110,5 +128,9 @@ mod tests {
         );
         assert_eq!(p.len(), 16800);
         assert_eq!(p[0], [4.0 / 640.0, 4.0 / 640.0, 16.0 / 640.0, 16.0 / 640.0]);
+        let (s, m) = prior_settings(None, None);
+        assert_eq!(prior_count(640, 640, &s, &m), 16800);
+        // UltraFace RFB-320's 4420 boxes are not RetinaFace's priors at 240 x 320.
+        assert_eq!(prior_count(240, 320, &s, &m), 3160);
     }
 }

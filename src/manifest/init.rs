@@ -214,6 +214,12 @@ pub(crate) fn guess(
             }
         }
     }
+    let layout_of_outputs = match layout_of_outputs {
+        OutputLayout::Retinaface { .. } => {
+            retinaface_or_decoded(layout_of_outputs, &info.outputs, size, &mut notes)
+        }
+        other => other,
+    };
     // InsightFace reads both recognizers and landmark models this way (arcface_onnx.py,
     // landmark.py).
     let normalised_inside = matches!(
@@ -243,6 +249,33 @@ pub(crate) fn guess(
         normalised_inside,
         quantized,
     })
+}
+
+/// RetinaFace's layout only when its priors at the input size match the box rows: outputs of
+/// N x 4 and N x 2 whose N is not the prior count are boxes some export decoded already
+/// (UltraFace's corner boxes in [0, 1]), which decoding with priors again would get wrong.
+/// Those are generic, with a CHECK saying why.
+fn retinaface_or_decoded(
+    layout: OutputLayout,
+    outputs: &[TensorInfo],
+    [h, w]: [u64; 2],
+    notes: &mut Vec<String>,
+) -> OutputLayout {
+    let rows = outputs.iter().find_map(|o| match o.shape.as_deref() {
+        Some([.., DimInfo::Static(n), DimInfo::Static(4)]) => Some(*n as usize),
+        _ => None,
+    });
+    let (steps, min_sizes) = crate::detect::retinaface::prior_settings(None, None);
+    let priors = crate::detect::retinaface::prior_count(h as usize, w as usize, &steps, &min_sizes);
+    match rows {
+        Some(n) if n != priors => {
+            notes.push(format!(
+                "CHECK: the outputs look like RetinaFace's (N x 4 boxes, N x 2 scores), but {n} rows are not its {priors} priors at {h}x{w}: the boxes are likely decoded already (as UltraFace exports them), so the outputs are compared tensor by tensor"
+            ));
+            OutputLayout::Other
+        }
+        _ => layout,
+    }
 }
 
 /// A file-friendly pipeline name from the model's file name.

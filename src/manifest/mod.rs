@@ -288,6 +288,9 @@ impl Manifest {
             DetectorFamily::Retinaface => "retinaface",
         };
         match layout.family() {
+            Some(DetectorFamily::Retinaface) if d.family == DetectorFamily::Retinaface => {
+                self.check_prior_count(d, &file, &info.outputs)
+            }
             Some(f) if f == d.family => Ok(()),
             Some(f) => Err(Error::manifest(
                 self.model_location.clone(),
@@ -310,6 +313,42 @@ impl Manifest {
             .with_hint("facebuild decodes SCRFD and RetinaFace heads; compare other models output by output with `task: generic`")),
             None => Ok(()),
         }
+    }
+
+    /// A prior-decoded family's priors at the size compare feeds against the box output's
+    /// fixed row count: an export whose boxes are already decoded (UltraFace's corner boxes
+    /// in [0, 1]) has as many rows as its own anchors, which RetinaFace's priors rarely
+    /// match, and decoding it again would measure nothing.
+    fn check_prior_count(
+        &self,
+        d: &DetectorSpec,
+        file: &Utf8Path,
+        outputs: &[crate::onnx::inspect::TensorInfo],
+    ) -> Result<()> {
+        use crate::onnx::inspect::DimInfo;
+        let rows = outputs.iter().find_map(|o| match o.shape.as_deref() {
+            Some([.., DimInfo::Static(n), DimInfo::Static(4)]) => Some(*n as usize),
+            _ => None,
+        });
+        let (Some(rows), Some(pre)) = (rows, &self.model.preprocessing) else {
+            return Ok(());
+        };
+        let [h, w] = pre.size.map(|x| x as usize);
+        let (steps, min_sizes) =
+            crate::detect::retinaface::prior_settings(d.strides.as_ref(), d.min_sizes.as_ref());
+        let priors = crate::detect::retinaface::prior_count(h, w, &steps, &min_sizes);
+        if priors == rows {
+            return Ok(());
+        }
+        Err(Error::manifest(
+            self.model_location.clone(),
+            format!(
+                "`model.detector.family: retinaface` at {h}x{w} (strides {steps:?}, min_sizes {min_sizes:?}) has {priors} priors, but {file}'s box output has {rows} rows"
+            ),
+        )
+        .with_hint(
+            "if the model's boxes are already decoded (as UltraFace exports emit corner boxes in [0, 1]), it is not prior-decoded: compare it with `task: generic`; otherwise set `preprocessing.size`, `detector.strides` and `detector.min_sizes` to the model's own",
+        ))
     }
 
     pub(crate) fn step(&self, name: &str) -> &Step {
