@@ -66,7 +66,8 @@ pub use settings::Materialize;
 pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
 pub use steps::compare::{
-    CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup, OutputComparison,
+    AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,
+    OutputComparison,
 };
 pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;

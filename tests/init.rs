@@ -91,6 +91,31 @@ fn init_on_the_builtin_models() {
         }
         plans_once_filled(&p, model, &text, &format!("    builtin: {data}"));
     }
+    // Landmark and attribute models: box crops of the faces a detector finds, InsightFace's
+    // feeding; on built-in data (already crops) the detector goes.
+    let align = "    align:\n      model: \"<REPLACE: a face detector ONNX model for the crops, e.g. SCRFD>\"\n      detector: {family: scrfd}\n";
+    for (model, task, size) in [
+        ("lmk106-mini", "landmarks", 192),
+        ("genderage-mini", "attribute", 96),
+    ] {
+        let onnx = p.path(&format!("{model}.onnx"));
+        let out = p.run(&["builtin", model, "-o", onnx.to_str().unwrap()]);
+        assert!(out.status.success());
+        let text = init(&p, &onnx, model);
+        snapshot(&p, &format!("_{model}"), &text);
+        for want in [
+            format!("  task: {task}\n"),
+            format!("shape: [1, 3, {size}, {size}]"),
+            "    crop: {mode: box, scale: 1.5}\n".into(),
+            "    mean: [127.5, 127.5, 127.5]\n    std: [128, 128, 128]".into(),
+            align.into(),
+        ] {
+            assert!(text.contains(&want), "{model}: `{want}` not in\n{text}");
+        }
+        let text = text.replace(align, "");
+        p.write(&format!("pipelines/{model}.yaml"), &text);
+        plans_once_filled(&p, model, &text, "    builtin: synthetic-faces");
+    }
 }
 
 /// A model whose graph says `-1` for the batch (how Paddle2ONNX spells a dynamic dim): init

@@ -20,6 +20,7 @@ const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ),
     ("detection", include_str!("../../pipelines/detection.yaml")),
     ("landmarks", include_str!("../../pipelines/landmarks.yaml")),
+    ("attribute", include_str!("../../pipelines/attribute.yaml")),
 ];
 
 pub(crate) fn builtin_names() -> Vec<&'static str> {
@@ -99,6 +100,7 @@ impl Guess {
             OutputLayout::Embedding { .. } => "recognition",
             OutputLayout::Scrfd { .. } | OutputLayout::Retinaface { .. } => "detection",
             OutputLayout::Landmarks { .. } => "landmarks",
+            OutputLayout::Attribute => "attribute",
             OutputLayout::Other => "generic",
         }
     }
@@ -218,13 +220,24 @@ pub(crate) fn guess(
         OutputLayout::Retinaface { .. } => {
             retinaface_or_decoded(layout_of_outputs, &info.outputs, size, &mut notes)
         }
+        // InsightFace's routing: a 96 x 96 input is an attribute model (model_zoo.py).
+        OutputLayout::Other
+            if size == [96, 96]
+                && info.outputs.len() == 1
+                && matches!(
+                    info.outputs[0].shape.as_deref(),
+                    Some([_, DimInfo::Static(3)])
+                ) =>
+        {
+            OutputLayout::Attribute
+        }
         other => other,
     };
-    // InsightFace reads both recognizers and landmark models this way (arcface_onnx.py,
-    // landmark.py).
+    // InsightFace reads recognizers, landmark and attribute models this way
+    // (arcface_onnx.py, landmark.py, attribute.py).
     let normalised_inside = matches!(
         layout_of_outputs,
-        OutputLayout::Embedding { .. } | OutputLayout::Landmarks { .. }
+        OutputLayout::Embedding { .. } | OutputLayout::Landmarks { .. } | OutputLayout::Attribute
     ) && {
         let has = |p: &[&str]| {
             first_nodes.iter().take(8).any(|(name, op)| {
@@ -367,6 +380,7 @@ fn model_section(
             "recognition" => "a face recognizer",
             "detection" => "a face detector",
             "landmarks" => "a face landmark model",
+            "attribute" => "a face attribute model",
             _ => "CHECK: not a family facebuild decodes, so outputs are compared tensor by tensor",
         }
     ));
@@ -387,6 +401,12 @@ fn model_section(
         for (n, [a, b, c]) in &g.dims {
             line(&format!("      {n}: {{min: {a}, opt: {b}, max: {c}}}"));
         }
+    }
+    if task == "attribute" {
+        line(
+            "    # InsightFace's attribute crop (attribute.py): a square 1.5 times the detected box.",
+        );
+        line("    crop: {mode: box, scale: 1.5}");
     }
     if task == "landmarks" {
         if g.size == [192, 192] {
@@ -432,6 +452,22 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
             line(&format!("    size: [{h}, {w}]"));
         }
         ("landmarks", _) => landmarks_preprocessing(line, g),
+        ("attribute", _) => {
+            let (m, s) = if g.normalised_inside {
+                line(
+                    "  # The graph normalises its input itself (Sub and Mul first, as InsightFace checks).",
+                );
+                ("0", "1")
+            } else {
+                line("  # InsightFace's attribute feeding (attribute.py): RGB, (x - 127.5) / 128.");
+                ("127.5", "128")
+            };
+            line("  preprocessing:");
+            line("    color: RGB");
+            line(&format!("    mean: [{m}, {m}, {m}]"));
+            line(&format!("    std: [{s}, {s}, {s}]"));
+            line(&format!("    size: [{h}, {w}]"));
+        }
         (_, Some(crate::manifest::DetectorFamily::Scrfd)) => {
             line("  # SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.");
             line("  preprocessing:");
@@ -537,7 +573,7 @@ fn datasets_section(line: &mut impl FnMut(&str), task: &str, int8: bool) -> &'st
             ));
             "faces"
         }
-        "landmarks" => {
+        "landmarks" | "attribute" => {
             line(&format!(
                 "  # REPLACE: photos with faces, and the detector whose boxes are cropped for the model.{calibrates}"
             ));
@@ -709,6 +745,20 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
                 line("        quantize: {nme_max: 0.1}");
             }
         }
+        "attribute" => {
+            line("      # Face by face: gender flips, and age error in years.");
+            line("      gender_flips_max: 0");
+            line("      age_mae_max: 0.5");
+            if int8 {
+                line("      candidate_gates:");
+                line(
+                    "        # CHECK: INT8 moves ages and can swap close genders; gate it at what your",
+                );
+                line("        # deployment accepts.");
+                line("        openvino_int8: {gender_flips_max: 2, age_mae_max: 2}");
+                line("        quantize: {gender_flips_max: 2, age_mae_max: 2}");
+            }
+        }
         "detection" => {
             if let Some((_, [lo, ..])) = g.dims.iter().find(|(n, _)| n == "H") {
                 line("      # One dynamic IR, compared at two input sizes.");
@@ -788,6 +838,17 @@ fn benchmark_and_release(line: &mut impl FnMut(&str), task: &str, int8: bool, ca
             if int8 {
                 line("      # CHECK: as compare's INT8 gate above.");
                 line("      artifact_gates: {openvino_int8: {nme_max: 0.1}}");
+            }
+        }
+        "attribute" => {
+            line(
+                "      gates: {gender_flips_max: 0, age_mae_max: 0.5, p99_ms_max: 50, throughput_min: 20, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+            );
+            if int8 {
+                line("      # CHECK: as compare's INT8 gate above.");
+                line(
+                    "      artifact_gates: {openvino_int8: {gender_flips_max: 2, age_mae_max: 2}}",
+                );
             }
         }
         "detection" => line(

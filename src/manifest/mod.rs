@@ -641,7 +641,7 @@ fn validate_model_fields(m: &ModelSpec) -> std::result::Result<(), (String, Stri
     if m.input.shape.len() != 4
         && matches!(
             m.task,
-            Task::Recognition | Task::Detection | Task::Landmarks
+            Task::Recognition | Task::Detection | Task::Landmarks | Task::Attribute
         )
     {
         return Err((

@@ -48,6 +48,9 @@ pub enum Task {
     Recognition,
     Detection,
     Landmarks,
+    /// Face attributes with InsightFace genderage's contract: `[N, 3]`, gender logits then
+    /// age / 100.
+    Attribute,
     Swapper,
     Generic,
 }
@@ -129,7 +132,7 @@ impl InputSpec {
     pub(crate) fn crop_for(&self, task: Task) -> Crop {
         match (&self.crop, task) {
             (Some(c), _) => c.resolve(),
-            (None, Task::Landmarks) => Crop::Box {
+            (None, Task::Landmarks | Task::Attribute) => Crop::Box {
                 scale: crate::domain::INSIGHTFACE_BOX_SCALE,
             },
             (None, _) => Crop::Arcface,

@@ -139,6 +139,15 @@ pub struct Gates {
     /// Landmarks: NME of the worst face.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nme_max: Option<f64>,
+    /// Attribute: faces whose gender differs from the reference's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender_flips_max: Option<u64>,
+    /// Attribute: mean |age difference| from the reference, years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_mae_max: Option<f64>,
+    /// Attribute: largest |age difference| from the reference, years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_error_max: Option<f64>,
     /// Detection: largest |score difference| of a matched box.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_drift_max: Option<f64>,
@@ -237,6 +246,9 @@ metrics! {
     score_drift_max => "score_drift", false;
     nme_mean_max => "nme_mean", false;
     nme_max => "nme_max", false;
+    gender_flips_max => "gender_flips", false;
+    age_mae_max => "age_mae", false;
+    age_error_max => "age_error_max", false;
     nms_parity_min => "nms_parity", true;
     p99_ms_max => "p99_ms_max", false;
     p50_ms_max => "p50_ms_max", false;
@@ -257,6 +269,8 @@ pub(crate) const DETECTION: &[&str] = &[
 ];
 /// The metrics a `compare` of landmark models measures.
 pub(crate) const LANDMARKS: &[&str] = &["nme_mean_max", "nme_max"];
+/// The metrics a `compare` of attribute models measures.
+pub(crate) const ATTRIBUTE: &[&str] = &["gender_flips_max", "age_mae_max", "age_error_max"];
 /// The metrics a `benchmark` measures.
 pub(crate) const PERFORMANCE: &[&str] = &[
     "p99_ms_max",

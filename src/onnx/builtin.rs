@@ -26,6 +26,9 @@ pub(crate) enum BuiltinModel {
     /// ~1 MB: a landmark regressor with 2d106det's contract (1x3x192x192 -> [N, 212], 106
     /// points in [-1, 1] of the crop), on a small iresnet-style backbone.
     Lmk106Mini,
+    /// ~0.5 MB: an attribute model with genderage's contract (1x3x96x96 -> [N, 3]: two
+    /// gender logits, then age / 100), on a small iresnet-style backbone.
+    GenderageMini,
 }
 
 impl BuiltinModel {
@@ -38,6 +41,7 @@ impl BuiltinModel {
             "iresnet50",
             "scrfd-mini",
             "lmk106-mini",
+            "genderage-mini",
         ]
     }
 
@@ -48,6 +52,7 @@ impl BuiltinModel {
             "iresnet50" => Some(BuiltinModel::Iresnet50),
             "scrfd-mini" => Some(BuiltinModel::ScrfdMini),
             "lmk106-mini" => Some(BuiltinModel::Lmk106Mini),
+            "genderage-mini" => Some(BuiltinModel::GenderageMini),
             _ => None,
         }
     }
@@ -59,6 +64,7 @@ impl BuiltinModel {
             BuiltinModel::Iresnet50 => "iresnet50",
             BuiltinModel::ScrfdMini => "scrfd-mini",
             BuiltinModel::Lmk106Mini => "lmk106-mini",
+            BuiltinModel::GenderageMini => "genderage-mini",
         }
     }
 
@@ -66,9 +72,10 @@ impl BuiltinModel {
         match self {
             BuiltinModel::IresnetMini => ([16, 32, 64, 128], [1, 1, 1, 1]),
             BuiltinModel::Iresnet18 => ([64, 128, 256, 512], [2, 2, 2, 2]),
-            BuiltinModel::Iresnet50 | BuiltinModel::ScrfdMini | BuiltinModel::Lmk106Mini => {
-                ([64, 128, 256, 512], [3, 4, 14, 3])
-            }
+            BuiltinModel::Iresnet50
+            | BuiltinModel::ScrfdMini
+            | BuiltinModel::Lmk106Mini
+            | BuiltinModel::GenderageMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
         }
     }
 
@@ -76,6 +83,7 @@ impl BuiltinModel {
         match self {
             BuiltinModel::ScrfdMini => return self.scrfd(),
             BuiltinModel::Lmk106Mini => return self.landmarks(),
+            BuiltinModel::GenderageMini => return self.genderage(),
             _ => {}
         }
         let (widths, blocks) = self.config();
@@ -227,6 +235,43 @@ impl BuiltinModel {
         self.wrap(b.g)
     }
 
+    /// genderage's contract on a small backbone: a 96 x 96 crop, three IBasicBlocks of stride
+    /// 2 (to 12 x 12), global pooling and a fully connected layer to 3 values: two gender
+    /// logits and age / 100 (raw, as InsightFace's model gives them).
+    fn genderage(self) -> ModelProto {
+        let mut b = Builder {
+            g: GraphProto {
+                name: "facebuild_genderage_mini".into(),
+                ..Default::default()
+            },
+            rng: SplitMix64::new(0x6E4D_E2A6),
+            n: 0,
+        };
+        b.g.input.push(value_info(
+            "data",
+            &[Dim::P("batch"), Dim::V(3), Dim::V(96), Dim::V(96)],
+        ));
+        let mut x = b.conv("data", 3, 16, 3, 1);
+        x = b.bn(&x, 16, 1.0);
+        x = b.prelu(&x, 16);
+        let mut c_in = 16;
+        for (stage, w) in [16i64, 32, 64].into_iter().enumerate() {
+            x = b.block(&x, c_in, w, 2, stage);
+            c_in = w;
+        }
+        x = b.bn(&x, c_in, 1.0);
+        let pooled = b.node("GlobalAveragePool", &[&x], vec![]);
+        let flat = b.node("Flatten", &[&pooled], vec![attr_int("axis", 1)]);
+        let fc_w = b.init(&[3, c_in], 1.0 / (c_in as f32).sqrt());
+        // Age / 100 around 0.35: the random head's ages sit near 35 years.
+        let fc_b = b.tensor(&[3], [0.0f32, 0.0, 0.35].into_iter());
+        let _ = b.node("Gemm", &[&flat, &fc_w, &fc_b], vec![attr_int("transB", 1)]);
+        b.g.node.last_mut().expect("graph has nodes").output[0] = "fc1".into();
+        b.g.output
+            .push(value_info("fc1", &[Dim::P("batch"), Dim::V(3)]));
+        self.wrap(b.g)
+    }
+
     /// The graph as a model: IR 8, opset 17, named as facebuild's built-in.
     fn wrap(self, graph: GraphProto) -> ModelProto {
         ModelProto {
@@ -267,6 +312,9 @@ impl BuiltinModel {
             }
             BuiltinModel::ScrfdMini => {
                 "66bae2b74f86d9d40fc05309fd906b978221d677acec650ee4e9b75d18eb64ce"
+            }
+            BuiltinModel::GenderageMini => {
+                "16b460a6f5eb7fac4ba0e9ce225c8c62d407959cb7aba6aa6097f71d8a634079"
             }
             BuiltinModel::Lmk106Mini => {
                 "6f9f59de03d325b6eb8c178657cfd8705b31f4dc69fa59fb363cd2940154b30b"

@@ -16,6 +16,9 @@ pub(crate) enum OutputLayout {
     /// A first output `[N, W]` of face landmarks: W = 136 (68 points), 196 (98), 212 (106)
     /// or 3309 (InsightFace's 3D-68).
     Landmarks { width: i64 },
+    /// One `[N, 3]` output of a 96 x 96 model: InsightFace's genderage (set by `init`, which
+    /// sees the input; the outputs alone could be any 3-class head).
+    Attribute,
     /// Anything else, or outputs whose last dim is not fixed.
     Other,
 }
@@ -108,6 +111,9 @@ impl OutputLayout {
                 "one [N, {width}] output first: {} landmark points (x, y)",
                 width / 2
             ),
+            OutputLayout::Attribute => {
+                "one [N, 3] output of a 96x96 input: InsightFace's genderage (gender logits, age / 100)".into()
+            }
             OutputLayout::Other => {
                 "neither an embedding, a known detector head nor landmarks".into()
             }

@@ -314,6 +314,9 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
     if r.landmarks.is_some() {
         return s + &landmarks_table(r);
     }
+    if r.task.as_deref() == Some("attribute") {
+        return s + &attribute_table(r);
+    }
     s + &embedding_table(r)
 }
 
@@ -396,6 +399,37 @@ fn landmarks_table(r: &CompareReport) -> String {
         s += &table(&head, &rows);
     }
     s
+}
+
+fn attribute_table(r: &CompareReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .candidates
+        .iter()
+        .map(|c| {
+            let f = c.attribute.as_ref();
+            vec![
+                c.label.clone(),
+                artifact(c),
+                executed(c),
+                c.gender_flips
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                num(c.age_mae, 3),
+                num(f.map(|f| f.age_error_max), 0),
+                pass(c),
+            ]
+        })
+        .collect();
+    let head = [
+        "candidate",
+        "artifact",
+        "executed",
+        "gender flips",
+        "age MAE (years)",
+        "age error max",
+        "gate",
+    ];
+    table(&head, &rows)
 }
 
 fn embedding_table(r: &CompareReport) -> String {

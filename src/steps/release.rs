@@ -66,7 +66,13 @@ impl ReleaseParams {
             return Err(("`artifacts` is empty: nothing to release".into(), None));
         }
         let all = || std::iter::once(&self.gates).chain(self.artifact_gates.values());
-        let accuracy = [gate::RECOGNITION, gate::DETECTION, gate::LANDMARKS].concat();
+        let accuracy = [
+            gate::RECOGNITION,
+            gate::DETECTION,
+            gate::LANDMARKS,
+            gate::ATTRIBUTE,
+        ]
+        .concat();
         let acc = all().any(|g| !g.set_among(&accuracy).is_empty());
         let perf = all().any(|g| !g.set_among(gate::PERFORMANCE).is_empty());
         if all().any(Gates::has_tolerance) {
@@ -266,6 +272,9 @@ fn measure(
         "score_drift_max" => c.total.as_ref()?.score_drift.max,
         "nme_mean_max" => c.nme_mean,
         "nme_max" => c.nme_max,
+        "gender_flips_max" => c.gender_flips.map(|n| n as f64),
+        "age_mae_max" => c.age_mae,
+        "age_error_max" => c.attribute.as_ref().map(|a| a.age_error_max),
         _ => c.total.as_ref().map(|t| t.nms_parity),
     });
     let why = missing;

@@ -192,10 +192,14 @@ pub(crate) fn mobilefacenet_head(shared: &Path, name: &str) -> String {
 /// short budget (long enough not to be flagged unreliable: 0.6 s of inferences) and no
 /// benchmark_app reference. The gates are the default pipeline's own.
 pub(crate) fn default_pipeline_short_benchmark() -> String {
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pipelines/recognition.yaml"
-    ))
+    builtin_pipeline_short_benchmark("recognition")
+}
+
+/// A built-in pipeline (`pipelines/<name>.yaml`) with the short benchmark above.
+pub(crate) fn builtin_pipeline_short_benchmark(name: &str) -> String {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.yaml")),
+    )
     .unwrap()
     .replace("time_budget_s: 1\n", "time_budget_s: 0.6\n")
     .replace(

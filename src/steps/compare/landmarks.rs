@@ -263,7 +263,7 @@ fn gates_for(p: &CompareParams, label: &str) -> Gates {
 fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
     let gates = std::iter::once(&p.gates).chain(p.candidate_gates.values());
     let other: Vec<&str> = gates
-        .flat_map(|g| g.set_among(&[gate::RECOGNITION, gate::DETECTION].concat()))
+        .flat_map(|g| g.set_among(&[gate::RECOGNITION, gate::DETECTION, gate::ATTRIBUTE].concat()))
         .collect();
     if let Some(k) = other.first() {
         return Err(Error::Step {
@@ -305,7 +305,7 @@ fn pick_output(
 
 /// The candidate's points output: the reference's by name, else at the same position
 /// (converters sometimes rename outputs).
-fn candidate_output(
+pub(super) fn candidate_output(
     outs: &[NamedTensor],
     name: &str,
     idx: usize,
@@ -323,8 +323,9 @@ fn candidate_output(
 }
 
 /// Every image's row of one output (chosen by `pick` on the first run), batch by batch,
-/// with the time spent in the model and the output's index.
-fn rows_of(
+/// with the time spent in the model and the output's index. Attribute compare reads its
+/// models the same way.
+pub(super) fn rows_of(
     ctx: &StepContext,
     model: &mut dyn LoadedModel,
     (input, tensor, batch): (&str, &Array4<f32>, usize),
@@ -362,10 +363,10 @@ fn rows_of(
             return Err(Error::Step {
                 step: ctx.step.name.clone(),
                 message: format!(
-                    "output `{name}` has shape {:?} for a batch of {batch}: landmarks are read from [N, points x 2]",
+                    "output `{name}` has shape {:?} for a batch of {batch}: one row per face, [N, W], is read",
                     t.shape()
                 ),
-                hint: Some("name the points output in `model.landmarks.output`".into()),
+                hint: Some("compare the outputs one by one with `atol`/`rtol`, or export the model with a [N, W] output".into()),
             });
         }
         for i in 0..end - start {

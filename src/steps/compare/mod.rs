@@ -13,6 +13,7 @@ use ndarray::{Array4, Axis, s};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod attribute;
 pub(crate) mod detection;
 mod landmarks;
 mod outputs;
@@ -20,7 +21,8 @@ mod pairs;
 pub(crate) mod report;
 
 pub use report::{
-    CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup, OutputComparison,
+    AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,
+    OutputComparison,
 };
 use report::{CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary};
 
@@ -890,8 +892,11 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
     let tolerance = p.gates.has_tolerance() || p.candidate_gates.values().any(Gates::has_tolerance);
     match task {
         Task::Generic => return outputs::run(ctx, p, pre).map(Some),
-        Task::Landmarks if tolerance => return outputs::run(ctx, p, pre).map(Some),
+        Task::Landmarks | Task::Attribute if tolerance => {
+            return outputs::run(ctx, p, pre).map(Some);
+        }
         Task::Landmarks => return landmarks::run(ctx, p, pre).map(Some),
+        Task::Attribute => return attribute::run(ctx, p, pre).map(Some),
         Task::Swapper => {
             return Err(Error::Step {
                 step: step.clone(),
@@ -913,7 +918,8 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         Task::Detection => return detection::run(ctx, p, pre).map(Some),
         Task::Recognition => {}
     }
-    if p.has_gates(gate::DETECTION) || p.has_gates(gate::LANDMARKS) {
+    if p.has_gates(gate::DETECTION) || p.has_gates(gate::LANDMARKS) || p.has_gates(gate::ATTRIBUTE)
+    {
         return Err(Error::Step { step: step.clone(), message: "detection or landmark gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min, nme_mean_max, nme_max) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
     }
     Ok(None)

@@ -292,16 +292,21 @@ pub(super) fn run(
 /// Refuse gates of other tasks: a per-output compare judges cosine and tolerances only.
 fn refuse_other_gates(p: &CompareParams, step: &str, task_name: &str) -> Result<()> {
     let step = step.to_string();
-    let not_here: Vec<&str> = [gate::DETECTION, &gate::RECOGNITION[1..], gate::LANDMARKS]
-        .iter()
-        .flat_map(|k| {
-            let mut v = p.gates.set_among(k);
-            for g in p.candidate_gates.values() {
-                v.extend(g.set_among(k));
-            }
-            v
-        })
-        .collect();
+    let not_here: Vec<&str> = [
+        gate::DETECTION,
+        &gate::RECOGNITION[1..],
+        gate::LANDMARKS,
+        gate::ATTRIBUTE,
+    ]
+    .iter()
+    .flat_map(|k| {
+        let mut v = p.gates.set_among(k);
+        for g in p.candidate_gates.values() {
+            v.extend(g.set_among(k));
+        }
+        v
+    })
+    .collect();
     if let Some(k) = not_here.first() {
         return Err(Error::Step {
             step,

@@ -214,6 +214,16 @@ pub struct CandidateReport {
     /// Landmark models: NME of the worst face (the figure `nme_max` gates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nme_max: Option<f64>,
+    /// Attribute models: faces whose gender differs from the reference's (the figure
+    /// `gender_flips_max` gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender_flips: Option<u64>,
+    /// Attribute models: mean |age difference| in years (the figure `age_mae_max` gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_mae: Option<f64>,
+    /// Attribute models: the figures behind `gender_flips` and `age_mae`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute: Option<AttributeFigures>,
     /// Landmark models: the figures behind `nme_mean` and `nme_max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmarks: Option<LandmarkFigures>,
@@ -261,6 +271,24 @@ pub struct LandmarkSetup {
     /// schemes without known eyes, or a detector without keypoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_eyes_vs_detector: Option<f64>,
+}
+
+/// An attribute model's answers against the reference's, per face.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributeFigures {
+    /// Faces compared.
+    pub faces: usize,
+    /// Faces whose gender (argmax of the first two outputs) differs from the reference's.
+    pub gender_flips: u64,
+    /// `gender_flips` over `faces`.
+    pub gender_flip_rate: f64,
+    /// Mean |age difference| in years (age = round(output 2 x 100), as InsightFace reads it).
+    pub age_mae: f64,
+    /// Largest |age difference| in years.
+    pub age_error_max: f64,
+    /// Faces whose candidate outputs are not all finite (they count as flips and fail the
+    /// age gates).
+    pub non_finite: usize,
 }
 
 /// A landmark model's points against the reference's, per face.
