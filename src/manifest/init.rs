@@ -216,23 +216,7 @@ pub(crate) fn guess(
             }
         }
     }
-    let layout_of_outputs = match layout_of_outputs {
-        OutputLayout::Retinaface { .. } => {
-            retinaface_or_decoded(layout_of_outputs, &info.outputs, size, &mut notes)
-        }
-        // InsightFace's routing: a 96 x 96 input is an attribute model (model_zoo.py).
-        OutputLayout::Other
-            if size == [96, 96]
-                && info.outputs.len() == 1
-                && matches!(
-                    info.outputs[0].shape.as_deref(),
-                    Some([_, DimInfo::Static(3)])
-                ) =>
-        {
-            OutputLayout::Attribute
-        }
-        other => other,
-    };
+    let layout_of_outputs = with_input_size(layout_of_outputs, &info.outputs, size, &mut notes);
     // InsightFace reads recognizers, landmark and attribute models this way
     // (arcface_onnx.py, landmark.py, attribute.py).
     let normalised_inside = matches!(
@@ -262,6 +246,28 @@ pub(crate) fn guess(
         normalised_inside,
         quantized,
     })
+}
+
+/// What the outputs say, refined by the input size: RetinaFace only when its priors fit, and
+/// a 96 x 96 model with one `[N, 3]` output an attribute model (InsightFace's routing,
+/// model_zoo.py).
+fn with_input_size(
+    layout: OutputLayout,
+    outputs: &[TensorInfo],
+    size: [u64; 2],
+    notes: &mut Vec<String>,
+) -> OutputLayout {
+    match layout {
+        OutputLayout::Retinaface { .. } => retinaface_or_decoded(layout, outputs, size, notes),
+        OutputLayout::Other
+            if size == [96, 96]
+                && outputs.len() == 1
+                && matches!(outputs[0].shape.as_deref(), Some([_, DimInfo::Static(3)])) =>
+        {
+            OutputLayout::Attribute
+        }
+        other => other,
+    }
 }
 
 /// RetinaFace's layout only when its priors at the input size match the box rows: outputs of

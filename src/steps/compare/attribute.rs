@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::landmarks::{candidate_output, rows_of};
+use super::landmarks::{Unreadable, candidate_output, rows_of};
 use super::report::{self, AttributeFigures, CandidateReport, CompareReport, DatasetSummary};
 use super::{CompareParams, batch_for, load_candidate, note_failures, record_not_compared};
 use crate::error::{Error, Result};
@@ -119,35 +119,9 @@ pub(super) fn run(
             label.clone(),
             json!({"ms": ms.as_millis() as u64, "load_ms": l.load_ms, "batch": own, "step": cand.step(), "precision_hint": l.hint}),
         );
-        let f = figures_of(&faces, &rows);
-        let results = judge(&gates, &f);
-        let exec = l.model.execution();
-        let what = format!("{} {}, executed {}", l.artifact, l.weights, exec.precision);
-        let passed = note_failures(&label, &what, &results, &mut failures);
-        table.push(format!(
-            "| {label} | {what} | {} | {} ({:.4}) | {:.3} | {:.0} | {} | {} |",
-            f.faces,
-            f.gender_flips,
-            f.gender_flip_rate,
-            f.age_mae,
-            f.age_error_max,
-            f.non_finite,
-            if passed { "pass" } else { "**FAIL**" }
-        ));
-        candidates.push(CandidateReport {
-            label: label.clone(),
-            step: cand.step().into(),
-            artifact: Some(l.artifact.into()),
-            artifact_precision: Some(l.weights.clone()),
-            execution: Some(exec),
-            preprocessing: Some("model.preprocessing".into()),
-            gender_flips: Some(f.gender_flips),
-            age_mae: f.age_mae.is_finite().then_some(f.age_mae),
-            attribute: Some(f),
-            gates: Some(results),
-            passed: Some(passed),
-            ..Default::default()
-        });
+        let (c, row) = candidate_report(cand, &l, figures_of(&faces, &rows), &gates, &mut failures);
+        table.push(row);
+        candidates.push(c);
     }
 
     let report = CompareReport {
@@ -179,6 +153,46 @@ pub(super) fn run(
     let summary = json!({"images": files.len(), "faces": faces.len(), "candidates": p.candidates.len(), "most_gender_flips": flips});
     let md = markdown(ctx, &report, (&out_name, faces.len()), &table);
     super::finish(ctx, &report, (md, "attribute"), timing, t_total, summary)
+}
+
+/// A compared candidate's report entry and table row, its gates judged.
+fn candidate_report(
+    cand: &super::CandidateSpec,
+    l: &super::Loaded,
+    f: AttributeFigures,
+    gates: &Gates,
+    failures: &mut Vec<String>,
+) -> (CandidateReport, String) {
+    let label = cand.label();
+    let results = judge(gates, &f);
+    let exec = l.model.execution();
+    let what = format!("{} {}, executed {}", l.artifact, l.weights, exec.precision);
+    let passed = note_failures(&label, &what, &results, failures);
+    let row = format!(
+        "| {label} | {what} | {} | {} ({:.4}) | {:.3} | {:.0} | {} | {} |",
+        f.faces,
+        f.gender_flips,
+        f.gender_flip_rate,
+        f.age_mae,
+        f.age_error_max,
+        f.non_finite,
+        if passed { "pass" } else { "**FAIL**" }
+    );
+    let report = CandidateReport {
+        label: label.clone(),
+        step: cand.step().into(),
+        artifact: Some(l.artifact.into()),
+        artifact_precision: Some(l.weights.clone()),
+        execution: Some(exec),
+        preprocessing: Some("model.preprocessing".into()),
+        gender_flips: Some(f.gender_flips),
+        age_mae: f.age_mae.is_finite().then_some(f.age_mae),
+        attribute: Some(f),
+        gates: Some(results),
+        passed: Some(passed),
+        ..Default::default()
+    };
+    (report, row)
 }
 
 /// One candidate's attribute gates: its overrides over the step's; 0 gender flips and a
@@ -215,7 +229,7 @@ fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
 }
 
 /// The first `[N, >= 3]` output.
-fn pick_output(outs: &[NamedTensor], names: &[String]) -> std::result::Result<usize, String> {
+fn pick_output(outs: &[NamedTensor], names: &[String]) -> std::result::Result<usize, Unreadable> {
     outs.iter()
         .position(|(_, t)| t.ndim() == 2 && t.shape()[1] >= 3)
         .ok_or_else(|| {
@@ -224,6 +238,7 @@ fn pick_output(outs: &[NamedTensor], names: &[String]) -> std::result::Result<us
                 names.join(", ")
             )
         })
+        .map_err(Unreadable)
 }
 
 /// A candidate's answers against the reference's over every face.

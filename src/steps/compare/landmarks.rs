@@ -32,6 +32,11 @@ pub(crate) const DEFAULT_NME_MAX: f64 = 0.05;
 /// Columns of report.md's table.
 const COLUMNS: usize = 9;
 
+/// Why no output can be read as one row per face, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Unreadable(pub String);
+
 /// One face as compared: where its crop sits in the photo and what normalises its NME.
 struct Face {
     image: usize,
@@ -286,14 +291,15 @@ fn pick_output(
     outs: &[NamedTensor],
     spec: &crate::manifest::LandmarkSpec,
     names: &[String],
-) -> std::result::Result<usize, String> {
+) -> std::result::Result<usize, Unreadable> {
     if let Some(want) = &spec.output {
         return outs.iter().position(|(n, _)| n == want).ok_or_else(|| {
             format!(
                 "`model.landmarks.output: {want}` is not an output of the model (its outputs: {})",
                 names.join(", ")
             )
-        });
+        })
+        .map_err(Unreadable);
     }
     outs.iter().position(|(_, t)| t.ndim() == 2).ok_or_else(|| {
         format!(
@@ -301,6 +307,7 @@ fn pick_output(
             names.join(", ")
         )
     })
+    .map_err(Unreadable)
 }
 
 /// The candidate's points output: the reference's by name, else at the same position
@@ -310,7 +317,7 @@ pub(super) fn candidate_output(
     name: &str,
     idx: usize,
     names: &[String],
-) -> std::result::Result<usize, String> {
+) -> std::result::Result<usize, Unreadable> {
     outs.iter()
         .position(|(n, _)| n == name)
         .or_else(|| (idx < outs.len()).then_some(idx))
@@ -320,6 +327,7 @@ pub(super) fn candidate_output(
                 names.join(", ")
             )
         })
+        .map_err(Unreadable)
 }
 
 /// Every image's row of one output (chosen by `pick` on the first run), batch by batch,
@@ -329,7 +337,7 @@ pub(super) fn rows_of(
     ctx: &StepContext,
     model: &mut dyn LoadedModel,
     (input, tensor, batch): (&str, &Array4<f32>, usize),
-    pick: &dyn Fn(&[NamedTensor]) -> std::result::Result<usize, String>,
+    pick: &dyn Fn(&[NamedTensor]) -> std::result::Result<usize, Unreadable>,
 ) -> Result<(Vec<Vec<f32>>, Duration, usize)> {
     let n = tensor.shape()[0];
     let sh = tensor.shape().to_vec();
@@ -349,9 +357,9 @@ pub(super) fn rows_of(
         let idx = match chosen {
             Some(i) => i,
             None => {
-                let i = pick(&out).map_err(|message| Error::Step {
+                let i = pick(&out).map_err(|e| Error::Step {
                     step: ctx.step.name.clone(),
-                    message,
+                    message: e.0,
                     hint: None,
                 })?;
                 chosen = Some(i);
