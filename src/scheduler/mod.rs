@@ -1,6 +1,6 @@
 //! The scheduler: walks the DAG in topological order, resolves each ready step against the
-//! cache on the calling thread (a hit costs a few stats), and runs misses on a rayon pool
-//! bounded by `--jobs`. A failure stops its dependants; without `--keep-going` no new steps
+//! cache on the calling thread (a hit costs a few stats), and runs misses each on its own
+//! thread, at most `--jobs` at once. A failure stops its dependants; without `--keep-going` no new steps
 //! start; Ctrl-C stops launching, lets running steps notice, and keeps what finished.
 
 use std::collections::{BTreeMap, HashMap};
@@ -835,15 +835,15 @@ pub(crate) fn run(
     let slurm = crate::executor::Slurm::new();
     // A step running elsewhere blocks a thread while it follows its job, but takes no local
     // slot (`no_room` counts those): one thread more for each.
-    let elsewhere = run.elsewhere.len();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs.max(1) + elsewhere)
-        .thread_name(|i| format!("facebuild-step-{i}"))
-        .build()
-        .map_err(anyhow::Error::from)?;
+    //
+    // Steps run on plain threads, not a rayon pool: a step that waits inside a parallel
+    // iterator would otherwise pick up another step's job on its own stack. Seen as a
+    // deadlock: `calibrate`, holding the machine lock shared, waited in its image decoding
+    // under `openvino_fp32`, which waited on the turnstile held by a benchmark in another
+    // run, which waited for `calibrate`'s shared hold to end. `settle` bounds how many start.
     let (tx, rx) = mpsc::channel::<Finished>();
 
-    pool.in_place_scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<()> {
         loop {
             if cancel.load(Ordering::Relaxed) {
                 run.stop = true;
@@ -857,15 +857,18 @@ pub(crate) fn run(
                 } else {
                     &crate::executor::Local
                 };
-                scope.spawn(move |_| {
-                    let t = Instant::now();
-                    let result = executor.execute(ctx, &job, cancel);
-                    let _ = tx.send(Finished {
-                        name: job.name,
-                        result,
-                        duration_ms: t.elapsed().as_millis() as u64,
-                    });
-                });
+                std::thread::Builder::new()
+                    .name(format!("facebuild-step-{}", job.name))
+                    .spawn_scoped(scope, move || {
+                        let t = Instant::now();
+                        let result = executor.execute(ctx, &job, cancel);
+                        let _ = tx.send(Finished {
+                            name: job.name,
+                            result,
+                            duration_ms: t.elapsed().as_millis() as u64,
+                        });
+                    })
+                    .map_err(|e| anyhow::anyhow!("starting a step thread: {e}"))?;
             }
             if run.running == 0 {
                 return Ok(());

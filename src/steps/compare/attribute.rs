@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::landmarks::{Unreadable, candidate_output, rows_of};
-use super::report::{self, AttributeFigures, CandidateReport, CompareReport, DatasetSummary};
+use super::report::{AttributeFigures, CandidateReport, CompareReport};
 use super::{CompareParams, batch_for, load_candidate, note_failures, record_not_compared};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
@@ -52,10 +52,9 @@ pub(super) fn run(
     let step = &ctx.step.name;
     refuse_other_gates(p, step)?;
     let input = ctx.manifest.model.input.name.clone();
-    let dspec = &ctx.manifest.datasets[&p.dataset];
-    let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], dspec.count, dspec.seed)?;
-    let aligner = ctx.aligner(&p.dataset)?;
-    let (prepared, mut timing) = super::prepare_images(ctx, &files, pre, aligner.as_ref())?;
+    let mut set = super::prepare_set(ctx, p, pre)?;
+    let mut timing = std::mem::take(&mut set.timing);
+    let (prepared, aligned) = (&set.prepared, set.aligner.is_some());
 
     ctx.check_cancelled()?;
     ctx.progress.set_message("reference attributes");
@@ -78,7 +77,7 @@ pub(super) fn run(
     let faces: Vec<(usize, Answer)> = ref_rows
         .iter()
         .enumerate()
-        .filter(|(i, _)| aligner.is_none() || prepared.faces.get(*i).is_some_and(Option::is_some))
+        .filter(|(i, _)| !aligned || prepared.faces.get(*i).is_some_and(Option::is_some))
         .filter_map(|(i, row)| Some((i, answer(row)?)))
         .collect();
     let out_name = names.get(out_idx).cloned().unwrap_or_default();
@@ -124,33 +123,20 @@ pub(super) fn run(
         candidates.push(c);
     }
 
-    let report = CompareReport {
-        schema: report::SCHEMA.into(),
-        step: step.clone(),
-        kind: "compare".into(),
-        task: Some("attribute".into()),
-        passed: failures.is_empty(),
-        detector: None,
-        match_iou: None,
-        landmarks: None,
-        dataset: DatasetSummary {
-            name: p.dataset.clone(),
-            images: files.len(),
-            fit: Some(prepared.fit_counts()),
-            ..Default::default()
-        },
-        reference: report::ReferenceSummary::onnx(reference.execution()),
-        candidates,
-        failures,
-        toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
-    };
+    let report = super::task_report(
+        ctx,
+        p,
+        ("attribute", &set),
+        reference.execution(),
+        (candidates, failures),
+    );
     let flips: u64 = report
         .candidates
         .iter()
         .filter_map(|c| c.gender_flips)
         .max()
         .unwrap_or(0);
-    let summary = json!({"images": files.len(), "faces": faces.len(), "candidates": p.candidates.len(), "most_gender_flips": flips});
+    let summary = json!({"images": set.files.len(), "faces": faces.len(), "candidates": p.candidates.len(), "most_gender_flips": flips});
     let md = markdown(ctx, &report, (&out_name, faces.len()), &table);
     super::finish(ctx, &report, (md, "attribute"), timing, t_total, summary)
 }
@@ -305,19 +291,20 @@ fn markdown(
          round(third x 100) years.\n\n",
         r.dataset.name, r.dataset.images
     );
-    s += &format!(
-        "Reference: ONNX original in {} {} ({}).\n\n",
-        r.reference.execution.runtime,
-        r.reference.execution.version,
-        r.reference.execution.precision
-    );
-    s += "| candidate | artifact | faces | gender flips (rate) | age MAE | age error max | non-finite | gates |\n";
-    s += "|---|---|---|---|---|---|---|---|\n";
-    for row in rows {
-        s += row;
-        s += "\n";
-    }
-    s + &super::failed_gates_md(&r.failures)
+    s + &super::table_md(
+        r,
+        &[
+            "candidate",
+            "artifact",
+            "faces",
+            "gender flips (rate)",
+            "age MAE",
+            "age error max",
+            "non-finite",
+            "gates",
+        ],
+        rows,
+    )
 }
 
 #[cfg(test)]

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use ndarray::{Array4, s};
 use serde_json::json;
 
-use super::report::{
-    self, CandidateReport, CompareReport, DatasetSummary, LandmarkFigures, LandmarkSetup,
-};
+use super::report::{CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup};
 use super::{CompareParams, batch_for, load_candidate, note_failures, record_not_compared};
 use crate::error::{Error, Result};
 use crate::manifest::{Crop, Preprocessing};
@@ -55,10 +53,9 @@ pub(super) fn run(
     let step = &ctx.step.name;
     refuse_other_gates(p, step)?;
     let input = ctx.manifest.model.input.name.clone();
-    let dspec = &ctx.manifest.datasets[&p.dataset];
-    let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], dspec.count, dspec.seed)?;
-    let aligner = ctx.aligner(&p.dataset)?;
-    let (prepared, mut timing) = super::prepare_images(ctx, &files, pre, aligner.as_ref())?;
+    let mut set = super::prepare_set(ctx, p, pre)?;
+    let mut timing = std::mem::take(&mut set.timing);
+    let (prepared, aligned) = (&set.prepared, set.aligner.is_some());
 
     ctx.check_cancelled()?;
     ctx.progress.set_message("reference landmarks");
@@ -85,7 +82,7 @@ pub(super) fn run(
         json!({"ms": ref_ms.as_millis() as u64, "batch": batch}),
     );
     let size = pre.size;
-    let faces = faces_of(&layout, &ref_rows, &prepared, aligner.is_some(), size);
+    let faces = faces_of(&layout, &ref_rows, prepared, aligned, size);
 
     let mut table = Vec::new();
     let mut failures = Vec::new();
@@ -124,37 +121,25 @@ pub(super) fn run(
     let setup = setup_of(
         ctx,
         pre,
-        aligner.is_some(),
+        aligned,
         (&layout, &faces),
         out_name,
-        files.len(),
+        set.files.len(),
     );
-    let report = CompareReport {
-        schema: report::SCHEMA.into(),
-        step: step.clone(),
-        kind: "compare".into(),
-        task: Some("landmarks".into()),
-        passed: failures.is_empty(),
-        detector: None,
-        match_iou: None,
-        landmarks: Some(setup),
-        dataset: DatasetSummary {
-            name: p.dataset.clone(),
-            images: files.len(),
-            fit: Some(prepared.fit_counts()),
-            ..Default::default()
-        },
-        reference: report::ReferenceSummary::onnx(reference.execution()),
-        candidates,
-        failures,
-        toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
-    };
+    let mut report = super::task_report(
+        ctx,
+        p,
+        ("landmarks", &set),
+        reference.execution(),
+        (candidates, failures),
+    );
+    report.landmarks = Some(setup);
     let worst = report
         .candidates
         .iter()
         .filter_map(|c| c.nme_max)
         .fold(0.0, f64::max);
-    let summary = json!({"images": files.len(), "faces": faces.len(), "candidates": p.candidates.len(), "points": layout.points, "worst_nme": worst});
+    let summary = json!({"images": set.files.len(), "faces": faces.len(), "candidates": p.candidates.len(), "points": layout.points, "worst_nme": worst});
     let md = markdown(ctx, &report, &table);
     super::finish(ctx, &report, (md, "landmark"), timing, t_total, summary)
 }
@@ -536,19 +521,21 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
             );
         }
     }
-    s += &format!(
-        "Reference: ONNX original in {} {} ({}).\n\n",
-        r.reference.execution.runtime,
-        r.reference.execution.version,
-        r.reference.execution.precision
-    );
-    s += "| candidate | artifact | faces | NME mean | NME max | px mean | px max | non-finite | gates |\n";
-    s += "|---|---|---|---|---|---|---|---|---|\n";
-    for row in rows {
-        s += row;
-        s += "\n";
-    }
-    s + &super::failed_gates_md(&r.failures)
+    s + &super::table_md(
+        r,
+        &[
+            "candidate",
+            "artifact",
+            "faces",
+            "NME mean",
+            "NME max",
+            "px mean",
+            "px max",
+            "non-finite",
+            "gates",
+        ],
+        rows,
+    )
 }
 
 #[cfg(test)]

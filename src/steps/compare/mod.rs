@@ -464,6 +464,80 @@ pub(crate) fn prepare_images(
     Ok((prepared, timing))
 }
 
+/// A validation set as the kinds that feed one tensor per image take it: its files, the
+/// dataset's aligner, the prepared tensor, and the timing map its preparation starts.
+pub(crate) struct PreparedSet {
+    pub files: Vec<camino::Utf8PathBuf>,
+    pub aligner: Option<crate::preprocess::align::Aligner>,
+    pub prepared: crate::preprocess::Prepared,
+    pub timing: BTreeMap<String, serde_json::Value>,
+}
+
+/// Compare's dataset, listed, aligned when it says so, and prepared for the model.
+pub(crate) fn prepare_set(
+    ctx: &StepContext,
+    p: &CompareParams,
+    pre: &Preprocessing,
+) -> Result<PreparedSet> {
+    let spec = &ctx.manifest.datasets[&p.dataset];
+    let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], spec.count, spec.seed)?;
+    let aligner = ctx.aligner(&p.dataset)?;
+    let (prepared, timing) = prepare_images(ctx, &files, pre, aligner.as_ref())?;
+    Ok(PreparedSet {
+        files,
+        aligner,
+        prepared,
+        timing,
+    })
+}
+
+/// The report of a compare kind that decodes no detections: `task`, the set, the reference,
+/// and every candidate with the failures.
+pub(crate) fn task_report(
+    ctx: &StepContext,
+    p: &CompareParams,
+    (task, set): (&str, &PreparedSet),
+    reference: ExecutionInfo,
+    (candidates, failures): (Vec<CandidateReport>, Vec<String>),
+) -> CompareReport {
+    CompareReport {
+        schema: report::SCHEMA.into(),
+        step: ctx.step.name.clone(),
+        kind: "compare".into(),
+        task: Some(task.into()),
+        passed: failures.is_empty(),
+        detector: None,
+        match_iou: None,
+        landmarks: None,
+        dataset: DatasetSummary {
+            name: p.dataset.clone(),
+            images: set.files.len(),
+            fit: Some(set.prepared.fit_counts()),
+            ..Default::default()
+        },
+        reference: ReferenceSummary::onnx(reference),
+        candidates,
+        failures,
+        toolchain: ctx.toolchain.fingerprint(TOOLCHAIN),
+    }
+}
+
+/// The end of a report.md after the kind's account of its set: the reference, the
+/// candidates' table under `head`, and the failed gates.
+pub(crate) fn table_md(r: &CompareReport, head: &[&str], rows: &[String]) -> String {
+    let e = &r.reference.execution;
+    let mut s = format!(
+        "Reference: ONNX original in {} {} ({}).\n\n",
+        e.runtime, e.version, e.precision
+    );
+    s += &format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for row in rows {
+        s += row;
+        s.push('\n');
+    }
+    s + &failed_gates_md(&r.failures)
+}
+
 /// The "Failed gates" list that ends a report.md (nothing when every gate passed).
 pub(crate) fn failed_gates_md(failures: &[String]) -> String {
     if failures.is_empty() {

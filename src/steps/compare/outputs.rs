@@ -11,7 +11,7 @@ use std::time::Instant;
 use ndarray::{Array4, ArrayViewD, Axis, s};
 use serde_json::json;
 
-use super::report::{self, CandidateReport, CompareReport, DatasetSummary, OutputComparison};
+use super::report::{CandidateReport, CompareReport, OutputComparison};
 use super::{CompareParams, Loaded, batch_for, load_candidate, note_failures, record_not_compared};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
@@ -208,10 +208,7 @@ pub(super) fn run(
         .unwrap_or_default();
     refuse_other_gates(p, step, &task_name)?;
     let input = ctx.manifest.model.input.name.clone();
-    let spec = &ctx.manifest.datasets[&p.dataset];
-    let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], spec.count, spec.seed)?;
-    let aligner = ctx.aligner(&p.dataset)?;
-    let (prepared, mut timing) = super::prepare_images(ctx, &files, pre, aligner.as_ref())?;
+    let mut set = super::prepare_set(ctx, p, pre)?;
 
     ctx.check_cancelled()?;
     let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
@@ -244,13 +241,13 @@ pub(super) fn run(
 
     let ref_ms = run_batches(
         ctx,
-        &prepared.tensor,
+        &set.prepared.tensor,
         &input,
         reference.as_mut(),
         &mut running,
         batch,
     )?;
-    timing.insert(
+    set.timing.insert(
         "reference".to_string(),
         json!({"ms": ref_ms.as_millis() as u64, "batch": batch}),
     );
@@ -260,32 +257,20 @@ pub(super) fn run(
             c,
             &ref_names,
             batch,
-            (&mut table, &mut failures, &mut timing),
+            (&mut table, &mut failures, &mut set.timing),
         ));
     }
 
-    let report = CompareReport {
-        schema: report::SCHEMA.into(),
-        step: step.clone(),
-        kind: "compare".into(),
-        task: Some(task_name.clone()),
-        passed: failures.is_empty(),
-        detector: None,
-        match_iou: None,
-        landmarks: None,
-        dataset: DatasetSummary {
-            name: p.dataset.clone(),
-            images: files.len(),
-            fit: Some(prepared.fit_counts()),
-            ..Default::default()
-        },
-        reference: report::ReferenceSummary::onnx(reference.execution()),
-        candidates,
-        failures,
-        toolchain: ctx.toolchain.fingerprint(super::TOOLCHAIN),
-    };
+    let timing = std::mem::take(&mut set.timing);
+    let report = super::task_report(
+        ctx,
+        p,
+        (&task_name, &set),
+        reference.execution(),
+        (candidates, failures),
+    );
     let md = markdown(ctx, &report, &ref_names, &table);
-    let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": super::worst_cosine(&report.candidates)});
+    let summary = json!({"images": set.files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": super::worst_cosine(&report.candidates)});
     super::finish(ctx, &report, (md, "output"), timing, t_total, summary)
 }
 
