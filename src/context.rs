@@ -11,7 +11,7 @@ use crate::cache::{CacheKey, CacheKeyHasher, KeyParts, Lock, Store};
 use crate::error::{Error, IoContext, Result};
 use crate::graph::Dag;
 use crate::manifest::{Manifest, Placement, Step};
-use crate::onnx::builtin::{BuiltinModel, GENERATOR_VERSION};
+use crate::onnx::builtin::BuiltinModel;
 use crate::settings::{ContextSettings, Executor, Materialize};
 use crate::steps;
 use crate::toolchain::{Pins, Toolchain};
@@ -196,29 +196,12 @@ impl BuildContext {
     }
 
     fn builtin_path(&self, b: BuiltinModel) -> Utf8PathBuf {
-        self.cache_dir
-            .join("builtin")
-            .join(format!("{}-g{GENERATOR_VERSION}.onnx", b.name()))
+        b.path_in(&self.cache_dir)
     }
 
-    /// Generate a built-in model once per generator version, into the cache, checked
-    /// against the digest its keys were computed with.
+    /// Generate a built-in model once per generator version, into the cache.
     pub(crate) fn builtin_model(&self, b: BuiltinModel) -> Result<Utf8PathBuf> {
-        let path = self.builtin_path(b);
-        if !path.exists() {
-            let bytes = b.bytes();
-            let got = blake3::hash(&bytes).to_hex().to_string();
-            if got != b.digest() {
-                return Err(Error::toolchain(format!(
-                    "the built-in model `{}` generated to blake3 {got}, not the {} this facebuild records",
-                    b.name(),
-                    b.digest()
-                ))
-                .with_hint("this is a facebuild bug: report it, and use `model.path` meanwhile"));
-            }
-            crate::cache::store::write_atomic(&path, &bytes)?;
-        }
-        Ok(path)
+        b.materialize(&self.cache_dir)
     }
 
     /// The source model's file, generating a built-in model on first need.
@@ -341,9 +324,49 @@ impl BuildContext {
             }
             inputs.insert(format!("file:{f}"), self.store.memo.blake3(&path)?.blake3);
         }
+        // Files feeding the model's other inputs (a recognizer, a .npy) are read with the
+        // datasets: they are inputs of the steps that read datasets.
+        if !step.spec.params.kind().datasets().is_empty() {
+            for f in self
+                .manifest
+                .model
+                .extra_inputs
+                .iter()
+                .filter_map(|i| match &i.feed {
+                    crate::manifest::Feed::Npy(p) => Some(p),
+                    crate::manifest::Feed::Embedding(e) => e.model.as_ref(),
+                    crate::manifest::Feed::Image => None,
+                })
+            {
+                let path = self.manifest.resolve(f);
+                if !path.is_file() {
+                    return Err(Error::usage(format!(
+                        "step `{}`: {path}, which feeds a model input, does not exist",
+                        step.name
+                    ))
+                    .with_hint(format!(
+                        "paths in `model.inputs` are relative to {}",
+                        self.manifest.dir
+                    )));
+                }
+                inputs.insert(format!("file:{f}"), self.store.memo.blake3(&path)?.blake3);
+            }
+            for i in &self.manifest.model.extra_inputs {
+                if let crate::manifest::Feed::Embedding(e) = &i.feed
+                    && let Some(b) = e.builtin.as_deref().and_then(BuiltinModel::from_name)
+                {
+                    inputs.insert(format!("builtin:{}", b.name()), b.digest().to_string());
+                }
+            }
+        }
         // The manifest's model declaration is a param of every step: check compares
-        // against it and simplify freezes it.
-        let params = json!({"step": step.spec.params, "model": {"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing}});
+        // against it and simplify freezes it. Other inputs enter only when there are some,
+        // so single-input pipelines keep their keys.
+        let mut model = json!({"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing});
+        if !self.manifest.model.extra_inputs.is_empty() {
+            model["inputs"] = json!(self.manifest.model.extra_inputs);
+        }
+        let params = json!({"step": step.spec.params, "model": model});
         let mut toolchain = tc.fingerprint(&step.spec.params.kind().toolchain_pieces());
         toolchain.extend(self.machine_parts(step)?);
         Ok(KeyParts {

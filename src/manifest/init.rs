@@ -21,6 +21,7 @@ const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ("detection", include_str!("../../pipelines/detection.yaml")),
     ("landmarks", include_str!("../../pipelines/landmarks.yaml")),
     ("attribute", include_str!("../../pipelines/attribute.yaml")),
+    ("swapper", include_str!("../../pipelines/swapper.yaml")),
 ];
 
 pub(crate) fn builtin_names() -> Vec<&'static str> {

@@ -238,18 +238,26 @@ impl Manifest {
     /// A concrete shape for `shape` (the model input's): named dims at their declared `opt`,
     /// else, for the H/W positions of an image model, `model.preprocessing.size`, else 1.
     pub(crate) fn concrete_shape(&self, shape: &[Dim]) -> Vec<usize> {
-        let layout = self.model.input.layout;
+        self.concrete_shape_of(&self.model.input, shape)
+    }
+
+    /// [`Manifest::concrete_shape`] for any of the model's inputs: only the image input
+    /// takes its H/W from `model.preprocessing.size`.
+    pub(crate) fn concrete_shape_of(&self, input: &InputSpec, shape: &[Dim]) -> Vec<usize> {
+        let layout = input.layout;
         let (hi, wi) = match layout {
             Layout::NCHW => (2, 3),
             Layout::NHWC => (1, 2),
         };
-        let size = self.model.preprocessing.as_ref().map(|p| p.size);
+        let size = (input.feed.is_image())
+            .then(|| self.model.preprocessing.as_ref().map(|p| p.size))
+            .flatten();
         shape
             .iter()
             .enumerate()
             .map(|(i, d)| match d {
                 Dim::Fixed(n) => *n as usize,
-                Dim::Named(s) => match (self.model.input.dims.get(s), size) {
+                Dim::Named(s) => match (input.dims.get(s), size) {
                     (Some(r), _) => r.opt as usize,
                     (None, Some(sz)) if shape.len() == 4 && i == hi => sz[0] as usize,
                     (None, Some(sz)) if shape.len() == 4 && i == wi => sz[1] as usize,
@@ -653,8 +661,27 @@ fn validate_model_fields(m: &ModelSpec) -> std::result::Result<(), (String, Stri
             "declare all four dims, e.g. `shape: [1, 3, 112, 112]` for NCHW".into(),
         ));
     }
-    let named: Vec<&str> = m
-        .input
+    for i in m.all_inputs() {
+        validate_dims(&key_of(m, i), i)?;
+    }
+    for i in &m.extra_inputs {
+        validate_extra_input(&key_of(m, i), i)?;
+    }
+    Ok(())
+}
+
+/// How errors name an input: `model.input`, or `model.inputs.<name>`.
+fn key_of(m: &ModelSpec, i: &InputSpec) -> String {
+    if m.extra_inputs.is_empty() {
+        "model.input".into()
+    } else {
+        format!("model.inputs.{}", i.name)
+    }
+}
+
+/// An input's `dims` against its shape's named dims, each range ordered.
+fn validate_dims(key: &str, i: &InputSpec) -> std::result::Result<(), (String, String)> {
+    let named: Vec<&str> = i
         .shape
         .iter()
         .filter_map(|d| match d {
@@ -662,12 +689,12 @@ fn validate_model_fields(m: &ModelSpec) -> std::result::Result<(), (String, Stri
             _ => None,
         })
         .collect();
-    for (k, r) in &m.input.dims {
+    for (k, r) in &i.dims {
         if !named.contains(&k.as_str()) {
             return Err((
                 format!(
-                    "`model.input.dims` declares `{k}`, which is not a named dim of `model.input.shape` {}",
-                    fmt_shape(&m.input.shape)
+                    "`{key}.dims` declares `{k}`, which is not a named dim of `{key}.shape` {}",
+                    fmt_shape(&i.shape)
                 ),
                 format!(
                     "named dims: [{}]; write e.g. `shape: [1, 3, H, W]`",
@@ -678,10 +705,53 @@ fn validate_model_fields(m: &ModelSpec) -> std::result::Result<(), (String, Stri
         if !(1 <= r.min && r.min <= r.opt && r.opt <= r.max) {
             return Err((
                 format!(
-                    "`model.input.dims.{k}` needs 1 <= min <= opt <= max, got min {} opt {} max {}",
+                    "`{key}.dims.{k}` needs 1 <= min <= opt <= max, got min {} opt {} max {}",
                     r.min, r.opt, r.max
                 ),
                 "e.g. `H: {min: 320, opt: 640, max: 640}`".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An input not fed images: a shape, no crop, and a feed that names its source once.
+fn validate_extra_input(key: &str, i: &InputSpec) -> std::result::Result<(), (String, String)> {
+    if i.shape.is_empty() {
+        return Err((
+            format!("`{key}.shape` is empty"),
+            "declare the input's shape, e.g. `shape: [1, 512]` for a source latent".into(),
+        ));
+    }
+    if i.crop.is_some() {
+        return Err((
+            format!("`{key}.crop` is set on an input fed `{}`", i.feed.name()),
+            "crops apply to the image input: remove `crop` here".into(),
+        ));
+    }
+    if let Feed::Embedding(e) = &i.feed {
+        match (&e.model, &e.builtin) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err((
+                    format!("`{key}.feed.embedding` needs exactly one of `model` and `builtin`"),
+                    "name the recognizer whose embedding feeds it: `model: models/w600k_r50.onnx`, or `builtin: iresnet-mini`".into(),
+                ));
+            }
+            (None, Some(b)) if !b.starts_with("iresnet") => {
+                return Err((
+                    format!("`{key}.feed.embedding.builtin: {b}` is not a built-in recognizer"),
+                    "built-in recognizers: iresnet-mini, iresnet18, iresnet50".into(),
+                ));
+            }
+            _ => {}
+        }
+        if i.shape.len() != 2 {
+            return Err((
+                format!(
+                    "`{key}.shape` {} is fed an embedding; embeddings are [batch, D]",
+                    fmt_shape(&i.shape)
+                ),
+                "declare e.g. `shape: [1, 512]`".into(),
             ));
         }
     }

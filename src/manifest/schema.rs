@@ -56,7 +56,7 @@ pub enum Task {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawModelSpec")]
 pub(crate) struct ModelSpec {
     /// Path to the ONNX model, relative to the manifest. Absent: the built-in model.
     #[serde(default)]
@@ -68,7 +68,11 @@ pub(crate) struct ModelSpec {
     #[serde(default)]
     pub sha256: Option<Spanned<String>>,
     pub task: Task,
+    /// The image input: `model.input`, or the one of `model.inputs` fed images.
     pub input: InputSpec,
+    /// The other inputs of `model.inputs` (a swapper's source latent...), in their order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_inputs: Vec<InputSpec>,
     #[serde(default)]
     pub preprocessing: Option<Preprocessing>,
     /// How a detector's raw outputs become boxes (required by detection `compare`).
@@ -77,6 +81,147 @@ pub(crate) struct ModelSpec {
     /// How a landmark model's output becomes points (`task: landmarks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmarks: Option<LandmarkSpec>,
+}
+
+/// `model:` as written: one image `input`, or several `inputs` by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModelSpec {
+    #[serde(default)]
+    path: Option<Utf8PathBuf>,
+    #[serde(default)]
+    builtin: Option<String>,
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
+    task: Task,
+    #[serde(default)]
+    input: Option<InputSpec>,
+    /// Every input of a model that takes several, by graph name, in order.
+    #[serde(default)]
+    inputs: IndexMap<String, InputSpec>,
+    #[serde(default)]
+    preprocessing: Option<Preprocessing>,
+    #[serde(default)]
+    detector: Option<DetectorSpec>,
+    #[serde(default)]
+    landmarks: Option<LandmarkSpec>,
+}
+
+impl TryFrom<RawModelSpec> for ModelSpec {
+    type Error = String;
+
+    /// One image input, wherever it is written; the others in `extra_inputs`.
+    fn try_from(r: RawModelSpec) -> Result<ModelSpec, String> {
+        let (input, extra_inputs) = match (r.input, r.inputs.is_empty()) {
+            (Some(_), false) => {
+                return Err("`model` has both `input` and `inputs`: write one image input as `input`, or every input under `inputs`".into());
+            }
+            (None, true) => {
+                return Err(
+                    "`model` needs `input` (its image input) or `inputs` (every input by name)"
+                        .into(),
+                );
+            }
+            (Some(i), true) if !i.feed.is_image() => {
+                return Err(format!(
+                    "`model.input` is fed images; an input fed `{}` goes under `model.inputs`, beside the image input",
+                    i.feed.name()
+                ));
+            }
+            (Some(i), true) if i.name.is_empty() => {
+                return Err("`model.input.name` is missing: give the graph's input name (`facebuild init` reads it)".into());
+            }
+            (Some(i), true) => (i, Vec::new()),
+            (None, false) => split_inputs(r.inputs)?,
+        };
+        Ok(ModelSpec {
+            path: r.path,
+            builtin: r.builtin,
+            sha256: r.sha256,
+            task: r.task,
+            input,
+            extra_inputs,
+            preprocessing: r.preprocessing,
+            detector: r.detector,
+            landmarks: r.landmarks,
+        })
+    }
+}
+
+/// `model.inputs`, named by their keys, as the image input and the others.
+fn split_inputs(
+    inputs: IndexMap<String, InputSpec>,
+) -> Result<(InputSpec, Vec<InputSpec>), String> {
+    let mut image = None;
+    let mut extra = Vec::new();
+    for (k, mut i) in inputs {
+        if !i.name.is_empty() && i.name != k {
+            return Err(format!(
+                "`model.inputs.{k}` has `name: {}`; the key is the input's name: remove `name`",
+                i.name
+            ));
+        }
+        i.name = k;
+        match (&i.feed, &image) {
+            (Feed::Image, Some(first)) => {
+                let first: &InputSpec = first;
+                return Err(format!(
+                    "`model.inputs` feeds images to both `{}` and `{}`; facebuild feeds one image input per model: give the other `feed: {{npy: file.npy}}` or `feed: {{embedding: ...}}`",
+                    first.name, i.name
+                ));
+            }
+            (Feed::Image, None) => image = Some(i),
+            _ => extra.push(i),
+        }
+    }
+    let image = image.ok_or_else(|| "no input of `model.inputs` is fed images (`feed: image`, the default); facebuild's steps prepare images for one input".to_string())?;
+    Ok((image, extra))
+}
+
+/// What feeds a model input.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum Feed {
+    /// The dataset's images (or face crops), through `model.preprocessing`.
+    #[default]
+    Image,
+    /// A recognizer's embedding of a face of another identity (a swapper's source latent).
+    Embedding(EmbeddingFeed),
+    /// Rows of a `.npy` file (relative to the manifest), one per image, cycled.
+    Npy(Utf8PathBuf),
+}
+
+impl Feed {
+    pub(crate) fn is_image(&self) -> bool {
+        matches!(self, Feed::Image)
+    }
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Feed::Image => "image",
+            Feed::Embedding(_) => "embedding",
+            Feed::Npy(_) => "npy",
+        }
+    }
+}
+
+/// A recognizer's embedding, as InSwapper's source latent is made: the recognizer's
+/// embedding of an ArcFace crop, L2-normalised, times `emap` when set, L2-normalised again.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmbeddingFeed {
+    /// The recognizer's ONNX file, relative to the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Utf8PathBuf>,
+    /// A built-in recognizer instead (`iresnet-mini`, 512-d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// Multiply by the model's `emap` (its last initializer, a D x D matrix), as INSwapper
+    /// does; read from the source ONNX model.
+    #[serde(default)]
+    pub emap: bool,
+    /// How the recognizer is fed (default ArcFace's: RGB, (x - 127.5) / 127.5, 112 x 112).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<Preprocessing>,
 }
 
 /// One dimension of a declared shape: a fixed size or a named dynamic dimension.
@@ -104,6 +249,8 @@ pub(crate) fn fmt_shape(dims: &[Dim]) -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
+    /// The graph's input name (the key, under `model.inputs`).
+    #[serde(default)]
     pub name: String,
     #[serde(default = "default_layout")]
     pub layout: Layout,
@@ -117,6 +264,9 @@ pub struct InputSpec {
     /// default `arcface` for recognition, `box` (scale 1.5) for landmarks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) crop: Option<CropSpec>,
+    /// What feeds it (`model.inputs`): images (the default), an embedding or a `.npy` file.
+    #[serde(default, skip_serializing_if = "Feed::is_image")]
+    pub(crate) feed: Feed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -149,6 +299,13 @@ impl InputSpec {
                 Dim::Named(s) => self.dims.get(s).map(|r| r.opt),
             })
             .collect()
+    }
+}
+
+impl ModelSpec {
+    /// Every input: the image one, then the others in their order.
+    pub(crate) fn all_inputs(&self) -> impl Iterator<Item = &InputSpec> {
+        std::iter::once(&self.input).chain(&self.extra_inputs)
     }
 }
 

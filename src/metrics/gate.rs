@@ -148,6 +148,32 @@ pub struct Gates {
     /// Attribute: largest |age difference| from the reference, years.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_error_max: Option<f64>,
+    /// Swapper: the worst face's PSNR of the swapped image against the reference's, dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_min: Option<f64>,
+    /// Swapper: mean PSNR over faces, dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_mean_min: Option<f64>,
+    /// Swapper: the worst face's SSIM against the reference's swapped image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssim_min: Option<f64>,
+    /// Swapper: mean SSIM over faces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssim_mean_min: Option<f64>,
+    /// Swapper: largest |pixel difference| from the reference's swapped image, in 0..255.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_error_max: Option<f64>,
+    /// Swapper: the worst face's cosine between the recognizer's embeddings of the
+    /// candidate's and the reference's swapped faces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_cosine_min: Option<f64>,
+    /// Swapper: mean of those cosines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_cosine_mean_min: Option<f64>,
+    /// Swapper: faces whose match with the source identity (at `identity_threshold`)
+    /// differs from the reference's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_flips_max: Option<u64>,
     /// Detection: largest |score difference| of a matched box.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_drift_max: Option<f64>,
@@ -250,6 +276,14 @@ metrics! {
     age_mae_max => "age_mae", false;
     age_error_max => "age_error_max", false;
     nms_parity_min => "nms_parity", true;
+    psnr_min => "psnr_min", true;
+    psnr_mean_min => "psnr_mean", true;
+    ssim_min => "ssim_min", true;
+    ssim_mean_min => "ssim_mean", true;
+    pixel_error_max => "pixel_error_max", false;
+    identity_cosine_min => "identity_cosine_min", true;
+    identity_cosine_mean_min => "identity_cosine_mean", true;
+    identity_flips_max => "identity_flips", false;
     p99_ms_max => "p99_ms_max", false;
     p50_ms_max => "p50_ms_max", false;
     throughput_min => "throughput_min", true;
@@ -271,6 +305,17 @@ pub(crate) const DETECTION: &[&str] = &[
 pub(crate) const LANDMARKS: &[&str] = &["nme_mean_max", "nme_max"];
 /// The metrics a `compare` of attribute models measures.
 pub(crate) const ATTRIBUTE: &[&str] = &["gender_flips_max", "age_mae_max", "age_error_max"];
+/// The metrics a `compare` of swappers measures.
+pub(crate) const SWAPPER: &[&str] = &[
+    "psnr_min",
+    "psnr_mean_min",
+    "ssim_min",
+    "ssim_mean_min",
+    "pixel_error_max",
+    "identity_cosine_min",
+    "identity_cosine_mean_min",
+    "identity_flips_max",
+];
 /// The metrics a `benchmark` measures.
 pub(crate) const PERFORMANCE: &[&str] = &[
     "p99_ms_max",

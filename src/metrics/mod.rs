@@ -1,6 +1,7 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
 pub(crate) mod gate;
+pub(crate) mod image;
 pub(crate) mod landmarks;
 pub(crate) mod lfw;
 pub(crate) mod similarity;

@@ -29,6 +29,10 @@ pub(crate) enum BuiltinModel {
     /// ~0.5 MB: an attribute model with genderage's contract (1x3x96x96 -> [N, 3]: two
     /// gender logits, then age / 100), on a small iresnet-style backbone.
     GenderageMini,
+    /// ~1.5 MB: a face swapper with INSwapper's contract (`target` [N, 3, 128, 128], RGB /
+    /// 255, and `source` [N, 512], the latent -> `output` [N, 3, 128, 128] in [0, 1]), with
+    /// a 512 x 512 `emap` as its last initializer.
+    InswapperMini,
 }
 
 impl BuiltinModel {
@@ -42,6 +46,7 @@ impl BuiltinModel {
             "scrfd-mini",
             "lmk106-mini",
             "genderage-mini",
+            "inswapper-mini",
         ]
     }
 
@@ -53,6 +58,7 @@ impl BuiltinModel {
             "scrfd-mini" => Some(BuiltinModel::ScrfdMini),
             "lmk106-mini" => Some(BuiltinModel::Lmk106Mini),
             "genderage-mini" => Some(BuiltinModel::GenderageMini),
+            "inswapper-mini" => Some(BuiltinModel::InswapperMini),
             _ => None,
         }
     }
@@ -65,6 +71,7 @@ impl BuiltinModel {
             BuiltinModel::ScrfdMini => "scrfd-mini",
             BuiltinModel::Lmk106Mini => "lmk106-mini",
             BuiltinModel::GenderageMini => "genderage-mini",
+            BuiltinModel::InswapperMini => "inswapper-mini",
         }
     }
 
@@ -75,7 +82,8 @@ impl BuiltinModel {
             BuiltinModel::Iresnet50
             | BuiltinModel::ScrfdMini
             | BuiltinModel::Lmk106Mini
-            | BuiltinModel::GenderageMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
+            | BuiltinModel::GenderageMini
+            | BuiltinModel::InswapperMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
         }
     }
 
@@ -84,6 +92,7 @@ impl BuiltinModel {
             BuiltinModel::ScrfdMini => return self.scrfd(),
             BuiltinModel::Lmk106Mini => return self.landmarks(),
             BuiltinModel::GenderageMini => return self.genderage(),
+            BuiltinModel::InswapperMini => return self.inswapper(),
             _ => {}
         }
         let (widths, blocks) = self.config();
@@ -272,6 +281,49 @@ impl BuiltinModel {
         self.wrap(b.g)
     }
 
+    /// INSwapper's contract on a small generator: the target crop goes down two stride-2
+    /// convolutions to 32 x 32, through two style blocks modulated by the latent (instance
+    /// normalisation, then a per-channel scale and shift from the latent, as AdaIN), and up
+    /// two transposed convolutions to a Sigmoid RGB face. `emap` is the last initializer,
+    /// which the graph does not use, as in InsightFace's export.
+    fn inswapper(self) -> ModelProto {
+        let mut b = Builder {
+            g: GraphProto {
+                name: "facebuild_inswapper_mini".into(),
+                ..Default::default()
+            },
+            rng: SplitMix64::new(0x5A4B_1280),
+            n: 0,
+        };
+        b.g.input.push(value_info(
+            "target",
+            &[Dim::P("batch"), Dim::V(3), Dim::V(128), Dim::V(128)],
+        ));
+        b.g.input
+            .push(value_info("source", &[Dim::P("batch"), Dim::V(512)]));
+        let mut x = b.conv("target", 3, 32, 3, 2);
+        x = b.prelu(&x, 32);
+        x = b.conv(&x, 32, 64, 3, 2);
+        x = b.prelu(&x, 64);
+        for _ in 0..2 {
+            x = b.style_block(&x, "source", 64, 512);
+        }
+        x = b.deconv(&x, 64, 32);
+        x = b.prelu(&x, 32);
+        x = b.deconv(&x, 32, 16);
+        x = b.prelu(&x, 16);
+        x = b.conv(&x, 16, 3, 3, 1);
+        let _ = b.node("Sigmoid", &[&x], vec![]);
+        b.g.node.last_mut().expect("graph has nodes").output[0] = "output".into();
+        b.g.output.push(value_info(
+            "output",
+            &[Dim::P("batch"), Dim::V(3), Dim::V(128), Dim::V(128)],
+        ));
+        // Last, so that `graph.initializer[-1]` is it.
+        let _emap = b.init(&[512, 512], (3.0f32 / 512.0).sqrt());
+        self.wrap(b.g)
+    }
+
     /// The graph as a model: IR 8, opset 17, named as facebuild's built-in.
     fn wrap(self, graph: GraphProto) -> ModelProto {
         ModelProto {
@@ -289,6 +341,36 @@ impl BuiltinModel {
             }],
             ..Default::default()
         }
+    }
+
+    /// Where the cache at `cache_dir` keeps this model.
+    pub(crate) fn path_in(self, cache_dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
+        cache_dir
+            .join("builtin")
+            .join(format!("{}-g{GENERATOR_VERSION}.onnx", self.name()))
+    }
+
+    /// Generate the model once per generator version into the cache at `cache_dir`,
+    /// checked against the digest its keys were computed with.
+    pub(crate) fn materialize(
+        self,
+        cache_dir: &camino::Utf8Path,
+    ) -> crate::error::Result<camino::Utf8PathBuf> {
+        let path = self.path_in(cache_dir);
+        if !path.exists() {
+            let bytes = self.bytes();
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != self.digest() {
+                return Err(crate::error::Error::toolchain(format!(
+                    "the built-in model `{}` generated to blake3 {got}, not the {} this facebuild records",
+                    self.name(),
+                    self.digest()
+                ))
+                .with_hint("this is a facebuild bug: report it, and use `model.path` meanwhile"));
+            }
+            crate::cache::store::write_atomic(&path, &bytes)?;
+        }
+        Ok(path)
     }
 
     /// The encoded model, as it is written to disk.
@@ -315,6 +397,9 @@ impl BuiltinModel {
             }
             BuiltinModel::GenderageMini => {
                 "16b460a6f5eb7fac4ba0e9ce225c8c62d407959cb7aba6aa6097f71d8a634079"
+            }
+            BuiltinModel::InswapperMini => {
+                "1b749ccfb9e76654f5730c8ba952bec6891eb12c01e3e90850e26fb788645acc"
             }
             BuiltinModel::Lmk106Mini => {
                 "6f9f59de03d325b6eb8c178657cfd8705b31f4dc69fa59fb363cd2940154b30b"
@@ -478,6 +563,48 @@ impl Builder {
     fn prelu(&mut self, x: &str, c: i64) -> String {
         let slope = self.init_const(&[c, 1, 1], 0.25);
         self.node("PRelu", &[x, &slope], vec![])
+    }
+
+    /// A style block: `x` instance-normalised, scaled by 1 + gamma and shifted by beta, both
+    /// per channel from the latent (Gemm), then Conv-PReLU, plus `x`.
+    fn style_block(&mut self, x: &str, latent: &str, c: i64, d: i64) -> String {
+        let (one, zero) = (self.init_const(&[c], 1.0), self.init_const(&[c], 0.0));
+        let n = self.node(
+            "InstanceNormalization",
+            &[x, &one, &zero],
+            vec![attr_float("epsilon", 1e-5)],
+        );
+        let axes = self.tensor_i64(&[2], &[2, 3]);
+        let from_latent = |b: &mut Builder| {
+            // A unit latent spreads over d values: a wide bound gives the style its say.
+            let w = b.init(&[c, d], 2.0);
+            let bias = b.init_const(&[c], 0.0);
+            let g = b.node("Gemm", &[latent, &w, &bias], vec![attr_int("transB", 1)]);
+            b.node("Unsqueeze", &[&g, &axes], vec![])
+        };
+        let gamma = from_latent(self);
+        let beta = from_latent(self);
+        let unit = self.init_const(&[1], 1.0);
+        let scale = self.node("Add", &[&gamma, &unit], vec![]);
+        let mut y = self.node("Mul", &[&n, &scale], vec![]);
+        y = self.node("Add", &[&y, &beta], vec![]);
+        y = self.conv(&y, c, c, 3, 1);
+        y = self.prelu(&y, c);
+        self.node("Add", &[&y, x], vec![])
+    }
+
+    /// A stride-2 transposed convolution (kernel 4, pad 1): twice the height and width.
+    fn deconv(&mut self, x: &str, c_in: i64, c_out: i64) -> String {
+        let w = self.init(&[c_in, c_out, 4, 4], (6.0 / (c_in * 16) as f32).sqrt());
+        self.node(
+            "ConvTranspose",
+            &[x, &w],
+            vec![
+                attr_ints("kernel_shape", vec![4, 4]),
+                attr_ints("pads", vec![1, 1, 1, 1]),
+                attr_ints("strides", vec![2, 2]),
+            ],
+        )
     }
 
     /// InsightFace's IBasicBlock: BN-Conv-BN-PReLU-Conv-BN (+ downsample) + identity.

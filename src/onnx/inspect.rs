@@ -118,6 +118,58 @@ fn tensor_bytes(t: &TensorProto) -> u64 {
     t.string_data.iter().map(|s| s.len() as u64).sum()
 }
 
+/// The graph's last initializer as a float32 matrix (rows, columns, values row-major):
+/// INSwapper's `emap`, which InsightFace reads as `graph.initializer[-1]`.
+pub(crate) fn last_initializer_matrix(
+    model: &ModelProto,
+    path: &Utf8Path,
+) -> Result<(usize, usize, Vec<f32>)> {
+    let bad = |message: String| {
+        Error::Model {
+        path: path.to_owned(),
+        message,
+        hint: Some(
+            "INSwapper keeps `emap` (D x D float32) as its last initializer; set `emap: false` if this model has none".into(),
+        ),
+    }
+    };
+    let t = model
+        .graph
+        .as_ref()
+        .and_then(|g| g.initializer.last())
+        .ok_or_else(|| bad("the model has no initializer to read `emap` from".into()))?;
+    let [rows, cols] = t.dims[..] else {
+        return Err(bad(format!(
+            "its last initializer `{}` has dims {:?}, not a D x D matrix",
+            t.name, t.dims
+        )));
+    };
+    if t.data_type != 1 || t.data_location == 1 || rows <= 0 || cols <= 0 {
+        return Err(bad(format!(
+            "its last initializer `{}` is not an inline float32 matrix (type {}, dims {:?})",
+            t.name, t.data_type, t.dims
+        )));
+    }
+    let n = (rows * cols) as usize;
+    let values: Vec<f32> = if !t.raw_data.is_empty() {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        t.float_data.clone()
+    };
+    if values.len() != n {
+        return Err(bad(format!(
+            "its last initializer `{}` holds {} values for dims {:?}",
+            t.name,
+            values.len(),
+            t.dims
+        )));
+    }
+    Ok((rows as usize, cols as usize, values))
+}
+
 /// Read and decode a model file. A truncated or non-ONNX file is an error naming the file.
 pub(crate) fn load_model(path: &Utf8Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|e| Error::Model {

@@ -31,6 +31,9 @@ pub(crate) struct BenchSpec {
     pub input_name: String,
     /// The input at batch 1.
     pub input_shape: Vec<i64>,
+    /// The model's other inputs (a swapper's latent), each at batch 1.
+    #[serde(default)]
+    pub extra_inputs: Vec<(String, Vec<i64>)>,
     pub batch_sizes: Vec<usize>,
     pub warmup: usize,
     pub iterations: usize,
@@ -61,6 +64,24 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+impl BenchSpec {
+    /// Every input's shape at batch `b`, the image input first.
+    pub(crate) fn shapes_at(&self, b: usize) -> Vec<(String, Vec<i64>)> {
+        std::iter::once((self.input_name.clone(), self.input_shape.clone()))
+            .chain(self.extra_inputs.iter().cloned())
+            .map(|(n, s)| (n, with_batch(&s, b)))
+            .collect()
+    }
+
+    /// Seeded random tensors for every input at batch `b`.
+    fn feed_at(&self, b: usize) -> Vec<super::NamedTensor> {
+        self.shapes_at(b)
+            .into_iter()
+            .map(|(n, s)| (n, random_input(&s)))
+            .collect()
+    }
 }
 
 fn with_batch(shape: &[i64], b: usize) -> Vec<i64> {
@@ -145,25 +166,24 @@ fn onnxruntime(
     let rt = OnnxRuntime::new(tc, spec.threads)?;
     let mut m: Box<dyn LoadedModel> = rt.load(&spec.artifact)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let x1 = random_input(&spec.input_shape);
+    let x1 = spec.feed_at(1);
     let t1 = Instant::now();
-    m.run(&[(spec.input_name.clone(), x1.clone())])?;
+    m.run(&x1)?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
     let cold = cold_start(spec, load_ms, None, first_ms);
     let (lat, _) = timed_loop(spec.warmup, spec.iterations, budget, || {
-        m.run(&[(spec.input_name.clone(), x1.clone())]).map(|_| ())
+        m.run(&x1).map(|_| ())
     })?;
     let mut tput = Vec::new();
     for &b in &spec.batch_sizes {
-        let shape = with_batch(&spec.input_shape, b);
-        let x = random_input(&shape);
+        let x = spec.feed_at(b);
         // A static batch dim refuses other sizes: reported, not hidden.
-        if let Err(e) = m.run(&[(spec.input_name.clone(), x.clone())]) {
+        if let Err(e) = m.run(&x) {
             tput.push(ThroughputPoint::unsupported(b, &e.to_string()));
             continue;
         }
         let (l, wall) = timed_loop(spec.warmup.min(3), spec.iterations, budget, || {
-            m.run(&[(spec.input_name.clone(), x.clone())]).map(|_| ())
+            m.run(&x).map(|_| ())
         })?;
         tput.push(point(b, 1, &l, wall));
     }
@@ -201,7 +221,7 @@ fn openvino(
         .weights
         .clone()
         .unwrap_or_else(|| xml.with_extension("bin"));
-    let mut m = ov.compile_for_bench(xml, &bin, &hint, &spec.input_shape)?;
+    let mut m = ov.compile_for_bench(xml, &bin, &hint, &spec.shapes_at(1))?;
     let t1 = Instant::now();
     m.run(1, 1, None)?;
     let first_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -215,7 +235,7 @@ fn openvino(
         let mut mb = if b == 1 {
             None
         } else {
-            match ov.compile_for_bench(xml, &bin, &hint, &with_batch(&spec.input_shape, b)) {
+            match ov.compile_for_bench(xml, &bin, &hint, &spec.shapes_at(b)) {
                 Ok(x) => Some(x),
                 Err(e) => {
                     tput.push(ThroughputPoint::unsupported(b, &e.to_string()));

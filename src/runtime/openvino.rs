@@ -147,28 +147,7 @@ impl OpenVino {
             .map_err(ov_err("reading the model's input"))?;
         let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
         if let Some(b) = self.batch {
-            let ps = input
-                .get_partial_shape()
-                .map_err(ov_err("reading the input shape"))?;
-            // A dynamic rank cannot be reshaped by batch; leave such models alone.
-            let mut new: Vec<i64> = if ps.get_rank().is_dynamic() {
-                vec![]
-            } else {
-                ps.get_dimensions()
-                    .iter()
-                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
-                    .collect()
-            };
-            // Only a dynamic batch dim is set: a static one may be baked into the graph
-            // (e.g. a Reshape to [1, -1]), and reshaping it would silently mix images.
-            if !new.is_empty() && new[0] < 0 && new[1..].iter().all(|&d| d > 0) {
-                new[0] = b;
-                let shape = PartialShape::new_static(new.len() as i64, &new)
-                    .map_err(ov_err("building a shape"))?;
-                model
-                    .reshape_single_input(&shape)
-                    .map_err(ov_err("reshaping to the batch size"))?;
-            }
+            batch_inputs(&mut model, b)?;
         }
         let input_shape: Vec<i64> = match model
             .get_input_by_index(0)
@@ -232,6 +211,60 @@ impl OpenVino {
             },
         }))
     }
+}
+
+/// Set every input's dynamic batch dim to `b` (all inputs at once: a model with several
+/// inputs cannot be reshaped one input at a time).
+fn batch_inputs(model: &mut openvino::Model, b: i64) -> Result<()> {
+    let n = model
+        .get_inputs_len()
+        .map_err(ov_err("counting the model's inputs"))?;
+    let mut shapes = Vec::with_capacity(n);
+    let mut changed = false;
+    for i in 0..n {
+        let input = model
+            .get_input_by_index(i)
+            .map_err(ov_err("reading the model's input"))?;
+        let name = input.get_name().map_err(ov_err("reading the input name"))?;
+        let ps = input
+            .get_partial_shape()
+            .map_err(ov_err("reading the input shape"))?;
+        // A dynamic rank cannot be reshaped by batch; leave such models alone.
+        if ps.get_rank().is_dynamic() {
+            return Ok(());
+        }
+        let mut dims: Vec<i64> = ps
+            .get_dimensions()
+            .iter()
+            .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+            .collect();
+        // Only a dynamic batch dim is set: a static one may be baked into the graph
+        // (e.g. a Reshape to [1, -1]), and reshaping it would silently mix images.
+        if dims.is_empty() || dims[1..].iter().any(|&d| d <= 0) {
+            return Ok(());
+        }
+        if dims[0] < 0 {
+            dims[0] = b;
+            changed = true;
+        }
+        shapes.push((name, dims));
+    }
+    if !changed {
+        return Ok(());
+    }
+    let ps: Vec<PartialShape> = shapes
+        .iter()
+        .map(|(_, d)| PartialShape::new_static(d.len() as i64, d))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(ov_err("building a shape"))?;
+    let pairs: Vec<(&str, &PartialShape)> = shapes
+        .iter()
+        .zip(&ps)
+        .map(|((n, _), p)| (n.as_str(), p))
+        .collect();
+    model
+        .reshape(&pairs)
+        .map_err(ov_err("reshaping to the batch size"))
 }
 
 struct OvModel {
@@ -310,8 +343,8 @@ impl LoadedModel for OvModel {
 /// infer requests as the plugin finds optimal (OPTIMAL_NUMBER_OF_INFER_REQUESTS).
 pub struct OvBench {
     compiled: openvino::CompiledModel,
-    input_name: String,
-    shape: Vec<i64>,
+    /// Every input fed, by name, at its shape.
+    inputs: Vec<(String, Vec<i64>)>,
     pub read_ms: f64,
     pub compile_ms: f64,
     pub requests: usize,
@@ -330,31 +363,59 @@ impl OpenVino {
         xml: &Utf8Path,
         bin: &Utf8Path,
         hint: &str,
-        shape: &[i64],
+        shapes: &[(String, Vec<i64>)],
     ) -> Result<OvBench> {
         let t0 = std::time::Instant::now();
         let (mut core, mut model, device) = self.core_and_model(xml, bin, Some(hint))?;
-        let input = model
-            .get_input_by_index(0)
-            .map_err(ov_err("reading the model's input"))?;
-        let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
-        let ps = input
-            .get_partial_shape()
-            .map_err(ov_err("reading the input shape"))?;
-        let current: Vec<i64> = if ps.get_rank().is_dynamic() {
-            vec![]
-        } else {
-            ps.get_dimensions()
+        let n = model
+            .get_inputs_len()
+            .map_err(ov_err("counting the model's inputs"))?;
+        let mut inputs = Vec::with_capacity(n);
+        let mut current = Vec::with_capacity(n);
+        for i in 0..n {
+            let input = model
+                .get_input_by_index(i)
+                .map_err(ov_err("reading the model's input"))?;
+            let name = input.get_name().map_err(ov_err("reading the input name"))?;
+            let ps = input
+                .get_partial_shape()
+                .map_err(ov_err("reading the input shape"))?;
+            let dims: Vec<i64> = if ps.get_rank().is_dynamic() {
+                vec![]
+            } else {
+                ps.get_dimensions()
+                    .iter()
+                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                    .collect()
+            };
+            // The first input is the image input's when the IR names it otherwise (an
+            // IR from another tool); the rest are fed by name.
+            let want = shapes
                 .iter()
-                .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
-                .collect()
-        };
-        if current != shape {
-            let s = PartialShape::new_static(shape.len() as i64, shape)
+                .find(|(s, _)| *s == name)
+                .or_else(|| (i == 0).then(|| &shapes[0]))
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("the IR's input `{name}` is not among the inputs fed")
+                })?;
+            current.push(dims);
+            inputs.push((name, want));
+        }
+        if inputs.iter().zip(&current).any(|((_, w), c)| w != c) {
+            let ps: Vec<PartialShape> = inputs
+                .iter()
+                .map(|(_, s)| PartialShape::new_static(s.len() as i64, s))
+                .collect::<std::result::Result<_, _>>()
                 .map_err(ov_err("building a shape"))?;
-            model.reshape_single_input(&s).map_err(|e| {
+            let pairs: Vec<(&str, &PartialShape)> = inputs
+                .iter()
+                .zip(&ps)
+                .map(|((n, _), p)| (n.as_str(), p))
+                .collect();
+            let wanted: Vec<&Vec<i64>> = inputs.iter().map(|(_, s)| s).collect();
+            model.reshape(&pairs).map_err(|e| {
                 anyhow::anyhow!(
-                    "this IR cannot run at input shape {shape:?} (its graph fixes {current:?}): {e}"
+                    "this IR cannot run at input shape(s) {wanted:?} (its graph fixes {current:?}): {e}"
                 )
             })?;
         }
@@ -380,8 +441,7 @@ impl OpenVino {
         let streams = get(&mut compiled, PropertyKey::Rw(RwPropertyKey::NumStreams));
         Ok(OvBench {
             compiled,
-            input_name,
-            shape: shape.to_vec(),
+            inputs,
             read_ms,
             compile_ms,
             requests,
@@ -402,21 +462,25 @@ impl OvBench {
         budget: Option<std::time::Duration>,
     ) -> Result<(f64, Vec<f64>)> {
         let mut rng = crate::util::SplitMix64::new(1);
-        let shape = Shape::new(&self.shape).map_err(ov_err("shape"))?;
         let mut reqs = Vec::with_capacity(requests);
         for _ in 0..requests.max(1) {
             let mut r = self
                 .compiled
                 .create_infer_request()
                 .map_err(ov_err("creating an infer request"))?;
-            let mut t =
-                Tensor::new(ElementType::F32, &shape).map_err(ov_err("allocating a tensor"))?;
-            for v in t.get_data_mut::<f32>().map_err(ov_err("tensor data"))? {
-                *v = rng.unit();
+            let mut tensors = Vec::with_capacity(self.inputs.len());
+            for (name, dims) in &self.inputs {
+                let shape = Shape::new(dims).map_err(ov_err("shape"))?;
+                let mut t =
+                    Tensor::new(ElementType::F32, &shape).map_err(ov_err("allocating a tensor"))?;
+                for v in t.get_data_mut::<f32>().map_err(ov_err("tensor data"))? {
+                    *v = rng.unit();
+                }
+                r.set_tensor(name, &t)
+                    .map_err(ov_err("setting the input"))?;
+                tensors.push(t);
             }
-            r.set_tensor(&self.input_name, &t)
-                .map_err(ov_err("setting the input"))?;
-            reqs.push((r, t, std::time::Instant::now()));
+            reqs.push((r, tensors, std::time::Instant::now()));
         }
         let start = std::time::Instant::now();
         let mut lat = Vec::with_capacity(iterations);

@@ -283,16 +283,22 @@ pub(crate) struct TrtexecPerf {
 /// warm-up, then at least `iterations` inferences (TensorRT 10 flags).
 pub(crate) fn bench_args(
     engine: &Utf8Path,
-    input: &str,
-    shape: &[i64],
+    shapes: &[(String, Vec<i64>)],
     warmup_ms: u64,
     iterations: usize,
     duration_s: u64,
 ) -> Vec<String> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    // Every input, comma-separated: `--shapes=target:1x3x128x128,source:1x512`.
+    let shapes: Vec<String> = shapes
+        .iter()
+        .map(|(n, s)| {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("{n}:{}", dims.join("x"))
+        })
+        .collect();
     vec![
         format!("--loadEngine={engine}"),
-        format!("--shapes={input}:{}", dims.join("x")),
+        format!("--shapes={}", shapes.join(",")),
         format!("--warmUp={warmup_ms}"),
         format!("--iterations={iterations}"),
         format!("--duration={duration_s}"),
@@ -445,8 +451,7 @@ mod tests {
     fn benchmark_command_and_schema() {
         let a = bench_args(
             Utf8Path::new("m.engine"),
-            "input.1",
-            &[1, 3, 112, 112],
+            &[("input.1".into(), vec![1, 3, 112, 112])],
             200,
             500,
             3,
@@ -462,6 +467,18 @@ mod tests {
                 "--percentile=90,95,99"
             ]
         );
+        // A swapper's two inputs, both shaped.
+        let two = bench_args(
+            Utf8Path::new("m.engine"),
+            &[
+                ("target".into(), vec![1, 3, 128, 128]),
+                ("source".into(), vec![1, 512]),
+            ],
+            0,
+            1,
+            0,
+        );
+        assert_eq!(two[1], "--shapes=target:1x3x128x128,source:1x512");
         let v = perf_to_schema(&parse_trtexec_perf(LOG).unwrap(), 1, "10.3.0", "NVIDIA L4");
         assert_eq!(v.throughput[0].images_per_s, Some(476.66));
         assert_eq!(v.latency_batch1_ms.unwrap().p99, Some(2.58971));

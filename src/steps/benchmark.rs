@@ -436,14 +436,16 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<Be
         xml.with_extension("bin"),
     )
     .map_err(|e| Error::io(&xml, e))?;
-    let shape = format!(
-        "[{}]",
-        spec.input_shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    // Every input: `-shape target[1,3,128,128],source[1,512]`.
+    let shape = spec
+        .shapes_at(1)
+        .iter()
+        .map(|(n, s)| {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("{n}[{}]", dims.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     // Relative to the scratch folder it runs in: the report records the arguments.
     let mut args = vec![
         "-m".to_string(),
@@ -455,7 +457,7 @@ fn benchmark_app(ctx: &StepContext, spec: &BenchSpec, seconds: u64) -> Result<Be
         "-t".into(),
         seconds.to_string(),
         "-shape".into(),
-        format!("{}{shape}", spec.input_name),
+        shape,
     ];
     if let Some(p) = &spec.precision_hint {
         args.extend(["-infer_precision".to_string(), p.clone()]);
@@ -565,8 +567,7 @@ fn trtexec_bench(
     };
     let (_, cold) = run(crate::runtime::tensorrt::bench_args(
         &spec.artifact,
-        &spec.input_name,
-        &spec.input_shape,
+        &spec.shapes_at(1),
         0,
         1,
         0,
@@ -574,13 +575,10 @@ fn trtexec_bench(
     let mut throughput = Vec::new();
     let mut first = None;
     for &b in &p.batch_sizes {
-        let mut shape = spec.input_shape.clone();
-        shape[0] = b as i64;
         let secs = p.time_budget_s.map(|t| t.ceil() as u64).unwrap_or(3);
         match run(crate::runtime::tensorrt::bench_args(
             &spec.artifact,
-            &spec.input_name,
-            &shape,
+            &spec.shapes_at(b),
             200,
             p.iterations,
             secs,
@@ -850,6 +848,16 @@ fn base_spec(ctx: &StepContext, p: &BenchmarkParams, shape: &[i64]) -> BenchSpec
         weights: None,
         input_name: decl.name.clone(),
         input_shape: shape.to_vec(),
+        extra_inputs: ctx
+            .manifest
+            .model
+            .extra_inputs
+            .iter()
+            .map(|i| {
+                let s = ctx.manifest.concrete_shape_of(i, &i.shape);
+                (i.name.clone(), s.into_iter().map(|d| d as i64).collect())
+            })
+            .collect(),
         batch_sizes: p.batch_sizes.clone(),
         warmup: p.warmup,
         iterations: p.iterations,

@@ -9,6 +9,8 @@ use serde_json::json;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 
+/// A model's other inputs get `calibration.<input>.npy` beside the images' (a new output
+/// only for models with several inputs: single-input results stay valid).
 pub(crate) const IMPL_VERSION: u32 = 1;
 pub(crate) const TOOLCHAIN: &[&str] = &[];
 
@@ -42,6 +44,18 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
     let out = ctx.workdir.join("calibration.npy");
     ndarray_npy::write_npy(&out, prepared.tensor.as_ref())
         .map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
+    // The model's other inputs, row by row with the images: INT8 calibrates on tuples.
+    let extra = super::inputs::dataset_feeds(ctx, &p.dataset, &files)?;
+    let mut outputs: std::collections::BTreeMap<String, camino::Utf8PathBuf> =
+        [("calibration.npy".to_string(), out.clone())].into();
+    let mut extra_shapes = serde_json::Map::new();
+    for (name, t) in &extra.tensors {
+        let file = super::inputs::calibration_file(ctx.manifest, name);
+        let path = ctx.workdir.join(&file);
+        ndarray_npy::write_npy(&path, t).map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
+        extra_shapes.insert(name.clone(), json!({"file": file, "shape": t.shape()}));
+        outputs.insert(file, path);
+    }
     let t = &prepared.tensor;
     let mean = t.mean().unwrap_or(0.0) as f64;
     let std = t.std(0.0) as f64;
@@ -56,17 +70,12 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
         // How whole photos were fitted: aligned (dataset `align:`), letterboxed or centre-cropped.
         "fit": prepared.fit_counts(),
         "pixel_stats": {"mean": mean, "std": std},
+        "other_inputs": extra_shapes,
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     let summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": serde_json::to_string(&prepared.fit_counts()).unwrap_or_default()});
-    Ok(StepOutcome {
-        outputs: [
-            ("calibration.npy".to_string(), out),
-            ("report.json".to_string(), report_path),
-        ]
-        .into(),
-        summary,
-    })
+    outputs.insert("report.json".to_string(), report_path);
+    Ok(StepOutcome { outputs, summary })
 }
 
 impl super::Kind for CalibrateParams {

@@ -38,13 +38,35 @@ impl Default for CheckParams {
     }
 }
 
-/// Compare the manifest's declared input with the graph. Returns the problems found.
+/// Compare the manifest's declared inputs with the graph's (initializers listed as inputs
+/// by old exports are not inputs). Returns the problems found.
 pub(crate) fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<String> {
-    let decl = &m.model.input;
+    let mut problems: Vec<String> = m
+        .model
+        .all_inputs()
+        .flat_map(|decl| input_problems(decl, info))
+        .collect();
+    let undeclared: Vec<&str> = info
+        .inputs
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| m.model.all_inputs().all(|d| d.name != *n))
+        .collect();
+    if !undeclared.is_empty() {
+        problems.push(format!(
+            "the graph's input(s) [{}] are not declared, and every input must be fed; declare each under `model.inputs` with what feeds it (`feed: {{embedding: ...}}` or `feed: {{npy: file.npy}}`)",
+            undeclared.join(", ")
+        ));
+    }
+    problems
+}
+
+/// One declared input against the graph's.
+fn input_problems(decl: &InputSpec, info: &ModelInfo) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(actual) = info.inputs.iter().find(|i| i.name == decl.name) else {
         let names: Vec<&str> = info.inputs.iter().map(|i| i.name.as_str()).collect();
-        problems.push(format!("the manifest declares input `{}`, but the graph's inputs are [{}]; set `model.input.name` to one of them", decl.name, names.join(", ")));
+        problems.push(format!("the manifest declares input `{}`, but the graph's inputs are [{}]; set the input's name to one of them", decl.name, names.join(", ")));
         return problems;
     };
     if actual.elem_type != "float32" {
@@ -80,7 +102,8 @@ pub(crate) fn declared_input_problems(m: &Manifest, info: &ModelInfo) -> Vec<Str
         }
     }
     let c = decl.layout.channel_axis();
-    if let Some(DimInfo::Static(ch)) = shape.get(c)
+    if decl.feed.is_image()
+        && let Some(DimInfo::Static(ch)) = shape.get(c)
         && *ch != 1
         && *ch != 3
     {

@@ -7,6 +7,7 @@ pub(crate) mod calibrate;
 pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod convert;
+pub(crate) mod inputs;
 pub(crate) mod quantize;
 pub(crate) mod release;
 pub(crate) mod simplify;

@@ -84,7 +84,8 @@ struct QdqSettings {
 
 /// onnxruntime.quantization's Q/DQ (qdq.py), as accuracy control drives it: one recipe.
 struct Qdq<'a> {
-    calib: &'a Utf8Path,
+    /// Every input with its calibration file ([`super::inputs::script_inputs`]).
+    inputs_json: &'a str,
     method: Method,
     per_channel: bool,
 }
@@ -107,8 +108,7 @@ impl Qdq<'_> {
             &[
                 ctx.model.as_str(),
                 out.as_str(),
-                self.calib.as_str(),
-                &ctx.manifest.model.input.name,
+                self.inputs_json,
                 self.method.name(),
                 if self.per_channel { "1" } else { "0" },
                 &exclude,
@@ -167,7 +167,7 @@ impl super::accuracy::Quantizer for Qdq<'_> {
             for method in [Method::MinMax, Method::Percentile] {
                 if (method, per_channel) != (self.method, self.per_channel) {
                     v.push(Box::new(Qdq {
-                        calib: self.calib,
+                        inputs_json: self.inputs_json,
                         method,
                         per_channel,
                     }));
@@ -180,11 +180,16 @@ impl super::accuracy::Quantizer for Qdq<'_> {
 
 pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> {
     let calib = &ctx.upstream[&p.calibration]["calibration.npy"];
+    let inputs_json = super::inputs::script_inputs(
+        ctx,
+        &ctx.manifest.model.input.shape,
+        Some(&ctx.upstream[&p.calibration]),
+    )?;
     let out = ctx.workdir.join("model.onnx");
     ctx.progress
         .set_message("onnxruntime.quantization: static Q/DQ INT8");
     let qdq = Qdq {
-        calib,
+        inputs_json: &inputs_json,
         method: p.method,
         per_channel: p.per_channel,
     };

@@ -71,6 +71,7 @@ impl ReleaseParams {
             gate::DETECTION,
             gate::LANDMARKS,
             gate::ATTRIBUTE,
+            gate::SWAPPER,
         ]
         .concat();
         let acc = all().any(|g| !g.set_among(&accuracy).is_empty());
@@ -275,6 +276,14 @@ fn measure(
         "gender_flips_max" => c.gender_flips.map(|n| n as f64),
         "age_mae_max" => c.age_mae,
         "age_error_max" => c.attribute.as_ref().map(|a| a.age_error_max),
+        "psnr_min" => c.psnr_min,
+        "ssim_min" => c.ssim_min,
+        "identity_cosine_min" => c.identity_cosine_min,
+        "psnr_mean_min" => c.swapper.as_ref().map(|f| f.psnr_mean),
+        "ssim_mean_min" => c.swapper.as_ref().map(|f| f.ssim_mean),
+        "pixel_error_max" => c.swapper.as_ref().map(|f| f.pixel_error_max),
+        "identity_cosine_mean_min" => c.swapper.as_ref().map(|f| f.identity_cosine_mean),
+        "identity_flips_max" => c.swapper.as_ref().map(|f| f.identity_flips as f64),
         _ => c.total.as_ref().map(|t| t.nms_parity),
     });
     let why = missing;

@@ -172,10 +172,12 @@ pub struct OutputFidelity {
 }
 
 pub(crate) fn run(ctx: &StepContext, p: &SimplifyParams) -> Result<StepOutcome> {
-    let decl = &ctx.manifest.model.input;
+    // Every input's declared shape, unless `freeze` says otherwise.
     let shapes: IndexMap<String, Vec<Dim>> = p.freeze.clone().unwrap_or_else(|| {
-        [(decl.name.clone(), decl.shape.clone())]
-            .into_iter()
+        ctx.manifest
+            .model
+            .all_inputs()
+            .map(|i| (i.name.clone(), i.shape.clone()))
             .collect()
     });
     let out_model = ctx.workdir.join("model.onnx");
@@ -288,7 +290,10 @@ fn equivalence_samples(
     let concrete = |name: &str, ort_shape: &[i64]| -> Vec<usize> {
         match shapes.get(name) {
             Some(dims) => {
-                let fallback = ctx.manifest.concrete_shape(dims);
+                let fallback = match ctx.manifest.model.all_inputs().find(|i| i.name == name) {
+                    Some(i) => ctx.manifest.concrete_shape_of(i, dims),
+                    None => ctx.manifest.concrete_shape(dims),
+                };
                 dims.iter()
                     .zip(fallback)
                     .map(|(d, f)| match d {
@@ -305,20 +310,18 @@ fn equivalence_samples(
     };
     let mut samples: Vec<(String, Vec<NamedTensor>)> = Vec::new();
     let mut rng = crate::util::SplitMix64::new(p.seed);
+    let mut random = |name: &String, s: &[i64]| {
+        let shape = concrete(name, s);
+        let n: usize = shape.iter().product();
+        // Normalised-image range: what a preprocessed face crop looks like to the model.
+        let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        (
+            name.clone(),
+            ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"),
+        )
+    };
     for i in 0..p.samples {
-        let feed = inputs
-            .iter()
-            .map(|(name, s)| {
-                let shape = concrete(name, s);
-                let n: usize = shape.iter().product();
-                // Normalised-image range: what a preprocessed face crop looks like to the model.
-                let data: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-                (
-                    name.clone(),
-                    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("sized to shape"),
-                )
-            })
-            .collect();
+        let feed = inputs.iter().map(|(name, s)| random(name, s)).collect();
         samples.push((format!("random#{i}"), feed));
     }
     if let Some(ds) = &p.dataset {
@@ -333,9 +336,16 @@ fn equivalence_samples(
         let feed = ctx.feed(pre, aligner.as_ref());
         for f in files {
             let t = crate::preprocess::load_tensor(&f, &feed)?;
+            // The other inputs (a swapper's latent) take seeded random values.
+            let others = inputs
+                .iter()
+                .filter(|(n, _)| *n != decl.name)
+                .map(|(n, s)| random(n, s));
             samples.push((
                 format!("image:{}", f.file_name().unwrap_or_default()),
-                vec![(decl.name.clone(), t.into_dyn())],
+                std::iter::once((decl.name.clone(), t.into_dyn()))
+                    .chain(others)
+                    .collect(),
             ));
         }
     }

@@ -194,7 +194,13 @@ fn gates_for(p: &CompareParams, label: &str) -> Gates {
 
 /// Gates of other tasks have no figure here.
 fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
-    let other = [gate::RECOGNITION, gate::DETECTION, gate::LANDMARKS].concat();
+    let other = [
+        gate::RECOGNITION,
+        gate::DETECTION,
+        gate::LANDMARKS,
+        gate::SWAPPER,
+    ]
+    .concat();
     let set: Vec<&str> = std::iter::once(&p.gates)
         .chain(p.candidate_gates.values())
         .flat_map(|g| g.set_among(&other))

@@ -251,6 +251,7 @@ pub(super) fn run(
     if p.has_gates(gate::RECOGNITION)
         || p.has_gates(gate::LANDMARKS)
         || p.has_gates(gate::ATTRIBUTE)
+        || p.has_gates(gate::SWAPPER)
     {
         return Err(Error::Step { step: step.clone(), message: "embedding gates (cosine_min, tar_drop_max, flips_max) are set on a detection model".into(), hint: Some("use recall_min, fp_per_image_max, landmark_nme_max, score_drift_max and nms_parity_min".into()) });
     }
@@ -287,6 +288,7 @@ pub(super) fn run(
         detector: Some(spec.clone()),
         match_iou: Some(p.match_iou),
         landmarks: None,
+        swapper: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),

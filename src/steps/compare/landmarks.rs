@@ -253,7 +253,17 @@ fn gates_for(p: &CompareParams, label: &str) -> Gates {
 fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
     let gates = std::iter::once(&p.gates).chain(p.candidate_gates.values());
     let other: Vec<&str> = gates
-        .flat_map(|g| g.set_among(&[gate::RECOGNITION, gate::DETECTION, gate::ATTRIBUTE].concat()))
+        .flat_map(|g| {
+            g.set_among(
+                &[
+                    gate::RECOGNITION,
+                    gate::DETECTION,
+                    gate::ATTRIBUTE,
+                    gate::SWAPPER,
+                ]
+                .concat(),
+            )
+        })
         .collect();
     if let Some(k) = other.first() {
         return Err(Error::Step {

@@ -19,6 +19,7 @@ mod landmarks;
 mod outputs;
 mod pairs;
 pub(crate) mod report;
+mod swapper;
 
 pub use report::{
     AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,
@@ -138,6 +139,10 @@ pub(crate) struct CompareParams {
     /// LFW protocol: sum each embedding with its horizontal flip's (InsightFace's option).
     #[serde(default)]
     pub lfw_flip: bool,
+    /// Swappers: the cosine at which a swapped face matches its source identity, for
+    /// `identity_flips` (default 0.3; set your recognizer's own operating threshold).
+    #[serde(default)]
+    pub identity_threshold: Option<f64>,
     /// Keys that are not params: collected so validation can name them (serde's flatten
     /// cannot be combined with `deny_unknown_fields`).
     #[serde(flatten, skip_serializing)]
@@ -298,6 +303,7 @@ impl CompareParams {
 /// The params compare takes besides gates (for the unknown-key message).
 const COMPARE_KEYS: &[&str] = &[
     "dataset",
+    "identity_threshold",
     "candidates",
     "batch",
     "precision_hint",
@@ -509,6 +515,7 @@ pub(crate) fn task_report(
         detector: None,
         match_iou: None,
         landmarks: None,
+        swapper: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: set.files.len(),
@@ -870,6 +877,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         detector: None,
         match_iou: None,
         landmarks: None,
+        swapper: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),
@@ -971,13 +979,7 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         }
         Task::Landmarks => return landmarks::run(ctx, p, pre).map(Some),
         Task::Attribute => return attribute::run(ctx, p, pre).map(Some),
-        Task::Swapper => {
-            return Err(Error::Step {
-                step: step.clone(),
-                message: "compare cannot feed a swapper model yet: it takes a face and a source embedding".into(),
-                hint: Some("leave swapper models out of `compare`; compare their detector and recognizer".into()),
-            });
-        }
+        Task::Swapper => return swapper::run(ctx, p, pre).map(Some),
         _ if tolerance => {
             return Err(Error::Step {
                 step: step.clone(),
@@ -992,7 +994,10 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         Task::Detection => return detection::run(ctx, p, pre).map(Some),
         Task::Recognition => {}
     }
-    if p.has_gates(gate::DETECTION) || p.has_gates(gate::LANDMARKS) || p.has_gates(gate::ATTRIBUTE)
+    if p.has_gates(gate::DETECTION)
+        || p.has_gates(gate::LANDMARKS)
+        || p.has_gates(gate::ATTRIBUTE)
+        || p.has_gates(gate::SWAPPER)
     {
         return Err(Error::Step { step: step.clone(), message: "detection or landmark gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min, nme_mean_max, nme_max) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
     }

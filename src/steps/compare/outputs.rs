@@ -282,6 +282,7 @@ fn refuse_other_gates(p: &CompareParams, step: &str, task_name: &str) -> Result<
         &gate::RECOGNITION[1..],
         gate::LANDMARKS,
         gate::ATTRIBUTE,
+        gate::SWAPPER,
     ]
     .iter()
     .flat_map(|k| {

@@ -40,6 +40,9 @@ pub struct CompareReport {
     /// Landmark models: how points were read and NME normalised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmarks: Option<LandmarkSetup>,
+    /// Swappers: how target and source were fed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapper: Option<SwapperSetup>,
     /// The validation set.
     pub dataset: DatasetSummary,
     /// The ONNX original, as the reference ran it.
@@ -227,6 +230,19 @@ pub struct CandidateReport {
     /// Landmark models: the figures behind `nme_mean` and `nme_max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landmarks: Option<LandmarkFigures>,
+    /// Swappers: the worst face's PSNR against the reference's swapped face, dB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psnr_min: Option<f64>,
+    /// Swappers: the worst face's SSIM against the reference's swapped face.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssim_min: Option<f64>,
+    /// Swappers: the worst face's cosine between the recognizer's embeddings of the
+    /// candidate's and the reference's swapped faces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_cosine_min: Option<f64>,
+    /// Swappers: every figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapper: Option<SwapperFigures>,
     /// `generic` models (and landmark models gated by `atol`/`rtol`): every output
     /// compared by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,6 +305,54 @@ pub struct AttributeFigures {
     /// Faces whose candidate outputs are not all finite (they count as flips and fail the
     /// age gates).
     pub non_finite: usize,
+}
+
+/// A swapper's swapped faces against the reference's, face by face.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwapperFigures {
+    /// Target faces swapped (each with a source of another identity).
+    pub faces: usize,
+    /// PSNR of each swapped face against the reference's (0..255 RGB), dB: min and mean.
+    /// A face identical to the reference's counts as 100 dB.
+    pub psnr_min: f64,
+    pub psnr_mean: f64,
+    /// SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, on luma): min and mean.
+    pub ssim_min: f64,
+    pub ssim_mean: f64,
+    /// Largest |pixel difference| in 0..255.
+    pub pixel_error_max: f64,
+    /// Cosine between the recognizer's embeddings of the candidate's and the reference's
+    /// swapped faces: min and mean.
+    pub identity_cosine_min: f64,
+    pub identity_cosine_mean: f64,
+    /// Faces whose match with the source identity (cosine to the source's embedding at or
+    /// above `identity_threshold`) differs from the reference's.
+    pub identity_flips: u64,
+    /// Faces whose swapped output is not all finite (they fail every gate).
+    pub non_finite: usize,
+}
+
+/// How a swapper was fed: its source latents' recognizer, and the pairs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwapperSetup {
+    /// The input fed target face crops.
+    pub target_input: String,
+    /// The input fed source latents.
+    pub source_input: String,
+    /// The recognizer whose embeddings make the latents, as the manifest names it.
+    pub recognizer: String,
+    /// Whether the latent is multiplied by the model's `emap`, as INSwapper does.
+    pub emap: bool,
+    /// Target faces paired with a source of another identity.
+    pub pairs: usize,
+    /// How identities were known: identity folders, a pairs file, or unlabelled.
+    pub identities: String,
+    /// The threshold identity flips are counted at.
+    pub identity_threshold: f64,
+    /// Reference figures: mean cosine of the reference's swapped face to the source and
+    /// to the target identity.
+    pub reference_to_source_mean: f64,
+    pub reference_to_target_mean: f64,
 }
 
 /// A landmark model's points against the reference's, per face.

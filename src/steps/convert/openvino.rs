@@ -6,7 +6,6 @@
 
 use std::process::{Command, Stdio};
 
-use ndarray::{ArrayD, IxDyn};
 use serde_json::json;
 
 use super::{ConvertParams, Precision, Preset};
@@ -46,24 +45,21 @@ fn ovc_input(
 }
 
 /// NNCF post-training quantization (quantize.py), as accuracy control drives it.
-struct Nncf<'a> {
+struct Nncf {
+    /// Every input: name, shape and calibration file ([`crate::steps::inputs::script_inputs`]).
+    inputs_json: String,
+    /// The image input's shape, for the settings.
     shape_json: String,
     preset: String,
     subset: usize,
-    calib: &'a camino::Utf8Path,
 }
 
-impl crate::steps::accuracy::Quantizer for Nncf<'_> {
+impl crate::steps::accuracy::Quantizer for Nncf {
     fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
         crate::steps::accuracy::list_layers(
             ctx,
             include_str!("../../toolchain/python/quantize.py"),
-            &[
-                "--list",
-                ctx.model.as_str(),
-                &ctx.manifest.model.input.name,
-                &self.shape_json,
-            ],
+            &["--list", ctx.model.as_str(), &self.inputs_json],
             "listing quantizable ops",
         )
     }
@@ -79,9 +75,7 @@ impl crate::steps::accuracy::Quantizer for Nncf<'_> {
             &[
                 ctx.model.as_str(),
                 dir.join("model.xml").as_str(),
-                self.calib.as_str(),
-                &ctx.manifest.model.input.name,
-                &self.shape_json,
+                &self.inputs_json,
                 &self.preset,
                 &self.subset.to_string(),
                 &ignored,
@@ -120,6 +114,17 @@ fn run_ovc(
 ) -> Result<serde_json::Value> {
     let decl = &ctx.manifest.model.input;
     let ovc = ctx.toolchain.info.bin_dir.join("ovc");
+    // Every input: `--input target[1,3,128,128],source[1,512]`.
+    let input = std::iter::once(ovc_input(&decl.name, shape, &decl.dims))
+        .chain(
+            ctx.manifest
+                .model
+                .extra_inputs
+                .iter()
+                .map(|i| ovc_input(&i.name, &i.shape, &i.dims)),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
     let compress = if p.precision == Precision::Fp16 {
         "True"
     } else {
@@ -132,7 +137,7 @@ fn run_ovc(
         "--output_model".into(),
         "model.xml".into(),
         "--input".into(),
-        ovc_input(&decl.name, shape, &decl.dims),
+        input,
         format!("--compress_to_fp16={compress}"),
     ];
     ctx.progress
@@ -177,6 +182,8 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         Precision::Int8 => {
             let calib_step = p.calibration.as_deref().expect("validated");
             let calib = &ctx.upstream[calib_step]["calibration.npy"];
+            let inputs_json =
+                crate::steps::inputs::script_inputs(ctx, &shape, Some(&ctx.upstream[calib_step]))?;
             ctx.progress.set_message("NNCF post-training quantization");
             // Named dims stay dynamic (-1) in the quantized IR; ranges are not needed by NNCF.
             let shape_json = serde_json::to_string(&shape).map_err(anyhow::Error::from)?;
@@ -186,10 +193,10 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
                 .unwrap_or_default();
             let subset = p.subset_size.unwrap_or(300);
             let nncf = Nncf {
+                inputs_json,
                 shape_json,
                 preset,
                 subset,
-                calib,
             };
             let (r, search) = match &p.accuracy_control {
                 Some(ac) => {
@@ -212,15 +219,7 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     ctx.check_cancelled()?;
     ctx.progress.set_message("loading the IR in OpenVINO");
     let dims = ctx.manifest.concrete_shape(&shape);
-    let mut rng = crate::util::SplitMix64::new(0);
-    let input = ArrayD::from_shape_vec(
-        IxDyn(&dims),
-        (0..dims.iter().product::<usize>())
-            .map(|_| rng.unit())
-            .collect(),
-    )
-    .map_err(anyhow::Error::from)?;
-    let feed = vec![(decl.name.clone(), input)];
+    let feed = crate::steps::inputs::random_inputs(ctx.manifest, &dims, 0);
     let mut ir = OpenVino::new(ctx.toolchain, OpenVinoSettings::default())?.load_ir(&xml, &bin)?;
     let ov_out = ir.run(&feed)?;
     let mut onnx = OnnxRuntime::new(ctx.toolchain, None)?.load(ctx.model)?;

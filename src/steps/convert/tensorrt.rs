@@ -59,6 +59,44 @@ fn profile(input: &InputSpec, shape: &[Dim]) -> std::result::Result<Option<Profi
     }))
 }
 
+/// One profile over every input (trtexec's `--minShapes=a:1x3x128x128,b:1x512`): each
+/// input's dims, fixed ones included, when any input has a dynamic dim; None when none has.
+fn profile_all(inputs: &[(&InputSpec, &[Dim])]) -> std::result::Result<Option<Profile>, String> {
+    let mut each = Vec::new();
+    for (i, shape) in inputs {
+        let fixed = shape.iter().map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Named(_) => String::new(),
+        });
+        match profile(i, shape)? {
+            Some(p) => each.push(p),
+            None => {
+                let f = format!("{}:{}", i.name, fixed.collect::<Vec<_>>().join("x"));
+                each.push(Profile {
+                    input: i.name.clone(),
+                    min: f.clone(),
+                    opt: f.clone(),
+                    max: f,
+                });
+            }
+        }
+    }
+    let dynamic = inputs
+        .iter()
+        .any(|(_, s)| s.iter().any(|d| matches!(d, Dim::Named(_))));
+    if !dynamic {
+        return Ok(None);
+    }
+    let join =
+        |f: fn(&Profile) -> &String| each.iter().map(f).cloned().collect::<Vec<_>>().join(",");
+    Ok(Some(Profile {
+        input: join(|p| &p.input),
+        min: join(|p| &p.min),
+        opt: join(|p| &p.opt),
+        max: join(|p| &p.max),
+    }))
+}
+
 /// trtexec's arguments for a build.
 pub(crate) fn build_args(
     onnx: &Utf8Path,
@@ -153,10 +191,19 @@ pub(crate) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
     })?;
     let decl = &ctx.manifest.model.input;
     let shape = p.input_shape.clone().unwrap_or_else(|| decl.shape.clone());
-    let profile = profile(decl, &shape).map_err(|m| Error::Step {
+    let shapes: Vec<(&InputSpec, &[Dim])> = std::iter::once((decl, shape.as_slice()))
+        .chain(
+            ctx.manifest
+                .model
+                .extra_inputs
+                .iter()
+                .map(|i| (i, i.shape.as_slice())),
+        )
+        .collect();
+    let profile = profile_all(&shapes).map_err(|m| Error::Step {
         step: step.clone(),
         message: m,
-        hint: Some("declare e.g. `model.input.dims: {H: {min: 320, opt: 640, max: 640}}`".into()),
+        hint: Some("declare the dim's range in the input's `dims`, e.g. `model.input.dims: {H: {min: 320, opt: 640, max: 640}}`".into()),
     })?;
     let engine = ctx.workdir.join("model.engine");
     let log_path = ctx.workdir.join("build.log");
@@ -339,6 +386,7 @@ mod tests {
             .into_iter()
             .collect(),
             crop: None,
+            feed: Default::default(),
         }
     }
 
@@ -367,6 +415,43 @@ mod tests {
         let mut j = i.clone();
         j.dims.shift_remove("W");
         assert!(profile(&j, &j.shape).unwrap_err().contains("dim `W`"));
+    }
+
+    /// A swapper's two inputs share one profile, each input's shapes comma-separated.
+    #[test]
+    fn two_inputs_make_one_profile_over_both() {
+        let yaml = |t: &str| -> InputSpec { serde_saphyr::from_str(t).unwrap() };
+        let target = yaml(
+            "{name: target, shape: [batch, 3, 128, 128], dims: {batch: {min: 1, opt: 4, max: 8}}}",
+        );
+        let source =
+            yaml("{name: source, shape: [batch, 512], dims: {batch: {min: 1, opt: 4, max: 8}}}");
+        let p = profile_all(&[(&target, &target.shape), (&source, &source.shape)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.min, "target:1x3x128x128,source:1x512");
+        assert_eq!(p.opt, "target:4x3x128x128,source:4x512");
+        assert_eq!(p.max, "target:8x3x128x128,source:8x512");
+        let a = build_args(
+            Utf8Path::new("m.onnx"),
+            Utf8Path::new("e"),
+            Utf8Path::new("t"),
+            &params("fp16", ""),
+            Some(&p),
+            None,
+        );
+        assert!(a.contains(&"--minShapes=target:1x3x128x128,source:1x512".to_string()));
+        // A fixed input beside a dynamic one is given its one shape; all fixed, no flags.
+        let fixed = yaml("{name: source, shape: [1, 512]}");
+        let q = profile_all(&[(&target, &target.shape), (&fixed, &fixed.shape)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.max, "target:8x3x128x128,source:1x512");
+        let t1 = yaml("{name: target, shape: [1, 3, 128, 128]}");
+        assert_eq!(
+            profile_all(&[(&t1, &t1.shape), (&fixed, &fixed.shape)]).unwrap(),
+            None
+        );
     }
 
     #[test]

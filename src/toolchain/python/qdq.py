@@ -2,8 +2,9 @@
 # onnxruntime.quantization, in the form TensorRT's explicit-quantization mode consumes:
 # QDQ format, signed int8, symmetric activations and weights, per-channel weights, a
 # dedicated Q/DQ pair per consumer, bias left in float.
-# argv: src dst calibration.npy input_name method per_channel(0|1) [exclude-json]; prints
-# one JSON line. exclude-json: names of nodes left in floating point (nodes_to_exclude).
+# argv: src dst inputs-json method per_channel(0|1) [exclude-json]; prints one JSON line.
+# inputs-json: every model input, [{"name", "shape", "calib": .npy}], fed as one dict per
+# calibration item. exclude-json: names of nodes left in floating point (nodes_to_exclude).
 # With `--list src` instead: the quantizable nodes' names (after the same pre-processing).
 import json, os, sys, tempfile
 import numpy as np
@@ -60,13 +61,15 @@ if sys.argv[1] == "--list":
         print(json.dumps({"layers": [n.name for n in m.graph.node if n.op_type in QUANTIZABLE]}))
     sys.exit(0)
 
-src, dst, calib_path, input_name, method, per_channel = sys.argv[1:7]
-exclude = json.loads(sys.argv[7]) if len(sys.argv) > 7 else []
-calib = np.load(calib_path).astype(np.float32)
+src, dst, spec, method, per_channel = sys.argv[1:6]
+exclude = json.loads(sys.argv[6]) if len(sys.argv) > 6 else []
+# Every input with its calibration rows: each item feeds all of them, row by row.
+calib = {f["name"]: np.load(f["calib"]).astype(np.float32) for f in json.loads(spec)}
+count = min(a.shape[0] for a in calib.values())
 
 class Reader(CalibrationDataReader):
     def __init__(self):
-        self.items = iter([{input_name: calib[i : i + 1]} for i in range(calib.shape[0])])
+        self.items = iter([{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)])
     def get_next(self):
         return next(self.items, None)
 
@@ -86,6 +89,6 @@ m = onnx.load(dst)
 ops = {}
 for n in m.graph.node:
     ops[n.op_type] = ops.get(n.op_type, 0) + 1
-print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(calib.shape[0]),
+print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(count),
                   "method": method, "per_channel": per_channel == "1", "excluded": exclude, "opset_upgraded_from": upgraded_from, "pre_process": pre_process, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
                   "settings": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric", "bias": "float", "dedicated_qdq_pair": True}}))
