@@ -67,7 +67,7 @@ pub use steps::benchmark::BenchmarkReport;
 pub use steps::check::CheckReport;
 pub use steps::compare::{
     AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,
-    OutputComparison,
+    OutputComparison, SwapperFigures, SwapperSetup,
 };
 pub use steps::release::{ReleaseEntry, ReleaseReport};
 pub use steps::simplify::SimplifyReport;

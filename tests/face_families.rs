@@ -318,3 +318,123 @@ fn builtin_attribute_pipeline_runs_end_to_end() {
         cand("openvino_int8").age_mae
     );
 }
+
+/// The built-in swapper pipeline (INSwapper's two inputs and `emap`, random weights: its
+/// figures prove the plumbing, not fidelity) runs end to end: check, simplify, OpenVINO
+/// FP32/FP16/INT8 (NNCF calibrated on target and latent tuples), Q/DQ, compare pair by pair
+/// (PSNR, SSIM, identity through the recognizer), benchmark of both inputs (a short budget)
+/// and release.
+#[test]
+fn builtin_swapper_pipeline_runs_end_to_end() {
+    let p = Project::new();
+    p.write("swapper.yaml", &builtin_pipeline_short_benchmark("swapper"));
+    let (code, r) = p.run_json("swapper.yaml", &[]);
+    let how = released(p.dir.path(), code, &r);
+    let rep: CompareReport = p.report("out/swapper/compare/report.json");
+    assert_eq!(rep.task.as_deref(), Some("swapper"));
+    let setup = rep.swapper.as_ref().unwrap();
+    assert_eq!(
+        (setup.pairs, setup.source_input.as_str(), setup.emap),
+        (60, "source", true)
+    );
+    assert!(
+        setup.identities.starts_with("identity folders"),
+        "{setup:#?}"
+    );
+    let cand = |label: &str| rep.candidates.iter().find(|c| c.label == label).unwrap();
+    let fp32 = cand("openvino_fp32");
+    assert!(fp32.psnr_min.unwrap() > 60.0 && fp32.identity_cosine_min.unwrap() > 0.9999);
+    for label in ["openvino_fp16", "openvino_int8", "quantize"] {
+        let f = cand(label).swapper.as_ref().unwrap();
+        assert!(
+            f.psnr_min <= f.psnr_mean && f.ssim_min <= f.ssim_mean,
+            "{f:#?}"
+        );
+        assert_eq!(f.faces, 60);
+    }
+    let nncf: serde_json::Value = p.report("out/swapper/openvino_int8/report.json");
+    assert_eq!(
+        nncf["conversion"]["result"]["inputs"],
+        serde_json::json!(["target", "source"]),
+        "NNCF is fed (target, source) tuples"
+    );
+    let bench: serde_json::Value = p.report("out/swapper/benchmark/report.json");
+    assert!(bench.to_string().contains("openvino_int8"), "{bench:#}");
+    eprintln!(
+        "built-in swapper: {how:?}; int8 PSNR min {:?} identity cosine min {:?}",
+        cand("openvino_int8").psnr_min,
+        cand("openvino_int8").identity_cosine_min
+    );
+}
+
+/// A swapper fed from real photos: targets are ArcFace-128 crops of ../shared/faces/pairs by
+/// the shared SCRFD, each paired with a face the pairs file says is another person, whose
+/// latent is a recognizer's embedding (the built-in 512-d iresnet: the real recognizers here
+/// are 128-d, and no real 512-d swapper can be had) times the swapper's `emap`.
+#[test]
+fn swapper_compare_feeds_targets_and_latents_from_real_photos() {
+    let Some(shared) = shared() else { return };
+    let s = shared.display();
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        &format!(
+            indoc! {"
+                schema: 1
+                name: swap
+                model:
+                  builtin: inswapper-mini
+                  task: swapper
+                  inputs:
+                    target: {{shape: [1, 3, 128, 128]}}
+                    source: {{shape: [1, 512], feed: {{embedding: {{builtin: iresnet-mini, emap: true}}}}}}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [128, 128]}}
+                datasets:
+                  faces:
+                    path: {s}/faces/pairs
+                    pairs: pairs.csv
+                    align: {{model: {s}/models/scrfd_500m_kps.onnx, detector: {{family: scrfd}}}}
+                  calib:
+                    path: {s}/faces/pairs
+                    count: 16
+                    align: {{model: {s}/models/scrfd_500m_kps.onnx, detector: {{family: scrfd}}}}
+                steps:
+                  check: {{kind: check}}
+                  openvino_fp16: {{kind: convert, needs: [check], params: {{backend: openvino, precision: fp16}}}}
+                  calibrate: {{kind: calibrate, params: {{dataset: calib}}}}
+                  openvino_int8: {{kind: convert, params: {{backend: openvino, precision: int8, calibration: calibrate}}}}
+                  compare:
+                    kind: compare
+                    params:
+                      dataset: faces
+                      candidates: [openvino_fp16, openvino_int8]
+                      psnr_min: 40
+                      candidate_gates: {{openvino_int8: {{psnr_min: 15, identity_cosine_min: 0.5, identity_flips_max: 60}}}}
+            "},
+            s = s
+        ),
+    );
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let rep: CompareReport = p.report("out/swap/compare/report.json");
+    let setup = rep.swapper.as_ref().unwrap();
+    assert!(setup.identities.starts_with("pairs file"), "{setup:#?}");
+    // Every photo with a face and a different-person pair in pairs.csv is a target: the
+    // file's 262 different pairs name 25 photos.
+    assert_eq!(setup.pairs, 25, "{setup:#?}");
+    let fp16 = rep
+        .candidates
+        .iter()
+        .find(|c| c.label == "openvino_fp16")
+        .unwrap();
+    assert!(fp16.psnr_min.unwrap() > 40.0, "{fp16:#?}");
+    let calib: serde_json::Value = p.report("out/swap/calibrate/report.json");
+    assert_eq!(
+        calib["other_inputs"]["source"]["shape"],
+        serde_json::json!([16, 512])
+    );
+    eprintln!(
+        "real photos: {} pairs; reference to source {:.3}, to target {:.3}; fp16 PSNR min {:?}",
+        setup.pairs, setup.reference_to_source_mean, setup.reference_to_target_mean, fp16.psnr_min
+    );
+}

@@ -455,3 +455,72 @@ fn engine_worker_protocol_round_trips_tensors() {
         "{err}"
     );
 }
+
+/// A swapper's two inputs, both with a dynamic batch: one TensorRT profile over both
+/// (`--minShapes=target:1x3x128x128,source:1x512`...) for the engine built from the
+/// simplified model and for the one built from its Q/DQ INT8, whose calibration fed both
+/// inputs; the stand-in refuses a shape for an input the model has not.
+#[test]
+fn standin_trtexec_builds_two_input_swappers_with_one_profile_over_both() {
+    let p = Project::new();
+    p.write(
+        "t.yaml",
+        indoc! {"
+            schema: 1
+            name: trt
+            model:
+              builtin: inswapper-mini
+              task: swapper
+              inputs:
+                target: {shape: [batch, 3, 128, 128], dims: {batch: {min: 1, opt: 2, max: 4}}}
+                source:
+                  shape: [batch, 512]
+                  dims: {batch: {min: 1, opt: 2, max: 4}}
+                  feed: {embedding: {builtin: iresnet-mini, emap: true}}
+              preprocessing: {color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [128, 128]}
+            datasets:
+              faces: {builtin: synthetic-faces, count: 12}
+            steps:
+              simplify: {kind: simplify, params: {samples: 1}}
+              calibrate: {kind: calibrate, params: {dataset: faces}}
+              quantize: {kind: quantize, from: simplify, params: {calibration: calibrate}}
+              trt_fp16: {kind: convert, from: simplify, params: {backend: tensorrt, precision: fp16}}
+              trt_int8: {kind: convert, from: quantize, params: {backend: tensorrt, precision: int8}}
+        "},
+    );
+    let home = standin_home(p.dir.path(), "100300");
+    let r = run_standin(&p, &home, None);
+    for s in ["trt_fp16", "trt_int8"] {
+        assert_eq!(status_of(&r, s), Status::Built, "{r:#?}");
+        let flags = report(&p, s).flags;
+        for f in [
+            "--minShapes=target:1x3x128x128,source:1x512",
+            "--optShapes=target:2x3x128x128,source:2x512",
+            "--maxShapes=target:4x3x128x128,source:4x512",
+        ] {
+            assert!(
+                flags.contains(&f.to_string()),
+                "{s}: {f} missing from {flags:?}"
+            );
+        }
+    }
+    let q: serde_json::Value = p.report("out/trt/quantize/report.json");
+    assert_eq!(q["result"]["calibration_items"], 12, "{q:#}");
+    let c: serde_json::Value = p.report("out/trt/calibrate/report.json");
+    assert_eq!(
+        c["other_inputs"]["source"]["shape"],
+        serde_json::json!([12, 512])
+    );
+
+    // An input the model has not fails the build before any engine, naming it.
+    p.write(
+        "t.yaml",
+        &std::fs::read_to_string(p.dir.path().join("t.yaml"))
+            .unwrap()
+            .replace("source:\n      shape", "latent:\n      shape"),
+    );
+    let out = with_standin(&p, &home, None, &["run", "t.yaml", "-t", "trt_fp16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("latent"), "{err}");
+}

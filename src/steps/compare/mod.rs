@@ -23,7 +23,7 @@ mod swapper;
 
 pub use report::{
     AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,
-    OutputComparison,
+    OutputComparison, SwapperFigures, SwapperSetup,
 };
 use report::{CandidateVerification, DatasetSummary, MeanStd, NormShift, ReferenceSummary};
 
