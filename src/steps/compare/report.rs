@@ -312,18 +312,21 @@ pub struct AttributeFigures {
 pub struct SwapperFigures {
     /// Target faces swapped (each with a source of another identity).
     pub faces: usize,
-    /// PSNR of each swapped face against the reference's (0..255 RGB), dB: min and mean.
-    /// A face identical to the reference's counts as 100 dB.
+    /// The worst face's PSNR against the reference's swapped face (0..255 RGB), dB. A face
+    /// identical to the reference's counts as 100 dB.
     pub psnr_min: f64,
+    /// Mean PSNR over faces, dB.
     pub psnr_mean: f64,
-    /// SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, on luma): min and mean.
+    /// The worst face's SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, on luma).
     pub ssim_min: f64,
+    /// Mean SSIM over faces.
     pub ssim_mean: f64,
     /// Largest |pixel difference| in 0..255.
     pub pixel_error_max: f64,
-    /// Cosine between the recognizer's embeddings of the candidate's and the reference's
-    /// swapped faces: min and mean.
+    /// The worst face's cosine between the recognizer's embeddings of the candidate's and
+    /// the reference's swapped faces.
     pub identity_cosine_min: f64,
+    /// Mean of those cosines.
     pub identity_cosine_mean: f64,
     /// Faces whose match with the source identity (cosine to the source's embedding at or
     /// above `identity_threshold`) differs from the reference's.
@@ -349,9 +352,9 @@ pub struct SwapperSetup {
     pub identities: String,
     /// The threshold identity flips are counted at.
     pub identity_threshold: f64,
-    /// Reference figures: mean cosine of the reference's swapped face to the source and
-    /// to the target identity.
+    /// Mean cosine of the reference's swapped faces to their source identity.
     pub reference_to_source_mean: f64,
+    /// Mean cosine of the reference's swapped faces to their target identity.
     pub reference_to_target_mean: f64,
 }
 
