@@ -490,3 +490,68 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
     }
     eprintln!("corpus:\n{}", table.join("\n"));
 }
+
+/// The built-in swapper (two inputs, an image at 128 and a 512 latent, `emap` last): init
+/// routes it as InsightFace routes INSwapper, writes both inputs under `model.inputs` (the
+/// target's ArcFace crop, the latent fed a recognizer through `emap`), INSwapper's feeding
+/// and the swapper gates; plan refuses each of the three placeholders at its line, and
+/// plans once they are filled.
+#[test]
+fn init_routes_two_input_swappers() {
+    let p = Project::new();
+    let onnx = p.path("inswapper-mini.onnx");
+    let out = p.run(&["builtin", "inswapper-mini", "-o", onnx.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = p.run(&[
+        "init",
+        onnx.to_str().unwrap(),
+        "-o",
+        "pipelines/swapper.yaml",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("next: fill in the 3 path(s)"));
+    let text = std::fs::read_to_string(p.path("pipelines/swapper.yaml")).unwrap();
+    snapshot(&p, "_inswapper-mini", &text);
+    for want in [
+        "  task: swapper\n",
+        "  inputs:\n    target:\n",
+        "      shape: [1, 3, 128, 128]\n",
+        "      crop: {mode: arcface}\n",
+        "    source:\n      shape: [1, 512]\n",
+        "          emap: true\n",
+        "    mean: [0, 0, 0]\n    std: [255, 255, 255]",
+        "      psnr_min: 40\n",
+    ] {
+        assert!(text.contains(want), "`{want}` not in\n{text}");
+    }
+    let out = p.run(&["plan", "pipelines/swapper.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`model.inputs.source.feed.embedding.model` still has the placeholder"),
+        "{err}"
+    );
+    // Filled in with built-in data and recognizer: the built-in faces are the crops.
+    let align = "    align:\n      model: \"<REPLACE: a face detector ONNX model for the crops, e.g. SCRFD>\"\n      detector: {family: scrfd}\n";
+    let filled = text
+        .replace(align, "")
+        .replace(
+            "    path: \"<REPLACE: a folder of photos with faces>\"",
+            "    builtin: synthetic-faces",
+        )
+        .replace(
+            "          model: \"<REPLACE: a face recognizer ONNX whose embedding has 512 values, e.g. w600k_r50.onnx>\"",
+            "          builtin: iresnet-mini",
+        );
+    p.write("pipelines/swapper.yaml", &filled);
+    let out = p.run(&["plan", "pipelines/swapper.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}\n{filled}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

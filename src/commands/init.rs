@@ -64,7 +64,12 @@ fn init(
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut g = init::guess(m, &info, &first)?;
+            let last = proto
+                .graph
+                .as_ref()
+                .and_then(|g| g.initializer.last())
+                .map(|t| t.dims.as_slice());
+            let mut g = init::guess(m, &info, &first, last)?;
             g.notes.extend(sized);
             let name = init::pipeline_name(m);
             let out_dir = match &output {

@@ -79,6 +79,18 @@ pub(crate) struct Guess {
     /// The quantized operators the graph already has: such a model gets no INT8 steps
     /// (quantizing it again fails in ONNX Runtime's quantizer, and measures nothing new).
     pub quantized: Vec<String>,
+    /// A swapper's source input (a second, `[N, D]` input beside the image one).
+    pub source: Option<SourceInput>,
+}
+
+/// A swapper's latent input, as `init` writes it.
+#[derive(Debug)]
+pub(crate) struct SourceInput {
+    pub name: String,
+    /// The latent's size D.
+    pub dim: u64,
+    /// Whether the model's last initializer is a D x D matrix: INSwapper's `emap`.
+    pub emap: bool,
 }
 
 /// Operators that only a quantized graph holds (static Q/DQ, dynamic quantization, QLinear
@@ -97,6 +109,9 @@ const QUANTIZED_OPS: [&str; 9] = [
 
 impl Guess {
     pub(crate) fn task(&self) -> &'static str {
+        if self.source.is_some() {
+            return "swapper";
+        }
         match self.layout_of_outputs {
             OutputLayout::Embedding { .. } => "recognition",
             OutputLayout::Scrfd { .. } | OutputLayout::Retinaface { .. } => "detection",
@@ -107,31 +122,57 @@ impl Guess {
     }
 }
 
-/// The model's one image input; a model with none or several is refused, saying why.
-fn image_input<'a>(path: &Utf8Path, info: &'a ModelInfo) -> Result<&'a TensorInfo> {
-    let Some(input) = info.inputs.first() else {
-        return Err(Error::Model {
+/// The model's image input, and a swapper's latent input when there is one (InsightFace's
+/// routing: two inputs, one a 128 x 128 image, is INSwapper); a model with no input, or
+/// with others, is refused, saying why.
+fn image_input<'a>(
+    path: &Utf8Path,
+    info: &'a ModelInfo,
+) -> Result<(&'a TensorInfo, Option<&'a TensorInfo>)> {
+    let rank = |t: &TensorInfo| t.shape.as_ref().map_or(0, Vec::len);
+    match &info.inputs[..] {
+        [] => Err(Error::Model {
             path: path.to_owned(),
             message: "the graph has no inputs".into(),
             hint: None,
-        });
-    };
-    if info.inputs.len() > 1 {
-        return Err(Error::Model {
+        }),
+        [one] => Ok((one, None)),
+        [a, b] if rank(a) == 4 && rank(b) == 2 => Ok((a, Some(b))),
+        [a, b] if rank(a) == 2 && rank(b) == 4 => Ok((b, Some(a))),
+        many => Err(Error::Model {
             path: path.to_owned(),
             message: format!(
-                "the model takes {} inputs ({}); facebuild pipelines feed one image input",
-                info.inputs.len(),
-                info.inputs
-                    .iter()
-                    .map(|i| i.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "the model takes {} inputs ({}); `init` writes pipelines for one image input, or a swapper's image and latent",
+                many.len(),
+                crate::onnx::layout::shapes(many)
             ),
-            hint: Some("swapper models take a face and an embedding: build their detector and recognizer pipelines instead".into()),
-        });
+            hint: Some("declare every input under `model.inputs` by hand, each with what feeds it (docs/manifest.md, `model.inputs`)".into()),
+        }),
     }
-    Ok(input)
+}
+
+/// A swapper's latent input: its size, and whether the model carries `emap`.
+fn source_input(
+    t: &TensorInfo,
+    last_initializer: Option<&[i64]>,
+    notes: &mut Vec<String>,
+) -> SourceInput {
+    let dim = match t.shape.as_deref() {
+        Some([_, DimInfo::Static(d)]) if *d > 0 => *d as u64,
+        _ => {
+            notes.push(format!(
+                "CHECK: the latent input `{}` has no fixed size; 512 (INSwapper's) is assumed",
+                t.name
+            ));
+            512
+        }
+    };
+    let d = dim as i64;
+    SourceInput {
+        name: t.name.clone(),
+        dim,
+        emap: last_initializer == Some(&[d, d][..]),
+    }
 }
 
 /// Read what `init` needs from a model.
@@ -139,9 +180,11 @@ pub(crate) fn guess(
     path: &Utf8Path,
     info: &ModelInfo,
     first_nodes: &[(String, String)],
+    last_initializer: Option<&[i64]>,
 ) -> Result<Guess> {
-    let input = image_input(path, info)?;
+    let (input, latent) = image_input(path, info)?;
     let mut notes = Vec::new();
+    let source = latent.map(|t| source_input(t, last_initializer, &mut notes));
     let dims = input.shape.clone().unwrap_or_default();
     let layout_of_outputs = OutputLayout::of(&info.outputs);
     let detection = layout_of_outputs.family().is_some();
@@ -167,6 +210,8 @@ pub(crate) fn guess(
         OutputLayout::Embedding { .. } => (112, 112, 112),
         // InsightFace's landmark models (2d106det, 1k3d68) take 192 x 192 box crops.
         OutputLayout::Landmarks { .. } => (192, 192, 192),
+        // INSwapper's target is the ArcFace crop at 128.
+        _ if source.is_some() => (128, 128, 128),
         _ => (224, 224, 224),
     };
     let mut shape = Vec::new();
@@ -246,6 +291,7 @@ pub(crate) fn guess(
         notes,
         normalised_inside,
         quantized,
+        source,
     })
 }
 
@@ -380,55 +426,121 @@ fn model_section(
     line("");
     line("model:");
     line(&format!("  path: {model_path}"));
-    line(&format!(
-        "  # Guessed from the outputs ({}): {}.",
-        g.layout_of_outputs.describe(),
-        match task {
-            "recognition" => "a face recognizer",
-            "detection" => "a face detector",
-            "landmarks" => "a face landmark model",
-            "attribute" => "a face attribute model",
-            _ => "CHECK: not a family facebuild decodes, so outputs are compared tensor by tensor",
-        }
-    ));
+    match &g.source {
+        Some(src) => line(&format!(
+            "  # Guessed from the inputs (an image and a latent of {}, as InsightFace routes INSwapper): a face swapper.",
+            src.dim
+        )),
+        None => line(&format!(
+            "  # Guessed from the outputs ({}): {}.",
+            g.layout_of_outputs.describe(),
+            match task {
+                "recognition" => "a face recognizer",
+                "detection" => "a face detector",
+                "landmarks" => "a face landmark model",
+                "attribute" => "a face attribute model",
+                _ =>
+                    "CHECK: not a family facebuild decodes, so outputs are compared tensor by tensor",
+            }
+        )),
+    }
     line(&format!("  task: {task}"));
-    line("  input:");
-    line(&format!("    name: {}", yaml_str(&g.input)));
-    line(&format!("    layout: {}", g.layout));
+    // A swapper's inputs go under `inputs:`, by name; one image input is `input:`.
+    let i = if g.source.is_some() {
+        line("  inputs:");
+        line(&format!("    {}:", yaml_str(&g.input)));
+        "      "
+    } else {
+        line("  input:");
+        line(&format!("    name: {}", yaml_str(&g.input)));
+        "    "
+    };
+    line(&format!("{i}layout: {}", g.layout));
     for n in &g.notes {
-        line(&format!("    # {n}"));
+        line(&format!("{i}# {n}"));
     }
-    line(&format!("    shape: {}", list(&g.shape)));
+    line(&format!("{i}shape: {}", list(&g.shape)));
     if !g.dims.is_empty() {
-        line(
-            "    # Dynamic dims: OpenVINO IRs are converted for this range, TensorRT profiles built",
-        );
-        line("    # from it, and `opt` is the size steps feed by default.");
-        line("    dims:");
+        line(&format!(
+            "{i}# Dynamic dims: OpenVINO IRs are converted for this range, TensorRT profiles built"
+        ));
+        line(&format!(
+            "{i}# from it, and `opt` is the size steps feed by default."
+        ));
+        line(&format!("{i}dims:"));
         for (n, [a, b, c]) in &g.dims {
-            line(&format!("      {n}: {{min: {a}, opt: {b}, max: {c}}}"));
+            line(&format!("{i}  {n}: {{min: {a}, opt: {b}, max: {c}}}"));
         }
     }
-    if task == "attribute" {
+    crop_lines(line, g, i);
+    if let Some(src) = &g.source {
+        source_lines(line, src);
+    }
+}
+
+/// The image input's crop, as InsightFace crops for the family.
+fn crop_lines(line: &mut impl FnMut(&str), g: &Guess, i: &str) {
+    match g.task() {
+        "attribute" => {
+            line(&format!(
+                "{i}# InsightFace's attribute crop (attribute.py): a square 1.5 times the detected box."
+            ));
+            line(&format!("{i}crop: {{mode: box, scale: 1.5}}"));
+        }
+        "landmarks" if g.size == [192, 192] => {
+            line(&format!(
+                "{i}# InsightFace's landmark crop (landmark.py): a square 1.5 times the detected box."
+            ));
+            line(&format!("{i}crop: {{mode: box, scale: 1.5}}"));
+        }
+        "landmarks" => {
+            line(&format!(
+                "{i}# CHECK: a square around the detected box, 1.5 times its longer side as InsightFace"
+            ));
+            line(&format!(
+                "{i}# crops (PFLD exports are fed 1.1); the scale your model was trained on."
+            ));
+            line(&format!("{i}crop: {{mode: box, scale: 1.5}}"));
+        }
+        "swapper" => {
+            line(&format!(
+                "{i}# INSwapper's target (inswapper.py): the ArcFace crop, at 128 estimate_norm's 128 branch."
+            ));
+            line(&format!("{i}crop: {{mode: arcface}}"));
+        }
+        _ => {}
+    }
+}
+
+/// A swapper's latent input: fed a recognizer's embedding, through `emap` when the model
+/// has one.
+fn source_lines(line: &mut impl FnMut(&str), src: &SourceInput) {
+    line(&format!("    {}:", yaml_str(&src.name)));
+    line(&format!("      shape: [1, {}]", src.dim));
+    line(
+        "      # The source latent as INSwapper makes it: a recognizer's L2-normed embedding of a face",
+    );
+    if src.emap {
+        line(&format!(
+            "      # of the source identity, times this model's emap (its last initializer, {d} x {d}), normed.",
+            d = src.dim
+        ));
+    } else {
         line(
-            "    # InsightFace's attribute crop (attribute.py): a square 1.5 times the detected box.",
+            "      # of the source identity. CHECK: the model's last initializer is not a D x D emap, so the",
         );
-        line("    crop: {mode: box, scale: 1.5}");
+        line("      # embedding is fed as it is.");
     }
-    if task == "landmarks" {
-        if g.size == [192, 192] {
-            line(
-                "    # InsightFace's landmark crop (landmark.py): a square 1.5 times the detected box.",
-            );
-            line("    crop: {mode: box, scale: 1.5}");
-        } else {
-            line(
-                "    # CHECK: a square around the detected box, 1.5 times its longer side as InsightFace",
-            );
-            line("    # crops (PFLD exports are fed 1.1); the scale your model was trained on.");
-            line("    crop: {mode: box, scale: 1.5}");
-        }
-    }
+    line("      feed:");
+    line("        embedding:");
+    line(&format!(
+        "          model: {}",
+        placeholder(&format!(
+            "a face recognizer ONNX whose embedding has {} values, e.g. w600k_r50.onnx",
+            src.dim
+        ))
+    ));
+    line(&format!("          emap: {}", src.emap));
 }
 
 /// `model.preprocessing` (and `model.detector`) as the family is fed.
@@ -459,6 +571,16 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
             line(&format!("    size: [{h}, {w}]"));
         }
         ("landmarks", _) => landmarks_preprocessing(line, g),
+        ("swapper", _) => {
+            line(
+                "  # INSwapper's feeding (inswapper.py): RGB, x / 255; its output is an RGB face in [0, 1].",
+            );
+            line("  preprocessing:");
+            line("    color: RGB");
+            line("    mean: [0, 0, 0]");
+            line("    std: [255, 255, 255]");
+            line(&format!("    size: [{h}, {w}]"));
+        }
         ("attribute", _) => {
             let (m, s) = if g.normalised_inside {
                 line(
@@ -580,10 +702,16 @@ fn datasets_section(line: &mut impl FnMut(&str), task: &str, int8: bool) -> &'st
             ));
             "faces"
         }
-        "landmarks" | "attribute" => {
+        "landmarks" | "attribute" | "swapper" => {
             line(&format!(
                 "  # REPLACE: photos with faces, and the detector whose boxes are cropped for the model.{calibrates}"
             ));
+            if task == "swapper" {
+                line(
+                    "  # Each target face is swapped with a face of another identity: give a subfolder per",
+                );
+                line("  # identity, or `pairs:` (a CSV whose different-person pairs are used).");
+            }
             line("  faces:");
             line(&format!(
                 "    path: {}",
@@ -766,6 +894,28 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
                 line("        quantize: {gender_flips_max: 2, age_mae_max: 2}");
             }
         }
+        "swapper" => {
+            line(
+                "      # Pair by pair: the swapped face as a picture (PSNR, SSIM) and as an identity",
+            );
+            line(
+                "      # (the recognizer's cosine to the reference's swap; flips of the source match).",
+            );
+            line("      psnr_min: 40");
+            line("      ssim_min: 0.99");
+            line("      identity_cosine_min: 0.99");
+            line("      identity_flips_max: 0");
+            if int8 {
+                line("      candidate_gates:");
+                line(
+                    "        # CHECK: INT8 changes pixels; gate it at what your deployment accepts.",
+                );
+                line(
+                    "        openvino_int8: {psnr_min: 25, ssim_min: 0.9, identity_cosine_min: 0.9}",
+                );
+                line("        quantize: {psnr_min: 25, ssim_min: 0.9, identity_cosine_min: 0.9}");
+            }
+        }
         "detection" => {
             if let Some((_, [lo, ..])) = g.dims.iter().find(|(n, _)| n == "H") {
                 line("      # One dynamic IR, compared at two input sizes.");
@@ -861,6 +1011,17 @@ fn benchmark_and_release(line: &mut impl FnMut(&str), task: &str, int8: bool, ca
         "detection" => line(
             "      gates: {recall_min: 0.8, p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
         ),
+        "swapper" => {
+            line(
+                "      gates: {psnr_min: 40, identity_cosine_min: 0.99, p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
+            );
+            if int8 {
+                line("      # CHECK: as compare's INT8 gate above.");
+                line(
+                    "      artifact_gates: {openvino_int8: {psnr_min: 25, identity_cosine_min: 0.9}}",
+                );
+            }
+        }
         _ => line(
             "      gates: {p99_ms_max: 200, throughput_min: 5, rss_mib_max: 2048, cold_start_ms_max: 10000}",
         ),

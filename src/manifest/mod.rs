@@ -730,6 +730,21 @@ fn validate_extra_input(key: &str, i: &InputSpec) -> std::result::Result<(), (St
         ));
     }
     if let Feed::Embedding(e) = &i.feed {
+        if let Some(m) = e
+            .model
+            .as_ref()
+            .filter(|m| init::is_placeholder(m.as_str()))
+        {
+            return Err((
+                format!(
+                    "`{key}.feed.embedding.model` still has the placeholder `facebuild init` wrote: {m}"
+                ),
+                format!(
+                    "set it to {}, relative to this file",
+                    init::placeholder_text(m.as_str())
+                ),
+            ));
+        }
         match (&e.model, &e.builtin) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err((
