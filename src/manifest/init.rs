@@ -820,8 +820,7 @@ fn build_steps(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) {
 
 /// The `compare` step with the task's gates; its candidates.
 fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'static str {
-    let (task, int8, detection) = (g.task(), g.quantized.is_empty(), g.task() == "detection");
-    let [h, w] = g.size;
+    let (int8, detection) = (g.quantized.is_empty(), g.task() == "detection");
     line("  compare:");
     line("    kind: compare");
     line("    params:");
@@ -835,6 +834,14 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
     };
     line(&format!("      candidates: {candidates}"));
     line("      precision_hint: f32");
+    compare_gates(line, g);
+    candidates
+}
+
+/// compare's gates for the task: every candidate's, and INT8's looser ones.
+fn compare_gates(line: &mut impl FnMut(&str), g: &Guess) {
+    let (task, int8) = (g.task(), g.quantized.is_empty());
+    let [h, w] = g.size;
     match task {
         "recognition" => {
             line("      cosine_min: 0.99");
@@ -948,7 +955,6 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
             }
         }
     }
-    candidates
 }
 
 /// The `benchmark` and `release` steps.

@@ -272,14 +272,7 @@ fn source_latents(
         .enumerate()
         .map(|(k, v)| (aligner.is_none() || prepared.faces[k].is_some()).then_some(v))
         .collect();
-    let spec = &ctx.manifest.datasets[dataset];
-    let dir = &ctx.datasets[dataset];
-    let pairs = crate::metrics::verification::pairs_for(
-        files,
-        dir,
-        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
-        spec.is_bin(),
-    )?;
+    let pairs = super::compare::pairs_of(ctx, dataset, files)?;
     let identities = match pairs.as_ref().map(|(s, _)| s) {
         Some(PairSet::All { .. }) => "identity folders",
         Some(PairSet::Listed(_)) => "pairs file (different-identity pairs)",

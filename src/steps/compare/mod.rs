@@ -791,15 +791,12 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         return Ok(other);
     }
     let input = ctx.manifest.model.input.name.clone();
-    let spec = &ctx.manifest.datasets[&p.dataset];
-    let dir = &ctx.datasets[&p.dataset];
+    let (spec, dir) = (
+        &ctx.manifest.datasets[&p.dataset],
+        &ctx.datasets[&p.dataset],
+    );
     let files = crate::preprocess::list_images(dir, spec.count, spec.seed)?;
-    let mut pairs = verification::pairs_for(
-        &files,
-        dir,
-        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
-        spec.is_bin(),
-    )?;
+    let mut pairs = pairs_of(ctx, &p.dataset, &files)?;
     let flip = pairs::flip_for(p, pairs.as_ref(), step)?;
     let units = pairs::units_of(&files, dir, pairs.as_ref());
     let aligner = ctx.aligner(&p.dataset)?;
@@ -903,6 +900,22 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     let summary = json!({"images": files.len(), "candidates": p.candidates.len(), "worst_cosine": worst_cosine(&report.candidates)});
     let md = markdown(ctx, &report, &table);
     finish(ctx, &report, (md, "fidelity"), timing, t_total, summary)
+}
+
+/// A dataset's verification pairs over `files` (a list of its images), when it has any.
+pub(crate) fn pairs_of(
+    ctx: &StepContext,
+    dataset: &str,
+    files: &[camino::Utf8PathBuf],
+) -> Result<Option<(similarity::PairSet, verification::PairSource)>> {
+    let spec = &ctx.manifest.datasets[dataset];
+    let dir = &ctx.datasets[dataset];
+    verification::pairs_for(
+        files,
+        dir,
+        spec.pairs_file().map(|f| dir.join(f)).as_deref(),
+        spec.is_bin(),
+    )
 }
 
 /// The model's preprocessing, which compare needs to turn images into tensors.
