@@ -360,6 +360,8 @@ fn builtin_swapper_pipeline_runs_end_to_end() {
     );
     let bench: serde_json::Value = p.report("out/swapper/benchmark/report.json");
     assert!(bench.to_string().contains("openvino_int8"), "{bench:#}");
+    let html = std::fs::read_to_string(p.path("out/swapper/report.html")).unwrap();
+    assert!(html.contains("PSNR min (dB)") && html.contains("identity flips"));
     eprintln!(
         "built-in swapper: {how:?}; int8 PSNR min {:?} identity cosine min {:?}",
         cand("openvino_int8").psnr_min,

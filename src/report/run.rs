@@ -317,7 +317,55 @@ fn compare_section(name: &str, r: &CompareReport) -> String {
     if r.task.as_deref() == Some("attribute") {
         return s + &attribute_table(r);
     }
+    if r.swapper.is_some() {
+        return s + &swapper_table(r);
+    }
     s + &embedding_table(r)
+}
+
+fn swapper_table(r: &CompareReport) -> String {
+    let mut s = String::new();
+    if let Some(x) = &r.swapper {
+        s += &format!(
+            "<p>{} pairs ({}); latents from {}{}; identity flips at cosine {}.</p>",
+            x.pairs,
+            esc(&x.identities),
+            esc(&x.recognizer),
+            if x.emap { " through emap" } else { "" },
+            x.identity_threshold
+        );
+    }
+    let rows: Vec<Vec<String>> = r
+        .candidates
+        .iter()
+        .map(|c| {
+            let f = c.swapper.as_ref();
+            vec![
+                c.label.clone(),
+                artifact(c),
+                executed(c),
+                num(c.psnr_min, 2),
+                num(c.ssim_min, 4),
+                num(f.map(|f| f.pixel_error_max), 0),
+                num(c.identity_cosine_min, 4),
+                f.map(|f| f.identity_flips.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                pass(c),
+            ]
+        })
+        .collect();
+    let head = [
+        "candidate",
+        "artifact",
+        "executed",
+        "PSNR min (dB)",
+        "SSIM min",
+        "max pixel error",
+        "identity cosine min",
+        "identity flips",
+        "gate",
+    ];
+    s + &table(&head, &rows)
 }
 
 fn detection_table(r: &CompareReport) -> String {
