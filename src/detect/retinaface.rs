@@ -30,6 +30,26 @@ pub(crate) fn prior_count(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f3
         .sum()
 }
 
+/// The box output's fixed row count against the priors at `h` x `w`: Some((rows, priors))
+/// when they differ. An export whose boxes are already decoded (UltraFace's corner boxes in
+/// [0, 1]) has as many rows as its own anchors, which RetinaFace's priors rarely match, and
+/// decoding it again would measure nothing. None when they match or no output has fixed
+/// `[.., N, 4]` rows.
+pub(crate) fn prior_mismatch(
+    outputs: &[crate::onnx::inspect::TensorInfo],
+    [h, w]: [usize; 2],
+    steps: &[u32],
+    min_sizes: &[Vec<f32>],
+) -> Option<(usize, usize)> {
+    use crate::onnx::inspect::DimInfo;
+    let rows = outputs.iter().find_map(|o| match o.shape.as_deref() {
+        Some([.., DimInfo::Static(n), DimInfo::Static(4)]) => Some(*n as usize),
+        _ => None,
+    })?;
+    let priors = prior_count(h, w, steps, min_sizes);
+    (rows != priors).then_some((rows, priors))
+}
+
 /// Priors as (cx, cy, w, h), relative to the input size, in the network's order.
 pub(crate) fn priors(h: usize, w: usize, steps: &[u32], min_sizes: &[Vec<f32>]) -> Vec<[f32; 4]> {
     let mut p = Vec::new();

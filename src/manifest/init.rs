@@ -327,20 +327,16 @@ fn retinaface_or_decoded(
     [h, w]: [u64; 2],
     notes: &mut Vec<String>,
 ) -> OutputLayout {
-    let rows = outputs.iter().find_map(|o| match o.shape.as_deref() {
-        Some([.., DimInfo::Static(n), DimInfo::Static(4)]) => Some(*n as usize),
-        _ => None,
-    });
     let (steps, min_sizes) = crate::detect::retinaface::prior_settings(None, None);
-    let priors = crate::detect::retinaface::prior_count(h as usize, w as usize, &steps, &min_sizes);
-    match rows {
-        Some(n) if n != priors => {
+    let size = [h as usize, w as usize];
+    match crate::detect::retinaface::prior_mismatch(outputs, size, &steps, &min_sizes) {
+        Some((n, priors)) => {
             notes.push(format!(
                 "CHECK: the outputs look like RetinaFace's (N x 4 boxes, N x 2 scores), but {n} rows are not its {priors} priors at {h}x{w}: the boxes are likely decoded already (as UltraFace exports them), so the outputs are compared tensor by tensor"
             ));
             OutputLayout::Other
         }
-        _ => layout,
+        None => layout,
     }
 }
 

@@ -324,30 +324,24 @@ impl Manifest {
     }
 
     /// A prior-decoded family's priors at the size compare feeds against the box output's
-    /// fixed row count: an export whose boxes are already decoded (UltraFace's corner boxes
-    /// in [0, 1]) has as many rows as its own anchors, which RetinaFace's priors rarely
-    /// match, and decoding it again would measure nothing.
+    /// fixed row count (see [`crate::detect::retinaface::prior_mismatch`]).
     fn check_prior_count(
         &self,
         d: &DetectorSpec,
         file: &Utf8Path,
         outputs: &[crate::onnx::inspect::TensorInfo],
     ) -> Result<()> {
-        use crate::onnx::inspect::DimInfo;
-        let rows = outputs.iter().find_map(|o| match o.shape.as_deref() {
-            Some([.., DimInfo::Static(n), DimInfo::Static(4)]) => Some(*n as usize),
-            _ => None,
-        });
-        let (Some(rows), Some(pre)) = (rows, &self.model.preprocessing) else {
+        let Some(pre) = &self.model.preprocessing else {
             return Ok(());
         };
         let [h, w] = pre.size.map(|x| x as usize);
         let (steps, min_sizes) =
             crate::detect::retinaface::prior_settings(d.strides.as_ref(), d.min_sizes.as_ref());
-        let priors = crate::detect::retinaface::prior_count(h, w, &steps, &min_sizes);
-        if priors == rows {
+        let Some((rows, priors)) =
+            crate::detect::retinaface::prior_mismatch(outputs, [h, w], &steps, &min_sizes)
+        else {
             return Ok(());
-        }
+        };
         Err(Error::manifest(
             self.model_location.clone(),
             format!(

@@ -191,8 +191,10 @@ impl Aligner {
         })
     }
 
-    /// The most prominent face (largest box) in `img`, in the photo's pixel coordinates.
-    pub(crate) fn detect(&self, img: &RgbImage) -> Result<Option<Detection>> {
+    /// The most prominent face (largest box) in `img`, in the photo's pixel coordinates;
+    /// among faces with keypoints when `with_kps` (an ArcFace crop needs them, a box crop
+    /// does not).
+    fn detect(&self, img: &RgbImage, with_kps: bool) -> Result<Option<Detection>> {
         let (fitted, scale) = super::letterbox(img, self.feed.size);
         let t = super::to_tensor(&fitted, &self.feed, Layout::NCHW);
         let [h, w] = self.feed.size;
@@ -204,7 +206,7 @@ impl Aligner {
         let dets = crate::detect::decode(&self.detector, &out, (h as usize, w as usize))?;
         Ok(dets
             .into_iter()
-            .filter(|d| d.kps.is_some())
+            .filter(|d| !with_kps || d.kps.is_some())
             .max_by(|a, b| a.area().total_cmp(&b.area()))
             .map(|d| d.scaled(scale)))
     }
@@ -217,12 +219,13 @@ impl Aligner {
         size: [u32; 2],
         crop: Crop,
     ) -> Result<Option<(RgbImage, FaceCrop)>> {
-        let Some(d) = self.detect(img)? else {
+        let Some(d) = self.detect(img, crop == Crop::Arcface)? else {
             return Ok(None);
         };
-        let m = match crop {
-            Crop::Arcface => arcface_transform(&d.kps.expect("filtered on kps"), size),
-            Crop::Box { scale } => box_transform(d.bbox, size, scale),
+        let m = match (crop, &d.kps) {
+            (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
+            (Crop::Arcface, None) => return Ok(None),
+            (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
         };
         Ok(Some((
             warp(img, &m, size[1], size[0]),

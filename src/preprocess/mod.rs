@@ -27,8 +27,9 @@ use image::RgbImage;
 const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change (4: large JPEGs are decoded
 /// DCT-scaled before the resize; 5: down to the fitted size, not twice it; 6: each face's
-/// crop, box and keypoints are kept beside the tensor).
-const PREPARE_VERSION: u64 = 6;
+/// crop, box and keypoints are kept beside the tensor; 7: box crops take the largest face
+/// with or without keypoints).
+const PREPARE_VERSION: u64 = 7;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
