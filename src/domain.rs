@@ -131,6 +131,8 @@ pub(crate) struct CropSpec {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum CropMode {
     Arcface,
+    /// The ArcFace crop on `estimate_norm`'s 128 branch whatever the size (INSwapper's target).
+    Arcface128,
     Box,
 }
 
@@ -139,6 +141,7 @@ pub(crate) enum CropMode {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Crop {
     Arcface,
+    Arcface128,
     Box { scale: f32 },
 }
 
@@ -149,6 +152,7 @@ impl CropSpec {
     pub(crate) fn resolve(&self) -> Crop {
         match self.mode {
             CropMode::Arcface => Crop::Arcface,
+            CropMode::Arcface128 => Crop::Arcface128,
             CropMode::Box => Crop::Box {
                 scale: self.scale.unwrap_or(INSIGHTFACE_BOX_SCALE),
             },

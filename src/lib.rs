@@ -55,7 +55,9 @@ pub mod uncertainty {
 pub use preprocess::{decode_image, letterbox, to_tensor};
 /// Face crops as InsightFace's `face_align` makes them, for independent checks.
 pub mod face_align {
-    pub use crate::preprocess::align::{Affine, arcface_transform, box_transform, warp};
+    pub use crate::preprocess::align::{
+        Affine, arcface_transform, arcface128_transform, box_transform, warp,
+    };
 }
 pub use runtime::onnxruntime::OnnxRuntime;
 pub use runtime::openvino::{OpenVino, OpenVinoSettings};

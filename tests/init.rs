@@ -520,7 +520,7 @@ fn init_routes_two_input_swappers() {
         "  task: swapper\n",
         "  inputs:\n    target:\n",
         "      shape: [1, 3, 128, 128]\n",
-        "      crop: {mode: arcface}\n",
+        "      crop: {mode: arcface128}\n",
         "    source:\n      shape: [1, 512]\n",
         "          emap: true\n",
         "    mean: [0, 0, 0]\n    std: [255, 255, 255]",

@@ -500,9 +500,9 @@ fn crop_lines(line: &mut impl FnMut(&str), g: &Guess, i: &str) {
         }
         "swapper" => {
             line(&format!(
-                "{i}# INSwapper's target (inswapper.py): the ArcFace crop, at 128 estimate_norm's 128 branch."
+                "{i}# INSwapper's target (inswapper.py): the ArcFace crop on estimate_norm's 128 branch."
             ));
-            line(&format!("{i}crop: {{mode: arcface}}"));
+            line(&format!("{i}crop: {{mode: arcface128}}"));
         }
         _ => {}
     }

@@ -581,10 +581,12 @@ fn validate_crop_and_landmarks(m: &ModelSpec) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if let Some(c) = &m.input.crop {
         match (c.mode, c.scale) {
-            (crate::domain::CropMode::Arcface, Some(_)) => problems.push((
-                "`model.input.crop.scale` applies to `mode: box`".into(),
-                "the ArcFace crop is fixed by the five-point template: remove `scale`".into(),
-            )),
+            (crate::domain::CropMode::Arcface | crate::domain::CropMode::Arcface128, Some(_)) => {
+                problems.push((
+                    "`model.input.crop.scale` applies to `mode: box`".into(),
+                    "the ArcFace crop is fixed by the five-point template: remove `scale`".into(),
+                ))
+            }
             (_, Some(s)) if !(s.is_finite() && s > 0.0) => problems.push((
                 format!("`model.input.crop.scale: {s}` must be a positive number"),
                 "InsightFace crops 1.5 times the box's longer side; PFLD's authors 1.1".into(),

@@ -285,6 +285,7 @@ impl InputSpec {
             (None, Task::Landmarks | Task::Attribute) => Crop::Box {
                 scale: crate::domain::INSIGHTFACE_BOX_SCALE,
             },
+            (None, Task::Swapper) => Crop::Arcface128,
             (None, _) => Crop::Arcface,
         }
     }

@@ -105,15 +105,28 @@ pub fn box_transform(bbox: [f32; 4], [h, w]: [u32; 2], scale: f32) -> Affine {
 /// InsightFace's `estimate_norm`, as `norm_crop` uses it: the keypoints onto the ArcFace
 /// template, scaled by width / 112; for a width that is a multiple of 128 and not of 112 (the
 /// swapper's 128 crop), scaled by width / 128 and moved right by 8 of those pixels.
-pub fn arcface_transform(kps: &[[f32; 2]; 5], [_, w]: [u32; 2]) -> Affine {
-    let (ratio, shift) = if w % 112 != 0 && w % 128 == 0 {
+pub fn arcface_transform(kps: &[[f32; 2]; 5], size: [u32; 2]) -> Affine {
+    let (ratio, shift) = arcface_frame(size[1], false);
+    let dst = ARCFACE_112.map(|p| [p[0] * ratio + shift, p[1] * ratio]);
+    similarity(kps, &dst)
+}
+
+/// [`arcface_transform`] on the 128 branch whatever the width (`crop: {mode: arcface128}`).
+pub fn arcface128_transform(kps: &[[f32; 2]; 5], size: [u32; 2]) -> Affine {
+    let (ratio, shift) = arcface_frame(size[1], true);
+    let dst = ARCFACE_112.map(|p| [p[0] * ratio + shift, p[1] * ratio]);
+    similarity(kps, &dst)
+}
+
+/// How an ArcFace crop of width `w` places the 112 template: (scale, x shift). The 128
+/// branch when forced, or for a width that is a multiple of 128 and not of 112.
+pub(crate) fn arcface_frame(w: u32, force128: bool) -> (f32, f32) {
+    if force128 || (!w.is_multiple_of(112) && w.is_multiple_of(128)) {
         let r = w as f32 / 128.0;
         (r, 8.0 * r)
     } else {
         (w as f32 / 112.0, 0.0)
-    };
-    let dst = ARCFACE_112.map(|p| [p[0] * ratio + shift, p[1] * ratio]);
-    similarity(kps, &dst)
+    }
 }
 
 /// Warp `img` with `m` (source -> output coordinates) into a `w` x `h` image, sampling
@@ -219,12 +232,14 @@ impl Aligner {
         size: [u32; 2],
         crop: Crop,
     ) -> Result<Option<(RgbImage, FaceCrop)>> {
-        let Some(d) = self.detect(img, crop == Crop::Arcface)? else {
+        let arcface = matches!(crop, Crop::Arcface | Crop::Arcface128);
+        let Some(d) = self.detect(img, arcface)? else {
             return Ok(None);
         };
         let m = match (crop, &d.kps) {
             (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
-            (Crop::Arcface, None) => return Ok(None),
+            (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
+            (Crop::Arcface | Crop::Arcface128, None) => return Ok(None),
             (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
         };
         Ok(Some((
@@ -259,6 +274,27 @@ mod tests {
         assert!(
             (m[0][2] - 5.0).abs() < 1e-3 && (m[1][2] + 3.0).abs() < 1e-3,
             "{m:?}"
+        );
+    }
+
+    /// `arcface` follows `estimate_norm` (the 128 branch only for widths that are multiples
+    /// of 128 and not of 112); `arcface128` takes the 128 branch at any width.
+    #[test]
+    fn arcface128_forces_estimate_norms_128_branch() {
+        assert_eq!(arcface_frame(112, false), (1.0, 0.0));
+        assert_eq!(arcface_frame(128, false), (1.0, 8.0));
+        assert_eq!(arcface_frame(128, true), (1.0, 8.0));
+        assert_eq!(arcface_frame(224, false), (2.0, 0.0));
+        assert_eq!(arcface_frame(224, true), (1.75, 14.0));
+        // The template itself, placed on the 128 branch at 256: scale 2, 16 px right.
+        let m = arcface128_transform(&ARCFACE_112, [256, 256]);
+        assert!(
+            (m[0][0] - 2.0).abs() < 1e-4 && (m[0][2] - 16.0).abs() < 1e-3,
+            "{m:?}"
+        );
+        assert_eq!(
+            arcface_transform(&ARCFACE_112, [128, 128]),
+            arcface128_transform(&ARCFACE_112, [128, 128])
         );
     }
 

@@ -265,7 +265,7 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Fitted> {
             Some((crop, f)) => {
                 face = Some(f);
                 let fit = match feed.crop {
-                    Crop::Arcface => Fit::Aligned,
+                    Crop::Arcface | Crop::Arcface128 => Fit::Aligned,
                     Crop::Box { .. } => Fit::BoxCrop,
                 };
                 (crop, fit, 1.0)

@@ -225,6 +225,7 @@ fn setup_of(
         crop: match (aligned, ctx.feed(pre, None).crop) {
             (false, _) => "as_is (the images are the crops)".into(),
             (true, Crop::Arcface) => "arcface".into(),
+            (true, Crop::Arcface128) => "arcface128".into(),
             (true, Crop::Box { scale }) => format!("box, scale {scale}"),
         },
         faces: faces.len(),

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::report::{CandidateReport, CompareReport, SwapperFigures, SwapperSetup};
 use super::{CompareParams, batch_for, load_candidate, note_failures, record_not_compared};
+use crate::domain::Crop;
 use crate::error::{Error, Result};
 use crate::manifest::{Layout, Preprocessing};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
@@ -77,6 +78,7 @@ pub(super) fn run(
         });
     }
     let targets: Vec<usize> = pairs.iter().map(|(t, _)| *t).collect();
+    let target_crop = ctx.manifest.model.input.crop_for(ctx.manifest.model.task);
     let feed = pair_feed(ctx, &set.prepared.tensor, &feeds.tensors, &targets);
 
     ctx.check_cancelled()?;
@@ -86,7 +88,7 @@ pub(super) fn run(
     let mut reference = ort.load(ctx.model)?;
     let batch = batch_for(reference.as_ref(), p.batch);
     let reference_swaps = swap_all(reference.as_mut(), &feed, batch)?;
-    let ref_ids = identities(&mut latents.recognizer, &reference_swaps)?;
+    let ref_ids = identities(&mut latents.recognizer, &reference_swaps, target_crop)?;
     timing.insert(
         "reference".to_string(),
         json!({"ms": reference_swaps.spent.as_millis() as u64, "batch": batch}),
@@ -130,7 +132,7 @@ pub(super) fn run(
         ctx.progress.set_message(format!("swaps of `{label}`"));
         let own = batch_for(l.model.as_ref(), p.batch);
         let swaps = swap_all(l.model.as_mut(), &feed, own)?;
-        let ids = identities(&mut latents.recognizer, &swaps)?;
+        let ids = identities(&mut latents.recognizer, &swaps, target_crop)?;
         timing.insert(
             label.clone(),
             json!({"ms": swaps.spent.as_millis() as u64, "load_ms": l.load_ms, "batch": own, "step": cand.step(), "precision_hint": l.hint}),
@@ -237,14 +239,12 @@ fn swap_all(model: &mut dyn LoadedModel, feed: &[NamedTensor], batch: usize) -> 
 /// InsightFace pastes it (`clip(255 x, 0, 255)` as uint8), its ArcFace-112 crop taken from
 /// the swap's ArcFace crop (the 128 crop is the 112 template shifted 8 px right), fed as the
 /// recognizer is fed.
-fn identities(rec: &mut Recognizer, s: &Swapped) -> Result<Vec<Vec<f32>>> {
+fn identities(rec: &mut Recognizer, s: &Swapped, crop: Crop) -> Result<Vec<Vec<f32>>> {
     let (h, w) = s.hw;
     let size = rec.pre.size;
-    let (ratio, shift) = if w % 112 != 0 && w % 128 == 0 {
-        (w as f64 / 128.0, 8.0 * w as f64 / 128.0)
-    } else {
-        (w as f64 / 112.0, 0.0)
-    };
+    let (ratio, shift) =
+        crate::preprocess::align::arcface_frame(w as u32, crop == Crop::Arcface128);
+    let (ratio, shift) = (ratio as f64, shift as f64);
     let k = size[1] as f64 / (112.0 * ratio);
     let m = [[k, 0.0, -shift * k], [0.0, k, 0.0]];
     let mut t = Array4::<f32>::zeros((s.faces.len(), 3, size[0] as usize, size[1] as usize));
