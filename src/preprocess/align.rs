@@ -173,6 +173,9 @@ pub(crate) struct Aligner {
     feed: Preprocessing,
     /// What identifies this aligner in cache keys: the detector's digest and settings.
     pub identity: String,
+    /// Each photo's face, by path and whether keypoints were required: a dataset cropped
+    /// two ways (a swapper's target and its recognizer's crop) is detected once.
+    seen: Mutex<std::collections::HashMap<(camino::Utf8PathBuf, bool), Option<Detection>>>,
 }
 
 impl Aligner {
@@ -201,6 +204,7 @@ impl Aligner {
             detector: spec.detector.clone(),
             feed,
             identity,
+            seen: Mutex::default(),
         })
     }
 
@@ -228,12 +232,24 @@ impl Aligner {
     /// face is found (with keypoints, for `arcface`).
     pub(crate) fn crop(
         &self,
-        img: &RgbImage,
+        (path, img): (&Utf8Path, &RgbImage),
         size: [u32; 2],
         crop: Crop,
     ) -> Result<Option<(RgbImage, FaceCrop)>> {
         let arcface = matches!(crop, Crop::Arcface | Crop::Arcface128);
-        let Some(d) = self.detect(img, arcface)? else {
+        let key = (path.to_owned(), arcface);
+        let known = self.seen.lock().ok().and_then(|s| s.get(&key).copied());
+        let found = match known {
+            Some(d) => d,
+            None => {
+                let d = self.detect(img, arcface)?;
+                if let Ok(mut s) = self.seen.lock() {
+                    s.insert(key, d);
+                }
+                d
+            }
+        };
+        let Some(d) = found else {
             return Ok(None);
         };
         let m = match (crop, &d.kps) {

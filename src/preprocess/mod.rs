@@ -259,7 +259,7 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Fitted> {
         (img, Fit::AsIs, 1.0)
     } else if let Some(a) = feed.align {
         match a
-            .crop(&img, size, feed.crop)
+            .crop((path, &img), size, feed.crop)
             .map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))?
         {
             Some((crop, f)) => {

@@ -174,7 +174,7 @@ pub(crate) struct ExtraFeeds {
 /// What a dataset gives each non-image input, image by image.
 pub(crate) fn dataset_feeds(
     ctx: &StepContext,
-    dataset: &str,
+    (dataset, aligner): (&str, Option<&crate::preprocess::align::Aligner>),
     files: &[Utf8PathBuf],
 ) -> Result<ExtraFeeds> {
     let mut out = ExtraFeeds {
@@ -191,7 +191,7 @@ pub(crate) fn dataset_feeds(
             Feed::Embedding(e) => {
                 ctx.progress
                     .set_message(format!("source latents for `{}`", i.name));
-                let l = source_latents(ctx, i, e, dataset, files)?;
+                let l = source_latents(ctx, (i, e), (dataset, aligner), files)?;
                 out.tensors
                     .push((i.name.clone(), l.latents.clone().into_dyn()));
                 out.latents = Some(l);
@@ -248,21 +248,20 @@ pub(crate) fn sources(n: usize, pairs: Option<&PairSet>) -> Vec<Option<usize>> {
     }
 }
 
-/// The recognizer's embedding of every image's face, and each target's latent.
+/// The recognizer's embedding of every image's face (cropped by the step's own `aligner`,
+/// whose detections it reuses), and each target's latent.
 fn source_latents(
     ctx: &StepContext,
-    i: &InputSpec,
-    e: &EmbeddingFeed,
-    dataset: &str,
+    (i, e): (&InputSpec, &EmbeddingFeed),
+    (dataset, aligner): (&str, Option<&crate::preprocess::align::Aligner>),
     files: &[Utf8PathBuf],
 ) -> Result<SourceLatents> {
     let mut rec = Recognizer::load(ctx, e)?;
-    let aligner = ctx.aligner(dataset)?;
     let feed = crate::preprocess::Feed {
         pre: &rec.pre,
         layout: Layout::NCHW,
         resize: rec.pre.resize_for(crate::manifest::Task::Recognition),
-        align: aligner.as_ref(),
+        align: aligner,
         crop: crate::domain::Crop::Arcface,
     };
     let prepared = crate::preprocess::prepare(ctx.store, files, &feed)?;

@@ -50,7 +50,8 @@ pub(super) fn run(
     let mut set = super::prepare_set(ctx, p, pre)?;
     let mut timing = std::mem::take(&mut set.timing);
     let t_feed = Instant::now();
-    let feeds = crate::steps::inputs::dataset_feeds(ctx, &p.dataset, &set.files)?;
+    let feeds =
+        crate::steps::inputs::dataset_feeds(ctx, (&p.dataset, set.aligner.as_ref()), &set.files)?;
     let mut latents = feeds.latents.ok_or_else(|| Error::Step {
         step: step.clone(),
         message: "comparing a swapper needs a source input fed by a recognizer".into(),
