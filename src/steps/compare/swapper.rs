@@ -61,23 +61,7 @@ pub(super) fn run(
         "source_latents_ms".into(),
         json!(t_feed.elapsed().as_millis() as u64),
     );
-    let aligned = set.aligner.is_some();
-    let pairs: Vec<(usize, usize)> = latents
-        .source_of
-        .iter()
-        .enumerate()
-        .filter_map(|(t, s)| {
-            let s = (*s)?;
-            (!aligned || set.prepared.faces[t].is_some()).then_some((t, s))
-        })
-        .collect();
-    if pairs.is_empty() {
-        return Err(Error::Step {
-            step: step.clone(),
-            message: format!("no target face in `{}` has a source face of another identity", p.dataset),
-            hint: Some("give the dataset a folder per identity (two or more), or a pairs file with different-identity pairs".into()),
-        });
-    }
+    let pairs = swap_pairs(&latents, &set, (step, &p.dataset))?;
     let targets: Vec<usize> = pairs.iter().map(|(t, _)| *t).collect();
     let target_crop = ctx.manifest.model.input.crop_for(ctx.manifest.model.task);
     let feed = pair_feed(ctx, &set.prepared.tensor, &feeds.tensors, &targets);
@@ -160,6 +144,33 @@ pub(super) fn run(
     let summary = json!({"images": set.files.len(), "pairs": pairs.len(), "candidates": p.candidates.len(), "worst_psnr_db": worst.is_finite().then_some(worst)});
     let md = markdown(ctx, &report, &table);
     super::finish(ctx, &report, (md, "swapper"), timing, t_total, summary)
+}
+
+/// (target, source) image pairs: every target whose face was found (every image when the
+/// images are the crops) and that has a source of another identity.
+fn swap_pairs(
+    latents: &SourceLatents,
+    set: &super::PreparedSet,
+    (step, dataset): (&str, &str),
+) -> Result<Vec<(usize, usize)>> {
+    let aligned = set.aligner.is_some();
+    let pairs: Vec<(usize, usize)> = latents
+        .source_of
+        .iter()
+        .enumerate()
+        .filter_map(|(t, s)| {
+            let s = (*s)?;
+            (!aligned || set.prepared.faces[t].is_some()).then_some((t, s))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Err(Error::Step {
+            step: step.to_string(),
+            message: format!("no target face in `{dataset}` has a source face of another identity"),
+            hint: Some("give the dataset a folder per identity (two or more), or a pairs file with different-identity pairs".into()),
+        });
+    }
+    Ok(pairs)
 }
 
 /// The reference's swaps and what the candidates are measured against.
