@@ -425,3 +425,52 @@ fn swapper_compare_feeds_targets_and_latents_from_real_photos() {
         setup.pairs, setup.reference_to_source_mean, setup.reference_to_target_mean, fp16.psnr_min
     );
 }
+
+/// A two-input model compared output by output (`task: generic`), its second input fed rows
+/// of a `.npy` file: every artifact runs on both inputs, image by image, and a file whose
+/// rows do not fit the input is an error naming it.
+#[test]
+fn generic_two_input_model_is_compared_with_an_npy_feed() {
+    let p = Project::new();
+    run_toolchain_python(
+        "import numpy as np, sys\nrng = np.random.default_rng(0)\nv = rng.standard_normal((7, 512)).astype(np.float32)\nnp.save(sys.argv[1], v / np.linalg.norm(v, axis=1, keepdims=True))\nnp.save(sys.argv[2], np.zeros((3, 128), np.float32))",
+        &[&p.path("latents.npy"), &p.path("short.npy")],
+    );
+    let manifest = |npy: &str| {
+        format!(
+            indoc! {"
+                schema: 1
+                name: two
+                model:
+                  builtin: inswapper-mini
+                  task: generic
+                  inputs:
+                    target: {{shape: [1, 3, 128, 128]}}
+                    source: {{shape: [1, 512], feed: {{npy: {npy}}}}}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [128, 128]}}
+                datasets:
+                  faces: {{builtin: synthetic-faces, count: 12}}
+                steps:
+                  openvino_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  openvino_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
+                  compare:
+                    kind: compare
+                    params: {{dataset: faces, candidates: [openvino_fp32, openvino_fp16], batch: 1, cosine_min: 0.999}}
+            "},
+            npy = npy
+        )
+    };
+    p.write("m.yaml", &manifest("latents.npy"));
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let rep: CompareReport = p.report("out/two/compare/report.json");
+    for c in &rep.candidates {
+        let out = &c.outputs.as_ref().unwrap()[0];
+        assert!(out.cosine.min > 0.999, "{}: {out:#?}", c.label);
+    }
+    p.write("m.yaml", &manifest("short.npy"));
+    let (code, r) = p.run_json("m.yaml", &["-t", "compare"]);
+    assert_eq!(code, 1);
+    let err = error_of(&r, "compare");
+    assert!(err.contains("short.npy") && err.contains("[512]"), "{err}");
+}

@@ -902,6 +902,25 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
     finish(ctx, &report, (md, "fidelity"), timing, t_total, summary)
 }
 
+/// Rows `start..end` of every input of `feed`, each padded with zeros to `batch` rows (the
+/// static batch OpenVINO compiles).
+pub(crate) fn batch_of(
+    feed: &[crate::runtime::NamedTensor],
+    (start, end): (usize, usize),
+    batch: usize,
+) -> Vec<crate::runtime::NamedTensor> {
+    feed.iter()
+        .map(|(name, t)| {
+            let mut shape = t.shape().to_vec();
+            shape[0] = batch;
+            let mut b = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
+            b.slice_axis_mut(Axis(0), (0..end - start).into())
+                .assign(&t.slice_axis(Axis(0), (start..end).into()));
+            (name.clone(), b)
+        })
+        .collect()
+}
+
 /// A dataset's verification pairs over `files` (a list of its images), when it has any.
 pub(crate) fn pairs_of(
     ctx: &StepContext,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use ndarray::{Array4, ArrayViewD, Axis, s};
+use ndarray::{ArrayViewD, Axis};
 use serde_json::json;
 
 use super::report::{CandidateReport, CompareReport, OutputComparison};
@@ -239,14 +239,14 @@ pub(super) fn run(
         }
     }
 
-    let ref_ms = run_batches(
-        ctx,
-        &set.prepared.tensor,
-        &input,
-        reference.as_mut(),
-        &mut running,
-        batch,
-    )?;
+    // Every input, image by image: the images, and what feeds the model's other inputs.
+    let others =
+        crate::steps::inputs::dataset_feeds(ctx, (&p.dataset, set.aligner.as_ref()), &set.files)?;
+    let feed: Vec<NamedTensor> =
+        std::iter::once((input, set.prepared.tensor.as_ref().clone().into_dyn()))
+            .chain(others.tensors)
+            .collect();
+    let ref_ms = run_batches(ctx, &feed, reference.as_mut(), &mut running, batch)?;
     set.timing.insert(
         "reference".to_string(),
         json!({"ms": ref_ms.as_millis() as u64, "batch": batch}),
@@ -375,24 +375,19 @@ fn start_candidate(
 /// running figures are kept, so memory does not grow with the set. The reference's time.
 fn run_batches(
     ctx: &StepContext,
-    tensor: &Array4<f32>,
-    input: &str,
+    feed: &[NamedTensor],
     reference: &mut dyn crate::runtime::LoadedModel,
     running: &mut [Running],
     batch: usize,
 ) -> Result<std::time::Duration> {
-    let n = tensor.shape()[0];
-    let sh = tensor.shape().to_vec();
+    let n = feed.first().map_or(0, |(_, t)| t.shape()[0]);
     let mut ref_ms = std::time::Duration::ZERO;
     let t_run = Instant::now();
     let mut start = 0;
     while start < n {
         ctx.check_cancelled()?;
         let end = (start + batch).min(n);
-        let mut b = Array4::<f32>::zeros((batch, sh[1], sh[2], sh[3]));
-        b.slice_mut(s![0..end - start, .., .., ..])
-            .assign(&tensor.slice(s![start..end, .., .., ..]));
-        let x: Vec<NamedTensor> = vec![(input.to_string(), b.into_dyn())];
+        let x = super::batch_of(feed, (start, end), batch);
         let t0 = Instant::now();
         let r = reference.run(&x)?;
         ref_ms += t0.elapsed();

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array4, ArrayD, Axis, IxDyn, s};
+use ndarray::{Array4, ArrayD, Axis, s};
 use serde_json::json;
 
 use super::report::{CandidateReport, CompareReport, SwapperFigures, SwapperSetup};
@@ -212,17 +212,7 @@ fn swap_all(model: &mut dyn LoadedModel, feed: &[NamedTensor], batch: usize) -> 
     let mut start = 0;
     while start < n {
         let end = (start + batch).min(n);
-        let inputs: Vec<NamedTensor> = feed
-            .iter()
-            .map(|(name, t)| {
-                let mut shape = t.shape().to_vec();
-                shape[0] = batch;
-                let mut b = ArrayD::<f32>::zeros(IxDyn(&shape));
-                b.slice_axis_mut(Axis(0), (0..end - start).into())
-                    .assign(&t.slice_axis(Axis(0), (start..end).into()));
-                (name.clone(), b)
-            })
-            .collect();
+        let inputs = super::batch_of(feed, (start, end), batch);
         let t0 = Instant::now();
         let out = model.run(&inputs)?;
         spent += t0.elapsed();
