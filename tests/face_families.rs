@@ -360,6 +360,18 @@ fn builtin_swapper_pipeline_runs_end_to_end() {
     );
     let bench: serde_json::Value = p.report("out/swapper/benchmark/report.json");
     assert!(bench.to_string().contains("openvino_int8"), "{bench:#}");
+    assert!(
+        rep.model_note.as_deref().is_some_and(
+            |n| n.contains("`inswapper-mini`") && n.contains("not a trained model's fidelity")
+        ),
+        "{:?}",
+        rep.model_note
+    );
+    let md = std::fs::read_to_string(p.path("out/swapper/compare/report.md")).unwrap();
+    assert!(
+        md.contains("\n\n> The model is facebuild's built-in `inswapper-mini`"),
+        "{md}"
+    );
     let html = std::fs::read_to_string(p.path("out/swapper/report.html")).unwrap();
     assert!(html.contains("PSNR min (dB)") && html.contains("identity flips"));
     eprintln!(

@@ -307,7 +307,10 @@ fn executed(c: &CandidateReport) -> String {
 }
 
 fn compare_section(name: &str, r: &CompareReport) -> String {
-    let s = format!("<h2>compare <code>{}</code></h2>", esc(name));
+    let mut s = format!("<h2>compare <code>{}</code></h2>", esc(name));
+    if let Some(n) = &r.model_note {
+        s += &format!("<p><em>{}</em></p>", esc(n));
+    }
     if r.is_detection() {
         return s + &detection_table(r);
     }

@@ -289,6 +289,7 @@ pub(super) fn run(
         match_iou: Some(p.match_iou),
         landmarks: None,
         swapper: None,
+        model_note: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),

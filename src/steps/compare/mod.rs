@@ -516,6 +516,7 @@ pub(crate) fn task_report(
         match_iou: None,
         landmarks: None,
         swapper: None,
+        model_note: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: set.files.len(),
@@ -875,6 +876,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
         match_iou: None,
         landmarks: None,
         swapper: None,
+        model_note: None,
         dataset: DatasetSummary {
             name: p.dataset.clone(),
             images: files.len(),
@@ -972,6 +974,14 @@ pub(crate) fn finish(
     t_total: Instant,
     mut summary: serde_json::Value,
 ) -> Result<StepOutcome> {
+    // A built-in model's figures say so, in both reports.
+    let mut report = report.clone();
+    report.model_note = builtin_note(ctx);
+    let md = match (&report.model_note, md.split_once("\n\n")) {
+        (Some(n), Some((head, rest))) => format!("{head}\n\n> {n}\n\n{rest}"),
+        _ => md,
+    };
+    let report = &report;
     let report_path = super::write_report(ctx.workdir, "report.json", report)?;
     let md_path = write_markdown_or_fail(ctx, md, report, what)?;
     timing.insert(
@@ -987,6 +997,16 @@ pub(crate) fn finish(
         ]
         .into(),
         summary,
+    })
+}
+
+/// For a built-in model (no `model.path`): what its figures can and cannot say.
+fn builtin_note(ctx: &StepContext) -> Option<String> {
+    ctx.manifest.model.path.is_none().then(|| {
+        format!(
+            "The model is facebuild's built-in `{}`, with seeded random weights: these figures prove the pipeline's plumbing (feeding, conversion, comparison, gates), not a trained model's fidelity.",
+            ctx.manifest.model.builtin.as_deref().unwrap_or("iresnet-mini")
+        )
     })
 }
 

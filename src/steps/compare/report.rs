@@ -43,6 +43,10 @@ pub struct CompareReport {
     /// Swappers: how target and source were fed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swapper: Option<SwapperSetup>,
+    /// What the figures can say about the model: set for facebuild's built-in models, whose
+    /// weights are seeded random numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_note: Option<String>,
     /// The validation set.
     pub dataset: DatasetSummary,
     /// The ONNX original, as the reference ran it.
