@@ -194,6 +194,14 @@ impl CompareParams {
                 Some("set performance gates on the `release` step".into()),
             ));
         }
+        if let Some(t) = self.identity_threshold
+            && !(-1.0..=1.0).contains(&t)
+        {
+            return Err((
+                format!("`identity_threshold: {t}` is not a cosine"),
+                Some("give the recognizer's operating threshold, between -1 and 1 (ArcFace-family models sit near 0.2 to 0.4)".into()),
+            ));
+        }
         if self.candidates.is_empty() {
             return Err((
                 "`candidates` is empty: nothing to compare".into(),
@@ -1520,6 +1528,23 @@ impl super::Kind for CompareParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A swapper's identity threshold is a cosine.
+    #[test]
+    fn identity_threshold_is_a_cosine() {
+        let p = |t: &str| -> CompareParams {
+            serde_saphyr::from_str(&format!(
+                "{{dataset: faces, candidates: [a], identity_threshold: {t}}}"
+            ))
+            .unwrap()
+        };
+        assert!(p("0.28").validate().is_ok());
+        let (m, _) = p("28").validate().unwrap_err();
+        assert!(
+            m.contains("`identity_threshold: 28` is not a cosine"),
+            "{m}"
+        );
+    }
 
     /// A TAR gate on a dataset without identities is not measured: it fails by the one
     /// rule, and passes only where the gates say `missing: pass`.
