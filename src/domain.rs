@@ -177,8 +177,9 @@ pub(crate) struct LandmarkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coords: Option<LandmarkCoords>,
     /// The point scheme, which says how NME is normalised: `ibug68` (300-W: outer eye
-    /// corners 36 and 45), `wflw98` (60 and 72), or `box` (sqrt(w h) of the detected box).
-    /// Default: `ibug68` for 68 points, `wflw98` for 98, `box` otherwise.
+    /// corners 36 and 45), `wflw98` (60 and 72), `insightface106` (2d106det's markup: 35
+    /// and 93), or `box` (sqrt(w h) of the detected box). Default: `ibug68` for 68 points,
+    /// `wflw98` for 98, `box` otherwise (106 points may be 2d106det's or JD-106's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<LandmarkScheme>,
 }
@@ -195,6 +196,7 @@ pub(crate) enum LandmarkCoords {
 pub(crate) enum LandmarkScheme {
     Ibug68,
     Wflw98,
+    Insightface106,
     Box,
 }
 

@@ -155,6 +155,74 @@ fn builtin_landmarks_pipeline_runs_end_to_end() {
     eprintln!("built-in landmarks: {how:?}");
 }
 
+/// A 3D-68 model (the built-in with 1k3d68's `[N, 3309]` contract, random weights): its
+/// points are the last 68 rows of (x, y, z), and each candidate's pose error (the rotation
+/// between the reference's and its points, as InsightFace estimates pose) is gated. FP32 is
+/// the reference's pose to a thousandth of a degree; a gate below INT8's worst face fails
+/// with the figure.
+#[test]
+fn builtin_3d68_landmarks_are_compared_with_their_pose() {
+    let p = Project::new();
+    let manifest = |pose_max: f64| {
+        format!(
+            indoc! {"
+                schema: 1
+                name: lmk3d
+                model:
+                  builtin: lmk3d68-mini
+                  task: landmarks
+                  input: {{name: data, shape: [1, 3, 192, 192]}}
+                  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [192, 192]}}
+                  landmarks: {{coords: signed}}
+                datasets:
+                  faces: {{builtin: synthetic-faces, count: 24}}
+                steps:
+                  openvino_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  calibrate: {{kind: calibrate, params: {{dataset: faces, count: 16}}}}
+                  openvino_int8: {{kind: convert, params: {{backend: openvino, precision: int8, calibration: calibrate}}}}
+                  compare:
+                    kind: compare
+                    params:
+                      dataset: faces
+                      candidates: [openvino_fp32, openvino_int8]
+                      nme_max: 1.0
+                      pose_error_max: {pose_max}
+                      candidate_gates:
+                        openvino_fp32: {{pose_error_max: 0.001}}
+            "},
+            pose_max = pose_max
+        )
+    };
+    p.write("m.yaml", &manifest(90.0));
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let rep: CompareReport = p.report("out/lmk3d/compare/report.json");
+    let setup = rep.landmarks.as_ref().unwrap();
+    assert_eq!(
+        (setup.points, setup.dims, setup.scheme.as_str()),
+        (68, 3, "ibug68")
+    );
+    let pose = |label: &str| {
+        let c = rep.candidates.iter().find(|c| c.label == label).unwrap();
+        let f = c.landmarks.as_ref().unwrap();
+        f.pose_error_deg.expect("3D points have a pose")
+    };
+    let (fp32, int8) = (pose("openvino_fp32"), pose("openvino_int8"));
+    assert_eq!(fp32.n, 24);
+    assert!(fp32.max < 1e-3, "{fp32:?}");
+    assert!(int8.max > fp32.max, "{int8:?}");
+    eprintln!("pose error, degrees: fp32 {fp32:?}; int8 {int8:?}");
+
+    p.write("m.yaml", &manifest(int8.max * 0.9));
+    let (code, r) = p.run_json("m.yaml", &["-t", "compare"]);
+    assert_eq!(code, 1);
+    let err = error_of(&r, "compare");
+    assert!(
+        err.contains("candidate `openvino_int8`") && err.contains("pose_error_max"),
+        "{err}"
+    );
+}
+
 /// A venv with insightface 2.1 (without its model-zoo dependencies), OpenCV and
 /// scikit-image, made with the toolchain's uv.
 fn insightface_venv(dir: &std::path::Path) -> std::path::PathBuf {

@@ -96,6 +96,7 @@ fn init_on_the_builtin_models() {
     let align = "    align:\n      model: \"<REPLACE: a face detector ONNX model for the crops, e.g. SCRFD>\"\n      detector: {family: scrfd}\n";
     for (model, task, size) in [
         ("lmk106-mini", "landmarks", 192),
+        ("lmk3d68-mini", "landmarks", 192),
         ("genderage-mini", "attribute", 96),
     ] {
         let onnx = p.path(&format!("{model}.onnx"));
@@ -148,7 +149,8 @@ onnx.save(m, sys.argv[2])";
 /// InsightFace-shaped landmark models (192 x 192 input; 2d106det's `[N, 212]`, 1k3d68's
 /// `[N, 3309]`), built small with the `onnx` package: init calls them `landmarks` and writes
 /// InsightFace's feeding (box crop 1.5, RGB, (x - 127.5) / 128, points in [-1, 1]) without a
-/// CHECK on it, and a detector placeholder for the crops.
+/// CHECK on it, 2d106det's eye corners for 106 points, a pose gate for 3D-68, and a
+/// detector placeholder for the crops.
 #[test]
 fn init_reads_insightface_landmark_models() {
     let p = Project::new();
@@ -167,9 +169,19 @@ m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 13)])
 m.ir_version = 8
 onnx.checker.check_model(m)
 onnx.save(m, sys.argv[1])";
-    for (name, width, says) in [
-        ("lmk106", "212", "106 landmark points"),
-        ("lmk3d68", "3309", "InsightFace's 3D-68 landmarks"),
+    for (name, width, says, reads) in [
+        (
+            "lmk106",
+            "212",
+            "106 landmark points",
+            "  landmarks: {coords: signed, scheme: insightface106}\n",
+        ),
+        (
+            "lmk3d68",
+            "3309",
+            "InsightFace's 3D-68 landmarks",
+            "      pose_error_max: 2.0\n",
+        ),
     ] {
         let onnx = p.path(&format!("{name}.onnx"));
         run_toolchain_python(script, &[&onnx, std::path::Path::new(width)]);
@@ -179,7 +191,8 @@ onnx.save(m, sys.argv[1])";
             says,
             "    crop: {mode: box, scale: 1.5}\n",
             "    mean: [127.5, 127.5, 127.5]\n    std: [128, 128, 128]\n    size: [192, 192]",
-            "  landmarks: {coords: signed}\n",
+            "  landmarks: {coords: signed",
+            reads,
             "<REPLACE: a face detector ONNX model for the crops, e.g. SCRFD>",
             "      nme_max: 0.05\n",
         ] {

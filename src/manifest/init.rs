@@ -660,7 +660,13 @@ fn landmarks_preprocessing(line: &mut impl FnMut(&str), g: &Guess) {
     line(&format!("    mean: [{m}, {m}, {m}]"));
     line(&format!("    std: [{s}, {s}, {s}]"));
     line(&format!("    size: [{h}, {w}]"));
-    if insightface {
+    let two_d_106 = matches!(g.layout_of_outputs, OutputLayout::Landmarks { width: 212 });
+    if insightface && two_d_106 {
+        line("  # Points in [-1, 1] of the crop, as InsightFace's models give them. 106 points at");
+        line("  # 192: 2d106det's markup, whose outer eye corners (35, 93) normalise NME.");
+        line("  # CHECK: a JD-106 model (PFLD-106 exports) numbers them otherwise: `scheme: box`.");
+        line("  landmarks: {coords: signed, scheme: insightface106}");
+    } else if insightface {
         line(
             "  # Points in [-1, 1] of the crop, as InsightFace's models give them; NME is normalised",
         );
@@ -834,6 +840,30 @@ fn compare_section(line: &mut impl FnMut(&str), g: &Guess, dataset: &str) -> &'s
     candidates
 }
 
+/// compare's landmark gates: NME, the pose of 3D-68 models, INT8's looser ones.
+fn landmark_gates(line: &mut impl FnMut(&str), g: &Guess, int8: bool) {
+    line("      # NME per face: mean point distance over the eye-corner distance (or the box).");
+    line("      nme_max: 0.05");
+    if matches!(g.layout_of_outputs, OutputLayout::Landmarks { width: 3309 }) {
+        line("      # 3D-68: the head pose from each candidate's points against the reference's,");
+        line("      # largest of pitch, yaw and roll, degrees (as InsightFace estimates pose).");
+        line("      pose_error_max: 2.0");
+    }
+    if int8 {
+        line("      candidate_gates:");
+        line("        openvino_fp32: {nme_max: 0.001}");
+        line("        openvino_fp16: {nme_max: 0.005}");
+        line(
+            "        # CHECK: INT8 moves points (PFLD-68 on 61 photos, 1.5 crops: NME 0.076 on the worst",
+        );
+        line(
+            "        # face with NNCF, 0.079 with Q/DQ); gate it at what your deployment accepts.",
+        );
+        line("        openvino_int8: {nme_max: 0.1}");
+        line("        quantize: {nme_max: 0.1}");
+    }
+}
+
 /// compare's gates for the task: every candidate's, and INT8's looser ones.
 fn compare_gates(line: &mut impl FnMut(&str), g: &Guess) {
     let (task, int8) = (g.task(), g.quantized.is_empty());
@@ -864,25 +894,7 @@ fn compare_gates(line: &mut impl FnMut(&str), g: &Guess) {
                 line("        quantize: {cosine_min: 0.9}");
             }
         }
-        "landmarks" => {
-            line(
-                "      # NME per face: mean point distance over the eye-corner distance (or the box).",
-            );
-            line("      nme_max: 0.05");
-            if int8 {
-                line("      candidate_gates:");
-                line("        openvino_fp32: {nme_max: 0.001}");
-                line("        openvino_fp16: {nme_max: 0.005}");
-                line(
-                    "        # CHECK: INT8 moves points (PFLD-68 on 61 photos, 1.5 crops: NME 0.076 on the worst",
-                );
-                line(
-                    "        # face with NNCF, 0.079 with Q/DQ); gate it at what your deployment accepts.",
-                );
-                line("        openvino_int8: {nme_max: 0.1}");
-                line("        quantize: {nme_max: 0.1}");
-            }
-        }
+        "landmarks" => landmark_gates(line, g, int8),
         "attribute" => {
             line("      # Face by face: gender flips, and age error in years.");
             line("      gender_flips_max: 0");

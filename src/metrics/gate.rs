@@ -139,6 +139,10 @@ pub struct Gates {
     /// Landmarks: NME of the worst face.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nme_max: Option<f64>,
+    /// 3D landmarks: the worst face's pose error, the largest of pitch, yaw and roll
+    /// between the reference's and the candidate's points, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose_error_max: Option<f64>,
     /// Attribute: faces whose gender differs from the reference's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gender_flips_max: Option<u64>,
@@ -272,6 +276,7 @@ metrics! {
     score_drift_max => "score_drift", false;
     nme_mean_max => "nme_mean", false;
     nme_max => "nme_max", false;
+    pose_error_max => "pose_error_max", false;
     gender_flips_max => "gender_flips", false;
     age_mae_max => "age_mae", false;
     age_error_max => "age_error_max", false;
@@ -302,7 +307,7 @@ pub(crate) const DETECTION: &[&str] = &[
     "nms_parity_min",
 ];
 /// The metrics a `compare` of landmark models measures.
-pub(crate) const LANDMARKS: &[&str] = &["nme_mean_max", "nme_max"];
+pub(crate) const LANDMARKS: &[&str] = &["nme_mean_max", "nme_max", "pose_error_max"];
 /// The metrics a `compare` of attribute models measures.
 pub(crate) const ATTRIBUTE: &[&str] = &["gender_flips_max", "age_mae_max", "age_error_max"];
 /// The metrics a `compare` of swappers measures.

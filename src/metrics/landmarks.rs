@@ -50,6 +50,7 @@ impl PointLayout {
         let needed = match scheme {
             LandmarkScheme::Ibug68 => 68,
             LandmarkScheme::Wflw98 => 98,
+            LandmarkScheme::Insightface106 => 106,
             LandmarkScheme::Box => 0,
         };
         if needed > 0 && points != needed {
@@ -86,11 +87,101 @@ impl PointLayout {
     }
 }
 
+impl PointLayout {
+    /// One face's 3D points in crop pixels: (x, y) as [`PointLayout::decode`] reads them, z
+    /// scaled as x is (InsightFace's `pred[:, 2] *= input_size // 2`). None for 2D layouts.
+    pub(crate) fn decode3(&self, row: &[f32], size: [u32; 2]) -> Option<Vec<[f64; 3]>> {
+        if self.dim != 3 {
+            return None;
+        }
+        let xy = self.decode(row, size);
+        let rows = row.len() / 3;
+        let start = rows.saturating_sub(self.points);
+        let zscale = match self.coords {
+            LandmarkCoords::Unit => size[1] as f64,
+            LandmarkCoords::Signed => (size[1] / 2) as f64,
+        };
+        Some(
+            xy.iter()
+                .zip(start..rows)
+                .map(|(p, i)| [p[0], p[1], row[i * 3 + 2] as f64 * zscale])
+                .collect(),
+        )
+    }
+}
+
+/// The head rotation that takes one set of a face's 3D points to another, as (pitch, yaw,
+/// roll) in degrees, estimated as InsightFace estimates a face's pose from its 3D-68
+/// points (`utils/transform.py`): a least-squares 3D affine map (`estimate_affine_matrix_3d23d`),
+/// its first two rows normalised and crossed into a rotation (`P2sRt`), then Euler angles
+/// (`matrix2angle`). InsightFace maps from its mean shape; from the reference's own points
+/// it gives the candidate's pose error. None when the points are degenerate.
+pub(crate) fn rotation_between(from: &[[f64; 3]], to: &[[f64; 3]]) -> Option<[f64; 3]> {
+    if from.len() != to.len() || from.len() < 4 {
+        return None;
+    }
+    // Normal equations of X_homo P^T = Y: (X^T X) P^T = X^T Y, 4 x 4 by 4 x 3.
+    let mut a = [[0.0f64; 7]; 4];
+    for (x, y) in from.iter().zip(to) {
+        let h = [x[0], x[1], x[2], 1.0];
+        for r in 0..4 {
+            for c in 0..4 {
+                a[r][c] += h[r] * h[c];
+            }
+            for c in 0..3 {
+                a[r][4 + c] += h[r] * y[c];
+            }
+        }
+    }
+    // Gauss-Jordan with partial pivoting.
+    for col in 0..4 {
+        let pivot = (col..4).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        let d = a[col][col];
+        a[col].iter_mut().for_each(|v| *v /= d);
+        for r in 0..4 {
+            if r != col {
+                let f = a[r][col];
+                let src = a[col];
+                a[r].iter_mut().zip(src).for_each(|(v, s)| *v -= f * s);
+            }
+        }
+    }
+    // Row k of P (3 x 4) is column k of the solution; its first three entries are R's row.
+    let row = |k: usize| [a[0][4 + k], a[1][4 + k], a[2][4 + k]];
+    let unit = |v: [f64; 3]| {
+        let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        (n > 1e-12).then(|| v.map(|x| x / n))
+    };
+    let (r1, r2) = (unit(row(0))?, unit(row(1))?);
+    let r3 = [
+        r1[1] * r2[2] - r1[2] * r2[1],
+        r1[2] * r2[0] - r1[0] * r2[2],
+        r1[0] * r2[1] - r1[1] * r2[0],
+    ];
+    let r = [r1, r2, r3];
+    let sy = (r[0][0] * r[0][0] + r[1][0] * r[1][0]).sqrt();
+    let (x, y, z) = if sy >= 1e-6 {
+        (
+            r[2][1].atan2(r[2][2]),
+            (-r[2][0]).atan2(sy),
+            r[1][0].atan2(r[0][0]),
+        )
+    } else {
+        ((-r[1][2]).atan2(r[1][1]), (-r[2][0]).atan2(sy), 0.0)
+    };
+    Some([x, y, z].map(f64::to_degrees))
+}
+
 impl LandmarkScheme {
     pub(crate) fn name(self) -> &'static str {
         match self {
             LandmarkScheme::Ibug68 => "ibug68",
             LandmarkScheme::Wflw98 => "wflw98",
+            LandmarkScheme::Insightface106 => "insightface106",
             LandmarkScheme::Box => "box",
         }
     }
@@ -100,6 +191,9 @@ impl LandmarkScheme {
         match self {
             LandmarkScheme::Ibug68 => Some((36, 45)),
             LandmarkScheme::Wflw98 => Some((60, 72)),
+            // 2d106det's markup numbers the eyes out of contour order: the outer corners
+            // are 35 (photo's left) and 93, the points iBUG-68's 36 and 45 map from.
+            LandmarkScheme::Insightface106 => Some((35, 93)),
             LandmarkScheme::Box => None,
         }
     }
@@ -107,13 +201,24 @@ impl LandmarkScheme {
     /// The centres of the eye on the photo's left and on its right (the detector's first two
     /// keypoints), when the scheme says which points outline them.
     pub(crate) fn eye_centres(self, points: &[[f64; 2]]) -> Option<[[f64; 2]; 2]> {
-        let (left, right) = match self {
-            LandmarkScheme::Ibug68 => (36..42, 42..48),
-            LandmarkScheme::Wflw98 => (60..68, 68..76),
+        let (left, right): (&[usize], &[usize]) = match self {
+            LandmarkScheme::Ibug68 => (&[36, 37, 38, 39, 40, 41], &[42, 43, 44, 45, 46, 47]),
+            LandmarkScheme::Wflw98 => (
+                &[60, 61, 62, 63, 64, 65, 66, 67],
+                &[68, 69, 70, 71, 72, 73, 74, 75],
+            ),
+            // The eight points outlining each eye in 2d106det's markup.
+            LandmarkScheme::Insightface106 => (
+                &[33, 35, 36, 37, 39, 40, 41, 42],
+                &[87, 89, 90, 91, 93, 94, 95, 96],
+            ),
             LandmarkScheme::Box => return None,
         };
-        let centre = |r: std::ops::Range<usize>| {
-            let pts = points.get(r)?;
+        let centre = |idx: &[usize]| {
+            let pts = idx
+                .iter()
+                .map(|&i| points.get(i))
+                .collect::<Option<Vec<_>>>()?;
             let n = pts.len() as f64;
             Some([
                 pts.iter().map(|p| p[0]).sum::<f64>() / n,
@@ -209,6 +314,85 @@ mod tests {
             signed.decode(&[9.0, 9.0, 9.0, 0.0, -1.0, 5.0, 1.0, 0.5, 5.0], [192, 192]),
             vec![[96.0, 0.0], [192.0, 144.0]]
         );
+    }
+
+    /// Points rotated by known angles come back as those angles, in InsightFace's
+    /// convention (R = Rz(roll) Ry(yaw) Rx(pitch), applied to the fixed points).
+    #[test]
+    fn rotation_between_recovers_known_angles() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 2000) as f64 / 10.0 - 100.0
+        };
+        let from: Vec<[f64; 3]> = (0..68).map(|_| [next(), next(), next()]).collect();
+        let (p, y, r) = (10f64.to_radians(), -20f64.to_radians(), 5f64.to_radians());
+        let rx = [
+            [1.0, 0.0, 0.0],
+            [0.0, p.cos(), -p.sin()],
+            [0.0, p.sin(), p.cos()],
+        ];
+        let ry = [
+            [y.cos(), 0.0, y.sin()],
+            [0.0, 1.0, 0.0],
+            [-y.sin(), 0.0, y.cos()],
+        ];
+        let rz = [
+            [r.cos(), -r.sin(), 0.0],
+            [r.sin(), r.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let mul = |a: [[f64; 3]; 3], b: [[f64; 3]; 3]| {
+            let mut m = [[0.0; 3]; 3];
+            for i in 0..3 {
+                for j in 0..3 {
+                    m[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+                }
+            }
+            m
+        };
+        let rot = mul(rz, mul(ry, rx));
+        // Scaled and shifted too, as a crop would: neither changes the rotation.
+        let to: Vec<[f64; 3]> = from
+            .iter()
+            .map(|v| {
+                let m = |i: usize| 1.7 * (0..3).map(|k| rot[i][k] * v[k]).sum::<f64>();
+                [m(0) + 40.0, m(1) - 3.0, m(2) + 8.0]
+            })
+            .collect();
+        let got = rotation_between(&from, &to).unwrap();
+        for (g, want) in got.iter().zip([10.0, -20.0, 5.0]) {
+            assert!((g - want).abs() < 1e-6, "{got:?}");
+        }
+        let same = rotation_between(&from, &from).unwrap();
+        assert!(same.iter().all(|a| a.abs() < 1e-9), "{same:?}");
+        assert!(rotation_between(&from[..3], &to[..3]).is_none());
+        assert!(rotation_between(&vec![[1.0, 2.0, 3.0]; 10], &to[..10]).is_none());
+    }
+
+    #[test]
+    fn insightface_106_eyes_are_its_markups() {
+        let mut pts = vec![[0.0, 0.0]; 106];
+        for i in [33, 35, 36, 37, 39, 40, 41, 42] {
+            pts[i] = [30.0, 40.0];
+        }
+        for i in [87, 89, 90, 91, 93, 94, 95, 96] {
+            pts[i] = [70.0, 40.0];
+        }
+        pts[35] = [20.0, 40.0];
+        pts[93] = [80.0, 40.0];
+        let s = LandmarkScheme::Insightface106;
+        assert_eq!(s.normaliser(&pts, [0.0; 4]), 60.0);
+        let [l, r] = s.eye_centres(&pts).unwrap();
+        assert!((l[0] - 28.75).abs() < 1e-9 && (r[0] - 71.25).abs() < 1e-9);
+        let any = LandmarkSpec {
+            scheme: Some(s),
+            ..Default::default()
+        };
+        assert_eq!(PointLayout::of(212, &any).unwrap().scheme, s);
+        assert!(PointLayout::of(136, &any).is_err());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(crate) enum BuiltinModel {
     /// ~1 MB: a landmark regressor with 2d106det's contract (1x3x192x192 -> [N, 212], 106
     /// points in [-1, 1] of the crop), on a small iresnet-style backbone.
     Lmk106Mini,
+    /// ~1.5 MB: a landmark regressor with 1k3d68's contract (1x3x192x192 -> [N, 3309]: 1,103
+    /// rows of (x, y, z) in [-1, 1], the last 68 the face), on lmk106-mini's backbone.
+    Lmk3d68Mini,
     /// ~0.5 MB: an attribute model with genderage's contract (1x3x96x96 -> [N, 3]: two
     /// gender logits, then age / 100), on a small iresnet-style backbone.
     GenderageMini,
@@ -45,6 +48,7 @@ impl BuiltinModel {
             "iresnet50",
             "scrfd-mini",
             "lmk106-mini",
+            "lmk3d68-mini",
             "genderage-mini",
             "inswapper-mini",
         ]
@@ -57,6 +61,7 @@ impl BuiltinModel {
             "iresnet50" => Some(BuiltinModel::Iresnet50),
             "scrfd-mini" => Some(BuiltinModel::ScrfdMini),
             "lmk106-mini" => Some(BuiltinModel::Lmk106Mini),
+            "lmk3d68-mini" => Some(BuiltinModel::Lmk3d68Mini),
             "genderage-mini" => Some(BuiltinModel::GenderageMini),
             "inswapper-mini" => Some(BuiltinModel::InswapperMini),
             _ => None,
@@ -70,6 +75,7 @@ impl BuiltinModel {
             BuiltinModel::Iresnet50 => "iresnet50",
             BuiltinModel::ScrfdMini => "scrfd-mini",
             BuiltinModel::Lmk106Mini => "lmk106-mini",
+            BuiltinModel::Lmk3d68Mini => "lmk3d68-mini",
             BuiltinModel::GenderageMini => "genderage-mini",
             BuiltinModel::InswapperMini => "inswapper-mini",
         }
@@ -82,6 +88,7 @@ impl BuiltinModel {
             BuiltinModel::Iresnet50
             | BuiltinModel::ScrfdMini
             | BuiltinModel::Lmk106Mini
+            | BuiltinModel::Lmk3d68Mini
             | BuiltinModel::GenderageMini
             | BuiltinModel::InswapperMini => ([64, 128, 256, 512], [3, 4, 14, 3]),
         }
@@ -90,7 +97,8 @@ impl BuiltinModel {
     pub(crate) fn build(self) -> ModelProto {
         match self {
             BuiltinModel::ScrfdMini => return self.scrfd(),
-            BuiltinModel::Lmk106Mini => return self.landmarks(),
+            BuiltinModel::Lmk106Mini => return self.landmarks(212, 0x1A4D_106D),
+            BuiltinModel::Lmk3d68Mini => return self.landmarks(3309, 0x1A4D_3D68),
             BuiltinModel::GenderageMini => return self.genderage(),
             BuiltinModel::InswapperMini => return self.inswapper(),
             _ => {}
@@ -207,16 +215,17 @@ impl BuiltinModel {
         self.wrap(b.g)
     }
 
-    /// 2d106det's contract on a small backbone: a 192 x 192 crop, four IBasicBlocks of
-    /// stride 2 (to 12 x 12), global pooling and a fully connected layer to 106 (x, y) pairs,
-    /// through Tanh so the points lie in [-1, 1] as InsightFace's landmark models give them.
-    fn landmarks(self) -> ModelProto {
+    /// 2d106det's (`width` 212) or 1k3d68's (3309) contract on a small backbone: a 192 x 192
+    /// crop, four IBasicBlocks of stride 2 (to 12 x 12), global pooling and a fully connected
+    /// layer to `width` values, through Tanh so the points lie in [-1, 1] as InsightFace's
+    /// landmark models give them.
+    fn landmarks(self, width: i64, seed: u64) -> ModelProto {
         let mut b = Builder {
             g: GraphProto {
-                name: "facebuild_lmk106_mini".into(),
+                name: format!("facebuild_{}", self.name().replace('-', "_")),
                 ..Default::default()
             },
-            rng: SplitMix64::new(0x1A4D_106D),
+            rng: SplitMix64::new(seed),
             n: 0,
         };
         b.g.input.push(value_info(
@@ -234,13 +243,13 @@ impl BuiltinModel {
         x = b.bn(&x, c_in, 1.0);
         let pooled = b.node("GlobalAveragePool", &[&x], vec![]);
         let flat = b.node("Flatten", &[&pooled], vec![attr_int("axis", 1)]);
-        let fc_w = b.init(&[212, c_in], 1.0 / (c_in as f32).sqrt());
-        let fc_b = b.init_const(&[212], 0.0);
+        let fc_w = b.init(&[width, c_in], 1.0 / (c_in as f32).sqrt());
+        let fc_b = b.init_const(&[width], 0.0);
         let fc = b.node("Gemm", &[&flat, &fc_w, &fc_b], vec![attr_int("transB", 1)]);
         let _ = b.node("Tanh", &[&fc], vec![]);
         b.g.node.last_mut().expect("graph has nodes").output[0] = "fc1".into();
         b.g.output
-            .push(value_info("fc1", &[Dim::P("batch"), Dim::V(212)]));
+            .push(value_info("fc1", &[Dim::P("batch"), Dim::V(width)]));
         self.wrap(b.g)
     }
 
@@ -403,6 +412,9 @@ impl BuiltinModel {
             }
             BuiltinModel::Lmk106Mini => {
                 "6f9f59de03d325b6eb8c178657cfd8705b31f4dc69fa59fb363cd2940154b30b"
+            }
+            BuiltinModel::Lmk3d68Mini => {
+                "979dcd78ae51f225d60b115953516a4184f3693a364551b33fb7d32883d3933c"
             }
         }
     }

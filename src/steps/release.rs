@@ -273,6 +273,7 @@ fn measure(
         "score_drift_max" => c.total.as_ref()?.score_drift.max,
         "nme_mean_max" => c.nme_mean,
         "nme_max" => c.nme_max,
+        "pose_error_max" => c.landmarks.as_ref()?.pose_error_deg.as_ref().map(|p| p.max),
         "gender_flips_max" => c.gender_flips.map(|n| n as f64),
         "age_mae_max" => c.age_mae,
         "age_error_max" => c.attribute.as_ref().map(|a| a.age_error_max),
@@ -284,7 +285,9 @@ fn measure(
         "pixel_error_max" => c.swapper.as_ref().map(|f| f.pixel_error_max),
         "identity_cosine_mean_min" => c.swapper.as_ref().map(|f| f.identity_cosine_mean),
         "identity_flips_max" => c.swapper.as_ref().map(|f| f.identity_flips as f64),
-        _ => c.total.as_ref().map(|t| t.nms_parity),
+        "nms_parity_min" => c.total.as_ref().map(|t| t.nms_parity),
+        // Performance gates are read from the benchmark, never here.
+        _ => None,
     });
     let why = missing;
     let spread = c.and_then(|c| c.intervals.as_ref()?.get(m.figure));

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Crop, Preprocessing};
 use crate::metrics::Summary;
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
-use crate::metrics::landmarks::{PointLayout, point_errors};
+use crate::metrics::landmarks::{PointLayout, point_errors, rotation_between};
 use crate::preprocess::align::FaceCrop;
 use crate::runtime::{LoadedModel, NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 use crate::steps::{StepContext, StepOutcome};
@@ -28,7 +28,7 @@ use crate::steps::{StepContext, StepOutcome};
 pub(crate) const DEFAULT_NME_MAX: f64 = 0.05;
 
 /// Columns of report.md's table.
-const COLUMNS: usize = 9;
+const COLUMNS: usize = 10;
 
 /// Why no output can be read as one row per face, in words.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,8 @@ struct Face {
     crop: Option<FaceCrop>,
     /// The reference's points in photo pixels.
     reference: Vec<[f64; 2]>,
+    /// 3D models: the reference's points with z, in photo pixels, for the pose.
+    reference3: Option<Vec<[f64; 3]>>,
     normaliser: f64,
 }
 
@@ -404,10 +406,14 @@ fn faces_of(
                 None => [0.0, 0.0, size[1] as f64, size[0] as f64],
             };
             let normaliser = layout.scheme.normaliser(&reference, bbox);
+            let reference3 = layout
+                .decode3(row, size)
+                .map(|p| points3_in_photo(&p, crop.as_ref()));
             Some(Face {
                 image: i,
                 crop,
                 reference,
+                reference3,
                 normaliser,
             })
         })
@@ -441,6 +447,22 @@ fn points_in_photo(points: &[[f64; 2]], crop: Option<&FaceCrop>) -> Vec<[f64; 2]
     }
 }
 
+/// 3D points in photo pixels: (x, y) as [`points_in_photo`], z over the crop's scale (as
+/// InsightFace's `trans_points3d`).
+fn points3_in_photo(points: &[[f64; 3]], crop: Option<&FaceCrop>) -> Vec<[f64; 3]> {
+    let Some(c) = crop else {
+        return points.to_vec();
+    };
+    let scale = (c.m[0][0].powi(2) + c.m[0][1].powi(2)).sqrt().max(1e-12);
+    points
+        .iter()
+        .map(|p| {
+            let [x, y] = c.in_photo([p[0], p[1]]);
+            [x, y, p[2] / scale]
+        })
+        .collect()
+}
+
 /// A candidate's figures over every face.
 fn figures_of(
     layout: &PointLayout,
@@ -449,6 +471,7 @@ fn figures_of(
     size: [u32; 2],
 ) -> LandmarkFigures {
     let (mut nme, mut px_sum, mut px_max, mut non_finite) = (Vec::new(), 0.0, 0f64, 0);
+    let mut pose = Vec::new();
     for f in faces {
         let row = &rows[f.image];
         if row.iter().any(|x| !x.is_finite()) {
@@ -460,12 +483,19 @@ fn figures_of(
         nme.push(mean / f.normaliser.max(1e-9));
         px_sum += mean;
         px_max = px_max.max(max);
+        if let (Some(r3), Some(c3)) = (&f.reference3, layout.decode3(row, size)) {
+            let c3 = points3_in_photo(&c3, f.crop.as_ref());
+            // A degenerate set (all points equal) has no pose: counted as a full turn off.
+            let angles = rotation_between(r3, &c3).unwrap_or([180.0; 3]);
+            pose.push(angles.iter().fold(0f64, |m, a| m.max(a.abs())));
+        }
     }
     LandmarkFigures {
         px_mean: px_sum / nme.len().max(1) as f64,
         nme: Summary::of(&nme),
         px_max,
         non_finite,
+        pose_error_deg: (layout.dim == 3).then(|| Summary::of(&pose)),
     }
 }
 
@@ -477,6 +507,17 @@ fn judge(gates: &Gates, f: &LandmarkFigures) -> Vec<GateResult> {
             Measurement::NotMeasured("no face to compare".into())
         } else if m.key == "nme_max" && f.non_finite > 0 {
             Measurement::NotMeasured(format!("{} face(s) with non-finite points", f.non_finite))
+        } else if m.key == "pose_error_max" {
+            match &f.pose_error_deg {
+                None => Measurement::NotMeasured(
+                    "2D points have no pose: pose_error_max needs a 3D-68 model".into(),
+                ),
+                Some(_) if f.non_finite > 0 => Measurement::NotMeasured(format!(
+                    "{} face(s) with non-finite points",
+                    f.non_finite
+                )),
+                Some(p) => Measurement::Value(p.max),
+            }
         } else if m.key == "nme_max" {
             Measurement::Value(f.nme.max)
         } else {
@@ -487,8 +528,12 @@ fn judge(gates: &Gates, f: &LandmarkFigures) -> Vec<GateResult> {
 }
 
 fn row(label: &str, what: &str, f: &LandmarkFigures, passed: bool) -> String {
+    let pose = f
+        .pose_error_deg
+        .as_ref()
+        .map_or("–".into(), |p| format!("{:.3}", p.max));
     format!(
-        "| {label} | {what} | {} | {:.5} | {:.5} | {:.3} | {:.3} | {} | {} |",
+        "| {label} | {what} | {} | {:.5} | {:.5} | {:.3} | {:.3} | {pose} | {} | {} |",
         f.nme.n,
         f.nme.mean,
         f.nme.max,
@@ -542,6 +587,7 @@ fn markdown(ctx: &StepContext, r: &CompareReport, rows: &[String]) -> String {
             "NME max",
             "px mean",
             "px max",
+            "pose max °",
             "non-finite",
             "gates",
         ],
@@ -572,6 +618,7 @@ mod tests {
             image: 0,
             crop: Some(crop),
             reference: vec![[20.0, 20.0], [40.0, 40.0]],
+            reference3: None,
             normaliser: 20.0,
         }];
         // In a 40-px crop the reference is at 0.25 and 0.5; the second point moved by one
@@ -597,6 +644,15 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![("nme_mean", true), ("nme_max", false)]
         );
+        // 2D points have no pose: a pose gate on them is unmeasured, which fails it.
+        let pose = judge(
+            &Gates {
+                pose_error_max: Some(1.0),
+                ..Default::default()
+            },
+            &f,
+        );
+        assert!(!pose[0].passed && f.pose_error_deg.is_none(), "{pose:?}");
         let bad = figures_of(&layout, &faces, &[vec![f32::NAN, 0.1, 0.3, 0.2]], [40, 40]);
         assert_eq!(bad.non_finite, 1);
         assert!(

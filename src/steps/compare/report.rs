@@ -272,7 +272,7 @@ pub struct LandmarkSetup {
     pub dims: usize,
     /// `unit` ([0, 1] of the crop) or `signed` ([-1, 1]).
     pub coords: String,
-    /// `ibug68`, `wflw98` or `box`.
+    /// `ibug68`, `wflw98`, `insightface106` or `box`.
     pub scheme: String,
     /// The normaliser, in words.
     pub normaliser: String,
@@ -373,6 +373,10 @@ pub struct LandmarkFigures {
     pub px_max: f64,
     /// Faces whose candidate points are not all finite (they count as failing `nme_max`).
     pub non_finite: usize,
+    /// 3D models: per face, the largest of the pitch, yaw and roll (degrees) that turn the
+    /// reference's points into the candidate's, estimated as InsightFace estimates pose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose_error_deg: Option<Summary>,
 }
 
 /// One output of a candidate against the same output of the reference, over every image.
