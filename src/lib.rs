@@ -59,6 +59,10 @@ pub mod face_align {
         Affine, arcface_transform, arcface128_transform, box_transform, warp,
     };
 }
+/// Head pose from 3D-68 points as InsightFace estimates it, for independent checks.
+pub mod face_pose {
+    pub use crate::metrics::landmarks::rotation_between;
+}
 pub use runtime::onnxruntime::OnnxRuntime;
 pub use runtime::openvino::{OpenVino, OpenVinoSettings};
 pub use runtime::tensorrt::TensorRtRuntime;

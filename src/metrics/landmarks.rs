@@ -116,7 +116,7 @@ impl PointLayout {
 /// its first two rows normalised and crossed into a rotation (`P2sRt`), then Euler angles
 /// (`matrix2angle`). InsightFace maps from its mean shape; from the reference's own points
 /// it gives the candidate's pose error. None when the points are degenerate.
-pub(crate) fn rotation_between(from: &[[f64; 3]], to: &[[f64; 3]]) -> Option<[f64; 3]> {
+pub fn rotation_between(from: &[[f64; 3]], to: &[[f64; 3]]) -> Option<[f64; 3]> {
     if from.len() != to.len() || from.len() < 4 {
         return None;
     }
