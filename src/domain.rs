@@ -125,6 +125,37 @@ pub(crate) struct CropSpec {
     /// `box`: the crop's side over the box's longer side (default 1.5, InsightFace's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<f32>,
+    /// Which faces of a photo: `largest` (the default), or `all`, as InsightFace's
+    /// `FaceAnalysis` runs its landmark and attribute models on every detected face.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<FacePick>,
+    /// Faces whose box's longer side is below this many photo pixels are left out
+    /// (default 0: every face the detector keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_face: Option<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FacePick {
+    Largest,
+    All,
+}
+
+/// Which of a photo's detected faces become crops, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct FaceChoice {
+    pub all: bool,
+    /// The smallest box (longer side, photo pixels) kept.
+    pub min_face: f32,
+}
+
+impl FaceChoice {
+    /// One face per photo, the largest, whatever its size: what crops were before the choice.
+    pub(crate) const LARGEST: FaceChoice = FaceChoice {
+        all: false,
+        min_face: 0.0,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +180,13 @@ pub(crate) enum Crop {
 pub(crate) const INSIGHTFACE_BOX_SCALE: f32 = 1.5;
 
 impl CropSpec {
+    pub(crate) fn faces(&self) -> FaceChoice {
+        FaceChoice {
+            all: self.faces == Some(FacePick::All),
+            min_face: self.min_face.unwrap_or(0.0),
+        }
+    }
+
     pub(crate) fn resolve(&self) -> Crop {
         match self.mode {
             CropMode::Arcface => Crop::Arcface,

@@ -121,6 +121,94 @@ fn pfld68_builds_and_compares_by_nme_in_photo_pixels() {
     assert_eq!(status_of(&r, "openvino_int8"), Status::Cached);
 }
 
+/// `faces: all` compares every face of a photo above `min_face`, as FaceAnalysis runs its
+/// landmark model on every face: PFLD-68 on the group photos of ../shared/faces/scenes gives
+/// a face per detected face, fewer as `min_face` grows, and one per photo with the default
+/// (the largest face). A recognizer cannot take every face: plan refuses it at its line.
+#[test]
+fn landmarks_compare_every_face_above_a_minimum_size() {
+    let Some(shared) = shared() else { return };
+    let s = shared.display();
+    let p = Project::new();
+    let manifest = |crop: &str| {
+        format!(
+            indoc! {"
+                schema: 1
+                name: scenes
+                model:
+                  path: {s}/models/pfld68.onnx
+                  task: landmarks
+                  input:
+                    name: input
+                    shape: [batch, 3, 112, 112]
+                    dims: {{batch: {{min: 1, opt: 1, max: 8}}}}
+                    crop: {crop}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [112, 112]}}
+                  landmarks: {{coords: unit}}
+                datasets:
+                  scenes:
+                    path: {s}/faces/scenes
+                    align:
+                      model: {s}/models/scrfd_500m_kps.onnx
+                      detector: {{family: scrfd}}
+                steps:
+                  openvino_fp16: {{kind: convert, params: {{backend: openvino, precision: fp16}}}}
+                  compare:
+                    kind: compare
+                    params: {{dataset: scenes, candidates: [openvino_fp16], nme_max: 0.01}}
+            "},
+            s = s,
+            crop = crop
+        )
+    };
+    let mut counts = Vec::new();
+    for crop in [
+        "{mode: box, scale: 1.1}",
+        "{mode: box, scale: 1.1, faces: all}",
+        "{mode: box, scale: 1.1, faces: all, min_face: 40}",
+    ] {
+        p.write("m.yaml", &manifest(crop));
+        let (code, r) = p.run_json("m.yaml", &[]);
+        assert_eq!(code, 0, "{crop}: {r:#?}");
+        let rep: CompareReport = p.report("out/scenes/compare/report.json");
+        let setup = rep.landmarks.unwrap();
+        let c = &rep.candidates[0];
+        assert_eq!(c.landmarks.as_ref().unwrap().nme.n, setup.faces);
+        assert!(c.nme_max.unwrap() < 0.01, "{crop}: {c:#?}");
+        counts.push((setup.faces, setup.no_face, rep.dataset.images));
+    }
+    eprintln!("faces compared (faces, no_face, photos): largest, all, all >= 40 px: {counts:?}");
+    let [(largest, _, photos), (all, _, _), (big, _, _)] = counts[..] else {
+        unreachable!()
+    };
+    assert_eq!((largest, photos), (4, 4));
+    assert!(all > 2 * photos, "{counts:?}");
+    assert!(big < all && big >= largest, "{counts:?}");
+
+    let rec = indoc! {"
+        schema: 1
+        name: rec
+        model:
+          task: recognition
+          input:
+            name: input.1
+            shape: [1, 3, 112, 112]
+            crop: {mode: arcface, faces: all}
+        datasets:
+          faces: {builtin: synthetic-faces}
+        steps:
+          check: {kind: check}
+    "};
+    p.write("rec.yaml", rec);
+    let out = p.run(&["plan", "rec.yaml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("faces: all") && err.contains("rec.yaml:") && err.contains("recognition"),
+        "{err}"
+    );
+}
+
 /// The built-in landmark pipeline, whose model has 2d106det's contract and random weights
 /// (its figures prove the plumbing, not fidelity), runs end to end: check, simplify, OpenVINO
 /// FP32/FP16/INT8, Q/DQ, compare by NME, benchmark (a short budget, no benchmark_app) and

@@ -498,13 +498,21 @@ fn crop_lines(line: &mut impl FnMut(&str), g: &Guess, i: &str) {
             ));
             line(&format!("{i}crop: {{mode: box, scale: 1.5}}"));
         }
-        "swapper" => {
-            line(&format!(
-                "{i}# INSwapper's target (inswapper.py): the ArcFace crop on estimate_norm's 128 branch."
-            ));
-            line(&format!("{i}crop: {{mode: arcface128}}"));
-        }
         _ => {}
+    }
+    if matches!(g.task(), "attribute" | "landmarks") {
+        line(&format!(
+            "{i}# The largest face of each photo; `faces: all` takes every face, as FaceAnalysis"
+        ));
+        line(&format!(
+            "{i}# does, and `min_face: 40` leaves out faces under 40 px (docs/manifest.md)."
+        ));
+    }
+    if g.task() == "swapper" {
+        line(&format!(
+            "{i}# INSwapper's target (inswapper.py): the ArcFace crop on estimate_norm's 128 branch."
+        ));
+        line(&format!("{i}crop: {{mode: arcface128}}"));
     }
 }
 

@@ -593,6 +593,27 @@ fn validate_crop_and_landmarks(m: &ModelSpec) -> Vec<(String, String)> {
             )),
             _ => {}
         }
+        if let Some(f) = c.min_face
+            && !(f.is_finite() && f >= 0.0)
+        {
+            problems.push((
+                format!("`model.input.crop.min_face: {f}` must be 0 or more photo pixels"),
+                "the smallest face kept, as its box's longer side in pixels; 0 keeps every face"
+                    .into(),
+            ));
+        }
+        if c.faces().all && !matches!(m.task, Task::Landmarks | Task::Attribute) {
+            problems.push((
+                format!(
+                    "`model.input.crop.faces: all` is set on a `{}` model",
+                    serde_json::to_value(m.task)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ),
+                "every face of a photo is compared for landmark and attribute models; recognizers and swappers pair photos, so they take the largest face: remove `faces`".into(),
+            ));
+        }
     }
     if m.landmarks.is_some() && m.task != Task::Landmarks {
         problems.push((

@@ -290,6 +290,13 @@ impl InputSpec {
         }
     }
 
+    /// Which of a photo's faces this input takes: its crop's choice, else the largest.
+    pub(crate) fn faces(&self) -> crate::domain::FaceChoice {
+        self.crop
+            .as_ref()
+            .map_or(crate::domain::FaceChoice::LARGEST, |c| c.faces())
+    }
+
     /// The declared shape with every named dim at its `opt` size; None for a named dim
     /// with no declared range.
     pub fn opt_shape(&self) -> Vec<Option<u64>> {

@@ -13,7 +13,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::detect::Detection;
-use crate::domain::{AlignSpec, Crop, DetectorSpec, Layout, Preprocessing};
+use crate::domain::{AlignSpec, Crop, DetectorSpec, FaceChoice, Layout, Preprocessing};
 use crate::error::Result;
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 use crate::toolchain::Toolchain;
@@ -173,9 +173,10 @@ pub(crate) struct Aligner {
     feed: Preprocessing,
     /// What identifies this aligner in cache keys: the detector's digest and settings.
     pub identity: String,
-    /// Each photo's face, by path and whether keypoints were required: a dataset cropped
-    /// two ways (a swapper's target and its recognizer's crop) is detected once.
-    seen: Mutex<std::collections::HashMap<(camino::Utf8PathBuf, bool), Option<Detection>>>,
+    /// Each photo's faces, largest first, by path and whether keypoints were required: a
+    /// dataset cropped two ways (a swapper's target and its recognizer's crop) is detected
+    /// once.
+    seen: Mutex<std::collections::HashMap<(camino::Utf8PathBuf, bool), Vec<Detection>>>,
 }
 
 impl Aligner {
@@ -208,10 +209,9 @@ impl Aligner {
         })
     }
 
-    /// The most prominent face (largest box) in `img`, in the photo's pixel coordinates;
-    /// among faces with keypoints when `with_kps` (an ArcFace crop needs them, a box crop
-    /// does not).
-    fn detect(&self, img: &RgbImage, with_kps: bool) -> Result<Option<Detection>> {
+    /// Every face in `img`, largest box first, in the photo's pixel coordinates; only faces
+    /// with keypoints when `with_kps` (an ArcFace crop needs them, a box crop does not).
+    fn detect(&self, img: &RgbImage, with_kps: bool) -> Result<Vec<Detection>> {
         let (fitted, scale) = super::letterbox(img, self.feed.size);
         let t = super::to_tensor(&fitted, &self.feed, Layout::NCHW);
         let [h, w] = self.feed.size;
@@ -221,51 +221,63 @@ impl Aligner {
             .map_err(|_| anyhow::anyhow!("alignment detector poisoned by an earlier panic"))?
             .run(&[(self.input.clone(), t.into_dyn())])?;
         let dets = crate::detect::decode(&self.detector, &out, (h as usize, w as usize))?;
-        Ok(dets
+        let mut faces: Vec<Detection> = dets
             .into_iter()
             .filter(|d| !with_kps || d.kps.is_some())
-            .max_by(|a, b| a.area().total_cmp(&b.area()))
-            .map(|d| d.scaled(scale)))
+            .map(|d| d.scaled(scale))
+            .collect();
+        faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        Ok(faces)
     }
 
-    /// The face's crop at `size` ([h, w]) as `crop` says, with its transform; None when no
-    /// face is found (with keypoints, for `arcface`).
-    pub(crate) fn crop(
+    /// The faces `faces` chooses, each cropped at `size` ([h, w]) as `crop` says, with its
+    /// transform; largest first, none when no face is found (with keypoints, for `arcface`)
+    /// or none is large enough.
+    pub(crate) fn crops(
         &self,
         (path, img): (&Utf8Path, &RgbImage),
         size: [u32; 2],
-        crop: Crop,
-    ) -> Result<Option<(RgbImage, FaceCrop)>> {
+        (crop, faces): (Crop, FaceChoice),
+    ) -> Result<Vec<(RgbImage, FaceCrop)>> {
         let arcface = matches!(crop, Crop::Arcface | Crop::Arcface128);
         let key = (path.to_owned(), arcface);
-        let known = self.seen.lock().ok().and_then(|s| s.get(&key).copied());
+        let known = self.seen.lock().ok().and_then(|s| s.get(&key).cloned());
         let found = match known {
             Some(d) => d,
             None => {
                 let d = self.detect(img, arcface)?;
                 if let Ok(mut s) = self.seen.lock() {
-                    s.insert(key, d);
+                    s.insert(key, d.clone());
                 }
                 d
             }
         };
-        let Some(d) = found else {
-            return Ok(None);
-        };
-        let m = match (crop, &d.kps) {
-            (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
-            (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
-            (Crop::Arcface | Crop::Arcface128, None) => return Ok(None),
-            (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
-        };
-        Ok(Some((
-            warp(img, &m, size[1], size[0]),
-            FaceCrop {
-                m,
-                bbox: d.bbox,
-                kps: d.kps,
-            },
-        )))
+        let longer = |d: &Detection| (d.bbox[2] - d.bbox[0]).max(d.bbox[3] - d.bbox[1]);
+        let take = if faces.all { usize::MAX } else { 1 };
+        // The largest face decides for `largest`: a photo whose largest face is too small
+        // has none, rather than a smaller face standing in for it.
+        let chosen = found
+            .iter()
+            .take(take)
+            .filter(|d| longer(d) >= faces.min_face);
+        Ok(chosen
+            .filter_map(|d| {
+                let m = match (crop, &d.kps) {
+                    (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
+                    (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
+                    (Crop::Arcface | Crop::Arcface128, None) => return None,
+                    (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
+                };
+                Some((
+                    warp(img, &m, size[1], size[0]),
+                    FaceCrop {
+                        m,
+                        bbox: d.bbox,
+                        kps: d.kps,
+                    },
+                ))
+            })
+            .collect())
     }
 }
 

@@ -28,8 +28,8 @@ const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change (4: large JPEGs are decoded
 /// DCT-scaled before the resize; 5: down to the fitted size, not twice it; 6: each face's
 /// crop, box and keypoints are kept beside the tensor; 7: box crops take the largest face
-/// with or without keypoints).
-const PREPARE_VERSION: u64 = 7;
+/// with or without keypoints; 8: a photo may give several rows, each row's photo is kept).
+const PREPARE_VERSION: u64 = 8;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,8 @@ pub(crate) struct Feed<'a> {
     pub align: Option<&'a align::Aligner>,
     /// How `align` crops a detected face.
     pub crop: Crop,
+    /// Which of a photo's faces `align` crops.
+    pub faces: crate::domain::FaceChoice,
 }
 
 /// Images in `dir` (recursively), sorted by path, then a seeded shuffle and the first `count`.
@@ -93,9 +95,14 @@ pub(crate) fn list_images(
     Ok(files)
 }
 
-/// Decode and prepare one image; a batch of one in the model's layout.
+/// Decode and prepare one image; a batch of one in the model's layout (its first face's
+/// crop when it is cropped).
 pub(crate) fn load_tensor(path: &Utf8Path, feed: &Feed) -> Result<Array4<f32>> {
-    Ok(load_with_fit(path, feed)?.0)
+    load_with_fit(path, feed)?
+        .into_iter()
+        .next()
+        .map(|r| r.0)
+        .ok_or_else(|| Error::usage(format!("image {path} gave no row")))
 }
 
 /// Decode an image file (JPEG, PNG, WebP, by content) to RGB.
@@ -242,7 +249,9 @@ pub fn to_tensor(img: &RgbImage, pre: &Preprocessing, layout: Layout) -> Array4<
 /// pixels, and for a detected face its crop.
 type Fitted = (Array4<f32>, Fit, f32, Option<align::FaceCrop>);
 
-fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Fitted> {
+/// One image as rows: one, or with `faces: all` one per face chosen (at least one: a photo
+/// without a face is centre-cropped, and reported so).
+fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Vec<Fitted>> {
     let size = feed.pre.size;
     // Alignment warps from the full image (a face may be small in it); a plain fit can
     // decode DCT-scaled.
@@ -254,38 +263,58 @@ fn load_with_fit(path: &Utf8Path, feed: &Feed) -> Result<Fitted> {
         }
         None => decode_for_fit(path, size, feed.resize)?,
     };
-    let mut face = None;
-    let (img, fit, scale) = if (iw, ih) == (size[1], size[0]) {
-        (img, Fit::AsIs, 1.0)
+    let rows: Vec<(RgbImage, Fit, f32, Option<align::FaceCrop>)> = if (iw, ih) == (size[1], size[0])
+    {
+        vec![(img, Fit::AsIs, 1.0, None)]
     } else if let Some(a) = feed.align {
-        match a
-            .crop((path, &img), size, feed.crop)
-            .map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))?
-        {
-            Some((crop, f)) => {
-                face = Some(f);
-                let fit = match feed.crop {
-                    Crop::Arcface | Crop::Arcface128 => Fit::Aligned,
-                    Crop::Box { .. } => Fit::BoxCrop,
-                };
-                (crop, fit, 1.0)
-            }
-            None => (center_crop_resize(&img, size), Fit::NoFaceCenterCrop, 1.0),
+        let crops = a
+            .crops((path, &img), size, (feed.crop, feed.faces))
+            .map_err(|e| anyhow::anyhow!("aligning {path}: {e}"))?;
+        let fit = match feed.crop {
+            Crop::Arcface | Crop::Arcface128 => Fit::Aligned,
+            Crop::Box { .. } => Fit::BoxCrop,
+        };
+        if crops.is_empty() {
+            vec![(
+                center_crop_resize(&img, size),
+                Fit::NoFaceCenterCrop,
+                1.0,
+                None,
+            )]
+        } else {
+            crops
+                .into_iter()
+                .map(|(crop, f)| (crop, fit, 1.0, Some(f)))
+                .collect()
         }
     } else {
-        match feed.resize {
+        vec![match feed.resize {
             Resize::Letterbox => {
                 let (out, s) = letterbox(&img, size);
                 // Input pixels per original pixel, whatever scale the JPEG was decoded at.
-                (out, Fit::Letterbox, s * img.height() as f32 / ih as f32)
+                (
+                    out,
+                    Fit::Letterbox,
+                    s * img.height() as f32 / ih as f32,
+                    None,
+                )
             }
-            Resize::CenterCrop => (center_crop_resize(&img, size), Fit::CenterCropResize, 1.0),
-        }
+            Resize::CenterCrop => (
+                center_crop_resize(&img, size),
+                Fit::CenterCropResize,
+                1.0,
+                None,
+            ),
+        }]
     };
-    Ok((to_tensor(&img, feed.pre, feed.layout), fit, scale, face))
+    Ok(rows
+        .into_iter()
+        .map(|(img, fit, scale, face)| (to_tensor(&img, feed.pre, feed.layout), fit, scale, face))
+        .collect())
 }
 
-/// A prepared image set: one tensor of all images, in `files` order.
+/// A prepared image set: one tensor of all images, in `files` order; with `faces: all`, one
+/// row per face, and `files` names each row's photo (a photo with three faces, three times).
 pub(crate) struct Prepared {
     /// Shared with the thread that writes it to the cache while the caller runs models.
     pub tensor: std::sync::Arc<Array4<f32>>,
@@ -357,6 +386,11 @@ impl CacheKey for PrepKey<'_> {
                 .unwrap_or_default()
                 .cache_key(s);
         }
+        if self.feed.align.is_some() && self.feed.faces != crate::domain::FaceChoice::LARGEST {
+            serde_json::to_value(self.feed.faces)
+                .unwrap_or_default()
+                .cache_key(s);
+        }
     }
 }
 
@@ -387,32 +421,81 @@ pub(crate) fn prepare_with_progress(
         dir.join(format!("{key}.npy")),
         dir.join(format!("{key}.json")),
     );
-    if let (Ok(t), Ok((fits, scales, faces))) = (
+    if let (Ok(t), Ok(RowsMeta { rows, meta })) = (
         ndarray_npy::read_npy::<_, Array4<f32>>(&npy),
-        std::fs::read(&fits_path).map_err(|_| ()).and_then(|b| {
-            serde_json::from_slice::<(Vec<Fit>, Vec<f32>, Vec<Option<align::FaceCrop>>)>(&b)
-                .map_err(|_| ())
-        }),
-    ) && t.shape()[0] == files.len()
-        && fits.len() == files.len()
-        && faces.len() == files.len()
+        std::fs::read(&fits_path)
+            .map_err(|_| ())
+            .and_then(|b| serde_json::from_slice::<RowsMeta>(&b).map_err(|_| ())),
+    ) && t.shape()[0] == rows.len()
+        && meta.len() == rows.len()
+        && rows.iter().all(|&r| r < files.len())
     {
         return Ok(Prepared {
             tensor: std::sync::Arc::new(t),
-            files: files.to_vec(),
-            fits,
-            scales,
-            faces,
+            files: rows.iter().map(|&r| files[r].clone()).collect(),
+            fits: meta.iter().map(|m| m.0).collect(),
+            scales: meta.iter().map(|m| m.1).collect(),
+            faces: meta.iter().map(|m| m.2).collect(),
             cached: true,
             prepare_ms: t0.elapsed().as_millis() as u64,
             writer: None,
         });
     }
-    // Each image is decoded straight into its slot of the batch tensor, in parallel: peak
-    // memory is the tensor, not the tensor plus a copy of every image.
     if files.is_empty() {
         return Err(Error::usage("no images to prepare"));
     }
+    let (tensor, RowsMeta { rows, meta }) = if feed.align.is_some() && feed.faces.all {
+        fill_per_face(files, feed, progress)?
+    } else {
+        fill_slots(files, feed, progress)?
+    };
+    let tensor = std::sync::Arc::new(tensor);
+    // Written in the background: for 1,000 images the 150 MB file takes ~0.35 s, which
+    // would otherwise sit between decoding and inference.
+    let writer = {
+        let tensor = tensor.clone();
+        let fits_json = serde_json::to_vec(&RowsMeta {
+            rows: rows.clone(),
+            meta: meta.clone(),
+        })
+        .map_err(anyhow::Error::from)?;
+        std::thread::spawn(move || -> Result<()> {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            // Write to temp names and rename: a concurrent reader never sees half a tensor.
+            let tmp = dir.join(format!(".{key}.npy.tmp"));
+            ndarray_npy::write_npy(&tmp, tensor.as_ref())
+                .map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
+            std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
+            crate::cache::store::write_atomic(&fits_path, &fits_json)
+        })
+    };
+    Ok(Prepared {
+        tensor,
+        files: rows.iter().map(|&r| files[r].clone()).collect(),
+        fits: meta.iter().map(|m| m.0).collect(),
+        scales: meta.iter().map(|m| m.1).collect(),
+        faces: meta.iter().map(|m| m.2).collect(),
+        cached: false,
+        prepare_ms: t0.elapsed().as_millis() as u64,
+        writer: Some(writer),
+    })
+}
+
+/// What each row of a prepared tensor is: its photo (an index into the files), how it was
+/// fitted, its scale and its face; the JSON written beside the tensor.
+#[derive(Serialize, Deserialize)]
+struct RowsMeta {
+    rows: Vec<usize>,
+    meta: Vec<(Fit, f32, Option<align::FaceCrop>)>,
+}
+
+/// One row per image: each is decoded straight into its slot of the batch tensor, in
+/// parallel, so peak memory is the tensor, not the tensor plus a copy of every image.
+fn fill_slots(
+    files: &[Utf8PathBuf],
+    feed: &Feed,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Array4<f32>, RowsMeta)> {
     // Every prepared image is `preprocessing.size` in the feed's layout.
     let [h, w] = feed.pre.size.map(|x| x as usize);
     let per: Vec<usize> = match feed.layout {
@@ -429,7 +512,10 @@ pub(crate) fn prepare_with_progress(
     let meta: Vec<(Fit, f32, Option<align::FaceCrop>)> = slots
         .zip(files.par_iter())
         .map(|(slot, f)| {
-            let (t, fit, scale, face) = load_with_fit(f, feed)?;
+            // Without `faces: all`, an image is one row.
+            let Some((t, fit, scale, face)) = load_with_fit(f, feed)?.into_iter().next() else {
+                return Err(Error::usage(format!("image {f} gave no row")));
+            };
             if t.shape() != per.as_slice() {
                 return Err(Error::usage(format!(
                     "image {f} prepared to {:?}, the others to {per:?}",
@@ -446,36 +532,44 @@ pub(crate) fn prepare_with_progress(
             Ok((fit, scale, face))
         })
         .collect::<Result<_>>()?;
-    let fits: Vec<Fit> = meta.iter().map(|m| m.0).collect();
-    let scales: Vec<f32> = meta.iter().map(|m| m.1).collect();
-    let faces: Vec<Option<align::FaceCrop>> = meta.iter().map(|m| m.2).collect();
-    let tensor = std::sync::Arc::new(tensor);
-    // Written in the background: for 1,000 images the 150 MB file takes ~0.35 s, which
-    // would otherwise sit between decoding and inference.
-    let writer = {
-        let tensor = tensor.clone();
-        let fits_json =
-            serde_json::to_vec(&(&fits, &scales, &faces)).map_err(anyhow::Error::from)?;
-        std::thread::spawn(move || -> Result<()> {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            // Write to temp names and rename: a concurrent reader never sees half a tensor.
-            let tmp = dir.join(format!(".{key}.npy.tmp"));
-            ndarray_npy::write_npy(&tmp, tensor.as_ref())
-                .map_err(|e| anyhow::anyhow!("writing {tmp}: {e}"))?;
-            std::fs::rename(&tmp, &npy).map_err(|e| Error::io(&npy, e))?;
-            crate::cache::store::write_atomic(&fits_path, &fits_json)
+    let rows = (0..files.len()).collect();
+    Ok((tensor, RowsMeta { rows, meta }))
+}
+
+/// A row per chosen face (`faces: all`): each photo's rows are made in parallel, then
+/// stacked in the files' order.
+fn fill_per_face(
+    files: &[Utf8PathBuf],
+    feed: &Feed,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<(Array4<f32>, RowsMeta)> {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let per_file: Vec<Vec<Fitted>> = files
+        .par_iter()
+        .map(|f| {
+            let rows = load_with_fit(f, feed)?;
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_multiple_of(32) || n == files.len() {
+                progress(n, files.len());
+            }
+            Ok(rows)
         })
-    };
-    Ok(Prepared {
-        tensor,
-        files: files.to_vec(),
-        fits,
-        scales,
-        faces,
-        cached: false,
-        prepare_ms: t0.elapsed().as_millis() as u64,
-        writer: Some(writer),
-    })
+        .collect::<Result<_>>()?;
+    let views: Vec<ndarray::ArrayView4<f32>> = per_file
+        .iter()
+        .flat_map(|rows| rows.iter().map(|r| r.0.view()))
+        .collect();
+    let tensor = ndarray::concatenate(ndarray::Axis(0), &views)
+        .map_err(|e| Error::usage(format!("the crops differ in shape: {e}")))?;
+    let mut rows = Vec::with_capacity(views.len());
+    let mut meta = Vec::with_capacity(views.len());
+    for (i, fitted) in per_file.iter().enumerate() {
+        for (_, fit, scale, face) in fitted {
+            rows.push(i);
+            meta.push((*fit, *scale, *face));
+        }
+    }
+    Ok((tensor, RowsMeta { rows, meta }))
 }
 
 #[cfg(test)]

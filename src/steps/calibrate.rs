@@ -45,7 +45,8 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
     ndarray_npy::write_npy(&out, prepared.tensor.as_ref())
         .map_err(|e| anyhow::anyhow!("writing {out}: {e}"))?;
     // The model's other inputs, row by row with the images: INT8 calibrates on tuples.
-    let extra = super::inputs::dataset_feeds(ctx, (&p.dataset, aligner.as_ref()), &files)?;
+    // Row by row: with `faces: all` a photo gives a row per face.
+    let extra = super::inputs::dataset_feeds(ctx, (&p.dataset, aligner.as_ref()), &prepared.files)?;
     let mut outputs: std::collections::BTreeMap<String, camino::Utf8PathBuf> =
         [("calibration.npy".to_string(), out.clone())].into();
     let mut extra_shapes = serde_json::Map::new();

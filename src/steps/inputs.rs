@@ -263,6 +263,7 @@ fn source_latents(
         resize: rec.pre.resize_for(crate::manifest::Task::Recognition),
         align: aligner,
         crop: crate::domain::Crop::Arcface,
+        faces: crate::domain::FaceChoice::LARGEST,
     };
     let prepared = crate::preprocess::prepare(ctx.store, files, &feed)?;
     let unit = rec.embed(&prepared.tensor)?;

@@ -97,6 +97,7 @@ impl StepContext<'_> {
             resize: pre.resize_for(self.manifest.model.task),
             align,
             crop: self.manifest.model.input.crop_for(self.manifest.model.task),
+            faces: self.manifest.model.input.faces(),
         }
     }
 

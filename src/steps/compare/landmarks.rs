@@ -126,7 +126,7 @@ pub(super) fn run(
         aligned,
         (&layout, &faces),
         out_name,
-        set.files.len(),
+        &prepared.faces,
     );
     let mut report = super::task_report(
         ctx,
@@ -212,7 +212,7 @@ fn setup_of(
     aligned: bool,
     (layout, faces): (&PointLayout, &[Face]),
     output: String,
-    images: usize,
+    rows: &[Option<FaceCrop>],
 ) -> LandmarkSetup {
     LandmarkSetup {
         output,
@@ -231,7 +231,12 @@ fn setup_of(
             (true, Crop::Box { scale }) => format!("box, scale {scale}"),
         },
         faces: faces.len(),
-        no_face: images - faces.len(),
+        // Photos where no face was chosen: each gave one centre-cropped row, left out.
+        no_face: if aligned {
+            rows.iter().filter(|f| f.is_none()).count()
+        } else {
+            0
+        },
         mean_normaliser_px: faces.iter().map(|f| f.normaliser).sum::<f64>()
             / faces.len().max(1) as f64,
         reference_eyes_vs_detector: eyes_vs_detector(layout, faces),
