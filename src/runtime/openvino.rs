@@ -142,24 +142,14 @@ impl OpenVino {
     /// Load an IR from its `model.xml` and `model.bin` (store blobs have no matching names).
     pub fn load_ir(&self, xml: &Utf8Path, bin: &Utf8Path) -> Result<Box<dyn LoadedModel>> {
         let (mut core, mut model, device) = self.core_and_model(xml, bin, None)?;
-        let input = model
-            .get_input_by_index(0)
-            .map_err(ov_err("reading the model's input"))?;
-        let input_name = input.get_name().map_err(ov_err("reading the input name"))?;
         if let Some(b) = self.batch {
             batch_inputs(&mut model, b)?;
         }
-        let input_shape: Vec<i64> = match model
-            .get_input_by_index(0)
-            .and_then(|n| n.get_partial_shape())
-        {
-            Ok(ps) if !ps.get_rank().is_dynamic() => ps
-                .get_dimensions()
-                .iter()
-                .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
-                .collect(),
-            _ => vec![],
-        };
+        let (input_name, input_shape) = input_shapes(&model)?
+            .into_iter()
+            .next()
+            .map(|(n, d)| (n, d.unwrap_or_default()))
+            .ok_or_else(|| anyhow::anyhow!("the IR {xml} has no input"))?;
         let mut outputs = Vec::new();
         for i in 0..model
             .get_outputs_len()
@@ -213,31 +203,58 @@ impl OpenVino {
     }
 }
 
-/// Set every input's dynamic batch dim to `b` (all inputs at once: a model with several
-/// inputs cannot be reshaped one input at a time).
-fn batch_inputs(model: &mut openvino::Model, b: i64) -> Result<()> {
+/// Every input's name and dims (-1 where dynamic; None for a dynamic rank), in order.
+fn input_shapes(model: &openvino::Model) -> Result<Vec<(String, Option<Vec<i64>>)>> {
     let n = model
         .get_inputs_len()
         .map_err(ov_err("counting the model's inputs"))?;
-    let mut shapes = Vec::with_capacity(n);
+    (0..n)
+        .map(|i| {
+            let input = model
+                .get_input_by_index(i)
+                .map_err(ov_err("reading the model's input"))?;
+            let name = input.get_name().map_err(ov_err("reading the input name"))?;
+            let ps = input
+                .get_partial_shape()
+                .map_err(ov_err("reading the input shape"))?;
+            let dims = (!ps.get_rank().is_dynamic()).then(|| {
+                ps.get_dimensions()
+                    .iter()
+                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
+                    .collect()
+            });
+            Ok((name, dims))
+        })
+        .collect()
+}
+
+/// Reshape every input at once to static `shapes` (a model with several inputs cannot be
+/// reshaped one input at a time).
+fn reshape_all(
+    model: &mut openvino::Model,
+    shapes: &[(String, Vec<i64>)],
+) -> std::result::Result<(), openvino::InferenceError> {
+    let ps: Vec<PartialShape> = shapes
+        .iter()
+        .map(|(_, d)| PartialShape::new_static(d.len() as i64, d))
+        .collect::<std::result::Result<_, _>>()?;
+    let pairs: Vec<(&str, &PartialShape)> = shapes
+        .iter()
+        .zip(&ps)
+        .map(|((n, _), p)| (n.as_str(), p))
+        .collect();
+    model.reshape(&pairs)
+}
+
+/// Set every input's dynamic batch dim to `b`.
+fn batch_inputs(model: &mut openvino::Model, b: i64) -> Result<()> {
+    let mut shapes = Vec::new();
     let mut changed = false;
-    for i in 0..n {
-        let input = model
-            .get_input_by_index(i)
-            .map_err(ov_err("reading the model's input"))?;
-        let name = input.get_name().map_err(ov_err("reading the input name"))?;
-        let ps = input
-            .get_partial_shape()
-            .map_err(ov_err("reading the input shape"))?;
+    for (name, dims) in input_shapes(model)? {
         // A dynamic rank cannot be reshaped by batch; leave such models alone.
-        if ps.get_rank().is_dynamic() {
+        let Some(mut dims) = dims else {
             return Ok(());
-        }
-        let mut dims: Vec<i64> = ps
-            .get_dimensions()
-            .iter()
-            .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
-            .collect();
+        };
         // Only a dynamic batch dim is set: a static one may be baked into the graph
         // (e.g. a Reshape to [1, -1]), and reshaping it would silently mix images.
         if dims.is_empty() || dims[1..].iter().any(|&d| d <= 0) {
@@ -252,19 +269,7 @@ fn batch_inputs(model: &mut openvino::Model, b: i64) -> Result<()> {
     if !changed {
         return Ok(());
     }
-    let ps: Vec<PartialShape> = shapes
-        .iter()
-        .map(|(_, d)| PartialShape::new_static(d.len() as i64, d))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(ov_err("building a shape"))?;
-    let pairs: Vec<(&str, &PartialShape)> = shapes
-        .iter()
-        .zip(&ps)
-        .map(|((n, _), p)| (n.as_str(), p))
-        .collect();
-    model
-        .reshape(&pairs)
-        .map_err(ov_err("reshaping to the batch size"))
+    reshape_all(model, &shapes).map_err(ov_err("reshaping to the batch size"))
 }
 
 struct OvModel {
@@ -367,27 +372,10 @@ impl OpenVino {
     ) -> Result<OvBench> {
         let t0 = std::time::Instant::now();
         let (mut core, mut model, device) = self.core_and_model(xml, bin, Some(hint))?;
-        let n = model
-            .get_inputs_len()
-            .map_err(ov_err("counting the model's inputs"))?;
-        let mut inputs = Vec::with_capacity(n);
-        let mut current = Vec::with_capacity(n);
-        for i in 0..n {
-            let input = model
-                .get_input_by_index(i)
-                .map_err(ov_err("reading the model's input"))?;
-            let name = input.get_name().map_err(ov_err("reading the input name"))?;
-            let ps = input
-                .get_partial_shape()
-                .map_err(ov_err("reading the input shape"))?;
-            let dims: Vec<i64> = if ps.get_rank().is_dynamic() {
-                vec![]
-            } else {
-                ps.get_dimensions()
-                    .iter()
-                    .map(|d| if d.is_dynamic() { -1 } else { d.get_min() })
-                    .collect()
-            };
+        let mut inputs = Vec::new();
+        let mut current = Vec::new();
+        for (i, (name, dims)) in input_shapes(&model)?.into_iter().enumerate() {
+            let dims = dims.unwrap_or_default();
             // The first input is the image input's when the IR names it otherwise (an
             // IR from another tool); the rest are fed by name.
             let want = shapes
@@ -402,18 +390,8 @@ impl OpenVino {
             inputs.push((name, want));
         }
         if inputs.iter().zip(&current).any(|((_, w), c)| w != c) {
-            let ps: Vec<PartialShape> = inputs
-                .iter()
-                .map(|(_, s)| PartialShape::new_static(s.len() as i64, s))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(ov_err("building a shape"))?;
-            let pairs: Vec<(&str, &PartialShape)> = inputs
-                .iter()
-                .zip(&ps)
-                .map(|((n, _), p)| (n.as_str(), p))
-                .collect();
             let wanted: Vec<&Vec<i64>> = inputs.iter().map(|(_, s)| s).collect();
-            model.reshape(&pairs).map_err(|e| {
+            reshape_all(&mut model, &inputs).map_err(|e| {
                 anyhow::anyhow!(
                     "this IR cannot run at input shape(s) {wanted:?} (its graph fixes {current:?}): {e}"
                 )

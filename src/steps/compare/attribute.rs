@@ -14,7 +14,7 @@ use serde_json::json;
 use super::landmarks::{Unreadable, candidate_output, rows_of};
 use super::report::{AttributeFigures, CandidateReport, CompareReport};
 use super::{CompareParams, batch_for, load_candidate, note_failures, record_not_compared};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::manifest::Preprocessing;
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
 use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
@@ -50,7 +50,17 @@ pub(super) fn run(
 ) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
-    refuse_other_gates(p, step)?;
+    p.refuse_gates_except(
+        step,
+        (
+            "an attribute model",
+            "its answers are compared face by face",
+        ),
+        (
+            gate::ATTRIBUTE,
+            " (or atol/rtol, which compare the outputs one by one)",
+        ),
+    )?;
     let input = ctx.manifest.model.input.name.clone();
     let mut set = super::prepare_set(ctx, p, pre)?;
     let mut timing = std::mem::take(&mut set.timing);
@@ -184,40 +194,10 @@ fn candidate_report(
 /// One candidate's attribute gates: its overrides over the step's; 0 gender flips and a
 /// mean age error of 1 year when none is set.
 fn gates_for(p: &CompareParams, label: &str) -> Gates {
-    let mut g = p.gates.overridden_by(p.candidate_gates.get(label));
-    if g.set_among(gate::ATTRIBUTE).is_empty() {
+    p.gates_or(label, gate::ATTRIBUTE, |g| {
         g.gender_flips_max = Some(0);
         g.age_mae_max = Some(1.0);
-    }
-    g
-}
-
-/// Gates of other tasks have no figure here.
-fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
-    let other = [
-        gate::RECOGNITION,
-        gate::DETECTION,
-        gate::LANDMARKS,
-        gate::SWAPPER,
-    ]
-    .concat();
-    let set: Vec<&str> = std::iter::once(&p.gates)
-        .chain(p.candidate_gates.values())
-        .flat_map(|g| g.set_among(&other))
-        .collect();
-    if let Some(k) = set.first() {
-        return Err(Error::Step {
-            step: step.to_string(),
-            message: format!(
-                "`{k}` is set on an attribute model: its answers are compared face by face"
-            ),
-            hint: Some(
-                "gate attribute models with gender_flips_max, age_mae_max and age_error_max (or atol/rtol, which compare the outputs one by one)"
-                    .into(),
-            ),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// The first `[N, >= 3]` output.

@@ -248,13 +248,11 @@ pub(super) fn run(
         message: "comparing a detector needs `model.detector` to decode its outputs".into(),
         hint: Some("declare e.g. `model.detector: {family: scrfd, score_threshold: 0.5, nms_iou: 0.4}`".into()),
     })?;
-    if p.has_gates(gate::RECOGNITION)
-        || p.has_gates(gate::LANDMARKS)
-        || p.has_gates(gate::ATTRIBUTE)
-        || p.has_gates(gate::SWAPPER)
-    {
-        return Err(Error::Step { step: step.clone(), message: "embedding gates (cosine_min, tar_drop_max, flips_max) are set on a detection model".into(), hint: Some("use recall_min, fp_per_image_max, landmark_nme_max, score_drift_max and nms_parity_min".into()) });
-    }
+    p.refuse_gates_except(
+        step,
+        ("a detection model", "its faces are matched box by box"),
+        (gate::DETECTION, ""),
+    )?;
     let input = ctx.manifest.model.input.name.clone();
     let dspec = &ctx.manifest.datasets[&p.dataset];
     let files = crate::preprocess::list_images(&ctx.datasets[&p.dataset], dspec.count, dspec.seed)?;

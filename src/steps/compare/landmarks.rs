@@ -53,7 +53,17 @@ pub(super) fn run(
 ) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
-    refuse_other_gates(p, step)?;
+    p.refuse_gates_except(
+        step,
+        (
+            "a landmark model",
+            "its points are compared as NME per face",
+        ),
+        (
+            gate::LANDMARKS,
+            " (or atol/rtol, which compare the outputs one by one)",
+        ),
+    )?;
     let input = ctx.manifest.model.input.name.clone();
     let mut set = super::prepare_set(ctx, p, pre)?;
     let mut timing = std::mem::take(&mut set.timing);
@@ -250,42 +260,9 @@ fn finite(x: f64) -> Option<f64> {
 
 /// One candidate's landmark gates: its overrides over the step's, `nme_max` 0.05 unless set.
 fn gates_for(p: &CompareParams, label: &str) -> Gates {
-    let mut g = p.gates.overridden_by(p.candidate_gates.get(label));
-    if g.set_among(gate::LANDMARKS).is_empty() {
-        g.nme_max = Some(DEFAULT_NME_MAX);
-    }
-    g
-}
-
-/// Gates of recognition and detection have no figure here.
-fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
-    let gates = std::iter::once(&p.gates).chain(p.candidate_gates.values());
-    let other: Vec<&str> = gates
-        .flat_map(|g| {
-            g.set_among(
-                &[
-                    gate::RECOGNITION,
-                    gate::DETECTION,
-                    gate::ATTRIBUTE,
-                    gate::SWAPPER,
-                ]
-                .concat(),
-            )
-        })
-        .collect();
-    if let Some(k) = other.first() {
-        return Err(Error::Step {
-            step: step.to_string(),
-            message: format!(
-                "`{k}` is set on a landmark model: its points are compared as NME per face"
-            ),
-            hint: Some(
-                "gate landmark models with nme_mean_max and nme_max (or atol/rtol, which compare the outputs one by one)"
-                    .into(),
-            ),
-        });
-    }
-    Ok(())
+    p.gates_or(label, gate::LANDMARKS, |g| {
+        g.nme_max = Some(DEFAULT_NME_MAX)
+    })
 }
 
 /// The reference's points output: the one `model.landmarks.output` names, else the first

@@ -269,6 +269,21 @@ impl CompareParams {
 
     /// The gates for one candidate: its overrides over the step's; `cosine_min` is 0.99
     /// unless set.
+    /// One candidate's gates: its overrides over the step's, and when none of the task's
+    /// `keys` is set, the task's `defaults`.
+    pub(super) fn gates_or(
+        &self,
+        label: &str,
+        keys: &[&str],
+        defaults: impl FnOnce(&mut Gates),
+    ) -> Gates {
+        let mut g = self.gates.overridden_by(self.candidate_gates.get(label));
+        if g.set_among(keys).is_empty() {
+            defaults(&mut g);
+        }
+        g
+    }
+
     fn gates_for(&self, label: &str) -> Gates {
         let mut g = self.gates.overridden_by(self.candidate_gates.get(label));
         g.cosine_min = g.cosine_min.or(Some(0.99));
@@ -299,12 +314,45 @@ impl CompareParams {
         })
     }
 
-    fn has_gates(&self, keys: &[&str]) -> bool {
-        !self.gates.set_among(keys).is_empty()
-            || self
-                .candidate_gates
-                .values()
-                .any(|g| !g.set_among(keys).is_empty())
+    /// A gate set on the step or a candidate that this task has no figure for is an error
+    /// that names it: `what` the model is ("a landmark model"), how it is `compared`, and
+    /// the gates that fit it (`own`, with a `note` after them).
+    pub(super) fn refuse_gates_except(
+        &self,
+        step: &str,
+        (what, compared): (&str, &str),
+        (own, note): (&[&str], &str),
+    ) -> Result<()> {
+        let others: Vec<&str> = [
+            gate::RECOGNITION,
+            gate::DETECTION,
+            gate::LANDMARKS,
+            gate::ATTRIBUTE,
+            gate::SWAPPER,
+        ]
+        .concat()
+        .into_iter()
+        .filter(|k| !own.contains(k))
+        .collect();
+        let set = std::iter::once(&self.gates)
+            .chain(self.candidate_gates.values())
+            .find_map(|g| g.set_among(&others).first().copied());
+        match set {
+            None => Ok(()),
+            Some(k) => {
+                let list = match own.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} and {last}", rest.join(", "))
+                    }
+                    _ => own.join(""),
+                };
+                Err(Error::Step {
+                    step: step.to_string(),
+                    message: format!("`{k}` is set on {what}: {compared}"),
+                    hint: Some(format!("gate it with {list}{note}")),
+                })
+            }
+        }
     }
 }
 
@@ -1043,7 +1091,7 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         _ if tolerance => {
             return Err(Error::Step {
                 step: step.clone(),
-                message: "`atol`/`rtol` are per-output tolerances: they apply to `generic` and `landmarks` models".into(),
+                message: "`atol`/`rtol` are per-output tolerances: they apply to `generic`, `landmarks` and `attribute` models".into(),
                 hint: Some(if task == Task::Detection {
                     "gate detectors with recall_min, score_drift_max, landmark_nme_max...".into()
                 } else {
@@ -1054,13 +1102,14 @@ fn route(ctx: &StepContext, p: &CompareParams, pre: &Preprocessing) -> Result<Op
         Task::Detection => return detection::run(ctx, p, pre).map(Some),
         Task::Recognition => {}
     }
-    if p.has_gates(gate::DETECTION)
-        || p.has_gates(gate::LANDMARKS)
-        || p.has_gates(gate::ATTRIBUTE)
-        || p.has_gates(gate::SWAPPER)
-    {
-        return Err(Error::Step { step: step.clone(), message: "detection or landmark gates (recall_min, fp_per_image_max, landmark_nme_max, score_drift_max, nms_parity_min, nme_mean_max, nme_max) are set on a recognition model".into(), hint: Some("use cosine_min, tar_drop_max and flips_max for embedders".into()) });
-    }
+    p.refuse_gates_except(
+        step,
+        (
+            "a recognition model",
+            "its embeddings are compared by cosine and verification",
+        ),
+        (gate::RECOGNITION, ""),
+    )?;
     Ok(None)
 }
 
@@ -1543,6 +1592,32 @@ mod tests {
         assert!(
             m.contains("`identity_threshold: 28` is not a cosine"),
             "{m}"
+        );
+    }
+
+    /// A gate of another task, on the step or on one candidate, is refused with the
+    /// model's own gates in the hint; the task's own gates pass.
+    #[test]
+    fn gates_of_another_task_are_refused_with_the_tasks_own() {
+        let p = |yaml: &str| -> CompareParams { serde_saphyr::from_str(yaml).unwrap() };
+        let own = p("{dataset: faces, candidates: [a], nme_max: 0.1, pose_error_max: 2}");
+        let lmk = (
+            "a landmark model",
+            "its points are compared as NME per face",
+        );
+        assert!(
+            own.refuse_gates_except("c", lmk, (gate::LANDMARKS, ""))
+                .is_ok()
+        );
+        let other = p("{dataset: faces, candidates: [a], candidate_gates: {a: {psnr_min: 30}}}");
+        let e = other
+            .refuse_gates_except("c", lmk, (gate::LANDMARKS, ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`psnr_min` is set on a landmark model")
+                && e.contains("nme_mean_max, nme_max and pose_error_max"),
+            "{e}"
         );
     }
 

@@ -206,7 +206,14 @@ pub(super) fn run(
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    refuse_other_gates(p, step, &task_name)?;
+    p.refuse_gates_except(
+        step,
+        (
+            &format!("a `{task_name}` model"),
+            "its outputs are compared one by one",
+        ),
+        (&gate::RECOGNITION[..1], ", atol and rtol (per output)"),
+    )?;
     let input = ctx.manifest.model.input.name.clone();
     let mut set = super::prepare_set(ctx, p, pre)?;
 
@@ -272,37 +279,6 @@ pub(super) fn run(
     let md = markdown(ctx, &report, &ref_names, &table);
     let summary = json!({"images": set.files.len(), "candidates": p.candidates.len(), "outputs": ref_names.len(), "worst_cosine": super::worst_cosine(&report.candidates)});
     super::finish(ctx, &report, (md, "output"), timing, t_total, summary)
-}
-
-/// Refuse gates of other tasks: a per-output compare judges cosine and tolerances only.
-fn refuse_other_gates(p: &CompareParams, step: &str, task_name: &str) -> Result<()> {
-    let step = step.to_string();
-    let not_here: Vec<&str> = [
-        gate::DETECTION,
-        &gate::RECOGNITION[1..],
-        gate::LANDMARKS,
-        gate::ATTRIBUTE,
-        gate::SWAPPER,
-    ]
-    .iter()
-    .flat_map(|k| {
-        let mut v = p.gates.set_among(k);
-        for g in p.candidate_gates.values() {
-            v.extend(g.set_among(k));
-        }
-        v
-    })
-    .collect();
-    if let Some(k) = not_here.first() {
-        return Err(Error::Step {
-            step,
-            message: format!(
-                "`{k}` is set on a `{task_name}` model: its outputs are compared one by one"
-            ),
-            hint: Some("use cosine_min, atol and rtol (per output)".into()),
-        });
-    }
-    Ok(())
 }
 
 /// Per-output compare feeds every candidate the model's own preprocessing.

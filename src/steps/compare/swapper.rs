@@ -46,7 +46,14 @@ pub(super) fn run(
 ) -> Result<StepOutcome> {
     let t_total = Instant::now();
     let step = &ctx.step.name;
-    refuse_other_gates(p, step)?;
+    p.refuse_gates_except(
+        step,
+        (
+            "a swapper",
+            "its swapped faces are compared as pictures and identities",
+        ),
+        (gate::SWAPPER, ""),
+    )?;
     let mut set = super::prepare_set(ctx, p, pre)?;
     let mut timing = std::mem::take(&mut set.timing);
     let t_feed = Instant::now();
@@ -393,35 +400,10 @@ fn candidate_report(
 /// One candidate's swapper gates: its overrides over the step's; PSNR 35 dB and an
 /// identity cosine of 0.98 when none is set.
 fn gates_for(p: &CompareParams, label: &str) -> Gates {
-    let mut g = p.gates.overridden_by(p.candidate_gates.get(label));
-    if g.set_among(gate::SWAPPER).is_empty() {
+    p.gates_or(label, gate::SWAPPER, |g| {
         g.psnr_min = Some(35.0);
         g.identity_cosine_min = Some(0.98);
-    }
-    g
-}
-
-/// Gates of other tasks have no figure here.
-fn refuse_other_gates(p: &CompareParams, step: &str) -> Result<()> {
-    let other = [
-        gate::RECOGNITION,
-        gate::DETECTION,
-        gate::LANDMARKS,
-        gate::ATTRIBUTE,
-    ]
-    .concat();
-    let set: Vec<&str> = std::iter::once(&p.gates)
-        .chain(p.candidate_gates.values())
-        .flat_map(|g| g.set_among(&other))
-        .collect();
-    if let Some(k) = set.first() {
-        return Err(Error::Step {
-            step: step.to_string(),
-            message: format!("`{k}` is set on a swapper: its swapped faces are compared as pictures and identities"),
-            hint: Some("gate swappers with psnr_min, psnr_mean_min, ssim_min, ssim_mean_min, pixel_error_max, identity_cosine_min, identity_cosine_mean_min and identity_flips_max".into()),
-        });
-    }
-    Ok(())
+    })
 }
 
 /// The swapper gates by the one rule: with no pair, or a swap that is not finite, every
