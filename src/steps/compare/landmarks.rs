@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array4, s};
+use ndarray::Array4;
 use serde_json::json;
 
 use super::report::{CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup};
@@ -319,25 +319,15 @@ pub(super) fn rows_of(
     (input, tensor, batch): (&str, &Array4<f32>, usize),
     pick: &dyn Fn(&[NamedTensor]) -> std::result::Result<usize, Unreadable>,
 ) -> Result<(Vec<Vec<f32>>, Duration, usize)> {
-    let n = tensor.shape()[0];
-    let sh = tensor.shape().to_vec();
-    let mut rows = Vec::with_capacity(n);
-    let mut ms = Duration::ZERO;
+    let mut rows = Vec::with_capacity(tensor.shape()[0]);
     let mut chosen = None;
-    let mut start = 0;
-    while start < n {
+    let feed = [(input, tensor.view().into_dyn())];
+    let ms = super::in_batches(model, &feed, batch, |(start, end), out| {
         ctx.check_cancelled()?;
-        let end = (start + batch).min(n);
-        let mut b = Array4::<f32>::zeros((batch, sh[1], sh[2], sh[3]));
-        b.slice_mut(s![0..end - start, .., .., ..])
-            .assign(&tensor.slice(s![start..end, .., .., ..]));
-        let t0 = Instant::now();
-        let out = model.run(&[(input.to_string(), b.into_dyn())])?;
-        ms += t0.elapsed();
         let idx = match chosen {
             Some(i) => i,
             None => {
-                let i = pick(&out).map_err(|e| Error::Step {
+                let i = pick(out).map_err(|e| Error::Step {
                     step: ctx.step.name.clone(),
                     message: e.0,
                     hint: None,
@@ -357,11 +347,11 @@ pub(super) fn rows_of(
                 hint: Some("compare the outputs one by one with `atol`/`rtol`, or export the model with a [N, W] output".into()),
             });
         }
-        for i in 0..end - start {
-            rows.push(t.index_axis(ndarray::Axis(0), i).iter().copied().collect());
-        }
-        start = end;
-    }
+        rows.extend(
+            (0..end - start).map(|i| t.index_axis(ndarray::Axis(0), i).iter().copied().collect()),
+        );
+        Ok(())
+    })?;
     Ok((rows, ms, chosen.unwrap_or(0)))
 }
 

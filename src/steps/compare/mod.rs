@@ -437,34 +437,61 @@ pub(crate) fn embed(
     t: &Array4<f32>,
     batch: usize,
 ) -> Result<Embedded> {
-    let n = t.shape()[0];
-    let mut out = Vec::with_capacity(n);
-    // Summed as a Duration: per-batch milliseconds would truncate fast batches to zero.
+    let mut out = Vec::with_capacity(t.shape()[0]);
+    let spent = in_batches(
+        model,
+        &[(input, t.view().into_dyn())],
+        batch,
+        |(start, end), r| {
+            let (name, y) = r
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("the model gave no output"))?;
+            if y.shape().first() != Some(&batch) {
+                return Err(anyhow::anyhow!(
+                    "output `{name}` has shape {:?}; expected batch {batch} first",
+                    y.shape()
+                )
+                .into());
+            }
+            out.extend(
+                (0..end - start).map(|i| y.index_axis(Axis(0), i).iter().copied().collect()),
+            );
+            Ok(())
+        },
+    )?;
+    Ok((out, spent.as_millis() as u64))
+}
+
+/// Run `model` over every row of `feed`, `batch` rows at a time (the last batch padded with
+/// zeros, which fixed-batch models need), handing `each` the rows `start..end` and the
+/// outputs; the time spent in the model, summed as a Duration (per-batch milliseconds would
+/// truncate fast batches to zero).
+pub(crate) fn in_batches(
+    model: &mut dyn LoadedModel,
+    feed: &[(&str, ndarray::ArrayViewD<f32>)],
+    batch: usize,
+    mut each: impl FnMut((usize, usize), &[crate::runtime::NamedTensor]) -> Result<()>,
+) -> Result<std::time::Duration> {
+    let n = feed.first().map_or(0, |(_, t)| t.shape()[0]);
     let mut spent = std::time::Duration::ZERO;
     let mut start = 0;
     while start < n {
         let end = (start + batch).min(n);
-        let mut b = Array4::<f32>::zeros((batch, t.shape()[1], t.shape()[2], t.shape()[3]));
-        b.slice_mut(s![0..end - start, .., .., ..])
-            .assign(&t.slice(s![start..end, .., .., ..]));
+        let x = batch_of(feed, (start, end), batch);
         let t0 = Instant::now();
-        let r = model.run(&[(input.to_string(), b.into_dyn())])?;
+        let out = model.run(&x)?;
         spent += t0.elapsed();
-        let y = &r[0].1;
-        if y.shape().first() != Some(&batch) {
-            return Err(anyhow::anyhow!(
-                "output `{}` has shape {:?}; expected batch {batch} first",
-                r[0].0,
-                y.shape()
-            )
-            .into());
-        }
-        for i in 0..end - start {
-            out.push(y.index_axis(Axis(0), i).iter().copied().collect());
-        }
+        each((start, end), &out)?;
         start = end;
     }
-    Ok((out, spent.as_millis() as u64))
+    Ok(spent)
+}
+
+/// Borrowed views of a feed's inputs, for [`batch_of`] and [`in_batches`].
+pub(crate) fn views_of(
+    feed: &[crate::runtime::NamedTensor],
+) -> Vec<(&str, ndarray::ArrayViewD<'_, f32>)> {
+    feed.iter().map(|(n, t)| (n.as_str(), t.view())).collect()
 }
 
 /// A worker thread's result; a panic there becomes the step's error, not the process's.
@@ -963,7 +990,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
 /// Rows `start..end` of every input of `feed`, each padded with zeros to `batch` rows (the
 /// static batch OpenVINO compiles).
 pub(crate) fn batch_of(
-    feed: &[crate::runtime::NamedTensor],
+    feed: &[(&str, ndarray::ArrayViewD<f32>)],
     (start, end): (usize, usize),
     batch: usize,
 ) -> Vec<crate::runtime::NamedTensor> {
@@ -974,7 +1001,7 @@ pub(crate) fn batch_of(
             let mut b = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
             b.slice_axis_mut(Axis(0), (0..end - start).into())
                 .assign(&t.slice_axis(Axis(0), (start..end).into()));
-            (name.clone(), b)
+            (name.to_string(), b)
         })
         .collect()
 }

@@ -357,13 +357,14 @@ fn run_batches(
     batch: usize,
 ) -> Result<std::time::Duration> {
     let n = feed.first().map_or(0, |(_, t)| t.shape()[0]);
+    let feed = super::views_of(feed);
     let mut ref_ms = std::time::Duration::ZERO;
     let t_run = Instant::now();
     let mut start = 0;
     while start < n {
         ctx.check_cancelled()?;
         let end = (start + batch).min(n);
-        let x = super::batch_of(feed, (start, end), batch);
+        let x = super::batch_of(&feed, (start, end), batch);
         let t0 = Instant::now();
         let r = reference.run(&x)?;
         ref_ms += t0.elapsed();

@@ -212,35 +212,23 @@ fn pair_feed(
 /// Run every row of `feed` through `model` in batches of `batch` (the last padded with
 /// zeros); the first output of each row, flattened, with its height and width.
 fn swap_all(model: &mut dyn LoadedModel, feed: &[NamedTensor], batch: usize) -> Result<Swapped> {
-    let n = feed.first().map_or(0, |(_, t)| t.shape()[0]);
-    let mut faces = Vec::with_capacity(n);
+    let mut faces = Vec::new();
     let mut hw = (0, 0);
-    let mut spent = Duration::ZERO;
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch).min(n);
-        let inputs = super::batch_of(feed, (start, end), batch);
-        let t0 = Instant::now();
-        let out = model.run(&inputs)?;
-        spent += t0.elapsed();
-        let y = &out
+    let spent = super::in_batches(model, &super::views_of(feed), batch, |(start, end), out| {
+        let (name, y) = out
             .first()
-            .ok_or_else(|| anyhow::anyhow!("the model gave no output"))?
-            .1;
+            .ok_or_else(|| anyhow::anyhow!("the model gave no output"))?;
         if y.ndim() != 4 || y.shape()[0] != batch || y.shape()[1] != 3 {
             return Err(anyhow::anyhow!(
-                "output `{}` has shape {:?}; a swapper gives [batch, 3, H, W] faces",
-                out[0].0,
+                "output `{name}` has shape {:?}; a swapper gives [batch, 3, H, W] faces",
                 y.shape()
             )
             .into());
         }
         hw = (y.shape()[2], y.shape()[3]);
-        for i in 0..end - start {
-            faces.push(y.index_axis(Axis(0), i).iter().copied().collect());
-        }
-        start = end;
-    }
+        faces.extend((0..end - start).map(|i| y.index_axis(Axis(0), i).iter().copied().collect()));
+        Ok(())
+    })?;
     Ok(Swapped { faces, hw, spent })
 }
 
