@@ -135,13 +135,9 @@ impl Recognizer {
     pub(crate) fn embed(&mut self, t: &ndarray::Array4<f32>) -> Result<Vec<Vec<f32>>> {
         let batch = super::compare::batch_for(self.model.as_ref(), 16);
         let (e, _) = super::compare::embed(self.model.as_mut(), &self.input, t, batch)?;
-        Ok(e.into_iter()
-            .map(|v| {
-                let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                v.iter()
-                    .map(|x| (*x as f64 / n.max(1e-12)) as f32)
-                    .collect()
-            })
+        Ok(crate::metrics::similarity::normalized(&e)
+            .outer_iter()
+            .map(|r| r.to_vec())
             .collect())
     }
 }
