@@ -350,6 +350,14 @@ impl BuildContext {
                     )));
                 }
                 inputs.insert(format!("file:{f}"), self.store.memo.blake3(&path)?.blake3);
+                // An OpenVINO IR recognizer's weights are in the .bin beside its .xml.
+                let bin = path.with_extension("bin");
+                if path.extension() == Some("xml") && bin.is_file() {
+                    inputs.insert(
+                        format!("file:{f}.bin"),
+                        self.store.memo.blake3(&bin)?.blake3,
+                    );
+                }
             }
             for i in &self.manifest.model.extra_inputs {
                 if let crate::manifest::Feed::Embedding(e) = &i.feed

@@ -635,6 +635,78 @@ fn swapper_compare_feeds_targets_and_latents_from_real_photos() {
     );
 }
 
+/// The source latents can come from a recognizer as another pipeline built it: an OpenVINO
+/// IR (here the built-in recognizer's FP32 IR from a recognition pipeline in the same
+/// project) gives the same swaps as the ONNX original, and its .bin is part of the key.
+#[test]
+fn swapper_latents_from_a_recognizer_ir_built_by_another_pipeline() {
+    let p = Project::new();
+    p.write(
+        "rec.yaml",
+        indoc! {"
+            schema: 1
+            name: rec
+            model: {builtin: iresnet-mini, task: recognition, input: {name: input.1, shape: [1, 3, 112, 112]}}
+            datasets:
+              faces: {builtin: synthetic-faces}
+            steps:
+              openvino_fp32: {kind: convert, params: {backend: openvino, precision: fp32}}
+        "},
+    );
+    let (code, r) = p.run_json("rec.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let swap = |recognizer: &str| {
+        format!(
+            indoc! {"
+                schema: 1
+                name: swap
+                model:
+                  builtin: inswapper-mini
+                  task: swapper
+                  inputs:
+                    target: {{shape: [1, 3, 128, 128]}}
+                    source: {{shape: [1, 512], feed: {{embedding: {{{recognizer}, emap: true}}}}}}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [128, 128]}}
+                datasets:
+                  faces: {{builtin: synthetic-faces, count: 20}}
+                steps:
+                  openvino_fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  compare:
+                    kind: compare
+                    params: {{dataset: faces, candidates: [openvino_fp32], psnr_min: 60}}
+            "},
+            recognizer = recognizer
+        )
+    };
+    let mut setups = Vec::new();
+    for rec in [
+        "builtin: iresnet-mini",
+        "model: out/rec/openvino_fp32/model.xml",
+    ] {
+        p.write("swap.yaml", &swap(rec));
+        let (code, r) = p.run_json("swap.yaml", &[]);
+        assert_eq!(code, 0, "{rec}: {r:#?}");
+        let rep: CompareReport = p.report("out/swap/compare/report.json");
+        setups.push(rep.swapper.unwrap());
+    }
+    let (onnx, ir) = (&setups[0], &setups[1]);
+    assert_eq!(ir.recognizer, "out/rec/openvino_fp32/model.xml");
+    assert_eq!(onnx.pairs, ir.pairs);
+    for (a, b) in [
+        (onnx.reference_to_source_mean, ir.reference_to_source_mean),
+        (onnx.reference_to_target_mean, ir.reference_to_target_mean),
+    ] {
+        assert!((a - b).abs() < 1e-3, "{onnx:#?} {ir:#?}");
+    }
+    eprintln!(
+        "source latents, ONNX vs IR recognizer: to source {:.5} / {:.5}, to target {:.5} / {:.5}",
+        onnx.reference_to_source_mean,
+        ir.reference_to_source_mean,
+        onnx.reference_to_target_mean,
+        ir.reference_to_target_mean
+    );
+}
+
 /// A two-input model compared output by output (`task: generic`), its second input fed rows
 /// of a `.npy` file: every artifact runs on both inputs, image by image, and a file whose
 /// rows do not fit the input is an error naming it.

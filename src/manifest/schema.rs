@@ -209,7 +209,8 @@ impl Feed {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmbeddingFeed {
-    /// The recognizer's ONNX file, relative to the manifest.
+    /// The recognizer's ONNX file, relative to the manifest; or an OpenVINO IR's `.xml`
+    /// (its `.bin` beside it), such as a recognizer pipeline's released FP16 artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<Utf8PathBuf>,
     /// A built-in recognizer instead (`iresnet-mini`, 512-d).

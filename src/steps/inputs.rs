@@ -86,7 +86,8 @@ pub(crate) fn script_inputs(
     Ok(serde_json::to_string(&list).map_err(anyhow::Error::from)?)
 }
 
-/// The recognizer behind an embedding feed, loaded in ONNX Runtime.
+/// The recognizer behind an embedding feed: an ONNX model in ONNX Runtime, or an OpenVINO
+/// IR (a recognizer as another pipeline built and released it) in OpenVINO at f32.
 pub(crate) struct Recognizer {
     /// As the manifest names it: its path, or `builtin:<name>`.
     pub label: String,
@@ -109,7 +110,14 @@ impl Recognizer {
                 )
             }
         };
-        let model = OnnxRuntime::new(ctx.toolchain, None)?.load(&path)?;
+        let model = if path.extension() == Some("xml") {
+            let bin = path.with_extension("bin");
+            crate::runtime::openvino::OpenVino::new(ctx.toolchain, Default::default())?
+                .with_batch(16)
+                .load_ir(&path, &bin)?
+        } else {
+            OnnxRuntime::new(ctx.toolchain, None)?.load(&path)?
+        };
         let (input, shape) = model.inputs().first().cloned().unwrap_or_default();
         let size = match shape[..] {
             [_, _, h, w] if h > 0 && w > 0 => [h as u32, w as u32],
