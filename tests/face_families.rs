@@ -707,6 +707,43 @@ fn swapper_latents_from_a_recognizer_ir_built_by_another_pipeline() {
     );
 }
 
+/// Accuracy control runs a model on its image input alone: on a two-input swapper it is a
+/// located error that says what to do instead, not an ONNX Runtime failure mid-search.
+#[test]
+fn accuracy_control_refuses_a_model_with_a_second_input() {
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        indoc! {"
+            schema: 1
+            name: swap
+            model:
+              builtin: inswapper-mini
+              task: swapper
+              inputs:
+                target: {shape: [1, 3, 128, 128]}
+                source: {shape: [1, 512], feed: {embedding: {builtin: iresnet-mini, emap: true}}}
+              preprocessing: {color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [128, 128]}
+            datasets:
+              faces: {builtin: synthetic-faces, count: 12}
+            steps:
+              calibrate: {kind: calibrate, params: {dataset: faces}}
+              quantize_ac:
+                kind: quantize
+                params:
+                  calibration: calibrate
+                  accuracy_control: {dataset: faces, metric: cosine_min, target: 0.99, max_fp_layers: 2}
+        "},
+    );
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!(code, 1, "{r:#?}");
+    let err = error_of(&r, "quantize_ac");
+    assert!(
+        err.contains("also has input `source`") && err.contains("without `accuracy_control`"),
+        "{err}"
+    );
+}
+
 /// A two-input model compared output by output (`task: generic`), its second input fed rows
 /// of a `.npy` file: every artifact runs on both inputs, image by image, and a file whose
 /// rows do not fit the input is an error naming it.

@@ -701,6 +701,20 @@ pub(crate) fn control(
             message: m,
             hint: h,
         })?;
+    // The search runs the model on the image input alone, as its metrics read it.
+    if let Some(other) = ctx.manifest.model.extra_inputs.first() {
+        return Err(Error::Step {
+            step,
+            message: format!(
+                "`accuracy_control` searches models fed images alone; this one also has input `{}`",
+                other.name
+            ),
+            hint: Some(
+                "quantize it without `accuracy_control`, and gate the INT8 artifact in compare"
+                    .into(),
+            ),
+        });
+    }
     ctx.progress
         .set_message(format!("accuracy control: reference on `{}`", ac.dataset));
     let eval = Evaluator::new(ctx, ac)?;
