@@ -36,6 +36,8 @@ pub(crate) struct BuildContext {
     executor: Executor,
     /// Where releases go unless a release step says (settings).
     pub releases_dir: Utf8PathBuf,
+    /// The key releases are signed with (settings).
+    pub signing_key: Option<String>,
     /// The longest wait between two polls of a Slurm job (settings).
     pub slurm_poll_max: std::time::Duration,
     /// Where the toolchain is found or installed (settings).
@@ -92,6 +94,7 @@ impl BuildContext {
             materialize: settings.materialize,
             executor: settings.executor,
             releases_dir: settings.releases_dir.clone(),
+            signing_key: settings.signing_key.clone(),
             toolchain_place: settings.toolchain.clone(),
             tensorrt_home: settings.tensorrt_home.clone(),
             slurm_poll_max: settings.slurm_poll_max,

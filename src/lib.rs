@@ -30,6 +30,7 @@ mod report;
 mod runtime;
 mod scheduler;
 mod settings;
+mod signing;
 mod steps;
 mod toolchain;
 mod util;

@@ -45,6 +45,9 @@ pub(crate) struct ContextSettings {
     pub remote: Option<RemoteConfig>,
     /// Where releases are written when a release step names no `releases_dir`.
     pub releases_dir: Utf8PathBuf,
+    /// `FACEBUILD_RELEASE_SIGNING_KEY`: a P-256 PEM file's path, or the PEM text (as CI
+    /// secrets come). Never part of a cache key.
+    pub signing_key: Option<String>,
     /// The longest wait between two polls of a Slurm job.
     pub slurm_poll_max: Duration,
     /// Where toolchains live and how they are installed.
@@ -66,6 +69,7 @@ impl ContextSettings {
             materialize: Materialize::All,
             remote: None,
             releases_dir: releases_dir(None),
+            signing_key: var("FACEBUILD_RELEASE_SIGNING_KEY"),
             slurm_poll_max: slurm_poll_max(),
         }
     }
@@ -111,6 +115,7 @@ impl RunSettings {
                 materialize: flags.materialize,
                 remote: remote(&flags.remote)?,
                 releases_dir: releases_dir(None),
+                signing_key: var("FACEBUILD_RELEASE_SIGNING_KEY"),
                 slurm_poll_max: slurm_poll_max(),
             },
             options: RunOptions {

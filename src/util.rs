@@ -91,6 +91,22 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Write a secret (a private key) readable by its owner only, never over an existing file.
+pub(crate) fn write_private(path: &camino::Utf8Path, bytes: &[u8]) -> crate::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(path).map_err(|e| crate::error::Error::io(path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| crate::error::Error::io(path, e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

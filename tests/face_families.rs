@@ -312,44 +312,15 @@ fn builtin_3d68_landmarks_are_compared_with_their_pose() {
 }
 
 /// A venv with insightface 2.1 (without its model-zoo dependencies), OpenCV and
-/// scikit-image, made with the toolchain's uv.
+/// scikit-image.
 fn insightface_venv(dir: &std::path::Path) -> std::path::PathBuf {
-    let uv = std::fs::read_dir(toolchain_dir())
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.path().join("bin/uv")))
-        .find(|p| p.is_file())
-        .expect("the toolchain's uv (run `facebuild toolchain install`)");
-    let venv = dir.join("venv");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&uv)
-            .args(args)
-            .env("VIRTUAL_ENV", &venv)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "uv {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let python = toolchain_python();
-    run(&[
-        "venv",
-        "-q",
-        venv.to_str().unwrap(),
-        "--python",
-        python.to_str().unwrap(),
-    ]);
-    run(&["pip", "install", "-q", "--no-deps", "insightface==2.1"]);
-    run(&[
-        "pip",
-        "install",
-        "-q",
-        "numpy",
-        "opencv-python-headless",
-        "scikit-image",
-    ]);
-    venv.join("bin/python")
+    uv_venv(
+        dir,
+        &[
+            &["--no-deps", "insightface==2.1"],
+            &["numpy", "opencv-python-headless", "scikit-image"],
+        ],
+    )
 }
 
 #[test]

@@ -179,12 +179,15 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
             .unwrap()
             .contains("first release")
     );
+    // Which version is current sits beside `current/`, not in it: `current/` holds the
+    // version's files only, so its signature verifies there too.
     assert_eq!(
-        std::fs::read_to_string(rel.join("t/current/RELEASE"))
+        std::fs::read_to_string(rel.join("t/CURRENT"))
             .unwrap()
             .trim(),
         "v1"
     );
+    assert!(!rel.join("t/current/RELEASE").exists());
 
     // 2. Refused by a latency gate, with the measured value and the limit: compared with
     //    it, or, on a busy machine, judged unreliable and not compared (and said so).
@@ -249,7 +252,7 @@ fn benchmark_then_release_passes_refuses_and_rolls_back_byte_identically() {
         .unwrap();
     assert!(rb.contains(v1_bin), "names v1's digests");
     assert_eq!(
-        std::fs::read_to_string(rel.join("t/current/RELEASE"))
+        std::fs::read_to_string(rel.join("t/CURRENT"))
             .unwrap()
             .trim(),
         "v2"
@@ -447,4 +450,143 @@ fn a_tiny_benchmark_budget_is_flagged_and_gates_on_it_fail() {
             .unwrap()
             .passed
     );
+}
+
+/// Releases are signed in the OpenSSF model-signing format, and sigstore's own tool accepts
+/// them: with a key from `release keygen` (a file) and one from `openssl` (the PEM text, as
+/// CI secrets come), `model_signing verify key` (model-signing 1.1.1 from PyPI, in its own
+/// venv) passes on the version folder and on `current/`, and `facebuild release verify`
+/// agrees. One changed byte, or one added file, fails both, and facebuild names the file. A
+/// release built without a key says so, and `release verify` reports it unsigned.
+#[test]
+fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
+    let p = Project::new();
+    let manifest = indoc! {"
+        schema: 1
+        name: rec
+        model:
+          builtin: iresnet-mini
+          task: recognition
+          input: {name: input.1, shape: [1, 3, 112, 112]}
+          preprocessing: {color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}
+        datasets:
+          faces: {builtin: synthetic-faces, count: 12}
+        steps:
+          openvino_fp16: {kind: convert, params: {backend: openvino, precision: fp16}}
+          compare: {kind: compare, params: {dataset: faces, candidates: [openvino_fp16], cosine_min: 0.99}}
+          release: {kind: release, params: {artifacts: [openvino_fp16], compare: compare}}
+    "};
+    p.write("m.yaml", manifest);
+    let python = uv_venv(p.dir.path(), &[&["model-signing==1.1.1", "pyopenssl"]]);
+    let model_signing = python.with_file_name("model_signing");
+    let ms_verify = |dir: &Path, public: &Path| {
+        let out = std::process::Command::new(&model_signing)
+            .args(["verify", "key", "--signature"])
+            .arg(dir.join("model.sig"))
+            .arg("--public_key")
+            .arg(public)
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let fb_verify = |dir: &Path, public: &Path| {
+        let out = p.run(&[
+            "release",
+            "verify",
+            dir.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // Unsigned: the release says so, and verify reports it.
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let out = p.run(&["release", "keygen", "--out", "keys"]);
+    assert!(out.status.success(), "{out:?}");
+    let (keygen_private, keygen_public) = (
+        p.path("keys/release-signing.pem"),
+        p.path("keys/release-signing.pub.pem"),
+    );
+    let current = p.path("releases/rec/current");
+    let (code, err) = fb_verify(&current, &keygen_public);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unsigned"), "{err}");
+
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "o.pem",
+    ]);
+    openssl(&["pkey", "-in", "o.pem", "-pubout", "-out", "o.pub.pem"]);
+    let openssl_pem = std::fs::read_to_string(p.path("o.pem")).unwrap();
+    for (key, public) in [
+        (
+            keygen_private.to_str().unwrap().to_string(),
+            keygen_public.clone(),
+        ),
+        (openssl_pem, p.path("o.pub.pem")),
+    ] {
+        let _ = std::fs::remove_dir_all(p.path("releases"));
+        let out = p
+            .cmd()
+            .args(["run", "m.yaml", "--no-cache", "--json"])
+            .env("FACEBUILD_RELEASE_SIGNING_KEY", &key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let version = std::fs::read_to_string(p.path("releases/rec/CURRENT")).unwrap();
+        let vdir = p.path(&format!("releases/rec/{}", version.trim()));
+        for dir in [&vdir, &current] {
+            let (ok, err) = ms_verify(dir, &public);
+            assert!(ok, "model_signing on {}: {err}", dir.display());
+            assert_eq!(fb_verify(dir, &public).0, Some(0));
+        }
+    }
+
+    // One byte changed, one file added: both tools fail, facebuild names the files.
+    let public = p.path("o.pub.pem");
+    let xml = current.join("openvino_fp16/model.xml");
+    let mut bytes = std::fs::read(&xml).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&xml, bytes).unwrap();
+    assert!(!ms_verify(&current, &public).0);
+    let (code, err) = fb_verify(&current, &public);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`openvino_fp16/model.xml` changed"), "{err}");
+    let version = std::fs::read_to_string(p.path("releases/rec/CURRENT")).unwrap();
+    let vdir = p.path(&format!("releases/rec/{}", version.trim()));
+    std::fs::write(vdir.join("NOTES.txt"), "added later").unwrap();
+    assert!(!ms_verify(&vdir, &public).0);
+    let (code, err) = fb_verify(&vdir, &public);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("`NOTES.txt` is not signed"), "{err}");
+    // Another key: refused.
+    let (code, err) = fb_verify(&vdir, &keygen_public);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("another key"), "{err}");
 }

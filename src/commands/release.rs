@@ -1,4 +1,5 @@
-//! `facebuild release`: list releases, or roll a pipeline back.
+//! `facebuild release`: list releases, roll a pipeline back, make a signing key, verify a
+//! release's signature.
 
 use camino::Utf8PathBuf;
 use clap::Subcommand;
@@ -24,14 +25,102 @@ pub(super) enum ReleaseCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make a P-256 key pair for signing releases (FACEBUILD_RELEASE_SIGNING_KEY)
+    Keygen {
+        /// Where the keys go: release-signing.pem (private, mode 600) and
+        /// release-signing.pub.pem
+        #[arg(long, default_value = ".")]
+        out: Utf8PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a release folder's model.sig and SHA256SUMS: every file as signed, none added
+    Verify {
+        /// A release's version folder (or `current/`)
+        dir: Utf8PathBuf,
+        /// The public key (PEM) the release must be signed with
+        #[arg(long)]
+        public_key: Utf8PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl ReleaseCmd {
     pub(super) fn json(&self) -> bool {
         match self {
-            ReleaseCmd::List { json, .. } | ReleaseCmd::Rollback { json, .. } => *json,
+            ReleaseCmd::List { json, .. }
+            | ReleaseCmd::Rollback { json, .. }
+            | ReleaseCmd::Keygen { json, .. }
+            | ReleaseCmd::Verify { json, .. } => *json,
         }
     }
+}
+
+/// What `release verify` found.
+#[derive(serde::Serialize)]
+struct Verified {
+    dir: Utf8PathBuf,
+    verified: bool,
+    /// `signed`, or `unsigned` (no model.sig).
+    signature: &'static str,
+    /// What does not verify: files changed, added or missing, or the wrong key.
+    problems: Vec<String>,
+}
+
+fn verify(dir: Utf8PathBuf, public_key: &camino::Utf8Path, out: super::Printer) -> Result<i32> {
+    let key = crate::signing::public_key(public_key)?;
+    let signed = dir.join(crate::signing::SIGNATURE_FILE).is_file();
+    let mut problems = crate::steps::release::verify_version(&dir)?;
+    if signed {
+        problems.extend(crate::signing::verify_dir(&dir, &key)?);
+    } else {
+        problems.push(format!(
+            "unsigned: {dir} has no {} (the release was built without FACEBUILD_RELEASE_SIGNING_KEY)",
+            crate::signing::SIGNATURE_FILE
+        ));
+    }
+    let v = Verified {
+        verified: problems.is_empty(),
+        signature: if signed { "signed" } else { "unsigned" },
+        problems,
+        dir,
+    };
+    if !out.json(|| &v)? {
+        if v.verified {
+            println!("{}: verified (model.sig and SHA256SUMS, every file)", v.dir);
+        } else {
+            eprintln!("error: {} does not verify:", v.dir);
+            for p in &v.problems {
+                eprintln!("  {p}");
+            }
+        }
+    }
+    Ok(if v.verified { 0 } else { 1 })
+}
+
+fn keygen(dir: &camino::Utf8Path, out: super::Printer) -> Result<i32> {
+    let (private, public) = crate::signing::keygen()?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
+    let (key, pubkey) = (
+        dir.join("release-signing.pem"),
+        dir.join("release-signing.pub.pem"),
+    );
+    if key.exists() {
+        return Err(
+            crate::error::Error::usage(format!("{key} exists: not overwritten"))
+                .with_hint("move it away first, or give another `--out`"),
+        );
+    }
+    crate::util::write_private(&key, private.as_bytes())?;
+    std::fs::write(&pubkey, public).map_err(|e| crate::error::Error::io(&pubkey, e))?;
+    let made = serde_json::json!({"private_key": key, "public_key": pubkey});
+    if !out.json(|| &made)? {
+        println!(
+            "wrote {key} (keep it secret: FACEBUILD_RELEASE_SIGNING_KEY={key}) and {pubkey} (give it to who verifies)"
+        );
+    }
+    Ok(0)
 }
 
 pub(super) fn release_cmd(r: ReleaseCmd, out: super::Printer) -> Result<i32> {
@@ -77,5 +166,9 @@ pub(super) fn release_cmd(r: ReleaseCmd, out: super::Printer) -> Result<i32> {
             }
             Ok(0)
         }
+        ReleaseCmd::Keygen { out: dir, .. } => keygen(&dir, out),
+        ReleaseCmd::Verify {
+            dir, public_key, ..
+        } => verify(dir, &public_key, out),
     }
 }

@@ -95,6 +95,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         failed: job.failed.clone(),
         workdir: &workdir,
         releases_dir: &ctx.releases_dir,
+        signing_key: ctx.signing_key.as_deref(),
         cancel,
         progress: &pb,
     };

@@ -687,13 +687,9 @@ pub(crate) trait Quantizer {
 
 /// Search as configured, then quantize the chosen configuration into `out_dir`. Returns the
 /// search report and the tool's report on the final quantization.
-pub(crate) fn control(
-    ctx: &StepContext,
-    ac: &AccuracyControl,
-    q: &dyn Quantizer,
-    calibration: &Utf8Path,
-    out_dir: &Utf8Path,
-) -> Result<(SearchReport, serde_json::Value)> {
+/// What the search cannot take: settings that do not fit the model, or a model fed more
+/// than images (the search runs it on the image input alone, as its metrics read it).
+fn refuse(ctx: &StepContext, ac: &AccuracyControl) -> Result<()> {
     let step = ctx.step.name.clone();
     ac.validate(ctx.manifest.model.task)
         .map_err(|(m, h)| Error::Step {
@@ -701,7 +697,6 @@ pub(crate) fn control(
             message: m,
             hint: h,
         })?;
-    // The search runs the model on the image input alone, as its metrics read it.
     if let Some(other) = ctx.manifest.model.extra_inputs.first() {
         return Err(Error::Step {
             step,
@@ -715,6 +710,18 @@ pub(crate) fn control(
             ),
         });
     }
+    Ok(())
+}
+
+pub(crate) fn control(
+    ctx: &StepContext,
+    ac: &AccuracyControl,
+    q: &dyn Quantizer,
+    calibration: &Utf8Path,
+    out_dir: &Utf8Path,
+) -> Result<(SearchReport, serde_json::Value)> {
+    let step = ctx.step.name.clone();
+    refuse(ctx, ac)?;
     ctx.progress
         .set_message(format!("accuracy control: reference on `{}`", ac.dataset));
     let eval = Evaluator::new(ctx, ac)?;

@@ -45,6 +45,8 @@ pub(crate) struct StepContext<'a> {
     pub workdir: &'a Utf8Path,
     /// Where releases go when a release step names no `releases_dir` (settings).
     pub releases_dir: &'a Utf8Path,
+    /// `FACEBUILD_RELEASE_SIGNING_KEY` (settings): a PEM file's path or the PEM text.
+    pub signing_key: Option<&'a str>,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
 }

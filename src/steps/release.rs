@@ -169,6 +169,9 @@ pub struct ReleaseReport {
     /// The release this one follows (null for the first; absent when refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Option<String>>,
+    /// `model.sig` and its key's sha256, or `unsigned` (absent when refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The report's schema version.
@@ -351,6 +354,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
             refused: None,
             verdicts,
             previous: None,
+            signature: None,
         };
         super::write_report(ctx.workdir, "report.json", &report)?;
         return Err(refused_error(step, &refused));
@@ -414,6 +418,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         sums += &format!("{d}  {f}\n");
     }
     std::fs::write(stage.join("SHA256SUMS"), &sums).fs_context(&stage)?;
+    let signature = sign_stage(ctx, &stage, &version)?;
 
     let vdir = promote(step, &pipeline_dir, &stage, &version, &sums, digests)?;
 
@@ -427,19 +432,51 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         refused: Some(refused.clone()),
         verdicts,
         previous: Some(previous.as_ref().map(|p| p.version.clone())),
+        signature: Some(signature),
     };
     super::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({"version": version, "promoted": promoted.join(", "), "refused": refused.len(), "to": vdir.to_string()});
-    Ok(StepOutcome {
-        outputs: [
-            ("report.json".to_string(), report_path),
-            ("metadata.json".to_string(), stage.join("metadata.json")),
-            ("SHA256SUMS".to_string(), stage.join("SHA256SUMS")),
-            ("ROLLBACK.md".to_string(), stage.join("ROLLBACK.md")),
-        ]
-        .into(),
-        summary,
-    })
+    Ok(released(&report, report_path, &stage))
+}
+
+/// The step's outputs (what the cache keeps to restore the release elsewhere) and summary.
+fn released(report: &ReleaseReport, report_path: Utf8PathBuf, stage: &Utf8Path) -> StepOutcome {
+    let summary = json!({"version": report.version, "promoted": report.promoted.join(", "), "refused": report.refused.as_ref().map_or(0, Vec::len), "to": report.release_dir, "signature": report.signature});
+    let mut outputs: BTreeMap<String, Utf8PathBuf> = [
+        ("report.json".to_string(), report_path),
+        ("metadata.json".to_string(), stage.join("metadata.json")),
+        ("SHA256SUMS".to_string(), stage.join("SHA256SUMS")),
+        ("ROLLBACK.md".to_string(), stage.join("ROLLBACK.md")),
+    ]
+    .into();
+    let sig = stage.join(crate::signing::SIGNATURE_FILE);
+    if sig.is_file() {
+        outputs.insert(crate::signing::SIGNATURE_FILE.to_string(), sig);
+    }
+    StepOutcome { outputs, summary }
+}
+
+/// Sign the staged release with `FACEBUILD_RELEASE_SIGNING_KEY` (settings) when one is set:
+/// `model.sig` over every file, in the OpenSSF model-signing format. What the report says
+/// of it: the key's sha256, or `unsigned`.
+fn sign_stage(ctx: &StepContext, stage: &Utf8Path, version: &str) -> Result<String> {
+    let Some(k) = ctx.signing_key else {
+        return Ok("unsigned (no FACEBUILD_RELEASE_SIGNING_KEY)".into());
+    };
+    let key = crate::signing::signing_key(k).map_err(|e| match e {
+        Error::Usage { message, hint } => Error::Step {
+            step: ctx.step.name.clone(),
+            message: format!("FACEBUILD_RELEASE_SIGNING_KEY: {message}"),
+            hint,
+        },
+        other => other,
+    })?;
+    let bundle = crate::signing::sign_dir(stage, version, &key)?;
+    std::fs::write(stage.join(crate::signing::SIGNATURE_FILE), bundle).fs_context(stage)?;
+    Ok(format!(
+        "{} (ECDSA P-256, public key sha256 {})",
+        crate::signing::SIGNATURE_FILE,
+        crate::signing::key_hint(key.verifying_key())?
+    ))
 }
 
 /// Each artifact's verdict against its gates, and the artifacts that passed every one.
@@ -765,6 +802,10 @@ pub(crate) fn restore(
         }
     }
     std::fs::copy(sums_file, tmp.join("SHA256SUMS")).fs_context(sums_file)?;
+    // The signature was made where the release was built; it comes back with the rest.
+    if let Some(sig) = own.get(crate::signing::SIGNATURE_FILE) {
+        std::fs::copy(sig, tmp.join(crate::signing::SIGNATURE_FILE)).fs_context(sig)?;
+    }
     std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
     append_history(
         &pipeline_dir,
@@ -794,8 +835,8 @@ fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
     }
     let tmp = pipeline_dir.join(format!(".current.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    // A copy of the version, file for file: its signature verifies on it as on the version.
     copy_tree(&vdir, &tmp)?;
-    std::fs::write(tmp.join("RELEASE"), format!("{version}\n")).fs_context(&tmp)?;
     // The copy must match the version byte for byte before it replaces `current`.
     let copied = verify_version(&tmp)?;
     if !copied.is_empty() {
@@ -812,7 +853,24 @@ fn set_current(pipeline_dir: &Utf8Path, version: &str) -> Result<()> {
     }
     std::fs::rename(&tmp, &cur).fs_context(&cur)?;
     let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    // Which version `current/` is, beside it (inside, it would be a file the signature
+    // does not cover).
+    crate::cache::store::write_atomic(
+        &pipeline_dir.join(CURRENT_FILE),
+        format!("{version}\n").as_bytes(),
+    )
+}
+
+/// The file beside `current/` that names its version.
+const CURRENT_FILE: &str = "CURRENT";
+
+/// The version `current/` holds: `CURRENT`, or the marker inside `current/` that releases
+/// before signatures wrote.
+fn current_version(pipeline_dir: &Utf8Path) -> Option<String> {
+    std::fs::read_to_string(pipeline_dir.join(CURRENT_FILE))
+        .or_else(|_| std::fs::read_to_string(pipeline_dir.join("current/RELEASE")))
+        .map(|s| s.trim().to_string())
+        .ok()
 }
 
 /// `facebuild release rollback PIPELINE VERSION`: make an earlier version current again.
@@ -862,9 +920,7 @@ pub(crate) fn rollback(root: &Utf8Path, pipeline: &str, version: &str) -> Result
             ),
         );
     }
-    let from = std::fs::read_to_string(pdir.join("current/RELEASE"))
-        .map(|s| s.trim().to_string())
-        .ok();
+    let from = current_version(&pdir);
     set_current(&pdir, version)?;
     let sums = std::fs::read_to_string(vdir.join("SHA256SUMS")).fs_context(&vdir)?;
     append_history(
@@ -915,9 +971,7 @@ pub(crate) fn list(root: &Utf8Path) -> Result<Vec<ReleaseEntry>> {
     pipelines.sort();
     for pdir in pipelines {
         let name = pdir.file_name().unwrap_or("").to_string();
-        let current = std::fs::read_to_string(pdir.join("current/RELEASE"))
-            .map(|s| s.trim().to_string())
-            .ok();
+        let current = current_version(&pdir);
         for h in read_history(&pdir)
             .into_iter()
             .filter(|h| h.event == "promote")

@@ -412,3 +412,40 @@ pub(crate) fn snapshot(p: &Project, suffix: &str, text: &str) {
     }
     settings.bind(|| insta::assert_snapshot!(name, text));
 }
+
+/// A venv in `dir` made with the toolchain's uv, with each group of `installs` pip-installed
+/// in turn (a group may carry flags, e.g. `--no-deps`); its python.
+pub(crate) fn uv_venv(dir: &Path, installs: &[&[&str]]) -> PathBuf {
+    let uv = std::fs::read_dir(toolchain_dir())
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join("bin/uv")))
+        .find(|p| p.is_file())
+        .expect("the toolchain's uv (run `facebuild toolchain install`)");
+    let venv = dir.join("venv");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&uv)
+            .args(args)
+            .env("VIRTUAL_ENV", &venv)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "uv {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let python = toolchain_python();
+    run(&[
+        "venv",
+        "-q",
+        venv.to_str().unwrap(),
+        "--python",
+        python.to_str().unwrap(),
+    ]);
+    for group in installs {
+        let mut args = vec!["pip", "install", "-q"];
+        args.extend_from_slice(group);
+        run(&args);
+    }
+    venv.join("bin/python")
+}
