@@ -456,8 +456,9 @@ fn a_tiny_benchmark_budget_is_flagged_and_gates_on_it_fail() {
 /// them: with a key from `release keygen` (a file) and one from `openssl` (the PEM text, as
 /// CI secrets come), `model_signing verify key` (model-signing 1.1.1 from PyPI, in its own
 /// venv) passes on the version folder and on `current/`, and `facebuild release verify`
-/// agrees. One changed byte, or one added file, fails both, and facebuild names the file. A
-/// release built without a key says so, and `release verify` reports it unsigned.
+/// agrees, also on a release restored from the cache without the key. One changed byte, or
+/// one added file, fails both, and facebuild names the file. A release built without a key
+/// says so, and `release verify` reports it unsigned.
 #[test]
 fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
     let p = Project::new();
@@ -568,8 +569,16 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
         }
     }
 
-    // One byte changed, one file added: both tools fail, facebuild names the files.
+    // A release restored from the cache (a cleaned disk, another machine) comes back with
+    // its signature, without the key.
     let public = p.path("o.pub.pem");
+    std::fs::remove_dir_all(p.path("releases")).unwrap();
+    let (code, r) = p.run_json("m.yaml", &[]);
+    assert_eq!((code, status_of(&r, "release")), (0, Status::Cached));
+    assert!(ms_verify(&current, &public).0);
+    assert_eq!(fb_verify(&current, &public).0, Some(0));
+
+    // One byte changed, one file added: both tools fail, facebuild names the files.
     let xml = current.join("openvino_fp16/model.xml");
     let mut bytes = std::fs::read(&xml).unwrap();
     bytes[0] ^= 1;
