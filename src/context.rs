@@ -38,6 +38,8 @@ pub(crate) struct BuildContext {
     pub releases_dir: Utf8PathBuf,
     /// The key releases are signed with (settings).
     pub signing_key: Option<String>,
+    /// This invocation, for release provenance (settings).
+    pub invocation: crate::settings::Invocation,
     /// The longest wait between two polls of a Slurm job (settings).
     pub slurm_poll_max: std::time::Duration,
     /// Where the toolchain is found or installed (settings).
@@ -95,6 +97,7 @@ impl BuildContext {
             executor: settings.executor,
             releases_dir: settings.releases_dir.clone(),
             signing_key: settings.signing_key.clone(),
+            invocation: settings.invocation.clone(),
             toolchain_place: settings.toolchain.clone(),
             tensorrt_home: settings.tensorrt_home.clone(),
             slurm_poll_max: settings.slurm_poll_max,

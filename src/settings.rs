@@ -48,6 +48,8 @@ pub(crate) struct ContextSettings {
     /// `FACEBUILD_RELEASE_SIGNING_KEY`: a P-256 PEM file's path, or the PEM text (as CI
     /// secrets come). Never part of a cache key.
     pub signing_key: Option<String>,
+    /// This invocation, for release provenance.
+    pub invocation: Invocation,
     /// The longest wait between two polls of a Slurm job.
     pub slurm_poll_max: Duration,
     /// Where toolchains live and how they are installed.
@@ -70,6 +72,7 @@ impl ContextSettings {
             remote: None,
             releases_dir: releases_dir(None),
             signing_key: var("FACEBUILD_RELEASE_SIGNING_KEY"),
+            invocation: Invocation::resolve(),
             slurm_poll_max: slurm_poll_max(),
         }
     }
@@ -116,6 +119,7 @@ impl RunSettings {
                 remote: remote(&flags.remote)?,
                 releases_dir: releases_dir(None),
                 signing_key: var("FACEBUILD_RELEASE_SIGNING_KEY"),
+                invocation: Invocation::resolve(),
                 slurm_poll_max: slurm_poll_max(),
             },
             options: RunOptions {
@@ -125,6 +129,35 @@ impl RunSettings {
                 no_cache: flags.no_cache,
             },
         })
+    }
+}
+
+/// What ran facebuild, as release provenance records it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Invocation {
+    /// The CI run's URL: GitHub Actions' run (and attempt), or GitLab's job.
+    pub id: Option<String>,
+    /// The command line.
+    pub args: Vec<String>,
+}
+
+impl Invocation {
+    fn resolve() -> Invocation {
+        let github = match (
+            var("GITHUB_SERVER_URL"),
+            var("GITHUB_REPOSITORY"),
+            var("GITHUB_RUN_ID"),
+        ) {
+            (Some(server), Some(repo), Some(run)) => Some(format!(
+                "{server}/{repo}/actions/runs/{run}/attempts/{}",
+                var("GITHUB_RUN_ATTEMPT").unwrap_or_else(|| "1".into())
+            )),
+            _ => None,
+        };
+        Invocation {
+            id: github.or_else(|| var("CI_JOB_URL")),
+            args: std::env::args().collect(),
+        }
     }
 }
 

@@ -208,6 +208,67 @@ pub(crate) fn sign_dir(dir: &Utf8Path, name: &str, key: &SigningKey) -> Result<V
     Ok(serde_json::to_vec_pretty(&bundle).map_err(anyhow::Error::from)?)
 }
 
+/// A DSSE envelope (JSON) over an in-toto `statement`, signed with `key` when there is one
+/// (no signatures otherwise: an unsigned envelope says so by having none).
+pub(crate) fn envelope(
+    statement: &serde_json::Value,
+    key: Option<&SigningKey>,
+) -> Result<serde_json::Value> {
+    let payload = serde_json::to_vec(statement).map_err(anyhow::Error::from)?;
+    let signatures = match key {
+        Some(k) => {
+            let sig: Signature = k.sign(&pae(&payload));
+            vec![serde_json::json!({
+                "keyid": key_hint(k.verifying_key())?,
+                "sig": B64.encode(sig.to_der().as_bytes()),
+            })]
+        }
+        None => vec![],
+    };
+    Ok(serde_json::json!({
+        "payloadType": PAYLOAD_TYPE,
+        "payload": B64.encode(&payload),
+        "signatures": signatures,
+    }))
+}
+
+/// An envelope's statement, and whether `key` signed it: None when it has no signature.
+pub(crate) fn open_envelope(
+    env: &serde_json::Value,
+    key: &VerifyingKey,
+) -> Result<(serde_json::Value, Option<bool>)> {
+    let payload = env["payload"]
+        .as_str()
+        .and_then(|s| B64.decode(s.as_bytes()).ok())
+        .ok_or_else(|| Error::usage("the envelope has no base64 `payload`"))?;
+    let statement = serde_json::from_slice(&payload)
+        .map_err(|e| Error::usage(format!("the envelope's payload is not JSON: {e}")))?;
+    let signed = env["signatures"]
+        .as_array()
+        .and_then(|s| s.first())
+        .map(|s| {
+            s["sig"]
+                .as_str()
+                .and_then(|b| B64.decode(b.as_bytes()).ok())
+                .and_then(|der| Signature::from_der(&der).ok())
+                .is_some_and(|sig| {
+                    env["payloadType"] == PAYLOAD_TYPE && key.verify(&pae(&payload), &sig).is_ok()
+                })
+        });
+    Ok((statement, signed))
+}
+
+/// sha256 (hex) of a file.
+pub(crate) fn sha256_hex(path: &Utf8Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// Every file under `dir` but the signature and git's files, with its sha256 (hex).
+pub(crate) fn files_of(dir: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    digests(dir)
+}
+
 /// Verify `dir` against its `model.sig` with `key`: what does not verify, in words (the
 /// files that changed, appeared or went missing); empty when every file is as signed.
 /// An unreadable or malformed signature is an error.

@@ -553,6 +553,9 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
             .cmd()
             .args(["run", "m.yaml", "--no-cache", "--json"])
             .env("FACEBUILD_RELEASE_SIGNING_KEY", &key)
+            .env("GITHUB_SERVER_URL", "https://github.com")
+            .env("GITHUB_REPOSITORY", "acme/faces")
+            .env("GITHUB_RUN_ID", "42")
             .output()
             .unwrap();
         assert!(
@@ -567,6 +570,7 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
             assert!(ok, "model_signing on {}: {err}", dir.display());
             assert_eq!(fb_verify(dir, &public).0, Some(0));
         }
+        check_provenance(&vdir);
     }
 
     // A release restored from the cache (a cleaned disk, another machine) comes back with
@@ -587,6 +591,10 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
     let (code, err) = fb_verify(&current, &public);
     assert_eq!(code, Some(1));
     assert!(err.contains("`openvino_fp16/model.xml` changed"), "{err}");
+    assert!(
+        err.contains("`openvino_fp16/model.xml` differs from what provenance.intoto.json says"),
+        "{err}"
+    );
     let version = std::fs::read_to_string(p.path("releases/rec/CURRENT")).unwrap();
     let vdir = p.path(&format!("releases/rec/{}", version.trim()));
     std::fs::write(vdir.join("NOTES.txt"), "added later").unwrap();
@@ -598,4 +606,69 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
     let (code, err) = fb_verify(&vdir, &keygen_public);
     assert_eq!(code, Some(1));
     assert!(err.contains("another key"), "{err}");
+}
+
+/// The release's SLSA provenance: a signed DSSE envelope over an in-toto statement whose
+/// subjects are every file but `model.sig` and itself, built from the manifest, the source
+/// model, the datasets and the locked toolchain, in the CI run the environment names.
+fn check_provenance(vdir: &Path) {
+    use base64::Engine;
+    let env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vdir.join("provenance.intoto.json")).unwrap())
+            .unwrap();
+    assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
+    assert_eq!(env["signatures"].as_array().unwrap().len(), 1);
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+    let mut names: Vec<&str> = st["subject"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ROLLBACK.md",
+            "SHA256SUMS",
+            "metadata.json",
+            "openvino_fp16/model.bin",
+            "openvino_fp16/model.xml"
+        ]
+    );
+    let pred = &st["predicate"];
+    assert_eq!(
+        pred["buildDefinition"]["externalParameters"]["pipeline"],
+        "rec"
+    );
+    let deps = pred["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    assert!(deps.iter().any(
+        |d| d["name"] == "source model" && d["digest"]["sha256"].as_str().unwrap().len() == 64
+    ));
+    assert!(deps.iter().any(|d| d["name"] == "dataset faces"));
+    assert!(
+        deps.iter().any(|d| d["name"] == "openvino"
+            && !d["annotations"]["locked_sha256"]
+                .as_array()
+                .unwrap()
+                .is_empty()),
+        "{deps:#?}"
+    );
+    assert_eq!(
+        pred["runDetails"]["metadata"]["invocationId"],
+        "https://github.com/acme/faces/actions/runs/42/attempts/1"
+    );
+    assert!(
+        pred["runDetails"]["builder"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://facebuild.dev/facebuild@")
+    );
 }

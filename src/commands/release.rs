@@ -72,6 +72,10 @@ fn verify(dir: Utf8PathBuf, public_key: &camino::Utf8Path, out: super::Printer) 
     let key = crate::signing::public_key(public_key)?;
     let signed = dir.join(crate::signing::SIGNATURE_FILE).is_file();
     let mut problems = crate::steps::release::verify_version(&dir)?;
+    let provenance = dir.join(crate::steps::provenance::PROVENANCE_FILE);
+    if provenance.is_file() {
+        problems.extend(crate::steps::provenance::verify(&dir, &key)?);
+    }
     if signed {
         problems.extend(crate::signing::verify_dir(&dir, &key)?);
     } else {

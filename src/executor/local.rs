@@ -96,6 +96,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         workdir: &workdir,
         releases_dir: &ctx.releases_dir,
         signing_key: ctx.signing_key.as_deref(),
+        invocation: &ctx.invocation,
         cancel,
         progress: &pb,
     };

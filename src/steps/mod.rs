@@ -8,6 +8,7 @@ pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod convert;
 pub(crate) mod inputs;
+pub(crate) mod provenance;
 pub(crate) mod quantize;
 pub(crate) mod release;
 pub(crate) mod simplify;
@@ -47,6 +48,8 @@ pub(crate) struct StepContext<'a> {
     pub releases_dir: &'a Utf8Path,
     /// `FACEBUILD_RELEASE_SIGNING_KEY` (settings): a PEM file's path or the PEM text.
     pub signing_key: Option<&'a str>,
+    /// This invocation (settings), for release provenance.
+    pub invocation: &'a crate::settings::Invocation,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
 }

@@ -327,6 +327,7 @@ fn refused_error(step: &str, refused: &[String]) -> Error {
 
 pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     let step = &ctx.step.name;
+    let started = now();
     let compare: Option<CompareReport> = p
         .compare
         .as_ref()
@@ -418,7 +419,9 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         sums += &format!("{d}  {f}\n");
     }
     std::fs::write(stage.join("SHA256SUMS"), &sums).fs_context(&stage)?;
-    let signature = sign_stage(ctx, &stage, &version)?;
+    let key = release_key(ctx)?;
+    super::provenance::write(ctx, &stage, (started, &artifacts_meta), key.as_ref())?;
+    let signature = sign_stage(key.as_ref(), &stage, &version)?;
 
     let vdir = promote(step, &pipeline_dir, &stage, &version, &sums, digests)?;
 
@@ -448,29 +451,45 @@ fn released(report: &ReleaseReport, report_path: Utf8PathBuf, stage: &Utf8Path) 
         ("ROLLBACK.md".to_string(), stage.join("ROLLBACK.md")),
     ]
     .into();
-    let sig = stage.join(crate::signing::SIGNATURE_FILE);
-    if sig.is_file() {
-        outputs.insert(crate::signing::SIGNATURE_FILE.to_string(), sig);
+    for f in [
+        crate::signing::SIGNATURE_FILE,
+        super::provenance::PROVENANCE_FILE,
+    ] {
+        if stage.join(f).is_file() {
+            outputs.insert(f.to_string(), stage.join(f));
+        }
     }
     StepOutcome { outputs, summary }
 }
 
-/// Sign the staged release with `FACEBUILD_RELEASE_SIGNING_KEY` (settings) when one is set:
-/// `model.sig` over every file, in the OpenSSF model-signing format. What the report says
-/// of it: the key's sha256, or `unsigned`.
-fn sign_stage(ctx: &StepContext, stage: &Utf8Path, version: &str) -> Result<String> {
+/// `FACEBUILD_RELEASE_SIGNING_KEY` (settings), when one is set.
+fn release_key(ctx: &StepContext) -> Result<Option<p256::ecdsa::SigningKey>> {
     let Some(k) = ctx.signing_key else {
+        return Ok(None);
+    };
+    crate::signing::signing_key(k)
+        .map(Some)
+        .map_err(|e| match e {
+            Error::Usage { message, hint } => Error::Step {
+                step: ctx.step.name.clone(),
+                message: format!("FACEBUILD_RELEASE_SIGNING_KEY: {message}"),
+                hint,
+            },
+            other => other,
+        })
+}
+
+/// Sign the staged release when there is a key: `model.sig` over every file, in the OpenSSF
+/// model-signing format. What the report says of it: the key's sha256, or `unsigned`.
+fn sign_stage(
+    key: Option<&p256::ecdsa::SigningKey>,
+    stage: &Utf8Path,
+    version: &str,
+) -> Result<String> {
+    let Some(key) = key else {
         return Ok("unsigned (no FACEBUILD_RELEASE_SIGNING_KEY)".into());
     };
-    let key = crate::signing::signing_key(k).map_err(|e| match e {
-        Error::Usage { message, hint } => Error::Step {
-            step: ctx.step.name.clone(),
-            message: format!("FACEBUILD_RELEASE_SIGNING_KEY: {message}"),
-            hint,
-        },
-        other => other,
-    })?;
-    let bundle = crate::signing::sign_dir(stage, version, &key)?;
+    let bundle = crate::signing::sign_dir(stage, version, key)?;
     std::fs::write(stage.join(crate::signing::SIGNATURE_FILE), bundle).fs_context(stage)?;
     Ok(format!(
         "{} (ECDSA P-256, public key sha256 {})",
@@ -650,7 +669,7 @@ fn strip_meta(s: &str) -> String {
         .join("\n")
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -802,9 +821,15 @@ pub(crate) fn restore(
         }
     }
     std::fs::copy(sums_file, tmp.join("SHA256SUMS")).fs_context(sums_file)?;
-    // The signature was made where the release was built; it comes back with the rest.
-    if let Some(sig) = own.get(crate::signing::SIGNATURE_FILE) {
-        std::fs::copy(sig, tmp.join(crate::signing::SIGNATURE_FILE)).fs_context(sig)?;
+    // The signature and provenance were made where the release was built; they come back
+    // with the rest.
+    for f in [
+        crate::signing::SIGNATURE_FILE,
+        super::provenance::PROVENANCE_FILE,
+    ] {
+        if let Some(src) = own.get(f) {
+            std::fs::copy(src, tmp.join(f)).fs_context(src)?;
+        }
     }
     std::fs::rename(&tmp, &vdir).fs_context(&vdir)?;
     append_history(
