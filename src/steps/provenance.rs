@@ -94,7 +94,8 @@ fn dependencies(ctx: &StepContext) -> Result<Vec<Value>> {
         }
         deps.push(json!({
             "name": format!("dataset {name}"),
-            "uri": dir,
+            // As the manifest writes it: a checkout's own path would make two builds differ.
+            "uri": path,
             "digest": {"blake3": h.finalize().to_hex().to_string()},
             "annotations": {"files": files.len()},
         }));
