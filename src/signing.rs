@@ -116,7 +116,7 @@ fn pae(payload: &[u8]) -> Vec<u8> {
 /// Every file under `dir` by its path relative to `dir` ('/'-separated), with its sha256,
 /// model_signing's ignored names at the root left out. A symlink is an error: model_signing
 /// refuses them by default.
-fn digests(dir: &Utf8Path) -> Result<BTreeMap<String, String>> {
+pub(crate) fn files_of(dir: &Utf8Path) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -191,7 +191,7 @@ fn bytes_of_hex(h: &str) -> Result<Vec<u8>> {
 /// written to `dir/model.sig`.
 pub(crate) fn sign_dir(dir: &Utf8Path, name: &str, key: &SigningKey) -> Result<Vec<u8>> {
     let payload =
-        serde_json::to_vec(&statement(name, &digests(dir)?)?).map_err(anyhow::Error::from)?;
+        serde_json::to_vec(&statement(name, &files_of(dir)?)?).map_err(anyhow::Error::from)?;
     let sig: Signature = key.sign(&pae(&payload));
     let bundle = serde_json::json!({
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -256,17 +256,6 @@ pub(crate) fn open_envelope(
                 })
         });
     Ok((statement, signed))
-}
-
-/// sha256 (hex) of a file.
-pub(crate) fn sha256_hex(path: &Utf8Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(hex(&Sha256::digest(&bytes)))
-}
-
-/// Every file under `dir` but the signature and git's files, with its sha256 (hex).
-pub(crate) fn files_of(dir: &Utf8Path) -> Result<BTreeMap<String, String>> {
-    digests(dir)
 }
 
 /// Verify `dir` against its `model.sig` with `key`: what does not verify, in words (the
@@ -342,7 +331,7 @@ pub(crate) fn verify_dir(dir: &Utf8Path, key: &VerifyingKey) -> Result<Vec<Strin
             "{SIGNATURE_FILE}'s statement is not a model_signing v1.0 statement of its resources"
         ));
     }
-    let actual = digests(dir)?;
+    let actual = files_of(dir)?;
     for (f, d) in &actual {
         match signed.get(f) {
             None => problems.push(format!("`{f}` is not signed (added after signing)")),

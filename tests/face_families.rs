@@ -389,18 +389,13 @@ fn crops_match_insightface_face_align() {
     let cases_path = dir.path().join("cases.json");
     std::fs::write(&cases_path, serde_json::to_vec(&cases).unwrap()).unwrap();
     let python = insightface_venv(dir.path());
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/insightface_face_align.py"
-        ))
-        .arg(&cases_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        std::process::Command::new(python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/insightface_face_align.py"
+            ))
+            .arg(&cases_path),
     );
     let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -426,18 +421,10 @@ fn crops_match_insightface_face_align() {
 fn pose_matches_insightface_transform() {
     let dir = tempfile::tempdir().unwrap();
     let python = insightface_venv(dir.path());
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/insightface_pose.py"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(std::process::Command::new(python).arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/insightface_pose.py"
+    )));
     let points = |v: &serde_json::Value| -> Vec<[f64; 3]> {
         serde_json::from_value(v.clone()).expect("68 rows of (x, y, z)")
     };

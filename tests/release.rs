@@ -523,12 +523,11 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
     assert!(err.contains("unsigned"), "{err}");
 
     let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(p.dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        run_ok(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(p.dir.path()),
+        );
     };
     openssl(&[
         "genpkey",
@@ -549,19 +548,13 @@ fn signed_releases_verify_with_model_signing_and_tampering_is_named() {
         (openssl_pem, p.path("o.pub.pem")),
     ] {
         let _ = std::fs::remove_dir_all(p.path("releases"));
-        let out = p
-            .cmd()
-            .args(["run", "m.yaml", "--no-cache", "--json"])
-            .env("FACEBUILD_RELEASE_SIGNING_KEY", &key)
-            .env("GITHUB_SERVER_URL", "https://github.com")
-            .env("GITHUB_REPOSITORY", "acme/faces")
-            .env("GITHUB_RUN_ID", "42")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            p.std_cmd()
+                .args(["run", "m.yaml", "--no-cache", "--json"])
+                .env("FACEBUILD_RELEASE_SIGNING_KEY", &key)
+                .env("GITHUB_SERVER_URL", "https://github.com")
+                .env("GITHUB_REPOSITORY", "acme/faces")
+                .env("GITHUB_RUN_ID", "42"),
         );
         let version = std::fs::read_to_string(p.path("releases/rec/CURRENT")).unwrap();
         let vdir = p.path(&format!("releases/rec/{}", version.trim()));

@@ -15,17 +15,19 @@ pub(crate) const PROVENANCE_FILE: &str = "provenance.intoto.json";
 const SLSA_PREDICATE: &str = "https://slsa.dev/provenance/v1";
 const BUILD_TYPE: &str = "https://facebuild.dev/release/v1";
 
-/// Write `stage/provenance.intoto.json` over every file staged so far. `artifacts` is the
-/// release metadata's account of each artifact (precision, conversion, TensorRT's build).
+/// Write `stage/provenance.intoto.json` over `staged`, every file staged so far with its
+/// sha256 (as the release step computed them). `artifacts` is the release metadata's account
+/// of each artifact (precision, conversion, TensorRT's build); `source` the source model's
+/// sha256.
 pub(crate) fn write(
     ctx: &StepContext,
     stage: &Utf8Path,
     (started, artifacts): (u64, &[Value]),
+    (source, staged): (&str, &std::collections::BTreeMap<String, String>),
     key: Option<&p256::ecdsa::SigningKey>,
 ) -> Result<()> {
-    let subject: Vec<Value> = crate::signing::files_of(stage)?
-        .into_iter()
-        .filter(|(name, _)| name != PROVENANCE_FILE)
+    let subject: Vec<Value> = staged
+        .iter()
         .map(|(name, d)| json!({"name": name, "digest": {"sha256": d}}))
         .collect();
     let statement = json!({
@@ -44,7 +46,7 @@ pub(crate) fn write(
                     "toolchain": ctx.toolchain.pins.id(),
                     "artifacts": artifacts,
                 },
-                "resolvedDependencies": dependencies(ctx)?,
+                "resolvedDependencies": dependencies(ctx, source)?,
             },
             "runDetails": {
                 "builder": {
@@ -70,11 +72,11 @@ pub(crate) fn write(
 
 /// The source model, every dataset (a digest over its files' blake3 in path order; built-in
 /// data by name), and every locked toolchain package with the hashes its lock allows.
-fn dependencies(ctx: &StepContext) -> Result<Vec<Value>> {
+fn dependencies(ctx: &StepContext, source: &str) -> Result<Vec<Value>> {
     let mut deps = vec![json!({
         "name": "source model",
         "uri": ctx.model_label(),
-        "digest": {"sha256": crate::signing::sha256_hex(ctx.model)?},
+        "digest": {"sha256": source},
     })];
     for (name, spec) in &ctx.manifest.datasets {
         let Some(path) = &spec.path else {

@@ -414,14 +414,12 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     .fs_context(&stage)?;
     let rollback = rollback_text(&ctx.manifest.name, &version, previous.as_ref(), &root);
     std::fs::write(stage.join("ROLLBACK.md"), rollback).fs_context(&stage)?;
-    for f in ["metadata.json", "ROLLBACK.md"] {
-        let d = sha256_file(&stage.join(f))?;
-        sums += &format!("{d}  {f}\n");
-    }
-    std::fs::write(stage.join("SHA256SUMS"), &sums).fs_context(&stage)?;
-    let key = release_key(ctx)?;
-    super::provenance::write(ctx, &stage, (started, &artifacts_meta), key.as_ref())?;
-    let signature = sign_stage(key.as_ref(), &stage, &version)?;
+    let signature = seal(
+        ctx,
+        (&stage, &version),
+        (&mut sums, &digests),
+        (started, &artifacts_meta, &source_sha256),
+    )?;
 
     let vdir = promote(step, &pipeline_dir, &stage, &version, &sums, digests)?;
 
@@ -460,6 +458,38 @@ fn released(report: &ReleaseReport, report_path: Utf8PathBuf, stage: &Utf8Path) 
         }
     }
     StepOutcome { outputs, summary }
+}
+
+/// Finish the staged release: `SHA256SUMS` (the artifacts' `digests` in `sums`, then
+/// metadata.json and ROLLBACK.md), the provenance over every staged file, and `model.sig`
+/// when there is a key. Each file's sha256 is computed once. What the report says of the
+/// signature.
+fn seal(
+    ctx: &StepContext,
+    (stage, version): (&Utf8Path, &str),
+    (sums, digests): (&mut String, &BTreeMap<String, String>),
+    (started, artifacts_meta, source_sha256): (u64, &[serde_json::Value], &str),
+) -> Result<String> {
+    let mut staged = digests.clone();
+    for f in ["metadata.json", "ROLLBACK.md"] {
+        let d = sha256_file(&stage.join(f))?;
+        *sums += &format!("{d}  {f}\n");
+        staged.insert(f.to_string(), d);
+    }
+    std::fs::write(stage.join("SHA256SUMS"), &*sums).fs_context(stage)?;
+    staged.insert(
+        "SHA256SUMS".into(),
+        format!("{:x}", sha2::Sha256::digest(sums.as_bytes())),
+    );
+    let key = release_key(ctx)?;
+    super::provenance::write(
+        ctx,
+        stage,
+        (started, artifacts_meta),
+        (source_sha256, &staged),
+        key.as_ref(),
+    )?;
+    sign_stage(key.as_ref(), stage, version)
 }
 
 /// `FACEBUILD_RELEASE_SIGNING_KEY` (settings), when one is set.

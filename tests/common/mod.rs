@@ -327,17 +327,23 @@ pub(crate) fn toolchain_python() -> PathBuf {
         .unwrap_or_else(|| panic!("no toolchain venv under {}", root.display()))
 }
 
-/// Runs `script` in the toolchain's Python with `args`; panics with its stderr if it fails.
-pub(crate) fn run_toolchain_python(script: &str, args: &[&Path]) {
-    let out = std::process::Command::new(toolchain_python())
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `cmd`; panics with the command and its stderr unless it succeeds. Its output.
+pub(crate) fn run_ok(cmd: &mut std::process::Command) -> Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `script` in the toolchain's Python with `args`; panics with its stderr if it fails.
+pub(crate) fn run_toolchain_python(script: &str, args: &[&Path]) {
+    run_ok(
+        std::process::Command::new(toolchain_python())
+            .args(["-c", script])
+            .args(args),
     );
 }
 
@@ -423,15 +429,10 @@ pub(crate) fn uv_venv(dir: &Path, installs: &[&[&str]]) -> PathBuf {
         .expect("the toolchain's uv (run `facebuild toolchain install`)");
     let venv = dir.join("venv");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&uv)
-            .args(args)
-            .env("VIRTUAL_ENV", &venv)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "uv {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            std::process::Command::new(&uv)
+                .args(args)
+                .env("VIRTUAL_ENV", &venv),
         );
     };
     let python = toolchain_python();
