@@ -665,3 +665,293 @@ fn check_provenance(vdir: &Path) {
             .starts_with("https://facebuild.dev/facebuild@")
     );
 }
+
+/// Reads every `<dir>/*/config.pbtxt` with protobuf's text_format into Triton's ModelConfig
+/// (tritonclient's model_config_pb2, loaded by path: its package imports grpc) and prints
+/// them as JSON, by model.
+const PARSE_TRITON: &str = r#"
+import glob, importlib.util, json, os, sys
+import tritonclient
+from google.protobuf import json_format, text_format
+path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
+spec = importlib.util.spec_from_file_location("model_config_pb2", path)
+pb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pb)
+out = {}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "config.pbtxt"))):
+    cfg = text_format.Parse(open(f).read(), pb.ModelConfig())
+    out[os.path.basename(os.path.dirname(f))] = json_format.MessageToDict(
+        cfg, preserving_proto_field_name=True)
+print(json.dumps(out))
+"#;
+
+/// Serves `ovms/config.json` the way OpenVINO Model Server loads it, in OpenVINO itself:
+/// each model from its `base_path` (relative to the config), with the config's layout and
+/// shape ranges, the preprocessing.json's mean/scale applied by PrePostProcessor as OVMS's
+/// `--mean`/`--scale` do, compiled with its plugin_config, and run on raw pixels at two batch
+/// sizes. The output must equal the model's on pixels normalized by hand. Prints
+/// `name batch max_abs_diff` per model and batch.
+const APPLY_OVMS: &str = r#"
+import json, os, sys
+import numpy as np
+import openvino as ov
+root = sys.argv[1]
+config = json.load(open(os.path.join(root, "config.json")))
+pre = json.load(open(os.path.join(root, "preprocessing.json")))["models"]
+core = ov.Core()
+for entry in config["model_config_list"]:
+    c = entry["config"]
+    vdir = os.path.join(root, c["base_path"], "1")
+    files = [f for f in os.listdir(vdir) if f.endswith((".xml", ".onnx"))]
+    assert len(files) == 1, files
+    name = c["name"]
+    p = pre[name]
+    mean = json.loads(p["mean"]); scale = json.loads(p["scale"])
+    def load(with_pre):
+        m = core.read_model(os.path.join(vdir, files[0]))
+        inp = p["input"]
+        shape = c["shape"][inp].strip("()").replace(":", "..")
+        m.reshape({inp: ov.PartialShape("[" + shape + "]")})
+        ppp = ov.preprocess.PrePostProcessor(m)
+        ppp.input(inp).model().set_layout(ov.Layout(c["layout"][inp]))
+        if with_pre:
+            ppp.input(inp).preprocess().mean(mean).scale(scale)
+        m = ppp.build()
+        return core.compile_model(m, c["target_device"], c.get("plugin_config", {}))
+    served, plain = load(True), load(False)
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):
+        raw = rng.integers(0, 256, (batch, 3, 112, 112)).astype(np.float32)
+        by_hand = (raw - np.array(mean, np.float32)[None, :, None, None]) / np.array(scale, np.float32)[None, :, None, None]
+        a = served(raw)[0]; b = plain(by_hand)[0]
+        assert a.shape[0] == batch, a.shape
+        print(name, batch, float(np.abs(a - b).max()))
+"#;
+
+/// The keys OVMS's config.json schema accepts in a model's `config` (openvinotoolkit/
+/// model_server, src/schema.cpp, MODEL_CONFIG_DEFINITION, `additionalProperties: false`).
+const OVMS_CONFIG_KEYS: &[&str] = &[
+    "name",
+    "base_path",
+    "batch_size",
+    "graph_path",
+    "subconfig",
+    "model_version_policy",
+    "shape",
+    "layout",
+    "nireq",
+    "target_device",
+    "allow_cache",
+    "plugin_config",
+    "custom_loader_options",
+];
+
+/// Every artifact kind gets a Triton model whose config.pbtxt parses into Triton's own
+/// ModelConfig, with dims, batch and profiles as the manifest declares them; the OVMS layout
+/// keeps to OVMS's schema and, applied in OpenVINO as OVMS applies it, computes what the
+/// model computes on normalized pixels. A cached release restored elsewhere brings both.
+#[test]
+fn deploy_layouts_parse_as_triton_configs_and_apply_as_ovms_does() {
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        indoc! {"
+        schema: 1
+        name: rec
+        model:
+          builtin: iresnet-mini
+          task: recognition
+          input: {name: input.1, shape: [batch, 3, 112, 112], dims: {batch: {min: 1, opt: 4, max: 8}}}
+          preprocessing: {color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}
+        datasets:
+          faces: {builtin: synthetic-faces, count: 8}
+        steps:
+          onnx_fp32: {kind: simplify, params: {samples: 1}}
+          calibrate: {kind: calibrate, params: {dataset: faces}}
+          qdq_int8: {kind: quantize, from: onnx_fp32, params: {calibration: calibrate}}
+          ov_fp32: {kind: convert, params: {backend: openvino, precision: fp32}}
+          ov_fp16: {kind: convert, params: {backend: openvino, precision: fp16}}
+          ov_int8: {kind: convert, params: {backend: openvino, precision: int8, calibration: calibrate}}
+          trt_fp16: {kind: convert, from: onnx_fp32, params: {backend: tensorrt, precision: fp16}}
+          compare: {kind: compare, params: {dataset: faces, candidates: [ov_fp32, ov_fp16, ov_int8, qdq_int8], cosine_min: 0.5}}
+          bench: {kind: benchmark, params: {targets: [ov_fp16], batch_sizes: [1, 4], time_budget_s: 0.2, iterations: 5, warmup: 1}}
+          release: {kind: release, params: {artifacts: [onnx_fp32, qdq_int8, ov_fp32, ov_fp16, ov_int8, trt_fp16], compare: compare, benchmark: bench}}
+    "},
+    );
+    // The labelled trtexec stand-in makes the plan: no TensorRT can be installed here.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/trtexec-standin"
+    );
+    let home = p.path("trt");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    std::fs::copy(format!("{fixture}/bin/trtexec"), home.join("bin/trtexec")).unwrap();
+    let path = format!("{fixture}/driver:{}", std::env::var("PATH").unwrap());
+    let out = run_ok(
+        p.std_cmd()
+            .args(["run", "m.yaml", "--json"])
+            .env("TENSORRT_HOME", &home)
+            .env("PATH", &path)
+            .env("FACEBUILD_ALLOW_TRTEXEC_STANDIN", "1"),
+    );
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&r, "release"), Status::Built, "{r:#?}");
+    let current = p.path("releases/rec/current");
+
+    // Triton: one model per artifact, parsed by Triton's own proto.
+    let python = uv_venv(p.dir.path(), &[&["tritonclient==2.73.0", "protobuf"]]);
+    let out = run_ok(
+        std::process::Command::new(&python)
+            .args(["-c", PARSE_TRITON])
+            .arg(current.join("triton")),
+    );
+    let configs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    say(&format!("triton configs: {configs:#}"));
+    let expect = [
+        (
+            "rec_onnx_fp32",
+            Some("onnxruntime_onnx"),
+            None,
+            "KIND_CPU",
+            "model.onnx",
+        ),
+        (
+            "rec_qdq_int8",
+            Some("onnxruntime_onnx"),
+            None,
+            "KIND_GPU",
+            "model.onnx",
+        ),
+        (
+            "rec_ov_fp32",
+            None,
+            Some("openvino"),
+            "KIND_CPU",
+            "model.xml",
+        ),
+        (
+            "rec_ov_fp16",
+            None,
+            Some("openvino"),
+            "KIND_CPU",
+            "model.xml",
+        ),
+        (
+            "rec_ov_int8",
+            None,
+            Some("openvino"),
+            "KIND_CPU",
+            "model.bin",
+        ),
+        (
+            "rec_trt_fp16",
+            Some("tensorrt_plan"),
+            None,
+            "KIND_GPU",
+            "model.plan",
+        ),
+    ];
+    assert_eq!(
+        configs.as_object().unwrap().len(),
+        expect.len(),
+        "{configs:#}"
+    );
+    for (name, platform, backend, kind, file) in expect {
+        let c = &configs[name];
+        assert_eq!(c["name"], name);
+        assert_eq!(c["platform"].as_str(), platform, "{name}");
+        assert_eq!(c["backend"].as_str(), backend, "{name}");
+        // The batch dim is the manifest's `batch`, up to its max; the rest as declared.
+        assert_eq!(c["max_batch_size"], 8, "{name}");
+        assert_eq!(c["input"][0]["name"], "input.1");
+        assert_eq!(c["input"][0]["data_type"], "TYPE_FP32");
+        assert_eq!(
+            c["input"][0]["dims"],
+            serde_json::json!(["3", "112", "112"])
+        );
+        assert_eq!(c["output"][0]["dims"], serde_json::json!(["512"]), "{name}");
+        assert_eq!(c["instance_group"][0]["kind"], kind, "{name}");
+        assert!(
+            current
+                .join("triton")
+                .join(name)
+                .join("1")
+                .join(file)
+                .is_file()
+        );
+    }
+    // The benchmark's best batch of ov_fp16 is one of those it measured.
+    let preferred = &configs["rec_ov_fp16"]["dynamic_batching"]["preferred_batch_size"][0];
+    assert!(preferred == 1 || preferred == 4, "{preferred}");
+    // Profiles: the Q/DQ model through ONNX Runtime's TensorRT accelerator, the plan's
+    // instances on its profile 0, both the declared min/opt/max.
+    let trt = &configs["rec_qdq_int8"]["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+        [0];
+    assert_eq!(trt["name"], "tensorrt");
+    for (k, v) in [
+        ("trt_profile_min_shapes", "input.1:1x3x112x112"),
+        ("trt_profile_opt_shapes", "input.1:4x3x112x112"),
+        ("trt_profile_max_shapes", "input.1:8x3x112x112"),
+        ("precision_mode", "INT8"),
+    ] {
+        assert_eq!(trt["parameters"][k], v, "{trt:#}");
+    }
+    let plan = &configs["rec_trt_fp16"];
+    assert_eq!(
+        plan["instance_group"][0]["profile"],
+        serde_json::json!(["0"])
+    );
+    assert_eq!(
+        plan["parameters"]["facebuild_profile_max_shapes"]["string_value"],
+        "input.1:8x3x112x112"
+    );
+
+    // OVMS: IR and ONNX models (not plans), keys OVMS's schema accepts, applied as it does.
+    let ovms: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(current.join("ovms/config.json")).unwrap()).unwrap();
+    let list = ovms["model_config_list"].as_array().unwrap();
+    assert_eq!(list.len(), 5, "{ovms:#}");
+    for e in list {
+        for k in e["config"].as_object().unwrap().keys() {
+            assert!(OVMS_CONFIG_KEYS.contains(&k.as_str()), "OVMS refuses `{k}`");
+        }
+        assert_eq!(e["config"]["shape"]["input.1"], "(1:8,3,112,112)");
+        assert_eq!(e["config"]["layout"]["input.1"], "NCHW");
+    }
+    let out = run_ok(
+        std::process::Command::new(toolchain_python())
+            .args(["-c", APPLY_OVMS])
+            .arg(current.join("ovms")),
+    );
+    let applied = String::from_utf8_lossy(&out.stdout).to_string();
+    say(&format!("ovms applied:\n{applied}"));
+    assert_eq!(applied.lines().count(), 10, "{applied}");
+    for l in applied.lines() {
+        let diff: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(diff < 1e-3, "{l}");
+    }
+
+    // Every layout file is signed for in SHA256SUMS and comes back from the cache.
+    let sums = std::fs::read_to_string(current.join("SHA256SUMS")).unwrap();
+    for f in [
+        "triton/rec_trt_fp16/config.pbtxt",
+        "triton/rec_trt_fp16/1/model.plan",
+        "ovms/config.json",
+        "ovms/models/rec_ov_int8/1/model.bin",
+    ] {
+        assert!(sums.contains(&format!("  {f}\n")), "{f} not in SHA256SUMS");
+    }
+    let version = std::fs::read_to_string(p.path("releases/rec/CURRENT")).unwrap();
+    std::fs::remove_dir_all(p.path("releases")).unwrap();
+    run_ok(
+        p.std_cmd()
+            .args(["run", "m.yaml"])
+            .env("TENSORRT_HOME", &home)
+            .env("PATH", &path)
+            .env("FACEBUILD_ALLOW_TRTEXEC_STANDIN", "1"),
+    );
+    let restored = p.path(&format!("releases/rec/{}", version.trim()));
+    let again = std::fs::read_to_string(restored.join("SHA256SUMS")).unwrap();
+    assert_eq!(again, sums);
+    assert!(restored.join("triton/rec_trt_fp16/config.pbtxt").is_file());
+}

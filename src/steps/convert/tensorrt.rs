@@ -97,6 +97,15 @@ fn profile_all(inputs: &[(&InputSpec, &[Dim])]) -> std::result::Result<Option<Pr
     }))
 }
 
+/// The profile the manifest declares over `inputs`, for who serves the model (a release's
+/// Triton layout): what [`profile_all`] gives, its refusal as a usage error.
+pub(crate) fn declared_profile(inputs: &[(&InputSpec, &[Dim])]) -> Result<Option<Profile>> {
+    profile_all(inputs).map_err(|why| {
+        Error::usage(why)
+            .with_hint("declare min/opt/max for every dynamic dim under the input's `dims:`")
+    })
+}
+
 /// trtexec's arguments for a build.
 pub(crate) fn build_args(
     onnx: &Utf8Path,

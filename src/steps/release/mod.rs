@@ -22,12 +22,16 @@ use crate::error::{Error, IoContext, Result};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
 use crate::runtime::BenchMeasurement;
 
+mod layouts;
+pub(crate) use layouts::DeployLayout;
+
 /// v2: the report is typed and carries `schema`.
 /// v3: metadata.json names the source model as the manifest does (no absolute path).
 /// v4: latency and throughput gates fail on unreliable measurements.
 /// v5: refusals say why a figure was not compared (`unreliable (CV 0.62 > 0.5)`), and
 /// `unreliable: pass` gates warn.
-pub(crate) const IMPL_VERSION: u32 = 5;
+/// v6: Triton and OVMS layouts inside the release (`layouts:`).
+pub(crate) const IMPL_VERSION: u32 = 6;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +62,9 @@ pub(crate) struct ReleaseParams {
     pub keep_fp32_for_audit: bool,
     #[serde(default)]
     pub audit_artifacts: Vec<String>,
+    /// Deploy layouts written inside the release: `triton`, `ovms` (default both).
+    #[serde(default = "layouts::default_layouts")]
+    pub layouts: Vec<DeployLayout>,
 }
 
 impl ReleaseParams {
@@ -370,6 +377,13 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         (compare.as_ref(), bench.as_ref()),
         &stage,
     )?;
+    files.extend(deploy_layouts(
+        ctx,
+        p,
+        &promoted,
+        (compare.as_ref(), bench.as_ref()),
+        &stage,
+    )?);
     let source_sha256 = sha256_file(ctx.model)?;
     let mut sums = String::new();
     files.sort();
@@ -457,7 +471,71 @@ fn released(report: &ReleaseReport, report_path: Utf8PathBuf, stage: &Utf8Path) 
             outputs.insert(f.to_string(), stage.join(f));
         }
     }
+    // The layouts' configs are the release's own files; their model files are the
+    // artifacts' (restore copies them from there).
+    let sums = std::fs::read_to_string(stage.join("SHA256SUMS")).unwrap_or_default();
+    for rel in sums
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(_, f)| f)
+    {
+        if layouts::is_generated(rel) {
+            outputs.insert(layouts::output_name(rel), stage.join(rel));
+        }
+    }
     StepOutcome { outputs, summary }
+}
+
+/// Write the deploy layouts of the promoted artifacts into `stage`: the files written.
+fn deploy_layouts(
+    ctx: &StepContext,
+    p: &ReleaseParams,
+    promoted: &[String],
+    (compare, bench): (Option<&CompareReport>, Option<&BenchmarkReport>),
+    stage: &Utf8Path,
+) -> Result<Vec<Utf8PathBuf>> {
+    if p.layouts.is_empty() {
+        return Ok(vec![]);
+    }
+    let graph =
+        crate::onnx::inspect::inspect(&crate::onnx::inspect::load_model(ctx.model)?, ctx.model)?;
+    let model = layouts::Model {
+        pipeline: &ctx.manifest.name,
+        inputs: ctx.manifest.model.all_inputs().collect(),
+        graph: &graph,
+        preprocessing: ctx.manifest.model.preprocessing.as_ref(),
+    };
+    let mut precisions = Vec::new();
+    for a in promoted {
+        let outs = ctx.upstream.get(a).cloned().unwrap_or_default();
+        precisions.push(super::artifact_info(&outs)?.precision);
+    }
+    let released: Vec<layouts::Released> = promoted
+        .iter()
+        .zip(&precisions)
+        .map(|(a, precision)| layouts::Released {
+            name: a,
+            files: ["model.onnx", "model.engine", "model.xml", "model.bin"]
+                .into_iter()
+                .map(|f| (f.to_string(), stage.join(a).join(f)))
+                .filter(|(_, p)| p.is_file())
+                .collect(),
+            precision,
+            bench: bench
+                .map(|b| b.measured_for(a).map(|(_, m)| m).collect())
+                .unwrap_or_default(),
+            compared_precision: compare
+                .and_then(|c| c.candidate_of_step(a))
+                .and_then(|c| c.execution.as_ref())
+                // ONNX Runtime's CPU computes in f32: OVMS must not pick bf16 for a model
+                // gated in f32.
+                .map(|e| match e.runtime.as_str() {
+                    "openvino" => e.precision.as_str(),
+                    _ => "f32",
+                }),
+        })
+        .collect();
+    layouts::write(&model, &released, &p.layouts, stage)
 }
 
 /// Finish the staged release: `SHA256SUMS` (the artifacts' `digests` in `sums`, then
@@ -811,6 +889,10 @@ pub(crate) fn restore(
         let (digest, rel) = line.split_once("  ").ok_or_else(bad)?;
         let src = match rel {
             "metadata.json" | "ROLLBACK.md" => own.get(rel),
+            _ if layouts::is_generated(rel) => own.get(&layouts::output_name(rel)),
+            _ if let Some((step, name)) = layouts::model_source(&manifest.name, rel) => {
+                upstream.get(&step).and_then(|o| o.get(name))
+            }
             _ => {
                 let (step, name) = rel
                     .strip_prefix("audit/")
