@@ -185,6 +185,20 @@ pub(crate) fn tensorrt_home() -> Option<Utf8PathBuf> {
     var("TENSORRT_HOME").map(Utf8PathBuf::from)
 }
 
+/// The public keys (PEM files) a `release pull` trusts when none is given:
+/// `FACEBUILD_RELEASE_TRUSTED_KEYS`, comma-separated paths.
+pub(crate) fn release_trusted_keys() -> Vec<Utf8PathBuf> {
+    var("FACEBUILD_RELEASE_TRUSTED_KEYS")
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(Utf8PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Where releases go: `--dir`, else `FACEBUILD_RELEASES`, else `./releases`.
 pub(crate) fn releases_dir(flag: Option<&Utf8Path>) -> Utf8PathBuf {
     match flag {

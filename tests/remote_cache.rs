@@ -778,3 +778,241 @@ fn https_remote_trusted_through_the_ca_bundle() {
         "{rc:#?}"
     );
 }
+
+/// A release manifest for publishing: one OpenVINO artifact, version `version`.
+fn release_manifest(precision: &str, version: &str) -> String {
+    format!(
+        "schema: 1
+name: rec
+model:
+  builtin: iresnet-mini
+  task: recognition
+  input: {{name: input.1, shape: [1, 3, 112, 112]}}
+  preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+steps:
+  ov: {{kind: convert, params: {{backend: openvino, precision: {precision}}}}}
+  release: {{kind: release, params: {{artifacts: [ov], version: {version}}}}}
+"
+    )
+}
+
+/// Runs facebuild in `p` with `env`; (exit code, stdout JSON or Null, stderr).
+fn fb(p: &Project, env: &[(String, String)], args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = p
+        .std_cmd()
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Every file of a folder with its bytes, by relative path.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let b = std::fs::read(dir.join(&f)).unwrap();
+            (f, b)
+        })
+        .collect()
+}
+
+/// Machine A publishes two signed releases and moves `prod`; machine B, with its own cache
+/// and only the public key, pulls `rec@prod` byte for byte, verified. A tampered blob, an
+/// unsigned index and a foreign key are refused with nothing written; read-only refuses
+/// publish and promote; rollback moves `prod` back and B gets the earlier version.
+fn releases_travel_between_machines(url: &str, root: &std::path::Path, env: Vec<(String, String)>) {
+    let a = Project::new();
+    let (c, _, err) = fb(&a, &env, &["release", "keygen", "--out", "keys"]);
+    assert_eq!(c, 0, "{err}");
+    fb(&a, &env, &["release", "keygen", "--out", "other"]);
+    let mut env_a = env.clone();
+    env_a.push((
+        "FACEBUILD_RELEASE_SIGNING_KEY".into(),
+        a.path("keys/release-signing.pem").display().to_string(),
+    ));
+    let build = |precision: &str, version: &str| {
+        a.write("m.yaml", &release_manifest(precision, version));
+        let (c, _, err) = fb(&a, &env_a, &["run", "m.yaml"]);
+        assert_eq!(c, 0, "{err}");
+    };
+    let publish = |r: &str, extra: &[&str]| {
+        let mut args = vec!["release", "publish", r, "--remote", url, "--json"];
+        args.extend_from_slice(extra);
+        fb(&a, &env_a, &args)
+    };
+    build("fp16", "v1");
+    let (c, first, err) = publish("rec@v1", &[]);
+    assert_eq!(c, 0, "{err}");
+    assert!(first["blobs_uploaded"].as_u64().unwrap() > 0, "{first:#}");
+    // Published again: every blob is already there, nothing is sent.
+    let (c, again, err) = publish("rec", &[]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(again["blobs_uploaded"], 0, "{again:#}");
+    assert_eq!(again["already_published"], true);
+    let promote = |r: &str, extra: &[&str]| {
+        let mut args = vec![
+            "release",
+            "promote",
+            r,
+            "--channel",
+            "prod",
+            "--remote",
+            url,
+        ];
+        args.extend_from_slice(extra);
+        fb(&a, &env_a, &args)
+    };
+    let (c, _, err) = promote("rec@v1", &[]);
+    assert_eq!(c, 0, "{err}");
+    build("fp32", "v2");
+    // Read-only refuses publish and promote, and writes nothing.
+    let index = root.join("releases/rec/index.json");
+    let before = std::fs::read(&index).unwrap();
+    let (c, _, err) = publish("rec@v2", &["--remote-read-only"]);
+    assert_ne!(c, 0);
+    assert!(err.contains("read-only"), "{err}");
+    let (c, _, err) = promote("rec@v1", &["--remote-read-only"]);
+    assert!(c != 0 && err.contains("read-only"), "{err}");
+    assert_eq!(std::fs::read(&index).unwrap(), before);
+    let (c, _, err) = publish("rec@v2", &[]);
+    assert_eq!(c, 0, "{err}");
+    let (c, _, err) = promote("rec@v2", &[]);
+    assert_eq!(c, 0, "{err}");
+
+    // Machine B: its own folder and cache, the public key only.
+    let b = Project::new();
+    let public = a.path("keys/release-signing.pub.pem");
+    let pull = |r: &str, to: &str, key: &std::path::Path| {
+        let to = b.path(to);
+        let (c, j, err) = fb(
+            &b,
+            &env,
+            &[
+                "release",
+                "pull",
+                r,
+                "--to",
+                to.to_str().unwrap(),
+                "--public-key",
+                key.to_str().unwrap(),
+                "--remote",
+                url,
+                "--json",
+            ],
+        );
+        (c, j, err, to)
+    };
+    let (c, got, err, deploy) = pull("rec@prod", "deploy/rec", &public);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(got["version"], "v2", "{got:#}");
+    assert_eq!(tree(&deploy), tree(&a.path("releases/rec/v2")));
+    let (c, _, err) = fb(
+        &b,
+        &env,
+        &[
+            "release",
+            "verify",
+            deploy.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 0, "{err}");
+
+    // A foreign key, an unsigned index, a tampered blob: refused, nothing written.
+    let (c, _, err, to) = pull(
+        "rec@prod",
+        "foreign",
+        &a.path("other/release-signing.pub.pem"),
+    );
+    assert!(c != 0 && err.contains("no trusted key signed it"), "{err}");
+    assert!(!to.exists());
+    let signed = std::fs::read(&index).unwrap();
+    let mut env_json: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+    env_json["signatures"] = serde_json::json!([]);
+    std::fs::write(&index, serde_json::to_vec(&env_json).unwrap()).unwrap();
+    let (c, _, err, to) = pull("rec@prod", "unsigned", &public);
+    assert!(c != 0 && err.contains("unsigned"), "{err}");
+    assert!(!to.exists());
+    std::fs::write(&index, &signed).unwrap();
+    let bin = a.path("releases/rec/v2/ov/model.bin");
+    let digest = blake3::hash(&std::fs::read(&bin).unwrap())
+        .to_hex()
+        .to_string();
+    let blob = root.join("cas").join(&digest);
+    let good = std::fs::read(&blob).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(&blob, &bad).unwrap();
+    let c_proj = Project::new();
+    let to = c_proj.path("tampered");
+    let (c, _, err) = fb(
+        &c_proj,
+        &env,
+        &[
+            "release",
+            "pull",
+            "rec@v2",
+            "--to",
+            to.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+            "--remote",
+            url,
+        ],
+    );
+    assert!(
+        c != 0 && err.contains(&digest) && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(!to.exists());
+    std::fs::write(&blob, &good).unwrap();
+
+    // Rollback moves prod back; B's next pull gets v1, byte for byte.
+    let (c, moved, err) = fb(
+        &a,
+        &env_a,
+        &[
+            "release",
+            "rollback",
+            "rec",
+            "--channel",
+            "prod",
+            "--remote",
+            url,
+            "--json",
+        ],
+    );
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(moved["current"], "v1", "{moved:#}");
+    assert_eq!(moved["history"].as_array().unwrap().len(), 3, "{moved:#}");
+    let (c, got, err, deploy) = pull("rec@prod", "deploy/rec", &public);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(got["version"], "v1");
+    assert_eq!(tree(&deploy), tree(&a.path("releases/rec/v1")));
+}
+
+#[test]
+fn releases_publish_promote_pull_and_roll_back_over_http() {
+    let Some(nginx) = Nginx::start() else { return };
+    releases_travel_between_machines(&nginx.url(), &nginx.root(), vec![]);
+}
+
+#[test]
+fn releases_publish_promote_pull_and_roll_back_over_s3() {
+    let Some(s3) = S3::start() else { return };
+    releases_travel_between_machines(&s3.url(), &s3.root(), s3.env(S3_SECRET));
+}
+
+#[test]
+fn releases_publish_promote_pull_and_roll_back_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    releases_travel_between_machines(&url, dir.path(), vec![]);
+}

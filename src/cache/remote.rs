@@ -683,6 +683,10 @@ impl Remote {
     }
 
     /// Whether this run writes to the remote.
+    pub(crate) fn read_only(&self) -> bool {
+        self.cfg.read_only
+    }
+
     pub(crate) fn writable(&self) -> bool {
         !self.cfg.read_only
     }

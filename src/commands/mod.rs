@@ -8,6 +8,7 @@ mod exec_step;
 mod init;
 mod plan;
 mod release;
+mod release_remote;
 mod run;
 mod status;
 mod toolchain;
@@ -196,7 +197,7 @@ fn dispatch(cli: Cli, cancel: &AtomicBool) -> Result<i32> {
         Command::Init(a) => init::init_cmd(a, &local.cache_dir),
         Command::Cache(c) => cache::cache_cmd(c, &local.cache_dir, out),
         Command::Toolchain(t) => toolchain::toolchain_cmd(t, &local.cache_dir, out),
-        Command::Release(r) => release::release_cmd(r, out),
+        Command::Release(r) => release::release_cmd(r, &local, out),
         Command::BenchTarget(a) => bench_target::bench_target_cmd(a),
         Command::Builtin(a) => builtin::builtin_cmd(a),
     }

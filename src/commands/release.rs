@@ -16,12 +16,56 @@ pub(super) enum ReleaseCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Make an earlier release current again, byte for byte (sha256 checked)
+    /// Make an earlier release current again, byte for byte (sha256 checked); with
+    /// `--channel`, move a channel on the remote back to the version promoted before
     Rollback {
         pipeline: String,
-        version: String,
+        /// The version to make current here (not with `--channel`)
+        version: Option<String>,
+        /// A channel on the remote (`prod`...) to move back
+        #[arg(long)]
+        channel: Option<String>,
         #[arg(long)]
         dir: Option<Utf8PathBuf>,
+        #[command(flatten)]
+        remote: super::RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a release to the remote (blobs by digest, a signed per-pipeline index)
+    Publish {
+        /// NAME or NAME@VERSION (default: the pipeline's current release)
+        release: String,
+        #[arg(long)]
+        dir: Option<Utf8PathBuf>,
+        #[command(flatten)]
+        remote: super::RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a published version current on a channel of the remote
+    Promote {
+        /// NAME@VERSION
+        release: String,
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        remote: super::RemoteArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a published release, verified against trusted keys, into a folder
+    Pull {
+        /// NAME, NAME@VERSION or NAME@CHANNEL (NAME alone: the newest published)
+        release: String,
+        /// Where the release goes (replaced only once the new one verified)
+        #[arg(long)]
+        to: Utf8PathBuf,
+        /// A trusted public key (PEM); repeatable (default: $FACEBUILD_RELEASE_TRUSTED_KEYS)
+        #[arg(long)]
+        public_key: Vec<Utf8PathBuf>,
+        #[command(flatten)]
+        remote: super::RemoteArgs,
         #[arg(long)]
         json: bool,
     },
@@ -52,7 +96,10 @@ impl ReleaseCmd {
             ReleaseCmd::List { json, .. }
             | ReleaseCmd::Rollback { json, .. }
             | ReleaseCmd::Keygen { json, .. }
-            | ReleaseCmd::Verify { json, .. } => *json,
+            | ReleaseCmd::Verify { json, .. }
+            | ReleaseCmd::Publish { json, .. }
+            | ReleaseCmd::Promote { json, .. }
+            | ReleaseCmd::Pull { json, .. } => *json,
         }
     }
 }
@@ -127,8 +174,48 @@ fn keygen(dir: &camino::Utf8Path, out: super::Printer) -> Result<i32> {
     Ok(0)
 }
 
-pub(super) fn release_cmd(r: ReleaseCmd, out: super::Printer) -> Result<i32> {
+pub(super) fn release_cmd(
+    r: ReleaseCmd,
+    settings: &crate::settings::ContextSettings,
+    out: super::Printer,
+) -> Result<i32> {
+    use super::release_remote as remote;
     match r {
+        ReleaseCmd::Rollback {
+            pipeline,
+            channel: Some(channel),
+            version: None,
+            remote: r,
+            ..
+        } => remote::rollback_channel(&pipeline, &channel, &r, settings, out),
+        ReleaseCmd::Rollback {
+            channel: Some(_),
+            version: Some(v),
+            ..
+        } => Err(crate::error::Error::usage(format!(
+            "`--channel` moves the channel back one version; it takes no VERSION (`{v}`)"
+        ))
+        .with_hint("to put a given version on the channel: `facebuild release promote NAME@VERSION --channel CHANNEL`")),
+        ReleaseCmd::Rollback { version: None, .. } => Err(crate::error::Error::usage(
+            "`release rollback` needs a VERSION (here) or `--channel CHANNEL` (on the remote)",
+        )
+        .with_hint("`facebuild release list` shows the versions here")),
+        ReleaseCmd::Publish {
+            release, dir, remote: r, ..
+        } => remote::publish(&release, dir.as_deref(), &r, settings, out),
+        ReleaseCmd::Promote {
+            release,
+            channel,
+            remote: r,
+            ..
+        } => remote::promote(&release, &channel, &r, settings, out),
+        ReleaseCmd::Pull {
+            release,
+            to,
+            public_key,
+            remote: r,
+            ..
+        } => remote::pull(&release, &to, &public_key, &r, settings, out),
         ReleaseCmd::List { dir, .. } => {
             let root = crate::settings::releases_dir(dir.as_deref());
             let all = crate::steps::release::list(&root)?;
@@ -154,7 +241,7 @@ pub(super) fn release_cmd(r: ReleaseCmd, out: super::Printer) -> Result<i32> {
         }
         ReleaseCmd::Rollback {
             pipeline,
-            version,
+            version: Some(version),
             dir,
             ..
         } => {

@@ -23,6 +23,7 @@ use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming}
 use crate::runtime::BenchMeasurement;
 
 mod layouts;
+pub(crate) mod publish;
 pub(crate) use layouts::DeployLayout;
 
 /// v2: the report is typed and carries `schema`.
