@@ -631,7 +631,15 @@ fn check_provenance(vdir: &Path) {
             "SHA256SUMS",
             "metadata.json",
             "openvino_fp16/model.bin",
-            "openvino_fp16/model.xml"
+            "openvino_fp16/model.xml",
+            "ovms/README.md",
+            "ovms/config.json",
+            "ovms/models/rec_openvino_fp16/1/model.bin",
+            "ovms/models/rec_openvino_fp16/1/model.xml",
+            "ovms/preprocessing.json",
+            "triton/rec_openvino_fp16/1/model.bin",
+            "triton/rec_openvino_fp16/1/model.xml",
+            "triton/rec_openvino_fp16/config.pbtxt",
         ]
     );
     let pred = &st["predicate"];
