@@ -26,8 +26,11 @@ pub(crate) struct BuildContext {
     pub lock: Lock,
     /// TensorRT, looked for on first use only (a pipeline without TensorRT steps never does).
     tensorrt: std::sync::OnceLock<crate::toolchain::tensorrt::Discovery>,
-    /// The source model, resolved on first use (every root step's key needs its digest).
-    source: std::sync::OnceLock<Source>,
+    /// Each source model (by pack model name; "" for a one-model pipeline), resolved on
+    /// first use (every root step's key needs its digest).
+    sources: std::sync::Mutex<BTreeMap<String, Source>>,
+    /// The manifest as each pack model's steps see it ([`Manifest::view`]).
+    views: BTreeMap<String, Manifest>,
     /// The remote cache, when `--remote` or `FACEBUILD_REMOTE` names one.
     pub remote: Option<Remote>,
     /// Which outputs reach `out/`.
@@ -82,7 +85,16 @@ impl BuildContext {
         )?;
         let toolchain = Toolchain::find(&settings.toolchain, &pins);
         let lock = Lock::load(&manifest.lock_path());
+        let views: BTreeMap<String, Manifest> = manifest
+            .models
+            .keys()
+            .map(|m| (m.clone(), manifest.view(Some(m))))
+            .collect();
+        for v in views.values() {
+            v.check_against_model()?;
+        }
         Ok(BuildContext {
+            views,
             manifest,
             dag,
             store,
@@ -91,7 +103,7 @@ impl BuildContext {
             toolchain,
             lock,
             tensorrt: std::sync::OnceLock::new(),
-            source: std::sync::OnceLock::new(),
+            sources: Default::default(),
             remote,
             materialize: settings.materialize,
             executor: settings.executor,
@@ -134,18 +146,35 @@ impl BuildContext {
         Ok(self.toolchain.as_ref().expect("just set"))
     }
 
-    /// Resolve the source model: the file the manifest names, or a generated built-in.
-    /// A sha256 pin is checked here, before any step runs.
-    pub(crate) fn source(&self) -> Result<Source> {
-        if let Some(s) = self.source.get() {
-            return Ok(s.clone());
-        }
-        let s = self.resolve_source()?;
-        Ok(self.source.get_or_init(|| s).clone())
+    /// The manifest as `step`'s model sees it: its pack model's view, or the manifest.
+    pub(crate) fn manifest_for(&self, step: &Step) -> &Manifest {
+        self.manifest_of(step.model.as_deref())
     }
 
-    fn resolve_source(&self) -> Result<Source> {
-        let m = &self.manifest;
+    /// The manifest as pack model `model`'s steps see it (the manifest for None).
+    pub(crate) fn manifest_of(&self, model: Option<&str>) -> &Manifest {
+        model
+            .and_then(|m| self.views.get(m))
+            .unwrap_or(&self.manifest)
+    }
+
+    /// Resolve a source model (`model`: a pack's model by name; None: the pipeline's one
+    /// model): the file the manifest names, or a generated built-in. A sha256 pin is
+    /// checked here, before any step runs.
+    pub(crate) fn source(&self, model: Option<&str>) -> Result<Source> {
+        let key = model.unwrap_or_default().to_string();
+        if let Some(s) = self.sources.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(s);
+        }
+        let s = self.resolve_source(model)?;
+        if let Ok(mut m) = self.sources.lock() {
+            m.entry(key).or_insert_with(|| s.clone());
+        }
+        Ok(s)
+    }
+
+    fn resolve_source(&self, model: Option<&str>) -> Result<Source> {
+        let m = self.manifest_of(model);
         let (path, label) = match &m.model.path {
             Some(p) => {
                 let path = m.resolve(p);
@@ -210,9 +239,10 @@ impl BuildContext {
         b.materialize(&self.cache_dir)
     }
 
-    /// The source model's file, generating a built-in model on first need.
-    pub(crate) fn source_file(&self) -> Result<Utf8PathBuf> {
-        let s = self.source()?;
+    /// A source model's file (see [`BuildContext::source`]), generating a built-in model
+    /// on first need.
+    pub(crate) fn source_file(&self, model: Option<&str>) -> Result<Utf8PathBuf> {
+        let s = self.source(model)?;
         if !s.path.exists()
             && let Some(b) = s
                 .label
@@ -334,7 +364,7 @@ impl BuildContext {
         // datasets: they are inputs of the steps that read datasets.
         if !step.spec.params.kind().datasets().is_empty() {
             for f in self
-                .manifest
+                .manifest_for(step)
                 .model
                 .extra_inputs
                 .iter()
@@ -365,7 +395,7 @@ impl BuildContext {
                     );
                 }
             }
-            for i in &self.manifest.model.extra_inputs {
+            for i in &self.manifest_for(step).model.extra_inputs {
                 if let crate::manifest::Feed::Embedding(e) = &i.feed
                     && let Some(b) = e.builtin.as_deref().and_then(BuiltinModel::from_name)
                 {
@@ -376,9 +406,11 @@ impl BuildContext {
         // The manifest's model declaration is a param of every step: check compares
         // against it and simplify freezes it. Other inputs enter only when there are some,
         // so single-input pipelines keep their keys.
-        let mut model = json!({"task": self.manifest.model.task, "input": self.manifest.model.input, "preprocessing": self.manifest.model.preprocessing});
-        if !self.manifest.model.extra_inputs.is_empty() {
-            model["inputs"] = json!(self.manifest.model.extra_inputs);
+        let spec = &self.manifest_for(step).model;
+        let mut model =
+            json!({"task": spec.task, "input": spec.input, "preprocessing": spec.preprocessing});
+        if !spec.extra_inputs.is_empty() {
+            model["inputs"] = json!(spec.extra_inputs);
         }
         let params = json!({"step": step.spec.params, "model": model});
         let mut toolchain = tc.fingerprint(&step.spec.params.kind().toolchain_pieces());

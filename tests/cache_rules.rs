@@ -351,3 +351,79 @@ fn gc_keeps_what_the_lockfile_references() {
         "{r:#?}"
     );
 }
+
+/// A pack: two built-in models, steps written once with `each:` and expanded per model (the
+/// plan shows `<model>_<step>`, each copy's `from` its own model's), compare steps that find
+/// their model from their candidates. Editing one model's declaration rebuilds only its
+/// steps; the other model's stay cached.
+#[test]
+fn pack_steps_expand_per_model_and_keys_stay_per_model() {
+    let p = Project::new();
+    let pack = |rec_std: &str| {
+        format!(
+            "schema: 1
+name: pack
+models:
+  det:
+    builtin: scrfd-mini
+    task: detection
+    input: {{name: input.1, shape: [1, 3, 320, 320]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [320, 320]}}
+    detector: {{family: scrfd}}
+  rec:
+    builtin: iresnet-mini
+    task: recognition
+    input: {{name: input.1, shape: [1, 3, 112, 112]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [{rec_std}], size: [112, 112]}}
+datasets:
+  faces: {{builtin: synthetic-faces, count: 6}}
+  scenes: {{builtin: synthetic-scenes}}
+steps:
+  simplify: {{kind: simplify, each: [det, rec], params: {{samples: 1}}}}
+  openvino_fp16: {{kind: convert, each: [det, rec], from: simplify, params: {{backend: openvino, precision: fp16}}}}
+  rec_compare: {{kind: compare, params: {{dataset: faces, candidates: [rec_openvino_fp16]}}}}
+  det_compare: {{kind: compare, params: {{dataset: scenes, candidates: [det_openvino_fp16]}}}}
+"
+        )
+    };
+    p.write("pack.yaml", &pack("127.5, 127.5, 127.5"));
+    let plan = p.plan_json("pack.yaml");
+    let names: Vec<&str> = plan.steps.iter().map(|d| d.step.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "det_simplify",
+            "rec_simplify",
+            "det_openvino_fp16",
+            "rec_openvino_fp16",
+            "rec_compare",
+            "det_compare"
+        ]
+    );
+    let (code, r) = p.run_json("pack.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    assert!(r.steps.iter().all(|s| s.status == Status::Built), "{r:#?}");
+    assert!(
+        r.source.contains("det: builtin:scrfd-mini")
+            && r.source.contains("rec: builtin:iresnet-mini"),
+        "{}",
+        r.source
+    );
+    // The recognizer's declaration changes: its steps rebuild, the detector's stay cached.
+    p.write("pack.yaml", &pack("128, 128, 128"));
+    let (code, r) = p.run_json("pack.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let mut st = statuses(&r);
+    st.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        st,
+        [
+            ("det_compare".to_string(), Status::Cached),
+            ("det_openvino_fp16".to_string(), Status::Cached),
+            ("det_simplify".to_string(), Status::Cached),
+            ("rec_compare".to_string(), Status::Built),
+            ("rec_openvino_fp16".to_string(), Status::Built),
+            ("rec_simplify".to_string(), Status::Built),
+        ]
+    );
+}

@@ -357,3 +357,60 @@ fn several_errors_are_reported_together() {
     );
     assert!(err.matches("bad.yaml:").count() >= 6, "{err}");
 }
+
+/// Two built-in models under `models:`, then `steps`.
+fn pack_manifest(steps: &str) -> String {
+    format!(
+        "schema: 1
+name: pack
+models:
+  det:
+    builtin: scrfd-mini
+    task: detection
+    input: {{name: input.1, shape: [1, 3, 320, 320]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [320, 320]}}
+    detector: {{family: scrfd}}
+  rec:
+    builtin: iresnet-mini
+    task: recognition
+    input: {{name: input.1, shape: [1, 3, 112, 112]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+datasets:
+  faces: {{builtin: synthetic-faces, count: 4}}
+steps:
+{steps}"
+    )
+}
+
+/// A pack's steps must say which model they build, and name only declared models; a
+/// one-model pipeline takes neither `model:` nor `each:`; `model:` and `models:` exclude
+/// each other. Every problem at its line, with the fix.
+#[test]
+fn pack_steps_name_their_models() {
+    let steps = indoc! {"
+          simplify: {kind: simplify, each: [det, lmk], params: {samples: 1}}
+          check: {kind: check}
+          fp16: {kind: convert, model: recognizer, params: {backend: openvino, precision: fp16}}
+    "};
+    expect_error(
+        &pack_manifest(&textwrap_indent(steps)),
+        &[
+            "`each` names `lmk`, which is not among `models:` (det, rec)",
+            "step `check`: which model does it build?",
+            "`model: recognizer` is not among `models:`",
+        ],
+    );
+    let one = builtin_manifest(indoc! {"
+          s: {kind: simplify, model: rec, each: [rec]}
+    "});
+    expect_error(&one, &["has `each:`, but the pipeline has one `model:`"]);
+    let both = pack_manifest("  s: {kind: check, model: det}\n").replace(
+        "models:\n",
+        "model: {builtin: iresnet-mini, task: recognition, input: {name: input.1, shape: [1, 3, 112, 112]}}\nmodels:\n",
+    );
+    expect_error(&both, &["both `model:` and `models:`"]);
+}
+
+fn textwrap_indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}

@@ -84,7 +84,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         None
     };
     let sctx = StepContext {
-        manifest: &ctx.manifest,
+        manifest: ctx.manifest_for(step),
         step,
         model: &job.model,
         datasets,

@@ -131,8 +131,9 @@ pub(crate) fn prepare(
     ctx: &BuildContext,
     job: &Job,
 ) -> Result<(WorkerSpec, Vec<(BlobRef, Utf8PathBuf)>)> {
-    let m = &ctx.manifest;
-    let step = m.step(&job.name);
+    let step = ctx.manifest.step(&job.name);
+    // A pack step reads its own model's file.
+    let m = ctx.manifest_for(step);
     let kind = step.spec.params.kind();
     // The files and folders the step reads, as the manifest writes them.
     let mut files: Vec<Utf8PathBuf> = Vec::new();
@@ -369,7 +370,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         })?
         .clone();
     let model_digest = match &step.spec.from {
-        None => ctx.source()?.digest,
+        None => ctx.source(step.model.as_deref())?.digest,
         Some(f) => spec
             .upstream
             .get(&f.value)
@@ -389,7 +390,7 @@ pub(crate) fn run_child(spec_digest: &str, dir: &Utf8Path, cancel: &AtomicBool) 
         .fetch(&upstream_blobs, &ctx.store)
         .map_err(|e| Error::usage(format!("exec-step: fetching upstream outputs: {e}")))?;
     let model = match &step.spec.from {
-        None => ctx.source_file()?,
+        None => ctx.source_file(step.model.as_deref())?,
         Some(_) => ctx.store.blob_path(&model_digest),
     };
     let upstream = spec

@@ -1,7 +1,8 @@
 //! Manifest loading and validation: YAML -> typed pipeline, with every error located.
 
 pub(crate) mod init;
-pub(crate) mod placement;
+pub(crate) mod pack;
+mod placement;
 pub(crate) mod schema;
 pub(crate) mod step;
 
@@ -21,6 +22,8 @@ pub(crate) struct Step {
     pub name: String,
     pub spec: StepSpec,
     pub location: Location,
+    /// The model of `models:` the step builds (None in a one-`model:` pipeline).
+    pub model: Option<String>,
 }
 
 impl Step {
@@ -49,15 +52,22 @@ impl Step {
     }
 }
 
+/// A pack's models by name, each with where it is declared.
+pub(crate) type Models = IndexMap<String, (ModelSpec, Location)>;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Manifest {
     pub file: Utf8PathBuf,
     pub dir: Utf8PathBuf,
     pub name: String,
     pub output_dir: Utf8PathBuf,
+    /// The model the steps of this view build: the pipeline's one `model:`, or in a pack
+    /// (see [`Manifest::view`]) one of `models:` (the first, in the pack itself).
     pub model: ModelSpec,
     /// Where `model:` is written, for errors found later against the model file.
     pub model_location: Location,
+    /// A pack's models by name, each with where it is declared (empty with one `model:`).
+    pub models: IndexMap<String, (ModelSpec, Location)>,
     pub datasets: IndexMap<String, DatasetSpec>,
     pub toolchain: ToolchainSpec,
     pub steps: IndexMap<String, Step>,
@@ -139,13 +149,8 @@ impl Manifest {
             errors.push(Error::manifest(whole_file.clone(), m));
         }
 
-        let model_location = loc(&raw.model.referenced);
-        let model = raw.model.value;
-        errors.extend(
-            validate_model(&model)
-                .into_iter()
-                .map(|(m, h)| Error::manifest(model_location.clone(), m).with_hint(h)),
-        );
+        let (model, model_location, models) =
+            resolve_models(raw.model, raw.models, &loc, &whole_file, &mut errors)?;
 
         let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
         for (k, v) in raw.datasets {
@@ -154,21 +159,11 @@ impl Manifest {
             datasets.insert(k, v.value);
         }
 
-        let mut steps = IndexMap::new();
-        for (name, spanned) in raw.steps {
-            let location = loc(&spanned.referenced);
-            if let Err(m) = validate_name(&name) {
-                errors.push(Error::manifest(location.clone(), m));
-            }
-            steps.insert(
-                name.clone(),
-                Step {
-                    name,
-                    spec: spanned.value,
-                    location,
-                },
-            );
-        }
+        let plain: IndexMap<String, ModelSpec> = models
+            .iter()
+            .map(|(k, (m, _))| (k.clone(), m.clone()))
+            .collect();
+        let steps = pack::expand(raw.steps, &plain, &loc, &mut errors);
         if steps.is_empty() {
             errors.push(Error::manifest(
                 whole_file,
@@ -203,6 +198,7 @@ impl Manifest {
             output_dir,
             model,
             model_location,
+            models,
             datasets,
             toolchain: raw.toolchain,
             steps,
@@ -217,6 +213,17 @@ impl Manifest {
             gpu_classes,
             relocated: Default::default(),
         })
+    }
+
+    /// The manifest as the steps of pack model `model` see it: `model` is that model. The
+    /// manifest itself for a one-model pipeline (`model` None).
+    pub(crate) fn view(&self, model: Option<&str>) -> Manifest {
+        let mut v = self.clone();
+        if let Some((m, l)) = model.and_then(|m| self.models.get(m)) {
+            v.model = m.clone();
+            v.model_location = l.clone();
+        }
+        v
     }
 
     pub(crate) fn resolve(&self, rel: &Utf8Path) -> Utf8PathBuf {
@@ -557,6 +564,57 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
 }
 
 /// Every problem of `model:`, each as (message, hint).
+/// The pipeline's model (`model:`, or the first of `models:`), where it is written, and a
+/// pack's models by name; each checked, problems into `errors`. Both or neither is an error.
+fn resolve_models(
+    model: Option<serde_saphyr::Spanned<ModelSpec>>,
+    raw_models: IndexMap<String, serde_saphyr::Spanned<ModelSpec>>,
+    loc: &dyn Fn(&serde_saphyr::Location) -> Location,
+    whole_file: &Location,
+    errors: &mut Vec<Error>,
+) -> Result<(ModelSpec, Location, Models)> {
+    let mut models: IndexMap<String, (ModelSpec, Location)> = IndexMap::new();
+    for (k, v) in raw_models {
+        let l = loc(&v.referenced);
+        if let Err(m) = validate_name(&k) {
+            errors.push(Error::manifest(l.clone(), format!("model {m}")));
+        }
+        errors.extend(
+            validate_model(&v.value)
+                .into_iter()
+                .map(|(m, h)| Error::manifest(l.clone(), format!("model `{k}`: {m}")).with_hint(h)),
+        );
+        models.insert(k, (v.value, l));
+    }
+    let (model, model_location) = match (model, models.first()) {
+        (Some(m), None) => {
+            let l = loc(&m.referenced);
+            errors.extend(
+                validate_model(&m.value)
+                    .into_iter()
+                    .map(|(msg, h)| Error::manifest(l.clone(), msg).with_hint(h)),
+            );
+            (m.value, l)
+        }
+        (None, Some((_, (m, l)))) => (m.clone(), l.clone()),
+        (Some(m), Some(_)) => {
+            return Err(Error::manifest(
+                loc(&m.referenced),
+                "the pipeline has both `model:` and `models:`",
+            )
+            .with_hint("one model: `model:`; a pack: every model under `models:`, by name"));
+        }
+        (None, None) => {
+            return Err(
+                Error::manifest(whole_file.clone(), "the pipeline names no model").with_hint(
+                    "add `model:` (see `facebuild init MODEL.onnx`), or `models:` for a pack",
+                ),
+            );
+        }
+    };
+    Ok((model, model_location, models))
+}
+
 fn validate_model(m: &ModelSpec) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if let Err(p) = validate_model_fields(m) {

@@ -25,7 +25,13 @@ pub(crate) struct RawManifest {
     /// Where materialized outputs go, relative to the manifest; default `out/<name>`.
     #[serde(default)]
     pub output: Option<Utf8PathBuf>,
-    pub model: Spanned<ModelSpec>,
+    /// The one model of a single-model pipeline...
+    #[serde(default)]
+    pub model: Option<Spanned<ModelSpec>>,
+    /// ...or a pack's models by name (a detector, a recognizer...): steps say which they
+    /// build (`model:`, or `each:` for one step per model).
+    #[serde(default)]
+    pub models: IndexMap<String, Spanned<ModelSpec>>,
     #[serde(default)]
     pub datasets: IndexMap<String, Spanned<DatasetSpec>>,
     #[serde(default)]

@@ -21,9 +21,22 @@ pub(crate) struct StepSpec {
     pub description: Option<String>,
     /// Where this step runs (over its kind's and the pipeline's `runs_on`).
     pub runs_on: Option<Spanned<super::placement::RunsOn>>,
+    /// Which of `models:` the step builds.
+    pub model: Option<Spanned<String>>,
+    /// One copy of the step per model named, `<model>_<step>` (`models:` pipelines).
+    pub each: Option<Spanned<Vec<String>>>,
 }
 
-const FIELDS: &[&str] = &["kind", "needs", "from", "params", "description", "runs_on"];
+const FIELDS: &[&str] = &[
+    "kind",
+    "needs",
+    "from",
+    "params",
+    "description",
+    "runs_on",
+    "model",
+    "each",
+];
 
 impl<'de> Deserialize<'de> for StepSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -47,6 +60,8 @@ impl<'de> Visitor<'de> for StepVisitor {
         let mut params = None;
         let mut description = None;
         let mut runs_on = None;
+        let mut model = None;
+        let mut each = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "kind" => kind = Some(map.next_value()?),
@@ -54,6 +69,8 @@ impl<'de> Visitor<'de> for StepVisitor {
                 "from" => from = Some(map.next_value()?),
                 "description" => description = Some(map.next_value()?),
                 "runs_on" => runs_on = Some(map.next_value()?),
+                "model" => model = Some(map.next_value()?),
+                "each" => each = Some(map.next_value()?),
                 "params" => {
                     let Some(k) = kind else {
                         return Err(de::Error::custom(
@@ -81,6 +98,8 @@ impl<'de> Visitor<'de> for StepVisitor {
             params,
             description,
             runs_on,
+            model,
+            each,
         })
     }
 }

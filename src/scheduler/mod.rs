@@ -830,7 +830,7 @@ pub(crate) fn run(
     if reclaimed > 0 {
         tracing::info!("removed {reclaimed} scratch folder(s) left by killed runs");
     }
-    let source = ctx.source()?;
+    let source = ctx.source(None)?;
     let mut run = RunState::new(ctx, opts, selected);
     let slurm = crate::executor::Slurm::new();
     // A step running elsewhere blocks a thread while it follows its job, but takes no local
@@ -850,7 +850,8 @@ pub(crate) fn run(
                 run.interrupted = true;
             }
             for launch in run.settle()? {
-                let job = run.job(launch, &ctx.source_file()?);
+                let model = ctx.manifest.step(&launch.name).model.clone();
+                let job = run.job(launch, &ctx.source_file(model.as_deref())?);
                 let tx = tx.clone();
                 let executor: &dyn Executor = if run.elsewhere(&job.name) {
                     &slurm
@@ -908,7 +909,7 @@ pub(crate) fn run(
         manifest: ctx.manifest.file.clone(),
         ok,
         interrupted,
-        source: format!("{} (blake3 {})", source.label, &source.digest[..12]),
+        source: sources_line(ctx, &source),
         toolchain: ctx.pins.id(),
         duration_ms: t0.elapsed().as_millis() as u64,
         steps: steps_out,
@@ -944,4 +945,21 @@ fn update_lock(
         lock.save(&ctx.manifest.lock_path())?;
     }
     Ok(())
+}
+
+/// The run's source model as the summary names it; a pack's models each by name.
+fn sources_line(ctx: &BuildContext, first: &crate::context::Source) -> String {
+    let one = |s: &crate::context::Source| format!("{} (blake3 {})", s.label, &s.digest[..12]);
+    if ctx.manifest.models.is_empty() {
+        return one(first);
+    }
+    ctx.manifest
+        .models
+        .keys()
+        .map(|m| match ctx.source(Some(m)) {
+            Ok(s) => format!("{m}: {}", one(&s)),
+            Err(e) => format!("{m}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -34,7 +34,7 @@ pub(crate) trait World {
     /// Why this step's backend cannot run here (e.g. TensorRT absent), if so.
     fn backend_unavailable(&self, step: &Step) -> Option<String>;
     /// The digest of the source model.
-    fn source_digest(&self) -> Result<String>;
+    fn source_digest(&self, model: Option<&str>) -> Result<String>;
     /// The parts of the step's action key, from its model input and upstream outputs.
     fn key_parts(
         &self,
@@ -133,7 +133,7 @@ pub(crate) fn resolve(
         });
     }
     let model_digest = match &step.spec.from {
-        None => world.source_digest()?,
+        None => world.source_digest(step.model.as_deref())?,
         Some(f) => match upstream(&f.value) {
             Upstream::Done(o) => o
                 .get("model.onnx")
@@ -278,8 +278,8 @@ impl World for BuildContext {
         None
     }
 
-    fn source_digest(&self) -> Result<String> {
-        Ok(self.source()?.digest)
+    fn source_digest(&self, model: Option<&str>) -> Result<String> {
+        Ok(self.source(model)?.digest)
     }
 
     fn key_parts(
@@ -372,7 +372,7 @@ mod tests {
                 .contains(&step.name)
                 .then(|| "no backend".into())
         }
-        fn source_digest(&self) -> Result<String> {
+        fn source_digest(&self, _model: Option<&str>) -> Result<String> {
             Ok("src".into())
         }
         fn key_parts(

@@ -308,6 +308,16 @@ macro_rules! registry {
                 }
             }
 
+            /// The params of `kind` from JSON (a pack step's copy, its references renamed).
+            pub(crate) fn from_json(
+                kind: StepKind,
+                v: serde_json::Value,
+            ) -> serde_json::Result<StepParams> {
+                Ok(match kind {
+                    $(StepKind::$variant => StepParams::$variant(serde_json::from_value(v)?),)*
+                })
+            }
+
             /// Deserialize the params of `kind` straight from the manifest, so every
             /// error points at the exact key.
             pub(crate) fn deserialize_as<'de, A: serde::de::MapAccess<'de>>(
