@@ -339,6 +339,11 @@ impl BuildContext {
             .ok_or_else(|| Error::toolchain("not installed"))?;
         let mut inputs = BTreeMap::new();
         inputs.insert("model".to_string(), model_digest.to_string());
+        if step.spec.params.kind().spans_models() {
+            for m in self.manifest.models.keys() {
+                inputs.insert(format!("source:{m}"), self.source(Some(m))?.digest);
+            }
+        }
         for r in step.spec.params.kind().references() {
             let outs = upstream(&r)
                 .ok_or_else(|| anyhow::anyhow!("outputs of `{r}` are not known yet"))?;

@@ -552,3 +552,202 @@ fn detector_as_generic_is_compared_output_by_output() {
         error_of(&r, "compare")
     );
 }
+
+/// A pack of a detector and a recognizer, with FP16 and INT8 IRs of each and a chain over
+/// `dataset`; per-model compares of the recognizer and the detector beside it.
+fn pack_yaml(
+    (det, det_input, det_shape, det_size): (&str, &str, &str, u32),
+    (rec, rec_input): (&str, &str),
+    (faces, calib_rec, scenes): (&str, &str, &str),
+) -> String {
+    format!(
+        r#"schema: 1
+name: pack
+models:
+  det:
+    {det}
+    task: detection
+    input: {{name: "{det_input}", shape: {det_shape}}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [{det_size}, {det_size}]}}
+    detector: {{family: scrfd}}
+  rec:
+    {rec}
+    task: recognition
+    input: {{name: "{rec_input}", shape: [1, 3, 112, 112]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+datasets:
+  faces: {faces}
+  calib_det: {scenes}
+  calib_rec: {calib_rec}
+steps:
+  openvino_fp16: {{kind: convert, each: [det, rec], params: {{backend: openvino, precision: fp16}}}}
+  calibrate: {{kind: calibrate, each: [det, rec], params: {{dataset: "calib_{{model}}"}}}}
+  openvino_int8: {{kind: convert, each: [det, rec], params: {{backend: openvino, precision: int8, calibration: calibrate}}}}
+  rec_compare: {{kind: compare, params: {{dataset: calib_rec, candidates: [rec_openvino_int8], cosine_min: 0.5}}}}
+  chain:
+    kind: chain
+    params:
+      dataset: faces
+      detector: det
+      recognizer: rec
+      combinations:
+        all_fp16: {{det: det_openvino_fp16, rec: rec_openvino_fp16}}
+        all_int8: {{det: det_openvino_int8, rec: rec_openvino_int8}}
+        det_int8: {{det: det_openvino_int8}}
+        rec_int8: {{rec: rec_openvino_int8}}
+"#
+    )
+}
+
+fn chain_figures(
+    r: &facebuild::ChainReport,
+    name: &str,
+) -> (
+    facebuild::ChainFigures,
+    std::collections::BTreeMap<String, facebuild::ChainFigures>,
+) {
+    let c = r
+        .combinations
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no combination {name}"));
+    (c.figures.clone(), c.attribution.clone())
+}
+
+fn say_chain(r: &facebuild::ChainReport) {
+    say(&format!(
+        "chain: {} images, {} reference faces",
+        r.images, r.reference_faces
+    ));
+    for c in &r.combinations {
+        let line = |f: &facebuild::ChainFigures| {
+            format!(
+                "recall {:.4} fp/img {:.3} cos min {:.5} mean {:.6} faces {}{}",
+                f.recall,
+                f.fp_per_image,
+                f.cosine_min.unwrap_or(f64::NAN),
+                f.cosine_mean.unwrap_or(f64::NAN),
+                f.faces,
+                f.verification
+                    .as_ref()
+                    .map(|v| format!(
+                        " | TAR {:?} (ref {:?}) EER {:.4} (ref {:.4}) flips {}/{}",
+                        v.tar_at_operating_far,
+                        v.reference_tar_at_operating_far,
+                        v.eer,
+                        v.reference_eer,
+                        v.flips,
+                        v.pairs
+                    ))
+                    .unwrap_or_default()
+            )
+        };
+        say(&format!("  {:<9} {}", c.name, line(&c.figures)));
+        for (m, f) in &c.attribution {
+            say(&format!("    only {m:<4} {}", line(f)));
+        }
+    }
+}
+
+/// The chain on the built-in pack: the detector's own keypoints make the recognizer's crops,
+/// so an INT8 detector moves the recognizer's chain embeddings while the recognizer's
+/// per-model compare is untouched by it (cached, the same report); combinations that swap
+/// two stages carry each stage alone as attribution; the FP16 chain stays near the reference.
+#[test]
+fn builtin_pack_chain_attributes_a_perturbed_detector() {
+    let p = Project::new();
+    let yaml = pack_yaml(
+        ("builtin: scrfd-mini", "input.1", "[1, 3, 320, 320]", 320),
+        ("builtin: iresnet-mini", "input.1"),
+        (
+            "{builtin: synthetic-scenes, count: 12}",
+            // The built-in faces are crops already: no alignment.
+            "{builtin: synthetic-faces, count: 12}",
+            "{builtin: synthetic-scenes, count: 12}",
+        ),
+    );
+    p.write("pack.yaml", &yaml);
+    let (code, r) = p.run_json("pack.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let chain: facebuild::ChainReport = p.report("out/pack/chain/report.json");
+    say_chain(&chain);
+    assert!(chain.reference_faces > 0);
+    let (fp16, _) = chain_figures(&chain, "all_fp16");
+    assert!(
+        fp16.recall >= 0.99 && fp16.cosine_min.unwrap() > 0.999,
+        "{fp16:#?}"
+    );
+    let (det_int8, none) = chain_figures(&chain, "det_int8");
+    assert!(none.is_empty(), "one stage swapped: no attribution");
+    // The recognizer is its ONNX original here: only the detector's crops moved it.
+    assert!(det_int8.cosine_min.unwrap() < 0.99999, "{det_int8:#?}");
+    let (all, attribution) = chain_figures(&chain, "all_int8");
+    assert_eq!(
+        attribution.keys().collect::<Vec<_>>(),
+        ["det", "rec"],
+        "{attribution:#?}"
+    );
+    assert_eq!(attribution["det"].cosine_min, det_int8.cosine_min);
+    assert!(all.faces > 0);
+    // The recognizer's per-model compare does not see the detector at all.
+    let before = std::fs::read(p.path("out/pack/rec_compare/report.json")).unwrap();
+    p.write(
+        "pack.yaml",
+        &yaml.replace(
+            "calib_det: {builtin: synthetic-scenes, count: 12}",
+            "calib_det: {builtin: synthetic-scenes, count: 6}",
+        ),
+    );
+    let (code, r) = p.run_json("pack.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    assert_eq!(status_of(&r, "det_openvino_int8"), Status::Built, "{r:#?}");
+    assert_eq!(status_of(&r, "rec_compare"), Status::Cached, "{r:#?}");
+    assert_eq!(status_of(&r, "chain"), Status::Built, "{r:#?}");
+    assert_eq!(
+        std::fs::read(p.path("out/pack/rec_compare/report.json")).unwrap(),
+        before
+    );
+}
+
+/// The shared pack: SCRFD-500M + MobileFaceNet on the shared portraits, chain figures for
+/// every combination (printed for the closing note).
+#[test]
+fn shared_pack_chain_figures() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let m = |f: &str| shared.join("models").join(f).display().to_string();
+    let pairs = shared.join("faces/pairs").display().to_string();
+    let yaml = pack_yaml(
+        (
+            &format!("path: {}", m("scrfd_500m_kps.onnx")),
+            "images",
+            "[1, 3, 640, 640]",
+            640,
+        ),
+        (&format!("path: {}", m("mobilefacenet.onnx")), "input"),
+        (
+            &format!("{{path: {pairs}, pairs: pairs.csv}}"),
+            &format!(
+                "{{path: {pairs}, align: {{model: {}, detector: {{family: scrfd}}}}}}",
+                m("scrfd_500m_kps.onnx")
+            ),
+            &format!("{{path: {}}}", shared.join("faces/scenes").display()),
+        ),
+    );
+    p.write("pack.yaml", &yaml);
+    let (code, r) = p.run_json("pack.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let chain: facebuild::ChainReport = p.report("out/pack/chain/report.json");
+    say_chain(&chain);
+    let (fp16, _) = chain_figures(&chain, "all_fp16");
+    assert!(fp16.recall >= 0.99, "{fp16:#?}");
+    assert!(fp16.verification.is_some());
+    let rec: CompareReport = p.report("out/pack/rec_compare/report.json");
+    say(&format!(
+        "per-model rec_openvino_int8 on aligned crops: cosine min {:?}",
+        candidate(&rec, "rec_openvino_int8")
+            .cosine
+            .as_ref()
+            .map(|c| c.min)
+    ));
+}

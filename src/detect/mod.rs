@@ -98,6 +98,9 @@ pub(crate) struct Matching {
     pub matched: usize,
     /// Per matched pair: IoU, |score difference|, landmark NME (None without landmarks).
     pub pairs: Vec<(f32, f32, Option<f32>)>,
+    /// Per matched pair: (reference index, candidate index).
+    #[serde(skip)]
+    pub indices: Vec<(usize, usize)>,
 }
 
 impl Matching {
@@ -151,6 +154,7 @@ pub(crate) fn match_detections(
             };
             m.matched += 1;
             m.pairs.push((v, (r.score - c.score).abs(), nme));
+            m.indices.push((i, j));
         }
     }
     m

@@ -83,7 +83,14 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
     } else {
         None
     };
+    let mut sources = BTreeMap::new();
+    if step.spec.params.kind().spans_models() {
+        for m in ctx.manifest.models.keys() {
+            sources.insert(m.clone(), ctx.source_file(Some(m))?);
+        }
+    }
     let sctx = StepContext {
+        sources,
         manifest: ctx.manifest_for(step),
         step,
         model: &job.model,

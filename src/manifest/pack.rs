@@ -3,7 +3,7 @@
 //! model, `<model>_<step>`, before anything else reads the manifest. In a copy for model `m`,
 //! every reference to another `each` step that covers `m` (`from`, `needs`, and the step
 //! names in its params) is renamed to `m`'s copy, so a template reads as one model's
-//! pipeline.
+//! pipeline; `{model}` in a string param is `m` (a dataset per model: `"calib_{model}"`).
 
 use indexmap::IndexMap;
 use serde_saphyr::Spanned;
@@ -58,6 +58,10 @@ fn copy_for(
         }
     }
     let mut params = serde_json::to_value(&c.params).map_err(|e| e.to_string())?;
+    // `{model}` in a string param is the copy's model (`dataset: "calib_{model}"`).
+    rename_strings(&mut params, &|s| {
+        s.contains("{model}").then(|| s.replace("{model}", model))
+    });
     // Only the names the kind reads as step references are renamed: a dataset or a backend
     // that happens to share a step's name stays.
     let refs = c.params.kind().references();
@@ -192,6 +196,8 @@ pub(super) fn expand(
                 ));
                 None
             }
+            // A chain reads every model: it builds none.
+            (None, false) if spec.params.kind().spans_models() => None,
             (None, false) => {
                 let m = inferred(&spec, &steps, models);
                 if m.is_none() {
@@ -215,8 +221,6 @@ pub(super) fn expand(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// A template's references to other templates become its own model's copies; names
     /// that are not step references (a dataset called like a step) stay; a step that names
     /// no model takes the one its references agree on.
@@ -248,6 +252,9 @@ steps:
         let c = &m.steps["det_calibrate"];
         assert_eq!(c.spec.params.kind().datasets(), ["calibrate"]);
         assert_eq!(m.steps["cmp"].model.as_deref(), Some("rec"));
-        assert_eq!(m.view(Some("det")).model.task, crate::manifest::Task::Detection);
+        assert_eq!(
+            m.view(Some("det")).model.task,
+            crate::manifest::Task::Detection
+        );
     }
 }

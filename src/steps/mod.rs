@@ -4,6 +4,7 @@
 pub(crate) mod accuracy;
 pub(crate) mod benchmark;
 pub(crate) mod calibrate;
+pub(crate) mod chain;
 pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod convert;
@@ -50,6 +51,8 @@ pub(crate) struct StepContext<'a> {
     pub signing_key: Option<&'a str>,
     /// This invocation (settings), for release provenance.
     pub invocation: &'a crate::settings::Invocation,
+    /// Every pack model's source file, by name, for steps that span models (a chain).
+    pub sources: BTreeMap<String, Utf8PathBuf>,
     pub cancel: &'a AtomicBool,
     pub progress: &'a indicatif::ProgressBar,
 }
@@ -197,6 +200,11 @@ pub(crate) trait Kind {
     fn slurm_refusal(&self) -> Option<(&'static str, &'static str)> {
         None
     }
+    /// Whether the step reads every model of a pack (a chain): it builds none of them, its
+    /// key holds every model's source, and its context has every source's file.
+    fn spans_models(&self) -> bool {
+        false
+    }
     /// Whether the step says it must run (`required: true`): unavailable then fails the run.
     fn required(&self) -> bool {
         false
@@ -341,6 +349,7 @@ registry! {
     Compare => "compare", compare::CompareParams, produces_model: false, default: None, section: Some(ReportSection::Compare);
     Benchmark => "benchmark", benchmark::BenchmarkParams, produces_model: false, default: None, section: Some(ReportSection::Benchmark);
     Release => "release", release::ReleaseParams, produces_model: false, default: None, section: Some(ReportSection::Release);
+    Chain => "chain", chain::ChainParams, produces_model: false, default: None, section: None;
 }
 
 impl std::fmt::Display for StepKind {
