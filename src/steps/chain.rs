@@ -380,6 +380,38 @@ fn failed_gates(g: &ChainGates, f: &ChainFigures) -> Vec<String> {
     out
 }
 
+/// Model -> the artifact step swapped in for it.
+type Swaps = BTreeMap<String, String>;
+
+/// One chain over every image, with the stages `swapped` names.
+fn run_chain(
+    ctx: &StepContext,
+    p: &ChainParams,
+    swapped: &BTreeMap<String, String>,
+    (det, rec): (&ModelSpec, &ModelSpec),
+    images: &[image::RgbImage],
+) -> Result<Vec<Found>> {
+    let mut stages = Stages {
+        det: load(ctx, &p.detector, swapped)?,
+        rec: load(ctx, &p.recognizer, swapped)?,
+    };
+    ctx.progress.set_message(if swapped.is_empty() {
+        "chain: the ONNX originals".to_string()
+    } else {
+        format!(
+            "chain: {}",
+            swapped.values().cloned().collect::<Vec<_>>().join(" + ")
+        )
+    });
+    images
+        .iter()
+        .map(|img| {
+            ctx.check_cancelled()?;
+            run_one(&mut stages, (det, rec), img)
+        })
+        .collect()
+}
+
 fn run(ctx: &StepContext, p: &ChainParams) -> Result<StepOutcome> {
     let det = model_of(ctx, &p.detector)?;
     let rec = model_of(ctx, &p.recognizer)?;
@@ -400,20 +432,16 @@ fn run(ctx: &StepContext, p: &ChainParams) -> Result<StepOutcome> {
         });
     }
     let pairs = super::compare::pairs_of(ctx, &p.dataset, &files)?.map(|(set, _)| listed(&set));
-    let chain = |swapped: &BTreeMap<String, String>| -> Result<Vec<Found>> {
-        let mut stages = Stages {
-            det: load(ctx, &p.detector, swapped)?,
-            rec: load(ctx, &p.recognizer, swapped)?,
-        };
-        let pb = &ctx.progress;
-        pb.set_message(format!(
-            "chain {}",
-            swapped.values().cloned().collect::<Vec<_>>().join("+")
-        ));
-        images
-            .iter()
-            .map(|img| run_one(&mut stages, (det, rec), img))
-            .collect()
+    // A stage swapped alone (attribution) is often a combination of its own: each set of
+    // swaps runs once.
+    let memo: std::cell::RefCell<BTreeMap<Swaps, std::rc::Rc<Vec<Found>>>> = Default::default();
+    let chain = |swapped: &BTreeMap<String, String>| -> Result<std::rc::Rc<Vec<Found>>> {
+        if let Some(f) = memo.borrow().get(swapped) {
+            return Ok(f.clone());
+        }
+        let found = std::rc::Rc::new(run_chain(ctx, p, swapped, (det, rec), &images)?);
+        memo.borrow_mut().insert(swapped.clone(), found.clone());
+        Ok(found)
     };
     let reference = chain(&BTreeMap::new())?;
     let mut combinations = Vec::new();
