@@ -584,6 +584,9 @@ steps:
   calibrate: {{kind: calibrate, each: [det, rec], params: {{dataset: "calib_{{model}}"}}}}
   openvino_int8: {{kind: convert, each: [det, rec], params: {{backend: openvino, precision: int8, calibration: calibrate}}}}
   rec_compare: {{kind: compare, params: {{dataset: calib_rec, candidates: [rec_openvino_int8], cosine_min: 0.5}}}}
+  release:
+    kind: release
+    params: {{artifacts: [det_openvino_fp16, rec_openvino_fp16], layouts: [], package: {{detector: det, recognizer: rec}}}}
   chain:
     kind: chain
     params:
@@ -750,4 +753,91 @@ fn shared_pack_chain_figures() {
             .as_ref()
             .map(|c| c.min)
     ));
+    insightface_loads_the_package(&p, &shared);
+}
+
+/// What insightface 2.1's FaceAnalysis finds in a photo with a package folder: the models it
+/// loaded, the faces' boxes and embedding sizes, as JSON.
+const FACE_ANALYSIS: &str = r#"
+import json, sys
+import cv2
+from insightface.app import FaceAnalysis
+app = FaceAnalysis(name=sys.argv[1], providers=["CPUExecutionProvider"])
+app.prepare(ctx_id=-1, det_size=(640, 640))
+faces = app.get(cv2.imread(sys.argv[2]))
+print(json.dumps({"models": sorted(app.models), "faces": [{"bbox": [round(float(x), 3) for x in f.bbox], "dim": int(f.embedding.shape[0])} for f in faces]}))
+"#;
+
+/// The pack release's `onnx/` loads in insightface 2.1 from PyPI, through its V2 manifest
+/// and, on a copy without it, through legacy shape routing: both find the same two faces
+/// with 128-d embeddings in two_people.jpg. A model file changed after the release fails
+/// insightface's own sha256 check.
+fn insightface_loads_the_package(p: &Project, shared: &std::path::Path) {
+    let version = std::process::Command::new(toolchain_python())
+        .args(["-c", "import onnxruntime; print(onnxruntime.__version__)"])
+        .output()
+        .unwrap();
+    let ort = format!(
+        "onnxruntime=={}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    let python = uv_venv(
+        p.dir.path(),
+        &[&["insightface==2.1", "opencv-python-headless", &ort]],
+    );
+    let pkg = p.path("releases/pack/current/onnx");
+    let photo = shared.join("faces/scenes/two_people.jpg");
+    let analyse = |dir: &std::path::Path| {
+        std::process::Command::new(&python)
+            .args(["-c", FACE_ANALYSIS])
+            .arg(dir)
+            .arg(&photo)
+            .output()
+            .unwrap()
+    };
+    let out = analyse(&pkg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    say(&format!("insightface, V2 manifest: {by_manifest}"));
+    assert_eq!(
+        by_manifest["models"],
+        serde_json::json!(["detection", "recognition"])
+    );
+    let faces = by_manifest["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 2, "{by_manifest}");
+    assert!(faces.iter().all(|f| f["dim"] == 128));
+    // Legacy routing: the same models without the manifest.
+    let legacy = p.path("legacy");
+    std::fs::create_dir_all(&legacy).unwrap();
+    for f in ["det.onnx", "rec.onnx"] {
+        std::fs::copy(pkg.join(f), legacy.join(f)).unwrap();
+    }
+    let out = analyse(&legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_shape: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(by_shape["faces"], by_manifest["faces"], "{by_shape}");
+    // A model changed after the release: insightface refuses it by its sha256.
+    let tampered = p.path("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    for f in ["det.onnx", "rec.onnx", "manifest.json", "MODEL.LICENSE"] {
+        std::fs::copy(pkg.join(f), tampered.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(tampered.join("rec.onnx")).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x01;
+    std::fs::write(tampered.join("rec.onnx"), bytes).unwrap();
+    let out = analyse(&tampered);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("SHA-256 mismatch"),
+        "{err}"
+    );
 }

@@ -36,6 +36,8 @@ pub(crate) fn default_layouts() -> Vec<DeployLayout> {
 /// One promoted artifact as the layouts see it.
 pub(super) struct Released<'a> {
     pub name: &'a str,
+    /// The model it is an artifact of (its index in the models given to [`write`]).
+    pub model: usize,
     /// The artifact's model files (`model.onnx`, `model.engine`, `model.xml` + `model.bin`)
     /// in the stage.
     pub files: BTreeMap<String, Utf8PathBuf>,
@@ -364,55 +366,62 @@ fn ovms_entry(m: &Model, a: &Released) -> serde_json::Value {
 
 /// `ovms/preprocessing.json`: mean, scale and color per model, as OVMS's `--mean`,
 /// `--scale` and `--color_format` spell them. Its config.json schema refuses these keys.
-fn ovms_preprocessing(m: &Model, names: &[String]) -> Option<serde_json::Value> {
-    let p = m.preprocessing?;
+fn ovms_preprocessing(models: &[Model], served: &[&Released]) -> Option<serde_json::Value> {
     let list = |v: &[f32]| {
         format!(
             "[{}]",
             v.iter().map(f32::to_string).collect::<Vec<_>>().join(",")
         )
     };
-    let input = &m.inputs.first()?.name;
-    let each = json!({
-        "input": input,
-        "mean": list(&p.mean),
-        "scale": list(&p.std),
-        "color_format": format!("{:?}", p.color),
-    });
-    Some(json!({
-        "models": names.iter().map(|n| (n.clone(), each.clone())).collect::<serde_json::Map<_, _>>(),
+    let each: serde_json::Map<String, serde_json::Value> = served
+        .iter()
+        .filter_map(|a| {
+            let m = &models[a.model];
+            let p = m.preprocessing?;
+            Some((
+                model_name(m.pipeline, a.name),
+                json!({
+                    "input": &m.inputs.first()?.name,
+                    "mean": list(&p.mean),
+                    "scale": list(&p.std),
+                    "color_format": format!("{:?}", p.color),
+                }),
+            ))
+        })
+        .collect();
+    (!each.is_empty()).then(|| json!({
+        "models": each,
         "note": "OVMS applies these with --mean, --scale and --color_format when it serves one model (see README.md here); its config.json schema does not accept them",
     }))
 }
 
-fn ovms_readme(m: &Model, names: &[String]) -> String {
+fn ovms_readme(models: &[Model], served: &[&Released]) -> String {
+    let pipeline = models.first().map_or("", |m| m.pipeline);
     let mut s = format!(
-        "# OpenVINO Model Server layout of `{}`\n\nEvery model in `config.json`:\n\n```sh\novms --config_path ovms/config.json --port 9000 --rest_port 8000\n```\n",
-        m.pipeline
+        "# OpenVINO Model Server layout of `{pipeline}`\n\nEvery model in `config.json`:\n\n```sh\novms --config_path ovms/config.json --port 9000 --rest_port 8000\n```\n\nOne model, with the preprocessing the gates were measured with (clients then send raw pixels in the model's colour order):\n\n"
     );
-    if let (Some(p), Some(i)) = (m.preprocessing, m.inputs.first()) {
-        let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+    let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+    for a in served {
+        let m = &models[a.model];
+        let (Some(p), Some(i)) = (m.preprocessing, m.inputs.first()) else {
+            continue;
+        };
+        let n = model_name(m.pipeline, a.name);
         s += &format!(
-            "\nOne model, with the preprocessing the gates were measured with (clients then send raw {:?} pixels):\n\n",
+            "```sh\novms --model_path ovms/models/{n} --model_name {n} --shape \"{}\" --layout {:?} --mean \"[{}]\" --scale \"[{}]\" --color_format {:?} --port 9000\n```\n",
+            ovms_shape(i),
+            i.layout,
+            list(&p.mean),
+            list(&p.std),
             p.color
         );
-        for n in names {
-            s += &format!(
-                "```sh\novms --model_path ovms/models/{n} --model_name {n} --shape \"{}\" --layout {:?} --mean \"[{}]\" --scale \"[{}]\" --color_format {:?} --port 9000\n```\n",
-                ovms_shape(i),
-                i.layout,
-                list(&p.mean),
-                list(&p.std),
-                p.color
-            );
-        }
     }
     s
 }
 
 /// The layouts' files written into `stage`, relative to it.
 pub(super) fn write(
-    m: &Model,
+    models: &[Model],
     artifacts: &[Released],
     layouts: &[DeployLayout],
     stage: &Utf8Path,
@@ -438,6 +447,7 @@ pub(super) fn write(
             let Some(served) = Served::of(&a.files) else {
                 continue;
             };
+            let m = &models[a.model];
             let dir = format!("triton/{}", model_name(m.pipeline, a.name));
             put(
                 format!("{dir}/config.pbtxt"),
@@ -454,29 +464,34 @@ pub(super) fn write(
             .filter(|a| matches!(Served::of(&a.files), Some(Served::OpenVino | Served::Onnx)))
             .collect();
         if !served.is_empty() {
-            let list: Vec<serde_json::Value> = served.iter().map(|a| ovms_entry(m, a)).collect();
+            let list: Vec<serde_json::Value> = served
+                .iter()
+                .map(|a| ovms_entry(&models[a.model], a))
+                .collect();
             let config = json!({ "model_config_list": list });
             put(
                 "ovms/config.json".into(),
                 &serde_json::to_vec_pretty(&config).map_err(anyhow::Error::from)?,
             )?;
-            let names: Vec<String> = served
-                .iter()
-                .map(|a| model_name(m.pipeline, a.name))
-                .collect();
-            if let Some(p) = ovms_preprocessing(m, &names) {
+            if let Some(p) = ovms_preprocessing(models, &served) {
                 put(
                     "ovms/preprocessing.json".into(),
                     &serde_json::to_vec_pretty(&p).map_err(anyhow::Error::from)?,
                 )?;
             }
-            put("ovms/README.md".into(), ovms_readme(m, &names).as_bytes())?;
+            put(
+                "ovms/README.md".into(),
+                ovms_readme(models, &served).as_bytes(),
+            )?;
             for a in served {
                 let served = Served::of(&a.files).unwrap_or(Served::Onnx);
                 for (from, to) in served.copies() {
                     copies.push((
                         a.files[*from].clone(),
-                        format!("ovms/models/{}/1/{to}", model_name(m.pipeline, a.name)),
+                        format!(
+                            "ovms/models/{}/1/{to}",
+                            model_name(models[a.model].pipeline, a.name)
+                        ),
                     ));
                 }
             }
@@ -491,7 +506,11 @@ pub(super) fn write(
 /// Whether `rel` is a layout's generated file (a config, kept among the release step's
 /// outputs), rather than a copy of an artifact's model file.
 pub(super) fn is_generated(rel: &str) -> bool {
-    (rel.starts_with("triton/") || rel.starts_with("ovms/")) && model_source("", rel).is_none()
+    // A pack's InsightFace package (`onnx/`) is the release's own, models included: they
+    // are the pack's sources, which no upstream step outputs.
+    rel.starts_with("onnx/")
+        || ((rel.starts_with("triton/") || rel.starts_with("ovms/"))
+            && model_source("", rel).is_none())
 }
 
 /// The cache output name that holds a generated layout file (one plain name).

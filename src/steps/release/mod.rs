@@ -23,6 +23,8 @@ use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming}
 use crate::runtime::BenchMeasurement;
 
 mod layouts;
+mod package;
+pub(crate) use package::PackageSpec;
 pub(crate) mod publish;
 pub(crate) use layouts::DeployLayout;
 
@@ -31,7 +33,7 @@ pub(crate) use layouts::DeployLayout;
 /// v4: latency and throughput gates fail on unreliable measurements.
 /// v5: refusals say why a figure was not compared (`unreliable (CV 0.62 > 0.5)`), and
 /// `unreliable: pass` gates warn.
-/// v6: Triton and OVMS layouts inside the release (`layouts:`).
+/// v6: Triton and OVMS layouts inside the release (`layouts:`); a pack's `onnx/` package.
 pub(crate) const IMPL_VERSION: u32 = 6;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
@@ -66,6 +68,9 @@ pub(crate) struct ReleaseParams {
     /// Deploy layouts written inside the release: `triton`, `ovms` (default both).
     #[serde(default = "layouts::default_layouts")]
     pub layouts: Vec<DeployLayout>,
+    /// A pack's release: `onnx/` as an InsightFace model package of these models.
+    #[serde(default)]
+    pub package: Option<PackageSpec>,
 }
 
 impl ReleaseParams {
@@ -378,6 +383,9 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         (compare.as_ref(), bench.as_ref()),
         &stage,
     )?;
+    if let Some(spec) = &p.package {
+        files.extend(package::write(ctx, spec, &stage)?);
+    }
     files.extend(deploy_layouts(
         ctx,
         p,
@@ -409,19 +417,13 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         .rev()
         .find(|h| h.event == "promote" && h.version != version)
         .cloned();
-    let metadata = json!({
-        "pipeline": ctx.manifest.name,
-        "version": version,
-        "facebuild_version": env!("CARGO_PKG_VERSION"),
-        "manifest": {"file": ctx.manifest.file, "blake3": ctx.manifest.digest},
-        "source_onnx": {"path": ctx.model_label(), "sha256": source_sha256},
-        "model": {"task": ctx.manifest.model.task, "input": ctx.manifest.model.input, "preprocessing": ctx.manifest.model.preprocessing, "detector": ctx.manifest.model.detector},
-        "toolchain": {"python_packages": ctx.toolchain.fingerprint(TOOLCHAIN), "all": ctx.toolchain.info.packages},
-        "artifacts": artifacts_meta,
-        "gates": verdicts,
-        "machine": bench.as_ref().map(|b| &b.machine),
-        "previous": previous.as_ref().map(|p| &p.version),
-    });
+    let metadata = metadata(
+        ctx,
+        (&version, &source_sha256),
+        (&artifacts_meta, &verdicts),
+        bench.as_ref(),
+        previous.as_ref(),
+    )?;
     std::fs::write(
         stage.join("metadata.json"),
         serde_json::to_vec_pretty(&metadata).map_err(anyhow::Error::from)?,
@@ -452,6 +454,56 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
     };
     super::write_report(ctx.workdir, "report.json", &report)?;
     Ok(released(&report, report_path, &stage))
+}
+
+/// `metadata.json`: what was released, from what, with which tools and gates.
+fn metadata(
+    ctx: &StepContext,
+    (version, source_sha256): (&str, &str),
+    (artifacts_meta, verdicts): (&[serde_json::Value], &[Verdict]),
+    bench: Option<&BenchmarkReport>,
+    previous: Option<&HistoryEntry>,
+) -> Result<serde_json::Value> {
+    Ok(json!({
+        "pipeline": ctx.manifest.name,
+        "version": version,
+        "facebuild_version": env!("CARGO_PKG_VERSION"),
+        "manifest": {"file": ctx.manifest.file, "blake3": ctx.manifest.digest},
+        "source_onnx": {"path": ctx.model_label(), "sha256": source_sha256},
+        "model": {"task": ctx.manifest.model.task, "input": ctx.manifest.model.input, "preprocessing": ctx.manifest.model.preprocessing, "detector": ctx.manifest.model.detector},
+        "toolchain": {"python_packages": ctx.toolchain.fingerprint(TOOLCHAIN), "all": ctx.toolchain.info.packages},
+        "artifacts": artifacts_meta,
+        "gates": verdicts,
+        "machine": bench.as_ref().map(|b| &b.machine),
+        "previous": previous.as_ref().map(|p| &p.version),
+        "pack": pack_sources(ctx)?,
+    }))
+}
+
+/// A pack's models with their sources' sha256 and where `onnx/` put each (None for a
+/// one-model pipeline).
+fn pack_sources(ctx: &StepContext) -> Result<Option<serde_json::Value>> {
+    if ctx.sources.is_empty() {
+        return Ok(None);
+    }
+    let mut m = serde_json::Map::new();
+    for (name, path) in &ctx.sources {
+        let spec = &ctx.manifest.models[name].0;
+        let label = spec.path.as_ref().map_or_else(
+            || {
+                format!(
+                    "builtin:{}",
+                    spec.builtin.as_deref().unwrap_or("iresnet-mini")
+                )
+            },
+            |p| p.to_string(),
+        );
+        m.insert(
+            name.clone(),
+            json!({"source": label, "sha256": sha256_file(path)?, "task": spec.task}),
+        );
+    }
+    Ok(Some(serde_json::Value::Object(m)))
 }
 
 /// The step's outputs (what the cache keeps to restore the release elsewhere) and summary.
@@ -498,14 +550,38 @@ fn deploy_layouts(
     if p.layouts.is_empty() {
         return Ok(vec![]);
     }
-    let graph =
-        crate::onnx::inspect::inspect(&crate::onnx::inspect::load_model(ctx.model)?, ctx.model)?;
-    let model = layouts::Model {
-        pipeline: &ctx.manifest.name,
-        inputs: ctx.manifest.model.all_inputs().collect(),
-        graph: &graph,
-        preprocessing: ctx.manifest.model.preprocessing.as_ref(),
-    };
+    // Each artifact's model: its step's pack model, or the pipeline's one model.
+    let model_of = |a: &str| ctx.manifest.steps.get(a).and_then(|s| s.model.clone());
+    let mut names: Vec<Option<String>> = promoted.iter().map(|a| model_of(a)).collect();
+    names.sort();
+    names.dedup();
+    let mut graphs = Vec::new();
+    for n in &names {
+        let file = match n {
+            Some(m) if ctx.sources.contains_key(m) => ctx.sources[m].as_path(),
+            _ => ctx.model,
+        };
+        graphs.push(crate::onnx::inspect::inspect(
+            &crate::onnx::inspect::load_model(file)?,
+            file,
+        )?);
+    }
+    let models: Vec<layouts::Model> = names
+        .iter()
+        .zip(&graphs)
+        .map(|(n, graph)| {
+            let spec = n
+                .as_ref()
+                .and_then(|m| ctx.manifest.models.get(m))
+                .map_or(&ctx.manifest.model, |(m, _)| m);
+            layouts::Model {
+                pipeline: &ctx.manifest.name,
+                inputs: spec.all_inputs().collect(),
+                graph,
+                preprocessing: spec.preprocessing.as_ref(),
+            }
+        })
+        .collect();
     let mut precisions = Vec::new();
     for a in promoted {
         let outs = ctx.upstream.get(a).cloned().unwrap_or_default();
@@ -516,6 +592,7 @@ fn deploy_layouts(
         .zip(&precisions)
         .map(|(a, precision)| layouts::Released {
             name: a,
+            model: names.iter().position(|n| *n == model_of(a)).unwrap_or(0),
             files: ["model.onnx", "model.engine", "model.xml", "model.bin"]
                 .into_iter()
                 .map(|f| (f.to_string(), stage.join(a).join(f)))
@@ -536,7 +613,7 @@ fn deploy_layouts(
                 }),
         })
         .collect();
-    layouts::write(&model, &released, &p.layouts, stage)
+    layouts::write(&models, &released, &p.layouts, stage)
 }
 
 /// Finish the staged release: `SHA256SUMS` (the artifacts' `digests` in `sums`, then
@@ -1169,6 +1246,15 @@ impl super::Kind for ReleaseParams {
     }
     fn validate(&self) -> Vec<super::Problem> {
         ReleaseParams::validate(self).err().into_iter().collect()
+    }
+    fn spans_models(&self) -> bool {
+        self.package.is_some()
+    }
+    fn extra_files(&self) -> Vec<Utf8PathBuf> {
+        self.package
+            .iter()
+            .filter_map(|p| p.license.clone())
+            .collect()
     }
     fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
         run(ctx, self)
