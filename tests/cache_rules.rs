@@ -361,21 +361,7 @@ fn pack_steps_expand_per_model_and_keys_stay_per_model() {
     let p = Project::new();
     let pack = |rec_std: &str| {
         format!(
-            "schema: 1
-name: pack
-models:
-  det:
-    builtin: scrfd-mini
-    task: detection
-    input: {{name: input.1, shape: [1, 3, 320, 320]}}
-    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [320, 320]}}
-    detector: {{family: scrfd}}
-  rec:
-    builtin: iresnet-mini
-    task: recognition
-    input: {{name: input.1, shape: [1, 3, 112, 112]}}
-    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [{rec_std}], size: [112, 112]}}
-datasets:
+            "{}datasets:
   faces: {{builtin: synthetic-faces, count: 6}}
   scenes: {{builtin: synthetic-scenes}}
 steps:
@@ -383,7 +369,8 @@ steps:
   openvino_fp16: {{kind: convert, each: [det, rec], from: simplify, params: {{backend: openvino, precision: fp16}}}}
   rec_compare: {{kind: compare, params: {{dataset: faces, candidates: [rec_openvino_fp16]}}}}
   det_compare: {{kind: compare, params: {{dataset: scenes, candidates: [det_openvino_fp16]}}}}
-"
+",
+            builtin_pack_models(rec_std)
         )
     };
     p.write("pack.yaml", &pack("127.5, 127.5, 127.5"));

@@ -361,24 +361,11 @@ fn several_errors_are_reported_together() {
 /// Two built-in models under `models:`, then `steps`.
 fn pack_manifest(steps: &str) -> String {
     format!(
-        "schema: 1
-name: pack
-models:
-  det:
-    builtin: scrfd-mini
-    task: detection
-    input: {{name: input.1, shape: [1, 3, 320, 320]}}
-    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [320, 320]}}
-    detector: {{family: scrfd}}
-  rec:
-    builtin: iresnet-mini
-    task: recognition
-    input: {{name: input.1, shape: [1, 3, 112, 112]}}
-    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
-datasets:
+        "{}datasets:
   faces: {{builtin: synthetic-faces, count: 4}}
 steps:
-{steps}"
+{steps}",
+        builtin_pack_models("127.5, 127.5, 127.5")
     )
 }
 

@@ -242,6 +242,28 @@ pub(crate) fn builtin_manifest(steps: &str) -> String {
     format!("{head}{steps}")
 }
 
+/// A pack of the two built-in models, `det` (SCRFD-mini, 320) and `rec` (iresnet-mini, its
+/// std `rec_std`), as `name:` and `models:` (schema line included); datasets and steps follow.
+pub(crate) fn builtin_pack_models(rec_std: &str) -> String {
+    format!(
+        "schema: 1
+name: pack
+models:
+  det:
+    builtin: scrfd-mini
+    task: detection
+    input: {{name: input.1, shape: [1, 3, 320, 320]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [320, 320]}}
+    detector: {{family: scrfd}}
+  rec:
+    builtin: iresnet-mini
+    task: recognition
+    input: {{name: input.1, shape: [1, 3, 112, 112]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [{rec_std}], size: [112, 112]}}
+"
+    )
+}
+
 /// How a run that ends in a release went, for tests whose subject is not benchmark figures
 /// (a remote cache, reproducibility, the wheel). Timings depend on the machine: on a busy
 /// one the release refuses figures judged unreliable, and that is the product working, not

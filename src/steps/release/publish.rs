@@ -292,8 +292,20 @@ fn moved(index: &Index, pipeline: &str, channel: &str, previous: Option<String>)
     }
 }
 
-fn check_channel(channel: &str) -> Result<()> {
-    crate::cache::validate::check_name("channel", channel).map_err(|e| Error::usage(e.to_string()))
+/// The pipeline's index, for a command (`what`) that moves `channel`: the remote writable,
+/// the channel a plain name, the index signed by `key`.
+fn index_to_move(
+    remote: &Remote,
+    pipeline: &str,
+    channel: &str,
+    key: &SigningKey,
+    what: &str,
+) -> Result<Index> {
+    refuse_read_only(remote, what)?;
+    crate::cache::validate::check_name("channel", channel)
+        .map_err(|e| Error::usage(e.to_string()))?;
+    read_index(remote, pipeline, &[*key.verifying_key()])?
+        .ok_or_else(|| not_published(remote, pipeline))
 }
 
 /// Make `version` current on `channel`.
@@ -304,10 +316,7 @@ pub(crate) fn promote(
     channel: &str,
     key: &SigningKey,
 ) -> Result<ChannelMove> {
-    refuse_read_only(remote, "promote")?;
-    check_channel(channel)?;
-    let mut index = read_index(remote, pipeline, &[*key.verifying_key()])?
-        .ok_or_else(|| not_published(remote, pipeline))?;
+    let mut index = index_to_move(remote, pipeline, channel, key, "promote")?;
     if !index.versions.contains_key(version) {
         return Err(Error::usage(format!(
             "{pipeline}@{version} is not published on {} (published: {})",
@@ -351,10 +360,7 @@ pub(crate) fn rollback_channel(
     channel: &str,
     key: &SigningKey,
 ) -> Result<ChannelMove> {
-    refuse_read_only(remote, "rollback")?;
-    check_channel(channel)?;
-    let mut index = read_index(remote, pipeline, &[*key.verifying_key()])?
-        .ok_or_else(|| not_published(remote, pipeline))?;
+    let mut index = index_to_move(remote, pipeline, channel, key, "rollback")?;
     let Some(c) = index.channels.get_mut(channel) else {
         return Err(Error::usage(format!(
             "`{pipeline}` has no channel `{channel}` on {}",
