@@ -354,6 +354,12 @@ impl BuildContext {
         for d in step.spec.params.kind().datasets() {
             inputs.insert(format!("dataset:{d}"), self.dataset_digest(&d)?.1);
         }
+        if !step.spec.params.kind().datasets().is_empty() {
+            inputs.insert(
+                "facebuild:preprocess".into(),
+                crate::preprocess::PREPARE_VERSION.to_string(),
+            );
+        }
         for f in step.spec.params.kind().extra_files() {
             let path = self.manifest.resolve(&f);
             if !path.is_file() {

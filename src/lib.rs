@@ -71,7 +71,9 @@ pub use runtime::{BenchMeasurement, ExecutionInfo, LoadedModel, NamedTensor, Run
 pub use scheduler::{Origin, OutputInfo, RunReport, Status, StepResult};
 pub use settings::Materialize;
 pub use steps::benchmark::BenchmarkReport;
-pub use steps::chain::{ChainCombination, ChainFigures, ChainReport, ChainVerification};
+pub use steps::chain::{
+    ChainAttributes, ChainCombination, ChainFigures, ChainLandmarks, ChainReport, ChainVerification,
+};
 pub use steps::check::CheckReport;
 pub use steps::compare::{
     AttributeFigures, CandidateReport, CompareReport, LandmarkFigures, LandmarkSetup,

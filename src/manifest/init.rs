@@ -22,6 +22,7 @@ const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ("landmarks", include_str!("../../pipelines/landmarks.yaml")),
     ("attribute", include_str!("../../pipelines/attribute.yaml")),
     ("swapper", include_str!("../../pipelines/swapper.yaml")),
+    ("pack", include_str!("../../pipelines/pack.yaml")),
 ];
 
 pub(crate) fn builtin_names() -> Vec<&'static str> {

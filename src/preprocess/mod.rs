@@ -28,8 +28,10 @@ const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp"];
 /// Bumped when the pixels this module produces change (4: large JPEGs are decoded
 /// DCT-scaled before the resize; 5: down to the fitted size, not twice it; 6: each face's
 /// crop, box and keypoints are kept beside the tensor; 7: box crops take the largest face
-/// with or without keypoints; 8: a photo may give several rows, each row's photo is kept).
-const PREPARE_VERSION: u64 = 8;
+/// with or without keypoints; 8: a photo may give several rows, each row's photo is kept;
+/// 9: JPEGs decode as libjpeg decodes them and letterboxing resizes as OpenCV does, so
+/// detectors see what InsightFace feeds them). Steps that read images key on it too.
+pub(crate) const PREPARE_VERSION: u64 = 9;
 
 /// How an image was brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,11 @@ pub fn decode_image(path: &Utf8Path) -> Result<RgbImage> {
 }
 
 fn decode_bytes(path: &Utf8Path, bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+        && let Some((img, _)) = decode_jpeg(bytes, |_| Some(8))
+    {
+        return Ok(img);
+    }
     // By content, not extension: real datasets hold WebP files named .jpg.
     let decode = || -> std::result::Result<image::DynamicImage, String> {
         image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -167,18 +174,34 @@ fn decode_jpeg_scaled(
     size: [u32; 2],
     resize: Resize,
 ) -> Option<(RgbImage, (u32, u32))> {
+    decode_jpeg(bytes, |dims| {
+        let k = shrink_ratio(dims, size, resize);
+        // The smallest scale (in eighths) that keeps one decoded pixel per input pixel.
+        [1u8, 2, 4].into_iter().find(|&e| e as f64 * k >= 8.0)
+    })
+}
+
+/// A JPEG decoded by libjpeg (mozjpeg's, libjpeg-turbo's decoder) at the scale `eighths`
+/// picks from its size (None: not taken here), with its full size. At full scale this is
+/// bit-identical to OpenCV's `cv2.imread`, which InsightFace reads photos with; the image
+/// crate's decoder differs in a tenth of values by up to 4 levels, enough to move a small
+/// detector's keypoints.
+fn decode_jpeg(
+    bytes: &[u8],
+    eighths: impl FnOnce((u32, u32)) -> Option<u8> + std::panic::UnwindSafe,
+) -> Option<(RgbImage, (u32, u32))> {
     // libjpeg reports errors by unwinding (resume_unwind, so no panic message is printed);
     // catch_unwind turns any of them into "not taken here", and the caller's ordinary decode
     // then gives the error its message.
     std::panic::catch_unwind(|| -> std::io::Result<Option<(RgbImage, (u32, u32))>> {
         let mut d = mozjpeg::Decompress::new_mem(bytes)?;
         let (iw, ih) = (d.width() as u32, d.height() as u32);
-        let k = shrink_ratio((iw, ih), size, resize);
-        // The smallest scale (in eighths) that keeps one decoded pixel per input pixel.
-        let Some(eighths) = [1u8, 2, 4].into_iter().find(|&e| e as f64 * k >= 8.0) else {
+        let Some(eighths) = eighths((iw, ih)) else {
             return Ok(None);
         };
-        d.scale(eighths);
+        if eighths < 8 {
+            d.scale(eighths);
+        }
         let mut started = d.rgb()?;
         let (w, h) = (started.width() as u32, started.height() as u32);
         let px: Vec<u8> = started.read_scanlines()?;
@@ -189,8 +212,74 @@ fn decode_jpeg_scaled(
     .ok()?
 }
 
+/// OpenCV's `cv2.resize(img, (w, h))` (INTER_LINEAR on 8-bit pixels), which InsightFace's
+/// detectors use: half-pixel centres, two taps per axis without antialiasing, weights in
+/// 11-bit fixed point (on a 1000x1500 portrait to 426x640, 0.01% of values differ from
+/// opencv-python 5.1's, by one level). Matching it keeps facebuild's
+/// detector input, and so its boxes and keypoints, the ones FaceAnalysis sees; an
+/// antialiasing filter moves keypoints on downscaled photos enough to change embeddings.
+pub(crate) fn resize_linear(img: &RgbImage, nw: u32, nh: u32) -> RgbImage {
+    const ONE: i64 = 1 << 11;
+    let (iw, ih) = img.dimensions();
+    if iw == 0 || ih == 0 || nw == 0 || nh == 0 {
+        return RgbImage::new(nw, nh);
+    }
+    // Per output coordinate: the first source index and its two fixed-point weights.
+    let taps = |dst: u32, src: u32| -> Vec<(usize, i64, i64)> {
+        let scale = src as f64 / dst as f64;
+        (0..dst)
+            .map(|d| {
+                let s = (d as f64 + 0.5) * scale - 0.5;
+                let (mut i, mut f) = (s.floor() as i64, s - s.floor());
+                if i < 0 {
+                    (i, f) = (0, 0.0);
+                }
+                if i >= src as i64 - 1 {
+                    (i, f) = (src as i64 - 1, 0.0);
+                }
+                let c0 = ((1.0 - f) * ONE as f64).round() as i64;
+                (i as usize, c0, ONE - c0)
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(nw, iw), taps(nh, ih));
+    let (iw, ih) = (iw as usize, ih as usize);
+    let raw = img.as_raw();
+    let row = |y: usize| -> Vec<i64> {
+        let line = &raw[y * iw * 3..(y + 1) * iw * 3];
+        let mut out = Vec::with_capacity(xs.len() * 3);
+        for &(x0, c0, c1) in &xs {
+            let x1 = (x0 + 1).min(iw - 1);
+            for c in 0..3 {
+                out.push(line[x0 * 3 + c] as i64 * c0 + line[x1 * 3 + c] as i64 * c1);
+            }
+        }
+        out
+    };
+    let mut rows: std::collections::HashMap<usize, Vec<i64>> = Default::default();
+    let mut px = Vec::with_capacity(nw as usize * nh as usize * 3);
+    for &(y0, b0, b1) in &ys {
+        let y1 = (y0 + 1).min(ih - 1);
+        for y in [y0, y1] {
+            rows.entry(y).or_insert_with(|| row(y));
+        }
+        // Rows above y0 are done with: the source rows only move down.
+        rows.retain(|&y, _| y >= y0);
+        let (r0, r1) = (&rows[&y0], &rows[&y1]);
+        px.extend(
+            r0.iter()
+                .zip(r1)
+                // OpenCV's vectorised vertical pass, which x86 and ARM builds run: each row
+                // to 16 bits, a multiply-high by the weight, then a rounded shift by two.
+                .map(|(a, b)| ((((a >> 4) * b0) >> 16) + (((b >> 4) * b1) >> 16) + 2) >> 2)
+                .map(|v| v.clamp(0, 255) as u8),
+        );
+    }
+    RgbImage::from_raw(nw, nh, px).unwrap_or_else(|| RgbImage::new(nw, nh))
+}
+
 /// Keep the aspect ratio, fit inside `size` ([h, w]), pad bottom/right with black, as
-/// InsightFace's SCRFD does. Returns the image and the scale (input px per original px).
+/// InsightFace's SCRFD does (its resize included: [`resize_linear`]). Returns the image and the scale (input px per original px).
 pub fn letterbox(img: &RgbImage, [h, w]: [u32; 2]) -> (RgbImage, f32) {
     let (iw, ih) = img.dimensions();
     let (nw, nh) = if ih as u64 * w as u64 > h as u64 * iw as u64 {
@@ -202,7 +291,7 @@ pub fn letterbox(img: &RgbImage, [h, w]: [u32; 2]) -> (RgbImage, f32) {
     let resized = if (nw, nh) == (iw, ih) {
         img.clone()
     } else {
-        image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+        resize_linear(img, nw, nh)
     };
     let mut out = RgbImage::new(w, h);
     image::imageops::replace(&mut out, &resized, 0, 0);
@@ -574,6 +663,36 @@ fn fill_per_face(
 
 #[cfg(test)]
 mod tests {
+    /// Halving with OpenCV's INTER_LINEAR averages each 2x2 block (sample points fall
+    /// halfway between source pixels), rounding half up; no antialiasing reaches further.
+    #[test]
+    fn resize_linear_halves_as_opencv_does() {
+        let img = image::RgbImage::from_fn(4, 4, |x, y| {
+            image::Rgb([(x * 10 + y) as u8, 200, (x * y) as u8])
+        });
+        let out = super::resize_linear(&img, 2, 2);
+        let avg = |x: u32, y: u32, c: usize| {
+            let sum: u32 = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                .iter()
+                .map(|(dx, dy)| img.get_pixel(2 * x + dx, 2 * y + dy)[c] as u32)
+                .sum();
+            ((sum * 2 + 4) / 8) as u8
+        };
+        for (x, y) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            for c in 0..3 {
+                assert_eq!(
+                    out.get_pixel(x, y)[c],
+                    avg(x, y, c),
+                    "({x}, {y}) channel {c}"
+                );
+            }
+        }
+        // Upscaling keeps the edges: the first and last output pixels are the source's.
+        let up = super::resize_linear(&img, 8, 8);
+        assert_eq!(up.get_pixel(0, 0), img.get_pixel(0, 0));
+        assert_eq!(up.get_pixel(7, 7), img.get_pixel(3, 3));
+    }
+
     use super::*;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {

@@ -26,13 +26,13 @@ const COLUMNS: usize = 8;
 /// One face's answer: gender (0 or 1, the argmax of the first two values, the first on a
 /// tie as numpy's) and age in years.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Answer {
-    gender: usize,
-    age: f64,
+pub(crate) struct Answer {
+    pub gender: usize,
+    pub age: f64,
 }
 
 /// A row of the output as InsightFace reads it; None when it is not finite.
-fn answer(row: &[f32]) -> Option<Answer> {
+pub(crate) fn answer(row: &[f32]) -> Option<Answer> {
     let v = row.get(..3)?;
     if v.iter().any(|x| !x.is_finite()) {
         return None;

@@ -13,7 +13,7 @@ use ndarray::{Array4, Axis, s};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-mod attribute;
+pub(crate) mod attribute;
 pub(crate) mod detection;
 mod landmarks;
 mod outputs;

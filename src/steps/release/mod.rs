@@ -22,6 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
 use crate::runtime::BenchMeasurement;
 
+mod chain_gate;
 mod layouts;
 mod package;
 pub(crate) use package::PackageSpec;
@@ -34,7 +35,8 @@ pub(crate) use layouts::DeployLayout;
 /// v5: refusals say why a figure was not compared (`unreliable (CV 0.62 > 0.5)`), and
 /// `unreliable: pass` gates warn.
 /// v6: Triton and OVMS layouts inside the release (`layouts:`); a pack's `onnx/` package.
-pub(crate) const IMPL_VERSION: u32 = 6;
+/// v7: a pack's chain gates (`chain:`, `chain_gates:`); its IRs under `openvino/<model>/`.
+pub(crate) const IMPL_VERSION: u32 = 7;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnx", "onnxruntime", "openvino", "nncf", "onnxsim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +73,12 @@ pub(crate) struct ReleaseParams {
     /// A pack's release: `onnx/` as an InsightFace model package of these models.
     #[serde(default)]
     pub package: Option<PackageSpec>,
+    /// A pack's `chain` step: its combination swapping in exactly the promoted artifacts
+    /// must meet `chain_gates`, and the chain's figures go in metadata.json.
+    #[serde(default)]
+    pub chain: Option<String>,
+    #[serde(default)]
+    pub chain_gates: Option<Box<super::chain::ChainGates>>,
 }
 
 impl ReleaseParams {
@@ -97,6 +105,12 @@ impl ReleaseParams {
         }
         if let Some(problem) = all().find_map(Gates::confidence_problem) {
             return Err(problem);
+        }
+        if self.chain_gates.is_some() && self.chain.is_none() {
+            return Err((
+                "`chain_gates` are set but no `chain:` step is named".into(),
+                Some("name the pack's chain step: `chain: chain`".into()),
+            ));
         }
         if acc && self.compare.is_none() {
             return Err((
@@ -145,6 +159,7 @@ impl ReleaseParams {
         let mut v = self.artifacts.clone();
         v.extend(self.compare.iter().cloned());
         v.extend(self.benchmark.iter().cloned());
+        v.extend(self.chain.iter().cloned());
         v.extend(self.audit_artifacts.iter().cloned());
         v
     }
@@ -374,6 +389,15 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         return Err(refused_error(step, &refused));
     }
 
+    let chain = p
+        .chain
+        .as_deref()
+        .map(|c| {
+            let gates = p.chain_gates.as_deref().cloned().unwrap_or_default();
+            chain_gate::check(ctx, (c, &gates), &promoted)
+        })
+        .transpose()?;
+
     // Stage the release in the step's workdir, then promote it.
     let stage = ctx.workdir.join("release");
     let (mut files, artifacts_meta) = stage_artifacts(
@@ -421,7 +445,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         ctx,
         (&version, &source_sha256),
         (&artifacts_meta, &verdicts),
-        bench.as_ref(),
+        (bench.as_ref(), chain),
         previous.as_ref(),
     )?;
     std::fs::write(
@@ -461,7 +485,7 @@ fn metadata(
     ctx: &StepContext,
     (version, source_sha256): (&str, &str),
     (artifacts_meta, verdicts): (&[serde_json::Value], &[Verdict]),
-    bench: Option<&BenchmarkReport>,
+    (bench, chain): (Option<&BenchmarkReport>, Option<serde_json::Value>),
     previous: Option<&HistoryEntry>,
 ) -> Result<serde_json::Value> {
     Ok(json!({
@@ -477,6 +501,7 @@ fn metadata(
         "machine": bench.as_ref().map(|b| &b.machine),
         "previous": previous.as_ref().map(|p| &p.version),
         "pack": pack_sources(ctx)?,
+        "chain": chain,
     }))
 }
 
@@ -761,18 +786,26 @@ fn stage_artifacts(
                 continue;
             };
             let mut names = Vec::new();
+            // A pack's IRs go under `openvino/<model>/`, the step's folder inside it.
+            let model = ctx.manifest.steps.get(a).and_then(|s| s.model.as_deref());
+            let at = match model {
+                Some(m) if dir.is_empty() && outs.contains_key("model.xml") => {
+                    format!("openvino/{m}/{a}")
+                }
+                _ => format!("{dir}{a}"),
+            };
             for (name, path) in outs {
                 if matches!(
                     name.as_str(),
                     "model.xml" | "model.bin" | "model.onnx" | "model.engine"
                 ) {
-                    copy(path, &format!("{dir}{a}/{name}"), &mut files)?;
+                    copy(path, &format!("{at}/{name}"), &mut files)?;
                     names.push(name.clone());
                 }
             }
             let info = super::artifact_info(outs)?;
             artifacts_meta.push(json!({
-                "name": a, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": info.backend,
+                "name": a, "model": model, "dir": at, "audit_only": !dir.is_empty(), "files": names, "precision": info.precision, "backend": info.backend,
                 "conversion": info.conversion, "profiles": info.profiles, "tensorrt": info.tensorrt,
                 "execution_compare": compare.and_then(|c| c.candidates.iter().find(|y| y.step == *a).map(|y| &y.execution)),
                 "execution_benchmark": bench.map(|b| b.results.iter().filter(|y| y.step == *a).map(|y| json!({"label": y.label, "execution": y.measured.as_ref().map(|m| &m.execution)})).collect::<Vec<_>>()),
@@ -972,11 +1005,12 @@ pub(crate) fn restore(
                 upstream.get(&step).and_then(|o| o.get(name))
             }
             _ => {
-                let (step, name) = rel
-                    .strip_prefix("audit/")
-                    .unwrap_or(rel)
-                    .split_once('/')
-                    .ok_or_else(bad)?;
+                // `<step>/<file>`, `audit/<step>/<file>` or a pack's `openvino/<model>/<step>/<file>`.
+                let rel = match rel.strip_prefix("openvino/") {
+                    Some(r) => r.split_once('/').ok_or_else(bad)?.1,
+                    None => rel.strip_prefix("audit/").unwrap_or(rel),
+                };
+                let (step, name) = rel.split_once('/').ok_or_else(bad)?;
                 upstream.get(step).and_then(|o| o.get(name))
             }
         }
@@ -1240,6 +1274,8 @@ impl super::Kind for ReleaseParams {
             super::expect(target, kind, &[StepKind::Compare], "a `compare` step")
         } else if self.benchmark.as_deref() == Some(target) {
             super::expect(target, kind, &[StepKind::Benchmark], "a `benchmark` step")
+        } else if self.chain.as_deref() == Some(target) {
+            super::expect(target, kind, &[StepKind::Chain], "a `chain` step")
         } else {
             super::expect_artifact(target, kind)
         }
