@@ -667,10 +667,10 @@ mod tests {
     /// halfway between source pixels), rounding half up; no antialiasing reaches further.
     #[test]
     fn resize_linear_halves_as_opencv_does() {
-        let img = image::RgbImage::from_fn(4, 4, |x, y| {
+        let img = RgbImage::from_fn(4, 4, |x, y| {
             image::Rgb([(x * 10 + y) as u8, 200, (x * y) as u8])
         });
-        let out = super::resize_linear(&img, 2, 2);
+        let out = resize_linear(&img, 2, 2);
         let avg = |x: u32, y: u32, c: usize| {
             let sum: u32 = [(0, 0), (1, 0), (0, 1), (1, 1)]
                 .iter()
@@ -688,7 +688,7 @@ mod tests {
             }
         }
         // Upscaling keeps the edges: the first and last output pixels are the source's.
-        let up = super::resize_linear(&img, 8, 8);
+        let up = resize_linear(&img, 8, 8);
         assert_eq!(up.get_pixel(0, 0), img.get_pixel(0, 0));
         assert_eq!(up.get_pixel(7, 7), img.get_pixel(3, 3));
     }

@@ -31,8 +31,23 @@ fn shipped<'a>(
         .collect()
 }
 
+/// The release's chain gates checked, when it names a chain: metadata's `chain` entry.
+pub(super) fn of_release(
+    ctx: &StepContext,
+    p: &super::ReleaseParams,
+    promoted: &[String],
+) -> Result<Option<serde_json::Value>> {
+    p.chain
+        .as_deref()
+        .map(|c| {
+            let gates = p.chain_gates.as_deref().cloned().unwrap_or_default();
+            check(ctx, (c, &gates), promoted)
+        })
+        .transpose()
+}
+
 /// Check the shipped chain against `gates`; Ok(metadata's `chain` entry) or the refusal.
-pub(super) fn check(
+fn check(
     ctx: &StepContext,
     (step, gates): (&str, &ChainGates),
     promoted: &[String],
@@ -87,4 +102,60 @@ pub(super) fn check(
         "reference_faces": report.reference_faces,
         "combinations": report.combinations,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(combos: &[(&str, &[(&str, &str)])]) -> ChainReport {
+        let figures = json!({"recall": 1.0, "fp_per_image": 0.0, "cosine_min": 1.0, "cosine_mean": 1.0, "faces": 1});
+        serde_json::from_value(json!({
+            "schema": "facebuild.chain/1", "step": "chain", "kind": "chain",
+            "models": ["det", "rec", "lmk"], "images": 1, "reference_faces": 1,
+            "combinations": combos.iter().map(|(name, swaps)| json!({
+                "name": name,
+                "swapped": swaps.iter().map(|(m, s)| (m.to_string(), s.to_string())).collect::<BTreeMap<_, _>>(),
+                "figures": figures, "failed_gates": [],
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    /// The shipped combination swaps exactly the promoted artifacts of the chain's models:
+    /// not one that leaves a promoted model at ONNX, nor one that swaps in an artifact the
+    /// release does not ship; models outside the chain do not count.
+    #[test]
+    fn shipped_is_the_combination_of_exactly_what_is_promoted() {
+        let r = report(&[
+            ("all_fp16", &[("det", "det_fp16"), ("rec", "rec_fp16")]),
+            ("rec_fp16", &[("rec", "rec_fp16")]),
+            ("all_int8", &[("det", "det_int8"), ("rec", "rec_int8")]),
+        ]);
+        let promoted = |list: &[(&str, &str)]| -> BTreeMap<String, Vec<String>> {
+            let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (model, step) in list {
+                m.entry(model.to_string())
+                    .or_default()
+                    .push(step.to_string());
+            }
+            m
+        };
+        let names = |p| {
+            shipped(&r, &p)
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(promoted(&[
+                ("det", "det_fp16"),
+                ("rec", "rec_fp16"),
+                ("swapper", "sw")
+            ])),
+            ["all_fp16"]
+        );
+        assert_eq!(names(promoted(&[("rec", "rec_fp16")])), ["rec_fp16"]);
+        assert!(names(promoted(&[("det", "det_fp16"), ("rec", "rec_int8")])).is_empty());
+    }
 }

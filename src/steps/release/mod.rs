@@ -389,14 +389,7 @@ pub(crate) fn run(ctx: &StepContext, p: &ReleaseParams) -> Result<StepOutcome> {
         return Err(refused_error(step, &refused));
     }
 
-    let chain = p
-        .chain
-        .as_deref()
-        .map(|c| {
-            let gates = p.chain_gates.as_deref().cloned().unwrap_or_default();
-            chain_gate::check(ctx, (c, &gates), &promoted)
-        })
-        .transpose()?;
+    let chain = chain_gate::of_release(ctx, p, &promoted)?;
 
     // Stage the release in the step's workdir, then promote it.
     let stage = ctx.workdir.join("release");
