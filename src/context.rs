@@ -423,7 +423,12 @@ impl BuildContext {
         if !spec.extra_inputs.is_empty() {
             model["inputs"] = json!(spec.extra_inputs);
         }
-        let params = json!({"step": step.spec.params, "model": model});
+        let mut params = json!({"step": step.spec.params, "model": model});
+        // A step that reads every model of a pack (a chain) feeds each as declared: every
+        // declaration is its param, so editing one model's feeding rebuilds it.
+        if step.spec.params.kind().spans_models() {
+            params["models"] = self.model_declarations();
+        }
         let mut toolchain = tc.fingerprint(&step.spec.params.kind().toolchain_pieces());
         toolchain.extend(self.machine_parts(step)?);
         Ok(KeyParts {
@@ -433,6 +438,19 @@ impl BuildContext {
             inputs,
             toolchain,
         })
+    }
+
+    /// Every pack model's declaration, by name: what a step that spans models keys on.
+    fn model_declarations(&self) -> serde_json::Value {
+        self.manifest
+            .models
+            .iter()
+            .map(|(name, (m, _))| {
+                let decl = json!({"task": m.task, "input": m.input, "inputs": m.extra_inputs, "preprocessing": m.preprocessing, "detector": m.detector, "landmarks": m.landmarks});
+                (name.clone(), decl)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// The machine-specific parts of a step's key: TensorRT, CUDA and GPU for engines, the

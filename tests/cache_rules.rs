@@ -354,8 +354,8 @@ fn gc_keeps_what_the_lockfile_references() {
 
 /// A pack: two built-in models, steps written once with `each:` and expanded per model (the
 /// plan shows `<model>_<step>`, each copy's `from` its own model's), compare steps that find
-/// their model from their candidates. Editing one model's declaration rebuilds only its
-/// steps; the other model's stay cached.
+/// their model from their candidates, and a chain over both. Editing one model's declaration
+/// rebuilds only its steps and the chain; the other model's stay cached.
 #[test]
 fn pack_steps_expand_per_model_and_keys_stay_per_model() {
     let p = Project::new();
@@ -369,6 +369,7 @@ steps:
   openvino_fp16: {{kind: convert, each: [det, rec], from: simplify, params: {{backend: openvino, precision: fp16}}}}
   rec_compare: {{kind: compare, params: {{dataset: faces, candidates: [rec_openvino_fp16]}}}}
   det_compare: {{kind: compare, params: {{dataset: scenes, candidates: [det_openvino_fp16]}}}}
+  chain: {{kind: chain, params: {{dataset: scenes, detector: det, recognizer: rec, combinations: {{rec_fp16: {{rec: rec_openvino_fp16}}}}}}}}
 ",
             builtin_pack_models(rec_std)
         )
@@ -384,7 +385,8 @@ steps:
             "det_openvino_fp16",
             "rec_openvino_fp16",
             "rec_compare",
-            "det_compare"
+            "det_compare",
+            "chain"
         ]
     );
     let (code, r) = p.run_json("pack.yaml", &[]);
@@ -396,7 +398,8 @@ steps:
         "{}",
         r.source
     );
-    // The recognizer's declaration changes: its steps rebuild, the detector's stay cached.
+    // The recognizer's declaration changes: its steps and the chain rebuild, the detector's
+    // stay cached.
     p.write("pack.yaml", &pack("128, 128, 128"));
     let (code, r) = p.run_json("pack.yaml", &[]);
     assert_eq!(code, 0, "{r:#?}");
@@ -405,6 +408,7 @@ steps:
     assert_eq!(
         st,
         [
+            ("chain".to_string(), Status::Built),
             ("det_compare".to_string(), Status::Cached),
             ("det_openvino_fp16".to_string(), Status::Cached),
             ("det_simplify".to_string(), Status::Cached),

@@ -195,7 +195,8 @@ fn builtin_pack_chain_attributes_a_perturbed_detector() {
 
 /// The built-in pack as shipped (`run --builtin pack`): four models, the chain with
 /// landmark and attribute figures, a release gated on the chain's combination of exactly
-/// its artifacts, each model's IR under `openvino/<model>/`. Its `onnx/` loads in
+/// its artifacts, each model's IR under `openvino/<model>/`, restored from the cache byte for
+/// byte when the release folder is gone. Its `onnx/` loads in
 /// insightface 2.1 through the V2 manifest (detector and recognizer), and, on a copy without
 /// the manifest with the extra models beside them, through legacy routing, where the
 /// 192-input landmark model and the 96-input attribute model route as InsightFace's own.
@@ -226,6 +227,24 @@ fn builtin_pack_runs_and_loads_in_insightface() {
             "releases/pack/current/openvino/{m}/{m}_openvino_fp16/model.xml"
         ));
         assert!(xml.is_file(), "{}", xml.display());
+    }
+    // A cached pack release restored where its folder is gone (another machine, a cleaned
+    // disk) comes back byte for byte: the package, the layouts and `openvino/<model>/`.
+    let version = std::fs::read_to_string(p.path("releases/pack/CURRENT")).unwrap();
+    let sums = std::fs::read_to_string(p.path("releases/pack/current/SHA256SUMS")).unwrap();
+    std::fs::remove_dir_all(p.path("releases")).unwrap();
+    run_ok(p.std_cmd().args(["run", "--builtin", "pack"]));
+    let restored = p.path(&format!("releases/pack/{}", version.trim()));
+    assert_eq!(
+        std::fs::read_to_string(restored.join("SHA256SUMS")).unwrap(),
+        sums
+    );
+    for f in [
+        "onnx/extra/lmk.onnx",
+        "openvino/ga/ga_openvino_fp16/model.bin",
+    ] {
+        assert!(sums.contains(&format!("  {f}\n")), "{f} not in SHA256SUMS");
+        assert!(restored.join(f).is_file(), "{f}");
     }
     let python = insightface_venv(&p);
     let pkg = p.path("releases/pack/current/onnx");
