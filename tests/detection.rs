@@ -11,19 +11,6 @@ use camino::Utf8PathBuf;
 use facebuild::{CompareReport, DetectorFamily, DetectorSpec, Preprocessing};
 use facebuild::{OnnxRuntime, Runtime};
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// A candidate's entry in a compare report.
-fn candidate<'a>(rep: &'a CompareReport, label: &str) -> &'a facebuild::CandidateReport {
-    rep.candidates
-        .iter()
-        .find(|c| c.label == label)
-        .unwrap_or_else(|| panic!("no candidate {label}"))
-}
-
 /// What a convert step's report says of its conversion (the fields these tests read).
 #[derive(serde::Deserialize)]
 struct ConvertReport {

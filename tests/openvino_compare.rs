@@ -32,11 +32,6 @@ steps:
         )
 }
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 /// Real MobileFaceNet: FP32/FP16/INT8 figures, a reproducible report, and a calibration
 /// change that reruns only the INT8 branch.
 #[test]

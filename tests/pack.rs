@@ -8,19 +8,6 @@ use common::*;
 
 use facebuild::CompareReport;
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// A candidate's entry in a compare report.
-fn candidate<'a>(rep: &'a CompareReport, label: &str) -> &'a facebuild::CandidateReport {
-    rep.candidates
-        .iter()
-        .find(|c| c.label == label)
-        .unwrap_or_else(|| panic!("no candidate {label}"))
-}
-
 /// A pack of a detector and a recognizer, with FP16 and INT8 IRs of each and a chain over
 /// `dataset`; per-model compares of the recognizer and the detector beside it.
 fn pack_yaml(
@@ -402,15 +389,10 @@ fn python_json(
     script: &str,
     args: &[&std::path::Path],
 ) -> serde_json::Value {
-    let out = std::process::Command::new(python)
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .args(args),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or_default())

@@ -10,11 +10,6 @@ use std::path::Path;
 
 use facebuild::{BenchmarkReport, GateResult, ReleaseEntry};
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 /// What these tests read of a release's metadata.json.
 #[derive(serde::Deserialize)]
 struct Metadata {

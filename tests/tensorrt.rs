@@ -28,11 +28,6 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/trtexec-standin"
 );
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 /// The built-in SCRFD-layout detector with Q/DQ INT8 and two TensorRT engines; `extra`
 /// goes into the FP16 engine's params.
 fn manifest(extra: &str) -> String {

@@ -152,11 +152,6 @@ fn tar_drop_gate(r: &CompareReport) -> &facebuild::GateResult {
         .unwrap()
 }
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 /// On the shared pairs (38 genuine, 262 impostor, no person named), an INT8 MobileFaceNet's
 /// TAR drop passes `tar_drop_max: 0.005` on the point estimate while its 95% interval
 /// straddles the limit. compare with `confidence: 0.95` reports the gate inconclusive (and

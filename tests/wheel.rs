@@ -12,11 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
 fn maturin() -> Option<PathBuf> {
     let from_env = std::env::var_os("MATURIN").map(PathBuf::from);
     let on_path = || {

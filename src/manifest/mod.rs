@@ -215,6 +215,12 @@ impl Manifest {
         })
     }
 
+    /// The pack model step `step` builds (None in a one-model pipeline, or for a step that
+    /// spans models).
+    pub(crate) fn model_of_step(&self, step: &str) -> Option<&str> {
+        self.steps.get(step).and_then(|s| s.model.as_deref())
+    }
+
     /// The manifest as the steps of pack model `model` see it: `model` is that model. The
     /// manifest itself for a one-model pipeline (`model` None).
     pub(crate) fn view(&self, model: Option<&str>) -> Manifest {

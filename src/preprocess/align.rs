@@ -212,22 +212,16 @@ impl Aligner {
     /// Every face in `img`, largest box first, in the photo's pixel coordinates; only faces
     /// with keypoints when `with_kps` (an ArcFace crop needs them, a box crop does not).
     fn detect(&self, img: &RgbImage, with_kps: bool) -> Result<Vec<Detection>> {
-        let (fitted, scale) = super::letterbox(img, self.feed.size);
-        let t = super::to_tensor(&fitted, &self.feed, Layout::NCHW);
-        let [h, w] = self.feed.size;
-        let out = self
+        let mut model = self
             .model
             .lock()
-            .map_err(|_| anyhow::anyhow!("alignment detector poisoned by an earlier panic"))?
-            .run(&[(self.input.clone(), t.into_dyn())])?;
-        let dets = crate::detect::decode(&self.detector, &out, (h as usize, w as usize))?;
-        let mut faces: Vec<Detection> = dets
-            .into_iter()
-            .filter(|d| !with_kps || d.kps.is_some())
-            .map(|d| d.scaled(scale))
-            .collect();
-        faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
-        Ok(faces)
+            .map_err(|_| anyhow::anyhow!("alignment detector poisoned by an earlier panic"))?;
+        detect_faces(
+            model.as_mut(),
+            (&self.input, &self.detector, &self.feed, Layout::NCHW),
+            img,
+            with_kps,
+        )
     }
 
     /// The faces `faces` chooses, each cropped at `size` ([h, w]) as `crop` says, with its
@@ -262,12 +256,7 @@ impl Aligner {
             .filter(|d| longer(d) >= faces.min_face);
         Ok(chosen
             .filter_map(|d| {
-                let m = match (crop, &d.kps) {
-                    (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
-                    (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
-                    (Crop::Arcface | Crop::Arcface128, None) => return None,
-                    (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
-                };
+                let m = face_transform(crop, d, size)?;
                 Some((
                     warp(img, &m, size[1], size[0]),
                     FaceCrop {
@@ -279,6 +268,40 @@ impl Aligner {
             })
             .collect())
     }
+}
+
+/// Every face a detector finds in `img`: letterboxed to its input size as InsightFace feeds
+/// SCRFD, decoded, in the photo's pixel coordinates, largest box first; only faces with
+/// keypoints when `with_kps` (an ArcFace crop needs them, a box crop does not).
+pub(crate) fn detect_faces(
+    model: &mut dyn LoadedModel,
+    (input, detector, feed, layout): (&str, &DetectorSpec, &Preprocessing, Layout),
+    img: &RgbImage,
+    with_kps: bool,
+) -> Result<Vec<Detection>> {
+    let (fitted, scale) = super::letterbox(img, feed.size);
+    let t = super::to_tensor(&fitted, feed, layout);
+    let [h, w] = feed.size;
+    let out = model.run(&[(input.to_string(), t.into_dyn())])?;
+    let dets = crate::detect::decode(detector, &out, (h as usize, w as usize))?;
+    let mut faces: Vec<Detection> = dets
+        .into_iter()
+        .filter(|d| !with_kps || d.kps.is_some())
+        .map(|d| d.scaled(scale))
+        .collect();
+    faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
+    Ok(faces)
+}
+
+/// The transform (photo -> crop pixels) of a detected face's crop at `size` ([h, w]) as
+/// `crop` says; None for an ArcFace crop of a face without keypoints.
+pub(crate) fn face_transform(crop: Crop, d: &Detection, size: [u32; 2]) -> Option<Affine> {
+    Some(match (crop, &d.kps) {
+        (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
+        (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
+        (Crop::Arcface | Crop::Arcface128, None) => return None,
+        (Crop::Box { scale }, _) => box_transform(d.bbox, size, scale),
+    })
 }
 
 #[cfg(test)]

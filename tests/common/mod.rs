@@ -360,6 +360,23 @@ pub(crate) fn run_ok(cmd: &mut std::process::Command) -> Output {
     out
 }
 
+/// A line on stderr, which the test harness shows with `--nocapture` (figures for notes).
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A candidate's entry in a compare report.
+pub(crate) fn candidate<'a>(
+    rep: &'a facebuild::CompareReport,
+    label: &str,
+) -> &'a facebuild::CandidateReport {
+    rep.candidates
+        .iter()
+        .find(|c| c.label == label)
+        .unwrap_or_else(|| panic!("no candidate {label}"))
+}
+
 /// Runs `script` in the toolchain's Python with `args`; panics with its stderr if it fails.
 pub(crate) fn run_toolchain_python(script: &str, args: &[&Path]) {
     run_ok(

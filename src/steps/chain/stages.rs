@@ -8,7 +8,7 @@ use crate::detect::Detection;
 use crate::error::{Error, Result};
 use crate::manifest::{ModelSpec, Preprocessing, Task};
 use crate::metrics::landmarks::PointLayout;
-use crate::preprocess::align::{FaceCrop, arcface_transform, arcface128_transform, box_transform};
+use crate::preprocess::align::{FaceCrop, box_transform, face_transform};
 use crate::runtime::{LoadedModel, Runtime};
 use crate::steps::StepContext;
 use crate::steps::compare::attribute::{Answer, answer};
@@ -183,21 +183,17 @@ fn detect(
         .preprocessing
         .clone()
         .unwrap_or_else(|| Preprocessing::scrfd([640, 640]));
-    let (fitted, scale) = crate::preprocess::letterbox(img, dpre.size);
-    let t = crate::preprocess::to_tensor(&fitted, &dpre, det.input.layout);
-    let out = model.run(&[(det.input.name.clone(), t.into_dyn())])?;
     let spec = det
         .detector
         .as_ref()
         .ok_or_else(|| Error::usage("the chain's detector declares no `detector:`"))?;
-    let [h, w] = dpre.size;
-    let mut faces: Vec<Detection> = crate::detect::decode(spec, &out, (h as usize, w as usize))?
-        .into_iter()
-        .filter(|d| d.kps.is_some())
-        .map(|d| d.scaled(scale))
-        .collect();
-    faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
-    Ok(faces)
+    // Faces with keypoints only: each one's recognizer crop needs them.
+    crate::preprocess::align::detect_faces(
+        model,
+        (&det.input.name, spec, &dpre, det.input.layout),
+        img,
+        true,
+    )
 }
 
 /// The chain with the stages `swapped` names, over every image: the detector's faces, then
@@ -251,14 +247,9 @@ pub(super) fn run_chain(
 /// Where one face's crop for `model` at `size` ([h, w]) comes from: the crop the model's
 /// input declares, else its task's (ArcFace for a recognizer, a 1.5x box otherwise).
 fn face_crop(f: &Detection, model: &ModelSpec, size: [u32; 2]) -> FaceCrop {
-    use crate::domain::Crop;
-    let m = match (model.input.crop_for(model.task), &f.kps) {
-        (Crop::Arcface, Some(kps)) => arcface_transform(kps, size),
-        (Crop::Arcface128, Some(kps)) => arcface128_transform(kps, size),
-        (Crop::Box { scale }, _) => box_transform(f.bbox, size, scale),
-        // The chain keeps only faces with keypoints; a box stands in for none.
-        (_, None) => box_transform(f.bbox, size, crate::domain::INSIGHTFACE_BOX_SCALE),
-    };
+    // The chain keeps only faces with keypoints; a box stands in for none.
+    let m = face_transform(model.input.crop_for(model.task), f, size)
+        .unwrap_or_else(|| box_transform(f.bbox, size, crate::domain::INSIGHTFACE_BOX_SCALE));
     FaceCrop {
         m,
         bbox: f.bbox,

@@ -55,8 +55,11 @@ fn check(
     let report: ChainReport = crate::steps::read_report(&ctx.upstream[step]["report.json"])?;
     let mut promoted_models: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in promoted {
-        if let Some(m) = ctx.manifest.steps.get(a).and_then(|s| s.model.clone()) {
-            promoted_models.entry(m).or_default().push(a.clone());
+        if let Some(m) = ctx.manifest.model_of_step(a) {
+            promoted_models
+                .entry(m.to_string())
+                .or_default()
+                .push(a.clone());
         }
     }
     let found = shipped(&report, &promoted_models);

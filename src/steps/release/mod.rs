@@ -569,8 +569,10 @@ fn deploy_layouts(
         return Ok(vec![]);
     }
     // Each artifact's model: its step's pack model, or the pipeline's one model.
-    let model_of = |a: &str| ctx.manifest.steps.get(a).and_then(|s| s.model.clone());
-    let mut names: Vec<Option<String>> = promoted.iter().map(|a| model_of(a)).collect();
+    let mut names: Vec<Option<String>> = promoted
+        .iter()
+        .map(|a| ctx.manifest.model_of_step(a).map(String::from))
+        .collect();
     names.sort();
     names.dedup();
     let mut graphs = Vec::new();
@@ -610,7 +612,10 @@ fn deploy_layouts(
         .zip(&precisions)
         .map(|(a, precision)| layouts::Released {
             name: a,
-            model: names.iter().position(|n| *n == model_of(a)).unwrap_or(0),
+            model: names
+                .iter()
+                .position(|n| n.as_deref() == ctx.manifest.model_of_step(a))
+                .unwrap_or(0),
             files: ["model.onnx", "model.engine", "model.xml", "model.bin"]
                 .into_iter()
                 .map(|f| (f.to_string(), stage.join(a).join(f)))
@@ -780,7 +785,7 @@ fn stage_artifacts(
             };
             let mut names = Vec::new();
             // A pack's IRs go under `openvino/<model>/`, the step's folder inside it.
-            let model = ctx.manifest.steps.get(a).and_then(|s| s.model.as_deref());
+            let model = ctx.manifest.model_of_step(a);
             let at = match model {
                 Some(m) if dir.is_empty() && outs.contains_key("model.xml") => {
                     format!("openvino/{m}/{a}")
