@@ -257,6 +257,9 @@ impl BuildContext {
     /// Digest of a dataset folder: every file's relative path and blake3, sorted.
     pub(crate) fn dataset_digest(&self, name: &str) -> Result<(Utf8PathBuf, String)> {
         let spec = &self.manifest.datasets[name];
+        if let Some(d) = &spec.derive {
+            return self.derived_digest(name, d);
+        }
         let dir = match (&spec.path, &spec.builtin) {
             // An InsightFace verification .bin: unpacked once per digest into a folder.
             (Some(p), _) if spec.is_bin() => {
@@ -323,6 +326,131 @@ impl BuildContext {
             None => h.write_tag(b'N'),
         }
         Ok((dir, h.finish()))
+    }
+
+    /// A dataset's folder, ready to read: a derived set is written on first need.
+    pub(crate) fn dataset_dir(&self, name: &str) -> Result<Utf8PathBuf> {
+        let (dir, _) = self.dataset_digest(name)?;
+        let spec = &self.manifest.datasets[name];
+        let Some(d) = &spec.derive else {
+            return Ok(dir);
+        };
+        let (model, digest, align) = self.derive_detector(name, d)?;
+        let canvas = derive_canvas(d, &align);
+        let originals = || -> Result<Vec<crate::preprocess::derive::Original>> {
+            let tc = self
+                .toolchain
+                .as_ref()
+                .ok_or_else(|| Error::toolchain("not installed"))?;
+            let model = match &model {
+                Some(p) => p.clone(),
+                None => {
+                    self.source_file(self.detection_model().ok().flatten().flatten().as_deref())?
+                }
+            };
+            let aligner = crate::preprocess::align::Aligner::new(tc, &model, &digest, &align)?;
+            let src = &self.manifest.datasets[&d.from];
+            let from = self.dataset_dir(&d.from)?;
+            let files = crate::preprocess::list_images(&from, src.count, src.seed)?;
+            let mut out = Vec::with_capacity(files.len());
+            for path in files {
+                let image = crate::preprocess::decode_image(&path)?;
+                let faces = aligner.faces(&image)?;
+                out.push(crate::preprocess::derive::Original { path, image, faces });
+            }
+            Ok(out)
+        };
+        crate::preprocess::derive::ensure(&dir, &originals, d, canvas, spec.seed)
+    }
+
+    /// The one detection model of this pipeline (None: the pipeline's own model), which
+    /// finds faces for a derived set that names no `detector:`.
+    fn detection_model(&self) -> Result<Option<Option<String>>> {
+        use crate::manifest::Task;
+        if self.manifest.models.is_empty() {
+            return Ok((self.manifest.model.task == Task::Detection).then_some(None));
+        }
+        let found: Vec<&String> = self
+            .manifest
+            .models
+            .iter()
+            .filter(|(_, (m, _))| m.task == Task::Detection)
+            .map(|(k, _)| k)
+            .collect();
+        Ok(match found[..] {
+            [one] => Some(Some(one.clone())),
+            _ => None,
+        })
+    }
+
+    /// The detector of derived dataset `name`: its file when `detector:` names one (None:
+    /// the pipeline's detector, generated on need when built in), digest and settings.
+    fn derive_detector(
+        &self,
+        name: &str,
+        d: &crate::manifest::DeriveSpec,
+    ) -> Result<(Option<Utf8PathBuf>, String, crate::manifest::AlignSpec)> {
+        if let Some(a) = &d.detector {
+            let model = self.manifest.resolve(&a.model);
+            if !model.is_file() {
+                return Err(Error::usage(format!(
+                    "dataset `{name}`: derive detector {model} does not exist"
+                ))
+                .with_hint(format!(
+                    "`datasets.{name}.derive.detector.model` is relative to {}",
+                    self.manifest.dir
+                )));
+            }
+            let digest = self.store.memo.blake3(&model)?.blake3;
+            return Ok((Some(model), digest, a.clone()));
+        }
+        let no_detector = || {
+            Error::usage(format!(
+                "dataset `{name}`: `derive` needs a detector to find the faces on the originals"
+            ))
+            .with_hint(format!(
+                "add `datasets.{name}.derive.detector: {{model: <detector.onnx>, detector: {{family: scrfd}}}}`, or derive it in a pipeline with exactly one detection model"
+            ))
+        };
+        let key = self.detection_model()?.ok_or_else(no_detector)?;
+        let m = &self.manifest_of(key.as_deref()).model;
+        let detector = m.detector.clone().ok_or_else(no_detector)?;
+        let align = crate::manifest::AlignSpec {
+            model: m.path.clone().unwrap_or_default(),
+            detector,
+            preprocessing: m.preprocessing.clone(),
+        };
+        Ok((None, self.source(key.as_deref())?.digest, align))
+    }
+
+    /// A derived set's digest: its source's, its settings, its detector's, without
+    /// writing it (a plan or a fully cached run never does).
+    fn derived_digest(
+        &self,
+        name: &str,
+        d: &crate::manifest::DeriveSpec,
+    ) -> Result<(Utf8PathBuf, String)> {
+        let spec = &self.manifest.datasets[name];
+        let (_, from) = self.dataset_digest(&d.from)?;
+        let (_, detector, align) = self.derive_detector(name, d)?;
+        let mut h = CacheKeyHasher::new();
+        h.write_tag(b'V');
+        u64::from(crate::preprocess::derive::DERIVE_VERSION).cache_key(&mut h);
+        from.cache_key(&mut h);
+        detector.cache_key(&mut h);
+        // The detector's file name is not part of it: its digest is.
+        let settings = serde_json::json!({
+            "derive": {"detector": align.detector, "feed": align.preprocessing, "canvas": derive_canvas(d, &align),
+                "originals": d.originals, "mosaic": d.mosaic, "rescale": d.rescale, "flip": d.flip, "rotate": d.rotate},
+            "count": spec.count, "seed": spec.seed, "align": spec.align,
+        });
+        settings.cache_key(&mut h);
+        let digest = h.finish();
+        let dir = self
+            .cache_dir
+            .join("derived")
+            .join(format!("{name}-{}", &digest[..16.min(digest.len())]));
+        Ok((dir, digest))
     }
 
     /// Key parts for a step, given the digest of its model input and the outputs of the
@@ -589,4 +717,11 @@ impl BuildContext {
         }
         Ok(())
     }
+}
+
+/// The canvas of a derived set: declared, else its detector's input size.
+fn derive_canvas(d: &crate::manifest::DeriveSpec, a: &crate::manifest::AlignSpec) -> [u32; 2] {
+    d.canvas
+        .or_else(|| a.preprocessing.as_ref().map(|p| p.size))
+        .unwrap_or([640, 640])
 }

@@ -277,3 +277,58 @@ impl RanOn {
         })
     }
 }
+
+/// A dataset derived from another one's photos so that it looks like deployment: mosaics of
+/// small faces, rescaled, mirrored and rotated copies. Keyed by the source's digest, these
+/// settings and the detector that finds the faces on the originals.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeriveSpec {
+    /// The dataset whose photos are the material (a folder or built-in dataset).
+    pub from: String,
+    /// The detector that finds the faces on the originals; default: the pipeline's
+    /// detector model, fed as it declares.
+    #[serde(default)]
+    pub detector: Option<AlignSpec>,
+    /// [h, w] of mosaics and rescaled copies; default: the detector's input size.
+    #[serde(default)]
+    pub canvas: Option<[u32; 2]>,
+    /// Keep the originals in the set (default true).
+    #[serde(default = "yes")]
+    pub originals: bool,
+    #[serde(default)]
+    pub mosaic: Option<MosaicSpec>,
+    /// Copies of each original fitted into this fraction of the canvas, at a seeded place
+    /// on it: the same photo with smaller faces.
+    #[serde(default)]
+    pub rescale: Vec<f32>,
+    /// A mirrored copy of each original; mosaic tiles are mirrored at random.
+    #[serde(default)]
+    pub flip: bool,
+    /// A copy of each original rotated by each angle (degrees); mosaic tiles take one of
+    /// them (or none) at random.
+    #[serde(default)]
+    pub rotate: Vec<f32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Mosaics: faces cut from the originals with some context, scaled to the given heights
+/// and tiled row by row over a canvas, as a crowd fills a frame.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MosaicSpec {
+    /// How many mosaics.
+    pub count: usize,
+    /// Face heights as fractions of the canvas height; each row takes one at random.
+    pub face_sizes: Vec<f32>,
+    /// Tile side over face height (default 2: a face with half its height around it).
+    #[serde(default = "default_context")]
+    pub context: f32,
+}
+
+fn default_context() -> f32 {
+    2.0
+}

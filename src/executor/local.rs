@@ -75,7 +75,7 @@ pub(crate) fn execute(ctx: &BuildContext, job: &Job, cancel: &AtomicBool) -> Res
         .to_owned();
     let mut datasets = BTreeMap::new();
     for d in step.spec.params.kind().datasets() {
-        datasets.insert(d.clone(), ctx.dataset_digest(&d)?.0);
+        datasets.insert(d.clone(), ctx.dataset_dir(&d)?);
     }
     // TensorRT steps need it; a benchmark uses it for engines when it is there.
     let tensorrt = if step.spec.params.kind().may_use_tensorrt() {

@@ -153,10 +153,17 @@ impl Manifest {
             resolve_models(raw.model, raw.models, &loc, &whole_file, &mut errors)?;
 
         let mut datasets: IndexMap<String, DatasetSpec> = IndexMap::new();
+        let mut raw_locations: Vec<(String, Location)> = Vec::new();
         for (k, v) in raw.datasets {
             let l = loc(&v.referenced);
+            raw_locations.push((k.clone(), l.clone()));
             errors.extend(dataset_problems(&k, &v.value, &l));
             datasets.insert(k, v.value);
+        }
+        for (k, v) in &raw_locations {
+            if let Some(d) = &datasets[k].derive {
+                errors.extend(derive_problems(k, d, &datasets, v));
+            }
         }
 
         let plain: IndexMap<String, ModelSpec> = models
@@ -491,10 +498,22 @@ fn dataset_problems(k: &str, d: &DatasetSpec, l: &Location) -> Vec<Error> {
         )
     };
     match (&d.path, &d.builtin) {
+        (None, None) if d.derive.is_some() => {}
+        _ if d.derive.is_some() => errors.push(
+            Error::manifest(
+                l.clone(),
+                format!(
+                    "dataset `{k}` has `derive` and `path` or `builtin`: it is one or the other"
+                ),
+            )
+            .with_hint(format!(
+                "a derived set's photos come from `derive.from`: drop `datasets.{k}.path`/`builtin`"
+            )),
+        ),
         (Some(_), Some(_)) | (None, None) => errors.push(
             Error::manifest(
                 l.clone(),
-                format!("dataset `{k}` needs exactly one of `path` and `builtin`"),
+                format!("dataset `{k}` needs exactly one of `path`, `builtin` and `derive`"),
             )
             .with_hint(builtins()),
         ),
@@ -547,6 +566,105 @@ fn dataset_problems(k: &str, d: &DatasetSpec, l: &Location) -> Vec<Error> {
                     format!("dataset `{k}`: `align.preprocessing.{}", &m[1..]),
                 )
                 .with_hint(h),
+            );
+        }
+    }
+    errors
+}
+
+/// What is wrong with derived dataset `k`'s settings: an unknown or derived source, sizes
+/// out of range, a bad detector.
+fn derive_problems(
+    k: &str,
+    d: &DeriveSpec,
+    datasets: &IndexMap<String, DatasetSpec>,
+    l: &Location,
+) -> Vec<Error> {
+    let mut errors = Vec::new();
+    let mut bad = |m: String, h: String| {
+        errors.push(Error::manifest(l.clone(), format!("dataset `{k}`: {m}")).with_hint(h))
+    };
+    match datasets.get(&d.from) {
+        None => bad(
+            format!("`derive.from` names `{}`, which is not a dataset", d.from),
+            format!(
+                "datasets here: {}",
+                datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Some(s) if s.derive.is_some() => bad(
+            format!("`derive.from` names `{}`, which is derived itself", d.from),
+            "derive from a folder or built-in dataset; one derivation can mosaic, rescale, flip and rotate at once".into(),
+        ),
+        Some(s) if s.is_bin() => bad(
+            format!("`derive.from` names `{}`, a verification `.bin` of aligned crops", d.from),
+            "derive from whole photos: a folder of portraits or scenes".into(),
+        ),
+        Some(_) => {}
+    }
+    if let Some(m) = &d.mosaic {
+        if !(1..=10_000).contains(&m.count) {
+            bad(
+                format!("`derive.mosaic.count` is {}", m.count),
+                "use 1 to 10000 mosaics".into(),
+            );
+        }
+        if m.face_sizes.is_empty() || m.face_sizes.iter().any(|f| !(*f > 0.0 && *f <= 0.5)) {
+            bad(
+                format!("`derive.mosaic.face_sizes` is {:?}", m.face_sizes),
+                "list face heights as fractions of the canvas height, each in (0, 0.5], e.g. [0.02, 0.04, 0.08, 0.16]".into(),
+            );
+        }
+        if !(1.0..=8.0).contains(&m.context) {
+            bad(
+                format!("`derive.mosaic.context` is {}", m.context),
+                "a tile is 1 to 8 face heights wide (default 2)".into(),
+            );
+        }
+    }
+    if d.rescale.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
+        bad(
+            format!("`derive.rescale` is {:?}", d.rescale),
+            "list fractions of the canvas in (0, 1], e.g. [0.5, 0.25]".into(),
+        );
+    }
+    if d.rotate.iter().any(|a| !a.is_finite() || a.abs() > 45.0) {
+        bad(
+            format!("`derive.rotate` is {:?}", d.rotate),
+            "list small angles in degrees, at most 45 either way, e.g. [-10, 10]".into(),
+        );
+    }
+    if d.canvas
+        .is_some_and(|[h, w]| h < 32 || w < 32 || h > 4096 || w > 4096)
+    {
+        bad(
+            format!("`derive.canvas` is {:?}", d.canvas),
+            "give [height, width] of the detector's input, 32 to 4096 each".into(),
+        );
+    }
+    if d.mosaic.is_none() && d.rescale.is_empty() && !d.flip && d.rotate.is_empty() {
+        bad(
+            "`derive` adds nothing to the originals".into(),
+            "add `mosaic`, `rescale`, `flip` or `rotate`".into(),
+        );
+    }
+    if let Some(a) = &d.detector {
+        if init::is_placeholder(a.model.as_str()) {
+            bad(
+                format!(
+                    "`derive.detector.model` still has the placeholder `facebuild init` wrote: {}",
+                    a.model
+                ),
+                format!(
+                    "set it to {}, relative to this file",
+                    init::placeholder_text(a.model.as_str())
+                ),
+            );
+        }
+        if let Err(e) = validate_detector(&a.detector) {
+            bad(
+                format!("`derive.detector.detector`: {e}"),
+                "see docs/manifest.md, detectors".into(),
             );
         }
     }

@@ -10,8 +10,8 @@ pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 // The value types the lower layers (preprocess, detect, cache, toolchain) share live below
 // the manifest; the schema re-exports them.
-pub(crate) use crate::domain::AlignSpec;
 pub(crate) use crate::domain::Resize;
+pub(crate) use crate::domain::{AlignSpec, DeriveSpec};
 pub use crate::domain::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
 pub(crate) use crate::domain::{Crop, CropSpec, LandmarkSpec};
 pub(crate) use crate::toolchain::ToolchainSpec;
@@ -350,6 +350,10 @@ pub(crate) struct DatasetSpec {
     /// Detect and align faces before use: whole photos become ArcFace-aligned crops.
     #[serde(default)]
     pub align: Option<AlignSpec>,
+    /// Derived from another dataset's photos instead of `path`/`builtin`: mosaics of small
+    /// faces, rescaled, mirrored and rotated copies.
+    #[serde(default)]
+    pub derive: Option<DeriveSpec>,
 }
 
 impl DatasetSpec {

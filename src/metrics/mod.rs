@@ -1,5 +1,6 @@
 //! Numeric comparison metrics shared by every fidelity gate. Accumulated in f64.
 
+pub(crate) mod faces;
 pub(crate) mod gate;
 pub(crate) mod image;
 pub(crate) mod landmarks;

@@ -224,6 +224,11 @@ impl Aligner {
         )
     }
 
+    /// Every face in `img`, with or without keypoints, largest first.
+    pub(crate) fn faces(&self, img: &RgbImage) -> Result<Vec<Detection>> {
+        self.detect(img, false)
+    }
+
     /// The faces `faces` chooses, each cropped at `size` ([h, w]) as `crop` says, with its
     /// transform; largest first, none when no face is found (with keypoints, for `arcface`)
     /// or none is large enough.

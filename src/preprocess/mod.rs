@@ -11,6 +11,7 @@
 //! preprocessing: a dataset is decoded once, not once per step or per run.
 
 pub(crate) mod align;
+pub(crate) mod derive;
 pub(crate) mod synthetic;
 pub(crate) mod verification_sets;
 
