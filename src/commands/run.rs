@@ -71,7 +71,8 @@ pub(super) fn run(
         executor,
     })?;
     let mut ctx = BuildContext::open(pipeline.load()?, &settings.context)?;
-    let report = scheduler::run(&mut ctx, &settings.options, cancel)?;
+    let mut report = scheduler::run(&mut ctx, &settings.options, cancel)?;
+    report.warnings = crate::report::faces::coverage(&report, &ctx);
     let written = crate::report::run::write(&report, &ctx);
     if !out.json(|| &report)? {
         print_run(&report, &ctx);
@@ -176,5 +177,8 @@ fn print_run(r: &RunReport, ctx: &BuildContext) {
                 (h, n) => format!(" | healed {h} objects, {n} bad left (read-only)"),
             }
         );
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
     }
 }

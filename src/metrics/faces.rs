@@ -13,7 +13,7 @@ pub(crate) const HEIGHT_EDGES: [f64; 7] = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, f
 
 /// A set's faces at one input size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct FaceStats {
+pub struct FaceStats {
     /// The dataset.
     pub dataset: String,
     /// [h, w] the images were fitted to.
@@ -32,7 +32,7 @@ pub(crate) struct FaceStats {
 
 /// Quantiles by the nearest rank; all zero for an empty set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Quantiles {
+pub struct Quantiles {
     pub min: f64,
     pub p01: f64,
     pub p10: f64,
@@ -187,6 +187,90 @@ mod tests {
             (crowd.height.p50 - 12.0 / 640.0).abs() < 1e-9,
             "{:?}",
             crowd.height
+        );
+    }
+}
+
+/// Upper edges of the height strata recall is reported by (fractions of the input height).
+pub(crate) const STRATA: [f64; 4] = [0.02, 0.05, 0.1, f64::INFINITY];
+
+/// Recall on the reference faces of one height stratum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stratum {
+    /// Faces lower than this fraction of the input height (and at least the previous
+    /// stratum's); null: no limit.
+    pub below: Option<f64>,
+    pub faces: usize,
+    /// None when the stratum holds no face.
+    pub recall: Option<f64>,
+}
+
+/// Recall per height stratum (`edges`, ascending, fractions of the input height), over
+/// images given as (reference boxes, candidate boxes, input height). A stratum's
+/// reference faces are matched one-to-one against all of the candidate's boxes.
+pub(crate) fn recall_by_height(
+    images: &[(&[Detection], &[Detection], u32)],
+    edges: &[f64],
+    min_iou: f32,
+) -> Vec<Stratum> {
+    let mut lo = 0.0;
+    edges
+        .iter()
+        .map(|&hi| {
+            let (mut faces, mut matched) = (0usize, 0usize);
+            for (r, c, h) in images {
+                let inside: Vec<Detection> = r
+                    .iter()
+                    .filter(|d| {
+                        let f = ((d.bbox[3] - d.bbox[1]) as f64) / (*h).max(1) as f64;
+                        f >= lo && f < hi
+                    })
+                    .cloned()
+                    .collect();
+                faces += inside.len();
+                matched += crate::detect::match_detections(&inside, c, min_iou).matched;
+            }
+            lo = hi;
+            Stratum {
+                below: hi.is_finite().then_some(hi),
+                faces,
+                recall: (faces > 0).then(|| matched as f64 / faces as f64),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod strata_tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_small_face_shows_in_its_stratum_only() {
+        let d = |y: f32, h: f32| Detection {
+            bbox: [10.0, y, 10.0 + h, y + h],
+            score: 0.9,
+            kps: None,
+        };
+        let reference = vec![d(0.0, 8.0), d(100.0, 200.0), d(400.0, 20.0)];
+        let candidate = vec![d(100.0, 200.0), d(400.0, 20.0)];
+        let s = recall_by_height(&[(&reference, &candidate, 640)], &STRATA, 0.5);
+        assert_eq!(
+            s[0],
+            Stratum {
+                below: Some(0.02),
+                faces: 1,
+                recall: Some(0.0)
+            }
+        );
+        assert_eq!(s[1].recall, Some(1.0));
+        assert_eq!(s[2].faces, 0);
+        assert_eq!(
+            s[3],
+            Stratum {
+                below: None,
+                faces: 1,
+                recall: Some(1.0)
+            }
         );
     }
 }

@@ -20,7 +20,7 @@ use crate::error::{IoContext, Result};
 use crate::scheduler::{RunReport, Status};
 use crate::steps::{ReportSection, StepKind};
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -97,6 +97,51 @@ pub(crate) fn histogram_svg(title: &str, values: &[f64], x_label: &str, bins: us
                     [(lo + i as f64 * w, 0), (lo + (i + 1) as f64 * w, *c)],
                     BLUE.mix(0.55).filled(),
                 )
+            }));
+        }
+        let _ = root.present();
+    }
+    buf
+}
+
+/// Counts per labelled bin as an inline SVG bar chart.
+pub(crate) fn bars_svg(title: &str, labels: &[String], counts: &[usize], x_label: &str) -> String {
+    let mut buf = String::new();
+    let n = counts.len().max(1);
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    {
+        let root = SVGBackend::with_string(&mut buf, (440, 240)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        if let Ok(mut chart) = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0f64..n as f64, 0usize..top + top / 10 + 1)
+        {
+            let _ = chart
+                .configure_mesh()
+                .x_desc(x_label)
+                .y_desc("faces")
+                .x_labels(n + 1)
+                .x_label_formatter(&|x| {
+                    let i = x.floor() as usize;
+                    if (x - x.floor()).abs() < 1e-9 {
+                        String::new()
+                    } else {
+                        labels.get(i).cloned().unwrap_or_default()
+                    }
+                })
+                .draw();
+            let _ = chart.draw_series(counts.iter().enumerate().map(|(i, c)| {
+                Rectangle::new(
+                    [(i as f64 + 0.1, 0), (i as f64 + 0.9, *c)],
+                    BLUE.mix(0.55).filled(),
+                )
+            }));
+            // Bin labels at the bars' centres.
+            let _ = chart.draw_series(labels.iter().enumerate().map(|(i, l)| {
+                Text::new(l.clone(), (i as f64 + 0.15, top / 20), ("sans-serif", 10))
             }));
         }
         let _ = root.present();
@@ -808,7 +853,12 @@ fn junit(run: &RunReport, reports: &[(String, StepReport)]) -> String {
     x + "</testsuites>\n"
 }
 
-fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -> String {
+fn html(
+    run: &RunReport,
+    ctx: &BuildContext,
+    reports: &[(String, StepReport)],
+    faces: &[(String, &'static str, crate::metrics::faces::FaceStats)],
+) -> String {
     let mut body = format!(
         "<h1>facebuild — <code>{}</code></h1><p>manifest <code>{}</code> (blake3 {}), source {}, toolchain {}. {}</p>",
         esc(&run.pipeline),
@@ -852,6 +902,7 @@ fn html(run: &RunReport, ctx: &BuildContext, reports: &[(String, StepReport)]) -
         &["step", "kind", "status", "ran on", "error / reason"],
         &rows,
     );
+    body += &crate::report::faces::html(faces, &run.warnings);
     for (step, r) in reports {
         body += &match r {
             StepReport::Compare(r) => compare_section(step, r),
@@ -893,6 +944,7 @@ pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf,
         basis += &std::fs::read_to_string(ctx.step_out_dir(&s.step)?.join("report.json"))
             .unwrap_or_default();
     }
+    basis += &format!("{:?}", run.warnings);
     let key = blake3::hash(basis.as_bytes()).to_hex().to_string();
     let key_path = dir.join(".report.key");
     // A no-op run reads no report: the key says nothing changed.
@@ -910,7 +962,11 @@ pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf,
         }
     }
     std::fs::create_dir_all(dir).fs_context(dir)?;
-    for (path, text) in [(&h, html(run, ctx, &reports)), (&j, junit(run, &reports))] {
+    let faces = crate::report::faces::sets(run, ctx);
+    for (path, text) in [
+        (&h, html(run, ctx, &reports, &faces)),
+        (&j, junit(run, &reports)),
+    ] {
         crate::cache::store::write_atomic(path, text.as_bytes())?;
         // Atomic writes create private temp files; these are for people and CI to read.
         use std::os::unix::fs::PermissionsExt;

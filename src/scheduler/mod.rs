@@ -114,6 +114,10 @@ pub struct RunReport {
     /// The remote cache's part in the run, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<crate::cache::remote::RemoteReport>,
+    /// What the run found doubtful without failing a step: a calibration or search set
+    /// whose faces are larger than those of the set it is compared on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 enum State {
@@ -914,6 +918,7 @@ pub(crate) fn run(
         duration_ms: t0.elapsed().as_millis() as u64,
         steps: steps_out,
         remote: remote.map(|(_, r)| r),
+        warnings: vec![],
     })
 }
 

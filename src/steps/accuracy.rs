@@ -23,7 +23,8 @@ use crate::metrics::{self, similarity, verification};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
 
 /// Bumped when trials measured by older code must not be reused.
-const TRIAL_VERSION: u64 = 1;
+/// 2: a trial's memo holds its recall per face-height stratum.
+const TRIAL_VERSION: u64 = 2;
 
 /// `accuracy_control:` on an INT8 `convert` or `quantize` step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub(crate) struct AccuracyControl {
     /// the best. `false` keeps the step's own recipe.
     #[serde(default = "default_search_recipes")]
     pub search_recipes: bool,
+    /// Detectors, `recall`: measure recall only on the reference's faces lower than this
+    /// fraction of the input height (e.g. 0.05), the ones INT8 loses first.
+    #[serde(default)]
+    pub face_height_max: Option<f64>,
 }
 
 fn default_search_recipes() -> bool {
@@ -140,6 +145,20 @@ impl AccuracyControl {
         if !self.target.is_finite() {
             return Err(("`accuracy_control.target` must be a number".into(), None));
         }
+        if let Some(f) = self.face_height_max {
+            if self.metric != AccuracyMetric::Recall {
+                return Err((
+                    "`accuracy_control.face_height_max` applies to `metric: recall`".into(),
+                    Some("drop it, or search on `recall`".into()),
+                ));
+            }
+            if !(f > 0.0 && f <= 1.0) {
+                return Err((
+                    format!("`accuracy_control.face_height_max` is {f}"),
+                    Some("give a fraction of the input height in (0, 1], e.g. 0.05".into()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -155,6 +174,9 @@ pub(crate) struct Trial {
     /// Taken from an earlier run's memo, not quantized again.
     #[serde(default)]
     pub memoized: bool,
+    /// Detectors: recall per face-height stratum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strata: Vec<metrics::faces::Stratum>,
 }
 
 /// What the search found.
@@ -189,6 +211,9 @@ pub(crate) struct SearchReport {
     /// Every recipe tried with everything quantized, and its metric (the step's own first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipes: Vec<RecipeTrial>,
+    /// The reference's faces on the search set at its first input size (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<metrics::faces::FaceStats>,
 }
 
 /// One recipe tried with everything quantized.
@@ -259,6 +284,7 @@ pub(crate) fn search(
             fp_layers: fp.to_vec(),
             metric: v,
             memoized,
+            strata: vec![],
         });
         seen.insert(key, v);
         Ok(v)
@@ -402,6 +428,7 @@ impl SearchReport {
             note: None,
             recipe: None,
             recipes: vec![],
+            faces: None,
         }
     }
 }
@@ -466,6 +493,7 @@ enum Eval {
         spec: crate::manifest::DetectorSpec,
         match_iou: f32,
         per_size: Vec<(crate::preprocess::Prepared, Vec<Vec<Detection>>)>,
+        face_height_max: Option<f64>,
     },
     Embedding {
         // Boxed: the detection variant is a Vec, and a Prepared is large.
@@ -525,6 +553,7 @@ impl Evaluator {
                 spec: dspec,
                 match_iou: ac.match_iou,
                 per_size,
+                face_height_max: ac.face_height_max,
             }
         } else {
             let aligner = ctx.aligner(&ac.dataset)?;
@@ -576,28 +605,64 @@ impl Evaluator {
         })
     }
 
+    /// The reference's faces on the search set at its first input size; None for other
+    /// tasks.
+    pub(crate) fn faces(&self, dataset: &str) -> Option<metrics::faces::FaceStats> {
+        match &self.kind {
+            Eval::Detection { per_size, .. } => per_size.first().map(|(prepared, dets)| {
+                let sh = prepared.tensor.shape();
+                metrics::faces::FaceStats::measure(dataset, [sh[2] as u32, sh[3] as u32], dets)
+            }),
+            Eval::Embedding { .. } => None,
+        }
+    }
+
     /// The metric of `model` against the reference, as compare computes it.
     pub(crate) fn measure(&self, model: &mut dyn LoadedModel) -> Result<f64> {
+        Ok(self.measure_strata(model)?.0)
+    }
+
+    /// The metric, and for detectors the recall per face-height stratum.
+    pub(crate) fn measure_strata(
+        &self,
+        model: &mut dyn LoadedModel,
+    ) -> Result<(f64, Vec<metrics::faces::Stratum>)> {
         match &self.kind {
             Eval::Detection {
                 spec,
                 match_iou,
                 per_size,
+                face_height_max,
             } => {
                 let mut total = detection::Tally::default();
+                let mut runs = Vec::new();
                 for (prepared, ref_dets) in per_size {
                     let (dets, _) =
                         detection::detect_all(model, &self.input, &prepared.tensor, spec)?;
                     for (i, (r, c)) in ref_dets.iter().zip(&dets).enumerate() {
                         total.add(i, detect::match_detections(r, c, *match_iou));
                     }
+                    runs.push((prepared.tensor.shape()[2] as u32, ref_dets, dets));
                 }
+                let images: Vec<(&[Detection], &[Detection], u32)> = runs
+                    .iter()
+                    .flat_map(|(h, r, c)| r.iter().zip(c).map(|(r, c)| (&r[..], &c[..], *h)))
+                    .collect();
+                let strata =
+                    metrics::faces::recall_by_height(&images, &metrics::faces::STRATA, *match_iou);
                 let t = total.totals();
-                Ok(match self.metric {
-                    AccuracyMetric::Recall => t.recall,
+                let v = match (self.metric, face_height_max) {
+                    // No face that small: nothing lost.
+                    (AccuracyMetric::Recall, Some(f)) => {
+                        metrics::faces::recall_by_height(&images, &[*f], *match_iou)[0]
+                            .recall
+                            .unwrap_or(1.0)
+                    }
+                    (AccuracyMetric::Recall, None) => t.recall,
                     // As compare's `landmark_nme_max` gate reads it: the worst matched face.
                     _ => t.landmark_nme.max.unwrap_or(f64::INFINITY),
-                })
+                };
+                Ok((v, strata))
             }
             Eval::Embedding {
                 prepared,
@@ -608,7 +673,7 @@ impl Evaluator {
             } => {
                 let b = batch_for(model, 8);
                 let (emb, _) = embed(model, &self.input, &prepared.tensor, b)?;
-                Ok(match self.metric {
+                let v = match self.metric {
                     AccuracyMetric::CosineMin => reference
                         .iter()
                         .zip(&emb)
@@ -619,7 +684,8 @@ impl Evaluator {
                         let c = tar(&emb, set, src, *operating_far).unwrap_or(0.0);
                         reference_tar.unwrap_or(0.0) - c
                     }
-                })
+                };
+                Ok((v, vec![]))
             }
         }
     }
@@ -739,6 +805,9 @@ pub(crate) fn control(
     let trials_dir = ctx.store.root.join("trials");
     std::fs::create_dir_all(&trials_dir).map_err(|e| Error::io(&trials_dir, e))?;
     let mut n = 0usize;
+    // Each trial's strata, by recipe and layers, for the report's trials.
+    let mut strata: HashMap<(String, Vec<String>), Vec<metrics::faces::Stratum>> =
+        Default::default();
     let mut measure_with = |q: &dyn Quantizer, fp: &[String]| -> Result<(f64, bool)> {
         ctx.check_cancelled()?;
         let key = crate::cache::cache_key(&TrialKey {
@@ -751,26 +820,31 @@ pub(crate) fn control(
             isa: &isa,
         });
         let memo_file = trials_dir.join(format!("{key}.json"));
-        if let Some(v) = std::fs::read(&memo_file)
+        if let Some(memo) = std::fs::read(&memo_file)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["metric"].as_f64())
+            .and_then(|b| serde_json::from_slice::<TrialMemo>(&b).ok())
         {
-            return Ok((v, true));
+            strata.insert((q.recipe(), fp.to_vec()), memo.strata);
+            return Ok((memo.metric, true));
         }
         n += 1;
         let dir = ctx.workdir.join(format!("trial-{n}"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         q.quantize(ctx, fp, &dir)?;
         let mut m = q.load(ctx, &dir)?;
-        let v = eval.measure(m.as_mut())?;
+        let (v, st) = eval.measure_strata(m.as_mut())?;
         drop(m);
         let _ = std::fs::remove_dir_all(&dir);
+        let memo = TrialMemo {
+            metric: v,
+            fp_layers: fp.to_vec(),
+            strata: st,
+        };
         crate::cache::store::write_atomic(
             &memo_file,
-            &serde_json::to_vec(&serde_json::json!({"metric": v, "fp_layers": fp}))
-                .map_err(anyhow::Error::from)?,
+            &serde_json::to_vec(&memo).map_err(anyhow::Error::from)?,
         )?;
+        strata.insert((q.recipe(), fp.to_vec()), memo.strata);
         Ok((v, false))
     };
     // The recipe first: a calibration method or scale granularity that fits the model may
@@ -808,6 +882,12 @@ pub(crate) fn control(
         e => e,
     })?;
     let mut report = report;
+    for t in &mut report.trials {
+        t.strata = strata
+            .remove(&(q.recipe(), t.fp_layers.clone()))
+            .unwrap_or_default();
+    }
+    report.faces = eval.faces(&ac.dataset);
     report.recipe = Some(q.recipe());
     report.recipes = recipes;
     ctx.progress.set_message(format!(
@@ -903,6 +983,15 @@ fn choose_recipe<'q>(
     Ok((chosen, recipes))
 }
 
+/// What a trial's memo file holds.
+#[derive(Serialize, Deserialize)]
+struct TrialMemo {
+    metric: f64,
+    fp_layers: Vec<String>,
+    #[serde(default)]
+    strata: Vec<metrics::faces::Stratum>,
+}
+
 /// The memo key of one trial: what was quantized (source, calibration, backend settings),
 /// which layers stayed in floating point, and what measured it (dataset, metric settings).
 pub(crate) struct TrialKey<'a> {
@@ -931,6 +1020,10 @@ impl CacheKey for TrialKey<'_> {
             "operating_far": self.control.operating_far,
         })
         .cache_key(s);
+        // Absent, it leaves the keys of searches that do not use it as they were.
+        if let Some(f) = self.control.face_height_max {
+            f.to_bits().cache_key(s);
+        }
         let mut fp = self.fp_layers.to_vec();
         fp.sort();
         fp.cache_key(s);
@@ -953,6 +1046,7 @@ mod tests {
             operating_far: 1e-3,
             holdout: None,
             search_recipes: true,
+            face_height_max: None,
         }
     }
 

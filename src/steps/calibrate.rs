@@ -9,9 +9,8 @@ use serde_json::json;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 
-/// A model's other inputs get `calibration.<input>.npy` beside the images' (a new output
-/// only for models with several inputs: single-input results stay valid).
-pub(crate) const IMPL_VERSION: u32 = 1;
+/// 2: a detector's report gives the faces its reference finds in the set.
+pub(crate) const IMPL_VERSION: u32 = 2;
 pub(crate) const TOOLCHAIN: &[&str] = &[];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,6 +57,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
         outputs.insert(file, path);
     }
     let t = &prepared.tensor;
+    let faces = face_stats(ctx, p, pre, t)?;
     let mean = t.mean().unwrap_or(0.0) as f64;
     let std = t.std(0.0) as f64;
     let report = json!({
@@ -72,11 +72,42 @@ pub(crate) fn run(ctx: &StepContext, p: &CalibrateParams) -> Result<StepOutcome>
         "fit": prepared.fit_counts(),
         "pixel_stats": {"mean": mean, "std": std},
         "other_inputs": extra_shapes,
+        "faces": faces,
     });
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
-    let summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": serde_json::to_string(&prepared.fit_counts()).unwrap_or_default()});
+    let mut summary = json!({"images": files.len(), "shape": format!("{:?}", t.shape()), "fit": serde_json::to_string(&prepared.fit_counts()).unwrap_or_default()});
+    if let Some(f) = &faces {
+        summary["faces"] = json!(f.faces);
+        summary["face_height_p10"] = json!((f.height.p10 * 1e4).round() / 1e4);
+    }
     outputs.insert("report.json".to_string(), report_path);
     Ok(StepOutcome { outputs, summary })
+}
+
+/// A detector's calibration set, as its reference sees it: the faces in the very tensors
+/// INT8 calibrates on. None for other models.
+fn face_stats(
+    ctx: &StepContext,
+    p: &CalibrateParams,
+    pre: &crate::manifest::Preprocessing,
+    t: &ndarray::Array4<f32>,
+) -> Result<Option<crate::metrics::faces::FaceStats>> {
+    let Some(spec) = ctx.manifest.model.detector.as_ref() else {
+        return Ok(None);
+    };
+    if ctx.manifest.model.task != crate::manifest::Task::Detection {
+        return Ok(None);
+    }
+    ctx.progress
+        .set_message(format!("finding faces in {} images", t.shape()[0]));
+    use crate::runtime::Runtime;
+    let ort = crate::runtime::onnxruntime::OnnxRuntime::new(ctx.toolchain, None)?;
+    let mut reference = ort.load(ctx.model)?;
+    let input = &ctx.manifest.model.input.name;
+    let (dets, _) = super::compare::detection::detect_all(reference.as_mut(), input, t, spec)?;
+    Ok(Some(crate::metrics::faces::FaceStats::measure(
+        &p.dataset, pre.size, &dets,
+    )))
 }
 
 impl super::Kind for CalibrateParams {

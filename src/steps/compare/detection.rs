@@ -293,6 +293,9 @@ pub(super) fn run(
             images: files.len(),
             input_sizes: Some(sizes.clone()),
             resampling: boot.map(|b| report::Resampling::by_image(&b, files.len())),
+            faces: per_size.first().map(|(size, _, dets)| {
+                crate::metrics::faces::FaceStats::measure(&p.dataset, *size, dets)
+            }),
             ..Default::default()
         },
         reference: ReferenceSummary {
@@ -311,6 +314,9 @@ pub(super) fn run(
         &reference.execution().version,
         &table,
     );
+    if let Some(f) = &report.dataset.faces {
+        md += &format!("\nFaces the reference finds: {}.\n", f.line());
+    }
     md += &report.uncertainty_md();
     md += &super::failed_gates_md(&report.failures);
     let worst_recall = report

@@ -967,6 +967,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CompareParams) -> Result<StepOutcome> {
             pairs: pairs.as_ref().map(|(_, s)| s.clone()),
             input_sizes: None,
             resampling: p.bootstrap().map(|b| units.resampling(&b)),
+            faces: None,
         },
         reference: ReferenceSummary {
             verification: ref_ver.map(|v| v.with_ci95(ref_ci.unwrap_or_default())),

@@ -91,6 +91,9 @@ pub struct DatasetSummary {
     /// What the bootstrap intervals resample, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resampling: Option<Resampling>,
+    /// The reference's faces on the set at the first input size (detectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faces: Option<crate::metrics::faces::FaceStats>,
 }
 
 /// How intervals were drawn: the units, their count, replicates and seed.
