@@ -401,3 +401,34 @@ fn pack_steps_name_their_models() {
 fn textwrap_indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
+
+/// A derived dataset's mistakes are located at the dataset, each with its fix, all at once.
+#[test]
+fn derived_dataset_settings_are_checked() {
+    let yaml = format!(
+        "{}{}",
+        builtin_manifest("a: {kind: calibrate, params: {dataset: crowd}}\n"),
+        indoc! {"
+            datasets:
+              portraits: {builtin: synthetic-faces}
+              crowd:
+                derive:
+                  from: portrait
+                  mosaic: {count: 0, face_sizes: [0.7]}
+                  rotate: [90]
+              both:
+                path: photos
+                derive: {from: portraits, flip: true}
+        "}
+    );
+    expect_error(
+        &yaml,
+        &[
+            "dataset `crowd`: `derive.from` names `portrait`, which is not a dataset",
+            "`derive.mosaic.count` is 0",
+            "`derive.mosaic.face_sizes` is [0.7]",
+            "`derive.rotate` is [90.0]",
+            "dataset `both` has `derive` and `path` or `builtin`",
+        ],
+    );
+}
