@@ -204,7 +204,7 @@ pub(crate) const STRATA: [f64; 4] = [0.02, 0.05, 0.1, f64::INFINITY];
 
 /// Recall on the reference faces of one height stratum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Stratum {
+pub struct Stratum {
     /// Faces lower than this fraction of the input height (and at least the previous
     /// stratum's); null: no limit.
     pub below: Option<f64>,

@@ -96,97 +96,11 @@ fn write_all(
     canvas: [u32; 2],
     seed: u64,
 ) -> Result<Vec<Labelled>> {
-    let name = |o: &Original| o.path.file_name().unwrap_or("image").to_string();
-    let stem = |o: &Original| o.path.file_stem().unwrap_or("image").to_string();
-    let longer = canvas[0].max(canvas[1]);
     // Copies of each original, in parallel; each job writes its own files.
     let copies: Vec<Vec<Labelled>> = originals
         .par_iter()
         .enumerate()
-        .map(|(i, o)| -> Result<Vec<Labelled>> {
-            let mut out = Vec::new();
-            if spec.originals {
-                let file = format!("original_{i:04}_{}", name(o));
-                let to = dir.join(&file);
-                std::fs::copy(&o.path, &to).map_err(|e| Error::io(&to, e))?;
-                out.push(Labelled {
-                    file,
-                    origin: "original".into(),
-                    sources: vec![name(o)],
-                    faces: o.faces.iter().map(face).collect(),
-                });
-            }
-            let mut emit = |img: &RgbImage,
-                            file: String,
-                            origin: String,
-                            faces: Vec<LabelledFace>|
-             -> Result<()> {
-                save(img, &dir.join(&file))?;
-                out.push(Labelled {
-                    file,
-                    origin,
-                    sources: vec![name(o)],
-                    faces,
-                });
-                Ok(())
-            };
-            // Copies need no more pixels than the detector sees.
-            let (small, s) = fit(
-                &o.image,
-                longer as f32 / o.image.width().max(o.image.height()) as f32,
-            );
-            let scaled: Vec<LabelledFace> = o
-                .faces
-                .iter()
-                .map(|d| moved(d, &scale_m(s), false))
-                .collect();
-            let (w, h) = small.dimensions();
-            if spec.flip {
-                let m: Affine = [[-1.0, 0.0, w as f64 - 1.0], [0.0, 1.0, 0.0]];
-                let faces = scaled.iter().map(|f| moved_face(f, &m, true)).collect();
-                emit(
-                    &image::imageops::flip_horizontal(&small),
-                    format!("flip_{i:04}_{}.png", stem(o)),
-                    "flip".into(),
-                    faces,
-                )?;
-            }
-            for &deg in &spec.rotate {
-                let m = about_centre(
-                    deg,
-                    false,
-                    [w as f64 / 2.0, h as f64 / 2.0],
-                    [w as f64 / 2.0, h as f64 / 2.0],
-                    1.0,
-                );
-                let faces = scaled.iter().map(|f| moved_face(f, &m, false)).collect();
-                emit(
-                    &warp(&small, &m, w, h),
-                    format!("rotate{deg}_{i:04}_{}.png", stem(o)),
-                    format!("rotate:{deg}"),
-                    faces,
-                )?;
-            }
-            for (k, &frac) in spec.rescale.iter().enumerate() {
-                let mut rng = SplitMix64::new(seed ^ (0xA5CA_1E00 + ((i as u64) << 8) + k as u64));
-                let fit_s = frac * (canvas[1] as f32 / w as f32).min(canvas[0] as f32 / h as f32);
-                let (img, s2) = fit(&small, fit_s);
-                let (iw, ih) = img.dimensions();
-                let x0 = (rng.next_u64() % (canvas[1].saturating_sub(iw) as u64 + 1)) as u32;
-                let y0 = (rng.next_u64() % (canvas[0].saturating_sub(ih) as u64 + 1)) as u32;
-                let mut c = RgbImage::from_pixel(canvas[1], canvas[0], GRAY);
-                image::imageops::replace(&mut c, &img, x0 as i64, y0 as i64);
-                let m: Affine = [[s2 as f64, 0.0, x0 as f64], [0.0, s2 as f64, y0 as f64]];
-                let faces = scaled.iter().map(|f| moved_face(f, &m, false)).collect();
-                emit(
-                    &c,
-                    format!("rescale{frac}_{i:04}_{}.png", stem(o)),
-                    format!("rescale:{frac}"),
-                    faces,
-                )?;
-            }
-            Ok(out)
-        })
+        .map(|(i, o)| copies_of(dir, (i, o), spec, canvas, seed))
         .collect::<Result<_>>()?;
     let mut labels: Vec<Labelled> = copies.into_iter().flatten().collect();
     if let Some(mosaic) = &spec.mosaic {
@@ -234,6 +148,96 @@ fn write_all(
     }
     labels.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(labels)
+}
+
+/// The original `o` (the `i`th) as it is, mirrored, rotated and rescaled, as `spec` asks.
+fn copies_of(
+    dir: &Utf8Path,
+    (i, o): (usize, &Original),
+    spec: &DeriveSpec,
+    canvas: [u32; 2],
+    seed: u64,
+) -> Result<Vec<Labelled>> {
+    let longer = canvas[0].max(canvas[1]);
+    let mut out = Vec::new();
+    if spec.originals {
+        let file = format!("original_{i:04}_{}", name(o));
+        let to = dir.join(&file);
+        std::fs::copy(&o.path, &to).map_err(|e| Error::io(&to, e))?;
+        out.push(Labelled {
+            file,
+            origin: "original".into(),
+            sources: vec![name(o)],
+            faces: o.faces.iter().map(face).collect(),
+        });
+    }
+    let mut emit =
+        |img: &RgbImage, file: String, origin: String, faces: Vec<LabelledFace>| -> Result<()> {
+            save(img, &dir.join(&file))?;
+            out.push(Labelled {
+                file,
+                origin,
+                sources: vec![name(o)],
+                faces,
+            });
+            Ok(())
+        };
+    // Copies need no more pixels than the detector sees.
+    let (small, s) = fit(
+        &o.image,
+        longer as f32 / o.image.width().max(o.image.height()) as f32,
+    );
+    let scaled: Vec<LabelledFace> = o
+        .faces
+        .iter()
+        .map(|d| moved(d, &scale_m(s), false))
+        .collect();
+    let (w, h) = small.dimensions();
+    if spec.flip {
+        let m: Affine = [[-1.0, 0.0, w as f64 - 1.0], [0.0, 1.0, 0.0]];
+        let faces = scaled.iter().map(|f| moved_face(f, &m, true)).collect();
+        emit(
+            &image::imageops::flip_horizontal(&small),
+            format!("flip_{i:04}_{}.png", stem(o)),
+            "flip".into(),
+            faces,
+        )?;
+    }
+    for &deg in &spec.rotate {
+        let m = about_centre(
+            deg,
+            false,
+            [w as f64 / 2.0, h as f64 / 2.0],
+            [w as f64 / 2.0, h as f64 / 2.0],
+            1.0,
+        );
+        let faces = scaled.iter().map(|f| moved_face(f, &m, false)).collect();
+        emit(
+            &warp(&small, &m, w, h),
+            format!("rotate{deg}_{i:04}_{}.png", stem(o)),
+            format!("rotate:{deg}"),
+            faces,
+        )?;
+    }
+    for (k, &frac) in spec.rescale.iter().enumerate() {
+        let mut rng = SplitMix64::new(seed ^ (0xA5CA_1E00 + ((i as u64) << 8) + k as u64));
+        let fit_s = frac * (canvas[1] as f32 / w as f32).min(canvas[0] as f32 / h as f32);
+        let (img, s2) = fit(&small, fit_s);
+        let (iw, ih) = img.dimensions();
+        let x0 = (rng.next_u64() % (canvas[1].saturating_sub(iw) as u64 + 1)) as u32;
+        let y0 = (rng.next_u64() % (canvas[0].saturating_sub(ih) as u64 + 1)) as u32;
+        let mut c = RgbImage::from_pixel(canvas[1], canvas[0], GRAY);
+        image::imageops::replace(&mut c, &img, x0 as i64, y0 as i64);
+        let m: Affine = [[s2 as f64, 0.0, x0 as f64], [0.0, s2 as f64, y0 as f64]];
+        let faces = scaled.iter().map(|f| moved_face(f, &m, false)).collect();
+        emit(
+            &c,
+            format!("rescale{frac}_{i:04}_{}.png", stem(o)),
+            format!("rescale:{frac}"),
+            faces,
+        )?;
+    }
+    Ok(out)
 }
 
 struct Tiles<'a> {
@@ -325,6 +329,14 @@ impl Tiles<'_> {
         let full = compose(&m, &into_region);
         (tile, moved(d, &full, flip))
     }
+}
+
+fn name(o: &Original) -> String {
+    o.path.file_name().unwrap_or("image").to_string()
+}
+
+fn stem(o: &Original) -> String {
+    o.path.file_stem().unwrap_or("image").to_string()
 }
 
 fn tile_side(face: f32, context: f32, canvas_h: u32) -> u32 {

@@ -19,6 +19,7 @@ use super::{CompareParams, Loaded, load_candidate, note_failures};
 use crate::detect::{self, Detection, Matching};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
+use crate::metrics;
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Naming};
 use crate::metrics::uncertainty::{self, Bootstrap, Spread, UnitStat};
 use crate::runtime::{LoadedModel, Runtime, onnxruntime::OnnxRuntime};
@@ -293,9 +294,9 @@ pub(super) fn run(
             images: files.len(),
             input_sizes: Some(sizes.clone()),
             resampling: boot.map(|b| report::Resampling::by_image(&b, files.len())),
-            faces: per_size.first().map(|(size, _, dets)| {
-                crate::metrics::faces::FaceStats::measure(&p.dataset, *size, dets)
-            }),
+            faces: per_size
+                .first()
+                .map(|(size, _, dets)| metrics::faces::FaceStats::measure(&p.dataset, *size, dets)),
             ..Default::default()
         },
         reference: ReferenceSummary {
@@ -317,6 +318,7 @@ pub(super) fn run(
     if let Some(f) = &report.dataset.faces {
         md += &format!("\nFaces the reference finds: {}.\n", f.line());
     }
+    md += &strata_md(&report.candidates);
     md += &report.uncertainty_md();
     md += &super::failed_gates_md(&report.failures);
     let worst_recall = report
@@ -498,9 +500,11 @@ fn compare_candidate(
     let exec = model.execution();
     let mut total = Tally::default();
     let mut size_metrics = Vec::new();
+    let mut all_dets = Vec::new();
     let first_row = table.len();
     for (size, prepared, ref_dets) in per_size {
         let (dets, ms) = detect_all(model, input, &prepared.tensor, spec)?;
+        all_dets.push(dets.clone());
         timing.insert(
             format!("{label}_{}x{}", size[0], size[1]),
             json!({"ms": ms, "load_ms": load_ms, "precision_hint": hint}),
@@ -531,6 +535,12 @@ fn compare_candidate(
             metrics: j,
         });
     }
+    let images: Vec<(&[Detection], &[Detection], u32)> = per_size
+        .iter()
+        .zip(&all_dets)
+        .flat_map(|((size, _, r), c)| r.iter().zip(c).map(|(r, c)| (&r[..], &c[..], size[0])))
+        .collect();
+    let strata = metrics::faces::recall_by_height(&images, &metrics::faces::STRATA, p.match_iou);
     let (tj, intervals) = total.totals_with(boot.as_ref());
     let gates = detection_gates(&p.gates_for(label), &tj, &intervals);
     let what = format!("{artifact} {weights}, executed {}", exec.precision);
@@ -545,12 +555,56 @@ fn compare_candidate(
         artifact_precision: Some(weights),
         execution: Some(exec),
         sizes: Some(size_metrics),
+        recall_by_height: Some(strata),
         total: Some(tj),
         intervals: (!intervals.is_empty()).then_some(intervals),
         gates: Some(gates),
         passed: Some(passed),
         ..Default::default()
     })
+}
+
+/// Recall per face height, a row per candidate.
+fn strata_md(candidates: &[CandidateReport]) -> String {
+    let Some(first) = candidates.iter().find_map(|c| c.recall_by_height.as_ref()) else {
+        return String::new();
+    };
+    let mut lo = 0.0;
+    let bands: Vec<String> = first
+        .iter()
+        .map(|s| {
+            let b = match s.below {
+                Some(b) if lo == 0.0 => format!("< {b}"),
+                Some(b) => format!("{lo}-{b}"),
+                None => format!(">= {lo}"),
+            };
+            lo = s.below.unwrap_or(lo);
+            b
+        })
+        .collect();
+    let mut md = format!(
+        "\nRecall by face height (fraction of the input height; reference faces in each band):\n\n| candidate | {} |\n|---|{}\n",
+        first
+            .iter()
+            .zip(&bands)
+            .map(|(s, b)| format!("{b} ({})", s.faces))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(first.len())
+    );
+    for c in candidates {
+        if let Some(st) = &c.recall_by_height {
+            md += &format!(
+                "| {} | {} |\n",
+                c.label,
+                st.iter()
+                    .map(|s| fmt_opt(s.recall, 4))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+    }
+    md
 }
 
 /// Every reference detection, per image and size, for the report.

@@ -44,8 +44,9 @@ use crate::runtime::{
 /// matrix products of normalised embeddings (f32), streamed; v7: `generic` and `landmarks`
 /// models compared output by output; v8: `max_impostor_pairs` sampling, and beyond 20M
 /// impostor pairs the top scores kept exactly and the EER from a histogram; v9: bootstrap
-/// intervals, McNemar, score differences and the LFW protocol.
-pub(crate) const IMPL_VERSION: u32 = 9;
+/// intervals, McNemar, score differences and the LFW protocol; v10: detectors report the
+/// faces of their set and recall by face height.
+pub(crate) const IMPL_VERSION: u32 = 10;
 pub(crate) const TOOLCHAIN: &[&str] = &["onnxruntime", "openvino"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

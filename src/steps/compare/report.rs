@@ -215,6 +215,9 @@ pub struct CandidateReport {
     /// Detectors: per input size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizes: Option<Vec<SizeMetrics>>,
+    /// Detectors: recall per face height (fraction of the input height), over every size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_by_height: Option<Vec<crate::metrics::faces::Stratum>>,
     /// Detectors: over every size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<DetectionTotals>,
