@@ -350,7 +350,7 @@ fn several_errors_are_reported_together() {
             "`model.preprocessing.mean` has 2 value(s)",
             "bad.yaml:8:",
             "dataset `photos` still has the placeholder `facebuild init` wrote",
-            "dataset `both` needs exactly one of `path` and `builtin`",
+            "dataset `both` needs exactly one of `path`, `builtin` and `derive`",
             "needs `chek`, which is not a step in this pipeline",
             "nope",
         ],
