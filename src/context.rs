@@ -344,9 +344,7 @@ impl BuildContext {
                 .ok_or_else(|| Error::toolchain("not installed"))?;
             let model = match &model {
                 Some(p) => p.clone(),
-                None => {
-                    self.source_file(self.detection_model().ok().flatten().flatten().as_deref())?
-                }
+                None => self.source_file(self.detection_model().flatten().as_deref())?,
             };
             let aligner = crate::preprocess::align::Aligner::new(tc, &model, &digest, &align)?;
             let src = &self.manifest.datasets[&d.from];
@@ -356,19 +354,22 @@ impl BuildContext {
             for path in files {
                 let image = crate::preprocess::decode_image(&path)?;
                 let faces = aligner.faces(&image)?;
-                out.push(crate::preprocess::derive::Original { path, image, faces });
+                out.push(crate::preprocess::derive::Original::new(
+                    path, image, faces, canvas,
+                ));
             }
             Ok(out)
         };
         crate::preprocess::derive::ensure(&dir, &originals, d, canvas, spec.seed)
     }
 
-    /// The one detection model of this pipeline (None: the pipeline's own model), which
-    /// finds faces for a derived set that names no `detector:`.
-    fn detection_model(&self) -> Result<Option<Option<String>>> {
+    /// The one detection model of this pipeline, which finds faces for a derived set that
+    /// names no `detector:`: `Some(None)` for a one-model pipeline's own model, `Some(name)`
+    /// for a pack's, None when there is no single one.
+    fn detection_model(&self) -> Option<Option<String>> {
         use crate::manifest::Task;
         if self.manifest.models.is_empty() {
-            return Ok((self.manifest.model.task == Task::Detection).then_some(None));
+            return (self.manifest.model.task == Task::Detection).then_some(None);
         }
         let found: Vec<&String> = self
             .manifest
@@ -377,10 +378,10 @@ impl BuildContext {
             .filter(|(_, (m, _))| m.task == Task::Detection)
             .map(|(k, _)| k)
             .collect();
-        Ok(match found[..] {
+        match found[..] {
             [one] => Some(Some(one.clone())),
             _ => None,
-        })
+        }
     }
 
     /// The detector of derived dataset `name`: its file when `detector:` names one (None:
@@ -412,7 +413,7 @@ impl BuildContext {
                 "add `datasets.{name}.derive.detector: {{model: <detector.onnx>, detector: {{family: scrfd}}}}`, or derive it in a pipeline with exactly one detection model"
             ))
         };
-        let key = self.detection_model()?.ok_or_else(no_detector)?;
+        let key = self.detection_model().ok_or_else(no_detector)?;
         let m = &self.manifest_of(key.as_deref()).model;
         let detector = m.detector.clone().ok_or_else(no_detector)?;
         let align = crate::manifest::AlignSpec {

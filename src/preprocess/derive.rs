@@ -16,8 +16,9 @@ use crate::domain::DeriveSpec;
 use crate::error::{Error, Result};
 use crate::util::SplitMix64;
 
-/// Bumped whenever the written pixels or labels change.
-pub(crate) const DERIVE_VERSION: u32 = 1;
+/// Bumped whenever the written pixels or labels change. 2: originals held at most twice
+/// the canvas's longer side.
+pub(crate) const DERIVE_VERSION: u32 = 2;
 
 /// Fill of canvas area no tile or photo covers (what YOLO-style letterboxes use).
 const GRAY: Rgb<u8> = Rgb([114, 114, 114]);
@@ -30,6 +31,26 @@ pub(crate) struct Original {
     pub path: Utf8PathBuf,
     pub image: RgbImage,
     pub faces: Vec<Detection>,
+}
+
+impl Original {
+    /// An original held for deriving: at most twice the canvas's longer side (no tile or
+    /// copy needs more), with its faces scaled to match, so a large folder of large photos
+    /// does not fill memory.
+    pub(crate) fn new(
+        path: Utf8PathBuf,
+        image: RgbImage,
+        faces: Vec<Detection>,
+        canvas: [u32; 2],
+    ) -> Original {
+        let cap = 2.0 * canvas[0].max(canvas[1]) as f32;
+        let (image, s) = fit(
+            &image,
+            cap / image.width().max(image.height()).max(1) as f32,
+        );
+        let faces = faces.into_iter().map(|d| d.scaled(1.0 / s)).collect();
+        Original { path, image, faces }
+    }
 }
 
 /// One written image and its faces, as `faces.json` lists them.
@@ -59,6 +80,12 @@ pub(crate) fn ensure(
     canvas: [u32; 2],
     seed: u64,
 ) -> Result<Utf8PathBuf> {
+    // Two steps of one run may read the same set at once: one derives it, the other waits
+    // and finds it complete (the temporary folder is per process, not per thread).
+    static DERIVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = DERIVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if dir.join(".complete").exists() {
         return Ok(dir.to_owned());
     }
@@ -264,7 +291,10 @@ impl Tiles<'_> {
                 .face_sizes
                 .iter()
                 .copied()
-                .filter(|f| y + tile_side(*f, m.context, ch) <= ch)
+                .filter(|f| {
+                    let side = tile_side(*f, m.context, ch);
+                    y + side <= ch && side <= cw
+                })
                 .collect();
             if fits.is_empty() {
                 break;
