@@ -30,6 +30,15 @@ pub(crate) fn ensure(cache_dir: &Utf8Path, name: &str) -> Result<Utf8PathBuf> {
     if done.exists() {
         return Ok(dir);
     }
+    // Two steps of one run may need the set at once, and the temporary folder is per
+    // process: one writes it, the other waits and finds it complete.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if done.exists() {
+        return Ok(dir);
+    }
     let tmp = cache_dir
         .join("builtin")
         .join(format!(".{name}-g{VERSION}.tmp{}", std::process::id()));
