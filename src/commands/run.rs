@@ -72,8 +72,10 @@ pub(super) fn run(
     })?;
     let mut ctx = BuildContext::open(pipeline.load()?, &settings.context)?;
     let mut report = scheduler::run(&mut ctx, &settings.options, cancel)?;
-    report.warnings = crate::report::faces::coverage(&report, &ctx);
-    let written = crate::report::run::write(&report, &ctx);
+    // Each step's report read once, for the warnings and report.html.
+    let faces = crate::report::faces::sets(&report, &ctx);
+    report.warnings = crate::report::faces::coverage(&faces, &ctx);
+    let written = crate::report::run::write(&report, &ctx, &faces);
     if !out.json(|| &report)? {
         print_run(&report, &ctx);
         match &written {

@@ -213,20 +213,25 @@ pub struct Stratum {
     pub recall: Option<f64>,
 }
 
+/// One input size's detections: (input height, reference boxes per image, candidate boxes
+/// per image).
+pub(crate) type HeightRun<'a> = (u32, &'a [Vec<Detection>], &'a [Vec<Detection>]);
+
 /// Recall per height stratum (`edges`, ascending, fractions of the input height), over
-/// images given as (reference boxes, candidate boxes, input height). A stratum's
-/// reference faces are matched one-to-one against all of the candidate's boxes.
-pub(crate) fn recall_by_height(
-    images: &[(&[Detection], &[Detection], u32)],
-    edges: &[f64],
-    min_iou: f32,
-) -> Vec<Stratum> {
+/// runs at one input size each: (input height, reference boxes per image, candidate boxes
+/// per image). A stratum's reference faces are matched one-to-one against all of the
+/// candidate's boxes.
+pub(crate) fn recall_by_height(runs: &[HeightRun], edges: &[f64], min_iou: f32) -> Vec<Stratum> {
+    let images: Vec<(&Vec<Detection>, &Vec<Detection>, u32)> = runs
+        .iter()
+        .flat_map(|(h, r, c)| r.iter().zip(c.iter()).map(|(r, c)| (r, c, *h)))
+        .collect();
     let mut lo = 0.0;
     edges
         .iter()
         .map(|&hi| {
             let (mut faces, mut matched) = (0usize, 0usize);
-            for (r, c, h) in images {
+            for (r, c, h) in &images {
                 let inside: Vec<Detection> = r
                     .iter()
                     .filter(|d| {
@@ -261,7 +266,7 @@ mod strata_tests {
         };
         let reference = vec![d(0.0, 8.0), d(100.0, 200.0), d(400.0, 20.0)];
         let candidate = vec![d(100.0, 200.0), d(400.0, 20.0)];
-        let s = recall_by_height(&[(&reference, &candidate, 640)], &STRATA, 0.5);
+        let s = recall_by_height(&[(640, &[reference], &[candidate])], &STRATA, 0.5);
         assert_eq!(
             s[0],
             Stratum {

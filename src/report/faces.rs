@@ -6,13 +6,11 @@
 
 use std::fmt::Write as _;
 
-use camino::Utf8Path;
 use serde::Deserialize;
 
 use crate::context::BuildContext;
 use crate::metrics::faces::{FaceStats, HEIGHT_EDGES, uncovered};
 use crate::scheduler::RunReport;
-use crate::steps::compare::report::CompareReport;
 
 /// The parts of any step's report that carry a set's faces.
 #[derive(Deserialize)]
@@ -20,40 +18,57 @@ struct Carrier {
     #[serde(default)]
     faces: Option<FaceStats>,
     #[serde(default)]
-    accuracy_control: Option<SearchFaces>,
+    accuracy_control: Option<Inner>,
+    /// Compare's dataset summary; other steps name their dataset here as a string.
+    #[serde(default)]
+    dataset: serde_json::Value,
 }
 
 #[derive(Deserialize)]
-struct SearchFaces {
+struct Inner {
     #[serde(default)]
     faces: Option<FaceStats>,
 }
 
-fn read<T: for<'de> Deserialize<'de>>(ctx: &BuildContext, step: &str) -> Option<T> {
-    let p = ctx.step_out_dir(step).ok()?.join("report.json");
-    read_file(&p)
+/// A set's faces as one step of the run reported them.
+pub(crate) struct SetFaces {
+    pub step: String,
+    /// `compared`, `calibration` or `accuracy-control search`.
+    pub role: &'static str,
+    pub stats: FaceStats,
 }
 
-fn read_file<T: for<'de> Deserialize<'de>>(p: &Utf8Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
-}
-
-/// Every set a step of this run reports faces for, with the step: (step, role, stats).
-pub(crate) fn sets(run: &RunReport, ctx: &BuildContext) -> Vec<(String, &'static str, FaceStats)> {
+/// Every set a step of this run reports faces for: each step's report read once.
+pub(crate) fn sets(run: &RunReport, ctx: &BuildContext) -> Vec<SetFaces> {
     let mut out = Vec::new();
     for s in &run.steps {
-        if let Some(r) = read::<CompareReport>(ctx, &s.step)
-            && let Some(f) = r.dataset.faces
-        {
-            out.push((s.step.clone(), "compared", f));
+        let Some(mut c) = ctx
+            .step_out_dir(&s.step)
+            .ok()
+            .and_then(|d| std::fs::read(d.join("report.json")).ok())
+            .and_then(|b| serde_json::from_slice::<Carrier>(&b).ok())
+        else {
             continue;
-        }
-        if let Some(c) = read::<Carrier>(ctx, &s.step) {
-            if let Some(f) = c.faces {
-                out.push((s.step.clone(), "calibration", f));
-            }
-            if let Some(f) = c.accuracy_control.and_then(|a| a.faces) {
-                out.push((s.step.clone(), "accuracy-control search", f));
+        };
+        for (role, stats) in [
+            (
+                "compared",
+                c.dataset
+                    .get_mut("faces")
+                    .and_then(|f| serde_json::from_value(f.take()).ok()),
+            ),
+            ("calibration", c.faces),
+            (
+                "accuracy-control search",
+                c.accuracy_control.and_then(|a| a.faces),
+            ),
+        ] {
+            if let Some(stats) = stats {
+                out.push(SetFaces {
+                    step: s.step.clone(),
+                    role,
+                    stats,
+                });
             }
         }
     }
@@ -63,35 +78,34 @@ pub(crate) fn sets(run: &RunReport, ctx: &BuildContext) -> Vec<(String, &'static
 /// A warning for each compared candidate whose calibration set (a calibrate step it
 /// references) or search set (its own accuracy control) misses the compare set's small
 /// faces.
-pub(crate) fn coverage(run: &RunReport, ctx: &BuildContext) -> Vec<String> {
+pub(crate) fn coverage(sets: &[SetFaces], ctx: &BuildContext) -> Vec<String> {
+    let of = |step: &str, role: &str| {
+        sets.iter()
+            .find(|x| x.step == step && x.role == role)
+            .map(|x| &x.stats)
+    };
+    let references = |step: &str| {
+        ctx.manifest
+            .steps
+            .get(step)
+            .map(|s| s.spec.params.kind().references())
+            .unwrap_or_default()
+    };
     let mut warnings = Vec::new();
-    for s in &run.steps {
-        let Some(r) = read::<CompareReport>(ctx, &s.step) else {
-            continue;
-        };
-        let Some(target) = &r.dataset.faces else {
-            continue;
-        };
-        for c in &r.candidates {
-            let Some(step) = ctx.manifest.steps.get(&c.step) else {
-                continue;
-            };
-            let mut sources: Vec<(String, FaceStats)> = step
-                .spec
-                .params
-                .kind()
-                .references()
+    for compared in sets.iter().filter(|x| x.role == "compared") {
+        for c in references(&compared.step) {
+            let mut sources: Vec<(String, &FaceStats)> = references(&c)
                 .into_iter()
-                .filter_map(|r| Some((r.clone(), read::<Carrier>(ctx, &r)?.faces?)))
+                .filter_map(|r| Some((r.clone(), of(&r, "calibration")?)))
                 .collect();
-            if let Some(f) = read::<Carrier>(ctx, &c.step).and_then(|x| x.accuracy_control?.faces) {
-                sources.push((format!("{} (accuracy control)", c.step), f));
+            if let Some(f) = of(&c, "accuracy-control search") {
+                sources.push((format!("{c} (accuracy control)"), f));
             }
             for (from, f) in sources {
-                if let Some(w) = uncovered(&f, target) {
+                if let Some(w) = uncovered(f, &compared.stats) {
                     warnings.push(format!(
-                        "step `{}`, candidate `{}`: {w} (set of `{from}`); calibrate and search on a set with faces that small, e.g. a derived mosaic (docs/manifest.md, derived datasets)",
-                        s.step, c.step
+                        "step `{}`, candidate `{c}`: {w} (set of `{from}`); calibrate and search on a set with faces that small, e.g. a derived mosaic (docs/manifest.md, derived datasets)",
+                        compared.step
                     ));
                 }
             }
@@ -103,7 +117,7 @@ pub(crate) fn coverage(run: &RunReport, ctx: &BuildContext) -> Vec<String> {
 }
 
 /// report.html's section: each set's face heights as bars, and the warnings.
-pub(crate) fn html(sets: &[(String, &'static str, FaceStats)], warnings: &[String]) -> String {
+pub(crate) fn html(sets: &[SetFaces], warnings: &[String]) -> String {
     if sets.is_empty() {
         return String::new();
     }
@@ -114,7 +128,12 @@ pub(crate) fn html(sets: &[(String, &'static str, FaceStats)], warnings: &[Strin
         let _ = write!(h, "<p class=fail>warning: {}</p>", super::run::esc(w));
     }
     h += "<div class=plots>";
-    for (step, role, f) in sets {
+    for SetFaces {
+        step,
+        role,
+        stats: f,
+    } in sets
+    {
         let labels: Vec<String> = HEIGHT_EDGES
             .iter()
             .scan(0.0, |lo, e| {

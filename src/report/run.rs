@@ -857,7 +857,7 @@ fn html(
     run: &RunReport,
     ctx: &BuildContext,
     reports: &[(String, StepReport)],
-    faces: &[(String, &'static str, crate::metrics::faces::FaceStats)],
+    faces: &[crate::report::faces::SetFaces],
 ) -> String {
     let mut body = format!(
         "<h1>facebuild — <code>{}</code></h1><p>manifest <code>{}</code> (blake3 {}), source {}, toolchain {}. {}</p>",
@@ -917,7 +917,12 @@ fn html(
 }
 
 /// Write report.html and junit.xml into the pipeline's output folder (only when changed).
-pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
+/// `faces`: the sets the run's steps report faces for ([`crate::report::faces::sets`]).
+pub(crate) fn write(
+    run: &RunReport,
+    ctx: &BuildContext,
+    faces: &[crate::report::faces::SetFaces],
+) -> Result<(Utf8PathBuf, Utf8PathBuf)> {
     let dir = &ctx.manifest.output_dir;
     let (h, j) = (dir.join("report.html"), dir.join("junit.xml"));
     let shown = |s: &crate::scheduler::StepResult| section(s).is_some();
@@ -962,9 +967,8 @@ pub(crate) fn write(run: &RunReport, ctx: &BuildContext) -> Result<(Utf8PathBuf,
         }
     }
     std::fs::create_dir_all(dir).fs_context(dir)?;
-    let faces = crate::report::faces::sets(run, ctx);
     for (path, text) in [
-        (&h, html(run, ctx, &reports, &faces)),
+        (&h, html(run, ctx, &reports, faces)),
         (&j, junit(run, &reports)),
     ] {
         crate::cache::store::write_atomic(path, text.as_bytes())?;

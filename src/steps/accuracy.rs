@@ -644,17 +644,15 @@ impl Evaluator {
                     }
                     runs.push((prepared.tensor.shape()[2] as u32, ref_dets, dets));
                 }
-                let images: Vec<(&[Detection], &[Detection], u32)> = runs
-                    .iter()
-                    .flat_map(|(h, r, c)| r.iter().zip(c).map(|(r, c)| (&r[..], &c[..], *h)))
-                    .collect();
+                let runs: Vec<metrics::faces::HeightRun> =
+                    runs.iter().map(|(h, r, c)| (*h, &r[..], &c[..])).collect();
                 let strata =
-                    metrics::faces::recall_by_height(&images, &metrics::faces::STRATA, *match_iou);
+                    metrics::faces::recall_by_height(&runs, &metrics::faces::STRATA, *match_iou);
                 let t = total.totals();
                 let v = match (self.metric, face_height_max) {
                     // No face that small: nothing lost.
                     (AccuracyMetric::Recall, Some(f)) => {
-                        metrics::faces::recall_by_height(&images, &[*f], *match_iou)[0]
+                        metrics::faces::recall_by_height(&runs, &[*f], *match_iou)[0]
                             .recall
                             .unwrap_or(1.0)
                     }

@@ -504,7 +504,6 @@ fn compare_candidate(
     let first_row = table.len();
     for (size, prepared, ref_dets) in per_size {
         let (dets, ms) = detect_all(model, input, &prepared.tensor, spec)?;
-        all_dets.push(dets.clone());
         timing.insert(
             format!("{label}_{}x{}", size[0], size[1]),
             json!({"ms": ms, "load_ms": load_ms, "precision_hint": hint}),
@@ -534,13 +533,14 @@ fn compare_candidate(
             input_size: *size,
             metrics: j,
         });
+        all_dets.push(dets);
     }
-    let images: Vec<(&[Detection], &[Detection], u32)> = per_size
+    let runs: Vec<metrics::faces::HeightRun> = per_size
         .iter()
         .zip(&all_dets)
-        .flat_map(|((size, _, r), c)| r.iter().zip(c).map(|(r, c)| (&r[..], &c[..], size[0])))
+        .map(|((size, _, r), c)| (size[0], &r[..], &c[..]))
         .collect();
-    let strata = metrics::faces::recall_by_height(&images, &metrics::faces::STRATA, p.match_iou);
+    let strata = metrics::faces::recall_by_height(&runs, &metrics::faces::STRATA, p.match_iou);
     let (tj, intervals) = total.totals_with(boot.as_ref());
     let gates = detection_gates(&p.gates_for(label), &tj, &intervals);
     let what = format!("{artifact} {weights}, executed {}", exec.precision);
