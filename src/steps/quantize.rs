@@ -38,6 +38,10 @@ pub(crate) struct QuantizeParams {
     /// Per-channel weight scales (default true; TensorRT supports them on Conv/Gemm).
     #[serde(default = "yes")]
     pub per_channel: bool,
+    /// Scale each depthwise conv's input channels to one range before quantizing (default
+    /// true): exact in float, and what lets per-tensor activation scales keep narrow channels.
+    #[serde(default = "yes")]
+    pub equalize: bool,
     /// Keep the fewest layers in floating point that meet a compare metric (see
     /// `steps::accuracy`).
     #[serde(default)]
@@ -59,6 +63,9 @@ struct QdqResult {
     calibration_items: u64,
     method: String,
     per_channel: bool,
+    /// Depthwise convs whose input channels were equalized first.
+    #[serde(default)]
+    equalized: u64,
     /// The opset the model had before it was raised to 13 (Q/DQ per-channel needs 13).
     opset_upgraded_from: Option<i64>,
     /// ONNX Runtime's pre-processing: `full`, or what was left out because it failed.
@@ -80,6 +87,9 @@ struct QdqSettings {
     weights: String,
     bias: String,
     dedicated_qdq_pair: bool,
+    /// Conv/Gemm/MatMul outputs: `float` (no Q/DQ after them; TensorRT fuses what follows).
+    #[serde(default)]
+    weighted_outputs: Option<String>,
 }
 
 /// onnxruntime.quantization's Q/DQ (qdq.py), as accuracy control drives it: one recipe.
@@ -88,6 +98,7 @@ struct Qdq<'a> {
     inputs_json: &'a str,
     method: Method,
     per_channel: bool,
+    equalize: bool,
 }
 
 impl Method {
@@ -111,6 +122,7 @@ impl Qdq<'_> {
                 self.inputs_json,
                 self.method.name(),
                 if self.per_channel { "1" } else { "0" },
+                if self.equalize { "1" } else { "0" },
                 &exclude,
             ],
             "Q/DQ quantization",
@@ -146,7 +158,7 @@ impl super::accuracy::Quantizer for Qdq<'_> {
             .load(&dir.join("model.onnx"))
     }
     fn settings(&self) -> serde_json::Value {
-        json!({"tool": "onnxruntime.quantization", "impl": IMPL_VERSION, "method": self.method.name(), "per_channel": self.per_channel})
+        json!({"tool": "onnxruntime.quantization", "impl": IMPL_VERSION, "method": self.method.name(), "per_channel": self.per_channel, "equalize": self.equalize})
     }
     fn recipe(&self) -> String {
         let scales = if self.per_channel {
@@ -170,6 +182,7 @@ impl super::accuracy::Quantizer for Qdq<'_> {
                         inputs_json: self.inputs_json,
                         method,
                         per_channel,
+                        equalize: self.equalize,
                     }));
                 }
             }
@@ -192,6 +205,7 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
         inputs_json: &inputs_json,
         method: p.method,
         per_channel: p.per_channel,
+        equalize: p.equalize,
     };
     let (r, search) = match &p.accuracy_control {
         Some(ac) => {
@@ -215,6 +229,9 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let report_path = super::write_report(ctx.workdir, "report.json", &report)?;
     // The recipe quantized with: the step's own, or the one accuracy control chose.
     let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": r.method, "per_channel": r.per_channel, "calibration_items": r.calibration_items});
+    if r.equalized > 0 {
+        summary["equalized"] = json!(r.equalized);
+    }
     if let Some(s) = &search {
         s.add_to_summary(&mut summary);
     }

@@ -38,6 +38,47 @@ pub(crate) enum Preset {
     Mixed,
 }
 
+/// How NNCF estimates activation ranges (its `RangeEstimatorParametersSet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Ranges {
+    /// NNCF's own choice for the preset.
+    Default,
+    /// The extremes seen in calibration.
+    Minmax,
+    /// A histogram-based range that minimises the quantization error.
+    Histogram,
+}
+
+/// NNCF's bias correction after quantizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BiasCorrection {
+    /// NNCF's default: one pass per layer on its outputs' means.
+    Fast,
+    /// Layer by layer on the quantized model's own activations: slower, and closer.
+    Full,
+}
+
+impl Ranges {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Ranges::Default => "default",
+            Ranges::Minmax => "minmax",
+            Ranges::Histogram => "histogram",
+        }
+    }
+}
+
+impl BiasCorrection {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BiasCorrection::Fast => "fast",
+            BiasCorrection::Full => "full",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum HwCompat {
     /// `--hardwareCompatibilityLevel=ampere+`: one engine for Ampere and newer GPUs.
@@ -65,6 +106,12 @@ pub(crate) struct ConvertParams {
     /// OpenVINO int8: calibration items NNCF uses at most (default 300, its own default).
     #[serde(default)]
     pub subset_size: Option<usize>,
+    /// OpenVINO int8: how NNCF estimates activation ranges (default: NNCF's own choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_ranges: Option<Ranges>,
+    /// OpenVINO int8: NNCF's bias correction, `fast` (default) or `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_correction: Option<BiasCorrection>,
     /// OpenVINO int8: keep the fewest layers in floating point that meet a compare metric
     /// (see `steps::accuracy`).
     #[serde(default)]
@@ -146,9 +193,11 @@ impl ConvertParams {
                 if self.calibration.is_some()
                     || self.preset.is_some()
                     || self.subset_size.is_some()
+                    || self.activation_ranges.is_some()
+                    || self.bias_correction.is_some()
                     || self.accuracy_control.is_some()
                 {
-                    return Err(("`calibration`, `preset`, `subset_size` and `accuracy_control` are OpenVINO/NNCF settings".into(), Some("TensorRT INT8 is built from a Q/DQ model: add a `kind: quantize` step (accuracy control goes there) and take `from:` it".into())));
+                    return Err(("`calibration`, `preset`, `subset_size`, `activation_ranges`, `bias_correction` and `accuracy_control` are OpenVINO/NNCF settings".into(), Some("TensorRT INT8 is built from a Q/DQ model: add a `kind: quantize` step (accuracy control goes there) and take `from:` it".into())));
                 }
                 if self.calib_cache.is_some() && self.precision != Precision::Int8 {
                     return Err((
@@ -237,5 +286,39 @@ impl super::Kind for ConvertParams {
     }
     fn run(&self, ctx: &StepContext) -> Result<StepOutcome> {
         run(ctx, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: serde_json::Value) -> ConvertParams {
+        serde_json::from_value(v).expect("params")
+    }
+
+    /// NNCF's recipe settings parse, stay out of the cache key when unset (earlier steps keep
+    /// their keys), and are refused on TensorRT, which builds INT8 from a Q/DQ model.
+    #[test]
+    fn nncf_recipe_settings_are_openvino_only_and_absent_from_old_keys() {
+        let ov = params(
+            serde_json::json!({"backend": "openvino", "precision": "int8", "calibration": "c",
+            "activation_ranges": "histogram", "bias_correction": "full"}),
+        );
+        assert_eq!(ov.activation_ranges, Some(Ranges::Histogram));
+        assert_eq!(ov.bias_correction, Some(BiasCorrection::Full));
+        assert!(ov.validate().is_ok());
+        let plain = params(
+            serde_json::json!({"backend": "openvino", "precision": "int8", "calibration": "c"}),
+        );
+        let v = serde_json::to_value(&plain).unwrap();
+        assert!(v.get("activation_ranges").is_none() && v.get("bias_correction").is_none());
+        let trt = params(
+            serde_json::json!({"backend": "tensorrt", "precision": "int8",
+            "activation_ranges": "minmax"}),
+        );
+        let (msg, hint) = trt.validate().unwrap_err();
+        assert!(msg.contains("`activation_ranges`"), "{msg}");
+        assert!(hint.unwrap().contains("kind: quantize"));
     }
 }

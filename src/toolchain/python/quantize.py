@@ -1,5 +1,7 @@
 # facebuild helper: INT8 post-training quantization of an ONNX model with NNCF, saved as
-# OpenVINO IR. argv: onnx xml inputs-json preset subset_size [ignored-json]. inputs-json
+# OpenVINO IR. argv: onnx xml inputs-json preset subset_size ranges bias [ignored-json].
+# ranges: default | minmax | histogram (NNCF's activation range estimator; default leaves
+# NNCF's own choice); bias: fast | full (bias correction). inputs-json
 # lists every model input: [{"name", "shape" (named dims as names), "calib": .npy}];
 # ignored-json names the ops NNCF leaves in floating point (its ignored_scope).
 # With `--list onnx inputs-json` instead: the quantizable ops' names, in order.
@@ -20,9 +22,12 @@ if sys.argv[1] == "--list":
 
 import nncf
 
-src, xml, spec, preset, subset = sys.argv[1:6]
+from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+src, xml, spec, preset, subset, ranges, bias = sys.argv[1:8]
 spec = json.loads(spec)
-ignored = json.loads(sys.argv[6]) if len(sys.argv) > 6 else []
+ignored = json.loads(sys.argv[8]) if len(sys.argv) > 8 else []
 model = ov.convert_model(src, input=model_inputs(spec))
 calib = {f["name"]: np.load(f["calib"]) for f in spec}
 count = min(a.shape[0] for a in calib.values())
@@ -40,10 +45,13 @@ q = nncf.quantize(
     preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
     subset_size=min(int(subset), len(items)),
     ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+    fast_bias_correction=bias != "full",
+    advanced_parameters=None if ranges == "default" else AdvancedQuantizationParameters(
+        activations_range_estimator_params={"minmax": RangeEstimatorParametersSet.MINMAX, "histogram": RangeEstimatorParametersSet.HISTOGRAM}[ranges]),
 )
 ov.save_model(q, xml, compress_to_fp16=False)
 ops = {}
 for op in q.get_ops():
     ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
 print(json.dumps({"nncf_version": nncf.__version__, "openvino_version": ov.__version__, "calibration_items": len(items), "inputs": order,
-                  "fake_quantize_ops": ops.get("FakeQuantize", 0), "preset": preset, "ignored": ignored}))
+                  "fake_quantize_ops": ops.get("FakeQuantize", 0), "preset": preset, "ranges": ranges, "bias_correction": bias, "ignored": ignored}))
