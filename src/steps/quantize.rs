@@ -99,6 +99,10 @@ struct Qdq<'a> {
     method: Method,
     per_channel: bool,
     equalize: bool,
+    /// Where the helper keeps the pre-processed (and equalized) model between calls: a
+    /// search's trials differ only in recipe and excluded layers, and preparing is half of
+    /// each call (3.4 s against 7.7 s on a MobileFaceNet).
+    prepared: Option<&'a Utf8Path>,
 }
 
 impl Method {
@@ -124,6 +128,7 @@ impl Qdq<'_> {
                 if self.per_channel { "1" } else { "0" },
                 if self.equalize { "1" } else { "0" },
                 &exclude,
+                self.prepared.map(|p| p.as_str()).unwrap_or_default(),
             ],
             "Q/DQ quantization",
         )
@@ -183,6 +188,7 @@ impl super::accuracy::Quantizer for Qdq<'_> {
                         method,
                         per_channel,
                         equalize: self.equalize,
+                        prepared: self.prepared,
                     }));
                 }
             }
@@ -201,11 +207,23 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let out = ctx.workdir.join("model.onnx");
     ctx.progress
         .set_message("onnxruntime.quantization: static Q/DQ INT8");
+    // A search prepares the model once for all its trials; a plain run prepares it once anyway.
+    let scratch = match &p.accuracy_control {
+        Some(_) => Some(
+            tempfile::tempdir_in(ctx.workdir)
+                .map_err(|e| crate::error::Error::io(ctx.workdir, e))?,
+        ),
+        None => None,
+    };
+    let prepared = scratch
+        .as_ref()
+        .and_then(|d| Utf8Path::from_path(d.path()).map(|d| d.join("prepared.onnx")));
     let qdq = Qdq {
         inputs_json: &inputs_json,
         method: p.method,
         per_channel: p.per_channel,
         equalize: p.equalize,
+        prepared: prepared.as_deref(),
     };
     let (r, search) = match &p.accuracy_control {
         Some(ac) => {

@@ -3,12 +3,14 @@
 # QDQ format, signed int8, symmetric activations and weights, per-channel weights, a
 # dedicated Q/DQ pair per consumer, bias left in float, and Q/DQ on the inputs of weighted
 # ops but not on their outputs (TensorRT's placement recommendation).
-# argv: src dst inputs-json method per_channel(0|1) equalize(0|1) [exclude-json]; prints one
-# JSON line.
+# argv: src dst inputs-json method per_channel(0|1) equalize(0|1) [exclude-json [prepared]];
+# prints one JSON line. prepared: a path where the pre-processed (and equalized) model is kept
+# for the next call with the same model, calibration and `equalize` (an accuracy-control
+# search quantizes the same prepared model once per trial).
 # inputs-json: every model input, [{"name", "shape", "calib": .npy}], fed as one dict per
 # calibration item. exclude-json: names of nodes left in floating point (nodes_to_exclude).
 # With `--list src` instead: the quantizable nodes' names (after the same pre-processing).
-import json, os, sys, tempfile
+import json, os, shutil, sys, tempfile
 import numpy as np
 import onnx
 import onnxruntime
@@ -138,6 +140,7 @@ if sys.argv[1] == "--list":
 
 src, dst, spec, method, per_channel, equalize_on = sys.argv[1:7]
 exclude = json.loads(sys.argv[7]) if len(sys.argv) > 7 else []
+prepared = sys.argv[8] if len(sys.argv) > 8 else ""
 # Every input with its calibration rows: each item feeds all of them, row by row.
 calib = {f["name"]: np.load(f["calib"]).astype(np.float32) for f in json.loads(spec)}
 count = min(a.shape[0] for a in calib.values())
@@ -149,8 +152,19 @@ class Reader(CalibrationDataReader):
         return next(self.items, None)
 
 with tempfile.TemporaryDirectory() as tmp:
-    pre, _ = prepare(src, tmp)
-    equalized = equalize(pre, [{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)]) if equalize_on == "1" else 0
+    if prepared and os.path.exists(prepared + ".json"):
+        pre = prepared
+        with open(prepared + ".json") as f:
+            upgraded_from, pre_process, equalized = json.load(f)
+    else:
+        pre, _ = prepare(src, tmp)
+        equalized = equalize(pre, [{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)]) if equalize_on == "1" else 0
+        if prepared:
+            # The model first, its facts last: the facts' presence means both are whole.
+            os.replace(shutil.copy(pre, prepared + ".part"), prepared)
+            with open(prepared + ".json.part", "w") as f:
+                json.dump([upgraded_from, pre_process, equalized], f)
+            os.replace(prepared + ".json.part", prepared + ".json")
     quantize_static(
         pre, dst, Reader(),
         quant_format=QuantFormat.QDQ,
