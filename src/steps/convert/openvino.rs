@@ -299,11 +299,14 @@ pub(super) fn run(ctx: &StepContext, p: &ConvertParams) -> Result<StepOutcome> {
         "smoke_cosine": smoke_cos,
         "executed": ir.execution().precision,
     });
-    if let Some(r) = p.activation_ranges {
-        summary["activation_ranges"] = json!(r.name());
-    }
-    if let Some(b) = p.bias_correction {
-        summary["bias_correction"] = json!(b.name());
+    // The NNCF recipe that ran (the step's own, or the one accuracy control chose), when it
+    // is not NNCF's defaults.
+    if let Some(ran) = tool.get("result") {
+        let (ranges, bias) = (&ran["ranges"], &ran["bias_correction"]);
+        if ranges.is_string() && (ranges != "default" || bias != "fast") {
+            summary["activation_ranges"] = ranges.clone();
+            summary["bias_correction"] = bias.clone();
+        }
     }
     if let Some(s) = &accuracy {
         s.add_to_summary(&mut summary);

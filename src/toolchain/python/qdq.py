@@ -105,7 +105,8 @@ def equalize(path, feeds, cap=1e4):
         pairs.append((p, d))
     if not pairs:
         return 0
-    probe = onnx.load(path)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
     for _, d in pairs:
         probe.graph.output.append(helper.make_tensor_value_info(d.input[0], onnx.TensorProto.FLOAT, None))
     s = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
