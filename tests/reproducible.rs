@@ -40,14 +40,12 @@ fn two_checkouts_build_identical_outputs() {
     // A release refused on unreliable figures (a busy machine) has no outputs to compare; one
     // that promoted other artifacts (one refused there) serves and lists other files (its
     // deploy layouts). Two releases of the same artifacts are compared whole.
-    let promoted = |p: &Project, r: &RunReport| -> Vec<String> {
-        let path = p
-            .dir
-            .path()
-            .join(format!("pipelines/out/{}/release/report.json", r.pipeline));
-        let report: facebuild::ReleaseReport =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        report.promoted
+    let promoted = |p: &Project, r: &RunReport| {
+        p.report::<facebuild::ReleaseReport>(&format!(
+            "pipelines/out/{}/release/report.json",
+            r.pipeline
+        ))
+        .promoted
     };
     let both_released =
         releases.iter().all(|r| *r == Released::Promoted) && promoted(&a, ra) == promoted(&b, rb);

@@ -140,9 +140,9 @@ fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
             ))
             .args(args)
             .current_dir(&empty);
-        c.output().unwrap()
+        c
     };
-    let v = bare(&["facebuild", "--version"]);
+    let v = bare(&["facebuild", "--version"]).output().unwrap();
     say(&format!(
         "pip install to first `facebuild --version`: {:.2} s",
         t.elapsed().as_secs_f64()
@@ -152,7 +152,9 @@ fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
         String::from_utf8_lossy(&v.stdout).trim(),
         format!("facebuild {}", env!("CARGO_PKG_VERSION"))
     );
-    let which = bare(&["/bin/sh", "-c", "command -v facebuild"]);
+    let which = bare(&["/bin/sh", "-c", "command -v facebuild"])
+        .output()
+        .unwrap();
     let which = String::from_utf8_lossy(&which.stdout).trim().to_string();
     assert_eq!(
         Path::new(&which),
@@ -164,19 +166,14 @@ fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
     // it (`init --builtin`: the text `run --builtin` runs), and runs it with the tests' short
     // benchmark. Its full benchmark measured nothing this test reads, for 40 of the test's
     // 70 s, and this test has the machine to itself.
-    let init = bare(&[
+    run_ok(&mut bare(&[
         "facebuild",
         "init",
         "--builtin",
         "recognition",
         "-o",
         "recognition.yaml",
-    ]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    ]));
     let written = std::fs::read_to_string(empty.join("recognition.yaml")).unwrap();
     let repo = std::fs::read_to_string(root.join("pipelines/recognition.yaml")).unwrap();
     assert_eq!(
@@ -189,7 +186,9 @@ fn wheel_installs_into_a_fresh_venv_and_runs_the_builtin_pipeline() {
     )
     .unwrap();
     let t = Instant::now();
-    let run = bare(&["facebuild", "run", "recognition.yaml", "--json"]);
+    let run = bare(&["facebuild", "run", "recognition.yaml", "--json"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     let report: RunReport = serde_json::from_slice(&run.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stderr}"));
