@@ -559,3 +559,14 @@ fn init_routes_two_input_swappers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn climbs_name_the_place_they_reach() {
+    let p = |s: &str| std::path::PathBuf::from(s);
+    assert_eq!(
+        climb_to(&p("/tmp/fresh/shared"), &p("/tmp/.tmpAB/pipelines")).as_deref(),
+        Some("../../fresh/shared")
+    );
+    assert_eq!(climb_to(&p("/w/shared"), &p("/x/y")), None);
+    assert_eq!(climb_to(&p("/w/a"), &p("/w/a/b")), None);
+}

@@ -36,13 +36,22 @@ pub(crate) fn toolchain() -> facebuild::Toolchain {
 }
 
 /// `../shared` (or $FACEBUILD_SHARED) with the real models and faces, when present.
-/// Tests that need it print a clear SKIP line and return when it is absent.
+/// Tests that need it print a clear SKIP line and return when it is absent; under CI its
+/// absence fails them.
 pub(crate) fn shared() -> Option<PathBuf> {
     let p = std::env::var_os("FACEBUILD_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     if p.join("models").is_dir() {
         Some(p.canonicalize().unwrap())
+    } else if std::env::var_os("CI").is_some() {
+        // CI proves what the real models prove: a missing ../shared fails the run, as a
+        // missing tool does, instead of passing on SKIPs.
+        panic!(
+            "{} not found, and CI is set: the real-model tests need ../shared beside the \
+             checkout (or FACEBUILD_SHARED)",
+            p.display()
+        );
     } else {
         // Written to stderr directly: the test harness captures `eprintln!`, and a skip
         // must be visible in CI logs.
@@ -431,10 +440,8 @@ pub(crate) fn snapshot(p: &Project, suffix: &str, text: &str) {
         .canonicalize()
         .map(|c| c.to_string_lossy().to_string())
         .unwrap_or_else(|_| dir.clone());
-    settings.add_filter(&escape(&canonical), "[PROJECT]");
-    settings.add_filter(&escape(&dir), "[PROJECT]");
-    if let Some(s) = shared() {
-        settings.add_filter(&escape(&s.to_string_lossy()), "[SHARED]");
+    for (form, label) in path_forms(p.dir.path(), &canonical, &dir) {
+        settings.add_filter(&escape(&form), label);
     }
     settings.add_filter(r"\b[0-9a-f]{12,64}\b", "[HASH]");
     settings.add_filter(r"\b\d+(\.\d+)? ?(ms|s)\b", "[TIME]");
@@ -463,6 +470,68 @@ pub(crate) fn snapshot(p: &Project, suffix: &str, text: &str) {
         name = format!("{name}-{n}");
     }
     settings.bind(|| insta::assert_snapshot!(name, text));
+}
+
+/// Every form the project's and ../shared's paths take in a command's output, longest first
+/// (so a longer form is replaced before a shorter one inside it): absolute, canonical, and
+/// relative to any folder of the project (where a manifest may sit, as `init` writes its
+/// model path) or to the tests' working directory. Relative forms that only climb (`..`)
+/// are left alone: they name no place.
+fn path_forms<'a>(project: &Path, canonical: &str, dir: &str) -> Vec<(String, &'a str)> {
+    let mut targets = vec![
+        (PathBuf::from(canonical), "[PROJECT]"),
+        (PathBuf::from(dir), "[PROJECT]"),
+    ];
+    if let Some(s) = shared() {
+        targets.push((s, "[SHARED]"));
+    }
+    // The folders a path may be written relative to: the project's, to a depth of three,
+    // and the checkout (the tests' working directory).
+    let mut bases = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
+    let mut level = vec![project.to_path_buf(), PathBuf::from(canonical)];
+    for _ in 0..3 {
+        let next: Vec<PathBuf> = level
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        bases.append(&mut level);
+        level = next;
+    }
+    bases.append(&mut level);
+    let mut forms: Vec<(String, &str)> = Vec::new();
+    for (target, label) in &targets {
+        forms.push((target.to_string_lossy().into_owned(), label));
+        for base in &bases {
+            if let Some(rel) = climb_to(target, base) {
+                forms.push((rel, label));
+            }
+        }
+    }
+    forms.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    forms.dedup();
+    forms
+}
+
+/// `to` relative to the folder `from`, as facebuild writes a relative path (a climb out of
+/// `from`, then down); None where they share only the root (facebuild then writes the
+/// absolute path) or where the result names no folder.
+pub(crate) fn climb_to(to: &Path, from: &Path) -> Option<String> {
+    let t: Vec<_> = to.components().collect();
+    let f: Vec<_> = from.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    if common <= 1 || common == t.len() {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    Some(out.to_string_lossy().into_owned())
 }
 
 /// A venv in `dir` made with the toolchain's uv, with each group of `installs` pip-installed
