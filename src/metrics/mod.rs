@@ -77,42 +77,10 @@ impl Summary {
     }
 }
 
-/// Latency statistics in milliseconds, as every runtime's benchmark reports them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct LatencyMs {
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub median: Option<f64>,
-    pub p90: Option<f64>,
-    pub p95: Option<f64>,
-    pub p99: Option<f64>,
-}
-
-impl LatencyMs {
-    /// Percentiles by nearest rank (the value below which that share of samples fall).
-    pub fn of(xs: &[f64]) -> LatencyMs {
-        if xs.is_empty() {
-            return LatencyMs::default();
-        }
-        let mut v = xs.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let q = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        LatencyMs {
-            min: Some(v[0]),
-            max: Some(v[v.len() - 1]),
-            mean: Some(v.iter().sum::<f64>() / v.len() as f64),
-            median: Some(q(0.5)),
-            p90: Some(q(0.9)),
-            p95: Some(q(0.95)),
-            p99: Some(q(0.99)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::LatencyMs;
 
     #[test]
     fn latency_percentiles_by_nearest_rank() {

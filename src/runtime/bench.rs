@@ -16,7 +16,7 @@ use super::{
     openvino::{OpenVino, OpenVinoSettings},
 };
 use crate::error::Result;
-use crate::metrics::LatencyMs;
+use crate::domain::LatencyMs;
 use crate::toolchain::Toolchain;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

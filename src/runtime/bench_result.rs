@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::LatencyMs;
+use crate::domain::LatencyMs;
 
 /// One artifact measured in one runtime configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

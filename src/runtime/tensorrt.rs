@@ -21,7 +21,7 @@ use serde_json::json;
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
 use crate::error::{Error, Result};
 
-pub(crate) const WORKER: &str = include_str!("../toolchain/python/trt_worker.py");
+pub(crate) const WORKER: &str = crate::toolchain::scripts::TRT_WORKER;
 
 /// Write one frame: length-prefixed JSON header, then each tensor's f32 data.
 pub(crate) fn write_frame(
@@ -263,7 +263,7 @@ impl Drop for Worker {
     }
 }
 
-pub(crate) use crate::metrics::LatencyMs;
+pub(crate) use crate::domain::LatencyMs;
 
 /// trtexec's `=== Performance summary ===`, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

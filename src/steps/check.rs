@@ -197,7 +197,7 @@ pub(crate) fn run(ctx: &StepContext, p: &CheckParams) -> Result<StepOutcome> {
     ctx.check_cancelled()?;
     ctx.progress.set_message("running the ONNX checker");
     let checker: CheckerResult = ctx.toolchain.run_script(
-        include_str!("../toolchain/python/check.py"),
+        crate::toolchain::scripts::CHECK,
         &[ctx.model.as_str(), if p.full_check { "1" } else { "0" }],
         "onnx checker",
     )?;

@@ -119,7 +119,7 @@ impl Qdq<'_> {
     fn run(&self, ctx: &StepContext, exclude: &[String], out: &Utf8Path) -> Result<QdqResult> {
         let exclude = serde_json::to_string(exclude).map_err(anyhow::Error::from)?;
         ctx.toolchain.run_script(
-            include_str!("../toolchain/python/qdq.py"),
+            crate::toolchain::scripts::QDQ,
             &[
                 ctx.model.as_str(),
                 out.as_str(),
@@ -139,7 +139,7 @@ impl super::accuracy::Quantizer for Qdq<'_> {
     fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
         super::accuracy::list_layers(
             ctx,
-            include_str!("../toolchain/python/qdq.py"),
+            crate::toolchain::scripts::QDQ,
             &["--list", ctx.model.as_str()],
             "listing quantizable nodes",
         )

@@ -258,7 +258,7 @@ fn simplify_with_tool(
     ctx.progress
         .set_message(format!("{} simplifying", tool_name(p.tool)));
     let sim: ToolAnswer = ctx.toolchain.run_script(
-        include_str!("../toolchain/python/simplify.py"),
+        crate::toolchain::scripts::SIMPLIFY,
         &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
         "simplify",
     )?;

@@ -40,6 +40,21 @@ const LAYOUT_VERSION: u32 = 2;
 /// each of its wheels. Regenerate with `facebuild toolchain lock > src/toolchain/python/toolchain.lock`.
 pub(crate) const DEFAULT_LOCK: &str = include_str!("python/toolchain.lock");
 
+/// The helper scripts the steps run in the toolchain's Python, kept beside the lock they run
+/// under (`python/`).
+pub(crate) mod scripts {
+    /// `check`: the ONNX checker and an ONNX Runtime load.
+    pub(crate) const CHECK: &str = include_str!("python/check.py");
+    /// `simplify`: onnxsim/onnxslim and the equivalence proof.
+    pub(crate) const SIMPLIFY: &str = include_str!("python/simplify.py");
+    /// `convert`: NNCF INT8 quantization.
+    pub(crate) const QUANTIZE: &str = include_str!("python/quantize.py");
+    /// `quantize`: ONNX Runtime's Q/DQ quantization.
+    pub(crate) const QDQ: &str = include_str!("python/qdq.py");
+    /// TensorRT's persistent benchmark worker.
+    pub(crate) const TRT_WORKER: &str = include_str!("python/trt_worker.py");
+}
+
 /// The uv that installs toolchains and writes locks (itself from PyPI, pinned).
 pub(crate) const UV_VERSION: &str = "0.13.9";
 

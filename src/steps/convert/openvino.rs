@@ -60,7 +60,7 @@ impl crate::steps::accuracy::Quantizer for Nncf {
     fn layers(&self, ctx: &StepContext) -> Result<Vec<String>> {
         crate::steps::accuracy::list_layers(
             ctx,
-            include_str!("../../toolchain/python/quantize.py"),
+            crate::toolchain::scripts::QUANTIZE,
             &["--list", ctx.model.as_str(), &self.inputs_json],
             "listing quantizable ops",
         )
@@ -73,7 +73,7 @@ impl crate::steps::accuracy::Quantizer for Nncf {
     ) -> Result<serde_json::Value> {
         let ignored = serde_json::to_string(fp).map_err(anyhow::Error::from)?;
         ctx.toolchain.run_script(
-            include_str!("../../toolchain/python/quantize.py"),
+            crate::toolchain::scripts::QUANTIZE,
             &[
                 ctx.model.as_str(),
                 dir.join("model.xml").as_str(),
