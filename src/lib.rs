@@ -13,27 +13,29 @@
 //! report, the gate types, and the runtimes and preprocessing used to check results
 //! independently. Everything else is private to the crate.
 
-mod cache;
+#![warn(missing_docs)]
+
+// The lower layers, each a crate under crates/: named here as they were as modules, so the
+// upper layers read `crate::cache::...` as before.
+use facebuild_base::{domain, error, progress, util};
+use facebuild_cache as cache;
+use facebuild_detect as detect;
+use facebuild_metrics as metrics;
+use facebuild_onnx as onnx;
+use facebuild_preprocess as preprocess;
+use facebuild_runtime as runtime;
+use facebuild_signing as signing;
+use facebuild_toolchain as toolchain;
+
 mod commands;
 mod context;
-mod detect;
-mod domain;
-mod error;
 mod executor;
 mod graph;
 mod manifest;
-mod metrics;
-mod onnx;
-mod preprocess;
-mod progress;
 mod report;
-mod runtime;
 mod scheduler;
 mod settings;
-mod signing;
 mod steps;
-mod toolchain;
-mod util;
 
 pub use cache::remote::RemoteReport;
 pub use commands::main;

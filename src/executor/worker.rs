@@ -574,7 +574,7 @@ fn key_parts_as_submitted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::validate::tests::{Mutator, stays_inside};
+    use crate::cache::validate::testing::{Mutator, stays_inside};
 
     fn spec() -> WorkerSpec {
         let parts = KeyParts {

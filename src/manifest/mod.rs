@@ -1057,61 +1057,6 @@ fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {
     Ok(())
 }
 
-impl Preprocessing {
-    /// What is wrong with the values themselves: one mean and one std per channel (images
-    /// are decoded to 3), finite, no zero std. Each as (message, hint), keys relative to
-    /// this block.
-    pub(crate) fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        for (key, values) in [("mean", &self.mean), ("std", &self.std)] {
-            let example = format!("`{key}: [127.5, 127.5, 127.5]`");
-            if values.len() != 3 {
-                problems.push((
-                    format!(
-                        "`{key}` has {} value(s); the input has 3 channels ({})",
-                        values.len(),
-                        match self.color {
-                            ColorOrder::RGB => "R, G, B",
-                            ColorOrder::BGR => "B, G, R",
-                        }
-                    ),
-                    format!("give one per channel, in the `color` order: {example}"),
-                ));
-            }
-            if values.iter().any(|v| !v.is_finite()) || (key == "std" && values.contains(&0.0)) {
-                problems.push((
-                    format!(
-                        "`{key}` must be finite numbers{}",
-                        if key == "std" { ", none zero" } else { "" }
-                    ),
-                    format!("e.g. {example}"),
-                ));
-            }
-        }
-        problems
-    }
-
-    /// The resize mode in force: the declared one, else letterbox for detectors.
-    pub fn resize_for(&self, task: Task) -> Resize {
-        self.resize.unwrap_or(if task == Task::Detection {
-            Resize::Letterbox
-        } else {
-            Resize::CenterCrop
-        })
-    }
-
-    /// SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.
-    pub fn scrfd(size: [u32; 2]) -> Preprocessing {
-        Preprocessing {
-            color: ColorOrder::RGB,
-            mean: vec![127.5; 3],
-            std: vec![128.0; 3],
-            size,
-            resize: Some(Resize::Letterbox),
-        }
-    }
-}
-
 /// Turn serde-saphyr's error into a located manifest error. It renders a snippet of the
 /// offending lines, which we keep (with the real file name) because it shows the fix.
 fn yaml_error(file: &Utf8Path, e: &serde_saphyr::Error) -> Error {

@@ -10,7 +10,6 @@ pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 // The value types the lower layers (preprocess, detect, cache, toolchain) share live below
 // the manifest; the schema re-exports them.
-pub(crate) use crate::domain::Resize;
 pub(crate) use crate::domain::{AlignSpec, DeriveSpec};
 pub use crate::domain::{ColorOrder, DetectorFamily, DetectorSpec, Layout, Preprocessing};
 pub(crate) use crate::domain::{Crop, CropSpec, LandmarkSpec};
@@ -48,18 +47,7 @@ pub(crate) struct RawManifest {
     pub gpu_classes: IndexMap<String, Spanned<super::placement::GpuClass>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Recognition,
-    Detection,
-    Landmarks,
-    /// Face attributes with InsightFace genderage's contract: `[N, 3]`, gender logits then
-    /// age / 100.
-    Attribute,
-    Swapper,
-    Generic,
-}
+pub(crate) use crate::domain::Task;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(try_from = "RawModelSpec")]
