@@ -40,7 +40,7 @@ pub const DEFAULT_PINS: &[(&str, &str)] = &[
 const LAYOUT_VERSION: u32 = 2;
 
 /// The hash-locked requirements of the default pins: every package, with the sha256 of
-/// each of its wheels. Regenerate with `facebuild toolchain lock > src/toolchain/python/toolchain.lock`.
+/// each of its wheels. Regenerate with `facebuild toolchain lock > crates/facebuild-toolchain/src/python/toolchain.lock`.
 pub const DEFAULT_LOCK: &str = include_str!("python/toolchain.lock");
 
 /// The helper scripts the steps run in the toolchain's Python, kept beside the lock they run

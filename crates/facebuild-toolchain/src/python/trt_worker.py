@@ -1,5 +1,5 @@
 # facebuild's TensorRT worker: runs a serialized engine with the TensorRT Python API and
-# cuda-python, answering framed requests on stdin/stdout (see src/runtime/tensorrt.rs):
+# cuda-python, answering framed requests on stdin/stdout (see crates/facebuild-runtime/src/tensorrt.rs):
 # a little-endian u32 length, a JSON header, then raw little-endian f32 tensors.
 # argv: mode ("tensorrt" | "standin") engine_path.
 # "standin" is for facebuild's own tests only: no TensorRT, it returns 2 * its input, and
