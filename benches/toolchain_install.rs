@@ -14,7 +14,9 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let lock = std::fs::read_to_string(root.join("crates/facebuild-toolchain/src/python/toolchain.lock")).unwrap();
+    let lock =
+        std::fs::read_to_string(root.join("crates/facebuild-toolchain/src/python/toolchain.lock"))
+            .unwrap();
     let packages = lock
         .lines()
         .filter(|l| l.contains("==") && !l.starts_with('#'))
