@@ -82,6 +82,8 @@ pub(crate) struct Guess {
     pub quantized: Vec<String>,
     /// A swapper's source input (a second, `[N, D]` input beside the image one).
     pub source: Option<SourceInput>,
+    /// The image input's channels: 1 (a grayscale model, fed `color: GRAY`) or 3.
+    pub channels: u64,
 }
 
 /// A swapper's latent input, as `init` writes it.
@@ -193,15 +195,30 @@ pub(crate) fn guess(
         DimInfo::Static(v) if *v > 0 => Some(*v as u64),
         _ => None,
     };
-    let (layout, hi, wi) =
-        if dims.len() == 4 && fixed(&dims[3]) == Some(3) && fixed(&dims[1]) != Some(3) {
-            ("NHWC", 1, 2)
-        } else {
-            ("NCHW", 2, 3)
-        };
-    if dims.len() == 4 && fixed(&dims[if layout == "NCHW" { 1 } else { 3 }]) != Some(3) {
+    // Channels last where the last dim is 3 (or 1) and the second is not.
+    let (layout, hi, wi) = match (
+        dims.len(),
+        dims.get(1).and_then(fixed),
+        dims.get(3).and_then(fixed),
+    ) {
+        (4, c1, Some(c3 @ (1 | 3))) if c1 != Some(c3) && c1 != Some(3) => ("NHWC", 1, 2),
+        _ => ("NCHW", 2, 3),
+    };
+    let channels = match dims
+        .get(if layout == "NCHW" { 1 } else { 3 })
+        .and_then(fixed)
+    {
+        Some(1) => 1,
+        _ => 3,
+    };
+    if dims.len() == 4
+        && !matches!(
+            fixed(&dims[if layout == "NCHW" { 1 } else { 3 }]),
+            Some(1 | 3)
+        )
+    {
         notes.push(format!(
-            "CHECK: the input {} has no fixed 3-channel dim; facebuild feeds RGB/BGR images",
+            "CHECK: the input {} has no fixed 3- or 1-channel dim; facebuild feeds RGB/BGR (or GRAY) images",
             crate::onnx::layout::shapes(std::slice::from_ref(input))
         ));
     }
@@ -293,6 +310,7 @@ pub(crate) fn guess(
         normalised_inside,
         quantized,
         source,
+        channels,
     })
 }
 
@@ -570,9 +588,7 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
                 ("127.5", "127.5")
             };
             line("  preprocessing:");
-            line("    color: RGB");
-            line(&format!("    mean: [{m}, {m}, {m}]"));
-            line(&format!("    std: [{s}, {s}, {s}]"));
+            pixels(line, g, "RGB", (m, s));
             line(&format!("    size: [{h}, {w}]"));
         }
         ("landmarks", _) => landmarks_preprocessing(line, g),
@@ -581,9 +597,7 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
                 "  # INSwapper's feeding (inswapper.py): RGB, x / 255; its output is an RGB face in [0, 1].",
             );
             line("  preprocessing:");
-            line("    color: RGB");
-            line("    mean: [0, 0, 0]");
-            line("    std: [255, 255, 255]");
+            pixels(line, g, "RGB", ("0", "255"));
             line(&format!("    size: [{h}, {w}]"));
         }
         ("attribute", _) => {
@@ -597,17 +611,13 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
                 ("127.5", "128")
             };
             line("  preprocessing:");
-            line("    color: RGB");
-            line(&format!("    mean: [{m}, {m}, {m}]"));
-            line(&format!("    std: [{s}, {s}, {s}]"));
+            pixels(line, g, "RGB", (m, s));
             line(&format!("    size: [{h}, {w}]"));
         }
         (_, Some(crate::manifest::DetectorFamily::Scrfd)) => {
             line("  # SCRFD's own feeding (InsightFace): RGB, (x - 127.5) / 128, letterboxed.");
             line("  preprocessing:");
-            line("    color: RGB");
-            line("    mean: [127.5, 127.5, 127.5]");
-            line("    std: [128, 128, 128]");
+            pixels(line, g, "RGB", ("127.5", "128"));
             line(&format!("    size: [{h}, {w}]"));
             line("    resize: letterbox");
             line("  detector:");
@@ -633,11 +643,24 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
         _ => {
             line("  # CHECK: how your model expects its pixels; this scales them to [0, 1].");
             line("  preprocessing:");
-            line("    color: RGB");
-            line("    mean: [0, 0, 0]");
-            line("    std: [255, 255, 255]");
+            pixels(line, g, "RGB", ("0", "255"));
             line(&format!("    size: [{h}, {w}]"));
         }
+    }
+}
+
+/// `color`, `mean` and `std`: three channels as the family feeds them, or for a 1-channel
+/// input the photo's luma (`GRAY`) with the same `mean` and `std` once.
+fn pixels(line: &mut impl FnMut(&str), g: &Guess, color: &str, (m, s): (&str, &str)) {
+    if g.channels == 1 {
+        line("    # CHECK: a 1-channel input: the photo's luma, as OpenCV's cvtColor(BGR2GRAY).");
+        line("    color: GRAY");
+        line(&format!("    mean: [{m}]"));
+        line(&format!("    std: [{s}]"));
+    } else {
+        line(&format!("    color: {color}"));
+        line(&format!("    mean: [{m}, {m}, {m}]"));
+        line(&format!("    std: [{s}, {s}, {s}]"));
     }
 }
 
@@ -665,9 +688,7 @@ fn landmarks_preprocessing(line: &mut impl FnMut(&str), g: &Guess) {
         }
     };
     line("  preprocessing:");
-    line("    color: RGB");
-    line(&format!("    mean: [{m}, {m}, {m}]"));
-    line(&format!("    std: [{s}, {s}, {s}]"));
+    pixels(line, g, "RGB", (m, s));
     line(&format!("    size: [{h}, {w}]"));
     let two_d_106 = matches!(g.layout_of_outputs, OutputLayout::Landmarks { width: 212 });
     if insightface && two_d_106 {

@@ -1006,26 +1006,34 @@ fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
             format!("write `size: [{h}, {w}]`: [height, width], as the input shape orders them"),
         ));
     }
-    // Images are decoded to 3 channels (RGB or BGR): one mean and one std per channel.
+    // Images are fed as 3 channels (RGB or BGR) or one (GRAY): one mean and one std per
+    // channel.
+    let fed = pre.color.channels();
     let channels = match m.input.shape.get(ci) {
         Some(Dim::Fixed(c)) if image => *c as usize,
-        _ => 3,
+        _ => fed,
     };
-    if channels != 3 {
+    if channels != fed {
+        let last = m.input.shape.last();
         problems.push((
             format!(
-                "`model.input.shape` {} has {channels} channels ({:?}); facebuild feeds 3-channel RGB or BGR images",
+                "`model.input.shape` {} has {channels} channel(s) ({:?}), and `model.preprocessing.color: {:?}` feeds {fed}",
                 fmt_shape(&m.input.shape),
-                m.input.layout
+                m.input.layout,
+                pre.color
             ),
-            if m.input.shape.get(3) == Some(&Dim::Fixed(3)) && m.input.layout == Layout::NCHW {
+            if channels == 1 {
+                "a grayscale model: set `color: GRAY` (luma as OpenCV's cvtColor(BGR2GRAY)), with one `mean` and one `std`".to_string()
+            } else if [Some(&Dim::Fixed(3)), Some(&Dim::Fixed(1))].contains(&last)
+                && m.input.layout == Layout::NCHW
+            {
                 "the channels come last: set `layout: NHWC`".to_string()
             } else {
-                "declare the layout that puts the 3 channels where the model has them (`layout: NCHW` or `NHWC`)".to_string()
+                "declare the layout that puts the channels where the model has them (`layout: NCHW` or `NHWC`), and `color` for their count (RGB or BGR for 3, GRAY for 1)".to_string()
             },
         ));
     }
-    if channels == 3 {
+    if channels == fed {
         problems.extend(
             pre.problems()
                 .into_iter()

@@ -69,10 +69,16 @@ fn input_problems(decl: &InputSpec, info: &ModelInfo) -> Vec<String> {
         problems.push(format!("the manifest declares input `{}`, but the graph's inputs are [{}]; set the input's name to one of them", decl.name, names.join(", ")));
         return problems;
     };
-    if actual.elem_type != "float32" {
+    // Every input is prepared in f32 and fed in the model's own type (runtime::elem).
+    const FED: [&str; 9] = [
+        "float32", "float16", "bfloat16", "float64", "uint8", "int8", "int32", "int64", "bool",
+    ];
+    if !FED.contains(&actual.elem_type.as_str()) {
         problems.push(format!(
-            "input `{}` is {}, facebuild feeds float32",
-            actual.name, actual.elem_type
+            "input `{}` is {}, which facebuild cannot feed (it feeds {})",
+            actual.name,
+            actual.elem_type,
+            FED.join(", ")
         ));
     }
     let Some(shape) = &actual.shape else {

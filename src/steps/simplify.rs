@@ -15,10 +15,12 @@ use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::Dim;
 use crate::metrics;
+use crate::onnx::inspect::DimInfo;
 use crate::runtime::{NamedTensor, Runtime, onnxruntime::OnnxRuntime};
 
-/// v3: the report is typed and carries `schema`.
-pub(crate) const IMPL_VERSION: u32 = 3;
+/// v3: the report is typed and carries `schema`. v4: model-local functions are inlined and
+/// their constant branches folded before simplifying; -1 dims are read as dynamic.
+pub(crate) const IMPL_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,16 +134,16 @@ pub struct ToolResult {
     pub nodes_after: usize,
     pub ops_before: IndexMap<String, u64>,
     pub ops_after: IndexMap<String, u64>,
-    pub inputs_after: IndexMap<String, Vec<Dim>>,
-    pub outputs_after: IndexMap<String, Vec<Dim>>,
-}
-
-/// simplify.py's answer: what it did, or why it refused (a bad `freeze`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ToolAnswer {
-    Refused { error: String },
-    Done(Box<ToolResult>),
+    /// Model-local functions inlined before simplifying (dynamo exports), and the `If`
+    /// nodes left after (those ovc cannot convert).
+    #[serde(default)]
+    pub inlined_functions: usize,
+    #[serde(default)]
+    pub if_after: usize,
+    /// Shapes as the simplified graph keeps them: sizes, names, and -1 (or 0) for an
+    /// unnamed dynamic dim, as Paddle and some exporters write it.
+    pub inputs_after: IndexMap<String, Vec<DimInfo>>,
+    pub outputs_after: IndexMap<String, Vec<DimInfo>>,
 }
 
 /// The equivalence gate's limits.
@@ -257,24 +259,23 @@ fn simplify_with_tool(
     });
     ctx.progress
         .set_message(format!("{} simplifying", tool_name(p.tool)));
-    let sim: ToolAnswer = ctx.toolchain.run_script(
+    // simplify.py answers what it did, or why it refused (a bad `freeze`).
+    let answer: serde_json::Value = ctx.toolchain.run_script(
         crate::toolchain::scripts::SIMPLIFY,
         &[ctx.model.as_str(), out_model.as_str(), &spec.to_string()],
         "simplify",
     )?;
-    Ok(match sim {
-        ToolAnswer::Done(r) => *r,
-        ToolAnswer::Refused { error } => {
-            return Err(Error::Step {
-                step: ctx.step.name.clone(),
-                message: error,
+    if let Some(error) = answer.get("error").and_then(|e| e.as_str()) {
+        return Err(Error::Step {
+            step: ctx.step.name.clone(),
+            message: error.to_string(),
             hint: Some(
                 "check `params.freeze` against the graph's inputs (`facebuild run --target check`)"
                     .into(),
             ),
-            });
-        }
-    })
+        });
+    }
+    crate::toolchain::read_answer(answer, "simplify")
 }
 
 /// The equivalence samples: `p.samples` seeded random tensors (dynamic dims at `test_dims`,

@@ -71,6 +71,34 @@ pub enum ColorOrder {
     RGB,
     /// Blue, green, red (OpenCV-trained models).
     BGR,
+    /// One channel: the photo's luma, as OpenCV's `cvtColor(BGR2GRAY)` computes it
+    /// (grayscale landmark and attribute models).
+    GRAY,
+}
+
+impl ColorOrder {
+    /// How many channels the input gets.
+    pub fn channels(self) -> usize {
+        match self {
+            ColorOrder::GRAY => 1,
+            ColorOrder::RGB | ColorOrder::BGR => 3,
+        }
+    }
+
+    /// The channels' names, in order.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ColorOrder::RGB => "R, G, B",
+            ColorOrder::BGR => "B, G, R",
+            ColorOrder::GRAY => "gray",
+        }
+    }
+}
+
+/// An 8-bit pixel's luma as OpenCV's `cvtColor(BGR2GRAY)` computes it: fixed-point
+/// 0.299 R + 0.587 G + 0.114 B with 14 fraction bits, rounded.
+pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((u32::from(r) * 4899 + u32::from(g) * 9617 + u32::from(b) * 1868 + (1 << 13)) >> 14) as u8
 }
 
 /// How images become input tensors: `(pixel - mean) / std` per channel at `size`.
@@ -374,17 +402,19 @@ impl Preprocessing {
         let mut problems = Vec::new();
         for (key, values) in [("mean", &self.mean), ("std", &self.std)] {
             let example = format!("`{key}: [127.5, 127.5, 127.5]`");
-            if values.len() != 3 {
+            let n = self.color.channels();
+            if values.len() != n {
                 problems.push((
                     format!(
-                        "`{key}` has {} value(s); the input has 3 channels ({})",
+                        "`{key}` has {} value(s); the input has {n} channel(s) ({})",
                         values.len(),
-                        match self.color {
-                            ColorOrder::RGB => "R, G, B",
-                            ColorOrder::BGR => "B, G, R",
-                        }
+                        self.color.describe()
                     ),
-                    format!("give one per channel, in the `color` order: {example}"),
+                    if n == 1 {
+                        format!("give one value for the gray channel: `{key}: [127.5]`")
+                    } else {
+                        format!("give one per channel, in the `color` order: {example}")
+                    },
                 ));
             }
             if values.iter().any(|v| !v.is_finite()) || (key == "std" && values.contains(&0.0)) {

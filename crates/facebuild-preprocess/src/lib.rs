@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CacheKeyHasher, Store};
-use crate::domain::{ColorOrder, Crop, Layout, Preprocessing, Resize};
+use crate::domain::{ColorOrder, Crop, Layout, Preprocessing, Resize, luma};
 use crate::error::{Error, Result};
 use image::RgbImage;
 
@@ -317,21 +317,23 @@ fn center_crop_resize(img: &RgbImage, [h, w]: [u32; 2]) -> RgbImage {
 pub fn to_tensor(img: &RgbImage, pre: &Preprocessing, layout: Layout) -> Array4<f32> {
     let (w, h) = img.dimensions();
     let (h, w) = (h as usize, w as usize);
-    let order = match pre.color {
-        ColorOrder::RGB => [0, 1, 2],
-        ColorOrder::BGR => [2, 1, 0],
-    };
+    let n = pre.color.channels();
     let mut t = match layout {
-        Layout::NCHW => Array4::<f32>::zeros((1, 3, h, w)),
-        Layout::NHWC => Array4::<f32>::zeros((1, h, w, 3)),
+        Layout::NCHW => Array4::<f32>::zeros((1, n, h, w)),
+        Layout::NHWC => Array4::<f32>::zeros((1, h, w, n)),
+    };
+    let mut put = |c: usize, x: u32, y: u32, raw: u8| {
+        let v = (raw as f32 - pre.mean[c]) / pre.std[c];
+        match layout {
+            Layout::NCHW => t[[0, c, y as usize, x as usize]] = v,
+            Layout::NHWC => t[[0, y as usize, x as usize, c]] = v,
+        }
     };
     for (x, y, px) in img.enumerate_pixels() {
-        for (c, &src) in order.iter().enumerate() {
-            let v = (px[src] as f32 - pre.mean[c]) / pre.std[c];
-            match layout {
-                Layout::NCHW => t[[0, c, y as usize, x as usize]] = v,
-                Layout::NHWC => t[[0, y as usize, x as usize, c]] = v,
-            }
+        match pre.color {
+            ColorOrder::RGB => (0..3).for_each(|c| put(c, x, y, px[c])),
+            ColorOrder::BGR => (0..3).for_each(|c| put(c, x, y, px[2 - c])),
+            ColorOrder::GRAY => put(0, x, y, luma(px[0], px[1], px[2])),
         }
     }
     t
@@ -590,9 +592,10 @@ fn fill_slots(
 ) -> Result<(Array4<f32>, RowsMeta)> {
     // Every prepared image is `preprocessing.size` in the feed's layout.
     let [h, w] = feed.pre.size.map(|x| x as usize);
+    let n = feed.pre.color.channels();
     let per: Vec<usize> = match feed.layout {
-        Layout::NCHW => vec![1, 3, h, w],
-        Layout::NHWC => vec![1, h, w, 3],
+        Layout::NCHW => vec![1, n, h, w],
+        Layout::NHWC => vec![1, h, w, n],
     };
     let len = per[1] * per[2] * per[3];
     let mut tensor = Array4::<f32>::zeros((files.len(), per[1], per[2], per[3]));

@@ -7,6 +7,7 @@ use facebuild_toolchain as toolchain;
 
 pub mod bench;
 mod bench_result;
+pub mod elem;
 pub mod onnxruntime;
 pub mod openvino;
 pub mod tensorrt;

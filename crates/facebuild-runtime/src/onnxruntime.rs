@@ -5,8 +5,11 @@
 use std::sync::OnceLock;
 
 use camino::{Utf8Path, Utf8PathBuf};
+use ndarray::ArrayD;
 use ort::session::{Session, builder::GraphOptimizationLevel};
-use ort::value::{Tensor, ValueType};
+use ort::value::{PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
+
+use crate::elem::{self, Elem, FromF32};
 
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
 use crate::error::{Error, Result};
@@ -161,9 +164,13 @@ impl LoadedModel for OrtModel {
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
         let mut feed = Vec::with_capacity(inputs.len());
         for (name, arr) in inputs {
-            let t = Tensor::from_array(arr.clone())
-                .map_err(|e| anyhow::anyhow!("input `{name}`: {e}"))?;
-            feed.push((name.clone(), t));
+            let ty = self
+                .session
+                .inputs()
+                .iter()
+                .find(|i| i.name() == name)
+                .and_then(|i| i.dtype().tensor_type());
+            feed.push((name.clone(), feed_value(name, arr, ty)?));
         }
         let names = self.outputs();
         let out = self
@@ -172,15 +179,71 @@ impl LoadedModel for OrtModel {
             .map_err(|e| anyhow::anyhow!("ONNX Runtime inference failed: {e}"))?;
         let mut res = Vec::with_capacity(names.len());
         for name in names {
-            let v = out[name.as_str()]
-                .try_extract_array::<f32>()
-                .map_err(|e| anyhow::anyhow!("output `{name}` is not f32: {e}"))?;
-            res.push((name, v.to_owned()));
+            let v = read_value(&out[name.as_str()])
+                .map_err(|e| anyhow::anyhow!("output `{name}`: {e}"))?;
+            res.push((name, v));
         }
         Ok(res)
     }
 
     fn execution(&self) -> ExecutionInfo {
         self.info.clone()
+    }
+}
+
+/// `arr` as a tensor of the type the model's input takes (f32 where it is not a tensor).
+fn feed_value(
+    name: &str,
+    arr: &ArrayD<f32>,
+    ty: Option<TensorElementType>,
+) -> Result<ort::value::DynValue> {
+    fn tensor<T: FromF32 + PrimitiveTensorElementType + std::fmt::Debug + 'static>(
+        arr: &ArrayD<f32>,
+    ) -> ort::Result<ort::value::DynValue> {
+        Ok(Tensor::from_array(elem::cast::<T>(arr))?.into_dyn())
+    }
+    let elem = match ty {
+        None => Elem::F32,
+        Some(t) => Elem::from_ort(t).ok_or_else(|| {
+            anyhow::anyhow!("input `{name}` is {t:?}, which facebuild cannot feed")
+        })?,
+    };
+    let v = match elem {
+        Elem::F32 => tensor::<f32>(arr),
+        Elem::F16 => tensor::<half::f16>(arr),
+        Elem::Bf16 => tensor::<half::bf16>(arr),
+        Elem::F64 => tensor::<f64>(arr),
+        Elem::U8 => tensor::<u8>(arr),
+        Elem::I8 => tensor::<i8>(arr),
+        Elem::I32 => tensor::<i32>(arr),
+        Elem::I64 => tensor::<i64>(arr),
+        Elem::Bool => tensor::<bool>(arr),
+    };
+    Ok(v.map_err(|e| anyhow::anyhow!("input `{name}`: {e}"))?)
+}
+
+/// An output of any numeric type, as f32.
+fn read_value(v: &ort::value::DynValue) -> std::result::Result<ArrayD<f32>, String> {
+    fn read<T: FromF32 + PrimitiveTensorElementType>(
+        v: &ort::value::DynValue,
+    ) -> std::result::Result<ArrayD<f32>, String> {
+        v.try_extract_array::<T>()
+            .map(|a| a.mapv(T::to_f32))
+            .map_err(|e| e.to_string())
+    }
+    let ty = v
+        .dtype()
+        .tensor_type()
+        .ok_or_else(|| format!("is a {:?}, not a tensor", v.dtype()))?;
+    match Elem::from_ort(ty).ok_or_else(|| format!("is {ty:?}, which facebuild cannot read"))? {
+        Elem::F32 => read::<f32>(v),
+        Elem::F16 => read::<half::f16>(v),
+        Elem::Bf16 => read::<half::bf16>(v),
+        Elem::F64 => read::<f64>(v),
+        Elem::U8 => read::<u8>(v),
+        Elem::I8 => read::<i8>(v),
+        Elem::I32 => read::<i32>(v),
+        Elem::I64 => read::<i64>(v),
+        Elem::Bool => read::<bool>(v),
     }
 }

@@ -12,6 +12,7 @@ use openvino::{
 };
 
 use super::{ExecutionInfo, LoadedModel, NamedTensor, Runtime};
+use crate::elem::{self, Elem, FromF32};
 use crate::error::{Error, Result};
 use crate::toolchain::Toolchain;
 
@@ -150,6 +151,23 @@ impl OpenVino {
             .next()
             .map(|(n, d)| (n, d.unwrap_or_default()))
             .ok_or_else(|| anyhow::anyhow!("the IR {xml} has no input"))?;
+        let mut input_types = std::collections::BTreeMap::new();
+        for i in 0..model.get_inputs_len().map_err(ov_err("counting inputs"))? {
+            let node = model
+                .get_input_by_index(i)
+                .map_err(ov_err("reading inputs"))?;
+            let (name, ty) = (
+                node.get_name().map_err(ov_err("reading input names"))?,
+                node.get_element_type()
+                    .map_err(ov_err("reading input types"))?,
+            );
+            let elem = Elem::from_openvino(ty).ok_or_else(|| Error::Model {
+                path: xml.to_owned(),
+                message: format!("input `{name}` is {ty:?}, which facebuild cannot feed"),
+                hint: None,
+            })?;
+            input_types.insert(name, elem);
+        }
         let mut outputs = Vec::new();
         for i in 0..model
             .get_outputs_len()
@@ -190,6 +208,7 @@ impl OpenVino {
             request,
             input_name,
             input_shape,
+            input_types,
             outputs,
             info: ExecutionInfo {
                 runtime: "openvino".into(),
@@ -277,6 +296,8 @@ struct OvModel {
     request: openvino::InferRequest,
     input_name: String,
     input_shape: Vec<i64>,
+    /// Each input's element type: facebuild's f32 tensors are converted to it.
+    input_types: std::collections::BTreeMap<String, Elem>,
     outputs: Vec<String>,
     info: ExecutionInfo,
 }
@@ -296,22 +317,19 @@ impl LoadedModel for OvModel {
 
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>> {
         for (name, arr) in inputs {
-            let dims: Vec<i64> = arr.shape().iter().map(|&d| d as i64).collect();
-            let mut t = Tensor::new(
-                ElementType::F32,
-                &Shape::new(&dims).map_err(ov_err("shape"))?,
-            )
-            .map_err(ov_err("allocating a tensor"))?;
-            let dst = t.get_data_mut::<f32>().map_err(ov_err("tensor data"))?;
-            match arr.as_slice() {
-                Some(s) => dst.copy_from_slice(s),
-                None => dst.iter_mut().zip(arr.iter()).for_each(|(d, s)| *d = *s),
-            }
             let n = if name.is_empty() {
                 self.input_name.as_str()
             } else {
                 name.as_str()
             };
+            let elem = self.input_types.get(n).copied().unwrap_or(Elem::F32);
+            let dims: Vec<i64> = arr.shape().iter().map(|&d| d as i64).collect();
+            let mut t = Tensor::new(
+                elem.to_openvino(),
+                &Shape::new(&dims).map_err(ov_err("shape"))?,
+            )
+            .map_err(ov_err("allocating a tensor"))?;
+            fill(&mut t, elem, arr)?;
             self.request
                 .set_tensor(n, &t)
                 .map_err(ov_err("setting the input"))?;
@@ -330,7 +348,7 @@ impl LoadedModel for OvModel {
                 .iter()
                 .map(|&d| d as usize)
                 .collect();
-            let data = t.get_data::<f32>().map_err(ov_err("output data"))?.to_vec();
+            let data = read_tensor(&t)?;
             out.push((
                 name.clone(),
                 ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(anyhow::Error::from)?,
@@ -491,5 +509,48 @@ impl OvBench {
             k = (k + 1) % reqs.len();
         }
         Ok((start.elapsed().as_secs_f64() * 1e3, lat))
+    }
+}
+
+/// Writes `arr` into `t`, converted to `elem`, the tensor's element type.
+fn fill(t: &mut Tensor, elem: Elem, arr: &ArrayD<f32>) -> Result<()> {
+    fn write<T: FromF32>(t: &mut Tensor, arr: &ArrayD<f32>) -> Result<()> {
+        let dst = t.get_data_mut::<T>().map_err(ov_err("tensor data"))?;
+        elem::write_into(dst, arr);
+        Ok(())
+    }
+    match elem {
+        Elem::F32 => write::<f32>(t, arr),
+        Elem::F16 => write::<half::f16>(t, arr),
+        Elem::Bf16 => write::<half::bf16>(t, arr),
+        Elem::F64 => write::<f64>(t, arr),
+        Elem::U8 => write::<u8>(t, arr),
+        Elem::I8 => write::<i8>(t, arr),
+        Elem::I32 => write::<i32>(t, arr),
+        Elem::I64 => write::<i64>(t, arr),
+        Elem::Bool => write::<bool>(t, arr),
+    }
+}
+
+/// An output tensor of any numeric type, as f32.
+fn read_tensor(t: &Tensor) -> Result<Vec<f32>> {
+    fn read<T: FromF32>(t: &Tensor) -> Result<Vec<f32>> {
+        Ok(elem::read_from(
+            t.get_data::<T>().map_err(ov_err("output data"))?,
+        ))
+    }
+    let ty = t.get_element_type().map_err(ov_err("output type"))?;
+    match Elem::from_openvino(ty)
+        .ok_or_else(|| anyhow::anyhow!("an output is {ty:?}, which facebuild cannot read"))?
+    {
+        Elem::F32 => read::<f32>(t),
+        Elem::F16 => read::<half::f16>(t),
+        Elem::Bf16 => read::<half::bf16>(t),
+        Elem::F64 => read::<f64>(t),
+        Elem::U8 => read::<u8>(t),
+        Elem::I8 => read::<i8>(t),
+        Elem::I32 => read::<i32>(t),
+        Elem::I64 => read::<i64>(t),
+        Elem::Bool => read::<bool>(t),
     }
 }

@@ -320,10 +320,36 @@ impl Toolchain {
             .rev()
             .find(|l| l.trim_start().starts_with('{'))
             .unwrap_or("");
-        serde_json::from_str(last).map_err(|e| {
-            anyhow::anyhow!("{what}: unreadable helper output ({e}): {}", stdout.trim()).into()
-        })
+        let value: serde_json::Value = serde_json::from_str(last).map_err(|e| {
+            anyhow::anyhow!(
+                "{what}: the helper printed no JSON answer ({e}); it printed: {}",
+                stdout.trim()
+            )
+        })?;
+        read_answer(value, what)
     }
+}
+
+/// A helper's JSON answer as `T`; where it does not fit, the error says where and what
+/// facebuild expected there, in words, with the answer.
+pub fn read_answer<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    let shown = value.to_string();
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        Error::toolchain(format!(
+            "{what}: facebuild cannot read the helper's answer at `{at}`: {}; the answer was {}",
+            e.inner(),
+            if shown.len() > 2000 {
+                &shown[..shown.floor_char_boundary(2000)]
+            } else {
+                &shown
+            },
+        ))
+        .with_hint("this is a facebuild bug: report it with the model, and the answer above")
+    })
 }
 
 /// A helper's failure as a value: the exception's last line, the innermost frame, and the

@@ -501,6 +501,19 @@ fn join_inference<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<
         .unwrap_or_else(|_| Err(anyhow::anyhow!("an inference thread panicked").into()))
 }
 
+/// The one batch every model of a lockstep comparison runs at: the first fixed batch dim
+/// among `models` (a dynamic-batch model takes any batch), else `want`.
+pub(crate) fn common_batch<'a>(
+    models: impl IntoIterator<Item = &'a dyn LoadedModel>,
+    want: usize,
+) -> usize {
+    models
+        .into_iter()
+        .map(|m| batch_for(m, 0))
+        .find(|&b| b > 0)
+        .unwrap_or(want)
+}
+
 /// The batch a model can take: `want` when its batch dim is dynamic, else its fixed size.
 pub(crate) fn batch_for(model: &dyn LoadedModel, want: usize) -> usize {
     match model.inputs().first().and_then(|(_, s)| s.first().copied()) {

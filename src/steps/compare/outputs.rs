@@ -12,7 +12,10 @@ use ndarray::{ArrayViewD, Axis};
 use serde_json::json;
 
 use super::report::{CandidateReport, CompareReport, OutputComparison};
-use super::{CompareParams, Loaded, batch_for, load_candidate, note_failures, record_not_compared};
+use super::{
+    CompareParams, Loaded, batch_for, common_batch, load_candidate, note_failures,
+    record_not_compared,
+};
 use crate::error::{Error, Result};
 use crate::manifest::Preprocessing;
 use crate::metrics::Summary;
@@ -221,15 +224,28 @@ pub(super) fn run(
     let ort = OnnxRuntime::new(ctx.toolchain, p.threads)?;
     let mut reference = ort.load(ctx.model)?;
     let ref_names = reference.outputs();
-    let batch = batch_for(reference.as_ref(), p.batch);
+    let mut loaded = Vec::new();
+    for cand in &p.candidates {
+        refuse_own_preprocessing(step, cand)?;
+        loaded.push((cand, load_candidate(ctx, p, cand, &ort)?));
+    }
+    // Outputs are compared batch by batch, so every model runs at one batch: the fixed batch
+    // dim of whichever model has one (a dynamic-batch ONNX source with artifacts built at
+    // batch 1 runs at 1), else the step's `batch`.
+    let batch = common_batch(
+        std::iter::once(reference.as_ref()).chain(
+            loaded
+                .iter()
+                .filter_map(|(_, l)| l.as_ref().ok().map(|l| l.model.as_ref())),
+        ),
+        p.batch,
+    );
 
     let mut table = Vec::new();
     let mut failures = Vec::new();
     let mut candidates: Vec<CandidateReport> = Vec::new();
     let mut running: Vec<Running> = Vec::new();
-    for cand in &p.candidates {
-        refuse_own_preprocessing(step, cand)?;
-        let loaded = load_candidate(ctx, p, cand, &ort)?;
+    for (cand, loaded) in loaded {
         let label = cand.label();
         match loaded {
             Ok(l) => running.push(start_candidate(step, p, cand, l, &ref_names, batch)?),
@@ -307,17 +323,16 @@ fn start_candidate(
     batch: usize,
 ) -> Result<Running> {
     let label = cand.label();
-    let own = batch_for(loaded.model.as_ref(), p.batch);
+    let own = batch_for(loaded.model.as_ref(), batch);
     if own != batch {
         return Err(Error::Step {
             step: step.to_string(),
             message: format!(
-                "candidate `{label}` runs batches of {own}, the reference batches of {batch}: outputs are compared batch by batch"
+                "candidate `{label}` runs batches of {own}, another model of this compare batches of {batch}: outputs are compared batch by batch"
             ),
-            hint: Some(format!(
-                "set `batch: {}` on the compare step, or export both with the same batch dim",
-                own.min(batch)
-            )),
+            hint: Some(
+                "build the artifacts with the same batch dim (or a dynamic one), e.g. the same `input.shape` on every convert step".into()
+            ),
         });
     }
     let map = map_outputs(ref_names, &loaded.model.outputs());

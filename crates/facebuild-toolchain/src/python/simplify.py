@@ -13,6 +13,26 @@ def shape_of(vi):
     return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
 
 before_nodes, before_ops = len(model.graph.node), ops(model)
+
+# Model-local functions (PyTorch's dynamo exporter puts the whole network in them) are
+# inlined: ovc converts none of them. The exporter's convolutions then leave `If`s on
+# constant conditions; ONNX Runtime's basic offline optimizations fold constants, and the
+# simplifier folds the branches. facebuild proves the result equivalent afterwards.
+inlined = len(model.functions)
+if inlined:
+    import os, tempfile
+    import onnx.inliner
+    import onnxruntime as ort
+    model = onnx.inliner.inline_local_functions(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = os.path.join(tmp, "inlined.onnx"), os.path.join(tmp, "folded.onnx")
+        onnx.save(model, a)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = b
+        so.log_severity_level = 3
+        ort.InferenceSession(a, so, providers=["CPUExecutionProvider"])
+        model = onnx.load(b)
 inputs = {i.name: i for i in model.graph.input}
 for name, dims in spec["shapes"].items():
     if name not in inputs:
@@ -47,6 +67,7 @@ print(json.dumps({
     "tool": spec["tool"], "tool_version": version, "onnx_version": onnx.__version__,
     "nodes_before": before_nodes, "nodes_after": len(out.graph.node),
     "ops_before": before_ops, "ops_after": ops(out),
+    "inlined_functions": inlined, "if_after": ops(out).get("If", 0),
     "inputs_after": {i.name: shape_of(i) for i in out.graph.input},
     "outputs_after": {o.name: shape_of(o) for o in out.graph.output},
 }))
