@@ -55,6 +55,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What the Q/DQ helper (qdq.py) reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct QdqResult {
@@ -68,6 +72,9 @@ struct QdqResult {
     equalized: u64,
     /// The opset the model had before it was raised to 13 (Q/DQ per-channel needs 13).
     opset_upgraded_from: Option<i64>,
+    /// Float16 tensors widened to float32 first (ORT's quantizer takes float32 graphs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    widened_from_float16: u64,
     /// ONNX Runtime's pre-processing: `full`, or what was left out because it failed.
     #[serde(default)]
     pre_process: Option<String>,
@@ -249,6 +256,9 @@ pub(crate) fn run(ctx: &StepContext, p: &QuantizeParams) -> Result<StepOutcome> 
     let mut summary = json!({"qdq_pairs": r.quantize_linear, "method": r.method, "per_channel": r.per_channel, "calibration_items": r.calibration_items});
     if r.equalized > 0 {
         summary["equalized"] = json!(r.equalized);
+    }
+    if r.widened_from_float16 > 0 {
+        summary["widened_from_float16"] = json!(r.widened_from_float16);
     }
     if let Some(s) = &search {
         s.add_to_summary(&mut summary);

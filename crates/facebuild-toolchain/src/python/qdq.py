@@ -19,12 +19,48 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
+F16, F32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+
+def widen(model):
+    """A float16 model (half-precision exports, float16 I/O) in float32: ORT's quantizer
+    calibrates and quantizes float32 graphs only. Initializers, constants, casts and every
+    declared type; the Q/DQ model then takes and gives float32, as TensorRT engines built from
+    it do. Returns how many tensors were widened."""
+    from onnx import numpy_helper
+    n = 0
+    def tensor(t):
+        nonlocal n
+        if t.data_type == F16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+            n += 1
+    def graph(g):
+        for t in g.initializer:
+            tensor(t)
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            if vi.type.tensor_type.elem_type == F16:
+                vi.type.tensor_type.elem_type = F32
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    tensor(a.t)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    graph(a.g)
+                elif a.name == "to" and a.i == F16:
+                    a.i = F32
+    graph(model.graph)
+    return n
+
 def prepare(src, tmp):
-    """opset 13+, ORT's pre-processing, and a name on every node (nodes_to_exclude needs them)."""
-    global upgraded_from
+    """opset 13+, float32, ORT's pre-processing, and a name on every node (nodes_to_exclude
+    needs them)."""
+    global upgraded_from, widened
     # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) need opset 13, and so
     # does TensorRT's explicit quantization: older exports are converted first.
     model = onnx.load(src)
+    widened = widen(model)
+    if widened:
+        src = os.path.join(tmp, "float32.onnx")
+        onnx.save(model, src)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     if opset < 13:
         from onnx import version_converter
@@ -132,6 +168,7 @@ def equalize(path, feeds, cap=1e4):
     return len(pairs)
 
 upgraded_from = None
+widened = 0
 pre_process = None
 if sys.argv[1] == "--list":
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +193,7 @@ with tempfile.TemporaryDirectory() as tmp:
     if prepared and os.path.exists(prepared + ".json"):
         pre = prepared
         with open(prepared + ".json") as f:
-            upgraded_from, pre_process, equalized = json.load(f)
+            upgraded_from, pre_process, equalized, widened = json.load(f)
     else:
         pre, _ = prepare(src, tmp)
         equalized = equalize(pre, [{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)]) if equalize_on == "1" else 0
@@ -164,7 +201,7 @@ with tempfile.TemporaryDirectory() as tmp:
             # The model first, its facts last: the facts' presence means both are whole.
             os.replace(shutil.copy(pre, prepared + ".part"), prepared)
             with open(prepared + ".json.part", "w") as f:
-                json.dump([upgraded_from, pre_process, equalized], f)
+                json.dump([upgraded_from, pre_process, equalized, widened], f)
             os.replace(prepared + ".json.part", prepared + ".json")
     quantize_static(
         pre, dst, Reader(),
@@ -185,5 +222,5 @@ ops = {}
 for n in m.graph.node:
     ops[n.op_type] = ops.get(n.op_type, 0) + 1
 print(json.dumps({"onnxruntime_version": onnxruntime.__version__, "onnx_version": onnx.__version__, "calibration_items": int(count),
-                  "method": method, "per_channel": per_channel == "1", "equalized": equalized, "excluded": exclude, "opset_upgraded_from": upgraded_from, "pre_process": pre_process, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
+                  "method": method, "per_channel": per_channel == "1", "equalized": equalized, "excluded": exclude, "opset_upgraded_from": upgraded_from, "widened_from_float16": widened, "pre_process": pre_process, "quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0),
                   "settings": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric", "bias": "float", "dedicated_qdq_pair": True, "weighted_outputs": "float"}}))
