@@ -570,3 +570,161 @@ fn climbs_name_the_place_they_reach() {
     assert_eq!(climb_to(&p("/w/shared"), &p("/x/y")), None);
     assert_eq!(climb_to(&p("/w/a"), &p("/w/a/b")), None);
 }
+
+/// Every `.onnx` under `../shared/models/`, found by walking it (a model added there later is
+/// tested without a code change), that the named corpus above does not already run: `init`
+/// writes its pipeline, the placeholders are filled with `../shared`'s photos, and `run -t
+/// compare --keep-going` builds every step. A step may fail only on a gate (a judgement,
+/// recorded); compare reports figures for every artifact. A refusal by `init` is allowed only
+/// for the models named in `REFUSED`, with words its message must hold.
+#[test]
+fn every_model_under_shared_gets_through_init_and_run() {
+    let Some(shared) = shared() else { return };
+    // Already run, with snapshots, by `corpus_every_shared_model_builds_or_refuses_clearly`.
+    const NAMED: [&str; 7] = [
+        "mobilefacenet",
+        "mobilefacenet_opset19",
+        "mobileface_paddle",
+        "scrfd_500m_kps",
+        "scrfd_2.5g_bnkps",
+        "retinaface_mnet_640",
+        "pfld68",
+    ];
+    // (model, words init's refusal holds, why).
+    const REFUSED: [(&str, &str, &str); 1] = [(
+        "facefusion_landmarker_68_5",
+        "not an image",
+        "its one input is [1, 5, 2] points: tensor datasets are not built yet (issue 44)",
+    )];
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    let mut models = Vec::new();
+    walk(&shared.join("models"), &mut models);
+    models.sort();
+    models.retain(|m| !NAMED.contains(&m.file_stem().unwrap().to_str().unwrap()));
+    assert!(!models.is_empty(), "no models under {}", shared.display());
+    let mut table = Vec::new();
+    for onnx in &models {
+        let model = onnx.file_stem().unwrap().to_str().unwrap();
+        let p = Project::new();
+        let out = p.run(&[
+            "init",
+            onnx.to_str().unwrap(),
+            "-o",
+            &format!("pipelines/{model}.yaml"),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some((_, words, why)) = REFUSED.iter().find(|(m, _, _)| *m == model) {
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{model}: init did not refuse: {stderr}"
+            );
+            assert!(stderr.contains(words), "{model}: `{words}` not in {stderr}");
+            table.push(format!("{model}: refused by init ({why})"));
+            continue;
+        }
+        assert!(out.status.success(), "{model}: init failed: {stderr}");
+        let text = std::fs::read_to_string(p.path(&format!("pipelines/{model}.yaml"))).unwrap();
+        let task = text
+            .lines()
+            .find_map(|l| l.strip_prefix("  task: "))
+            .unwrap_or("?")
+            .to_string();
+        let photos = shared.join(if task == "detection" {
+            "faces/scenes"
+        } else {
+            "faces/pairs"
+        });
+        let detector = shared.join("models/scrfd_500m_kps.onnx");
+        let filled: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("path: \"<REPLACE:") {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    let mut s = format!("{indent}path: {}", photos.display());
+                    if task == "recognition" {
+                        s += &format!(
+                            "\n{indent}pairs: pairs.csv\n{indent}align: {{model: {}, detector: {{family: scrfd}}}}",
+                            detector.display()
+                        );
+                    }
+                    s
+                } else if l.trim_start().starts_with("model: \"<REPLACE: a face detector") {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    format!("{indent}model: {}", detector.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        let filled = filled.join("\n") + "\n";
+        assert!(
+            !filled.contains("<REPLACE"),
+            "{model}: a placeholder is left:\n{filled}"
+        );
+        p.write(&format!("pipelines/{model}.yaml"), &filled);
+        let (_, r) = p.run_json(
+            &format!("pipelines/{model}.yaml"),
+            &["-t", "compare", "--keep-going"],
+        );
+        let mut steps = Vec::new();
+        for s in &r.steps {
+            let err = s.error.as_deref().unwrap_or_default();
+            match s.status {
+                Status::Built | Status::Cached => steps.push(format!("{} ok", s.step)),
+                // A gate's judgement, not a crash.
+                Status::Failed if err.contains("gate failed") => {
+                    steps.push(format!("{} gate", s.step))
+                }
+                status => panic!("{model}: step `{}` {status:?}: {err}\n{filled}", s.step),
+            }
+        }
+        let report: facebuild::CompareReport =
+            p.report(&format!("pipelines/out/{}/compare/report.json", r.pipeline));
+        let mut figures = Vec::new();
+        for c in &report.candidates {
+            assert!(
+                c.failed.is_none() && c.unavailable.is_none(),
+                "{model}: candidate `{}` was not compared: {:?} {:?}",
+                c.label,
+                c.failed,
+                c.unavailable
+            );
+            let fig = c
+                .cosine
+                .as_ref()
+                .map(|x| format!("cos min {:.4}", x.min))
+                .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
+                .or_else(|| c.nme_max.map(|n| format!("nme max {n:.4}")))
+                .or_else(|| {
+                    c.outputs.as_ref().map(|o| {
+                        let worst = o.iter().map(|x| x.cosine.min).fold(f64::INFINITY, f64::min);
+                        format!("worst output cos {worst:.4}")
+                    })
+                })
+                .unwrap_or_else(|| panic!("{model}: candidate `{}` has no figure", c.label));
+            let verdict = if c.passed == Some(true) {
+                "pass"
+            } else {
+                "FAIL"
+            };
+            figures.push(format!("{} {verdict} ({fig})", c.label));
+        }
+        assert!(figures.len() >= 3, "{model}: {figures:?}");
+        table.push(format!(
+            "{model} [{task}]: {}; compare: {}",
+            steps.join(", "),
+            figures.join(", ")
+        ));
+    }
+    eprintln!("models from the wild:\n{}", table.join("\n"));
+}

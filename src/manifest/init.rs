@@ -139,6 +139,18 @@ fn image_input<'a>(
             message: "the graph has no inputs".into(),
             hint: None,
         }),
+        // An input that is not an image (points, a vector) needs a tensor dataset, which
+        // facebuild does not have yet: say so here instead of writing a manifest that `check`
+        // refuses.
+        [one] if rank(one) != 4 => Err(Error::Model {
+            path: path.to_owned(),
+            message: format!(
+                "the model's one input is {}: rank {}, not an image (N, C, H, W or N, H, W, C); facebuild feeds models from images, and cannot yet feed one from tensors alone",
+                crate::onnx::layout::shapes(std::slice::from_ref(one)),
+                rank(one)
+            ),
+            hint: Some("a model with an image input beside this one can take it from a `.npy` file (`model.inputs`, `feed: {npy: file.npy}` in docs/manifest.md)".into()),
+        }),
         [one] => Ok((one, None)),
         [a, b] if rank(a) == 4 && rank(b) == 2 => Ok((a, Some(b))),
         [a, b] if rank(a) == 2 && rank(b) == 4 => Ok((b, Some(a))),
