@@ -357,96 +357,124 @@ fn init_builtin_writes_the_default_pipeline() {
     );
 }
 
-/// The corpus: every recognizer, detector and landmark model in ../shared. init guesses the task and
-/// family; the pipeline it wrote (placeholders filled with ../shared paths) runs up to compare
-/// with --keep-going, and every step either builds or refuses as this table expects, with a
+/// (step, words its error holds).
+type Refusals = &'static [(&'static str, &'static [&'static str])];
+
+/// The corpus: every recognizer, detector and landmark model in ../shared. (model, task,
+/// family, dataset, expected refusals).
+// (model, task, family, dataset, expected refusals: (step, words its error holds)).
+const CORPUS: &[(&str, &str, Option<&str>, &str, Refusals)] = &[
+    ("mobilefacenet", "recognition", None, "faces/pairs", &[]),
+    (
+        "mobilefacenet_opset19",
+        "recognition",
+        None,
+        "faces/pairs",
+        &[],
+    ),
+    // A Paddle export whose plain Q/DQ lost everything (0.13) before its depthwise
+    // convs' input channels were equalized.
+    ("mobileface_paddle", "recognition", None, "faces/pairs", &[]),
+    (
+        "scrfd_500m_kps",
+        "detection",
+        Some("scrfd"),
+        "faces/scenes",
+        &[],
+    ),
+    (
+        "scrfd_2.5g_bnkps",
+        "detection",
+        Some("scrfd"),
+        "faces/scenes",
+        &[],
+    ),
+    (
+        "retinaface_mnet_640",
+        "detection",
+        Some("retinaface"),
+        "faces/scenes",
+        &[],
+    ),
+    ("pfld68", "landmarks", None, "faces/pairs", &[]),
+];
+
+/// `init` on a corpus model: the task and family it guesses, the pipeline it wrote
+/// (snapshotted when `snap`), placeholders filled with ../shared paths, planned.
+fn init_corpus_model(
+    p: &Project,
+    shared: &std::path::Path,
+    (model, task, family, data): (&str, &str, Option<&str>, &str),
+    snap: bool,
+) {
+    let onnx = shared.join(format!("models/{model}.onnx"));
+    let text = init(p, &onnx, model);
+    if snap {
+        snapshot(p, &format!("_{model}"), &text);
+    }
+    assert!(
+        text.contains(&format!("  task: {task}\n")),
+        "{model}: {text}"
+    );
+    if let Some(f) = family {
+        assert!(text.contains(&format!("family: {f}")), "{model}: {text}");
+    }
+    // The photos are not aligned crops: a recognizer's set says how to align them.
+    // A landmark model's set names the detector whose boxes are cropped: fill it first.
+    let text = if task == "landmarks" {
+        let line = text
+            .lines()
+            .find(|l| l.contains("<REPLACE: a face detector"))
+            .expect("the detector placeholder");
+        let filled = text.replace(
+            line,
+            &format!(
+                "      model: {}",
+                shared.join("models/scrfd_500m_kps.onnx").display()
+            ),
+        );
+        p.write(&format!("pipelines/{model}.yaml"), &filled);
+        filled
+    } else {
+        text
+    };
+    let align = if task == "recognition" {
+        format!(
+            "\n    pairs: pairs.csv\n    align: {{model: {}, detector: {{family: scrfd}}}}",
+            shared.join("models/scrfd_500m_kps.onnx").display()
+        )
+    } else {
+        String::new()
+    };
+    plans_once_filled(
+        p,
+        model,
+        &text,
+        &format!("    path: {}{align}", shared.join(data).display()),
+    );
+}
+
+/// `init` on every corpus model: the pipeline it writes (a snapshot each, whose paths take
+/// every form), its task and family, and a plan once its placeholders are filled. Fast:
+/// `.ci/run` runs it again with the temporary folder and ../shared side by side.
+#[test]
+fn corpus_init_writes_each_shared_models_pipeline() {
+    let Some(shared) = shared() else { return };
+    for (model, task, family, data, _) in CORPUS {
+        init_corpus_model(&Project::new(), &shared, (model, task, *family, data), true);
+    }
+}
+
+/// Every corpus model's pipeline, as `init` wrote it and filled, runs up to compare
+/// with --keep-going, and every step either builds or refuses as the table expects, with a
 /// message that says what and why. compare reports every candidate it was given.
 #[test]
 fn corpus_every_shared_model_builds_or_refuses_clearly() {
     let Some(shared) = shared() else { return };
-    // (model, task, family, dataset, expected refusals: (step, words its error holds)).
-    type Refusals = &'static [(&'static str, &'static [&'static str])];
-    let corpus: &[(&str, &str, Option<&str>, &str, Refusals)] = &[
-        ("mobilefacenet", "recognition", None, "faces/pairs", &[]),
-        (
-            "mobilefacenet_opset19",
-            "recognition",
-            None,
-            "faces/pairs",
-            &[],
-        ),
-        // A Paddle export whose plain Q/DQ lost everything (0.13) before its depthwise
-        // convs' input channels were equalized.
-        ("mobileface_paddle", "recognition", None, "faces/pairs", &[]),
-        (
-            "scrfd_500m_kps",
-            "detection",
-            Some("scrfd"),
-            "faces/scenes",
-            &[],
-        ),
-        (
-            "scrfd_2.5g_bnkps",
-            "detection",
-            Some("scrfd"),
-            "faces/scenes",
-            &[],
-        ),
-        (
-            "retinaface_mnet_640",
-            "detection",
-            Some("retinaface"),
-            "faces/scenes",
-            &[],
-        ),
-        ("pfld68", "landmarks", None, "faces/pairs", &[]),
-    ];
     let mut table = Vec::new();
-    for (model, task, family, data, refusals) in corpus {
+    for (model, task, family, data, refusals) in CORPUS {
         let p = Project::new();
-        let onnx = shared.join(format!("models/{model}.onnx"));
-        let text = init(&p, &onnx, model);
-        snapshot(&p, &format!("_{model}"), &text);
-        assert!(
-            text.contains(&format!("  task: {task}\n")),
-            "{model}: {text}"
-        );
-        if let Some(f) = family {
-            assert!(text.contains(&format!("family: {f}")), "{model}: {text}");
-        }
-        // The photos are not aligned crops: a recognizer's set says how to align them.
-        // A landmark model's set names the detector whose boxes are cropped: fill it first.
-        let text = if *task == "landmarks" {
-            let line = text
-                .lines()
-                .find(|l| l.contains("<REPLACE: a face detector"))
-                .expect("the detector placeholder");
-            let filled = text.replace(
-                line,
-                &format!(
-                    "      model: {}",
-                    shared.join("models/scrfd_500m_kps.onnx").display()
-                ),
-            );
-            p.write(&format!("pipelines/{model}.yaml"), &filled);
-            filled
-        } else {
-            text
-        };
-        let align = if *task == "recognition" {
-            format!(
-                "\n    pairs: pairs.csv\n    align: {{model: {}, detector: {{family: scrfd}}}}",
-                shared.join("models/scrfd_500m_kps.onnx").display()
-            )
-        } else {
-            String::new()
-        };
-        plans_once_filled(
-            &p,
-            model,
-            &text,
-            &format!("    path: {}{align}", shared.join(data).display()),
-        );
+        init_corpus_model(&p, &shared, (model, task, *family, data), false);
         let (code, r) = p.run_json(
             &format!("pipelines/{model}.yaml"),
             &["-t", "compare", "--keep-going"],
@@ -580,16 +608,6 @@ fn climbs_name_the_place_they_reach() {
 #[test]
 fn every_model_under_shared_gets_through_init_and_run() {
     let Some(shared) = shared() else { return };
-    // Already run, with snapshots, by `corpus_every_shared_model_builds_or_refuses_clearly`.
-    const NAMED: [&str; 7] = [
-        "mobilefacenet",
-        "mobilefacenet_opset19",
-        "mobileface_paddle",
-        "scrfd_500m_kps",
-        "scrfd_2.5g_bnkps",
-        "retinaface_mnet_640",
-        "pfld68",
-    ];
     // (model, words init's refusal holds, why).
     const REFUSED: [(&str, &str, &str); 1] = [(
         "facefusion_landmarker_68_5",
@@ -609,7 +627,12 @@ fn every_model_under_shared_gets_through_init_and_run() {
     let mut models = Vec::new();
     walk(&shared.join("models"), &mut models);
     models.sort();
-    models.retain(|m| !NAMED.contains(&m.file_stem().unwrap().to_str().unwrap()));
+    // The corpus above already runs its models.
+    models.retain(|m| {
+        !CORPUS
+            .iter()
+            .any(|c| m.file_stem().is_some_and(|n| n == c.0))
+    });
     assert!(!models.is_empty(), "no models under {}", shared.display());
     let mut table = Vec::new();
     for onnx in &models {
