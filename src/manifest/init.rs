@@ -145,7 +145,7 @@ fn image_input<'a>(
         [one] if rank(one) != 4 => Err(Error::Model {
             path: path.to_owned(),
             message: format!(
-                "the model's one input is {}: rank {}, not an image (N, C, H, W or N, H, W, C); facebuild feeds models from images, and cannot yet feed one from tensors alone",
+                "the model's one input, {}, has rank {}: it is not an image (N, C, H, W or N, H, W, C), and facebuild feeds models from images; it cannot yet feed one from tensors alone",
                 crate::onnx::layout::shapes(std::slice::from_ref(one)),
                 rank(one)
             ),

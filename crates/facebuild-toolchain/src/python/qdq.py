@@ -183,6 +183,20 @@ prepared = sys.argv[8] if len(sys.argv) > 8 else ""
 calib = {f["name"]: np.load(f["calib"]).astype(np.float32) for f in json.loads(spec)}
 count = min(a.shape[0] for a in calib.values())
 
+def feed_types(path):
+    """The calibration rows in each input's own element type (facebuild writes them in
+    float32): integers rounded and saturated, as facebuild feeds them."""
+    m = onnx.load(path, load_external_data=False)
+    for i in m.graph.input:
+        if i.name not in calib:
+            continue
+        ty = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        a = calib[i.name]
+        if np.issubdtype(ty, np.integer):
+            info = np.iinfo(ty)
+            a = np.clip(np.rint(a), info.min, info.max)
+        calib[i.name] = a.astype(ty)
+
 class Reader(CalibrationDataReader):
     def __init__(self):
         self.items = iter([{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)])
@@ -194,8 +208,10 @@ with tempfile.TemporaryDirectory() as tmp:
         pre = prepared
         with open(prepared + ".json") as f:
             upgraded_from, pre_process, equalized, widened = json.load(f)
+        feed_types(pre)
     else:
         pre, _ = prepare(src, tmp)
+        feed_types(pre)
         equalized = equalize(pre, [{n: a[i : i + 1] for n, a in calib.items()} for i in range(count)]) if equalize_on == "1" else 0
         if prepared:
             # The model first, its facts last: the facts' presence means both are whole.
