@@ -190,6 +190,39 @@ fn source_input(
     }
 }
 
+/// A dim's size where it is fixed.
+fn fixed_dim(d: &DimInfo) -> Option<u64> {
+    match d {
+        DimInfo::Static(v) if *v > 0 => Some(*v as u64),
+        _ => None,
+    }
+}
+
+/// The image input's layout, the positions of its H and W dims, and its channels (1, fed
+/// `GRAY`, or 3): channels last where the last dim is 3 (or 1) and the second is not.
+fn image_layout(
+    input: &TensorInfo,
+    notes: &mut Vec<String>,
+) -> (&'static str, (usize, usize), u64) {
+    let dims = input.shape.as_deref().unwrap_or_default();
+    let (layout, hw, c) = match (
+        dims.len(),
+        dims.get(1).and_then(fixed_dim),
+        dims.get(3).and_then(fixed_dim),
+    ) {
+        (4, c1, Some(c3 @ (1 | 3))) if c1 != Some(c3) && c1 != Some(3) => ("NHWC", (1, 2), 3),
+        _ => ("NCHW", (2, 3), 1),
+    };
+    let channels = dims.get(c).and_then(fixed_dim);
+    if dims.len() == 4 && !matches!(channels, Some(1 | 3)) {
+        notes.push(format!(
+            "CHECK: the input {} has no fixed 3- or 1-channel dim; facebuild feeds RGB/BGR (or GRAY) images",
+            crate::onnx::layout::shapes(std::slice::from_ref(input))
+        ));
+    }
+    (layout, hw, if channels == Some(1) { 1 } else { 3 })
+}
+
 /// Read what `init` needs from a model.
 pub(crate) fn guess(
     path: &Utf8Path,
@@ -203,37 +236,8 @@ pub(crate) fn guess(
     let dims = input.shape.clone().unwrap_or_default();
     let layout_of_outputs = OutputLayout::of(&info.outputs);
     let detection = layout_of_outputs.family().is_some();
-    let fixed = |d: &DimInfo| match d {
-        DimInfo::Static(v) if *v > 0 => Some(*v as u64),
-        _ => None,
-    };
-    // Channels last where the last dim is 3 (or 1) and the second is not.
-    let (layout, hi, wi) = match (
-        dims.len(),
-        dims.get(1).and_then(fixed),
-        dims.get(3).and_then(fixed),
-    ) {
-        (4, c1, Some(c3 @ (1 | 3))) if c1 != Some(c3) && c1 != Some(3) => ("NHWC", 1, 2),
-        _ => ("NCHW", 2, 3),
-    };
-    let channels = match dims
-        .get(if layout == "NCHW" { 1 } else { 3 })
-        .and_then(fixed)
-    {
-        Some(1) => 1,
-        _ => 3,
-    };
-    if dims.len() == 4
-        && !matches!(
-            fixed(&dims[if layout == "NCHW" { 1 } else { 3 }]),
-            Some(1 | 3)
-        )
-    {
-        notes.push(format!(
-            "CHECK: the input {} has no fixed 3- or 1-channel dim; facebuild feeds RGB/BGR (or GRAY) images",
-            crate::onnx::layout::shapes(std::slice::from_ref(input))
-        ));
-    }
+    let (layout, (hi, wi), channels) = image_layout(input, &mut notes);
+    let fixed = fixed_dim;
     // Dynamic H and W get a range: a detector's realistic one, else the usual input size.
     let (lo, opt, hi_) = match layout_of_outputs {
         _ if detection => (320, 640, 640),
