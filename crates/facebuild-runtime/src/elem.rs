@@ -93,6 +93,52 @@ impl FromF32 for bool {
     }
 }
 
+/// `$body` with `$t` the Rust type of the element type `$elem`: one dispatch for every
+/// runtime's feeding and reading.
+macro_rules! with_type {
+    ($elem:expr, $t:ident => $body:expr) => {
+        match $elem {
+            $crate::elem::Elem::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::elem::Elem::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            $crate::elem::Elem::Bf16 => {
+                type $t = half::bf16;
+                $body
+            }
+            $crate::elem::Elem::F64 => {
+                type $t = f64;
+                $body
+            }
+            $crate::elem::Elem::U8 => {
+                type $t = u8;
+                $body
+            }
+            $crate::elem::Elem::I8 => {
+                type $t = i8;
+                $body
+            }
+            $crate::elem::Elem::I32 => {
+                type $t = i32;
+                $body
+            }
+            $crate::elem::Elem::I64 => {
+                type $t = i64;
+                $body
+            }
+            $crate::elem::Elem::Bool => {
+                type $t = bool;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_type;
+
 /// `a` converted element by element.
 pub fn cast<T: FromF32>(a: &ArrayD<f32>) -> ArrayD<T> {
     a.mapv(T::from_f32)

@@ -208,17 +208,7 @@ fn feed_value(
             anyhow::anyhow!("input `{name}` is {t:?}, which facebuild cannot feed")
         })?,
     };
-    let v = match elem {
-        Elem::F32 => tensor::<f32>(arr),
-        Elem::F16 => tensor::<half::f16>(arr),
-        Elem::Bf16 => tensor::<half::bf16>(arr),
-        Elem::F64 => tensor::<f64>(arr),
-        Elem::U8 => tensor::<u8>(arr),
-        Elem::I8 => tensor::<i8>(arr),
-        Elem::I32 => tensor::<i32>(arr),
-        Elem::I64 => tensor::<i64>(arr),
-        Elem::Bool => tensor::<bool>(arr),
-    };
+    let v = elem::with_type!(elem, T => tensor::<T>(arr));
     Ok(v.map_err(|e| anyhow::anyhow!("input `{name}`: {e}"))?)
 }
 
@@ -235,15 +225,7 @@ fn read_value(v: &ort::value::DynValue) -> std::result::Result<ArrayD<f32>, Stri
         .dtype()
         .tensor_type()
         .ok_or_else(|| format!("is a {:?}, not a tensor", v.dtype()))?;
-    match Elem::from_ort(ty).ok_or_else(|| format!("is {ty:?}, which facebuild cannot read"))? {
-        Elem::F32 => read::<f32>(v),
-        Elem::F16 => read::<half::f16>(v),
-        Elem::Bf16 => read::<half::bf16>(v),
-        Elem::F64 => read::<f64>(v),
-        Elem::U8 => read::<u8>(v),
-        Elem::I8 => read::<i8>(v),
-        Elem::I32 => read::<i32>(v),
-        Elem::I64 => read::<i64>(v),
-        Elem::Bool => read::<bool>(v),
-    }
+    let elem =
+        Elem::from_ort(ty).ok_or_else(|| format!("is {ty:?}, which facebuild cannot read"))?;
+    elem::with_type!(elem, T => read::<T>(v))
 }

@@ -519,17 +519,7 @@ fn fill(t: &mut Tensor, elem: Elem, arr: &ArrayD<f32>) -> Result<()> {
         elem::write_into(dst, arr);
         Ok(())
     }
-    match elem {
-        Elem::F32 => write::<f32>(t, arr),
-        Elem::F16 => write::<half::f16>(t, arr),
-        Elem::Bf16 => write::<half::bf16>(t, arr),
-        Elem::F64 => write::<f64>(t, arr),
-        Elem::U8 => write::<u8>(t, arr),
-        Elem::I8 => write::<i8>(t, arr),
-        Elem::I32 => write::<i32>(t, arr),
-        Elem::I64 => write::<i64>(t, arr),
-        Elem::Bool => write::<bool>(t, arr),
-    }
+    elem::with_type!(elem, T => write::<T>(t, arr))
 }
 
 /// An output tensor of any numeric type, as f32.
@@ -540,17 +530,7 @@ fn read_tensor(t: &Tensor) -> Result<Vec<f32>> {
         ))
     }
     let ty = t.get_element_type().map_err(ov_err("output type"))?;
-    match Elem::from_openvino(ty)
-        .ok_or_else(|| anyhow::anyhow!("an output is {ty:?}, which facebuild cannot read"))?
-    {
-        Elem::F32 => read::<f32>(t),
-        Elem::F16 => read::<half::f16>(t),
-        Elem::Bf16 => read::<half::bf16>(t),
-        Elem::F64 => read::<f64>(t),
-        Elem::U8 => read::<u8>(t),
-        Elem::I8 => read::<i8>(t),
-        Elem::I32 => read::<i32>(t),
-        Elem::I64 => read::<i64>(t),
-        Elem::Bool => read::<bool>(t),
-    }
+    let elem = Elem::from_openvino(ty)
+        .ok_or_else(|| anyhow::anyhow!("an output is {ty:?}, which facebuild cannot read"))?;
+    elem::with_type!(elem, T => read::<T>(t))
 }
