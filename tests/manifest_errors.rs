@@ -280,7 +280,7 @@ fn mean_std_and_channel_count_are_checked_against_the_input() {
     expect_error(
         yaml,
         &[
-            "has 112 channels (NCHW); facebuild feeds 3-channel RGB or BGR images",
+            "has 112 channels (NCHW), and `model.preprocessing.color: RGB` feeds 3",
             "the channels come last: set `layout: NHWC`",
         ],
     );

@@ -1017,8 +1017,9 @@ fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
         let last = m.input.shape.last();
         problems.push((
             format!(
-                "`model.input.shape` {} has {channels} channel(s) ({:?}), and `model.preprocessing.color: {:?}` feeds {fed}",
+                "`model.input.shape` {} has {channels} channel{} ({:?}), and `model.preprocessing.color: {:?}` feeds {fed}",
                 fmt_shape(&m.input.shape),
+                if channels == 1 { "" } else { "s" },
                 m.input.layout,
                 pre.color
             ),

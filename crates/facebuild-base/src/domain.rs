@@ -406,8 +406,9 @@ impl Preprocessing {
             if values.len() != n {
                 problems.push((
                     format!(
-                        "`{key}` has {} value(s); the input has {n} channel(s) ({})",
+                        "`{key}` has {} value(s); the input has {n} channel{} ({})",
                         values.len(),
+                        if n == 1 { "" } else { "s" },
                         self.color.describe()
                     ),
                     if n == 1 {
