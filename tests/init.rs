@@ -499,13 +499,7 @@ fn corpus_every_shared_model_builds_or_refuses_clearly() {
             .candidates
             .iter()
             .map(|c| {
-                let fig = c
-                    .cosine
-                    .as_ref()
-                    .map(|x| format!("cos min {:.4}", x.min))
-                    .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
-                    .or_else(|| c.nme_max.map(|n| format!("nme max {n:.4}")))
-                    .unwrap_or_else(|| "-".into());
+                let fig = headline(c).unwrap_or_else(|| "-".into());
                 format!(
                     "{} {} ({fig})",
                     c.label,
@@ -728,19 +722,8 @@ fn init_fill_run(
             c.failed,
             c.unavailable
         );
-        let fig = c
-            .cosine
-            .as_ref()
-            .map(|x| format!("cos min {:.4}", x.min))
-            .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
-            .or_else(|| c.nme_max.map(|n| format!("nme max {n:.4}")))
-            .or_else(|| {
-                c.outputs.as_ref().map(|o| {
-                    let worst = o.iter().map(|x| x.cosine.min).fold(f64::INFINITY, f64::min);
-                    format!("worst output cos {worst:.4}")
-                })
-            })
-            .unwrap_or_else(|| panic!("{model}: candidate `{}` has no figure", c.label));
+        let fig =
+            headline(c).unwrap_or_else(|| panic!("{model}: candidate `{}` has no figure", c.label));
         let verdict = if c.passed == Some(true) {
             "pass"
         } else {
@@ -801,4 +784,20 @@ fn synthetic_matrix_gets_through_init_and_run() {
         .map(|c| init_fill_run(&shared, &dir.path().join(format!("{c}.onnx")), &[]))
         .collect();
     eprintln!("synthetic matrix:\n{}", table.join("\n"));
+}
+
+/// A compared candidate's headline figure: min cosine (embedders), recall (detectors),
+/// largest NME (landmark models), else the worst output's min cosine.
+fn headline(c: &facebuild::CandidateReport) -> Option<String> {
+    c.cosine
+        .as_ref()
+        .map(|x| format!("cos min {:.4}", x.min))
+        .or_else(|| c.total.as_ref().map(|t| format!("recall {:.3}", t.recall)))
+        .or_else(|| c.nme_max.map(|n| format!("nme max {n:.4}")))
+        .or_else(|| {
+            c.outputs.as_ref().map(|o| {
+                let worst = o.iter().map(|x| x.cosine.min).fold(f64::INFINITY, f64::min);
+                format!("worst output cos {worst:.4}")
+            })
+        })
 }
