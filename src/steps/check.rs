@@ -12,6 +12,7 @@ use super::{StepContext, StepOutcome};
 use crate::error::{Error, Result};
 use crate::manifest::{Dim, InputSpec, Layout, Manifest, fmt_shape};
 use crate::onnx::inspect::{DimInfo, ModelInfo, inspect, load_model};
+use crate::runtime::elem::Elem;
 use crate::runtime::{Runtime, onnxruntime::OnnxRuntime};
 
 /// v2: the report is typed and carries `schema`.
@@ -70,15 +71,13 @@ fn input_problems(decl: &InputSpec, info: &ModelInfo) -> Vec<String> {
         return problems;
     };
     // Every input is prepared in f32 and fed in the model's own type (runtime::elem).
-    const FED: [&str; 9] = [
-        "float32", "float16", "bfloat16", "float64", "uint8", "int8", "int32", "int64", "bool",
-    ];
-    if !FED.contains(&actual.elem_type.as_str()) {
+    if Elem::from_onnx_name(&actual.elem_type).is_none() {
+        let fed: Vec<&str> = Elem::ONNX_NAMES.iter().map(|(n, _)| *n).collect();
         problems.push(format!(
             "input `{}` is {}, which facebuild cannot feed (it feeds {})",
             actual.name,
             actual.elem_type,
-            FED.join(", ")
+            fed.join(", ")
         ));
     }
     let Some(shape) = &actual.shape else {

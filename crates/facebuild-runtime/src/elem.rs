@@ -157,6 +157,28 @@ pub fn read_from<T: FromF32>(src: &[T]) -> Vec<f32> {
 }
 
 impl Elem {
+    /// Every type facebuild feeds, by its ONNX name.
+    pub const ONNX_NAMES: [(&'static str, Elem); 9] = [
+        ("float32", Elem::F32),
+        ("float16", Elem::F16),
+        ("bfloat16", Elem::Bf16),
+        ("float64", Elem::F64),
+        ("uint8", Elem::U8),
+        ("int8", Elem::I8),
+        ("int32", Elem::I32),
+        ("int64", Elem::I64),
+        ("bool", Elem::Bool),
+    ];
+
+    /// The type an ONNX element type name (as `onnx::proto::elem_type_name` gives it) names,
+    /// where facebuild can feed it.
+    pub fn from_onnx_name(name: &str) -> Option<Elem> {
+        Self::ONNX_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| *e)
+    }
+
     /// The element type of an ONNX Runtime tensor, where facebuild can feed it.
     pub fn from_ort(t: ort::value::TensorElementType) -> Option<Elem> {
         use ort::value::TensorElementType as T;
