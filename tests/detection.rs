@@ -288,14 +288,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
     ];
     let mut total = 0;
     for (model, family, feed) in cases {
-        let spec = DetectorSpec {
-            family,
-            score_threshold: 0.5,
-            nms_iou: 0.4,
-            strides: None,
-            min_sizes: None,
-            variance: None,
-        };
+        let spec = DetectorSpec::native(family);
         let mut m = rt
             .load(&Utf8PathBuf::from_path_buf(shared.join("models").join(model)).unwrap())
             .unwrap();
@@ -315,6 +308,31 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
             let out = m.run(&[(input.clone(), t.into_dyn())]).unwrap();
             let (h, w) = (feed.size[0] as usize, feed.size[1] as usize);
             let ours = facebuild::decode(&spec, &out, (h, w)).unwrap();
+            // The family's preset, through the generic head decoder, keeps the same faces.
+            let preset = DetectorSpec::preset(family.name()).unwrap();
+            let generic = facebuild::decode(&preset, &out, (h, w)).unwrap();
+            assert_eq!(
+                generic.len(),
+                ours.len(),
+                "{model} {img}: preset `{}`",
+                family.name()
+            );
+            for (a, b) in generic.iter().zip(&ours) {
+                assert!(
+                    a.bbox
+                        .iter()
+                        .zip(&b.bbox)
+                        .all(|(x, y)| (x - y).abs() < 1e-3)
+                );
+                assert!((a.score - b.score).abs() < 1e-6);
+                assert!(
+                    a.kps
+                        .unwrap()
+                        .iter()
+                        .zip(&b.kps.unwrap())
+                        .all(|(p, q)| (p[0] - q[0]).abs() < 1e-3 && (p[1] - q[1]).abs() < 1e-3)
+                );
+            }
             let mut args = vec![
                 concat!(
                     env!("CARGO_MANIFEST_DIR"),
@@ -370,7 +388,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
         }
     }
     say(&format!(
-        "decoding: {total} kept boxes over 4 model/size cases x 4 photos match the numpy reference decoder"
+        "decoding: {total} kept boxes over 4 model/size cases x 4 photos match the numpy reference decoder, natively and through the scrfd/retinaface presets"
     ));
     assert!(total > 50);
 }

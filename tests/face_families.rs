@@ -334,14 +334,7 @@ fn crops_match_insightface_face_align() {
         .unwrap();
     let input = det.inputs()[0].0.clone();
     let feed = Preprocessing::scrfd([640, 640]);
-    let spec = DetectorSpec {
-        family: DetectorFamily::Scrfd,
-        score_threshold: 0.5,
-        nms_iou: 0.4,
-        strides: None,
-        min_sizes: None,
-        variance: None,
-    };
+    let spec = DetectorSpec::native(DetectorFamily::Scrfd);
     let mut cases = Vec::new();
     let mut photos: Vec<_> = std::fs::read_dir(shared.join("faces/pairs"))
         .unwrap()

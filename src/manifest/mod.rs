@@ -310,11 +310,11 @@ impl Manifest {
                 Some([.., crate::onnx::inspect::DimInfo::Static(_)])
             )
         });
+        if let Some(h) = &d.head {
+            return self.check_head(d, h, &file, &info.outputs);
+        }
         let layout = OutputLayout::of(&info.outputs);
-        let name = |f: DetectorFamily| match f {
-            DetectorFamily::Scrfd => "scrfd",
-            DetectorFamily::Retinaface => "retinaface",
-        };
+        let name = |f: DetectorFamily| f.name();
         match layout.family() {
             Some(DetectorFamily::Retinaface) if d.family == DetectorFamily::Retinaface => {
                 self.check_prior_count(d, &file, &info.outputs)
@@ -340,6 +340,35 @@ impl Manifest {
             )
             .with_hint("facebuild decodes SCRFD and RetinaFace heads; compare other models output by output with `task: generic`")),
             None => Ok(()),
+        }
+    }
+
+    /// A head described as data against the model's outputs, at the size compare feeds:
+    /// every part found, and the candidate counts the anchors imply. Outputs with dynamic
+    /// dims beyond the batch are left to compare.
+    fn check_head(
+        &self,
+        d: &DetectorSpec,
+        h: &crate::domain::head::HeadSpec,
+        file: &Utf8Path,
+        outputs: &[crate::onnx::inspect::TensorInfo],
+    ) -> Result<()> {
+        let (Some(pre), Some(shapes)) = (&self.model.preprocessing, static_shapes(outputs)) else {
+            return Ok(());
+        };
+        let [hh, ww] = pre.size.map(|x| x as usize);
+        match crate::detect::head::binds(h, &shapes, (hh, ww)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(Error::manifest(
+                self.model_location.clone(),
+                format!(
+                    "`model.detector` (`{}`) does not fit {file} at {hh}x{ww}: {e}",
+                    d.label()
+                ),
+            )
+            .with_hint(
+                "pick the preset `facebuild init` names for this model, or override `detector.head` (docs/detectors.md)",
+            )),
         }
     }
 
@@ -1042,6 +1071,30 @@ fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
         );
     }
     problems
+}
+
+/// Output shapes with a dynamic batch taken as 1; None when another dim is dynamic.
+fn static_shapes(
+    outputs: &[crate::onnx::inspect::TensorInfo],
+) -> Option<Vec<(String, Vec<usize>)>> {
+    use crate::onnx::inspect::DimInfo;
+    outputs
+        .iter()
+        .map(|o| {
+            let dims = o
+                .shape
+                .as_ref()?
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    DimInfo::Static(v) => usize::try_from(*v).ok(),
+                    DimInfo::Symbolic(_) if i == 0 => Some(1),
+                    DimInfo::Symbolic(_) => None,
+                })
+                .collect::<Option<Vec<usize>>>()?;
+            Some((o.name.clone(), dims))
+        })
+        .collect()
 }
 
 fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {

@@ -5,17 +5,26 @@
 use camino::Utf8PathBuf;
 use serde::{Deserialize, Serialize};
 
+pub use crate::head;
+
 /// A detector family and its post-processing: decoding, score threshold, NMS.
+///
+/// `family: scrfd | retinaface` selects the native decoders; `preset:` and/or `head:`
+/// describe any other head as data ([`head::HeadSpec`]), decoded by the generic decoder.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawDetectorSpec")]
 pub struct DetectorSpec {
-    /// Which head layout to decode.
+    /// Which decoder: a native family, or `head` for a head described as data.
     pub family: DetectorFamily,
+    /// The preset the head started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The complete head (the preset with the manifest's overrides), for `family: head`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Box<head::HeadSpec>>,
     /// Detections scoring below this are dropped before NMS.
-    #[serde(default = "default_score_threshold")]
     pub score_threshold: f32,
     /// IoU above which NMS suppresses the lower-scoring box.
-    #[serde(default = "default_nms_iou")]
     pub nms_iou: f32,
     /// Feature strides; default: SCRFD 8/16/32 (8..128 for 5-level heads), RetinaFace 8/16/32.
     #[serde(default)]
@@ -28,6 +37,120 @@ pub struct DetectorSpec {
     pub variance: Option<[f32; 2]>,
 }
 
+/// The manifest's spelling of a [`DetectorSpec`], before the preset is merged.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetectorSpec {
+    #[serde(default)]
+    family: Option<DetectorFamily>,
+    #[serde(default)]
+    preset: Option<String>,
+    #[serde(default)]
+    head: Option<serde_json::Value>,
+    #[serde(default = "default_score_threshold")]
+    score_threshold: f32,
+    #[serde(default = "default_nms_iou")]
+    nms_iou: f32,
+    #[serde(default)]
+    strides: Option<Vec<u32>>,
+    #[serde(default)]
+    min_sizes: Option<Vec<Vec<f32>>>,
+    #[serde(default)]
+    variance: Option<[f32; 2]>,
+}
+
+impl TryFrom<RawDetectorSpec> for DetectorSpec {
+    type Error = head::HeadError;
+
+    fn try_from(r: RawDetectorSpec) -> Result<Self, head::HeadError> {
+        let err = |m: String| Err(head::HeadError(m));
+        let described = r.preset.is_some() || r.head.is_some();
+        let family = match (r.family, described) {
+            (Some(DetectorFamily::Head) | None, true) => DetectorFamily::Head,
+            (Some(DetectorFamily::Head), false) => {
+                return err("`family: head` needs a `head:` (or a `preset:`) describing it".into());
+            }
+            (Some(f), false) => f,
+            (None, false) => {
+                return err(format!(
+                    "a detector needs `preset:` (one of {}) or `family: scrfd | retinaface`",
+                    head::preset_names().join(", ")
+                ));
+            }
+            (Some(f), true) => {
+                return err(format!(
+                    "`family: {}` is a native decoder; `preset:` and `head:` describe a head as data: keep one",
+                    f.name()
+                ));
+            }
+        };
+        if family == DetectorFamily::Head
+            && (r.strides.is_some() || r.min_sizes.is_some() || r.variance.is_some())
+        {
+            return err("`strides`, `min_sizes` and `variance` belong to `family: scrfd | retinaface`; for a preset, override `head.anchors` and `head.boxes`".into());
+        }
+        let head = match family {
+            DetectorFamily::Head => Some(Box::new(head::resolve(
+                r.preset.as_deref(),
+                r.head.as_ref(),
+            )?)),
+            _ => None,
+        };
+        Ok(DetectorSpec {
+            family,
+            preset: r.preset,
+            head,
+            score_threshold: r.score_threshold,
+            nms_iou: r.nms_iou,
+            strides: r.strides,
+            min_sizes: r.min_sizes,
+            variance: r.variance,
+        })
+    }
+}
+
+impl DetectorSpec {
+    /// A native family's spec with the default threshold and NMS.
+    pub fn native(family: DetectorFamily) -> DetectorSpec {
+        DetectorSpec {
+            family,
+            preset: None,
+            head: None,
+            score_threshold: default_score_threshold(),
+            nms_iou: default_nms_iou(),
+            strides: None,
+            min_sizes: None,
+            variance: None,
+        }
+    }
+
+    /// A preset's spec with the default threshold and NMS.
+    pub fn preset(name: &str) -> Result<DetectorSpec, head::HeadError> {
+        Ok(DetectorSpec {
+            family: DetectorFamily::Head,
+            preset: Some(name.to_string()),
+            head: Some(Box::new(head::resolve(Some(name), None)?)),
+            ..DetectorSpec::native(DetectorFamily::Head)
+        })
+    }
+
+    /// What the plan and reports call it: the preset, else the family.
+    pub fn label(&self) -> String {
+        match &self.preset {
+            Some(p) => p.clone(),
+            None => self.family.name().to_string(),
+        }
+    }
+
+    /// Whether decoded faces carry InsightFace's five landmarks (what alignment needs).
+    pub fn has_five_points(&self) -> bool {
+        match &self.head {
+            Some(h) => h.landmarks.as_ref().is_some_and(|l| l.five.is_some()),
+            None => true,
+        }
+    }
+}
+
 /// The detector families facebuild decodes natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,6 +159,19 @@ pub enum DetectorFamily {
     Scrfd,
     /// RetinaFace (Pytorch_Retinaface layout): prior boxes with variances, softmax scores.
     Retinaface,
+    /// A head described as data (`preset:` / `head:`), decoded by the generic decoder.
+    Head,
+}
+
+impl DetectorFamily {
+    /// Its manifest spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorFamily::Scrfd => "scrfd",
+            DetectorFamily::Retinaface => "retinaface",
+            DetectorFamily::Head => "head",
+        }
+    }
 }
 
 fn default_score_threshold() -> f32 {

@@ -3,6 +3,7 @@
 
 pub mod domain;
 pub mod error;
+pub mod head;
 pub mod progress;
 pub mod util;
 

@@ -1,6 +1,7 @@
 //! Face-detector post-processing in Rust: raw network outputs -> boxes, scores and five
-//! landmarks, then the score threshold and NMS. One decoder per family (SCRFD, RetinaFace)
-//! behind [`decode`], chosen by the manifest's `detector.family`; everything downstream
+//! landmarks, then the score threshold and NMS. Native decoders for SCRFD and RetinaFace, and
+//! the generic [`head`] decoder for any head described as data (a preset, or a manifest's
+//! `detector.head`), behind [`decode`]; everything downstream
 //! (compare's matching, alignment) sees only [`Detection`]s.
 //!
 //! Coordinates are in network-input pixels (the letterboxed image); [`Detection::scaled`]
@@ -10,6 +11,7 @@ use facebuild_base::{domain, error};
 use facebuild_onnx as onnx;
 use facebuild_runtime as runtime;
 
+pub mod head;
 pub mod retinaface;
 pub mod scrfd;
 
@@ -81,6 +83,13 @@ pub fn decode(
             scrfd::decode(outputs, hw, spec.strides.as_deref(), spec.score_threshold)?
         }
         DetectorFamily::Retinaface => retinaface::decode(outputs, hw, spec)?,
+        DetectorFamily::Head => {
+            let Some(h) = &spec.head else {
+                return Err(anyhow::anyhow!("`family: head` without a head").into());
+            };
+            let raw = head::decode(h, outputs, hw, spec.score_threshold)?;
+            return Ok(head::suppress(h.nms, raw, spec.nms_iou));
+        }
     };
     Ok(nms(raw, spec.nms_iou))
 }
