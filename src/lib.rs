@@ -39,7 +39,7 @@ mod steps;
 
 pub use cache::remote::RemoteReport;
 pub use commands::main;
-pub use detect::{Detection, decode};
+pub use detect::{Detection, decode, iou, match_detections};
 pub use error::{Error, Location, Result};
 pub use graph::plan::{Decision, Plan, StepPlan};
 pub use manifest::{

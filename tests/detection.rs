@@ -557,3 +557,306 @@ fn detector_as_generic_is_compared_output_by_output() {
         error_of(&r, "compare")
     );
 }
+
+/// A real model's raw outputs on one photo, letterboxed to `feed`.
+fn raw_outputs(
+    m: &mut dyn facebuild::LoadedModel,
+    photo: &std::path::Path,
+    feed: &Preprocessing,
+) -> Vec<facebuild::NamedTensor> {
+    let input = m.inputs()[0].0.clone();
+    let img =
+        facebuild::decode_image(&Utf8PathBuf::from_path_buf(photo.to_path_buf()).unwrap()).unwrap();
+    let (boxed, _) = facebuild::letterbox(&img, feed.size);
+    let t = facebuild::to_tensor(&boxed, feed, facebuild::Layout::NCHW);
+    m.run(&[(input, t.into_dyn())]).unwrap()
+}
+
+/// The numpy reference decoder's detections for `family` on these outputs.
+fn reference(
+    dir: &std::path::Path,
+    family: &str,
+    (h, w): (usize, usize),
+    (thresh, nms): (f32, f32),
+    out: &[facebuild::NamedTensor],
+) -> Vec<RefDetection> {
+    let mut args = vec![
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reference_decode.py"
+        )
+        .to_string(),
+        family.to_string(),
+        h.to_string(),
+        w.to_string(),
+        thresh.to_string(),
+        nms.to_string(),
+    ];
+    for (i, (_, a)) in out.iter().enumerate() {
+        let f = dir.join(format!("out{i}.npy"));
+        ndarray_npy::write_npy(&f, a).unwrap();
+        args.push(f.display().to_string());
+    }
+    let res = std::process::Command::new(toolchain_python())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    serde_json::from_slice(&res.stdout).unwrap()
+}
+
+/// The presets of families facebuild has no native decoder for, on the real exports in
+/// ../shared/models/wild, against the reference decoder's branch written from each
+/// family's own code (yolov5-face's Detect.forward and non_max_suppression_face; MediaPipe's
+/// anchors and weighted NMS with hollance/BlazeFace-PyTorch's box decoding; RetinaFace with
+/// the softmax a concatenated export leaves out): the same faces, box by box.
+#[test]
+fn presets_decode_as_each_familys_own_code_on_real_outputs() {
+    let Some(shared) = shared() else { return };
+    let tc = toolchain();
+    let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let feed = |color, mean: f32, std: f32, s: u32| Preprocessing {
+        color,
+        mean: vec![mean; 3],
+        std: vec![std; 3],
+        size: [s, s],
+        resize: None,
+    };
+    use facebuild::ColorOrder::{BGR, RGB};
+    let retina = Preprocessing {
+        mean: vec![104.0, 117.0, 123.0],
+        ..feed(BGR, 0.0, 1.0, 640)
+    };
+    // (file, preset, reference branch, feed, score threshold, NMS IoU)
+    let cases = [
+        (
+            "yolov5n_0.5_face.onnx",
+            "yolov5_face",
+            "yolov5_face",
+            feed(RGB, 0.0, 255.0, 640),
+            0.3,
+            0.5,
+        ),
+        (
+            "blazeface_front_mp.onnx",
+            "blazeface_front",
+            "blazeface",
+            feed(RGB, 0.0, 255.0, 128),
+            0.75,
+            0.3,
+        ),
+        (
+            "blazeface_front_hollance_dynamo.onnx",
+            "blazeface_front",
+            "blazeface",
+            feed(RGB, 127.5, 127.5, 128),
+            0.75,
+            0.3,
+        ),
+        (
+            "retinaface_mnet025_concat.onnx",
+            "retinaface_concat",
+            "retinaface_concat",
+            retina,
+            0.5,
+            0.4,
+        ),
+    ];
+    let mut photos: Vec<_> = [
+        "selfie.jpg",
+        "two_people.jpg",
+        "obama_and_biden.jpg",
+        "many_face.png",
+    ]
+    .iter()
+    .map(|f| shared.join("faces/scenes").join(f))
+    .collect();
+    photos.extend((1..=6).map(|i| shared.join(format!("faces/pairs/img{i}.jpg"))));
+    let mut lines = Vec::new();
+    for (model, preset, family, feed, thresh, nms) in cases {
+        let mut spec = DetectorSpec::preset(preset).unwrap();
+        (spec.score_threshold, spec.nms_iou) = (thresh, nms);
+        let mut m = rt
+            .load(&Utf8PathBuf::from_path_buf(shared.join("models/wild").join(model)).unwrap())
+            .unwrap();
+        let hw = (feed.size[0] as usize, feed.size[1] as usize);
+        let mut faces = 0;
+        let mut worst = 0.0f32;
+        for photo in &photos {
+            let out = raw_outputs(m.as_mut(), photo, &feed);
+            let ours = facebuild::decode(&spec, &out, hw).unwrap();
+            let theirs = reference(dir.path(), family, hw, (thresh, nms), &out);
+            let what = format!("{model} on {}", photo.display());
+            assert_eq!(
+                ours.len(),
+                theirs.len(),
+                "{what}: {ours:?}\nreference {:?}",
+                theirs.iter().map(|t| (t.bbox, t.score)).collect::<Vec<_>>()
+            );
+            for (a, b) in ours.iter().zip(&theirs) {
+                let d = a
+                    .bbox
+                    .iter()
+                    .zip(&b.bbox)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                worst = worst.max(d);
+                assert!(
+                    d < 1e-2,
+                    "{what}: box {:?} vs reference {:?}",
+                    a.bbox,
+                    b.bbox
+                );
+                assert!(
+                    (a.score - b.score).abs() < 1e-5,
+                    "{what}: score {} vs {}",
+                    a.score,
+                    b.score
+                );
+                if let Some(k) = a.kps {
+                    for (p, q) in k.iter().zip(&b.kps) {
+                        assert!(
+                            (p[0] - q[0]).abs() < 1e-2 && (p[1] - q[1]).abs() < 1e-2,
+                            "{what}: landmarks differ"
+                        );
+                    }
+                }
+            }
+            faces += ours.len();
+        }
+        assert!(faces > 0, "{model}: no face on any photo");
+        lines.push(format!(
+            "{model} as `{preset}`: {faces} faces on {} photos, max box difference {worst:.2e} px",
+            photos.len()
+        ));
+    }
+    say(&lines.join("\n"));
+}
+
+/// The `yunet` preset against OpenCV's own YuNet (`cv2.FaceDetectorYN`, opencv-python-headless
+/// pinned): both get the same 640x640 BGR image, score threshold, NMS threshold and top_k.
+/// The same faces at IoU >= 0.99, except faces within 0.01 of the threshold or separated
+/// by an NMS decision at the threshold (OpenCV's NMS runs on integer-rounded boxes).
+#[test]
+fn yunet_preset_matches_opencv_face_detector_yn() {
+    let Some(shared) = shared() else { return };
+    let p = Project::new();
+    let python = uv_venv(
+        p.dir.path(),
+        &[&["opencv-python-headless==4.13.0.92", "numpy<2.3"]],
+    );
+    let model = shared.join("models/wild/yunet_2023mar.onnx");
+    let (thresh, nms) = (0.6f32, 0.3f32);
+    let mut args = vec![
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/yunet_opencv.py"
+        )
+        .to_string(),
+        model.display().to_string(),
+        p.dir.path().display().to_string(),
+        thresh.to_string(),
+        nms.to_string(),
+    ];
+    let mut photos: Vec<_> = [
+        "selfie.jpg",
+        "two_people.jpg",
+        "obama_and_biden.jpg",
+        "many_face.png",
+    ]
+    .iter()
+    .map(|f| shared.join("faces/scenes").join(f))
+    .collect();
+    photos.extend((1..=6).map(|i| shared.join(format!("faces/pairs/img{i}.jpg"))));
+    args.extend(photos.iter().map(|f| f.display().to_string()));
+    let res = std::process::Command::new(&python)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // Per photo: the 640x640 PNG both decode, and OpenCV's faces.
+    let theirs: Vec<(String, Vec<RefDetection>)> = serde_json::from_slice(&res.stdout).unwrap();
+    let tc = toolchain();
+    let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
+    let mut m = rt
+        .load(&Utf8PathBuf::from_path_buf(model).unwrap())
+        .unwrap();
+    let mut spec = DetectorSpec::preset("yunet").unwrap();
+    (spec.score_threshold, spec.nms_iou) = (thresh, nms);
+    let feed = Preprocessing {
+        color: facebuild::ColorOrder::BGR,
+        mean: vec![0.0; 3],
+        std: vec![1.0; 3],
+        size: [640, 640],
+        resize: None,
+    };
+    let (mut count, mut iou_min, mut exempt) = (0, 1.0f32, Vec::new());
+    for (png, cv) in &theirs {
+        let out = raw_outputs(m.as_mut(), std::path::Path::new(png), &feed);
+        let ours = facebuild::decode(&spec, &out, (640, 640)).unwrap();
+        let cv: Vec<facebuild::Detection> = cv
+            .iter()
+            .map(|d| facebuild::Detection {
+                bbox: d.bbox,
+                score: d.score,
+                kps: None,
+            })
+            .collect();
+        let name = std::path::Path::new(png)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let m = facebuild::match_detections(&cv, &ours, 0.99);
+        count += m.matched;
+        for (v, ds, _) in &m.pairs {
+            iou_min = iou_min.min(*v);
+            assert!(*ds < 1e-3, "{name}: a matched face's score differs by {ds}");
+        }
+        // What neither side matched must sit at a threshold.
+        let near_nms = |d: &facebuild::Detection, others: &[facebuild::Detection]| {
+            others
+                .iter()
+                .any(|o| (facebuild::iou(&o.bbox, &d.bbox) - nms).abs() < 0.05)
+        };
+        let matched_cv: Vec<usize> = m.indices.iter().map(|x| x.0).collect();
+        let matched_ours: Vec<usize> = m.indices.iter().map(|x| x.1).collect();
+        for (side, list, used, other) in [
+            ("OpenCV", &cv, &matched_cv, &ours),
+            ("facebuild", &ours, &matched_ours, &cv),
+        ] {
+            for (i, d) in list.iter().enumerate().filter(|(i, _)| !used.contains(i)) {
+                let why = if (d.score - thresh).abs() < 0.01 {
+                    format!("score {:.4} within 0.01 of the threshold", d.score)
+                } else if near_nms(d, other) || near_nms(d, list) {
+                    "an NMS decision at IoU ~0.3 separates it".to_string()
+                } else {
+                    panic!(
+                        "{name}: only {side} keeps face {i} {:?} (score {})",
+                        d.bbox, d.score
+                    )
+                };
+                exempt.push(format!("{name}: {side} only, {why}"));
+            }
+        }
+    }
+    assert!(count >= 20, "only {count} faces matched");
+    say(&format!(
+        "yunet vs cv2.FaceDetectorYN on {} photos: {count} faces matched, IoU min {iou_min:.4}, {} exempted{}",
+        theirs.len(),
+        exempt.len(),
+        exempt
+            .iter()
+            .map(|e| format!("\n  {e}"))
+            .collect::<String>()
+    ));
+}
