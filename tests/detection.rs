@@ -860,3 +860,93 @@ fn yunet_preset_matches_opencv_face_detector_yn() {
             .collect::<String>()
     ));
 }
+
+/// The YOLOv5-face head written field by field in a manifest, with no preset: the plan
+/// accepts it against the model, and it decodes the same faces as the `yolov5_face` preset.
+#[test]
+fn a_head_described_field_by_field_decodes_as_its_preset() {
+    let Some(shared) = shared() else { return };
+    let model = shared.join("models/wild/yolov5n_0.5_face.onnx");
+    let detector = indoc! {"
+        score_threshold: 0.3
+        nms_iou: 0.5
+        head:
+          anchors:
+            grid:
+              strides: [8, 16, 32]
+              offset: 0.0
+              anchors_outer: true
+              sizes:
+                - [[4, 5], [8, 10], [13, 16]]
+                - [[23, 29], [43, 55], [73, 105]]
+                - [[146, 217], [231, 300], [335, 433]]
+          boxes: {yolo: {sigmoid: true}}
+          scores: {activation: sigmoid, combine: obj_times_class}
+          landmarks: {count: 5, encoding: anchor_size, five: [0, 1, 2, 3, 4]}
+          outputs:
+            boxes: {tensor: {columns: 16}, channels: [0, 4]}
+            objectness: {tensor: {columns: 16}, channels: [4, 5]}
+            landmarks: {tensor: {columns: 16}, channels: [5, 15]}
+            scores: {tensor: {columns: 16}, channels: [15, 16]}
+    "};
+    let p = Project::new();
+    let indented: String = detector.lines().map(|l| format!("    {l}\n")).collect();
+    p.write(
+        "p.yaml",
+        &format!(
+            indoc! {"
+                schema: 1
+                name: yolo_by_hand
+                model:
+                  path: {model}
+                  task: detection
+                  input: {{name: data, layout: NCHW, shape: [1, 3, 640, 640]}}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [640, 640], resize: letterbox}}
+                  detector:
+                {detector}
+                datasets:
+                  scenes: {{path: {scenes}}}
+                steps:
+                  fp32: {{kind: convert, params: {{backend: openvino, precision: fp32}}}}
+                  compare: {{kind: compare, params: {{dataset: scenes, candidates: [fp32]}}}}
+            "},
+            model = model.display(),
+            detector = indented.trim_end(),
+            scenes = shared.join("faces/scenes").display(),
+        ),
+    );
+    let out = p.run(&["plan", "p.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_hand: DetectorSpec = serde_saphyr::from_str(detector).unwrap();
+    assert_eq!(by_hand.preset, None);
+    let mut preset = DetectorSpec::preset("yolov5_face").unwrap();
+    (preset.score_threshold, preset.nms_iou) = (0.3, 0.5);
+    let tc = toolchain();
+    let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
+    let mut m = rt
+        .load(&Utf8PathBuf::from_path_buf(model).unwrap())
+        .unwrap();
+    let feed = Preprocessing {
+        color: facebuild::ColorOrder::RGB,
+        mean: vec![0.0; 3],
+        std: vec![255.0; 3],
+        size: [640, 640],
+        resize: None,
+    };
+    let mut faces = 0;
+    for f in ["selfie.jpg", "many_face.png", "two_people.jpg"] {
+        let out = raw_outputs(m.as_mut(), &shared.join("faces/scenes").join(f), &feed);
+        let a = facebuild::decode(&by_hand, &out, (640, 640)).unwrap();
+        let b = facebuild::decode(&preset, &out, (640, 640)).unwrap();
+        assert_eq!(a, b, "{f}");
+        faces += a.len();
+    }
+    assert!(faces > 10);
+    say(&format!(
+        "yolov5-face described field by field: the plan accepts it, {faces} faces as the preset's"
+    ));
+}

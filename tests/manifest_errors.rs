@@ -432,3 +432,83 @@ fn derived_dataset_settings_are_checked() {
         ],
     );
 }
+
+/// A detector head described as data is checked against the model's outputs before any
+/// step, and a preset name that does not exist lists the ones that do.
+#[test]
+fn detector_heads_are_checked_against_the_model() {
+    let Some(shared) = shared() else { return };
+    let manifest = |detector: &str| {
+        format!(
+            indoc! {"
+                schema: 1
+                name: head
+                model:
+                  path: {m}
+                  task: detection
+                  input: {{name: data, shape: [1, 3, 640, 640]}}
+                  preprocessing: {{color: RGB, mean: [0, 0, 0], std: [255, 255, 255], size: [640, 640]}}
+                  detector: {d}
+                steps:
+                  check: {{kind: check}}
+            "},
+            m = shared.join("models/wild/yolov5n_0.5_face.onnx").display(),
+            d = detector,
+        )
+    };
+    let p = Project::new();
+    p.write("bad.yaml", &manifest("{preset: yunet}"));
+    let out = p.run(&["plan", "bad.yaml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for n in [
+        "bad.yaml:4:",
+        "`model.detector` (`yunet`) does not fit",
+        "no boxes (an output named `bbox_{stride}`)",
+        "stride_8 [1, 3, 80, 80, 16]",
+        "pick the preset `facebuild init` names",
+    ] {
+        assert!(err.contains(n), "missing `{n}` in:\n{err}");
+    }
+    assert!(nothing_ran(&p));
+    p.write("ok.yaml", &manifest("{preset: yolov5_face}"));
+    let out = p.run(&["plan", "ok.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = p.run(&["plan", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    p.write("bad.yaml", &manifest("{preset: yunett}"));
+    let err = String::from_utf8_lossy(&p.run(&["plan", "bad.yaml"]).stderr).to_string();
+    for n in [
+        "unknown detector preset `yunett`",
+        "yunet, yolov5_face, yolov8_face",
+    ] {
+        assert!(err.contains(n), "missing `{n}` in:\n{err}");
+    }
+    p.write("bad.yaml", &manifest("{head: {anchors: none}}"));
+    let err = String::from_utf8_lossy(&p.run(&["plan", "bad.yaml"]).stderr).to_string();
+    assert!(err.contains("missing field `boxes`"), "{err}");
+}
+
+/// ArcFace alignment needs InsightFace's five points: a dataset aligned by a head without
+/// them (BlazeFace's six keypoints) is refused when the plan is made.
+#[test]
+fn alignment_needs_a_head_with_the_five_points() {
+    let yaml = builtin_manifest(indoc! {"
+        check: {kind: check}
+    "})
+    .replace(
+        "steps:\n",
+        "datasets:\n  photos:\n    path: photos\n    align: {model: det.onnx, detector: {preset: blazeface_front}}\nsteps:\n",
+    );
+    expect_error(
+        &yaml,
+        &[
+            "dataset `photos`: `align.detector` (`blazeface_front`) gives no InsightFace five points",
+            "crop by box",
+        ],
+    );
+}

@@ -84,6 +84,9 @@ pub(crate) struct Guess {
     pub source: Option<SourceInput>,
     /// The image input's channels: 1 (a grayscale model, fed `color: GRAY`) or 3.
     pub channels: u64,
+    /// The detector preset whose head binds the outputs, for a detector with no native
+    /// decoder.
+    pub preset: Option<(String, crate::domain::head::HeadSpec)>,
 }
 
 /// A swapper's latent input, as `init` writes it.
@@ -114,6 +117,9 @@ impl Guess {
     pub(crate) fn task(&self) -> &'static str {
         if self.source.is_some() {
             return "swapper";
+        }
+        if self.preset.is_some() {
+            return "detection";
         }
         match self.layout_of_outputs {
             OutputLayout::Embedding { .. } => "recognition",
@@ -297,6 +303,10 @@ pub(crate) fn guess(
         }
     }
     let layout_of_outputs = with_input_size(layout_of_outputs, &info.outputs, size, &mut notes);
+    let preset = match (&layout_of_outputs, channels, &source) {
+        (OutputLayout::Other, 3, None) => find_preset(&info.outputs, size, &mut notes),
+        _ => None,
+    };
     // InsightFace reads recognizers, landmark and attribute models this way
     // (arcface_onnx.py, landmark.py, attribute.py).
     let normalised_inside = matches!(
@@ -327,7 +337,39 @@ pub(crate) fn guess(
         quantized,
         source,
         channels,
+        preset,
     })
+}
+
+/// The first preset (in [`INIT_ORDER`](crate::domain::head::INIT_ORDER)) whose head binds
+/// these outputs at this input size: names, channel counts, and the candidate count its
+/// anchors imply. None leaves the model generic, with a CHECK naming the preset that got
+/// furthest and what did not fit.
+fn find_preset(
+    outputs: &[TensorInfo],
+    [h, w]: [u64; 2],
+    notes: &mut Vec<String>,
+) -> Option<(String, crate::domain::head::HeadSpec)> {
+    use crate::domain::head::{INIT_ORDER, resolve};
+    let shapes = crate::onnx::inspect::static_shapes(outputs)?;
+    let hw = (h as usize, w as usize);
+    let mut closest: Option<(u8, &str, String)> = None;
+    for name in INIT_ORDER {
+        let head = resolve(Some(name), None).ok()?;
+        match crate::detect::head::binds(&head, &shapes, hw) {
+            Ok(()) => return Some((name.to_string(), head)),
+            Err(e) if e.stage > 0 && closest.as_ref().is_none_or(|c| e.stage > c.0) => {
+                closest = Some((e.stage, name, e.message));
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some((_, name, why)) = closest {
+        notes.push(format!(
+            "CHECK: no detector preset fits these outputs; the closest is `{name}`: {why}. A head facebuild has no preset for can be described under `detector.head` (docs/detectors.md)"
+        ));
+    }
+    None
 }
 
 /// What the outputs say, refined by the input size: RetinaFace only when its priors fit, and
@@ -461,6 +503,10 @@ fn model_section(
         Some(src) => line(&format!(
             "  # Guessed from the inputs (an image and a latent of {}, as InsightFace routes INSwapper): a face swapper.",
             src.dim
+        )),
+        None if g.preset.is_some() => line(&format!(
+            "  # Guessed from the outputs: a face detector whose head is the `{}` preset's (docs/detectors.md).",
+            g.preset.as_ref().map_or("", |p| p.0.as_str())
         )),
         None => line(&format!(
             "  # Guessed from the outputs ({}): {}.",
@@ -656,12 +702,54 @@ fn preprocessing_section(line: &mut impl FnMut(&str), g: &Guess) {
             line("    score_threshold: 0.6");
             line("    nms_iou: 0.4");
         }
+        _ if g.preset.is_some() => preset_preprocessing(line, g),
         _ => {
             line("  # CHECK: how your model expects its pixels; this scales them to [0, 1].");
             line("  preprocessing:");
             pixels(line, g, "RGB", ("0", "255"));
             line(&format!("    size: [{h}, {w}]"));
         }
+    }
+}
+
+/// A preset detector's feeding, as its authors feed it (the preset's `input`), and its
+/// `detector:` with the authors' threshold and NMS IoU.
+fn preset_preprocessing(line: &mut impl FnMut(&str), g: &Guess) {
+    let Some((name, head)) = &g.preset else {
+        return;
+    };
+    let [h, w] = g.size;
+    let nums = |v: &[f32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    line(&format!(
+        "  # The `{name}` preset's feeding, as its authors feed it; letterboxed."
+    ));
+    line("  preprocessing:");
+    match &head.input {
+        Some(i) => {
+            line(&format!("    color: {:?}", i.color));
+            line(&format!("    mean: [{}]", nums(&i.mean)));
+            line(&format!("    std: [{}]", nums(&i.std)));
+        }
+        None => pixels(line, g, "RGB", ("0", "255")),
+    }
+    line(&format!("    size: [{h}, {w}]"));
+    line("    resize: letterbox");
+    line("  detector:");
+    line(&format!("    preset: {name}"));
+    let d = head
+        .defaults
+        .map_or((0.5, 0.4), |d| (d.score_threshold, d.nms_iou));
+    line(&format!("    score_threshold: {}", d.0));
+    line(&format!("    nms_iou: {}", d.1));
+    if head.landmarks.as_ref().is_none_or(|l| l.five.is_none()) {
+        line(
+            "    # This head has no InsightFace five points: it cannot align crops for a recognizer.",
+        );
     }
 }
 
@@ -984,16 +1072,24 @@ fn compare_gates(line: &mut impl FnMut(&str), g: &Guess) {
             }
             line("      recall_min: 0.99");
             line("      fp_per_image_max: 0.01");
-            line("      landmark_nme_max: 0.01");
+            // A head without InsightFace's five points has no landmark error to gate.
+            let five = g
+                .preset
+                .as_ref()
+                .is_none_or(|(_, h)| h.landmarks.as_ref().is_some_and(|l| l.five.is_some()));
+            if five {
+                line("      landmark_nme_max: 0.01");
+            }
             if int8 {
                 line("      candidate_gates:");
                 line(
                     "        # CHECK: plain INT8 keeps 0.85-0.98 of the boxes on crowded photos, with a few",
                 );
                 line("        # extra ones; gate it at what your deployment accepts.");
-                line(
-                    "        openvino_int8: {recall_min: 0.8, fp_per_image_max: 2.0, landmark_nme_max: 0.2}",
-                );
+                line(&format!(
+                    "        openvino_int8: {{recall_min: 0.8, fp_per_image_max: 2.0{}}}",
+                    if five { ", landmark_nme_max: 0.2" } else { "" }
+                ));
             }
         }
         _ => {

@@ -164,6 +164,7 @@ impl Manifest {
             if let Some(d) = &datasets[k].derive {
                 errors.extend(derive_problems(k, d, &datasets, v));
             }
+            errors.extend(align_points_problem(k, &datasets[k], &model, v));
         }
 
         let plain: IndexMap<String, ModelSpec> = models
@@ -353,7 +354,10 @@ impl Manifest {
         file: &Utf8Path,
         outputs: &[crate::onnx::inspect::TensorInfo],
     ) -> Result<()> {
-        let (Some(pre), Some(shapes)) = (&self.model.preprocessing, static_shapes(outputs)) else {
+        let (Some(pre), Some(shapes)) = (
+            &self.model.preprocessing,
+            crate::onnx::inspect::static_shapes(outputs),
+        ) else {
             return Ok(());
         };
         let [hh, ww] = pre.size.map(|x| x as usize);
@@ -514,6 +518,35 @@ fn validate_steps(
         );
     }
     errors
+}
+
+/// An ArcFace-aligned dataset needs InsightFace's five points: a detector whose head has none
+/// (BlazeFace's six keypoints, UltraFace and FaceBoxes with no landmarks) is refused here,
+/// when the plan is made, instead of yielding no crops.
+fn align_points_problem(
+    k: &str,
+    d: &DatasetSpec,
+    model: &ModelSpec,
+    l: &Location,
+) -> Option<Error> {
+    let a = d.align.as_ref()?;
+    let crop = model.input.crop_for(model.task);
+    let crop = match crop {
+        _ if a.detector.has_five_points() => return None,
+        Crop::Box { .. } => return None,
+        Crop::Arcface => "ArcFace",
+        Crop::Arcface128 => "ArcFace-128",
+    };
+    Some(
+        Error::manifest(
+            l.clone(),
+            format!(
+                "dataset `{k}`: `align.detector` (`{}`) gives no InsightFace five points (eyes, nose, mouth corners), which the {crop} crop aligns on",
+                a.detector.label()
+            ),
+        )
+        .with_hint("align with a detector whose head has them (scrfd, retinaface, yunet, yolov5_face, yolov8_face), or crop by box (`model.input.crop: {mode: box}`)"),
+    )
 }
 
 /// What is wrong with dataset `k` (at `l`): neither or both of path and builtin, an unknown
@@ -1071,30 +1104,6 @@ fn validate_preprocessing(m: &ModelSpec) -> Vec<(String, String)> {
         );
     }
     problems
-}
-
-/// Output shapes with a dynamic batch taken as 1; None when another dim is dynamic.
-fn static_shapes(
-    outputs: &[crate::onnx::inspect::TensorInfo],
-) -> Option<Vec<(String, Vec<usize>)>> {
-    use crate::onnx::inspect::DimInfo;
-    outputs
-        .iter()
-        .map(|o| {
-            let dims = o
-                .shape
-                .as_ref()?
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    DimInfo::Static(v) => usize::try_from(*v).ok(),
-                    DimInfo::Symbolic(_) if i == 0 => Some(1),
-                    DimInfo::Symbolic(_) => None,
-                })
-                .collect::<Option<Vec<usize>>>()?;
-            Some((o.name.clone(), dims))
-        })
-        .collect()
 }
 
 fn validate_detector(d: &DetectorSpec) -> std::result::Result<(), String> {

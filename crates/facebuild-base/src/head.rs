@@ -27,6 +27,19 @@ pub struct HeadSpec {
     /// How the family's authors feed it; `init` writes it as the preprocessing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<HeadInput>,
+    /// The score threshold and NMS IoU its authors use; `init` writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<HeadDefaults>,
+}
+
+/// Post-processing figures a family's authors use.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadDefaults {
+    /// Score threshold.
+    pub score_threshold: f32,
+    /// NMS IoU.
+    pub nms_iou: f32,
 }
 
 /// Candidate anchors, in the network's output order.
@@ -357,6 +370,19 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     ("faceboxes", include_str!("../presets/faceboxes.yaml")),
     ("ultraface", include_str!("../presets/ultraface.yaml")),
+];
+
+/// The presets `init` tries on a detector it has no native decoder for, most specific
+/// binding first (a decoded-boxes head binds any row count, so it comes last).
+pub const INIT_ORDER: &[&str] = &[
+    "yunet",
+    "yolov5_face",
+    "yolov8_face",
+    "retinaface_concat",
+    "blazeface_front",
+    "blazeface_back",
+    "faceboxes",
+    "ultraface",
 ];
 
 /// Names of the shipped presets.
