@@ -313,6 +313,28 @@ pub fn inspect(model: &ModelProto, model_path: &Utf8Path) -> Result<ModelInfo> {
     })
 }
 
+/// Output shapes with a dynamic batch taken as 1; None when another dim is dynamic (what a
+/// detector head's binding can be checked against before anything runs).
+pub fn static_shapes(outputs: &[TensorInfo]) -> Option<Vec<(String, Vec<usize>)>> {
+    outputs
+        .iter()
+        .map(|o| {
+            let dims = o
+                .shape
+                .as_ref()?
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    DimInfo::Static(v) => usize::try_from(*v).ok(),
+                    DimInfo::Symbolic(_) if i == 0 => Some(1),
+                    DimInfo::Symbolic(_) => None,
+                })
+                .collect::<Option<Vec<usize>>>()?;
+            Some((o.name.clone(), dims))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,26 +464,4 @@ mod tests {
         );
         assert!(info.op_types.contains_key("PRelu"));
     }
-}
-
-/// Output shapes with a dynamic batch taken as 1; None when another dim is dynamic (what a
-/// detector head's binding can be checked against before anything runs).
-pub fn static_shapes(outputs: &[TensorInfo]) -> Option<Vec<(String, Vec<usize>)>> {
-    outputs
-        .iter()
-        .map(|o| {
-            let dims = o
-                .shape
-                .as_ref()?
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    DimInfo::Static(v) => usize::try_from(*v).ok(),
-                    DimInfo::Symbolic(_) if i == 0 => Some(1),
-                    DimInfo::Symbolic(_) => None,
-                })
-                .collect::<Option<Vec<usize>>>()?;
-            Some((o.name.clone(), dims))
-        })
-        .collect()
 }
