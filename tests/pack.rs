@@ -487,3 +487,98 @@ fn insightface_matches_the_reference_chain(p: &Project, shared: &std::path::Path
         "{err}"
     );
 }
+
+/// A pack whose detector is YuNet (the `yunet` preset) and whose recognizer is MobileFaceNet:
+/// the chain runs, and the recognizer's crops are aligned on YuNet's five points. The proof:
+/// on the same photos, each largest face's reference embedding is that of the same pack with
+/// SCRFD as its detector (cosine > 0.9; a crop aligned on wrong or mirrored points is not).
+#[test]
+fn yunet_pack_chain_aligns_the_recognizer_on_yunets_landmarks() {
+    let Some(shared) = shared() else { return };
+    let photos = tempfile::tempdir().unwrap();
+    for i in 1..=12 {
+        let f = format!("img{i}.jpg");
+        std::fs::copy(shared.join("faces/pairs").join(&f), photos.path().join(&f)).unwrap();
+    }
+    let run = |det: &str| -> (facebuild::ChainReport, serde_json::Value) {
+        let p = Project::new();
+        p.write(
+            "pack.yaml",
+            &format!(
+                r#"schema: 1
+name: pack
+models:
+  det:
+    {det}
+    task: detection
+  rec:
+    path: {rec}
+    task: recognition
+    input: {{name: input, shape: [1, 3, 112, 112]}}
+    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [127.5, 127.5, 127.5], size: [112, 112]}}
+datasets:
+  faces: {{path: {faces}}}
+steps:
+  openvino_fp16: {{kind: convert, each: [det, rec], params: {{backend: openvino, precision: fp16}}}}
+  chain:
+    kind: chain
+    params:
+      dataset: faces
+      detector: det
+      recognizer: rec
+      combinations:
+        all_fp16: {{det: det_openvino_fp16, rec: rec_openvino_fp16}}
+"#,
+                rec = shared.join("models/mobilefacenet.onnx").display(),
+                faces = photos.path().display(),
+            ),
+        );
+        let (code, r) = p.run_json("pack.yaml", &[]);
+        assert_eq!(code, 0, "{r:#?}");
+        let chain: facebuild::ChainReport = p.report("out/pack/chain/report.json");
+        let reference: serde_json::Value = p.report("out/pack/chain/reference.json");
+        (chain, reference)
+    };
+    let yunet = format!(
+        "path: {}\n    input: {{name: input, shape: [1, 3, 640, 640]}}\n    preprocessing: {{color: BGR, mean: [0, 0, 0], std: [1, 1, 1], size: [640, 640], resize: letterbox}}\n    detector: {{preset: yunet, score_threshold: 0.6, nms_iou: 0.3}}",
+        shared.join("models/wild/yunet_2023mar.onnx").display()
+    );
+    let scrfd = format!(
+        "path: {}\n    input: {{name: images, shape: [1, 3, 640, 640]}}\n    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [640, 640], resize: letterbox}}\n    detector: {{family: scrfd}}",
+        shared.join("models/scrfd_500m_kps.onnx").display()
+    );
+    let (chain, yref) = run(&yunet);
+    let (_, sref) = run(&scrfd);
+    say_chain(&chain);
+    let (fp16, _) = chain_figures(&chain, "all_fp16");
+    assert!(
+        fp16.recall > 0.9 && fp16.cosine_min.unwrap() > 0.9,
+        "{fp16:#?}"
+    );
+    let largest = |r: &serde_json::Value, i: usize| -> Option<(Vec<f64>, Vec<[f64; 2]>)> {
+        let f = r["images"][i]["faces"].get(0)?;
+        let e = serde_json::from_value(f["embedding"].clone()).ok()?;
+        let k = serde_json::from_value(f["kps"].clone()).ok()?;
+        Some((e, k))
+    };
+    let mut cosines = Vec::new();
+    for i in 0..yref["images"].as_array().unwrap().len() {
+        let (Some((a, k)), Some((b, _))) = (largest(&yref, i), largest(&sref, i)) else {
+            continue;
+        };
+        // InsightFace's order: the eye on the image's left first, the nose below the eyes.
+        assert!(
+            k[0][0] < k[1][0] && k[2][1] > k[0][1],
+            "photo {i}: YuNet's points {k:?}"
+        );
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        cosines.push(dot / n(&a) / n(&b));
+    }
+    let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
+    say(&format!(
+        "yunet + mobilefacenet pack: {} photos, the largest face's embedding on YuNet's alignment vs SCRFD's: cosine min {min:.4}",
+        cosines.len()
+    ));
+    assert!(cosines.len() >= 10 && min > 0.9, "{cosines:?}");
+}
