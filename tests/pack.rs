@@ -500,7 +500,12 @@ fn yunet_pack_chain_aligns_the_recognizer_on_yunets_landmarks() {
         let f = format!("img{i}.jpg");
         std::fs::copy(shared.join("faces/pairs").join(&f), photos.path().join(&f)).unwrap();
     }
-    let run = |det: &str| -> (facebuild::ChainReport, serde_json::Value) {
+    let run = |det: &str| -> (
+        facebuild::ChainReport,
+        serde_json::Value,
+        String,
+        serde_json::Value,
+    ) {
         let p = Project::new();
         p.write(
             "pack.yaml",
@@ -528,16 +533,21 @@ steps:
       recognizer: rec
       combinations:
         all_fp16: {{det: det_openvino_fp16, rec: rec_openvino_fp16}}
+  release:
+    kind: release
+    params: {{artifacts: [det_openvino_fp16, rec_openvino_fp16], layouts: [], package: {{detector: det, recognizer: rec}}}}
 "#,
                 rec = shared.join("models/mobilefacenet.onnx").display(),
                 faces = photos.path().display(),
             ),
         );
+        let plan = String::from_utf8_lossy(&p.run(&["plan", "pack.yaml"]).stdout).into_owned();
         let (code, r) = p.run_json("pack.yaml", &[]);
         assert_eq!(code, 0, "{r:#?}");
         let chain: facebuild::ChainReport = p.report("out/pack/chain/report.json");
         let reference: serde_json::Value = p.report("out/pack/chain/reference.json");
-        (chain, reference)
+        let package: serde_json::Value = p.report("releases/pack/current/onnx/manifest.json");
+        (chain, reference, plan, package)
     };
     let yunet = format!(
         "path: {}\n    input: {{name: input, shape: [1, 3, 640, 640]}}\n    preprocessing: {{color: BGR, mean: [0, 0, 0], std: [1, 1, 1], size: [640, 640], resize: letterbox}}\n    detector: {{preset: yunet, score_threshold: 0.6, nms_iou: 0.3}}",
@@ -547,8 +557,23 @@ steps:
         "path: {}\n    input: {{name: images, shape: [1, 3, 640, 640]}}\n    preprocessing: {{color: RGB, mean: [127.5, 127.5, 127.5], std: [128, 128, 128], size: [640, 640], resize: letterbox}}\n    detector: {{family: scrfd}}",
         shared.join("models/scrfd_500m_kps.onnx").display()
     );
-    let (chain, yref) = run(&yunet);
-    let (_, sref) = run(&scrfd);
+    let (chain, yref, plan, package) = run(&yunet);
+    let (_, sref, scrfd_plan, scrfd_package) = run(&scrfd);
+    // The InsightFace package holds what FaceAnalysis decodes: SCRFD, not YuNet; the plan
+    // says so before anything runs.
+    assert!(
+        plan.contains("note: `onnx/` leaves the detector `det` (`yunet`) out"),
+        "{plan}"
+    );
+    assert!(!scrfd_plan.contains("note:"), "{scrfd_plan}");
+    assert_eq!(package["tasks"].get("detection"), None, "{package}");
+    assert!(
+        package["left_out"][0]
+            .as_str()
+            .unwrap()
+            .contains("SCRFD heads only")
+    );
+    assert!(scrfd_package["tasks"].get("detection").is_some());
     say_chain(&chain);
     let (fp16, _) = chain_figures(&chain, "all_fp16");
     assert!(

@@ -59,6 +59,9 @@ pub(super) fn plan_cmd(
                 Decision::Unavailable { reason } => format!("unavailable: {reason}"),
             };
             println!("{:>3}. {:<w$}  {:<9} {}", i + 1, s.step, s.kind, what);
+            for n in &s.notes {
+                println!("     note: {n}");
+            }
         }
         let n = p
             .iter()

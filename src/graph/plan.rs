@@ -60,6 +60,10 @@ pub struct StepPlan {
     /// What will happen to it.
     #[serde(flatten)]
     pub decision: Decision,
+    /// What the step will leave out, and why (e.g. a detector an InsightFace package
+    /// cannot hold).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What `facebuild plan --json` prints.
@@ -126,6 +130,7 @@ pub(crate) fn plan(
                 (p.executor() != crate::manifest::ExecutorKind::Local).then(|| p.describe())
             },
             decision,
+            notes: step.spec.params.kind().plan_notes(&ctx.manifest),
         });
     }
     Ok(out)

@@ -167,6 +167,12 @@ pub(crate) trait Kind {
     fn validate(&self) -> Vec<Problem> {
         vec![]
     }
+    /// What the plan should say about this step beyond its decision: something it will
+    /// leave out, and why.
+    fn plan_notes(&self, manifest: &Manifest) -> Vec<String> {
+        let _ = manifest;
+        vec![]
+    }
     /// Whether the step needs TensorRT (its versions enter the key, and it is
     /// `unavailable` where TensorRT is not installed).
     fn uses_tensorrt(&self) -> bool {

@@ -1247,6 +1247,13 @@ pub(crate) fn list(root: &Utf8Path) -> Result<Vec<ReleaseEntry>> {
 }
 
 impl super::Kind for ReleaseParams {
+    fn plan_notes(&self, manifest: &crate::manifest::Manifest) -> Vec<String> {
+        self.package
+            .as_ref()
+            .and_then(|p| package::left_out(manifest, p))
+            .into_iter()
+            .collect()
+    }
     fn impl_version(&self) -> u32 {
         IMPL_VERSION
     }

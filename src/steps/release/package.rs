@@ -31,6 +31,21 @@ pub(crate) struct PackageSpec {
     pub license: Option<Utf8PathBuf>,
 }
 
+/// Why the package leaves its detector out: FaceAnalysis decodes SCRFD heads only
+/// (insightface's model_zoo routes a detector to its SCRFD/RetinaFace classes, which read
+/// SCRFD's outputs). None when it can decode it.
+pub(crate) fn left_out(manifest: &crate::manifest::Manifest, spec: &PackageSpec) -> Option<String> {
+    let (m, _) = manifest.models.get(&spec.detector)?;
+    let d = m.detector.as_ref()?;
+    (d.family != crate::domain::DetectorFamily::Scrfd).then(|| {
+        format!(
+            "`onnx/` leaves the detector `{}` (`{}`) out: insightface's FaceAnalysis decodes SCRFD heads only; deploy it with facebuild's decoder (its IRs are in the release)",
+            spec.detector,
+            d.label()
+        )
+    })
+}
+
 /// One scalar mean and std, as the package's `preprocessing` takes them.
 fn scalar_pre(ctx: &StepContext, model: &str) -> Result<serde_json::Value> {
     let spec = &ctx.manifest.models[model].0;
@@ -76,7 +91,11 @@ pub(super) fn write(
     };
     let det_file = format!("{}.onnx", spec.detector);
     let rec_file = format!("{}.onnx", spec.recognizer);
-    let det_sha = copy(&spec.detector, format!("onnx/{det_file}"))?;
+    let left = left_out(ctx.manifest, spec);
+    let det_sha = match left {
+        None => Some(copy(&spec.detector, format!("onnx/{det_file}"))?),
+        Some(_) => None,
+    };
     let rec_sha = copy(&spec.recognizer, format!("onnx/{rec_file}"))?;
     for e in &spec.extra {
         copy(e, format!("onnx/extra/{e}.onnx"))?;
@@ -99,19 +118,30 @@ pub(super) fn write(
             _ => None,
         })
         .unwrap_or(512);
-    let manifest = json!({
+    let mut tasks = serde_json::Map::new();
+    if let Some(sha) = &det_sha {
+        tasks.insert(
+            "detection".into(),
+            json!({"file": det_file, "sha256": sha, "preprocessing": scalar_pre(ctx, &spec.detector)?}),
+        );
+    }
+    tasks.insert(
+        "recognition".into(),
+        json!({
+            "file": rec_file, "sha256": rec_sha, "preprocessing": scalar_pre(ctx, &spec.recognizer)?,
+            "input_size": size, "embedding_dimension": dim,
+        }),
+    );
+    let mut manifest = json!({
         "manifest_version": 2,
         "model_id": ctx.manifest.name,
         "display_name": ctx.manifest.name,
         "license": "MODEL.LICENSE",
-        "tasks": {
-            "detection": {"file": det_file, "sha256": det_sha, "preprocessing": scalar_pre(ctx, &spec.detector)?},
-            "recognition": {
-                "file": rec_file, "sha256": rec_sha, "preprocessing": scalar_pre(ctx, &spec.recognizer)?,
-                "input_size": size, "embedding_dimension": dim,
-            },
-        },
+        "tasks": tasks,
     });
+    if let Some(why) = &left {
+        manifest["left_out"] = json!([why]);
+    }
     let to = dir.join("manifest.json");
     std::fs::write(
         &to,
