@@ -950,3 +950,78 @@ fn a_head_described_field_by_field_decodes_as_its_preset() {
         "yolov5-face described field by field: the plan accepts it, {faces} faces as the preset's"
     ));
 }
+
+/// What the synthetic-heads script says each head encodes.
+#[derive(serde::Deserialize)]
+struct KnownFace {
+    size: [u32; 2],
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+    points: Option<Vec<[f32; 2]>>,
+}
+
+/// The presets with no real export in ../shared (yolov8_face, blazeface_back, faceboxes,
+/// ultraface), on ONNX heads built with the `onnx` package whose outputs encode one known
+/// face (tests/fixtures/synthetic_heads.py, written from each family's own encoding): `init`
+/// names the preset, and ONNX Runtime's outputs decode to the face within 1e-4.
+#[test]
+fn synthetic_heads_decode_to_their_known_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = std::process::Command::new(toolchain_python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/synthetic_heads.py"
+        ))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let known: std::collections::BTreeMap<String, KnownFace> =
+        serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(known.len(), 4);
+    let tc = toolchain();
+    let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
+    let p = Project::new();
+    let mut lines = Vec::new();
+    for (preset, face) in &known {
+        let model = dir.path().join(format!("{preset}.onnx"));
+        let out = p.run(&["init", model.to_str().unwrap(), "-o", "-"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("    preset: {preset}\n")),
+            "{preset}: init wrote\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut m = rt
+            .load(&Utf8PathBuf::from_path_buf(model).unwrap())
+            .unwrap();
+        let [h, w] = face.size.map(|x| x as usize);
+        let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 3, h, w]));
+        let outs = m.run(&[("image".to_string(), x)]).unwrap();
+        let spec = DetectorSpec::preset(preset).unwrap();
+        let d = facebuild::decode(&spec, &outs, (h, w)).unwrap();
+        assert_eq!(d.len(), 1, "{preset}: {d:?}");
+        let err = d[0]
+            .bbox
+            .iter()
+            .zip(&face.bbox)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-4, "{preset}: {:?} vs {:?}", d[0].bbox, face.bbox);
+        if let Some(pts) = &face.points {
+            let k = d[0].kps.unwrap();
+            for (a, b) in k.iter().zip(pts) {
+                assert!(
+                    (a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4,
+                    "{preset}: {k:?}"
+                );
+            }
+        }
+        lines.push(format!("{preset}: init names it; box error {err:.1e} px"));
+    }
+    say(&lines.join("\n"));
+}

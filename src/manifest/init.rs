@@ -728,6 +728,9 @@ fn preset_preprocessing(line: &mut impl FnMut(&str), g: &Guess) {
     line(&format!(
         "  # The `{name}` preset's feeding, as its authors feed it; letterboxed."
     ));
+    if let Some(c) = head.input.as_ref().and_then(|i| i.check.as_deref()) {
+        line(&format!("  # CHECK: {c}"));
+    }
     line("  preprocessing:");
     match &head.input {
         Some(i) => {

@@ -347,6 +347,9 @@ pub struct HeadInput {
     /// The size the family was trained at, [h, w].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<[u32; 2]>,
+    /// What the family's exports disagree on, for `init` to write as a CHECK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 /// The presets shipped in the repository, by name: each is a head in YAML.
