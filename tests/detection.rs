@@ -884,10 +884,10 @@ fn a_head_described_field_by_field_decodes_as_its_preset() {
           scores: {activation: sigmoid, combine: obj_times_class}
           landmarks: {count: 5, encoding: anchor_size, five: [0, 1, 2, 3, 4]}
           outputs:
-            boxes: {tensor: {columns: 16}, channels: [0, 4]}
-            objectness: {tensor: {columns: 16}, channels: [4, 5]}
-            landmarks: {tensor: {columns: 16}, channels: [5, 15]}
-            scores: {tensor: {columns: 16}, channels: [15, 16]}
+            boxes: {tensor: {columns: 16, per_stride: true}, channels: [0, 4]}
+            objectness: {tensor: {columns: 16, per_stride: true}, channels: [4, 5]}
+            landmarks: {tensor: {columns: 16, per_stride: true}, channels: [5, 15]}
+            scores: {tensor: {columns: 16, per_stride: true}, channels: [15, 16]}
     "};
     let p = Project::new();
     let indented: String = detector.lines().map(|l| format!("    {l}\n")).collect();
@@ -961,7 +961,7 @@ struct KnownFace {
 }
 
 /// The presets with no real export in ../shared (yolov8_face, blazeface_back, faceboxes,
-/// ultraface), on ONNX heads built with the `onnx` package whose outputs encode one known
+/// ultraface, yolov5_face_cat), on ONNX heads built with the `onnx` package whose outputs encode one known
 /// face (tests/fixtures/synthetic_heads.py, written from each family's own encoding): `init`
 /// names the preset, and ONNX Runtime's outputs decode to the face within 1e-4.
 #[test]
@@ -982,7 +982,7 @@ fn synthetic_heads_decode_to_their_known_faces() {
     );
     let known: std::collections::BTreeMap<String, KnownFace> =
         serde_json::from_slice(&res.stdout).unwrap();
-    assert_eq!(known.len(), 4);
+    assert_eq!(known.len(), 5);
     let tc = toolchain();
     let rt = OnnxRuntime::new(&tc, Some(2)).unwrap();
     let p = Project::new();

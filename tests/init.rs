@@ -205,7 +205,7 @@ onnx.save(m, sys.argv[1])";
 /// An export whose boxes are already decoded (UltraFace RFB-320's contract: input 1x3x240x320,
 /// `scores` [1, 4420, 2], `boxes` [1, 4420, 4] as corners in [0, 1]), built small: init does
 /// not call it RetinaFace (its 4420 rows are not RetinaFace's 3160 priors at 240x320) but
-/// generic with a CHECK; and a manifest that declares it RetinaFace is refused at `plan`, at
+/// the `ultraface` preset (decoded corners), with a CHECK; and a manifest that declares it RetinaFace is refused at `plan`, at
 /// the model's line, before anything is built.
 #[test]
 fn already_decoded_boxes_are_never_a_prior_decoded_family() {
@@ -238,7 +238,8 @@ onnx.checker.check_model(m)
 onnx.save(m, sys.argv[1])";
     run_toolchain_python(script, &[&onnx]);
     let text = init(&p, &onnx, "ultraface_like");
-    assert!(text.contains("  task: generic\n"), "{text}");
+    assert!(text.contains("  task: detection\n"), "{text}");
+    assert!(text.contains("    preset: ultraface\n"), "{text}");
     assert!(!text.contains("family: retinaface"), "{text}");
     assert!(
         text.contains(

@@ -484,7 +484,7 @@ fn detector_heads_are_checked_against_the_model() {
     let err = String::from_utf8_lossy(&p.run(&["plan", "bad.yaml"]).stderr).to_string();
     for n in [
         "unknown detector preset `yunett`",
-        "yunet, yolov5_face, yolov8_face",
+        "yunet, yolov5_face, yolov5_face_cat",
     ] {
         assert!(err.contains(n), "missing `{n}` in:\n{err}");
     }

@@ -409,7 +409,7 @@ fn retinaface_or_decoded(
     match crate::detect::retinaface::prior_mismatch(outputs, size, &steps, &min_sizes) {
         Some((n, priors)) => {
             notes.push(format!(
-                "CHECK: the outputs look like RetinaFace's (N x 4 boxes, N x 2 scores), but {n} rows are not its {priors} priors at {h}x{w}: the boxes are likely decoded already (as UltraFace exports them), so the outputs are compared tensor by tensor"
+                "CHECK: the outputs look like RetinaFace's (N x 4 boxes, N x 2 scores), but {n} rows are not its {priors} priors at {h}x{w}: the boxes are likely decoded already (as UltraFace exports them), not prior-decoded"
             ));
             OutputLayout::Other
         }

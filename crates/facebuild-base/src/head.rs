@@ -319,6 +319,9 @@ pub enum TensorRef {
     Columns {
         /// The channel count.
         columns: usize,
+        /// One such output per stride (a raw per-stride head), not one for all candidates.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        per_stride: bool,
     },
 }
 
@@ -362,6 +365,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
     ("yunet", include_str!("../presets/yunet.yaml")),
     ("yolov5_face", include_str!("../presets/yolov5_face.yaml")),
+    (
+        "yolov5_face_cat",
+        include_str!("../presets/yolov5_face_cat.yaml"),
+    ),
     ("yolov8_face", include_str!("../presets/yolov8_face.yaml")),
     (
         "blazeface_front",
@@ -384,6 +391,7 @@ pub const INIT_ORDER: &[&str] = &[
     "retinaface_concat",
     "blazeface_front",
     "blazeface_back",
+    "yolov5_face_cat",
     "faceboxes",
     "ultraface",
 ];

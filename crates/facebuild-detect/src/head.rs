@@ -132,7 +132,10 @@ fn tensors_of<'a>(
             Ok(Some(v))
         }
         TensorRef::Name(n) => Ok(outputs.iter().find(|(o, _)| o == n).map(|(_, t)| vec![t])),
-        TensorRef::Columns { columns } => {
+        TensorRef::Columns {
+            columns,
+            per_stride,
+        } => {
             let mut v: Vec<&ndarray::ArrayD<f32>> = outputs
                 .iter()
                 .map(|(_, t)| t)
@@ -140,7 +143,8 @@ fn tensors_of<'a>(
                 .collect();
             // Stable: equal row counts keep the model's order.
             v.sort_by_key(|t| std::cmp::Reverse(shape_of(t, layout).0));
-            Ok((!v.is_empty()).then_some(v))
+            let fits = !v.is_empty() && (!per_stride || v.len() == strides.len());
+            Ok(fits.then_some(v))
         }
     }
 }
@@ -148,7 +152,13 @@ fn tensors_of<'a>(
 fn describe(r: &TensorRef) -> String {
     match r {
         TensorRef::Name(n) => format!("an output named `{n}`"),
-        TensorRef::Columns { columns } => format!("outputs with {columns} channels"),
+        TensorRef::Columns {
+            columns,
+            per_stride: false,
+        } => format!("outputs with {columns} channels"),
+        TensorRef::Columns { columns, .. } => {
+            format!("one output with {columns} channels per stride")
+        }
     }
 }
 
