@@ -2,6 +2,8 @@
 //! at crowd sizes) covers the group photos' faces and portraits do not, which `run` says;
 //! derived sets are cached like any dataset. On the real SCRFD-500M in ../shared, a static
 //! 640x640 export whose input and outputs have other names than SCRFD-2.5GF's.
+//! And YuNet, a head described as data (the `yunet` preset): the derived set, INT8
+//! calibration and accuracy control all decode through the generic head decoder.
 
 mod common;
 use common::*;
@@ -152,4 +154,82 @@ fn portraits_do_not_cover_the_scenes_a_derived_mosaic_does_and_is_cached() {
         2,
         "the changed source derives a new set"
     );
+}
+
+/// Downstream of a head described as data: YuNet (the `yunet` preset) finds the faces a
+/// derived crowd set is cut from, calibrates INT8 on it, and accuracy control searches for
+/// the recall target on other mosaics, all decoding through the generic head decoder.
+#[test]
+fn yunet_int8_from_a_derived_crowd_set_with_accuracy_control() {
+    let Some(shared) = shared() else { return };
+    let s = shared.display();
+    let p = Project::new();
+    p.write(
+        "yunet.yaml",
+        &format!(
+            "schema: 1
+name: yunet_ac
+model:
+  path: {s}/models/wild/yunet_2023mar.onnx
+  task: detection
+  input: {{name: input, shape: [1, 3, 640, 640]}}
+  preprocessing: {{color: BGR, mean: [0, 0, 0], std: [1, 1, 1], size: [640, 640], resize: letterbox}}
+  detector: {{preset: yunet, score_threshold: 0.6, nms_iou: 0.3}}
+datasets:
+  scenes: {{path: {s}/faces/scenes}}
+  portraits: {{path: {s}/faces/pairs}}
+  calib_crowd:
+    count: 32
+    seed: 0
+    derive:
+      from: portraits
+      originals: false
+      mosaic: {{count: 16, face_sizes: [0.015, 0.03, 0.06, 0.12, 0.25]}}
+      flip: true
+  search_crowd:
+    seed: 1
+    derive:
+      from: portraits
+      originals: false
+      mosaic: {{count: 6, face_sizes: [0.02, 0.04, 0.08]}}
+steps:
+  calibrate: {{kind: calibrate, params: {{dataset: calib_crowd}}}}
+  int8_ac:
+    kind: convert
+    params:
+      backend: openvino
+      precision: int8
+      calibration: calibrate
+      accuracy_control: {{dataset: search_crowd, metric: recall, target: 0.95, max_fp_layers: 6}}
+  compare:
+    kind: compare
+    params: {{dataset: scenes, candidates: [int8_ac], recall_min: 0.9, fp_per_image_max: 1}}
+"
+        ),
+    );
+    let (code, r) = p.run_json("yunet.yaml", &[]);
+    assert_eq!(code, 0, "{r:#?}");
+    let summary = |step: &str| {
+        r.steps
+            .iter()
+            .find(|x| x.step == step)
+            .unwrap_or_else(|| panic!("no step {step}"))
+            .summary
+            .clone()
+    };
+    let cal = summary("calibrate");
+    assert!(cal["faces"].as_u64().unwrap() > 100, "{cal}");
+    let ac = summary("int8_ac");
+    assert!(ac["recall"].as_f64().unwrap() >= 0.95, "{ac}");
+    let compare: CompareReport = p.report("out/yunet_ac/compare/report.json");
+    let c = candidate(&compare, "int8_ac");
+    say(&format!(
+        "yunet INT8 on a derived crowd set, accuracy control: {} faces in the calibration mosaics, search recall {:.4} ({} trials, {} layers in fp), scenes recall {:.4}",
+        cal["faces"],
+        ac["recall"].as_f64().unwrap(),
+        ac["trials"],
+        ac["fp_layers"],
+        c.total.as_ref().unwrap().recall
+    ));
+    assert_eq!(c.passed, Some(true));
 }
