@@ -472,6 +472,17 @@ fn bind(head: &HeadSpec, outputs: &[NamedTensor], hw: (usize, usize)) -> Result<
             ),
         ));
     }
+    if let Some(l) = &head.landmarks
+        && !(2..=3).contains(&l.values_per_point)
+    {
+        return Err(fail(
+            2,
+            format!(
+                "landmarks.values_per_point is {}: a point is (x, y) or (x, y, visibility)",
+                l.values_per_point
+            ),
+        ));
+    }
     if let (Some(l), Some(k)) = (&head.landmarks, &kps)
         && k.width != l.count * l.values_per_point
     {
@@ -873,6 +884,25 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_point_of_one_value_is_refused_not_read_past() {
+        let o = serde_json::json!({"landmarks": {"count": 10, "values_per_point": 1}});
+        let head = resolve(Some("yunet"), Some(&o)).unwrap();
+        let shapes: Vec<(String, Vec<usize>)> = ["cls", "obj", "bbox", "kps"]
+            .iter()
+            .flat_map(|p| {
+                let c = match *p {
+                    "bbox" => 4,
+                    "kps" => 10,
+                    _ => 1,
+                };
+                [(8, 6400), (16, 1600), (32, 400)].map(|(s, n)| (format!("{p}_{s}"), vec![1, n, c]))
+            })
+            .collect();
+        let e = binds(&head, &shapes, (640, 640)).unwrap_err();
+        assert!(e.message.contains("values_per_point is 1"), "{e}");
     }
 
     #[test]
