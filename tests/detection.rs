@@ -558,6 +558,22 @@ fn detector_as_generic_is_compared_output_by_output() {
     );
 }
 
+/// The four group photos of ../shared/faces/scenes and six portraits of faces/pairs: what
+/// the presets are checked on.
+fn scenes_and_portraits(shared: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let scenes = [
+        "selfie.jpg",
+        "two_people.jpg",
+        "obama_and_biden.jpg",
+        "many_face.png",
+    ];
+    scenes
+        .iter()
+        .map(|f| shared.join("faces/scenes").join(f))
+        .chain((1..=6).map(|i| shared.join(format!("faces/pairs/img{i}.jpg"))))
+        .collect()
+}
+
 /// A real model's raw outputs on one photo, letterboxed to `feed`.
 fn raw_outputs(
     m: &mut dyn facebuild::LoadedModel,
@@ -667,16 +683,7 @@ fn presets_decode_as_each_familys_own_code_on_real_outputs() {
             0.4,
         ),
     ];
-    let mut photos: Vec<_> = [
-        "selfie.jpg",
-        "two_people.jpg",
-        "obama_and_biden.jpg",
-        "many_face.png",
-    ]
-    .iter()
-    .map(|f| shared.join("faces/scenes").join(f))
-    .collect();
-    photos.extend((1..=6).map(|i| shared.join(format!("faces/pairs/img{i}.jpg"))));
+    let photos = scenes_and_portraits(&shared);
     let mut lines = Vec::new();
     for (model, preset, family, feed, thresh, nms) in cases {
         let mut spec = DetectorSpec::preset(preset).unwrap();
@@ -763,16 +770,7 @@ fn yunet_preset_matches_opencv_face_detector_yn() {
         thresh.to_string(),
         nms.to_string(),
     ];
-    let mut photos: Vec<_> = [
-        "selfie.jpg",
-        "two_people.jpg",
-        "obama_and_biden.jpg",
-        "many_face.png",
-    ]
-    .iter()
-    .map(|f| shared.join("faces/scenes").join(f))
-    .collect();
-    photos.extend((1..=6).map(|i| shared.join(format!("faces/pairs/img{i}.jpg"))));
+    let photos = scenes_and_portraits(&shared);
     args.extend(photos.iter().map(|f| f.display().to_string()));
     let res = std::process::Command::new(&python)
         .args(&args)
