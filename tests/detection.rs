@@ -292,20 +292,13 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
         let mut m = rt
             .load(&Utf8PathBuf::from_path_buf(shared.join("models").join(model)).unwrap())
             .unwrap();
-        let input = m.inputs()[0].0.clone();
         for img in [
             "selfie.jpg",
             "two_people.jpg",
             "obama_and_biden.jpg",
             "many_face.png",
         ] {
-            let photo = facebuild::decode_image(
-                &Utf8PathBuf::from_path_buf(shared.join("faces/scenes").join(img)).unwrap(),
-            )
-            .unwrap();
-            let (boxed, _) = facebuild::letterbox(&photo, feed.size);
-            let t = facebuild::to_tensor(&boxed, &feed, facebuild::Layout::NCHW);
-            let out = m.run(&[(input.clone(), t.into_dyn())]).unwrap();
+            let out = raw_outputs(m.as_mut(), &shared.join("faces/scenes").join(img), &feed);
             let (h, w) = (feed.size[0] as usize, feed.size[1] as usize);
             let ours = facebuild::decode(&spec, &out, (h, w)).unwrap();
             // The family's preset, through the generic head decoder, keeps the same faces.
@@ -333,33 +326,7 @@ fn rust_decoding_matches_the_reference_decoder_on_real_outputs() {
                         .all(|(p, q)| (p[0] - q[0]).abs() < 1e-3 && (p[1] - q[1]).abs() < 1e-3)
                 );
             }
-            let mut args = vec![
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/fixtures/reference_decode.py"
-                )
-                .to_string(),
-                format!("{family:?}").to_lowercase(),
-                h.to_string(),
-                w.to_string(),
-                "0.5".into(),
-                "0.4".into(),
-            ];
-            for (i, (_, a)) in out.iter().enumerate() {
-                let f = dir.path().join(format!("out{i}.npy"));
-                ndarray_npy::write_npy(&f, a).unwrap();
-                args.push(f.display().to_string());
-            }
-            let res = std::process::Command::new(tc.python())
-                .args(&args)
-                .output()
-                .unwrap();
-            assert!(
-                res.status.success(),
-                "{}",
-                String::from_utf8_lossy(&res.stderr)
-            );
-            let theirs: Vec<RefDetection> = serde_json::from_slice(&res.stdout).unwrap();
+            let theirs = reference(dir.path(), family.name(), (h, w), (0.5, 0.4), &out);
             assert_eq!(
                 ours.len(),
                 theirs.len(),
