@@ -553,6 +553,14 @@ impl BuildContext {
             model["inputs"] = json!(spec.extra_inputs);
         }
         let mut params = json!({"step": step.spec.params, "model": model});
+        if let Some(extra) = step
+            .spec
+            .params
+            .kind()
+            .key_extra(self.manifest_for(step), &step.name)
+        {
+            params["extra"] = extra;
+        }
         // A step that reads every model of a pack (a chain) feeds each as declared: every
         // declaration is its param, so editing one model's feeding rebuilds it.
         if step.spec.params.kind().spans_models() {

@@ -219,7 +219,8 @@ fn builtin_landmarks_pipeline_runs_end_to_end() {
     let short = builtin_pipeline_short_benchmark("landmarks");
     p.write("landmarks.yaml", &short);
     let (code, r) = p.run_json("landmarks.yaml", &[]);
-    let how = released(p.dir.path(), code, &r);
+    released(p.dir.path(), code, &r);
+    let how = "released";
     let rep: CompareReport = p.report("out/landmarks/compare/report.json");
     let setup = rep.landmarks.as_ref().unwrap();
     assert_eq!(
@@ -450,7 +451,8 @@ fn builtin_attribute_pipeline_runs_end_to_end() {
         &builtin_pipeline_short_benchmark("attribute"),
     );
     let (code, r) = p.run_json("attribute.yaml", &[]);
-    let how = released(p.dir.path(), code, &r);
+    released(p.dir.path(), code, &r);
+    let how = "released";
     let rep: CompareReport = p.report("out/attribute/compare/report.json");
     assert_eq!(rep.task.as_deref(), Some("attribute"));
     let cand = |label: &str| rep.candidates.iter().find(|c| c.label == label).unwrap();
@@ -477,7 +479,8 @@ fn builtin_swapper_pipeline_runs_end_to_end() {
     let p = Project::new();
     p.write("swapper.yaml", &builtin_pipeline_short_benchmark("swapper"));
     let (code, r) = p.run_json("swapper.yaml", &[]);
-    let how = released(p.dir.path(), code, &r);
+    released(p.dir.path(), code, &r);
+    let how = "released";
     let rep: CompareReport = p.report("out/swapper/compare/report.json");
     assert_eq!(rep.task.as_deref(), Some("swapper"));
     let setup = rep.swapper.as_ref().unwrap();

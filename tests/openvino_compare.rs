@@ -169,15 +169,11 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
     let yaml = default_pipeline_short_benchmark();
     p.write("pipelines/recognition.yaml", &yaml);
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
-    // On a busy machine the release may refuse unreliable benchmark figures (the subject of
-    // bench_reliability); every artifact is built all the same.
-    let how = released(p.dir.path(), code, &r);
-    let refused = |n: &str| how == Released::RefusedAsUnreliable && n == "release";
+    released(p.dir.path(), code, &r);
     // TensorRT is not installed on these machines: its steps say so, everything else builds.
     assert!(
         statuses(&r).iter().all(|(n, s)| *s == Status::Built
-            || (n.starts_with("tensorrt") && *s == Status::Unavailable)
-            || refused(n)),
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
     for f in [
@@ -199,11 +195,10 @@ fn default_pipeline_builds_every_artifact_and_then_is_fully_cached() {
         "folder per identity (12 identities)"
     );
     let (code, r) = p.run_json("pipelines/recognition.yaml", &[]);
-    assert_eq!(released(p.dir.path(), code, &r), how, "{r:#?}");
+    released(p.dir.path(), code, &r);
     assert!(
         statuses(&r).iter().all(|(n, s)| *s == Status::Cached
-            || (n.starts_with("tensorrt") && *s == Status::Unavailable)
-            || refused(n)),
+            || (n.starts_with("tensorrt") && *s == Status::Unavailable)),
         "{r:#?}"
     );
 }

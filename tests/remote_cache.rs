@@ -111,29 +111,8 @@ fn digests(r: &RunReport) -> Vec<(String, String, String)> {
 
 /// Every step of B that can run here came from the remote, and nothing was built.
 fn all_remote_hits(r: &RunReport) {
-    hits_but_a_refused_release(r, Released::Promoted);
-}
-
-/// The steps whose outputs the default pipeline's release reads: its artifacts, compare and
-/// benchmark.
-const RELEASE_READS: [&str; 5] = [
-    "openvino_fp16",
-    "openvino_int8",
-    "openvino_fp32",
-    "compare",
-    "benchmark",
-];
-
-/// As [`all_remote_hits`], but for a release that A refused on unreliable benchmark figures
-/// (a busy machine): B reads the same cached benchmark report and refuses it the same way.
-fn hits_but_a_refused_release(r: &RunReport, on_a: Released) {
-    let refused = on_a == Released::RefusedAsUnreliable;
     for s in &r.steps {
-        if s.status == Status::Unavailable || (refused && s.step == "release") {
-            continue;
-        }
-        // The refused release ran again, and fetched what it reads into the local cache.
-        if refused && RELEASE_READS.contains(&s.step.as_str()) && s.status == Status::Cached {
+        if s.status == Status::Unavailable {
             continue;
         }
         assert_eq!(
@@ -146,23 +125,21 @@ fn hits_but_a_refused_release(r: &RunReport, on_a: Released) {
     assert!(r.steps.iter().all(|s| s.status != Status::Built));
 }
 
-/// Machine A: a new project with `manifest` as `file`, built and uploaded to `url` (exit 0,
-/// or a release refused on unreliable figures: see [`released`]).
-fn built_on_a(file: &str, manifest: &str, url: &str) -> (Project, RunReport, Released) {
+/// Machine A: a new project with `manifest` as `file`, built, released and uploaded to `url`.
+fn built_on_a(file: &str, manifest: &str, url: &str) -> (Project, RunReport) {
     let a = Project::new();
     a.write(file, manifest);
     let (code, ra, err) = Machine::new(&a).run(file, &["--remote", url]);
-    let how = released(a.dir.path(), code, &ra);
-    assert!(code == 0 || how == Released::RefusedAsUnreliable, "{err}");
-    (a, ra, how)
+    assert_eq!(code, 0, "{err}");
+    released(a.dir.path(), code, &ra);
+    (a, ra)
 }
 
-/// B's run of the default pipeline: exit 0 when A released; when A's release refused
-/// unreliable figures, B's refuses them too (the same cached benchmark report).
-fn same_outcome_as_a(b: &Project, code: i32, rb: &RunReport, on_a: Released, err: &str) {
-    let how = released(b.dir.path(), code, rb);
-    assert_eq!(how, on_a, "{err}");
-    hits_but_a_refused_release(rb, on_a);
+/// B's run of the default pipeline: released, every step a remote hit.
+fn same_outcome_as_a(b: &Project, code: i32, rb: &RunReport, err: &str) {
+    assert_eq!(code, 0, "{err}");
+    released(b.dir.path(), code, rb);
+    all_remote_hits(rb);
 }
 
 /// A new machine runs the small pipeline against `url`: exit 0, every step a remote hit,
@@ -185,7 +162,7 @@ fn clean_hits_on_a_new_machine(url: &str) -> String {
 fn two_ci_machines_share_an_http_cache() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let (a, ra, on_a) = built_on_a("pipelines/recognition.yaml", &default_manifest(), &url);
+    let (a, ra) = built_on_a("pipelines/recognition.yaml", &default_manifest(), &url);
     let rem = ra.remote.clone().expect("the remote is reported");
     assert_eq!(rem.status, "ok", "{rem:#?}");
     let built = ra
@@ -206,31 +183,19 @@ fn two_ci_machines_share_an_http_cache() {
         "pipelines/recognition.yaml",
         &["--remote", &url, "--materialize", "none"],
     );
-    same_outcome_as_a(&b, code, &rb, on_a, &err);
-    // Lazy: no blob fetched, but what a release that runs again reads, when A's was refused.
-    let reread: Vec<&String> = match on_a {
-        Released::Promoted => vec![],
-        Released::RefusedAsUnreliable => ra
-            .steps
-            .iter()
-            .filter(|s| RELEASE_READS.contains(&s.step.as_str()))
-            .flat_map(|s| s.outputs.values().map(|o| &o.digest))
-            .collect(),
-    };
+    same_outcome_as_a(&b, code, &rb, &err);
+    // Lazy: no blob fetched.
     let gets: Vec<String> = nginx.requests()[before..]
         .iter()
         .filter(|r| r.starts_with("GET /cache/cas/"))
-        .filter(|r| !reread.iter().any(|d| r.contains(d.as_str())))
         .cloned()
         .collect();
     assert!(gets.is_empty(), "lazy: no blob fetched, got {gets:?}");
-    if on_a == Released::Promoted {
-        assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
-    }
+    assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
 
     // Materialized: every output fetched, verified, and identical to A's.
     let (code, rb, err) = mb.run("pipelines/recognition.yaml", &["--remote", &url]);
-    same_outcome_as_a(&b, code, &rb, on_a, &err);
+    same_outcome_as_a(&b, code, &rb, &err);
     assert_eq!(digests(&ra), digests(&rb));
     for s in rb.steps.iter().filter(|s| s.status == Status::Cached) {
         for o in s.outputs.values() {
@@ -247,10 +212,8 @@ fn two_ci_machines_share_an_http_cache() {
         let files: Vec<String> = files_under(&dir);
         (sums, files)
     };
-    if on_a == Released::Promoted {
-        assert_eq!(release(&a), release(&b));
-        assert!(err.contains("restored release"), "{err}");
-    }
+    assert_eq!(release(&a), release(&b));
+    assert!(err.contains("restored release"), "{err}");
 }
 
 /// The same over S3 (s3s-fs, SigV4-checked), credentials from the standard AWS variables.
@@ -262,8 +225,8 @@ fn two_ci_machines_share_an_s3_cache() {
     let mut ma = Machine::new(&a);
     ma.env = s3.env(S3_SECRET);
     let (code, ra, err) = ma.run("pipelines/recognition.yaml", &["--remote", &s3.url()]);
-    let on_a = released(a.dir.path(), code, &ra);
-    assert!(code == 0 || on_a == Released::RefusedAsUnreliable, "{err}");
+    assert_eq!(code, 0, "{err}");
+    released(a.dir.path(), code, &ra);
     assert_eq!(ra.remote.as_ref().unwrap().status, "ok", "{:#?}", ra.remote);
     assert!(!files_under(&s3.root()).is_empty());
 
@@ -276,12 +239,10 @@ fn two_ci_machines_share_an_s3_cache() {
         "pipelines/recognition.yaml",
         &["--remote", &s3.url(), "--materialize", "none"],
     );
-    same_outcome_as_a(&b, code, &rb, on_a, &err);
-    if on_a == Released::Promoted {
-        assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
-    }
+    same_outcome_as_a(&b, code, &rb, &err);
+    assert_eq!(rb.remote.as_ref().unwrap().blobs_downloaded, 0);
     let (code, rb, err) = mb.run("pipelines/recognition.yaml", &["--remote", &s3.url()]);
-    same_outcome_as_a(&b, code, &rb, on_a, &err);
+    same_outcome_as_a(&b, code, &rb, &err);
     assert_eq!(digests(&ra), digests(&rb));
 
     // Wrong credentials: one clear warning naming the remote; the run goes on locally.
@@ -311,7 +272,7 @@ fn two_ci_machines_share_an_s3_cache() {
 fn corrupt_blobs_are_refused_and_read_only_writes_nothing() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let (_a, ra, _) = built_on_a("s.yaml", &small_manifest(), &url);
+    let (_a, ra) = built_on_a("s.yaml", &small_manifest(), &url);
     let simplify = ra.steps.iter().find(|s| s.step == "simplify").unwrap();
     let digest = simplify.outputs["model.onnx"].digest.clone();
     let blob = nginx.root().join("cas").join(&digest);
@@ -412,7 +373,7 @@ fn find_named(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
 fn poisoned_records_are_refused_rebuilt_and_healed() {
     let Some(nginx) = Nginx::start() else { return };
     let url = nginx.url();
-    let (_a, ra, _) = built_on_a("s.yaml", &small_manifest(), &url);
+    let (_a, ra) = built_on_a("s.yaml", &small_manifest(), &url);
     let key_of = |r: &RunReport, s: &str| step(r, s).key.clone().unwrap();
     let abs = std::env::temp_dir().join(format!("facebuild-abs-{}.onnx", std::process::id()));
     poison_record(&nginx, &key_of(&ra, "openvino_fp32"), |r| {

@@ -173,6 +173,13 @@ pub(crate) trait Kind {
         let _ = manifest;
         vec![]
     }
+    /// What beyond its params enters the step's key, read from the rest of the manifest
+    /// (a benchmark measures until its releases' speed gates are decided, so they are its
+    /// params in effect).
+    fn key_extra(&self, manifest: &Manifest, step: &str) -> Option<serde_json::Value> {
+        let _ = (manifest, step);
+        None
+    }
     /// Whether the step needs TensorRT (its versions enter the key, and it is
     /// `unavailable` where TensorRT is not installed).
     fn uses_tensorrt(&self) -> bool {

@@ -197,37 +197,33 @@ pub(crate) fn mobilefacenet_head(shared: &Path, name: &str) -> String {
     )
 }
 
-/// The default pipeline, for tests that need its steps but no real benchmark figures: a
-/// short budget (long enough not to be flagged unreliable: 0.6 s of inferences), no
-/// benchmark_app reference, and only what the release promotes measured. The gates are the
-/// default pipeline's own.
+/// The default pipeline, for tests that need its steps but not benchmark_app's figures: no
+/// benchmark_app reference, and only what the release reads measured. The gates are the
+/// default pipeline's own, decided on intervals.
 pub(crate) fn default_pipeline_short_benchmark() -> String {
     builtin_pipeline_short_benchmark("recognition")
 }
 
-/// A built-in pipeline (`pipelines/<name>.yaml`) with the short benchmark above.
+/// A built-in pipeline (`pipelines/<name>.yaml`) with a shorter benchmark: no benchmark_app
+/// beside it, and only the artifacts its release reads.
 pub(crate) fn builtin_pipeline_short_benchmark(name: &str) -> String {
     let yaml = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("pipelines/{name}.yaml")),
     )
     .unwrap()
-    .replace("time_budget_s: 1\n", "time_budget_s: 0.6\n")
-    .replace(
-        "      reference: benchmark_app\n      reference_seconds: 2\n",
-        "",
-    )
-    // Every pipeline benchmarks only what it releases: the other targets' runs measure
-    // nothing these tests read (and were half the default pipeline's time in them).
+    .replace("      reference: benchmark_app\n", "")
+    // Every pipeline benchmarks only what it releases (and FP32, which INT8's speedup gate
+    // is measured against): the other targets' runs measure nothing these tests read.
     .replace(
         "      targets: [simplify, openvino_fp32, openvino_fp16, openvino_int8, quantize]\n",
-        "      targets: [openvino_fp16, openvino_int8]\n",
+        "      targets: [openvino_fp32, openvino_fp16, openvino_int8]\n",
     )
     .replace(
         "      targets: [simplify, openvino_fp32, openvino_fp16, openvino_int8, quantize, tensorrt_fp16, tensorrt_int8]\n",
-        "      targets: [openvino_fp16, openvino_int8, tensorrt_fp16, tensorrt_int8]\n",
+        "      targets: [openvino_fp32, openvino_fp16, openvino_int8, tensorrt_fp16, tensorrt_int8]\n",
     );
     assert!(
-        yaml.contains("time_budget_s: 0.6")
+        yaml.contains("processes: 3")
             && !yaml.contains("reference: benchmark_app")
             && !yaml.contains("targets: [simplify"),
         "the default pipeline's benchmark params changed: update this helper's budget"
@@ -280,73 +276,24 @@ models:
     )
 }
 
-/// How a run that ends in a release went, for tests whose subject is not benchmark figures
-/// (a remote cache, reproducibility, the wheel). Timings depend on the machine: on a busy
-/// one the release refuses figures judged unreliable, and that is the product working, not
-/// the test's failure. Any other failure is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Released {
-    /// Exit 0: the release promoted.
-    Promoted,
-    /// Every step but the release succeeded, and the release refused only unreliable
-    /// figures (and artifacts unavailable here, such as TensorRT's).
-    RefusedAsUnreliable,
-}
-
-/// Which of [`Released`] a run in the project folder `dir` was; panics on any other outcome.
-pub(crate) fn released(dir: &Path, code: i32, r: &RunReport) -> Released {
+/// A run that ends in a release promoted (exit 0). Speed gates decide on intervals over
+/// processes, so limits far from the figures pass on a busy machine too: a refusal here is a
+/// failure, whatever the machine was doing. Panics with the release's refusals otherwise.
+pub(crate) fn released(dir: &Path, code: i32, r: &RunReport) {
     if code == 0 {
-        return Released::Promoted;
+        return;
     }
-    for s in r.steps.iter().filter(|s| s.step != "release") {
-        assert!(
-            matches!(
-                s.status,
-                Status::Built | Status::Cached | Status::Unavailable
-            ),
-            "step `{}` failed (not a refused release): {s:#?}",
-            s.step
-        );
-    }
-    let rel = step(r, "release");
-    assert_eq!(rel.status, Status::Failed, "{rel:#?}");
-    // Kept where the manifest's outputs go: `out/<pipeline>` beside the manifest.
     let manifest = dir.join(r.manifest.as_std_path());
     let path = manifest
         .parent()
         .unwrap()
         .join(format!("out/{}/release/report.json", r.pipeline));
-    let report: facebuild::ReleaseReport = serde_json::from_slice(
-        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap();
-    let mut unreliable = 0;
-    for v in report.verdicts.iter().filter(|v| !v.passed) {
-        let unavailable = v
-            .refused_because
-            .iter()
-            .any(|r| r.contains("is unavailable on this machine"));
-        for g in v.gates.iter().filter(|g| !g.passed) {
-            let ok =
-                g.status.as_deref() == Some("unreliable") || (unavailable && g.value.is_none());
-            assert!(
-                ok,
-                "`{}` refused on a gate that is not unreliable: {g:#?}",
-                v.artifact
-            );
-            unreliable += usize::from(g.status.as_deref() == Some("unreliable"));
-        }
-    }
-    assert!(
-        unreliable > 0,
-        "refused, but not on unreliable figures: {rel:#?}"
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "NOTE: the release refused {unreliable} unreliable figure(s): a busy machine; the test goes on without a release"
-    );
-    Released::RefusedAsUnreliable
+    let refusals = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<facebuild::ReleaseReport>(&b).ok())
+        .map(|rep| format!("{:#?}", rep.refused))
+        .unwrap_or_else(|| format!("no release report at {}", path.display()));
+    panic!("the run did not release (exit {code}): {refusals}\n{r:#?}");
 }
 
 /// The Python of the shared toolchain (it has the `onnx` package), for tests that build small

@@ -1,17 +1,21 @@
 //! Gates: one type for every limit a manifest can set (in `compare` and in `release`), one
 //! type for a measured figure, and one rule that decides pass or fail.
 //!
-//! The rule: a gate passes only on a [`Measurement::Value`] within its limit. A figure that
-//! was not measured (no identities, no landmarks, an artifact that is unavailable), that
-//! cannot be measured (a FAR below the set's resolution) or that is unreliable fails the
-//! gate ("fail closed"): an artifact is never passed on missing evidence. A gate block may
-//! say otherwise with `missing: pass`, which lets a figure that is absent pass, and with
-//! `unreliable: pass`, which compares an unreliable figure with its limit anyway and records
-//! a warning. The benchmark step retries an unreliable measurement first (its `retry:`), so
-//! a release reads the last attempt: that is the one policy (docs/manifest.md).
+//! The rule: a gate passes only on a [`Measurement::Value`] within its limit, or on an
+//! interval wholly within it. A figure that was not measured (no identities, no landmarks,
+//! an artifact that is unavailable) or that cannot be measured (a FAR below the set's
+//! resolution) fails the gate ("fail closed"): an artifact is never passed on missing
+//! evidence. A gate block may say otherwise with `missing: pass`.
+//!
+//! Speed figures ([`Measurement::Speed`]) are always judged on their interval, at the
+//! block's `confidence` (0.95 by default): pass when all of it meets the limit, fail when
+//! none does, inconclusive otherwise, which fails unless `inconclusive: pass`. The
+//! benchmark adds processes while a gate is inconclusive, within its `retry:` budget.
+//! `unreliable:` is the old name of `inconclusive:` (docs/release.md).
 
 use serde::{Deserialize, Serialize};
 
+use super::speed::SpeedFigure;
 use super::uncertainty::{CONFIDENCES, Spread, units_to_resolve};
 
 /// A figure as a gate sees it.
@@ -23,8 +27,10 @@ pub enum Measurement {
     NotMeasured(String),
     /// The data cannot resolve it (e.g. a FAR below 1 / impostor pairs).
     NotMeasurable(String),
-    /// Measured, but too short or too noisy to trust.
-    Unreliable(f64, String),
+    /// A speed figure measured across processes: always judged on its interval. The
+    /// string, when there is one, is a note for the refusal (an FP16 IR that executed in
+    /// f32, so its speed is FP32's).
+    Speed(SpeedFigure, Option<String>),
     /// Measured, with bootstrap intervals: judged on the point unless the gate block sets
     /// `confidence`, then on the interval at that confidence.
     Estimate(f64, Spread),
@@ -50,9 +56,8 @@ impl Measurement {
     /// The number, when one was measured (reliable or not).
     pub fn value(&self) -> Option<f64> {
         match self {
-            Measurement::Value(v) | Measurement::Unreliable(v, _) | Measurement::Estimate(v, _) => {
-                Some(*v)
-            }
+            Measurement::Value(v) | Measurement::Estimate(v, _) => Some(*v),
+            Measurement::Speed(f, _) => Some(f.value),
             _ => None,
         }
     }
@@ -60,19 +65,16 @@ impl Measurement {
     /// The status word recorded beside a gate that did not get a plain value.
     fn status(&self) -> Option<&'static str> {
         match self {
-            Measurement::Value(_) | Measurement::Estimate(..) => None,
+            Measurement::Value(_) | Measurement::Estimate(..) | Measurement::Speed(..) => None,
             Measurement::NotMeasured(_) => Some("not measured"),
             Measurement::NotMeasurable(_) => Some("not measurable"),
-            Measurement::Unreliable(..) => Some("unreliable"),
         }
     }
 
     fn why(&self) -> Option<&str> {
         match self {
-            Measurement::Value(_) | Measurement::Estimate(..) => None,
-            Measurement::NotMeasured(w)
-            | Measurement::NotMeasurable(w)
-            | Measurement::Unreliable(_, w) => Some(w),
+            Measurement::Value(_) | Measurement::Estimate(..) | Measurement::Speed(..) => None,
+            Measurement::NotMeasured(w) | Measurement::NotMeasurable(w) => Some(w),
         }
     }
 }
@@ -88,17 +90,6 @@ pub enum OnMissing {
     Pass,
 }
 
-/// What a gate does with a figure that was measured but judged unreliable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnUnreliable {
-    /// Fail the gate (the default): a figure from a busy machine is no evidence.
-    #[default]
-    Fail,
-    /// Compare it with the limit anyway, and record a warning beside the verdict.
-    Pass,
-}
-
 /// What a gate does when the interval of its figure straddles the limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +99,40 @@ pub enum OnInconclusive {
     Fail,
     /// Let it pass; the report still says it was inconclusive.
     Pass,
+}
+
+/// A relative speed gate: at least `value` times as fast as the artifact `over`, measured
+/// in the same benchmark in interleaved pairs of processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speedup {
+    /// Another artifact step of the same benchmark, e.g. `openvino_fp32`.
+    pub over: String,
+    /// The least ratio: `over`'s batch-1 median latency over this artifact's.
+    pub value: f64,
+}
+
+/// A limit's number, whatever its form in the manifest.
+trait Limit {
+    fn value(&self) -> f64;
+}
+
+impl Limit for f64 {
+    fn value(&self) -> f64 {
+        *self
+    }
+}
+
+impl Limit for u64 {
+    fn value(&self) -> f64 {
+        *self as f64
+    }
+}
+
+impl Limit for Speedup {
+    fn value(&self) -> f64 {
+        self.value
+    }
 }
 
 /// Every limit a manifest can set. `compare` takes the accuracy gates, `release` all of
@@ -184,6 +209,10 @@ pub struct Gates {
     /// Detection: fraction of images whose kept set after NMS is the reference's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nms_parity_min: Option<f64>,
+    /// Benchmark: how much faster than another artifact of the same run, measured in
+    /// interleaved pairs of processes: its batch-1 median latency over this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_min: Option<Speedup>,
     /// Benchmark: batch-1 p99 latency, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms_max: Option<f64>,
@@ -210,9 +239,10 @@ pub struct Gates {
     /// What a figure that is not measured does to its gate (default: fail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<OnMissing>,
-    /// What a figure judged unreliable does to its gate (default: fail).
+    /// The old name of `inconclusive:`, from when speed figures were judged reliable or
+    /// not: read as `inconclusive:` (when that is not set), with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unreliable: Option<OnUnreliable>,
+    pub unreliable: Option<OnInconclusive>,
     /// Judge figures that carry bootstrap intervals on the whole interval at this
     /// confidence (0.9, 0.95 or 0.99) instead of the point estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +274,7 @@ macro_rules! metrics {
             /// The limit set for `metric`, if any.
             pub fn limit(&self, metric: &str) -> Option<f64> {
                 match metric {
-                    $(stringify!($field) => self.$field.map(|v| v as f64),)*
+                    $(stringify!($field) => self.$field.as_ref().map(Limit::value),)*
                     _ => None,
                 }
             }
@@ -253,7 +283,7 @@ macro_rules! metrics {
             pub fn overridden_by(&self, over: Option<&Gates>) -> Gates {
                 let Some(o) = over else { return self.clone() };
                 Gates {
-                    $($field: o.$field.or(self.$field),)*
+                    $($field: o.$field.clone().or_else(|| self.$field.clone()),)*
                     atol: o.atol.or(self.atol),
                     rtol: o.rtol.or(self.rtol),
                     missing: o.missing.or(self.missing),
@@ -289,6 +319,7 @@ metrics! {
     identity_cosine_min => "identity_cosine_min", true;
     identity_cosine_mean_min => "identity_cosine_mean", true;
     identity_flips_max => "identity_flips", false;
+    speedup_min => "speedup_min", true;
     p99_ms_max => "p99_ms_max", false;
     p50_ms_max => "p50_ms_max", false;
     throughput_min => "throughput_min", true;
@@ -323,6 +354,7 @@ pub const SWAPPER: &[&str] = &[
 ];
 /// The metrics a `benchmark` measures.
 pub const PERFORMANCE: &[&str] = &[
+    "speedup_min",
     "p99_ms_max",
     "p50_ms_max",
     "throughput_min",
@@ -348,9 +380,8 @@ impl Gates {
     pub fn policy(&self) -> Policy {
         Policy {
             missing: self.missing.unwrap_or_default(),
-            unreliable: self.unreliable.unwrap_or_default(),
             confidence: self.confidence,
-            inconclusive: self.inconclusive.unwrap_or_default(),
+            inconclusive: self.inconclusive.or(self.unreliable).unwrap_or_default(),
         }
     }
 
@@ -406,9 +437,7 @@ impl Gates {
 pub struct Policy {
     /// Not measured or not measurable.
     pub missing: OnMissing,
-    /// Measured, but judged unreliable.
-    pub unreliable: OnUnreliable,
-    /// Judge intervals at this confidence (None: the point estimate).
+    /// Judge intervals at this confidence (None: the point estimate; speed figures: 0.95).
     pub confidence: Option<f64>,
     /// An interval that straddles the limit.
     pub inconclusive: OnInconclusive,
@@ -429,6 +458,7 @@ fn straddle(value: f64, iv: [f64; 2], confidence: f64, limit: f64, spread: &Spre
     let unit = &spread.resampled_by;
     let units = match unit.strip_suffix('y') {
         Some(stem) => format!("{stem}ies"),
+        None if unit.ends_with('s') => format!("{unit}es"),
         None => format!("{unit}s"),
     };
     let size = match units_to_resolve(value, iv, limit, spread.units) {
@@ -456,17 +486,19 @@ pub struct GateResult {
     pub limit: f64,
     /// Whether the gate passed, by the one rule.
     pub passed: bool,
-    /// `not measured`, `not measurable` or `unreliable`; absent for a plain value.
+    /// `not measured`, `not measurable` or `inconclusive`; for a speed figure always one of
+    /// `pass`, `fail`, `inconclusive`; absent for a plain value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Why the figure is missing or unreliable.
+    /// Why the figure is missing, or why its interval cannot decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
     /// Where the figure comes from (release: the compare or benchmark step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// A gate that passed on a figure that is not a plain value (`missing: pass`,
-    /// `unreliable: pass`, `inconclusive: pass`) says so here.
+    /// `inconclusive: pass`) says so here, as does a gate block that still says
+    /// `unreliable:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     /// The figure's bootstrap interval at `confidence` (0.95 when the gate judged the point).
@@ -491,6 +523,7 @@ impl GateResult {
         let mut interval = None;
         let mut confidence = None;
         let mut inconclusive = None;
+        let mut speed_status = None;
         let (passed, warning) = match measured {
             Measurement::Value(v) => (within(*v), None),
             Measurement::Estimate(v, spread) => {
@@ -528,17 +561,43 @@ impl GateResult {
                 });
                 (pass, warning)
             }
-            Measurement::Unreliable(v, w) => {
-                let pass = policy.unreliable == OnUnreliable::Pass && within(*v);
-                let warning = (policy.unreliable == OnUnreliable::Pass).then(|| {
-                    format!("unreliable ({w}), compared with the limit by `unreliable: pass`")
-                });
-                (pass, warning)
+            Measurement::Speed(f, _) => {
+                let c = policy.confidence.unwrap_or(0.95);
+                let iv = f.interval(c).unwrap_or(f.spread.ci95);
+                interval = Some(iv);
+                confidence = Some(c);
+                // A percentile with too few samples has no upper bound yet: it cannot pass a
+                // ceiling, though its lower end can already fail it.
+                let open = (!at_least).then(|| f.open_above.as_ref()?.at(c)).flatten();
+                let status = match (within(iv[0]), within(iv[1]), &open) {
+                    (true, true, None) => "pass",
+                    (false, false, _) => "fail",
+                    _ => "inconclusive",
+                };
+                speed_status = Some(status);
+                if status == "inconclusive" {
+                    let why = open.unwrap_or_else(|| straddle(f.value, iv, c, limit, &f.spread));
+                    let pass = policy.inconclusive == OnInconclusive::Pass;
+                    let warning = pass
+                        .then(|| format!("inconclusive ({why}), passed by `inconclusive: pass`"));
+                    inconclusive = Some(why);
+                    (pass, warning)
+                } else {
+                    (status == "pass", None)
+                }
             }
         };
-        let status = match &inconclusive {
-            Some(_) => Some("inconclusive".to_string()),
-            None => measured.status().map(String::from),
+        let status = match (&inconclusive, speed_status) {
+            (Some(_), _) => Some("inconclusive".to_string()),
+            (None, Some(s)) => Some(s.to_string()),
+            (None, None) => measured.status().map(String::from),
+        };
+        let why = match measured {
+            Measurement::Speed(_, Some(note)) if !passed => Some(match &inconclusive {
+                Some(w) => format!("{w}; {note}"),
+                None => note.clone(),
+            }),
+            _ => inconclusive.or_else(|| measured.why().map(String::from)),
         };
         GateResult {
             metric: name.to_string(),
@@ -546,7 +605,7 @@ impl GateResult {
             limit,
             passed,
             status,
-            why: inconclusive.or_else(|| measured.why().map(String::from)),
+            why,
             source,
             warning,
             interval,
@@ -564,10 +623,36 @@ impl GateResult {
                 format!("{v:.6}")
             }
         };
-        match (self.value, &self.status) {
+        match (self.value, self.status.as_deref()) {
             (Some(v), None) => format!("{} {} violates limit {}", self.metric, num(v), self.limit),
+            (Some(v), Some("fail" | "pass")) => format!(
+                "{} {}{} violates limit {}{}",
+                self.metric,
+                num(v),
+                self.interval_text(),
+                self.limit,
+                self.note()
+            ),
             _ => self.not_compared(),
         }
+    }
+
+    /// ` (95% interval [a, b])` for a gate judged on an interval, else nothing.
+    fn interval_text(&self) -> String {
+        match (self.interval, self.confidence) {
+            (Some([lo, hi]), Some(c)) => {
+                format!(" ({:.0}% interval [{lo:.6}, {hi:.6}])", c * 100.0)
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// `: <why>` for a decided gate that carries a note (an FP16 IR executed in f32).
+    fn note(&self) -> String {
+        self.why
+            .as_deref()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default()
     }
 
     /// Why a release refused on this gate, with where the figure comes from: the measured
@@ -578,10 +663,17 @@ impl GateResult {
             .as_deref()
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
-        match (self.value, &self.status) {
+        match (self.value, self.status.as_deref()) {
             (Some(v), None) => format!(
                 "{}: measured {v:.6} vs limit {}{source}",
                 self.metric, self.limit
+            ),
+            (Some(v), Some("fail" | "pass")) => format!(
+                "{}: measured {v:.6}{} vs limit {}{source}{}",
+                self.metric,
+                self.interval_text(),
+                self.limit,
+                self.note()
             ),
             _ => format!("{}{source}", self.not_compared()),
         }
@@ -628,26 +720,79 @@ mod tests {
         GateResult::judge(key, metric.at_least, &m, limit, policy, None)
     }
 
-    /// `unreliable: pass` compares an unreliable figure with its limit and warns; the
-    /// default fails it without comparing, and says so.
-    #[test]
-    fn unreliable_figures_fail_unless_the_gate_says_pass() {
-        let un = Measurement::Unreliable(793.27, "CV 0.62 > 0.5".into());
-        let r = judge("throughput_min", un.clone(), 1.0, OnMissing::Fail);
-        assert!(!r.passed && r.warning.is_none());
-        assert_eq!(
-            r.describe(),
-            "throughput_min: unreliable (CV 0.62 > 0.5): measured 793.270000, not compared with the limit 1"
-        );
-        let pass = Policy {
-            unreliable: OnUnreliable::Pass,
-            ..Default::default()
+    fn speed(value: f64, lo: f64, hi: f64) -> Measurement {
+        let spread = Spread {
+            ci90: [lo, hi],
+            ci95: [lo, hi],
+            ci99: [lo, hi],
+            resampled_by: "process".into(),
+            units: 3,
+            replicates: 1000,
         };
-        let r = GateResult::judge("throughput_min", true, &un, 1.0, pass, None);
-        assert!(r.passed);
-        assert!(r.warning.as_deref().unwrap().contains("`unreliable: pass`"));
-        let r = GateResult::judge("throughput_min", true, &un, 1000.0, pass, None);
-        assert!(!r.passed, "still compared with the limit");
+        let f = SpeedFigure {
+            value,
+            spread,
+            method: "test".into(),
+            open_above: None,
+        };
+        Measurement::Speed(f, None)
+    }
+
+    /// Speed figures are judged on their interval whatever the block says: pass, fail or
+    /// inconclusive, which fails unless `inconclusive: pass` (or its old name
+    /// `unreliable: pass`).
+    #[test]
+    fn speed_figures_decide_on_their_interval() {
+        let p = Policy::default();
+        let r = GateResult::judge("p99_ms_max", false, &speed(1.95, 1.7, 6.5), 50.0, p, None);
+        assert!(r.passed && r.status.as_deref() == Some("pass"), "{r:?}");
+        assert_eq!(r.confidence, Some(0.95));
+        let r = GateResult::judge("p99_ms_max", false, &speed(7.0, 6.0, 8.0), 5.0, p, None);
+        assert!(!r.passed && r.status.as_deref() == Some("fail"));
+        assert!(
+            r.refusal()
+                .contains("measured 7.000000 (95% interval [6.000000, 8.000000]) vs limit 5")
+        );
+        let r = GateResult::judge("p99_ms_max", false, &speed(5.0, 4.0, 6.0), 5.0, p, None);
+        assert!(!r.passed && r.status.as_deref() == Some("inconclusive"));
+        assert!(
+            r.why
+                .unwrap()
+                .contains("straddles the limit 5 (resampled by process, 3 processes)")
+        );
+        let old: Gates =
+            serde_json::from_str(r#"{"p99_ms_max": 5, "unreliable": "pass"}"#).unwrap();
+        let r = GateResult::judge(
+            "p99_ms_max",
+            false,
+            &speed(5.0, 4.0, 6.0),
+            5.0,
+            old.policy(),
+            None,
+        );
+        assert!(r.passed && r.warning.unwrap().contains("`inconclusive: pass`"));
+        // Too few samples for a p99: the upper end is open, so the gate cannot pass...
+        let Measurement::Speed(mut f, _) = speed(1.0, 0.9, 1.1) else {
+            unreachable!()
+        };
+        f.open_above = crate::speed::percentiles(
+            &[vec![1.0; 50]],
+            &[0.99],
+            &crate::uncertainty::Bootstrap {
+                replicates: 10,
+                seed: 1,
+            },
+        )
+        .unwrap()[0]
+            .open_above
+            .clone();
+        let m = Measurement::Speed(f, None);
+        let r = GateResult::judge("p99_ms_max", false, &m, 50.0, p, None);
+        assert_eq!(r.status.as_deref(), Some("inconclusive"));
+        assert!(r.why.unwrap().contains("50 samples cannot bound p99"));
+        // ...but can already fail it.
+        let r = GateResult::judge("p99_ms_max", false, &m, 0.5, p, None);
+        assert_eq!(r.status.as_deref(), Some("fail"));
     }
 
     /// A value within the limit passes; floors and ceilings point the right way.
@@ -660,8 +805,8 @@ mod tests {
         assert!(!judge("tar_drop_max", Measurement::Value(0.06), 0.05, fail).passed);
     }
 
-    /// Missing figures fail closed unless the gate says `missing: pass`; unreliable ones
-    /// always fail; the status is recorded.
+    /// Missing figures fail closed unless the gate says `missing: pass`; the status is
+    /// recorded.
     #[test]
     fn missing_figures_fail_closed_by_default() {
         let nm = Measurement::NotMeasured("no boxes".into());
@@ -671,8 +816,6 @@ mod tests {
         assert!(judge("recall_min", nm, 0.9, OnMissing::Pass).passed);
         let nmb = Measurement::NotMeasurable("FAR 1e-3 < 1/261".into());
         assert!(!judge("recall_min", nmb, 0.9, OnMissing::Fail).passed);
-        let un = Measurement::Unreliable(0.99, "cv 40%".into());
-        assert!(!judge("recall_min", un, 0.9, OnMissing::Pass).passed);
     }
 
     /// With `confidence`, a figure with intervals passes only when the whole interval is

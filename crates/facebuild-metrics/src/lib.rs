@@ -10,6 +10,7 @@ pub mod image;
 pub mod landmarks;
 pub mod lfw;
 pub mod similarity;
+pub mod speed;
 pub mod uncertainty;
 pub mod verification;
 

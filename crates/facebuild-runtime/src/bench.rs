@@ -11,7 +11,8 @@ use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BenchExecution, BenchMeasurement, ColdStart, LoadedModel, Runtime, ThroughputPoint,
+    BenchExecution, BenchMeasurement, ColdStart, LoadedModel, MachineState, Runtime,
+    ThroughputPoint,
     onnxruntime::OnnxRuntime,
     openvino::{OpenVino, OpenVinoSettings},
 };
@@ -128,11 +129,26 @@ fn timed_loop(
 pub fn run_child(spec: &BenchSpec) -> Result<BenchMeasurement> {
     let tc = Toolchain::at(&spec.toolchain_dir)?;
     let budget = spec.time_budget_ms.map(Duration::from_millis);
-    match spec.runtime.as_str() {
+    let (load_before, calibration_before_ms) = (MachineState::load(), MachineState::calibrate());
+    let (cpu0, t0) = (MachineState::cpu_seconds(), Instant::now());
+    let mut m = match spec.runtime.as_str() {
         "onnxruntime" => onnxruntime(spec, &tc, budget),
         "openvino" => openvino(spec, &tc, budget),
         other => Err(anyhow::anyhow!("bench-target: unknown runtime `{other}`").into()),
-    }
+    }?;
+    let (cpu_s, wall_s) = (
+        MachineState::cpu_seconds() - cpu0,
+        t0.elapsed().as_secs_f64(),
+    );
+    m.machine_state = Some(MachineState {
+        load_before,
+        load_after: MachineState::load(),
+        cpu_s,
+        wall_s,
+        calibration_before_ms,
+        calibration_after_ms: MachineState::calibrate(),
+    });
+    Ok(m)
 }
 
 fn cold_start(spec: &BenchSpec, load_ms: f64, compile_ms: Option<f64>, first: f64) -> ColdStart {
@@ -145,9 +161,20 @@ fn cold_start(spec: &BenchSpec, load_ms: f64, compile_ms: Option<f64>, first: f6
     }
 }
 
-fn point(batch: usize, requests: usize, lat: &[f64], wall: f64) -> ThroughputPoint {
+/// Throughput is measured in this many consecutive windows, so its interval has more than
+/// one figure per process to draw from.
+pub const WINDOWS: usize = 5;
+
+fn point(
+    batch: usize,
+    requests: usize,
+    lat: &[f64],
+    wall: f64,
+    windows: Vec<f64>,
+) -> ThroughputPoint {
     ThroughputPoint {
         batch,
+        windows_images_per_s: (!windows.is_empty()).then_some(windows),
         images_per_s: Some((lat.len() * batch) as f64 / (wall / 1e3)),
         requests_in_flight: Some(requests),
         inferences: Some(lat.len()),
@@ -185,7 +212,12 @@ fn onnxruntime(
         let (l, wall) = timed_loop(spec.warmup.min(3), spec.iterations, budget, || {
             m.run(&x).map(|_| ())
         })?;
-        tput.push(point(b, 1, &l, wall));
+        // One request at a time: a window's throughput is its inferences over their time.
+        let windows = l
+            .chunks(l.len().div_ceil(WINDOWS).max(1))
+            .map(|w| (w.len() * b) as f64 / (w.iter().sum::<f64>() / 1e3))
+            .collect();
+        tput.push(point(b, 1, &l, wall, windows));
     }
     let exec = m.execution();
     let execution = BenchExecution {
@@ -246,8 +278,16 @@ fn openvino(
         let model = mb.as_mut().unwrap_or(&mut m);
         let n = model.requests;
         model.run(n, spec.warmup.max(n), None)?;
-        let (wall, l) = model.run(n, spec.iterations.max(n), budget)?;
-        tput.push(point(b, n, &l, wall));
+        // Requests overlap, so windows are consecutive runs, each a share of the budget.
+        let (mut wall, mut l, mut windows) = (0.0, Vec::new(), Vec::new());
+        let per = budget.map(|d| d / WINDOWS as u32);
+        for _ in 0..WINDOWS {
+            let (w, lw) = model.run(n, (spec.iterations / WINDOWS).max(n), per)?;
+            windows.push((lw.len() * b) as f64 / (w / 1e3));
+            wall += w;
+            l.extend(lw);
+        }
+        tput.push(point(b, n, &l, wall, windows));
     }
     let settings = [
         (
@@ -292,5 +332,6 @@ fn result(
         child_wall_ms: None,
         reference: None,
         reliability: Some(super::Reliability::of(lat, &throughput)),
+        machine_state: None,
     }
 }

@@ -37,9 +37,68 @@ pub struct BenchMeasurement {
     /// OpenVINO's benchmark_app on the same IR, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<BenchmarkApp>,
-    /// Whether the latency and throughput figures can be trusted (absent for trtexec's).
+    /// The judge's diagnostics on the latencies (samples, CV, drift): reported, no longer
+    /// deciding (absent for trtexec's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reliability: Option<Reliability>,
+    /// What the machine was doing around the measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_state: Option<MachineState>,
+}
+
+/// What the machine was doing around one measuring process: "the runner was busy" as a
+/// measured fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineState {
+    /// 1-minute load average before and after.
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+    /// CPU seconds the process got (user + system) while measuring...
+    pub cpu_s: f64,
+    /// ...against the wall seconds it measured for.
+    pub wall_s: f64,
+    /// A fixed calibration kernel's time before and after, ms: it grows when the process
+    /// shares its core.
+    pub calibration_before_ms: f64,
+    pub calibration_after_ms: f64,
+}
+
+impl MachineState {
+    /// The 1-minute load average.
+    pub fn load() -> Option<f64> {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// CPU seconds (user + system) this process has had.
+    pub fn cpu_seconds() -> f64 {
+        // Fields 14 and 15 of /proc/self/stat, in clock ticks (USER_HZ, 100 on Linux),
+        // counted after the command name, which may hold spaces.
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        f.iter().sum::<f64>() / 100.0
+    }
+
+    /// The calibration kernel: a fixed chain of dependent floating-point operations, ms.
+    pub fn calibrate() -> f64 {
+        let t = std::time::Instant::now();
+        let mut x = 1.000_000_1f64;
+        for i in 0..2_000_000u32 {
+            x = x * 1.000_000_01 + f64::from(i & 1) * 1e-12;
+        }
+        std::hint::black_box(x);
+        t.elapsed().as_secs_f64() * 1e3
+    }
 }
 
 /// Whether a measurement is long and steady enough to trust. A figure from a few dozen
@@ -209,6 +268,9 @@ pub struct ThroughputPoint {
     pub batch: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images_per_s: Option<f64>,
+    /// Images/s in each of the measurement's consecutive windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_images_per_s: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_in_flight: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

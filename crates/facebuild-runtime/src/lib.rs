@@ -14,7 +14,7 @@ pub mod tensorrt;
 
 pub use bench_result::BenchMeasurement;
 pub use bench_result::{
-    BenchExecution, BenchmarkApp, ColdStart, Reliability, ThroughputPoint, TrtTimings,
+    BenchExecution, BenchmarkApp, ColdStart, MachineState, Reliability, ThroughputPoint, TrtTimings,
 };
 
 use camino::Utf8Path;

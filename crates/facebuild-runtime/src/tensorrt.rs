@@ -349,6 +349,7 @@ pub fn perf_to_schema(
         reference: None,
         // trtexec's own stability warnings are in its log; not judged here.
         reliability: None,
+        machine_state: None,
     }
 }
 

@@ -20,7 +20,6 @@ use super::compare::CompareReport;
 use super::{StepContext, StepOutcome};
 use crate::error::{Error, IoContext, Result};
 use crate::metrics::gate::{self, GateResult, Gates, Measurement, Metric, Naming};
-use crate::runtime::BenchMeasurement;
 
 mod chain_gate;
 mod layouts;
@@ -215,63 +214,24 @@ pub struct Verdict {
 }
 
 /// The figure a release gate reads for `artifact`, from compare's or benchmark's report, and
-/// where it came from. Performance figures are the best over the artifact's configurations.
+/// where it came from. Speed figures are the best configuration's, with their intervals.
 fn measure(
     m: &Metric,
     artifact: &str,
+    gates: &Gates,
     compare: Option<(&str, &CompareReport)>,
     bench: Option<(&str, &BenchmarkReport)>,
 ) -> (Measurement, Option<String>) {
     // The source is named beside every refusal, so the reason does not repeat it.
     let missing = format!("nothing measured for `{artifact}`");
     if gate::PERFORMANCE.contains(&m.key) {
-        let name = bench.map(|b| b.0).unwrap_or_default();
-        let rows: Vec<(&str, &BenchMeasurement)> = bench
-            .map(|(_, b)| {
-                b.measured_for(artifact)
-                    .map(|(e, v)| (e.label.as_str(), v))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let figure = |v: &BenchMeasurement| match m.key {
-            "p99_ms_max" => v.latency_batch1_ms.as_ref()?.p99,
-            "p50_ms_max" => v.latency_batch1_ms.as_ref()?.median,
-            "throughput_min" => v.best_throughput(),
-            "rss_mib_max" => v.peak_rss_mib,
-            _ => Some(v.cold_start.as_ref()?.spawn_to_first_output_ms),
-        };
-        let best = rows
-            .iter()
-            .filter_map(|(label, v)| figure(v).map(|x| (x, *label)))
-            .min_by(|a, b| {
-                if m.at_least {
-                    b.0.total_cmp(&a.0)
-                } else {
-                    a.0.total_cmp(&b.0)
-                }
-            });
-        let src = format!(
-            "benchmark `{name}`{}",
-            best.map(|(_, l)| format!(", best config {l}"))
-                .unwrap_or_default()
-        );
-        let why = missing;
-        // A latency or throughput measured too briefly or on a busy machine is no evidence.
-        let doubt = best.and_then(|(_, label)| {
-            let v = rows.iter().find(|(l, _)| *l == label)?.1;
-            let r = v.reliability.as_ref().filter(|r| !r.reliable)?;
-            // The brief form names each figure against the judge's threshold; reports from
-            // before it carry only the long reasons.
-            let why = if r.brief.is_empty() {
-                r.reasons.join("; ")
-            } else {
-                r.brief.join(", ")
-            };
-            matches!(m.key, "p99_ms_max" | "p50_ms_max" | "throughput_min").then_some(why)
-        });
-        return match (best, doubt) {
-            (Some((x, _)), Some(why)) => (Measurement::Unreliable(x, why), Some(src)),
-            _ => (Measurement::from_option(best.map(|b| b.0), why), Some(src)),
+        // Speed figures carry intervals over processes, and the gate decides on them.
+        return match bench {
+            Some((_, b)) => {
+                let (measured, src, _) = super::benchmark::gate_figure(b, m, artifact, gates);
+                (measured, Some(src))
+            }
+            None => (Measurement::NotMeasured(missing), None),
         };
     }
     let src = format!("compare `{}`", compare.map(|c| c.0).unwrap_or_default());
@@ -336,9 +296,10 @@ fn refusals(verdicts: &[Verdict]) -> Vec<String> {
 }
 
 /// The step error of a release that promoted nothing. The hint follows the refusals: an
-/// unreliable figure needs a quieter machine or the benchmark's `retry:`, not a looser gate.
+/// inconclusive speed figure needs more processes (the benchmark's `retry:`) or a limit that
+/// is not the figure itself, not a quieter machine.
 fn refused_error(step: &str, refused: &[String]) -> Error {
-    let unreliable = refused.iter().any(|r| r.contains(": unreliable ("));
+    let unreliable = refused.iter().any(|r| r.contains(": inconclusive: "));
     Error::Step {
         step: step.to_string(),
         message: format!(
@@ -346,7 +307,7 @@ fn refused_error(step: &str, refused: &[String]) -> Error {
             refused.join(" | ")
         ),
         hint: Some(if unreliable {
-            "unreliable figures are not compared with their limits: run the benchmark on a quiet machine, or give it more `retry:` attempts and seconds; `unreliable: pass` on a gate block compares them anyway, with a warning; report.json has every gate".into()
+            "an inconclusive gate's interval holds its limit: the benchmark adds processes while a gate is inconclusive, up to its `retry: {attempts, total_s}`, so raise those, or set the limit where a figure and its noise do not reach it; `inconclusive: pass` on the gate block passes it with a warning; report.json has every gate with its interval".into()
         } else {
             "see report.json for every gate with its measured value".into()
         }),
@@ -724,7 +685,9 @@ fn verdicts(
             missing.push(super::unavailable_upstream(a));
         }
         let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
-        let gates = g.check(&all, Naming::Key, |m| measure(m, a, compare_of, bench_of));
+        let gates = g.check(&all, Naming::Key, |m| {
+            measure(m, a, &g, compare_of, bench_of)
+        });
         let passed = missing.is_empty() && gates.iter().all(|c| c.passed);
         let reasons: Vec<String> = missing
             .iter()
@@ -1333,7 +1296,7 @@ mod tests {
         let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
         let check = |g: &Gates| {
             g.check(&all, Naming::Key, |m| {
-                measure(m, "openvino_fp16", Some(("compare", &c)), None)
+                measure(m, "openvino_fp16", g, Some(("compare", &c)), None)
             })
         };
         let r = check(&g);
@@ -1346,23 +1309,37 @@ mod tests {
         assert!(check(&g)[0].passed);
     }
 
-    /// A benchmark report with one measurement per artifact: (step, label, p99 ms,
-    /// images/s, reliability judged on these latencies).
-    fn bench_with(rows: &[(&str, &str, f64, f64, Vec<f64>)]) -> BenchmarkReport {
+    /// A benchmark report whose configurations were each measured in `procs` processes:
+    /// (step, label, base latency ms, per-process slowdowns).
+    fn bench_with(rows: &[(&str, &str, f64, Vec<f64>)]) -> BenchmarkReport {
         let results: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(step, label, p99, ips, lat)| {
-                let rel = crate::runtime::Reliability::of(lat, &[]);
-                json!({"label": label, "step": step, "artifact": "openvino-ir", "available": true,
-                    "execution": {"runtime": "openvino", "version": "1", "device": "CPU",
-                        "precision": "f32", "threads": null, "hint": "THROUGHPUT",
-                        "requests": 1, "settings": {}},
-                    "latency_batch1_ms": {"median": p99 / 2.0, "p99": p99},
-                    "throughput": [{"batch": 1, "images_per_s": ips}],
-                    "peak_rss_mib": 100.0, "reliability": rel})
+            .map(|(step, label, base, slow)| {
+                let processes: Vec<serde_json::Value> = slow
+                    .iter()
+                    .enumerate()
+                    .map(|(r, k)| {
+                        let lat: Vec<f64> = (0..400)
+                            .map(|i| base * k * (1.0 + (i % 7) as f64 * 0.02))
+                            .collect();
+                        let ips = 1e3 / (base * k);
+                        json!({"round": r + 1, "wall_s": 1.0,
+                            "execution": {"runtime": "openvino", "version": "1", "device": "CPU",
+                                "precision": "f32", "threads": null, "hint": "THROUGHPUT",
+                                "requests": 1, "settings": {}},
+                            "cold_start": {"spawn_to_first_output_ms": 100.0 * k, "load_ms": null,
+                                "compile_ms": null, "first_inference_ms": null},
+                            "latency_batch1_ms": null, "latency_batch1_samples_ms": lat,
+                            "throughput": [{"batch": 1, "images_per_s": ips,
+                                "windows_images_per_s": [ips, ips * 0.98, ips * 1.02]}],
+                            "peak_rss_mib": 100.0})
+                    })
+                    .collect();
+                json!({"label": label, "step": step, "artifact": "openvino-ir",
+                    "artifact_precision": "fp16", "available": true, "processes": processes})
             })
             .collect();
-        serde_json::from_value(json!({
+        let mut b: BenchmarkReport = serde_json::from_value(json!({
             "schema": super::super::benchmark::SCHEMA, "step": "benchmark", "kind": "benchmark",
             "machine": {"cpu": "c", "logical_cores": 2, "isa": [], "memory_gib": null,
                 "gpu": null, "os": "linux", "arch": "x86_64"},
@@ -1371,62 +1348,86 @@ mod tests {
                 "threads": null, "openvino_hints": ["throughput"], "precision_hint": null},
             "results": results, "toolchain": {},
         }))
-        .unwrap()
+        .unwrap();
+        super::super::benchmark::refresh(
+            &mut b,
+            &[("openvino_int8".into(), "openvino_fp16".into())],
+        );
+        b
     }
 
-    /// The refusal of issue 26, in its new form: an unreliable figure is named with the
-    /// judge's own thresholds and is not compared with the limit; a plain figure is.
-    #[test]
-    fn unreliable_figures_are_refused_with_why() {
-        // Latencies that swing (CV above 0.5), and ones that drift by half between quarters.
-        let noisy: Vec<f64> = (0..400)
-            .map(|i| if i % 3 == 0 { 4.0 } else { 0.6 })
-            .collect();
-        let drifting: Vec<f64> = (0..400).map(|i| if i < 200 { 1.0 } else { 1.5 }).collect();
-        let steady: Vec<f64> = (0..400).map(|i| 2.0 + (i % 5) as f64 * 0.01).collect();
-        let b = bench_with(&[
-            (
-                "openvino_fp16",
-                "openvino_fp16 [throughput]",
-                2.5,
-                793.273392,
-                noisy,
-            ),
-            (
-                "openvino_int8",
-                "openvino_int8 [throughput]",
-                2.089409,
-                1100.0,
-                drifting,
-            ),
-            ("quantize", "quantize", 3.1, 0.5, steady),
-        ]);
-        let gates = Gates {
-            throughput_min: Some(1.0),
-            p99_ms_max: Some(2000.0),
-            ..Default::default()
-        };
+    fn verdicts_of(b: &BenchmarkReport, gates: &[(&str, Gates)]) -> Vec<Verdict> {
         let all: Vec<&str> = Gates::METRICS.iter().map(|m| m.key).collect();
-        let verdicts: Vec<Verdict> = ["openvino_fp16", "openvino_int8", "quantize"]
+        gates
             .iter()
-            .map(|a| {
-                let g = gates.check(&all, Naming::Key, |m| {
-                    measure(m, a, None, Some(("benchmark", &b)))
+            .map(|(a, g)| {
+                let r = g.check(&all, Naming::Key, |m| {
+                    measure(m, a, g, None, Some(("benchmark", b)))
                 });
                 Verdict {
                     artifact: a.to_string(),
-                    passed: g.iter().all(|c| c.passed),
-                    refused_because: g
+                    passed: r.iter().all(|c| c.passed),
+                    refused_because: r
                         .iter()
                         .filter(|c| !c.passed)
                         .map(GateResult::refusal)
                         .collect(),
-                    gates: g,
+                    gates: r,
                 }
             })
-            .collect();
-        assert!(verdicts.iter().all(|v| !v.passed));
-        let e = refused_error("release", &refusals(&verdicts));
+            .collect()
+    }
+
+    /// Speed gates decide on intervals over processes: a process that ran three times slower
+    /// (a busy machine) widens FP16's interval, yet 50 ms is far above all of it, so it
+    /// passes; a limit inside the interval is inconclusive, one below it fails; the paired
+    /// speedup of INT8 over FP16 is read from rounds and names the FP16 IR executed in f32.
+    #[test]
+    fn speed_gates_decide_on_intervals_and_name_why() {
+        let b = bench_with(&[
+            (
+                "openvino_fp16",
+                "openvino_fp16 [latency]",
+                2.0,
+                vec![1.0, 3.0, 1.1],
+            ),
+            (
+                "openvino_int8",
+                "openvino_int8 [latency]",
+                1.6,
+                vec![1.0, 3.0, 1.1],
+            ),
+        ]);
+        let gates = |p99: f64| Gates {
+            throughput_min: Some(50.0),
+            p99_ms_max: Some(p99),
+            cold_start_ms_max: Some(10_000.0),
+            ..Default::default()
+        };
+        let v = verdicts_of(&b, &[("openvino_fp16", gates(50.0))]);
+        assert!(v[0].passed, "{v:#?}");
+        assert!(
+            v[0].gates
+                .iter()
+                .all(|g| g.status.as_deref() == Some("pass"))
+        );
+        let int8 = Gates {
+            speedup_min: Some(gate::Speedup {
+                over: "openvino_fp16".into(),
+                value: 1.5,
+            }),
+            ..gates(50.0)
+        };
+        let v = verdicts_of(
+            &b,
+            &[
+                ("openvino_fp16", gates(4.0)),
+                ("openvino_fp16", gates(1.0)),
+                ("openvino_int8", int8),
+            ],
+        );
+        assert!(v.iter().all(|v| !v.passed));
+        let e = refused_error("release", &refusals(&v));
         insta::assert_snapshot!(e.to_string());
     }
 }
