@@ -749,7 +749,8 @@ fn add_rounds(
                 let open = f.open_above.as_ref()?;
                 let missing = open.needed[1].saturating_sub(open.samples) as f64;
                 let per_sample_s = report.results[i].figures.as_ref()?.p50_ms.as_ref()?.value / 1e3;
-                (missing > 0.0).then_some(missing * per_sample_s * 1.25)
+                // Twice the time: latencies on a busy machine grow while it measures.
+                (missing > 0.0).then_some(missing * per_sample_s * 2.0)
             })
             .reduce(f64::max)
             .map(|s| s.min((p.retry.total_s - spent) / which.len().max(1) as f64 / 2.0));
