@@ -608,6 +608,16 @@ fn benchmark_section(name: &str, r: &BenchmarkReport) -> String {
                 return row;
             };
             let lat = v.latency_batch1_ms.clone().unwrap_or_default();
+            // A figure with its 95% interval over processes, where the report has one.
+            let with_iv =
+                |f: Option<&crate::metrics::speed::SpeedFigure>, plain: Option<f64>| match f {
+                    Some(f) => format!(
+                        "{:.3} [{:.3}, {:.3}]",
+                        f.value, f.spread.ci95[0], f.spread.ci95[1]
+                    ),
+                    None => num(plain, 3),
+                };
+            let figs = x.figures.as_ref();
             vec![
                 x.label.clone(),
                 format!(
@@ -617,8 +627,8 @@ fn benchmark_section(name: &str, r: &BenchmarkReport) -> String {
                     v.execution.precision
                 ),
                 num(v.cold_start.as_ref().map(|c| c.spawn_to_first_output_ms), 1),
-                num(lat.median, 3),
-                num(lat.p99, 3),
+                with_iv(figs.and_then(|f| f.p50_ms.as_ref()), lat.median),
+                with_iv(figs.and_then(|f| f.p99_ms.as_ref()), lat.p99),
                 v.throughput
                     .iter()
                     .map(|b| {
@@ -646,8 +656,8 @@ fn benchmark_section(name: &str, r: &BenchmarkReport) -> String {
             "target",
             "artifact (executed)",
             "cold start ms",
-            "p50 ms",
-            "p99 ms",
+            "p50 ms [95%]",
+            "p99 ms [95%]",
             "throughput",
             "peak RSS MiB",
             "vs benchmark_app",

@@ -3,9 +3,9 @@
 //! reads: the one place `benchmark` (deciding whether to add processes) and `release`
 //! (deciding the verdict) both take it from.
 
-use facebuild_metrics::gate::{GateResult, Gates, Measurement, Metric};
-use facebuild_metrics::speed::{self, SpeedFigure};
-use facebuild_metrics::uncertainty::Bootstrap;
+use crate::metrics::gate::{GateResult, Gates, Measurement, Metric};
+use crate::metrics::speed::{self, SpeedFigure};
+use crate::metrics::uncertainty::Bootstrap;
 use serde::{Deserialize, Serialize};
 
 use super::{BenchEntry, BenchmarkReport};
@@ -353,7 +353,7 @@ pub(crate) fn undecided(report: &BenchmarkReport, wanted: &[SpeedGates]) -> Vec<
         let policy = w.gates.policy();
         for m in Gates::METRICS
             .iter()
-            .filter(|m| facebuild_metrics::gate::PERFORMANCE.contains(&m.key))
+            .filter(|m| crate::metrics::gate::PERFORMANCE.contains(&m.key))
         {
             let Some(limit) = w.gates.limit(m.key) else {
                 continue;

@@ -536,7 +536,7 @@ pub(crate) fn speed_gates(manifest: &crate::manifest::Manifest, step: &str) -> V
         }
         for a in &r.artifacts {
             let g = r.gates.overridden_by(r.artifact_gates.get(a));
-            let gates = facebuild_metrics::gate::Gates {
+            let gates = crate::metrics::gate::Gates {
                 speedup_min: g.speedup_min.clone(),
                 p99_ms_max: g.p99_ms_max,
                 p50_ms_max: g.p50_ms_max,
@@ -548,7 +548,7 @@ pub(crate) fn speed_gates(manifest: &crate::manifest::Manifest, step: &str) -> V
                 ..Default::default()
             };
             if !gates
-                .set_among(facebuild_metrics::gate::PERFORMANCE)
+                .set_among(crate::metrics::gate::PERFORMANCE)
                 .is_empty()
             {
                 out.push(SpeedGates {

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use facebuild_metrics::speed::{self, SpeedFigure};
+use crate::metrics::speed::{self, SpeedFigure};
 use serde::{Deserialize, Serialize};
 
 use super::StepContext;

@@ -1,7 +1,7 @@
 //! `benchmark`'s report.md: every figure with its interval, the paired ratios, the
 //! agreement with benchmark_app, and what the machine was doing in each process.
 
-use facebuild_metrics::speed::SpeedFigure;
+use crate::metrics::speed::SpeedFigure;
 
 use super::{BenchEntry, BenchmarkParams, BenchmarkReport, StepContext};
 

@@ -154,6 +154,25 @@ impl ReleaseParams {
         Ok(())
     }
 
+    /// The warning for a gate block that still says `unreliable:`, read as `inconclusive:`.
+    pub(crate) fn old_unreliable(&self) -> Option<String> {
+        let blocks: Vec<String> = std::iter::once(("gates".to_string(), &self.gates))
+            .chain(
+                self.artifact_gates
+                    .iter()
+                    .map(|(a, g)| (format!("artifact_gates.{a}"), g)),
+            )
+            .filter(|(_, g)| g.unreliable.is_some() && g.inconclusive.is_none())
+            .map(|(n, _)| format!("`{n}`"))
+            .collect();
+        (!blocks.is_empty()).then(|| {
+            format!(
+                "{} say `unreliable:`, now read as `inconclusive:` (speed gates decide on intervals): rename it",
+                blocks.join(", ")
+            )
+        })
+    }
+
     pub(crate) fn referenced(&self) -> Vec<String> {
         let mut v = self.artifacts.clone();
         v.extend(self.compare.iter().cloned());
@@ -676,6 +695,9 @@ fn verdicts(
     bench_of: Option<(&str, &BenchmarkReport)>,
 ) -> (Vec<Verdict>, Vec<String>) {
     let step = &ctx.step.name;
+    if let Some(w) = p.old_unreliable() {
+        tracing::warn!("release `{step}`: {w}");
+    }
     let mut verdicts = Vec::new();
     let mut promoted = Vec::new();
     for a in &p.artifacts {
@@ -1215,6 +1237,7 @@ impl super::Kind for ReleaseParams {
             .as_ref()
             .and_then(|p| package::left_out(manifest, p))
             .into_iter()
+            .chain(self.old_unreliable())
             .collect()
     }
     fn impl_version(&self) -> u32 {
