@@ -59,7 +59,7 @@ fn pipeline(release_params: &str) -> String {
   compare: {{kind: compare, params: {{dataset: faces, candidates: [ov_fp32, ov_fp16], cosine_min: 0.999}}}}
   benchmark:
     kind: benchmark
-    params: {{targets: [simplify, ov_fp32, ov_fp16], batch_sizes: [1, 4], warmup: 2, iterations: 100000, time_budget_s: 0.6}}
+    params: {{targets: [simplify, ov_fp32, ov_fp16], batch_sizes: [1, 4], warmup: 2, iterations: 100000, time_budget_s: 0.25, processes: 2}}
   release:
     kind: release
     params: {release_params}

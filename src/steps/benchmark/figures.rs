@@ -278,7 +278,7 @@ fn precision_note(r: &Ratio) -> Option<String> {
 }
 
 /// The figure the speed gate `m` reads for `artifact` from the benchmark's report (the best
-/// configuration's, by its point), where it comes from, and the configurations it used.
+/// configuration's, by its interval), where it comes from, and the configurations it used.
 pub(crate) fn gate_figure(
     report: &BenchmarkReport,
     m: &Metric,
@@ -295,9 +295,11 @@ pub(crate) fn gate_figure(
             );
         };
         let rs = report.ratios_for(artifact, &want.over);
+        // The configuration whose interval reaches furthest toward passing decides: one
+        // decided configuration is enough evidence, a noisy one beside it is not against it.
         let Some(best) = rs
             .into_iter()
-            .max_by(|a, b| a.speedup.value.total_cmp(&b.speedup.value))
+            .max_by(|a, b| a.speedup.spread.ci95[0].total_cmp(&b.speedup.spread.ci95[0]))
         else {
             let why = format!(
                 "no paired measurement of `{artifact}` and `{}`: both must be targets of {src}",
@@ -318,11 +320,20 @@ pub(crate) fn gate_figure(
         .iter()
         .filter(|e| e.step == artifact && e.available)
         .filter_map(|e| Some((e, e.figures.as_ref()?.get(m.key)?)))
+        // The configuration whose interval reaches furthest toward the limit's good side
+        // (an open upper end counts as unbounded).
         .min_by(|a, b| {
+            let upper = |f: &SpeedFigure| {
+                if f.open_above.as_ref().and_then(|o| o.at(0.95)).is_some() {
+                    f64::INFINITY
+                } else {
+                    f.spread.ci95[1]
+                }
+            };
             if m.at_least {
-                b.1.value.total_cmp(&a.1.value)
+                b.1.spread.ci95[0].total_cmp(&a.1.spread.ci95[0])
             } else {
-                a.1.value.total_cmp(&b.1.value)
+                upper(a.1).total_cmp(&upper(b.1))
             }
         });
     match best {
